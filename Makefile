@@ -1,0 +1,44 @@
+# Thin entry points; the work is in scripts and Python modules.
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: venv control-plane prometheus crds lint unit integration e2e test dev-cluster demo
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+control-plane:
+	bash hack/build-control-plane.sh
+
+prometheus:
+	bash hack/install-prometheus.sh
+
+crds: venv
+	$(PY) -m noria.api.crdgen crds
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy operator/noria/api operator/noria/drift.py operator/noria/conditions.py
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: venv control-plane prometheus
+	$(PY) -m pytest -q tests/integration
+
+e2e: venv control-plane prometheus
+	$(PY) -m pytest -q tests/e2e
+
+# The README's test command: everything CI runs.
+test: venv control-plane prometheus lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+dev-cluster: venv control-plane prometheus
+	$(PY) -m noria_testbed up
+
+demo: venv control-plane prometheus
+	$(PY) -m noria_testbed.demo

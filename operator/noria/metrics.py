@@ -1,0 +1,47 @@
+"""Prometheus metric names and labels: the contract between server, router, operator and dashboards.
+
+Defined once here (ARCHITECTURE.md §6) and imported everywhere a metric is exported or queried.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- exported by the model server -------------------------------------------------------------
+REQUESTS_TOTAL: Final = "noria_requests_total"  # counter: model, version, code
+REQUEST_DURATION_SECONDS: Final = "noria_request_duration_seconds"  # histogram: model, version
+PREDICTIONS_TOTAL: Final = "noria_predictions_total"  # counter: model, version, class
+FEATURE_BIN_TOTAL: Final = "noria_feature_bin_total"  # counter: model, version, feature, bin
+FEEDBACK_TOTAL: Final = "noria_feedback_total"  # counter: model, version, actual, predicted
+FEEDBACK_ABS_ERROR_SUM: Final = "noria_feedback_abs_error_sum"  # counter: model, version (regression)
+FEEDBACK_ABS_ERROR_COUNT: Final = "noria_feedback_abs_error_count"  # counter: model, version (regression)
+PREDICTION_LOG_DROPPED_TOTAL: Final = "noria_prediction_log_dropped_total"  # counter: model, version, kind
+
+# --- exported by the router -------------------------------------------------------------------
+SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
+ROUTER_WEIGHT: Final = "noria_router_weight"  # gauge: model, version
+
+# --- label names ------------------------------------------------------------------------------
+LABEL_MODEL: Final = "model"
+LABEL_VERSION: Final = "version"
+LABEL_CODE: Final = "code"
+LABEL_CLASS: Final = "class"
+LABEL_FEATURE: Final = "feature"
+LABEL_BIN: Final = "bin"
+LABEL_ACTUAL: Final = "actual"
+LABEL_PREDICTED: Final = "predicted"
+LABEL_STABLE: Final = "stable"
+LABEL_SHADOW: Final = "shadow"
+LABEL_OUTCOME: Final = "outcome"
+
+# Special bins of noria_feature_bin_total besides the profile's own bin indices "0".."n-1"
+# (numeric) or category names (categorical).
+BIN_MISSING: Final = "missing"
+BIN_BELOW: Final = "below"
+BIN_ABOVE: Final = "above"
+BIN_OTHER: Final = "other"
+
+# Outcomes of noria_shadow_comparisons_total.
+OUTCOME_AGREE: Final = "agree"
+OUTCOME_DISAGREE: Final = "disagree"
+OUTCOME_ERROR: Final = "error"
