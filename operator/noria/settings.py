@@ -1,0 +1,38 @@
+"""Operator settings, read once from the environment (the Helm chart and the test bed set them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from noria.store import DEFAULT_STORE_ROOT
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where artifacts live, as seen from inside trainer and server pods.
+    store_root: str = DEFAULT_STORE_ROOT
+    # The PersistentVolumeClaim holding the store, mounted at store_mount_path in trainer/server pods.
+    store_pvc: str = "noria-store"
+    store_mount_path: str = "/var/lib/noria/store"
+    trainer_image: str = "ghcr.io/noria-dev/noria-trainer:0.1.0"
+    server_image: str = "ghcr.io/noria-dev/noria-server:0.1.0"
+    prometheus_url: str = "http://prometheus.monitoring:9090"
+    prometheus_timeout_seconds: float = 5.0
+    # Port of the operator's own /metrics (0 disables it).
+    metrics_port: int = 9808
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            store_root=e.get("NORIA_STORE_ROOT", d.store_root),
+            store_pvc=e.get("NORIA_STORE_PVC", d.store_pvc),
+            store_mount_path=e.get("NORIA_STORE_MOUNT_PATH", d.store_mount_path),
+            trainer_image=e.get("NORIA_TRAINER_IMAGE", d.trainer_image),
+            server_image=e.get("NORIA_SERVER_IMAGE", d.server_image),
+            prometheus_url=e.get("NORIA_PROMETHEUS_URL", d.prometheus_url),
+            prometheus_timeout_seconds=float(e.get("NORIA_PROMETHEUS_TIMEOUT", d.prometheus_timeout_seconds)),
+            metrics_port=int(e.get("NORIA_METRICS_PORT", d.metrics_port)),
+        )
