@@ -1,0 +1,317 @@
+"""Building blocks shared by the three resources: the base model, the value types and their rules.
+
+Every value type here carries two things that must agree: the check pydantic runs when Python code
+validates a manifest, and the CRD schema (with its CEL rule) the API server runs when a user applies
+one. Both are built from the same regular expression and the same message, so a manifest is refused
+for the same reason, with the same words, wherever it is checked.
+
+Why strings for numbers: a YAML float such as ``0.1`` does not survive a round trip through every
+tool of a GitOps chain unchanged (``0.1`` may come back as ``0.10000000000000001``), and the API
+server's structural schemas have no decimal type. So thresholds, fractions and metric values are
+written as decimal strings (``"0.05"``) or integers (``2``), never as floats; ``decimal()`` turns
+them into a ``Decimal`` for arithmetic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP: Final = "noria.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "noria"
+
+# Length limits keep the API server's CEL cost estimate bounded (a regex over an unbounded string
+# has an unbounded estimated cost) and make absurd input fail early.
+NAME_MAX: Final = 253
+TEXT_MAX: Final = 1024
+URI_MAX: Final = 2048
+QUERY_MAX: Final = 4096
+
+
+class NoriaModel(BaseModel):
+    """Base of every resource part: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        frozen=False,
+    )
+
+
+class StatusModel(NoriaModel):
+    """Base of status parts. Status is written by the operator, never by people; unknown keys are
+    kept rather than refused so that an operator one release ahead of the installed CRD (or a
+    Kopf handler result) never has its whole status patch rejected."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry. ``field_path`` (``.strategy``) points the error at a
+    child field when the rule has to sit on the parent to see its siblings."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def with_cel(*rules: dict[str, str]) -> dict[str, Any]:
+    """``json_schema_extra`` carrying CEL rules into the generated CRD."""
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _checked_pattern(regex: str, message: str) -> AfterValidator:
+    compiled = re.compile(regex)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not compiled.fullmatch(value):
+            raise ValueError(f"{message} (got {value!r})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _cel_regex(regex: str) -> str:
+    """A CEL string literal of ``regex`` (CEL ``matches`` is RE2 and searches, so anchor it)."""
+    return "'" + regex.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# --- durations: "30s", "5m", "1h30m", "180d" -------------------------------------------------------
+DURATION_RE: Final = r"^([0-9]+(ms|s|m|h|d|w))+$"
+DURATION_MESSAGE: Final = (
+    "must be a duration: a whole number with a unit ms, s, m, h, d or w, e.g. \"30s\", \"5m\", \"1h30m\", \"180d\""
+)
+_DURATION_UNITS: Final = {
+    "ms": dt.timedelta(milliseconds=1),
+    "s": dt.timedelta(seconds=1),
+    "m": dt.timedelta(minutes=1),
+    "h": dt.timedelta(hours=1),
+    "d": dt.timedelta(days=1),
+    "w": dt.timedelta(weeks=1),
+}
+
+Duration = Annotated[
+    StrictStr,
+    _checked_pattern(DURATION_RE, DURATION_MESSAGE),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 32,
+            "x-kubernetes-validations": [cel(f"self.matches({_cel_regex(DURATION_RE)})", DURATION_MESSAGE)],
+        }
+    ),
+]
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``"1h30m"`` -> ``timedelta(hours=1, minutes=30)``. Raises ``ValueError`` naming the text."""
+    if not re.fullmatch(DURATION_RE, text or ""):
+        raise ValueError(f"{text!r} {DURATION_MESSAGE}")
+    total = dt.timedelta()
+    for number, unit in re.findall(r"([0-9]+)(ms|s|m|h|d|w)", text):
+        total += int(number) * _DURATION_UNITS[unit]
+    return total
+
+
+# --- decimals: thresholds, fractions, metric values -------------------------------------------------
+DECIMAL_RE: Final = r"^-?[0-9]+(\.[0-9]+)?$"
+DECIMAL_MESSAGE: Final = "must be an integer or a decimal string such as \"0.05\" (no floats: quote the number)"
+
+
+def _int_or_string_schema(regex: str, **bounds: int) -> dict[str, Any]:
+    """An int-or-string whose strings must match ``regex`` (the shape controller-gen gives
+    resource.Quantity). A pattern, not a CEL rule: the API server estimates the CEL cost of an
+    int-or-string as if the string could fill a whole request, and refuses the CRD."""
+    return {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "maxLength": 64,
+        "pattern": regex,
+        **bounds,
+    }
+
+
+Decimalish = Annotated[
+    StrictInt | Annotated[StrictStr, _checked_pattern(DECIMAL_RE, DECIMAL_MESSAGE)],
+    WithJsonSchema(_int_or_string_schema(DECIMAL_RE)),
+]
+
+FRACTION_RE: Final = r"^(0(\.[0-9]+)?|1(\.0+)?)$"
+FRACTION_MESSAGE: Final = "must be a fraction between 0 and 1 written as a string, e.g. \"0.2\" (or the integer 0 or 1)"
+
+
+def _fraction_int(value: int) -> int:
+    if value not in (0, 1):
+        raise ValueError(FRACTION_MESSAGE + f" (got {value!r})")
+    return value
+
+
+Fraction = Annotated[
+    Annotated[StrictInt, AfterValidator(_fraction_int)]
+    | Annotated[StrictStr, _checked_pattern(FRACTION_RE, FRACTION_MESSAGE)],
+    WithJsonSchema(_int_or_string_schema(FRACTION_RE, minimum=0, maximum=1)),
+]
+
+# A check bound is a decimal, or a duration for latency checks: "0.01", 5, "250ms".
+BOUND_RE: Final = r"^-?[0-9]+(\.[0-9]+)?(ms|s)?$"
+BOUND_MESSAGE: Final = (
+    "must be an integer or a decimal string such as \"0.01\", or for latencies a duration such as \"250ms\""
+    " (no floats: quote the number)"
+)
+Bound = Annotated[
+    StrictInt | Annotated[StrictStr, _checked_pattern(BOUND_RE, BOUND_MESSAGE)],
+    WithJsonSchema(_int_or_string_schema(BOUND_RE)),
+]
+
+
+def decimal(value: int | str) -> Decimal:
+    """A threshold, fraction or metric value as a ``Decimal``; ``"250ms"`` is read as seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} {DECIMAL_MESSAGE}")
+    if isinstance(value, int):
+        return Decimal(value)
+    if value.endswith("ms"):
+        return Decimal(value[:-2]) / 1000
+    if value.endswith("s"):
+        return Decimal(value[:-1])
+    if not re.fullmatch(DECIMAL_RE, value):
+        raise ValueError(f"{value!r} {DECIMAL_MESSAGE}")
+    return Decimal(value)
+
+
+# --- resource quantities ("500m", "2Gi", 1) ----------------------------------------------------------
+QUANTITY_RE: Final = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+QUANTITY_MESSAGE: Final = "must be a Kubernetes quantity such as \"500m\", \"1\" or \"2Gi\" (no floats: quote it)"
+Quantity = Annotated[
+    StrictInt | Annotated[StrictStr, _checked_pattern(QUANTITY_RE, QUANTITY_MESSAGE)],
+    WithJsonSchema(_int_or_string_schema(QUANTITY_RE)),
+]
+
+# --- names and texts ---------------------------------------------------------------------------------
+DNS_NAME_RE: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_NAME_MESSAGE: Final = "must be a Kubernetes object name: lower-case letters, digits, '-' and '.'"
+ObjectName = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=NAME_MAX),
+    _checked_pattern(DNS_NAME_RE, DNS_NAME_MESSAGE),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": DNS_NAME_RE}),
+]
+Text = Annotated[StrictStr, Field(max_length=TEXT_MAX)]
+ShortText = Annotated[StrictStr, Field(max_length=NAME_MAX)]
+Uri = Annotated[StrictStr, Field(min_length=1, max_length=URI_MAX)]
+Timestamp = Annotated[
+    dt.datetime,
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+# --- the kinds of triggers (shared by TrainingPipeline status and ModelVersion lineage) -------------
+TriggerKind = Literal["initial", "manual", "schedule", "newData", "drift", "performance"]
+TRIGGER_KINDS: Final = ("initial", "manual", "schedule", "newData", "drift", "performance")
+
+
+class ResourceRequirements(NoriaModel):
+    """CPU and memory for the pods Noria starts, as in a container's ``resources``."""
+
+    requests: dict[Annotated[str, Field(max_length=NAME_MAX)], Quantity] | None = Field(
+        default=None,
+        max_length=16,
+        description="Minimum resources, e.g. {cpu: \"1\", memory: 2Gi}.",
+    )
+    limits: dict[Annotated[str, Field(max_length=NAME_MAX)], Quantity] | None = Field(
+        default=None,
+        max_length=16,
+        description="Maximum resources, e.g. {memory: 4Gi}.",
+    )
+
+
+class Condition(StatusModel):
+    """A condition in the shape of metav1.Condition; conditions are the API, phase is a summary."""
+
+    type: ShortText = Field(description="Condition type in CamelCase, e.g. Ready, Progressing, Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: ShortText | None = Field(default=None, description="CamelCase machine-readable reason.")
+    message: Text | None = Field(default=None, description="Human-readable explanation.")
+    last_transition_time: Timestamp | None = Field(
+        default=None, description="When status last changed (not when the condition was last written)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+def conditions_field() -> Any:
+    """The ``conditions`` field of every status: a list keyed by ``type`` (server-side apply merges
+    by type, and one type appears at most once)."""
+    return Field(
+        default=None,
+        max_length=32,
+        description="Current state as conditions (Ready, Progressing, Degraded, ...); the API of this object.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the models look at; the rest is the API server's business."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(default=None, description="Object name.")
+    namespace: str | None = Field(default=None, description="Namespace.")
+    generation: int | None = Field(default=None, description="Spec generation, set by the API server.")
+
+
+def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    """Raise ``ValueError`` unless exactly one of ``fields`` (by attribute name) is set."""
+    present = [f for f in fields if getattr(model, f) is not None]
+    if len(present) != 1:
+        names = ", ".join(model.__class__.model_fields[f].alias or f for f in fields)
+        raise ValueError(f"{what}: set exactly one of {names} (got {len(present)})")
+
+
+__all__ = [
+    "API_VERSION",
+    "CATEGORY",
+    "Bound",
+    "Condition",
+    "conditions_field",
+    "Decimalish",
+    "Duration",
+    "Fraction",
+    "GROUP",
+    "NoriaModel",
+    "ObjectMeta",
+    "ObjectName",
+    "Quantity",
+    "ResourceRequirements",
+    "ShortText",
+    "StatusModel",
+    "Text",
+    "Timestamp",
+    "TriggerKind",
+    "Uri",
+    "VERSION",
+    "cel",
+    "decimal",
+    "exactly_one",
+    "parse_duration",
+    "with_cel",
+]

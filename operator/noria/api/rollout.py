@@ -1,0 +1,428 @@
+"""Rollout (``rollouts.noria.dev``, short name ``mro``): how a model is served and how a new version
+replaces the old one — canary, blue-green, shadow or immediate — with analysis and rollback.
+
+Argo Rollouts also has a kind Rollout; ours is ``rollouts.noria.dev``: use
+``kubectl get mro`` or ``kubectl get rollouts.noria.dev`` when both are installed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, StrictStr, model_validator
+
+from .common import (
+    QUERY_MAX,
+    Bound,
+    Condition,
+    Duration,
+    NoriaModel,
+    ObjectMeta,
+    ObjectName,
+    ResourceRequirements,
+    ShortText,
+    StatusModel,
+    Text,
+    Timestamp,
+    cel,
+    conditions_field,
+    exactly_one,
+    with_cel,
+)
+
+KIND: Final = "Rollout"
+PLURAL: Final = "rollouts"
+
+SOURCE_ONE_MESSAGE: Final = "source: set exactly one of pipeline (follow its newest approved version) or modelVersion (pin)"
+STRATEGY_ONE_MESSAGE: Final = "strategy: set exactly one of canary, blueGreen, shadow or immediate"
+STEP_ONE_MESSAGE: Final = "each canary step sets exactly one of setWeight, pause or analysis"
+WEIGHTS_ORDER_MESSAGE: Final = "canary setWeight values must not decrease from one step to the next"
+SHADOW_SERVICE_MESSAGE: Final = (
+    "traffic provider service cannot mirror requests, so it cannot run a shadow strategy: use router or gatewayAPI"
+)
+GATEWAY_CONFIG_MESSAGE: Final = "provider gatewayAPI needs gatewayAPI.httpRoute"
+CHECK_KIND_MESSAGE: Final = "an analysis check sets exactly one of builtin or query"
+CHECK_NAME_MESSAGE: Final = "a query check needs a name"
+CHECK_BOUND_MESSAGE: Final = "an analysis check needs min or max"
+ANALYSIS_NEEDED_MESSAGE: Final = "an analysis step or prePromotionAnalysis needs spec.analysis.checks"
+
+BuiltinCheck = Literal[
+    "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift"
+]
+
+
+class Source(NoriaModel):
+    """Which model to serve. Exactly one of ``pipeline`` or ``modelVersion``."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel("[has(self.pipeline), has(self.modelVersion)].filter(x, x).size() == 1", SOURCE_ONE_MESSAGE)
+        )
+    }
+
+    pipeline: ObjectName | None = Field(
+        default=None, description="Follow this TrainingPipeline: roll out each newest Approved ModelVersion."
+    )
+    model_version: ObjectName | None = Field(
+        default=None, description="Pin this ModelVersion (GitOps: a Git commit changes it and starts a rollout)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Source:
+        if (self.pipeline is None) == (self.model_version is None):
+            raise ValueError(SOURCE_ONE_MESSAGE)
+        return self
+
+
+class Pause(NoriaModel):
+    """Wait at the current weight."""
+
+    duration: Duration | None = Field(
+        default=None, description="How long, e.g. \"5m\". Unset: wait for `kubectl noria promote`."
+    )
+
+
+class StepAnalysis(NoriaModel):
+    """Run spec.analysis now, at the current weight, and go on only if it passes (a marker: ``{}``)."""
+
+
+class CanaryStep(NoriaModel):
+    """One canary step: exactly one of setWeight, pause or analysis."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel("[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1", STEP_ONE_MESSAGE)
+        )
+    }
+
+    set_weight: int | None = Field(default=None, ge=0, le=100, description="Send this percent of traffic to the new version.")
+    pause: Pause | None = Field(default=None, description="Wait, for a duration or until promoted.")
+    analysis: StepAnalysis | None = Field(default=None, description="Run the analysis checks before going on.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CanaryStep:
+        if sum(x is not None for x in (self.set_weight, self.pause, self.analysis)) != 1:
+            raise ValueError(STEP_ONE_MESSAGE)
+        return self
+
+
+class Canary(NoriaModel):
+    """Shift traffic step by step; analysis runs in the background at every interval."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "self.steps.filter(s, has(s.setWeight)).map(s, s.setWeight).isSorted()",
+                WEIGHTS_ORDER_MESSAGE,
+                field_path=".steps",
+            )
+        )
+    }
+
+    steps: list[CanaryStep] = Field(
+        min_length=1,
+        max_length=32,
+        description="e.g. [{setWeight: 10}, {pause: {duration: 5m}}, {analysis: {}}, {setWeight: 100}].",
+    )
+
+    @model_validator(mode="after")
+    def _non_decreasing(self) -> Canary:
+        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+        if weights != sorted(weights):
+            raise ValueError(WEIGHTS_ORDER_MESSAGE)
+        return self
+
+
+class BlueGreen(NoriaModel):
+    """Run the new version beside the old one as a preview, then switch all traffic at once."""
+
+    auto_promotion_after: Duration | None = Field(
+        default=None, description="Switch this long after the preview is ready. Unset: wait for `kubectl noria promote`."
+    )
+    scale_down_delay: Duration | None = Field(
+        default=None, description="Keep the old version running this long after the switch, e.g. \"5m\"."
+    )
+    pre_promotion_analysis: StepAnalysis | None = Field(
+        default=None, description="Run the analysis checks against the preview before switching ({})."
+    )
+
+
+class Shadow(NoriaModel):
+    """Mirror live requests to the new version, compare its answers, never return them."""
+
+    mirror_percent: int = Field(default=100, ge=1, le=100, description="Percent of requests mirrored.")
+    duration: Duration | None = Field(default=None, description="How long to compare before deciding, e.g. \"30m\".")
+    promote: Literal["automatic", "manual"] = Field(
+        default="manual",
+        description="automatic: promote when the analysis passes after duration; manual: wait for `kubectl noria promote`.",
+    )
+
+
+class Immediate(NoriaModel):
+    """Switch all traffic as soon as the new version is ready (a marker: ``{}``)."""
+
+
+class Strategy(NoriaModel):
+    """How a new version replaces the stable one. Exactly one of the four."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "[has(self.canary), has(self.blueGreen), has(self.shadow), has(self.immediate)]"
+                ".filter(x, x).size() == 1",
+                STRATEGY_ONE_MESSAGE,
+            )
+        )
+    }
+
+    canary: Canary | None = Field(default=None, description="Step-wise traffic shift.")
+    blue_green: BlueGreen | None = Field(default=None, description="Preview, then atomic switch.")
+    shadow: Shadow | None = Field(default=None, description="Mirror and compare, then promote or discard.")
+    immediate: Immediate | None = Field(default=None, description="Switch when ready.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Strategy:
+        exactly_one(self, ("canary", "blue_green", "shadow", "immediate"), "strategy")
+        return self
+
+    @property
+    def name(self) -> str:
+        """canary, blueGreen, shadow or immediate."""
+        for field in ("canary", "blue_green", "shadow", "immediate"):
+            if getattr(self, field) is not None:
+                return type(self).model_fields[field].alias or field
+        raise ValueError(STRATEGY_ONE_MESSAGE)
+
+
+class Check(NoriaModel):
+    """One analysis check: a built-in metric of the model server, or a PromQL query.
+
+    In a query, ``{{version}}``, ``{{model}}`` and ``{{namespace}}`` are replaced before it is sent.
+    """
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel("has(self.builtin) != has(self.query)", CHECK_KIND_MESSAGE),
+            cel("!has(self.query) || has(self.name)", CHECK_NAME_MESSAGE, field_path=".name", reason="FieldValueRequired"),
+            cel("has(self.min) || has(self.max)", CHECK_BOUND_MESSAGE),
+        )
+    }
+
+    builtin: BuiltinCheck | None = Field(
+        default=None,
+        description=(
+            "errorRate, latencyP50/P95/P99 (seconds or \"250ms\"), accuracy or f1 (from feedback labels),"
+            " shadowAgreement (share of equal answers), drift (largest feature drift)."
+        ),
+    )
+    name: ShortText | None = Field(default=None, description="Check name in status and events; required with query.")
+    query: Annotated[StrictStr, Field(max_length=QUERY_MAX)] | None = Field(
+        default=None, description="PromQL returning one number for the new version."
+    )
+    min: Bound | None = Field(default=None, description="Fails below this, e.g. \"0.80\".")
+    max: Bound | None = Field(default=None, description="Fails above this, e.g. \"0.01\" or \"250ms\".")
+    min_labels: int | None = Field(
+        default=None, ge=1, description="accuracy/f1: fewer labels than this make the result inconclusive."
+    )
+    dry_run: bool = Field(default=False, description="Evaluate and report, but never fail the rollout.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Check:
+        if (self.builtin is None) == (self.query is None):
+            raise ValueError(CHECK_KIND_MESSAGE)
+        if self.query is not None and not self.name:
+            raise ValueError(CHECK_NAME_MESSAGE)
+        if self.min is None and self.max is None:
+            raise ValueError(CHECK_BOUND_MESSAGE)
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or str(self.builtin)
+
+
+class AnalysisSpec(NoriaModel):
+    """Checks run at every interval while a new version takes traffic, and by analysis steps."""
+
+    interval: Duration = Field(default="1m", description="Time between two measurements.")
+    failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated; one more aborts.")
+    consecutive_error_limit: int = Field(
+        default=4, ge=0, description="Measurements in a row that could not be taken (provider down) before aborting."
+    )
+    inconclusive: Literal["pause", "fail"] = Field(
+        default="pause",
+        description="With too little data: pause (wait for a human or for data) or fail. Missing data never promotes.",
+    )
+    checks: list[Check] = Field(default_factory=list, max_length=16, description="The checks; all must pass.")
+
+
+class GatewayAPITraffic(NoriaModel):
+    """Gateway API settings."""
+
+    http_route: ObjectName = Field(description="HTTPRoute (same namespace) whose backendRefs the operator weighs.")
+
+
+class Traffic(NoriaModel):
+    """How traffic is split between versions."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "self.provider != 'gatewayAPI' || has(self.gatewayAPI)",
+                GATEWAY_CONFIG_MESSAGE,
+                field_path=".gatewayAPI",
+                reason="FieldValueRequired",
+            )
+        )
+    }
+
+    provider: Literal["router", "gatewayAPI", "service"] = Field(
+        default="router",
+        description=(
+            "router: Noria's router Deployment (any cluster; the only one comparing shadow answers);"
+            " gatewayAPI: HTTPRoute weights and mirror filter; service: selector switch / replica ratio, no shadow."
+        ),
+    )
+    gateway_api: GatewayAPITraffic | None = Field(
+        default=None, alias="gatewayAPI", description="Settings of provider gatewayAPI."
+    )
+
+
+class RolloutSpec(NoriaModel):
+    """How to serve a model and replace it."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "!(has(self.strategy.shadow) && has(self.traffic) && self.traffic.provider == 'service')",
+                SHADOW_SERVICE_MESSAGE,
+                field_path=".traffic.provider",
+            ),
+            cel(
+                "(has(self.analysis) && has(self.analysis.checks) && size(self.analysis.checks) > 0) || !("
+                "(has(self.strategy.canary) && self.strategy.canary.steps.exists(s, has(s.analysis)))"
+                " || (has(self.strategy.blueGreen) && has(self.strategy.blueGreen.prePromotionAnalysis)))",
+                ANALYSIS_NEEDED_MESSAGE,
+                field_path=".analysis",
+                reason="FieldValueRequired",
+            ),
+        )
+    }
+
+    source: Source = Field(description="Which model to serve: {pipeline: churn} or {modelVersion: churn-v6}.")
+    replicas: int = Field(default=1, ge=0, le=1000, description="Model-server pods per serving version.")
+    strategy: Strategy = Field(description="How a new version replaces the stable one.")
+    analysis: AnalysisSpec | None = Field(default=None, description="Checks that gate promotion.")
+    traffic: Traffic | None = Field(default=None, description="Traffic provider. Default: router.")
+    rollback_window: Duration | None = Field(
+        default=None,
+        description=(
+            "After a full promotion, keep analysing this long and keep the previous version ready; a failure"
+            " in the window rolls back to it. e.g. \"1h\"."
+        ),
+    )
+    scale_down_delay: Duration | None = Field(
+        default=None, description="Keep a replaced version's pods this long before scaling them down, e.g. \"30s\"."
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of each model-server pod.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RolloutSpec:
+        provider = self.traffic.provider if self.traffic else "router"
+        if self.strategy.shadow is not None and provider == "service":
+            raise ValueError(SHADOW_SERVICE_MESSAGE)
+        needs_analysis = (
+            self.strategy.canary is not None and any(s.analysis is not None for s in self.strategy.canary.steps)
+        ) or (self.strategy.blue_green is not None and self.strategy.blue_green.pre_promotion_analysis is not None)
+        if needs_analysis and not (self.analysis and self.analysis.checks):
+            raise ValueError(ANALYSIS_NEEDED_MESSAGE)
+        if provider == "gatewayAPI" and not (self.traffic and self.traffic.gateway_api):
+            raise ValueError(GATEWAY_CONFIG_MESSAGE)
+        return self
+
+
+# --- status --------------------------------------------------------------------------------------
+class CheckResult(StatusModel):
+    """The outcome of one check in one measurement."""
+
+    name: ShortText = Field(description="Check name (builtin name when unnamed).")
+    outcome: ShortText | None = Field(default=None, description="Successful, Failed, Error or Inconclusive.")
+    value: ShortText | None = Field(default=None, description="Measured value as a decimal string.")
+    message: Text | None = Field(default=None, description="Detail, e.g. the provider's error.")
+
+
+class Measurement(StatusModel):
+    """The last analysis measurement."""
+
+    at: Timestamp | None = Field(default=None, description="When it was taken.")
+    outcome: ShortText | None = Field(default=None, description="Successful, Failed, Error or Inconclusive.")
+    message: Text | None = Field(default=None, description="Summary.")
+    checks: list[CheckResult] | None = Field(default=None, max_length=16, description="Per-check results.")
+
+
+class AnalysisStatus(StatusModel):
+    """Analysis counters of the current rollout (reset when a new version starts)."""
+
+    passed: int | None = Field(default=None, ge=0, description="Successful measurements.")
+    failed: int | None = Field(default=None, ge=0, description="Failed measurements.")
+    errors: int | None = Field(default=None, ge=0, description="Measurements that could not be taken.")
+    consecutive_errors: int | None = Field(default=None, ge=0, description="Errors in a row (against consecutiveErrorLimit).")
+    inconclusive: int | None = Field(default=None, ge=0, description="Measurements with too little data.")
+    last: Measurement | None = Field(default=None, description="The last measurement.")
+
+
+class RolloutStatus(StatusModel):
+    """What is served and how the replacement is going. Conditions are the API; phase is their summary."""
+
+    phase: ShortText | None = Field(default=None, description="Summary: Pending, Progressing, Paused, Healthy or Degraded.")
+    message: Text | None = Field(default=None, description="Human-readable summary of the phase.")
+    stable_version: ShortText | None = Field(default=None, description="The ModelVersion serving as stable.")
+    canary_version: ShortText | None = Field(
+        default=None, description="The ModelVersion being introduced (canary, blue-green preview or shadow)."
+    )
+    current_step: int | None = Field(default=None, ge=0, description="Index of the canary step in progress.")
+    step_started_at: Timestamp | None = Field(default=None, description="When the current step (or pause) began.")
+    canary_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Percent of traffic on canaryVersion (mirror percent for shadow)."
+    )
+    weights: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[int, Field(ge=0, le=100)]] | None = Field(
+        default=None, max_length=8, description="Traffic percent by ModelVersion name, e.g. {churn-v6: 90, churn-v7: 10}."
+    )
+    analysis: AnalysisStatus | None = Field(default=None, description="Analysis counters and last measurement.")
+    conditions: list[Condition] | None = conditions_field()
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+
+
+class Rollout(NoriaModel):
+    """A Rollout manifest."""
+
+    api_version: Literal["noria.dev/v1alpha1"] = Field(default="noria.dev/v1alpha1", description="noria.dev/v1alpha1")
+    kind: Literal["Rollout"] = Field(default=KIND, description="Rollout")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: RolloutSpec = Field(description="How to serve a model and replace it.")
+    status: RolloutStatus | None = Field(default=None, description="Written by the operator.")
+
+
+__all__ = [
+    "AnalysisSpec",
+    "AnalysisStatus",
+    "BlueGreen",
+    "Canary",
+    "CanaryStep",
+    "Check",
+    "CheckResult",
+    "GatewayAPITraffic",
+    "Immediate",
+    "KIND",
+    "Measurement",
+    "PLURAL",
+    "Pause",
+    "Rollout",
+    "RolloutSpec",
+    "RolloutStatus",
+    "Shadow",
+    "Source",
+    "StepAnalysis",
+    "Strategy",
+    "Traffic",
+]

@@ -1,0 +1,455 @@
+"""TrainingPipeline: how to train a model, on which data, when to retrain it, and how to gate it.
+
+The user owns ``spec`` (it lives in Git); the operator writes only ``status``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import Field, StrictStr, model_validator
+
+from .common import (
+    NAME_MAX,
+    Condition,
+    Decimalish,
+    Duration,
+    Fraction,
+    NoriaModel,
+    ObjectMeta,
+    ResourceRequirements,
+    ShortText,
+    StatusModel,
+    Text,
+    Timestamp,
+    TriggerKind,
+    Uri,
+    _cel_regex,
+    _checked_pattern,
+    cel,
+    conditions_field,
+    with_cel,
+)
+
+KIND: Final = "TrainingPipeline"
+PLURAL: Final = "trainingpipelines"
+
+CLASSIFICATION_METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc")
+REGRESSION_METRICS: Final = ("r2", "mae", "rmse")
+# Metrics where lower is better: minScore reads as a maximum, mustBeatChampionBy as "lower by".
+LOWER_IS_BETTER: Final = ("mae", "rmse")
+MetricName = Literal["accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "r2", "mae", "rmse"]
+DEFAULT_METRIC: Final = {"classification": "f1", "regression": "r2"}
+
+# --- cron: five fields, or one of the @-macros -----------------------------------------------------
+_MINUTE = r"[0-9*,/-]+"
+_DOM = r"[0-9*?,/LW-]+"
+_MONTH = r"[0-9A-Za-z*,/-]+"
+_DOW = r"[0-9A-Za-z*?,/#L-]+"
+CRON_RE: Final = (
+    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
+    rf"|{_MINUTE} +{_MINUTE} +{_DOM} +{_MONTH} +{_DOW})$"
+)
+CRON_MESSAGE: Final = (
+    "schedule must be a cron expression with 5 fields (minute hour day-of-month month day-of-week),"
+    " e.g. \"0 2 * * 0\", or @hourly/@daily/@weekly/@monthly/@yearly"
+)
+Cron = Annotated[
+    StrictStr,
+    _checked_pattern(CRON_RE, CRON_MESSAGE),
+    Field(
+        json_schema_extra={
+            "maxLength": 128,
+            "x-kubernetes-validations": [cel(f"self.matches({_cel_regex(CRON_RE)})", CRON_MESSAGE)],
+        }
+    ),
+]
+
+# --- data windows: "180d" (by time, needs timestampColumn) or "50000 rows" (the newest N rows) ------
+WINDOW_RE: Final = r"^(([0-9]+(m|h|d|w))+|[1-9][0-9]* rows)$"
+WINDOW_MESSAGE: Final = (
+    "window must be a duration such as \"180d\" (the newest data by timestampColumn) or a row count such as"
+    " \"50000 rows\" (the newest rows)"
+)
+WindowSize = Annotated[
+    StrictStr,
+    _checked_pattern(WINDOW_RE, WINDOW_MESSAGE),
+    Field(
+        json_schema_extra={
+            "maxLength": 32,
+            "x-kubernetes-validations": [cel(f"self.matches({_cel_regex(WINDOW_RE)})", WINDOW_MESSAGE)],
+        }
+    ),
+]
+
+
+def parse_window(text: str) -> tuple[Literal["duration", "rows"], str | int]:
+    """``"50000 rows"`` -> ``("rows", 50000)``; ``"180d"`` -> ``("duration", "180d")``."""
+    if not re.fullmatch(WINDOW_RE, text or ""):
+        raise ValueError(f"{text!r}: {WINDOW_MESSAGE}")
+    if text.endswith(" rows"):
+        return "rows", int(text.split()[0])
+    return "duration", text
+
+
+ESTIMATOR_RE: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
+ESTIMATOR_MESSAGE: Final = "estimator must be a dotted import path such as sklearn.linear_model.LogisticRegression"
+
+WINDOW_ONE_MESSAGE: Final = "window: set exactly one of last or candidates"
+WINDOW_NEEDS_TIMESTAMP_MESSAGE: Final = "timestampColumn is required when a window is a duration"
+METRIC_TASK_MESSAGE: Final = (
+    "metric does not fit the task: classification takes accuracy, balanced_accuracy, f1, precision, recall or"
+    " roc_auc; regression takes r2, mae or rmse"
+)
+
+
+class ModelSpec(NoriaModel):
+    """What to learn and with which estimator."""
+
+    task: Literal["classification", "regression"] = Field(description="classification or regression.")
+    estimator: Annotated[StrictStr, Field(max_length=NAME_MAX), _checked_pattern(ESTIMATOR_RE, ESTIMATOR_MESSAGE)] = (
+        Field(
+            description=(
+                "Import path of a scikit-learn compatible estimator, e.g. "
+                "sklearn.ensemble.HistGradientBoostingClassifier. Only allow-listed paths are trained."
+            ),
+            json_schema_extra={"pattern": ESTIMATOR_RE},
+        )
+    )
+    params: dict[str, Any] | None = Field(
+        default=None,
+        description="Constructor arguments of the estimator, passed as given (free-form), e.g. {max_iter: 200}.",
+    )
+    target: Annotated[StrictStr, Field(min_length=1, max_length=NAME_MAX)] = Field(
+        description="Name of the label column to predict. Required."
+    )
+    features: list[Annotated[StrictStr, Field(min_length=1, max_length=NAME_MAX)]] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Feature columns, in order. Default: every column but the target and the timestamp column.",
+    )
+
+
+class Window(NoriaModel):
+    """Which slice of the data to train on. Exactly one of ``last`` or ``candidates``.
+
+    A size is a duration (``"180d"``: rows whose timestampColumn is within that long before the
+    newest row) or a row count (``"50000 rows"``: the newest rows).
+    """
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel("[has(self.last), has(self.candidates)].filter(x, x).size() == 1", WINDOW_ONE_MESSAGE)
+        )
+    }
+
+    last: WindowSize | None = Field(default=None, description="Train on the newest data: \"180d\" or \"50000 rows\".")
+    candidates: list[WindowSize] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description=(
+            "Try each window size and keep the one with the best validation score, e.g. [30d, 90d, 180d]."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Window:
+        if (self.last is None) == (self.candidates is None):
+            raise ValueError(WINDOW_ONE_MESSAGE)
+        return self
+
+    def sizes(self) -> list[str]:
+        return [self.last] if self.last is not None else list(self.candidates or [])
+
+
+class Feedback(NoriaModel):
+    """Production predictions joined with ground-truth labels sent to the feedback endpoint."""
+
+    enabled: bool = Field(default=False, description="Merge labelled production predictions into the training set.")
+
+
+class DataSpec(NoriaModel):
+    """Where the training data is and which part of it to use."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "!has(self.window) || has(self.timestampColumn) || "
+                "(has(self.window.last) ? self.window.last.endsWith(' rows')"
+                " : self.window.candidates.all(c, c.endsWith(' rows')))",
+                WINDOW_NEEDS_TIMESTAMP_MESSAGE,
+                field_path=".timestampColumn",
+                reason="FieldValueRequired",
+            )
+        )
+    }
+
+    source: Uri = Field(
+        description=(
+            "URI of a file, a folder or a glob of partitions: file:///var/lib/noria/store/datasets/churn/"
+            " (the store volume) or s3://bucket/prefix/."
+        ),
+        json_schema_extra={"pattern": r"^(file|s3)://.+"},
+    )
+    format: Literal["csv", "parquet"] = Field(default="parquet", description="csv or parquet.")
+    timestamp_column: ShortText | None = Field(
+        default=None, description="Column with the event time; needed for duration windows and new-data counting."
+    )
+    window: Window | None = Field(default=None, description="Which slice of the data to train on. Default: all of it.")
+    feedback: Feedback | None = Field(default=None, description="Whether to learn from labelled production traffic.")
+
+    @model_validator(mode="after")
+    def _timestamp_for_duration_windows(self) -> DataSpec:
+        if self.window and self.timestamp_column is None:
+            if any(not s.endswith(" rows") for s in self.window.sizes()):
+                raise ValueError(WINDOW_NEEDS_TIMESTAMP_MESSAGE)
+        return self
+
+
+class ValidationSpec(NoriaModel):
+    """Data checks run before training; a failing check ends the run with outcome Failed."""
+
+    min_rows: int = Field(default=1, ge=1, description="Fewest rows (after windowing) worth training on.")
+    max_missing_fraction: Fraction | None = Field(
+        default=None, description="Largest share of missing values allowed in any feature column, e.g. \"0.05\"."
+    )
+    schema_: Literal["strict", "lenient", "off"] = Field(
+        default="lenient",
+        alias="schema",
+        description=(
+            "strict: the columns and their types must match the champion's; lenient: new columns are ignored"
+            " and missing feature columns fail; off: no schema check."
+        ),
+    )
+
+
+class EvaluationSpec(NoriaModel):
+    """The gate a newly trained model must pass to become a Candidate."""
+
+    metric: MetricName | None = Field(
+        default=None,
+        description=(
+            "Metric scored on the holdout set. Default f1 (classification) or r2 (regression). For mae and rmse"
+            " lower is better: minScore is then a maximum and mustBeatChampionBy means lower by."
+        ),
+    )
+    holdout_fraction: Fraction = Field(default="0.2", description="Share of rows held out for evaluation, e.g. \"0.2\".")
+    min_score: Decimalish | None = Field(default=None, description="The model is Rejected below this score, e.g. \"0.70\".")
+    must_beat_champion_by: Decimalish | None = Field(
+        default=None,
+        description=(
+            "The contender must score at least this much better than the champion on the same holdout"
+            " (\"0\" = at least as good). Unset: the champion is not compared."
+        ),
+    )
+
+
+class TuningSpec(NoriaModel):
+    """Optional hyper-parameter search."""
+
+    strategy: Literal["none", "grid", "random"] = Field(default="none", description="none, grid or random search.")
+    trials: int = Field(default=10, ge=1, le=1000, description="Parameter sets tried by random search.")
+    space: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Search space by parameter name (free-form): a two-element list [low, high] is a range,"
+            " a {choices: [...]} object a set of values."
+        ),
+    )
+    time_budget: Duration | None = Field(default=None, description="Stop searching after this long, e.g. \"10m\".")
+
+
+class NewDataTrigger(NoriaModel):
+    """Retrain when enough new rows arrived since the last run."""
+
+    min_new_rows: int = Field(ge=1, description="Rows added since the last run that trigger a new one.")
+
+
+class DriftTrigger(NoriaModel):
+    """Retrain when live inputs drift from the champion's reference profile."""
+
+    method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] = Field(
+        default="psi", description="Statistic comparing live and reference bins: psi, kl, js, chi2, ks or wasserstein."
+    )
+    threshold: Decimalish = Field(description="Drift above this value on any feature fires, e.g. \"0.2\".")
+    for_: Duration | None = Field(
+        default=None, alias="for", description="Drift must last this long before it fires, e.g. \"10m\"."
+    )
+    window: Duration | None = Field(default=None, description="Live data window compared, e.g. \"1h\". Default 1h.")
+    features: list[Annotated[StrictStr, Field(max_length=NAME_MAX)]] | None = Field(
+        default=None, max_length=1000, description="Only these features count. Default: all profiled features."
+    )
+
+
+class PerformanceTrigger(NoriaModel):
+    """Retrain when the live score, computed from feedback labels, drops."""
+
+    metric: MetricName = Field(description="Live metric from feedback counters, e.g. f1 or accuracy.")
+    below: Decimalish = Field(description="Fires when the live metric is below this value, e.g. \"0.75\".")
+    for_: Duration | None = Field(default=None, alias="for", description="It must stay below this long, e.g. \"30m\".")
+    min_labels: int = Field(default=100, ge=1, description="Labels needed before the live metric is trusted.")
+
+
+class Triggers(NoriaModel):
+    """When to retrain besides the first run and `kubectl noria retrain`. Triggers during a run or the
+    cooldown are coalesced into one pending run, never lost and never doubled."""
+
+    schedule: Cron | None = Field(default=None, description="Cron schedule in UTC, e.g. \"0 2 * * 0\".")
+    new_data: NewDataTrigger | None = Field(default=None, description="Retrain on enough new rows.")
+    drift: DriftTrigger | None = Field(default=None, description="Retrain on input drift.")
+    performance: PerformanceTrigger | None = Field(default=None, description="Retrain on a live accuracy drop.")
+    cooldown: Duration | None = Field(
+        default=None, description="Least time between the end of one run and the start of the next, e.g. \"1h\"."
+    )
+
+
+class TrainingPipelineSpec(NoriaModel):
+    """The desired training behaviour."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "!has(self.evaluation) || !has(self.evaluation.metric) || (self.model.task == 'classification'"
+                f" ? self.evaluation.metric in {list(CLASSIFICATION_METRICS)}"
+                f" : self.evaluation.metric in {list(REGRESSION_METRICS)})",
+                METRIC_TASK_MESSAGE,
+                field_path=".evaluation.metric",
+            ),
+            cel(
+                "!has(self.triggers) || !has(self.triggers.performance) || (self.model.task == 'classification'"
+                f" ? self.triggers.performance.metric in {list(CLASSIFICATION_METRICS)}"
+                f" : self.triggers.performance.metric in {list(REGRESSION_METRICS)})",
+                METRIC_TASK_MESSAGE,
+                field_path=".triggers.performance.metric",
+            ),
+        )
+    }
+
+    model: ModelSpec = Field(description="What to learn and with which estimator.")
+    data: DataSpec = Field(description="Where the training data is.")
+    validation: ValidationSpec | None = Field(default=None, description="Data checks before training.")
+    evaluation: EvaluationSpec | None = Field(default=None, description="The quality gate of a new model.")
+    tuning: TuningSpec | None = Field(default=None, description="Hyper-parameter search.")
+    triggers: Triggers | None = Field(default=None, description="When to retrain.")
+    approval: Literal["automatic", "manual"] = Field(
+        default="automatic",
+        description=(
+            "automatic: a model that passes the gate is Approved at once; manual: it waits as Candidate"
+            " for `kubectl noria approve`."
+        ),
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the trainer Job's pod.")
+    history_limit: int = Field(default=10, ge=1, le=50, description="Finished runs kept in status.lastRuns.")
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> TrainingPipelineSpec:
+        allowed = CLASSIFICATION_METRICS if self.model.task == "classification" else REGRESSION_METRICS
+        if self.evaluation and self.evaluation.metric and self.evaluation.metric not in allowed:
+            raise ValueError("evaluation.metric: " + METRIC_TASK_MESSAGE)
+        if self.triggers and self.triggers.performance and self.triggers.performance.metric not in allowed:
+            raise ValueError("triggers.performance.metric: " + METRIC_TASK_MESSAGE)
+        return self
+
+    def evaluation_metric(self) -> str:
+        """The gate metric, with the task's default filled in."""
+        chosen = self.evaluation.metric if self.evaluation else None
+        return chosen or DEFAULT_METRIC[self.model.task]
+
+
+# --- status --------------------------------------------------------------------------------------
+class CurrentRun(StatusModel):
+    """The run in progress."""
+
+    id: ShortText = Field(description="Run id, <pipeline>-r<N>; also the name of its Job and ConfigMap.")
+    trigger: TriggerKind | None = Field(default=None, description="What started it.")
+    job: ShortText | None = Field(default=None, description="Name of the trainer Job.")
+    started_at: Timestamp | None = Field(default=None, description="When the run started.")
+
+
+class RunRecord(StatusModel):
+    """A finished run."""
+
+    id: ShortText = Field(description="Run id, <pipeline>-r<N>.")
+    trigger: TriggerKind | None = Field(default=None, description="What started it.")
+    outcome: ShortText | None = Field(
+        default=None, description="Succeeded (a Candidate was made), Rejected (gate failed) or Failed (no model)."
+    )
+    reason: ShortText | None = Field(default=None, description="CamelCase reason of the outcome.")
+    message: Text | None = Field(default=None, description="Human-readable detail.")
+    started_at: Timestamp | None = Field(default=None, description="When the run started.")
+    finished_at: Timestamp | None = Field(default=None, description="When the run ended.")
+    duration: ShortText | None = Field(default=None, description="Run time, e.g. \"3m12s\".")
+    version: ShortText | None = Field(default=None, description="ModelVersion created by the run, if any.")
+
+
+class PendingTrigger(StatusModel):
+    """A trigger that fired during a run or a cooldown and waits (coalesced: one per kind)."""
+
+    trigger: TriggerKind = Field(description="The kind of trigger.")
+    at: Timestamp | None = Field(default=None, description="When it first fired.")
+    reason: Text | None = Field(default=None, description="Why it fired, e.g. \"psi 0.31 > 0.2 on tenure\".")
+
+
+class TrainingPipelineStatus(StatusModel):
+    """What the operator observed and decided. Conditions are the API; phase is their summary."""
+
+    phase: ShortText | None = Field(
+        default=None, description="Summary: Pending, Training, Ready, Degraded or Failed."
+    )
+    message: Text | None = Field(default=None, description="Human-readable summary of the phase.")
+    conditions: list[Condition] | None = conditions_field()
+    current_run: CurrentRun | None = Field(default=None, description="The run in progress, if any.")
+    last_runs: list[RunRecord] | None = Field(
+        default=None, max_length=50, description="Finished runs, newest first, at most spec.historyLimit."
+    )
+    latest_version: ShortText | None = Field(default=None, description="The newest ModelVersion made by this pipeline.")
+    champion_version: ShortText | None = Field(
+        default=None, description="The ModelVersion new models are compared with (the one in Production)."
+    )
+    last_trigger: TriggerKind | None = Field(default=None, description="Kind of the trigger that started the last run.")
+    last_trigger_at: Timestamp | None = Field(default=None, description="When that trigger fired.")
+    next_scheduled_run: Timestamp | None = Field(default=None, description="Next time the schedule fires.")
+    pending_triggers: list[PendingTrigger] | None = Field(
+        default=None, max_length=8, description="Triggers waiting for the current run or the cooldown to end."
+    )
+    run_counter: int | None = Field(default=None, ge=0, description="N of the last run id <pipeline>-r<N> handed out.")
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+
+
+class TrainingPipeline(NoriaModel):
+    """A TrainingPipeline manifest."""
+
+    api_version: Literal["noria.dev/v1alpha1"] = Field(default="noria.dev/v1alpha1", description="noria.dev/v1alpha1")
+    kind: Literal["TrainingPipeline"] = Field(default=KIND, description="TrainingPipeline")
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
+    spec: TrainingPipelineSpec = Field(description="How to train, on which data, when, and how to gate it.")
+    status: TrainingPipelineStatus | None = Field(default=None, description="Written by the operator.")
+
+
+__all__ = [
+    "CLASSIFICATION_METRICS",
+    "CRON_RE",
+    "CurrentRun",
+    "DataSpec",
+    "DriftTrigger",
+    "EvaluationSpec",
+    "Feedback",
+    "KIND",
+    "ModelSpec",
+    "NewDataTrigger",
+    "PLURAL",
+    "PendingTrigger",
+    "PerformanceTrigger",
+    "REGRESSION_METRICS",
+    "RunRecord",
+    "TrainingPipeline",
+    "TrainingPipelineSpec",
+    "TrainingPipelineStatus",
+    "Triggers",
+    "TuningSpec",
+    "ValidationSpec",
+    "Window",
+    "parse_window",
+]
