@@ -279,14 +279,6 @@ class ObjectMeta(BaseModel):
     generation: int | None = Field(default=None, description="Spec generation, set by the API server.")
 
 
-def exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
-    """Raise ``ValueError`` unless exactly one of ``fields`` (by attribute name) is set."""
-    present = [f for f in fields if getattr(model, f) is not None]
-    if len(present) != 1:
-        names = ", ".join(model.__class__.model_fields[f].alias or f for f in fields)
-        raise ValueError(f"{what}: set exactly one of {names} (got {len(present)})")
-
-
 __all__ = [
     "API_VERSION",
     "CATEGORY",
@@ -311,7 +303,6 @@ __all__ = [
     "VERSION",
     "cel",
     "decimal",
-    "exactly_one",
     "parse_duration",
     "with_cel",
 ]

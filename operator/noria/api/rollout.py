@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, StrictStr, model_validator
+from pydantic import Field, StrictStr, field_validator, model_validator
 
 from .common import (
     QUERY_MAX,
@@ -26,7 +26,6 @@ from .common import (
     Timestamp,
     cel,
     conditions_field,
-    exactly_one,
     with_cel,
 )
 
@@ -125,12 +124,13 @@ class Canary(NoriaModel):
         description="e.g. [{setWeight: 10}, {pause: {duration: 5m}}, {analysis: {}}, {setWeight: 100}].",
     )
 
-    @model_validator(mode="after")
-    def _non_decreasing(self) -> Canary:
-        weights = [s.set_weight for s in self.steps if s.set_weight is not None]
+    @field_validator("steps")
+    @classmethod
+    def _non_decreasing(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        weights = [s.set_weight for s in steps if s.set_weight is not None]
         if weights != sorted(weights):
             raise ValueError(WEIGHTS_ORDER_MESSAGE)
-        return self
+        return steps
 
 
 class BlueGreen(NoriaModel):
@@ -182,7 +182,8 @@ class Strategy(NoriaModel):
 
     @model_validator(mode="after")
     def _one_of(self) -> Strategy:
-        exactly_one(self, ("canary", "blue_green", "shadow", "immediate"), "strategy")
+        if sum(getattr(self, f) is not None for f in ("canary", "blue_green", "shadow", "immediate")) != 1:
+            raise ValueError(STRATEGY_ONE_MESSAGE)
         return self
 
     @property

@@ -1,0 +1,232 @@
+"""The API models: valid examples parse, each invalid example fails on the field it names, and the
+generated schemas are structural (what the API server demands of a CRD)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from noria.api import (
+    KINDS,
+    ModelVersion,
+    Rollout,
+    TrainingPipeline,
+    check_update,
+    crdgen,
+    decimal,
+    parse_duration,
+    parse_window,
+    validate_manifest,
+)
+from pydantic import ValidationError
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+VALID = sorted(p for p in EXAMPLES.glob("[0-9][0-9]-*/*.yaml"))
+INVALID = sorted(p for p in (EXAMPLES / "invalid").glob("*.yaml") if not p.name.endswith(".original.yaml"))
+ORIGINALS = sorted((EXAMPLES / "invalid").glob("*.original.yaml"))
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def directive(path: Path, name: str) -> str | None:
+    """The text after ``# <name>:`` in a file's comments, if any."""
+    match = re.search(rf"^# {re.escape(name)}: (.+)$", path.read_text(), re.MULTILINE)
+    return match.group(1).strip() if match else None
+
+
+def expectation(path: Path, name: str = "expect") -> tuple[str, str]:
+    text = directive(path, name)
+    assert text, f"{path.name} has no '# {name}: <field path> <message fragment>' line"
+    field, _, fragment = text.partition(" ")
+    return field, fragment
+
+
+def k8s_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's ('spec', 'steps', 1, 'setWeight') -> 'spec.steps[1].setWeight' (the API server's
+    spelling)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, str) and (part in ("int", "str") or "[" in part):
+            continue  # a union member's tag, e.g. 'function-after[check(), str]', not a field
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
+
+
+def test_there_are_enough_examples() -> None:
+    assert len(VALID) >= 5
+    assert len(INVALID) >= 12
+    kinds = {doc["kind"] for p in VALID for doc in load(p)}
+    assert kinds == {"TrainingPipeline", "ModelVersion", "Rollout"}
+
+
+@pytest.mark.parametrize("path", VALID + ORIGINALS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_valid_example_parses(path: Path) -> None:
+    for doc in load(path):
+        model = validate_manifest(doc)
+        # and survives a round trip through the wire format unchanged in meaning
+        again = validate_manifest(model.model_dump(mode="json", exclude_none=True))
+        assert again == model
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_example_fails_on_the_field_it_names(path: Path) -> None:
+    field, fragment = expectation(path, "model-expect") if directive(path, "model-expect") else expectation(path)
+    (doc,) = load(path)
+    original = directive(path, "original")
+    if original:
+        (old,) = load(path.parent / original)
+        validate_manifest(old)
+        validate_manifest(doc)  # each is fine on its own: the change is what is refused
+        with pytest.raises(ValueError) as caught:
+            check_update(old, doc)
+        assert str(caught.value).startswith(field + ":") and fragment in str(caught.value)
+        return
+    with pytest.raises(ValidationError) as caught:
+        validate_manifest(doc)
+    errors = [(k8s_path(e["loc"]), e["msg"]) for e in caught.value.errors()]
+    assert any(p == field and fragment in msg for p, msg in errors), (
+        f"expected an error on {field} containing {fragment!r}, got {errors}"
+    )
+
+
+def test_every_invalid_example_declares_what_the_api_server_says() -> None:
+    for path in INVALID:
+        field, fragment = expectation(path)
+        assert field.startswith("spec") and fragment, path.name
+
+
+# --- value types ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", dt.timedelta(seconds=30)),
+        ("5m", dt.timedelta(minutes=5)),
+        ("1h30m", dt.timedelta(hours=1, minutes=30)),
+        ("180d", dt.timedelta(days=180)),
+        ("250ms", dt.timedelta(milliseconds=250)),
+        ("2w", dt.timedelta(weeks=2)),
+    ],
+)
+def test_parse_duration(text: str, expected: dt.timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "5", "1 hour", "1.5h", "-5m", "5M", "h"])
+def test_parse_duration_refuses_malformed_text_and_names_it(text: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
+        parse_duration(text)
+
+
+def test_parse_window() -> None:
+    assert parse_window("50000 rows") == ("rows", 50000)
+    assert parse_window("180d") == ("duration", "180d")
+    with pytest.raises(ValueError, match="row count"):
+        parse_window("0 rows")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.05", Decimal("0.05")), (2, Decimal(2)), ("-1.5", Decimal("-1.5")), ("250ms", Decimal("0.25"))],
+)
+def test_decimal(value: int | str, expected: Decimal) -> None:
+    assert decimal(value) == expected
+
+
+@pytest.mark.parametrize("value", [0.05, True, "1e-3", "abc"])
+def test_decimal_refuses_floats_and_junk(value: Any) -> None:
+    with pytest.raises(ValueError, match="decimal string"):
+        decimal(value)
+
+
+def test_float_threshold_is_refused_but_integer_and_string_are_accepted() -> None:
+    base = {
+        "model": {"task": "classification", "estimator": "sklearn.linear_model.LogisticRegression", "target": "y"},
+        "data": {"source": "file:///d/"},
+    }
+    for ok in ("0.7", 1, 0):
+        spec = TrainingPipeline.model_validate({"spec": {**base, "evaluation": {"minScore": ok}}}).spec
+        assert spec.evaluation and spec.evaluation.min_score == ok
+    with pytest.raises(ValidationError):
+        TrainingPipeline.model_validate({"spec": {**base, "evaluation": {"minScore": 0.7}}})
+    with pytest.raises(ValidationError):
+        TrainingPipeline.model_validate({"spec": {**base, "evaluation": {"minScore": True}}})
+
+
+def test_defaults_and_helpers() -> None:
+    (doc,) = load(EXAMPLES / "01-training-pipeline" / "regression-minimal.yaml")
+    tp = TrainingPipeline.model_validate(doc)
+    assert tp.spec.evaluation_metric() == "r2"
+    assert tp.spec.approval == "automatic" and tp.spec.history_limit == 10
+    (doc,) = load(EXAMPLES / "05-rollout-shadow" / "rollout.yaml")
+    assert Rollout.model_validate(doc).spec.strategy.name == "shadow"
+    (doc,) = load(EXAMPLES / "03-rollout-canary" / "rollout.yaml")
+    assert Rollout.model_validate(doc).spec.strategy.name == "canary"
+
+
+def test_status_keeps_unknown_keys_and_parses_what_the_operator_writes() -> None:
+    (doc,) = load(EXAMPLES / "02-model-version-import" / "modelversion.yaml")
+    doc["status"] = {
+        "stage": "Production",
+        "traffic": 100,
+        "metric": "f1=0.81",
+        "history": [{"stage": "Canary", "at": "2026-11-01T12:00:00Z", "reason": "new", "by": "rollout/churn"}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Serving", "message": "ok"}],
+        "somethingNewer": {"kept": True},
+    }
+    mv = ModelVersion.model_validate(doc)
+    assert mv.status and mv.status.stage == "Production"
+    assert mv.model_dump(mode="json")["status"]["somethingNewer"] == {"kept": True}
+    doc["status"]["stage"] = "Serving"
+    with pytest.raises(ValidationError, match="stage"):
+        ModelVersion.model_validate(doc)
+
+
+# --- the generated schemas are structural ---------------------------------------------------------
+def walk(node: Any, path: str = "") -> Any:
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.get("properties", {}).items():
+            yield from walk(value, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            yield from walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.kind)
+def test_generated_schema_is_structural_and_documented(kind: Any) -> None:
+    schema = crdgen.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    text = yaml.safe_dump(schema)
+    assert "$ref" not in text and "$defs" not in text and "null" not in text
+    for path, node in walk(schema):
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), f"{path}: anyOf only for int-or-string"
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}]
+        assert node.get("additionalProperties") is not False, path
+        assert "title" not in node, path
+        if path.startswith((".spec", ".status")) and path.count(".") >= 2 and not path.endswith(("[]", "{}")):
+            assert node.get("description"), f"{path} has no description"
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule["message"], f"{path}: CEL rule without a message"
+            if ".matches(" in rule["rule"]:
+                assert node.get("maxLength"), f"{path}: a regex over an unbounded string blows the CEL cost budget"
+        if node.get("type") == "array":
+            assert node.get("maxItems"), f"{path}: lists need maxItems to bound CEL cost"
+
+
+def test_free_form_fields_are_only_where_intended() -> None:
+    free = []
+    for kind in KINDS:
+        schema = crdgen.crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        free += [f"{kind.kind}{p}" for p, n in walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
+    assert sorted(free) == ["TrainingPipeline.model.params", "TrainingPipeline.tuning.space"]
