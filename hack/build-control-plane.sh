@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler) from the Go module proxy, and cache the binaries by version outside the repo.
+# kube-scheduler) and kubectl from the Go module proxy, and cache the binaries by version outside the repo.
 #
 # Why a wrapper module: k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces
 # them with local paths, which a dependent module does not inherit, so `go install ...@vX`
@@ -9,15 +9,18 @@
 # problem with its sibling modules.
 #
 # Prints the directory holding the binaries on its last line. Honours KUBEBUILDER_ASSETS (the
-# envtest convention): when it already holds the four binaries, nothing is built.
+# envtest convention): when it already holds all the binaries, nothing is built. Only the
+# binaries missing from the cache are built, so adding one to the list is cheap.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 CACHE_ROOT=${NORIA_CACHE:-$HOME/.cache/noria}
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=(etcd "${K8S_COMMANDS[@]}")
 
 have_all() { local d=$1; for b in "${BINARIES[@]}"; do [ -x "$d/$b" ] || return 1; done; }
+missing_k8s() { for b in "${K8S_COMMANDS[@]}"; do [ -x "$OUT/$b" ] || echo "$b"; done; }
 
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && have_all "$KUBEBUILDER_ASSETS"; then
   echo "$KUBEBUILDER_ASSETS"; exit 0
@@ -31,7 +34,9 @@ WORK="$CACHE_ROOT/build"
 mkdir -p "$WORK" "$OUT"
 start=$(date +%s)
 
-# --- kube-apiserver, kube-controller-manager, kube-scheduler -------------------------------
+# --- kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ----------------------
+todo=$(missing_k8s)
+if [ -n "$todo" ]; then
 kmod="$WORK/k8s-$K8S_VERSION"; mkdir -p "$kmod"
 upstream_mod=$(cd "$kmod" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
 staging_version="v0.${K8S_VERSION#v1.}"
@@ -53,6 +58,7 @@ godebug_line=$(grep -m1 '^godebug ' "$upstream_mod" || true)
   echo "	k8s.io/kubernetes/cmd/kube-apiserver"
   echo "	k8s.io/kubernetes/cmd/kube-controller-manager"
   echo "	k8s.io/kubernetes/cmd/kube-scheduler"
+  echo "	k8s.io/kubernetes/cmd/kubectl"
   echo ")"
 } > "$kmod/go.mod"
 (cd "$kmod" && go mod tidy)
@@ -62,12 +68,15 @@ ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags="$ldflags -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
 done
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
+for cmd in $todo; do
   echo "building $cmd $K8S_VERSION" >&2
-  (cd "$kmod" && go build -trimpath -ldflags "$ldflags" -o "$OUT/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+  (cd "$kmod" && go build -trimpath -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+  mv "$OUT/$cmd.tmp" "$OUT/$cmd"  # only complete binaries count as cached
 done
+fi
 
 # --- etcd -------------------------------------------------------------------------------------
+if [ ! -x "$OUT/etcd" ]; then
 emod="$WORK/etcd-$ETCD_VERSION"; mkdir -p "$emod"
 cat > "$emod/go.mod" <<MOD
 module noria.dev/etcd
@@ -86,7 +95,9 @@ tool go.etcd.io/etcd/server/v3
 MOD
 (cd "$emod" && go mod tidy)
 echo "building etcd $ETCD_VERSION" >&2
-(cd "$emod" && go build -trimpath -ldflags "-s -w" -o "$OUT/etcd" go.etcd.io/etcd/server/v3)
+(cd "$emod" && go build -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3)
+mv "$OUT/etcd.tmp" "$OUT/etcd"
+fi
 
 echo "control plane built in $(( $(date +%s) - start ))s" >&2
 have_all "$OUT"

@@ -1,0 +1,851 @@
+"""Noria's node agent: one Kubernetes Node whose pods run as local processes.
+
+It takes the place of a kubelet (and of kwok) on a machine without a container runtime, so
+that the trainer's Jobs and the model server's Deployments run the repo's real code:
+
+* registers the Node ``noria-local`` (Ready; cpu 64, memory 256Gi, pods 500), renews its Lease
+  in ``kube-node-lease`` and refreshes the Ready condition's heartbeat;
+* watches the pods bound to it and runs each container's ``command`` + ``args`` as a local
+  process in its own process group. ``python``/``python3`` as the first word becomes this
+  interpreter (``sys.executable``), so ``python -m noria_trainer ...`` runs the repo code. The image
+  is ignored. Env: values with ``$(VAR)`` expansion, fieldRef (name, namespace, uid, labels,
+  annotations, status.podIP, ...), configMapKeyRef, secretKeyRef, envFrom;
+* gives each pod its own loopback address 127.0.x.y (x.y from 0.2 up, reused after the pod is
+  gone), written as ``status.podIP``; processes must bind to it (e.g. via a fieldRef env var);
+* materialises volumes as local directories: configMap (kept up to date from a watch), secret,
+  emptyDir, downwardAPI, hostPath, persistentVolumeClaim (claim ``noria-store`` is the testbed's
+  store dir, other claims get a directory under the agent's root; the agent also creates a
+  pre-bound hostPath PersistentVolume for every pending claim so the scheduler can place pods);
+  then applies the path rewriting rule of :mod:`noria_testbed.podspec` to command, args, env and
+  workingDir;
+* writes pod status as the kubelet does: Pending → Running (started, ready from the
+  readinessProbe: httpGet, tcpSocket or exec; no probe means ready once started) → Succeeded or
+  Failed with exit code and ``terminated.message`` from the (rewritten) termination-message file,
+  FallbackToLogsOnError honoured; restartPolicy Always/OnFailure restarts with exponential backoff;
+* on deletion sends SIGTERM to the process group, SIGKILL after terminationGracePeriodSeconds
+  (capped at GRACE_CAP seconds), then removes the pod (gracePeriodSeconds=0);
+* serves Prometheus ``http_sd_configs`` targets at ``/sd`` (Debian's Prometheus has no
+  kubernetes_sd), and ``/healthz``.
+
+Not implemented: liveness and startup probes, service-account token volumes (Noria's pods set
+automountServiceAccountToken: false), resource limits, ``kubectl logs``/``exec`` (container
+logs are files under ``<root>/pods/<namespace>/<pod>/<container>.log``), EndpointSlices (the
+apiserver refuses loopback endpoint addresses).
+
+Run it as ``python -m noria_testbed.node_agent --kubeconfig ... --root ... --store-dir ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from noria_testbed.kubeapi import ApiError, KubeApi, inform
+from noria_testbed.podspec import (
+    DEFAULT_TERMINATION_MESSAGE_PATH,
+    ContainerState,
+    PathRewriter,
+    PodSpecError,
+    Sources,
+    container_env,
+    expand,
+    field_ref,
+    pod_status,
+    python_aware_argv,
+    scrape_targets,
+    should_restart,
+    termination_message,
+)
+from noria_testbed.processes import detach_and_die_with_parent, tail
+
+log = logging.getLogger("noria_testbed.node_agent")
+
+Json = dict[str, Any]
+NODE_NAME = "noria-local"
+HOST_IP = "127.0.0.1"
+GRACE_CAP = 5.0  # seconds: terminationGracePeriodSeconds is capped so tests do not wait 30 s per pod
+STORE_CLAIM = "noria-store"
+RUN_MARKER_ENV = "NORIA_TESTBED_RUN"  # set on every pod process so teardown can find strays
+# Host environment a container may see: enough to run Python and numeric libraries the way this
+# machine needs them (e.g. OPENBLAS_CORETYPE), nothing that leaks the test's own configuration.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+INHERITED_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PodAddresses:
+    """127.0.x.y addresses for pods; the lowest free one is handed out, so addresses are reused."""
+
+    def __init__(self) -> None:
+        self._used: set[int] = set()
+        self._first = int(ipaddress.IPv4Address("127.0.0.2"))
+        self._last = int(ipaddress.IPv4Address("127.0.255.254"))
+
+    def allocate(self) -> str:
+        for value in range(self._first, self._last + 1):
+            if value not in self._used and value & 0xFF not in (0, 255):
+                self._used.add(value)
+                return str(ipaddress.IPv4Address(value))
+        raise RuntimeError("no free pod address left in 127.0.0.0/16")
+
+    def release(self, address: str) -> None:
+        self._used.discard(int(ipaddress.IPv4Address(address)))
+
+
+class ContainerRunner:
+    """One container: its process, restarts and readiness probe. Reports through ``worker.notify``."""
+
+    def __init__(self, worker: PodWorker, spec: Json, launch: Launch, state: ContainerState) -> None:
+        self.worker, self.spec, self.launch, self.state = worker, spec, launch, state
+        self.process: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, restart_policy: str) -> None:
+        self.task = asyncio.create_task(self.supervise(restart_policy), name=f"container {self.state.name}")
+
+    async def run_once(self) -> int:
+        """Start the process, wait for it, record its termination. Returns the exit code."""
+        state, launch = self.state, self.launch
+        launch.termination_file.parent.mkdir(parents=True, exist_ok=True)
+        launch.termination_file.write_text("")
+        launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+        started = now()
+        with open(launch.log_file, "ab") as log_handle:
+            log_handle.write(f"--- {started} starting {' '.join(launch.argv)}\n".encode())
+            log_handle.flush()
+            try:
+                self.process = await asyncio.create_subprocess_exec(
+                    *launch.argv, env=launch.env, cwd=launch.cwd, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_handle, stderr=asyncio.subprocess.STDOUT, preexec_fn=detach_and_die_with_parent)
+            except OSError as error:
+                state.state, state.reason, state.exit_code = "terminated", "StartError", 128
+                state.message, state.started_at, state.finished_at = str(error), started, now()
+                state.pid = None
+                self.worker.notify()
+                return 128
+        state.state, state.reason, state.message = "running", "", ""
+        state.started_at, state.pid, state.exit_code = started, self.process.pid, None
+        self.worker.notify()
+        probe = asyncio.create_task(self.probe_readiness(), name=f"probe {state.name}")
+        try:
+            code = await self.process.wait()
+        finally:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+        exit_code = code if code >= 0 else 128 - code  # killed by signal N → 128+N, as runtimes report
+        try:
+            file_text = launch.termination_file.read_text(errors="replace")
+        except OSError:
+            file_text = ""
+        policy = self.spec.get("terminationMessagePolicy", "File")
+        state.message = termination_message(file_text, policy, exit_code, tail(launch.log_file, 80))
+        state.state, state.exit_code, state.finished_at, state.ready = "terminated", exit_code, now(), False
+        state.reason = "Completed" if exit_code == 0 else "Error"
+        self.worker.notify()
+        return exit_code
+
+    async def supervise(self, restart_policy: str) -> None:
+        backoff = 1.0
+        while True:
+            began = time.monotonic()
+            exit_code = await self.run_once()
+            if not should_restart(restart_policy, exit_code) or self.worker.terminating:
+                self.state.will_restart = False
+                self.worker.notify()
+                return
+            # Kubelet-style CrashLoopBackOff: 1s, 2s, 4s ... 30s; reset after a long healthy run.
+            if time.monotonic() - began > 60:
+                backoff = 1.0
+            self.state.will_restart = True
+            self.state.last_terminated = self.state.status()["state"]["terminated"]
+            self.state.state, self.state.reason = "waiting", "CrashLoopBackOff"
+            self.state.message = f"back-off {backoff:.0f}s restarting failed container {self.state.name}"
+            self.worker.notify()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            self.state.restart_count += 1
+
+    async def probe_readiness(self) -> None:
+        probe = self.spec.get("readinessProbe")
+        if not probe or not any(k in probe for k in ("httpGet", "tcpSocket", "exec")):
+            self.state.ready = True
+            self.worker.notify()
+            return
+        await asyncio.sleep(probe.get("initialDelaySeconds", 0))
+        period = max(1, probe.get("periodSeconds", 10))
+        successes_needed, failures_allowed = probe.get("successThreshold", 1), probe.get("failureThreshold", 3)
+        successes = failures = 0
+        while True:
+            ok = await self.probe_once(probe)
+            successes, failures = (successes + 1, 0) if ok else (0, failures + 1)
+            if ok and not self.state.ready and successes >= successes_needed:
+                self.state.ready = True
+                self.worker.notify()
+            elif not ok and self.state.ready and failures >= failures_allowed:
+                self.state.ready = False
+                self.worker.notify()
+            await asyncio.sleep(period)
+
+    def _port(self, port: int | str) -> int:
+        if isinstance(port, int) or str(port).isdigit():
+            return int(port)
+        for declared in self.spec.get("ports") or []:
+            if declared.get("name") == port:
+                return int(declared["containerPort"])
+        raise PodSpecError(f"probe port {port!r} is not a declared container port")
+
+    async def probe_once(self, probe: Json) -> bool:
+        timeout = float(probe.get("timeoutSeconds", 1))
+        try:
+            if "httpGet" in probe:
+                get = probe["httpGet"]
+                host = get.get("host") or self.worker.ip
+                scheme = get.get("scheme", "HTTP").lower()
+                url = f"{scheme}://{host}:{self._port(get['port'])}{get.get('path', '/')}"
+                headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+                response = await self.worker.agent.http.get(url, headers=headers, timeout=timeout)
+                return 200 <= response.status_code < 400
+            if "tcpSocket" in probe:
+                sock = probe["tcpSocket"]
+                host = sock.get("host") or self.worker.ip
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, self._port(sock["port"])), timeout)
+                writer.close()
+                return True
+            command = [self.launch.rewrite(part) for part in probe["exec"].get("command", [])]
+            process = await asyncio.create_subprocess_exec(
+                *python_aware_argv(command, []), env=self.launch.env, cwd=self.launch.cwd,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            try:
+                return await asyncio.wait_for(process.wait(), timeout) == 0
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+                return False
+        except (httpx.HTTPError, OSError, TimeoutError, PodSpecError):
+            return False
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signum)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds, and end supervision."""
+        self.signal(signal.SIGTERM)
+        if self.process is not None and self.process.returncode is None:
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                pass
+        self.signal(signal.SIGKILL)
+        if self.process is not None:
+            # The leader is gone; children that ignored SIGTERM may still hold the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class Launch:
+    """How one container runs here: argv, env, cwd, log and termination-message files."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log_file: Path, termination_file: Path,
+                 rewrite: PathRewriter) -> None:
+        self.argv, self.env, self.cwd = argv, env, cwd
+        self.log_file, self.termination_file, self.rewrite = log_file, termination_file, rewrite
+
+
+class PodWorker:
+    """Everything the agent does for one pod, in one task: set up, run, report, tear down."""
+
+    def __init__(self, agent: NodeAgent, pod: Json) -> None:
+        self.agent, self.pod = agent, pod
+        meta = pod["metadata"]
+        self.uid, self.namespace, self.name = meta["uid"], meta["namespace"], meta["name"]
+        self.dir = agent.root / "pods" / self.namespace / self.name
+        self.ip = ""
+        self.changed = asyncio.Event()
+        self.removed_from_api = False
+        self.terminating = False
+        self.runners: list[ContainerRunner] = []  # those with a process to stop
+        spec = pod["spec"]
+        has_init = bool(spec.get("initContainers"))
+        self.init_states = [self.state_for(c, "PodInitializing") for c in spec.get("initContainers") or []]
+        self.main_states = [self.state_for(c, "PodInitializing" if has_init else "ContainerCreating")
+                            for c in spec["containers"]]
+        self.init_done, self.init_failed = not has_init, False
+        self.start_time = now()
+        self.config_map_volumes: dict[str, tuple[str, Json]] = {}  # volume name → (ConfigMap name, volume)
+        self.volume_dirs: dict[str, Path] = {}
+        self.last_status: Json | None = None
+        self.transitions: dict[str, tuple[str, str]] = {}
+        self.phase = "Pending"
+        self.task = asyncio.create_task(self.run(), name=f"pod {self.namespace}/{self.name}")
+
+    # ---- events from the agent --------------------------------------------------------------------
+    def update(self, pod: Json) -> None:
+        self.pod = pod
+        self.changed.set()
+
+    def removed(self) -> None:
+        self.removed_from_api = True
+        self.changed.set()
+
+    def notify(self) -> None:
+        self.changed.set()
+
+    @property
+    def deletion_requested(self) -> bool:
+        return self.removed_from_api or bool(self.pod["metadata"].get("deletionTimestamp"))
+
+    # ---- the pod's life ------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pod %s/%s: node agent error", self.namespace, self.name)
+        finally:
+            await self.stop_containers(0.5)
+            self.agent.forget(self)
+
+    async def _run(self) -> None:
+        self.ip = self.agent.addresses.allocate()
+        spec = self.pod["spec"]
+        restart_policy = spec.get("restartPolicy", "Always")
+        launches = await self.prepare_until_ready()
+        if launches is None:  # deleted while waiting for a ConfigMap or Secret
+            await self.finish_deletion()
+            return
+        init_launches, main_launches = launches
+
+        init_ok = await self.run_init_containers(init_launches, restart_policy)
+        if init_ok is None:
+            await self.finish_deletion()
+            return
+        self.init_failed, self.init_done = not init_ok, init_ok
+        if init_ok:
+            self.main_states = [self.state_for(c) for c in spec["containers"]]
+            for container, launch, state in zip(spec["containers"], main_launches, self.main_states, strict=True):
+                runner = ContainerRunner(self, container, launch, state)
+                self.runners.append(runner)
+                runner.start(restart_policy)
+
+        while True:
+            await self.report()
+            if self.deletion_requested:
+                await self.finish_deletion()
+                return
+            await self.changed.wait()
+            self.changed.clear()
+
+    def state_for(self, container: Json, reason: str = "ContainerCreating") -> ContainerState:
+        return ContainerState(name=container["name"], image=container.get("image", ""), reason=reason)
+
+    async def prepare_until_ready(self) -> tuple[list[Launch], list[Launch]] | None:
+        """Build the launches; while a ConfigMap/Secret is missing report CreateContainerConfigError
+        and retry, as the kubelet does."""
+        spec = self.pod["spec"]
+        while True:
+            try:
+                return await self.prepare()
+            except PodSpecError as error:
+                log.info("pod %s/%s: %s", self.namespace, self.name, error)
+                self.main_states = [ContainerState(name=c["name"], image=c.get("image", ""),
+                                                   reason="CreateContainerConfigError", message=str(error))
+                                    for c in spec["containers"]]
+                await self.report()
+                if self.deletion_requested:
+                    return None
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 2.0)
+                if self.deletion_requested:
+                    return None
+
+    async def prepare(self) -> tuple[list[Launch], list[Launch]]:
+        spec = self.pod["spec"]
+        sources = await self.agent.sources_for(self.pod)
+        self.volume_dirs = await self.materialise_volumes(sources)
+        init = [self.launch_for(c, sources) for c in spec.get("initContainers") or []]
+        main = [self.launch_for(c, sources) for c in spec["containers"]]
+        return init, main
+
+    async def materialise_volumes(self, sources: Sources) -> dict[str, Path]:
+        volumes_root = self.dir / "volumes"
+        shutil.rmtree(volumes_root, ignore_errors=True)  # a pod re-created with the same name starts clean
+        volumes_root.mkdir(parents=True)
+        dirs: dict[str, Path] = {}
+        for volume in self.pod["spec"].get("volumes") or []:
+            name = volume["name"]
+            local = volumes_root / name
+            if "persistentVolumeClaim" in volume:
+                local = self.agent.claim_dir(self.namespace, volume["persistentVolumeClaim"]["claimName"])
+                local.mkdir(parents=True, exist_ok=True)
+            elif "hostPath" in volume:
+                local = Path(volume["hostPath"]["path"])
+                if volume["hostPath"].get("type", "") in ("", "DirectoryOrCreate"):
+                    local.mkdir(parents=True, exist_ok=True)
+            elif "configMap" in volume:
+                cm_name = volume["configMap"]["name"]
+                data = sources.config_maps.get(cm_name)
+                if data is None and not volume["configMap"].get("optional"):
+                    raise PodSpecError(f"volume {name!r}: ConfigMap {cm_name!r} not found")
+                write_projection(local, data or {}, volume["configMap"].get("items"))
+                self.config_map_volumes[name] = (cm_name, volume["configMap"])
+            elif "secret" in volume:
+                secret_name = volume["secret"]["secretName"]
+                data = sources.secrets.get(secret_name)
+                if data is None and not volume["secret"].get("optional"):
+                    raise PodSpecError(f"volume {name!r}: Secret {secret_name!r} not found")
+                write_projection(local, data or {}, volume["secret"].get("items"))
+            elif "downwardAPI" in volume:
+                files = {item["path"]: field_ref(self.pod, item["fieldRef"]["fieldPath"], self.ip)
+                         for item in volume["downwardAPI"].get("items", []) if "fieldRef" in item}
+                write_projection(local, files, None)
+            elif "projected" in volume:
+                local.mkdir(parents=True, exist_ok=True)
+                for source in volume["projected"].get("sources", []):
+                    if "configMap" in source:
+                        data = sources.config_maps.get(source["configMap"]["name"]) or {}
+                        write_projection(local, data, source["configMap"].get("items"), clean=False)
+            else:  # emptyDir and anything the agent does not model: a fresh directory
+                local.mkdir(parents=True, exist_ok=True)
+            dirs[name] = local
+        return dirs
+
+    def refresh_config_map(self, cm_name: str, data: dict[str, str]) -> None:
+        for volume_name, (name, volume) in self.config_map_volumes.items():
+            if name == cm_name and volume_name in self.volume_dirs:
+                write_projection(self.volume_dirs[volume_name], data, volume.get("items"))
+
+    def launch_for(self, container: Json, sources: Sources) -> Launch:
+        cname = container["name"]
+        mounts: dict[str, str] = {}
+        for mount in container.get("volumeMounts") or []:
+            if mount["name"] not in self.volume_dirs:
+                raise PodSpecError(f"container {cname!r} mounts unknown volume {mount['name']!r}")
+            local = self.volume_dirs[mount["name"]]
+            if mount.get("subPath"):
+                local = local / mount["subPath"]
+            mounts[mount["mountPath"]] = str(local)
+        termination_file = self.dir / "containers" / cname / "termination-log"
+        mounts[container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH] = str(termination_file)
+        rewrite = PathRewriter(mounts)
+
+        env_vars = container_env(self.pod, container, self.ip, sources)
+        env_vars = {k: rewrite(v) for k, v in env_vars.items()}
+        command = [rewrite(expand(part, env_vars)) for part in container.get("command") or []]
+        args = [rewrite(expand(part, env_vars)) for part in container.get("args") or []]
+        argv = python_aware_argv(command, args, self.agent.python)
+        cwd = Path(rewrite(container["workingDir"])) if container.get("workingDir") else self.dir / "containers" / cname
+        cwd.mkdir(parents=True, exist_ok=True)
+
+        env = {k: v for k, v in os.environ.items() if k in INHERITED_ENV or k.startswith(INHERITED_PREFIXES)}
+        venv_bin = str(Path(self.agent.python).parent)
+        env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        env.update({"HOSTNAME": self.name, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: self.agent.run_id})
+        env.update(env_vars)
+        return Launch(argv, env, cwd, self.dir / f"{cname}.log", termination_file, rewrite)
+
+    async def run_init_containers(self, launches: list[Launch], restart_policy: str) -> bool | None:
+        """Run init containers in order. True: all succeeded; False: one failed for good; None: deleted."""
+        for container, launch, state in zip(self.pod["spec"].get("initContainers") or [], launches,
+                                            self.init_states, strict=True):
+            runner = ContainerRunner(self, container, launch, state)
+            self.runners = [runner]
+            backoff = 1.0
+            while True:
+                await self.report()
+                waiter = asyncio.create_task(runner.run_once())
+                while not waiter.done():
+                    self.changed.clear()
+                    changed = asyncio.create_task(self.changed.wait())
+                    await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    changed.cancel()
+                    if self.deletion_requested:
+                        self.terminating = True
+                        await runner.stop(self.grace())
+                        waiter.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await waiter
+                        return None
+                if waiter.result() == 0:
+                    state.ready = False
+                    break
+                if restart_policy == "Never":
+                    self.runners = []
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                state.restart_count += 1
+        self.runners = []
+        return True
+
+    def grace(self) -> float:
+        meta_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
+        spec_grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        grace = meta_grace if meta_grace is not None else spec_grace
+        return min(float(grace), GRACE_CAP)
+
+    async def stop_containers(self, grace: float) -> None:
+        self.terminating = True
+        await asyncio.gather(*(runner.stop(grace) for runner in self.runners))
+
+    async def finish_deletion(self) -> None:
+        """Stop the processes, then let the apiserver drop the object (gracePeriodSeconds=0)."""
+        await self.stop_containers(self.grace())
+        if self.removed_from_api:
+            return
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+                "preconditions": {"uid": self.uid}}
+        try:
+            await self.agent.api.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
+        except ApiError as error:
+            if error.status != 409:  # 409: a new pod with the same name already replaced ours
+                raise
+        log.info("pod %s/%s: deleted", self.namespace, self.name)
+
+    # ---- status ----------------------------------------------------------------------------------
+    def current_status(self) -> Json:
+        status = pod_status(self.main_states, pod_ip=self.ip, host_ip=HOST_IP, start_time=self.start_time,
+                            init_done=self.init_done, init_failed=self.init_failed,
+                            init_containers=self.init_states or None)
+        for condition in status["conditions"]:
+            previous = self.transitions.get(condition["type"])
+            if previous is None or previous[0] != condition["status"]:
+                self.transitions[condition["type"]] = (condition["status"], now())
+            condition["lastTransitionTime"] = self.transitions[condition["type"]][1]
+        return status
+
+    async def report(self) -> None:
+        """Patch the status subresource when it changed since the last write."""
+        if self.removed_from_api:
+            return
+        status = self.current_status()
+        self.phase = status["phase"]
+        if status == self.last_status:
+            return
+        try:
+            await self.agent.api.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
+                                       {"metadata": {"uid": self.uid}, "status": status}, strategic=True)
+            self.last_status = status
+        except ApiError as error:
+            if error.status in (404, 409):
+                self.removed()
+            else:
+                log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, error)
+
+    def running_targets(self) -> list[Json]:
+        if self.phase != "Running" or self.deletion_requested or not self.ip:
+            return []
+        return scrape_targets(self.pod, self.ip)
+
+
+def write_projection(directory: Path, data: dict[str, str], items: list[Json] | None, *, clean: bool = True) -> None:
+    """Write keys as files (all keys, or ``items`` key→path), each atomically via rename."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = {item["path"]: data[item["key"]] for item in items if item["key"] in data} if items else dict(data)
+    if clean:
+        for existing in directory.rglob("*"):
+            if existing.is_file() and str(existing.relative_to(directory)) not in wanted:
+                existing.unlink()
+    for relative, content in wanted.items():
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.write_text(content)
+        temporary.replace(target)
+
+
+class NodeAgent:
+    def __init__(self, api: KubeApi, *, root: Path, store_dir: Path, node_name: str = NODE_NAME,
+                 python: str = sys.executable, run_id: str = "") -> None:
+        self.api, self.root, self.store_dir, self.node_name = api, root, store_dir, node_name
+        self.python, self.run_id = python, run_id or str(os.getpid())
+        self.addresses = PodAddresses()
+        self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()  # uids whose worker ended; later events for them are ignored
+        self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
+        self.http = httpx.AsyncClient()
+        self.synced = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # ---- node -----------------------------------------------------------------------------------
+    def node_status(self) -> Json:
+        resources = {"cpu": "64", "memory": "256Gi", "pods": "500", "ephemeral-storage": "1Ti"}
+        heartbeat = now()
+
+        def condition(kind: str, status: str, reason: str, message: str) -> Json:
+            return {"type": kind, "status": status, "reason": reason, "message": message,
+                    "lastHeartbeatTime": heartbeat, "lastTransitionTime": self.started_at}
+
+        return {
+            "capacity": resources, "allocatable": resources,
+            "conditions": [
+                condition("Ready", "True", "KubeletReady", "noria node agent is running pods as local processes"),
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "no PID pressure"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": HOST_IP}, {"type": "Hostname", "address": self.node_name}],
+            "nodeInfo": {"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": os.uname().release,
+                         "osImage": "noria-testbed", "containerRuntimeVersion": "noria-node-agent://0.1",
+                         "kubeletVersion": "v1.36.3", "kubeProxyVersion": "", "operatingSystem": "linux",
+                         "architecture": "amd64"},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        }
+
+    async def register_node(self) -> None:
+        self.started_at = now()
+        labels = {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
+                  "kubernetes.io/arch": "amd64", "noria.dev/node-agent": "true"}
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": labels},
+                "spec": {}, "status": self.node_status()}
+        try:
+            created = await self.api.request("POST", "/api/v1/nodes", body=node)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+            created = await self.api.request("GET", f"/api/v1/nodes/{self.node_name}")
+        self.node_uid = created["metadata"]["uid"]
+        await self.api.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self.node_status()})
+        # The TaintNodesByCondition admission plugin taints a new node not-ready until the node
+        # lifecycle controller's next pass; the node is ready now, so drop the taint at once.
+        await self.api.patch(f"/api/v1/nodes/{self.node_name}", {"spec": {"taints": None}})
+        log.info("node %s registered", self.node_name)
+
+    async def heartbeat(self) -> None:
+        lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node_name}"
+        beats = 0
+        while True:
+            try:
+                lease_spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": 40, "renewTime": micro_now()}
+                if await self.api.get(lease_path) is None:
+                    await self.api.request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                                           body={"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                                 "metadata": {"name": self.node_name, "ownerReferences": [{
+                                                     "apiVersion": "v1", "kind": "Node", "name": self.node_name,
+                                                     "uid": self.node_uid}]},
+                                                 "spec": lease_spec})
+                else:
+                    await self.api.patch(lease_path, {"spec": lease_spec})
+                if beats % 3 == 0:
+                    await self.api.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self.node_status()})
+                beats += 1
+            except (ApiError, httpx.HTTPError, OSError) as error:
+                log.warning("heartbeat failed: %s", error)
+            await asyncio.sleep(10)
+
+    # ---- pods -----------------------------------------------------------------------------------
+    async def on_pod(self, event: str, pod: Json) -> None:
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if event == "DELETED":
+            self.finished.discard(uid)
+            if worker:
+                worker.removed()
+            return
+        if worker:
+            worker.update(pod)
+            return
+        if uid in self.finished:
+            return
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            if pod["metadata"].get("deletionTimestamp"):  # terminal and deleted: nothing to stop
+                with contextlib.suppress(ApiError):
+                    await self.api.delete(f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/"
+                                          f"{pod['metadata']['name']}", {"gracePeriodSeconds": 0})
+            return
+        self.workers[uid] = PodWorker(self, pod)
+
+    def forget(self, worker: PodWorker) -> None:
+        if self.workers.get(worker.uid) is worker:
+            del self.workers[worker.uid]
+            if not worker.removed_from_api:
+                self.finished.add(worker.uid)
+        if worker.ip:
+            self.addresses.release(worker.ip)
+
+    async def on_config_map(self, event: str, cm: Json) -> None:
+        key = (cm["metadata"]["namespace"], cm["metadata"]["name"])
+        if event == "DELETED":
+            self.config_maps.pop(key, None)
+            return
+        data = dict(cm.get("data") or {})
+        data.update({k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (cm.get("binaryData") or {}).items()})
+        if self.config_maps.get(key) == data:
+            return
+        self.config_maps[key] = data
+        for worker in list(self.workers.values()):
+            if worker.namespace == key[0]:
+                worker.refresh_config_map(key[1], data)
+
+    async def sources_for(self, pod: Json) -> Sources:
+        namespace = pod["metadata"]["namespace"]
+        config_maps = {name: data for (ns, name), data in self.config_maps.items() if ns == namespace}
+        secrets: dict[str, dict[str, str]] = {}
+        for name in referenced_secrets(pod):
+            secret = await self.api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+            if secret is not None:
+                secrets[name] = {k: base64.b64decode(v).decode("utf-8", "replace")
+                                 for k, v in (secret.get("data") or {}).items()}
+        return Sources(config_maps=config_maps, secrets=secrets)
+
+    # ---- persistent volume claims ------------------------------------------------------------------
+    def claim_dir(self, namespace: str, claim: str) -> Path:
+        return self.store_dir if claim == STORE_CLAIM else self.root / "volumes" / namespace / claim
+
+    async def on_claim(self, event: str, claim: Json) -> None:
+        """Pre-bind a hostPath PersistentVolume to every pending claim (the PV controller binds it)."""
+        meta, spec = claim["metadata"], claim.get("spec", {})
+        pv_name = f"noria-{meta['uid']}"
+        if event == "DELETED":
+            await self.api.delete(f"/api/v1/persistentvolumes/{pv_name}")
+            return
+        if spec.get("volumeName") or claim.get("status", {}).get("phase") == "Bound":
+            return
+        local = self.claim_dir(meta["namespace"], meta["name"])
+        local.mkdir(parents=True, exist_ok=True)
+        size = (spec.get("resources") or {}).get("requests", {}).get("storage", "1Gi")
+        volume = {
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv_name, "labels": {"noria.dev/node-agent": "true"}},
+            "spec": {"capacity": {"storage": size}, "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": spec.get("storageClassName") or "",
+                     "volumeMode": spec.get("volumeMode", "Filesystem"),
+                     "hostPath": {"path": str(local), "type": "DirectoryOrCreate"},
+                     "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
+                                  "name": meta["name"], "uid": meta["uid"]}},
+        }
+        try:
+            await self.api.request("POST", "/api/v1/persistentvolumes", body=volume)
+            log.info("claim %s/%s: created PersistentVolume %s at %s", meta["namespace"], meta["name"], pv_name, local)
+        except ApiError as error:
+            if error.status != 409:
+                log.warning("claim %s/%s: %s", meta["namespace"], meta["name"], error)
+
+    # ---- service discovery --------------------------------------------------------------------------
+    def sd_targets(self) -> list[Json]:
+        return [group for worker in self.workers.values() for group in worker.running_targets()]
+
+    async def serve_http(self, host: str, port: int) -> web.AppRunner:
+        async def sd(_: web.Request) -> web.Response:
+            return web.json_response(self.sd_targets())
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok" if self.synced.is_set() else "starting", status=200 if self.synced.is_set() else 503)
+
+        async def pods(_: web.Request) -> web.Response:
+            return web.json_response([{"namespace": w.namespace, "name": w.name, "ip": w.ip, "phase": w.phase}
+                                      for w in self.workers.values()])
+
+        app = web.Application()
+        app.add_routes([web.get("/sd", sd), web.get("/healthz", healthz), web.get("/pods", pods)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+    # ---- main -----------------------------------------------------------------------------------------
+    async def run(self, host: str, port: int) -> None:
+        http_runner = await self.serve_http(host, port)
+        try:
+            await self.register_node()
+            pods_synced, cms_synced = asyncio.Event(), asyncio.Event()
+            self.tasks = [
+                asyncio.create_task(self.heartbeat(), name="heartbeat"),
+                asyncio.create_task(inform(self.api, "/api/v1/configmaps", self.on_config_map,
+                                           on_synced=cms_synced.set), name="configmaps"),
+                asyncio.create_task(inform(self.api, "/api/v1/persistentvolumeclaims", self.on_claim), name="claims"),
+            ]
+            await cms_synced.wait()  # pods may need ConfigMaps as soon as they are seen
+            self.tasks.append(asyncio.create_task(inform(
+                self.api, "/api/v1/pods", self.on_pod, params={"fieldSelector": f"spec.nodeName={self.node_name}"},
+                on_synced=pods_synced.set), name="pods"))
+            await pods_synced.wait()
+            self.synced.set()
+            log.info("node agent ready on %s:%d", host, port)
+            await asyncio.gather(*self.tasks)
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            workers = list(self.workers.values())
+            for worker in workers:
+                worker.task.cancel()
+            await asyncio.gather(*(w.task for w in workers), return_exceptions=True)
+            await asyncio.gather(*(w.stop_containers(1.0) for w in workers), return_exceptions=True)
+            await http_runner.cleanup()
+            await self.http.aclose()
+
+
+def referenced_secrets(pod: Json) -> set[str]:
+    spec = pod.get("spec", {})
+    names = {v["secret"]["secretName"] for v in spec.get("volumes") or [] if "secret" in v}
+    for container in [*(spec.get("initContainers") or []), *spec.get("containers", [])]:
+        names |= {e["secretRef"]["name"] for e in container.get("envFrom") or [] if "secretRef" in e}
+        names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
+                  if "secretKeyRef" in e.get("valueFrom", {})}
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m noria_testbed.node_agent", description=__doc__.split("\n")[0])
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--root", type=Path, required=True, help="pod directories, logs and claim volumes")
+    parser.add_argument("--store-dir", type=Path, required=True, help=f"what the claim {STORE_CLAIM!r} maps to")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="host:port of the /sd and /healthz endpoint")
+    parser.add_argument("--node-name", default=NODE_NAME)
+    parser.add_argument("--run-id", default="", help=f"value of {RUN_MARKER_ENV} in every pod process")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port = args.listen.rpartition(":")
+
+    async def run() -> None:
+        api = KubeApi(args.kubeconfig)
+        agent = NodeAgent(api, root=args.root, store_dir=args.store_dir, node_name=args.node_name, run_id=args.run_id)
+        main_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, main_task.cancel)  # type: ignore[union-attr]
+        try:
+            await agent.run(host, int(port))
+        except asyncio.CancelledError:
+            log.info("node agent stopping")
+        finally:
+            await api.close()
+
+    args.root.mkdir(parents=True, exist_ok=True)
+    args.store_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The whole local test bed in one object: control plane, Noria's CRDs, the node agent and
+(optionally) Prometheus.
+
+    with LocalTestbed(prometheus=True) as tb:
+        tb.kubectl("apply", "-f", "examples/")
+        print(tb.kubeconfig, tb.prometheus.url)
+
+Used by the pytest fixtures (tests/conftest.py), ``python -m noria_testbed up`` and the demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from noria_testbed.binaries import REPO_ROOT, find_binaries
+from noria_testbed.controlplane import ControlPlane
+from noria_testbed.node_agent import NODE_NAME, RUN_MARKER_ENV
+from noria_testbed.processes import ManagedProcess, free_port, tail, wait_until
+
+
+class NodeAgentProcess:
+    """The node agent running as a child process (``python -m noria_testbed.node_agent``)."""
+
+    def __init__(self, *, kubeconfig: Path, root: Path, store_dir: Path, log_path: Path, run_id: str,
+                 python: str, env: dict[str, str], node_name: str = NODE_NAME) -> None:
+        self.root, self.store_dir, self.log_path, self.node_name = root, store_dir, log_path, node_name
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.sd_url = f"{self.url}/sd"
+        self.process = ManagedProcess(
+            "node-agent",
+            [python, "-m", "noria_testbed.node_agent", "--kubeconfig", str(kubeconfig), "--root", str(root),
+             "--store-dir", str(store_dir), "--listen", f"127.0.0.1:{port}", "--node-name", node_name,
+             "--run-id", run_id],
+            log_path, env=env)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            self.process.check_alive()
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_until("node agent ready", ready, timeout, on_timeout=lambda: tail(self.log_path))
+
+    def pod_dir(self, namespace: str, pod: str) -> Path:
+        return self.root / "pods" / namespace / pod
+
+    def pod_log(self, namespace: str, pod: str) -> str:
+        """The container logs of a pod (all containers, in name order), or "" when it never ran here."""
+        directory = self.pod_dir(namespace, pod)
+        logs = sorted(directory.glob("*.log")) if directory.exists() else []
+        if len(logs) == 1:
+            return logs[0].read_text(errors="replace")
+        return "".join(f"==> {p.stem} <==\n{p.read_text(errors='replace')}" for p in logs)
+
+    def targets(self) -> list[dict]:
+        with urllib.request.urlopen(self.sd_url, timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.process.stop(grace=10.0)
+
+
+class LocalTestbed:
+    """Start with :meth:`start` (or ``with``); everything stops in :meth:`stop`, even after errors."""
+
+    def __init__(self, workdir: Path | None = None, *, store_dir: Path | None = None, prometheus: bool = False,
+                 apply_crds: bool = True, crds_dir: Path = REPO_ROOT / "crds", keep_workdir: bool = True) -> None:
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="noria-testbed-"))
+        self.store_dir = Path(store_dir) if store_dir else self.workdir / "store"
+        self.log_dir = self.workdir / "logs"
+        self.want_prometheus, self.apply_crds, self.crds_dir = prometheus, apply_crds, crds_dir
+        self.keep_workdir = keep_workdir
+        self.run_id = f"testbed-{uuid.uuid4().hex[:12]}"
+        self.control_plane = ControlPlane(workdir=self.workdir)
+        self.node_agent: NodeAgentProcess | None = None
+        self.prometheus = None  # a noria_testbed.prometheus.PrometheusProcess once started
+        self.timings: dict[str, float] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> LocalTestbed:
+        began = time.monotonic()
+        try:
+            self.binaries = find_binaries()
+            self.control_plane.binaries = self.binaries
+            self.control_plane.start()
+            self.timings["control_plane"] = time.monotonic() - began
+            self.kubeconfig = self.control_plane.kubeconfig
+            self.env = self.control_plane.env()
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            self.node_agent = NodeAgentProcess(
+                kubeconfig=self.kubeconfig, root=self.workdir / "node", store_dir=self.store_dir,
+                log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env)
+            if self.apply_crds:
+                self._apply_crds()
+            self.node_agent.wait_ready()
+            self._wait_node_ready()
+            self.timings["cluster"] = time.monotonic() - began
+            if self.want_prometheus:
+                self.start_prometheus()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_prometheus(self):  # noqa: ANN201 - PrometheusProcess; imported lazily (promtool may be absent)
+        from noria_testbed.prometheus import PrometheusProcess
+
+        if self.prometheus is None:
+            assert self.node_agent is not None
+            began = time.monotonic()
+            self.prometheus = PrometheusProcess(workdir=self.workdir / "prometheus", sd_url=self.node_agent.sd_url,
+                                                log_path=self.log_dir / "prometheus.log")
+            self.prometheus.start()
+            self.timings["prometheus"] = time.monotonic() - began
+        return self.prometheus
+
+    def stop(self) -> None:
+        """Stop Prometheus, the node agent (which stops its pods), then the control plane."""
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        if self.node_agent is not None:
+            self.node_agent.stop()
+        kill_stray_pod_processes(self.run_id)
+        self.control_plane.stop()
+        if not self.keep_workdir and self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalTestbed:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- helpers ----------------------------------------------------------------------------------
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002 - subprocess's name
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl against this cluster (text mode). ``check`` raises with stderr."""
+        result = subprocess.run([str(self.binaries / "kubectl"), *args], input=input, capture_output=True,
+                                text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr}")
+        return result
+
+    def log_files(self) -> dict[str, Path]:
+        files = dict(self.control_plane.log_files())
+        files["node-agent"] = self.log_dir / "node-agent.log"
+        if self.prometheus is not None:
+            files["prometheus"] = self.log_dir / "prometheus.log"
+        return files
+
+    def _apply_crds(self) -> None:
+        crds = sorted(self.crds_dir.glob("*.yaml")) if self.crds_dir.is_dir() else []
+        if not crds:
+            return
+        for crd in crds:
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *[arg for crd in crds for arg in ("-f", str(crd))])
+
+    def _wait_node_ready(self) -> None:
+        def ready() -> bool:
+            out = self.kubectl("get", "node", NODE_NAME, "-o",
+                               "jsonpath={.status.conditions[?(@.type=='Ready')].status}|{.spec.taints}",
+                               check=False).stdout
+            return out == "True|"
+
+        wait_until(f"node {NODE_NAME} Ready without taints", ready, 60,
+                   on_timeout=lambda: self.kubectl("get", "node", "-o", "yaml", check=False).stdout)
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def kill_stray_pod_processes(run_id: str) -> int:
+    """SIGKILL every process whose environment carries this run's marker (a pod the agent could
+    not stop, e.g. because the agent itself was killed). Returns how many were found."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    found = 0
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if process.environ().get(RUN_MARKER_ENV) == run_id:
+                found += 1
+                os.kill(process.pid, signal.SIGKILL)
+    return found

@@ -1,0 +1,98 @@
+"""Shared fixtures: a real local Kubernetes control plane, Noria's node agent and Prometheus.
+
+Fixture names are a contract other test modules rely on:
+
+* ``cluster`` (session): a :class:`noria_testbed.LocalTestbed` — ``.kubeconfig``, ``.env``,
+  ``.store_dir`` (what the PVC ``noria-store`` maps to), ``.kubectl(*args, input=None, check=True)``,
+  ``.node_agent.pod_log(namespace, pod)``, ``.log_dir``. CRDs from ``crds/`` are applied and
+  Established; ``KUBECONFIG`` is exported for in-process clients (Kopf, lightkube).
+* ``prometheus`` (session): ``.url`` of a Prometheus scraping the pods through the node agent.
+* ``namespace`` (function): a fresh ``t-<random>`` namespace with its ``default`` ServiceAccount.
+
+When the binaries can be neither found nor built, tests that need them are skipped locally and
+fail under CI (``CI`` set). On a failing test the component logs and the pod logs of the test's
+namespace are attached to the report.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+_ACTIVE: list = []  # the session's LocalTestbed, for the failure report hook
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator:
+    from noria_testbed.binaries import BinariesUnavailable
+    from noria_testbed.testbed import LocalTestbed
+
+    testbed = LocalTestbed()
+    try:
+        testbed.start()
+    except BinariesUnavailable as error:
+        _unavailable(f"control-plane binaries unavailable: {error}")
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(testbed.kubeconfig)
+    _ACTIVE.append(testbed)
+    try:
+        yield testbed
+    finally:
+        _ACTIVE.remove(testbed)
+        testbed.stop()
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+
+
+@pytest.fixture(scope="session")
+def prometheus(cluster):  # noqa: ANN001, ANN201
+    if shutil.which("prometheus") is None:
+        _unavailable("prometheus is not on PATH (run `make prometheus`)")
+    return cluster.start_prometheus()
+
+
+@pytest.fixture
+def namespace(cluster) -> Iterator[str]:  # noqa: ANN001
+    from noria_testbed.processes import wait_until
+
+    name = f"t-{secrets.token_hex(4)}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods are refused until the controller manager has created the namespace's default ServiceAccount.
+    wait_until(f"ServiceAccount default in {name}",
+               lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+               timeout=30)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not _ACTIVE or report.when == "teardown":
+        return
+    from noria_testbed.processes import tail
+
+    testbed = _ACTIVE[-1]
+    for name, path in testbed.log_files().items():
+        report.sections.append((f"{name} log (tail)", tail(path, 40)))
+    namespace = item.funcargs.get("namespace") if hasattr(item, "funcargs") else None
+    if isinstance(namespace, str) and testbed.node_agent is not None:
+        pods_dir = testbed.node_agent.root / "pods" / namespace
+        for pod_dir in sorted(pods_dir.iterdir()) if pods_dir.exists() else []:
+            report.sections.append((f"pod {namespace}/{pod_dir.name} log (tail)",
+                                    "\n".join(testbed.node_agent.pod_log(namespace, pod_dir.name).splitlines()[-60:])))
+        listing = testbed.kubectl("get", "all", "-n", namespace, "-o", "wide", check=False)
+        report.sections.append((f"kubectl get all -n {namespace}", listing.stdout + listing.stderr))
