@@ -24,10 +24,51 @@ FALSE: Final = "False"
 UNKNOWN: Final = "Unknown"
 
 # --- reasons: training (TrainingPipeline / ModelVersion) --------------------------------------
-# (filled by the continuous-training work; keep CamelCase)
+# Training
+RUN_IN_PROGRESS: Final = "RunInProgress"
+IDLE: Final = "Idle"
+COOLING_DOWN: Final = "CoolingDown"
+# Degraded (and RunRecord.reason)
+TRAINER_FAILED: Final = "TrainerFailed"  # the trainer said why (its summary's reason)
+JOB_FAILED: Final = "JobFailed"  # the Job failed without a summary (deadline, eviction, crash)
+SUMMARY_MISSING: Final = "SummaryMissing"  # the Job succeeded but no pod left a summary
+SUMMARY_INVALID: Final = "SummaryInvalid"  # the summary does not describe this run
+LAST_RUN_SUCCEEDED: Final = "LastRunSucceeded"
+GATE_REJECTED: Final = "GateRejected"
+# TriggersHealthy
+TRIGGERS_EVALUATED: Final = "TriggersEvaluated"
+PROMETHEUS_UNAVAILABLE: Final = "PrometheusUnavailable"
+DATA_SOURCE_UNREADABLE: Final = "DataSourceUnreadable"
+# Ready
+CHAMPION_AVAILABLE: Final = "ChampionAvailable"
+NO_MODEL_YET: Final = "NoModelYet"
+# Events and ModelVersion Approved condition
+RUN_STARTED: Final = "RunStarted"
+MODEL_VERSION_REGISTERED: Final = "ModelVersionRegistered"
+AUTO_APPROVED: Final = "AutoApproved"
+MANUALLY_APPROVED: Final = "ManuallyApproved"
+AWAITING_APPROVAL: Final = "AwaitingApproval"
 
 # --- reasons: deployment (Rollout) ------------------------------------------------------------
-# (filled by the continuous-deployment work; keep CamelCase)
+ROLLOUT_INVALID_SPEC: Final = "InvalidSpec"  # Degraded: the spec cannot be carried out
+ROLLOUT_NO_MODEL_VERSION: Final = "NoModelVersion"  # nothing approved to serve yet
+ROLLOUT_MODEL_VERSION_REJECTED: Final = "ModelVersionRejected"  # the pinned version was rejected
+ROLLOUT_FIRST_DEPLOYMENT: Final = "FirstDeployment"  # nothing served yet: the first version goes straight in
+ROLLOUT_WAITING_FOR_PODS: Final = "WaitingForPods"  # a version's pods are not all ready
+ROLLOUT_STEP_IN_PROGRESS: Final = "StepInProgress"
+ROLLOUT_PAUSED_FOR_PROMOTION: Final = "PausedForPromotion"  # indefinite pause: annotate noria.dev/promote
+ROLLOUT_RESUMED_BY_USER: Final = "ResumedByUser"
+ROLLOUT_STABLE_SERVING: Final = "StableServing"  # Ready: the stable version takes all traffic
+ROLLOUT_PROMOTED: Final = "Promoted"
+ROLLOUT_FAST_ROLLBACK: Final = "FastRollback"  # back to a still-running previous version, no steps
+ROLLOUT_SUPERSEDED: Final = "Superseded"  # a newer version arrived mid-rollout; the old candidate is dropped
+ROLLOUT_ABORTED_BY_USER: Final = "AbortedByUser"
+ROLLOUT_RETRIED: Final = "Retried"
+ROLLOUT_ANALYSIS_PASSED: Final = "AnalysisPassed"
+ROLLOUT_ANALYSIS_FAILED: Final = "AnalysisFailed"
+ROLLOUT_ANALYSIS_ERRORS: Final = "AnalysisErrors"  # the metric provider could not be asked
+ROLLOUT_ANALYSIS_INCONCLUSIVE: Final = "AnalysisInconclusive"  # no data: paused, never promoted
+ROLLOUT_SCALED_DOWN: Final = "ScaledDown"
 
 
 def now_iso(now: dt.datetime | None = None) -> str:

@@ -15,12 +15,23 @@ class Settings:
     # The PersistentVolumeClaim holding the store, mounted at store_mount_path in trainer/server pods.
     store_pvc: str = "noria-store"
     store_mount_path: str = "/var/lib/noria/store"
+    # The same store as the operator process itself sees it (to read drift profiles and count new
+    # data rows). Empty: the same as store_root (an operator that mounts the PVC at the same path).
+    local_store_root: str = ""
     trainer_image: str = "ghcr.io/noria-dev/noria-trainer:0.1.0"
     server_image: str = "ghcr.io/noria-dev/noria-server:0.1.0"
     prometheus_url: str = "http://prometheus.monitoring:9090"
     prometheus_timeout_seconds: float = 5.0
     # Port of the operator's own /metrics (0 disables it).
     metrics_port: int = 9808
+
+    def local_uri(self, uri: str) -> str:
+        """A store URI as written for pods (under store_root), rewritten for the operator process."""
+        local = self.local_store_root.rstrip("/")
+        root = self.store_root.rstrip("/")
+        if local and local != root and (uri == root or uri.startswith(root + "/")):
+            return local + uri[len(root):]
+        return uri
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -30,6 +41,7 @@ class Settings:
             store_root=e.get("NORIA_STORE_ROOT", d.store_root),
             store_pvc=e.get("NORIA_STORE_PVC", d.store_pvc),
             store_mount_path=e.get("NORIA_STORE_MOUNT_PATH", d.store_mount_path),
+            local_store_root=e.get("NORIA_LOCAL_STORE_ROOT", d.local_store_root),
             trainer_image=e.get("NORIA_TRAINER_IMAGE", d.trainer_image),
             server_image=e.get("NORIA_SERVER_IMAGE", d.server_image),
             prometheus_url=e.get("NORIA_PROMETHEUS_URL", d.prometheus_url),

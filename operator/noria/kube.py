@@ -1,0 +1,186 @@
+"""Small async Kubernetes I/O helpers on lightkube, shared by the training and deployment operators.
+
+Everything here takes and returns plain dicts (the shape Kopf hands to handlers and the shape the
+pure decision code builds), so the decision code never sees a client type. Each helper is one
+idempotent step: ``get`` answers None for a missing object, ``create`` treats AlreadyExists as
+"already done" and returns what is there, ``delete`` treats NotFound as done. Status is written
+only through the ``/status`` subresource with a merge patch (strict CRD schemas prune anything
+else), and lists inside a merge patch replace the whole list, so callers send complete lists.
+
+Kinds are named by ``(apiVersion, kind)``; Noria's own kinds are registered below as lightkube
+generic resources.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube import AsyncClient, codecs
+from lightkube.core.exceptions import ApiError
+from lightkube.core.resource_registry import resource_registry
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import CascadeType, PatchType
+
+log = logging.getLogger(__name__)
+
+GROUP = "noria.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+TrainingPipeline = create_namespaced_resource(GROUP, VERSION, "TrainingPipeline", "trainingpipelines")
+ModelVersion = create_namespaced_resource(GROUP, VERSION, "ModelVersion", "modelversions")
+Rollout = create_namespaced_resource(GROUP, VERSION, "Rollout", "rollouts")
+
+FIELD_MANAGER = "noria-operator"
+
+_client: AsyncClient | None = None
+
+
+def client() -> AsyncClient:
+    """One client per process; lightkube reads KUBECONFIG (or the in-cluster service account)."""
+    global _client
+    if _client is None:
+        _client = AsyncClient(field_manager=FIELD_MANAGER, timeout=float(os.environ.get("NORIA_REQUEST_TIMEOUT", "30")))
+    return _client
+
+
+def set_client(new: AsyncClient | None) -> None:
+    """Swap the process client (tests point it at a kmock server)."""
+    global _client
+    _client = new
+
+
+def resource(api_version: str, kind: str) -> Any:
+    """The lightkube resource class of ``(apiVersion, kind)``."""
+    return resource_registry.load(api_version, kind)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
+def is_status(exc: ApiError, code: int) -> bool:
+    return getattr(exc.status, "code", None) == code
+
+
+async def get(api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    try:
+        obj = await client().get(resource(api_version, kind), name, namespace=namespace)
+    except ApiError as exc:
+        if is_status(exc, 404):
+            return None
+        raise
+    return _as_dict(obj)
+
+
+async def list_objects(api_version: str, kind: str, namespace: str | None = None,
+                       labels: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    out = []
+    async for obj in client().list(resource(api_version, kind), namespace=namespace or "*",
+                                   labels=dict(labels) if labels else None):
+        out.append(_as_dict(obj))
+    return out
+
+
+async def create(obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create ``obj``; if an object of that name exists, return it instead. ``(object, created)``."""
+    meta = obj["metadata"]
+    try:
+        created = await client().create(codecs.from_dict(dict(obj)), namespace=meta.get("namespace"))
+        return _as_dict(created), True
+    except ApiError as exc:
+        if not is_status(exc, 409):
+            raise
+    existing = await get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+    if existing is None:  # deleted between our create and get: a later pass creates it again
+        raise RuntimeError(f"{obj['kind']} {meta['name']} exists and vanished while being read")
+    return existing, False
+
+
+async def patch(api_version: str, kind: str, name: str, namespace: str | None,
+                body: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch of the object (metadata, spec, ...)."""
+    res = await client().patch(resource(api_version, kind), name, dict(body), namespace=namespace,
+                               patch_type=PatchType.MERGE)
+    return _as_dict(res)
+
+
+async def create_or_patch(obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create ``obj`` or bring an existing one to its labels, annotations and top-level fields (spec,
+    data, ...) with a merge patch. ``(object, created)``."""
+    current, created = await create(obj)
+    if created:
+        return current, True
+    meta = obj["metadata"]
+    desired: dict[str, Any] = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "status")}
+    desired["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+    if _is_subset(desired, current):
+        return current, False
+    return await patch(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"), desired), False
+
+
+def _is_subset(part: Any, whole: Any) -> bool:
+    if isinstance(part, Mapping):
+        return isinstance(whole, Mapping) and all(_is_subset(v, whole.get(k)) for k, v in part.items())
+    return part == whole
+
+
+async def patch_status(api_version: str, kind: str, name: str, namespace: str | None,
+                       status: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge-patch ``status`` through the status subresource (``None`` values delete fields)."""
+    res = resource(api_version, kind)
+    out = await client().patch(res.Status, name, {"status": dict(status)}, namespace=namespace,
+                               patch_type=PatchType.MERGE)
+    return _as_dict(out)
+
+
+async def delete(api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
+    """Delete with background propagation (a Job takes its pods); NotFound counts as done."""
+    try:
+        await client().delete(resource(api_version, kind), name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+    except ApiError as exc:
+        if is_status(exc, 404):
+            return False
+        raise
+    return True
+
+
+def owner_reference(owner: Mapping[str, Any], controller: bool = True) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"], "uid": meta["uid"],
+            "controller": controller, "blockOwnerDeletion": True}
+
+
+def event_manifest(involved: Mapping[str, Any], type_: str, reason: str, message: str,
+                   component: str = FIELD_MANAGER, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (what ``kubectl describe`` lists under Events)."""
+    meta = involved["metadata"]
+    stamp = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta.get("namespace")},
+        "involvedObject": {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+                           "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "reportingComponent": component,
+    }
+
+
+async def post_event(involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """Best effort: an Event that cannot be posted is logged, never fails the reconcile."""
+    try:
+        await create(event_manifest(involved, type_, reason, message))
+    except (ApiError, OSError) as exc:
+        log.warning("could not post event %s on %s: %s", reason, involved["metadata"]["name"], exc)

@@ -1,0 +1,49 @@
+"""The operator's own Prometheus metrics, served on ``/metrics`` at Settings.metrics_port.
+
+Defined once here (and nowhere else) so dashboards and tests name the same series. They live in
+their own registry: the operator process should expose what it does, not library defaults
+scattered over the default registry by whatever else got imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+RECONCILE_DURATION: Final = Histogram(
+    "noria_operator_reconcile_duration_seconds", "Time of one reconcile pass.", ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+RECONCILE_ERRORS: Final = Counter(
+    "noria_operator_reconcile_errors_total", "Reconcile passes that raised.", ["kind"], registry=REGISTRY,
+)
+RUNS: Final = Counter(
+    "noria_operator_training_runs_total", "Training runs by trigger and outcome (started, Succeeded, Rejected, Failed).",
+    ["trigger", "outcome"], registry=REGISTRY,
+)
+TRIGGER_EVALUATIONS: Final = Counter(
+    "noria_operator_trigger_evaluations_total", "Trigger evaluations by kind and result (fired, quiet, unknown).",
+    ["trigger", "result"], registry=REGISTRY,
+)
+PROMETHEUS_QUERY_ERRORS: Final = Counter(
+    "noria_operator_prometheus_query_errors_total", "Prometheus queries that failed, by purpose.",
+    ["purpose"], registry=REGISTRY,
+)
+
+_started_port: int | None = None
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """Start the /metrics server once (0 disables it)."""
+    global _started_port
+    if port <= 0 or _started_port is not None:
+        return
+    start_http_server(port, addr=addr, registry=REGISTRY)
+    _started_port = port
+    log.info("operator metrics on http://%s:%d/metrics", addr, port)

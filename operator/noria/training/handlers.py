@@ -1,0 +1,282 @@
+"""Kopf handlers of continuous training: I/O only.
+
+A pass gathers one frozen observation of a TrainingPipeline (fresh from the API server, not Kopf's
+cached body), asks ``pipeline.decide`` what to do, and carries the plan out in the safe order that
+``pipeline`` explains. Watch events only wake pipelines up (``wakeups``); the passes run one at a
+time per pipeline.
+
+What wakes a pipeline: a new pipeline, a spec change (generation) or a new ``noria.dev/retrain``
+value; a Job of its own changing; a ModelVersion of its own changing; its own ``requeue_after``
+(a cron tick, a cooldown's end, a ``for`` duration); and a resync every
+``NORIA_TRAINING_RESYNC_SECONDS`` (default 30) for the Prometheus and data-source triggers. The
+pipeline's own status writes do not wake it, so a pass that changes status is not a hot loop.
+
+Settings (env): besides Settings (NORIA_STORE_ROOT = the store as pods see it,
+NORIA_LOCAL_STORE_ROOT = the same store as this process sees it, NORIA_TRAINER_IMAGE,
+NORIA_PROMETHEUS_URL, ...): NORIA_TRAINING_RESYNC_SECONDS, NORIA_TRIGGER_SETTLE_SECONDS (quiet time
+of the retrain annotation before it fires, default 2), NORIA_TRAINER_BACKOFF_LIMIT (default 0),
+NORIA_TRAINER_DEADLINE_SECONDS (default 21600), NORIA_TRAINER_PULL_POLICY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import kopf
+
+from noria import conditions as c
+from noria import kube, metrics, opmetrics
+from noria.profile import Profile
+from noria.prometheus import PrometheusClient, PrometheusError
+from noria.settings import Settings
+
+from . import datasource, pipeline, results, runs, triggers
+from .triggers import MetricObservation
+from .wakeups import Wakeups
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = kube.GROUP, kube.VERSION
+TP, MV = "TrainingPipeline", "ModelVersion"
+
+
+class _State:
+    """Process-wide state of the training handlers, built at operator startup."""
+
+    def __init__(self) -> None:
+        self.settings = Settings.from_env()
+        env = os.environ
+        self.resync = float(env.get("NORIA_TRAINING_RESYNC_SECONDS", "30"))
+        self.settle = float(env.get("NORIA_TRIGGER_SETTLE_SECONDS", str(triggers.DEFAULT_SETTLE_SECONDS)))
+        self.run_settings = runs.RunSettings(
+            trainer_image=self.settings.trainer_image,
+            store_root=self.settings.store_root,
+            store_pvc=self.settings.store_pvc,
+            store_mount_path=self.settings.store_mount_path,
+            image_pull_policy=env.get("NORIA_TRAINER_PULL_POLICY", "IfNotPresent"),
+            backoff_limit=int(env.get("NORIA_TRAINER_BACKOFF_LIMIT", str(runs.DEFAULT_BACKOFF_LIMIT))),
+            active_deadline_seconds=int(env.get("NORIA_TRAINER_DEADLINE_SECONDS",
+                                                str(runs.DEFAULT_ACTIVE_DEADLINE_SECONDS))),
+        )
+        self.prometheus = PrometheusClient(self.settings.prometheus_url, self.settings.prometheus_timeout_seconds)
+        self.profiles: dict[str, Profile] = {}  # by URI; a profile never changes (the spec is immutable)
+        self.seen: dict[Hashable, tuple[Any, Any]] = {}  # (generation, retrain annotation) per pipeline
+        self.wakeups = Wakeups(reconcile, self.resync)
+        self.loop_task: asyncio.Task | None = None
+
+
+_state: _State | None = None
+
+
+def state() -> _State:
+    global _state
+    if _state is None:
+        _state = _State()
+    return _state
+
+
+# --- observation --------------------------------------------------------------------------------
+async def _query(purpose: str, promql: str, keys: tuple[str, str]) -> MetricObservation:
+    try:
+        samples = await state().prometheus.query(promql)
+    except PrometheusError as exc:
+        opmetrics.PROMETHEUS_QUERY_ERRORS.labels(purpose).inc()
+        return MetricObservation(error=str(exc))
+    counts: dict[tuple[str, str], float] = {}
+    for s in samples:
+        key = (s.labels.get(keys[0], ""), s.labels.get(keys[1], ""))
+        counts[key] = counts.get(key, 0.0) + s.value
+    return MetricObservation(counts=counts)
+
+
+def _selector(namespace: str, pipeline_name: str, version: str) -> str:
+    return (f'{{namespace="{namespace}", {metrics.LABEL_MODEL}="{pipeline_name}", '
+            f'{metrics.LABEL_VERSION}="{version}"}}')
+
+
+def drift_query(namespace: str, pipeline_name: str, version: str, window: str) -> str:
+    return (f"sum by ({metrics.LABEL_FEATURE}, {metrics.LABEL_BIN}) "
+            f"(increase({metrics.FEATURE_BIN_TOTAL}{_selector(namespace, pipeline_name, version)}[{window}]))")
+
+
+def performance_query(namespace: str, pipeline_name: str, version: str, window: str) -> str:
+    return (f"sum by ({metrics.LABEL_ACTUAL}, {metrics.LABEL_PREDICTED}) "
+            f"(increase({metrics.FEEDBACK_TOTAL}{_selector(namespace, pipeline_name, version)}[{window}]))")
+
+
+async def _profile(uri: str | None) -> Profile | None:
+    if not uri:
+        return None
+    st = state()
+    if uri not in st.profiles:
+        try:
+            st.profiles[uri] = await asyncio.to_thread(Profile.load, st.settings.local_uri(uri))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot read drift profile %s: %s", uri, exc)
+            return None
+    return st.profiles[uri]
+
+
+async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observation:
+    st = state()
+    meta, spec = tp["metadata"], tp["spec"]
+    ns, name = meta["namespace"], meta["name"]
+    status = tp.get("status") or {}
+    tspec = spec.get("triggers") or {}
+    selector = {runs.LABEL_PIPELINE: name}
+
+    all_mvs = await kube.list_objects(kube.API_VERSION, MV, ns)
+    mvs = [mv for mv in all_mvs if (mv.get("spec") or {}).get("pipeline") == name]
+    jobs = await kube.list_objects("batch/v1", "Job", ns, selector)
+    cms = await kube.list_objects("v1", "ConfigMap", ns, selector)
+
+    job_outcome: runs.JobOutcome | None = None
+    current = status.get("currentRun")
+    if current:
+        job = next((j for j in jobs if j["metadata"]["name"] == current.get("job", current["id"])), None)
+        pods: list[dict[str, Any]] = []
+        if job is not None and runs.job_outcome(job, []).state != runs.RUNNING:
+            pods = await kube.list_objects("v1", "Pod", ns, {"job-name": job["metadata"]["name"]})
+        job_outcome = runs.job_outcome(job, pods)
+
+    data = None
+    if (tspec.get("newData") or {}).get("minNewRows"):
+        source = st.settings.local_uri(spec["data"]["source"])
+        data = await asyncio.to_thread(datasource.observe, source, spec["data"].get("format", "parquet"))
+
+    champion = results.champion(mvs)
+    drift = performance = None
+    profile = None
+    if champion is not None:
+        champ = champion["metadata"]["name"]
+        if tspec.get("drift"):
+            profile = await _profile(champion["spec"].get("profileUri"))
+            window = tspec["drift"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
+            drift = await _query("drift", drift_query(ns, name, champ, window), (metrics.LABEL_FEATURE, metrics.LABEL_BIN))
+        if tspec.get("performance"):
+            window = tspec["performance"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
+            performance = await _query("performance", performance_query(ns, name, champ, window),
+                                       (metrics.LABEL_ACTUAL, metrics.LABEL_PREDICTED))
+
+    return pipeline.Observation(
+        pipeline=tp, now=now, model_versions=mvs, job=job_outcome, data=data, drift=drift,
+        performance=performance, profile=profile,
+        job_names=[j["metadata"]["name"] for j in jobs], config_map_names=[m["metadata"]["name"] for m in cms],
+        run_settings=st.run_settings, settle_seconds=st.settle,
+    )
+
+
+# --- one pass -----------------------------------------------------------------------------------
+async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> None:
+    meta = tp["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    # 1. Register the result before status forgets the run (AlreadyExists = registered before).
+    if plan.register is not None:
+        mv, created = await kube.create(plan.register)
+        first = results.initial_status(mv, now)
+        if first:
+            await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
+        log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
+    # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
+    if plan.status:
+        await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status)
+    for event in plan.events:
+        await kube.post_event(tp, event.type, event.reason, event.message)
+    # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume.
+    if plan.run_objects is not None:
+        cm, job = plan.run_objects
+        await kube.create(cm)
+        await kube.create(job)
+    # 4. History.
+    for job_name in plan.prune_jobs:
+        await kube.delete("batch/v1", "Job", job_name, ns)
+    for cm_name in plan.prune_config_maps:
+        await kube.delete("v1", "ConfigMap", cm_name, ns)
+
+
+def _count(plan: pipeline.Plan) -> None:
+    for result in plan.evaluations:
+        outcome = "unknown" if result.health == triggers.UNKNOWN else "fired" if result.fired else "quiet"
+        opmetrics.TRIGGER_EVALUATIONS.labels(result.kind, outcome).inc()
+    if plan.started:
+        opmetrics.RUNS.labels(plan.started, "started").inc()
+    if plan.finished:
+        opmetrics.RUNS.labels(*plan.finished).inc()
+
+
+async def reconcile(key: Hashable) -> float | None:
+    """One pass over pipeline ``key`` = (namespace, name); the delay until the next one, or None
+    when the pipeline is gone."""
+    ns, name = key  # type: ignore[misc]
+    started = time.perf_counter()
+    try:
+        tp = await kube.get(kube.API_VERSION, TP, name, ns)
+        if tp is None or tp["metadata"].get("deletionTimestamp"):
+            return None
+        now = dt.datetime.now(dt.UTC)
+        plan = pipeline.decide(await observe(tp, now))
+        await execute(tp, plan, now)
+        _count(plan)
+        return plan.requeue_after if plan.requeue_after is not None else state().resync
+    except Exception:
+        opmetrics.RECONCILE_ERRORS.labels(TP).inc()
+        raise
+    finally:
+        opmetrics.RECONCILE_DURATION.labels(TP).observe(time.perf_counter() - started)
+
+
+# --- Kopf wiring --------------------------------------------------------------------------------
+@kopf.on.startup()
+async def start_training(**_: Any) -> None:
+    st = state()
+    opmetrics.serve(st.settings.metrics_port)
+    st.loop_task = asyncio.create_task(st.wakeups.run())
+
+
+@kopf.on.cleanup()
+async def stop_training(**_: Any) -> None:
+    st = state()
+    if st.loop_task is not None:
+        st.loop_task.cancel()
+    await st.wakeups.stop()
+    await st.prometheus.aclose()
+
+
+@kopf.on.event(GROUP, VERSION, "trainingpipelines")
+async def pipeline_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    st = state()
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if event.get("type") == "DELETED":
+        st.wakeups.forget(key)
+        st.seen.pop(key, None)
+        return
+    fingerprint = (meta.get("generation"), (meta.get("annotations") or {}).get(triggers.RETRAIN_ANNOTATION))
+    if st.seen.get(key) != fingerprint:  # new, edited, or asked to retrain; our own status writes are not
+        st.seen[key] = fingerprint
+        st.wakeups.wake(key)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={runs.LABEL_PIPELINE: kopf.PRESENT})
+async def job_event(body: Mapping[str, Any], **_: Any) -> None:
+    meta = body["metadata"]
+    if runs.job_outcome(body, []).state != runs.RUNNING:
+        state().wakeups.wake((meta["namespace"], meta["labels"][runs.LABEL_PIPELINE]))
+
+
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    meta, spec = body["metadata"], body.get("spec") or {}
+    if event.get("type") != "DELETED":
+        patch = results.approval(body, dt.datetime.now(dt.UTC))
+        if patch is not None:
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch)
+            await kube.post_event(dict(body), "Normal", c.MANUALLY_APPROVED, patch["message"])
+    if spec.get("pipeline"):  # the champion may have changed
+        state().wakeups.wake((meta["namespace"], spec["pipeline"]), delay=0.5)

@@ -1,0 +1,214 @@
+"""From a trainer summary to a ModelVersion, and a ModelVersion's approval (pure).
+
+The summary is the trainer's word (contract: /tmp/contracts.md, "Trainer summary"); it is checked
+against the run it claims to belong to before anything is registered, so a stale or foreign
+termination message can never become a model. The ModelVersion's name is deterministic
+(``<pipeline>-v<N>``): registering it twice is an AlreadyExists, which the caller treats as done.
+Its spec is immutable; the stage lives in status with a history of who moved it, when and why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from noria import conditions as c
+from noria.conditions import now_iso
+
+from . import runs
+
+API_VERSION: Final = "noria.dev/v1alpha1"
+DIGEST_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+CANDIDATE: Final = "Candidate"
+APPROVED: Final = "Approved"
+REJECTED: Final = "Rejected"
+PRODUCTION: Final = "Production"
+# Stages of a version that passed the gate and was accepted (a champion can come from these).
+ACCEPTED_STAGES: Final = ("Approved", "Canary", "Shadow", "Preview", "Production")
+
+APPROVE_ANNOTATION: Final = "noria.dev/approve"
+ANNOTATION_INITIAL_STAGE: Final = "noria.dev/initial-stage"
+ANNOTATION_INITIAL_REASON: Final = "noria.dev/initial-reason"
+ANNOTATION_GATE_METRIC: Final = "noria.dev/gate-metric"
+
+
+class InvalidSummary(ValueError):
+    """The trainer's summary does not describe the run it was read for."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    status: str
+    run_id: str
+    version: int
+    verdict: str | None
+    reason: str
+    raw: Mapping[str, Any]
+
+
+def check_summary(raw: Mapping[str, Any], run_id: str, version: int) -> Summary:
+    """Validate a summary for run ``run_id``; raise ``InvalidSummary`` naming what is wrong."""
+    status = raw.get("status")
+    if status not in ("succeeded", "failed"):
+        raise InvalidSummary(f"summary.status is {status!r}, expected 'succeeded' or 'failed'")
+    if raw.get("runId") not in (None, run_id):
+        raise InvalidSummary(f"summary.runId is {raw.get('runId')!r}, expected {run_id!r}")
+    if raw.get("version") not in (None, version):
+        raise InvalidSummary(f"summary.version is {raw.get('version')!r}, expected {version}")
+    verdict = raw.get("verdict")
+    if status == "succeeded":
+        if verdict not in ("passed", "rejected"):
+            raise InvalidSummary(f"summary.verdict is {verdict!r}, expected 'passed' or 'rejected'")
+        if not isinstance(raw.get("digest"), str) or not DIGEST_RE.match(raw["digest"]):
+            raise InvalidSummary(f"summary.digest is {raw.get('digest')!r}, expected sha256:<64 hex>")
+        if not raw.get("artifactUri"):
+            raise InvalidSummary("summary.artifactUri is missing")
+    return Summary(status, run_id, version, verdict, str(raw.get("reason") or ""), raw)
+
+
+def _metric_value(v: Any) -> str | int:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return f"{v:.6g}"  # never a float in spec (ARCHITECTURE.md §1)
+    return str(v)
+
+
+def gate_metric(pipeline_spec: Mapping[str, Any]) -> str:
+    chosen = (pipeline_spec.get("evaluation") or {}).get("metric")
+    task = (pipeline_spec.get("model") or {}).get("task", "classification")
+    return chosen or ("f1" if task == "classification" else "r2")
+
+
+def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | None,
+                  parent: str | None) -> dict[str, Any]:
+    """The ModelVersion a successful run registers (Candidate/Approved or Rejected via annotations,
+    which ``initial_status`` turns into the first stage; kept there so a crash between create and
+    the status write still ends in the right stage)."""
+    meta, spec = pipeline["metadata"], pipeline["spec"]
+    raw = summary.raw
+    name = runs.version_name(meta["name"], summary.version)
+    data = spec.get("data") or {}
+    lineage: dict[str, Any] = {
+        "run": summary.run_id,
+        "trigger": trigger,
+        "data": {k: v for k, v in {"source": data.get("source"), "rows": raw.get("rows"),
+                                   "window": raw.get("window"), "feedbackRows": raw.get("feedbackRows")}.items()
+                 if v is not None},
+        "parent": parent,
+        "trainedAt": raw.get("trainedAt"),
+    }
+    mv_spec: dict[str, Any] = {
+        "pipeline": meta["name"],
+        "version": summary.version,
+        "artifact": {"uri": raw["artifactUri"], "digest": raw["digest"], "format": "skops"},
+        "metrics": {str(k): _metric_value(v) for k, v in (raw.get("metrics") or {}).items()},
+        "lineage": {k: v for k, v in lineage.items() if v is not None},
+    }
+    if raw.get("profileUri"):
+        mv_spec["profileUri"] = raw["profileUri"]
+    if summary.verdict == "rejected":
+        stage, reason = REJECTED, summary.reason or "the quality gate rejected the model"
+    elif spec.get("approval", "automatic") == "automatic":
+        stage, reason = APPROVED, "the quality gate passed; approval is automatic"
+    else:
+        stage, reason = CANDIDATE, "the quality gate passed; waiting for manual approval"
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            # No owner reference: deleting a pipeline must not delete the model serving production.
+            "labels": {runs.LABEL_PIPELINE: meta["name"], runs.LABEL_RUN: summary.run_id,
+                       runs.LABEL_MANAGED_BY: "noria"},
+            "annotations": {ANNOTATION_INITIAL_STAGE: stage, ANNOTATION_INITIAL_REASON: reason[:1000],
+                            ANNOTATION_GATE_METRIC: gate_metric(spec)},
+        },
+        "spec": mv_spec,
+    }
+
+
+def initial_status(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """First status of a registered ModelVersion, from its creation annotations; None when it
+    already has a stage (so re-running this step changes nothing)."""
+    if (mv.get("status") or {}).get("stage"):
+        return None
+    ann = mv["metadata"].get("annotations") or {}
+    stage = ann.get(ANNOTATION_INITIAL_STAGE)
+    if stage is None:
+        return None  # imported by a user: not ours to stage
+    reason = ann.get(ANNOTATION_INITIAL_REASON, "")
+    pipeline = mv["spec"]["pipeline"]
+    at = now_iso(now)
+    history = [{"stage": CANDIDATE, "at": at, "reason": "trained", "by": f"pipeline/{pipeline}"}]
+    if stage != CANDIDATE:
+        history.append({"stage": stage, "at": at, "reason": reason, "by": f"pipeline/{pipeline}"})
+    status: dict[str, Any] = {"stage": stage, "history": history, "message": reason}
+    approved = {APPROVED: (c.TRUE, c.AUTO_APPROVED), CANDIDATE: (c.FALSE, c.AWAITING_APPROVAL),
+                REJECTED: (c.FALSE, c.GATE_REJECTED)}.get(stage)
+    if approved:
+        status["conditions"] = c.set_condition(None, c.APPROVED, approved[0], approved[1], reason, now=now)
+    metric = gate_metric_text(mv)
+    if metric:
+        status["metric"] = metric
+    return status
+
+
+def gate_metric_text(mv: Mapping[str, Any]) -> str | None:
+    metrics = mv["spec"].get("metrics") or {}
+    if not metrics:
+        return None
+    preferred = (mv["metadata"].get("annotations") or {}).get(ANNOTATION_GATE_METRIC)
+    key = preferred if preferred in metrics else next(iter(sorted(metrics)))
+    return f"{key}={metrics[key]}"
+
+
+def approval(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """Manual approval: annotation ``noria.dev/approve`` on a Candidate moves it to Approved, with
+    the annotation's value as the actor when it names one (``kubectl noria approve`` writes the
+    user); None when there is nothing to do."""
+    status = mv.get("status") or {}
+    value = (mv["metadata"].get("annotations") or {}).get(APPROVE_ANNOTATION)
+    if not value or status.get("stage") != CANDIDATE:
+        return None
+    actor = value if value.lower() not in ("true", "yes", "1") else "annotation"
+    by = actor if "/" in actor else f"user/{actor}" if actor != "annotation" else f"annotation/{APPROVE_ANNOTATION}"
+    history = list(status.get("history") or [])
+    history.append({"stage": APPROVED, "at": now_iso(now), "reason": "approved manually", "by": by})
+    message = f"approved manually by {by}"
+    conds = c.set_condition(status.get("conditions"), c.APPROVED, c.TRUE, c.MANUALLY_APPROVED, message, now=now)
+    return {"stage": APPROVED, "history": history[-100:], "message": message, "conditions": conds}
+
+
+def version_number(mv: Mapping[str, Any]) -> int:
+    try:
+        return int(mv["spec"]["version"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def champion(mvs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The version new models are compared with: the newest in Production; without a rollout,
+    the newest accepted (Approved and later) one."""
+    def stage(mv: Mapping[str, Any]) -> str | None:
+        return (mv.get("status") or {}).get("stage")
+
+    in_production = [mv for mv in mvs if stage(mv) == PRODUCTION]
+    pool = in_production or [mv for mv in mvs if stage(mv) in ACCEPTED_STAGES]
+    return max(pool, key=version_number) if pool else None
+
+
+def champion_ref(mv: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The run spec's ``champion`` entry."""
+    if mv is None:
+        return None
+    spec = mv["spec"]
+    return {"name": mv["metadata"]["name"], "artifactUri": spec["artifact"]["uri"],
+            "digest": spec["artifact"]["digest"], "profileUri": spec.get("profileUri")}

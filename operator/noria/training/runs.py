@@ -1,0 +1,250 @@
+"""A training run's Kubernetes objects (pure): names, the run spec, its ConfigMap and Job, and
+what a finished Job says.
+
+Names are deterministic (``<pipeline>-r<N>`` for the ConfigMap and the Job, ``<pipeline>-v<N>``
+for the ModelVersion the run may register) so that a step re-run after a crash finds the object it
+made instead of making a second one. The pod runs with the ``restricted`` Pod Security profile and
+no service-account token: the trainer reads data and writes artifacts on the store volume and
+needs nothing from the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from noria import store
+
+RUN_SPEC_KEY: Final = "spec.json"
+RUN_MOUNT_PATH: Final = "/etc/noria/run"
+TERMINATION_LOG: Final = "/dev/termination-log"
+TRAINER_CONTAINER: Final = "trainer"
+STORE_VOLUME: Final = "store"
+RUN_VOLUME: Final = "run"
+
+LABEL_PIPELINE: Final = "noria.dev/pipeline"
+LABEL_RUN: Final = "noria.dev/run"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+ANNOTATION_TRIGGER: Final = "noria.dev/trigger"
+ANNOTATION_TRIGGERED_AT: Final = "noria.dev/triggered-at"
+
+DEFAULT_BACKOFF_LIMIT: Final = 0  # a trainer failure on bad data is deterministic: retrying wastes a node
+DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 6 * 3600
+DEFAULT_JOBS_KEPT: Final = 5
+NON_ROOT_UID: Final = 65532  # the trainer image's user (distroless "nonroot")
+
+
+def run_name(pipeline: str, n: int) -> str:
+    return f"{pipeline}-r{int(n)}"
+
+
+def version_name(pipeline: str, n: int) -> str:
+    return f"{pipeline}-v{int(n)}"
+
+
+def run_number(pipeline: str, name: str) -> int | None:
+    """``churn-r7`` -> 7 (None for a name that is not one of this pipeline's runs)."""
+    m = re.fullmatch(re.escape(pipeline) + r"-r([0-9]+)", name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the run objects need from operator settings."""
+
+    trainer_image: str
+    store_root: str  # as seen inside the pod
+    store_pvc: str
+    store_mount_path: str
+    image_pull_policy: str = "IfNotPresent"
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
+
+
+def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: Mapping[str, Any] | None,
+             settings: RunSettings) -> dict[str, Any]:
+    """The JSON document the trainer reads (contract: /tmp/contracts.md, "Run spec")."""
+    meta = pipeline["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    return {
+        "runId": run_name(name, n),
+        "trigger": trigger,
+        "namespace": ns,
+        "pipeline": name,
+        "version": int(n),
+        "spec": pipeline["spec"],
+        "champion": dict(champion) if champion else None,
+        "outputUri": store.version_dir(settings.store_root, ns, name, n),
+        "storeRoot": settings.store_root,
+    }
+
+
+def _labels(pipeline_name: str, run: str) -> dict[str, str]:
+    return {LABEL_PIPELINE: pipeline_name, LABEL_RUN: run, LABEL_COMPONENT: "trainer", LABEL_MANAGED_BY: "noria"}
+
+
+def config_map(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pipeline["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": spec["runId"], "namespace": meta["namespace"],
+                     "labels": _labels(meta["name"], spec["runId"]), "ownerReferences": [dict(owner_ref)]},
+        "data": {RUN_SPEC_KEY: json.dumps(spec, indent=1, sort_keys=True)},
+        "immutable": True,
+    }
+
+
+def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping[str, Any], triggered_at: str,
+        settings: RunSettings) -> dict[str, Any]:
+    meta, pspec = pipeline["metadata"], pipeline["spec"]
+    run = spec["runId"]
+    labels = _labels(meta["name"], run)
+    resources = pspec.get("resources") or {}
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-m", "noria_trainer", "run",
+                    "--spec", f"{RUN_MOUNT_PATH}/{RUN_SPEC_KEY}", "--termination-log", TERMINATION_LOG],
+        "env": [{"name": "NORIA_STORE_ROOT", "value": settings.store_root},
+                {"name": "NORIA_RUN_ID", "value": run}],
+        "volumeMounts": [
+            {"name": RUN_VOLUME, "mountPath": RUN_MOUNT_PATH, "readOnly": True},
+            {"name": STORE_VOLUME, "mountPath": settings.store_mount_path},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePath": TERMINATION_LOG,
+        # A crash before the trainer writes its summary still leaves the log tail as the reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+    }
+    if resources:
+        container["resources"] = resources
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": run,
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "annotations": {ANNOTATION_TRIGGER: spec["trigger"], ANNOTATION_TRIGGERED_AT: triggered_at},
+            "ownerReferences": [dict(owner_ref)],
+        },
+        "spec": {
+            "backoffLimit": settings.backoff_limit,
+            "activeDeadlineSeconds": settings.active_deadline_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": NON_ROOT_UID,
+                        "runAsGroup": NON_ROOT_UID,
+                        "fsGroup": NON_ROOT_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": [
+                        {"name": RUN_VOLUME, "configMap": {"name": run}},
+                        {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": settings.store_pvc}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+# --- reading a Job ------------------------------------------------------------------------------
+RUNNING: Final = "Running"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+MISSING: Final = "Missing"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: str  # Missing | Running | Succeeded | Failed
+    summary: dict[str, Any] | None = None  # the trainer's JSON summary, when a pod left one
+    reason: str | None = None  # the Job's failure reason (BackoffLimitExceeded, DeadlineExceeded, ...)
+    message: str | None = None
+    finished_at: str | None = None
+    created_at: str | None = None
+
+
+def _condition(job_obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (job_obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def parse_summary(text: str | None) -> dict[str, Any] | None:
+    """The trainer's summary from a termination message; the last JSON object line wins (with
+    FallbackToLogsOnError the message can be a log tail ending with the summary line)."""
+    if not text:
+        return None
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict) and "status" in value:
+                return value
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and "status" in value else None
+
+
+def termination_message(pods: list[Mapping[str, Any]]) -> str | None:
+    """The newest terminated trainer container's message among the Job's pods."""
+    found: list[tuple[str, str]] = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != TRAINER_CONTAINER:
+                continue
+            term = (cs.get("state") or {}).get("terminated")
+            if term and term.get("message"):
+                found.append((term.get("finishedAt") or "", term["message"]))
+    return max(found)[1] if found else None
+
+
+def job_outcome(job_obj: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> JobOutcome:
+    if job_obj is None:
+        return JobOutcome(MISSING)
+    created = job_obj["metadata"].get("creationTimestamp")
+    complete = _condition(job_obj, "Complete")
+    failed = _condition(job_obj, "Failed")
+    if not complete and not failed:
+        return JobOutcome(RUNNING, created_at=created)
+    summary = parse_summary(termination_message(pods))
+    if complete:
+        finished = (job_obj.get("status") or {}).get("completionTime") or complete.get("lastTransitionTime")
+        return JobOutcome(SUCCEEDED, summary, finished_at=finished, created_at=created)
+    assert failed is not None
+    return JobOutcome(FAILED, summary, failed.get("reason"), failed.get("message"),
+                      failed.get("lastTransitionTime"), created)
+
+
+def runs_to_prune(pipeline: str, names: list[str], keep: int, current: str | None) -> list[str]:
+    """Run objects (Jobs or ConfigMaps) beyond the newest ``keep`` finished ones; never the current run."""
+    numbered = sorted(((run_number(pipeline, n), n) for n in names if n != current), reverse=True)
+    finished = [n for num, n in numbered if num is not None]
+    return finished[keep:]
