@@ -20,6 +20,8 @@ PREDICTION_LOG_DROPPED_TOTAL: Final = "noria_prediction_log_dropped_total"  # co
 # --- exported by the router -------------------------------------------------------------------
 SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
 ROUTER_WEIGHT: Final = "noria_router_weight"  # gauge: model, version
+ROUTER_ERRORS_TOTAL: Final = "noria_router_errors_total"  # counter: model, version, reason
+SHADOW_DURATION_SECONDS: Final = "noria_shadow_duration_seconds"  # histogram: model, shadow
 
 # --- label names ------------------------------------------------------------------------------
 LABEL_MODEL: Final = "model"
@@ -33,6 +35,8 @@ LABEL_PREDICTED: Final = "predicted"
 LABEL_STABLE: Final = "stable"
 LABEL_SHADOW: Final = "shadow"
 LABEL_OUTCOME: Final = "outcome"
+LABEL_REASON: Final = "reason"
+LABEL_KIND: Final = "kind"  # noria_prediction_log_dropped_total: predictions | feedback
 
 # Special bins of noria_feature_bin_total besides the profile's own bin indices "0".."n-1"
 # (numeric) or category names (categorical).
@@ -45,3 +49,10 @@ BIN_OTHER: Final = "other"
 OUTCOME_AGREE: Final = "agree"
 OUTCOME_DISAGREE: Final = "disagree"
 OUTCOME_ERROR: Final = "error"
+
+# Reasons of noria_router_errors_total (the router answers 502/503 for the first four).
+ROUTER_ERROR_UNREACHABLE: Final = "unreachable"
+ROUTER_ERROR_TIMEOUT: Final = "timeout"
+ROUTER_ERROR_NO_ENDPOINTS: Final = "no_endpoints"
+ROUTER_ERROR_UNKNOWN_VERSION: Final = "unknown_version"
+ROUTER_ERROR_SHADOW_OVERLOAD: Final = "shadow_overload"  # mirroring skipped: too many shadow calls in flight
