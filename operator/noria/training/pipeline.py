@@ -153,13 +153,14 @@ def _add_pending(pending: list[dict[str, Any]], result: TriggerResult, now: dt.d
     return out
 
 
-def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str, Any] | None) -> list[TriggerResult]:
+def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str, Any] | None,
+              mvs: list[Mapping[str, Any]]) -> list[TriggerResult]:
     meta, spec = obs.pipeline["metadata"], obs.pipeline["spec"]
     tspec = spec.get("triggers") or {}
     state = status.get("triggers") or {}
     champ = champion["metadata"]["name"] if champion else None
     return [
-        triggers.evaluate_initial(bool(obs.model_versions), int(status.get("runCounter") or 0),
+        triggers.evaluate_initial(bool(mvs), int(status.get("runCounter") or 0),
                                   state.get(triggers.INITIAL), obs.now),
         triggers.evaluate_manual((meta.get("annotations") or {}).get(triggers.RETRAIN_ANNOTATION),
                                  state.get(triggers.MANUAL), obs.now, obs.settle_seconds),
@@ -237,8 +238,13 @@ def decide(obs: Observation) -> Plan:
                                         + (f": {message}" if outcome == OUTCOME_REJECTED else "")))
                 current = None
 
+    if register is not None and register["metadata"]["name"] not in by_name:
+        stage = register["metadata"]["annotations"][results.ANNOTATION_INITIAL_STAGE]
+        mvs.append({**register, "status": {"stage": stage}})  # as it will be once registered
+        champion = results.champion(mvs)
+
     # 2. Triggers: evaluated on every pass, during runs too (that is how they coalesce).
-    evaluations = _evaluate(obs, status, champion)
+    evaluations = _evaluate(obs, status, champion, mvs)
     trigger_state = dict(status.get("triggers") or {})
     pending = list(status.get("pendingTriggers") or [])
     for result in evaluations:

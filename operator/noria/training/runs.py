@@ -245,6 +245,6 @@ def job_outcome(job_obj: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]
 
 def runs_to_prune(pipeline: str, names: list[str], keep: int, current: str | None) -> list[str]:
     """Run objects (Jobs or ConfigMaps) beyond the newest ``keep`` finished ones; never the current run."""
-    numbered = sorted(((run_number(pipeline, n), n) for n in names if n != current), reverse=True)
-    finished = [n for num, n in numbered if num is not None]
-    return finished[keep:]
+    numbered = [(run_number(pipeline, n), n) for n in names if n != current]
+    finished = sorted(((num, n) for num, n in numbered if num is not None), reverse=True)
+    return [n for _, n in finished[keep:]]

@@ -247,11 +247,13 @@ def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profil
     if not drift:
         return TriggerResult(DRIFT, False, {}, "no drift trigger")
     prior = dict(state or {})
-    if champion is None or profile is None:
-        why = "no champion to compare with" if champion is None else f"the profile of {champion} is unavailable"
-        return TriggerResult(DRIFT, False, {"state": "NoReference", "champion": champion, "since": None}, why)
+    if champion is None:
+        return TriggerResult(DRIFT, False, {"state": "NoReference", "since": None}, "no champion to compare with")
     if observation is None or observation.error:
         return _unknown(DRIFT, prior, now, observation.error if observation else "not observed")
+    if profile is None:
+        return TriggerResult(DRIFT, False, {"state": "NoReference", "champion": champion, "since": None},
+                             f"the drift profile of {champion} is unavailable", health=UNKNOWN)
     method = drift.get("method", "psi")
     threshold = float(drift["threshold"])
     scores, samples = drift_scores(profile, observation.counts, method, drift.get("features"))

@@ -1,0 +1,146 @@
+"""Run objects, reading a finished Job, and turning a trainer summary into a ModelVersion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from noria.training import results, runs
+
+SETTINGS = runs.RunSettings(trainer_image="img:1", store_root="file:///var/lib/noria/store", store_pvc="noria-store",
+                            store_mount_path="/var/lib/noria/store")
+TP = {"apiVersion": "noria.dev/v1alpha1", "kind": "TrainingPipeline",
+      "metadata": {"name": "churn", "namespace": "ml", "uid": "u-1"},
+      "spec": {"model": {"task": "classification", "estimator": "sklearn.linear_model.LogisticRegression",
+                         "target": "y"},
+               "data": {"source": "file:///var/lib/noria/store/datasets/churn/"},
+               "resources": {"requests": {"cpu": "1"}}}}
+DIGEST = "sha256:" + "a" * 64
+NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
+
+
+def test_names_are_deterministic_and_parse_back():
+    assert runs.run_name("churn", 7) == "churn-r7" and runs.version_name("churn", 7) == "churn-v7"
+    assert runs.run_number("churn", "churn-r12") == 12
+    assert runs.run_number("churn", "churn-x-r12") is None
+
+
+def test_run_spec_follows_the_contract():
+    spec = runs.run_spec(TP, 7, "drift", {"name": "churn-v6"}, SETTINGS)
+    assert spec["runId"] == "churn-r7" and spec["version"] == 7 and spec["trigger"] == "drift"
+    assert spec["outputUri"] == "file:///var/lib/noria/store/ml/churn/v7"
+    assert spec["storeRoot"] == SETTINGS.store_root and spec["champion"] == {"name": "churn-v6"}
+    assert spec["spec"] == TP["spec"]
+
+
+def test_job_is_restricted_owned_bounded_and_mounts_spec_and_store():
+    owner = {"uid": "u-1", "name": "churn", "kind": "TrainingPipeline", "apiVersion": "noria.dev/v1alpha1"}
+    spec = runs.run_spec(TP, 3, "manual", None, SETTINGS)
+    cm = runs.config_map(TP, owner, spec)
+    job = runs.job(TP, owner, spec, "2026-11-23T12:00:00Z", SETTINGS)
+    assert json.loads(cm["data"]["spec.json"]) == spec and cm["metadata"]["ownerReferences"] == [owner]
+    assert job["metadata"]["name"] == cm["metadata"]["name"] == "churn-r3"
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] > 0
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctr = pod["containers"][0]
+    assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
+    assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert ctr["command"][-4:] == ["--spec", "/etc/noria/run/spec.json", "--termination-log", "/dev/termination-log"]
+    assert ctr["resources"] == {"requests": {"cpu": "1"}}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["run"]["configMap"]["name"] == "churn-r3"
+    assert volumes["store"]["persistentVolumeClaim"]["claimName"] == "noria-store"
+
+
+def _job(cond: str | None, **status):
+    st = dict(status)
+    if cond:
+        st["conditions"] = [{"type": cond, "status": "True", "reason": "BackoffLimitExceeded", "message": "m",
+                             "lastTransitionTime": "2026-11-23T12:00:05Z"}]
+    return {"metadata": {"name": "churn-r3", "creationTimestamp": "2026-11-23T12:00:00Z"}, "status": st}
+
+
+def _pod(message: str, finished: str = "2026-11-23T12:00:04Z"):
+    return {"status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 0, "message": message, "finishedAt": finished}}}]}}
+
+
+def test_job_outcome_reads_state_and_the_newest_summary():
+    assert runs.job_outcome(None, []).state == runs.MISSING
+    assert runs.job_outcome(_job(None), []).state == runs.RUNNING
+    done = runs.job_outcome(_job("Complete", completionTime="2026-11-23T12:00:06Z"),
+                            [_pod('{"status": "failed"}', "2026-11-23T12:00:01Z"),
+                             _pod('log line\n{"status": "succeeded", "version": 3}')])
+    assert done.state == runs.SUCCEEDED and done.summary == {"status": "succeeded", "version": 3}
+    failed = runs.job_outcome(_job("Failed"), [_pod("Traceback: boom")])
+    assert failed.state == runs.FAILED and failed.summary is None and failed.reason == "BackoffLimitExceeded"
+
+
+def test_prune_keeps_the_newest_finished_and_the_current_run():
+    names = [f"churn-r{i}" for i in range(1, 9)] + ["other-r1"]
+    assert runs.runs_to_prune("churn", names, 3, current="churn-r8") == ["churn-r4", "churn-r3", "churn-r2", "churn-r1"]
+
+
+def summary(**over):
+    base = {"status": "succeeded", "runId": "churn-r7", "version": 7, "digest": DIGEST,
+            "artifactUri": "file:///s/ml/churn/v7/model.skops", "profileUri": "file:///s/ml/churn/v7/profile.json",
+            "metrics": {"f1": "0.8312", "accuracy": 0.9}, "verdict": "passed", "reason": "ok", "rows": 100,
+            "feedbackRows": 3, "window": "90d", "trainedAt": "2026-11-23T12:00:00Z"}
+    return {**base, **over}
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (summary(status="weird"), "summary.status"),
+        (summary(runId="churn-r6"), "summary.runId"),
+        (summary(version=6), "summary.version"),
+        (summary(digest="md5:1"), "summary.digest"),
+        (summary(verdict=None), "summary.verdict"),
+        (summary(artifactUri=None), "artifactUri"),
+    ],
+)
+def test_summary_for_another_run_or_malformed_is_refused_naming_the_field(raw, error):
+    with pytest.raises(results.InvalidSummary, match=error):
+        results.check_summary(raw, "churn-r7", 7)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "approval", "stage"),
+    [("passed", "automatic", "Approved"), ("passed", "manual", "Candidate"), ("rejected", "automatic", "Rejected")],
+)
+def test_model_version_stage_from_verdict_and_approval(verdict, approval, stage):
+    tp = {**TP, "spec": {**TP["spec"], "approval": approval}}
+    s = results.check_summary(summary(verdict=verdict, reason="f1 0.61 below minScore 0.70"), "churn-r7", 7)
+    mv = results.model_version(tp, s, "drift", "churn-v6")
+    assert mv["metadata"]["name"] == "churn-v7" and "ownerReferences" not in mv["metadata"]
+    assert mv["spec"]["artifact"] == {"uri": "file:///s/ml/churn/v7/model.skops", "digest": DIGEST, "format": "skops"}
+    assert mv["spec"]["metrics"] == {"f1": "0.8312", "accuracy": "0.9"}  # never floats
+    assert mv["spec"]["lineage"]["parent"] == "churn-v6" and mv["spec"]["lineage"]["data"]["rows"] == 100
+    status = results.initial_status(mv, NOW)
+    assert status["stage"] == stage and status["history"][0]["stage"] == "Candidate"
+    assert status["metric"] == "f1=0.8312"
+    if stage == "Rejected":
+        assert "minScore" in status["message"]
+    assert results.initial_status({**mv, "status": status}, NOW) is None  # idempotent
+
+
+def test_manual_approval_is_recorded_in_history_with_the_actor():
+    mv = {"metadata": {"name": "churn-v7", "annotations": {"noria.dev/approve": "alice"}},
+          "spec": {"pipeline": "churn"}, "status": {"stage": "Candidate", "history": [{"stage": "Candidate"}]}}
+    patch = results.approval(mv, NOW)
+    assert patch["stage"] == "Approved" and patch["history"][-1]["by"] == "user/alice"
+    assert results.approval({**mv, "status": patch}, NOW) is None
+    assert results.approval({**mv, "metadata": {"name": "x"}}, NOW) is None
+
+
+def test_champion_is_production_else_newest_accepted():
+    def mv(n, stage):
+        return {"metadata": {"name": f"c-v{n}"}, "spec": {"version": n}, "status": {"stage": stage}}
+
+    assert results.champion([mv(1, "Production"), mv(2, "Approved"), mv(3, "Rejected")])["metadata"]["name"] == "c-v1"
+    assert results.champion([mv(1, "Retired"), mv(2, "Approved"), mv(3, "Candidate")])["metadata"]["name"] == "c-v2"
+    assert results.champion([mv(3, "Rejected")]) is None
