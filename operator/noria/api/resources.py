@@ -55,7 +55,7 @@ TRAINING_PIPELINE: Final = ResourceKind(
         _column("Last Trigger", ".status.lastTrigger", description="What started the last run."),
         _column("Latest", ".status.latestVersion", description="Newest ModelVersion."),
         _column("Champion", ".status.championVersion", description="ModelVersion in Production."),
-        _column("Next Run", ".status.nextScheduledRun", "date", description="Next scheduled run."),
+        _column("Next Run", ".status.nextScheduledRun", description="Next scheduled run (UTC)."),
         _AGE,
     ),
 )
