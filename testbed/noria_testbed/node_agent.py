@@ -303,6 +303,7 @@ class PodWorker:
         self.start_time = now()
         self.config_map_volumes: dict[str, tuple[str, Json]] = {}  # volume name → (ConfigMap name, volume)
         self.volume_dirs: dict[str, Path] = {}
+        self.content_rewrite = PathRewriter({})
         self.last_status: Json | None = None
         self.transitions: dict[str, tuple[str, str]] = {}
         self.phase = "Pending"
@@ -403,6 +404,7 @@ class PodWorker:
         shutil.rmtree(volumes_root, ignore_errors=True)  # a pod re-created with the same name starts clean
         volumes_root.mkdir(parents=True)
         dirs: dict[str, Path] = {}
+        config_map_files: list[tuple[Path, dict[str, str], list[Json] | None]] = []
         for volume in self.pod["spec"].get("volumes") or []:
             name = volume["name"]
             local = volumes_root / name
@@ -418,7 +420,8 @@ class PodWorker:
                 data = sources.config_maps.get(cm_name)
                 if data is None and not volume["configMap"].get("optional"):
                     raise PodSpecError(f"volume {name!r}: ConfigMap {cm_name!r} not found")
-                write_projection(local, data or {}, volume["configMap"].get("items"))
+                # Written after the loop: its contents are rewritten with every volume's local dir.
+                config_map_files.append((local, data or {}, volume["configMap"].get("items")))
                 self.config_map_volumes[name] = (cm_name, volume["configMap"])
             elif "secret" in volume:
                 secret_name = volume["secret"]["secretName"]
@@ -439,12 +442,28 @@ class PodWorker:
             else:  # emptyDir and anything the agent does not model: a fresh directory
                 local.mkdir(parents=True, exist_ok=True)
             dirs[name] = local
+        self.content_rewrite = self.mounts_rewriter(dirs)
+        for local, data, items in config_map_files:
+            write_projection(local, {k: self.content_rewrite(v) for k, v in data.items()}, items)
         return dirs
+
+    def mounts_rewriter(self, dirs: dict[str, Path]) -> PathRewriter:
+        """Mount paths of all the pod's containers -> local dirs. Applied to configMap file contents
+        too: a config file naming a path under a mount (a run spec's file:///var/lib/noria/store/...)
+        must name the local directory the process really sees."""
+        mounts: dict[str, str] = {}
+        for container in (self.pod["spec"].get("initContainers") or []) + self.pod["spec"]["containers"]:
+            for mount in container.get("volumeMounts") or []:
+                if mount["name"] in dirs:
+                    local = dirs[mount["name"]] / mount["subPath"] if mount.get("subPath") else dirs[mount["name"]]
+                    mounts.setdefault(mount["mountPath"], str(local))
+        return PathRewriter(mounts)
 
     def refresh_config_map(self, cm_name: str, data: dict[str, str]) -> None:
         for volume_name, (name, volume) in self.config_map_volumes.items():
             if name == cm_name and volume_name in self.volume_dirs:
-                write_projection(self.volume_dirs[volume_name], data, volume.get("items"))
+                write_projection(self.volume_dirs[volume_name], {k: self.content_rewrite(v) for k, v in data.items()},
+                                 volume.get("items"))
 
     def launch_for(self, container: Json, sources: Sources) -> Launch:
         cname = container["name"]
@@ -460,7 +479,8 @@ class PodWorker:
         mounts[container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH] = str(termination_file)
         rewrite = PathRewriter(mounts)
 
-        env_vars = container_env(self.pod, container, self.ip, sources)
+        env_vars = dict(sources.service_env) if self.pod["spec"].get("enableServiceLinks", True) else {}
+        env_vars.update(container_env(self.pod, container, self.ip, sources))
         env_vars = {k: rewrite(v) for k, v in env_vars.items()}
         command = [rewrite(expand(part, env_vars)) for part in container.get("command") or []]
         args = [rewrite(expand(part, env_vars)) for part in container.get("args") or []]
@@ -563,6 +583,11 @@ class PodWorker:
             else:
                 log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, error)
 
+    def serving(self) -> bool:
+        """Running, every container ready, not being deleted: what an EndpointSlice would list as ready."""
+        return (self.phase == "Running" and not self.deletion_requested and bool(self.ip)
+                and bool(self.runners) and all(r.state.ready for r in self.runners))
+
     def running_targets(self) -> list[Json]:
         if self.phase != "Running" or self.deletion_requested or not self.ip:
             return []
@@ -585,6 +610,125 @@ def write_projection(directory: Path, data: dict[str, str], items: list[Json] | 
         temporary.replace(target)
 
 
+class ServiceProxy:
+    """kube-proxy in miniature: listens on each Service's ClusterIP:port (a loopback address in
+    the testbed's service range) and forwards every TCP connection to a ready pod selected by the
+    Service, round-robin. The apiserver refuses loopback addresses in EndpointSlices, so the
+    endpoints come straight from the agent's own pods instead."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+        self.services: dict[str, Json] = {}  # uid → latest Service
+        self.servers: dict[str, list[asyncio.AbstractServer]] = {}
+        self.listening: dict[str, tuple] = {}  # uid → (clusterIP, ports) currently bound
+        self.turn = 0
+
+    async def on_service(self, event: str, service: Json) -> None:
+        uid = service["metadata"]["uid"]
+        spec = service.get("spec", {})
+        wanted = (spec.get("clusterIP"), tuple((p.get("port"), p.get("protocol", "TCP")) for p in spec.get("ports") or []))
+        if event == "DELETED" or not spec.get("selector") or spec.get("clusterIP") in (None, "", "None"):
+            self.services.pop(uid, None)
+            await self._close(uid)
+            return
+        self.services[uid] = service
+        if self.listening.get(uid) == wanted:
+            return
+        await self._close(uid)
+        servers = []
+        for port in spec.get("ports") or []:
+            if port.get("protocol", "TCP") != "TCP":
+                continue
+            try:
+                servers.append(await asyncio.start_server(
+                    lambda r, w, uid=uid, port=port: self._forward(uid, port, r, w), spec["clusterIP"], port["port"]))
+            except OSError as error:
+                log.warning("service %s/%s: cannot listen on %s:%s: %s", service["metadata"]["namespace"],
+                            service["metadata"]["name"], spec["clusterIP"], port["port"], error)
+        self.servers[uid], self.listening[uid] = servers, wanted
+
+    async def _close(self, uid: str) -> None:
+        for server in self.servers.pop(uid, []):
+            server.close()
+        self.listening.pop(uid, None)
+
+    async def close(self) -> None:
+        for uid in list(self.servers):
+            await self._close(uid)
+
+    def endpoints(self, service: Json, port: Json) -> list[tuple[str, int]]:
+        """(pod IP, port) of every ready, not terminating pod the Service selects."""
+        namespace, selector = service["metadata"]["namespace"], service["spec"]["selector"]
+        target = port.get("targetPort", port["port"])
+        found = []
+        for worker in self.agent.workers.values():
+            labels = worker.pod["metadata"].get("labels") or {}
+            if worker.namespace != namespace or not worker.serving() or \
+                    any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            number = resolve_port(worker.pod, target)
+            if number is not None:
+                found.append((worker.ip, number))
+        return sorted(found)
+
+    async def _forward(self, uid: str, port: Json, client_reader: asyncio.StreamReader,
+                       client_writer: asyncio.StreamWriter) -> None:
+        service = self.services.get(uid)
+        candidates = self.endpoints(service, port) if service else []
+        if not candidates:
+            client_writer.close()  # like a Service without endpoints: the connection is refused
+            return
+        self.turn += 1
+        host, number = candidates[self.turn % len(candidates)]
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, number)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer),
+                             return_exceptions=True)
+        for writer in (client_writer, upstream_writer):
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()  # half-close, so request/response protocols see the end of the request
+    except (ConnectionError, OSError):
+        writer.close()
+
+
+def resolve_port(pod: Json, target: int | str) -> int | None:
+    """A Service targetPort (number or container port name) for this pod."""
+    if isinstance(target, int) or str(target).isdigit():
+        return int(target)
+    for container in pod["spec"].get("containers", []):
+        for declared in container.get("ports") or []:
+            if declared.get("name") == target:
+                return int(declared["containerPort"])
+    return None
+
+
+def service_links(services: list[Json]) -> dict[str, str]:
+    """The ``<NAME>_SERVICE_HOST``/``_PORT`` variables the kubelet gives pods (enableServiceLinks)."""
+    env: dict[str, str] = {}
+    for service in services:
+        spec = service.get("spec", {})
+        if spec.get("clusterIP") in (None, "", "None") or not spec.get("ports"):
+            continue
+        name = service["metadata"]["name"].upper().replace("-", "_")
+        env[f"{name}_SERVICE_HOST"] = spec["clusterIP"]
+        env[f"{name}_SERVICE_PORT"] = str(spec["ports"][0]["port"])
+        for port in spec["ports"]:
+            if port.get("name"):
+                env[f"{name}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(port["port"])
+    return env
+
+
 class NodeAgent:
     def __init__(self, api: KubeApi, *, root: Path, store_dir: Path, node_name: str = NODE_NAME,
                  python: str = sys.executable, run_id: str = "") -> None:
@@ -597,6 +741,7 @@ class NodeAgent:
         self.http = httpx.AsyncClient()
         self.synced = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.proxy = ServiceProxy(self)
 
     # ---- node -----------------------------------------------------------------------------------
     def node_status(self) -> Json:
@@ -717,7 +862,8 @@ class NodeAgent:
             if secret is not None:
                 secrets[name] = {k: base64.b64decode(v).decode("utf-8", "replace")
                                  for k, v in (secret.get("data") or {}).items()}
-        return Sources(config_maps=config_maps, secrets=secrets)
+        services = [svc for svc in self.proxy.services.values() if svc["metadata"]["namespace"] == namespace]
+        return Sources(config_maps=config_maps, secrets=secrets, service_env=service_links(services))
 
     # ---- persistent volume claims ------------------------------------------------------------------
     def claim_dir(self, namespace: str, claim: str) -> Path:
@@ -779,14 +925,17 @@ class NodeAgent:
         http_runner = await self.serve_http(host, port)
         try:
             await self.register_node()
-            pods_synced, cms_synced = asyncio.Event(), asyncio.Event()
+            pods_synced, cms_synced, services_synced = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self.tasks = [
                 asyncio.create_task(self.heartbeat(), name="heartbeat"),
                 asyncio.create_task(inform(self.api, "/api/v1/configmaps", self.on_config_map,
                                            on_synced=cms_synced.set), name="configmaps"),
                 asyncio.create_task(inform(self.api, "/api/v1/persistentvolumeclaims", self.on_claim), name="claims"),
+                asyncio.create_task(inform(self.api, "/api/v1/services", self.proxy.on_service,
+                                           on_synced=services_synced.set), name="services"),
             ]
-            await cms_synced.wait()  # pods may need ConfigMaps as soon as they are seen
+            await cms_synced.wait()
+            await services_synced.wait()  # pods may need ConfigMaps as soon as they are seen
             self.tasks.append(asyncio.create_task(inform(
                 self.api, "/api/v1/pods", self.on_pod, params={"fieldSelector": f"spec.nodeName={self.node_name}"},
                 on_synced=pods_synced.set), name="pods"))
@@ -802,6 +951,7 @@ class NodeAgent:
                 worker.task.cancel()
             await asyncio.gather(*(w.task for w in workers), return_exceptions=True)
             await asyncio.gather(*(w.stop_containers(1.0) for w in workers), return_exceptions=True)
+            await self.proxy.close()
             await http_runner.cleanup()
             await self.http.aclose()
 

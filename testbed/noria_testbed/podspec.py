@@ -104,6 +104,7 @@ class Sources:
 
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    service_env: Mapping[str, str] = field(default_factory=dict)  # <SVC>_SERVICE_HOST/PORT of the namespace
 
 
 def _key_ref(kind: str, ref: Json, store: Mapping[str, Mapping[str, str]], where: str) -> str | None:

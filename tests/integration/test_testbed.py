@@ -1,11 +1,228 @@
-"""The local test bed runs real workloads: control plane, node agent, Prometheus, operator."""
+"""The local test bed runs real workloads: a real control plane, Noria's node agent running
+pods as local processes, Prometheus discovering them, and the operator starting against it."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
+from noria_testbed.processes import free_port, wait_until
 
 pytestmark = pytest.mark.integration
+
+HTTP_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, noria.dev/version: v7}}
+    spec:
+      automountServiceAccountToken: false
+      terminationGracePeriodSeconds: 3
+      containers:
+      - name: http
+        image: python:3.11-slim
+        command: [python, -m, http.server, "8000", --bind, "$(POD_IP)", --directory, /srv/www]
+        env:
+        - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        ports: [{name: http, containerPort: 8000}]
+        readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+        volumeMounts: [{name: www, mountPath: /srv/www}]
+      volumes:
+      - name: www
+        configMap: {name: www}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: www}
+data:
+  index.html: hello from the testbed
+  metrics: |
+    # TYPE testbed_answer gauge
+    testbed_answer 42
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+
+
+def job(name: str, code: str, *, extra_spec: str = "") -> str:
+    return f"""
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      containers:
+      - name: main
+        image: python:3.11-slim
+        command: [python, -c, {json.dumps(code)}]
+        args: [/dev/termination-log]
+{extra_spec}"""
+
+
+def pods(cluster, namespace: str, selector: str) -> list[dict]:
+    out = cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
 
 
 def test_apiserver_is_ready(cluster):
     assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in nodes] == ["noria-local"]
+
+
+def test_deployment_becomes_available_and_its_service_reaches_the_pods(cluster, namespace):
+    started = time.monotonic()
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT)
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=90s")
+    available_after = time.monotonic() - started
+    print(f"deployment Available after {available_after:.1f}s")
+
+    running = pods(cluster, namespace, "app=web")
+    ips = sorted(p["status"]["podIP"] for p in running)
+    assert len(ips) == 2 and len(set(ips)) == 2 and all(ip.startswith("127.0.") for ip in ips)
+    for ip in ips:  # each replica is a real process listening on its own pod address
+        assert http_get(f"http://{ip}:8000/index.html") == "hello from the testbed"
+    statuses = [p["status"]["containerStatuses"][0] for p in running]
+    assert all(s["ready"] and s["started"] and "running" in s["state"] for s in statuses)
+
+    # The Service's ClusterIP (a loopback address here) forwards to the ready pods.
+    cluster_ip = cluster.kubectl("get", "service", "web", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert cluster_ip.startswith("127.96.")
+    assert http_get(f"http://{cluster_ip}:80/index.html") == "hello from the testbed"
+
+
+def test_job_completes_and_its_termination_message_is_in_the_pod_status(cluster, namespace):
+    code = "import sys; open(sys.argv[1], 'w').write('trained: f1=0.83'); print('bye')"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=job("ok", code))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/ok", "--timeout=60s")
+
+    [pod] = pods(cluster, namespace, "job-name=ok")
+    assert pod["status"]["phase"] == "Succeeded"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 0
+    assert terminated["message"] == "trained: f1=0.83"
+    assert "bye" in cluster.node_agent.pod_log(namespace, pod["metadata"]["name"])
+
+
+def test_failing_job_is_failed_with_exit_code_and_message(cluster, namespace):
+    code = "import sys; open(sys.argv[1], 'w').write('no data in window'); sys.exit(3)"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=job("bad", code))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Failed", "job/bad", "--timeout=60s")
+
+    [pod] = pods(cluster, namespace, "job-name=bad")
+    assert pod["status"]["phase"] == "Failed"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"], terminated["message"]) == (3, "Error", "no data in window")
+
+
+def test_claim_noria_store_is_the_testbed_store_dir(cluster, namespace):
+    """A pod writing under the store's mount path (also as a file:// URI) writes into store_dir."""
+    claim = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: noria-store}
+spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
+"""
+    code = ("import os, sys, urllib.parse; path = urllib.parse.urlparse(os.environ['OUT']).path; "
+            "os.makedirs(os.path.dirname(path), exist_ok=True); open(path, 'w').write('artifact')")
+    spec = f"""        env: [{{name: OUT, value: "file:///var/lib/noria/store/{namespace}/p/v1/model.skops"}}]
+        volumeMounts: [{{name: store, mountPath: /var/lib/noria/store}}]
+      volumes: [{{name: store, persistentVolumeClaim: {{claimName: noria-store}}}}]
+"""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=claim + "---" + job("writer", code, extra_spec=spec))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/writer", "--timeout=60s")
+    assert (cluster.store_dir / namespace / "p" / "v1" / "model.skops").read_text() == "artifact"
+
+
+def test_scaling_a_deployment_down_stops_its_processes(cluster, namespace):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT)
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=90s")
+    pids = [int(p["status"]["containerStatuses"][0]["containerID"].removeprefix("noria://"))
+            for p in pods(cluster, namespace, "app=web")]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+
+    cluster.kubectl("scale", "-n", namespace, "deployment/web", "--replicas=0")
+    wait_until("pods of web gone", lambda: not pods(cluster, namespace, "app=web"), timeout=30)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie not yet reaped by the agent is not running either
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_promtool_accepts_the_testbed_prometheus_config(prometheus):
+    result = subprocess.run(["promtool", "check", "config", str(prometheus.config_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_discovers_pods_with_their_labels(cluster, prometheus, namespace):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT.replace("name: http,", "name: metrics,")
+                    .replace("port: http}", "port: metrics}"))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=90s")
+    names = sorted(p["metadata"]["name"] for p in pods(cluster, namespace, "app=web"))
+
+    def scraped() -> bool:
+        series = prometheus.query(f'testbed_answer{{namespace="{namespace}"}}')
+        return sorted(s["metric"]["pod"] for s in series) == names
+
+    wait_until("both pods scraped", scraped, timeout=30)
+    [up, *_] = prometheus.query(f'up{{namespace="{namespace}", pod="{names[0]}"}}')
+    assert up["value"][1] == "1"
+    assert up["metric"]["label_noria_dev_version"] == "v7"
+    assert up["metric"]["label_app"] == "web"
+    assert up["metric"]["container"] == "http"
+
+
+def test_operator_starts_against_the_cluster_and_answers_liveness(cluster):
+    port = free_port()
+    env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
+    log_path = cluster.log_dir / "operator-liveness-test.log"
+    with open(log_path, "wb") as log_file:
+        operator = subprocess.Popen([sys.executable, "-m", "noria", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def live() -> bool:
+            assert operator.poll() is None, f"operator exited: {log_path.read_text()[-3000:]}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_until("operator liveness 200", live, timeout=60, on_timeout=lambda: log_path.read_text()[-3000:])
+    finally:
+        os.killpg(operator.pid, signal.SIGTERM)
+        try:
+            operator.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(operator.pid, signal.SIGKILL)
+            operator.wait()
