@@ -366,6 +366,13 @@ class CurrentRun(StatusModel):
     trigger: TriggerKind | None = Field(default=None, description="What started it.")
     job: ShortText | None = Field(default=None, description="Name of the trainer Job.")
     started_at: Timestamp | None = Field(default=None, description="When the run started.")
+    triggered_at: Timestamp | None = Field(default=None, description="When the first trigger of the run fired.")
+    triggers: list[TriggerKind] | None = Field(
+        default=None, max_length=8, description="Every trigger coalesced into this run, first one first."
+    )
+    reason: Text | None = Field(default=None, description="Why the run started, e.g. \"drift: psi 0.31 on tenure\".")
+    version: ShortText | None = Field(default=None, description="Name of the ModelVersion the run will register.")
+    parent: ShortText | None = Field(default=None, description="The champion when the run started.")
 
 
 class RunRecord(StatusModel):
@@ -414,6 +421,14 @@ class TrainingPipelineStatus(StatusModel):
     pending_triggers: list[PendingTrigger] | None = Field(
         default=None, max_length=8, description="Triggers waiting for the current run or the cooldown to end."
     )
+    triggers: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description=(
+            "Per-trigger bookkeeping kept by the operator between passes, by trigger kind (free-form: last"
+            " observation, when it fired, next schedule time)."
+        ),
+    )
+    cooldown_until: Timestamp | None = Field(default=None, description="No new run starts before this time.")
     run_counter: int | None = Field(default=None, ge=0, description="N of the last run id <pipeline>-r<N> handed out.")
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
 
