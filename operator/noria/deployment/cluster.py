@@ -1,0 +1,29 @@
+"""API I/O the deployment handler needs beyond ``noria.kube``: server-side apply of whole manifests.
+
+Server-side apply with one field manager makes every "create or bring to shape" step idempotent:
+applying the same manifest twice changes nothing (no new resourceVersion), and fields another
+manager owns (an HPA's replicas, a user's extra labels) are left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.types import PatchType
+
+from noria import kube
+
+FIELD_MANAGER = "noria-rollouts"
+
+# Gateway API (not in lightkube's models): registered here so kube.resource() finds it.
+HTTPRoute = create_namespaced_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+
+
+async def apply(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    res = kube.resource(obj["apiVersion"], obj["kind"])
+    out = await kube.client().patch(res, meta["name"], dict(obj), namespace=meta.get("namespace"),
+                                    patch_type=PatchType.APPLY, field_manager=FIELD_MANAGER, force=True)
+    return out.to_dict() if hasattr(out, "to_dict") else dict(out)

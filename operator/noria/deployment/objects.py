@@ -1,0 +1,275 @@
+"""Kubernetes manifests for what a Rollout runs: per-version model servers, the router, the Services.
+
+Pure functions of (rollout, spec, ModelVersion, settings) with deterministic names, applied with
+server-side apply so a re-run after a crash changes nothing. Security: model-server pods run under
+the ``restricted`` Pod Security profile with no service-account token (they never talk to the API);
+the router gets a token only for a Role that reads its own ConfigMap and EndpointSlices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from noria.settings import Settings
+
+LABEL_ROLLOUT: Final = "noria.dev/rollout"
+LABEL_VERSION: Final = "noria.dev/version"
+LABEL_PIPELINE: Final = "noria.dev/pipeline"
+LABEL_COMPONENT: Final = "noria.dev/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+COMPONENT_SERVER: Final = "server"
+COMPONENT_ROUTER: Final = "router"
+SERVER_PORT: Final = 8080
+ROUTER_PORT: Final = 8080
+CONFIG_KEY: Final = "config.json"
+FIELD_MANAGER: Final = "noria"
+RUN_AS_USER: Final = 65532  # distroless "nonroot"
+
+DEFAULT_SERVER_RESOURCES: Final = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+DEFAULT_ROUTER_RESOURCES: Final = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+
+
+@dataclass(frozen=True)
+class RolloutRef:
+    name: str
+    namespace: str
+    uid: str
+    api_version: str = "noria.dev/v1alpha1"
+    kind: str = "Rollout"
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def version_object_name(rollout: str, version: str) -> str:
+    """``<rollout>-<version>``: the Deployment and Service serving one ModelVersion."""
+    return f"{rollout}-{version}"
+
+
+def router_name(rollout: str) -> str:
+    return f"{rollout}-router"
+
+
+def preview_service_name(rollout: str) -> str:
+    return f"{rollout}-preview"
+
+
+def _meta(ref: RolloutRef, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": ref.namespace, "labels": dict(labels),
+            "ownerReferences": [ref.owner_reference()]}
+
+
+def version_labels(ref: RolloutRef, pipeline: str, version: str) -> dict[str, str]:
+    return {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version, LABEL_PIPELINE: pipeline,
+            LABEL_COMPONENT: COMPONENT_SERVER, LABEL_MANAGED_BY: "noria"}
+
+
+def router_labels(ref: RolloutRef) -> dict[str, str]:
+    return {LABEL_ROLLOUT: ref.name, LABEL_COMPONENT: COMPONENT_ROUTER, LABEL_MANAGED_BY: "noria"}
+
+
+def _restricted_container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _restricted_pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Settings,
+               prediction_log: bool) -> list[dict[str, Any]]:
+    spec = model_version.get("spec") or {}
+    artifact = spec.get("artifact") or {}
+    name = model_version["metadata"]["name"]
+    pipeline = spec.get("pipeline", "")
+    return [
+        {"name": "NORIA_ARTIFACT_URI", "value": str(artifact.get("uri", ""))},
+        {"name": "NORIA_DIGEST", "value": str(artifact.get("digest", ""))},
+        {"name": "NORIA_PROFILE_URI", "value": str(spec.get("profileUri") or "")},
+        {"name": "NORIA_MODEL", "value": pipeline},
+        {"name": "NORIA_VERSION", "value": name},
+        _field_env("NORIA_HOST", "status.podIP"),
+        {"name": "NORIA_PORT", "value": str(SERVER_PORT)},
+        {"name": "NORIA_STORE_ROOT", "value": settings.store_root},
+        {"name": "NORIA_NAMESPACE", "value": ref.namespace},
+        {"name": "NORIA_PIPELINE", "value": pipeline},
+        _field_env("POD_NAME", "metadata.name"),
+        {"name": "NORIA_PREDICTION_LOG", "value": "on" if prediction_log else "off"},
+    ]
+
+
+def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replicas: int, settings: Settings,
+                       resources: Mapping[str, Any] | None = None, prediction_log: bool = True) -> dict[str, Any]:
+    """The model-server Deployment ``<rollout>-<version>``."""
+    version = model_version["metadata"]["name"]
+    pipeline = (model_version.get("spec") or {}).get("pipeline", "")
+    labels = version_labels(ref, pipeline, version)
+    mount = settings.store_mount_path.rstrip("/")
+    mounts: list[dict[str, Any]] = [
+        {"name": "store", "mountPath": mount, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if prediction_log:
+        # The artifacts stay read-only; only this pipeline's prediction and feedback logs are writable.
+        for kind in ("predictions", "feedback"):
+            sub = f"{ref.namespace}/{pipeline}/{kind}"
+            mounts.append({"name": "store-logs", "mountPath": f"{mount}/{sub}", "subPath": sub})
+    volumes: list[dict[str, Any]] = [
+        {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+    ]
+    if prediction_log:
+        volumes.append({"name": "store-logs", "persistentVolumeClaim": {"claimName": settings.store_pvc}})
+    probe_port = "http"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ref, version_object_name(ref.name, version), labels),
+        "spec": {
+            "replicas": int(replicas),
+            "selector": {"matchLabels": {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version}},
+            # Never fewer ready pods than asked while a Deployment rolls its own pods.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": _restricted_pod_security(),
+                    "containers": [{
+                        "name": "server",
+                        "image": settings.server_image,
+                        "command": ["python", "-m", "noria_server", "serve"],
+                        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+                        "env": server_env(ref, model_version, settings, prediction_log),
+                        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": probe_port},
+                                           "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
+                        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": probe_port},
+                                          "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+                        "resources": dict(resources or DEFAULT_SERVER_RESOURCES),
+                        "securityContext": _restricted_container_security(),
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _service(ref: RolloutRef, name: str, labels: Mapping[str, str], selector: Mapping[str, str],
+             port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ref, name, labels),
+        "spec": {"type": "ClusterIP", "selector": dict(selector),
+                 "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def version_service(ref: RolloutRef, pipeline: str, version: str) -> dict[str, Any]:
+    """The Service ``<rollout>-<version>``: the router's backend for that version."""
+    return _service(ref, version_object_name(ref.name, version), version_labels(ref, pipeline, version),
+                    {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version}, SERVER_PORT)
+
+
+def entry_service(ref: RolloutRef, selector: Mapping[str, str]) -> dict[str, Any]:
+    """The stable entry point ``<rollout>``: users call this one, whatever the provider."""
+    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: "noria"}
+    return _service(ref, ref.name, labels, selector, SERVER_PORT)
+
+
+def preview_service(ref: RolloutRef, pipeline: str, version: str) -> dict[str, Any]:
+    """``<rollout>-preview``: reaches the blue-green candidate before the switch."""
+    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: "noria"}
+    return _service(ref, preview_service_name(ref.name), labels, {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version},
+                    SERVER_PORT)
+
+
+def router_config(model: str, namespace: str, rollout: str, weights: Mapping[str, int],
+                  shadow: tuple[str, int] | None) -> dict[str, Any]:
+    """The router's config.json (contract in /tmp/contracts.md). Backends in a stable order."""
+    backends = [{"version": v, "service": version_object_name(rollout, v), "port": SERVER_PORT, "weight": int(w),
+                 "url": None} for v, w in sorted(weights.items())]
+    shadow_cfg = None
+    if shadow is not None:
+        shadow_cfg = {"version": shadow[0], "service": version_object_name(rollout, shadow[0]), "port": SERVER_PORT,
+                      "mirrorPercent": int(shadow[1]), "url": None}
+    return {"model": model, "namespace": namespace, "backends": backends, "shadow": shadow_cfg}
+
+
+def router_configmap(ref: RolloutRef, config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ref, router_name(ref.name), router_labels(ref)),
+        "data": {CONFIG_KEY: json.dumps(config, sort_keys=True, separators=(",", ":"))},
+    }
+
+
+def router_rbac(ref: RolloutRef) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding: the router reads its ConfigMap and EndpointSlices, nothing else."""
+    name = router_name(ref.name)
+    labels = router_labels(ref)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ref, name, labels)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(ref, name, labels),
+         "rules": [
+             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name],
+              "verbs": ["get", "list", "watch"]},
+             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(ref, name, labels),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ref.namespace}]},
+    ]
+
+
+def router_deployment(ref: RolloutRef, settings: Settings, replicas: int = 1,
+                      resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    name = router_name(ref.name)
+    labels = router_labels(ref)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ref, name, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {LABEL_ROLLOUT: ref.name, LABEL_COMPONENT: COMPONENT_ROUTER}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": name,
+                    "enableServiceLinks": False,
+                    "securityContext": _restricted_pod_security(),
+                    "containers": [{
+                        "name": "router",
+                        "image": settings.server_image,
+                        "command": ["python", "-m", "noria_server", "route",
+                                    "--configmap", f"{ref.namespace}/{name}"],
+                        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                        "env": [_field_env("NORIA_HOST", "status.podIP"),
+                                {"name": "NORIA_PORT", "value": str(ROUTER_PORT)},
+                                _field_env("POD_NAME", "metadata.name")],
+                        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                                           "periodSeconds": 2, "failureThreshold": 2},
+                        "resources": dict(resources or DEFAULT_ROUTER_RESOURCES),
+                        "securityContext": _restricted_container_security(),
+                    }],
+                },
+            },
+        },
+    }
