@@ -1,0 +1,132 @@
+"""Pure parts of the trainer: spec parsing, the gate, tuning spaces, summaries, the atomic writer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from noria_trainer.artifacts import OutputError, OutputLocation
+from noria_trainer.run import fit_summary
+from noria_trainer.spec import SpecError, parse_pipeline_spec, parse_run_spec, parse_window
+from noria_trainer.training import decide_gate, sample_space
+
+BASE = {"model": {"task": "classification", "estimator": "sklearn.ensemble.RandomForestClassifier",
+                  "target": "y"}, "data": {"source": "file:///d/"}}
+
+
+@pytest.mark.parametrize("metric,contender,champion,min_score,max_score,beat_by,verdict,words", [
+    ("f1", 0.83, None, 0.70, None, 0.0, "passed", "f1 0.8300 meets minScore 0.7 and no champion to compare with"),
+    ("f1", 0.65, None, 0.70, None, 0.0, "rejected", "f1 0.6500 is below minScore 0.7"),
+    ("f1", 0.80, 0.82, 0.70, None, 0.0, "rejected", "does not beat champion churn-v6 has 0.8200"),
+    ("f1", 0.83, 0.82, None, None, 0.02, "rejected", "the difference is +0.0100"),
+    ("f1", 0.85, 0.82, None, None, 0.02, "passed", "beats champion churn-v6"),
+    ("f1", 0.82, 0.82, None, None, 0.0, "passed", "the difference is +0.0000"),
+    ("rmse", 55.0, 60.0, None, 70.0, 1.0, "passed", "rmse 55.0000 is within maxScore 70 and beats champion"),
+    ("rmse", 75.0, None, None, 70.0, 0.0, "rejected", "rmse 75.0000 is above maxScore 70"),
+    ("rmse", 59.5, 60.0, None, None, 1.0, "rejected", "lower is better"),
+    ("f1", float("nan"), None, None, None, 0.0, "rejected", "could not be computed"),
+])
+def test_gate_decisions(metric, contender, champion, min_score, max_score, beat_by, verdict, words):
+    decision = decide_gate(metric, contender, champion, "churn-v6" if champion is not None else None,
+                           min_score, max_score, beat_by)
+    assert decision.verdict == verdict
+    assert words in decision.reason
+
+
+def test_gate_quotes_thresholds_as_the_user_wrote_them():
+    decision = decide_gate("f1", 0.6, None, None, 0.7, None, 0.0, {"minScore": "0.70"})
+    assert decision.reason == "f1 0.6000 is below minScore 0.70"
+
+
+def test_thresholds_arrive_as_strings_or_numbers():
+    as_strings = parse_pipeline_spec({**BASE, "evaluation": {"minScore": "0.70", "holdoutFraction": "0.25",
+                                                             "mustBeatChampionBy": "0.01"}})
+    as_numbers = parse_pipeline_spec({**BASE, "evaluation": {"minScore": 0.7, "holdoutFraction": 0.25,
+                                                             "mustBeatChampionBy": 0.01}})
+    assert as_strings.min_score == as_numbers.min_score == 0.7
+    assert as_strings.holdout_fraction == 0.25 and as_strings.must_beat_champion_by == 0.01
+    assert parse_pipeline_spec({**BASE, "validation": {"minRows": "1000"}}).min_rows == 1000
+
+
+@pytest.mark.parametrize("value,rows,seconds", [
+    ("180d", None, 180 * 86400), ("12h", None, 43200), ("50000 rows", 50000, None), (5000, 5000, None),
+    ("2w", None, 14 * 86400), ("1 row", 1, None),
+])
+def test_window_forms(value, rows, seconds):
+    window = parse_window(value, "w")
+    assert window.rows == rows
+    assert (window.duration.total_seconds() if window.duration else None) == seconds
+
+
+@pytest.mark.parametrize("spec,words", [
+    ({**BASE, "model": {**BASE["model"], "task": "ranking"}}, "spec.model.task: 'ranking'"),
+    ({**BASE, "model": {"task": "classification", "estimator": "x.Y"}}, "spec.model.target: required"),
+    ({**BASE, "data": {"source": "file:///d/", "window": {"last": "soon"}}}, "neither a duration"),
+    ({**BASE, "data": {"source": "file:///d/", "window": {"last": "30d"}}}, "needs spec.data.timestampColumn"),
+    ({**BASE, "data": {"source": "file:///d/", "window": {"candidates": []}}}, "non-empty list"),
+    ({**BASE, "data": {"source": "file:///d/", "format": "xlsx"}}, "must be csv or parquet"),
+    ({**BASE, "tuning": {"strategy": "random"}}, "needs a search space"),
+    ({**BASE, "tuning": {"strategy": "bayes", "space": {"a": [1, 2]}}}, "must be random, grid or none"),
+    ({**BASE, "evaluation": {"metric": "rmse"}}, "not a classification metric"),
+    ({**BASE, "model": {**BASE["model"], "features": ["a", "y"]}}, "cannot also be a feature"),
+    ({**BASE, "validation": {"schema": {"a": "complex"}}}, "spec.validation.schema.a"),
+])
+def test_bad_pipeline_specs_name_the_field(spec, words):
+    with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        parse_pipeline_spec(spec)
+
+
+def test_run_spec_champion_digest_is_checked_for_shape():
+    raw = {"runId": "churn-r2", "namespace": "ml", "pipeline": "churn", "version": 2, "spec": BASE,
+           "outputUri": "file:///s/ml/churn/v2",
+           "champion": {"name": "churn-v1", "artifactUri": "file:///m", "digest": "md5:abc"}}
+    with pytest.raises(SpecError, match="champion.digest"):
+        parse_run_spec(raw)
+
+
+def test_run_spec_now_anchors_windows():
+    raw = {"runId": "r", "namespace": "ml", "pipeline": "p", "version": 1, "spec": BASE, "outputUri": "file:///o",
+           "now": "2026-01-02T03:04:05Z"}
+    assert parse_run_spec(raw).now == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def test_random_space_keeps_integers_and_samples_wide_ranges_on_a_log_scale():
+    sets = sample_space({"max_depth": [2, 8], "learning_rate": [0.001, 1.0], "loss": ["a", "b"]}, "random", 200, 0)
+    assert all(isinstance(s["max_depth"], int) and 2 <= s["max_depth"] <= 8 for s in sets)
+    rates = sorted(s["learning_rate"] for s in sets)
+    assert rates[len(rates) // 2] < 0.1  # log-uniform median ≈ 0.03; uniform would be ≈ 0.5
+    assert {s["loss"] for s in sets} == {"a", "b"}
+    assert sample_space({"max_depth": [2, 8]}, "random", 5, 0) == sample_space({"max_depth": [2, 8]}, "random", 5, 0)
+
+
+def test_grid_space_is_every_combination_up_to_the_trial_limit():
+    grid = sample_space({"a": [1, 2, 3], "b": ["x", "y"]}, "grid", 4, 0)
+    assert grid == [{"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+
+
+def test_summary_fits_in_4_kib_even_with_a_huge_reason():
+    summary = {"status": "failed", "runId": "r", "reason": "x" * 10_000, "metrics": {"f1": "0.9"},
+               "championMetrics": None}
+    text = fit_summary(summary)
+    assert len(text.encode()) <= 4096
+    assert json.loads(text)["reason"].startswith("xxx")
+
+
+def test_atomic_writer_writes_all_files_and_refuses_to_overwrite(tmp_path):
+    location = OutputLocation.of(f"file://{tmp_path}/ml/p/v3")
+    location.preflight()
+    location.write_atomically({"a.json": b"{}", "b.bin": b"\x00"})
+    assert sorted(p.name for p in (tmp_path / "ml/p/v3").iterdir()) == ["a.json", "b.bin"]
+    assert [p.name for p in (tmp_path / "ml/p").iterdir()] == ["v3"]
+    with pytest.raises(OutputError, match="exists already"):
+        location.write_atomically({"a.json": b"[]"})
+    with pytest.raises(OutputError, match="exists already"):
+        location.preflight()
+    assert (tmp_path / "ml/p/v3/a.json").read_bytes() == b"{}"
+
+
+def test_atomic_writer_refuses_even_an_empty_existing_directory(tmp_path):
+    (tmp_path / "v4").mkdir()
+    with pytest.raises(OutputError, match="exists already"):
+        OutputLocation.of(f"file://{tmp_path}/v4").write_atomically({"a": b"1"})

@@ -1,0 +1,492 @@
+"""One training run, stage by stage: spec → output check → champion → data → window → feedback →
+validation → (window candidates) → tuning → training → evaluation → gate → artifact set.
+
+Each stage prints a JSON progress line (``kubectl logs`` shows where a long run is) and records its
+wall time and peak memory in ``report.json``. Any failure becomes a ``RunFailure`` carrying the
+stage, the exit code and a reason in words; nothing is written under ``outputUri`` unless the
+whole set is ready (see ``artifacts``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+from noria import store
+from noria.artifact import ArtifactError, dumps_model, load_verified, loads_verified, sha256_digest
+from noria.profile import Profile, build_profile
+
+from noria_trainer import data as data_mod
+from noria_trainer import training
+from noria_trainer.artifacts import OutputError, OutputLocation
+from noria_trainer.estimators import EstimatorError, build_pipeline, check_import_path, estimator_class
+from noria_trainer.spec import SpecError, Window, parse_run_spec
+from noria_trainer.validation import feature_names, validate
+
+# Exit codes (documented in the package docstring and trainer_image/README.md).
+EXIT_OK = 0  # succeeded: the gate passed or rejected the contender; the artifact set is written
+EXIT_UNEXPECTED = 1  # a bug or an unforeseen error: the reason carries the exception
+EXIT_SPEC = 2  # the run spec or pipeline spec is malformed, or the estimator is not allowed
+EXIT_DATA = 3  # the data cannot be read, is empty, or the window holds no rows
+EXIT_VALIDATION = 4  # the data failed validation (columns, target, types, rows, missing values)
+EXIT_TRAINING = 5  # fitting, tuning or evaluating failed
+EXIT_CHAMPION = 6  # the champion artifact is unreadable or its digest does not match
+EXIT_OUTPUT = 7  # the output location exists already or cannot be written
+
+SUMMARY_LIMIT = 4096
+METADATA_SCHEMA = "noria.dev/metadata/v1"
+REPORT_SCHEMA = "noria.dev/report/v1"
+
+
+class RunFailure(Exception):
+    def __init__(self, stage: str, exit_code: int, reason: str):
+        super().__init__(reason)
+        self.stage, self.exit_code, self.reason = stage, exit_code, reason
+
+
+# --- progress and per-stage resources ---------------------------------------------------------
+def _reset_peak_rss() -> None:
+    try:  # Linux ≥ 4.0: "5" resets the VmHWM high-water mark, giving a per-stage peak
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Reporter:
+    stream: IO[str] = field(default_factory=lambda: sys.stdout)
+    started: float = field(default_factory=time.monotonic)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    _stage: str | None = None
+    _stage_started: float = 0.0
+
+    def emit(self, stage: str, **fields: Any) -> None:
+        line = {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "stage": stage, "elapsed": round(time.monotonic() - self.started, 3), **fields}
+        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.flush()
+
+    def begin(self, stage: str, **fields: Any) -> None:
+        self.end()
+        _reset_peak_rss()
+        self._stage, self._stage_started = stage, time.monotonic()
+        self.emit(stage, event="start", **fields)
+
+    def end(self, **fields: Any) -> None:
+        if self._stage is None:
+            return
+        seconds = round(time.monotonic() - self._stage_started, 3)
+        record = {"stage": self._stage, "seconds": seconds, "peakRssMB": _peak_rss_mb()}
+        self.stages.append(record)
+        self.emit(self._stage, event="done", seconds=seconds, peakRssMB=record["peakRssMB"], **fields)
+        self._stage = None
+
+
+# --- summary ----------------------------------------------------------------------------------
+def decimal_strings(metrics: dict[str, float] | None) -> dict[str, str] | None:
+    if metrics is None:
+        return None
+    return {k: ("NaN" if math.isnan(v) else f"{v:.4f}") for k, v in metrics.items()}
+
+
+def fit_summary(summary: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
+    """The summary as compact JSON of at most ``limit`` bytes: the reason is shortened first,
+    then champion metrics, then metrics are dropped (they are in report.json anyway)."""
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text.encode()) <= limit:
+        return text
+    trimmed = dict(summary)
+    for step in ("reason", "championMetrics", "metrics"):
+        if step == "reason":
+            over = len(text.encode()) - limit
+            trimmed["reason"] = str(trimmed.get("reason") or "")[: max(200, len(str(trimmed.get("reason"))) - over - 20)]
+            trimmed["reason"] = trimmed["reason"][:-1] + "…" if trimmed["reason"] else trimmed["reason"]
+        else:
+            trimmed[step] = None
+        text = json.dumps(trimmed, separators=(",", ":"))
+        if len(text.encode()) <= limit:
+            return text
+    trimmed["reason"] = str(trimmed.get("reason") or "")[:200]
+    return json.dumps(trimmed, separators=(",", ":"))
+
+
+def failure_summary(raw: dict[str, Any] | None, failure: RunFailure) -> dict[str, Any]:
+    raw = raw if isinstance(raw, dict) else {}
+    version = raw.get("version")
+    return {"status": "failed", "runId": raw.get("runId"), "version": version if isinstance(version, int) else None,
+            "digest": None, "artifactUri": None, "profileUri": None, "metadataUri": None, "reportUri": None,
+            "metrics": None, "championMetrics": None, "verdict": None, "reason": failure.reason, "rows": None,
+            "feedbackRows": None, "window": None, "trainedAt": None, "failedStage": failure.stage}
+
+
+# --- the run ------------------------------------------------------------------------------------
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("noria", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "scipy", "fsspec"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=1, sort_keys=True, default=_json_default) + "\n").encode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (pd.Timestamp, dt.datetime)):
+        return _rfc3339(value.floor("s").to_pydatetime() if isinstance(value, pd.Timestamp) else value)
+    return str(value)
+
+
+def _suffix_length(base: pd.DataFrame, window: Window | None, ts_col: str | None, now: dt.datetime) -> int:
+    if window is None:
+        return len(base)
+    if window.rows is not None:
+        return min(window.rows, len(base))
+    assert window.duration is not None and ts_col
+    return int((base[ts_col] >= pd.Timestamp(now - window.duration)).sum())
+
+
+def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
+    """Run everything; return the success summary or raise RunFailure."""
+    # --- spec: everything that can be checked without reading data or importing the estimator
+    reporter.begin("spec")
+    try:
+        run = parse_run_spec(raw)
+        check_import_path(run.spec.estimator)  # refused as a string, before any import
+        estimator_class(run.spec.estimator, run.spec.task)
+        build_pipeline(run.spec.estimator, run.spec.task, run.spec.params, [], [], run.spec.seed)
+    except (SpecError, EstimatorError) as exc:
+        raise RunFailure("spec", EXIT_SPEC, str(exc)) from exc
+    spec = run.spec
+    reporter.end(runId=run.run_id, version=run.version, estimator=spec.estimator)
+
+    reporter.begin("output-check", outputUri=run.output_uri)
+    output = OutputLocation.of(run.output_uri)
+    try:
+        output.preflight()
+    except OutputError as exc:
+        raise RunFailure("output", EXIT_OUTPUT, str(exc)) from exc
+    reporter.end()
+
+    champion_model, champion_profile = None, None
+    if run.champion is not None:
+        reporter.begin("champion", name=run.champion.name)
+        try:
+            champion_model = load_verified(run.champion.artifact_uri, run.champion.digest)
+        except ArtifactError as exc:
+            raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name}: {exc}") from exc
+        if run.champion.profile_uri:
+            try:
+                champion_profile = Profile.load(run.champion.profile_uri)
+            except (OSError, ValueError, KeyError) as exc:
+                raise RunFailure("champion", EXIT_CHAMPION,
+                                 f"champion {run.champion.name}: cannot read its profile "
+                                 f"{run.champion.profile_uri}: {exc}") from exc
+        reporter.end()
+
+    # --- data
+    reporter.begin("load", source=spec.source)
+    try:
+        frame, files = data_mod.read_source(spec.source, spec.format)
+        frame = data_mod.order_by_time(frame, spec.timestamp_column)
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    reporter.end(rows=len(frame), files=len(files))
+
+    windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
+    reporter.begin("window", windows=[w.label if w else "all" for w in windows])
+    lengths = [_suffix_length(frame, w, spec.timestamp_column, run.now) for w in windows]
+    widest = windows[int(np.argmax(lengths))]
+    try:
+        windowed = data_mod.apply_window(frame, widest, spec.timestamp_column, run.now)
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    reporter.end(rows=len(windowed))
+
+    features = feature_names(windowed, spec)
+    feedback = None
+    combined = windowed.assign(**{data_mod.FEEDBACK_ID_COLUMN: None})
+    if spec.feedback:
+        reporter.begin("feedback")
+        if not run.store_root:
+            raise RunFailure("spec", EXIT_SPEC, "spec.data.feedback is enabled but the run spec has no storeRoot")
+        try:
+            feedback = data_mod.merge_feedback(run.store_root, run.namespace, run.pipeline, spec.target, features,
+                                               spec.timestamp_column)
+        except (OSError, ValueError) as exc:
+            raise RunFailure("data", EXIT_DATA, f"cannot read feedback under {run.store_root}: {exc}") from exc
+        if len(feedback.rows):
+            rows = feedback.rows
+            if spec.timestamp_column:
+                rows = rows.assign(**{spec.timestamp_column: pd.to_datetime(rows[spec.timestamp_column], utc=True,
+                                                                             format="mixed", errors="coerce")})
+            combined = pd.concat([combined, rows], ignore_index=True)
+        reporter.end(**feedback.report())
+
+    reporter.begin("validation", rows=len(combined))
+    outcome = validate(combined, spec, features, champion_profile)
+    if not outcome.ok:
+        raise RunFailure("validation", EXIT_VALIDATION, f"data validation failed: {outcome.reason}")
+    checked = outcome.data
+    assert checked is not None
+    reporter.end(rows=len(checked), droppedNullTarget=outcome.dropped_null_target)
+
+    is_feedback = checked[data_mod.FEEDBACK_ID_COLUMN].notna()
+    base, fb_rows = checked.loc[~is_feedback].reset_index(drop=True), checked.loc[is_feedback]
+    if base.empty:
+        raise RunFailure("data", EXIT_DATA, "no data rows are left once feedback rows are set aside")
+    numeric = [c for c in features if outcome.kinds[c] == "numeric"]
+    categorical = [c for c in features if outcome.kinds[c] == "categorical"]
+
+    def pipeline_with(params: dict[str, Any]) -> Any:
+        return build_pipeline(spec.estimator, spec.task, params, numeric, categorical, spec.seed)
+
+    # --- split: the holdout is the newest rows of the shortest window (or a random share)
+    reporter.begin("split")
+    lengths = [_suffix_length(base, w, spec.timestamp_column, run.now) for w in windows]
+    ordered = bool(spec.timestamp_column) or len(windows) > 1 or (windows[0] is not None)
+    if ordered:
+        shortest = min(lengths)
+        if shortest < 2:
+            raise RunFailure("data", EXIT_DATA, f"window {windows[int(np.argmin(lengths))].label} "  # type: ignore[union-attr]
+                             f"has {shortest} row(s): too few to hold any out for evaluation")
+        n_hold = training.holdout_size(shortest, spec.holdout_fraction)
+        holdout = base.tail(n_hold).reset_index(drop=True)
+        pool = base.iloc[: len(base) - n_hold]
+    else:
+        pool, holdout = training.split_random(base, spec)
+        n_hold = len(holdout)
+    reporter.end(holdoutRows=len(holdout))
+
+    def training_set(window_length: int) -> pd.DataFrame:
+        own = pool.tail(max(0, window_length - n_hold)) if ordered else pool
+        return pd.concat([own, fb_rows], ignore_index=True) if len(fb_rows) else own.reset_index(drop=True)
+
+    X_hold, y_hold = holdout[features], holdout[spec.target]
+
+    candidate_reports: list[dict[str, Any]] = []
+    chosen_index = 0
+    if len(windows) > 1:
+        reporter.begin("candidates", candidates=len(windows))
+        best_score = float("nan")
+        for i, (window, length) in enumerate(zip(windows, lengths, strict=True)):
+            assert window is not None
+            train_i = training_set(length)
+            entry: dict[str, Any] = {"window": window.label, "rows": len(train_i)}
+            if len(train_i) < max(2, spec.min_rows) or (spec.task == "classification"
+                                                       and train_i[spec.target].nunique() < 2):
+                entry["skipped"] = f"{len(train_i)} training row(s) are too few (minRows {spec.min_rows})"
+            else:
+                try:
+                    model_i = pipeline_with(spec.params).fit(train_i[features], train_i[spec.target])
+                    score = training.evaluate(model_i, X_hold, y_hold, spec.task).get(spec.metric, float("nan"))
+                except (ValueError, TypeError) as exc:
+                    raise RunFailure("training", EXIT_TRAINING, f"training on window {window.label} failed: {exc}") from exc
+                entry["score"] = round(score, 6)
+                if training.better(spec.metric, score, best_score):
+                    best_score, chosen_index = score, i
+            candidate_reports.append(entry)
+            reporter.emit("candidates", **entry)
+        if all("skipped" in e for e in candidate_reports):
+            raise RunFailure("data", EXIT_DATA, "every candidate window is too small to train on: "
+                             + "; ".join(f"{e['window']}: {e['skipped']}" for e in candidate_reports))
+        for i, entry in enumerate(candidate_reports):
+            entry["chosen"] = i == chosen_index
+        reporter.end(chosen=windows[chosen_index].label)  # type: ignore[union-attr]
+    chosen_window = windows[chosen_index]
+    train = training_set(lengths[chosen_index])
+    X_train, y_train = train[features], train[spec.target]
+    if len(train) < spec.min_rows:
+        raise RunFailure("validation", EXIT_VALIDATION, f"{len(train)} training row(s) after holding out "
+                         f"{len(holdout)}, fewer than spec.validation.minRows {spec.min_rows}")
+
+    final_params = dict(spec.params)
+    tuning_report: dict[str, Any] | None = None
+    if spec.tuning_strategy:
+        reporter.begin("tuning", strategy=spec.tuning_strategy, trials=spec.tuning_trials)
+        result = training.tune(pipeline_with(spec.params), X_train, y_train, spec, reporter.emit)
+        final_params.update(result.best_params)
+        tuning_report = {"strategy": spec.tuning_strategy, "bestParams": result.best_params,
+                         "bestCvScore": None if math.isnan(result.best_score) else round(result.best_score, 6),
+                         "stoppedByTimeBudget": result.stopped_by_budget, "trials": result.trials}
+        reporter.end(bestParams=result.best_params)
+
+    reporter.begin("training", rows=len(train), features=len(features))
+    try:
+        model = training.set_model_params(pipeline_with(spec.params), final_params).fit(X_train, y_train)
+    except (ValueError, TypeError) as exc:
+        raise RunFailure("training", EXIT_TRAINING, f"{spec.estimator} failed to fit: {exc}") from exc
+    reporter.end()
+
+    reporter.begin("evaluation", holdoutRows=len(holdout))
+    try:
+        metrics = training.evaluate(model, X_hold, y_hold, spec.task)
+        holdout_predictions = model.predict(X_hold)
+    except (ValueError, TypeError) as exc:
+        raise RunFailure("evaluation", EXIT_TRAINING, f"evaluating the contender failed: {exc}") from exc
+    champion_metrics, champion_error = None, None
+    if champion_model is not None:
+        try:
+            champion_columns = list(getattr(champion_model, "feature_names_in_", features))
+            champion_metrics = training.evaluate(champion_model, holdout[champion_columns], y_hold, spec.task)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            champion_error = f"{type(exc).__name__}: {exc}"
+    reporter.end(metric=spec.metric, score=metrics.get(spec.metric))
+
+    assert run.champion is None or champion_model is not None
+    decision = training.decide_gate(
+        spec.metric, metrics.get(spec.metric, float("nan")),
+        None if champion_metrics is None else champion_metrics.get(spec.metric, float("nan")),
+        run.champion.name if run.champion else None, spec.min_score, spec.max_score, spec.must_beat_champion_by,
+        spec.thresholds_as_written)
+    reporter.emit("gate", verdict=decision.verdict, reason=decision.reason)
+
+    # --- artifacts
+    reporter.begin("artifacts")
+    model_bytes, untrusted = dumps_model(model)
+    digest = sha256_digest(model_bytes)
+    try:
+        reloaded = loads_verified(model_bytes, digest)
+    except ArtifactError as exc:
+        raise RunFailure("training", EXIT_TRAINING, f"the saved model would be refused by the server: {exc}") from exc
+    if not np.array_equal(np.asarray(reloaded.predict(X_hold)), np.asarray(holdout_predictions)):
+        raise RunFailure("training", EXIT_TRAINING, "the saved model predicts differently after reloading")
+    profile = build_profile(
+        {c: (X_train[c].to_numpy(dtype=float) if outcome.kinds[c] == "numeric" else X_train[c].tolist())
+         for c in features},
+        outcome.kinds,
+        predictions=(holdout_predictions.tolist() if spec.task == "classification"
+                     else np.asarray(holdout_predictions, dtype=float)),
+        prediction_kind="categorical" if spec.task == "classification" else "numeric",
+    )
+    trained_at = _rfc3339(dt.datetime.now(dt.UTC))
+    uris = {name: output.file_uri(name) for name in store.ARTIFACT_FILES}
+    window_label = chosen_window.label if chosen_window else "all"
+    feedback_count = int(len(fb_rows))
+    ts_col = spec.timestamp_column
+    metadata = {
+        "schema": METADATA_SCHEMA,
+        "runId": run.run_id, "trigger": run.trigger, "namespace": run.namespace, "pipeline": run.pipeline,
+        "version": run.version, "modelVersion": f"{run.pipeline}-v{run.version}",
+        "parent": run.champion.name if run.champion else None, "trainedAt": trained_at,
+        "data": {"source": spec.source, "format": spec.format, "files": len(files), "window": window_label,
+                 "rows": len(train) + len(holdout), "trainingRows": len(train), "holdoutRows": len(holdout),
+                 "feedbackRows": feedback_count, "timestampColumn": ts_col,
+                 "from": train[ts_col].min() if ts_col and len(train) else None,
+                 "to": holdout[ts_col].max() if ts_col and len(holdout) else None},
+        "model": {"task": spec.task, "estimator": spec.estimator, "params": final_params, "target": spec.target,
+                  "features": features, "kinds": outcome.kinds,
+                  "classes": [c.item() if isinstance(c, np.generic) else c for c in getattr(model, "classes_", [])]},
+        "artifact": {"file": store.MODEL_FILE, "uri": uris[store.MODEL_FILE], "digest": digest, "format": "skops",
+                     "untrustedTypes": untrusted},
+        "evaluation": {"metric": spec.metric, "metrics": decimal_strings(metrics),
+                       "championMetrics": decimal_strings(champion_metrics), "verdict": decision.verdict},
+        "libraries": _library_versions(),
+    }
+    report = {
+        "schema": REPORT_SCHEMA, "runId": run.run_id, "version": run.version,
+        "validation": outcome.report(),
+        "window": {"chosen": window_label, "candidates": candidate_reports},
+        "feedback": feedback.report() if feedback else {"enabled": False, "rows": 0},
+        "tuning": tuning_report,
+        "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout), "contender": metrics,
+                       "champion": champion_metrics, "championName": run.champion.name if run.champion else None,
+                       "championError": champion_error},
+        "gate": {"verdict": decision.verdict, "reason": decision.reason, "minScore": spec.min_score,
+                 "maxScore": spec.max_score, "mustBeatChampionBy": spec.must_beat_champion_by},
+        "stages": reporter.stages,  # completed stages so far; the write stage is in the logs
+    }
+    reporter.end()
+
+    reporter.begin("write", outputUri=run.output_uri)
+    try:
+        output.write_atomically({
+            store.MODEL_FILE: model_bytes,
+            store.PROFILE_FILE: (profile.to_json() + "\n").encode(),
+            store.METADATA_FILE: _json_bytes(metadata),
+            store.REPORT_FILE: _json_bytes(report),
+        })
+    except OutputError as exc:
+        raise RunFailure("output", EXIT_OUTPUT, str(exc)) from exc
+    reporter.end()
+
+    return {
+        "status": "succeeded", "runId": run.run_id, "version": run.version, "digest": digest,
+        "artifactUri": uris[store.MODEL_FILE], "profileUri": uris[store.PROFILE_FILE],
+        "metadataUri": uris[store.METADATA_FILE], "reportUri": uris[store.REPORT_FILE],
+        "metrics": decimal_strings(metrics), "championMetrics": decimal_strings(champion_metrics),
+        "verdict": decision.verdict, "reason": decision.reason, "rows": len(train) + len(holdout),
+        "feedbackRows": feedback_count, "window": window_label, "trainedAt": trained_at, "failedStage": None,
+    }
+
+
+def run_from_file(spec_path: str, termination_log: str | None, stream: IO[str] | None = None) -> int:
+    """Read the spec file, run, print and record the summary; return the exit code."""
+    reporter = Reporter(stream=stream or sys.stdout)
+    raw: Any = None
+    try:
+        try:
+            with open(spec_path) as handle:
+                raw = json.load(handle)
+        except OSError as exc:
+            raise RunFailure("spec", EXIT_SPEC, f"cannot read the run spec {spec_path}: {exc.strerror or exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise RunFailure("spec", EXIT_SPEC, f"the run spec {spec_path} is not JSON: {exc}") from exc
+        summary, code = execute(raw, reporter), EXIT_OK
+    except RunFailure as failure:
+        summary, code = failure_summary(raw, failure), failure.exit_code
+    except Exception as exc:  # the summary must still say what happened, for the operator and the user
+        failure = RunFailure("unexpected", EXIT_UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}")
+        summary, code = failure_summary(raw, failure), EXIT_UNEXPECTED
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    reporter.end()
+    text = fit_summary(summary)
+    if termination_log:
+        try:
+            with open(termination_log, "w") as handle:
+                handle.write(text)
+        except OSError as exc:
+            print(f"cannot write the termination log {termination_log}: {exc}", file=sys.stderr)
+    out = reporter.stream
+    out.write(text + "\n")
+    out.flush()
+    return code
+
+
+def default_termination_log() -> str | None:
+    path = "/dev/termination-log"
+    return path if os.path.exists(path) else None

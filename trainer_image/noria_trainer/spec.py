@@ -1,0 +1,337 @@
+"""The run spec (contracts: ConfigMap ``<pipeline>-r<N>``, key ``spec.json``), parsed defensively.
+
+The pipeline spec inside is the user's YAML snapshot, camelCase as in the CRD. Thresholds arrive as
+strings ("0.70") or numbers; every field is checked here so a mistake is reported as
+"spec.evaluation.minScore: 'abc' is not a number" before any data is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from noria.artifact import DIGEST_PATTERN
+
+Task = Literal["classification", "regression"]
+
+CLASSIFICATION_METRICS: Final = ("accuracy", "precision", "recall", "f1", "roc_auc")
+REGRESSION_METRICS: Final = ("rmse", "mae", "r2")
+LOWER_IS_BETTER: Final = frozenset({"rmse", "mae"})
+
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_ROWS: Final = re.compile(r"^\s*(\d+)\s*rows?\s*$")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class SpecError(ValueError):
+    """The run spec or the pipeline spec in it is malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """``last`` N rows or a duration back from ``now``; ``label`` is what the user wrote."""
+
+    label: str
+    rows: int | None = None
+    duration: dt.timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    artifact_uri: str
+    digest: str
+    profile_uri: str | None
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    task: Task
+    estimator: str
+    params: dict[str, Any]
+    target: str
+    features: tuple[str, ...] | None
+    source: str
+    format: str | None
+    timestamp_column: str | None
+    window: Window | None
+    window_candidates: tuple[Window, ...]
+    feedback: bool
+    min_rows: int
+    max_missing_fraction: float
+    schema: str | dict[str, str]
+    metric: str
+    holdout_fraction: float
+    min_score: float | None
+    max_score: float | None
+    must_beat_champion_by: float
+    tuning_strategy: str | None
+    tuning_trials: int
+    tuning_space: dict[str, Any]
+    tuning_time_budget: float | None
+    tuning_cv: int
+    seed: int
+    thresholds_as_written: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    trigger: str
+    namespace: str
+    pipeline: str
+    version: int
+    spec: PipelineSpec
+    champion: Champion | None
+    output_uri: str
+    store_root: str
+    now: dt.datetime
+    raw: dict[str, Any]
+
+
+# --- small parsers ------------------------------------------------------------------------------
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _string(value: Any, where: str, required: bool = True) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise SpecError(f"{where}: required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str, default: float | None = None, lo: float | None = None,
+            hi: float | None = None) -> float | None:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise SpecError(f"{where}: {value!r} is not a number")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{where}: {value!r} is not a number") from None
+    if out != out:
+        raise SpecError(f"{where}: NaN is not allowed")
+    if lo is not None and out < lo or hi is not None and out > hi:
+        raise SpecError(f"{where}: {value!r} must be between {lo} and {hi}")
+    return out
+
+
+def _integer(value: Any, where: str, default: int, lo: int = 0) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        out = int(str(value).strip())
+    except ValueError:
+        raise SpecError(f"{where}: {value!r} is not an integer") from None
+    if out < lo:
+        raise SpecError(f"{where}: {value!r} must be at least {lo}")
+    return out
+
+
+def parse_duration(value: Any, where: str) -> dt.timedelta:
+    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return dt.timedelta(seconds=float(value))
+    match = _DURATION.match(str(value))
+    if not match:
+        raise SpecError(f"{where}: {value!r} is not a duration like 90d, 12h, 30m or 45s")
+    return dt.timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def parse_window(value: Any, where: str) -> Window:
+    """``"180d"`` (a duration) or ``"50000 rows"`` / an integer (the last N rows)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise SpecError(f"{where}: {value!r} rows must be positive")
+        return Window(label=f"{value} rows", rows=value)
+    text = str(value)
+    rows = _ROWS.match(text)
+    if rows:
+        n = int(rows.group(1))
+        if n <= 0:
+            raise SpecError(f"{where}: {value!r} rows must be positive")
+        return Window(label=text.strip(), rows=n)
+    try:
+        duration = parse_duration(text, where)
+    except SpecError:
+        raise SpecError(f"{where}: {value!r} is neither a duration (180d) nor a row count (50000 rows)") from None
+    if duration.total_seconds() <= 0:
+        raise SpecError(f"{where}: {value!r} must be positive")
+    return Window(label=text.strip(), duration=duration)
+
+
+def parse_time(value: Any, where: str) -> dt.datetime:
+    try:
+        out = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise SpecError(f"{where}: {value!r} is not an RFC 3339 time") from None
+    return out if out.tzinfo else out.replace(tzinfo=dt.UTC)
+
+
+# --- the pipeline spec --------------------------------------------------------------------------
+def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
+    spec = _mapping(spec, "spec")
+    model = _mapping(spec.get("model"), "spec.model")
+    data = _mapping(spec.get("data"), "spec.data")
+    validation = _mapping(spec.get("validation"), "spec.validation")
+    evaluation = _mapping(spec.get("evaluation"), "spec.evaluation")
+    tuning = _mapping(spec.get("tuning"), "spec.tuning")
+
+    task = _string(model.get("task"), "spec.model.task")
+    if task not in ("classification", "regression"):
+        raise SpecError(f"spec.model.task: {task!r} must be classification or regression")
+    estimator = _string(model.get("estimator"), "spec.model.estimator")
+    params = _mapping(model.get("params"), "spec.model.params")
+    target = _string(model.get("target"), "spec.model.target")
+    features = model.get("features")
+    if features is not None:
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) and f for f in features):
+            raise SpecError("spec.model.features: expected a non-empty list of column names")
+        if target in features:
+            raise SpecError(f"spec.model.features: the target {target!r} cannot also be a feature")
+        if len(set(features)) != len(features):
+            raise SpecError("spec.model.features: a column is listed twice")
+
+    source = _string(data.get("source"), "spec.data.source")
+    fmt = _string(data.get("format"), "spec.data.format", required=False)
+    if fmt is not None and fmt not in ("csv", "parquet"):
+        raise SpecError(f"spec.data.format: {fmt!r} must be csv or parquet")
+    ts_col = _string(data.get("timestampColumn"), "spec.data.timestampColumn", required=False)
+    window_spec = _mapping(data.get("window"), "spec.data.window")
+    window: Window | None = None
+    candidates: tuple[Window, ...] = ()
+    if "last" in window_spec and "candidates" in window_spec:
+        raise SpecError("spec.data.window: give either last or candidates, not both")
+    if window_spec.get("last") is not None:
+        window = parse_window(window_spec["last"], "spec.data.window.last")
+    if window_spec.get("candidates") is not None:
+        raw = window_spec["candidates"]
+        if not isinstance(raw, list) or not raw:
+            raise SpecError("spec.data.window.candidates: expected a non-empty list like [30d, 90d, 180d]")
+        candidates = tuple(parse_window(c, f"spec.data.window.candidates[{i}]") for i, c in enumerate(raw))
+    unknown = set(window_spec) - {"last", "candidates"}
+    if unknown:
+        raise SpecError(f"spec.data.window: unknown field(s) {sorted(unknown)}; use last or candidates")
+    needs_time = [w.label for w in ((window,) if window else ()) + candidates if w.duration is not None]
+    if needs_time and not ts_col:
+        raise SpecError(f"spec.data.window: {needs_time[0]} is a duration, which needs spec.data.timestampColumn")
+    feedback = bool(_mapping(data.get("feedback"), "spec.data.feedback").get("enabled", False))
+
+    min_rows = _integer(validation.get("minRows"), "spec.validation.minRows", default=1, lo=1)
+    max_missing = _number(validation.get("maxMissingFraction"), "spec.validation.maxMissingFraction",
+                          default=1.0, lo=0.0, hi=1.0)
+    schema = validation.get("schema", "lenient")
+    if isinstance(schema, dict):
+        allowed = {"numeric", "float", "integer", "int", "string", "categorical", "category", "bool", "boolean",
+                   "datetime"}
+        for col, kind in schema.items():
+            if kind not in allowed:
+                raise SpecError(f"spec.validation.schema.{col}: {kind!r} is not one of {sorted(allowed)}")
+    elif schema not in ("strict", "lenient"):
+        raise SpecError(f"spec.validation.schema: {schema!r} must be strict, lenient or a column→type map")
+
+    metric = str(evaluation.get("metric") or ("f1" if task == "classification" else "rmse"))
+    known = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    if metric not in known:
+        raise SpecError(f"spec.evaluation.metric: {metric!r} is not a {task} metric ({', '.join(known)})")
+    holdout = _number(evaluation.get("holdoutFraction"), "spec.evaluation.holdoutFraction", default=0.2,
+                      lo=0.01, hi=0.9)
+    min_score = _number(evaluation.get("minScore"), "spec.evaluation.minScore")
+    max_score = _number(evaluation.get("maxScore"), "spec.evaluation.maxScore")
+    if min_score is not None and metric in LOWER_IS_BETTER:
+        raise SpecError(f"spec.evaluation.minScore: {metric} is lower-is-better; use maxScore")
+    if max_score is not None and metric not in LOWER_IS_BETTER:
+        raise SpecError(f"spec.evaluation.maxScore: {metric} is higher-is-better; use minScore")
+    beat_by = _number(evaluation.get("mustBeatChampionBy"), "spec.evaluation.mustBeatChampionBy", default=0.0)
+    written = {k: str(evaluation[k]) for k in ("minScore", "maxScore", "mustBeatChampionBy") if k in evaluation}
+
+    strategy = _string(tuning.get("strategy"), "spec.tuning.strategy", required=False)
+    if strategy not in (None, "none", "random", "grid"):
+        raise SpecError(f"spec.tuning.strategy: {strategy!r} must be random, grid or none")
+    space = _mapping(tuning.get("space"), "spec.tuning.space")
+    for name, values in space.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"spec.tuning.space.{name}: expected a list ([low, high] or choices)")
+    if strategy in ("random", "grid") and not space:
+        raise SpecError(f"spec.tuning.space: tuning strategy {strategy} needs a search space")
+    budget = tuning.get("timeBudget")
+    return PipelineSpec(
+        task=task,  # type: ignore[arg-type]
+        estimator=estimator or "",
+        params=dict(params),
+        target=target or "",
+        features=tuple(features) if features else None,
+        source=source or "",
+        format=fmt,
+        timestamp_column=ts_col,
+        window=window,
+        window_candidates=candidates,
+        feedback=feedback,
+        min_rows=min_rows,
+        max_missing_fraction=float(max_missing if max_missing is not None else 1.0),
+        schema=schema,
+        metric=metric,
+        holdout_fraction=float(holdout if holdout is not None else 0.2),
+        min_score=min_score,
+        max_score=max_score,
+        must_beat_champion_by=float(beat_by or 0.0),
+        tuning_strategy=None if strategy in (None, "none") else strategy,
+        tuning_trials=_integer(tuning.get("trials"), "spec.tuning.trials", default=10, lo=1),
+        tuning_space=dict(space),
+        tuning_time_budget=parse_duration(budget, "spec.tuning.timeBudget").total_seconds() if budget else None,
+        tuning_cv=_integer(tuning.get("cv"), "spec.tuning.cv", default=3, lo=2),
+        seed=_integer(spec.get("seed"), "spec.seed", default=0),
+        thresholds_as_written=written,
+    )
+
+
+def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:
+    """The whole run spec. ``now`` (optional RFC 3339 ``now`` key, for replays and tests) anchors
+    duration windows; the default is the current time."""
+    raw = _mapping(raw, "run spec")
+    run_id = _string(raw.get("runId"), "runId")
+    pipeline = _string(raw.get("pipeline"), "pipeline")
+    namespace = _string(raw.get("namespace"), "namespace")
+    version = _integer(raw.get("version"), "version", default=0, lo=1)
+    if version == 0:
+        raise SpecError("version: required")
+    output_uri = _string(raw.get("outputUri"), "outputUri")
+    store_root = _string(raw.get("storeRoot"), "storeRoot", required=False) or ""
+    champion_raw = raw.get("champion")
+    champion: Champion | None = None
+    if champion_raw is not None:
+        c = _mapping(champion_raw, "champion")
+        digest = _string(c.get("digest"), "champion.digest")
+        if not DIGEST_PATTERN.match(digest or ""):
+            raise SpecError(f"champion.digest: {digest!r} is not of the form sha256:<64 hex>")
+        champion = Champion(
+            name=_string(c.get("name"), "champion.name") or "",
+            artifact_uri=_string(c.get("artifactUri"), "champion.artifactUri") or "",
+            digest=digest or "",
+            profile_uri=_string(c.get("profileUri"), "champion.profileUri", required=False),
+        )
+    anchor = parse_time(raw["now"], "now") if raw.get("now") else (now or dt.datetime.now(dt.UTC))
+    return RunSpec(
+        run_id=run_id or "",
+        trigger=str(raw.get("trigger") or "manual"),
+        namespace=namespace or "",
+        pipeline=pipeline or "",
+        version=version,
+        spec=parse_pipeline_spec(raw.get("spec")),
+        champion=champion,
+        output_uri=output_uri or "",
+        store_root=store_root,
+        now=anchor,
+        raw=raw,
+    )
