@@ -492,6 +492,10 @@ class PodWorker:
         venv_bin = str(Path(self.agent.python).parent)
         env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
         env.update({"HOSTNAME": self.name, "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: self.agent.run_id})
+        if self.pod["spec"].get("automountServiceAccountToken", True) is not False and self.agent.kubeconfig:
+            # Stand-in for a mounted service-account token: clients that honour KUBECONFIG (lightkube,
+            # kubectl) reach the API server; pods that opt out of a token get no credentials at all.
+            env["KUBECONFIG"] = str(self.agent.kubeconfig)
         env.update(env_vars)
         return Launch(argv, env, cwd, self.dir / f"{cname}.log", termination_file, rewrite)
 
@@ -731,8 +735,9 @@ def service_links(services: list[Json]) -> dict[str, str]:
 
 class NodeAgent:
     def __init__(self, api: KubeApi, *, root: Path, store_dir: Path, node_name: str = NODE_NAME,
-                 python: str = sys.executable, run_id: str = "") -> None:
+                 python: str = sys.executable, run_id: str = "", kubeconfig: Path | None = None) -> None:
         self.api, self.root, self.store_dir, self.node_name = api, root, store_dir, node_name
+        self.kubeconfig = kubeconfig  # given to pods that do not opt out of a service-account token
         self.python, self.run_id = python, run_id or str(os.getpid())
         self.addresses = PodAddresses()
         self.workers: dict[str, PodWorker] = {}
@@ -980,7 +985,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def run() -> None:
         api = KubeApi(args.kubeconfig)
-        agent = NodeAgent(api, root=args.root, store_dir=args.store_dir, node_name=args.node_name, run_id=args.run_id)
+        agent = NodeAgent(api, root=args.root, store_dir=args.store_dir, node_name=args.node_name, run_id=args.run_id,
+                          kubeconfig=args.kubeconfig.resolve())
         main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
