@@ -1,0 +1,132 @@
+"""``python -m noria_server serve|route``: one image, two modes (ARCHITECTURE.md §5).
+
+Every flag has an environment variable of the same meaning (the operator's Deployments set the
+variables; flags win when both are given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "on", "yes"):
+        return True
+    if value.lower() in ("0", "false", "off", "no"):
+        return False
+    raise SystemExit(f"{name}={value!r}: expected on/off")
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("1", "true", "on", "yes"):
+        return True
+    if value.lower() in ("0", "false", "off", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {value!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m noria_server", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+
+    s = sub.add_parser("serve", help="serve one verified ModelVersion over OIP v2")
+    s.add_argument("--artifact", default=env("NORIA_ARTIFACT_URI"), help="model.skops URI [NORIA_ARTIFACT_URI]")
+    s.add_argument("--digest", default=env("NORIA_DIGEST"), help="sha256:<hex> of the artifact [NORIA_DIGEST]")
+    s.add_argument("--profile", default=env("NORIA_PROFILE_URI"), help="profile.json URI [NORIA_PROFILE_URI]")
+    s.add_argument("--model", default=env("NORIA_MODEL"), help="OIP model name = pipeline name [NORIA_MODEL]")
+    s.add_argument("--version", default=env("NORIA_VERSION"), help="ModelVersion name [NORIA_VERSION]")
+    s.add_argument("--host", default=env("NORIA_HOST", "0.0.0.0"), help="bind address [NORIA_HOST]")
+    s.add_argument("--port", type=int, default=int(env("NORIA_PORT", "8080")), help="[NORIA_PORT]")
+    s.add_argument("--store-root", default=env("NORIA_STORE_ROOT"), help="[NORIA_STORE_ROOT]")
+    s.add_argument("--namespace", default=env("NORIA_NAMESPACE"), help="[NORIA_NAMESPACE]")
+    s.add_argument("--pipeline", default=env("NORIA_PIPELINE"), help="[NORIA_PIPELINE]")
+    s.add_argument("--pod", default=env("POD_NAME") or env("HOSTNAME") or "local", help="[POD_NAME]")
+    s.add_argument("--prediction-log", type=_on_off, default=_env_bool("NORIA_PREDICTION_LOG", True),
+                   help="on/off [NORIA_PREDICTION_LOG]")
+    s.add_argument("--feature-counting", type=_on_off, default=_env_bool("NORIA_FEATURE_COUNTING", True),
+                   help="count inputs into the drift profile's bins, on/off [NORIA_FEATURE_COUNTING]")
+    s.add_argument("--max-batch", type=int, default=int(env("NORIA_MAX_BATCH", "64")),
+                   help="rows per predict call at most [NORIA_MAX_BATCH]")
+    s.add_argument("--batch-wait-ms", type=float, default=float(env("NORIA_BATCH_WAIT_MS", "0")),
+                   help="extra wait for a batch to fill; 0 = batch only what is already queued [NORIA_BATCH_WAIT_MS]")
+    s.add_argument("--max-body-bytes", type=int, default=int(env("NORIA_MAX_BODY_BYTES", str(16 << 20))),
+                   help="[NORIA_MAX_BODY_BYTES]")
+    s.add_argument("--remember-predictions", type=int, default=int(env("NORIA_REMEMBER_PREDICTIONS", "100000")),
+                   help="recent prediction ids kept for feedback counters [NORIA_REMEMBER_PREDICTIONS]")
+    s.add_argument("--drain-seconds", type=float, default=float(env("NORIA_DRAIN_SECONDS", "5")),
+                   help="keep serving this long after SIGTERM while not ready [NORIA_DRAIN_SECONDS]")
+    s.add_argument("--failure-exit-seconds", type=float, default=float(env("NORIA_FAILURE_EXIT_SECONDS", "30")),
+                   help="stay up (not ready) this long after refusing the artifact [NORIA_FAILURE_EXIT_SECONDS]")
+
+    r = sub.add_parser("route", help="split, pin and mirror traffic between model versions")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--config", default=env("NORIA_ROUTER_CONFIG"),
+                     help="router config JSON file, re-read when it changes [NORIA_ROUTER_CONFIG]")
+    src.add_argument("--configmap", default=env("NORIA_ROUTER_CONFIGMAP"),
+                     help="<namespace>/<name> of the ConfigMap holding config.json [NORIA_ROUTER_CONFIGMAP]")
+    r.add_argument("--host", default=env("NORIA_HOST", "0.0.0.0"), help="[NORIA_HOST]")
+    r.add_argument("--port", type=int, default=int(env("NORIA_PORT", "8080")), help="[NORIA_PORT]")
+    r.add_argument("--timeout", type=float, default=float(env("NORIA_ROUTER_TIMEOUT_SECONDS", "10")),
+                   help="whole backend request timeout, seconds [NORIA_ROUTER_TIMEOUT_SECONDS]")
+    r.add_argument("--connect-timeout", type=float,
+                   default=float(env("NORIA_ROUTER_CONNECT_TIMEOUT_SECONDS", "1")),
+                   help="[NORIA_ROUTER_CONNECT_TIMEOUT_SECONDS]")
+    r.add_argument("--drain-seconds", type=float, default=float(env("NORIA_DRAIN_SECONDS", "5")),
+                   help="[NORIA_DRAIN_SECONDS]")
+    r.add_argument("--max-body-bytes", type=int, default=int(env("NORIA_MAX_BODY_BYTES", str(16 << 20))),
+                   help="[NORIA_MAX_BODY_BYTES]")
+    return p
+
+
+def _run(coro_factory) -> int:  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the server extra
+        return asyncio.run(coro_factory())
+    return uvloop.run(coro_factory())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("NORIA_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if args.mode == "serve":
+        from .serve import ServeSettings, run
+
+        settings = ServeSettings(
+            artifact_uri=args.artifact, digest=args.digest, profile_uri=args.profile, model=args.model,
+            version=args.version, host=args.host, port=args.port, store_root=args.store_root,
+            namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
+            feature_counting=args.feature_counting, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+            max_body_bytes=args.max_body_bytes, remember_predictions=args.remember_predictions,
+            drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds)
+        try:
+            settings.validate()
+        except ValueError as exc:
+            print(f"noria_server serve: {exc}", file=sys.stderr)
+            return 2
+        return _run(lambda: run(settings))
+
+    from .route import RouterSettings
+    from .route import run as run_router
+
+    if not args.config and not args.configmap:
+        print("noria_server route: give --config <file> or --configmap <namespace>/<name>", file=sys.stderr)
+        return 2
+    router_settings = RouterSettings(config_file=args.config, configmap=args.configmap, host=args.host,
+                                     port=args.port, timeout=args.timeout, connect_timeout=args.connect_timeout,
+                                     drain_seconds=args.drain_seconds, max_body_bytes=args.max_body_bytes)
+    return _run(lambda: run_router(router_settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The one verified model a server process serves, and how rows become a prediction.
+
+Loading goes through ``noria.artifact.load_verified`` (sha256 of the file first, then skops with the
+trusted-type allow-list; never pickle). The model must have been fitted on a DataFrame, so
+``feature_names_in_`` fixes the input schema; the drift profile says which features are
+categorical and gives realistic warm-up rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from noria.artifact import ArtifactError, load_verified
+from noria.profile import Profile
+
+from .oip import Schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    estimator: Any
+    schema: Schema
+    profile: Profile | None
+    is_classifier: bool
+    classes: list[Any] | None
+    proba_is_free: bool = False  # predict == argmax(predict_proba), checked at warm-up
+
+    @classmethod
+    def load(cls, artifact_uri: str, digest: str, profile_uri: str | None) -> ServedModel:
+        estimator = load_verified(artifact_uri, digest)
+        profile = None
+        if profile_uri:
+            try:
+                profile = Profile.load(profile_uri)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ArtifactError(f"cannot read the drift profile {profile_uri}: {exc}") from exc
+        return cls.from_estimator(estimator, profile)
+
+    @classmethod
+    def from_estimator(cls, estimator: Any, profile: Profile | None) -> ServedModel:
+        from sklearn.base import is_classifier
+
+        names = getattr(estimator, "feature_names_in_", None)
+        if names is None:
+            raise ArtifactError("the model has no feature_names_in_: fit it on a pandas DataFrame so the server "
+                                "knows the feature names and order")
+        if not hasattr(estimator, "predict"):
+            raise ArtifactError(f"the artifact is a {type(estimator).__name__}, which has no predict()")
+        features = tuple(str(n) for n in names)
+        categorical = frozenset(f for f in features
+                                if profile is not None and f in profile.features
+                                and profile.features[f].kind == "categorical")
+        classifier = bool(is_classifier(estimator))
+        classes = [c.item() if hasattr(c, "item") else c for c in estimator.classes_] if classifier else None
+        return cls(estimator, Schema(features, categorical), profile, classifier, classes)
+
+    # --- prediction ----------------------------------------------------------------------------
+    def frame(self, rows: np.ndarray) -> Any:
+        import pandas as pd
+
+        if rows.dtype != object:
+            return pd.DataFrame(rows, columns=list(self.schema.features), copy=False)
+        return pd.DataFrame({f: (rows[:, j] if f in self.schema.categorical else rows[:, j].astype(np.float64))
+                             for j, f in enumerate(self.schema.features)})
+
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions (and class probabilities when they come free) for ``rows`` of shape (n, F)."""
+        frame = self.frame(rows)
+        if self.proba_is_free:
+            proba = self.estimator.predict_proba(frame)
+            return np.asarray(self.estimator.classes_)[np.argmax(proba, axis=1)], proba
+        return np.asarray(self.estimator.predict(frame)), None
+
+    # --- warm-up -----------------------------------------------------------------------------
+    def sample_rows(self, n: int) -> np.ndarray:
+        """Plausible rows: numeric values spread across the profile's bins, categories cycled."""
+        rng = np.random.default_rng(0)
+        cols = []
+        for f in self.schema.features:
+            fp = self.profile.features.get(f) if self.profile else None
+            if f in self.schema.categorical:
+                cats = list(fp.categories) if fp is not None and fp.categories else ["unknown"]
+                cols.append(np.array([cats[i % len(cats)] for i in range(n)], dtype=object))
+            elif fp is not None and fp.edges is not None and fp.edges.size >= 2:
+                cols.append(rng.uniform(fp.edges[0], fp.edges[-1], n))
+            else:
+                cols.append(rng.normal(size=n))
+        if self.schema.all_numeric:
+            return np.column_stack(cols).astype(np.float64)
+        return np.column_stack([c.astype(object) for c in cols])
+
+    def warm_up(self, max_batch: int, rounds: int = 20) -> float:
+        """Run predict on one row and on a full batch until timings settle; decide whether
+        ``predict_proba`` can replace ``predict``. Returns the single-row latency in seconds."""
+        rows = self.sample_rows(max(max_batch, 64))
+        if self.is_classifier and hasattr(self.estimator, "predict_proba"):
+            try:
+                frame = self.frame(rows)
+                proba = self.estimator.predict_proba(frame)
+                argmax = np.asarray(self.estimator.classes_)[np.argmax(proba, axis=1)]
+                self.proba_is_free = bool(np.array_equal(argmax, np.asarray(self.estimator.predict(frame))))
+            except Exception as exc:  # predict_proba may exist but be unusable (e.g. SVC without probability)
+                log.info("predict_proba not used: %s", exc)
+                self.proba_is_free = False
+        single = rows[:1]
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            self.predict(single)
+            best = min(best, time.perf_counter() - t0)
+            self.predict(rows[:max_batch])
+        return best

@@ -1,0 +1,131 @@
+"""Prediction and feedback logs for the feedback loop, written off the request path.
+
+The request path only hands a batch to a bounded queue (``offer``: one lock, no I/O, no JSON); a
+writer thread turns batches into JSON lines and appends them to
+``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` layout). If the store is slow the queue
+fills and further batches are dropped and counted; if it fails (full disk, read-only, gone) the
+lines are dropped and counted, the file is reopened after a back-off, and predictions go on.
+``seq`` starts past any file this pod name already wrote today, so a restarted pod never
+appends into (or clobbers) its predecessor's file, and rolls over at ``max_file_bytes``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from noria import store
+
+log = logging.getLogger(__name__)
+
+# A batch handed to the writer: (row count, function producing the JSON-lines bytes).
+Entry = tuple[int, Callable[[], bytes]]
+
+
+class JsonlLog:
+    def __init__(self, directory_for: Callable[[dt.date], str], pod: str, on_drop: Callable[[int], None],
+                 capacity: int = 4096, flush_seconds: float = 0.5, max_file_bytes: int = 256 << 20,
+                 retry_seconds: float = 2.0) -> None:
+        self.directory_for = directory_for
+        self.pod = pod
+        self.on_drop = on_drop
+        self.queue: queue.Queue[Entry | None] = queue.Queue(maxsize=capacity)
+        self.flush_seconds = flush_seconds
+        self.max_file_bytes = max_file_bytes
+        self.retry_seconds = retry_seconds
+        self._file: Any = None
+        self._day: dt.date | None = None
+        self._written = 0
+        self._broken_until = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
+        self._thread.start()
+
+    # --- request path ------------------------------------------------------------------------
+    def offer(self, rows: int, render: Callable[[], bytes]) -> None:
+        try:
+            self.queue.put_nowait((rows, render))
+        except queue.Full:
+            self.on_drop(rows)
+
+    def close(self, timeout: float = 5.0) -> None:
+        try:
+            self.queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+
+    # --- writer thread -----------------------------------------------------------------------
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while True:
+            try:
+                entry = self.queue.get(timeout=self.flush_seconds)
+            except queue.Empty:
+                entry = ()  # type: ignore[assignment]
+            if entry is None:
+                break
+            if entry:
+                self._write(*entry)
+            if self._file is not None and time.monotonic() - last_flush >= self.flush_seconds:
+                self._flush()
+                last_flush = time.monotonic()
+        self._flush()
+        self._close_file()
+
+    def _write(self, rows: int, render: Callable[[], bytes]) -> None:
+        if time.monotonic() < self._broken_until:
+            self.on_drop(rows)
+            return
+        try:
+            data = render()
+            self._ensure_file()
+            self._file.write(data)
+            self._written += len(data)
+            if self._written >= self.max_file_bytes:
+                self._close_file()
+        except Exception as exc:  # OSError from the store, or anything else: never take the server down
+            log.warning("prediction log %s: dropping %d rows: %s", self.pod, rows, exc)
+            self.on_drop(rows)
+            self._close_file()
+            self._broken_until = time.monotonic() + self.retry_seconds
+
+    def _ensure_file(self) -> None:
+        today = dt.datetime.now(dt.UTC).date()
+        if self._file is not None and today == self._day:
+            return
+        self._close_file()
+        fs, path = store.filesystem(self.directory_for(today))
+        fs.makedirs(path, exist_ok=True)
+        prefix = f"{self.pod}-"
+        seqs = []
+        for name in fs.ls(path, detail=False):
+            base = os.path.basename(str(name))
+            if base.startswith(prefix) and base.endswith(".jsonl") and base[len(prefix):-6].isdigit():
+                seqs.append(int(base[len(prefix):-6]))
+        target = store.join(path, store.log_file_name(self.pod, max(seqs) + 1 if seqs else 0))
+        self._file = fs.open(target, "ab")
+        self._day = today
+        self._written = 0
+
+    def _flush(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except Exception as exc:
+            log.warning("prediction log %s: flush failed: %s", self.pod, exc)
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # the data is already counted as written or dropped
+                pass
+        self._file = None

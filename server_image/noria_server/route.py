@@ -1,0 +1,344 @@
+"""``python -m noria_server route``: weighted split, version pinning and shadow mirroring.
+
+One router Deployment per Rollout sits in front of the per-version model servers:
+
+- every request goes to one backend version drawn by weight (``noria_router_weight``), or to the
+  version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
+- the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
+- with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow
+  concurrently; the user's answer never waits for it. When both answers are in, the ``predict``
+  outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
+  (a failed shadow call counts its rows as ``error``) and the shadow's latency goes into
+  ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
+  versions log the same prediction ids;
+- feedback (``POST /v2/models/{m}/feedback``) fans out to every ready endpoint of every version:
+  only the replica that made a prediction knows it (its confusion counters move), and one
+  designated replica logs labels no replica remembers, so a label is logged at least once;
+- a backend with no ready endpoints → 503, refused connection or error → 502, no answer within
+  the timeout → 502 saying so; each also counted in ``noria_router_errors_total{reason}``.
+  Timeouts are everywhere (connect, whole request), so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from noria import metrics as m
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import oip
+from .discovery import ConfigMapSource, EndpointSliceWatcher, FileConfigSource
+from .httpserver import HttpServer, Request, Response, error_response, json_response
+from .router_config import Backend, RouterConfig, compare, predictions_of
+
+log = logging.getLogger("noria_server.route")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+FORWARDED_HEADERS = ("content-type", "x-request-id", "accept")
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class RouterSettings:
+    config_file: str | None = None
+    configmap: str | None = None  # "<namespace>/<name>"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    timeout: float = 10.0
+    connect_timeout: float = 1.0
+    drain_seconds: float = 5.0
+    max_body_bytes: int = 16 << 20
+    max_shadow_in_flight: int = 512
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.duration = Histogram(m.REQUEST_DURATION_SECONDS, "Request latency through the router",
+                                  [m.LABEL_MODEL, m.LABEL_VERSION], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.weight = Gauge(m.ROUTER_WEIGHT, "Traffic weight of each version", [m.LABEL_MODEL, m.LABEL_VERSION],
+                            registry=self.registry)
+        self.shadow = Counter(m.SHADOW_COMPARISONS_TOTAL, "Shadow answers compared with the primary's, by row",
+                              [m.LABEL_MODEL, m.LABEL_STABLE, m.LABEL_SHADOW, m.LABEL_OUTCOME],
+                              registry=self.registry)
+        self.shadow_duration = Histogram(m.SHADOW_DURATION_SECONDS, "Latency of the mirrored shadow calls",
+                                         [m.LABEL_MODEL, m.LABEL_SHADOW], buckets=LATENCY_BUCKETS,
+                                         registry=self.registry)
+        self.errors = Counter(m.ROUTER_ERRORS_TOTAL, "Requests the router could not deliver, by reason",
+                              [m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_REASON], registry=self.registry)
+        self._duration_children: dict[tuple[str, str], Any] = {}
+
+    def observe(self, model: str, version: str, seconds: float) -> None:
+        key = (model, version)
+        child = self._duration_children.get(key)
+        if child is None:
+            child = self._duration_children[key] = self.duration.labels(model, version)
+        child.observe(seconds)
+
+
+class Router:
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics()
+        self.config: RouterConfig | None = None
+        self.config_applied_at = 0.0
+        self.endpoints: EndpointSliceWatcher | None = None
+        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
+        self.session: aiohttp.ClientSession | None = None
+        self.sources: list[Any] = []
+        self.shadow_in_flight = 0
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self._rr: dict[str, itertools.count[int]] = {}
+        self._random = random.random
+        self.port = 0
+
+    # --- config ---------------------------------------------------------------------------------
+    def apply_config(self, config: RouterConfig) -> None:
+        old = self.config
+        self.config = config
+        self.config_applied_at = time.time()
+        if old is not None:
+            for b in old.backends:
+                if config.by_version(b.version) is None or old.model != config.model:
+                    try:
+                        self.metrics.weight.remove(old.model, b.version)
+                    except KeyError:
+                        pass
+        for b in config.backends:
+            self.metrics.weight.labels(config.model, b.version).set(b.weight)
+        if config.namespace and self.endpoints is None and any(b.url is None for b in config.all_backends()):
+            log.warning("backends without url need EndpointSlice discovery, which runs only with --configmap")
+        log.info("router config applied: %s", ", ".join(f"{b.version}={b.weight}" for b in config.backends)
+                 + (f"; shadow {config.shadow.version} {config.shadow.mirror_percent:g}%" if config.shadow else ""))
+
+    def urls_of(self, backend: Backend) -> list[str]:
+        if backend.url:
+            return [backend.url]
+        if self.endpoints is not None and backend.service:
+            return self.endpoints.endpoints(backend.service)
+        return []
+
+    def _endpoint(self, backend: Backend) -> str | None:
+        urls = self.urls_of(backend)
+        if not urls:
+            return None
+        if len(urls) == 1:
+            return urls[0]
+        counter = self._rr.get(backend.version)
+        if counter is None:
+            counter = self._rr[backend.version] = itertools.count()
+        return urls[next(counter) % len(urls)]
+
+    # --- life cycle -----------------------------------------------------------------------------
+    async def start(self) -> int:
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(total=s.timeout, connect=s.connect_timeout, sock_connect=s.connect_timeout)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30),
+            timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        if s.configmap:
+            namespace, _, name = s.configmap.partition("/")
+            if not namespace or not name:
+                raise ValueError(f"--configmap must be <namespace>/<name>, got {s.configmap!r}")
+            self.endpoints = EndpointSliceWatcher(namespace)
+            self.sources = [self.endpoints, ConfigMapSource(namespace, name, self.apply_config)]
+        elif s.config_file:
+            self.sources = [FileConfigSource(s.config_file, self.apply_config)]
+        for source in self.sources:
+            await source.start()
+        self.port = await self.http.start(s.host, s.port)
+        log.info("router listening on %s:%d", s.host, self.port)
+        return self.port
+
+    async def stop(self, drain: bool = True) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if drain and self.settings.drain_seconds > 0:
+            await asyncio.sleep(self.settings.drain_seconds)
+        await self.http.close()
+        for source in self.sources:
+            await source.stop()
+        if self.shadow_tasks:
+            await asyncio.wait(self.shadow_tasks, timeout=self.settings.timeout)
+        if self.session is not None:
+            await self.session.close()
+        self.stopped.set()
+
+    # --- requests -------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response | Any:
+        path = request.path
+        if path == "/v2/health/live":
+            return json_response(200, {"live": True})
+        if path == "/v2/health/ready":
+            ok = self.config is not None and not self.stopping
+            reason = "ready" if ok else ("draining" if self.stopping else "no router config yet")
+            return json_response(200 if ok else 503, {"ready": ok, "reason": reason})
+        if path == "/metrics":
+            return Response(200, generate_latest(self.metrics.registry), PROMETHEUS_TEXT)
+        if path == "/router/state":
+            return self._state()
+        config = self.config
+        if config is None:
+            return error_response(503, "the router has no config yet")
+        if request.method == "POST" and path.endswith("/feedback") and "x-noria-version" not in request.headers:
+            return self._fan_out_feedback(config, request)
+        pinned = request.headers.get("x-noria-version")
+        if pinned:
+            backend = config.by_version(pinned)
+            if backend is None:
+                self.metrics.errors.labels(config.model, pinned[:64], m.ROUTER_ERROR_UNKNOWN_VERSION).inc()
+                return error_response(404, f"x-noria-version {pinned!r} is not served by this router; versions: "
+                                           f"{', '.join(b.version for b in config.all_backends())}")
+            return self._forward(config, backend, request, mirror=False)
+        backend = config.pick(self._random())
+        mirror = (config.shadow is not None and request.method == "POST" and path.endswith("/infer")
+                  and config.mirrors(self._random()))
+        return self._forward(config, backend, request, mirror)
+
+    def _state(self) -> Response:
+        config = self.config
+        if config is None:
+            return json_response(200, {"config": None})
+        return json_response(200, {
+            "model": config.model, "appliedAt": self.config_applied_at,
+            "backends": [{"version": b.version, "weight": b.weight, "endpoints": self.urls_of(b)}
+                         for b in config.backends],
+            "shadow": None if config.shadow is None else {
+                "version": config.shadow.version, "mirrorPercent": config.shadow.mirror_percent,
+                "endpoints": self.urls_of(config.shadow)}})
+
+    def _headers(self, request: Request) -> dict[str, str]:
+        return {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+
+    async def _send(self, config: RouterConfig, backend: Backend, request: Request, headers: dict[str, str],
+                    count: bool = True) -> tuple[int, bytes, bytes] | Response:
+        """(status, body, content type) from one endpoint of ``backend``, or an error Response."""
+        base = self._endpoint(backend)
+        if base is None:
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
+            return error_response(503, f"version {backend.version} has no ready endpoints "
+                                       f"(service {backend.service or '-'})", model_version=backend.version)
+        url = base + request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
+        assert self.session is not None
+        try:
+            async with self.session.request(request.method, url, data=request.body or None, headers=headers) as resp:
+                body = await resp.read()
+                return resp.status, body, (resp.headers.get("content-type") or "application/json").encode("latin-1")
+        except TimeoutError:
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
+            return error_response(502, f"version {backend.version} at {base} did not answer within "
+                                       f"{self.settings.timeout:g}s", model_version=backend.version)
+        except (aiohttp.ClientError, OSError) as exc:
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
+            return error_response(502, f"version {backend.version} at {base} is unreachable: "
+                                       f"{type(exc).__name__}: {exc}", model_version=backend.version)
+
+    async def _forward(self, config: RouterConfig, backend: Backend, request: Request, mirror: bool) -> Response:
+        started = time.perf_counter()
+        headers = self._headers(request)
+        primary_done: asyncio.Future[bytes | None] | None = None
+        if mirror and config.shadow is not None:
+            if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
+                self.metrics.errors.labels(config.model, config.shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
+            else:
+                headers.setdefault("x-request-id", oip.new_id())
+                primary_done = asyncio.get_running_loop().create_future()
+                task = asyncio.get_running_loop().create_task(
+                    self._shadow(config, backend, config.shadow, request, dict(headers), primary_done))
+                self.shadow_tasks.add(task)
+                task.add_done_callback(self.shadow_tasks.discard)
+        result = await self._send(config, backend, request, headers)
+        if isinstance(result, Response):
+            if primary_done is not None:
+                primary_done.set_result(None)
+            return result
+        status, body, content_type = result
+        if primary_done is not None:
+            primary_done.set_result(body if status == 200 else None)
+        self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
+        return Response(status, body, content_type, [(b"x-noria-version", backend.version.encode())])
+
+    async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
+                      headers: dict[str, str], primary_done: asyncio.Future[bytes | None]) -> None:
+        self.shadow_in_flight += 1
+        try:
+            started = time.perf_counter()
+            result = await self._send(config, shadow, request, headers)
+            self.metrics.shadow_duration.labels(config.model, shadow.version).observe(time.perf_counter() - started)
+            primary_body = await primary_done
+            if primary_body is None:
+                return  # nothing to compare against: the user's request itself failed
+            primary_rows = predictions_of(primary_body)
+            if primary_rows is None:
+                return
+            counter = self.metrics.shadow
+            shadow_rows = None if isinstance(result, Response) or result[0] != 200 else predictions_of(result[1])
+            if shadow_rows is None:
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
+                    max(len(primary_rows), 1))
+                return
+            agree, disagree = compare(primary_rows, shadow_rows)
+            if agree:
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(agree)
+            if disagree:
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE).inc(disagree)
+        except Exception:  # the shadow must never hurt the router
+            log.exception("shadow comparison failed")
+        finally:
+            self.shadow_in_flight -= 1
+
+    async def _fan_out_feedback(self, config: RouterConfig, request: Request) -> Response:
+        targets: list[tuple[Backend, str]] = []
+        for backend in config.all_backends():
+            for url in self.urls_of(backend):
+                targets.append((backend, url))
+        if not targets:
+            return error_response(503, "no ready endpoints to take feedback")
+        assert self.session is not None
+        base_headers = self._headers(request)
+
+        async def one(i: int, backend: Backend, url: str) -> tuple[int, Any]:
+            headers = dict(base_headers)
+            if i > 0:
+                headers["x-noria-feedback-log"] = "matched"
+            try:
+                async with self.session.post(url + request.path, data=request.body, headers=headers) as resp:  # type: ignore[union-attr]
+                    return resp.status, orjson.loads(await resp.read())
+            except Exception as exc:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
+                return 502, {"error": f"{backend.version} at {url}: {type(exc).__name__}: {exc}"}
+
+        answers = await asyncio.gather(*(one(i, b, u) for i, (b, u) in enumerate(targets)))
+        first_status, first = answers[0]
+        if first_status != 200:
+            return json_response(first_status, first)
+        matched_by = {b.version: 0 for b, _ in targets}
+        for (backend, _), (status, answer) in zip(targets, answers, strict=True):
+            if status == 200 and isinstance(answer, dict):
+                matched_by[backend.version] += int(answer.get("matched", 0))
+        return json_response(200, {**first, "matched": sum(matched_by.values()), "matchedByVersion": matched_by})
+
+
+async def run(settings: RouterSettings) -> int:
+    router = Router(settings)
+    await router.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(router.stop()))
+    await router.stopped.wait()
+    return 0

@@ -1,0 +1,393 @@
+"""``python -m noria_server serve``: one verified ModelVersion over Open Inference Protocol v2.
+
+Life cycle: the HTTP port opens at once (live = 200, ready = 503 "loading"); a worker thread
+verifies and loads the artifact (``noria.artifact.load_verified``: digest, then skops with the
+trusted-type allow-list), reads the drift profile and warms the model up; only then is the
+server ready. A refused artifact leaves it not-ready with the reason in the readiness answer and
+the log, and the process exits with code 3 after ``failure_exit_seconds`` (long enough for a
+person or the operator to read the reason; kubelet's restarts then show it as CrashLoopBackOff).
+On SIGTERM/SIGINT it turns not-ready, keeps serving for ``drain_seconds`` (endpoints take a
+moment to drop the pod), then stops accepting, finishes in-flight requests, flushes the logs,
+and exits 0.
+
+Micro-batching: ``predict`` runs on the event loop thread, so while it runs new requests wait in
+the socket buffers; they are parsed in the next loop iteration and all go into the next
+``predict`` call. Under load batches grow by themselves, at low load a request is predicted
+alone with no added wait. ``batch_wait_ms`` > 0 adds a bounded wait before each batch, and
+``max_batch`` bounds its rows. A batch whose ``predict`` raises is re-run request by request so one
+bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from noria import store
+
+from . import oip
+from .httpserver import HttpServer, Request, Response, json_response
+from .model import ServedModel
+from .predlog import JsonlLog
+from .telemetry import ServerMetrics
+
+log = logging.getLogger("noria_server.serve")
+
+EXIT_REFUSED = 3
+PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class ServeSettings:
+    artifact_uri: str
+    digest: str
+    model: str
+    version: str
+    profile_uri: str | None = None
+    host: str = "0.0.0.0"
+    port: int = 8080
+    store_root: str | None = None
+    namespace: str | None = None
+    pipeline: str | None = None
+    pod: str = "local"
+    prediction_log: bool = True
+    feature_counting: bool = True
+    max_batch: int = 64
+    batch_wait_ms: float = 0.0
+    max_body_bytes: int = 16 << 20
+    remember_predictions: int = 100_000
+    drain_seconds: float = 5.0
+    failure_exit_seconds: float = 30.0
+
+    def validate(self) -> None:
+        missing = [name for name, value in (("--artifact/NORIA_ARTIFACT_URI", self.artifact_uri),
+                                            ("--digest/NORIA_DIGEST", self.digest),
+                                            ("--model/NORIA_MODEL", self.model),
+                                            ("--version/NORIA_VERSION", self.version)) if not value]
+        if missing:
+            raise ValueError(f"missing required setting(s): {', '.join(missing)}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.batch_wait_ms < 0:
+            raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: oip.InferRequest
+    future: asyncio.Future[Response]
+    started: float
+
+
+class ModelServer:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics(settings.model, settings.version)
+        self.model: ServedModel | None = None
+        self.state = "loading"
+        self.reason = "loading and verifying the model"
+        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
+        self.recent: OrderedDict[str, Any] = OrderedDict()
+        self.pending: list[_Pending] = []
+        self.pending_rows = 0
+        self.flush_scheduled = False
+        self.predictions_log: JsonlLog | None = None
+        self.feedback_log: JsonlLog | None = None
+        self.stopped = asyncio.Event()
+        self.exit_code = 0
+        self.port = 0
+        self._model_path = f"/v2/models/{settings.model}"
+        self._version_path = f"{self._model_path}/versions/{settings.version}"
+
+    # --- life cycle ----------------------------------------------------------------------------
+    async def start(self) -> int:
+        self.port = await self.http.start(self.settings.host, self.settings.port)
+        log.info("listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.artifact_uri)
+        asyncio.get_running_loop().create_task(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        s = self.settings
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(None, self._load_and_warm)
+        except Exception as exc:
+            self.state, self.reason = "failed", f"model refused: {exc}"
+            log.error("%s; not ready, exiting in %.0fs", self.reason, s.failure_exit_seconds)
+            await asyncio.sleep(s.failure_exit_seconds)
+            self.exit_code = EXIT_REFUSED
+            await self.stop(drain=False)
+            return
+        self.model = model
+        if s.feature_counting and model.profile is not None:
+            self.metrics.enable_feature_bins(model.schema.features, model.profile)
+        self.metrics.declare_classes(model.classes)
+        if s.prediction_log and s.store_root and s.namespace and s.pipeline:
+            root, ns, pipeline = s.store_root, s.namespace, s.pipeline
+            self.predictions_log = JsonlLog(
+                lambda day: store.predictions_dir(root, ns, pipeline, s.version, day), s.pod,
+                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "predictions").inc(n))
+            self.feedback_log = JsonlLog(
+                lambda day: store.feedback_dir(root, ns, pipeline, day), s.pod,
+                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "feedback").inc(n))
+        elif s.prediction_log:
+            log.info("prediction log off: set NORIA_STORE_ROOT, NORIA_NAMESPACE and NORIA_PIPELINE to enable it")
+        self.state, self.reason = "ready", "ready"
+        log.info("ready: %s %s, %d features, %s", s.model, s.version, len(model.schema.features),
+                 "classifier" if model.is_classifier else "regressor")
+
+    def _load_and_warm(self) -> ServedModel:
+        s = self.settings
+        model = ServedModel.load(s.artifact_uri, s.digest, s.profile_uri)
+        single = model.warm_up(s.max_batch)
+        log.info("warmed up: one-row predict %.0f µs, predict_proba in answers: %s", single * 1e6,
+                 model.proba_is_free)
+        return model
+
+    async def stop(self, drain: bool = True) -> None:
+        if self.state == "stopping":
+            return
+        was_ready = self.state == "ready"
+        self.state, self.reason = "stopping", "draining: the server is shutting down"
+        if drain and was_ready and self.settings.drain_seconds > 0:
+            await asyncio.sleep(self.settings.drain_seconds)
+        await self.http.close()
+        for jsonl in (self.predictions_log, self.feedback_log):
+            if jsonl is not None:
+                await asyncio.get_running_loop().run_in_executor(None, jsonl.close)
+        self.stopped.set()
+
+    # --- routing -------------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response | asyncio.Future[Response]:
+        path, method = request.path, request.method
+        if path.startswith(self._model_path):
+            rest = path[len(self._model_path):]
+            if rest.startswith("/versions/"):
+                if not path.startswith(self._version_path):
+                    return self._error(404, f"model {self.settings.model} has no version "
+                                            f"{rest[len('/versions/'):].split('/')[0]!r}; "
+                                            f"it serves {self.settings.version}", request)
+                rest = path[len(self._version_path):]
+            if rest == "/infer":
+                return self._infer(request) if method == "POST" else self._method(request, "POST")
+            if rest == "/feedback":
+                return self._feedback(request) if method == "POST" else self._method(request, "POST")
+            if rest in ("", "/"):
+                return self._metadata() if method == "GET" else self._method(request, "GET")
+            if rest == "/ready":
+                return self._ready()
+        elif path.startswith("/v2/models/"):
+            name = path[len("/v2/models/"):].split("/")[0]
+            return self._error(404, f"unknown model {name!r}; this server serves {self.settings.model!r}", request)
+        elif path == "/v2/health/ready":
+            return self._ready()
+        elif path == "/v2/health/live":
+            return json_response(200, {"live": True, "model_version": self.settings.version})
+        elif path == "/metrics":
+            return Response(200, self.metrics.exposition(), PROMETHEUS_TEXT)
+        elif path in ("/v2", "/v2/"):
+            return json_response(200, {"name": "noria-server", "version": "0.1.0", "extensions": ["feedback"],
+                                       "model_version": self.settings.version})
+        return self._error(404, f"no route for {method} {path}", request)
+
+    def _method(self, request: Request, allowed: str) -> Response:
+        return self._error(405, f"{request.path} takes {allowed}, not {request.method}", request)
+
+    def _error(self, status: int, message: str, request: Request | None = None, request_id: str | None = None,
+               count: bool = False, started: float | None = None) -> Response:
+        if count:
+            self.metrics.request_done(status, time.perf_counter() - started if started else None)
+        rid = request_id or (request.headers.get("x-request-id") if request else None) or oip.new_id()
+        return json_response(status, {"error": message, "id": rid, "model_name": self.settings.model,
+                                      "model_version": self.settings.version})
+
+    def _ready(self) -> Response:
+        ok = self.state == "ready"
+        return json_response(200 if ok else 503, {"ready": ok, "state": self.state, "reason": self.reason,
+                                                  "model_version": self.settings.version})
+
+    def _metadata(self) -> Response:
+        model = self.model
+        body: dict[str, Any] = {"name": self.settings.model, "versions": [self.settings.version],
+                                "platform": "sklearn", "model_version": self.settings.version,
+                                "ready": self.state == "ready"}
+        if model is not None:
+            body["inputs"] = [{"name": f, "datatype": "BYTES" if f in model.schema.categorical else "FP64",
+                               "shape": [-1, 1]} for f in model.schema.features]
+            body["outputs"] = [{"name": "predict", "datatype": "BYTES" if model.is_classifier else "FP64",
+                                "shape": [-1]}]
+            if model.proba_is_free:
+                body["outputs"].append({"name": "predict_proba", "datatype": "FP64",
+                                        "shape": [-1, len(model.classes or [])]})
+            body["parameters"] = {"classes": model.classes, "task": "classification" if model.is_classifier
+                                  else "regression"}
+        return json_response(200, body)
+
+    # --- inference -----------------------------------------------------------------------------
+    def _infer(self, request: Request) -> Response | asyncio.Future[Response]:
+        started = time.perf_counter()
+        model = self.model
+        if model is None or self.state not in ("ready", "stopping"):
+            return self._error(503, f"model not ready: {self.reason}", request, count=True, started=started)
+        try:
+            parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"))
+        except oip.RequestError as exc:
+            return self._error(exc.status, exc.message, request, count=True, started=started)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.pending.append(_Pending(parsed, future, started))
+        self.pending_rows += parsed.rows.shape[0]
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            loop = asyncio.get_running_loop()
+            if self.settings.batch_wait_ms > 0 and self.pending_rows < self.settings.max_batch:
+                loop.call_later(self.settings.batch_wait_ms / 1000.0, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        batch: list[_Pending] = []
+        rows = 0
+        while self.pending and (not batch or rows + self.pending[0].request.rows.shape[0] <= self.settings.max_batch):
+            item = self.pending.pop(0)
+            rows += item.request.rows.shape[0]
+            batch.append(item)
+        self.pending_rows -= rows
+        if self.pending:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        batch = [b for b in batch if not b.future.done()]
+        if not batch:
+            return
+        try:
+            self._predict_batch(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                item = batch[0]
+                log.info("predict failed for request %s: %s", item.request.request_id, exc)
+                item.future.set_result(self._error(
+                    422, f"the model could not predict these rows: {type(exc).__name__}: {exc}",
+                    request_id=item.request.request_id, count=True, started=item.started))
+                return
+            for item in batch:  # isolate the offending request(s)
+                try:
+                    self._predict_batch([item])
+                except Exception as one_exc:
+                    item.future.set_result(self._error(
+                        422, f"the model could not predict these rows: {type(one_exc).__name__}: {one_exc}",
+                        request_id=item.request.request_id, count=True, started=item.started))
+
+    def _predict_batch(self, batch: list[_Pending]) -> None:
+        model = self.model
+        assert model is not None
+        rows = batch[0].request.rows if len(batch) == 1 else np.concatenate([b.request.rows for b in batch])
+        predictions, proba = model.predict(rows)
+        metrics = self.metrics
+        if metrics.bins is not None:
+            metrics.bins.observe(rows)
+        metrics.count_predictions(predictions, model.is_classifier)
+        start = 0
+        s = self.settings
+        now = time.perf_counter()
+        for item in batch:
+            n = item.request.rows.shape[0]
+            pred = predictions[start:start + n]
+            body = oip.infer_response(s.model, s.version, item.request, pred,
+                                      proba[start:start + n] if proba is not None else None, model.classes)
+            start += n
+            item.future.set_result(json_response(200, body))
+            metrics.request_done(200, now - item.started)
+        self._remember_and_log(batch, rows, predictions)
+
+    def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
+        ids = [rid for item in batch for rid in item.request.row_ids]
+        values = predictions.tolist()
+        recent = self.recent
+        for rid, value in zip(ids, values, strict=True):
+            recent[rid] = value
+        overflow = len(recent) - self.settings.remember_predictions
+        for _ in range(max(overflow, 0)):
+            recent.popitem(last=False)
+        if self.predictions_log is not None:
+            ts, version, names = time.time(), self.settings.version, self.model.schema.features  # type: ignore[union-attr]
+
+            def render() -> bytes:
+                stamp = _timestamp(ts)
+                return b"".join(
+                    orjson.dumps({"id": rid, "ts": stamp, "model_version": version,
+                                  "features": dict(zip(names, row, strict=True)), "prediction": value},
+                                 option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+                    for rid, row, value in zip(ids, rows.tolist(), values, strict=True))
+
+            self.predictions_log.offer(len(ids), render)
+
+    # --- feedback ------------------------------------------------------------------------------
+    def _feedback(self, request: Request) -> Response:
+        model = self.model
+        if model is None:
+            return self._error(503, f"model not ready: {self.reason}", request)
+        try:
+            items = oip.parse_feedback(request.body)
+        except oip.RequestError as exc:
+            return self._error(exc.status, exc.message, request)
+        s, metrics = self.settings, self.metrics
+        if not model.is_classifier:
+            for i, item in enumerate(items):
+                if isinstance(item.label, bool) or not isinstance(item.label, (int, float)):
+                    return self._error(422, f"feedback[{i}].label must be a number for a regression model, "
+                                            f"got {item.label!r}", request, request_id=item.id)
+        known_classes = {str(c) for c in (model.classes or [])}
+        # Behind the router, feedback fans out to every replica; only the pod that made the
+        # prediction (or the one the router designates) writes the line.
+        only_matched = request.headers.get("x-noria-feedback-log") == "matched"
+        matched = 0
+        logged: list[oip.Feedback] = []
+        for item in items:
+            predicted = self.recent.get(item.id)
+            if predicted is not None or not only_matched:
+                logged.append(item)
+            if predicted is None:
+                continue
+            matched += 1
+            if model.is_classifier:
+                text = str(int(item.label)) if isinstance(item.label, float) and item.label.is_integer() \
+                    else str(item.label)
+                actual = text if text in known_classes else "other"
+                metrics.feedback.labels(s.model, s.version, actual, str(predicted)).inc()
+            else:
+                metrics.abs_error.observe(abs(float(item.label) - float(predicted)))
+        if self.feedback_log is not None and logged:
+            ts = time.time()
+
+            def render() -> bytes:
+                stamp = _timestamp(ts)
+                return b"".join(orjson.dumps({"id": f.id, "ts": stamp, "label": f.label},
+                                             option=orjson.OPT_APPEND_NEWLINE) for f in logged)
+
+            self.feedback_log.offer(len(logged), render)
+        ids = [f.id for f in items]
+        return json_response(200, {"model_name": s.model, "model_version": s.version, "id": ids[0], "ids": ids,
+                                   "accepted": len(items), "matched": matched})
+
+
+def _timestamp(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def run(settings: ServeSettings) -> int:
+    server = ModelServer(settings)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(server.stop()))
+    await server.stopped.wait()
+    log.info("stopped (exit code %d)", server.exit_code)
+    return server.exit_code

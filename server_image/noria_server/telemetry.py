@@ -1,0 +1,165 @@
+"""The model server's Prometheus metrics (names from ``noria.metrics``, ARCHITECTURE.md §6).
+
+Everything is counted per micro-batch, not per value: the feature-bin counts are one vectorised
+pass over the batch's (n, F) matrix into a flat NumPy array that a custom collector reads at scrape
+time. Counting 20 features through ``prometheus_client`` children would cost ~20 lock round trips
+per row; the vectorised pass costs a few NumPy calls per batch, which keeps drift counting within
+a few percent of the server's throughput.
+
+Label cardinality is bounded by construction: feature bins come from the profile (top categories +
+other), classes from the fitted model (unknown feedback labels count as ``other``), codes are HTTP
+status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from noria import metrics as m
+from noria.profile import FeatureProfile, Profile
+from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+try:  # the _created series double the scrape size and nothing here reads them
+    from prometheus_client import disable_created_metrics
+
+    disable_created_metrics()
+except ImportError:  # pragma: no cover - older prometheus_client
+    pass
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MAX_CLASS_LABELS = 50
+
+
+class FeatureBinCounter(Collector):
+    """``noria_feature_bin_total{model,version,feature,bin}`` for the features in the profile.
+
+    Numeric features are binned all at once: for a batch X (n × F_num), the bin index is the number
+    of inner edges ≤ x (exactly ``np.searchsorted(edges[1:-1], x, side="right")`` as in
+    ``FeatureProfile.assign``), then ``below``/``above``/``missing`` override it.
+    """
+
+    def __init__(self, model: str, version: str, features: Sequence[str], profile: Profile) -> None:
+        self.model, self.version = model, version
+        self.numeric: list[tuple[int, str, FeatureProfile]] = []
+        self.categorical: list[tuple[int, str, FeatureProfile]] = []
+        for j, name in enumerate(features):
+            fp = profile.features.get(name)
+            if fp is None:
+                continue
+            (self.numeric if fp.kind == "numeric" else self.categorical).append((j, name, fp))
+        self.num_columns = np.array([j for j, _, _ in self.numeric], dtype=np.intp)
+        sizes = [len(fp.labels) for _, _, fp in self.numeric] + [len(fp.labels) for _, _, fp in self.categorical]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+        self.counts = np.zeros(int(self.offsets[-1]), dtype=np.int64)
+        if self.numeric:
+            inner_max = max(fp.edges.size - 2 for _, _, fp in self.numeric)  # type: ignore[union-attr]
+            self.inner = np.full((len(self.numeric), max(inner_max, 1)), np.inf)
+            for i, (_, _, fp) in enumerate(self.numeric):
+                inner = fp.edges[1:-1]  # type: ignore[index]
+                self.inner[i, : inner.size] = inner
+            self.low = np.array([fp.edges[0] for _, _, fp in self.numeric])  # type: ignore[index]
+            self.high = np.array([fp.edges[-1] for _, _, fp in self.numeric])  # type: ignore[index]
+            self.n_bins = np.array([fp.edges.size - 1 for _, _, fp in self.numeric])  # type: ignore[union-attr]
+        self.cat_positions = [{c: i for i, c in enumerate(fp.categories)} for _, _, fp in self.categorical]
+
+    def numeric_bins(self, values: np.ndarray) -> np.ndarray:
+        """Bin index (within each feature's labels) of an (n, F_num) float matrix."""
+        idx = (values[:, :, None] >= self.inner[None, :, :]).sum(axis=2)
+        idx = np.where(values < self.low, self.n_bins, idx)
+        idx = np.where(values > self.high, self.n_bins + 1, idx)
+        return np.where(np.isnan(values), self.n_bins + 2, idx)
+
+    def observe(self, rows: np.ndarray) -> None:
+        if self.numeric:
+            values = rows[:, self.num_columns]
+            if values.dtype != np.float64:
+                values = values.astype(np.float64)
+            flat = self.numeric_bins(values) + self.offsets[: len(self.numeric)]
+            self.counts += np.bincount(flat.ravel(), minlength=self.counts.size)
+        base = len(self.numeric)
+        for k, ((j, _, fp), positions) in enumerate(zip(self.categorical, self.cat_positions, strict=True)):
+            other, missing = len(fp.labels) - 2, len(fp.labels) - 1
+            offset = int(self.offsets[base + k])
+            for v in rows[:, j]:
+                if v is None or (isinstance(v, float) and v != v):
+                    self.counts[offset + missing] += 1
+                else:
+                    self.counts[offset + positions.get(str(v), other)] += 1
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(m.FEATURE_BIN_TOTAL, "Input values counted into the reference profile's bins",
+                                     labels=[m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_FEATURE, m.LABEL_BIN])
+        for k, (_, name, fp) in enumerate(self.numeric + self.categorical):
+            offset = int(self.offsets[k])
+            for b, label in enumerate(fp.labels):
+                family.add_metric([self.model, self.version, name, label], float(self.counts[offset + b]))
+        yield family
+
+
+class ServerMetrics:
+    def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
+        self.model, self.version = model, version
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        labels = [m.LABEL_MODEL, m.LABEL_VERSION]
+        self.requests = Counter(m.REQUESTS_TOTAL, "Inference requests by HTTP status code",
+                                labels + [m.LABEL_CODE], registry=self.registry)
+        self.duration = Histogram(m.REQUEST_DURATION_SECONDS, "Inference request latency inside the server",
+                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry).labels(model, version)
+        self.predictions = Counter(m.PREDICTIONS_TOTAL, "Predicted rows by class", labels + [m.LABEL_CLASS],
+                                   registry=self.registry)
+        self.feedback = Counter(m.FEEDBACK_TOTAL, "Feedback labels against the logged prediction",
+                                labels + [m.LABEL_ACTUAL, m.LABEL_PREDICTED], registry=self.registry)
+        # A summary without quantiles exports exactly noria_feedback_abs_error_sum and _count.
+        abs_error_name = m.FEEDBACK_ABS_ERROR_SUM.removesuffix("_sum")
+        assert m.FEEDBACK_ABS_ERROR_COUNT == abs_error_name + "_count"
+        self.abs_error = Summary(abs_error_name, "Regression feedback: absolute error", labels,
+                                 registry=self.registry).labels(model, version)
+        self.log_dropped = Counter(m.PREDICTION_LOG_DROPPED_TOTAL, "Prediction/feedback log lines dropped",
+                                   labels + [m.LABEL_KIND], registry=self.registry)
+        self._code_children: dict[int, Any] = {}
+        self._class_children: dict[Any, Any] = {}
+        self.bins: FeatureBinCounter | None = None
+        for kind in ("predictions", "feedback"):
+            self.log_dropped.labels(model, version, kind)
+
+    def enable_feature_bins(self, features: Sequence[str], profile: Profile) -> None:
+        self.bins = FeatureBinCounter(self.model, self.version, features, profile)
+        self.registry.register(self.bins)
+
+    def declare_classes(self, classes: Sequence[Any] | None) -> None:
+        """Create the zero-valued series up front so ``increase()`` sees the first prediction."""
+        for c in (classes or [])[:MAX_CLASS_LABELS]:
+            self._class_child(c)
+
+    def request_done(self, code: int, seconds: float | None) -> None:
+        child = self._code_children.get(code)
+        if child is None:
+            child = self._code_children[code] = self.requests.labels(self.model, self.version, str(code))
+        child.inc()
+        if seconds is not None:
+            self.duration.observe(seconds)
+
+    def _class_child(self, value: Any) -> Any:
+        child = self._class_children.get(value)
+        if child is None:
+            label = str(value) if len(self._class_children) < MAX_CLASS_LABELS else m.BIN_OTHER
+            child = self._class_children[value] = self.predictions.labels(self.model, self.version, label)
+        return child
+
+    def count_predictions(self, predictions: np.ndarray, classifier: bool) -> None:
+        if not classifier:
+            self._class_child("").inc(len(predictions))
+            return
+        if len(predictions) == 1:
+            self._class_child(predictions[0].item() if hasattr(predictions[0], "item") else predictions[0]).inc()
+            return
+        values, counts = np.unique(predictions, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist(), strict=True):
+            self._class_child(v).inc(c)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

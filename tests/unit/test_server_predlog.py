@@ -1,0 +1,117 @@
+"""Prediction/feedback logs (noria_server.predlog) and that a slow or broken store never fails a prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import threading
+import time
+
+import aiohttp
+import orjson
+from noria_server.predlog import JsonlLog
+from noria_server.reference_models import train_and_save
+from noria_server.serve import ModelServer, ServeSettings
+
+
+def _wait(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_lines_land_in_per_pod_files_and_a_restart_starts_a_new_seq(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dropped: list[int] = []
+    directory = lambda day: f"file://{tmp_path}/preds/{day.isoformat()}"  # noqa: E731
+    log = JsonlLog(directory, "pod-a", dropped.append, flush_seconds=0.05)
+    log.offer(2, lambda: b'{"id":"1"}\n{"id":"2"}\n')
+    log.close()
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    first = tmp_path / "preds" / day / "pod-a-000000.jsonl"
+    assert first.read_text().splitlines() == ['{"id":"1"}', '{"id":"2"}']
+    again = JsonlLog(directory, "pod-a", dropped.append, flush_seconds=0.05)
+    again.offer(1, lambda: b'{"id":"3"}\n')
+    again.close()
+    assert (tmp_path / "preds" / day / "pod-a-000001.jsonl").read_text() == '{"id":"3"}\n'
+    assert first.read_text().count("\n") == 2 and dropped == []
+
+
+def test_unwritable_store_drops_and_counts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the store expects a directory")
+    dropped: list[int] = []
+    log = JsonlLog(lambda day: f"file://{blocker}/x", "p", dropped.append, flush_seconds=0.05, retry_seconds=60)
+    log.offer(3, lambda: b"{}\n{}\n{}\n")
+    log.offer(2, lambda: b"{}\n{}\n")
+    log.close()
+    assert sum(dropped) == 5
+
+
+def test_full_queue_drops_instead_of_blocking(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gate = threading.Event()
+    dropped: list[int] = []
+
+    def slow() -> bytes:
+        gate.wait(10)
+        return b"{}\n"
+
+    log = JsonlLog(lambda day: f"file://{tmp_path}/q", "p", dropped.append, capacity=2)
+    started = time.perf_counter()
+    for _ in range(10):
+        log.offer(1, slow)
+    assert time.perf_counter() - started < 0.5
+    assert _wait(lambda: sum(dropped) >= 7)
+    gate.set()
+    log.close()
+
+
+async def test_a_stalled_prediction_log_never_delays_or_fails_predictions(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    saved = train_and_save("logistic", str(tmp_path / "model"), rows=400)
+    settings = ServeSettings(artifact_uri=saved.artifact_uri, digest=saved.digest, profile_uri=saved.profile_uri,
+                             model="churn", version="churn-v1", host="127.0.0.1", port=0,
+                             store_root=f"file://{tmp_path}/store", namespace="ml", pipeline="churn", pod="p0",
+                             drain_seconds=0)
+    server = ModelServer(settings)
+    port = await server.start()
+    for _ in range(300):
+        if server.state == "ready":
+            break
+        await asyncio.sleep(0.05)
+    assert server.state == "ready"
+    # Stall the store: the writer thread blocks on every batch, as on a hung network volume.
+    gate = threading.Event()
+    assert server.predictions_log is not None
+    real_write = server.predictions_log._write
+
+    def stalled_write(rows, render):  # type: ignore[no-untyped-def]
+        gate.wait(30)
+        real_write(rows, render)
+
+    server.predictions_log._write = stalled_write  # type: ignore[method-assign]
+    server.predictions_log.queue.maxsize = 4
+    payload = {"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64", "data": [0.1] * 20}]}
+    async with aiohttp.ClientSession() as session:
+        async def one(i: int) -> int:
+            async with session.post(f"http://127.0.0.1:{port}/v2/models/churn/infer",
+                                    data=orjson.dumps({**payload, "id": f"r{i}"})) as resp:
+                await resp.read()
+                return resp.status
+        started = time.perf_counter()
+        statuses = [await one(i) for i in range(50)]
+        elapsed = time.perf_counter() - started
+        assert statuses == [200] * 50
+        assert elapsed < 10
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    dropped = [line for line in text.splitlines()
+               if line.startswith('noria_prediction_log_dropped_total{kind="predictions"')]
+    assert dropped and float(dropped[0].split()[-1]) >= 40
+    gate.set()
+    await server.stop(drain=False)
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    logged = (tmp_path / "store/ml/churn/predictions/churn-v1" / day / "p0-000000.jsonl").read_text().splitlines()
+    assert 1 <= len(logged) <= 10 and os.path.exists(tmp_path / "store")
