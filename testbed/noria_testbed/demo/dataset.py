@@ -14,8 +14,10 @@ Two kinds of change are modelled separately, because Noria has to notice both:
 
 ``shift`` (covariate) and ``concept`` both go from 0 (the reference world) to 1 (fully changed) so a
 story can move gradually. Labels are drawn from a logistic model of the features with noise, and
-both worlds are about equally learnable, so a model retrained on the new world can be as accurate
-after the change as the first model was before it.
+both worlds are learnable to about the same accuracy (a model trained on 4000 rows scores ~0.88
+on the reference world and ~0.89 on the changed one, whose main drivers are a little sharper), so a
+model retrained on the new world can be as accurate after the change as the first was before it,
+while the first model drops to ~0.56 on the changed world.
 
 Everything here is a pure function of its arguments (and a seeded ``numpy.random.Generator``),
 except ``write_partition`` which writes one Parquet file atomically.
@@ -141,7 +143,7 @@ def churn_logit(features: pd.DataFrame, concept: float) -> np.ndarray:
         + 0.15 * np.log(usage / 30.0) * 10.0 + 0.1 * support + 0.8 * late - 0.6 * (products - 2.0)
         - 0.05 * (satisfaction - 6.0)
     )
-    return 1.8 * ((1.0 - c) * reference + c * 1.45 * changed)
+    return 1.8 * ((1.0 - c) * reference + c * 1.55 * changed)
 
 
 def sample_labels(features: pd.DataFrame, world: World, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -123,27 +124,63 @@ def ready_endpoints(slices: Iterable[dict[str, Any]], port_name: str = "http") -
     return sorted(set(urls))
 
 
+def ready_pod_endpoints(service: dict[str, Any], pods: Iterable[dict[str, Any]], port_name: str = "http") -> list[str]:
+    """``http://ip:port`` of the ready, not terminating pods a Service selects (pure). Used where no
+    EndpointSlice controller can publish the pods (the test bed's loopback pod IPs)."""
+    ports = (service.get("spec") or {}).get("ports") or []
+    chosen = next((p for p in ports if p.get("name") == port_name), ports[0] if ports else None)
+    if chosen is None:
+        return []
+    target = chosen.get("targetPort", chosen.get("port"))
+    urls = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if pod.get("metadata", {}).get("deletionTimestamp") or not status.get("podIP"):
+            continue
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if not ready:
+            continue
+        port = target
+        if isinstance(target, str) and not target.isdigit():
+            port = next((cp.get("containerPort") for c in (pod.get("spec") or {}).get("containers") or []
+                         for cp in c.get("ports") or [] if cp.get("name") == target), None)
+        if port is not None:
+            urls.append(f"http://{status['podIP']}:{port}")
+    return sorted(set(urls))
+
+
 class ServiceTarget:
-    """The ready endpoints of Service ``namespace/service``, re-read every ``refresh`` seconds."""
+    """The ready endpoints of Service ``namespace/service``, re-read every ``refresh`` seconds: from
+    its EndpointSlices, or, when there are none, from the ready pods its selector picks."""
 
     def __init__(self, api: Any, namespace: str, service: str, refresh: float = 3.0) -> None:
         self.api, self.namespace, self.service, self.refresh = api, namespace, service, refresh
         self._urls: list[str] = []
         self._read_at = 0.0
 
+    async def _read(self) -> list[str]:
+        slices = await self.api.get(f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
+                                    f"?labelSelector=kubernetes.io%2Fservice-name%3D{self.service}")
+        urls = ready_endpoints((slices or {}).get("items") or [])
+        if urls:
+            return urls
+        service = await self.api.get(f"/api/v1/namespaces/{self.namespace}/services/{self.service}")
+        selector = ((service or {}).get("spec") or {}).get("selector") or {}
+        if not selector:
+            return []
+        query = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        pods = await self.api.get(f"/api/v1/namespaces/{self.namespace}/pods?labelSelector={quote(query)}")
+        return ready_pod_endpoints(service or {}, (pods or {}).get("items") or [])
+
     async def base_urls(self) -> list[str]:
         if not self._urls or time.monotonic() - self._read_at > self.refresh:
-            path = (f"/apis/discovery.k8s.io/v1/namespaces/{self.namespace}/endpointslices"
-                    f"?labelSelector=kubernetes.io%2Fservice-name%3D{self.service}")
             try:
-                listing = await self.api.get(path)
+                urls = await self._read()
             except Exception as exc:  # keep the last known endpoints through an API hiccup
-                log.warning("cannot list EndpointSlices of %s/%s: %s", self.namespace, self.service, exc)
-                listing = None
-            if listing is not None:
-                urls = ready_endpoints(listing.get("items") or [])
-                if urls:
-                    self._urls = urls
+                log.warning("cannot read the endpoints of %s/%s: %s", self.namespace, self.service, exc)
+                urls = []
+            if urls:
+                self._urls = urls
             self._read_at = time.monotonic()
         return list(self._urls)
 
