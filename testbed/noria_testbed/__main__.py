@@ -17,7 +17,9 @@ from noria_testbed.testbed import LocalTestbed
 
 def up(args: argparse.Namespace) -> int:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Handle both explicitly: a shell starting us in the background sets SIGINT to "ignore".
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     testbed = LocalTestbed(Path(args.workdir) if args.workdir else None,
                            store_dir=Path(args.store_dir) if args.store_dir else None,
                            prometheus=not args.no_prometheus)

@@ -226,3 +226,51 @@ def test_operator_starts_against_the_cluster_and_answers_liveness(cluster):
         except subprocess.TimeoutExpired:
             os.killpg(operator.pid, signal.SIGKILL)
             operator.wait()
+
+
+def test_config_map_volume_follows_updates(cluster, namespace):
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT.replace("replicas: 2", "replicas: 1"))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=90s")
+    [pod] = pods(cluster, namespace, "app=web")
+    url = f"http://{pod['status']['podIP']}:8000/index.html"
+    assert http_get(url) == "hello from the testbed"
+
+    cluster.kubectl("patch", "-n", namespace, "configmap/www", "--type=merge", "-p", '{"data": {"index.html": "v2"}}')
+    wait_until("the mounted file shows the update", lambda: http_get(url) == "v2", timeout=10)
+
+
+def test_crashing_container_is_restarted_with_backoff(cluster, namespace):
+    manifest = """
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  automountServiceAccountToken: false
+  initContainers:
+  - name: prepare
+    image: busybox
+    command: [python, -c, "import sys; open(sys.argv[1] + '/greeting', 'w').write('prepared')", /work]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: busybox
+    command: [python, -c, "import sys; print(open('/work/greeting').read()); sys.exit(2)"]
+    terminationMessagePolicy: FallbackToLogsOnError
+    volumeMounts: [{name: work, mountPath: /work}]
+  volumes: [{name: work, emptyDir: {}}]
+"""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def restarted() -> bool:
+        status = json.loads(cluster.kubectl("get", "pod", "crasher", "-n", namespace, "-o", "json").stdout)["status"]
+        main = status["containerStatuses"][0]
+        return main["restartCount"] >= 1 and "terminated" in main.get("lastState", {})
+
+    wait_until("main container restarted", restarted, timeout=30)
+    status = json.loads(cluster.kubectl("get", "pod", "crasher", "-n", namespace, "-o", "json").stdout)["status"]
+    assert status["phase"] == "Running"  # restartPolicy Always: never terminal
+    assert status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    last = status["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["exitCode"] == 2
+    assert "prepared" in last["message"]  # FallbackToLogsOnError: the log tail, which read the init container's file
+    assert cluster.node_agent.pod_log(namespace, "crasher").count("prepared") >= 2
