@@ -49,6 +49,12 @@ class OutputLocation:
         parent = os.path.dirname(self.path)
         try:
             os.makedirs(parent, exist_ok=True)
+            # a run of this same version killed while writing left its temporary set behind: only one
+            # run per pipeline runs at a time, so it is ours to remove
+            stale_prefix = f".{os.path.basename(self.path)}.tmp-"
+            for entry in os.listdir(parent):
+                if entry.startswith(stale_prefix):
+                    shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
             probe = os.path.join(parent, f".{os.path.basename(self.path)}.probe-{secrets.token_hex(4)}")
             os.mkdir(probe)
             os.rmdir(probe)

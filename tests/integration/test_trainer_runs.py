@@ -1,0 +1,112 @@
+"""The trainer as a real process (``python -m noria_trainer run``), as a Job runs it; no cluster.
+
+Checks what only a real process shows: the exit code, stdout as JSON lines ending with the
+summary, the termination-log file, and that a SIGKILL in the middle of a run leaves no version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from noria.artifact import sha256_file
+from sklearn.datasets import load_breast_cancer
+
+
+def _run_spec(source: Path, store: Path, version: int, **extra) -> dict:
+    return {"runId": f"cancer-r{version}", "trigger": "manual", "namespace": "ml", "pipeline": "cancer",
+            "version": version, "champion": None, "storeRoot": f"file://{store}",
+            "outputUri": f"file://{store}/ml/cancer/v{version}",
+            "spec": {"model": {"task": "classification", "estimator": "sklearn.ensemble.RandomForestClassifier",
+                               "params": {"n_estimators": 50}, "target": "target"},
+                     "data": {"source": f"file://{source}"}, "evaluation": {"metric": "f1", "minScore": "0.8"}},
+            **extra}
+
+
+def _start(tmp_path: Path, spec: dict, name: str) -> tuple[subprocess.Popen, Path]:
+    spec_path = tmp_path / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    log = tmp_path / f"{name}.termination-log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "noria_trainer", "run", "--spec", str(spec_path),
+                             "--termination-log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    return proc, log
+
+
+@pytest.fixture
+def cancer_csv(tmp_path: Path) -> Path:
+    frame = load_breast_cancer(as_frame=True).frame
+    path = tmp_path / "cancer.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_real_process_succeeds_and_reports_through_the_termination_log(tmp_path, cancer_csv):
+    store = tmp_path / "store"
+    proc, log = _start(tmp_path, _run_spec(cancer_csv, store, 1), "ok")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["status"] == "succeeded" and summary["verdict"] == "passed"
+    assert all("stage" in line and "elapsed" in line for line in lines[:-1])
+    assert json.loads(log.read_text()) == summary
+    assert sha256_file(str(store / "ml/cancer/v1/model.skops")) == summary["digest"]
+
+
+def test_real_process_exits_non_zero_with_the_reason_on_a_tampered_champion(tmp_path, cancer_csv):
+    store = tmp_path / "store"
+    first, _ = _start(tmp_path, _run_spec(cancer_csv, store, 1), "first")
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    model = store / "ml/cancer/v1/model.skops"
+    digest = sha256_file(str(model))
+    model.write_bytes(model.read_bytes()[:-1] + b"X")
+    champion = {"name": "cancer-v1", "artifactUri": f"file://{model}", "digest": digest, "profileUri": None}
+    proc, log = _start(tmp_path, _run_spec(cancer_csv, store, 2, champion=champion), "second")
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 6
+    summary = json.loads(log.read_text())
+    assert summary == json.loads(stdout.splitlines()[-1])
+    assert summary["failedStage"] == "champion" and "digest mismatch" in summary["reason"]
+    assert not (store / "ml/cancer/v2").exists()
+
+
+def test_sigkill_during_training_leaves_no_version_and_a_rerun_succeeds(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 60_000
+    frame = pd.DataFrame(rng.normal(size=(n, 10)), columns=[f"f{i}" for i in range(10)])
+    frame["target"] = (frame["f0"] + frame["f1"] * frame["f2"] + rng.normal(0, 0.5, n) > 0).astype(int)
+    source = tmp_path / "big.parquet"
+    frame.to_parquet(source)
+    store = tmp_path / "store"
+    spec = _run_spec(source, store, 1)
+    spec["spec"]["model"]["params"] = {"n_estimators": 300}
+    proc, _ = _start(tmp_path, spec, "killed")
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        if json.loads(line).get("stage") == "training":
+            break
+        assert time.monotonic() < deadline
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    pipeline_dir = store / "ml/cancer"
+    assert not (pipeline_dir / "v1").exists()
+
+    spec["spec"]["model"]["params"] = {"n_estimators": 10}
+    rerun, _ = _start(tmp_path, spec, "rerun")
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert sorted(p.name for p in pipeline_dir.iterdir()) == ["v1"]
