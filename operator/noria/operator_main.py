@@ -24,7 +24,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = FINALIZER
-    settings.posting.level = 20  # INFO and above become Kubernetes Events
+    # WARNING and above become Kubernetes Events. Not INFO: Kopf logs "Handler succeeded" at INFO for
+    # every watch event of on.event handlers (Jobs, ModelVersions), one Event object each. Noria's own
+    # Events are posted explicitly (kube.post_event / kopf.event), whatever this level.
+    settings.posting.level = 30
     settings.watching.server_timeout = int(os.environ.get("NORIA_WATCH_TIMEOUT", "300"))
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.networking.request_timeout = float(os.environ.get("NORIA_REQUEST_TIMEOUT", "30"))

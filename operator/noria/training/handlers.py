@@ -63,6 +63,7 @@ class _State:
             backoff_limit=int(env.get("NORIA_TRAINER_BACKOFF_LIMIT", str(runs.DEFAULT_BACKOFF_LIMIT))),
             active_deadline_seconds=int(env.get("NORIA_TRAINER_DEADLINE_SECONDS",
                                                 str(runs.DEFAULT_ACTIVE_DEADLINE_SECONDS))),
+            local_store_root=self.settings.local_store_root,
         )
         self.prometheus = PrometheusClient(self.settings.prometheus_url, self.settings.prometheus_timeout_seconds)
         self.profiles: dict[str, Profile] = {}  # by URI; a profile never changes (the spec is immutable)
@@ -234,6 +235,8 @@ async def reconcile(key: Hashable) -> float | None:
 # --- Kopf wiring --------------------------------------------------------------------------------
 @kopf.on.startup()
 async def start_training(**_: Any) -> None:
+    for noisy in ("httpx", "httpx2"):  # one INFO line per API request drowns the operator's own log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     st = state()
     opmetrics.serve(st.settings.metrics_port)
     st.loop_task = asyncio.create_task(st.wakeups.run())

@@ -136,7 +136,8 @@ def _finish(obs: Observation, current: Mapping[str, Any], parent: str | None
         stage = job.summary.get("failedStage")
         words = summary.reason or job.reason or "the trainer failed"
         return OUTCOME_FAILED, c.TRAINER_FAILED, (f"{stage}: {words}" if stage else words), None
-    mv = results.model_version(obs.pipeline, summary, current.get("trigger"), parent)
+    pod_uri = obs.run_settings.pod_uri if obs.run_settings else (lambda u: u)
+    mv = results.model_version(obs.pipeline, summary, current.get("trigger"), parent, pod_uri)
     if summary.verdict == "rejected":
         return OUTCOME_REJECTED, c.GATE_REJECTED, summary.reason or "the quality gate rejected the model", mv
     return OUTCOME_SUCCEEDED, c.LAST_RUN_SUCCEEDED, summary.reason or "trained and passed the gate", mv

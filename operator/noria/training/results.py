@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -87,7 +87,7 @@ def gate_metric(pipeline_spec: Mapping[str, Any]) -> str:
 
 
 def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | None,
-                  parent: str | None) -> dict[str, Any]:
+                  parent: str | None, pod_uri: Callable[[str | None], str | None] = lambda u: u) -> dict[str, Any]:
     """The ModelVersion a successful run registers (Candidate/Approved or Rejected via annotations,
     which ``initial_status`` turns into the first stage; kept there so a crash between create and
     the status write still ends in the right stage)."""
@@ -107,12 +107,12 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
     mv_spec: dict[str, Any] = {
         "pipeline": meta["name"],
         "version": summary.version,
-        "artifact": {"uri": raw["artifactUri"], "digest": raw["digest"], "format": "skops"},
+        "artifact": {"uri": pod_uri(raw["artifactUri"]), "digest": raw["digest"], "format": "skops"},
         "metrics": {str(k): _metric_value(v) for k, v in (raw.get("metrics") or {}).items()},
         "lineage": {k: v for k, v in lineage.items() if v is not None},
     }
     if raw.get("profileUri"):
-        mv_spec["profileUri"] = raw["profileUri"]
+        mv_spec["profileUri"] = pod_uri(raw["profileUri"])
     if summary.verdict == "rejected":
         stage, reason = REJECTED, summary.reason or "the quality gate rejected the model"
     elif spec.get("approval", "automatic") == "automatic":

@@ -63,6 +63,15 @@ class RunSettings:
     image_pull_policy: str = "IfNotPresent"
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
+    local_store_root: str = ""  # the store as the operator sees it (see Settings.local_store_root)
+
+    def pod_uri(self, uri: str | None) -> str | None:
+        """A store URI as pods see it. A trainer that saw the store at the operator's local root
+        (the test bed runs pods as local processes) reports local URIs; records keep the pod view."""
+        local, root = self.local_store_root.rstrip("/"), self.store_root.rstrip("/")
+        if uri and local and local != root and (uri == local or uri.startswith(local + "/")):
+            return root + uri[len(local):]
+        return uri
 
 
 def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: Mapping[str, Any] | None,

@@ -1,0 +1,135 @@
+"""Integration fixtures shared by the operator's tests: the Noria operator as a real subprocess.
+
+``operator_factory(namespace, **env)`` starts ``python -m noria --namespace <ns>`` against the
+test bed (env from ``cluster.env``), waits for its liveness endpoint, and returns an
+``OperatorProcess`` with ``.kill(sig)``, ``.restart()``, ``.log()``, ``.metrics_url`` and
+``.metrics()``. Every process it started is stopped at the end of the test.
+
+Default env (override with keyword arguments, e.g. ``NORIA_PROMETHEUS_URL=prometheus.url``):
+the store root as pods see it (``file:///var/lib/noria/store``, the PVC ``noria-store``'s mount)
+and as the operator process sees it (``NORIA_LOCAL_STORE_ROOT=file://<cluster.store_dir>``), an
+unreachable Prometheus unless given, short resync/settle times for tests, and a free port for
+the operator's own /metrics.
+
+``store_claim(namespace)`` creates the PVC ``noria-store`` that trainer and server pods mount.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from noria_testbed.processes import free_port, wait_until
+
+STORE_CLAIM = """
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: noria-store}
+spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
+"""
+
+
+class OperatorProcess:
+    def __init__(self, cluster, namespace: str, env: dict[str, str], log_path: Path) -> None:  # noqa: ANN001
+        self.cluster, self.namespace, self.env, self.log_path = cluster, namespace, env, log_path
+        self.process: subprocess.Popen | None = None
+        self.metrics_url = f"http://127.0.0.1:{env['NORIA_METRICS_PORT']}/metrics"
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        port = free_port()
+        self.starts += 1
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"\n===== operator start #{self.starts} =====\n".encode())
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "noria", "--namespace", self.namespace,
+                 "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def live() -> bool:
+            assert self.process is not None
+            assert self.process.poll() is None, f"operator exited: {self.log()[-3000:]}"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_until("operator liveness", live, timeout=timeout, on_timeout=lambda: self.log()[-3000:])
+        return self
+
+    def kill(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self) -> OperatorProcess:
+        self.kill()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            return response.read().decode()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+
+@pytest.fixture
+def operator_factory(cluster, request) -> Iterator[Callable[..., OperatorProcess]]:  # noqa: ANN001
+    started: list[OperatorProcess] = []
+    request.node.noria_operators = started  # for the failure report below
+
+    def start(namespace: str, **env: str) -> OperatorProcess:
+        full = {
+            **cluster.env,
+            "PYTHONUNBUFFERED": "1",
+            "NORIA_STORE_ROOT": "file:///var/lib/noria/store",
+            "NORIA_LOCAL_STORE_ROOT": f"file://{cluster.store_dir}",
+            "NORIA_TRAINER_IMAGE": "noria-trainer:test",
+            "NORIA_SERVER_IMAGE": "noria-server:test",
+            "NORIA_PROMETHEUS_URL": "http://127.0.0.1:9",  # unreachable unless a test passes one
+            "NORIA_PROMETHEUS_TIMEOUT": "2",
+            "NORIA_METRICS_PORT": str(free_port()),
+            "NORIA_TRAINING_RESYNC_SECONDS": "2",
+            "NORIA_TRIGGER_SETTLE_SECONDS": "1",
+            **{k: str(v) for k, v in env.items()},
+        }
+        name = request.node.name.replace("/", "_")[:80]
+        proc = OperatorProcess(cluster, namespace, full, cluster.log_dir / f"operator-{name}-{len(started)}.log")
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and report.when == "call":
+        for proc in getattr(item, "noria_operators", []):
+            report.sections.append((f"operator log {proc.log_path.name} (tail)",
+                                    "\n".join(proc.log().splitlines()[-80:])))
+
+
+@pytest.fixture
+def store_claim(cluster) -> Callable[[str], None]:  # noqa: ANN001
+    def create(namespace: str) -> None:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=STORE_CLAIM)
+
+    return create
