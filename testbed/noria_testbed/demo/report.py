@@ -223,3 +223,48 @@ def _html(data: ReportInput, origin: float, requests: int, failed: int, acts: li
 <table><tr><th>t</th><th>object</th><th>what</th><th>why</th></tr>{events}</table>
 </body></html>
 """
+
+
+def _ts(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def events_from_objects(tp: dict[str, Any], mvs: dict[str, dict[str, Any]], rollout: dict[str, Any],
+                        k8s_events: Sequence[dict[str, Any]] = ()) -> list[Event]:
+    """The timeline of what happened and why, from the record the operator keeps in the objects:
+    the pipeline's runs, each ModelVersion's stage history, and the Events about the three kinds."""
+    out: list[Event] = []
+    pipeline = f"TrainingPipeline/{(tp.get('metadata') or {}).get('name', '?')}"
+    for run in (tp.get("status") or {}).get("lastRuns") or []:
+        started, finished = _ts(run.get("startedAt")), _ts(run.get("finishedAt"))
+        if started is not None:
+            out.append(Event(started, pipeline, f"run {run.get('id')} started", f"trigger {run.get('trigger')}"))
+        if finished is not None:
+            made = f" -> {run['version']}" if run.get("version") else ""
+            out.append(Event(finished, pipeline, f"run {run.get('id')} {run.get('outcome')}{made}",
+                             f"{run.get('reason') or ''}: {run.get('message') or ''}".strip(": ")))
+    for name, mv in sorted(mvs.items()):
+        for change in (mv.get("status") or {}).get("history") or []:
+            at = _ts(change.get("at"))
+            if at is not None:
+                by = f" (by {change['by']})" if change.get("by") else ""
+                out.append(Event(at, f"ModelVersion/{name}", str(change.get("stage")),
+                                 f"{change.get('reason') or ''}{by}"))
+    kinds = {"Rollout", "TrainingPipeline", "ModelVersion"}
+    for event in k8s_events:
+        involved = event.get("involvedObject") or event.get("regarding") or {}
+        if involved.get("kind") not in kinds or involved.get("kind") == "ModelVersion":
+            continue  # ModelVersions are told by their own history above
+        if involved.get("kind") == "TrainingPipeline":
+            continue  # runs are told by lastRuns above
+        at = _ts(event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+                 or (event.get("metadata") or {}).get("creationTimestamp"))
+        if at is not None:
+            out.append(Event(at, f"{involved['kind']}/{involved.get('name')}", str(event.get("reason") or ""),
+                             str(event.get("message") or event.get("note") or "")))
+    return sorted(out, key=lambda e: e.ts)

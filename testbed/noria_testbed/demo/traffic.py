@@ -303,10 +303,11 @@ class TrafficGenerator:
     async def _label(self, client: httpx.AsyncClient, url: str, answer: Answer, label: int) -> None:
         status: int | None = None
         error: str | None = None
-        headers = {VERSION_HEADER: answer.version} if answer.version else {}
+        # No version header: the router fans feedback out to every version's pods, and the pod that
+        # made the prediction counts it; pinning it would 404 once that version is scaled down.
         try:
             response = await client.post(f"{url}/v2/models/{self.model}/feedback",
-                                         json={"id": answer.id, "label": label}, headers=headers)
+                                         json={"id": answer.id, "label": label})
             status = response.status_code
             if status >= 300:
                 error = response.text[:200]

@@ -1,0 +1,247 @@
+"""What the story must show, decided purely from what was recorded: the timeline (requests, acts,
+observed cluster state) and the objects as they ended. The demo prints these checks and exits 0
+only if all hold; the e2e test asserts the same checks one by one.
+
+The versions are found by what happened, never by assumed names: the first version is the one
+the initial run trained; the recovery version is the one trained by the first drift or
+performance run that started after the drift was injected; the bad candidate is whatever the
+first run after the corrupted batch produced (possibly nothing, if the trainer refused it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from noria_testbed.demo import scoring
+
+RETRAIN_TRIGGERS = ("drift", "performance")
+ACT_DRIFT = "drift"
+ACT_BAD_BATCH = "bad-batch"
+PHASE_BEFORE = "before-drift"
+PHASE_DRIFTED = "drifted"
+PHASE_RECOVERED = "recovered"
+ACCURACY_TOLERANCE = 0.02  # the recovered accuracy must be within 2 points of the pre-drift one
+COUNTERFACTUAL_DEGRADED_BY = 0.10  # "v1 kept serving" must stay at least this much worse
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class StoryFacts:
+    """The versions and moments the checks talk about, found from the record."""
+
+    v1: str | None = None
+    recovery_run: dict[str, Any] | None = None
+    v2: str | None = None
+    bad_run: dict[str, Any] | None = None
+    bad: str | None = None
+    drift_at: float | None = None
+    bad_batch_at: float | None = None
+    canary_share: int | None = None
+    figures: dict[str, float | None] = field(default_factory=dict)
+
+
+def parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _act_at(records: Sequence[Mapping[str, Any]], act: str) -> float | None:
+    return next((r["ts"] for r in records if r.get("kind") == "act" and r.get("act") == act), None)
+
+
+def _states(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in records if r.get("kind") == "observation" and r.get("what") == "state"]
+
+
+def stage_entered(mv: Mapping[str, Any] | None, stage: str) -> float | None:
+    """When a ModelVersion first entered ``stage``, from its status history."""
+    for change in ((mv or {}).get("status") or {}).get("history") or []:
+        if change.get("stage") == stage:
+            return parse_time(change.get("at"))
+    return None
+
+
+def stage_reason(mv: Mapping[str, Any] | None, stage: str) -> str:
+    for change in ((mv or {}).get("status") or {}).get("history") or []:
+        if change.get("stage") == stage:
+            return str(change.get("reason") or "")
+    return ""
+
+
+def find_facts(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: Mapping[str, Mapping[str, Any]],
+               rollout: Mapping[str, Any]) -> StoryFacts:
+    facts = StoryFacts(drift_at=_act_at(records, ACT_DRIFT), bad_batch_at=_act_at(records, ACT_BAD_BATCH))
+    runs = sorted(((tp.get("status") or {}).get("lastRuns") or []), key=lambda r: parse_time(r.get("startedAt")) or 0)
+    first = next((r for r in runs if r.get("trigger") == "initial"), None)
+    facts.v1 = (first or {}).get("version")
+    if facts.drift_at is not None:
+        facts.recovery_run = next((r for r in runs if r.get("trigger") in RETRAIN_TRIGGERS
+                                   and (parse_time(r.get("startedAt")) or 0) >= facts.drift_at - 1), None)
+        facts.v2 = (facts.recovery_run or {}).get("version")
+    if facts.bad_batch_at is not None:
+        facts.bad_run = next((r for r in runs if (parse_time(r.get("startedAt")) or 0) >= facts.bad_batch_at - 1), None)
+        facts.bad = (facts.bad_run or {}).get("version")
+    steps = (((rollout.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
+    facts.canary_share = next((s["setWeight"] for s in steps if s.get("setWeight")), None)
+    return facts
+
+
+def weights_seen(records: Sequence[Mapping[str, Any]], version: str) -> list[tuple[float, int]]:
+    """(ts, weight) of ``version`` in every recorded Rollout state (0 when absent)."""
+    out = []
+    for r in _states(records):
+        weights = ((r.get("rollout") or {}).get("weights")) or {}
+        out.append((r["ts"], int(weights.get(version, 0))))
+    return out
+
+
+def _share_bound(p: float, n: int) -> float:
+    """The largest share of ``n`` answers a version at weight ``p`` plausibly gets (3 sigma + 2 points)."""
+    return p + 3 * math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1)) + 0.02
+
+
+def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: Mapping[str, Mapping[str, Any]],
+             rollout: Mapping[str, Any], counterfactual: pd.Series | None = None) -> tuple[list[Check], StoryFacts]:
+    """Every check of the story, in the story's order, and the facts they were decided on.
+
+    ``counterfactual``: the v1 model's predictions for the request frame's rows (same order)."""
+    facts = find_facts(records, tp, mvs, rollout)
+    checks: list[Check] = []
+    frame = scoring_frame(records)
+
+    # Act 1: the first version is trained, approved and served.
+    v1 = mvs.get(facts.v1 or "")
+    approved, production = stage_entered(v1, "Approved"), stage_entered(v1, "Production")
+    checks.append(Check("v1 trained by the initial run, approved and served",
+                        bool(v1) and approved is not None and production is not None and approved <= production,
+                        f"{facts.v1}: Approved at {approved}, Production at {production}"))
+
+    # Act 2: drift is seen, a retrain follows for that reason, and the new version goes to 100% by canary.
+    run = facts.recovery_run or {}
+    started = parse_time(run.get("startedAt"))
+    checks.append(Check("drift or F1 drop detected after the drift was injected, and a retrain started for it",
+                        facts.drift_at is not None and started is not None and started >= facts.drift_at - 1,
+                        f"run {run.get('id')} trigger {run.get('trigger')} started "
+                        f"{(started - facts.drift_at) if started and facts.drift_at else float('nan'):.0f}s after "
+                        f"the injection: {run.get('message', '')}"))
+    v2 = mvs.get(facts.v2 or "")
+    v2_approved = stage_entered(v2, "Approved")
+    v2_canary = stage_entered(v2, "Canary")
+    v2_production = stage_entered(v2, "Production")
+    ordered = [t for t in (started, v2_approved, v2_canary, v2_production) if t is not None]
+    checks.append(Check("the retrained version passed the gate against v1 and went Approved -> Canary -> Production",
+                        run.get("outcome") == "Succeeded" and len(ordered) == 4 and ordered == sorted(ordered),
+                        f"{facts.v2}: outcome {run.get('outcome')}, metrics {((v2 or {}).get('spec') or {}).get('metrics')}"
+                        f", Approved {v2_approved}, Canary {v2_canary}, Production {v2_production}"))
+    steps = sorted({w for _, w in weights_seen(records, facts.v2 or "")})
+    partial = [w for w in steps if 0 < w < 100]
+    checks.append(Check("the canary moved traffic to the new version in steps, ending at 100%",
+                        bool(partial) and 100 in steps,
+                        f"weights of {facts.v2} seen: {steps}"))
+    retired = stage_entered(v1, "Retired")
+    checks.append(Check("v1 retired after the new version took over",
+                        retired is not None and v2_production is not None and retired >= v2_production - 1,
+                        f"{facts.v1} Retired at {retired}"))
+
+    # No request failed while versions changed (nor at any other time once serving began).
+    serving_from = production or 0.0
+    served = frame[frame["ts"] >= serving_from]
+    failed = served[served["status"] != 200]
+    checks.append(Check("no prediction request failed during the rollouts",
+                        len(served) > 0 and failed.empty,
+                        f"{len(failed)} of {len(served)} requests failed"
+                        + (f"; first: {failed.iloc[0]['status']} {failed.iloc[0].get('error')}" if not failed.empty
+                           else "")))
+
+    # Accuracy: recovery to within 2 points; the counterfactual stays degraded.
+    before = scoring.score(*_labels_and(frame, "prediction", PHASE_BEFORE))
+    drifted = scoring.score(*_labels_and(frame, "prediction", PHASE_DRIFTED))
+    after = scoring.score(*_labels_and(frame, "prediction", PHASE_RECOVERED))
+    cf_after = None
+    if counterfactual is not None and len(counterfactual) == len(frame):
+        part = frame.assign(counterfactual=counterfactual.to_numpy())
+        cf_after = scoring.score(*_labels_and(part, "counterfactual", PHASE_RECOVERED))
+    facts.figures.update({"accuracy_before_drift": before.accuracy, "accuracy_after_drift_v1": drifted.accuracy,
+                          "accuracy_after_recovery": after.accuracy,
+                          "counterfactual_v1_after_recovery": cf_after.accuracy if cf_after else None,
+                          "f1_before_drift": before.f1, "f1_after_drift_v1": drifted.f1,
+                          "f1_after_recovery": after.f1})
+    checks.append(Check("accuracy after recovery within 2 points of its pre-drift level",
+                        before.accuracy is not None and after.accuracy is not None
+                        and after.accuracy >= before.accuracy - ACCURACY_TOLERANCE,
+                        f"before drift {before.text()}; after recovery {after.text()}"))
+    if cf_after is not None:
+        checks.append(Check("the counterfactual 'v1 kept serving' stays degraded",
+                            before.accuracy is not None and cf_after.accuracy is not None
+                            and cf_after.accuracy <= before.accuracy - COUNTERFACTUAL_DEGRADED_BY,
+                            f"v1 on the same recovered-phase requests: {cf_after.text()}"))
+
+    # Act 3: the bad candidate is refused (gate, failed run, or canary analysis); users stay on v2.
+    bad_run = facts.bad_run or {}
+    bad = mvs.get(facts.bad or "")
+    bad_stage = ((bad or {}).get("status") or {}).get("stage")
+    refused = (bad_run.get("outcome") in ("Rejected", "Failed")) or bad_stage == "Rejected"
+    how = ("refused by the gate" if bad_run.get("outcome") == "Rejected"
+           else "training failed" if bad_run.get("outcome") == "Failed"
+           else "rolled back by the canary analysis" if stage_entered(bad, "Canary") else "")
+    checks.append(Check("the candidate trained on corrupted labels was refused",
+                        bool(bad_run) and refused,
+                        f"run {bad_run.get('id')} ({bad_run.get('trigger')}) outcome {bad_run.get('outcome')}; "
+                        f"{facts.bad} stage {bad_stage} {how}: "
+                        f"{((bad or {}).get('status') or {}).get('message') or bad_run.get('message', '')}"))
+    final_status = rollout.get("status") or {}
+    checks.append(Check("users stay on the good version",
+                        final_status.get("stableVersion") == facts.v2
+                        and (final_status.get("weights") or {}).get(facts.v2 or "") == 100,
+                        f"stable {final_status.get('stableVersion')}, weights {final_status.get('weights')}"))
+    if facts.bad:
+        share = (facts.canary_share or 0) / 100
+        max_weight = max((w for _, w in weights_seen(records, facts.bad)), default=0)
+        answered = frame[(frame["status"] == 200) & frame["version"].notna()]
+        by_bad = answered[answered["version"] == facts.bad]
+        if by_bad.empty:
+            measured, bound, n = 0.0, share, 0
+        else:
+            window = answered[(answered["ts"] >= by_bad["ts"].min()) & (answered["ts"] <= by_bad["ts"].max())]
+            n = len(window)
+            measured = len(by_bad) / max(n, 1)
+            bound = _share_bound(share, n)
+        checks.append(Check("the bad candidate never got more than its canary share",
+                            max_weight <= (facts.canary_share or 0) and measured <= bound,
+                            f"largest weight {max_weight}% (canary step {facts.canary_share}%); answered "
+                            f"{len(by_bad)} of {n} requests while it served ({measured:.1%}, bound {bound:.1%})"))
+        rejected_at = stage_entered(bad, "Rejected")
+        late = by_bad[by_bad["ts"] > rejected_at + 1] if rejected_at else by_bad.iloc[0:0]
+        checks.append(Check("no request answered by the bad candidate after it was rejected",
+                            rejected_at is not None and late.empty,
+                            f"{len(late)} answers after {facts.bad} was Rejected"))
+
+    # Timing figures for the note.
+    facts.figures["drift_to_retrain_start_s"] = (started - facts.drift_at) if started and facts.drift_at else None
+    facts.figures["drift_to_v2_full_s"] = ((v2_production - facts.drift_at) if v2_production and facts.drift_at
+                                           else None)
+    return checks, facts
+
+
+def scoring_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    from noria_testbed.demo.traffic import requests_frame
+
+    return requests_frame(records)
+
+
+def _labels_and(frame: pd.DataFrame, column: str, phase: str) -> tuple[pd.Series, pd.Series]:
+    part = frame[frame["phase"] == phase]
+    return part["label"], part[column]

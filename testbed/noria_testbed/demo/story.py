@@ -1,0 +1,546 @@
+"""The closed-loop story, act by act, against a real (local) cluster: the code behind
+``python -m noria_testbed.demo`` and ``tests/e2e/test_closed_loop.py``.
+
+Acts: (1) the churn pipeline trains v1, which is approved and served; users send requests and,
+a little later, the truth. (2) The world changes: covariate and concept drift in the live traffic
+and in the new data landing in the store; Noria notices (drift, or the F1 drop from feedback),
+retrains on the new window plus labelled production traffic, gates the result against v1 and
+rolls it out by canary with analysis. (3) A batch with corrupted labels lands and a retrain is
+requested; the candidate is refused by the gate or rolled back by the canary analysis, and users
+stay on the good version. Finally the record is turned into checks, figures and a report.
+
+The story only reads the cluster and does what a user would do (apply manifests, land data in
+the store, annotate the pipeline); every decision is the operator's. It narrates what it sees as
+it happens from a poll of the three resources every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from noria_testbed.binaries import REPO_ROOT
+from noria_testbed.demo import checks as C
+from noria_testbed.demo import dataset as D
+from noria_testbed.demo import report, scoring
+from noria_testbed.demo.timeline import Timeline, read_timeline
+from noria_testbed.demo.traffic import ServiceTarget, TrafficGenerator
+from noria_testbed.kubeapi import KubeApi
+from noria_testbed.processes import free_port
+
+EXAMPLE_DIR = REPO_ROOT / "examples" / "90-closed-loop"
+POD_STORE_ROOT = "file:///var/lib/noria/store"
+GROUP_PATH = "/apis/noria.dev/v1alpha1"
+RETRAIN_ANNOTATION = "noria.dev/retrain"
+
+
+class StoryError(Exception):
+    """An act did not happen in time; the message says what was awaited and what was seen."""
+
+
+@dataclass
+class DemoConfig:
+    out_dir: Path
+    namespace: str = "noria-demo"
+    pipeline: str = "churn"
+    rollout: str = "churn"
+    examples: Path = EXAMPLE_DIR
+    rate: float = 20.0  # prediction requests per second
+    label_delay: float = 2.0  # seconds between an answer and its ground truth
+    before_seconds: float = 40.0  # traffic before the drift (the pre-drift accuracy)
+    batch_delay: float = 10.0  # the drifted data lands this long after the traffic drifts
+    recovered_seconds: float = 45.0  # traffic after the new version reached 100% (the recovered accuracy)
+    after_bad_seconds: float = 15.0
+    history_rows: int = 5000
+    batch_rows: int = 5000
+    seed: int = 7
+    act_timeout: float = 420.0
+    quiet: bool = False
+
+
+@dataclass
+class StoryResult:
+    out_dir: Path
+    timeline: Path
+    checks: list[C.Check] = field(default_factory=list)
+    facts: C.StoryFacts | None = None
+    report: Path | None = None
+    error: str | None = None
+    kubectl_get: str = ""
+    events: list[report.Event] = field(default_factory=list)
+    wall: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+
+
+# --- narration ---------------------------------------------------------------------------------
+
+class Narrator:
+    def __init__(self, timeline: Timeline, quiet: bool = False) -> None:
+        self.timeline, self.quiet = timeline, quiet
+        self.t0 = time.time()
+
+    def say(self, text: str, mark: str = " ") -> None:
+        if not self.quiet:
+            print(f"[{time.time() - self.t0:6.1f}s] {mark} {text}", flush=True)
+
+    def act(self, name: str, text: str) -> float:
+        record = self.timeline.write("act", act=name, message=text)
+        if not self.quiet:
+            print(f"\n[{record['ts'] - self.t0:6.1f}s] ══ {text}", flush=True)
+        return record["ts"]
+
+
+# --- the operator as a process -----------------------------------------------------------------
+
+class OperatorProcess:
+    """``python -m noria`` watching the demo namespace, with the settings a Helm install would set,
+    adapted to the test bed (store paths as the operator process sees them, Prometheus URL)."""
+
+    def __init__(self, env: dict[str, str], namespace: str, log_path: Path) -> None:
+        self.env, self.namespace, self.log_path = env, namespace, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        port = free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "noria", "--namespace", self.namespace,
+                 "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                env=self.env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise StoryError(f"the operator exited with {self.process.returncode}: see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise StoryError(f"the operator was not live within {timeout:.0f}s: see {self.log_path}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def operator_env(testbed: Any) -> dict[str, str]:
+    return {
+        **testbed.env,
+        "PYTHONUNBUFFERED": "1",
+        "NORIA_STORE_ROOT": POD_STORE_ROOT,
+        "NORIA_LOCAL_STORE_ROOT": f"file://{testbed.store_dir}",
+        "NORIA_TRAINER_IMAGE": "noria-trainer:demo",
+        "NORIA_SERVER_IMAGE": "noria-server:demo",
+        "NORIA_PROMETHEUS_URL": testbed.prometheus.url,
+        "NORIA_PROMETHEUS_TIMEOUT": "3",
+        "NORIA_METRICS_PORT": str(free_port()),
+        # The test bed has no cluster DNS: routers reach versions through the ClusterIP proxy.
+        "NORIA_ROUTER_BACKEND_URLS": "clusterip",
+        # How often idle pipelines are re-observed (drift, feedback); the production default is 30s.
+        "NORIA_TRAINING_RESYNC_SECONDS": "3",
+        "NORIA_ROLLOUT_INTERVAL_SECONDS": "1",
+    }
+
+
+def local_uri(uri: str, store_dir: Path) -> str:
+    """A store URI as pods see it, rewritten to the test bed's store directory."""
+    if uri.startswith(POD_STORE_ROOT):
+        return f"file://{store_dir}{uri[len(POD_STORE_ROOT):]}"
+    return uri
+
+
+# --- what the cluster looks like, once a second --------------------------------------------------
+
+@dataclass
+class Snapshot:
+    tp: dict[str, Any] = field(default_factory=dict)
+    mvs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+    def mv_stage(self, name: str | None) -> str | None:
+        return ((self.mvs.get(name or "") or {}).get("status") or {}).get("stage")
+
+    @property
+    def tp_status(self) -> dict[str, Any]:
+        return self.tp.get("status") or {}
+
+    @property
+    def ro_status(self) -> dict[str, Any]:
+        return self.rollout.get("status") or {}
+
+    def runs(self) -> list[dict[str, Any]]:
+        return list(self.tp_status.get("lastRuns") or [])
+
+
+def summarise(s: Snapshot) -> dict[str, Any]:
+    """The part of a snapshot the story and its checks care about (recorded when it changes)."""
+    tps, ros = s.tp_status, s.ro_status
+    current = tps.get("currentRun") or None
+    return {
+        "tp": {"phase": tps.get("phase"), "currentRun": current and {k: current.get(k) for k in
+                                                                      ("id", "trigger", "startedAt", "reason")},
+               "lastRuns": [{k: r.get(k) for k in ("id", "trigger", "outcome", "reason", "version", "startedAt",
+                                                  "finishedAt", "duration")} for r in tps.get("lastRuns") or []],
+               "pending": [p.get("trigger") for p in tps.get("pendingTriggers") or []],
+               "champion": tps.get("championVersion")},
+        "mvs": {name: (mv.get("status") or {}).get("stage") for name, mv in sorted(s.mvs.items())},
+        "rollout": {"phase": ros.get("phase"), "stable": ros.get("stableVersion"), "canary": ros.get("canaryVersion"),
+                    "step": ros.get("currentStep"), "weights": ros.get("weights") or {},
+                    "analysis": ((ros.get("analysis") or {}).get("last") or {}).get("outcome")},
+    }
+
+
+class Observer:
+    """Polls the pipeline, its ModelVersions and the Rollout; records and narrates each change."""
+
+    def __init__(self, api: KubeApi, cfg: DemoConfig, timeline: Timeline, narrator: Narrator) -> None:
+        self.api, self.cfg, self.timeline, self.say = api, cfg, timeline, narrator.say
+        self.latest = Snapshot()
+        self._last_summary: dict[str, Any] | None = None
+        self._last_drift: tuple[Any, Any] | None = None
+        self._stop = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    def _ns(self, plural: str, name: str = "") -> str:
+        return f"{GROUP_PATH}/namespaces/{self.cfg.namespace}/{plural}" + (f"/{name}" if name else "")
+
+    async def poll(self) -> Snapshot:
+        tp = await self.api.get(self._ns("trainingpipelines", self.cfg.pipeline)) or {}
+        mv_list = await self.api.get(self._ns("modelversions")) or {}
+        rollout = await self.api.get(self._ns("rollouts", self.cfg.rollout)) or {}
+        mvs = {mv["metadata"]["name"]: mv for mv in mv_list.get("items") or []}
+        return Snapshot(tp, mvs, rollout, time.time())
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                snapshot = await self.poll()
+            except Exception as exc:  # an API hiccup must not end the story; the next poll retries
+                self.say(f"(could not read the cluster: {type(exc).__name__}: {exc})", "!")
+            else:
+                self._record(snapshot)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _record(self, s: Snapshot) -> None:
+        previous, self.latest = self.latest, s
+        summary = summarise(s)
+        drift = (s.tp_status.get("triggers") or {}).get("drift") or {}
+        perf = (s.tp_status.get("triggers") or {}).get("performance") or {}
+        if drift.get("value") is not None and (drift.get("value"), drift.get("observedAt")) != self._last_drift:
+            self._last_drift = (drift.get("value"), drift.get("observedAt"))
+            self.timeline.write("observation", what="drift", value=drift.get("value"), feature=drift.get("feature"),
+                                threshold=drift.get("threshold"), state=drift.get("state"), champion=drift.get("champion"))
+        if perf.get("value") is not None:
+            self.timeline.write("observation", what="performance", value=perf.get("value"), state=perf.get("state"))
+        if summary != self._last_summary:
+            self.timeline.write("observation", what="state", **summary)
+            self.timeline.write("observation", what="weights", weights=summary["rollout"]["weights"])
+            if self._last_summary is not None:
+                self._narrate(previous, s, self._last_summary, summary)
+            self._last_summary = summary
+            self.changed.set()
+
+    def _narrate(self, before: Snapshot, after: Snapshot, old: dict[str, Any], new: dict[str, Any]) -> None:
+        cur_old, cur_new = old["tp"]["currentRun"], new["tp"]["currentRun"]
+        if cur_new and (not cur_old or cur_old["id"] != cur_new["id"]):
+            self.say(f"training run {cur_new['id']} started, trigger {cur_new['trigger']}: {cur_new.get('reason') or ''}",
+                     "▶")
+        known = {r["id"] for r in old["tp"]["lastRuns"]}
+        for run in after.runs():
+            if run.get("id") not in known:
+                self.say(f"run {run.get('id')} {run.get('outcome')} in {run.get('duration')}"
+                         f"{' -> ' + run['version'] if run.get('version') else ''}: {run.get('message') or ''}", "■")
+        for p in set(new["tp"]["pending"]) - set(old["tp"]["pending"]):
+            self.say(f"trigger {p} fired while a run or the cooldown was going: coalesced into one pending run", "…")
+        for name, stage in new["mvs"].items():
+            if old["mvs"].get(name) != stage:
+                history = ((after.mvs[name].get("status") or {}).get("history") or [{}])[-1]
+                metric = ((after.mvs[name].get("status") or {}).get("metric")) or ""
+                self.say(f"ModelVersion {name}: {old['mvs'].get(name) or 'new'} -> {stage}"
+                         f"{' (' + metric + ')' if metric else ''}"
+                         f"{' — ' + str(history.get('reason')) if history.get('reason') else ''}", "◆")
+        ro_old, ro_new = old["rollout"], new["rollout"]
+        if ro_new["weights"] != ro_old["weights"]:
+            text = " · ".join(f"{v} {w}%" for v, w in sorted(ro_new["weights"].items()))
+            self.say(f"traffic: {text}", "⇄")
+        if ro_new["phase"] != ro_old["phase"]:
+            message = after.ro_status.get("message") or ""
+            self.say(f"Rollout {self.cfg.rollout}: {ro_old['phase']} -> {ro_new['phase']} {message}", "◆")
+        if ro_new["analysis"] != ro_old["analysis"] and ro_new["analysis"]:
+            last = ((after.ro_status.get("analysis") or {}).get("last") or {})
+            self.say(f"analysis: {last.get('outcome')} — {last.get('message') or ''}", "✓" if
+                     last.get("outcome") == "Successful" else "✗")
+
+    async def until(self, what: str, predicate: Callable[[Snapshot], Any], timeout: float) -> Any:
+        """Wait until ``predicate(latest snapshot)`` is truthy; return its value."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(self.latest)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise StoryError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: "
+                                 f"{json.dumps(summarise(self.latest))[:1500]}")
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), 1.0)
+
+
+# --- the story -----------------------------------------------------------------------------------
+
+class Story:
+    def __init__(self, testbed: Any, cfg: DemoConfig) -> None:
+        self.tb, self.cfg = testbed, cfg
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        self.timeline_path = cfg.out_dir / "timeline.jsonl"
+        self.timeline = Timeline(self.timeline_path)
+        self.narrator = Narrator(self.timeline, cfg.quiet)
+        self.say = self.narrator.say
+        self.rng = np.random.default_rng(cfg.seed)
+        self.result = StoryResult(cfg.out_dir, self.timeline_path)
+        self.operator: OperatorProcess | None = None
+        self.traffic: TrafficGenerator | None = None
+        self._next_id = 0
+
+    # -- user actions --
+    def kubectl(self, *args: str, input: str | None = None) -> str:  # noqa: A002 - subprocess's name
+        return self.tb.kubectl(*args, input=input).stdout
+
+    def land_batch(self, name: str, world: D.World, rows: int, start: dt.datetime, end: dt.datetime,
+                   corrupt: bool = False) -> Path:
+        frame = D.generate(rows, world, self.rng, start, end, id_offset=self._next_id)
+        self._next_id += rows
+        if corrupt:
+            frame = D.corrupt_labels(frame)
+        return D.write_partition(self.tb.store_dir, self.cfg.pipeline, frame, name)
+
+    async def run(self) -> StoryResult:
+        began = time.monotonic()
+        api = KubeApi(self.tb.kubeconfig)
+        observer = Observer(api, self.cfg, self.timeline, self.narrator)
+        watch: asyncio.Task[None] | None = None
+        traffic_task: asyncio.Task[None] | None = None
+        try:
+            self.setup()
+            watch = asyncio.create_task(observer.run())
+            traffic_task = await self.act_v1(observer, api)
+            await self.act_drift(observer)
+            await self.act_bad_batch(observer)
+        except StoryError as exc:
+            self.result.error = str(exc)
+            self.say(f"the story stopped: {exc}", "✗")
+        finally:
+            if self.traffic is not None:
+                self.traffic.stop()
+            if traffic_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(traffic_task, 30)
+            observer.stop()
+            if watch is not None:
+                await asyncio.gather(watch, return_exceptions=True)
+            try:
+                final = await observer.poll()
+                await self.finale(final, api)
+            finally:
+                await api.close()
+                self.timeline.close()
+                if self.operator is not None:
+                    self.operator.stop()
+        self.result.wall["story_s"] = time.monotonic() - began
+        return self.result
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.narrator.act("setup", f"Setting the scene in namespace {cfg.namespace}")
+        self.kubectl("create", "namespace", cfg.namespace)
+        self._wait_service_account()
+        self.kubectl("apply", "-n", cfg.namespace, "-f", str(cfg.examples / "store.yaml"))
+        now = dt.datetime.now(dt.UTC)
+        path = self.land_batch("part-0001-history", D.REFERENCE_WORLD, cfg.history_rows,
+                               now - dt.timedelta(days=90), now - dt.timedelta(seconds=1))
+        self.say(f"{cfg.history_rows} labelled customers of the last 90 days written to {path}", "•")
+        self.operator = OperatorProcess(operator_env(self.tb), cfg.namespace, cfg.out_dir / "operator.log")
+        self.operator.start()
+        self.say(f"the Noria operator is running (python -m noria); log: {self.operator.log_path}", "•")
+
+    def _wait_service_account(self) -> None:
+        deadline = time.monotonic() + 60
+        while self.tb.kubectl("get", "serviceaccount", "default", "-n", self.cfg.namespace, check=False).returncode:
+            if time.monotonic() > deadline:
+                raise StoryError(f"no default ServiceAccount in {self.cfg.namespace} after 60s")
+            time.sleep(0.5)
+
+    async def act_v1(self, observer: Observer, api: KubeApi) -> asyncio.Task[None]:
+        cfg = self.cfg
+        self.narrator.act("v1", "Act 1 — a churn model is trained, approved and served")
+        self.kubectl("apply", "--server-side", "-n", cfg.namespace, "-f", str(cfg.examples / "pipeline.yaml"),
+                     "-f", str(cfg.examples / "rollout.yaml"))
+        self.say("applied TrainingPipeline churn and Rollout churn (examples/90-closed-loop)", "•")
+        v1 = await observer.until("the first ModelVersion to serve 100% of traffic", lambda s: next(
+            (name for name, w in (s.ro_status.get("weights") or {}).items()
+             if w == 100 and s.mv_stage(name) == "Production" and s.ro_status.get("stableVersion") == name), None),
+            cfg.act_timeout)
+        target = ServiceTarget(api, cfg.namespace, cfg.rollout)
+        deadline = time.monotonic() + 60
+        while not await target.base_urls():
+            if time.monotonic() > deadline:
+                raise StoryError(f"Service {cfg.rollout} has no ready endpoint 60s after {v1} went to Production")
+            await asyncio.sleep(1)
+        self.say(f"{v1} serves 100% behind Service {cfg.rollout} ({(await target.base_urls())[0]})", "✓")
+        self.traffic = TrafficGenerator(target, cfg.pipeline, self.timeline, rate=cfg.rate,
+                                        label_delay=cfg.label_delay, world=D.REFERENCE_WORLD,
+                                        phase=C.PHASE_BEFORE, seed=cfg.seed)
+        task = asyncio.create_task(self.traffic.run())
+        self.say(f"users send {cfg.rate:g} predictions/s; each true outcome follows {cfg.label_delay:g}s later "
+                 "as feedback", "•")
+        await self._traffic_for(cfg.before_seconds)
+        return task
+
+    async def _traffic_for(self, seconds: float) -> None:
+        """Let traffic flow, saying every 15 s how accurate the answers were."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.sleep(min(15.0, max(0.0, end - time.monotonic())))
+            self._say_accuracy(15.0)
+
+    def _say_accuracy(self, seconds: float) -> None:
+        since = time.time() - seconds - self.cfg.label_delay
+        frame = C.scoring_frame([r for r in read_timeline(self.timeline_path)
+                                 if r.get("kind") == "request" and r["ts"] >= since])
+        s = scoring.score(frame["label"], frame["prediction"])
+        versions = frame["version"].value_counts().to_dict() if not frame.empty else {}
+        failed = int((frame["status"] != 200).sum()) if not frame.empty else 0
+        self.say(f"last {seconds:.0f}s: {s.text()}; answered by {versions}; {failed} failed", "~")
+
+    async def act_drift(self, observer: Observer) -> None:
+        cfg = self.cfg
+        assert self.traffic is not None
+        drift_at = self.narrator.act(C.ACT_DRIFT, "Act 2 — the world changes: a competitor's cheap unlimited-data "
+                                     "plan (covariate + concept drift)")
+        self.traffic.world = D.DRIFTED_WORLD
+        self.traffic.phase = C.PHASE_DRIFTED
+        self.say("live traffic now comes from the changed world: higher prices, heavier data use, younger, "
+                 "more month-to-month — and different reasons to churn", "•")
+        await self._traffic_for(cfg.batch_delay)
+        start = dt.datetime.fromtimestamp(drift_at, dt.UTC)
+        path = self.land_batch("part-0002-after-change", D.DRIFTED_WORLD, cfg.batch_rows, start,
+                               dt.datetime.now(dt.UTC))
+        self.say(f"{cfg.batch_rows} newly labelled customers since the change landed in {path}", "•")
+        run = await observer.until("a drift- or performance-triggered training run", lambda s: next(
+            (r for r in ([s.tp_status.get("currentRun")] + s.runs()) if r and r.get("trigger") in C.RETRAIN_TRIGGERS
+             and (C.parse_time(r.get("startedAt")) or 0) >= drift_at - 1), None), cfg.act_timeout)
+        run_id = run["id"]
+        self._say_accuracy(15.0)
+        finished = await observer.until(f"run {run_id} to finish", lambda s: next(
+            (r for r in s.runs() if r.get("id") == run_id), None), cfg.act_timeout)
+        if finished.get("outcome") != "Succeeded":
+            raise StoryError(f"the retrain {run_id} did not produce an approved model: {finished}")
+        v2 = finished["version"]
+        await observer.until(f"{v2} to serve 100% of traffic", lambda s: (
+            s.ro_status.get("stableVersion") == v2 and (s.ro_status.get("weights") or {}).get(v2) == 100
+            and s.mv_stage(v2) == "Production"), cfg.act_timeout)
+        self.narrator.act("recovered", f"{v2} serves all users; measuring the recovered accuracy")
+        self.traffic.phase = C.PHASE_RECOVERED
+        await self._traffic_for(cfg.recovered_seconds)
+
+    async def act_bad_batch(self, observer: Observer) -> None:
+        cfg = self.cfg
+        assert self.traffic is not None
+        bad_at = self.narrator.act(C.ACT_BAD_BATCH, "Act 3 — an ETL bug: a batch lands with every label inverted, "
+                                   "and a retrain is requested")
+        self.traffic.phase = "bad-batch"
+        start = dt.datetime.fromtimestamp(bad_at, dt.UTC)
+        path = self.land_batch("part-0003-corrupted", D.DRIFTED_WORLD, cfg.batch_rows, start,
+                               start + dt.timedelta(seconds=1), corrupt=True)
+        self.say(f"{cfg.batch_rows} customers with inverted churn labels written to {path}", "•")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.kubectl("annotate", "-n", cfg.namespace, "--overwrite", f"trainingpipeline/{cfg.pipeline}",
+                     f"{RETRAIN_ANNOTATION}={stamp}")
+        self.say(f"kubectl annotate trainingpipeline/{cfg.pipeline} {RETRAIN_ANNOTATION}={stamp}", "$")
+        run = await observer.until("the retrain on the corrupted batch", lambda s: next(
+            (r for r in ([s.tp_status.get("currentRun")] + s.runs())
+             if r and (C.parse_time(r.get("startedAt")) or 0) >= bad_at - 1), None), cfg.act_timeout)
+        run_id = run["id"]
+        finished = await observer.until(f"run {run_id} to finish", lambda s: next(
+            (r for r in s.runs() if r.get("id") == run_id), None), cfg.act_timeout)
+        candidate = finished.get("version")
+        if finished.get("outcome") == "Succeeded" and candidate:
+            self.say(f"{candidate} passed the gate (its holdout has the same corrupted labels); the canary "
+                     "analysis on real feedback has to catch it", "!")
+            await observer.until(f"{candidate} to be rejected or promoted", lambda s: (
+                s.mv_stage(candidate) in ("Rejected", "Production", "Retired")
+                and s.ro_status.get("canaryVersion") in (None, "")), cfg.act_timeout)
+        self.traffic.phase = "after-bad-batch"
+        await self._traffic_for(cfg.after_bad_seconds)
+
+    async def finale(self, final: Snapshot, api: KubeApi) -> None:
+        cfg = self.cfg
+        self.narrator.act("finale", "The record")
+        self.result.kubectl_get = self.tb.kubectl("get", "tp,mv,mro", "-n", cfg.namespace, check=False).stdout
+        k8s_events = (await api.get(f"/api/v1/namespaces/{cfg.namespace}/events") or {}).get("items") or []
+        self.result.events = report.events_from_objects(final.tp, final.mvs, final.rollout, k8s_events)
+        records = list(read_timeline(self.timeline_path))
+        counterfactual = profile = None
+        facts = C.find_facts(records, final.tp, final.mvs, final.rollout)
+        v1 = final.mvs.get(facts.v1 or "")
+        if v1:
+            spec = v1["spec"]
+            try:
+                counterfactual = scoring.load_model(local_uri(spec["artifact"]["uri"], self.tb.store_dir),
+                                                    spec["artifact"]["digest"])
+                if spec.get("profileUri"):
+                    from noria.profile import Profile
+
+                    profile = Profile.load(local_uri(spec["profileUri"], self.tb.store_dir))
+            except Exception as exc:
+                self.say(f"cannot load {facts.v1} for the counterfactual: {exc}", "!")
+        frame = C.scoring_frame(records)
+        cf_predictions = (pd.Series(scoring.predict_rows(counterfactual, frame))
+                          if counterfactual is not None and not frame.empty else None)
+        checks, facts = C.evaluate(records, final.tp, final.mvs, final.rollout, cf_predictions)
+        self.result.checks, self.result.facts = checks, facts
+        drift_spec = ((final.tp.get("spec") or {}).get("triggers") or {}).get("drift") or {}
+        summary = {name.replace("_", " "): (f"{value:.3f}" if isinstance(value, float) else "n/a")
+                   for name, value in facts.figures.items()}
+        summary["story"] = "all checks held" if self.result.ok else (self.result.error or "some checks failed")
+        try:
+            self.result.report = report.write_report(cfg.out_dir, report.ReportInput(
+                timeline=self.timeline_path, events=self.result.events, counterfactual_model=counterfactual,
+                counterfactual_name=facts.v1 or "v1", reference_profile=profile,
+                drift_threshold=float(drift_spec["threshold"]) if drift_spec.get("threshold") else None,
+                summary=summary, title="Noria closed loop: churn under drift"))
+        except ValueError as exc:
+            self.say(f"no report: {exc}", "!")
