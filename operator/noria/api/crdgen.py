@@ -79,6 +79,8 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
     node = {k: v for k, v in node.items() if k not in _DROP}
+    if not node or set(node) <= {"description"}:  # `Any`: a free-form value (tuning space entries)
+        return {**node, "x-kubernetes-preserve-unknown-fields": True}
 
     if "$ref" in node:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]

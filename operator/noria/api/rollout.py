@@ -46,7 +46,7 @@ CHECK_BOUND_MESSAGE: Final = "an analysis check needs min or max"
 ANALYSIS_NEEDED_MESSAGE: Final = "an analysis step or prePromotionAnalysis needs spec.analysis.checks"
 
 BuiltinCheck = Literal[
-    "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift"
+    "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift", "predictionDrift"
 ]
 
 
@@ -82,7 +82,11 @@ class Pause(NoriaModel):
 
 
 class StepAnalysis(NoriaModel):
-    """Run spec.analysis now, at the current weight, and go on only if it passes (a marker: ``{}``)."""
+    """Run spec.analysis now, at the current weight, and go on only if it passes (``{}``: one measurement)."""
+
+    count: int | None = Field(
+        default=None, ge=1, le=100, description="Measurements to take, one per analysis interval; all must pass. Default 1."
+    )
 
 
 class CanaryStep(NoriaModel):
@@ -213,7 +217,8 @@ class Check(NoriaModel):
         default=None,
         description=(
             "errorRate, latencyP50/P95/P99 (seconds or \"250ms\"), accuracy or f1 (from feedback labels),"
-            " shadowAgreement (share of equal answers), drift (largest feature drift)."
+            " shadowAgreement (share of equal answers), drift (largest input feature drift), predictionDrift"
+            " (drift of the predicted classes)."
         ),
     )
     name: ShortText | None = Field(default=None, description="Check name in status and events; required with query.")
@@ -224,6 +229,17 @@ class Check(NoriaModel):
     max: Bound | None = Field(default=None, description="Fails above this, e.g. \"0.01\" or \"250ms\".")
     min_labels: int | None = Field(
         default=None, ge=1, description="accuracy/f1: fewer labels than this make the result inconclusive."
+    )
+    window: Duration | None = Field(default=None, description="Range the builtin metric is computed over, e.g. \"2m\".")
+    method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] | None = Field(
+        default=None, description="drift/predictionDrift: the statistic. Default psi."
+    )
+    against: Literal["reference", "stable"] | None = Field(
+        default=None,
+        description=(
+            "drift/predictionDrift: compare with the version's training profile (reference, default) or with the"
+            " live traffic of the stable version (stable)."
+        ),
     )
     dry_run: bool = Field(default=False, description="Evaluate and report, but never fail the rollout.")
 
@@ -326,6 +342,13 @@ class RolloutSpec(NoriaModel):
         default=None, description="Keep a replaced version's pods this long before scaling them down, e.g. \"30s\"."
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of each model-server pod.")
+    prediction_log: bool = Field(
+        default=True,
+        description=(
+            "Model servers log every prediction (id, features, prediction) to the store, so that feedback labels"
+            " can be joined with them for retraining."
+        ),
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> RolloutSpec:

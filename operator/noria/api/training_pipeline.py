@@ -35,12 +35,12 @@ from .common import (
 KIND: Final = "TrainingPipeline"
 PLURAL: Final = "trainingpipelines"
 
-CLASSIFICATION_METRICS: Final = ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc")
+CLASSIFICATION_METRICS: Final = ("accuracy", "f1", "precision", "recall", "roc_auc")
 REGRESSION_METRICS: Final = ("r2", "mae", "rmse")
-# Metrics where lower is better: minScore reads as a maximum, mustBeatChampionBy as "lower by".
+# Metrics where lower is better: gated by maxScore instead of minScore; mustBeatChampionBy means "lower by".
 LOWER_IS_BETTER: Final = ("mae", "rmse")
-MetricName = Literal["accuracy", "balanced_accuracy", "f1", "precision", "recall", "roc_auc", "r2", "mae", "rmse"]
-DEFAULT_METRIC: Final = {"classification": "f1", "regression": "r2"}
+MetricName = Literal["accuracy", "f1", "precision", "recall", "roc_auc", "r2", "mae", "rmse"]
+DEFAULT_METRIC: Final = {"classification": "f1", "regression": "rmse"}
 
 # --- cron: five fields, or one of the @-macros -----------------------------------------------------
 _MINUTE = r"[0-9*,/-]+"
@@ -98,14 +98,27 @@ ESTIMATOR_MESSAGE: Final = "estimator must be a dotted import path such as sklea
 
 WINDOW_ONE_MESSAGE: Final = "window: set exactly one of last or candidates"
 WINDOW_NEEDS_TIMESTAMP_MESSAGE: Final = "timestampColumn is required when a window is a duration"
+MIN_SCORE_MESSAGE: Final = "minScore is for higher-is-better metrics; rmse and mae are gated by maxScore"
+MAX_SCORE_MESSAGE: Final = "maxScore is for lower-is-better metrics (rmse, mae); use minScore"
+FEATURES_TARGET_MESSAGE: Final = "the target column cannot also be a feature"
 METRIC_TASK_MESSAGE: Final = (
-    "metric does not fit the task: classification takes accuracy, balanced_accuracy, f1, precision, recall or"
-    " roc_auc; regression takes r2, mae or rmse"
+    "metric does not fit the task: classification takes accuracy, f1, precision, recall or roc_auc;"
+    " regression takes rmse, mae or r2"
 )
 
 
 class ModelSpec(NoriaModel):
     """What to learn and with which estimator."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "!has(self.features) || !(self.target in self.features)",
+                FEATURES_TARGET_MESSAGE,
+                field_path=".features",
+            )
+        )
+    }
 
     task: Literal["classification", "regression"] = Field(description="classification or regression.")
     estimator: Annotated[StrictStr, Field(max_length=NAME_MAX), _checked_pattern(ESTIMATOR_RE, ESTIMATOR_MESSAGE)] = (
@@ -126,9 +139,20 @@ class ModelSpec(NoriaModel):
     )
     features: list[Annotated[StrictStr, Field(min_length=1, max_length=NAME_MAX)]] | None = Field(
         default=None,
+        min_length=1,
         max_length=1000,
-        description="Feature columns, in order. Default: every column but the target and the timestamp column.",
+        description="Feature columns, in order, each once. Default: every column but the target and the timestamp column.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
+
+    @model_validator(mode="after")
+    def _features(self) -> ModelSpec:
+        if self.features is not None:
+            if len(set(self.features)) != len(self.features):
+                raise ValueError("features: a column is listed twice")
+            if self.target in self.features:
+                raise ValueError(FEATURES_TARGET_MESSAGE)
+        return self
 
 
 class Window(NoriaModel):
@@ -208,6 +232,11 @@ class DataSpec(NoriaModel):
         return self
 
 
+ColumnType = Literal[
+    "numeric", "float", "integer", "int", "string", "categorical", "category", "bool", "boolean", "datetime"
+]
+
+
 class ValidationSpec(NoriaModel):
     """Data checks run before training; a failing check ends the run with outcome Failed."""
 
@@ -215,28 +244,61 @@ class ValidationSpec(NoriaModel):
     max_missing_fraction: Fraction | None = Field(
         default=None, description="Largest share of missing values allowed in any feature column, e.g. \"0.05\"."
     )
-    schema_: Literal["strict", "lenient", "off"] = Field(
+    schema_: Literal["strict", "lenient"] = Field(
         default="lenient",
         alias="schema",
         description=(
             "strict: the columns and their types must match the champion's; lenient: new columns are ignored"
-            " and missing feature columns fail; off: no schema check."
+            " and missing feature columns fail."
         ),
+    )
+    columns: dict[Annotated[StrictStr, Field(max_length=NAME_MAX)], ColumnType] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Expected type by column name, checked before training, e.g. {tenure: integer, contract: categorical}.",
     )
 
 
 class EvaluationSpec(NoriaModel):
     """The gate a newly trained model must pass to become a Candidate."""
 
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                f"!has(self.minScore) || !has(self.metric) || !(self.metric in {list(LOWER_IS_BETTER)})",
+                MIN_SCORE_MESSAGE,
+                field_path=".minScore",
+            ),
+            cel(
+                f"!has(self.maxScore) || (has(self.metric) && self.metric in {list(LOWER_IS_BETTER)})",
+                MAX_SCORE_MESSAGE,
+                field_path=".maxScore",
+            ),
+        )
+    }
+
+    @model_validator(mode="after")
+    def _score_direction(self) -> EvaluationSpec:
+        if self.min_score is not None and self.metric in LOWER_IS_BETTER:
+            raise ValueError(MIN_SCORE_MESSAGE)
+        if self.max_score is not None and self.metric not in LOWER_IS_BETTER:
+            raise ValueError(MAX_SCORE_MESSAGE)
+        return self
+
     metric: MetricName | None = Field(
         default=None,
         description=(
-            "Metric scored on the holdout set. Default f1 (classification) or r2 (regression). For mae and rmse"
-            " lower is better: minScore is then a maximum and mustBeatChampionBy means lower by."
+            "Metric scored on the holdout set. Default f1 (classification) or rmse (regression). For rmse and mae"
+            " lower is better: the gate is maxScore, and mustBeatChampionBy means lower by."
         ),
     )
     holdout_fraction: Fraction = Field(default="0.2", description="Share of rows held out for evaluation, e.g. \"0.2\".")
-    min_score: Decimalish | None = Field(default=None, description="The model is Rejected below this score, e.g. \"0.70\".")
+    min_score: Decimalish | None = Field(
+        default=None, description="Higher-is-better metrics: the model is Rejected below this score, e.g. \"0.70\"."
+    )
+    max_score: Decimalish | None = Field(
+        default=None, description="Lower-is-better metrics (rmse, mae): the model is Rejected above this, e.g. \"12.5\"."
+    )
     must_beat_champion_by: Decimalish | None = Field(
         default=None,
         description=(
@@ -251,13 +313,16 @@ class TuningSpec(NoriaModel):
 
     strategy: Literal["none", "grid", "random"] = Field(default="none", description="none, grid or random search.")
     trials: int = Field(default=10, ge=1, le=1000, description="Parameter sets tried by random search.")
-    space: dict[str, Any] | None = Field(
+    space: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = Field(
         default=None,
+        max_length=32,
         description=(
-            "Search space by parameter name (free-form): a two-element list [low, high] is a range,"
-            " a {choices: [...]} object a set of values."
+            "Search space by estimator parameter: a list of two numbers [low, high] is a range (integers stay"
+            " integers; a positive range of two decades or more is sampled log-uniformly), any other list is a"
+            " set of choices. Values are free-form, as in params."
         ),
     )
+    cv: int = Field(default=3, ge=2, le=20, description="Cross-validation folds scoring each parameter set.")
     time_budget: Duration | None = Field(default=None, description="Stop searching after this long, e.g. \"10m\".")
 
 
@@ -290,6 +355,7 @@ class PerformanceTrigger(NoriaModel):
     below: Decimalish = Field(description="Fires when the live metric is below this value, e.g. \"0.75\".")
     for_: Duration | None = Field(default=None, alias="for", description="It must stay below this long, e.g. \"30m\".")
     min_labels: int = Field(default=100, ge=1, description="Labels needed before the live metric is trusted.")
+    window: Duration | None = Field(default=None, description="Feedback window the live metric is computed over. Default 1h.")
 
 
 class Triggers(NoriaModel):
@@ -342,6 +408,7 @@ class TrainingPipelineSpec(NoriaModel):
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of the trainer Job's pod.")
     history_limit: int = Field(default=10, ge=1, le=50, description="Finished runs kept in status.lastRuns.")
+    seed: int = Field(default=0, ge=0, description="Random seed of the holdout split, the estimator and the search.")
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> TrainingPipelineSpec:
