@@ -474,16 +474,22 @@ class PodWorker:
             local = self.volume_dirs[mount["name"]]
             if mount.get("subPath"):
                 local = local / mount["subPath"]
+                if not local.exists():  # the kubelet creates a missing subPath as a directory
+                    local.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = str(local)
         termination_file = self.dir / "containers" / cname / "termination-log"
         mounts[container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH] = str(termination_file)
         rewrite = PathRewriter(mounts)
 
-        env_vars = dict(sources.service_env) if self.pod["spec"].get("enableServiceLinks", True) else {}
-        env_vars.update(container_env(self.pod, container, self.ip, sources))
-        env_vars = {k: rewrite(v) for k, v in env_vars.items()}
-        command = [rewrite(expand(part, env_vars)) for part in container.get("command") or []]
-        args = [rewrite(expand(part, env_vars)) for part in container.get("args") or []]
+        container_vars = dict(sources.service_env) if self.pod["spec"].get("enableServiceLinks", True) else {}
+        container_vars.update(container_env(self.pod, container, self.ip, sources))
+        # Expand with the container's own (unrewritten) values, then rewrite each string exactly
+        # once: a local path may itself start with a mount path (the testbed lives under /tmp).
+        command = [rewrite(expand(part, container_vars)) for part in container.get("command") or []]
+        args = [rewrite(expand(part, container_vars)) for part in container.get("args") or []]
+        env_vars = {k: rewrite(v) for k, v in container_vars.items()}
+        if "/tmp" in mounts and "TMPDIR" not in env_vars:
+            env_vars["TMPDIR"] = mounts["/tmp"]  # tempfile then uses the pod's /tmp volume
         argv = python_aware_argv(command, args, self.agent.python)
         cwd = Path(rewrite(container["workingDir"])) if container.get("workingDir") else self.dir / "containers" / cname
         cwd.mkdir(parents=True, exist_ok=True)

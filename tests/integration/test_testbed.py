@@ -140,22 +140,35 @@ def test_failing_job_is_failed_with_exit_code_and_message(cluster, namespace):
 
 
 def test_claim_noria_store_is_the_testbed_store_dir(cluster, namespace):
-    """A pod writing under the store's mount path (also as a file:// URI) writes into store_dir."""
+    """Paths under the store's mount (also as file:// URIs, also through a subPath mount) land in
+    store_dir, and a /tmp volume becomes the process's TMPDIR, as the operator's pods expect."""
     claim = """
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata: {name: noria-store}
 spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}
 """
-    code = ("import os, sys, urllib.parse; path = urllib.parse.urlparse(os.environ['OUT']).path; "
-            "os.makedirs(os.path.dirname(path), exist_ok=True); open(path, 'w').write('artifact')")
-    spec = f"""        env: [{{name: OUT, value: "file:///var/lib/noria/store/{namespace}/p/v1/model.skops"}}]
-        volumeMounts: [{{name: store, mountPath: /var/lib/noria/store}}]
-      volumes: [{{name: store, persistentVolumeClaim: {{claimName: noria-store}}}}]
+    code = ("import os, sys, tempfile, urllib.parse; path = urllib.parse.urlparse(os.environ['OUT']).path; "
+            "open(path, 'w').write('prediction log'); "
+            "assert tempfile.gettempdir() == sys.argv[2], (tempfile.gettempdir(), sys.argv[2])")
+    logs = f"/var/lib/noria/store/{namespace}/p/predictions"
+    spec = f"""        env: [{{name: OUT, value: "file://{logs}/v1.jsonl"}}]
+        volumeMounts:
+        - {{name: store, mountPath: /var/lib/noria/store, readOnly: true}}
+        - {{name: store-logs, mountPath: {logs}, subPath: {namespace}/p/predictions}}
+        - {{name: tmp, mountPath: /tmp}}
+      volumes:
+      - {{name: store, persistentVolumeClaim: {{claimName: noria-store, readOnly: true}}}}
+      - {{name: store-logs, persistentVolumeClaim: {{claimName: noria-store}}}}
+      - {{name: tmp, emptyDir: {{}}}}
 """
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=claim + "---" + job("writer", code, extra_spec=spec))
+    manifest = job("writer", code, extra_spec=spec).replace("args: [/dev/termination-log]",
+                                                            "args: [/dev/termination-log, /tmp]")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=claim + "---" + manifest)
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/writer", "--timeout=60s")
-    assert (cluster.store_dir / namespace / "p" / "v1" / "model.skops").read_text() == "artifact"
+    assert (cluster.store_dir / namespace / "p" / "predictions" / "v1.jsonl").read_text() == "prediction log"
+    phase = cluster.kubectl("get", "pvc", "noria-store", "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
+    assert phase == "Bound"
 
 
 def test_scaling_a_deployment_down_stops_its_processes(cluster, namespace):
