@@ -22,6 +22,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import yaml
+
 from noria_testbed.binaries import REPO_ROOT, find_binaries
 from noria_testbed.controlplane import ControlPlane
 from noria_testbed.node_agent import NODE_NAME, RUN_MARKER_ENV
@@ -168,6 +170,15 @@ class LocalTestbed:
             self.kubectl("apply", "--server-side", "-f", str(crd))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      *[arg for crd in crds for arg in ("-f", str(crd))])
+        # Established comes a moment before the resource's storage is ready; until then lists
+        # answer 429 "storage is (re)initializing". Wait for a list to succeed for each kind.
+        for crd in crds:
+            for document in yaml.safe_load_all(crd.read_text()):
+                if not document or document.get("kind") != "CustomResourceDefinition":
+                    continue
+                resource = f"{document['spec']['names']['plural']}.{document['spec']['group']}"
+                wait_until(f"{resource} listable", lambda r=resource: self.kubectl(
+                    "get", r, "--all-namespaces", "--request-timeout=5s", check=False).returncode == 0, timeout=60)
 
     def _wait_node_ready(self) -> None:
         def ready() -> bool:
