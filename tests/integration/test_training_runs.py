@@ -113,7 +113,8 @@ def test_sigkill_during_a_run_then_restart_makes_no_second_job_and_registers_onc
     store_claim(namespace)
     source = write_data(cluster.store_dir, namespace, "crash", classification_frame(600))
     op = operator_factory(namespace)
-    apply(cluster, namespace, pipeline_yaml("crash", source, extra={"tuning": {"strategy": "random", "trials": 30}}))
+    tuning = {"strategy": "random", "trials": 20, "space": {"C": [0.01, 10.0]}}  # a run long enough to be killed in
+    apply(cluster, namespace, pipeline_yaml("crash", source, extra={"tuning": tuning}))
     wait_for("Job created", lambda: jobs(cluster, namespace, "crash"), timeout=60)
     op.kill(signal.SIGKILL)
 
