@@ -86,6 +86,9 @@ def pytest_runtest_makereport(item, call):  # noqa: ANN001, ANN201
     from noria_testbed.processes import tail
 
     testbed = _ACTIVE[-1]
+    dead = testbed.dead_components()
+    if dead:
+        report.sections.append(("testbed components that exited", "\n".join(dead)))
     for name, path in testbed.log_files().items():
         report.sections.append((f"{name} log (tail)", tail(path, 40)))
     namespace = item.funcargs.get("namespace") if hasattr(item, "funcargs") else None

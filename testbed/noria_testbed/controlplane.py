@@ -29,7 +29,7 @@ import yaml
 
 from noria_testbed.binaries import find_binaries
 from noria_testbed.pki import Pki, make_pki
-from noria_testbed.processes import ManagedProcess, free_port, tail, wait_until
+from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wait_until
 
 DEFAULT_SERVICE_CIDR = "127.96.0.0/20"
 
@@ -134,7 +134,7 @@ class ControlPlane:
         )
 
         def healthy() -> bool:
-            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as response:
+            with urlopen(f"{self.etcd_url}/health", timeout=2) as response:
                 return b'"health":"true"' in response.read()
 
         self._wait("etcd", healthy)
@@ -164,7 +164,7 @@ class ControlPlane:
 
         def ready() -> bool:
             # /readyz is readable without credentials (system:public-info-viewer).
-            with urllib.request.urlopen(f"{self.server}/readyz", timeout=2, context=context) as response:
+            with urlopen(f"{self.server}/readyz", timeout=2, context=context) as response:
                 return response.status == 200
 
         self._wait("kube-apiserver", ready)
@@ -219,7 +219,7 @@ class ControlPlane:
 
     def _exists(self, api_path: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.server}{api_path}", timeout=5, context=self._ssl_context()):
+            with urlopen(f"{self.server}{api_path}", timeout=5, context=self._ssl_context()):
                 return True
         except urllib.error.HTTPError as error:
             if error.code == 404:

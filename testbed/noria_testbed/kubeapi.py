@@ -66,7 +66,7 @@ def _ssl_context_from_kubeconfig(path: Path) -> tuple[str, ssl.SSLContext]:
 class KubeApi:
     def __init__(self, kubeconfig: Path, *, timeout: float = 30.0) -> None:
         self.server, context = _ssl_context_from_kubeconfig(kubeconfig)
-        self._client = httpx.AsyncClient(base_url=self.server, verify=context,
+        self._client = httpx.AsyncClient(base_url=self.server, verify=context, trust_env=False,
                                          timeout=httpx.Timeout(timeout, connect=10.0))
 
     async def close(self) -> None:

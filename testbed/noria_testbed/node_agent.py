@@ -749,7 +749,7 @@ class NodeAgent:
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()  # uids whose worker ended; later events for them are ignored
         self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
-        self.http = httpx.AsyncClient()
+        self.http = httpx.AsyncClient(trust_env=False)  # probes go to pod addresses, never via a proxy
         self.synced = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.proxy = ServiceProxy(self)

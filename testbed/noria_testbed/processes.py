@@ -13,8 +13,10 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -43,6 +45,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def urlopen(url: str, *, timeout: float, context: ssl.SSLContext | None = None):  # noqa: ANN201
+    """``urllib.request.urlopen`` that never goes through an HTTP(S)_PROXY: every testbed
+    endpoint is on loopback, and a proxy from the environment would only break the checks."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from noria_testbed.processes import ManagedProcess, free_port, tail, wait_until
+from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wait_until
 
 SCRAPE_INTERVAL = "1s"
 
@@ -76,7 +76,7 @@ class PrometheusProcess:
 
         def ready() -> bool:
             process.check_alive()
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+            with urlopen(f"{self.url}/-/ready", timeout=2) as response:
                 return response.status == 200
 
         wait_until("prometheus ready", ready, 60, on_timeout=lambda: tail(self.log_path))
@@ -85,7 +85,7 @@ class PrometheusProcess:
     def query(self, promql: str) -> list[dict]:
         """An instant query's result vector (raises on a Prometheus error)."""
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urlopen(url, timeout=10) as response:
             body = json.loads(response.read())
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus query {promql!r} failed: {body}")

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import yaml
 from noria_testbed.binaries import REPO_ROOT, find_binaries
 from noria_testbed.controlplane import ControlPlane
 from noria_testbed.node_agent import NODE_NAME, RUN_MARKER_ENV
-from noria_testbed.processes import ManagedProcess, free_port, tail, wait_until
+from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wait_until
 
 
 class NodeAgentProcess:
@@ -49,7 +48,7 @@ class NodeAgentProcess:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
             self.process.check_alive()
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+            with urlopen(f"{self.url}/healthz", timeout=2) as response:
                 return response.status == 200
 
         wait_until("node agent ready", ready, timeout, on_timeout=lambda: tail(self.log_path))
@@ -66,7 +65,7 @@ class NodeAgentProcess:
         return "".join(f"==> {p.stem} <==\n{p.read_text(errors='replace')}" for p in logs)
 
     def targets(self) -> list[dict]:
-        with urllib.request.urlopen(self.sd_url, timeout=5) as response:
+        with urlopen(self.sd_url, timeout=5) as response:
             return json.loads(response.read())
 
     def stop(self) -> None:
@@ -154,6 +153,12 @@ class LocalTestbed:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed (exit {result.returncode}):\n{result.stderr}")
         return result
+
+    def dead_components(self) -> list[str]:
+        """'name exited with code N' for every testbed process that is no longer running."""
+        processes = list(self.control_plane.processes.values())
+        processes += [p.process for p in (self.node_agent, self.prometheus) if p is not None and p.process is not None]
+        return [f"{p.name} exited with code {p.popen.returncode}" for p in processes if not p.alive()]
 
     def log_files(self) -> dict[str, Path]:
         files = dict(self.control_plane.log_files())

@@ -9,10 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
-from noria_testbed.processes import free_port, wait_until
+from noria_testbed.processes import free_port, urlopen, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +83,7 @@ def pods(cluster, namespace: str, selector: str) -> list[dict]:
 
 
 def http_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urlopen(url, timeout=5) as response:
         return response.read().decode()
 
 
@@ -228,7 +227,7 @@ def test_operator_starts_against_the_cluster_and_answers_liveness(cluster):
     try:
         def live() -> bool:
             assert operator.poll() is None, f"operator exited: {log_path.read_text()[-3000:]}"
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
                 return response.status == 200
 
         wait_until("operator liveness 200", live, timeout=60, on_timeout=lambda: log_path.read_text()[-3000:])
