@@ -149,13 +149,14 @@ class _Connection(asyncio.Protocol):
             request, keep_alive, too_large = self.queue.popleft()
             if too_large:
                 result: Response | Awaitable[Response] = error_response(
-                    413, f"request body larger than {self.server.max_body_bytes} bytes")
+                    413, f"request body larger than {self.server.max_body_bytes} bytes", **self.server.error_fields())
             else:
                 try:
                     result = self.server.handler(request)
                 except Exception as exc:  # a handler bug must not kill the connection loop
                     log.exception("handler failed")
-                    result = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+                    result = error_response(500, f"internal error: {type(exc).__name__}: {exc}",
+                                            **self.server.error_fields())
             if isinstance(result, Response):
                 self._write(result, keep_alive)
                 continue
@@ -201,7 +202,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         self.queue.clear()
-        self._write(error_response(status, message), keep_alive=False)
+        self._write(error_response(status, message, **self.server.error_fields()), keep_alive=False)
 
     def close_if_idle(self) -> None:
         if not self.busy and not self.queue and self.transport is not None:
@@ -211,8 +212,10 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Listen on ``host:port`` and answer with ``handler``; ``close()`` drains in-flight requests."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, handler: Handler, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 error_fields: Callable[[], dict[str, Any]] = dict) -> None:
         self.handler = handler
+        self.error_fields = error_fields  # extra fields of the errors this layer answers itself (413, 400)
         self.max_body_bytes = max_body_bytes
         self.connections: set[_Connection] = set()
         self.in_flight = 0

@@ -161,6 +161,9 @@ def _matrix_input(tensor: dict[str, Any], shape: list[int], schema: Schema) -> n
         flat = _values(tensor, n * width, categorical=False)
         return flat.reshape(n, width)
     # Mixed feature kinds in one tensor: check column by column.
+    if tensor["datatype"] not in NUMERIC_DATATYPES | STRING_DATATYPES:
+        raise RequestError(422, f"input '{tensor['name']}': unknown datatype {tensor['datatype']!r}; a table with "
+                                f"categorical columns is sent as BYTES")
     if not isinstance(data, list):
         raise RequestError(422, f"input '{tensor['name']}': data must be a list, got {type(data).__name__}")
     if data and isinstance(data[0], list):

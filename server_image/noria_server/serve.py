@@ -94,7 +94,9 @@ class ModelServer:
         self.model: ServedModel | None = None
         self.state = "loading"
         self.reason = "loading and verifying the model"
-        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
+        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes,
+                               error_fields=lambda: {"id": oip.new_id(), "model_name": settings.model,
+                                                     "model_version": settings.version})
         self.recent: OrderedDict[str, Any] = OrderedDict()
         self.pending: list[_Pending] = []
         self.pending_rows = 0
