@@ -65,12 +65,14 @@ def test_there_are_enough_examples() -> None:
     assert len(VALID) >= 5
     assert len(INVALID) >= 12
     kinds = {doc["kind"] for p in VALID for doc in load(p)}
-    assert kinds == {"TrainingPipeline", "ModelVersion", "Rollout"}
+    assert {"TrainingPipeline", "ModelVersion", "Rollout"} <= kinds
 
 
 @pytest.mark.parametrize("path", VALID + ORIGINALS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_valid_example_parses(path: Path) -> None:
     for doc in load(path):
+        if not doc["apiVersion"].startswith("noria.dev/"):
+            continue  # a folder may carry what the example needs besides (a PVC for the store)
         model = validate_manifest(doc)
         # and survives a round trip through the wire format unchanged in meaning
         again = validate_manifest(model.model_dump(mode="json", exclude_none=True))
@@ -135,13 +137,19 @@ def test_parse_window() -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("0.05", Decimal("0.05")), (2, Decimal(2)), ("-1.5", Decimal("-1.5")), ("250ms", Decimal("0.25"))],
+    [
+        ("0.05", Decimal("0.05")),
+        (2, Decimal(2)),
+        ("-1.5", Decimal("-1.5")),
+        ("250ms", Decimal("0.25")),
+        ("1.23457e+06", Decimal("1234570")),
+    ],
 )
 def test_decimal(value: int | str, expected: Decimal) -> None:
     assert decimal(value) == expected
 
 
-@pytest.mark.parametrize("value", [0.05, True, "1e-3", "abc"])
+@pytest.mark.parametrize("value", [0.05, True, "1e", "abc", "nan", "inf", "0.5.1"])
 def test_decimal_refuses_floats_and_junk(value: Any) -> None:
     with pytest.raises(ValueError, match="decimal string"):
         decimal(value)

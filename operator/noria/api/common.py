@@ -133,7 +133,9 @@ def parse_duration(text: str) -> dt.timedelta:
 
 
 # --- decimals: thresholds, fractions, metric values -------------------------------------------------
-DECIMAL_RE: Final = r"^-?[0-9]+(\.[0-9]+)?$"
+# An exponent is allowed ("1.23457e+06"): it is still an exact decimal, and it is what Python's
+# "%g" formatting of a computed metric produces.
+DECIMAL_RE: Final = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
 DECIMAL_MESSAGE: Final = "must be an integer or a decimal string such as \"0.05\" (no floats: quote the number)"
 
 
