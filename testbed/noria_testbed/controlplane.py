@@ -158,6 +158,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki.sa_key}",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
+            # The node agent serves container logs at the node's InternalIP (its Hostname does not resolve).
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
         )
         context = ssl.create_default_context(cafile=str(pki.ca_cert))

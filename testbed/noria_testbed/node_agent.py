@@ -45,8 +45,10 @@ import datetime as dt
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -85,6 +87,7 @@ RUN_MARKER_ENV = "NORIA_TESTBED_RUN"  # set on every pod process so teardown can
 # machine needs them (e.g. OPENBLAS_CORETYPE), nothing that leaks the test's own configuration.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 INHERITED_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_")
+_LOG_HEADER = re.compile(rb"^--- \S+ starting ")  # the agent's own line before each (re)start
 
 
 def now() -> str:
@@ -741,7 +744,9 @@ def service_links(services: list[Json]) -> dict[str, str]:
 
 class NodeAgent:
     def __init__(self, api: KubeApi, *, root: Path, store_dir: Path, node_name: str = NODE_NAME,
-                 python: str = sys.executable, run_id: str = "", kubeconfig: Path | None = None) -> None:
+                 python: str = sys.executable, run_id: str = "", kubeconfig: Path | None = None,
+                 kubelet_port: int = 0, tls: tuple[Path, Path] | None = None) -> None:
+        self.kubelet_port, self.tls = kubelet_port, tls  # serves container logs to the apiserver
         self.api, self.root, self.store_dir, self.node_name = api, root, store_dir, node_name
         self.kubeconfig = kubeconfig  # given to pods that do not opt out of a service-account token
         self.python, self.run_id = python, run_id or str(os.getpid())
@@ -776,7 +781,7 @@ class NodeAgent:
                          "osImage": "noria-testbed", "containerRuntimeVersion": "noria-node-agent://0.1",
                          "kubeletVersion": "v1.36.3", "kubeProxyVersion": "", "operatingSystem": "linux",
                          "architecture": "amd64"},
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
         }
 
     async def register_node(self) -> None:
@@ -931,9 +936,53 @@ class NodeAgent:
         await web.TCPSite(runner, host, port).start()
         return runner
 
+    async def serve_kubelet_logs(self) -> web.AppRunner | None:
+        """The kubelet's ``/containerLogs`` endpoint over TLS, so ``kubectl logs [-f]`` works: the
+        apiserver reaches it at the node's InternalIP and ``daemonEndpoints.kubeletEndpoint.Port``."""
+        if not self.kubelet_port or self.tls is None:
+            return None
+
+        async def container_logs(request: web.Request) -> web.StreamResponse:
+            namespace, pod, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
+            path = self.root / "pods" / namespace / pod / f"{container}.log"
+            if not path.exists():
+                return web.Response(status=404, text=f"no log for container {container} of pod {namespace}/{pod}\n")
+            data = path.read_bytes()
+            lines = [line for line in data.splitlines(keepends=True) if not _LOG_HEADER.match(line)]
+            if request.query.get("tailLines"):
+                lines = lines[-int(request.query["tailLines"]):] if int(request.query["tailLines"]) > 0 else []
+            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+            await response.prepare(request)
+            await response.write(b"".join(lines))
+            offset = len(data)
+            while request.query.get("follow") == "true" and self._pod_running(namespace, pod):
+                await asyncio.sleep(0.5)
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+                offset += len(chunk)
+                if chunk:
+                    await response.write(b"".join(x for x in chunk.splitlines(keepends=True) if not _LOG_HEADER.match(x)))
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.add_routes([web.get("/containerLogs/{namespace}/{pod}/{container}", container_logs)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+        await web.TCPSite(runner, HOST_IP, self.kubelet_port, ssl_context=context).start()
+        return runner
+
+    def _pod_running(self, namespace: str, name: str) -> bool:
+        return any(w.namespace == namespace and w.name == name and w.phase in ("Pending", "Running")
+                   for w in self.workers.values())
+
     # ---- main -----------------------------------------------------------------------------------------
     async def run(self, host: str, port: int) -> None:
         http_runner = await self.serve_http(host, port)
+        logs_runner = await self.serve_kubelet_logs()
         try:
             await self.register_node()
             pods_synced, cms_synced, services_synced = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -963,6 +1012,8 @@ class NodeAgent:
             await asyncio.gather(*(w.task for w in workers), return_exceptions=True)
             await asyncio.gather(*(w.stop_containers(1.0) for w in workers), return_exceptions=True)
             await self.proxy.close()
+            if logs_runner is not None:
+                await logs_runner.cleanup()
             await http_runner.cleanup()
             await self.http.aclose()
 
@@ -985,6 +1036,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port of the /sd and /healthz endpoint")
     parser.add_argument("--node-name", default=NODE_NAME)
     parser.add_argument("--run-id", default="", help=f"value of {RUN_MARKER_ENV} in every pod process")
+    parser.add_argument("--kubelet-port", type=int, default=0, help="serve /containerLogs on 127.0.0.1:PORT (TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="serving certificate for --kubelet-port")
+    parser.add_argument("--tls-key", type=Path, help="its key")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port = args.listen.rpartition(":")
@@ -992,7 +1046,8 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         api = KubeApi(args.kubeconfig)
         agent = NodeAgent(api, root=args.root, store_dir=args.store_dir, node_name=args.node_name, run_id=args.run_id,
-                          kubeconfig=args.kubeconfig.resolve())
+                          kubeconfig=args.kubeconfig.resolve(), kubelet_port=args.kubelet_port,
+                          tls=(args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None)
         main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

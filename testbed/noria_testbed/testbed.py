@@ -33,7 +33,8 @@ class NodeAgentProcess:
     """The node agent running as a child process (``python -m noria_testbed.node_agent``)."""
 
     def __init__(self, *, kubeconfig: Path, root: Path, store_dir: Path, log_path: Path, run_id: str,
-                 python: str, env: dict[str, str], node_name: str = NODE_NAME) -> None:
+                 python: str, env: dict[str, str], node_name: str = NODE_NAME,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.root, self.store_dir, self.log_path, self.node_name = root, store_dir, log_path, node_name
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -42,7 +43,8 @@ class NodeAgentProcess:
             "node-agent",
             [python, "-m", "noria_testbed.node_agent", "--kubeconfig", str(kubeconfig), "--root", str(root),
              "--store-dir", str(store_dir), "--listen", f"127.0.0.1:{port}", "--node-name", node_name,
-             "--run-id", run_id],
+             "--run-id", run_id,
+             *(["--kubelet-port", str(free_port()), "--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else [])],
             log_path, env=env)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -102,7 +104,8 @@ class LocalTestbed:
             self.store_dir.mkdir(parents=True, exist_ok=True)
             self.node_agent = NodeAgentProcess(
                 kubeconfig=self.kubeconfig, root=self.workdir / "node", store_dir=self.store_dir,
-                log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env)
+                log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env,
+                tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key))
             if self.apply_crds:
                 self._apply_crds()
             self.node_agent.wait_ready()

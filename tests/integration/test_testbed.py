@@ -286,3 +286,11 @@ spec:
     assert last["exitCode"] == 2
     assert "prepared" in last["message"]  # FallbackToLogsOnError: the log tail, which read the init container's file
     assert cluster.node_agent.pod_log(namespace, "crasher").count("prepared") >= 2
+
+
+def test_kubectl_logs_reads_the_container_log(cluster, namespace):
+    cluster.kubectl("run", "talker", "-n", namespace, "--image=none", "--restart=Never", "--command", "--",
+                    "python", "-c", "print('line one'); print('line two')")
+    cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Succeeded", "pod/talker", "--timeout=60s")
+    assert cluster.kubectl("logs", "-n", namespace, "talker").stdout == "line one\nline two\n"
+    assert cluster.kubectl("logs", "-n", namespace, "talker", "--tail=1").stdout == "line two\n"
