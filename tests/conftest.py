@@ -33,11 +33,11 @@ def _unavailable(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator:
+def cluster(request) -> Iterator:  # noqa: ANN001
     from noria_testbed.binaries import BinariesUnavailable
     from noria_testbed.testbed import LocalTestbed
 
-    testbed = LocalTestbed()
+    testbed = LocalTestbed(keep_workdir=True)
     try:
         testbed.start()
     except BinariesUnavailable as error:
@@ -50,6 +50,10 @@ def cluster() -> Iterator:
     finally:
         _ACTIVE.remove(testbed)
         testbed.stop()
+        if request.session.testsfailed:  # keep certs, etcd data and every log for a post-mortem
+            print(f"\nnoria testbed kept for inspection: {testbed.workdir}")
+        else:
+            shutil.rmtree(testbed.workdir, ignore_errors=True)
         if previous is None:
             os.environ.pop("KUBECONFIG", None)
         else:

@@ -22,7 +22,7 @@ def up(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     testbed = LocalTestbed(Path(args.workdir) if args.workdir else None,
                            store_dir=Path(args.store_dir) if args.store_dir else None,
-                           prometheus=not args.no_prometheus)
+                           prometheus=not args.no_prometheus, keep_workdir=args.keep)
     print("starting the local control plane ...", file=sys.stderr, flush=True)
     try:
         testbed.start()
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--workdir", help="directory for certs, etcd data, logs (default: a new temp dir)")
     start.add_argument("--store-dir", help="directory the PVC noria-store maps to (default: <workdir>/store)")
     start.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    start.add_argument("--keep", action="store_true", help="keep the temp workdir (logs, store) after stopping")
     args = parser.parse_args(argv)
     return up(args)
 

@@ -698,8 +698,11 @@ class ServiceProxy:
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer),
-                             return_exceptions=True)
+        try:
+            await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer),
+                                 return_exceptions=True)
+        except asyncio.CancelledError:  # the agent is stopping with this connection open
+            pass
         for writer in (client_writer, upstream_writer):
             writer.close()
 
@@ -1041,6 +1044,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-key", type=Path, help="its key")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe is noise
     host, _, port = args.listen.rpartition(":")
 
     async def run() -> None:

@@ -78,7 +78,9 @@ class LocalTestbed:
     """Start with :meth:`start` (or ``with``); everything stops in :meth:`stop`, even after errors."""
 
     def __init__(self, workdir: Path | None = None, *, store_dir: Path | None = None, prometheus: bool = False,
-                 apply_crds: bool = True, crds_dir: Path = REPO_ROOT / "crds", keep_workdir: bool = True) -> None:
+                 apply_crds: bool = True, crds_dir: Path = REPO_ROOT / "crds", keep_workdir: bool = False) -> None:
+        """``keep_workdir=False`` removes a temp workdir this object created (certs, etcd data, logs,
+        store: ~70 MB) in :meth:`stop`; a given ``workdir`` is never removed."""
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="noria-testbed-"))
         self.store_dir = Path(store_dir) if store_dir else self.workdir / "store"
