@@ -35,7 +35,7 @@ def _start(tmp_path: Path, spec: dict, name: str) -> tuple[subprocess.Popen, Pat
     spec_path = tmp_path / f"{name}.json"
     spec_path.write_text(json.dumps(spec))
     log = tmp_path / f"{name}.termination-log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NORIA_TRAINER_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "noria_trainer", "run", "--spec", str(spec_path),
                              "--termination-log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)

@@ -64,3 +64,9 @@ def run_trainer(tmp_path: Path) -> Callable[[dict[str, Any]], RunResult]:
     return run
 
 
+
+
+@pytest.fixture(autouse=True)
+def one_training_thread(monkeypatch):
+    """The test machine is shared: spinning OpenMP pools make HistGradientBoosting 10x slower there."""
+    monkeypatch.setenv("NORIA_TRAINER_THREADS", "1")

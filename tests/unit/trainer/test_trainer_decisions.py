@@ -130,3 +130,14 @@ def test_atomic_writer_refuses_even_an_empty_existing_directory(tmp_path):
     (tmp_path / "v4").mkdir()
     with pytest.raises(OutputError, match="exists already"):
         OutputLocation.of(f"file://{tmp_path}/v4").write_atomically({"a": b"1"})
+
+
+def test_thread_limit_comes_from_the_environment(monkeypatch, capsys):
+    from noria_trainer.run import thread_limit
+
+    monkeypatch.setenv("NORIA_TRAINER_THREADS", "2")
+    assert thread_limit() == 2
+    monkeypatch.setenv("NORIA_TRAINER_THREADS", "many")
+    assert thread_limit() is None and "not an integer" in capsys.readouterr().err
+    monkeypatch.delenv("NORIA_TRAINER_THREADS")
+    assert thread_limit() is None
