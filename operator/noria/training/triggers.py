@@ -249,8 +249,10 @@ def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profil
     prior = dict(state or {})
     if champion is None:
         return TriggerResult(DRIFT, False, {"state": "NoReference", "since": None}, "no champion to compare with")
-    if observation is None or observation.error:
-        return _unknown(DRIFT, prior, now, observation.error if observation else "not observed")
+    if observation is None:  # not asked this pass (e.g. the champion was registered in it)
+        return TriggerResult(DRIFT, False, prior, "not observed yet", recheck_after=1.0)
+    if observation.error:
+        return _unknown(DRIFT, prior, now, observation.error)
     if profile is None:
         return TriggerResult(DRIFT, False, {"state": "NoReference", "champion": champion, "since": None},
                              f"the drift profile of {champion} is unavailable", health=UNKNOWN)
@@ -316,8 +318,10 @@ def evaluate_performance(perf: Mapping[str, Any] | None, champion: str | None,
     prior = dict(state or {})
     if champion is None:
         return TriggerResult(PERFORMANCE, False, {"state": "NoReference", "since": None}, "no champion to measure")
-    if observation is None or observation.error:
-        return _unknown(PERFORMANCE, prior, now, observation.error if observation else "not observed")
+    if observation is None:
+        return TriggerResult(PERFORMANCE, False, prior, "not observed yet", recheck_after=1.0)
+    if observation.error:
+        return _unknown(PERFORMANCE, prior, now, observation.error)
     metric, below = perf["metric"], float(perf["below"])
     min_labels = int(perf.get("minLabels", 100))
     value, labels = live_metric(metric, observation.counts)
