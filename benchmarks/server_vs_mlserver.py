@@ -1,0 +1,160 @@
+"""Noria's model server vs Seldon MLServer 1.7.1 on the same model, payload, load and machine.
+
+    .venv/bin/python benchmarks/server_vs_mlserver.py [--seconds 10 --runs 3 --connections 16]
+
+For each model (a LogisticRegression Pipeline on 20 features, a HistGradientBoostingClassifier),
+trained once and saved twice from the same fitted object (skops for Noria, joblib for MLServer's
+sklearn runtime), both servers get the same single-row OIP v2 request from wrk (16 connections,
+generator on CPU 0, server on CPU 1): warm-up, then the median of N runs. MLServer runs in its own
+virtualenv (~/.cache/noria/bench-mlserver: mlserver 1.7.1, mlserver-sklearn 1.7.1, uvloop<0.22,
+httptools, and this venv's scikit-learn version so the pickle loads) with its best configuration
+seen here, ``parallel_workers: 0``. Noria runs with its defaults (drift counting and prediction
+log on), and again with drift counting off to show what counting costs.
+Prints one table with ratios and the exact configurations, and the machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import sklearn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noria_server.launch import free_port  # noqa: E402
+from noria_server.reference_models import train_and_save  # noqa: E402
+from serving_bench import (  # noqa: E402
+    MLSERVER_PACKAGES,
+    MLSERVER_VENV,
+    WrkResult,
+    ensure_venv,
+    measure,
+    require_wrk,
+    taskset,
+    uptime,
+    wait_http,
+)
+
+MODELS = {"logistic": "Pipeline(SimpleImputer, StandardScaler, LogisticRegression), 20 features",
+          "hgb": "HistGradientBoostingClassifier(max_iter=100), 20 features"}
+ROW = [round(0.1 * i - 1.0, 3) for i in range(20)]
+
+
+def payload() -> bytes:
+    return json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [ROW]}]}).encode()
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def run_mlserver(python: Path, work: Path, kind: str, joblib_path: Path, args: argparse.Namespace) -> WrkResult:
+    root = work / f"mlserver-{kind}"
+    model_dir = root / kind
+    model_dir.mkdir(parents=True)
+    shutil.copy(joblib_path, model_dir / "model.joblib")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": kind, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
+    http_port = free_port()
+    (root / "settings.json").write_text(json.dumps({
+        "parallel_workers": 0, "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "debug": False}))
+    proc = start([str(python.parent / "mlserver"), "start", str(root)], work / f"mlserver-{kind}.log")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/v2/models/{kind}/ready", 180)
+        return measure(f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer", payload(), args.connections,
+                       args.warmup, args.seconds, args.runs)
+    finally:
+        stop(proc)
+
+
+def run_noria(work: Path, kind: str, saved, counting: bool, args: argparse.Namespace) -> WrkResult:  # type: ignore[no-untyped-def]
+    port = free_port()
+    cmd = [sys.executable, "-m", "noria_server", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
+           "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
+           "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
+           "--pod", f"bench-{port}", "--feature-counting", "on" if counting else "off", "--drain-seconds", "0"]
+    proc = start(cmd, work / f"noria-{kind}-{port}.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
+        return measure(f"http://127.0.0.1:{port}/v2/models/{kind}/infer", payload(), args.connections, args.warmup,
+                       args.seconds, args.runs)
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--models", default="logistic,hgb")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    args = parser.parse_args()
+    require_wrk()
+    load_before = uptime()
+    python = None if args.skip_mlserver else ensure_venv(MLSERVER_VENV, MLSERVER_PACKAGES,
+                                                         [f"scikit-learn=={sklearn.__version__}"])
+    work = Path(tempfile.mkdtemp(prefix="noria-bench-"))
+    rows = []
+    for kind in args.models.split(","):
+        saved = train_and_save(kind, str(work / kind), rows=5000)  # type: ignore[arg-type]
+        import joblib
+
+        joblib_path = work / kind / "model.joblib"
+        joblib.dump(saved.estimator, joblib_path)
+        print(f"[{kind}] measuring ...", flush=True)
+        ml = None if python is None else run_mlserver(python, work, kind, joblib_path, args)
+        on = run_noria(work, kind, saved, True, args)
+        off = run_noria(work, kind, saved, False, args)
+        rows.append((kind, ml, on, off))
+        print(f"[{kind}] mlserver {ml.row() if ml else '-'} | noria {on.row()} | noria, counting off {off.row()}",
+              flush=True)
+
+    print("\n## Model server: Noria vs MLServer 1.7.1, single-row OIP v2 infer, wrk "
+          f"-t1 -c{args.connections}, {args.warmup:g}s warm-up + median of {args.runs} x {args.seconds:g}s")
+    print(f"{'model':10} {'MLServer req/s':>15} {'p50':>7} {'p99':>7} | {'Noria req/s':>12} {'p50':>7} {'p99':>7} | "
+          f"{'x thrpt':>8} {'p99 ratio':>9} | {'counting off':>12} {'cost':>6}")
+    for kind, ml, on, off in rows:
+        ratio = f"{on.rps / ml.rps:7.2f}x" if ml else "      -"
+        p99r = f"{on.p99_ms / ml.p99_ms:9.2f}" if ml else "        -"
+        cost = (off.rps - on.rps) / off.rps * 100
+        print(f"{kind:10} {ml.rps if ml else 0:15.0f} {ml.p50_ms if ml else 0:7.2f} {ml.p99_ms if ml else 0:7.2f} | "
+              f"{on.rps:12.0f} {on.p50_ms:7.2f} {on.p99_ms:7.2f} | {ratio:>8} {p99r:>9} | {off.rps:12.0f} "
+              f"{cost:5.1f}%")
+    print("\nConfigurations:")
+    for kind, text in MODELS.items():
+        print(f"  model {kind}: {text}, trained on 5000 rows, one fitted object saved as skops and joblib")
+    print("  MLServer: mlserver 1.7.1 + mlserver-sklearn 1.7.1 + httptools + uvloop<0.22, settings.json "
+          "parallel_workers=0 (one process), scikit-learn " + sklearn.__version__ + ", taskset -c 1")
+    print("  Noria: python -m noria_server serve, defaults (max batch 64, no batch wait, drift counting on, "
+          "prediction log on to a local store), taskset -c 1; 'counting off' = --feature-counting off")
+    print("  Load: wrk 4 (Debian), 1 thread, taskset -c 0, same JSON body: one row [1, 20] FP64 'input-0'")
+    print(f"  Load before: {load_before}")
+    print(f"  Load after:  {uptime()}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

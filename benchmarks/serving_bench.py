@@ -1,0 +1,170 @@
+"""Shared pieces of the serving benchmarks: peer virtualenvs, wrk runs, fixed-rate runs, tables.
+
+Load generator: Debian's ``wrk`` (``apt-get install -y wrk``), POST bodies through a Lua script.
+On 2 cores the generator and the server compete, so the generator is pinned to CPU 0 and the
+server(s) to CPU 1 with ``taskset`` when it is available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("NORIA_CACHE", Path.home() / ".cache" / "noria"))
+MLSERVER_VENV = CACHE / "bench-mlserver"
+MLSERVER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22", "httptools"]
+KSERVE_VENV = CACHE / "bench-kserve"
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        sys.exit("wrk is not installed: run `apt-get install -y wrk` (Debian's wrk 4.x; the PyPI 'wrk' is unrelated)")
+    return path
+
+
+def taskset(cpus: str) -> list[str]:
+    return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
+
+
+def ensure_venv(venv: Path, packages: list[str], extra: list[str] | None = None) -> Path:
+    """Create ``venv`` with ``packages`` once; a stamp file records what was installed."""
+    stamp = venv / ".noria-installed"
+    wanted = " ".join(packages + (extra or []))
+    if stamp.exists() and stamp.read_text() == wanted:
+        return venv / "bin" / "python"
+    print(f"setting up {venv} with {wanted} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages, *(extra or [])], check=True)
+    stamp.write_text(wanted)
+    return venv / "bin" / "python"
+
+
+def lua_post(body: bytes, headers: dict[str, str] | None = None) -> str:
+    fd, path = tempfile.mkstemp(suffix=".lua")
+    lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+    for k, v in (headers or {}).items():
+        lines.append(f'wrk.headers["{k}"] = "{v}"')
+    escaped = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+    lines.append(f'wrk.body = "{escaped}"')
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    def row(self) -> str:
+        return f"{self.rps:9.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms" + (
+            f"  ({self.errors} non-2xx/errors)" if self.errors else "")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk(url: str, script: str, connections: int, seconds: float, cpus: str = "0") -> WrkResult:
+    out = subprocess.run([*taskset(cpus), require_wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
+                          "-s", script, url], check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                                                          r"timeout (\d+)"):
+        match = re.search(pattern, out)
+        if match:
+            errors += sum(int(g) for g in match.groups())
+    return WrkResult(rps, p50, p99, errors)
+
+
+def measure(url: str, body: bytes, connections: int, warmup: float, seconds: float, runs: int,
+            headers: dict[str, str] | None = None) -> WrkResult:
+    """Warm up, then the median of ``runs`` measurements (by throughput; latencies are medians too)."""
+    script = lua_post(body, headers)
+    try:
+        wrk(url, script, connections, warmup)
+        results = [wrk(url, script, connections, seconds) for _ in range(runs)]
+    finally:
+        os.unlink(script)
+    return WrkResult(statistics.median(r.rps for r in results), statistics.median(r.p50_ms for r in results),
+                     statistics.median(r.p99_ms for r in results), sum(r.errors for r in results))
+
+
+async def _fixed_rate(url: str, body: bytes, rate: float, seconds: float, headers: dict[str, str]) -> list[float]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+        async def one() -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - started)
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):  # open loop: send on schedule whether or not earlier answers came back
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+        await asyncio.gather(*tasks)
+    if errors:
+        raise RuntimeError(f"{errors} failed requests at {url}")
+    return latencies
+
+
+def fixed_rate(url: str, body: bytes, rate: float, seconds: float,
+               headers: dict[str, str] | None = None) -> tuple[float, float]:
+    """(p50, p99) in ms at an open-loop fixed rate (the generator runs in this process)."""
+    try:
+        import uvloop
+
+        lat = uvloop.run(_fixed_rate(url, body, rate, seconds, headers or {}))
+    except ImportError:
+        lat = asyncio.run(_fixed_rate(url, body, rate, seconds, headers or {}))
+    lat.sort()
+    return lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "uptime unavailable"
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
