@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,11 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
 
+    # One OpenMP thread per process: the pods are local processes sharing a few cores, and OpenMP's
+    # spin-waiting threads slow everything down when oversubscribed (the node agent passes OMP_*).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from noria_testbed.demo.story import DemoConfig, Story
     from noria_testbed.testbed import LocalTestbed
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else REPO_ROOT / "out" / f"demo-{stamp}"
+    out = (Path(args.out) if args.out else REPO_ROOT / "out" / f"demo-{stamp}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     print(f"Noria closed-loop demo — output in {out}", flush=True)
     began = time.monotonic()

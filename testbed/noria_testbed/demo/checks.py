@@ -23,6 +23,7 @@ from noria_testbed.demo import scoring
 RETRAIN_TRIGGERS = ("drift", "performance")
 ACT_DRIFT = "drift"
 ACT_BAD_BATCH = "bad-batch"
+ACT_RECOVERED = "recovered"
 PHASE_BEFORE = "before-drift"
 PHASE_DRIFTED = "drifted"
 PHASE_RECOVERED = "recovered"
@@ -42,6 +43,7 @@ class StoryFacts:
     """The versions and moments the checks talk about, found from the record."""
 
     v1: str | None = None
+    detection_run: dict[str, Any] | None = None
     recovery_run: dict[str, Any] | None = None
     v2: str | None = None
     bad_run: dict[str, Any] | None = None
@@ -88,11 +90,16 @@ def find_facts(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs:
     first = next((r for r in runs if r.get("trigger") == "initial"), None)
     facts.v1 = (first or {}).get("version")
     if facts.drift_at is not None:
-        facts.recovery_run = next((r for r in runs if r.get("trigger") in RETRAIN_TRIGGERS
-                                   and (parse_time(r.get("startedAt")) or 0) >= facts.drift_at - 1), None)
-        facts.v2 = (facts.recovery_run or {}).get("version")
+        facts.detection_run = next((r for r in runs if r.get("trigger") in RETRAIN_TRIGGERS
+                                    and (parse_time(r.get("startedAt")) or 0) >= facts.drift_at - 1), None)
+        # The version Noria settled on after the change (the story records it when it measures the
+        # recovered accuracy); a coalesced follow-up run may have produced it instead of the first.
+        recovered = next((r for r in records if r.get("kind") == "act" and r.get("act") == ACT_RECOVERED), None)
+        facts.v2 = (recovered or {}).get("version") or (facts.detection_run or {}).get("version")
+        facts.recovery_run = next((r for r in runs if r.get("version") == facts.v2), None) if facts.v2 else None
     if facts.bad_batch_at is not None:
-        facts.bad_run = next((r for r in runs if (parse_time(r.get("startedAt")) or 0) >= facts.bad_batch_at - 1), None)
+        facts.bad_run = next((r for r in runs if r.get("trigger") == "manual"
+                              and (parse_time(r.get("startedAt")) or 0) >= facts.bad_batch_at - 1), None)
         facts.bad = (facts.bad_run or {}).get("version")
     steps = (((rollout.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
     facts.canary_share = next((s["setWeight"] for s in steps if s.get("setWeight")), None)
@@ -129,22 +136,25 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
                         bool(v1) and approved is not None and production is not None and approved <= production,
                         f"{facts.v1}: Approved at {approved}, Production at {production}"))
 
-    # Act 2: drift is seen, a retrain follows for that reason, and the new version goes to 100% by canary.
+    # Act 2: drift is seen, a retrain follows for that reason, and a new version goes to 100% by canary.
+    detection = facts.detection_run or {}
+    detected = parse_time(detection.get("startedAt"))
+    checks.append(Check("drift or F1 drop detected after the drift was injected, and a retrain started for it",
+                        facts.drift_at is not None and detected is not None and detected >= facts.drift_at - 1,
+                        f"run {detection.get('id')} trigger {detection.get('trigger')} started "
+                        f"{(detected - facts.drift_at) if detected and facts.drift_at else float('nan'):.0f}s after "
+                        f"the injection"))
     run = facts.recovery_run or {}
     started = parse_time(run.get("startedAt"))
-    checks.append(Check("drift or F1 drop detected after the drift was injected, and a retrain started for it",
-                        facts.drift_at is not None and started is not None and started >= facts.drift_at - 1,
-                        f"run {run.get('id')} trigger {run.get('trigger')} started "
-                        f"{(started - facts.drift_at) if started and facts.drift_at else float('nan'):.0f}s after "
-                        f"the injection: {run.get('message', '')}"))
     v2 = mvs.get(facts.v2 or "")
     v2_approved = stage_entered(v2, "Approved")
     v2_canary = stage_entered(v2, "Canary")
     v2_production = stage_entered(v2, "Production")
     ordered = [t for t in (started, v2_approved, v2_canary, v2_production) if t is not None]
-    checks.append(Check("the retrained version passed the gate against v1 and went Approved -> Canary -> Production",
-                        run.get("outcome") == "Succeeded" and len(ordered) == 4 and ordered == sorted(ordered),
-                        f"{facts.v2}: outcome {run.get('outcome')}, metrics {((v2 or {}).get('spec') or {}).get('metrics')}"
+    checks.append(Check("the retrained version passed the gate and went Approved -> Canary -> Production",
+                        run.get("outcome") == "Succeeded" and run.get("trigger") in RETRAIN_TRIGGERS
+                        and len(ordered) == 4 and ordered == sorted(ordered),
+                        f"{facts.v2} from run {run.get('id')} ({run.get('trigger')}): outcome {run.get('outcome')}, metrics {((v2 or {}).get('spec') or {}).get('metrics')}"
                         f", Approved {v2_approved}, Canary {v2_canary}, Production {v2_production}"))
     steps = sorted({w for _, w in weights_seen(records, facts.v2 or "")})
     partial = [w for w in steps if 0 < w < 100]
@@ -230,7 +240,7 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
                             f"{len(late)} answers after {facts.bad} was Rejected"))
 
     # Timing figures for the note.
-    facts.figures["drift_to_retrain_start_s"] = (started - facts.drift_at) if started and facts.drift_at else None
+    facts.figures["drift_to_retrain_start_s"] = (detected - facts.drift_at) if detected and facts.drift_at else None
     facts.figures["drift_to_v2_full_s"] = ((v2_production - facts.drift_at) if v2_production and facts.drift_at
                                            else None)
     return checks, facts

@@ -178,7 +178,8 @@ def write_report(out_dir: str | Path, data: ReportInput) -> Path:
     counterfactual = (scoring.over_time(frame, COUNTERFACTUAL, data.bucket_seconds, origin)
                       if COUNTERFACTUAL in frame else None)
     plot_accuracy(served, counterfactual, acts, out / "accuracy.png", data.counterfactual_name)
-    offline = (scoring.drift_over_time(frame, data.reference_profile, data.bucket_seconds, origin)
+    # PSI of a small sample is biased upwards: measure drift over buckets of at least 30 s.
+    offline = (scoring.drift_over_time(frame, data.reference_profile, max(30.0, data.bucket_seconds), origin)
                if data.reference_profile is not None else None)
     plot_drift(offline, operator_drift_frame(records, origin), data.drift_threshold, acts, out / "drift.png")
     plot_traffic(weights_frame(records, origin), answered_share(frame, data.bucket_seconds, origin), acts,

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from noria_testbed.binaries import REPO_ROOT
 from noria_testbed.demo import checks as C
@@ -59,18 +60,25 @@ class DemoConfig:
     namespace: str = "noria-demo"
     pipeline: str = "churn"
     rollout: str = "churn"
+    # Folder under <store>/datasets/; anything but the pipeline's own name rewrites spec.data.source
+    # (tests sharing one store give each story its own data).
+    dataset: str = "churn"
     examples: Path = EXAMPLE_DIR
     rate: float = 20.0  # prediction requests per second
     label_delay: float = 2.0  # seconds between an answer and its ground truth
-    before_seconds: float = 40.0  # traffic before the drift (the pre-drift accuracy)
+    before_seconds: float = 60.0  # traffic before the drift (the pre-drift accuracy)
     batch_delay: float = 10.0  # the drifted data lands this long after the traffic drifts
-    recovered_seconds: float = 45.0  # traffic after the new version reached 100% (the recovered accuracy)
+    recovered_seconds: float = 90.0  # traffic after the new version reached 100% (the recovered accuracy)
     after_bad_seconds: float = 15.0
     history_rows: int = 5000
     batch_rows: int = 5000
     seed: int = 7
     act_timeout: float = 420.0
     quiet: bool = False
+    # The person on call: resume a canary that the analysis paused for lack of data (a canary that
+    # just got its first requests has none yet) with `kubectl annotate mro ... noria.dev/promote`.
+    # Resuming only continues the steps: every later analysis still gates the promotion.
+    resume_inconclusive: bool = True
 
 
 @dataclass
@@ -101,8 +109,8 @@ class Narrator:
         if not self.quiet:
             print(f"[{time.time() - self.t0:6.1f}s] {mark} {text}", flush=True)
 
-    def act(self, name: str, text: str) -> float:
-        record = self.timeline.write("act", act=name, message=text)
+    def act(self, name: str, text: str, **fields: Any) -> float:
+        record = self.timeline.write("act", act=name, message=text, **fields)
         if not self.quiet:
             print(f"\n[{record['ts'] - self.t0:6.1f}s] ══ {text}", flush=True)
         return record["ts"]
@@ -334,6 +342,7 @@ class Story:
         self.operator: OperatorProcess | None = None
         self.traffic: TrafficGenerator | None = None
         self._next_id = 0
+        self._ticker_task: asyncio.Task[None] | None = None
 
     # -- user actions --
     def kubectl(self, *args: str, input: str | None = None) -> str:  # noqa: A002 - subprocess's name
@@ -345,17 +354,20 @@ class Story:
         self._next_id += rows
         if corrupt:
             frame = D.corrupt_labels(frame)
-        return D.write_partition(self.tb.store_dir, self.cfg.pipeline, frame, name)
+        return D.write_partition(self.tb.store_dir, self.cfg.dataset, frame, name)
 
     async def run(self) -> StoryResult:
         began = time.monotonic()
         api = KubeApi(self.tb.kubeconfig)
         observer = Observer(api, self.cfg, self.timeline, self.narrator)
         watch: asyncio.Task[None] | None = None
+        on_call: asyncio.Task[None] | None = None
         traffic_task: asyncio.Task[None] | None = None
         try:
             self.setup()
             watch = asyncio.create_task(observer.run())
+            if self.cfg.resume_inconclusive:
+                on_call = asyncio.create_task(self._on_call(observer))
             traffic_task = await self.act_v1(observer, api)
             await self.act_drift(observer)
             await self.act_bad_batch(observer)
@@ -363,6 +375,9 @@ class Story:
             self.result.error = str(exc)
             self.say(f"the story stopped: {exc}", "✗")
         finally:
+            for task in (self._ticker_task, on_call):
+                if task is not None:
+                    task.cancel()
             if self.traffic is not None:
                 self.traffic.stop()
             if traffic_task is not None:
@@ -406,8 +421,11 @@ class Story:
     async def act_v1(self, observer: Observer, api: KubeApi) -> asyncio.Task[None]:
         cfg = self.cfg
         self.narrator.act("v1", "Act 1 — a churn model is trained, approved and served")
-        self.kubectl("apply", "--server-side", "-n", cfg.namespace, "-f", str(cfg.examples / "pipeline.yaml"),
-                     "-f", str(cfg.examples / "rollout.yaml"))
+        pipeline = yaml.safe_load((cfg.examples / "pipeline.yaml").read_text())
+        if cfg.dataset != pipeline["metadata"]["name"]:
+            pipeline["spec"]["data"]["source"] = f"{POD_STORE_ROOT}/datasets/{cfg.dataset}/"
+        self.kubectl("apply", "--server-side", "-n", cfg.namespace, "-f", "-", input=yaml.safe_dump(pipeline))
+        self.kubectl("apply", "--server-side", "-n", cfg.namespace, "-f", str(cfg.examples / "rollout.yaml"))
         self.say("applied TrainingPipeline churn and Rollout churn (examples/90-closed-loop)", "•")
         v1 = await observer.until("the first ModelVersion to serve 100% of traffic", lambda s: next(
             (name for name, w in (s.ro_status.get("weights") or {}).items()
@@ -424,26 +442,49 @@ class Story:
                                         label_delay=cfg.label_delay, world=D.REFERENCE_WORLD,
                                         phase=C.PHASE_BEFORE, seed=cfg.seed)
         task = asyncio.create_task(self.traffic.run())
+        self._ticker_task = asyncio.create_task(self._ticker())
         self.say(f"users send {cfg.rate:g} predictions/s; each true outcome follows {cfg.label_delay:g}s later "
                  "as feedback", "•")
         await self._traffic_for(cfg.before_seconds)
         return task
 
-    async def _traffic_for(self, seconds: float) -> None:
-        """Let traffic flow, saying every 15 s how accurate the answers were."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            await asyncio.sleep(min(15.0, max(0.0, end - time.monotonic())))
-            self._say_accuracy(15.0)
+    async def _on_call(self, observer: Observer) -> None:
+        """Resume canaries paused by an inconclusive analysis, as the person on call would."""
+        last_resume = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            conditions = self.snapshot_conditions(observer.latest)
+            paused = conditions.get("Paused") or {}
+            if paused.get("status") != "True" or paused.get("reason") != "AnalysisInconclusive":
+                continue
+            if time.monotonic() - last_resume < 10.0:
+                continue
+            last_resume = time.monotonic()
+            canary = observer.latest.ro_status.get("canaryVersion")
+            self.timeline.write("act", act="on-call", message=f"resumed {canary} after an inconclusive analysis")
+            self.say(f"on call: the analysis of {canary} was inconclusive ({paused.get('message', '')[:120]}); "
+                     f"kubectl annotate mro {self.cfg.rollout} noria.dev/promote=true", "$")
+            await asyncio.to_thread(self.tb.kubectl, "annotate", "-n", self.cfg.namespace, "--overwrite",
+                                    f"rollouts.noria.dev/{self.cfg.rollout}", "noria.dev/promote=true", check=False)
 
-    def _say_accuracy(self, seconds: float) -> None:
-        since = time.time() - seconds - self.cfg.label_delay
-        frame = C.scoring_frame([r for r in read_timeline(self.timeline_path)
-                                 if r.get("kind") == "request" and r["ts"] >= since])
-        s = scoring.score(frame["label"], frame["prediction"])
-        versions = frame["version"].value_counts().to_dict() if not frame.empty else {}
-        failed = int((frame["status"] != 200).sum()) if not frame.empty else 0
-        self.say(f"last {seconds:.0f}s: {s.text()}; answered by {versions}; {failed} failed", "~")
+    @staticmethod
+    def snapshot_conditions(s: Snapshot) -> dict[str, dict[str, Any]]:
+        return {c.get("type"): c for c in s.ro_status.get("conditions") or []}
+
+    async def _traffic_for(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _ticker(self, every: float = 15.0) -> None:
+        """While traffic flows, say every ``every`` seconds how the answers went."""
+        while True:
+            await asyncio.sleep(every)
+            if self.traffic is None:
+                continue
+            frame = self.traffic.recent_frame(every)
+            s = scoring.score(frame["label"], frame["prediction"])
+            versions = ", ".join(f"{v} {n}" for v, n in sorted(frame["version"].value_counts().items()))
+            failed = int((frame["status"] != 200).sum())
+            self.say(f"last {every:.0f}s: {s.text()}; answered by {versions or 'nobody'}; {failed} failed", "~")
 
     async def act_drift(self, observer: Observer) -> None:
         cfg = self.cfg
@@ -463,18 +504,32 @@ class Story:
             (r for r in ([s.tp_status.get("currentRun")] + s.runs()) if r and r.get("trigger") in C.RETRAIN_TRIGGERS
              and (C.parse_time(r.get("startedAt")) or 0) >= drift_at - 1), None), cfg.act_timeout)
         run_id = run["id"]
-        self._say_accuracy(15.0)
         finished = await observer.until(f"run {run_id} to finish", lambda s: next(
             (r for r in s.runs() if r.get("id") == run_id), None), cfg.act_timeout)
         if finished.get("outcome") != "Succeeded":
             raise StoryError(f"the retrain {run_id} did not produce an approved model: {finished}")
-        v2 = finished["version"]
-        await observer.until(f"{v2} to serve 100% of traffic", lambda s: (
-            s.ro_status.get("stableVersion") == v2 and (s.ro_status.get("weights") or {}).get(v2) == 100
-            and s.mv_stage(v2) == "Production"), cfg.act_timeout)
-        self.narrator.act("recovered", f"{v2} serves all users; measuring the recovered accuracy")
+        # Drift against v1 persists while the new version trains and rolls out, so the operator may
+        # queue a follow-up run (coalesced: at most one at a time). Wait until Noria has settled: a
+        # version trained after the change serves everything and nothing is running or pending.
+        v2 = await observer.until("a version trained after the change to serve 100% with the pipeline idle",
+                                  lambda s: self._settled_after(s, drift_at), cfg.act_timeout * 2)
+        self.narrator.act("recovered", f"{v2} serves all users; measuring the recovered accuracy", version=v2)
         self.traffic.phase = C.PHASE_RECOVERED
         await self._traffic_for(cfg.recovered_seconds)
+
+    @staticmethod
+    def _settled_after(s: Snapshot, since: float) -> str | None:
+        """The stable version if it was trained by a run started after ``since``, serves 100%, no
+        canary is going and the pipeline has no run in progress or pending."""
+        stable = s.ro_status.get("stableVersion")
+        run = next((r for r in s.runs() if r.get("version") == stable), None)
+        if not stable or run is None or (C.parse_time(run.get("startedAt")) or 0) < since - 1:
+            return None
+        if (s.ro_status.get("weights") or {}).get(stable) != 100 or s.ro_status.get("canaryVersion"):
+            return None
+        if s.tp_status.get("currentRun") or s.tp_status.get("pendingTriggers") or s.mv_stage(stable) != "Production":
+            return None
+        return stable
 
     async def act_bad_batch(self, observer: Observer) -> None:
         cfg = self.cfg
@@ -491,8 +546,8 @@ class Story:
                      f"{RETRAIN_ANNOTATION}={stamp}")
         self.say(f"kubectl annotate trainingpipeline/{cfg.pipeline} {RETRAIN_ANNOTATION}={stamp}", "$")
         run = await observer.until("the retrain on the corrupted batch", lambda s: next(
-            (r for r in ([s.tp_status.get("currentRun")] + s.runs())
-             if r and (C.parse_time(r.get("startedAt")) or 0) >= bad_at - 1), None), cfg.act_timeout)
+            (r for r in ([s.tp_status.get("currentRun")] + s.runs()) if r and r.get("trigger") == "manual"
+             and (C.parse_time(r.get("startedAt")) or 0) >= bad_at - 1), None), cfg.act_timeout)
         run_id = run["id"]
         finished = await observer.until(f"run {run_id} to finish", lambda s: next(
             (r for r in s.runs() if r.get("id") == run_id), None), cfg.act_timeout)
@@ -503,12 +558,15 @@ class Story:
             await observer.until(f"{candidate} to be rejected or promoted", lambda s: (
                 s.mv_stage(candidate) in ("Rejected", "Production", "Retired")
                 and s.ro_status.get("canaryVersion") in (None, "")), cfg.act_timeout)
+        else:
+            self.say(f"run {run_id} ended {finished.get('outcome')}: {finished.get('message') or ''}", "✓")
         self.traffic.phase = "after-bad-batch"
         await self._traffic_for(cfg.after_bad_seconds)
 
     async def finale(self, final: Snapshot, api: KubeApi) -> None:
         cfg = self.cfg
         self.narrator.act("finale", "The record")
+        self.timeline.write("observation", what="weights", weights=final.ro_status.get("weights") or {})
         self.result.kubectl_get = self.tb.kubectl("get", "tp,mv,mro", "-n", cfg.namespace, check=False).stdout
         k8s_events = (await api.get(f"/api/v1/namespaces/{cfg.namespace}/events") or {}).get("items") or []
         self.result.events = report.events_from_objects(final.tp, final.mvs, final.rollout, k8s_events)

@@ -18,6 +18,7 @@ them every few seconds so a rescheduled router pod is found again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -225,6 +226,9 @@ class TrafficGenerator:
         self._random = random.Random(seed)
         self.sent = 0
         self.failed = 0
+        # (ts, status, version, prediction, label) of recent answers, for live narration
+        self.recent: collections.deque[tuple[float, int | None, str | None, int | None, int]] = (
+            collections.deque(maxlen=20000))
 
     @property
     def world(self) -> D.World:
@@ -292,6 +296,7 @@ class TrafficGenerator:
         self.sent += 1
         if status != 200:
             self.failed += 1
+        self.recent.append((sent_at, status, answer.version, answer.prediction, label))
         self.timeline.write("request", ts=sent_at, phase=phase, seq=seq, request_id=request_id,
                             id=answer.id, status=status, error=error, version=answer.version,
                             prediction=answer.prediction, label=label, latency_ms=latency_ms,
@@ -299,6 +304,12 @@ class TrafficGenerator:
         if status == 200 and answer.id and url and self._random.random() < self.label_fraction:
             await asyncio.sleep(self.label_delay)
             await self._label(client, url, answer, label)
+
+    def recent_frame(self, seconds: float) -> pd.DataFrame:
+        """The answers of the last ``seconds`` (ts, status, version, prediction, label)."""
+        since = time.time() - seconds
+        rows = [r for r in list(self.recent) if r[0] >= since]
+        return pd.DataFrame(rows, columns=["ts", "status", "version", "prediction", "label"])
 
     async def _label(self, client: httpx.AsyncClient, url: str, answer: Answer, label: int) -> None:
         status: int | None = None
