@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,16 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VALID = sorted(EXAMPLES.glob("[0-9][0-9]-*/*.yaml"))
 INVALID = sorted(p for p in (EXAMPLES / "invalid").glob("*.yaml") if not p.name.endswith(".original.yaml"))
 STRICT_APPLY = ("apply", "--server-side", "--validate=strict", "--field-manager=noria-tests")
+
+
+@pytest.fixture(scope="module")
+def rejections_namespace(cluster: Any) -> Any:
+    """One namespace for all the invalid examples: nothing they try is stored, so they cannot
+    disturb each other, and the module does not wait for a fresh namespace twenty times."""
+    name = f"t-invalid-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def directive(path: Path, name: str) -> str | None:
@@ -79,7 +90,10 @@ def assert_contains(actual: Any, expected: Any, where: str) -> None:
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
-def test_invalid_example_is_rejected_naming_field_and_reason(cluster: Any, namespace: str, path: Path) -> None:
+def test_invalid_example_is_rejected_naming_field_and_reason(
+    cluster: Any, rejections_namespace: str, path: Path
+) -> None:
+    namespace = rejections_namespace
     field, _, fragment = (directive(path, "expect") or "").partition(" ")
     assert field and fragment, f"{path.name}: missing '# expect: <field> <message>'"
     original = directive(path, "original")
