@@ -464,6 +464,7 @@ class PendingTrigger(StatusModel):
     trigger: TriggerKind = Field(description="The kind of trigger.")
     at: Timestamp | None = Field(default=None, description="When it first fired.")
     reason: Text | None = Field(default=None, description="Why it fired, e.g. \"psi 0.31 > 0.2 on tenure\".")
+    count: int | None = Field(default=None, ge=1, description="How many times it fired while waiting (coalesced).")
 
 
 class TrainingPipelineStatus(StatusModel):
