@@ -44,8 +44,8 @@ from noria.profile import FeatureProfile
 
 DEFAULT_EPS: Final = 1e-4
 
-# Method names accepted by TrainingPipeline.spec.triggers.drift.method.
-METHODS: Final = ("psi", "kl", "js", "chisquare", "ks", "wasserstein")
+# Method names of TrainingPipeline.spec.triggers.drift.method, and the binned_statistics key of each.
+METHODS: Final = {"psi": "psi", "kl": "kl", "js": "js", "chi2": "chisquare", "ks": "ks", "wasserstein": "wasserstein"}
 
 
 # --- binned statistics --------------------------------------------------------------------------

@@ -19,6 +19,8 @@ Task = Literal["classification", "regression"]
 CLASSIFICATION_METRICS: Final = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS: Final = ("rmse", "mae", "r2")
 LOWER_IS_BETTER: Final = frozenset({"rmse", "mae"})
+COLUMN_TYPES: Final = ("numeric", "float", "integer", "int", "string", "categorical", "category", "bool", "boolean",
+                       "datetime")
 
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _ROWS: Final = re.compile(r"^\s*(\d+)\s*rows?\s*$")
@@ -61,7 +63,8 @@ class PipelineSpec:
     feedback: bool
     min_rows: int
     max_missing_fraction: float
-    schema: str | dict[str, str]
+    schema: str
+    column_types: dict[str, str]
     metric: str
     holdout_fraction: float
     min_score: float | None
@@ -231,15 +234,13 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     min_rows = _integer(validation.get("minRows"), "spec.validation.minRows", default=1, lo=1)
     max_missing = _number(validation.get("maxMissingFraction"), "spec.validation.maxMissingFraction",
                           default=1.0, lo=0.0, hi=1.0)
-    schema = validation.get("schema", "lenient")
-    if isinstance(schema, dict):
-        allowed = {"numeric", "float", "integer", "int", "string", "categorical", "category", "bool", "boolean",
-                   "datetime"}
-        for col, kind in schema.items():
-            if kind not in allowed:
-                raise SpecError(f"spec.validation.schema.{col}: {kind!r} is not one of {sorted(allowed)}")
-    elif schema not in ("strict", "lenient"):
-        raise SpecError(f"spec.validation.schema: {schema!r} must be strict, lenient or a column→type map")
+    schema = validation.get("schema") or "lenient"
+    if schema not in ("strict", "lenient"):
+        raise SpecError(f"spec.validation.schema: {schema!r} must be strict or lenient")
+    column_types = _mapping(validation.get("columns"), "spec.validation.columns")
+    for col, kind in column_types.items():
+        if kind not in COLUMN_TYPES:
+            raise SpecError(f"spec.validation.columns.{col}: {kind!r} is not one of {', '.join(COLUMN_TYPES)}")
 
     metric = str(evaluation.get("metric") or ("f1" if task == "classification" else "rmse"))
     known = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
@@ -281,6 +282,7 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
         min_rows=min_rows,
         max_missing_fraction=float(max_missing if max_missing is not None else 1.0),
         schema=schema,
+        column_types=dict(column_types),
         metric=metric,
         holdout_fraction=float(holdout if holdout is not None else 0.2),
         min_score=min_score,

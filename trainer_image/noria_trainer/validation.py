@@ -56,6 +56,16 @@ def feature_kind(values: pd.Series) -> Kind:
         else "categorical"
 
 
+def declared_kind(declared: str | None) -> Kind | None:
+    """A declared type decides how a feature is encoded: a numeric-looking code (a zip code, a
+    product id) declared categorical is one-hot encoded, not treated as a magnitude."""
+    if declared in NUMERIC_SCHEMA_TYPES:
+        return "numeric"
+    if declared in CATEGORICAL_SCHEMA_TYPES:
+        return "categorical"
+    return None
+
+
 def _mixes_numbers_and_strings(values: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_string_dtype(values) and values.dtype != object:
         return False
@@ -92,17 +102,31 @@ def validate(data: pd.DataFrame, spec: PipelineSpec, features: list[str],
     out.dropped_null_target = null_target
 
     type_errors: list[str] = []
-    schema = spec.schema if isinstance(spec.schema, dict) else {}
-    for column, declared in schema.items():
+    for column, declared in spec.column_types.items():
         if column not in kept.columns:
-            type_errors.append(f"{column!r} is declared in spec.validation.schema but is not in the data")
+            type_errors.append(f"{column!r} is declared in spec.validation.columns but is not in the data")
         elif declared in NUMERIC_SCHEMA_TYPES and not pd.api.types.is_numeric_dtype(kept[column]):
             sample = next((v for v in kept[column].dropna() if not _is_number(v)), None)
             type_errors.append(f"{column!r} must be {declared} but has non-numeric values such as {sample!r}")
+        elif declared in ("integer", "int") and pd.api.types.is_float_dtype(kept[column]):
+            present = kept[column].dropna()
+            if not (present == present.round()).all():
+                type_errors.append(f"{column!r} must be {declared} but has fractional values")
+        elif declared == "datetime" and not pd.api.types.is_datetime64_any_dtype(kept[column]):
+            try:
+                pd.to_datetime(kept[column].dropna().head(1000), utc=True, format="mixed")
+            except (ValueError, TypeError):
+                type_errors.append(f"{column!r} must be a datetime but has values that are not times")
     for column in features:
         if _mixes_numbers_and_strings(kept[column]):
             type_errors.append(f"{column!r} mixes numbers and strings")
     if spec.schema == "strict" and champion_profile is not None:
+        added = sorted(set(features) - set(champion_profile.features))
+        removed = sorted(set(champion_profile.features) - set(features))
+        if added or removed:
+            type_errors.append("schema is strict and the features differ from the champion's: "
+                               + "; ".join(part for part in (f"new {added}" if added else "",
+                                                             f"gone {removed}" if removed else "") if part))
         for column in features:
             reference = champion_profile.features.get(column)
             if reference is not None and reference.kind != feature_kind(kept[column]):
@@ -136,7 +160,7 @@ def validate(data: pd.DataFrame, spec: PipelineSpec, features: list[str],
                          if classes < 2 else f"{classes} classes"):
             return out
 
-    out.kinds = {c: feature_kind(kept[c]) for c in features}
+    out.kinds = {c: declared_kind(spec.column_types.get(c)) or feature_kind(kept[c]) for c in features}
     for column, kind in out.kinds.items():
         if kind == "categorical":
             # one missing marker (NaN) and object dtype, so imputation and encoding see one kind of gap

@@ -83,7 +83,7 @@ def test_wrong_types_against_the_declared_schema(tmp_path, make_spec, run_traine
     path = tmp_path / "typed.csv"
     frame.to_csv(path, index=False)
     spec = make_spec(f"file://{path}", model=classifier_spec("target"),
-                     validation={"schema": {"mean_radius": "numeric"}})
+                     validation={"columns": {"mean_radius": "numeric"}})
     assert_failed(run_trainer(spec), spec, EXIT_VALIDATION, "validation",
                   "wrong type(s)", "'mean_radius' must be numeric", "'twelve'")
 

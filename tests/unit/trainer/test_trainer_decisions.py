@@ -70,7 +70,8 @@ def test_window_forms(value, rows, seconds):
     ({**BASE, "tuning": {"strategy": "bayes", "space": {"a": [1, 2]}}}, "must be random, grid or none"),
     ({**BASE, "evaluation": {"metric": "rmse"}}, "not a classification metric"),
     ({**BASE, "model": {**BASE["model"], "features": ["a", "y"]}}, "cannot also be a feature"),
-    ({**BASE, "validation": {"schema": {"a": "complex"}}}, "spec.validation.schema.a"),
+    ({**BASE, "validation": {"columns": {"a": "complex"}}}, "spec.validation.columns.a"),
+    ({**BASE, "validation": {"schema": "exact"}}, "must be strict or lenient"),
 ])
 def test_bad_pipeline_specs_name_the_field(spec, words):
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(".", r"\.")):

@@ -217,3 +217,51 @@ def test_contender_below_min_score_is_rejected_with_the_numbers(tmp_path, make_s
     assert result.code == 0
     assert result.summary["verdict"] == "rejected"
     assert result.summary["reason"] == "roc_auc 0.5000 is below minScore 0.70"
+
+
+def test_declared_column_types_decide_the_encoding(tmp_path, make_spec, run_trainer):
+    frame = sklearn_frame("wine")
+    frame["cellar"] = (frame.index % 7) * 100  # a numeric-looking code, not a magnitude
+    path = tmp_path / "wine.parquet"
+    frame.to_parquet(path)
+    spec = make_spec(f"file://{path}", model=classifier_spec("target", "sklearn.linear_model.LogisticRegression",
+                                                             params={"max_iter": 1000}),
+                     validation={"columns": {"cellar": "categorical", "alcohol": "float"}})
+    result = run_trainer(spec)
+    assert result.code == 0, result.summary
+    metadata = _read(result.output_dir(spec) / "metadata.json")
+    assert metadata["model"]["kinds"]["cellar"] == "categorical"
+    assert metadata["model"]["kinds"]["alcohol"] == "numeric"
+    profile = Profile.load(result.summary["profileUri"])
+    assert set(profile.features["cellar"].categories) == {str(float(k * 100)) for k in range(7)} or \
+        set(profile.features["cellar"].categories) == {str(k * 100) for k in range(7)}
+
+
+def test_strict_schema_refuses_features_that_differ_from_the_champion(tmp_path, make_spec, run_trainer):
+    frame = sklearn_frame("breast_cancer")
+    first_path = tmp_path / "first.csv"
+    frame.to_csv(first_path, index=False)
+    first = run_trainer(make_spec(f"file://{first_path}", version=1,
+                                  model=classifier_spec("target", "sklearn.dummy.DummyClassifier")))
+    assert first.code == 0
+    second_path = tmp_path / "second.csv"
+    frame.drop(columns=["worst_area"]).assign(new_signal=1.0).to_csv(second_path, index=False)
+    champion = {"name": "churn-v1", "artifactUri": first.summary["artifactUri"], "digest": first.summary["digest"],
+                "profileUri": first.summary["profileUri"]}
+    spec = make_spec(f"file://{second_path}", version=2, champion=champion, model=classifier_spec("target"),
+                     validation={"schema": "strict"})
+    result = run_trainer(spec)
+    assert result.code == 4 and result.summary["failedStage"] == "validation"
+    assert "features differ from the champion's: new ['new_signal']; gone ['worst_area']" in result.summary["reason"]
+    assert not result.output_dir(spec).exists()
+
+
+def test_tuning_stops_at_the_time_budget(tmp_path, make_spec, run_trainer):
+    csv = tmp_path / "wine.csv"
+    sklearn_frame("wine").to_csv(csv, index=False)
+    spec = make_spec(f"file://{csv}", model=classifier_spec("target", "sklearn.tree.DecisionTreeClassifier"),
+                     tuning={"strategy": "random", "trials": 50, "space": {"max_depth": [1, 8]}, "timeBudget": "0s"})
+    result = run_trainer(spec)
+    assert result.code == 0, result.summary
+    tuning = _read(result.output_dir(spec) / "report.json")["tuning"]
+    assert tuning["stoppedByTimeBudget"] is True and len(tuning["trials"]) == 1
