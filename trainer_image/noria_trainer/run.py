@@ -496,8 +496,8 @@ def _run_from_file(spec_path: str, termination_log: str | None, stream: IO[str] 
     except RunFailure as failure:
         summary, code = failure_summary(raw, failure), failure.exit_code
     except Exception as exc:  # the summary must still say what happened, for the operator and the user
-        failure = RunFailure("unexpected", EXIT_UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}")
-        summary, code = failure_summary(raw, failure), EXIT_UNEXPECTED
+        unexpected = RunFailure("unexpected", EXIT_UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}")
+        summary, code = failure_summary(raw, unexpected), EXIT_UNEXPECTED
         import traceback
 
         traceback.print_exc(file=sys.stderr)

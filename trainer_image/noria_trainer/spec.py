@@ -255,7 +255,7 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     if max_score is not None and metric not in LOWER_IS_BETTER:
         raise SpecError(f"spec.evaluation.maxScore: {metric} is higher-is-better; use minScore")
     beat_by = _number(evaluation.get("mustBeatChampionBy"), "spec.evaluation.mustBeatChampionBy", default=0.0)
-    written = {k: str(evaluation[k]) for k in ("minScore", "maxScore", "mustBeatChampionBy") if k in evaluation}
+    written: dict[str, str] = {k: str(evaluation[k]) for k in ("minScore", "maxScore", "mustBeatChampionBy") if k in evaluation}
 
     strategy = _string(tuning.get("strategy"), "spec.tuning.strategy", required=False)
     if strategy not in (None, "none", "random", "grid"):

@@ -193,7 +193,7 @@ def tune(pipeline: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec, progr
         cv: Any = StratifiedKFold(n_splits=folds, shuffle=True, random_state=spec.seed)
     else:
         cv = KFold(n_splits=folds, shuffle=True, random_state=spec.seed)
-    candidates = [{}] + sample_space(spec.tuning_space, spec.tuning_strategy or "random", spec.tuning_trials,
+    candidates: list[dict[str, Any]] = [{}] + sample_space(spec.tuning_space, spec.tuning_strategy or "random", spec.tuning_trials,
                                      spec.seed)
     started = time.monotonic()
     trials: list[dict[str, Any]] = []
@@ -214,7 +214,7 @@ def tune(pipeline: Any, X: pd.DataFrame, y: pd.Series, spec: PipelineSpec, progr
             error = None
         except (ValueError, TypeError) as exc:
             score, error = float("nan"), f"{type(exc).__name__}: {exc}"
-        trial = {"trial": i, "params": params, "cvScore": None if math.isnan(score) else round(score, 6),
+        trial: dict[str, Any] = {"trial": i, "params": params, "cvScore": None if math.isnan(score) else round(score, 6),
                  "seconds": round(time.monotonic() - t0, 3)}
         if error:
             trial["error"] = error[:300]
