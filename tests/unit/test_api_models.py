@@ -19,6 +19,8 @@ from noria.api import (
     check_update,
     crdgen,
     decimal,
+    field_errors,
+    field_path,
     parse_duration,
     parse_window,
     validate_manifest,
@@ -46,19 +48,6 @@ def expectation(path: Path, name: str = "expect") -> tuple[str, str]:
     assert text, f"{path.name} has no '# {name}: <field path> <message fragment>' line"
     field, _, fragment = text.partition(" ")
     return field, fragment
-
-
-def k8s_path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's ('spec', 'steps', 1, 'setWeight') -> 'spec.steps[1].setWeight' (the API server's
-    spelling)."""
-    out = ""
-    for part in loc:
-        if isinstance(part, str) and (part in ("int", "str") or "[" in part):
-            continue  # a union member's tag, e.g. 'function-after[check(), str]', not a field
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-    return out
-
-
 
 
 def test_there_are_enough_examples() -> None:
@@ -94,7 +83,7 @@ def test_invalid_example_fails_on_the_field_it_names(path: Path) -> None:
         return
     with pytest.raises(ValidationError) as caught:
         validate_manifest(doc)
-    errors = [(k8s_path(e["loc"]), e["msg"]) for e in caught.value.errors()]
+    errors = [(field_path(e["loc"]), e["msg"]) for e in caught.value.errors()]
     assert any(p == field and fragment in msg for p, msg in errors), (
         f"expected an error on {field} containing {fragment!r}, got {errors}"
     )
@@ -241,3 +230,24 @@ def test_free_form_fields_are_only_where_intended() -> None:
         free += [f"{kind.kind}{p}" for p, n in walk(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
     # estimator params and the values of a search space are the estimator's business
     assert sorted(free) == ["TrainingPipeline.model.params", "TrainingPipeline.tuning.space{}[]"]
+
+
+# --- the offline validator ---------------------------------------------------------------------
+def test_field_errors_spell_paths_like_the_api_server() -> None:
+    (doc,) = load(EXAMPLES / "invalid" / "rollout-weight-150.yaml")
+    assert field_errors(doc) == [
+        ("spec.strategy.canary.steps[1].setWeight", "Input should be less than or equal to 100")
+    ]
+    assert field_errors({"apiVersion": "v1", "kind": "Pod"})[0][0] == "apiVersion"
+    (valid,) = load(EXAMPLES / "05-rollout-shadow" / "rollout.yaml")
+    assert field_errors(valid) == []
+
+
+def test_validate_command_reports_each_invalid_file_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    from noria.api import validate
+
+    assert validate.main([str(EXAMPLES / "03-rollout-canary"), str(EXAMPLES / "90-closed-loop")]) == 0
+    assert validate.main([str(EXAMPLES / "invalid")]) == 1
+    out = capsys.readouterr()
+    assert "rollout-shadow-service.yaml[0] Rollout/shadow-service: spec: traffic provider service" in out.out
+    assert f"{len(INVALID) + len(ORIGINALS)} Noria manifest(s) checked, {len(INVALID) - 1} invalid" in out.err

@@ -53,6 +53,7 @@ from .training_pipeline import (
     Window,
     parse_window,
 )
+from .validate import field_errors, field_path
 
 __all__ = [
     "API_VERSION",
@@ -90,6 +91,8 @@ __all__ = [
     "Window",
     "check_update",
     "decimal",
+    "field_errors",
+    "field_path",
     "kind_of",
     "parse_duration",
     "parse_window",
