@@ -276,8 +276,7 @@ class Observer:
         if summary != self._last_summary:
             self.timeline.write("observation", what="state", **summary)
             self.timeline.write("observation", what="weights", weights=summary["rollout"]["weights"])
-            if self._last_summary is not None:
-                self._narrate(previous, s, self._last_summary, summary)
+            self._narrate(previous, s, self._last_summary or summarise(Snapshot()), summary)
             self._last_summary = summary
             self.changed.set()
 
