@@ -28,7 +28,7 @@ from .model_version import (
     check_update,
     version_name,
 )
-from .resources import KINDS, ResourceKind, kind_of, validate_manifest
+from .resources import KINDS, ResourceKind, field_errors, field_path, kind_of, validate_manifest
 from .rollout import (
     AnalysisSpec,
     Canary,
@@ -53,7 +53,6 @@ from .training_pipeline import (
     Window,
     parse_window,
 )
-from .validate import field_errors, field_path
 
 __all__ = [
     "API_VERSION",

@@ -6,10 +6,11 @@ tp,mv,mro`` is the dashboard of last resort.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import model_version, rollout, training_pipeline
 from .common import API_VERSION, GROUP
@@ -109,3 +110,34 @@ def kind_of(manifest: dict[str, Any]) -> ResourceKind:
 def validate_manifest(manifest: dict[str, Any]) -> BaseModel:
     """Parse a manifest with the model of its kind (raises pydantic's ``ValidationError``)."""
     return kind_of(manifest).model.model_validate(manifest)
+
+
+def field_path(loc: Iterable[int | str]) -> str:
+    """pydantic's ``('spec', 'steps', 1, 'setWeight')`` -> ``spec.steps[1].setWeight``; union-member
+    tags pydantic adds (``'function-after[check(), str]'``, ``'int'``) are not fields and are left out."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("int", "str") or "[" in part:
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def field_errors(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """``[(field path, message)]`` of one manifest; empty when it is valid."""
+    try:
+        validate_manifest(manifest)
+    except ValidationError as error:
+        seen: list[tuple[str, str]] = []
+        for e in error.errors():
+            item = (field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
+            if item not in seen:
+                seen.append(item)
+        return seen
+    except ValueError as error:  # not one of our kinds
+        path, _, message = str(error).partition(": ")
+        return [(path, message)]
+    return []

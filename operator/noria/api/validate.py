@@ -15,44 +15,11 @@ import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from .common import GROUP
-from .resources import validate_manifest
-
-
-def field_path(loc: Iterable[int | str]) -> str:
-    """pydantic's ``('spec', 'steps', 1, 'setWeight')`` -> ``spec.steps[1].setWeight``; union-member
-    tags pydantic adds (``'function-after[check(), str]'``, ``'int'``) are not fields and are left out."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("int", "str") or "[" in part:
-            continue
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def field_errors(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """``[(field path, message)]`` of one manifest; empty when it is valid."""
-    try:
-        validate_manifest(manifest)
-    except ValidationError as error:
-        seen: list[tuple[str, str]] = []
-        for e in error.errors():
-            item = (field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
-            if item not in seen:
-                seen.append(item)
-        return seen
-    except ValueError as error:  # not one of our kinds
-        path, _, message = str(error).partition(": ")
-        return [(path, message)]
-    return []
+from .resources import field_errors
 
 
 def _files(paths: Iterable[Path]) -> list[Path]:
