@@ -10,8 +10,9 @@ that the trainer's Jobs and the model server's Deployments run the repo's real c
   interpreter (``sys.executable``), so ``python -m noria_trainer ...`` runs the repo code. The image
   is ignored. Env: values with ``$(VAR)`` expansion, fieldRef (name, namespace, uid, labels,
   annotations, status.podIP, ...), configMapKeyRef, secretKeyRef, envFrom;
-* gives each pod its own loopback address 127.0.x.y (x.y from 0.2 up, reused after the pod is
-  gone), written as ``status.podIP``; processes must bind to it (e.g. via a fieldRef env var);
+* gives each pod its own loopback address from ``--pod-cidr`` (a block of 127/8, lowest free
+  first, reused after the pod is gone), written as ``status.podIP``; processes must bind to it
+  (e.g. via a fieldRef env var);
 * materialises volumes as local directories: configMap (kept up to date from a watch), secret,
   emptyDir, downwardAPI, hostPath, persistentVolumeClaim (claim ``noria-store`` is the testbed's
   store dir, other claims get a directory under the agent's root; the agent also creates a
@@ -99,19 +100,24 @@ def micro_now() -> str:
 
 
 class PodAddresses:
-    """127.0.x.y addresses for pods; the lowest free one is handed out, so addresses are reused."""
+    """Pod addresses from a loopback block (e.g. 127.23.0.0/17); the lowest free one is handed
+    out, so addresses are reused. Addresses ending in .0, .1 or .255 are skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, cidr: str = "127.0.0.0/17") -> None:
+        network = ipaddress.IPv4Network(cidr)
+        if not network.is_loopback:
+            raise ValueError(f"pod CIDR {cidr} is not in 127.0.0.0/8: pods must stay on this machine")
         self._used: set[int] = set()
-        self._first = int(ipaddress.IPv4Address("127.0.0.2"))
-        self._last = int(ipaddress.IPv4Address("127.0.255.254"))
+        self._first = int(network.network_address) + 2
+        self._last = int(network.broadcast_address) - 1
+        self.cidr = cidr
 
     def allocate(self) -> str:
         for value in range(self._first, self._last + 1):
-            if value not in self._used and value & 0xFF not in (0, 255):
+            if value not in self._used and value & 0xFF not in (0, 1, 255):
                 self._used.add(value)
                 return str(ipaddress.IPv4Address(value))
-        raise RuntimeError("no free pod address left in 127.0.0.0/16")
+        raise RuntimeError(f"no free pod address left in {self.cidr}")
 
     def release(self, address: str) -> None:
         self._used.discard(int(ipaddress.IPv4Address(address)))
@@ -748,12 +754,12 @@ def service_links(services: list[Json]) -> dict[str, str]:
 class NodeAgent:
     def __init__(self, api: KubeApi, *, root: Path, store_dir: Path, node_name: str = NODE_NAME,
                  python: str = sys.executable, run_id: str = "", kubeconfig: Path | None = None,
-                 kubelet_port: int = 0, tls: tuple[Path, Path] | None = None) -> None:
+                 kubelet_port: int = 0, tls: tuple[Path, Path] | None = None, pod_cidr: str = "127.0.0.0/17") -> None:
         self.kubelet_port, self.tls = kubelet_port, tls  # serves container logs to the apiserver
         self.api, self.root, self.store_dir, self.node_name = api, root, store_dir, node_name
         self.kubeconfig = kubeconfig  # given to pods that do not opt out of a service-account token
         self.python, self.run_id = python, run_id or str(os.getpid())
-        self.addresses = PodAddresses()
+        self.addresses = PodAddresses(pod_cidr)
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()  # uids whose worker ended; later events for them are ignored
         self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
@@ -1039,6 +1045,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="host:port of the /sd and /healthz endpoint")
     parser.add_argument("--node-name", default=NODE_NAME)
     parser.add_argument("--run-id", default="", help=f"value of {RUN_MARKER_ENV} in every pod process")
+    parser.add_argument("--pod-cidr", default="127.0.0.0/17", help="loopback block pod addresses come from")
     parser.add_argument("--kubelet-port", type=int, default=0, help="serve /containerLogs on 127.0.0.1:PORT (TLS)")
     parser.add_argument("--tls-cert", type=Path, help="serving certificate for --kubelet-port")
     parser.add_argument("--tls-key", type=Path, help="its key")
@@ -1051,7 +1058,8 @@ def main(argv: list[str] | None = None) -> None:
         api = KubeApi(args.kubeconfig)
         agent = NodeAgent(api, root=args.root, store_dir=args.store_dir, node_name=args.node_name, run_id=args.run_id,
                           kubeconfig=args.kubeconfig.resolve(), kubelet_port=args.kubelet_port,
-                          tls=(args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None)
+                          tls=(args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None,
+                          pod_cidr=args.pod_cidr)
         main_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ class NodeAgentProcess:
 
     def __init__(self, *, kubeconfig: Path, root: Path, store_dir: Path, log_path: Path, run_id: str,
                  python: str, env: dict[str, str], node_name: str = NODE_NAME,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, pod_cidr: str = "127.0.0.0/17") -> None:
         self.root, self.store_dir, self.log_path, self.node_name = root, store_dir, log_path, node_name
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -43,7 +44,7 @@ class NodeAgentProcess:
             "node-agent",
             [python, "-m", "noria_testbed.node_agent", "--kubeconfig", str(kubeconfig), "--root", str(root),
              "--store-dir", str(store_dir), "--listen", f"127.0.0.1:{port}", "--node-name", node_name,
-             "--run-id", run_id,
+             "--run-id", run_id, "--pod-cidr", pod_cidr,
              *(["--kubelet-port", str(free_port()), "--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else [])],
             log_path, env=env)
 
@@ -88,7 +89,12 @@ class LocalTestbed:
         self.want_prometheus, self.apply_crds, self.crds_dir = prometheus, apply_crds, crds_dir
         self.keep_workdir = keep_workdir
         self.run_id = f"testbed-{uuid.uuid4().hex[:12]}"
-        self.control_plane = ControlPlane(workdir=self.workdir)
+        # Several test beds may run on one machine at once (developers, CI): each takes its own
+        # 127.B.0.0/16, pods in the lower half, Service ClusterIPs in 127.B.128.0/20, so their
+        # processes and service proxies never compete for the same address and port.
+        block = free_loopback_block()
+        self.pod_cidr, self.service_cidr = f"127.{block}.0.0/17", f"127.{block}.128.0/20"
+        self.control_plane = ControlPlane(workdir=self.workdir, service_cidr=self.service_cidr)
         self.node_agent: NodeAgentProcess | None = None
         self.prometheus = None  # a noria_testbed.prometheus.PrometheusProcess once started
         self.timings: dict[str, float] = {}
@@ -107,7 +113,7 @@ class LocalTestbed:
             self.node_agent = NodeAgentProcess(
                 kubeconfig=self.kubeconfig, root=self.workdir / "node", store_dir=self.store_dir,
                 log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env,
-                tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key))
+                tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key), pod_cidr=self.pod_cidr)
             if self.apply_crds:
                 self._apply_crds()
             self.node_agent.wait_ready()
@@ -199,6 +205,30 @@ class LocalTestbed:
 
         wait_until(f"node {NODE_NAME} Ready without taints", ready, 60,
                    on_timeout=lambda: self.kubectl("get", "node", "-o", "yaml", check=False).stdout)
+
+
+def free_loopback_block() -> int:
+    """A B in 1..254 such that nothing listens on 127.B.x.y right now (random, so that two test
+    beds starting at the same moment rarely pick the same one)."""
+    listening = _listening_loopback_blocks()
+    candidates = [b for b in range(1, 255) if b not in listening]
+    return random.choice(candidates or list(range(1, 255)))
+
+
+def _listening_loopback_blocks() -> set[int]:
+    blocks: set[int] = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return blocks
+    for line in lines:
+        fields = line.split()
+        address, state = fields[1].split(":")[0], fields[3]
+        if state == "0A":  # LISTEN; the address is little-endian hex, so 127.B.x.y reads yyxxBB7F
+            octets = bytes.fromhex(address)[::-1]
+            if octets[0] == 127:
+                blocks.add(octets[1])
+    return blocks
 
 
 def _python() -> str:
