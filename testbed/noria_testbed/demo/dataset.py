@@ -223,3 +223,30 @@ def read_dataset(store_dir: str | os.PathLike[str], name: str) -> pd.DataFrame:
     if not files:
         raise FileNotFoundError(f"no Parquet partitions under {dataset_dir(store_dir, name)}")
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True).sort_values(TIMESTAMP)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m noria_testbed.demo.dataset``: land one partition in a store (e.g. kind's host folder)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m noria_testbed.demo.dataset", description=main.__doc__)
+    parser.add_argument("--store", required=True, help="local directory of the store root, e.g. /tmp/noria-store")
+    parser.add_argument("--name", default="churn", help="dataset folder under <store>/datasets/ (default churn)")
+    parser.add_argument("--partition", required=True, help="file name without .parquet, e.g. part-0001-history")
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--world", choices=["reference", "drifted"], default="reference")
+    parser.add_argument("--days", type=float, default=90.0, help="event times spread over the last N days")
+    parser.add_argument("--corrupt", action="store_true", help="invert every label (the bad batch)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    world = REFERENCE_WORLD if args.world == "reference" else DRIFTED_WORLD
+    end = dt.datetime.now(dt.UTC)
+    frame = generate(args.rows, world, np.random.default_rng(args.seed), end - dt.timedelta(days=args.days), end)
+    if args.corrupt:
+        frame = corrupt_labels(frame)
+    print(write_partition(args.store, args.name, frame, args.partition))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,9 +66,12 @@ class DemoConfig:
     examples: Path = EXAMPLE_DIR
     rate: float = 20.0  # prediction requests per second
     label_delay: float = 2.0  # seconds between an answer and its ground truth
-    before_seconds: float = 60.0  # traffic before the drift (the pre-drift accuracy)
+    before_seconds: float = 60.0  # traffic before the drift (the pre-drift accuracy), at least
+    # Answers each accuracy figure is measured on, at least (a loaded machine answers slower than
+    # `rate`): 800 keeps the standard error of a difference of two accuracies near 1.5 points.
+    min_answers: int = 800
     batch_delay: float = 10.0  # the drifted data lands this long after the traffic drifts
-    recovered_seconds: float = 90.0  # traffic after the new version reached 100% (the recovered accuracy)
+    recovered_seconds: float = 60.0  # traffic after the new version reached 100% (the recovered accuracy), at least
     after_bad_seconds: float = 15.0
     history_rows: int = 5000
     batch_rows: int = 5000
@@ -444,7 +447,7 @@ class Story:
         self._ticker_task = asyncio.create_task(self._ticker())
         self.say(f"users send {cfg.rate:g} predictions/s; each true outcome follows {cfg.label_delay:g}s later "
                  "as feedback", "•")
-        await self._traffic_for(cfg.before_seconds)
+        await self._answers_for(C.PHASE_BEFORE, cfg.before_seconds, observer)
         return task
 
     async def _on_call(self, observer: Observer) -> None:
@@ -472,6 +475,28 @@ class Story:
 
     async def _traffic_for(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def _answers_for(self, phase: str, seconds: float, observer: Observer | None = None) -> None:
+        """Let traffic flow for at least ``seconds`` and ``min_answers`` labelled answers in ``phase``;
+        with ``observer``, also until the pipeline's cooldown is over (so the change that follows
+        is acted on as soon as it is seen, not when the cooldown of the first run ends)."""
+        assert self.traffic is not None
+        began = time.monotonic()
+        said = False
+        while True:
+            answered = self.traffic.answered.get(phase, 0)
+            cooling = False
+            if observer is not None:
+                until = C.parse_time(observer.latest.tp_status.get("cooldownUntil"))
+                cooling = until is not None and until > time.time()
+            if time.monotonic() - began >= seconds and answered >= self.cfg.min_answers and not cooling:
+                return
+            if cooling and not said and time.monotonic() - began >= seconds:
+                self.say("waiting for the pipeline's cooldown to end before the world changes", "…")
+                said = True
+            if time.monotonic() - began > self.cfg.act_timeout:
+                raise StoryError(f"only {answered} answers in phase {phase} after {self.cfg.act_timeout:.0f}s")
+            await asyncio.sleep(1.0)
 
     async def _ticker(self, every: float = 15.0) -> None:
         """While traffic flows, say every ``every`` seconds how the answers went."""
@@ -514,7 +539,7 @@ class Story:
                                   lambda s: self._settled_after(s, drift_at), cfg.act_timeout * 2)
         self.narrator.act("recovered", f"{v2} serves all users; measuring the recovered accuracy", version=v2)
         self.traffic.phase = C.PHASE_RECOVERED
-        await self._traffic_for(cfg.recovered_seconds)
+        await self._answers_for(C.PHASE_RECOVERED, cfg.recovered_seconds)
 
     @staticmethod
     def _settled_after(s: Snapshot, since: float) -> str | None:

@@ -212,7 +212,7 @@ class TrafficGenerator:
 
     def __init__(self, target: Target, model: str, timeline: Timeline, *, rate: float = 20.0,
                  label_delay: float = 2.0, world: D.World = D.REFERENCE_WORLD, phase: str = "start",
-                 seed: int = 0, timeout: float = 5.0, label_fraction: float = 1.0) -> None:
+                 seed: int = 0, timeout: float = 30.0, label_fraction: float = 1.0) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0 requests per second, got {rate}")
         self.target, self.model, self.timeline = target, model, timeline
@@ -226,6 +226,7 @@ class TrafficGenerator:
         self._random = random.Random(seed)
         self.sent = 0
         self.failed = 0
+        self.answered: collections.Counter[str] = collections.Counter()  # successful answers per phase
         # (ts, status, version, prediction, label) of recent answers, for live narration
         self.recent: collections.deque[tuple[float, int | None, str | None, int | None, int]] = (
             collections.deque(maxlen=20000))
@@ -296,6 +297,8 @@ class TrafficGenerator:
         self.sent += 1
         if status != 200:
             self.failed += 1
+        else:
+            self.answered[phase] += 1
         self.recent.append((sent_at, status, answer.version, answer.prediction, label))
         self.timeline.write("request", ts=sent_at, phase=phase, seq=seq, request_id=request_id,
                             id=answer.id, status=status, error=error, version=answer.version,
