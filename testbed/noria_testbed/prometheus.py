@@ -28,8 +28,13 @@ from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wa
 SCRAPE_INTERVAL = "1s"
 
 
-def prometheus_config(sd_url: str, *, scrape_interval: str = SCRAPE_INTERVAL) -> dict:
-    """The Prometheus configuration: one job fed by the node agent's http_sd endpoint."""
+def prometheus_config(sd_url: str, *, scrape_interval: str = SCRAPE_INTERVAL,
+                      static_jobs: dict[str, list[str]] | None = None) -> dict:
+    """The Prometheus configuration: one job fed by the node agent's http_sd endpoint, plus one
+    static job per entry of ``static_jobs`` (job name → ``host:port`` targets), for processes
+    that run outside the cluster, such as the operator."""
+    static = [{"job_name": job, "static_configs": [{"targets": list(targets)}]}
+              for job, targets in sorted((static_jobs or {}).items())]
     return {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                    "scrape_timeout": scrape_interval},
@@ -43,7 +48,7 @@ def prometheus_config(sd_url: str, *, scrape_interval: str = SCRAPE_INTERVAL) ->
                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
                 {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)", "replacement": "label_$1"},
             ],
-        }],
+        }, *static],
     }
 
 
@@ -63,10 +68,28 @@ class PrometheusProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / "prometheus.yml"
         self.process: ManagedProcess | None = None
+        self.static_jobs: dict[str, list[str]] = {}
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(prometheus_config(self.sd_url, static_jobs=self.static_jobs),
+                                                   sort_keys=False))
+
+    def scrape(self, job: str, *targets: str) -> None:
+        """Also scrape ``targets`` (``host:port``, path /metrics) as ``job``, e.g. the operator's
+        own metrics; the configuration is reloaded in place. No targets removes the job."""
+        if targets:
+            self.static_jobs[job] = list(targets)
+        else:
+            self.static_jobs.pop(job, None)
+        self._write_config()
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=10) as response:
+            if response.status != 200:
+                raise RuntimeError(f"prometheus reload failed: HTTP {response.status}")
 
     def start(self) -> PrometheusProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(prometheus_config(self.sd_url), sort_keys=False))
+        self._write_config()
         self.process = ManagedProcess("prometheus", [
             self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",

@@ -219,6 +219,24 @@ def test_prometheus_discovers_pods_with_their_labels(cluster, prometheus, namesp
     assert up["metric"]["container"] == "http"
 
 
+def test_prometheus_scrapes_a_process_outside_the_cluster_once_asked(prometheus, tmp_path):
+    (tmp_path / "metrics").write_text("# TYPE outside_answer gauge\noutside_answer 7\n")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        prometheus.scrape("outside", f"127.0.0.1:{port}")
+        wait_until("outside_answer scraped", lambda: [s["value"][1] for s in prometheus.query(
+            'outside_answer{job="outside"}')] == ["7"], timeout=20)
+        result = subprocess.run(["promtool", "check", "config", str(prometheus.config_path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        prometheus.scrape("outside")
+        server.terminate()
+        server.wait()
+
+
 def test_operator_starts_against_the_cluster_and_answers_liveness(cluster):
     port = free_port()
     env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
