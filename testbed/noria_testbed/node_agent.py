@@ -142,7 +142,8 @@ class ContainerRunner:
         launch.log_file.parent.mkdir(parents=True, exist_ok=True)
         started = now()
         with open(launch.log_file, "ab") as log_handle:
-            log_handle.write(f"--- {started} starting {' '.join(launch.argv)}\n".encode())
+            command_line = " ".join(launch.argv).replace("\n", "\\n")  # the header stays one line
+            log_handle.write(f"--- {started} starting {command_line}\n".encode())
             log_handle.flush()
             try:
                 self.process = await asyncio.create_subprocess_exec(

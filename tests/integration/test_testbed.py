@@ -314,3 +314,4 @@ def test_kubectl_logs_reads_the_container_log(cluster, namespace):
     cluster.kubectl("wait", "-n", namespace, "--for=jsonpath={.status.phase}=Succeeded", "pod/talker", "--timeout=60s")
     assert cluster.kubectl("logs", "-n", namespace, "talker").stdout == "line one\nline two\n"
     assert cluster.kubectl("logs", "-n", namespace, "talker", "--tail=1").stdout == "line two\n"
+    assert cluster.kubectl("logs", "-f", "-n", namespace, "talker", timeout=20).stdout == "line one\nline two\n"
