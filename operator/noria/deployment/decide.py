@@ -183,7 +183,11 @@ def analysis_due(obs: Observation) -> bool:
     if steps[i].kind != "analysis" and not int(st.get("canaryWeight") or 0):
         return False  # no traffic applied yet (canaryWeight is what was last applied): nothing to measure
     last = parse_time(((st.get("analysis") or {}).get("last") or {}).get("at"))
-    return last is None or (obs.now - last).total_seconds() >= spec.analysis.interval
+    if last is None:
+        # The first measurement waits one interval into the step, so that the metrics have samples
+        # of the traffic the step just moved (no false "inconclusive" from an empty window).
+        last = parse_time(st.get("stepStartedAt")) or obs.now
+    return (obs.now - last).total_seconds() >= spec.analysis.interval
 
 
 # --- the decision -----------------------------------------------------------------------------------

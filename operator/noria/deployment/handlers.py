@@ -50,6 +50,7 @@ from noria.deployment.decide import (
     parse_time,
 )
 from noria.deployment.providers import make_provider
+from noria.deployment.providers.router import forget_service
 from noria.deployment.spec import CheckSpec, RolloutSpec, RolloutSpecError, parse_rollout_spec
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
@@ -186,9 +187,24 @@ async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, t
     await kube.patch_status(API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch)
 
 
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning ``old`` into ``new``: maps are merged by the server, so a key that
+    disappears (a version leaving ``weights``) must be sent as null; lists and scalars are replaced."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = {k: None for k in old if k not in new}
+        for k, v in new.items():
+            if k not in old:
+                out[k] = v
+            elif old[k] != v:
+                out[k] = merge_patch(old[k], v)
+        return out
+    return new
+
+
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """The merge patch bringing ``old`` status to ``new`` (None deletes); empty when nothing changed."""
-    return {k: new.get(k) for k in STATUS_KEYS if k in new and new.get(k) != old.get(k)}
+    return {k: merge_patch(old.get(k), new.get(k)) for k in STATUS_KEYS
+            if k in new and new.get(k) != old.get(k)}
 
 
 async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings: Settings) -> None:
@@ -225,6 +241,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
         for version in plan.delete:
             await kube.delete("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns)
             await kube.delete("v1", "Service", objects.version_object_name(ref.name, version), ns)
+            forget_service(ns, objects.version_object_name(ref.name, version))
     for change in plan.stage_changes:
         mv = obs.model_versions.get(change.version)
         if mv is not None:

@@ -180,7 +180,8 @@ def test_analysis_step_needs_a_pass_measured_after_it_began():
 
 def test_background_analysis_is_due_once_per_interval_while_the_canary_has_traffic():
     base = observe(status=mid_canary(1, canaryWeight=10), mvs=[mv(6, "Production"), mv(7, "Canary")],
-                   pods=[ready("churn-v6"), ready("churn-v7")])
+                   pods=[ready("churn-v6"), ready("churn-v7")], now=T0 + dt.timedelta(seconds=30))
+    assert not analysis_due(dataclasses.replace(base, now=T0 + dt.timedelta(seconds=29)))  # first: one interval in
     assert analysis_due(base)
     measured = dataclasses.replace(base, status=mid_canary(1, canaryWeight=10, analysis={"last": {"at": c.now_iso(T0)}}),
                                    now=T0 + dt.timedelta(seconds=29))

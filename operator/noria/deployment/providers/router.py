@@ -3,17 +3,29 @@
 The router (``python -m noria_server route --configmap <ns>/<rollout>-router``) watches the
 ConfigMap and each backend's EndpointSlices and applies new weights within a second; it is the one
 provider that can mirror a share of requests and compare the shadow's answers row by row.
+
+``NORIA_ROUTER_BACKEND_URLS=clusterIP`` makes the operator also write each backend's ``url`` as its
+Service's ClusterIP: for clusters where EndpointSlices cannot be read (the test bed, whose apiserver
+refuses loopback endpoint addresses and whose node agent proxies ClusterIPs instead).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 
 from noria import kube
 from noria.deployment import objects
 from noria.deployment.cluster import apply
 from noria.settings import Settings
+
+_CLUSTER_IPS: dict[tuple[str, str], str] = {}  # a Service's ClusterIP never changes while it exists
+
+
+def forget_service(namespace: str, name: str) -> None:
+    """Drop a cached ClusterIP when its Service is deleted (a re-created one gets a new address)."""
+    _CLUSTER_IPS.pop((namespace, name), None)
 
 
 class RouterProvider:
@@ -46,8 +58,22 @@ class RouterProvider:
         except ValueError:
             return None
 
+    async def _cluster_ip_url(self, version: str) -> str | None:
+        name = objects.version_object_name(self.ref.name, version)
+        key = (self.ref.namespace, name)
+        if key not in _CLUSTER_IPS:
+            service = await kube.get("v1", "Service", name, self.ref.namespace)
+            ip = ((service or {}).get("spec") or {}).get("clusterIP")
+            if not ip or ip == "None":
+                return None
+            _CLUSTER_IPS[key] = f"http://{ip}:{objects.SERVER_PORT}"
+        return _CLUSTER_IPS[key]
+
     async def set_weights(self, weights: Mapping[str, int], mirror: tuple[str, int] | None) -> bool:
         desired = objects.router_config(self.model, self.ref.namespace, self.ref.name, weights, mirror)
+        if os.environ.get("NORIA_ROUTER_BACKEND_URLS", "").lower() == "clusterip":
+            for backend in [*desired["backends"], *([desired["shadow"]] if desired["shadow"] else [])]:
+                backend["url"] = await self._cluster_ip_url(backend["version"])
         if await self._current() == desired:
             return False
         await apply(objects.router_configmap(self.ref, desired))
