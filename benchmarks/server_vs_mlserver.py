@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
 from serving_bench import (  # noqa: E402
+    KSERVE_VENV,
     MLSERVER_PACKAGES,
     MLSERVER_VENV,
     WrkResult,
@@ -88,6 +89,29 @@ def run_mlserver(python: Path, work: Path, kind: str, joblib_path: Path, args: a
         stop(proc)
 
 
+def kserve_venv_python() -> Path | None:
+    """KServe runs only if its venv already installed cleanly (``benchmarks/setup_kserve_venv.sh``)."""
+    python = KSERVE_VENV / "bin" / "python"
+    if not python.exists() or subprocess.run([str(python), "-c", "import kserve, sklearn, joblib"],
+                                             capture_output=True).returncode != 0:
+        print(f"KServe skipped: no working venv at {KSERVE_VENV} (benchmarks/setup_kserve_venv.sh)")
+        return None
+    return python
+
+
+def run_kserve(python: Path, work: Path, kind: str, joblib_path: Path, args: argparse.Namespace) -> WrkResult:
+    port = free_port()
+    peer = Path(__file__).resolve().parent / "kserve_sklearn_peer.py"
+    proc = start([str(python), str(peer), "--model_name", kind, "--model_path", str(joblib_path), "--http_port",
+                  str(port), "--grpc_port", str(free_port()), "--workers", "1"], work / f"kserve-{kind}.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/models/{kind}/ready", 180)
+        return measure(f"http://127.0.0.1:{port}/v2/models/{kind}/infer", payload(), args.connections,
+                       args.warmup, args.seconds, args.runs)
+    finally:
+        stop(proc)
+
+
 def run_noria(work: Path, kind: str, saved, counting: bool, args: argparse.Namespace) -> WrkResult:  # type: ignore[no-untyped-def]
     port = free_port()
     cmd = [sys.executable, "-m", "noria_server", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
@@ -111,11 +135,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-kserve", action="store_true")
     args = parser.parse_args()
     require_wrk()
     load_before = uptime()
     python = None if args.skip_mlserver else ensure_venv(MLSERVER_VENV, MLSERVER_PACKAGES,
                                                          [f"scikit-learn=={sklearn.__version__}"])
+    kserve_python = None if args.skip_kserve else kserve_venv_python()
     work = Path(tempfile.mkdtemp(prefix="noria-bench-"))
     rows = []
     for kind in args.models.split(","):
@@ -125,29 +151,40 @@ def main() -> None:
         joblib_path = work / kind / "model.joblib"
         joblib.dump(saved.estimator, joblib_path)
         print(f"[{kind}] measuring ...", flush=True)
-        ml = None if python is None else run_mlserver(python, work, kind, joblib_path, args)
-        on = run_noria(work, kind, saved, True, args)
-        off = run_noria(work, kind, saved, False, args)
-        rows.append((kind, ml, on, off))
-        print(f"[{kind}] mlserver {ml.row() if ml else '-'} | noria {on.row()} | noria, counting off {off.row()}",
-              flush=True)
+        results: dict[str, WrkResult | None] = {}
+        results["MLServer 1.7.1 (parallel_workers 0)"] = (None if python is None else
+                                                         run_mlserver(python, work, kind, joblib_path, args))
+        if kserve_python is not None:
+            results["KServe 0.21 sklearn model (1 worker)"] = run_kserve(kserve_python, work, kind, joblib_path, args)
+        results["Noria (defaults)"] = run_noria(work, kind, saved, True, args)
+        results["Noria, drift counting off"] = run_noria(work, kind, saved, False, args)
+        for name, r in results.items():
+            print(f"[{kind}] {name}: {r.row() if r else '-'}", flush=True)
+        rows.append((kind, results))
 
-    print("\n## Model server: Noria vs MLServer 1.7.1, single-row OIP v2 infer, wrk "
+    print("\n## Model server: Noria vs MLServer 1.7.1 (and KServe), single-row OIP v2 infer, wrk "
           f"-t1 -c{args.connections}, {args.warmup:g}s warm-up + median of {args.runs} x {args.seconds:g}s")
-    print(f"{'model':10} {'MLServer req/s':>15} {'p50':>7} {'p99':>7} | {'Noria req/s':>12} {'p50':>7} {'p99':>7} | "
-          f"{'x thrpt':>8} {'p99 ratio':>9} | {'counting off':>12} {'cost':>6}")
-    for kind, ml, on, off in rows:
-        ratio = f"{on.rps / ml.rps:7.2f}x" if ml else "      -"
-        p99r = f"{on.p99_ms / ml.p99_ms:9.2f}" if ml else "        -"
-        cost = (off.rps - on.rps) / off.rps * 100
-        print(f"{kind:10} {ml.rps if ml else 0:15.0f} {ml.p50_ms if ml else 0:7.2f} {ml.p99_ms if ml else 0:7.2f} | "
-              f"{on.rps:12.0f} {on.p50_ms:7.2f} {on.p99_ms:7.2f} | {ratio:>8} {p99r:>9} | {off.rps:12.0f} "
-              f"{cost:5.1f}%")
+    print(f"{'model':9} {'server':34} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'thrpt/MLServer':>15} "
+          f"{'p99/MLServer':>13}")
+    for kind, results in rows:
+        ml = results.get("MLServer 1.7.1 (parallel_workers 0)")
+        for name, r in results.items():
+            if r is None:
+                continue
+            vs = f"{r.rps / ml.rps:14.2f}x" if ml else f"{'-':>15}"
+            p99 = f"{r.p99_ms / ml.p99_ms:13.2f}" if ml else f"{'-':>13}"
+            print(f"{kind:9} {name:34} {r.rps:8.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {vs} {p99}"
+                  + (f"  ({r.errors} errors)" if r.errors else ""))
+        on, off = results["Noria (defaults)"], results["Noria, drift counting off"]
+        print(f"{kind:9} drift counting cost: {(off.rps - on.rps) / off.rps * 100:+.1f}% throughput "
+              f"({off.rps:.0f} -> {on.rps:.0f} req/s)")
     print("\nConfigurations:")
     for kind, text in MODELS.items():
         print(f"  model {kind}: {text}, trained on 5000 rows, one fitted object saved as skops and joblib")
     print("  MLServer: mlserver 1.7.1 + mlserver-sklearn 1.7.1 + httptools + uvloop<0.22, settings.json "
           "parallel_workers=0 (one process), scikit-learn " + sklearn.__version__ + ", taskset -c 1")
+    print("  KServe: kserve 0.21.0 SDK from PyPI, benchmarks/kserve_sklearn_peer.py (KServe's sklearnserver "
+          "model class: joblib + predict on the decoded tensor), kserve.ModelServer --workers 1, taskset -c 1")
     print("  Noria: python -m noria_server serve, defaults (max batch 64, no batch wait, drift counting on, "
           "prediction log on to a local store), taskset -c 1; 'counting off' = --feature-counting off")
     print("  Load: wrk 4 (Debian), 1 thread, taskset -c 0, same JSON body: one row [1, 20] FP64 'input-0'")

@@ -95,7 +95,7 @@ class ServedModel:
             return np.column_stack(cols).astype(np.float64)
         return np.column_stack([c.astype(object) for c in cols])
 
-    def warm_up(self, max_batch: int, rounds: int = 20) -> float:
+    def warm_up(self, max_batch: int, rounds: int = 5) -> float:
         """Run predict on one row and on a full batch until timings settle; decide whether
         ``predict_proba`` can replace ``predict``. Returns the single-row latency in seconds."""
         rows = self.sample_rows(max(max_batch, 64))

@@ -280,6 +280,8 @@ class ModelServer:
                     request_id=item.request.request_id, count=True, started=item.started))
                 return
             for item in batch:  # isolate the offending request(s)
+                if item.future.done():
+                    continue
                 try:
                     self._predict_batch([item])
                 except Exception as one_exc:
