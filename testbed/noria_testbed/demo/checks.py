@@ -179,11 +179,14 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
     # Accuracy: recovery to within 2 points; the counterfactual stays degraded.
     before = scoring.score(*_labels_and(frame, "prediction", PHASE_BEFORE))
     drifted = scoring.score(*_labels_and(frame, "prediction", PHASE_DRIFTED))
-    after = scoring.score(*_labels_and(frame, "prediction", PHASE_RECOVERED))
-    cf_after = None
-    if counterfactual is not None and len(counterfactual) == len(frame):
-        part = frame.assign(counterfactual=counterfactual.to_numpy())
-        cf_after = scoring.score(*_labels_and(part, "counterfactual", PHASE_RECOVERED))
+    # After recovery: the answers the recovered version gave once it served everyone (a later
+    # candidate's canary share is judged by its own checks below).
+    recovered = frame.assign(counterfactual=counterfactual.to_numpy()) if (
+        counterfactual is not None and len(counterfactual) == len(frame)) else frame
+    recovered = recovered[(recovered["phase"] == PHASE_RECOVERED) & (recovered["version"] == facts.v2)]
+    after = scoring.score(recovered["label"], recovered["prediction"])
+    cf_after = (scoring.score(recovered["label"], recovered["counterfactual"])
+                if "counterfactual" in recovered else None)
     facts.figures.update({"accuracy_before_drift": before.accuracy, "accuracy_after_drift_v1": drifted.accuracy,
                           "accuracy_after_recovery": after.accuracy,
                           "counterfactual_v1_after_recovery": cf_after.accuracy if cf_after else None,

@@ -538,20 +538,22 @@ class Story:
         v2 = await observer.until("a version trained after the change to serve 100% with the pipeline idle",
                                   lambda s: self._settled_after(s, drift_at), cfg.act_timeout * 2)
         self.narrator.act("recovered", f"{v2} serves all users; measuring the recovered accuracy", version=v2)
+        # Answers from here on, by the recovered version, are what "accuracy after recovery" is
+        # measured on; the next act starts at once (its run waits for the pipeline's cooldown).
         self.traffic.phase = C.PHASE_RECOVERED
-        await self._answers_for(C.PHASE_RECOVERED, cfg.recovered_seconds)
 
     @staticmethod
     def _settled_after(s: Snapshot, since: float) -> str | None:
         """The stable version if it was trained by a run started after ``since``, serves 100%, no
-        canary is going and the pipeline has no run in progress or pending."""
+        canary is going and the pipeline has no run in progress (a pending one may wait for the
+        cooldown: the next act's data will be what it trains on)."""
         stable = s.ro_status.get("stableVersion")
         run = next((r for r in s.runs() if r.get("version") == stable), None)
         if not stable or run is None or (C.parse_time(run.get("startedAt")) or 0) < since - 1:
             return None
         if (s.ro_status.get("weights") or {}).get(stable) != 100 or s.ro_status.get("canaryVersion"):
             return None
-        if s.tp_status.get("currentRun") or s.tp_status.get("pendingTriggers") or s.mv_stage(stable) != "Production":
+        if s.tp_status.get("currentRun") or s.mv_stage(stable) != "Production":
             return None
         return stable
 
@@ -560,7 +562,6 @@ class Story:
         assert self.traffic is not None
         bad_at = self.narrator.act(C.ACT_BAD_BATCH, "Act 3 — an ETL bug: a batch lands with every label inverted, "
                                    "and a retrain is requested")
-        self.traffic.phase = "bad-batch"
         start = dt.datetime.fromtimestamp(bad_at, dt.UTC)
         path = self.land_batch("part-0003-corrupted", D.DRIFTED_WORLD, cfg.batch_rows, start,
                                start + dt.timedelta(seconds=1), corrupt=True)
@@ -584,8 +585,8 @@ class Story:
                 and s.ro_status.get("canaryVersion") in (None, "")), cfg.act_timeout)
         else:
             self.say(f"run {run_id} ended {finished.get('outcome')}: {finished.get('message') or ''}", "✓")
-        self.traffic.phase = "after-bad-batch"
         await self._traffic_for(cfg.after_bad_seconds)
+        await self._answers_for(C.PHASE_RECOVERED, cfg.recovered_seconds)
 
     async def finale(self, final: Snapshot, api: KubeApi) -> None:
         cfg = self.cfg
