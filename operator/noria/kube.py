@@ -64,14 +64,23 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
-def is_status(exc: ApiError, code: int) -> bool:
-    return getattr(exc.status, "code", None) == code
+# lightkube turns an error answer into ApiError only when its Content-Type is exactly
+# application/json; anything else (a proxy, or "application/json; charset=utf-8") stays the plain
+# HTTP error of the httpx flavour lightkube is built on. Both are handled by status code.
+HTTPError = ApiError.__bases__[0]
+
+
+def is_status(exc: Exception, code: int) -> bool:
+    if isinstance(exc, ApiError) and getattr(exc.status, "code", None) is not None:
+        return exc.status.code == code
+    response = getattr(exc, "response", None)
+    return response is not None and response.status_code == code
 
 
 async def get(api_version: str, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
     try:
         obj = await client().get(resource(api_version, kind), name, namespace=namespace)
-    except ApiError as exc:
+    except HTTPError as exc:
         if is_status(exc, 404):
             return None
         raise
@@ -93,7 +102,7 @@ async def create(obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     try:
         created = await client().create(codecs.from_dict(dict(obj)), namespace=meta.get("namespace"))
         return _as_dict(created), True
-    except ApiError as exc:
+    except HTTPError as exc:
         if not is_status(exc, 409):
             raise
     existing = await get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
@@ -143,7 +152,7 @@ async def delete(api_version: str, kind: str, name: str, namespace: str | None =
     """Delete with background propagation (a Job takes its pods); NotFound counts as done."""
     try:
         await client().delete(resource(api_version, kind), name, namespace=namespace, cascade=CascadeType.BACKGROUND)
-    except ApiError as exc:
+    except HTTPError as exc:
         if is_status(exc, 404):
             return False
         raise
@@ -182,5 +191,5 @@ async def post_event(involved: Mapping[str, Any], type_: str, reason: str, messa
     """Best effort: an Event that cannot be posted is logged, never fails the reconcile."""
     try:
         await create(event_manifest(involved, type_, reason, message))
-    except (ApiError, OSError) as exc:
+    except (HTTPError, OSError) as exc:
         log.warning("could not post event %s on %s: %s", reason, involved["metadata"]["name"], exc)
