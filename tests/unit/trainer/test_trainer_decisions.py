@@ -142,3 +142,15 @@ def test_thread_limit_comes_from_the_environment(monkeypatch, capsys):
     assert thread_limit() is None and "not an integer" in capsys.readouterr().err
     monkeypatch.delenv("NORIA_TRAINER_THREADS")
     assert thread_limit() is None
+
+
+def test_trainer_imports_nothing_outside_the_trainer_extra():
+    """The image installs only the `trainer` extra: importing the trainer must not need kopf & co."""
+    import subprocess
+    import sys
+
+    code = ("import sys, noria_trainer.__main__, noria_trainer.run; "
+            "print(sorted(m for m in ('kopf', 'lightkube', 'httpx', 'prometheus_client', 'aiohttp', 'croniter')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
