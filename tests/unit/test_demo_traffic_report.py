@@ -172,12 +172,12 @@ async def test_traffic_records_answers_and_sends_labels_later_then_the_report_dr
     requests = [r for r in records if r["kind"] == "request"]
     labels = [r for r in records if r["kind"] == "feedback"]
     # the rate is a ceiling (a loaded machine may answer slower), and the loop must not stall
-    assert 60 <= len(requests) <= 330, len(requests)
+    assert 30 <= len(requests) <= 330, len(requests)
     failed = [r for r in requests if r["status"] != 200]
     assert failed and all(r["status"] == 503 for r in failed)  # failures are recorded, not hidden
     answered = {r["id"]: r for r in requests if r["status"] == 200}
     assert {f["id"] for f in feedback} == set(answered)  # one label per answer, none for failures
-    assert all(f["header"] == "churn-v2" for f in feedback)
+    assert all(f["header"] is None for f in feedback)  # unpinned: the router fans labels out
     for record in labels:  # each label went out after its answer, by about the delay
         assert record["ts"] - answered[record["id"]]["ts"] >= 0.3
         assert record["label"] == answered[record["id"]]["label"] and record["status"] == 200

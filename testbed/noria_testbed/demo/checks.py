@@ -54,6 +54,10 @@ class StoryFacts:
     figures: dict[str, float | None] = field(default_factory=dict)
 
 
+def clock(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%H:%M:%S") if ts is not None else "never"
+
+
 def parse_time(text: str | None) -> float | None:
     if not text:
         return None
@@ -107,11 +111,13 @@ def find_facts(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs:
 
 
 def weights_seen(records: Sequence[Mapping[str, Any]], version: str) -> list[tuple[float, int]]:
-    """(ts, weight) of ``version`` in every recorded Rollout state (0 when absent)."""
+    """(ts, weight) of ``version`` in every recorded state: the router's configured weight, and the
+    Rollout's status.weights (0 when absent). Both count: either one above a bound is a breach."""
     out = []
     for r in _states(records):
-        weights = ((r.get("rollout") or {}).get("weights")) or {}
-        out.append((r["ts"], int(weights.get(version, 0))))
+        rollout = r.get("rollout") or {}
+        for weights in (rollout.get("router") or {}, rollout.get("weights") or {}):
+            out.append((r["ts"], int(weights.get(version, 0))))
     return out
 
 
@@ -134,7 +140,7 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
     approved, production = stage_entered(v1, "Approved"), stage_entered(v1, "Production")
     checks.append(Check("v1 trained by the initial run, approved and served",
                         bool(v1) and approved is not None and production is not None and approved <= production,
-                        f"{facts.v1}: Approved at {approved}, Production at {production}"))
+                        f"{facts.v1}: Approved at {clock(approved)}, Production at {clock(production)}"))
 
     # Act 2: drift is seen, a retrain follows for that reason, and a new version goes to 100% by canary.
     detection = facts.detection_run or {}
@@ -155,7 +161,7 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
                         run.get("outcome") == "Succeeded" and run.get("trigger") in RETRAIN_TRIGGERS
                         and len(ordered) == 4 and ordered == sorted(ordered),
                         f"{facts.v2} from run {run.get('id')} ({run.get('trigger')}): outcome {run.get('outcome')}, metrics {((v2 or {}).get('spec') or {}).get('metrics')}"
-                        f", Approved {v2_approved}, Canary {v2_canary}, Production {v2_production}"))
+                        f", Approved {clock(v2_approved)}, Canary {clock(v2_canary)}, Production {clock(v2_production)}"))
     steps = sorted({w for _, w in weights_seen(records, facts.v2 or "")})
     partial = [w for w in steps if 0 < w < 100]
     checks.append(Check("the canary moved traffic to the new version in steps, ending at 100%",
@@ -164,7 +170,7 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
     retired = stage_entered(v1, "Retired")
     checks.append(Check("v1 retired after the new version took over",
                         retired is not None and v2_production is not None and retired >= v2_production - 1,
-                        f"{facts.v1} Retired at {retired}"))
+                        f"{facts.v1} Retired at {clock(retired)}"))
 
     # No request failed while versions changed (nor at any other time once serving began).
     serving_from = production or 0.0
@@ -178,7 +184,8 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
 
     # Accuracy: recovery to within 2 points; the counterfactual stays degraded.
     before = scoring.score(*_labels_and(frame, "prediction", PHASE_BEFORE))
-    drifted = scoring.score(*_labels_and(frame, "prediction", PHASE_DRIFTED))
+    drifted_part = frame[(frame["phase"] == PHASE_DRIFTED) & (frame["version"] == facts.v1)]
+    drifted = scoring.score(drifted_part["label"], drifted_part["prediction"])
     # After recovery: the answers the recovered version gave once it served everyone (a later
     # candidate's canary share is judged by its own checks below).
     recovered = frame.assign(counterfactual=counterfactual.to_numpy()) if (
@@ -225,17 +232,22 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
         max_weight = max((w for _, w in weights_seen(records, facts.bad)), default=0)
         answered = frame[(frame["status"] == 200) & frame["version"].notna()]
         by_bad = answered[answered["version"] == facts.bad]
-        if by_bad.empty:
+        if by_bad.empty and max_weight == 0:
+            checks.append(Check("the bad candidate never got more than its canary share", True,
+                                f"{facts.bad} never served: it was refused before any traffic reached it"))
+            measured, bound, n = 0.0, share, -1
+        elif by_bad.empty:
             measured, bound, n = 0.0, share, 0
         else:
             window = answered[(answered["ts"] >= by_bad["ts"].min()) & (answered["ts"] <= by_bad["ts"].max())]
             n = len(window)
             measured = len(by_bad) / max(n, 1)
             bound = _share_bound(share, n)
-        checks.append(Check("the bad candidate never got more than its canary share",
+        if n >= 0:
+            checks.append(Check("the bad candidate never got more than its canary share",
                             max_weight <= (facts.canary_share or 0) and measured <= bound,
-                            f"largest weight {max_weight}% (canary step {facts.canary_share}%); answered "
-                            f"{len(by_bad)} of {n} requests while it served ({measured:.1%}, bound {bound:.1%})"))
+                                f"largest weight {max_weight}% (canary step {facts.canary_share}%); answered "
+                                f"{len(by_bad)} of {n} requests while it served ({measured:.1%}, bound {bound:.1%})"))
         rejected_at = stage_entered(bad, "Rejected")
         late = by_bad[by_bad["ts"] > rejected_at + 1] if rejected_at else by_bad.iloc[0:0]
         checks.append(Check("no request answered by the bad candidate after it was rejected",

@@ -54,8 +54,13 @@ class ReportInput:
     title: str = "Noria closed loop"
 
 
+MARKED_ACTS = ("v1", "drift", "recovered", "bad-batch", "finale")
+
+
 def _act_marks(records: Sequence[dict[str, Any]], origin: float) -> list[tuple[float, str]]:
-    return [(r["ts"] - origin, str(r.get("act", ""))) for r in records if r.get("kind") == "act"]
+    """The story's main acts (not every on-call intervention) as (t, name)."""
+    return [(r["ts"] - origin, str(r.get("act", ""))) for r in records
+            if r.get("kind") == "act" and r.get("act") in MARKED_ACTS]
 
 
 def _mark_acts(ax: Any, acts: list[tuple[float, str]], top: bool = False) -> None:
@@ -120,14 +125,14 @@ def plot_traffic(weights: pd.DataFrame, answered: pd.DataFrame, acts: list[tuple
                      table.columns], alpha=0.35)
     if not weights.empty:
         for version, part in weights.groupby("version"):
-            ax.plot(part["t"], part["weight"], drawstyle="steps-post", linewidth=1.6, label=f"weight {version}")
+            ax.plot(part["t"], part["weight"], drawstyle="steps-post", linewidth=1.6, label=f"router weight {version}")
     _mark_acts(ax, acts, top=True)
     ax.set_ylim(0, 102)
     ax.set_ylabel("% of traffic")
     ax.set_xlabel("seconds since the story began")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", fontsize=7, ncols=2)
-    ax.set_title("Traffic per version: Rollout weights and the measured share of answers")
+    ax.set_title("Traffic per version: the router's weights and the measured share of answers")
     _save(fig, path)
 
 

@@ -75,9 +75,10 @@ def between(frame: pd.DataFrame, start: float | None = None, end: float | None =
 
 
 def over_time(frame: pd.DataFrame, prediction_column: str, bucket_seconds: float,
-              origin: float | None = None) -> pd.DataFrame:
+              origin: float | None = None, min_n: int = 10) -> pd.DataFrame:
     """Accuracy and F1 of ``prediction_column`` per time bucket: columns t (seconds since
-    ``origin``, bucket middle), n, accuracy, f1. Buckets without labelled answers are left out."""
+    ``origin``, bucket middle), n, accuracy, f1. Buckets with fewer than ``min_n`` labelled answers
+    (the ragged last one) are left out: their accuracy is mostly noise."""
     if bucket_seconds <= 0:
         raise ValueError(f"bucket_seconds must be > 0, got {bucket_seconds}")
     columns = ["t", "n", "accuracy", "f1"]
@@ -89,7 +90,7 @@ def over_time(frame: pd.DataFrame, prediction_column: str, bucket_seconds: float
     for b in np.unique(bucket):
         part = frame[bucket == b]
         s = score(part["label"], part[prediction_column])
-        if s.accuracy is not None:
+        if s.accuracy is not None and s.n >= min_n:
             rows.append({"t": (b + 0.5) * bucket_seconds, "n": s.n, "accuracy": s.accuracy, "f1": s.f1})
     return pd.DataFrame(rows, columns=columns)
 

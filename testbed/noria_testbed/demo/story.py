@@ -196,6 +196,7 @@ class Snapshot:
     mvs: dict[str, dict[str, Any]] = field(default_factory=dict)
     rollout: dict[str, Any] = field(default_factory=dict)
     at: float = 0.0
+    router: dict[str, int] = field(default_factory=dict)  # the weights the router was given
 
     def mv_stage(self, name: str | None) -> str | None:
         return ((self.mvs.get(name or "") or {}).get("status") or {}).get("stage")
@@ -212,6 +213,15 @@ class Snapshot:
         return list(self.tp_status.get("lastRuns") or [])
 
 
+def router_weights(config_map: dict[str, Any] | None) -> dict[str, int]:
+    """Weights per version in the router's ConfigMap (what actually splits the traffic)."""
+    try:
+        config = json.loads(((config_map or {}).get("data") or {}).get("config.json") or "{}")
+    except ValueError:
+        return {}
+    return {str(b.get("version")): int(b.get("weight") or 0) for b in config.get("backends") or []}
+
+
 def summarise(s: Snapshot) -> dict[str, Any]:
     """The part of a snapshot the story and its checks care about (recorded when it changes)."""
     tps, ros = s.tp_status, s.ro_status
@@ -226,7 +236,8 @@ def summarise(s: Snapshot) -> dict[str, Any]:
         "mvs": {name: (mv.get("status") or {}).get("stage") for name, mv in sorted(s.mvs.items())},
         "rollout": {"phase": ros.get("phase"), "stable": ros.get("stableVersion"), "canary": ros.get("canaryVersion"),
                     "step": ros.get("currentStep"), "weights": ros.get("weights") or {},
-                    "analysis": ((ros.get("analysis") or {}).get("last") or {}).get("outcome")},
+                    "analysis": ((ros.get("analysis") or {}).get("last") or {}).get("outcome"),
+                    "router": s.router},
     }
 
 
@@ -249,7 +260,8 @@ class Observer:
         mv_list = await self.api.get(self._ns("modelversions")) or {}
         rollout = await self.api.get(self._ns("rollouts", self.cfg.rollout)) or {}
         mvs = {mv["metadata"]["name"]: mv for mv in mv_list.get("items") or []}
-        return Snapshot(tp, mvs, rollout, time.time())
+        router = await self.api.get(f"/api/v1/namespaces/{self.cfg.namespace}/configmaps/{self.cfg.rollout}-router")
+        return Snapshot(tp, mvs, rollout, time.time(), router_weights(router))
 
     async def run(self) -> None:
         while not self._stop.is_set():
@@ -278,7 +290,7 @@ class Observer:
             self.timeline.write("observation", what="performance", value=perf.get("value"), state=perf.get("state"))
         if summary != self._last_summary:
             self.timeline.write("observation", what="state", **summary)
-            self.timeline.write("observation", what="weights", weights=summary["rollout"]["weights"])
+            self.timeline.write("observation", what="weights", weights=s.router)
             self._narrate(previous, s, self._last_summary or summarise(Snapshot()), summary)
             self._last_summary = summary
             self.changed.set()
@@ -303,9 +315,9 @@ class Observer:
                          f"{' (' + metric + ')' if metric else ''}"
                          f"{' — ' + str(history.get('reason')) if history.get('reason') else ''}", "◆")
         ro_old, ro_new = old["rollout"], new["rollout"]
-        if ro_new["weights"] != ro_old["weights"]:
-            text = " · ".join(f"{v} {w}%" for v, w in sorted(ro_new["weights"].items()))
-            self.say(f"traffic: {text}", "⇄")
+        if ro_new["router"] != ro_old["router"]:
+            text = " · ".join(f"{v} {w}%" for v, w in sorted(ro_new["router"].items()))
+            self.say(f"router weights: {text}", "⇄")
         if ro_new["phase"] != ro_old["phase"]:
             message = after.ro_status.get("message") or ""
             self.say(f"Rollout {self.cfg.rollout}: {ro_old['phase']} -> {ro_new['phase']} {message}", "◆")
@@ -591,7 +603,7 @@ class Story:
     async def finale(self, final: Snapshot, api: KubeApi) -> None:
         cfg = self.cfg
         self.narrator.act("finale", "The record")
-        self.timeline.write("observation", what="weights", weights=final.ro_status.get("weights") or {})
+        self.timeline.write("observation", what="weights", weights=final.router)
         self.result.kubectl_get = self.tb.kubectl("get", "tp,mv,mro", "-n", cfg.namespace, check=False).stdout
         k8s_events = (await api.get(f"/api/v1/namespaces/{cfg.namespace}/events") or {}).get("items") or []
         self.result.events = report.events_from_objects(final.tp, final.mvs, final.rollout, k8s_events)
