@@ -304,9 +304,12 @@ class Router:
 
     async def _fan_out_feedback(self, config: RouterConfig, request: Request) -> Response:
         targets: list[tuple[Backend, str]] = []
-        for backend in config.all_backends():
+        seen: set[str] = set()
+        for backend in config.all_backends():  # a version can be both a (weight 0) backend and the shadow
             for url in self.urls_of(backend):
-                targets.append((backend, url))
+                if url not in seen:
+                    seen.add(url)
+                    targets.append((backend, url))
         if not targets:
             return error_response(503, "no ready endpoints to take feedback")
         assert self.session is not None

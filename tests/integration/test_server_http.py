@@ -69,7 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
             procs[kind] = launch.serve(saved.artifact_uri, saved.digest, kind, f"{kind}-v1", str(root),
                                        saved.profile_uri, extra)
         for proc in procs.values():
-            proc.wait_ready(120)
+            proc.wait_ready(300)
         yield root, models, procs
     finally:
         for proc in procs.values():
@@ -284,7 +284,7 @@ def test_sigterm_turns_not_ready_drains_and_exits_cleanly(served, tmp_path) -> N
     saved = models["logistic"]
     proc = launch.serve(saved.artifact_uri, saved.digest, "logistic", "logistic-v1", str(tmp_path),
                         saved.profile_uri, ["--drain-seconds", "1.5"])
-    proc.wait_ready(120)
+    proc.wait_ready(300)
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)

@@ -31,7 +31,7 @@ def _expect_refused(artifact: Path, digest: str, tmp_path: Path, reason: str) ->
                         extra=["--failure-exit-seconds", "4"])
     try:
         saw_not_ready = False
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while proc.proc is not None and proc.proc.poll() is None and time.monotonic() < deadline:
             try:
                 status, body = launch.get(proc.url + "/v2/health/ready", timeout=1)
