@@ -465,6 +465,7 @@ class Story:
     async def _on_call(self, observer: Observer) -> None:
         """Resume canaries paused by an inconclusive analysis, as the person on call would."""
         last_resume = 0.0
+        resumes: dict[str, int] = {}
         while True:
             await asyncio.sleep(1.0)
             conditions = self.snapshot_conditions(observer.latest)
@@ -475,9 +476,14 @@ class Story:
                 continue
             last_resume = time.monotonic()
             canary = observer.latest.ro_status.get("canaryVersion")
+            resumes[canary] = resumes.get(canary, 0) + 1
             self.timeline.write("act", act="on-call", message=f"resumed {canary} after an inconclusive analysis")
-            self.say(f"on call: the analysis of {canary} was inconclusive ({paused.get('message', '')[:120]}); "
-                     f"kubectl annotate mro {self.cfg.rollout} noria.dev/promote=true", "$")
+            if resumes[canary] == 1:
+                self.say(f"on call: the analysis of {canary} is inconclusive (too few labels yet: "
+                         f"{paused.get('message', '')[-60:]}); resuming it: "
+                         f"kubectl annotate mro {self.cfg.rollout} noria.dev/promote=true", "$")
+            elif resumes[canary] % 5 == 0:
+                self.say(f"on call: resumed {canary} {resumes[canary]} times so far (still waiting for labels)", "$")
             await asyncio.to_thread(self.tb.kubectl, "annotate", "-n", self.cfg.namespace, "--overwrite",
                                     f"rollouts.noria.dev/{self.cfg.rollout}", "noria.dev/promote=true", check=False)
 
