@@ -19,11 +19,24 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 _ACTIVE: list = []  # the session's LocalTestbed, for the failure report hook
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001
+    # SIGTERM (a CI time-out, `timeout`, a closed terminal) would end pytest without running
+    # fixture teardown; as a KeyboardInterrupt, the test bed is stopped and its workdir handled.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _unavailable(reason: str) -> None:

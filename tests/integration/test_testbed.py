@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from noria_testbed.processes import free_port, urlopen, wait_until
+from noria_testbed.processes import detach_and_die_with_parent, free_port, urlopen, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -243,7 +243,8 @@ def test_operator_starts_against_the_cluster_and_answers_liveness(cluster):
     log_path = cluster.log_dir / "operator-liveness-test.log"
     with open(log_path, "wb") as log_file:
         operator = subprocess.Popen([sys.executable, "-m", "noria", "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                                    env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                                    env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                    preexec_fn=detach_and_die_with_parent)  # no orphan if pytest is killed
     try:
         def live() -> bool:
             assert operator.poll() is None, f"operator exited: {log_path.read_text()[-3000:]}"
