@@ -316,3 +316,25 @@ def test_kubectl_logs_reads_the_container_log(cluster, namespace):
     assert cluster.kubectl("logs", "-n", namespace, "talker").stdout == "line one\nline two\n"
     assert cluster.kubectl("logs", "-n", namespace, "talker", "--tail=1").stdout == "line two\n"
     assert cluster.kubectl("logs", "-f", "-n", namespace, "talker", timeout=20).stdout == "line one\nline two\n"
+
+
+def test_stopping_a_testbed_leaves_no_process_or_workdir_behind(cluster):
+    """A second, private test bed (the session's `cluster` only provides the binaries' check)."""
+    from noria_testbed import LocalTestbed
+
+    testbed = LocalTestbed(apply_crds=False)
+    try:
+        testbed.start()
+        testbed.kubectl("run", "sleeper", "--image=none", "--restart=Never", "--command", "--",
+                        "python", "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)")
+        testbed.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
+        pod = json.loads(testbed.kubectl("get", "pod", "sleeper", "-o", "json").stdout)
+        pids = [int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("noria://"))]
+        pids += [p.pid for p in testbed.control_plane.processes.values()]
+        assert testbed.node_agent is not None
+        pids.append(testbed.node_agent.process.pid)
+        assert all(_alive(pid) for pid in pids)
+    finally:
+        testbed.stop()
+    assert not any(_alive(pid) for pid in pids)  # including a pod that ignores SIGTERM
+    assert not testbed.workdir.exists()
