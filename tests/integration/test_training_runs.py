@@ -135,6 +135,25 @@ def test_sigkill_during_a_run_then_restart_makes_no_second_job_and_registers_onc
     assert st["runCounter"] == 1 and len(st["lastRuns"]) == 1
 
 
+def test_manual_approval_annotation_moves_a_candidate_to_approved_with_the_actor_in_history(
+        cluster, namespace, store_claim, operator_factory):
+    store_claim(namespace)
+    source = write_data(cluster.store_dir, namespace, "gated", classification_frame(400))
+    operator_factory(namespace)
+    apply(cluster, namespace, pipeline_yaml("gated", source, approval="manual"))
+    mv = wait_for("candidate", lambda: (m := get(cluster, namespace, "modelversion", "gated-v1"))
+                  and (m.get("status") or {}).get("stage") and m, timeout=180)
+    assert mv["status"]["stage"] == "Candidate"
+    assert "championVersion" not in status(cluster, namespace, "gated")  # not accepted yet
+
+    cluster.kubectl("annotate", "-n", namespace, "modelversion", "gated-v1", "noria.dev/approve=alice")
+    mv = wait_for("approved", lambda: (m := get(cluster, namespace, "modelversion", "gated-v1"))["status"]["stage"]
+                  == "Approved" and m, timeout=30)
+    last = mv["status"]["history"][-1]
+    assert (last["stage"], last["by"]) == ("Approved", "user/alice") and last["at"]
+    wait_for("champion", lambda: status(cluster, namespace, "gated").get("championVersion") == "gated-v1", timeout=30)
+
+
 def test_invalid_pipeline_is_refused_by_the_api_server_naming_the_field(cluster, namespace):
     bad = json.loads(pipeline_yaml("bad", "file:///var/lib/noria/store/x/"))
     bad["spec"]["triggers"] = {"schedule": "every tuesday"}
