@@ -154,10 +154,12 @@ class ContainerRunner:
                 state.message, state.started_at, state.finished_at = str(error), started, now()
                 state.pid = None
                 self.worker.notify()
+                self.worker.event("Failed", f"Error: cannot start container {state.name}: {error}", warning=True)
                 return 128
         state.state, state.reason, state.message = "running", "", ""
         state.started_at, state.pid, state.exit_code = started, self.process.pid, None
         self.worker.notify()
+        self.worker.event("Started", f"Started container {state.name} (pid {self.process.pid})")
         probe = asyncio.create_task(self.probe_readiness(), name=f"probe {state.name}")
         try:
             code = await self.process.wait()
@@ -194,6 +196,8 @@ class ContainerRunner:
             self.state.state, self.state.reason = "waiting", "CrashLoopBackOff"
             self.state.message = f"back-off {backoff:.0f}s restarting failed container {self.state.name}"
             self.worker.notify()
+            self.worker.event("BackOff", f"Back-off restarting failed container {self.state.name} "
+                                         f"(exit code {exit_code})", warning=True)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
             self.state.restart_count += 1
@@ -217,6 +221,7 @@ class ContainerRunner:
             elif not ok and self.state.ready and failures >= failures_allowed:
                 self.state.ready = False
                 self.worker.notify()
+                self.worker.event("Unhealthy", f"Readiness probe failed {failures} times", warning=True)
             await asyncio.sleep(period)
 
     def _port(self, port: int | str) -> int:
@@ -264,6 +269,8 @@ class ContainerRunner:
 
     async def stop(self, grace: float) -> None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds, and end supervision."""
+        if self.process is not None and self.process.returncode is None:
+            self.worker.event("Killing", f"Stopping container {self.state.name} (grace {grace:.0f}s)")
         self.signal(signal.SIGTERM)
         if self.process is not None and self.process.returncode is None:
             try:
@@ -331,6 +338,9 @@ class PodWorker:
     def notify(self) -> None:
         self.changed.set()
 
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self.agent.event(self.pod, reason, message, warning=warning)
+
     @property
     def deletion_requested(self) -> bool:
         return self.removed_from_api or bool(self.pod["metadata"].get("deletionTimestamp"))
@@ -389,6 +399,8 @@ class PodWorker:
                 return await self.prepare()
             except PodSpecError as error:
                 log.info("pod %s/%s: %s", self.namespace, self.name, error)
+                if not self.main_states or self.main_states[0].message != str(error):
+                    self.event("Failed", f"Error: {error}", warning=True)
                 self.main_states = [ContainerState(name=c["name"], image=c.get("image", ""),
                                                    reason="CreateContainerConfigError", message=str(error))
                                     for c in spec["containers"]]
@@ -768,6 +780,7 @@ class NodeAgent:
         self.synced = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.proxy = ServiceProxy(self)
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
     # ---- node -----------------------------------------------------------------------------------
     def node_status(self) -> Json:
@@ -834,6 +847,33 @@ class NodeAgent:
             except (ApiError, httpx.HTTPError, OSError) as error:
                 log.warning("heartbeat failed: %s", error)
             await asyncio.sleep(10)
+
+    # ---- events -----------------------------------------------------------------------------------
+    def event(self, pod: Json, reason: str, message: str, *, warning: bool = False) -> None:
+        """Post a Kubernetes Event about a pod, as the kubelet does (``kubectl describe`` shows
+        them). Fire and forget: an event that cannot be posted is only logged."""
+        meta = pod["metadata"]
+        stamp = now()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
+                               "name": meta["name"], "uid": meta["uid"]},
+            "reason": reason, "message": message, "type": "Warning" if warning else "Normal",
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+            "reportingComponent": "noria-node-agent", "reportingInstance": self.node_name,
+        }
+
+        async def post() -> None:
+            try:
+                await self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+            except (ApiError, httpx.HTTPError, OSError) as error:
+                log.info("event %s for %s/%s not posted: %s", reason, meta["namespace"], meta["name"], error)
+
+        task = asyncio.create_task(post())
+        self._event_tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
+        task.add_done_callback(self._event_tasks.discard)
 
     # ---- pods -----------------------------------------------------------------------------------
     async def on_pod(self, event: str, pod: Json) -> None:

@@ -307,6 +307,9 @@ spec:
     assert last["exitCode"] == 2
     assert "prepared" in last["message"]  # FallbackToLogsOnError: the log tail, which read the init container's file
     assert cluster.node_agent.pod_log(namespace, "crasher").count("prepared") >= 2
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"]["name"] == "crasher"}
+    assert {"Started", "BackOff"} <= reasons, reasons
 
 
 def test_kubectl_logs_reads_the_container_log(cluster, namespace):
