@@ -74,7 +74,7 @@ class DemoConfig:
     recovered_seconds: float = 60.0  # traffic after the new version reached 100% (the recovered accuracy), at least
     after_bad_seconds: float = 15.0
     history_rows: int = 5000
-    batch_rows: int = 5000
+    batch_rows: int = 10000
     seed: int = 7
     act_timeout: float = 420.0
     quiet: bool = False
