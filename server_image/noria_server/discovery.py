@@ -8,11 +8,15 @@
 - ``EndpointSliceWatcher``: ready endpoints of every Service in the namespace, from EndpointSlices
   labelled ``kubernetes.io/service-name``. The router connects to pod IPs directly: the test bed
   has no cluster DNS or kube-proxy, and in real clusters it saves a hop.
+- ``PodEndpointWatcher``: the same answer computed from the Services' selectors and the ready Pods'
+  IPs. Used for a Service that has no EndpointSlice endpoints: the API server refuses loopback
+  addresses in EndpointSlices, and the local test bed's pods have loopback IPs, so there the
+  EndpointSlice controller cannot publish them. ``Endpoints`` combines the two, slices first.
 
 Each watch first LISTs (a complete, consistent state swapped in at once) and then WATCHes from
 that list's resourceVersion; on any error it waits a second and starts over, keeping the last
 good state meanwhile. RBAC the router needs in its namespace: get/list/watch on configmaps and
-on discovery.k8s.io endpointslices.
+on discovery.k8s.io endpointslices, services and pods.
 """
 
 from __future__ import annotations
@@ -229,3 +233,116 @@ class EndpointSliceWatcher:
         self._stopped.set()
         if self._task is not None:
             self._task.cancel()
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class PodEndpointWatcher:
+    """Ready endpoint URLs by Service name from Services' selectors and Pods' status, for one namespace."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.services: dict[str, tuple[dict[str, str], list[Any]]] = {}  # name -> (selector, ports)
+        self.pods: dict[str, Any] = {}
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def endpoints(self, service: str) -> list[str]:
+        entry = self.services.get(service)
+        if entry is None:
+            return []
+        selector, ports = entry
+        out = []
+        for pod in self.pods.values():
+            labels = pod.metadata.labels or {}
+            status = pod.status
+            if not _matches(selector, labels) or status is None or not status.podIP or pod.metadata.deletionTimestamp:
+                continue
+            if not any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])):
+                continue
+            port = self._target_port(ports, pod)
+            if port:
+                host = f"[{status.podIP}]" if ":" in status.podIP else status.podIP
+                out.append(f"http://{host}:{port}")
+        return sorted(out)
+
+    @staticmethod
+    def _target_port(ports: list[Any], pod: Any) -> int | None:
+        if not ports:
+            return None
+        chosen = next((p for p in ports if p.name == "http"), ports[0])
+        target = chosen.targetPort if chosen.targetPort is not None else chosen.port
+        if isinstance(target, int):
+            return target
+        for container in pod.spec.containers or []:
+            for cp in container.ports or []:
+                if cp.name == target:
+                    return int(cp.containerPort)
+        return None
+
+    async def start(self) -> None:
+        from lightkube.resources.core_v1 import Pod, Service
+
+        client = _client()
+
+        def put_service(obj: Any) -> None:
+            self.services[obj.metadata.name] = (dict(obj.spec.selector or {}), list(obj.spec.ports or []))
+
+        def services_listed(items: list[Any]) -> None:
+            self.services = {}
+            for obj in items:
+                put_service(obj)
+
+        def service_event(op: str, obj: Any) -> None:
+            if op == "DELETED":
+                self.services.pop(obj.metadata.name, None)
+            elif op in ("ADDED", "MODIFIED"):
+                put_service(obj)
+
+        def pods_listed(items: list[Any]) -> None:
+            self.pods = {obj.metadata.name: obj for obj in items}
+
+        def pod_event(op: str, obj: Any) -> None:
+            if op == "DELETED":
+                self.pods.pop(obj.metadata.name, None)
+            elif op in ("ADDED", "MODIFIED"):
+                self.pods[obj.metadata.name] = obj
+
+        loop = asyncio.get_running_loop()
+        ns = self.namespace
+        self._tasks = [
+            loop.create_task(_list_then_watch(
+                f"Services in {ns}", lambda: client.list(Service, namespace=ns),
+                lambda rv: client.watch(Service, namespace=ns, resource_version=rv),
+                services_listed, service_event, self._stopped)),
+            loop.create_task(_list_then_watch(
+                f"Pods in {ns}", lambda: client.list(Pod, namespace=ns),
+                lambda rv: client.watch(Pod, namespace=ns, resource_version=rv),
+                pods_listed, pod_event, self._stopped)),
+        ]
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        for task in self._tasks:
+            task.cancel()
+
+
+class Endpoints:
+    """EndpointSlices first; Pods behind the Service's selector when the slices have no endpoint."""
+
+    def __init__(self, namespace: str) -> None:
+        self.slices = EndpointSliceWatcher(namespace)
+        self.pods = PodEndpointWatcher(namespace)
+
+    def endpoints(self, service: str) -> list[str]:
+        return self.slices.endpoints(service) or self.pods.endpoints(service)
+
+    async def start(self) -> None:
+        await self.slices.start()
+        await self.pods.start()
+
+    async def stop(self) -> None:
+        await self.slices.stop()
+        await self.pods.stop()

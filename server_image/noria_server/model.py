@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ class ServedModel:
     is_classifier: bool
     classes: list[Any] | None
     proba_is_free: bool = False  # predict == argmax(predict_proba), checked at warm-up
+    takes_array: bool = False  # same answers from a float ndarray as from a DataFrame, checked at warm-up
 
     @classmethod
     def load(cls, artifact_uri: str, digest: str, profile_uri: str | None) -> ServedModel:
@@ -71,11 +73,17 @@ class ServedModel:
 
     def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (and class probabilities when they come free) for ``rows`` of shape (n, F)."""
-        frame = self.frame(rows)
+        frame = rows if self.takes_array and rows.dtype == np.float64 else self.frame(rows)
         if self.proba_is_free:
             proba = self.estimator.predict_proba(frame)
             return np.asarray(self.estimator.classes_)[np.argmax(proba, axis=1)], proba
         return np.asarray(self.estimator.predict(frame)), None
+
+    def _raw_outputs(self, data: Any) -> list[np.ndarray]:
+        outputs = [np.asarray(self.estimator.predict(data))]
+        if self.proba_is_free:
+            outputs.append(np.asarray(self.estimator.predict_proba(data)))
+        return outputs
 
     # --- warm-up -----------------------------------------------------------------------------
     def sample_rows(self, n: int) -> np.ndarray:
@@ -108,6 +116,20 @@ class ServedModel:
             except Exception as exc:  # predict_proba may exist but be unusable (e.g. SVC without probability)
                 log.info("predict_proba not used: %s", exc)
                 self.proba_is_free = False
+        if self.schema.all_numeric:
+            # Building a DataFrame and validating it costs more than a small model's predict. A model
+            # that gives bit-identical answers for the plain float matrix gets the matrix; one whose
+            # pipeline selects columns by name (or answers differently) keeps the DataFrame.
+            self.takes_array = False
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")
+                    reference = self._raw_outputs(self.frame(rows))
+                warnings.filterwarnings("ignore", message="X does not have valid feature names")
+                self.takes_array = all(np.array_equal(a, b) for a, b in
+                                       zip(self._raw_outputs(rows), reference, strict=True))
+            except Exception as exc:
+                log.info("the model needs a DataFrame: %s", exc)
         single = rows[:1]
         best = float("inf")
         for _ in range(rounds):

@@ -36,7 +36,7 @@ from noria import metrics as m
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import oip
-from .discovery import ConfigMapSource, EndpointSliceWatcher, FileConfigSource
+from .discovery import ConfigMapSource, Endpoints, FileConfigSource
 from .httpserver import HttpServer, Request, Response, error_response, json_response
 from .router_config import Backend, RouterConfig, compare, predictions_of
 
@@ -91,7 +91,7 @@ class Router:
         self.metrics = RouterMetrics()
         self.config: RouterConfig | None = None
         self.config_applied_at = 0.0
-        self.endpoints: EndpointSliceWatcher | None = None
+        self.endpoints: Endpoints | None = None
         self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
         self.session: aiohttp.ClientSession | None = None
         self.sources: list[Any] = []
@@ -151,7 +151,7 @@ class Router:
             namespace, _, name = s.configmap.partition("/")
             if not namespace or not name:
                 raise ValueError(f"--configmap must be <namespace>/<name>, got {s.configmap!r}")
-            self.endpoints = EndpointSliceWatcher(namespace)
+            self.endpoints = Endpoints(namespace)
             self.sources = [self.endpoints, ConfigMapSource(namespace, name, self.apply_config)]
         elif s.config_file:
             self.sources = [FileConfigSource(s.config_file, self.apply_config)]
