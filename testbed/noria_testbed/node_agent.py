@@ -20,7 +20,8 @@ that the trainer's Jobs and the model server's Deployments run the repo's real c
   then applies the path rewriting rule of :mod:`noria_testbed.podspec` to command, args, env and
   workingDir;
 * writes pod status as the kubelet does: Pending → Running (started, ready from the
-  readinessProbe: httpGet, tcpSocket or exec; no probe means ready once started) → Succeeded or
+  readinessProbe: httpGet, tcpSocket or exec; no probe means ready once started; a failing
+  livenessProbe restarts the container) → Succeeded or
   Failed with exit code and ``terminated.message`` from the (rewritten) termination-message file,
   FallbackToLogsOnError honoured; restartPolicy Always/OnFailure restarts with exponential backoff;
 * on deletion sends SIGTERM to the process group, SIGKILL after terminationGracePeriodSeconds
@@ -28,7 +29,7 @@ that the trainer's Jobs and the model server's Deployments run the repo's real c
 * serves Prometheus ``http_sd_configs`` targets at ``/sd`` (Debian's Prometheus has no
   kubernetes_sd), and ``/healthz``.
 
-Not implemented: liveness and startup probes, service-account token volumes (Noria's pods set
+Not implemented: startup probes, service-account token volumes (Noria's pods set
 automountServiceAccountToken: false), resource limits, ``kubectl logs``/``exec`` (container
 logs are files under ``<root>/pods/<namespace>/<pod>/<container>.log``), EndpointSlices (the
 apiserver refuses loopback endpoint addresses).
@@ -160,13 +161,14 @@ class ContainerRunner:
         state.started_at, state.pid, state.exit_code = started, self.process.pid, None
         self.worker.notify()
         self.worker.event("Started", f"Started container {state.name} (pid {self.process.pid})")
-        probe = asyncio.create_task(self.probe_readiness(), name=f"probe {state.name}")
+        probes = [asyncio.create_task(self.probe_readiness(), name=f"readiness {state.name}"),
+                  asyncio.create_task(self.probe_liveness(), name=f"liveness {state.name}")]
         try:
             code = await self.process.wait()
         finally:
-            probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probe
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
         exit_code = code if code >= 0 else 128 - code  # killed by signal N → 128+N, as runtimes report
         try:
             file_text = launch.termination_file.read_text(errors="replace")
@@ -222,6 +224,29 @@ class ContainerRunner:
                 self.state.ready = False
                 self.worker.notify()
                 self.worker.event("Unhealthy", f"Readiness probe failed {failures} times", warning=True)
+            await asyncio.sleep(period)
+
+    async def probe_liveness(self) -> None:
+        """Kill the container after ``failureThreshold`` failed liveness probes; the restart
+        policy then decides, as with the kubelet."""
+        probe = self.spec.get("livenessProbe")
+        if not probe or not any(k in probe for k in ("httpGet", "tcpSocket", "exec")):
+            return
+        await asyncio.sleep(probe.get("initialDelaySeconds", 0))
+        period, allowed = max(1, probe.get("periodSeconds", 10)), probe.get("failureThreshold", 3)
+        failures = 0
+        while True:
+            failures = 0 if await self.probe_once(probe) else failures + 1
+            if failures >= allowed:
+                self.worker.event("Unhealthy", f"Liveness probe failed {failures} times; container "
+                                               f"{self.state.name} will be restarted", warning=True)
+                self.signal(signal.SIGTERM)
+                assert self.process is not None
+                try:
+                    await asyncio.wait_for(self.process.wait(), self.worker.grace())
+                except TimeoutError:
+                    self.signal(signal.SIGKILL)
+                return
             await asyncio.sleep(period)
 
     def _port(self, port: int | str) -> int:

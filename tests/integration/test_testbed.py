@@ -341,3 +341,29 @@ def test_stopping_a_testbed_leaves_no_process_or_workdir_behind(cluster):
         testbed.stop()
     assert not any(_alive(pid) for pid in pids)  # including a pod that ignores SIGTERM
     assert not testbed.workdir.exists()
+
+
+def test_failing_liveness_probe_restarts_the_container(cluster, namespace):
+    manifest = """
+apiVersion: v1
+kind: Pod
+metadata: {name: hung}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: none
+    command: [python, -c, "import time; time.sleep(600)"]
+    ports: [{name: http, containerPort: 8000}]
+    livenessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1, failureThreshold: 2}
+"""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def restarted() -> bool:
+        status = json.loads(cluster.kubectl("get", "pod", "hung", "-n", namespace, "-o", "json").stdout)["status"]
+        return status.get("containerStatuses", [{}])[0].get("restartCount", 0) >= 1
+
+    wait_until("container restarted by its liveness probe", restarted, timeout=30)
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "Unhealthy" and "Liveness" in e["message"] for e in events)
