@@ -64,11 +64,15 @@ def _act_marks(records: Sequence[dict[str, Any]], origin: float) -> list[tuple[f
 
 
 def _mark_acts(ax: Any, acts: list[tuple[float, str]], top: bool = False) -> None:
+    previous = None
     for t, name in acts:
         ax.axvline(t, color="0.6", linestyle=":", linewidth=1)
         if top:
+            # Two acts at (almost) the same moment: write the second label on the other side of the line.
+            close = previous is not None and abs(t - previous) < 15
             ax.annotate(name, (t, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
-                        va="top", ha="right", color="0.35")
+                        va="top", ha="left" if close else "right", color="0.35")
+        previous = t
 
 
 def _save(fig: Any, path: Path) -> None:
