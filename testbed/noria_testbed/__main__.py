@@ -27,7 +27,8 @@ def up(args: argparse.Namespace) -> int:
     try:
         testbed.start()
         timings = ", ".join(f"{k} {v:.1f}s" for k, v in testbed.timings.items())
-        print(f"# noria testbed is up ({timings}); component logs in {testbed.log_dir}")
+        kept = "kept" if args.keep else "removed on exit unless --keep"
+        print(f"# noria testbed is up ({timings}); component logs in {testbed.log_dir} ({kept})")
         print(f"export KUBECONFIG={testbed.kubeconfig}")
         print(f"export PATH={testbed.binaries}:$PATH   # kubectl {testbed.binaries / 'kubectl'}")
         if testbed.prometheus is not None:
