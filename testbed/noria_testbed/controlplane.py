@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,8 +62,8 @@ class ControlPlane:
         self.binaries = self.binaries or find_binaries()
         try:
             self.pki = make_pki(self.workdir / "pki")
-            self._start_etcd()
-            self._start_apiserver()
+            self._retry_on_port_clash("etcd", self._start_etcd)
+            self._retry_on_port_clash("kube-apiserver", self._start_apiserver)
             self.kubeconfig = self._write_kubeconfig(self.workdir / "kubeconfig")
             self._start_controller_manager()
             self._start_scheduler()
@@ -118,6 +119,21 @@ class ControlPlane:
         except TimeoutError:
             process.check_alive()
             raise
+
+    def _retry_on_port_clash(self, name: str, start: Callable[[], None], attempts: int = 3) -> None:
+        """Start a component; if it died because another process took its "free" port in the
+        meantime (several test beds start at once on a shared machine), try again with new ports."""
+        for attempt in range(attempts):
+            try:
+                start()
+                return
+            except RuntimeError:
+                process = self.processes.pop(name, None)
+                clash = process is not None and "address already in use" in tail(process.log_path, 80)
+                if process is not None:
+                    process.stop()
+                if not clash or attempt == attempts - 1:
+                    raise
 
     def _start_etcd(self) -> None:
         assert self.workdir is not None
