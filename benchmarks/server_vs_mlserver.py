@@ -157,14 +157,17 @@ def main() -> None:
         joblib.dump(saved.estimator, joblib_path)
         print(f"[{kind}] measuring ...", flush=True)
         results: dict[str, WrkResult | None] = {}
-        results["MLServer 1.7.1 (parallel_workers 0)"] = (None if python is None else
-                                                         run_mlserver(python, work, kind, joblib_path, args))
+
+        def record(name: str, result: WrkResult, kind: str = kind, results: dict = results) -> None:
+            results[name] = result
+            print(f"[{kind}] {name}: {result.row()}", flush=True)
+
+        if python is not None:
+            record("MLServer 1.7.1 (parallel_workers 0)", run_mlserver(python, work, kind, joblib_path, args))
         if kserve_python is not None:
-            results["KServe 0.21 sklearn model (1 worker)"] = run_kserve(kserve_python, work, kind, joblib_path, args)
-        results["Noria (defaults)"] = run_noria(work, kind, saved, True, args)
-        results["Noria, drift counting off"] = run_noria(work, kind, saved, False, args)
-        for name, r in results.items():
-            print(f"[{kind}] {name}: {r.row() if r else '-'}", flush=True)
+            record("KServe 0.21 sklearn model (1 worker)", run_kserve(kserve_python, work, kind, joblib_path, args))
+        record("Noria (defaults)", run_noria(work, kind, saved, True, args))
+        record("Noria, drift counting off", run_noria(work, kind, saved, False, args))
         rows.append((kind, results))
 
     print("\n## Model server: Noria vs MLServer 1.7.1 (and KServe), single-row OIP v2 infer, wrk "

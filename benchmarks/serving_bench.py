@@ -74,16 +74,21 @@ class WrkResult:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    match = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    if match is None:  # wrk prints e.g. "-nan" when no request completed
+        return float("nan")
+    value, unit = match.groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}[unit]
 
 
 def wrk(url: str, script: str, connections: int, seconds: float, cpus: str = "0") -> WrkResult:
     out = subprocess.run([*taskset(cpus), require_wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
                           "-s", script, url], check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    rps_match, p50_match, p99_match = (re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"50%\s+(\S+)", out),
+                                       re.search(r"99%\s+(\S+)", out))
+    if rps_match is None or p50_match is None or p99_match is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    rps, p50, p99 = float(rps_match.group(1)), _ms(p50_match.group(1)), _ms(p99_match.group(1))
     errors = 0
     for pattern in (r"Non-2xx or 3xx responses:\s+(\d+)", r"Socket errors: connect (\d+), read (\d+), write (\d+), "
                                                           r"timeout (\d+)"):
