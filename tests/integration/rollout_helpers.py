@@ -107,6 +107,7 @@ class Answer:
     status: int
     version: str | None
     detail: str = ""
+    wall: float = 0.0  # time.time() of the answer, to compare with timestamps in status
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Traffic:
     feedback: bool = True
     rate: float = 40.0  # requests per second
     answers: list[Answer] = field(default_factory=list)
+    feedback_failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -147,12 +149,18 @@ class Traffic:
                         version = payload.get("model_version")
                         if self.feedback:
                             ids = (payload.get("parameters") or {}).get("ids") or [payload.get("id")]
-                            client.post(f"{self.url}/v2/models/{PIPELINE}/feedback",
-                                        json={"id": ids[0], "label": int(self.labels[i % len(self.labels)])})
+                            try:
+                                fb = client.post(f"{self.url}/v2/models/{PIPELINE}/feedback",
+                                                 json={"id": ids[0], "label": int(self.labels[i % len(self.labels)])})
+                                if fb.status_code >= 300:
+                                    self.feedback_failures.append(f"{time.time():.2f} HTTP {fb.status_code}")
+                            except httpx.HTTPError as exc:
+                                self.feedback_failures.append(f"{time.time():.2f} {type(exc).__name__}")
                     detail = "" if resp.status_code == 200 else resp.text[:300]
-                    self.answers.append(Answer(time.monotonic(), resp.status_code, version, detail))
-                except httpx.HTTPError:
-                    self.answers.append(Answer(time.monotonic(), 0, None))
+                    self.answers.append(Answer(time.monotonic(), resp.status_code, version, detail, time.time()))
+                except httpx.HTTPError as exc:
+                    self.answers.append(Answer(time.monotonic(), 0, None, f"{type(exc).__name__}: {exc}"[:200],
+                                               time.time()))
                 i += 1
                 self._stop.wait(1.0 / self.rate)
 
@@ -161,6 +169,10 @@ class Traffic:
         for a in list(self.answers):
             out[(a.status, a.version or a.detail[:200])] = out.get((a.status, a.version or a.detail[:200]), 0) + 1
         return out
+
+    def failures(self, reference_wall: float = 0.0) -> list[tuple[float, int, str]]:
+        """(seconds relative to ``reference_wall``, status, detail) of every failed request."""
+        return [(round(a.wall - reference_wall, 2), a.status, a.detail) for a in list(self.answers) if a.status != 200]
 
     def since(self, t: float) -> list[Answer]:
         return [a for a in list(self.answers) if a.at >= t]
@@ -175,3 +187,34 @@ def sample_rows(seed: int = 7, n: int = 500) -> tuple[np.ndarray, np.ndarray]:
 
     frame, target = dataset("logistic", rows=n, seed=seed)
     return frame.to_numpy(), np.asarray(target)
+
+
+def operator_env(prometheus_url: str) -> dict[str, str]:
+    """Operator env for rollout tests: fast passes, router backends by ClusterIP (the test bed has no
+    EndpointSlices for loopback pod addresses; its node agent proxies ClusterIPs)."""
+    return {"NORIA_PROMETHEUS_URL": prometheus_url, "NORIA_ROLLOUT_INTERVAL_SECONDS": "0.5",
+            "NORIA_ROUTER_BACKEND_URLS": "clusterIP"}
+
+
+def start_stable(cluster, namespace, operator_factory, store_claim, env, manifest: str,  # noqa: ANN001, ANN201
+                 feedback: bool = False):
+    """A Rollout serving churn-v1 as stable through its router, with user traffic flowing."""
+    store_claim(namespace)
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
+    operator = operator_factory(namespace, **env)
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    wait_for("churn-v1 stable and Healthy", lambda: rollout_status(cluster, namespace).get("phase") == "Healthy"
+             and rollout_status(cluster, namespace).get("stableVersion") == "churn-v1", timeout=120,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    rows, labels = sample_rows()
+    traffic = Traffic(service_url(cluster, namespace, PIPELINE), rows, labels, feedback=feedback).start()
+    wait_for("traffic answered by churn-v1", lambda: traffic.share("churn-v1", time.monotonic() - 2)[1] > 5,
+             timeout=60, on_timeout=lambda: f"answers: {traffic.summary()}")
+    return operator, traffic
+
+
+def wall_time(timestamp: str) -> float:
+    """time.time() of an RFC 3339 timestamp written by the operator (second resolution)."""
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()

@@ -11,17 +11,15 @@ import time
 
 import pytest
 from rollout_helpers import (
-    PIPELINE,
-    Traffic,
     condition,
     create_model_version,
     get,
+    operator_env,
     rollout,
     rollout_status,
-    sample_rows,
     save_model,
-    service_url,
     stage_of,
+    start_stable,
     wait_for,
 )
 
@@ -30,25 +28,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def deploy_env(prometheus) -> dict[str, str]:  # noqa: ANN001
-    return {"NORIA_PROMETHEUS_URL": prometheus.url, "NORIA_ROLLOUT_INTERVAL_SECONDS": "0.5",
-            "NORIA_ROUTER_BACKEND_URLS": "clusterIP"}
-
-
-def start_stable(cluster, namespace, operator_factory, store_claim, env, manifest: str,  # noqa: ANN001, ANN201
-                 feedback: bool = False):
-    """A Rollout serving churn-v1 as stable through its router, with user traffic flowing."""
-    store_claim(namespace)
-    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
-    operator = operator_factory(namespace, **env)
-    cluster.kubectl("apply", "-f", "-", input=manifest)
-    wait_for("churn-v1 stable and Healthy", lambda: rollout_status(cluster, namespace).get("phase") == "Healthy"
-             and rollout_status(cluster, namespace).get("stableVersion") == "churn-v1", timeout=120,
-             on_timeout=lambda: str(rollout_status(cluster, namespace)))
-    rows, labels = sample_rows()
-    traffic = Traffic(service_url(cluster, namespace, PIPELINE), rows, labels, feedback=feedback).start()
-    wait_for("traffic answered by churn-v1", lambda: traffic.share("churn-v1", time.monotonic() - 2)[1] > 5,
-             timeout=60, on_timeout=lambda: f"answers: {traffic.summary()}")
-    return operator, traffic
+    return operator_env(prometheus.url)
 
 
 def test_canary_of_a_good_version_walks_every_weight_and_promotes(cluster, namespace, operator_factory, store_claim,

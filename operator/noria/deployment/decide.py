@@ -132,7 +132,7 @@ def resolve_desired(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]]) -> 
         mv = mvs.get(spec.model_version)
         if mv is None:
             return None, c.ROLLOUT_NO_MODEL_VERSION, f"ModelVersion {spec.model_version} does not exist"
-        if _stage(mv) not in ROLLABLE_STAGES:
+        if _stage(mv) not in ROLLABLE_STAGES | {"Retired"}:  # pinning a retired version back is a rollback
             return None, c.ROLLOUT_MODEL_VERSION_REJECTED, (
                 f"ModelVersion {spec.model_version} is {_stage(mv) or 'not approved'}; "
                 "approve it, pin another version, or annotate noria.dev/retry after an abort")
@@ -396,7 +396,9 @@ def decide(obs: Observation) -> Plan:
             b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_WAITING_FOR_PODS, f"waiting for {stable}'s pods")
         return b.finish()
     previous = obs.pods.get(desired)
-    if desired != cand and previous is not None and previous.scale_down_at and previous.ready_for(spec.replicas):
+    served_before = _stage(mvs.get(desired)) in ("Retired", "Production")  # never an aborted or retried candidate
+    if (desired != cand and served_before and previous is not None and previous.scale_down_at
+            and previous.ready_for(spec.replicas)):
         if cand:
             b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"{cand} dropped: rolling back to {desired}")
         b.promote(desired, stable, c.ROLLOUT_FAST_ROLLBACK,

@@ -203,7 +203,7 @@ def test_a_newer_version_mid_rollout_supersedes_the_candidate():
 def test_pinning_back_to_a_still_running_version_rolls_back_at_once():
     spec = {**CANARY, "source": {"modelVersion": "churn-v6"}, "rollbackWindow": "10m"}
     plan = decide(observe(spec=spec, status={"stableVersion": "churn-v7"},
-                          mvs=[mv(6, "Production"), mv(7, "Production")],
+                          mvs=[mv(6, "Retired"), mv(7, "Production")],
                           pods=[ready("churn-v7"), ready("churn-v6", scale_down_at=T0 + dt.timedelta(minutes=5))]))
     assert plan.weights == {"churn-v6": 100} and plan.status["stableVersion"] == "churn-v6"
     assert stages(plan)["churn-v7"] == "Retired"
@@ -230,3 +230,12 @@ def test_invalid_spec_is_degraded_and_touches_nothing():
     obs = dataclasses.replace(observe(), spec=None, spec_error="spec.strategy: set exactly one")
     plan = decide(obs)
     assert plan.status["phase"] == "Degraded" and plan.replicas == {} and plan.weights is None
+
+
+def test_a_retried_version_whose_pods_still_run_walks_the_steps_again():
+    rejected = mv(7, "Rejected", history=[{"stage": "Rejected", "by": "rollout/churn"}])
+    pods = [ready("churn-v6"), ready("churn-v7", scale_down_at=T0 + dt.timedelta(seconds=20))]
+    plan = decide(observe(status={"stableVersion": "churn-v6"}, mvs=[mv(6, "Production"), rejected], pods=pods,
+                          retry=True))
+    assert plan.weights == {"churn-v6": 100} and plan.status["canaryVersion"] == "churn-v7"
+    assert plan.status["currentStep"] == 0
