@@ -78,8 +78,11 @@ def watch_events(namespace: str, events: queue.Queue) -> None:
     from noria.kube import ModelVersion
 
     def pump(res, kind: str) -> None:  # noqa: ANN001
-        for kind_of_event, obj in Client().watch(res, namespace=namespace):
-            events.put((time.monotonic(), kind, kind_of_event, obj.to_dict() if hasattr(obj, "to_dict") else obj))
+        try:
+            for kind_of_event, obj in Client().watch(res, namespace=namespace):
+                events.put((time.monotonic(), kind, kind_of_event, obj.to_dict() if hasattr(obj, "to_dict") else obj))
+        except Exception:  # noqa: BLE001 - the test bed stopping under the watch ends it
+            return
 
     for res, kind in ((Job, "Job"), (ModelVersion, "ModelVersion")):
         threading.Thread(target=pump, args=(res, kind), daemon=True).start()
