@@ -30,7 +30,7 @@ import yaml
 
 from noria_testbed.binaries import find_binaries
 from noria_testbed.pki import Pki, make_pki
-from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wait_until
+from noria_testbed.processes import ManagedProcess, free_port, port_clash, tail, urlopen, wait_until
 
 DEFAULT_SERVICE_CIDR = "127.96.0.0/20"
 
@@ -129,7 +129,7 @@ class ControlPlane:
                 return
             except RuntimeError:
                 process = self.processes.pop(name, None)
-                clash = process is not None and "address already in use" in tail(process.log_path, 80)
+                clash = process is not None and port_clash(process.log_path)
                 if process is not None:
                     process.stop()
                 if not clash or attempt == attempts - 1:

@@ -69,18 +69,33 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class ProcessExited(RuntimeError):
+    """A component that should be running has exited; waiting longer cannot help."""
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.2,
                on_timeout: Callable[[], str] | None = None) -> None:
-    """Poll ``check`` until it returns true; raise TimeoutError naming ``what`` otherwise."""
+    """Poll ``check`` until it returns true; raise TimeoutError naming ``what`` otherwise.
+    Exceptions from ``check`` count as "not yet", except ProcessExited, which is raised at once."""
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ProcessExited:
+            raise
+        except Exception:  # noqa: BLE001, S110 - not ready yet (connection refused, 404, ...)
+            pass
         if time.monotonic() >= deadline:
             detail = f"\n{on_timeout()}" if on_timeout else ""
             raise TimeoutError(f"{what} not reached within {timeout:.0f}s{detail}")
         time.sleep(interval)
+
+
+def port_clash(log_path: Path) -> bool:
+    """Whether a component's log says it could not bind its port (another process took the
+    "free" port between our check and its bind: several test beds may start at once)."""
+    return "address already in use" in tail(log_path, 80)
 
 
 class ManagedProcess:
@@ -110,7 +125,7 @@ class ManagedProcess:
     def check_alive(self) -> None:
         """Raise with the log tail when the process has exited (a crash during start-up)."""
         if not self.alive():
-            raise RuntimeError(f"{self.name} exited with code {self.popen.returncode}; "
+            raise ProcessExited(f"{self.name} exited with code {self.popen.returncode}; "
                                f"last lines of {self.log_path}:\n{tail(self.log_path)}")
 
     def stop(self, grace: float = 5.0) -> None:

@@ -27,7 +27,15 @@ import yaml
 from noria_testbed.binaries import REPO_ROOT, find_binaries
 from noria_testbed.controlplane import ControlPlane
 from noria_testbed.node_agent import NODE_NAME, RUN_MARKER_ENV
-from noria_testbed.processes import ManagedProcess, free_port, tail, urlopen, wait_until
+from noria_testbed.processes import (
+    ManagedProcess,
+    ProcessExited,
+    free_port,
+    port_clash,
+    tail,
+    urlopen,
+    wait_until,
+)
 
 
 class NodeAgentProcess:
@@ -110,13 +118,18 @@ class LocalTestbed:
             self.kubeconfig = self.control_plane.kubeconfig
             self.env = self.control_plane.env()
             self.store_dir.mkdir(parents=True, exist_ok=True)
-            self.node_agent = NodeAgentProcess(
-                kubeconfig=self.kubeconfig, root=self.workdir / "node", store_dir=self.store_dir,
-                log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env,
-                tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key), pod_cidr=self.pod_cidr)
+            self.node_agent = self._new_node_agent()
             if self.apply_crds:
-                self._apply_crds()
-            self.node_agent.wait_ready()
+                self._apply_crds()  # while the agent starts
+            for attempt in range(3):
+                try:
+                    self.node_agent.wait_ready()
+                    break
+                except ProcessExited:
+                    if attempt == 2 or not port_clash(self.node_agent.log_path):
+                        raise
+                    self.node_agent.stop()
+                    self.node_agent = self._new_node_agent()
             self._wait_node_ready()
             self.timings["cluster"] = time.monotonic() - began
             if self.want_prometheus:
@@ -126,15 +139,29 @@ class LocalTestbed:
             raise
         return self
 
+    def _new_node_agent(self) -> NodeAgentProcess:
+        return NodeAgentProcess(
+            kubeconfig=self.kubeconfig, root=self.workdir / "node", store_dir=self.store_dir,
+            log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env,
+            tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key), pod_cidr=self.pod_cidr)
+
     def start_prometheus(self):  # noqa: ANN201 - PrometheusProcess; imported lazily (promtool may be absent)
         from noria_testbed.prometheus import PrometheusProcess
 
         if self.prometheus is None:
             assert self.node_agent is not None
             began = time.monotonic()
-            self.prometheus = PrometheusProcess(workdir=self.workdir / "prometheus", sd_url=self.node_agent.sd_url,
-                                                log_path=self.log_dir / "prometheus.log")
-            self.prometheus.start()
+            for attempt in range(3):
+                self.prometheus = PrometheusProcess(workdir=self.workdir / "prometheus", sd_url=self.node_agent.sd_url,
+                                                    log_path=self.log_dir / "prometheus.log")
+                try:
+                    self.prometheus.start()
+                    break
+                except ProcessExited:
+                    self.prometheus.stop()
+                    if attempt == 2 or not port_clash(self.prometheus.log_path):
+                        self.prometheus = None
+                        raise
             self.timings["prometheus"] = time.monotonic() - began
         return self.prometheus
 
