@@ -7,7 +7,9 @@ A process started by the agent sees this machine's file system, not the containe
 mount is therefore a local directory, and the agent rewrites any absolute path that starts with a
 volumeMount's ``mountPath`` — or equals the container's ``terminationMessagePath`` (default
 ``/dev/termination-log``) — inside the container's ``command``, ``args``, ``workingDir`` and env
-values into the local path. A path matches only at a path boundary: ``/data`` rewrites ``/data``,
+values into the local path. The files of configMap volumes are rewritten the same way (with the
+mount paths of all the pod's containers), so a run spec naming ``file:///var/lib/noria/store/...``
+names the directory the process really sees. A path matches only at a path boundary: ``/data`` rewrites ``/data``,
 ``/data/x`` and ``file:///data/x``, never ``/database`` or ``/srv/data``. Longer mount paths win
 (``/etc/app/sub`` before ``/etc/app``). Paths that code computes at run time from constants are
 not seen: pass every path through an argument or an env var.
