@@ -367,3 +367,32 @@ spec:
     wait_until("container restarted by its liveness probe", restarted, timeout=30)
     events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     assert any(e["reason"] == "Unhealthy" and "Liveness" in e["message"] for e in events)
+
+
+def test_paths_inside_config_map_files_are_rewritten_too(cluster, namespace):
+    """The trainer's run spec is a ConfigMap file naming store URIs; they must reach store_dir."""
+    manifest = f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: run}}
+data:
+  spec.json: '{{"output": "file:///var/lib/noria/store/{namespace}/run/out.txt"}}'
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: noria-store}}
+spec: {{accessModes: [ReadWriteMany], resources: {{requests: {{storage: 1Gi}}}}}}
+---
+""" + job("reader", "import json, sys, urllib.parse; spec = json.load(open(sys.argv[2])); "
+                    "open(urllib.parse.urlparse(spec['output']).path, 'w').write('from the spec')",
+          extra_spec="""        volumeMounts:
+        - {name: run, mountPath: /etc/noria/run, readOnly: true}
+        - {name: store, mountPath: /var/lib/noria/store}
+      volumes:
+      - {name: run, configMap: {name: run}}
+      - {name: store, persistentVolumeClaim: {claimName: noria-store}}
+""").replace("args: [/dev/termination-log]", "args: [/dev/termination-log, /etc/noria/run/spec.json]")
+    (cluster.store_dir / namespace / "run").mkdir(parents=True)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/reader", "--timeout=60s")
+    assert (cluster.store_dir / namespace / "run" / "out.txt").read_text() == "from the spec"
