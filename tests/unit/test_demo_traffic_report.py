@@ -199,8 +199,9 @@ async def test_traffic_records_answers_and_sends_labels_later_then_the_report_dr
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", png[16:24])
         assert width > 600 and height > 200
-    drift = scoring.drift_over_time(frame, models["profile"], 1.0)
-    assert (drift["psi"] > 0.2).all()  # drifted traffic against the reference profile
+    drift = scoring.drift_over_time(frame, models["profile"], 60.0, min_n=20)
+    assert len(drift) == 1 and drift["psi"].iloc[0] > 0.2  # drifted traffic against the reference profile
+    assert scoring.drift_over_time(frame, models["profile"], 60.0, min_n=10_000).empty  # too few inputs
 
 
 def test_report_refuses_an_empty_timeline(tmp_path) -> None:

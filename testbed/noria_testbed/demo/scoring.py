@@ -96,9 +96,10 @@ def over_time(frame: pd.DataFrame, prediction_column: str, bucket_seconds: float
 
 
 def drift_over_time(frame: pd.DataFrame, profile: Profile, bucket_seconds: float,
-                    origin: float | None = None) -> pd.DataFrame:
+                    origin: float | None = None, min_n: int = 100) -> pd.DataFrame:
     """Largest per-feature PSI of the inputs sent in each bucket against ``profile`` (the same
-    binning the server counts into and the operator compares): columns t, psi, feature."""
+    binning the server counts into and the operator compares): columns t, psi, feature. Buckets
+    with fewer than ``min_n`` inputs are left out (PSI of a small sample is biased upwards)."""
     columns = ["t", "psi", "feature"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -107,6 +108,8 @@ def drift_over_time(frame: pd.DataFrame, profile: Profile, bucket_seconds: float
     rows = []
     for b in np.unique(bucket):
         part = frame[bucket == b]
+        if len(part) < min_n:
+            continue
         worst, worst_feature = 0.0, None
         for name, fp in profile.features.items():
             if name not in part.columns:

@@ -452,6 +452,15 @@ class Story:
                 raise StoryError(f"Service {cfg.rollout} has no ready endpoint 60s after {v1} went to Production")
             await asyncio.sleep(1)
         self.say(f"{v1} serves 100% behind Service {cfg.rollout} ({(await target.base_urls())[0]})", "✓")
+        # The first run's cooldown holds any retrain until it ends. Users arrive `before_seconds`
+        # before that, so the pre-drift traffic is a baseline, not hours of old-world feedback that
+        # the retrain would learn from (the trainer merges all labelled traffic, whatever the window).
+        until = C.parse_time(observer.latest.tp_status.get("cooldownUntil"))
+        if until is not None and until - cfg.before_seconds > time.time():
+            wait = until - cfg.before_seconds - time.time()
+            self.say(f"the pipeline cools down for {wait + cfg.before_seconds:.0f}s after its first run; "
+                     f"users arrive in {wait:.0f}s", "…")
+            await asyncio.sleep(wait)
         self.traffic = TrafficGenerator(target, cfg.pipeline, self.timeline, rate=cfg.rate,
                                         label_delay=cfg.label_delay, world=D.REFERENCE_WORLD,
                                         phase=C.PHASE_BEFORE, seed=cfg.seed)
