@@ -1,7 +1,9 @@
 """Prediction and feedback logs for the feedback loop, written off the request path.
 
-The request path only hands a batch to a bounded queue (``offer``: one lock, no I/O, no JSON); a
-writer thread turns batches into JSON lines and appends them to
+The request path only appends a batch to a bounded deque (``offer``: no lock, no I/O, no JSON,
+and no wake-up: signalling a waiting thread on every batch hands it the GIL, which measured as
+~0.4 ms per batch on the event loop); a writer thread wakes every ``flush_seconds``, turns batches
+into JSON lines and appends them to
 ``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` layout). If the store is slow the queue
 fills and further batches are dropped and counted; if it fails (full disk, read-only, gone) the
 lines are dropped and counted, the file is reopened after a back-off, and predictions go on.
@@ -14,9 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,8 @@ class JsonlLog:
         self.directory_for = directory_for
         self.pod = pod
         self.on_drop = on_drop
-        self.queue: queue.Queue[Entry | None] = queue.Queue(maxsize=capacity)
+        self.queue: deque[Entry] = deque()
+        self.capacity = capacity
         self.flush_seconds = flush_seconds
         self.max_file_bytes = max_file_bytes
         self.retry_seconds = retry_seconds
@@ -43,39 +46,30 @@ class JsonlLog:
         self._day: dt.date | None = None
         self._written = 0
         self._broken_until = 0.0
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
         self._thread.start()
 
     # --- request path ------------------------------------------------------------------------
     def offer(self, rows: int, render: Callable[[], bytes]) -> None:
-        try:
-            self.queue.put_nowait((rows, render))
-        except queue.Full:
+        if len(self.queue) >= self.capacity:  # the store is behind: drop rather than grow or block
             self.on_drop(rows)
+        else:
+            self.queue.append((rows, render))
 
     def close(self, timeout: float = 5.0) -> None:
-        try:
-            self.queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
+        self._closing.set()
         self._thread.join(timeout)
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        last_flush = time.monotonic()
         while True:
-            try:
-                entry = self.queue.get(timeout=self.flush_seconds)
-            except queue.Empty:
-                entry = ()  # type: ignore[assignment]
-            if entry is None:
+            closing = self._closing.wait(self.flush_seconds)
+            while self.queue:
+                self._write(*self.queue.popleft())
+            self._flush()
+            if closing:
                 break
-            if entry:
-                self._write(*entry)
-            if self._file is not None and time.monotonic() - last_flush >= self.flush_seconds:
-                self._flush()
-                last_flush = time.monotonic()
-        self._flush()
         self._close_file()
 
     def _write(self, rows: int, render: Callable[[], bytes]) -> None:

@@ -92,7 +92,7 @@ async def test_a_stalled_prediction_log_never_delays_or_fails_predictions(tmp_pa
         real_write(rows, render)
 
     server.predictions_log._write = stalled_write  # type: ignore[method-assign]
-    server.predictions_log.queue.maxsize = 4
+    server.predictions_log.capacity = 4
     payload = {"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64", "data": [0.1] * 20}]}
     async with aiohttp.ClientSession() as session:
         async def one(i: int) -> int:
