@@ -388,7 +388,7 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
          for c in features},
         outcome.kinds,
         predictions=(holdout_predictions.tolist() if spec.task == "classification"
-                     else np.asarray(holdout_predictions, dtype=float)),
+                     else np.asarray(holdout_predictions, dtype=float).tolist()),
         prediction_kind="categorical" if spec.task == "classification" else "numeric",
     )
     trained_at = _rfc3339(dt.datetime.now(dt.UTC))
