@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--skip-throughput", action="store_true", help="only the fixed-rate latency part")
     args = parser.parse_args()
     require_wrk()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
@@ -140,6 +141,16 @@ def main() -> None:
         d50, d99 = fixed_rate(direct, BODY, args.rate, args.rate_seconds)
         r50, r99 = fixed_rate(routed, BODY, args.rate, args.rate_seconds)
 
+        print(f"\n## Router overhead at a fixed {args.rate:g} req/s (open loop, {args.rate_seconds:g}s, aiohttp "
+              "generator on CPU 0)")
+        print(f"{'path':28} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'direct':28} {d50:8.2f} {d99:8.2f}")
+        print(f"{'through the router':28} {r50:8.2f} {r99:8.2f}")
+        print(f"{'added by the router':28} {r50 - d50:8.2f} {r99 - d99:8.2f}   (targets: p50 < 1 ms, p99 < 3 ms)",
+              flush=True)
+        if args.skip_throughput:
+            print(f"Load before: {load_before}\nLoad after:  {uptime()}")
+            return
         results = {}
         print("max throughput ...", flush=True)
         results["direct to the server"] = measure(direct, BODY, args.connections, args.warmup, args.seconds, args.runs)
@@ -165,12 +176,6 @@ def main() -> None:
         else:
             print("nginx not found: `apt-get install -y nginx` for the native-code reference")
 
-        print(f"\n## Router overhead at a fixed {args.rate:g} req/s (open loop, {args.rate_seconds:g}s, aiohttp "
-              "generator on CPU 0)")
-        print(f"{'path':28} {'p50 ms':>8} {'p99 ms':>8}")
-        print(f"{'direct':28} {d50:8.2f} {d99:8.2f}")
-        print(f"{'through the router':28} {r50:8.2f} {r99:8.2f}")
-        print(f"{'added by the router':28} {r50 - d50:8.2f} {r99 - d99:8.2f}   (targets: p50 < 1 ms, p99 < 3 ms)")
         base = results["direct to the server"].rps
         print(f"\n## Maximum throughput (wrk -t1 -c{args.connections} on CPU 0; servers, router and nginx on CPU 1; "
               f"{args.warmup:g}s warm-up + median of {args.runs} x {args.seconds:g}s)")
