@@ -33,7 +33,7 @@ def requests(phase: str, start: float, n: int, version: str, correct: float, sta
 
 
 def state(t: float, weights: dict) -> dict:
-    return {"kind": "observation", "what": "state", "ts": t, "rollout": {"weights": weights}}
+    return {"kind": "observation", "what": "state", "ts": t, "rollout": {"weights": weights, "router": weights}}
 
 
 @pytest.fixture
@@ -146,3 +146,13 @@ def test_a_canary_that_jumped_straight_to_100_fails(story) -> None:
     story["records"] = [r for r in story["records"] if not (r.get("what") == "state"
                         and 0 < ((r.get("rollout") or {}).get("weights") or {}).get("churn-v2", 0) < 100)]
     assert failing(story) == {"the canary moved traffic to the new version in steps, ending at 100%"}
+
+
+def test_an_answer_from_the_bad_candidate_after_the_router_dropped_it_fails(story) -> None:
+    story["records"] += requests("bad-batch", T0 + 491.5, 1, "churn-v3", 0.1)  # router dropped it at T0 + 490
+    assert failing(story) == {"no request answered by the bad candidate after it was rejected"}
+
+
+def test_answers_in_flight_while_the_router_switches_are_allowed(story) -> None:
+    story["records"] += requests("bad-batch", T0 + 490.5, 1, "churn-v3", 0.1)
+    assert "no request answered by the bad candidate after it was rejected" not in failing(story)

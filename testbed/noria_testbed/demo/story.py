@@ -622,6 +622,10 @@ class Story:
         self.result.kubectl_get = self.tb.kubectl("get", "tp,mv,mro", "-n", cfg.namespace, check=False).stdout
         k8s_events = (await api.get(f"/api/v1/namespaces/{cfg.namespace}/events") or {}).get("items") or []
         self.result.events = report.events_from_objects(final.tp, final.mvs, final.rollout, k8s_events)
+        # The objects as they ended, next to the timeline: the checks can be re-run from the two.
+        (cfg.out_dir / "objects.json").write_text(json.dumps(
+            {"trainingPipeline": final.tp, "modelVersions": final.mvs, "rollout": final.rollout,
+             "events": k8s_events}, indent=1, default=str))
         records = list(read_timeline(self.timeline_path))
         counterfactual = profile = None
         facts = C.find_facts(records, final.tp, final.mvs, final.rollout)
