@@ -65,20 +65,27 @@ class FeatureBinCounter(Collector):
             self.high = np.array([fp.edges[-1] for _, _, fp in self.numeric])  # type: ignore[index]
             self.n_bins = np.array([fp.edges.size - 1 for _, _, fp in self.numeric])  # type: ignore[union-attr]
         self.cat_positions = [{c: i for i, c in enumerate(fp.categories)} for _, _, fp in self.categorical]
+        self.num_offsets = self.offsets[: len(self.numeric)]
+        # The common case (every feature numeric, in model order) needs no column gather.
+        self.all_columns_numeric = (not self.categorical
+                                    and self.num_columns.tolist() == list(range(len(features))))
 
     def numeric_bins(self, values: np.ndarray) -> np.ndarray:
         """Bin index (within each feature's labels) of an (n, F_num) float matrix."""
         idx = (values[:, :, None] >= self.inner[None, :, :]).sum(axis=2)
-        idx = np.where(values < self.low, self.n_bins, idx)
-        idx = np.where(values > self.high, self.n_bins + 1, idx)
-        return np.where(np.isnan(values), self.n_bins + 2, idx)
+        below, above, missing = values < self.low, values > self.high, np.isnan(values)
+        if below.any() or above.any() or missing.any():  # rare in healthy traffic: skip the where()s
+            idx = np.where(below, self.n_bins, idx)
+            idx = np.where(above, self.n_bins + 1, idx)
+            idx = np.where(missing, self.n_bins + 2, idx)
+        return idx
 
     def observe(self, rows: np.ndarray) -> None:
         if self.numeric:
-            values = rows[:, self.num_columns]
+            values = rows if self.all_columns_numeric else rows[:, self.num_columns]
             if values.dtype != np.float64:
                 values = values.astype(np.float64)
-            flat = self.numeric_bins(values) + self.offsets[: len(self.numeric)]
+            flat = self.numeric_bins(values) + self.num_offsets
             self.counts += np.bincount(flat.ravel(), minlength=self.counts.size)
         base = len(self.numeric)
         for k, ((j, _, fp), positions) in enumerate(zip(self.categorical, self.cat_positions, strict=True)):
