@@ -35,5 +35,5 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 # Handler modules register themselves on import.
-from noria.training import handlers as _training_handlers  # noqa: E402,F401
 from noria.deployment import handlers as _deployment_handlers  # noqa: E402,F401
+from noria.training import handlers as _training_handlers  # noqa: E402,F401
