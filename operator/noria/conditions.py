@@ -55,6 +55,7 @@ ROLLOUT_NO_MODEL_VERSION: Final = "NoModelVersion"  # nothing approved to serve 
 ROLLOUT_MODEL_VERSION_REJECTED: Final = "ModelVersionRejected"  # the pinned version was rejected
 ROLLOUT_FIRST_DEPLOYMENT: Final = "FirstDeployment"  # nothing served yet: the first version goes straight in
 ROLLOUT_WAITING_FOR_PODS: Final = "WaitingForPods"  # a version's pods are not all ready
+ROLLOUT_WAITING_FOR_ROUTER: Final = "WaitingForRouter"  # the router has no ready pod: no traffic gets through
 ROLLOUT_STEP_IN_PROGRESS: Final = "StepInProgress"
 ROLLOUT_PAUSED_FOR_PROMOTION: Final = "PausedForPromotion"  # indefinite pause: annotate noria.dev/promote
 ROLLOUT_RESUMED_BY_USER: Final = "ResumedByUser"

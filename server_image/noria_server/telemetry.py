@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - older prometheus_client
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 MAX_CLASS_LABELS = 50
+MAX_CONFUSION_PREDECLARED = 10  # classes² zero series at most 100
 
 
 class FeatureBinCounter(Collector):
@@ -132,6 +133,11 @@ class ServerMetrics:
         self.bins: FeatureBinCounter | None = None
         for kind in ("predictions", "feedback"):
             self.log_dropped.labels(model, version, kind)
+        # Zero-valued series from the start: increase() ignores a series' first sample, so a counter
+        # born at its first request would hide that request (and an analysis right after a weight
+        # change would see "no requests"). 200 is errorRate's denominator, 500 its numerator.
+        for code in (200, 500):
+            self._code_children[code] = self.requests.labels(model, version, str(code))
 
     def enable_feature_bins(self, features: Sequence[str], profile: Profile) -> None:
         self.bins = FeatureBinCounter(self.model, self.version, features, profile)
@@ -139,8 +145,13 @@ class ServerMetrics:
 
     def declare_classes(self, classes: Sequence[Any] | None) -> None:
         """Create the zero-valued series up front so ``increase()`` sees the first prediction."""
-        for c in (classes or [])[:MAX_CLASS_LABELS]:
+        declared = list(classes or [])[:MAX_CLASS_LABELS]
+        for c in declared:
             self._class_child(c)
+        if len(declared) <= MAX_CONFUSION_PREDECLARED:  # the accuracy check reads these from the first label on
+            for actual in declared:
+                for predicted in declared:
+                    self.feedback.labels(self.model, self.version, str(actual), str(predicted))
 
     def request_done(self, code: int, seconds: float | None) -> None:
         child = self._code_children.get(code)

@@ -35,7 +35,7 @@ def test_canary_of_a_good_version_walks_every_weight_and_promotes(cluster, names
                                                                   deploy_env):
     manifest = rollout(namespace, {"canary": {"steps": [
         {"setWeight": 25}, {"pause": {"duration": "15s"}}, {"setWeight": 60}, {"pause": {"duration": "15s"}}]}},
-        analysis={"interval": "3s", "failureLimit": 1,
+        analysis={"interval": "5s", "failureLimit": 1,
                   "checks": [{"builtin": "errorRate", "max": "0.05"}]})
     _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, deploy_env, manifest)
     try:

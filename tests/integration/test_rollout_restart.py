@@ -55,7 +55,7 @@ def test_operator_sigkilled_at_every_phase_of_a_canary_finishes_it_exactly_once(
                                                                                  store_claim, prometheus):
     steps = [{"setWeight": 20}, {"pause": {"duration": "8s"}}, {"setWeight": 50}, {"pause": {"duration": "8s"}}]
     manifest = rollout(namespace, {"canary": {"steps": steps}},
-                       analysis={"interval": "3s", "checks": [{"builtin": "errorRate", "max": "0.05"}]})
+                       analysis={"interval": "5s", "checks": [{"builtin": "errorRate", "max": "0.05"}]})
     operator, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
                                      manifest)
     kills: list[float] = []

@@ -80,3 +80,15 @@ def test_exposition_uses_the_contract_names_and_labels() -> None:
     assert 'noria_feedback_total{actual="1",model="churn",predicted="0",version="churn-v2"} 1.0' in text
     assert 'noria_feature_bin_total{bin="missing",feature="a",model="churn",version="churn-v2"} 0.0' in text
     assert "_created" not in text
+
+
+def test_series_the_analysis_reads_exist_at_zero_before_the_first_request() -> None:
+    metrics = ServerMetrics("churn", "churn-v2")
+    metrics.declare_classes([0, 1])
+    text = metrics.exposition().decode()
+    for code in ("200", "500"):
+        assert f'{m.REQUESTS_TOTAL}{{code="{code}",model="churn",version="churn-v2"}} 0.0' in text
+    for actual in ("0", "1"):
+        for predicted in ("0", "1"):
+            assert (f'{m.FEEDBACK_TOTAL}{{actual="{actual}",model="churn",predicted="{predicted}",'
+                    f'version="churn-v2"}} 0.0') in text

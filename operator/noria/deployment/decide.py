@@ -70,6 +70,9 @@ class Observation:
     model_versions: Mapping[str, Mapping[str, Any]]  # every ModelVersion of the namespace, by name
     pods: Mapping[str, VersionPods]  # by version
     now: dt.datetime
+    # Whether the provider's entry point can carry traffic (provider router: a router pod is ready, which
+    # it is only once it has its config). Ready waits for it, so Healthy means users get answers.
+    entry_ready: bool = True
     promote: bool = False
     abort: bool = False
     retry: bool = False
@@ -296,7 +299,9 @@ class _Builder:
         stable, cand = self.status.get("stableVersion"), self.status.get("canaryVersion")
         if spec is not None and stable:
             pods = obs.pods.get(stable)
-            if pods is not None and pods.ready_for(spec.replicas):
+            if pods is not None and pods.ready_for(spec.replicas) and not obs.entry_ready:
+                self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_ROUTER, f"{stable} is ready; the router is not yet")
+            elif pods is not None and pods.ready_for(spec.replicas):
                 self.cond(c.READY, c.TRUE, c.ROLLOUT_STABLE_SERVING, f"{stable} is serving")
             else:
                 self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_PODS, f"{stable}'s pods are not all ready")

@@ -118,14 +118,18 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
     except RolloutSpecError as exc:
         spec, error = None, str(exc)
     mvs = {mv["metadata"]["name"]: mv for mv in await kube.list_objects(API_VERSION, "ModelVersion", ns)}
-    deployments = await kube.list_objects(
-        "apps/v1", "Deployment", ns,
-        labels={objects.LABEL_ROLLOUT: name, objects.LABEL_COMPONENT: objects.COMPONENT_SERVER})
-    pods = {p.version: p for p in map(version_pods, deployments) if p.version}
+    deployments = await kube.list_objects("apps/v1", "Deployment", ns, labels={objects.LABEL_ROLLOUT: name})
+    by_component: dict[str, list[Mapping[str, Any]]] = {}
+    for deployment in deployments:
+        component = (deployment["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT, "")
+        by_component.setdefault(component, []).append(deployment)
+    pods = {p.version: p for p in map(version_pods, by_component.get(objects.COMPONENT_SERVER, [])) if p.version}
+    entry_ready = spec is None or spec.provider != "router" or any(
+        int((d.get("status") or {}).get("readyReplicas") or 0) > 0 for d in by_component.get(objects.COMPONENT_ROUTER, []))
     annotations = meta.get("annotations") or {}
     obs = Observation(
         rollout=ref, generation=int(meta.get("generation") or 0), spec=spec, spec_error=error,
-        status=rollout.get("status") or {}, model_versions=mvs, pods=pods, now=at,
+        status=rollout.get("status") or {}, model_versions=mvs, pods=pods, now=at, entry_ready=entry_ready,
         promote=ANNOTATION_PREFIX + PROMOTE in annotations,
         abort=ANNOTATION_PREFIX + ABORT in annotations,
         retry=ANNOTATION_PREFIX + RETRY in annotations,

@@ -62,6 +62,18 @@ def test_first_version_goes_straight_to_production_when_ready():
     assert stages(plan)["churn-v1"] == "Production" and plan.status["phase"] == "Healthy"
 
 
+def test_first_version_sets_traffic_but_is_not_healthy_until_the_router_is_ready():
+    first = {"canaryVersion": "churn-v1"}
+    plan = decide(observe(mvs=[mv(1)], pods=[ready("churn-v1")], status=first, entry_ready=False))
+    assert plan.weights == {"churn-v1": 100}  # the router needs its config to become ready at all
+    ready_condition = c.get_condition(plan.status["conditions"], c.READY)
+    assert ready_condition["status"] == c.FALSE and ready_condition["reason"] == c.ROLLOUT_WAITING_FOR_ROUTER
+    assert plan.status["phase"] == "Progressing"
+    later = decide(observe(mvs=[mv(1, "Production")], pods=[ready("churn-v1")], entry_ready=True,
+                           status={"stableVersion": "churn-v1", "conditions": plan.status["conditions"]}))
+    assert later.status["phase"] == "Healthy"
+
+
 def test_nothing_approved_is_degraded_with_a_reason():
     plan = decide(observe(mvs=[mv(1, "Candidate")]))
     assert plan.status["phase"] == "Degraded"
