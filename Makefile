@@ -5,10 +5,10 @@ VENV_STAMP := .venv/.installed
 .PHONY: venv control-plane prometheus crds lint unit integration e2e test dev-cluster demo
 
 venv: $(VENV_STAMP)
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 control-plane:
