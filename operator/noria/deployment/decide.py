@@ -299,12 +299,12 @@ class _Builder:
         stable, cand = self.status.get("stableVersion"), self.status.get("canaryVersion")
         if spec is not None and stable:
             pods = obs.pods.get(stable)
-            if pods is not None and pods.ready_for(spec.replicas) and not obs.entry_ready:
-                self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_ROUTER, f"{stable} is ready; the router is not yet")
-            elif pods is not None and pods.ready_for(spec.replicas):
-                self.cond(c.READY, c.TRUE, c.ROLLOUT_STABLE_SERVING, f"{stable} is serving")
-            else:
+            if pods is None or not pods.ready_for(spec.replicas):
                 self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_PODS, f"{stable}'s pods are not all ready")
+            elif not obs.entry_ready:
+                self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_ROUTER, f"{stable} is ready; the router is not yet")
+            else:
+                self.cond(c.READY, c.TRUE, c.ROLLOUT_STABLE_SERVING, f"{stable} is serving")
         elif spec is not None:
             self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_PODS, "no version serves yet")
         # Versions that are neither stable nor candidate get a scale-down deadline, then go.

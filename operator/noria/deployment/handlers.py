@@ -50,7 +50,7 @@ from noria.deployment.decide import (
     parse_time,
 )
 from noria.deployment.providers import make_provider
-from noria.deployment.providers.router import forget_service
+from noria.deployment.providers.router import RouterProvider, forget_service
 from noria.deployment.spec import CheckSpec, RolloutSpec, RolloutSpecError, parse_rollout_spec
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
@@ -119,13 +119,12 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
         spec, error = None, str(exc)
     mvs = {mv["metadata"]["name"]: mv for mv in await kube.list_objects(API_VERSION, "ModelVersion", ns)}
     deployments = await kube.list_objects("apps/v1", "Deployment", ns, labels={objects.LABEL_ROLLOUT: name})
-    by_component: dict[str, list[Mapping[str, Any]]] = {}
-    for deployment in deployments:
-        component = (deployment["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT, "")
-        by_component.setdefault(component, []).append(deployment)
-    pods = {p.version: p for p in map(version_pods, by_component.get(objects.COMPONENT_SERVER, [])) if p.version}
-    entry_ready = spec is None or spec.provider != "router" or any(
-        int((d.get("status") or {}).get("readyReplicas") or 0) > 0 for d in by_component.get(objects.COMPONENT_ROUTER, []))
+    def of(component: str) -> list[Mapping[str, Any]]:
+        return [d for d in deployments if (d["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT) == component]
+
+    pods = {p.version: p for p in map(version_pods, of(objects.COMPONENT_SERVER)) if p.version}
+    entry_ready = spec is None or spec.provider != RouterProvider.name or any(
+        int((d.get("status") or {}).get("readyReplicas") or 0) > 0 for d in of(objects.COMPONENT_ROUTER))
     annotations = meta.get("annotations") or {}
     obs = Observation(
         rollout=ref, generation=int(meta.get("generation") or 0), spec=spec, spec_error=error,
