@@ -48,6 +48,14 @@ MODEL_VERSION_REGISTERED: Final = "ModelVersionRegistered"
 AUTO_APPROVED: Final = "AutoApproved"
 MANUALLY_APPROVED: Final = "ManuallyApproved"
 AWAITING_APPROVAL: Final = "AwaitingApproval"
+MANUALLY_REJECTED: Final = "ManuallyRejected"  # noria.dev/reject=<user> on a Candidate
+
+# --- reasons: artifacts (ModelVersion Degraded, Rollout Degraded/Ready, Events) -----------------
+# A URI field of the ModelVersion names a place outside its namespace's store and every trusted prefix.
+ARTIFACT_OUT_OF_SCOPE: Final = "ArtifactOutOfScope"
+ARTIFACT_IN_SCOPE: Final = "ArtifactInScope"
+# A server refused the artifact (digest, type, size, ...): its termination message says which check.
+ARTIFACT_VERIFICATION_FAILED: Final = "ArtifactVerificationFailed"
 
 # --- reasons: deployment (Rollout) ------------------------------------------------------------
 ROLLOUT_INVALID_SPEC: Final = "InvalidSpec"  # Degraded: the spec cannot be carried out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from noria.artifact_scope import TRUSTED_PREFIXES_ENV, ArtifactScope, parse_trusted_prefixes
 from noria.store import DEFAULT_STORE_ROOT
 
 
@@ -24,6 +25,12 @@ class Settings:
     prometheus_timeout_seconds: float = 5.0
     # Port of the operator's own /metrics (0 disables it).
     metrics_port: int = 9808
+    # Registry prefixes (besides each namespace's own <store_root>/<namespace>/) that ModelVersion
+    # artifacts may come from; "{namespace}" stands for the ModelVersion's namespace. Empty: none.
+    trusted_artifact_prefixes: tuple[str, ...] = ()
+
+    def artifact_scope(self) -> ArtifactScope:
+        return ArtifactScope(self.store_root, self.trusted_artifact_prefixes)
 
     def local_uri(self, uri: str) -> str:
         """A store URI as written for pods (under store_root), rewritten for the operator process."""
@@ -47,4 +54,5 @@ class Settings:
             prometheus_url=e.get("NORIA_PROMETHEUS_URL", d.prometheus_url),
             prometheus_timeout_seconds=float(e.get("NORIA_PROMETHEUS_TIMEOUT", d.prometheus_timeout_seconds)),
             metrics_port=int(e.get("NORIA_METRICS_PORT", d.metrics_port)),
+            trusted_artifact_prefixes=parse_trusted_prefixes(e.get(TRUSTED_PREFIXES_ENV, "")),
         )

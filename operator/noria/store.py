@@ -29,6 +29,12 @@ def join(root: str, *parts: str) -> str:
     return out
 
 
+def namespace_root(root: str, namespace: str) -> str:
+    """``<root>/<namespace>/``: everything of one namespace, and the only part of the store its
+    ModelVersions may point at (with a trailing slash, so ``ml`` never matches ``ml2``)."""
+    return join(root, namespace) + "/"
+
+
 def pipeline_root(root: str, namespace: str, pipeline: str) -> str:
     return join(root, namespace, pipeline)
 

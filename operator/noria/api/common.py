@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -220,6 +221,79 @@ ObjectName = Annotated[
 Text = Annotated[StrictStr, Field(max_length=TEXT_MAX)]
 ShortText = Annotated[StrictStr, Field(max_length=NAME_MAX)]
 Uri = Annotated[StrictStr, Field(min_length=1, max_length=URI_MAX)]
+# --- artifact URIs: where a ModelVersion's files may be ------------------------------------------
+# What the API server can judge from the URI alone. It cannot see the object's namespace from a
+# rule inside spec (``self`` there is the field, not the object), so whether the URI lies under the
+# namespace's own store or a trusted registry prefix is the operator's check (noria.artifact_scope).
+# Each rule is one CEL entry with its own message, and pydantic reports the same messages.
+ARTIFACT_URI_SCHEME_RE: Final = r"^(file:///[^/]|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^/])"
+ARTIFACT_URI_SCHEME_MESSAGE: Final = (
+    "must be file:///<absolute path> or s3://<bucket>/<key>: other schemes, a host in a file URI and"
+    " an s3 URI without a bucket are refused"
+)
+ARTIFACT_URI_QUERY_RE: Final = r"[?#]"
+ARTIFACT_URI_QUERY_MESSAGE: Final = "must not carry a query or a fragment ('?' or '#')"
+ARTIFACT_URI_DOT_SEGMENT_RE: Final = r"/\.\.?(/|$)"
+ARTIFACT_URI_DOT_SEGMENT_MESSAGE: Final = "must not contain '.' or '..' path segments: write the path as it is"
+ARTIFACT_URI_EMPTY_SEGMENT_RE: Final = r"[^:/]//"
+ARTIFACT_URI_EMPTY_SEGMENT_MESSAGE: Final = "must not contain an empty path segment ('//')"
+ARTIFACT_URI_CHARACTERS_RE: Final = r"^[A-Za-z0-9._~/:@+=,-]+$"
+ARTIFACT_URI_CHARACTERS_MESSAGE: Final = (
+    "may contain only letters, digits and . _ ~ / : @ + = , - (no spaces, backslashes, control"
+    " characters or percent-escapes)"
+)
+
+
+@dataclass(frozen=True)
+class UriRule:
+    """One check of an artifact URI: ``regex`` must (or must not) occur in it (a search, as CEL's
+    ``matches`` does)."""
+
+    regex: str
+    must_match: bool
+    message: str
+
+    def holds(self, uri: str) -> bool:
+        return bool(re.search(self.regex, uri)) == self.must_match
+
+    def cel(self) -> dict[str, str]:
+        test = f"self.matches({_cel_regex(self.regex)})"
+        return cel(test if self.must_match else f"!{test}", self.message)
+
+
+ARTIFACT_URI_RULES: Final = (
+    UriRule(ARTIFACT_URI_SCHEME_RE, True, ARTIFACT_URI_SCHEME_MESSAGE),
+    UriRule(ARTIFACT_URI_QUERY_RE, False, ARTIFACT_URI_QUERY_MESSAGE),
+    UriRule(ARTIFACT_URI_DOT_SEGMENT_RE, False, ARTIFACT_URI_DOT_SEGMENT_MESSAGE),
+    UriRule(ARTIFACT_URI_EMPTY_SEGMENT_RE, False, ARTIFACT_URI_EMPTY_SEGMENT_MESSAGE),
+    UriRule(ARTIFACT_URI_CHARACTERS_RE, True, ARTIFACT_URI_CHARACTERS_MESSAGE),
+)
+
+
+def artifact_uri_problems(uri: str) -> list[str]:
+    """Every rule ``uri`` breaks, as messages (empty when it is well-formed)."""
+    return [rule.message for rule in ARTIFACT_URI_RULES if not rule.holds(uri)]
+
+
+def _check_artifact_uri(value: Any) -> Any:
+    problems = artifact_uri_problems(value) if isinstance(value, str) else []
+    if problems:
+        raise ValueError("; ".join(problems) + f" (got {value[:200]!r})")
+    return value
+
+
+ArtifactUri = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=URI_MAX),
+    AfterValidator(_check_artifact_uri),
+    WithJsonSchema({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": URI_MAX,
+        "x-kubernetes-validations": [rule.cel() for rule in ARTIFACT_URI_RULES],
+    }),
+]
+
 Timestamp = Annotated[
     dt.datetime,
     WithJsonSchema({"type": "string", "format": "date-time"}),
@@ -283,6 +357,10 @@ class ObjectMeta(BaseModel):
 
 __all__ = [
     "API_VERSION",
+    "ARTIFACT_URI_RULES",
+    "ArtifactUri",
+    "UriRule",
+    "artifact_uri_problems",
     "CATEGORY",
     "Bound",
     "Condition",

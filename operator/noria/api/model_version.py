@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, StrictStr
 
 from .common import (
+    ArtifactUri,
     Condition,
     Decimalish,
     NoriaModel,
@@ -56,7 +57,12 @@ Digest = Annotated[
 class Artifact(NoriaModel):
     """The model file. It is loaded only after its sha256 matches ``digest``."""
 
-    uri: Uri = Field(description="Where the model file is, e.g. file:///var/lib/noria/store/ml/churn/v7/model.skops.")
+    uri: ArtifactUri = Field(
+        description=(
+            "Where the model file is: under this namespace's store, e.g."
+            " file:///var/lib/noria/store/ml/churn/v7/model.skops, or under a registry prefix the operator trusts."
+        )
+    )
     digest: Digest = Field(description="sha256 of the file: \"sha256:\" + 64 lower-case hex characters.")
     format: Literal["skops"] = Field(default="skops", description="File format; skops (safe loading, no pickle).")
 
@@ -88,9 +94,12 @@ class ModelVersionSpec(NoriaModel):
     pipeline: ObjectName = Field(description="The TrainingPipeline this version belongs to (same namespace).")
     version: int = Field(ge=1, description="Version number N; the object is named <pipeline>-v<N>.")
     artifact: Artifact = Field(description="The model file and its digest.")
-    profile_uri: Uri | None = Field(
+    profile_uri: ArtifactUri | None = Field(
         default=None,
-        description="The drift reference profile (per-feature bins and fractions), e.g. .../v7/profile.json.",
+        description=(
+            "The drift reference profile (per-feature bins and fractions), e.g. .../v7/profile.json; scoped like"
+            " artifact.uri."
+        ),
     )
     metrics: dict[Annotated[StrictStr, Field(max_length=64)], Decimalish] | None = Field(
         default=None,
