@@ -14,6 +14,12 @@ the strategy's steps (``strategies.plan_steps``); analysis failures beyond ``fai
 beyond ``consecutiveErrorLimit`` abort; inconclusive analysis pauses; an abort moves traffic to stable
 first, then schedules the candidate's scale-down, then rejects the ModelVersion; a version still
 running from before (inside ``rollbackWindow`` / ``scaleDownDelay``) is switched back to at once.
+
+Artifacts (issue #10): a version whose URIs lie outside its namespace's store and every trusted
+prefix (``Observation.out_of_scope``, judged by ``noria.artifact_scope``) is never selected: the
+Rollout is Degraded with ``ArtifactOutOfScope`` and the field named, and its Deployment is never
+made. A candidate whose server refused its artifact (the server's JSON termination message,
+``VersionPods.refusal``) is aborted like a failed analysis, with ``ArtifactVerificationFailed``.
 """
 
 from __future__ import annotations
@@ -32,11 +38,27 @@ from noria.deployment.strategies import Step, Traffic, plan_steps, split_replica
 # Stages a Rollout may serve: approved, or already in one of the serving stages.
 ROLLABLE_STAGES = frozenset({"Approved", "Canary", "Shadow", "Preview", "Production"})
 CANDIDATE_STAGE = {"canary": "Canary", "blueGreen": "Preview", "shadow": "Shadow", "immediate": "Approved"}
-ABORT_REASONS = frozenset({c.ROLLOUT_ANALYSIS_FAILED, c.ROLLOUT_ANALYSIS_ERRORS, c.ROLLOUT_ABORTED_BY_USER})
+ABORT_REASONS = frozenset({c.ROLLOUT_ANALYSIS_FAILED, c.ROLLOUT_ANALYSIS_ERRORS, c.ROLLOUT_ABORTED_BY_USER,
+                           c.ARTIFACT_VERIFICATION_FAILED})
 
 PROMOTE = "promote"
 ABORT = "abort"
 RETRY = "retry"
+
+
+@dataclass(frozen=True)
+class ArtifactRefusal:
+    """A server of the version refused its artifact, in its own words (its termination message)."""
+
+    kind: str  # which check, e.g. DigestMismatch, UntrustedType, TooLarge
+    message: str
+    exit_code: int | None = None
+    pod: str = ""
+
+    def describe(self) -> str:
+        code = f", exit code {self.exit_code}" if self.exit_code is not None else ""
+        where = f" (pod {self.pod}{code})" if self.pod else ""
+        return f"the server refused the artifact: {self.kind}: {self.message}{where}"[:900]
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,7 @@ class VersionPods:
     ready: int
     up_to_date: bool = True  # the Deployment controller has seen the latest spec
     scale_down_at: dt.datetime | None = None
+    refusal: ArtifactRefusal | None = None  # a pod of this version refused its artifact
 
     def ready_for(self, want: int) -> bool:
         return self.up_to_date and self.replicas == want and self.ready >= want
@@ -77,6 +100,8 @@ class Observation:
     abort: bool = False
     retry: bool = False
     measurement: Measurement | None = None
+    # ModelVersions whose artifact or profile URI is out of scope: name -> message naming the field.
+    out_of_scope: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,8 +154,18 @@ def rejected_by(mv: Mapping[str, Any], rollout: str) -> bool:
     return _stage(mv) == "Rejected" and bool(history) and history[-1].get("by") == f"rollout/{rollout}"
 
 
-def resolve_desired(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str, str]:
-    """The version the Rollout should serve, or None with (reason, message) saying why not."""
+def resolve_desired(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]],
+                    out_of_scope: Mapping[str, str] | None = None) -> tuple[str | None, str, str]:
+    """The version the Rollout should serve, or None with (reason, message) saying why not. A
+    selected version whose artifact is out of scope is refused, not skipped for an older one: the
+    person who made it must learn why it does not serve, and what serves stays."""
+    desired, reason, message = _select(spec, mvs)
+    if desired is not None and desired in (out_of_scope or {}):
+        return None, c.ARTIFACT_OUT_OF_SCOPE, f"ModelVersion {desired} is not served: {(out_of_scope or {})[desired]}"
+    return desired, reason, message
+
+
+def _select(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str, str]:
     if spec.model_version:
         mv = mvs.get(spec.model_version)
         if mv is None:
@@ -299,7 +334,12 @@ class _Builder:
         stable, cand = self.status.get("stableVersion"), self.status.get("canaryVersion")
         if spec is not None and stable:
             pods = obs.pods.get(stable)
-            if pods is None or not pods.ready_for(spec.replicas):
+            if pods is not None and pods.refusal is not None:
+                # Nothing to fall back to: keep what runs, and say loudly why it is not ready.
+                message = f"stable {stable}: {pods.refusal.describe()}"
+                self.cond(c.READY, c.FALSE, c.ARTIFACT_VERIFICATION_FAILED, message)
+                self.cond(c.DEGRADED, c.TRUE, c.ARTIFACT_VERIFICATION_FAILED, message)
+            elif pods is None or not pods.ready_for(spec.replicas):
                 self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_PODS, f"{stable}'s pods are not all ready")
             elif not obs.entry_ready:
                 self.cond(c.READY, c.FALSE, c.ROLLOUT_WAITING_FOR_ROUTER, f"{stable} is ready; the router is not yet")
@@ -377,7 +417,7 @@ def decide(obs: Observation) -> Plan:
         b.abort(cand, stable, c.ROLLOUT_ABORTED_BY_USER, "aborted by the noria.dev/abort annotation")
         return b.finish()
 
-    desired, why_reason, why = resolve_desired(spec, mvs)
+    desired, why_reason, why = resolve_desired(spec, mvs, obs.out_of_scope)
     if desired is None:
         if cand:
             b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"{cand} is no longer selected: {why}")
@@ -422,9 +462,12 @@ def _first_deployment(b: _Builder, desired: str, cand: str | None) -> Plan:
     assert spec is not None
     if cand and cand != desired:
         b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"{desired} arrived before {cand} was ready")
+    pods = obs.pods.get(desired)
+    if pods is not None and pods.refusal is not None:
+        b.abort(desired, None, c.ARTIFACT_VERIFICATION_FAILED, pods.refusal.describe())
+        return b.finish()
     b.status.update(canaryVersion=desired)
     b.replicas[desired] = spec.replicas
-    pods = obs.pods.get(desired)
     if pods is not None and pods.ready_for(spec.replicas):
         b.promote(desired, None, c.ROLLOUT_FIRST_DEPLOYMENT, f"first version {desired} is ready and serves all traffic")
     else:
@@ -443,9 +486,12 @@ def _progress(b: _Builder, cand: str, stable: str) -> Plan:
     started = parse_time(st.get("stepStartedAt")) or now
     traffic = traffic_at(steps, i)
     want = candidate_replicas(spec, traffic)
+    pods = obs.pods.get(cand)
+    if pods is not None and pods.refusal is not None:
+        b.abort(cand, stable, c.ARTIFACT_VERIFICATION_FAILED, pods.refusal.describe())
+        return b.finish()
     b.replicas[stable] = spec.replicas
     b.replicas[cand] = want
-    pods = obs.pods.get(cand)
     if pods is None or not pods.ready_for(want):
         # Traffic moves only onto ready pods: the step's weight waits for them.
         b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_WAITING_FOR_PODS, f"waiting for {cand}'s pods before step {i}")

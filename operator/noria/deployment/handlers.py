@@ -4,7 +4,7 @@ Each Rollout gets one Kopf daemon that runs a pass every ``NORIA_ROLLOUT_INTERVA
 (default 2). A daemon (not a timer) because Kopf reports every timer run as a Kubernetes Event;
 the wait between passes is the daemon's ``stopped.wait``, so stopping the operator is immediate.
 A pass reads everything fresh from the API server (the Rollout, the namespace's ModelVersions,
-the Rollout's Deployments), takes an analysis measurement from Prometheus only when one is due,
+the Rollout's Deployments and their server pods), takes an analysis measurement from Prometheus only when one is due,
 calls the pure ``decide.decide`` and carries out its plan in the safe order:
 
 1. consume ``noria.dev/promote`` (before acting: a promote lost to a crash is safe, a doubled one is not);
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from typing import Any
 
 import kopf
 
+from noria import conditions as c
 from noria import kube
 from noria.deployment import objects
 from noria.deployment.analysis import combine, judge_check
@@ -41,6 +43,7 @@ from noria.deployment.decide import (
     ABORT,
     PROMOTE,
     RETRY,
+    ArtifactRefusal,
     Measurement,
     Observation,
     Plan,
@@ -107,6 +110,40 @@ def version_pods(deployment: Mapping[str, Any]) -> VersionPods:
     )
 
 
+def artifact_refusal(pod: Mapping[str, Any]) -> ArtifactRefusal | None:
+    """The refusal a server pod reported, from its container's termination message (the server's
+    contract: a JSON object ``{"reason": "ArtifactVerificationFailed", "kind": ..., "message": ...}``
+    written to its termination-message file before it exits). The current state is read first, then
+    the last one (a restarted container keeps the previous exit there); anything else a container
+    leaves (a crash's log tail, no message) is not a refusal."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") != objects.SERVER_CONTAINER:
+            continue
+        for where in ("state", "lastState"):
+            terminated = (status.get(where) or {}).get("terminated") or {}
+            try:
+                said = json.loads(terminated.get("message") or "")
+            except ValueError:
+                continue
+            if isinstance(said, dict) and said.get("reason") == c.ARTIFACT_VERIFICATION_FAILED:
+                code = terminated.get("exitCode")
+                return ArtifactRefusal(kind=str(said.get("kind") or "Unknown")[:128],
+                                       message=str(said.get("message") or "")[:1024],
+                                       exit_code=code if isinstance(code, int) else None,
+                                       pod=str((pod.get("metadata") or {}).get("name") or ""))
+    return None
+
+
+def refusals_by_version(pods: list[Mapping[str, Any]]) -> dict[str, ArtifactRefusal]:
+    out: dict[str, ArtifactRefusal] = {}
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name") or ""):
+        version = ((pod.get("metadata") or {}).get("labels") or {}).get(objects.LABEL_VERSION)
+        refusal = artifact_refusal(pod)
+        if version and refusal is not None and version not in out:
+            out[version] = refusal
+    return out
+
+
 async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observation, dict[str, Any]]:
     meta = rollout["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -123,6 +160,14 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
         return [d for d in deployments if (d["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT) == component]
 
     pods = {p.version: p for p in map(version_pods, of(objects.COMPONENT_SERVER)) if p.version}
+    if pods:  # only versions that run can have refused; a Rollout with no servers lists no pods
+        server_pods = await kube.list_objects("v1", "Pod", ns, labels={
+            objects.LABEL_ROLLOUT: name, objects.LABEL_COMPONENT: objects.COMPONENT_SERVER})
+        for version, refusal in refusals_by_version(server_pods).items():
+            if version in pods:
+                pods[version] = dataclasses.replace(pods[version], refusal=refusal)
+    scope = state().settings.artifact_scope()
+    out_of_scope = {name: found.message for name, mv in mvs.items() if (found := scope.check(mv)) is not None}
     entry_ready = spec is None or spec.provider != RouterProvider.name or any(
         int((d.get("status") or {}).get("readyReplicas") or 0) > 0 for d in of(objects.COMPONENT_ROUTER))
     annotations = meta.get("annotations") or {}
@@ -132,6 +177,7 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
         promote=ANNOTATION_PREFIX + PROMOTE in annotations,
         abort=ANNOTATION_PREFIX + ABORT in annotations,
         retry=ANNOTATION_PREFIX + RETRY in annotations,
+        out_of_scope=out_of_scope,
     )
     return obs, mvs
 
@@ -221,6 +267,9 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
             mv = obs.model_versions.get(version)
             if mv is None:
                 continue  # its ModelVersion is gone: keep whatever runs, we cannot describe it anew
+            if version in obs.out_of_scope and version not in obs.pods:
+                log.warning("rollout %s/%s: not creating %s: %s", ns, ref.name, version, obs.out_of_scope[version])
+                continue  # decide never selects it; this guards the one place that starts servers
             await apply(objects.version_deployment(ref, mv, replicas, settings, spec.resources, spec.prediction_log))
             await apply(objects.version_service(ref, (mv.get("spec") or {}).get("pipeline", ""), version))
             pods = obs.pods.get(version)

@@ -22,6 +22,10 @@ LABEL_COMPONENT: Final = "noria.dev/component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 COMPONENT_SERVER: Final = "server"
 COMPONENT_ROUTER: Final = "router"
+SERVER_CONTAINER: Final = "server"
+# Where a server that refuses its artifact writes why (JSON, reason ArtifactVerificationFailed); the
+# kubelet copies it into the pod's containerStatuses, where the operator reads it.
+TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 SERVER_PORT: Final = 8080
 ROUTER_PORT: Final = 8080
 CONFIG_KEY: Final = "config.json"
@@ -105,6 +109,7 @@ def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Sett
         {"name": "NORIA_PIPELINE", "value": pipeline},
         _field_env("POD_NAME", "metadata.name"),
         {"name": "NORIA_PREDICTION_LOG", "value": "on" if prediction_log else "off"},
+        {"name": "NORIA_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
     ]
 
 
@@ -148,7 +153,7 @@ def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replic
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": _restricted_pod_security(),
                     "containers": [{
-                        "name": "server",
+                        "name": SERVER_CONTAINER,
                         "image": settings.server_image,
                         "command": ["python", "-m", "noria_server", "serve"],
                         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
@@ -162,6 +167,10 @@ def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replic
                         "resources": dict(resources or DEFAULT_SERVER_RESOURCES),
                         "securityContext": _restricted_container_security(),
                         "volumeMounts": mounts,
+                        # A crash without a message leaves its log tail instead, for `kubectl describe`;
+                        # only a JSON refusal in the file counts as ArtifactVerificationFailed.
+                        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
                     }],
                     "volumes": volumes,
                 },

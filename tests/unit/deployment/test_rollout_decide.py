@@ -5,9 +5,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pytest
 from noria import conditions as c
 from noria.deployment.analysis import CheckResult
-from noria.deployment.decide import Measurement, Observation, Plan, VersionPods, analysis_due, decide
+from noria.deployment.decide import (
+    ArtifactRefusal,
+    Measurement,
+    Observation,
+    Plan,
+    VersionPods,
+    analysis_due,
+    decide,
+)
+from noria.deployment.handlers import artifact_refusal
 from noria.deployment.objects import RolloutRef
 from noria.deployment.spec import parse_rollout_spec
 
@@ -251,3 +261,114 @@ def test_a_retried_version_whose_pods_still_run_walks_the_steps_again():
                           retry=True))
     assert plan.weights == {"churn-v6": 100} and plan.status["canaryVersion"] == "churn-v7"
     assert plan.status["currentStep"] == 0
+
+
+# --- artifacts: out of scope, refused by the server (issue #10) --------------------------------
+REFUSAL = ArtifactRefusal("DigestMismatch", "sha256 of model.skops is 3f.., the ModelVersion says 00..", 3, "p-1")
+OUT = {"churn-v7": "spec.artifact.uri 'file:///etc/passwd' is outside namespace ml's store (...)"}
+PINNED_V7 = {**CANARY, "source": {"modelVersion": "churn-v7"}}
+
+
+def crashed(version: str, refusal: ArtifactRefusal = REFUSAL) -> VersionPods:
+    return VersionPods(version, 2, 0, True, None, refusal)
+
+
+def degraded(plan: Plan) -> tuple[str, str]:
+    cond = c.get_condition(plan.status["conditions"], c.DEGRADED)
+    return cond["status"], cond["reason"]
+
+
+@pytest.mark.parametrize(("given", "weights", "replicas", "stage", "reason"), [
+    pytest.param(dict(status=mid_canary(2), mvs=[mv(6, "Production"), mv(7, "Canary")],
+                      pods=[ready("churn-v6"), crashed("churn-v7")]),
+                 {"churn-v6": 100}, {"churn-v6": 2}, "Rejected", c.ARTIFACT_VERIFICATION_FAILED,
+                 id="canary refused mid-way: traffic back to stable, candidate rejected"),
+    pytest.param(dict(status=mid_canary(0), mvs=[mv(6, "Production"), mv(7, "Canary")],
+                      pods=[ready("churn-v6"), crashed("churn-v7")]),
+                 {"churn-v6": 100}, {"churn-v6": 2}, "Rejected", c.ARTIFACT_VERIFICATION_FAILED,
+                 id="canary refused before any weight moved"),
+    pytest.param(dict(status={"canaryVersion": "churn-v1"}, mvs=[mv(1)], pods=[crashed("churn-v1")]),
+                 {}, {}, "Rejected", c.ARTIFACT_VERIFICATION_FAILED,
+                 id="first deployment refused: nothing serves, Degraded"),
+    pytest.param(dict(status={"stableVersion": "churn-v6"}, mvs=[mv(6, "Production"), mv(7)],
+                      pods=[ready("churn-v6")], out_of_scope=OUT),
+                 {"churn-v6": 100}, {"churn-v6": 2}, None, c.ARTIFACT_OUT_OF_SCOPE,
+                 id="newest version out of scope: never started, stable serves"),
+    pytest.param(dict(spec=PINNED_V7, status={"stableVersion": "churn-v6"}, mvs=[mv(6, "Production"), mv(7)],
+                      pods=[ready("churn-v6")], out_of_scope=OUT),
+                 {"churn-v6": 100}, {"churn-v6": 2}, None, c.ARTIFACT_OUT_OF_SCOPE,
+                 id="pinned version out of scope: refused, stable serves"),
+    pytest.param(dict(mvs=[mv(7)], out_of_scope=OUT), None, {}, None, c.ARTIFACT_OUT_OF_SCOPE,
+                 id="first deployment out of scope: no Deployment at all"),
+    pytest.param(dict(status=mid_canary(2), mvs=[mv(6, "Production"), mv(7, "Canary")],
+                      pods=[ready("churn-v6"), ready("churn-v7")], out_of_scope=OUT),
+                 {"churn-v6": 100}, {"churn-v6": 2}, "Approved", c.ARTIFACT_OUT_OF_SCOPE,
+                 id="candidate found out of scope mid-way (trust withdrawn): dropped, stable serves"),
+])
+def test_artifact_trust(given, weights, replicas, stage, reason):
+    plan = decide(observe(**given))
+    assert plan.weights == weights
+    assert plan.replicas == replicas  # the refused or out-of-scope version never gets pods asked for
+    assert stages(plan).get("churn-v7" if "churn-v7" in {m["metadata"]["name"] for m in given["mvs"]}
+                         else "churn-v1") == stage
+    assert degraded(plan) == (c.TRUE, reason) and plan.status["phase"] == "Degraded"
+    assert plan.status.get("canaryVersion") is None
+
+
+def test_a_refused_candidate_says_why_everywhere():
+    plan = decide(observe(status=mid_canary(2), mvs=[mv(6, "Production"), mv(7, "Canary")],
+                          pods=[ready("churn-v6"), crashed("churn-v7")]))
+    (change,) = [s for s in plan.stage_changes if s.version == "churn-v7"]
+    assert "DigestMismatch" in change.reason and change.traffic == 0
+    assert "churn-v7" in plan.scale_down  # scaled down after traffic left it, not deleted at once
+    assert any(t == "Warning" and r == c.ARTIFACT_VERIFICATION_FAILED and "DigestMismatch" in m
+               for t, r, m in plan.events)
+    assert "DigestMismatch" in c.get_condition(plan.status["conditions"], c.DEGRADED)["message"]
+
+
+def test_after_a_refused_first_deployment_the_reason_stays_until_something_serves():
+    first = decide(observe(status={"canaryVersion": "churn-v1"}, mvs=[mv(1)], pods=[crashed("churn-v1")]))
+    rejected = mv(1, "Rejected", history=[{"stage": "Rejected", "by": "rollout/churn"}])
+    later = decide(observe(status=first.status, mvs=[rejected], pods=[crashed("churn-v1")]))
+    assert degraded(later) == (c.TRUE, c.ARTIFACT_VERIFICATION_FAILED)
+    assert later.replicas == {}
+
+
+def test_out_of_scope_message_names_the_field():
+    plan = decide(observe(spec=PINNED_V7, mvs=[mv(7)], out_of_scope=OUT))
+    assert "spec.artifact.uri" in c.get_condition(plan.status["conditions"], c.DEGRADED)["message"]
+
+
+def test_a_stable_version_that_refuses_its_artifact_is_not_ready_and_says_why():
+    plan = decide(observe(status={"stableVersion": "churn-v6"}, mvs=[mv(6, "Production")],
+                          pods=[crashed("churn-v6")]))
+    ready_condition = c.get_condition(plan.status["conditions"], c.READY)
+    assert ready_condition["status"] == c.FALSE and ready_condition["reason"] == c.ARTIFACT_VERIFICATION_FAILED
+    assert degraded(plan) == (c.TRUE, c.ARTIFACT_VERIFICATION_FAILED)
+    assert plan.replicas == {"churn-v6": 2}  # nothing to fall back to: what runs keeps running
+
+
+def server_pod(state=None, last=None, name="server") -> dict:
+    status = {"name": name, "state": state or {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": last or {}}
+    return {"metadata": {"name": "churn-churn-v7-abc", "labels": {"noria.dev/version": "churn-v7"}},
+            "status": {"containerStatuses": [status]}}
+
+
+REFUSED = {"terminated": {"exitCode": 3, "message": '{"reason": "ArtifactVerificationFailed", "kind": "UntrustedType",'
+                                                    ' "message": "os.system is not a trusted type"}'}}
+
+
+@pytest.mark.parametrize(("pod", "kind"), [
+    (server_pod(last=REFUSED), "UntrustedType"),  # restarted: the refusal is in lastState
+    (server_pod(state=REFUSED), "UntrustedType"),  # just exited
+    (server_pod(state={"running": {}}, last=REFUSED), "UntrustedType"),  # running again, still refused before
+    (server_pod(last={"terminated": {"exitCode": 137, "message": "Traceback ...\nMemoryError"}}), None),  # a crash
+    (server_pod(last={"terminated": {"exitCode": 1, "message": '{"reason": "Other"}'}}), None),
+    (server_pod(last={"terminated": {"exitCode": 3}}), None),  # no message: not a refusal by contract
+    (server_pod(last=REFUSED, name="sidecar"), None),  # only the server container speaks for the artifact
+])
+def test_artifact_refusal_is_read_from_the_server_termination_message(pod, kind):
+    found = artifact_refusal(pod)
+    assert (found.kind if found else None) == kind
+    if found:
+        assert found.exit_code == 3 and found.pod == "churn-churn-v7-abc" and "os.system" in found.message
