@@ -277,9 +277,20 @@ async def job_event(body: Mapping[str, Any], **_: Any) -> None:
 async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     meta, spec = body["metadata"], body.get("spec") or {}
     if event.get("type") != "DELETED":
-        patch = results.approval(body, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        refused = state().settings.artifact_scope().check(body)
+        scope = results.scope_status(body, refused, now)
+        if scope is not None:
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope)
+            if refused is not None:
+                await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
+            body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
+        # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
+        # never load it as a champion. The Degraded condition says why.
+        patch = results.approval(body, now) if refused is None else None
         if patch is not None:
             await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch)
-            await kube.post_event(dict(body), "Normal", c.MANUALLY_APPROVED, patch["message"])
+            reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
+            await kube.post_event(dict(body), "Normal", reason, patch["message"])
     if spec.get("pipeline"):  # the champion may have changed
         state().wakeups.wake((meta["namespace"], spec["pipeline"]), delay=0.5)

@@ -30,7 +30,10 @@ PRODUCTION: Final = "Production"
 # Stages of a version that passed the gate and was accepted (a champion can come from these).
 ACCEPTED_STAGES: Final = ("Approved", "Canary", "Shadow", "Preview", "Production")
 
+# Set by a person (the chart's admission policy admits only the approver group, with the value equal
+# to the requester's user name), read here, never removed: the stage history keeps who and when.
 APPROVE_ANNOTATION: Final = "noria.dev/approve"
+REJECT_ANNOTATION: Final = "noria.dev/reject"
 ANNOTATION_INITIAL_STAGE: Final = "noria.dev/initial-stage"
 ANNOTATION_INITIAL_REASON: Final = "noria.dev/initial-reason"
 ANNOTATION_GATE_METRIC: Final = "noria.dev/gate-metric"
@@ -171,20 +174,53 @@ def gate_metric_text(mv: Mapping[str, Any]) -> str | None:
 
 
 def approval(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
-    """Manual approval: annotation ``noria.dev/approve`` on a Candidate moves it to Approved, with
-    the annotation's value as the actor when it names one (``kubectl noria approve`` writes the
-    user); None when there is nothing to do."""
+    """Manual decision on a Candidate: ``noria.dev/approve=<user>`` moves it to Approved,
+    ``noria.dev/reject=<user>`` to Rejected (a reject wins when both are set: the safe reading).
+    The value is recorded as the actor, ``user/<value>``: with the chart's admission policy it is
+    the user name of whoever wrote it (the API server refuses any other value). None when there is
+    nothing to do."""
     status = mv.get("status") or {}
-    value = (mv["metadata"].get("annotations") or {}).get(APPROVE_ANNOTATION)
-    if not value or status.get("stage") != CANDIDATE:
+    annotations = mv["metadata"].get("annotations") or {}
+    if status.get("stage") != CANDIDATE:
         return None
-    actor = value if value.lower() not in ("true", "yes", "1") else "annotation"
-    by = actor if "/" in actor else f"user/{actor}" if actor != "annotation" else f"annotation/{APPROVE_ANNOTATION}"
-    history = list(status.get("history") or [])
-    history.append({"stage": APPROVED, "at": now_iso(now), "reason": "approved manually", "by": by})
-    message = f"approved manually by {by}"
-    conds = c.set_condition(status.get("conditions"), c.APPROVED, c.TRUE, c.MANUALLY_APPROVED, message, now=now)
-    return {"stage": APPROVED, "history": history[-100:], "message": message, "conditions": conds}
+    for key, stage, approved, reason, verb in (
+            (REJECT_ANNOTATION, REJECTED, c.FALSE, c.MANUALLY_REJECTED, "rejected"),
+            (APPROVE_ANNOTATION, APPROVED, c.TRUE, c.MANUALLY_APPROVED, "approved")):
+        value = annotations.get(key)
+        if not value:
+            continue
+        by = f"user/{value[:200]}"
+        history = list(status.get("history") or [])
+        history.append({"stage": stage, "at": now_iso(now), "reason": f"{verb} manually ({key})", "by": by})
+        message = f"{verb} manually by {by}"
+        conds = c.set_condition(status.get("conditions"), c.APPROVED, approved, reason, message, now=now)
+        return {"stage": stage, "history": history[-100:], "message": message, "conditions": conds}
+    return None
+
+
+def scope_status(mv: Mapping[str, Any], out_of_scope: Any, now: dt.datetime) -> dict[str, Any] | None:
+    """The status patch recording whether the version's artifact is in scope (``out_of_scope`` is
+    ``noria.artifact_scope.OutOfScope`` or None): Degraded=True, ArtifactOutOfScope, naming the
+    field, while it is out; Degraded=False, ArtifactInScope once it is back (trust added). None when
+    the status already says so (no write, no repeated Event)."""
+    conditions = (mv.get("status") or {}).get("conditions")
+    current = c.get_condition(conditions, c.DEGRADED)
+    if out_of_scope is None:
+        if not current or current.get("reason") != c.ARTIFACT_OUT_OF_SCOPE:
+            return None
+        message = "artifact and profile URIs are in scope"
+        return {"conditions": c.set_condition(conditions, c.DEGRADED, c.FALSE, c.ARTIFACT_IN_SCOPE, message, now=now)}
+    if current and (current.get("status"), current.get("reason"), current.get("message")) == (
+            c.TRUE, c.ARTIFACT_OUT_OF_SCOPE, out_of_scope.message):
+        return None
+    return {"conditions": c.set_condition(conditions, c.DEGRADED, c.TRUE, c.ARTIFACT_OUT_OF_SCOPE,
+                                          out_of_scope.message, now=now)}
+
+
+def out_of_scope(mv: Mapping[str, Any]) -> bool:
+    """Whether the version is marked ArtifactOutOfScope (never a champion: the trainer would load it)."""
+    cond = c.get_condition((mv.get("status") or {}).get("conditions"), c.DEGRADED)
+    return bool(cond and cond.get("status") == c.TRUE and cond.get("reason") == c.ARTIFACT_OUT_OF_SCOPE)
 
 
 def version_number(mv: Mapping[str, Any]) -> int:
@@ -200,6 +236,7 @@ def champion(mvs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     def stage(mv: Mapping[str, Any]) -> str | None:
         return (mv.get("status") or {}).get("stage")
 
+    mvs = [mv for mv in mvs if not out_of_scope(mv)]
     in_production = [mv for mv in mvs if stage(mv) == PRODUCTION]
     pool = in_production or [mv for mv in mvs if stage(mv) in ACCEPTED_STAGES]
     return max(pool, key=version_number) if pool else None
