@@ -26,7 +26,7 @@ class Settings:
     # Port of the operator's own /metrics (0 disables it).
     metrics_port: int = 9808
     # Registry prefixes (besides each namespace's own <store_root>/<namespace>/) that ModelVersion
-    # artifacts may come from; "{namespace}" stands for the ModelVersion's namespace. Empty: none.
+    # artifacts may come from, NORIA_TRUSTED_ARTIFACT_PREFIXES (comma- or space-separated); "{namespace}" stands for the ModelVersion's namespace. Empty: none.
     trusted_artifact_prefixes: tuple[str, ...] = ()
 
     def artifact_scope(self) -> ArtifactScope:

@@ -1,0 +1,206 @@
+"""The chart's ValidatingAdmissionPolicy on the real API server: who may set, change or remove the
+annotations that steer Noria, tried as each kind of user through impersonation (``kubectl --as
+--as-group``; the test bed's admin is in system:masters and may impersonate).
+
+The policy YAML is the chart's template file, rendered here by substituting its few expressions
+with values from values.yaml (the test bed has no Helm binary); the binding alone is narrowed to
+this module's namespace so the rest of the suite, which annotates as the admin, is not governed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from noria_testbed.processes import wait_until
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "noria"
+EXAMPLES = ROOT / "examples"
+OPERATOR_SA = "noria"
+APPROVERS = ["--as-group=noria-approvers"]
+DIRECTIVE_LINE = re.compile(r"^\s*\{\{-?\s*(if|end|include \"noria\.labels\")[^}]*\}\}\s*$")
+
+
+def values_path(values: dict[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def render_policy(namespace: str, fullname: str, **overrides: Any) -> str:
+    """templates/admission-policy.yaml with every ``{{ ... }}`` replaced, as Helm would with these values."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    values["admission"].update(overrides)
+    assert values["admission"]["enabled"] is True  # on by default: secure unless switched off
+    text = "\n".join(line for line in (CHART / "templates" / "admission-policy.yaml").read_text().splitlines()
+                     if not DIRECTIVE_LINE.match(line))
+    fixed = {'include "noria.fullname" .': fullname, 'include "noria.serviceAccountName" .': OPERATOR_SA,
+             ".Release.Namespace": namespace}
+    for expression, value in fixed.items():
+        text = text.replace("{{ " + expression + " }}", value)
+    text = re.sub(r"\{\{ \.Values\.([A-Za-z0-9_.]+) \| toJson \}\}",
+                  lambda m: json.dumps(values_path(values, m.group(1))), text)
+    assert "{{" not in text, f"unrendered expression left:\n{text}"
+    return text
+
+
+class Kube:
+    def __init__(self, cluster: Any, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+
+    def annotate(self, who: list[str], ref: str, *changes: str) -> Any:
+        return self.cluster.kubectl(*who, "annotate", "--overwrite", "-n", self.namespace, ref, *changes, check=False)
+
+    def annotations(self, ref: str) -> dict[str, str]:
+        obj = json.loads(self.cluster.kubectl("get", "-n", self.namespace, ref, "-o", "json").stdout)
+        return obj["metadata"].get("annotations") or {}
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: Any) -> Any:
+    namespace = f"t-admission-{secrets.token_hex(3)}"
+    fullname = f"noria-{namespace}"
+    cluster.kubectl("create", "namespace", namespace)
+    # Everyone tried here may patch Noria's objects (RBAC allows it): what stops them is the policy.
+    rbac = f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: noria-editor, namespace: {namespace}}}
+rules:
+  - apiGroups: [noria.dev]
+    resources: [modelversions, rollouts, trainingpipelines]
+    verbs: [get, list, create, patch, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: noria-editors, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: noria-editor}}
+subjects:
+  - {{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}
+  - {{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}
+  - {{kind: User, name: mallory, apiGroup: rbac.authorization.k8s.io}}
+  - {{kind: ServiceAccount, name: {OPERATOR_SA}, namespace: {namespace}}}
+"""
+    cluster.kubectl("apply", "-f", "-", input=rbac)
+    for folder in ("01-training-pipeline/pipeline.yaml", "02-model-version-import", "03-rollout-canary"):
+        cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(EXAMPLES / folder))
+    selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=render_policy(namespace, fullname,
+                                                                             namespaceSelector=selector))
+    k = Kube(cluster, namespace)
+    # A new policy takes a moment to reach the API server's admission chain.
+    wait_until("the admission policy to refuse a write", timeout=60,
+               check=lambda: k.annotate(["--as=mallory"], "tp/churn", "noria.dev/retrain=probe").returncode != 0,
+               on_timeout=lambda: k.annotate(["--as=mallory"], "tp/churn", "noria.dev/retrain-").stderr)
+    yield k
+    cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", f"{fullname}-annotations",
+                    "--wait=false", check=False)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def alice(*extra: str) -> list[str]:
+    return ["--as=alice", *APPROVERS, *extra]
+
+
+
+
+def operator(kube: Kube) -> list[str]:
+    return [f"--as=system:serviceaccount:{kube.namespace}:{OPERATOR_SA}"]
+
+
+# (who, object, annotation change, allowed, fragment of the refusal)
+CASES = [
+    ("alice in noria-approvers approves as herself", alice(), "mv/churn-v1", "noria.dev/approve=alice", True, ""),
+    ("mallory, not an approver, approves as herself", ["--as=mallory"], "mv/churn-v1", "noria.dev/approve=mallory",
+     False, "only members of noria-approvers may set noria.dev/approve; mallory is not in any of these groups"),
+    ("alice approves in bob's name", alice(), "mv/churn-v1", "noria.dev/approve=bob", False,
+     "noria.dev/approve and noria.dev/reject must hold your own user name (alice)"),
+    ("alice approves with a bare true", alice(), "mv/churn-v1", "noria.dev/approve=true", False,
+     "must hold your own user name (alice)"),
+    ("alice rejects as herself", alice(), "mv/churn-v1", "noria.dev/reject=alice", True, ""),
+    ("mallory promotes a rollout", ["--as=mallory"], "rollouts.noria.dev/churn", "noria.dev/promote=true", False,
+     "may set noria.dev/promote"),
+    ("mallory aborts a rollout", ["--as=mallory"], "rollouts.noria.dev/churn", "noria.dev/abort=true", False,
+     "may set noria.dev/abort"),
+    ("mallory asks for a retry", ["--as=mallory"], "rollouts.noria.dev/churn", "noria.dev/retry=true", False,
+     "may set noria.dev/retry"),
+    ("mallory asks for a retrain", ["--as=mallory"], "tp/churn", "noria.dev/retrain=now", False,
+     "may set noria.dev/retrain"),
+    ("alice asks for a retrain", alice(), "tp/churn", "noria.dev/retrain=2026-12-02", True, ""),
+    ("a cluster admin outside the group promotes", [], "rollouts.noria.dev/churn", "noria.dev/promote=true", False,
+     "may set noria.dev/promote"),
+    ("mallory writes an annotation Noria does not read", ["--as=mallory"], "mv/churn-v1", "team=fraud", True, ""),
+    ("mallory with the approver group (as an identity provider would say) approves as herself",
+     ["--as=mallory", *APPROVERS], "mv/churn-v1", "noria.dev/approve=mallory", True, ""),
+]
+
+
+@pytest.mark.parametrize(("who", "ref", "change", "allowed", "fragment"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_who_may_set_a_steering_annotation(kube: Kube, who: list[str], ref: str, change: str, allowed: bool,
+                                           fragment: str) -> None:
+    key, _, value = change.partition("=")
+    kube.annotate(alice(), ref, f"{key}-")  # start from nothing (alice may remove)
+    out = kube.annotate(who, ref, change)
+    stored = kube.annotations(ref).get(key)
+    if allowed:
+        assert out.returncode == 0, out.stderr
+        assert stored == value
+    else:
+        assert out.returncode != 0, f"{change} by {who} was admitted"
+        assert "ValidatingAdmissionPolicy" in out.stderr and fragment in out.stderr, out.stderr
+        assert stored is None  # nothing was written
+
+
+def test_only_approvers_and_the_operator_remove_what_the_operator_consumes(kube: Kube) -> None:
+    ref = "rollouts.noria.dev/churn"
+    assert kube.annotate(alice(), ref, "noria.dev/promote=true").returncode == 0
+    refused = kube.annotate(["--as=mallory"], ref, "noria.dev/promote-")
+    assert refused.returncode != 0 and "or the Noria operator may remove noria.dev/promote" in refused.stderr
+    assert kube.annotations(ref).get("noria.dev/promote") == "true"
+    assert kube.annotate(operator(kube), ref, "noria.dev/promote-").returncode == 0  # consumed after acting
+    assert "noria.dev/promote" not in kube.annotations(ref)
+    # ... but the operator cannot set one itself: promotion is a person's decision
+    out = kube.annotate(operator(kube), ref, "noria.dev/promote=true")
+    assert out.returncode != 0 and "may set noria.dev/promote" in out.stderr
+
+
+def test_nobody_but_an_approver_changes_a_recorded_approval(kube: Kube) -> None:
+    ref = "mv/churn-v1"
+    kube.annotate(alice(), ref, "noria.dev/approve-")
+    assert kube.annotate(alice(), ref, "noria.dev/approve=alice").returncode == 0
+    out = kube.annotate(["--as=mallory"], ref, "noria.dev/approve=mallory")
+    assert out.returncode != 0 and kube.annotations(ref)["noria.dev/approve"] == "alice"
+    out = kube.annotate(["--as=mallory"], ref, "noria.dev/approve-")
+    assert out.returncode != 0 and kube.annotations(ref)["noria.dev/approve"] == "alice"
+
+
+def test_a_model_version_cannot_be_created_already_approved_except_by_the_operator(kube: Kube) -> None:
+    doc = yaml.safe_load((EXAMPLES / "02-model-version-import" / "modelversion.yaml").read_text())
+    doc["metadata"] = {"name": f"churn-v{secrets.randbelow(10**6) + 2}",
+                       "annotations": {"noria.dev/initial-stage": "Approved"}}
+    doc["spec"]["version"] = int(doc["metadata"]["name"].rsplit("v", 1)[1])
+    manifest = json.dumps(doc)
+    out = kube.cluster.kubectl("--as=mallory", *APPROVERS, "create", "-n", kube.namespace, "-f", "-", input=manifest,
+                               check=False)
+    assert out.returncode != 0 and "written by the Noria operator only" in out.stderr
+    out = kube.cluster.kubectl(*operator(kube), "create", "-n", kube.namespace, "-f", "-", input=manifest, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+def test_creating_with_an_approval_in_someone_elses_name_is_refused(kube: Kube) -> None:
+    doc = yaml.safe_load((EXAMPLES / "02-model-version-import" / "modelversion.yaml").read_text())
+    doc["metadata"] = {"name": "churn-v900", "annotations": {"noria.dev/approve": "bob"}}
+    doc["spec"]["version"] = 900
+    out = kube.cluster.kubectl(*alice(), "create", "-n", kube.namespace, "-f", "-", input=json.dumps(doc),
+                               check=False)
+    assert out.returncode != 0 and "must hold your own user name (alice)" in out.stderr
