@@ -160,7 +160,9 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
         return [d for d in deployments if (d["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT) == component]
 
     pods = {p.version: p for p in map(version_pods, of(objects.COMPONENT_SERVER)) if p.version}
-    if pods:  # only versions that run can have refused; a Rollout with no servers lists no pods
+    # A server that refused its artifact is never ready: pods are listed only while some version
+    # lacks ready pods, so a steady Rollout costs no extra request per pass.
+    if any(p.ready < p.replicas for p in pods.values()):
         server_pods = await kube.list_objects("v1", "Pod", ns, labels={
             objects.LABEL_ROLLOUT: name, objects.LABEL_COMPONENT: objects.COMPONENT_SERVER})
         for version, refusal in refusals_by_version(server_pods).items():
