@@ -16,11 +16,13 @@ FEEDBACK_TOTAL: Final = "noria_feedback_total"  # counter: model, version, actua
 FEEDBACK_ABS_ERROR_SUM: Final = "noria_feedback_abs_error_sum"  # counter: model, version (regression)
 FEEDBACK_ABS_ERROR_COUNT: Final = "noria_feedback_abs_error_count"  # counter: model, version (regression)
 PREDICTION_LOG_DROPPED_TOTAL: Final = "noria_prediction_log_dropped_total"  # counter: model, version, kind
+FEEDBACK_REFUSED_TOTAL: Final = "noria_feedback_refused_total"  # counter: model, version, reason (items; requests for unauthorized)
 
 # --- exported by the router -------------------------------------------------------------------
 SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
 ROUTER_WEIGHT: Final = "noria_router_weight"  # gauge: model, version
 ROUTER_ERRORS_TOTAL: Final = "noria_router_errors_total"  # counter: model, version, reason
+ROUTER_FEEDBACK_TOTAL: Final = "noria_router_feedback_total"  # counter: model, outcome (items, merged over replicas)
 SHADOW_DURATION_SECONDS: Final = "noria_shadow_duration_seconds"  # histogram: model, shadow
 
 # --- label names ------------------------------------------------------------------------------
@@ -49,6 +51,16 @@ BIN_OTHER: Final = "other"
 OUTCOME_AGREE: Final = "agree"
 OUTCOME_DISAGREE: Final = "disagree"
 OUTCOME_ERROR: Final = "error"
+
+# Reasons of noria_feedback_refused_total: the label did not move a counter because ...
+FEEDBACK_DUPLICATE: Final = "duplicate"  # its id was labelled before (the first label counted)
+FEEDBACK_UNKNOWN_ID: Final = "unknown_id"  # this pod holds no prediction with that id (not counted behind the router)
+FEEDBACK_EXPIRED: Final = "expired"  # the prediction is older than the feedback retention
+FEEDBACK_UNKNOWN_CLASS: Final = "unknown_class"  # classifier: not one of the fitted model's classes
+FEEDBACK_NOT_FINITE: Final = "not_finite"  # NaN/Inf, or an absolute error that is not finite
+FEEDBACK_OUT_OF_RANGE: Final = "out_of_range"  # regressor: larger in magnitude than --feedback-max-abs-label
+FEEDBACK_NOT_A_NUMBER: Final = "not_a_number"  # regressor: a non-numeric label
+FEEDBACK_UNAUTHORIZED: Final = "unauthorized"  # a token is configured and the request did not carry it (per request)
 
 # Reasons of noria_router_errors_total (the router answers 502/503 for the first four).
 ROUTER_ERROR_UNREACHABLE: Final = "unreachable"

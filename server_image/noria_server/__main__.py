@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from . import bearer, ledger
+
 
 def _env_bool(name: str, default: bool) -> bool:
     value = os.environ.get(name)
@@ -60,8 +62,16 @@ def parser() -> argparse.ArgumentParser:
                    help="extra wait for a batch to fill; 0 = batch only what is already queued [NORIA_BATCH_WAIT_MS]")
     s.add_argument("--max-body-bytes", type=int, default=int(env("NORIA_MAX_BODY_BYTES", str(16 << 20))),
                    help="[NORIA_MAX_BODY_BYTES]")
-    s.add_argument("--remember-predictions", type=int, default=int(env("NORIA_REMEMBER_PREDICTIONS", "100000")),
-                   help="recent prediction ids kept for feedback counters [NORIA_REMEMBER_PREDICTIONS]")
+    s.add_argument("--feedback-ledger-bytes", type=int,
+                   default=int(env("NORIA_FEEDBACK_LEDGER_BYTES", str(ledger.DEFAULT_MAX_BYTES))),
+                   help="memory for the ids of recent predictions, which feedback may label once each "
+                        "[NORIA_FEEDBACK_LEDGER_BYTES]")
+    s.add_argument("--feedback-retention-seconds", type=float,
+                   default=float(env("NORIA_FEEDBACK_RETENTION_SECONDS", str(ledger.DEFAULT_RETENTION_SECONDS))),
+                   help="a label counts only this long after its prediction [NORIA_FEEDBACK_RETENTION_SECONDS]")
+    s.add_argument("--feedback-max-abs-label", type=float,
+                   default=float(env("NORIA_FEEDBACK_MAX_ABS_LABEL", str(ledger.DEFAULT_MAX_ABS_LABEL))),
+                   help="regression labels larger in magnitude are refused [NORIA_FEEDBACK_MAX_ABS_LABEL]")
     s.add_argument("--drain-seconds", type=float, default=float(env("NORIA_DRAIN_SECONDS", "5")),
                    help="keep serving this long after SIGTERM while not ready [NORIA_DRAIN_SECONDS]")
     s.add_argument("--failure-exit-seconds", type=float, default=float(env("NORIA_FAILURE_EXIT_SECONDS", "30")),
@@ -112,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("NORIA_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    try:  # from the environment only: a flag would show the token in the node's process list
+        feedback_token = bearer.from_environment(os.environ.get(bearer.TOKEN_ENV))
+    except ValueError as exc:
+        print(f"noria_server {args.mode}: {exc}", file=sys.stderr)
+        return 2
     if args.mode == "serve":
         from .serve import ServeSettings, run
 
@@ -120,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version, host=args.host, port=args.port, store_root=args.store_root,
             namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
             feature_counting=args.feature_counting, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-            max_body_bytes=args.max_body_bytes, remember_predictions=args.remember_predictions,
+            max_body_bytes=args.max_body_bytes, feedback_ledger_bytes=args.feedback_ledger_bytes,
+            feedback_retention_seconds=args.feedback_retention_seconds,
+            feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
             drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds)
         try:
             settings.validate()
@@ -137,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     router_settings = RouterSettings(config_file=args.config, configmap=args.configmap, host=args.host,
                                      port=args.port, timeout=args.timeout, connect_timeout=args.connect_timeout,
-                                     drain_seconds=args.drain_seconds, max_body_bytes=args.max_body_bytes)
+                                     drain_seconds=args.drain_seconds, max_body_bytes=args.max_body_bytes,
+                                     feedback_token=feedback_token)
     return _run(lambda: run_router(router_settings))
 
 

@@ -270,6 +270,9 @@ def infer_response(model_name: str, model_version: str, request: InferRequest, p
 
 
 # --- feedback ---------------------------------------------------------------------------------
+MAX_FEEDBACK_ITEMS = 10_000  # per request: the answer lists every item, so it stays as small as the request
+
+
 @dataclass(frozen=True, slots=True)
 class Feedback:
     id: str
@@ -277,7 +280,11 @@ class Feedback:
 
 
 def parse_feedback(body: bytes) -> list[Feedback]:
-    """``{"id": "...", "label": x}``, or ``{"feedback": [{"id", "label"}, ...]}``, or a bare list of those."""
+    """``{"id": "...", "label": x}``, or ``{"feedback": [{"id", "label"}, ...]}``, or a bare list of those.
+
+    Only the shape is checked here (a malformed body is refused whole: 400/422 naming the item);
+    whether each label counts is decided item by item against the prediction ledger and the model
+    (``noria_server.ledger``)."""
     try:
         payload = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
@@ -292,6 +299,8 @@ def parse_feedback(body: bytes) -> list[Feedback]:
         raise RequestError(400, "expected {\"id\": ..., \"label\": ...} or {\"feedback\": [...]}")
     if not isinstance(items, list) or not items:
         raise RequestError(400, "'feedback' must be a non-empty list of {id, label} objects")
+    if len(items) > MAX_FEEDBACK_ITEMS:
+        raise RequestError(422, f"'feedback' has {len(items)} items; send at most {MAX_FEEDBACK_ITEMS} per request")
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or "id" not in item or "label" not in item:
@@ -299,7 +308,11 @@ def parse_feedback(body: bytes) -> list[Feedback]:
         fid, label = item["id"], item["label"]
         if not isinstance(fid, (str, int)) or isinstance(fid, bool) or str(fid) == "":
             raise RequestError(422, f"feedback[{i}].id must be a non-empty string")
+        fid = str(fid)
+        if len(fid) > MAX_ID_LENGTH:
+            raise RequestError(422, f"feedback[{i}].id is longer than {MAX_ID_LENGTH} characters; prediction ids "
+                                    f"are never longer")
         if label is None or isinstance(label, (dict, list)):
-            raise RequestError(422, f"feedback[{i}].label must be a scalar (class or number), got {label!r}")
-        out.append(Feedback(str(fid), label))
+            raise RequestError(422, f"feedback[{i}].label must be a scalar (class or number), got {label!r:.80}")
+        out.append(Feedback(fid, label))
     return out

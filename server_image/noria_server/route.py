@@ -12,8 +12,12 @@ One router Deployment per Rollout sits in front of the per-version model servers
   ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
   versions log the same prediction ids;
 - feedback (``POST /v2/models/{m}/feedback``) fans out to every ready endpoint of every version:
-  only the replica that made a prediction knows it (its confusion counters move), and one
-  designated replica logs labels no replica remembers, so a label is logged at least once;
+  only the replica that made a prediction holds it in its ledger and counts the label (at most
+  once per id, ``noria_server.ledger``); one designated replica logs labels no replica remembers, so
+  a label is logged at least once. The answer merges the replicas' per-item outcomes (an item is
+  ``counted`` if any replica counted it); when a replica could not be reached and some item was not
+  counted, the answer is 502 and resending is safe (what was counted comes back ``duplicate``).
+  With a feedback token configured the router checks it too and forwards ``Authorization``;
 - a backend with no ready endpoints → 503, refused connection or error → 502, no answer within
   the timeout → 502 saying so; each also counted in ``noria_router_errors_total{reason}``.
   Timeouts are everywhere (connect, whole request), so nothing hangs.
@@ -27,7 +31,7 @@ import logging
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -35,7 +39,8 @@ import orjson
 from noria import metrics as m
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from . import oip
+from . import ledger, oip
+from .bearer import CHALLENGE, BearerToken
 from .discovery import ConfigMapSource, Endpoints, FileConfigSource
 from .httpserver import HttpServer, Request, Response, error_response, json_response
 from .router_config import Backend, RouterConfig, compare, predictions_of
@@ -58,6 +63,7 @@ class RouterSettings:
     drain_seconds: float = 5.0
     max_body_bytes: int = 16 << 20
     max_shadow_in_flight: int = 512
+    feedback_token: BearerToken | None = field(default=None, repr=False)
 
 
 class RouterMetrics:
@@ -75,6 +81,12 @@ class RouterMetrics:
                                          registry=self.registry)
         self.errors = Counter(m.ROUTER_ERRORS_TOTAL, "Requests the router could not deliver, by reason",
                               [m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_REASON], registry=self.registry)
+        self.feedback = Counter(m.ROUTER_FEEDBACK_TOTAL, "Feedback items by outcome, merged over every replica",
+                                [m.LABEL_MODEL, m.LABEL_OUTCOME], registry=self.registry)
+        # Every answer the router gives, by code (its own refusals and errors, and the backends' answers).
+        self.requests = Counter(m.ROUTER_REQUESTS_TOTAL, "Answers the router gave, by HTTP status code",
+                                [m.LABEL_CODE], registry=self.registry)
+        self._code_children: dict[int, Any] = {code: self.requests.labels(str(code)) for code in (200, 500, 502)}
         self._duration_children: dict[tuple[str, str], Any] = {}
 
     def observe(self, model: str, version: str, seconds: float) -> None:
@@ -303,6 +315,13 @@ class Router:
             self.shadow_in_flight -= 1
 
     async def _fan_out_feedback(self, config: RouterConfig, request: Request) -> Response:
+        token = self.settings.feedback_token
+        if token is not None and not token.matches(request.headers.get("authorization")):
+            refused = error_response(401, "feedback needs 'Authorization: Bearer <token>' with the token of the "
+                                          "Secret named in the Rollout's spec.feedback.tokenSecretRef")
+            refused.headers.append(CHALLENGE)
+            self.metrics.feedback.labels(config.model, m.FEEDBACK_UNAUTHORIZED).inc()
+            return refused
         targets: list[tuple[Backend, str]] = []
         seen: set[str] = set()
         for backend in config.all_backends():  # a version can be both a (weight 0) backend and the shadow
@@ -314,6 +333,9 @@ class Router:
             return error_response(503, "no ready endpoints to take feedback")
         assert self.session is not None
         base_headers = self._headers(request)
+        base_headers["x-noria-feedback-fanout"] = "1"
+        if "authorization" in request.headers:
+            base_headers["authorization"] = request.headers["authorization"]
 
         async def one(i: int, backend: Backend, url: str) -> tuple[int, Any]:
             headers = dict(base_headers)
@@ -330,11 +352,49 @@ class Router:
         first_status, first = answers[0]
         if first_status != 200:
             return json_response(first_status, first)
-        matched_by = {b.version: 0 for b, _ in targets}
-        for (backend, _), (status, answer) in zip(targets, answers, strict=True):
-            if status == 200 and isinstance(answer, dict):
-                matched_by[backend.version] += int(answer.get("matched", 0))
-        return json_response(200, {**first, "matched": sum(matched_by.values()), "matchedByVersion": matched_by})
+        merged = merge_feedback_answers([(b.version, status, answer) for (b, _), (status, answer)
+                                         in zip(targets, answers, strict=True)])
+        for outcome, n in merged["outcomes"].items():
+            if n:
+                self.metrics.feedback.labels(config.model, outcome).inc(n)
+        body = {**first, **merged}
+        missed = merged["outcomes"][ledger.UNKNOWN_ID] + merged["outcomes"][ledger.EXPIRED]
+        if merged["unreachable"] and missed:
+            body["error"] = (f"{len(merged['unreachable'])} replica(s) could not be reached and {missed} label(s) "
+                             f"were not counted; resending is safe: labels already counted come back as duplicate")
+            return json_response(502, body)
+        return json_response(200, body)
+
+
+def merge_feedback_answers(answers: list[tuple[str, int, Any]]) -> dict[str, Any]:
+    """One answer from every replica's ``(version, status, answer)``: each item takes the most telling
+    outcome any replica gave it (counted > duplicate > invalid > expired > unknown_id, see
+    ``ledger.OUTCOMES``), so a label counted by the pod that made the prediction reads ``counted``
+    although every other pod answered ``unknown_id``. ``matched``/``matchedByVersion`` count the
+    items counted (per version: a mirrored prediction is held by a pod of each version)."""
+    rank = {outcome: i for i, outcome in enumerate(ledger.OUTCOMES)}
+    best: list[dict[str, Any]] | None = None
+    matched_by: dict[str, int] = {}
+    unreachable: list[str] = []
+    for version, status, answer in answers:
+        matched_by.setdefault(version, 0)
+        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+            unreachable.append(str(answer.get("error", status)) if isinstance(answer, dict) else str(status))
+            continue
+        results = answer["results"]
+        matched_by[version] += sum(1 for r in results if isinstance(r, dict) and r.get("outcome") == ledger.COUNTED)
+        if best is None:
+            best = [dict(r) for r in results]
+            continue
+        for i, r in enumerate(results[:len(best)]):
+            if isinstance(r, dict) and rank.get(r.get("outcome"), len(rank)) < rank.get(best[i].get("outcome"),
+                                                                                         len(rank)):
+                best[i] = dict(r)
+    results = best or []
+    outcomes = ledger.tally(ledger.Judged(str(r.get("id")), r["outcome"]) for r in results
+                            if r.get("outcome") in rank)
+    return {"results": results, "outcomes": outcomes, "matched": sum(matched_by.values()),
+            "matchedByVersion": matched_by, "unreachable": unreachable}
 
 
 async def run(settings: RouterSettings) -> int:

@@ -25,15 +25,16 @@ import datetime as dt
 import logging
 import signal
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
+from noria import metrics as m
 from noria import store
 
-from . import oip
+from . import ledger, oip
+from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpServer, Request, Response, json_response
 from .model import ServedModel
 from .predlog import JsonlLog
@@ -63,7 +64,10 @@ class ServeSettings:
     max_batch: int = 64
     batch_wait_ms: float = 0.0
     max_body_bytes: int = 16 << 20
-    remember_predictions: int = 100_000
+    feedback_ledger_bytes: int = ledger.DEFAULT_MAX_BYTES
+    feedback_retention_seconds: float = ledger.DEFAULT_RETENTION_SECONDS
+    feedback_max_abs_label: float = ledger.DEFAULT_MAX_ABS_LABEL
+    feedback_token: BearerToken | None = field(default=None, repr=False)
     drain_seconds: float = 5.0
     failure_exit_seconds: float = 30.0
 
@@ -78,6 +82,16 @@ class ServeSettings:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
+        if self.feedback_ledger_bytes < 1 << 20:
+            raise ValueError(f"--feedback-ledger-bytes/NORIA_FEEDBACK_LEDGER_BYTES must be at least 1 MiB, "
+                             f"got {self.feedback_ledger_bytes}")
+        if not self.feedback_retention_seconds > 0:
+            raise ValueError(f"--feedback-retention-seconds/NORIA_FEEDBACK_RETENTION_SECONDS must be positive, "
+                             f"got {self.feedback_retention_seconds}")
+        if not 0 < self.feedback_max_abs_label < 1e300:
+            raise ValueError(f"--feedback-max-abs-label/NORIA_FEEDBACK_MAX_ABS_LABEL must be a positive finite "
+                             f"number, got {self.feedback_max_abs_label}")
+
 
 
 @dataclass(slots=True)
@@ -97,7 +111,9 @@ class ModelServer:
         self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes,
                                error_fields=lambda: {"id": oip.new_id(), "model_name": settings.model,
                                                      "model_version": settings.version})
-        self.recent: OrderedDict[str, Any] = OrderedDict()
+        # Which predictions a label may count for, and which ids were labelled (noria_server.ledger).
+        self.ledger = ledger.PredictionLedger(settings.feedback_ledger_bytes, settings.feedback_retention_seconds)
+        self.label_rules: ledger.LabelRules | None = None
         self.pending: list[_Pending] = []
         self.pending_rows = 0
         self.flush_scheduled = False
@@ -314,12 +330,7 @@ class ModelServer:
     def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
         ids = [rid for item in batch for rid in item.request.row_ids]
         values = predictions.tolist()
-        recent = self.recent
-        for rid, value in zip(ids, values, strict=True):
-            recent[rid] = value
-        overflow = len(recent) - self.settings.remember_predictions
-        for _ in range(max(overflow, 0)):
-            recent.popitem(last=False)
+        self.ledger.record(ids, values, time.monotonic())
         if self.predictions_log is not None:
             ts, version, names = time.time(), self.settings.version, self.model.schema.features  # type: ignore[union-attr]
 
@@ -335,6 +346,19 @@ class ModelServer:
 
     # --- feedback ------------------------------------------------------------------------------
     def _feedback(self, request: Request) -> Response:
+        """Count each label at most once, and only for a prediction this pod made (``ledger.judge``).
+
+        Behind the router every replica of every version gets every label: the router marks the
+        copies with ``x-noria-feedback-fanout`` (then an id this pod never saw is not a refusal
+        worth counting here: another pod holds it) and all but one with ``x-noria-feedback-log:
+        matched`` (only the one designated replica logs labels no pod remembers, for retraining)."""
+        s, metrics = self.settings, self.metrics
+        if s.feedback_token is not None and not s.feedback_token.matches(request.headers.get("authorization")):
+            metrics.feedback_refused_by(m.FEEDBACK_UNAUTHORIZED)
+            response = self._error(401, "feedback needs 'Authorization: Bearer <token>' with the token of the "
+                                        "Secret named in the Rollout's spec.feedback.tokenSecretRef", request)
+            response.headers.append(CHALLENGE)
+            return response
         model = self.model
         if model is None:
             return self._error(503, f"model not ready: {self.reason}", request)
@@ -342,32 +366,34 @@ class ModelServer:
             items = oip.parse_feedback(request.body)
         except oip.RequestError as exc:
             return self._error(exc.status, exc.message, request)
-        s, metrics = self.settings, self.metrics
         if not model.is_classifier:
             for i, item in enumerate(items):
                 if isinstance(item.label, bool) or not isinstance(item.label, (int, float)):
                     return self._error(422, f"feedback[{i}].label must be a number for a regression model, "
-                                            f"got {item.label!r}", request, request_id=item.id)
-        known_classes = {str(c) for c in (model.classes or [])}
-        # Behind the router, feedback fans out to every replica; only the pod that made the
-        # prediction (or the one the router designates) writes the line.
-        only_matched = request.headers.get("x-noria-feedback-log") == "matched"
-        matched = 0
+                                            f"got {item.label!r:.80}", request, request_id=item.id)
+        rules = self.label_rules
+        if rules is None:
+            rules = self.label_rules = ledger.LabelRules.for_model(model.classes, s.feedback_max_abs_label)
+        fanned_out = "x-noria-feedback-fanout" in request.headers
+        designated = request.headers.get("x-noria-feedback-log") != "matched"
+        judged = ledger.judge(((f.id, f.label) for f in items), self.ledger, rules, time.monotonic())
+        refused: dict[str, int] = {}
         logged: list[oip.Feedback] = []
-        for item in items:
-            predicted = self.recent.get(item.id)
-            if predicted is not None or not only_matched:
+        for item, verdict in zip(items, judged, strict=True):
+            outcome = verdict.outcome
+            if outcome == ledger.COUNTED:
+                metrics.feedback_counted(verdict.actual, verdict.predicted, model.is_classifier)
                 logged.append(item)
-            if predicted is None:
                 continue
-            matched += 1
-            if model.is_classifier:
-                text = str(int(item.label)) if isinstance(item.label, float) and item.label.is_integer() \
-                    else str(item.label)
-                actual = text if text in known_classes else "other"
-                metrics.feedback.labels(s.model, s.version, actual, str(predicted)).inc()
-            else:
-                metrics.abs_error.observe(abs(float(item.label) - float(predicted)))
+            reason = verdict.reason if outcome == ledger.INVALID else outcome
+            if outcome not in (ledger.UNKNOWN_ID, ledger.EXPIRED) or not fanned_out:
+                refused[reason] = refused.get(reason, 0) + 1  # type: ignore[index]
+            # A label for a prediction no pod holds any more (a restart, an old prediction) is still
+            # worth logging once for retraining, which joins it with the prediction log by id.
+            if outcome in (ledger.UNKNOWN_ID, ledger.EXPIRED) and designated and rules.check(item.label)[1] is None:
+                logged.append(item)
+        for reason, n in refused.items():
+            metrics.feedback_refused_by(reason, n)
         if self.feedback_log is not None and logged:
             ts = time.time()
 
@@ -377,9 +403,11 @@ class ModelServer:
                                              option=orjson.OPT_APPEND_NEWLINE) for f in logged)
 
             self.feedback_log.offer(len(logged), render)
+        outcomes = ledger.tally(judged)
         ids = [f.id for f in items]
         return json_response(200, {"model_name": s.model, "model_version": s.version, "id": ids[0], "ids": ids,
-                                   "accepted": len(items), "matched": matched})
+                                   "accepted": len(items), "matched": outcomes[ledger.COUNTED],
+                                   "outcomes": outcomes, "results": [j.answer() for j in judged]})
 
 
 def _timestamp(ts: float) -> str:

@@ -7,7 +7,8 @@ per row; the vectorised pass costs a few NumPy calls per batch, which keeps drif
 a few percent of the server's throughput.
 
 Label cardinality is bounded by construction: feature bins come from the profile (top categories +
-other), classes from the fitted model (unknown feedback labels count as ``other``), codes are HTTP
+other), classes from the fitted model (a feedback label that is not one of them is refused, never counted),
+refusal reasons from ``noria.metrics``, codes are HTTP
 status codes.
 """
 
@@ -126,6 +127,9 @@ class ServerMetrics:
         assert m.FEEDBACK_ABS_ERROR_COUNT == abs_error_name + "_count"
         self.abs_error = Summary(abs_error_name, "Regression feedback: absolute error", labels,
                                  registry=self.registry).labels(model, version)
+        self.feedback_refused = Counter(m.FEEDBACK_REFUSED_TOTAL,
+                                        "Feedback labels that moved no counter, by reason (unauthorized: requests)",
+                                        labels + [m.LABEL_REASON], registry=self.registry)
         self.log_dropped = Counter(m.PREDICTION_LOG_DROPPED_TOTAL, "Prediction/feedback log lines dropped",
                                    labels + [m.LABEL_KIND], registry=self.registry)
         self._code_children: dict[int, Any] = {}
@@ -152,6 +156,16 @@ class ServerMetrics:
             for actual in declared:
                 for predicted in declared:
                     self.feedback.labels(self.model, self.version, str(actual), str(predicted))
+
+    def feedback_counted(self, actual: Any, predicted: Any, classifier: bool) -> None:
+        """One first-time label for a prediction this server made (``noria_server.ledger.judge`` said so)."""
+        if classifier:
+            self.feedback.labels(self.model, self.version, str(actual), str(predicted)).inc()
+        else:
+            self.abs_error.observe(abs(float(actual) - float(predicted)))
+
+    def feedback_refused_by(self, reason: str, n: int = 1) -> None:
+        self.feedback_refused.labels(self.model, self.version, reason).inc(n)
 
     def request_done(self, code: int, seconds: float | None) -> None:
         child = self._code_children.get(code)

@@ -1,0 +1,163 @@
+"""The prediction ledger and label rules (noria_server.ledger): bounded in bytes, retention,
+once per id, eviction, and which labels are valid."""
+
+from __future__ import annotations
+
+import math
+import sys
+import tracemalloc
+
+import pytest
+from noria_server import ledger
+from noria_server.ledger import LabelRules, PredictionLedger, judge, tally
+
+MIB = 1 << 20
+
+
+def _ids(n: int, prefix: str = "p") -> list[str]:
+    return [f"{prefix}-{i:08d}" for i in range(n)]
+
+
+def test_a_label_counts_once_for_a_known_fresh_id_and_a_repeat_is_a_duplicate() -> None:
+    book = PredictionLedger(MIB, 60)
+    book.record(["a", "b"], ["1", "0"], now=0.0)
+    rules = LabelRules.for_model(["0", "1"])
+    first = judge([("a", 1), ("a", 0), ("b", "0"), ("zzz", 1)], book, rules, now=1.0)
+    assert [j.outcome for j in first] == [ledger.COUNTED, ledger.DUPLICATE, ledger.COUNTED, ledger.UNKNOWN_ID]
+    assert (first[0].actual, first[0].predicted) == ("1", "1")
+    again = judge([("a", 1), ("b", 0)] * 10_000, book, rules, now=2.0)
+    assert tally(again) == {"counted": 0, "duplicate": 20_000, "invalid": 0, "expired": 0, "unknown_id": 0}
+
+
+def test_an_invalid_label_leaves_the_id_open_for_a_corrected_one() -> None:
+    book = PredictionLedger(MIB, 60)
+    book.record(["a"], ["1"], now=0.0)
+    rules = LabelRules.for_model(["0", "1"])
+    bad = judge([("a", "maybe")], book, rules, now=1.0)[0]
+    assert (bad.outcome, bad.reason) == (ledger.INVALID, ledger.UNKNOWN_CLASS)
+    assert "'maybe'" in bad.message and "0, 1" in bad.message
+    assert judge([("a", 0)], book, rules, now=1.0)[0].outcome == ledger.COUNTED
+
+
+def test_a_label_after_the_retention_window_is_expired_and_forgotten_after_two() -> None:
+    book = PredictionLedger(MIB, retention_seconds=10)
+    book.record(["old"], [1.0], now=0.0)
+    rules = LabelRules.for_model(None)
+    assert judge([("old", 2.0)], book, rules, now=10.5)[0].outcome == ledger.EXPIRED
+    book.record(["new"], [1.0], now=20.5)  # recording sweeps entries older than two windows
+    assert "old" not in book and "new" in book
+    assert judge([("old", 2.0)], book, rules, now=21.0)[0].outcome == ledger.UNKNOWN_ID
+    assert judge([("new", 2.0)], book, rules, now=21.0)[0].outcome == ledger.COUNTED
+
+
+def test_the_ledger_stays_within_its_byte_bound_and_evicts_the_oldest_first() -> None:
+    book = PredictionLedger(max_bytes=MIB, retention_seconds=3600)
+    for batch in range(50):
+        book.record(_ids(1000, f"b{batch}"), ["1"] * 1000, now=float(batch))
+        assert book.bytes <= MIB
+    assert book.evicted > 0
+    assert "b49-00000999" in book and "b0-00000000" not in book
+    assert book.bytes == sum(PredictionLedger.cost(f"b{b}-{i:08d}", "1") for b in range(50) for i in range(1000)
+                             if f"b{b}-{i:08d}" in book)
+
+
+def test_long_ids_cost_their_length_so_they_cannot_outgrow_the_bound() -> None:
+    book = PredictionLedger(max_bytes=4 * MIB, retention_seconds=3600)
+    big = ["x" * (1 << 20) + str(i) for i in range(20)]  # 20 ids of 1 MiB, as in the issue
+    book.record(big, ["1"] * 20, now=0.0)
+    assert book.bytes <= 4 * MIB and len(book) <= 4
+    book.record(["y" * (5 << 20)], ["1"], now=0.0)  # larger than the whole ledger: not held at all
+    assert len(book) <= 4 and book.bytes <= 4 * MIB
+
+
+def test_charged_bytes_cover_what_the_entries_really_use() -> None:
+    """ENTRY_OVERHEAD_BYTES is an upper bound of the real cost, measured with tracemalloc."""
+    n = 50_000
+    book = PredictionLedger(max_bytes=1 << 40, retention_seconds=3600)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ids = _ids(n)  # allocated inside the measurement, as a request's ids are
+        values = [float(i) + 0.5 for i in range(n)]
+        book.record(ids, values, now=0.0)
+        del ids, values
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used <= book.bytes, (used / n, book.bytes / n)
+    assert book.bytes <= 2 * used  # and not so loose that the bound means little
+    print(f"FIGURE ledger: {used / n:.0f} bytes per entry used, {book.bytes / n:.0f} charged")
+
+
+def test_a_reused_id_takes_the_new_prediction_but_stays_labelled() -> None:
+    book = PredictionLedger(MIB, 60)
+    rules = LabelRules.for_model(["0", "1"])
+    book.record(["a"], ["1"], now=0.0)
+    assert judge([("a", 1)], book, rules, now=1.0)[0].outcome == ledger.COUNTED
+    book.record(["a"], ["0"], now=2.0)  # the same id predicted again (a retry, a chosen id)
+    assert judge([("a", 0)], book, rules, now=3.0)[0].outcome == ledger.DUPLICATE
+    assert book.bytes == PredictionLedger.cost("a", "0")
+
+
+@pytest.mark.parametrize(("label", "outcome", "reason"), [
+    (3.5, ledger.COUNTED, None),
+    (-7, ledger.COUNTED, None),
+    (1e9, ledger.COUNTED, None),
+    (1.7e308, ledger.INVALID, ledger.OUT_OF_RANGE),
+    (-1e10, ledger.INVALID, ledger.OUT_OF_RANGE),
+    (10 ** 400, ledger.INVALID, ledger.OUT_OF_RANGE),
+    (math.inf, ledger.INVALID, ledger.NOT_FINITE),
+    (math.nan, ledger.INVALID, ledger.NOT_FINITE),
+    ("high", ledger.INVALID, ledger.NOT_A_NUMBER),
+    (True, ledger.INVALID, ledger.NOT_A_NUMBER),
+])
+def test_regression_labels_must_be_finite_numbers_within_the_bound(label: object, outcome: str,
+                                                                    reason: str | None) -> None:
+    book = PredictionLedger(MIB, 60)
+    book.record(["r"], [2.0], now=0.0)
+    verdict = judge([("r", label)], book, LabelRules.for_model(None), now=0.0)[0]
+    assert (verdict.outcome, verdict.reason) == (outcome, reason)
+    if outcome == ledger.COUNTED:
+        assert math.isfinite(abs(verdict.actual - verdict.predicted))
+
+
+def test_an_error_that_is_not_finite_is_refused_even_when_the_label_is_in_range() -> None:
+    book = PredictionLedger(MIB, 60)
+    book.record(["r"], [math.inf], now=0.0)  # a model that predicted inf
+    verdict = judge([("r", 1.0)], book, LabelRules.for_model(None), now=0.0)[0]
+    assert (verdict.outcome, verdict.reason) == (ledger.INVALID, ledger.NOT_FINITE)
+
+
+@pytest.mark.parametrize(("classes", "label", "counted_as"), [
+    ([0, 1], 1, "1"),
+    ([0, 1], 1.0, "1"),
+    ([0, 1], "1", "1"),
+    ([0, 1], 2, None),
+    ([0, 1], 1.5, None),
+    ([0, 1], math.inf, None),
+    (["churn", "stay"], "churn", "churn"),
+    (["churn", "stay"], "other", None),
+    ([False, True], True, "True"),
+])
+def test_classifier_labels_must_be_a_class_the_model_knows(classes: list, label: object,
+                                                           counted_as: str | None) -> None:
+    actual, reason, _ = LabelRules.for_model(classes).check(label)
+    assert actual == counted_as
+    assert (reason is None) == (counted_as is not None)
+
+
+def test_answers_name_the_outcome_and_the_reason() -> None:
+    book = PredictionLedger(MIB, 60)
+    book.record(["a"], ["1"], now=0.0)
+    verdict = judge([("a", "x")], book, LabelRules.for_model(["0", "1"]), now=0.0)[0]
+    assert verdict.answer()["outcome"] == "invalid" and verdict.answer()["reason"] == "unknown_class"
+    assert judge([("q", 1)], book, LabelRules.for_model(["0", "1"]), now=0.0)[0].answer() == \
+        {"id": "q", "outcome": "unknown_id"}
+
+
+def test_settings_that_would_make_the_ledger_useless_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least"):
+        PredictionLedger(max_bytes=10, retention_seconds=1)
+    with pytest.raises(ValueError, match="positive"):
+        PredictionLedger(max_bytes=MIB, retention_seconds=0)
+    assert sys.getsizeof("a") < ledger.ENTRY_OVERHEAD_BYTES
