@@ -7,9 +7,10 @@ Argo Rollouts also has a kind Rollout; ours is ``rollouts.noria.dev``: use
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
-from pydantic import Field, StrictStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, field_validator, model_validator
 
 from .common import (
     QUERY_MAX,
@@ -44,6 +45,9 @@ CHECK_KIND_MESSAGE: Final = "an analysis check sets exactly one of builtin or qu
 CHECK_NAME_MESSAGE: Final = "a query check needs a name"
 CHECK_BOUND_MESSAGE: Final = "an analysis check needs min or max"
 ANALYSIS_NEEDED_MESSAGE: Final = "an analysis step or prePromotionAnalysis needs spec.analysis.checks"
+SECRET_KEY_RE: Final = r"^[-._a-zA-Z0-9]+$"
+SECRET_KEY_MESSAGE: Final = "must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
+SECRET_KEY_MAX: Final = 253
 
 BuiltinCheck = Literal[
     "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift", "predictionDrift"
@@ -273,6 +277,43 @@ class AnalysisSpec(NoriaModel):
     checks: list[Check] = Field(default_factory=list, max_length=16, description="The checks; all must pass.")
 
 
+def _secret_key(value: str) -> str:
+    if not re.fullmatch(SECRET_KEY_RE, value):
+        raise ValueError(f"{SECRET_KEY_MESSAGE} (got {value!r})")
+    return value
+
+
+SecretKey = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=SECRET_KEY_MAX),
+    AfterValidator(_secret_key),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": SECRET_KEY_MAX,
+                    "x-kubernetes-validations": [cel(f"self.matches('{SECRET_KEY_RE}')", SECRET_KEY_MESSAGE)]}),
+]
+
+
+class SecretKeyRef(NoriaModel):
+    """One key of a Secret in the Rollout's namespace, as in a container's ``env[].valueFrom.secretKeyRef``."""
+
+    name: ObjectName = Field(description="The Secret's name (same namespace as the Rollout).")
+    key: SecretKey = Field(default="token", description="The key in the Secret's data. Default \"token\".")
+
+
+class FeedbackAccess(NoriaModel):
+    """Who may post labels to ``POST /v2/models/{model}/feedback`` (inference is never affected)."""
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Require 'Authorization: Bearer <token>' on feedback, the token being this Secret key (e.g. created with"
+            " `kubectl create secret generic churn-feedback --from-literal=token=$(openssl rand -hex 32)`; at least"
+            " 16 characters). Model-server and router pods read it from the kubelet (env valueFrom.secretKeyRef); the"
+            " operator never reads the Secret, and a pod whose Secret is missing does not start. Unset: anyone who"
+            " can reach the pods can post labels (each still counts at most once, for a prediction the pod made)."
+        ),
+    )
+
+
 class GatewayAPITraffic(NoriaModel):
     """Gateway API settings."""
 
@@ -342,6 +383,9 @@ class RolloutSpec(NoriaModel):
         default=None, description="Keep a replaced version's pods this long before scaling them down, e.g. \"30s\"."
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of each model-server pod.")
+    feedback: FeedbackAccess | None = Field(
+        default=None, description="Feedback labels: {tokenSecretRef: {name: churn-feedback, key: token}} to require a token."
+    )
     prediction_log: bool = Field(
         default=True,
         description=(
@@ -435,6 +479,7 @@ __all__ = [
     "CanaryStep",
     "Check",
     "CheckResult",
+    "FeedbackAccess",
     "GatewayAPITraffic",
     "Immediate",
     "KIND",
@@ -444,6 +489,7 @@ __all__ = [
     "Rollout",
     "RolloutSpec",
     "RolloutStatus",
+    "SecretKeyRef",
     "Shadow",
     "Source",
     "StepAnalysis",

@@ -272,7 +272,8 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
             if version in obs.out_of_scope and version not in obs.pods:
                 log.warning("rollout %s/%s: not creating %s: %s", ns, ref.name, version, obs.out_of_scope[version])
                 continue  # decide never selects it; this guards the one place that starts servers
-            await apply(objects.version_deployment(ref, mv, replicas, settings, spec.resources, spec.prediction_log))
+            await apply(objects.version_deployment(ref, mv, replicas, settings, spec.resources, spec.prediction_log,
+                                                    spec.feedback_token))
             await apply(objects.version_service(ref, (mv.get("spec") or {}).get("pipeline", ""), version))
             pods = obs.pods.get(version)
             if pods is not None and pods.scale_down_at is not None:

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from noria.deployment.spec import SecretKeyRef
 from noria.settings import Settings
 
+FEEDBACK_TOKEN_ENV: Final = "NORIA_FEEDBACK_TOKEN"  # read by noria_server.bearer
 LABEL_ROLLOUT: Final = "noria.dev/rollout"
 LABEL_VERSION: Final = "noria.dev/version"
 LABEL_PIPELINE: Final = "noria.dev/pipeline"
@@ -90,8 +92,18 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def feedback_token_env(token: SecretKeyRef | None) -> list[dict[str, Any]]:
+    """The feedback token as the kubelet resolves it: never a value in the manifest, so it is not in
+    the Deployment, a ConfigMap or the operator's memory, and the operator needs no right to read
+    Secrets. Not optional: a pod whose Secret or key is missing stays in CreateContainerConfigError
+    rather than serving feedback without the token that was asked for."""
+    if token is None:
+        return []
+    return [{"name": FEEDBACK_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}]
+
+
 def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Settings,
-               prediction_log: bool) -> list[dict[str, Any]]:
+               prediction_log: bool, feedback_token: SecretKeyRef | None = None) -> list[dict[str, Any]]:
     spec = model_version.get("spec") or {}
     artifact = spec.get("artifact") or {}
     name = model_version["metadata"]["name"]
@@ -110,11 +122,13 @@ def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Sett
         _field_env("POD_NAME", "metadata.name"),
         {"name": "NORIA_PREDICTION_LOG", "value": "on" if prediction_log else "off"},
         {"name": "NORIA_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
+        *feedback_token_env(feedback_token),
     ]
 
 
 def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replicas: int, settings: Settings,
-                       resources: Mapping[str, Any] | None = None, prediction_log: bool = True) -> dict[str, Any]:
+                       resources: Mapping[str, Any] | None = None, prediction_log: bool = True,
+                       feedback_token: SecretKeyRef | None = None) -> dict[str, Any]:
     """The model-server Deployment ``<rollout>-<version>``."""
     version = model_version["metadata"]["name"]
     pipeline = (model_version.get("spec") or {}).get("pipeline", "")
@@ -157,7 +171,7 @@ def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replic
                         "image": settings.server_image,
                         "command": ["python", "-m", "noria_server", "serve"],
                         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-                        "env": server_env(ref, model_version, settings, prediction_log),
+                        "env": server_env(ref, model_version, settings, prediction_log, feedback_token),
                         # Tolerant readiness: a pod dropped from endpoints by one slow probe (a busy
                         # node) would reset in-flight connections; real unreadiness lasts longer.
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": probe_port},
@@ -249,7 +263,8 @@ def router_rbac(ref: RolloutRef) -> list[dict[str, Any]]:
 
 
 def router_deployment(ref: RolloutRef, settings: Settings, replicas: int = 1,
-                      resources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      resources: Mapping[str, Any] | None = None,
+                      feedback_token: SecretKeyRef | None = None) -> dict[str, Any]:
     name = router_name(ref.name)
     labels = router_labels(ref)
     return {
@@ -274,7 +289,8 @@ def router_deployment(ref: RolloutRef, settings: Settings, replicas: int = 1,
                         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                         "env": [_field_env("NORIA_HOST", "status.podIP"),
                                 {"name": "NORIA_PORT", "value": str(ROUTER_PORT)},
-                                _field_env("POD_NAME", "metadata.name")],
+                                _field_env("POD_NAME", "metadata.name"),
+                                *feedback_token_env(feedback_token)],
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                                            "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 3},
                         "resources": dict(resources or DEFAULT_ROUTER_RESOURCES),

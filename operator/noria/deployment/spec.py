@@ -7,6 +7,7 @@ KeyError deep in a handler (and unit tests can feed plain dicts).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,6 +66,26 @@ class AnalysisSpec:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """A Secret key the kubelet hands to a pod (env valueFrom.secretKeyRef); the operator never reads it."""
+
+    name: str
+    key: str = "token"
+
+
+def parse_secret_key_ref(raw: Any, where: str) -> SecretKeyRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise RolloutSpecError(f"{where}.name: name the Secret holding the token, e.g. {{name: churn-feedback, "
+                               f"key: token}}")
+    key = raw.get("key", "token")
+    if not isinstance(key, str) or not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key):
+        raise RolloutSpecError(f"{where}.key: {key!r} is not a Secret data key (letters, digits, '-', '_', '.')")
+    return SecretKeyRef(raw["name"], key)
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     pipeline: str | None
     model_version: str | None
@@ -84,6 +105,7 @@ class RolloutSpec:
     scale_down_delay_seconds: float | None = None
     resources: Mapping[str, Any] | None = None
     prediction_log: bool = True
+    feedback_token: SecretKeyRef | None = None  # spec.feedback.tokenSecretRef
 
     @property
     def scale_down_delay(self) -> float:
@@ -268,5 +290,7 @@ def parse_rollout_spec(spec: Mapping[str, Any]) -> RolloutSpec:
                                   else _duration(spec["scaleDownDelay"], "spec.scaleDownDelay")),
         resources=spec.get("resources"),
         prediction_log=bool(spec.get("predictionLog", True)),
+        feedback_token=parse_secret_key_ref((spec.get("feedback") or {}).get("tokenSecretRef"),
+                                            "spec.feedback.tokenSecretRef"),
         **kwargs,
     )

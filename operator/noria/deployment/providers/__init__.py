@@ -12,7 +12,7 @@ def make_provider(ref: RolloutRef, spec: RolloutSpec, model: str, settings: Sett
     if spec.provider == "router":
         from noria.deployment.providers.router import RouterProvider
 
-        return RouterProvider(ref, model, settings)
+        return RouterProvider(ref, model, settings, spec.feedback_token)
     if spec.provider == "gatewayAPI":
         from noria.deployment.providers.gateway_api import GatewayAPIProvider
 

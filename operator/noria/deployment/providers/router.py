@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from noria import kube
 from noria.deployment import objects
 from noria.deployment.cluster import apply
+from noria.deployment.spec import SecretKeyRef
 from noria.settings import Settings
 
 _CLUSTER_IPS: dict[tuple[str, str], str] = {}  # a Service's ClusterIP never changes while it exists
@@ -31,10 +32,12 @@ def forget_service(namespace: str, name: str) -> None:
 class RouterProvider:
     name = "router"
 
-    def __init__(self, ref: objects.RolloutRef, model: str, settings: Settings) -> None:
+    def __init__(self, ref: objects.RolloutRef, model: str, settings: Settings,
+                 feedback_token: SecretKeyRef | None = None) -> None:
         self.ref = ref
         self.model = model
         self.settings = settings
+        self.feedback_token = feedback_token
 
     async def ensure(self) -> None:
         for obj in objects.router_rbac(self.ref):
@@ -42,7 +45,7 @@ class RouterProvider:
         # The ConfigMap is created empty once; after that only set_weights writes it.
         await kube.create(objects.router_configmap(
             self.ref, objects.router_config(self.model, self.ref.namespace, self.ref.name, {}, None)))
-        await apply(objects.router_deployment(self.ref, self.settings))
+        await apply(objects.router_deployment(self.ref, self.settings, feedback_token=self.feedback_token))
         router_selector = {objects.LABEL_ROLLOUT: self.ref.name, objects.LABEL_COMPONENT: objects.COMPONENT_ROUTER}
         router_service = objects._service(self.ref, objects.router_name(self.ref.name), objects.router_labels(self.ref),
                                           router_selector, objects.ROUTER_PORT)
