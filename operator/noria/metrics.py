@@ -25,6 +25,11 @@ ROUTER_ERRORS_TOTAL: Final = "noria_router_errors_total"  # counter: model, vers
 ROUTER_FEEDBACK_TOTAL: Final = "noria_router_feedback_total"  # counter: model, outcome (items, merged over replicas)
 SHADOW_DURATION_SECONDS: Final = "noria_shadow_duration_seconds"  # histogram: model, shadow
 
+# --- exported by both, from their HTTP layer (docs/security/http.md) ----------------------------
+HTTP_LIMIT_TOTAL: Final = "noria_http_limit_total"  # counter: limit (a client hit a limit; see LIMIT_* in httpserver)
+HTTP_CONNECTIONS: Final = "noria_http_connections"  # gauge: open client connections (refused ones not counted)
+ROUTER_REQUESTS_TOTAL: Final = "noria_router_requests_total"  # counter: code (every answer the router gave)
+
 # --- label names ------------------------------------------------------------------------------
 LABEL_MODEL: Final = "model"
 LABEL_VERSION: Final = "version"
@@ -38,6 +43,7 @@ LABEL_STABLE: Final = "stable"
 LABEL_SHADOW: Final = "shadow"
 LABEL_OUTCOME: Final = "outcome"
 LABEL_REASON: Final = "reason"
+LABEL_LIMIT: Final = "limit"  # noria_http_limit_total
 LABEL_KIND: Final = "kind"  # noria_prediction_log_dropped_total: predictions | feedback
 
 # Special bins of noria_feature_bin_total besides the profile's own bin indices "0".."n-1"

@@ -35,6 +35,49 @@ def _on_off(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on/off, got {value!r}")
 
 
+# (flag, HttpLimits field, environment variable, type, help): what one client may cost (docs/security/http.md)
+HTTP_LIMIT_FLAGS = (
+    ("--max-url-bytes", "max_url_bytes", "NORIA_MAX_URL_BYTES", int, "longest request target; longer: 414"),
+    ("--max-header-bytes", "max_header_bytes", "NORIA_MAX_HEADER_BYTES", int,
+     "header names + values in total; more: 431"),
+    ("--max-headers", "max_headers", "NORIA_MAX_HEADERS", int, "most header fields; more: 431"),
+    ("--max-body-bytes", "max_body_bytes", "NORIA_MAX_BODY_BYTES", int,
+     "largest request body; larger: 413, decided from Content-Length before reading"),
+    ("--header-timeout", "header_timeout", "NORIA_HEADER_TIMEOUT_SECONDS", float,
+     "seconds from a request's first byte (or the connection) to the end of its headers; then 408 + close"),
+    ("--body-timeout", "body_timeout", "NORIA_BODY_TIMEOUT_SECONDS", float,
+     "seconds from the end of the headers to the end of the body; then 408 + close"),
+    ("--idle-timeout", "idle_timeout", "NORIA_IDLE_TIMEOUT_SECONDS", float,
+     "seconds a kept-alive connection may wait for its next request"),
+    ("--max-connections", "max_connections", "NORIA_MAX_CONNECTIONS", int,
+     "open client connections at most; more are answered 503 and closed"),
+)
+
+
+def _add_http_limits(p: argparse.ArgumentParser) -> None:
+    from .httpserver import HttpLimits
+
+    defaults = HttpLimits()
+    for flag, name, var, kind, text in HTTP_LIMIT_FLAGS:
+        raw = os.environ.get(var)
+        try:
+            default = kind(raw) if raw not in (None, "") else getattr(defaults, name)
+        except ValueError:
+            raise SystemExit(f"{var}={raw!r}: expected a number") from None
+        p.add_argument(flag, dest=name, type=kind, default=default, help=f"{text} (default {default}) [{var}]")
+
+
+def _http_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .httpserver import HttpLimits
+
+    limits = HttpLimits(**{name: getattr(args, name) for _, name, _, _, _ in HTTP_LIMIT_FLAGS})
+    try:
+        limits.validate()
+    except ValueError as exc:
+        raise SystemExit(f"noria_server {args.mode}: {exc}") from None
+    return limits
+
+
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m noria_server", description=__doc__.splitlines()[0])
@@ -60,8 +103,7 @@ def parser() -> argparse.ArgumentParser:
                    help="rows per predict call at most [NORIA_MAX_BATCH]")
     s.add_argument("--batch-wait-ms", type=float, default=float(env("NORIA_BATCH_WAIT_MS", "0")),
                    help="extra wait for a batch to fill; 0 = batch only what is already queued [NORIA_BATCH_WAIT_MS]")
-    s.add_argument("--max-body-bytes", type=int, default=int(env("NORIA_MAX_BODY_BYTES", str(16 << 20))),
-                   help="[NORIA_MAX_BODY_BYTES]")
+    _add_http_limits(s)
     s.add_argument("--feedback-ledger-bytes", type=int,
                    default=int(env("NORIA_FEEDBACK_LEDGER_BYTES", str(ledger.DEFAULT_MAX_BYTES))),
                    help="memory for the ids of recent predictions, which feedback may label once each "
@@ -92,8 +134,7 @@ def parser() -> argparse.ArgumentParser:
                    help="[NORIA_ROUTER_CONNECT_TIMEOUT_SECONDS]")
     r.add_argument("--drain-seconds", type=float, default=float(env("NORIA_DRAIN_SECONDS", "5")),
                    help="[NORIA_DRAIN_SECONDS]")
-    r.add_argument("--max-body-bytes", type=int, default=int(env("NORIA_MAX_BODY_BYTES", str(16 << 20))),
-                   help="[NORIA_MAX_BODY_BYTES]")
+    _add_http_limits(r)
     return p
 
 
@@ -135,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version, host=args.host, port=args.port, store_root=args.store_root,
             namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
             feature_counting=args.feature_counting, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-            max_body_bytes=args.max_body_bytes, feedback_ledger_bytes=args.feedback_ledger_bytes,
+            http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
             feedback_retention_seconds=args.feedback_retention_seconds,
             feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
             drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds)
@@ -154,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     router_settings = RouterSettings(config_file=args.config, configmap=args.configmap, host=args.host,
                                      port=args.port, timeout=args.timeout, connect_timeout=args.connect_timeout,
-                                     drain_seconds=args.drain_seconds, max_body_bytes=args.max_body_bytes,
+                                     drain_seconds=args.drain_seconds, http=_http_limits(args),
                                      feedback_token=feedback_token)
     return _run(lambda: run_router(router_settings))
 

@@ -3,12 +3,28 @@
 Why not a framework: measured on this 2-core machine with wrk (16 connections, the same JSON
 POST parsed with orjson, server pinned to one core), a raw ``asyncio.Protocol`` over httptools'
 parser answered ~40,000 req/s, uvicorn + a raw ASGI app ~6,000-13,000, granian (ASGI) ~5,200,
-aiohttp's low-level server ~4,300 and ``aiohttp.web`` ~3,000. The model server's budget per
-request is a few hundred microseconds, so the framework's share matters; this file is the whole
-HTTP layer and supports exactly what OIP v2 clients, Prometheus and kubelet probes use:
+aiohttp's low-level server ~4,300 and ``aiohttp.web`` ~3,000; granian's RSGI interface, measured
+again against this layer with its limits on, is in docs/security/http.md. The model server's
+budget per request is a few hundred microseconds, so the framework's share matters; this file is
+the whole HTTP layer and supports exactly what OIP v2 clients, Prometheus and kubelet probes use:
 keep-alive, ``Connection: close``, HTTP/1.0, ``Expect: 100-continue``, content-length and chunked
-request bodies, pipelined requests (answered in order), a body-size limit (413), and a graceful
-close that finishes in-flight requests.
+request bodies, pipelined requests (answered in order), half-closed clients, and a graceful close
+that finishes in-flight requests.
+
+Everything a client sends is bounded (``HttpLimits``, docs/security/http.md): the request line,
+the header section (bytes and count), the body (413 decided from ``Content-Length`` before any of
+it is read, and before ``100 Continue`` is sent), the time to send the headers and the body, the
+time a kept-alive connection may sit idle, the number of connections, and the number of pipelined
+requests buffered (reading pauses, as it does while the client does not read our answers). A
+refused request gets a JSON error and ``connection: close``; the connection then discards input
+for a moment before closing ("lingering close"), so the client reads the answer instead of a
+reset. Every answer this layer or the handler gives goes through ``on_response`` (the servers
+count it in ``noria_requests_total{code}``), and every limit hit is counted by reason in
+``HttpServer.limit_hits`` (``noria_http_limit_total``).
+
+Deadlines are not timers per request: each connection holds one deadline (loop time), updated at
+state changes, and one sweeper task per server closes the expired ones every fraction of the
+shortest timeout, which keeps the per-request cost to two attribute writes.
 
 A handler is ``handler(request) -> Response | Awaitable[Response]``: answering synchronously
 (health checks, metrics) skips creating a task.
@@ -17,10 +33,12 @@ A handler is ``handler(request) -> Response | Awaitable[Response]``: answering s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import deque
+import resource
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from typing import Any
 
@@ -29,9 +47,55 @@ import orjson
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 JSON = b"application/json"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Requests parsed ahead of the one being answered (pipelining) before reading pauses.
+MAX_PIPELINED = 32
+# After a refusal: how long to discard what the client still sends before closing, so the
+# refusal is read instead of lost to a TCP reset.
+LINGER_SECONDS = 1.0
+# Raw bytes of a request head beyond the URL and header limits before it is cut off regardless
+# (method, version, separators and line ends).
+HEAD_SLACK_BYTES = 4096
+
+# Reasons in noria_http_limit_total{limit}.
+LIMIT_URL = "url"
+LIMIT_HEADER_BYTES = "header_bytes"
+LIMIT_HEADER_COUNT = "header_count"
+LIMIT_BODY = "body"
+LIMIT_HEADER_TIMEOUT = "header_timeout"
+LIMIT_BODY_TIMEOUT = "body_timeout"
+LIMIT_IDLE_TIMEOUT = "idle_timeout"
+LIMIT_WRITE_TIMEOUT = "write_timeout"
+LIMIT_CONNECTIONS = "connections"
+LIMIT_MALFORMED = "malformed"
+LIMITS = (LIMIT_URL, LIMIT_HEADER_BYTES, LIMIT_HEADER_COUNT, LIMIT_BODY, LIMIT_HEADER_TIMEOUT, LIMIT_BODY_TIMEOUT,
+          LIMIT_IDLE_TIMEOUT, LIMIT_WRITE_TIMEOUT, LIMIT_CONNECTIONS, LIMIT_MALFORMED)
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What one client may cost the server. Defaults suit OIP clients, probes and Prometheus."""
+
+    max_url_bytes: int = 8 * 1024  # request target (path + query)
+    max_header_bytes: int = 32 * 1024  # sum of header names and values
+    max_headers: int = 100
+    max_body_bytes: int = 16 * 1024 * 1024
+    header_timeout: float = 10.0  # first byte of a request (or the connection) -> end of its headers
+    body_timeout: float = 30.0  # end of headers -> end of body
+    # Longer than the router's client keep-alive (30 s) so it never reuses a connection we just closed.
+    idle_timeout: float = 75.0
+    max_connections: int = 1024
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not value > 0:
+                raise ValueError(f"HTTP limit {f.name} must be positive, got {value!r}")
+
+    @property
+    def max_head_bytes(self) -> int:
+        return self.max_url_bytes + self.max_header_bytes + HEAD_SLACK_BYTES
 
 
 @dataclass(slots=True)
@@ -60,114 +124,212 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
+# Called once per answer with the request it answers (None for answers given before a request
+# was complete: malformed, over a limit, timed out, refused at accept) and the status code.
+ResponseHook = Callable[["Request | None", int], None]
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing after the refusal was written."""
 
 
 class _Connection(asyncio.Protocol):
     """One client connection: parse with httptools, dispatch, write answers in request order."""
 
-    __slots__ = ("server", "transport", "parser", "url", "headers", "body", "body_size", "too_large",
-                 "queue", "busy", "keep_alive", "closing")
+    __slots__ = ("server", "limits", "transport", "parser", "url", "headers", "header_count", "header_bytes",
+                 "head_bytes", "body", "body_size", "chunk_body", "completed_in_chunk", "queue", "busy",
+                 "reading", "deadline", "eof", "closing", "discarding", "read_paused", "write_paused", "counted")
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
+        self.limits = server.limits
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.head_bytes = 0  # raw bytes of the current request's unfinished head, as far as known
         self.body: list[bytes] = []
         self.body_size = 0
-        self.too_large = False
-        self.queue: deque[tuple[Request, bool, bool]] = deque()
+        self.chunk_body = 0  # body bytes of the chunk being fed
+        self.completed_in_chunk = False
+        self.queue: deque[tuple[Request, bool]] = deque()
         self.busy = False
-        self.keep_alive = True
+        self.reading = "idle"  # idle (between requests) | head | body
+        self.deadline = 0.0  # loop time at which on_deadline runs; 0 = none (a request is being answered)
+        self.eof = False  # the client shut down its sending side
         self.closing = False
+        self.discarding = False  # refused: input is dropped until the client closes or LINGER_SECONDS pass
+        self.read_paused = False
+        self.write_paused = False
+        self.counted = False  # in server.active (refused connections are not)
 
     # --- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self.server.connections.add(self)
+        server = self.server
+        server.connections.add(self)
+        if server.active >= self.limits.max_connections:
+            server.limit_hits[LIMIT_CONNECTIONS] += 1
+            if len(server.connections) > 2 * self.limits.max_connections:
+                transport.abort()  # type: ignore[attr-defined]  # even refusals are capped
+                return
+            self._refuse(503, f"the server has {self.limits.max_connections} open connections, its limit; "
+                              f"retry later")
+            return
+        server.active += 1
+        self.counted = True
+        self.deadline = server.now() + self.limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            self.server.active -= 1
         self.closing = True
         self.transport = None
 
+    def eof_received(self) -> bool:
+        self.eof = True
+        # Keep the sending side open while an answer is still owed (a client may send a request,
+        # shut down its write side and wait for the answer); _next closes after the last one.
+        return bool(not self.discarding and (self.busy or self.queue))
+
+    def pause_writing(self) -> None:  # the client does not read our answers: stop reading its requests
+        self.write_paused = True
+        self._pause_reading()
+        self.deadline = self.server.now() + self.limits.idle_timeout
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if len(self.queue) < MAX_PIPELINED:
+            self._resume_reading()
+        self._rearm()
+
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        self.chunk_body = 0
+        self.completed_in_chunk = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
+            self._refuse_request(400, "protocol upgrades are not supported", LIMIT_MALFORMED)
+            return
         except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed HTTP request: {exc}")
+            if not self.discarding:  # not one of our own refusals raised through a callback
+                if isinstance(exc, httptools.HttpParserCallbackError):
+                    log.exception("HTTP parser callback failed")
+                self._refuse_request(400, f"malformed HTTP request: {exc}", LIMIT_MALFORMED)
+            return
+        if self.reading == "head":
+            # httptools buffers a header internally until its value is complete, so the head's raw
+            # size is bounded here, chunk by chunk (when a request ended inside this chunk the
+            # split is unknown: the next chunks count in full).
+            if not self.completed_in_chunk:
+                self.head_bytes += len(data) - self.chunk_body
+            if self.head_bytes > self.limits.max_head_bytes:
+                self._refuse_request(431, f"request head larger than {self.limits.max_head_bytes} bytes",
+                                     LIMIT_HEADER_BYTES)
 
     # --- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.head_bytes = 0
         self.body = []
         self.body_size = 0
-        self.too_large = False
+        self.reading = "head"
+        self.deadline = self.server.now() + self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            self._refuse_request(414, f"request target longer than {self.limits.max_url_bytes} bytes", LIMIT_URL)
+            raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value)
+        limits = self.limits
+        if self.header_count > limits.max_headers:
+            self._refuse_request(431, f"more than {limits.max_headers} header fields", LIMIT_HEADER_COUNT)
+            raise _Refused
+        if self.header_bytes > limits.max_header_bytes:
+            self._refuse_request(431, f"header fields larger than {limits.max_header_bytes} bytes in total",
+                                 LIMIT_HEADER_BYTES)
+            raise _Refused
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.reading = "body"
+        self.deadline = self.server.now() + self.limits.body_timeout
         length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_body_bytes:
-            self.too_large = True
-        elif self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            # Refused from the declared length: no body byte is read, no 100 Continue is sent.
+            self._refuse_request(413, f"request body of {length} bytes is larger than the limit of "
+                                      f"{self.limits.max_body_bytes} bytes", LIMIT_BODY)
+            raise _Refused
+        if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self.too_large:
-            return
+        self.chunk_body += len(body)
         self.body_size += len(body)
-        if self.body_size > self.server.max_body_bytes:
-            self.too_large = True
+        if self.body_size > self.limits.max_body_bytes:  # chunked, or more than Content-Length said
             self.body = []
-        else:
-            self.body.append(body)
+            self._refuse_request(413, f"request body larger than the limit of {self.limits.max_body_bytes} bytes",
+                                 LIMIT_BODY)
+            raise _Refused
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
         path, _, query = self.url.partition(b"?")
         request = Request(self.parser.get_method().decode("ascii", "replace"), path.decode("utf-8", "replace"),
                           query, self.headers, b"".join(self.body))
-        keep_alive = self.parser.should_keep_alive()
-        if self.too_large:
-            # The rest of the connection cannot be trusted to be framed as the client thinks.
-            keep_alive = False
-        self.queue.append((request, keep_alive, self.too_large))
+        self.body = []
+        self.reading = "idle"
+        self.deadline = 0.0
+        self.completed_in_chunk = True
+        self.queue.append((request, self.parser.should_keep_alive()))
+        if len(self.queue) >= MAX_PIPELINED:
+            self._pause_reading()
         if not self.busy:
             self._next()
 
     # --- dispatch ----------------------------------------------------------------------------
     def _next(self) -> None:
         while self.queue and not self.closing:
-            request, keep_alive, too_large = self.queue.popleft()
-            if too_large:
-                result: Response | Awaitable[Response] = error_response(
-                    413, f"request body larger than {self.server.max_body_bytes} bytes", **self.server.error_fields())
-            else:
-                try:
-                    result = self.server.handler(request)
-                except Exception as exc:  # a handler bug must not kill the connection loop
-                    log.exception("handler failed")
-                    result = error_response(500, f"internal error: {type(exc).__name__}: {exc}",
-                                            **self.server.error_fields())
+            request, keep_alive = self.queue.popleft()
+            try:
+                result = self.server.handler(request)
+            except Exception as exc:  # a handler bug must not kill the connection loop
+                log.exception("handler failed")
+                result = error_response(500, f"internal error: {type(exc).__name__}: {exc}",
+                                        **self.server.error_fields())
             if isinstance(result, Response):
-                self._write(result, keep_alive)
+                self._write(result, keep_alive, request)
                 continue
             self.busy = True
             self.server.in_flight += 1
             task = asyncio.ensure_future(result)
-            task.add_done_callback(lambda t, ka=keep_alive: self._done(t, ka))
+            task.add_done_callback(lambda t, r=request, ka=keep_alive: self._done(t, r, ka))
             return
         self.busy = False
+        if self.closing:
+            return
+        if self.eof:  # a half-closed client got every answer it asked for
+            self._close()
+            return
+        if self.read_paused and not self.write_paused:
+            self._resume_reading()
+        if self.reading == "idle":
+            self.deadline = self.server.now() + self.limits.idle_timeout
 
-    def _done(self, task: asyncio.Future[Response], keep_alive: bool) -> None:
+    def _done(self, task: asyncio.Future[Response], request: Request, keep_alive: bool) -> None:
         self.server.in_flight -= 1
         try:
             response = task.result()
@@ -175,17 +337,19 @@ class _Connection(asyncio.Protocol):
             response = error_response(503, "the server is shutting down")
         except Exception as exc:
             log.exception("handler failed")
-            response = error_response(500, f"internal error: {type(exc).__name__}: {exc}")
-        self._write(response, keep_alive)
+            response = error_response(500, f"internal error: {type(exc).__name__}: {exc}",
+                                      **self.server.error_fields())
+        self._write(response, keep_alive, request)
         self.busy = False
         self._next()
         if not self.busy and self.server.in_flight == 0 and self.server.drained is not None:
             self.server.drained.set()
 
-    def _write(self, response: Response, keep_alive: bool) -> None:
-        if self.transport is None:
+    def _write(self, response: Response, keep_alive: bool, request: Request | None) -> None:
+        self.server.on_response(request, response.status)
+        if self.transport is None or self.closing:
             return
-        keep_alive = keep_alive and not self.server.stopping
+        keep_alive = keep_alive and not self.server.stopping and not (self.eof and not self.queue)
         head = [b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
                 % (response.status, _REASONS.get(response.status, b"Unknown"), response.content_type,
                    len(response.body))]
@@ -197,37 +361,158 @@ class _Connection(asyncio.Protocol):
         head.append(response.body)
         self.transport.write(b"".join(head))
         if not keep_alive:
-            self.closing = True
-            self.transport.close()
+            self._linger()
 
-    def _fail(self, status: int, message: str) -> None:
+    # --- refusals, closing ---------------------------------------------------------------------
+    def _refuse_request(self, status: int, message: str, limit: str) -> None:
+        """Answer ``status`` for the request being read (or close if earlier answers are owed)."""
+        self.server.limit_hits[limit] += 1
+        log.info("refused a request from %s: %s", self._peer(), message)
+        if self.busy or self.queue:
+            # Earlier pipelined requests are still being answered; an answer now would be out of order.
+            self.queue.clear()
+            self._close(abort=True)
+            return
+        self._refuse(status, message)
+
+    def _refuse(self, status: int, message: str) -> None:
         self.queue.clear()
-        self._write(error_response(status, message, **self.server.error_fields()), keep_alive=False)
+        self.reading = "idle"
+        self._write(error_response(status, message, **self.server.error_fields()), False, None)
+
+    def _linger(self) -> None:
+        """Stop reading requests; drop input until the client closes or LINGER_SECONDS pass."""
+        self.closing = True
+        self.discarding = True
+        self.deadline = self.server.now() + LINGER_SECONDS
+        transport = self.transport
+        if transport is None:
+            return
+        if self.eof:
+            transport.close()
+            return
+        self._resume_reading()  # read (and drop) so the client's send buffer empties and it sees our FIN
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+
+    def _close(self, abort: bool = False) -> None:
+        self.closing = True
+        self.deadline = 0.0
+        transport = self.transport
+        if transport is not None:
+            if abort:
+                transport.abort()
+            else:
+                transport.close()
+
+    def on_deadline(self) -> None:
+        """Called by the sweeper when ``deadline`` passed."""
+        self.deadline = 0.0
+        if self.discarding or self.closing:
+            self._close()
+            return
+        limits, hits = self.limits, self.server.limit_hits
+        if self.reading != "idle":
+            header = self.reading == "head"
+            hits[LIMIT_HEADER_TIMEOUT if header else LIMIT_BODY_TIMEOUT] += 1
+            message = (f"request headers not complete within {limits.header_timeout:g}s" if header
+                       else f"request body not complete within {limits.body_timeout:g}s")
+            log.info("closing a connection from %s: %s", self._peer(), message)
+            if self.busy or self.queue:
+                self._close(abort=True)
+            else:
+                self._refuse(408, message)
+        elif self.write_paused:
+            hits[LIMIT_WRITE_TIMEOUT] += 1
+            self._close(abort=True)
+        elif not self.busy and not self.queue:
+            hits[LIMIT_IDLE_TIMEOUT] += 1
+            self._close()
+
+    def _rearm(self) -> None:
+        now = self.server.now()
+        if self.reading == "head":
+            self.deadline = now + self.limits.header_timeout
+        elif self.reading == "body":
+            self.deadline = now + self.limits.body_timeout
+        elif not self.busy and not self.queue:
+            self.deadline = now + self.limits.idle_timeout
+        else:
+            self.deadline = 0.0
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
+    def _peer(self) -> str:
+        info = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return f"{info[0]}:{info[1]}" if isinstance(info, tuple) and len(info) >= 2 else "?"
 
     def close_if_idle(self) -> None:
         if not self.busy and not self.queue and self.transport is not None:
             self.transport.close()
 
 
+def _no_hook(request: Request | None, status: int) -> None:
+    return None
+
+
 class HttpServer:
     """Listen on ``host:port`` and answer with ``handler``; ``close()`` drains in-flight requests."""
 
-    def __init__(self, handler: Handler, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                 error_fields: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(self, handler: Handler, limits: HttpLimits | None = None,
+                 error_fields: Callable[[], dict[str, Any]] = dict, on_response: ResponseHook = _no_hook) -> None:
         self.handler = handler
+        self.limits = limits or HttpLimits()
+        self.limits.validate()
         self.error_fields = error_fields  # extra fields of the errors this layer answers itself (413, 400)
-        self.max_body_bytes = max_body_bytes
+        self.on_response = on_response
         self.connections: set[_Connection] = set()
+        self.active = 0  # connections being served (not counting refused ones lingering)
+        self.limit_hits: Counter[str] = Counter({name: 0 for name in LIMITS})
         self.in_flight = 0
         self.stopping = False
         self.drained: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
 
     async def start(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        _raise_open_files_limit(2 * self.limits.max_connections + 256)
         self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=2048,
                                                 reuse_address=True)
+        self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        limits = self.limits
+        tick = min(max(min(limits.header_timeout, limits.body_timeout, limits.idle_timeout, LINGER_SECONDS) / 4,
+                       0.02), 0.5)
+        while True:
+            await asyncio.sleep(tick)
+            now = self.now()
+            expired = [c for c in self.connections if 0.0 < c.deadline <= now]
+            for conn in expired:
+                try:
+                    conn.on_deadline()
+                except Exception:  # one broken connection must not stop the sweeper
+                    log.exception("closing an expired connection failed")
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight requests finish (up to ``timeout``), close connections."""
@@ -245,5 +530,22 @@ class HttpServer:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """The connection cap is only a cap if the process can open that many sockets."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+            if target > soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            if target < wanted:
+                log.warning("open-files limit %d is below what %d connections need (%d)", target,
+                            (wanted - 256) // 2, wanted)
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit: %s", exc)

@@ -19,6 +19,12 @@ The request ``id`` (string) is echoed; when absent the server uses the ``x-reque
 makes one. Each row has its own prediction id, the key that feedback refers to: one row → the
 request id; n rows → ``<id>-<i>``, unless ``parameters.ids`` gives n ids.
 
+What a request can make the server keep is bounded here (docs/security/http.md): every prediction
+id is at most ``MAX_ID_LENGTH`` printable characters (a request ``id`` at most
+``MAX_REQUEST_ID_LENGTH``, so ``<id>-<i>`` fits), ``parameters.ids`` has exactly one id per row, and
+a categorical value is at most ``MAX_STRING_VALUE_LENGTH`` characters; the prediction log and the
+feedback ledger keep nothing longer. Every malformed field is a 400/422 naming it, never a 500.
+
 Answer: ``{"model_name", "model_version", "id", "parameters": {"ids": [...]}, "outputs":
 [{"name": "predict", "shape": [n], "datatype", "data"}, {"name": "predict_proba", "shape": [n, C],
 "datatype": "FP64", "data", "parameters": {"classes": [...]}}]}`` — ``predict_proba`` only for
@@ -40,7 +46,10 @@ import orjson
 NUMERIC_DATATYPES = frozenset({"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
                                "FP16", "FP32", "FP64"})
 STRING_DATATYPES = frozenset({"BYTES"})
-MAX_ID_LENGTH = 256
+MAX_ID_LENGTH = 128  # any prediction id (a row's key for feedback)
+MAX_REQUEST_ID_LENGTH = MAX_ID_LENGTH - 16  # room for "-<row>" in the ids derived from it
+MAX_STRING_VALUE_LENGTH = 1024  # a categorical value; the model maps anything unknown to one bin anyway
+MAX_NAME_LENGTH = 256  # an input tensor's name
 
 
 class RequestError(Exception):
@@ -94,7 +103,12 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None) -> In
             if key not in tensor:
                 raise RequestError(400, f"inputs[{i}] has no '{key}'")
         if not isinstance(tensor["name"], str):
-            raise RequestError(400, f"inputs[{i}].name must be a string")
+            raise RequestError(400, f"inputs[{i}].name must be a string, got {type(tensor['name']).__name__}")
+        if len(tensor["name"]) > MAX_NAME_LENGTH:
+            raise RequestError(422, f"inputs[{i}].name is longer than {MAX_NAME_LENGTH} characters")
+        if not isinstance(tensor["datatype"], str):
+            raise RequestError(422, f"inputs[{i}].datatype must be a string such as \"FP64\", "
+                                    f"got {type(tensor['datatype']).__name__}")
 
     single = inputs[0]
     shape0 = _shape(single, 0)
@@ -130,7 +144,7 @@ def _values(tensor: dict[str, Any], expected: int, categorical: bool) -> np.ndar
     if len(data) != expected:
         raise RequestError(422, f"input '{name}': shape {tensor['shape']} needs {expected} values, got {len(data)}")
     if not isinstance(datatype, str) or datatype not in NUMERIC_DATATYPES | STRING_DATATYPES:
-        raise RequestError(422, f"input '{name}': unknown datatype {datatype!r}; use one of FP64, FP32, "
+        raise RequestError(422, f"input '{name}': unknown datatype {datatype!r:.80}; use one of FP64, FP32, "
                                 f"INT64, INT32, BOOL, BYTES, ...")
     if categorical:
         if datatype not in STRING_DATATYPES:
@@ -138,14 +152,17 @@ def _values(tensor: dict[str, Any], expected: int, categorical: bool) -> np.ndar
                                     f"not {datatype}")
         for j, v in enumerate(data):
             if v is not None and not isinstance(v, str):
-                raise RequestError(422, f"input '{name}': value #{j} ({v!r}) is not a string")
+                raise RequestError(422, f"input '{name}': value #{j} ({v!r:.80}) is not a string")
+            if v is not None and len(v) > MAX_STRING_VALUE_LENGTH:
+                raise RequestError(422, f"input '{name}': value #{j} is longer than {MAX_STRING_VALUE_LENGTH} "
+                                        f"characters")
         return np.array(data, dtype=object)
     if datatype in STRING_DATATYPES:
         raise RequestError(422, f"input '{name}' is a numeric feature: send a numeric datatype (FP64, INT64, ...), "
                                 f"not BYTES")
     for j, v in enumerate(data):
         if not (v is None or isinstance(v, (int, float))):
-            raise RequestError(422, f"input '{name}': value #{j} ({v!r}) is not a number (datatype {datatype})")
+            raise RequestError(422, f"input '{name}': value #{j} ({v!r:.80}) is not a number (datatype {datatype})")
     return np.array(data, dtype=np.float64)
 
 
@@ -161,8 +178,8 @@ def _matrix_input(tensor: dict[str, Any], shape: list[int], schema: Schema) -> n
         flat = _values(tensor, n * width, categorical=False)
         return flat.reshape(n, width)
     # Mixed feature kinds in one tensor: check column by column.
-    if tensor["datatype"] not in NUMERIC_DATATYPES | STRING_DATATYPES:
-        raise RequestError(422, f"input '{tensor['name']}': unknown datatype {tensor['datatype']!r}; a table with "
+    if not isinstance(tensor["datatype"], str) or tensor["datatype"] not in NUMERIC_DATATYPES | STRING_DATATYPES:
+        raise RequestError(422, f"input '{tensor['name']}': unknown datatype {tensor['datatype']!r:.80}; a table with "
                                 f"categorical columns is sent as BYTES")
     if not isinstance(data, list):
         raise RequestError(422, f"input '{tensor['name']}': data must be a list, got {type(data).__name__}")
@@ -179,10 +196,13 @@ def _matrix_input(tensor: dict[str, Any], shape: list[int], schema: Schema) -> n
                 continue
             if is_cat and not isinstance(v, str):
                 raise RequestError(422, f"input '{tensor['name']}': row {i} column {j} ('{feature}', categorical) "
-                                        f"is {v!r}, not a string")
+                                        f"is {v!r:.80}, not a string")
+            if is_cat and len(v) > MAX_STRING_VALUE_LENGTH:
+                raise RequestError(422, f"input '{tensor['name']}': row {i} column {j} ('{feature}', categorical) "
+                                        f"is longer than {MAX_STRING_VALUE_LENGTH} characters")
             if not is_cat and (isinstance(v, str) or not isinstance(v, (int, float))):
                 raise RequestError(422, f"input '{tensor['name']}': row {i} column {j} ('{feature}', numeric) "
-                                        f"is {v!r}, not a number")
+                                        f"is {v!r:.80}, not a number")
         rows[:, j] = column if is_cat else [math.nan if v is None else float(v) for v in column]
     return rows
 
@@ -224,22 +244,34 @@ def _request_id(value: Any, header_id: str | None) -> str:
         value = header_id
     if value is None or value == "":
         return new_id()
+    source = "'id'" if value is not header_id else "the x-request-id header"
     if not isinstance(value, (str, int)) or isinstance(value, bool):
-        raise RequestError(422, f"'id' must be a string, got {type(value).__name__}")
+        raise RequestError(422, f"{source} must be a string, got {type(value).__name__}")
     value = str(value)
-    if len(value) > MAX_ID_LENGTH:
-        raise RequestError(422, f"'id' is longer than {MAX_ID_LENGTH} characters")
+    if len(value) > MAX_REQUEST_ID_LENGTH:
+        raise RequestError(422, f"{source} is longer than {MAX_REQUEST_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise RequestError(422, f"{source} must be printable characters only")
     return value
 
 
 def _row_ids(parameters: Any, request_id: str, n: int) -> list[str]:
     if parameters is not None and not isinstance(parameters, dict):
-        raise RequestError(400, "'parameters' must be an object")
+        raise RequestError(400, f"'parameters' must be an object, got {type(parameters).__name__}")
     ids = parameters.get("ids") if parameters else None
     if ids is not None:
-        if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, (str, int)) for i in ids):
-            raise RequestError(422, f"parameters.ids must be a list of {n} strings, one per row")
-        return [str(i) for i in ids]
+        if not isinstance(ids, list) or len(ids) != n:
+            raise RequestError(422, f"parameters.ids must be a list of {n} strings, one per row"
+                                    + (f"; got {len(ids)}" if isinstance(ids, list) else ""))
+        out = []
+        for i, rid in enumerate(ids):
+            if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+                raise RequestError(422, f"parameters.ids[{i}] must be a string, got {type(rid).__name__}")
+            text = str(rid)
+            if not text or len(text) > MAX_ID_LENGTH or not text.isprintable():
+                raise RequestError(422, f"parameters.ids[{i}] must be 1 to {MAX_ID_LENGTH} printable characters")
+            out.append(text)
+        return out
     if n == 1:
         return [request_id]
     return [f"{request_id}-{i}" for i in range(n)]

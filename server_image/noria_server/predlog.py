@@ -9,6 +9,11 @@ fills and further batches are dropped and counted; if it fails (full disk, read-
 lines are dropped and counted, the file is reopened after a back-off, and predictions go on.
 ``seq`` starts past any file this pod name already wrote today, so a restarted pod never
 appends into (or clobbers) its predecessor's file, and rolls over at ``max_file_bytes``.
+
+A request cannot make the log grow by more than its rows allow: the request parser bounds ids and
+values (``noria_server.oip``), and a batch whose rendering exceeds ``max_line_bytes`` per row on
+average is dropped and counted rather than written (a backstop: with the parser's bounds it takes
+a model with thousands of features to get near it).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from noria import store
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
+
 # A batch handed to the writer: (row count, function producing the JSON-lines bytes).
 Entry = tuple[int, Callable[[], bytes]]
 
@@ -33,7 +40,7 @@ Entry = tuple[int, Callable[[], bytes]]
 class JsonlLog:
     def __init__(self, directory_for: Callable[[dt.date], str], pod: str, on_drop: Callable[[int], None],
                  capacity: int = 4096, flush_seconds: float = 0.5, max_file_bytes: int = 256 << 20,
-                 retry_seconds: float = 2.0) -> None:
+                 retry_seconds: float = 2.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
         self.directory_for = directory_for
         self.pod = pod
         self.on_drop = on_drop
@@ -42,6 +49,7 @@ class JsonlLog:
         self.flush_seconds = flush_seconds
         self.max_file_bytes = max_file_bytes
         self.retry_seconds = retry_seconds
+        self.max_line_bytes = max_line_bytes
         self._file: Any = None
         self._day: dt.date | None = None
         self._written = 0
@@ -78,6 +86,11 @@ class JsonlLog:
             return
         try:
             data = render()
+            if len(data) > rows * self.max_line_bytes:
+                log.warning("prediction log %s: dropping %d rows rendered as %d bytes (over %d bytes a line)",
+                            self.pod, rows, len(data), self.max_line_bytes)
+                self.on_drop(rows)
+                return
             self._ensure_file()
             self._file.write(data)
             self._written += len(data)

@@ -42,14 +42,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .discovery import ConfigMapSource, Endpoints, FileConfigSource
-from .httpserver import HttpServer, Request, Response, error_response, json_response
+from .httpserver import HttpLimits, HttpServer, Request, Response, error_response, json_response
 from .router_config import Backend, RouterConfig, compare, predictions_of
+from .telemetry import HttpCollector
 
 log = logging.getLogger("noria_server.route")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 FORWARDED_HEADERS = ("content-type", "x-request-id", "accept")
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
 
 
 @dataclass
@@ -61,7 +63,7 @@ class RouterSettings:
     timeout: float = 10.0
     connect_timeout: float = 1.0
     drain_seconds: float = 5.0
-    max_body_bytes: int = 16 << 20
+    http: HttpLimits = field(default_factory=HttpLimits)
     max_shadow_in_flight: int = 512
     feedback_token: BearerToken | None = field(default=None, repr=False)
 
@@ -89,6 +91,12 @@ class RouterMetrics:
         self._code_children: dict[int, Any] = {code: self.requests.labels(str(code)) for code in (200, 500, 502)}
         self._duration_children: dict[tuple[str, str], Any] = {}
 
+    def count_code(self, code: int) -> None:
+        child = self._code_children.get(code)
+        if child is None:
+            child = self._code_children[code] = self.requests.labels(str(code))
+        child.inc()
+
     def observe(self, model: str, version: str, seconds: float) -> None:
         key = (model, version)
         child = self._duration_children.get(key)
@@ -104,7 +112,8 @@ class Router:
         self.config: RouterConfig | None = None
         self.config_applied_at = 0.0
         self.endpoints: Endpoints | None = None
-        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
+        self.http = HttpServer(self.handle, settings.http, on_response=self._count_response)
+        self.metrics.registry.register(HttpCollector(self.http))
         self.session: aiohttp.ClientSession | None = None
         self.sources: list[Any] = []
         self.shadow_in_flight = 0
@@ -114,6 +123,10 @@ class Router:
         self._rr: dict[str, itertools.count[int]] = {}
         self._random = random.random
         self.port = 0
+
+    def _count_response(self, request: Request | None, status: int) -> None:
+        if request is None or request.path not in UNCOUNTED_PATHS:
+            self.metrics.count_code(status)
 
     # --- config ---------------------------------------------------------------------------------
     def apply_config(self, config: RouterConfig) -> None:

@@ -35,7 +35,7 @@ from noria import store
 
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
-from .httpserver import HttpServer, Request, Response, json_response
+from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
 from .model import ServedModel
 from .predlog import JsonlLog
 from .telemetry import ServerMetrics
@@ -44,6 +44,9 @@ log = logging.getLogger("noria_server.serve")
 
 EXIT_REFUSED = 3
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+# Answers not counted in noria_requests_total: kubelet probes and Prometheus scrapes are not user
+# traffic, and counting their 200s would dilute the errorRate check's ratio on a quiet version.
+UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
 
 @dataclass
@@ -63,7 +66,7 @@ class ServeSettings:
     feature_counting: bool = True
     max_batch: int = 64
     batch_wait_ms: float = 0.0
-    max_body_bytes: int = 16 << 20
+    http: HttpLimits = field(default_factory=HttpLimits)
     feedback_ledger_bytes: int = ledger.DEFAULT_MAX_BYTES
     feedback_retention_seconds: float = ledger.DEFAULT_RETENTION_SECONDS
     feedback_max_abs_label: float = ledger.DEFAULT_MAX_ABS_LABEL
@@ -82,6 +85,7 @@ class ServeSettings:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
+        self.http.validate()
         if self.feedback_ledger_bytes < 1 << 20:
             raise ValueError(f"--feedback-ledger-bytes/NORIA_FEEDBACK_LEDGER_BYTES must be at least 1 MiB, "
                              f"got {self.feedback_ledger_bytes}")
@@ -108,9 +112,11 @@ class ModelServer:
         self.model: ServedModel | None = None
         self.state = "loading"
         self.reason = "loading and verifying the model"
-        self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes,
+        self.http = HttpServer(self.handle, settings.http,
                                error_fields=lambda: {"id": oip.new_id(), "model_name": settings.model,
-                                                     "model_version": settings.version})
+                                                     "model_version": settings.version},
+                               on_response=self._count_response)
+        self.metrics.watch_http(self.http)
         # Which predictions a label may count for, and which ids were labelled (noria_server.ledger).
         self.ledger = ledger.PredictionLedger(settings.feedback_ledger_bytes, settings.feedback_retention_seconds)
         self.label_rules: ledger.LabelRules | None = None
@@ -218,10 +224,15 @@ class ModelServer:
     def _method(self, request: Request, allowed: str) -> Response:
         return self._error(405, f"{request.path} takes {allowed}, not {request.method}", request)
 
+    def _count_response(self, request: Request | None, status: int) -> None:
+        """Every answer, by status, whoever gave it (the handler or the HTTP layer's own refusals)."""
+        if request is None or request.path not in UNCOUNTED_PATHS:
+            self.metrics.count_code(status)
+
     def _error(self, status: int, message: str, request: Request | None = None, request_id: str | None = None,
-               count: bool = False, started: float | None = None) -> Response:
-        if count:
-            self.metrics.request_done(status, time.perf_counter() - started if started else None)
+               started: float | None = None) -> Response:
+        if started is not None:  # an inference answered with an error: its latency counts too
+            self.metrics.duration.observe(time.perf_counter() - started)
         rid = request_id or (request.headers.get("x-request-id") if request else None) or oip.new_id()
         return json_response(status, {"error": message, "id": rid, "model_name": self.settings.model,
                                       "model_version": self.settings.version})
@@ -253,11 +264,11 @@ class ModelServer:
         started = time.perf_counter()
         model = self.model
         if model is None or self.state not in ("ready", "stopping"):
-            return self._error(503, f"model not ready: {self.reason}", request, count=True, started=started)
+            return self._error(503, f"model not ready: {self.reason}", request, started=started)
         try:
             parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"))
         except oip.RequestError as exc:
-            return self._error(exc.status, exc.message, request, count=True, started=started)
+            return self._error(exc.status, exc.message, request, started=started)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self.pending.append(_Pending(parsed, future, started))
         self.pending_rows += parsed.rows.shape[0]
@@ -293,7 +304,7 @@ class ModelServer:
                 log.info("predict failed for request %s: %s", item.request.request_id, exc)
                 item.future.set_result(self._error(
                     422, f"the model could not predict these rows: {type(exc).__name__}: {exc}",
-                    request_id=item.request.request_id, count=True, started=item.started))
+                    request_id=item.request.request_id, started=item.started))
                 return
             for item in batch:  # isolate the offending request(s)
                 if item.future.done():
@@ -303,7 +314,7 @@ class ModelServer:
                 except Exception as one_exc:
                     item.future.set_result(self._error(
                         422, f"the model could not predict these rows: {type(one_exc).__name__}: {one_exc}",
-                        request_id=item.request.request_id, count=True, started=item.started))
+                        request_id=item.request.request_id, started=item.started))
 
     def _predict_batch(self, batch: list[_Pending]) -> None:
         model = self.model
@@ -324,7 +335,7 @@ class ModelServer:
                                       proba[start:start + n] if proba is not None else None, model.classes)
             start += n
             item.future.set_result(json_response(200, body))
-            metrics.request_done(200, now - item.started)
+            metrics.duration.observe(now - item.started)
         self._remember_and_log(batch, rows, predictions)
 
     def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:

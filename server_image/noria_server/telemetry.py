@@ -21,7 +21,7 @@ import numpy as np
 from noria import metrics as m
 from noria.profile import FeatureProfile, Profile
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 try:  # the _created series double the scrape size and nothing here reads them
@@ -109,6 +109,28 @@ class FeatureBinCounter(Collector):
         yield family
 
 
+class HttpCollector(Collector):
+    """``noria_http_limit_total{limit}`` and ``noria_http_connections``, read from the HTTP layer at scrape.
+
+    The HTTP layer counts into a plain ``Counter`` (no Prometheus call per connection); ``labels``
+    are constant labels (model and version on a model server, none on the router)."""
+
+    def __init__(self, http: Any, labels: dict[str, str] | None = None) -> None:
+        self.http = http
+        self.names = list((labels or {}).keys())
+        self.values = list((labels or {}).values())
+
+    def collect(self) -> Iterable[Metric]:
+        hits = CounterMetricFamily(m.HTTP_LIMIT_TOTAL, "Clients that hit a limit of the HTTP layer, by limit",
+                                   labels=[*self.names, m.LABEL_LIMIT])
+        for limit, count in sorted(self.http.limit_hits.items()):
+            hits.add_metric([*self.values, limit], float(count))
+        yield hits
+        connections = GaugeMetricFamily(m.HTTP_CONNECTIONS, "Open client connections", labels=self.names)
+        connections.add_metric(self.values, float(self.http.active))
+        yield connections
+
+
 class ServerMetrics:
     def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
         self.model, self.version = model, version
@@ -168,12 +190,19 @@ class ServerMetrics:
         self.feedback_refused.labels(self.model, self.version, reason).inc(n)
 
     def request_done(self, code: int, seconds: float | None) -> None:
+        self.count_code(code)
+        if seconds is not None:
+            self.duration.observe(seconds)
+
+    def count_code(self, code: int) -> None:
+        """One answer with HTTP status ``code`` (every answer the server gives, whoever gave it)."""
         child = self._code_children.get(code)
         if child is None:
             child = self._code_children[code] = self.requests.labels(self.model, self.version, str(code))
         child.inc()
-        if seconds is not None:
-            self.duration.observe(seconds)
+
+    def watch_http(self, http: Any) -> None:
+        self.registry.register(HttpCollector(http, {m.LABEL_MODEL: self.model, m.LABEL_VERSION: self.version}))
 
     def _class_child(self, value: Any) -> Any:
         child = self._class_children.get(value)
