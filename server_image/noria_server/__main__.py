@@ -78,6 +78,38 @@ def _http_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return limits
 
 
+def _add_artifact_flags(p: argparse.ArgumentParser) -> None:
+    """Where a refusal is reported, and the artifact caps (docs/security/artifacts.md)."""
+    from noria.artifact import DEFAULT_LIMITS
+
+    env = os.environ.get
+    p.add_argument("--termination-log", default=env("NORIA_TERMINATION_LOG"),
+                   help="file the refusal is written to as JSON {reason, kind, message}; default "
+                        "/dev/termination-log when it exists and is writable [NORIA_TERMINATION_LOG]")
+    for flag, var, name, text in (
+            ("--max-artifact-bytes", "NORIA_MAX_ARTIFACT_BYTES", "max_file_bytes", "largest model.skops file"),
+            ("--max-artifact-uncompressed-bytes", "NORIA_MAX_ARTIFACT_UNCOMPRESSED_BYTES", "max_total_bytes",
+             "most bytes its zip members may inflate to in total")):
+        raw = env(var)
+        try:
+            default = int(raw) if raw else getattr(DEFAULT_LIMITS, name)
+        except ValueError:
+            raise SystemExit(f"{var}={raw!r}: expected a number of bytes") from None
+        p.add_argument(flag, dest=name, type=int, default=default, help=f"{text} (default {default}) [{var}]")
+
+
+def _artifact_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from noria.artifact import DEFAULT_LIMITS
+
+    if args.max_file_bytes < 1 or args.max_total_bytes < 1:
+        raise SystemExit("noria_server serve: the artifact caps must be positive")
+    return dataclasses.replace(DEFAULT_LIMITS, max_file_bytes=args.max_file_bytes,
+                               max_member_bytes=min(DEFAULT_LIMITS.max_member_bytes, args.max_total_bytes),
+                               max_total_bytes=args.max_total_bytes)
+
+
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m noria_server", description=__doc__.splitlines()[0])
@@ -118,6 +150,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep serving this long after SIGTERM while not ready [NORIA_DRAIN_SECONDS]")
     s.add_argument("--failure-exit-seconds", type=float, default=float(env("NORIA_FAILURE_EXIT_SECONDS", "30")),
                    help="stay up (not ready) this long after refusing the artifact [NORIA_FAILURE_EXIT_SECONDS]")
+    _add_artifact_flags(s)
 
     r = sub.add_parser("route", help="split, pin and mirror traffic between model versions")
     src = r.add_mutually_exclusive_group()
@@ -169,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noria_server {args.mode}: {exc}", file=sys.stderr)
         return 2
     if args.mode == "serve":
-        from .serve import ServeSettings, run
+        from .serve import ServeSettings, default_termination_log, run
 
         settings = ServeSettings(
             artifact_uri=args.artifact, digest=args.digest, profile_uri=args.profile, model=args.model,
@@ -179,7 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
             feedback_retention_seconds=args.feedback_retention_seconds,
             feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
-            drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds)
+            drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,
+            artifact_limits=_artifact_limits(args),
+            termination_log=args.termination_log or default_termination_log())
         try:
             settings.validate()
         except ValueError as exc:

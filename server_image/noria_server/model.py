@@ -1,13 +1,16 @@
 """The one verified model a server process serves, and how rows become a prediction.
 
-Loading goes through ``noria.artifact.load_verified`` (sha256 of the file first, then skops with the
-trusted-type allow-list; never pickle). The model must have been fitted on a DataFrame, so
+Loading goes through ``noria.artifact.load_verified``, the one loader every Noria process uses
+(bounded read of a regular file inside the store, sha256, zip shape, the exact trusted-type list,
+then skops; never pickle); the drift profile is read with the same file rules and a size cap.
+Every refusal is an ``ArtifactError`` with a kind. The model must have been fitted on a DataFrame, so
 ``feature_names_in_`` fixes the input schema; the drift profile says which features are
 categorical and gives realistic warm-up rows.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -15,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from noria.artifact import ArtifactError, load_verified
+from noria.artifact import (
+    DEFAULT_LIMITS,
+    MALFORMED,
+    UNUSABLE_MODEL,
+    ArtifactError,
+    Limits,
+    load_verified,
+    read_bounded,
+)
 from noria.profile import Profile
 
 from .oip import Schema
@@ -34,14 +45,17 @@ class ServedModel:
     takes_array: bool = False  # same answers from a float ndarray as from a DataFrame, checked at warm-up
 
     @classmethod
-    def load(cls, artifact_uri: str, digest: str, profile_uri: str | None) -> ServedModel:
-        estimator = load_verified(artifact_uri, digest)
+    def load(cls, artifact_uri: str, digest: str, profile_uri: str | None, store_root: str | None = None,
+             limits: Limits = DEFAULT_LIMITS) -> ServedModel:
+        estimator = load_verified(artifact_uri, digest, store_root, limits)
         profile = None
         if profile_uri:
+            text = read_bounded(profile_uri, store_root, limits.max_profile_bytes)
             try:
-                profile = Profile.load(profile_uri)
-            except (OSError, ValueError, KeyError) as exc:
-                raise ArtifactError(f"cannot read the drift profile {profile_uri}: {exc}") from exc
+                profile = Profile.from_dict(json.loads(text))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ArtifactError(MALFORMED, f"the drift profile {profile_uri} is not a profile: "
+                                               f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         return cls.from_estimator(estimator, profile)
 
     @classmethod
@@ -50,10 +64,10 @@ class ServedModel:
 
         names = getattr(estimator, "feature_names_in_", None)
         if names is None:
-            raise ArtifactError("the model has no feature_names_in_: fit it on a pandas DataFrame so the server "
-                                "knows the feature names and order")
+            raise ArtifactError(UNUSABLE_MODEL, "the model has no feature_names_in_: fit it on a pandas DataFrame "
+                                                "so the server knows the feature names and order")
         if not hasattr(estimator, "predict"):
-            raise ArtifactError(f"the artifact is a {type(estimator).__name__}, which has no predict()")
+            raise ArtifactError(UNUSABLE_MODEL, f"the artifact is a {type(estimator).__name__}, which has no predict()")
         features = tuple(str(n) for n in names)
         categorical = frozenset(f for f in features
                                 if profile is not None and f in profile.features

@@ -1,11 +1,15 @@
 """``python -m noria_server serve``: one verified ModelVersion over Open Inference Protocol v2.
 
 Life cycle: the HTTP port opens at once (live = 200, ready = 503 "loading"); a worker thread
-verifies and loads the artifact (``noria.artifact.load_verified``: digest, then skops with the
-trusted-type allow-list), reads the drift profile and warms the model up; only then is the
-server ready. A refused artifact leaves it not-ready with the reason in the readiness answer and
-the log, and the process exits with code 3 after ``failure_exit_seconds`` (long enough for a
-person or the operator to read the reason; kubelet's restarts then show it as CrashLoopBackOff).
+verifies and loads the artifact (``noria.artifact.load_verified``: a bounded read of a regular
+file inside the store, its digest, the zip's shape, the exact trusted-type list, then skops),
+reads the drift profile and warms the model up; only then is the server ready. A refused artifact
+leaves it not-ready with the reason in the readiness answer and the log, writes the termination
+message ``{"reason": "ArtifactVerificationFailed", "kind": ..., "message": ...}`` (read by the
+operator to abort the Rollout), and the process exits with the kind's code
+(``noria.artifact.EXIT_CODES``; 3 for a failure without a kind) after ``failure_exit_seconds``
+(long enough for a person or the operator to read the reason; kubelet's restarts then show it as
+CrashLoopBackOff).
 On SIGTERM/SIGINT it turns not-ready, keeps serving for ``drain_seconds`` (endpoints take a
 moment to drop the pod), then stops accepting, finishes in-flight requests, flushes the logs,
 and exits 0.
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,6 +38,8 @@ import numpy as np
 import orjson
 from noria import metrics as m
 from noria import store
+from noria.artifact import EXIT_REFUSED_GENERIC, UNUSABLE_MODEL, ArtifactError, Limits
+from noria.conditions import ARTIFACT_VERIFICATION_FAILED
 
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
@@ -42,7 +50,9 @@ from .telemetry import ServerMetrics
 
 log = logging.getLogger("noria_server.serve")
 
-EXIT_REFUSED = 3
+EXIT_REFUSED = EXIT_REFUSED_GENERIC  # a refusal without a kind; each kind has its own code (noria.artifact)
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 1024  # bytes of the human message in the termination message
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 # Answers not counted in noria_requests_total: kubelet probes and Prometheus scrapes are not user
 # traffic, and counting their 200s would dilute the errorRate check's ratio on a quiet version.
@@ -73,6 +83,8 @@ class ServeSettings:
     feedback_token: BearerToken | None = field(default=None, repr=False)
     drain_seconds: float = 5.0
     failure_exit_seconds: float = 30.0
+    artifact_limits: Limits = field(default_factory=Limits)
+    termination_log: str | None = None  # where a refusal is written for the operator; None = nowhere
 
     def validate(self) -> None:
         missing = [name for name, value in (("--artifact/NORIA_ARTIFACT_URI", self.artifact_uri),
@@ -143,10 +155,14 @@ class ModelServer:
         try:
             model = await asyncio.get_running_loop().run_in_executor(None, self._load_and_warm)
         except Exception as exc:
-            self.state, self.reason = "failed", f"model refused: {exc}"
-            log.error("%s; not ready, exiting in %.0fs", self.reason, s.failure_exit_seconds)
+            refusal = exc if isinstance(exc, ArtifactError) else \
+                ArtifactError(UNUSABLE_MODEL, f"loading or warming up failed: {type(exc).__name__}: {exc}")
+            self.state, self.reason = "failed", f"model refused: {refusal}"
+            log.error("%s; not ready, exiting with code %d in %.0fs", self.reason, refusal.exit_code,
+                      s.failure_exit_seconds)
+            write_termination_message(s.termination_log, refusal)
             await asyncio.sleep(s.failure_exit_seconds)
-            self.exit_code = EXIT_REFUSED
+            self.exit_code = refusal.exit_code
             await self.stop(drain=False)
             return
         self.model = model
@@ -169,8 +185,12 @@ class ModelServer:
 
     def _load_and_warm(self) -> ServedModel:
         s = self.settings
-        model = ServedModel.load(s.artifact_uri, s.digest, s.profile_uri)
-        single = model.warm_up(s.max_batch)
+        model = ServedModel.load(s.artifact_uri, s.digest, s.profile_uri, s.store_root or None, s.artifact_limits)
+        try:
+            single = model.warm_up(s.max_batch)
+        except Exception as exc:  # a model that cannot predict plausible rows is not served
+            raise ArtifactError(UNUSABLE_MODEL, f"the model failed its warm-up predictions: "
+                                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         log.info("warmed up: one-row predict %.0f µs, predict_proba in answers: %s", single * 1e6,
                  model.proba_is_free)
         return model
@@ -419,6 +439,30 @@ class ModelServer:
         return json_response(200, {"model_name": s.model, "model_version": s.version, "id": ids[0], "ids": ids,
                                    "accepted": len(items), "matched": outcomes[ledger.COUNTED],
                                    "outcomes": outcomes, "results": [j.answer() for j in judged]})
+
+
+def default_termination_log() -> str | None:
+    """Kubernetes' termination-message file when the container has one we may write; else None."""
+    path = DEFAULT_TERMINATION_LOG
+    return path if os.path.isfile(path) and os.access(path, os.W_OK) else None
+
+
+def termination_message(refusal: ArtifactError) -> str:
+    """The JSON the operator reads from the terminated container (contract with the Rollout
+    controller): reason, the refusal kind, and the human message cut to 1 KiB."""
+    message = refusal.message.encode()[:TERMINATION_MESSAGE_LIMIT].decode(errors="ignore")
+    return json.dumps({"reason": ARTIFACT_VERIFICATION_FAILED, "kind": refusal.kind, "message": message},
+                      separators=(",", ":"))
+
+
+def write_termination_message(path: str | None, refusal: ArtifactError) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "w") as handle:
+            handle.write(termination_message(refusal))
+    except OSError as exc:
+        log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
 def _timestamp(ts: float) -> str:

@@ -22,11 +22,13 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 def _train(world: D.World, seed: int):
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
     frame = D.generate(3000, world, np.random.default_rng(seed), START, START + dt.timedelta(days=30))
-    prepare = ColumnTransformer([("numeric", "passthrough", list(D.NUMERIC_FEATURES)),
+    # built from the trainer's pieces: the loader trusts exactly what the trainer writes (noria.trusted_types)
+    prepare = ColumnTransformer([("numeric", SimpleImputer(strategy="median"), list(D.NUMERIC_FEATURES)),
                                  ("categorical", OneHotEncoder(handle_unknown="ignore"), list(D.CATEGORICAL_FEATURES))],
                                 sparse_threshold=0.0)
     model = Pipeline([("prepare", prepare), ("model", HistGradientBoostingClassifier(max_iter=60, random_state=0))])

@@ -70,7 +70,7 @@ def test_full_queue_drops_instead_of_blocking(tmp_path) -> None:  # type: ignore
 
 
 async def test_a_stalled_prediction_log_never_delays_or_fails_predictions(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    saved = train_and_save("logistic", str(tmp_path / "model"), rows=400)
+    saved = train_and_save("logistic", str(tmp_path / "store/ml/churn/v1"), rows=400)  # artifacts live in the store
     settings = ServeSettings(artifact_uri=saved.artifact_uri, digest=saved.digest, profile_uri=saved.profile_uri,
                              model="churn", version="churn-v1", host="127.0.0.1", port=0,
                              store_root=f"file://{tmp_path}/store", namespace="ml", pipeline="churn", pod="p0",

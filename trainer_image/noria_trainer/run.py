@@ -22,7 +22,14 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 from noria import store
-from noria.artifact import ArtifactError, dumps_model, load_verified, loads_verified, sha256_digest
+from noria.artifact import (
+    ArtifactError,
+    dumps_model,
+    load_verified,
+    loads_verified,
+    read_bounded,
+    sha256_digest,
+)
 from noria.profile import Profile, build_profile
 
 from noria_trainer import data as data_mod
@@ -39,7 +46,7 @@ EXIT_SPEC = 2  # the run spec or pipeline spec is malformed, or the estimator is
 EXIT_DATA = 3  # the data cannot be read, is empty, or the window holds no rows
 EXIT_VALIDATION = 4  # the data failed validation (columns, target, types, rows, missing values)
 EXIT_TRAINING = 5  # fitting, tuning or evaluating failed
-EXIT_CHAMPION = 6  # the champion artifact is unreadable or its digest does not match
+EXIT_CHAMPION = 6  # the champion artifact is refused by the loader (digest, file, archive, types) or unreadable
 EXIT_OUTPUT = 7  # the output location exists already or cannot be written
 
 SUMMARY_LIMIT = 4096
@@ -203,14 +210,23 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     champion_model, champion_profile = None, None
     if run.champion is not None:
         reporter.begin("champion", name=run.champion.name)
+        # A refused champion fails the run rather than training on without a comparison: a champion
+        # that does not verify means the store or its ModelVersion was tampered with, and a contender
+        # that skipped the must-beat-the-champion gate could be approved onto users unchallenged.
+        # Failing here writes nothing (no output exists yet) and leaves the champion serving.
+        store_root = run.store_root or None
         try:
-            champion_model = load_verified(run.champion.artifact_uri, run.champion.digest)
+            champion_model = load_verified(run.champion.artifact_uri, run.champion.digest, store_root)
         except ArtifactError as exc:
-            raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name}: {exc}") from exc
+            raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name} refused ({exc.kind}): "
+                                                        f"{exc.message}") from exc
         if run.champion.profile_uri:
             try:
-                champion_profile = Profile.load(run.champion.profile_uri)
-            except (OSError, ValueError, KeyError) as exc:
+                champion_profile = Profile.from_dict(json.loads(read_bounded(run.champion.profile_uri, store_root)))
+            except ArtifactError as exc:
+                raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name}: its profile is refused "
+                                                            f"({exc.kind}): {exc.message}") from exc
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise RunFailure("champion", EXIT_CHAMPION,
                                  f"champion {run.champion.name}: cannot read its profile "
                                  f"{run.champion.profile_uri}: {exc}") from exc
