@@ -14,8 +14,10 @@ that finishes in-flight requests.
 Everything a client sends is bounded (``HttpLimits``, docs/security/http.md): the request line,
 the header section (bytes and count), the body (413 decided from ``Content-Length`` before any of
 it is read, and before ``100 Continue`` is sent), the time to send the headers and the body, the
-time a kept-alive connection may sit idle, the number of connections, and the number of pipelined
-requests buffered (reading pauses, as it does while the client does not read our answers). A
+time a kept-alive connection may sit idle, the number of connections, the request bodies held by
+all connections together until they are answered (past it: 503, so connections × body limit is
+never what memory must hold), and the number of pipelined requests buffered (reading pauses, as
+it does while the client does not read our answers). A
 refused request gets a JSON error and ``connection: close``; the connection then discards input
 for a moment before closing ("lingering close"), so the client reads the answer instead of a
 reset. Every answer this layer or the handler gives goes through ``on_response`` (the servers
@@ -54,6 +56,10 @@ MAX_PIPELINED = 32
 # After a refusal: how long to discard what the client still sends before closing, so the
 # refusal is read instead of lost to a TCP reset.
 LINGER_SECONDS = 1.0
+# A connection holding no more than this of unanswered bodies is never refused by the body budget:
+# ordinary requests go on being served while large ones fill it (memory stays under the budget plus
+# connections x this).
+SMALL_BODY_BYTES = 32 * 1024
 # Raw bytes of a request head beyond the URL and header limits before it is cut off regardless
 # (method, version, separators and line ends).
 HEAD_SLACK_BYTES = 4096
@@ -68,9 +74,10 @@ LIMIT_BODY_TIMEOUT = "body_timeout"
 LIMIT_IDLE_TIMEOUT = "idle_timeout"
 LIMIT_WRITE_TIMEOUT = "write_timeout"
 LIMIT_CONNECTIONS = "connections"
+LIMIT_BODY_BUDGET = "body_budget"
 LIMIT_MALFORMED = "malformed"
 LIMITS = (LIMIT_URL, LIMIT_HEADER_BYTES, LIMIT_HEADER_COUNT, LIMIT_BODY, LIMIT_HEADER_TIMEOUT, LIMIT_BODY_TIMEOUT,
-          LIMIT_IDLE_TIMEOUT, LIMIT_WRITE_TIMEOUT, LIMIT_CONNECTIONS, LIMIT_MALFORMED)
+          LIMIT_IDLE_TIMEOUT, LIMIT_WRITE_TIMEOUT, LIMIT_CONNECTIONS, LIMIT_BODY_BUDGET, LIMIT_MALFORMED)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class HttpLimits:
     # Longer than the router's client keep-alive (30 s) so it never reuses a connection we just closed.
     idle_timeout: float = 75.0
     max_connections: int = 1024
+    # Request bodies held by all connections until answered (received, queued or being handled).
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
 
     def validate(self) -> None:
         for f in fields(self):
@@ -137,7 +146,7 @@ class _Connection(asyncio.Protocol):
     """One client connection: parse with httptools, dispatch, write answers in request order."""
 
     __slots__ = ("server", "limits", "transport", "parser", "url", "headers", "header_count", "header_bytes",
-                 "head_bytes", "body", "body_size", "chunk_body", "completed_in_chunk", "queue", "busy",
+                 "head_bytes", "body", "body_size", "held", "chunk_body", "completed_in_chunk", "queue", "busy",
                  "reading", "deadline", "eof", "closing", "discarding", "read_paused", "write_paused", "counted")
 
     def __init__(self, server: HttpServer) -> None:
@@ -152,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0  # raw bytes of the current request's unfinished head, as far as known
         self.body: list[bytes] = []
         self.body_size = 0
+        self.held = 0  # body bytes of this connection's unanswered requests (in server.buffered too)
         self.chunk_body = 0  # body bytes of the chunk being fed
         self.completed_in_chunk = False
         self.queue: deque[tuple[Request, bool]] = deque()
@@ -184,6 +194,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        self._release()
         if self.counted:
             self.counted = False
             self.server.active -= 1
@@ -284,6 +295,13 @@ class _Connection(asyncio.Protocol):
             self._refuse_request(413, f"request body larger than the limit of {self.limits.max_body_bytes} bytes",
                                  LIMIT_BODY)
             raise _Refused
+        self.held += len(body)
+        server = self.server
+        server.buffered += len(body)
+        if server.buffered > self.limits.max_buffered_body_bytes and self.held > SMALL_BODY_BYTES:
+            self._refuse_request(503, f"the server holds {self.limits.max_buffered_body_bytes} bytes of request "
+                                      f"bodies, its limit; retry later", LIMIT_BODY_BUDGET)
+            raise _Refused
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -347,6 +365,10 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, response: Response, keep_alive: bool, request: Request | None) -> None:
         self.server.on_response(request, response.status)
+        if request is not None and request.body:
+            released = min(len(request.body), self.held)  # 0 if already released by an abort
+            self.held -= released
+            self.server.buffered -= released
         if self.transport is None or self.closing:
             return
         keep_alive = keep_alive and not self.server.stopping and not (self.eof and not self.queue)
@@ -371,12 +393,16 @@ class _Connection(asyncio.Protocol):
         if self.busy or self.queue:
             # Earlier pipelined requests are still being answered; an answer now would be out of order.
             self.queue.clear()
+            self.body = []
+            self._release()
             self._close(abort=True)
             return
         self._refuse(status, message)
 
     def _refuse(self, status: int, message: str) -> None:
         self.queue.clear()
+        self.body = []
+        self._release()
         self.reading = "idle"
         self._write(error_response(status, message, **self.server.error_fields()), False, None)
 
@@ -432,6 +458,11 @@ class _Connection(asyncio.Protocol):
             hits[LIMIT_IDLE_TIMEOUT] += 1
             self._close()
 
+    def _release(self) -> None:
+        """Forget this connection's share of the buffered bodies (refused, or gone)."""
+        self.server.buffered -= self.held
+        self.held = 0
+
     def _rearm(self) -> None:
         now = self.server.now()
         if self.reading == "head":
@@ -480,6 +511,7 @@ class HttpServer:
         self.on_response = on_response
         self.connections: set[_Connection] = set()
         self.active = 0  # connections being served (not counting refused ones lingering)
+        self.buffered = 0  # request body bytes held until answered, over all connections
         self.limit_hits: Counter[str] = Counter({name: 0 for name in LIMITS})
         self.in_flight = 0
         self.stopping = False
