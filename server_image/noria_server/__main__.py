@@ -51,6 +51,8 @@ HTTP_LIMIT_FLAGS = (
      "seconds a kept-alive connection may wait for its next request"),
     ("--max-connections", "max_connections", "NORIA_MAX_CONNECTIONS", int,
      "open client connections at most; more are answered 503 and closed"),
+    ("--max-buffered-body-bytes", "max_buffered_body_bytes", "NORIA_MAX_BUFFERED_BODY_BYTES", int,
+     "request bodies held by all connections together until answered; past it: 503"),
 )
 
 
@@ -108,51 +110,6 @@ def _artifact_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return dataclasses.replace(DEFAULT_LIMITS, max_file_bytes=args.max_file_bytes,
                                max_member_bytes=min(DEFAULT_LIMITS.max_member_bytes, args.max_total_bytes),
                                max_total_bytes=args.max_total_bytes)
-
-
-# (flag, HttpLimits field, environment variable, type, help): what one client may cost (docs/security/http.md)
-HTTP_LIMIT_FLAGS = (
-    ("--max-url-bytes", "max_url_bytes", "NORIA_MAX_URL_BYTES", int, "longest request target; longer: 414"),
-    ("--max-header-bytes", "max_header_bytes", "NORIA_MAX_HEADER_BYTES", int,
-     "header names + values in total; more: 431"),
-    ("--max-headers", "max_headers", "NORIA_MAX_HEADERS", int, "most header fields; more: 431"),
-    ("--max-body-bytes", "max_body_bytes", "NORIA_MAX_BODY_BYTES", int,
-     "largest request body; larger: 413, decided from Content-Length before reading"),
-    ("--header-timeout", "header_timeout", "NORIA_HEADER_TIMEOUT_SECONDS", float,
-     "seconds from a request's first byte (or the connection) to the end of its headers; then 408 + close"),
-    ("--body-timeout", "body_timeout", "NORIA_BODY_TIMEOUT_SECONDS", float,
-     "seconds from the end of the headers to the end of the body; then 408 + close"),
-    ("--idle-timeout", "idle_timeout", "NORIA_IDLE_TIMEOUT_SECONDS", float,
-     "seconds a kept-alive connection may wait for its next request"),
-    ("--max-connections", "max_connections", "NORIA_MAX_CONNECTIONS", int,
-     "open client connections at most; more are answered 503 and closed"),
-    ("--max-buffered-body-bytes", "max_buffered_body_bytes", "NORIA_MAX_BUFFERED_BODY_BYTES", int,
-     "request bodies held by all connections together until answered; past it: 503"),
-)
-
-
-def _add_http_limits(p: argparse.ArgumentParser) -> None:
-    from .httpserver import HttpLimits
-
-    defaults = HttpLimits()
-    for flag, name, var, kind, text in HTTP_LIMIT_FLAGS:
-        raw = os.environ.get(var)
-        try:
-            default = kind(raw) if raw not in (None, "") else getattr(defaults, name)
-        except ValueError:
-            raise SystemExit(f"{var}={raw!r}: expected a number") from None
-        p.add_argument(flag, dest=name, type=kind, default=default, help=f"{text} (default {default}) [{var}]")
-
-
-def _http_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .httpserver import HttpLimits
-
-    limits = HttpLimits(**{name: getattr(args, name) for _, name, _, _, _ in HTTP_LIMIT_FLAGS})
-    try:
-        limits.validate()
-    except ValueError as exc:
-        raise SystemExit(f"noria_server {args.mode}: {exc}") from None
-    return limits
 
 
 def parser() -> argparse.ArgumentParser:
