@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv control-plane prometheus crds lint unit integration e2e test dev-cluster demo
+.PHONY: venv control-plane prometheus helm crds lint unit integration e2e test dev-cluster demo
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): pyproject.toml constraints.txt
@@ -17,6 +17,10 @@ control-plane:
 prometheus:
 	bash hack/install-prometheus.sh
 
+# Helm from the Go module proxy, cached like the control plane: tests render the chart with it.
+helm:
+	bash hack/build-helm.sh
+
 crds: venv
 	$(PY) -m noria.api.crdgen crds
 
@@ -27,14 +31,14 @@ lint: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-integration: venv control-plane prometheus
+integration: venv control-plane prometheus helm
 	$(PY) -m pytest -q tests/integration
 
 e2e: venv control-plane prometheus
 	$(PY) -m pytest -q tests/e2e
 
 # The README's test command: everything CI runs.
-test: venv control-plane prometheus lint
+test: venv control-plane prometheus helm lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 dev-cluster: venv control-plane prometheus

@@ -2,16 +2,18 @@
 annotations that steer Noria, tried as each kind of user through impersonation (``kubectl --as
 --as-group``; the test bed's admin is in system:masters and may impersonate).
 
-The policy YAML is the chart's template file, rendered here by substituting its few expressions
-with values from values.yaml (the test bed has no Helm binary); the binding alone is narrowed to
-this module's namespace so the rest of the suite, which annotates as the admin, is not governed.
+The policy is what the chart renders: real ``helm template`` (Helm built from the Go module proxy
+by hack/build-helm.sh and cached under ~/.cache/noria), with the chart's default values except the
+binding's namespaceSelector, narrowed to this module's namespace so the rest of the suite, which
+annotates as the admin, is not governed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import re
 import secrets
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +26,46 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "noria"
 EXAMPLES = ROOT / "examples"
-OPERATOR_SA = "noria"
 APPROVERS = ["--as-group=noria-approvers"]
-DIRECTIVE_LINE = re.compile(r"^\s*\{\{-?\s*(if|end|include \"noria\.labels\")[^}]*\}\}\s*$")
+BUILD_HELM = ROOT / "hack" / "build-helm.sh"
 
 
-def values_path(values: dict[str, Any], dotted: str) -> Any:
-    node: Any = values
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    """The helm binary (built once from the Go module proxy, then cached by version)."""
+    built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
+    assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
+    return Path(built.stdout.strip().splitlines()[-1]) / "helm"
 
 
-def render_policy(namespace: str, fullname: str, **overrides: Any) -> str:
-    """templates/admission-policy.yaml with every ``{{ ... }}`` replaced, as Helm would with these values."""
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    values["admission"].update(overrides)
-    assert values["admission"]["enabled"] is True  # on by default: secure unless switched off
-    text = "\n".join(line for line in (CHART / "templates" / "admission-policy.yaml").read_text().splitlines()
-                     if not DIRECTIVE_LINE.match(line))
-    fixed = {'include "noria.fullname" .': fullname, 'include "noria.serviceAccountName" .': OPERATOR_SA,
-             ".Release.Namespace": namespace}
-    for expression, value in fixed.items():
-        text = text.replace("{{ " + expression + " }}", value)
-    text = re.sub(r"\{\{ \.Values\.([A-Za-z0-9_.]+) \| toJson \}\}",
-                  lambda m: json.dumps(values_path(values, m.group(1))), text)
-    assert "{{" not in text, f"unrendered expression left:\n{text}"
-    return text
+def render_policy(helm: Path, release: str, namespace: str, *sets: str) -> list[dict[str, Any]]:
+    """The policy and binding exactly as ``helm template`` renders them from the chart."""
+    out = subprocess.run([str(helm), "template", release, str(CHART), "--namespace", namespace,
+                          "--show-only", "templates/admission-policy.yaml", *sets],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def test_the_chart_renders_the_policy_by_default_and_can_leave_it_out(helm: Path) -> None:
+    docs = render_policy(helm, "noria", "noria-system")
+    assert [(d["apiVersion"], d["kind"]) for d in docs] == [
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding")]
+    policy, binding = docs
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] == "noria-annotations"
+    assert binding["spec"]["validationActions"] == ["Deny"] and policy["spec"]["failurePolicy"] == "Fail"
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert "'system:serviceaccount:noria-system:noria'" in variables["isOperator"]
+    assert '["noria-approvers"]' in variables["isApprover"]
+    off = subprocess.run([str(helm), "template", "noria", str(CHART), "--set", "admission.enabled=false",
+                          "--show-only", "templates/admission-policy.yaml"], capture_output=True, text=True)
+    assert off.returncode != 0 and "could not find template" in off.stderr
 
 
 class Kube:
-    def __init__(self, cluster: Any, namespace: str) -> None:
-        self.cluster, self.namespace = cluster, namespace
+    def __init__(self, cluster: Any, namespace: str, operator_user: str) -> None:
+        self.cluster, self.namespace, self.operator_user = cluster, namespace, operator_user
 
     def annotate(self, who: list[str], ref: str, *changes: str) -> Any:
         return self.cluster.kubectl(*who, "annotate", "--overwrite", "-n", self.namespace, ref, *changes, check=False)
@@ -66,9 +76,9 @@ class Kube:
 
 
 @pytest.fixture(scope="module")
-def kube(cluster: Any) -> Any:
+def kube(cluster: Any, helm: Path) -> Any:
     namespace = f"t-admission-{secrets.token_hex(3)}"
-    fullname = f"noria-{namespace}"
+    fullname = f"noria-{namespace}"  # the release name; the chart's full name and ServiceAccount name too
     cluster.kubectl("create", "namespace", namespace)
     # Everyone tried here may patch Noria's objects (RBAC allows it): what stops them is the policy.
     rbac = f"""
@@ -88,19 +98,22 @@ subjects:
   - {{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}}
   - {{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}
   - {{kind: User, name: mallory, apiGroup: rbac.authorization.k8s.io}}
-  - {{kind: ServiceAccount, name: {OPERATOR_SA}, namespace: {namespace}}}
+  - {{kind: ServiceAccount, name: {fullname}, namespace: {namespace}}}
 """
     cluster.kubectl("apply", "-f", "-", input=rbac)
     for folder in ("01-training-pipeline/pipeline.yaml", "02-model-version-import", "03-rollout-canary"):
         cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(EXAMPLES / folder))
     selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=render_policy(namespace, fullname,
-                                                                             namespaceSelector=selector))
-    k = Kube(cluster, namespace)
-    # A new policy takes a moment to reach the API server's admission chain.
+    docs = render_policy(helm, fullname, namespace, "--set-json", f"admission.namespaceSelector={json.dumps(selector)}")
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+    k = Kube(cluster, namespace, f"system:serviceaccount:{namespace}:{fullname}")
+    # A new policy takes a moment to reach the API server's admission chain: probe with a new value
+    # each time (rewriting the same value changes nothing, which the policy rightly admits).
+    probes = itertools.count()
     wait_until("the admission policy to refuse a write", timeout=60,
-               check=lambda: k.annotate(["--as=mallory"], "tp/churn", "noria.dev/retrain=probe").returncode != 0,
-               on_timeout=lambda: k.annotate(["--as=mallory"], "tp/churn", "noria.dev/retrain-").stderr)
+               check=lambda: k.annotate(["--as=mallory"], "tp/churn",
+                                        f"noria.dev/retrain=probe-{next(probes)}").returncode != 0)
+    assert k.annotate(alice(), "tp/churn", "noria.dev/retrain-").returncode == 0  # a probe admitted before
     yield k
     cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", f"{fullname}-annotations",
                     "--wait=false", check=False)
@@ -114,7 +127,7 @@ def alice(*extra: str) -> list[str]:
 
 
 def operator(kube: Kube) -> list[str]:
-    return [f"--as=system:serviceaccount:{kube.namespace}:{OPERATOR_SA}"]
+    return [f"--as={kube.operator_user}"]
 
 
 # (who, object, annotation change, allowed, fragment of the refusal)
