@@ -12,9 +12,9 @@ One router Deployment per Rollout sits in front of the per-version model servers
   ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
   versions log the same prediction ids;
 - feedback (``POST /v2/models/{m}/feedback``) fans out to every ready endpoint of every version:
-  only the replica that made a prediction holds it in its ledger and counts the label (at most
-  once per id, ``noria_server.ledger``); one designated replica logs labels no replica remembers, so
-  a label is logged at least once. The answer merges the replicas' per-item outcomes (an item is
+  only the replica that made a prediction holds it in its ledger and counts (and logs) the label,
+  at most once per id (``noria_server.ledger``); labels no replica holds are then sent to one
+  replica alone, which logs the valid ones for retraining. The answer merges the replicas' per-item outcomes (an item is
   ``counted`` if any replica counted it); when a replica could not be reached and some item was not
   counted, the answer is 502 and resending is safe (what was counted comes back ``duplicate``).
   With a feedback token configured the router checks it too and forwards ``Authorization``;
@@ -350,31 +350,41 @@ class Router:
         if "authorization" in request.headers:
             base_headers["authorization"] = request.headers["authorization"]
 
-        async def one(i: int, backend: Backend, url: str) -> tuple[int, Any]:
-            headers = dict(base_headers)
-            if i > 0:
-                headers["x-noria-feedback-log"] = "matched"
+        async def one(backend: Backend, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
             try:
-                async with self.session.post(url + request.path, data=request.body, headers=headers) as resp:  # type: ignore[union-attr]
+                async with self.session.post(url + request.path, data=body, headers=headers) as resp:  # type: ignore[union-attr]
                     return resp.status, orjson.loads(await resp.read())
             except Exception as exc:
                 self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
                 return 502, {"error": f"{backend.version} at {url}: {type(exc).__name__}: {exc}"}
 
-        answers = await asyncio.gather(*(one(i, b, u) for i, (b, u) in enumerate(targets)))
-        first_status, first = answers[0]
-        if first_status != 200:
-            return json_response(first_status, first)
+        # Every pod judges every label, and logs only those it counted ("matched").
+        matched_only = {**base_headers, "x-noria-feedback-log": "matched"}
+        answers = await asyncio.gather(*(one(b, u, request.body, matched_only) for b, u in targets))
+        refusal = next((a for a in answers if 400 <= a[0] < 500), None)
+        if refusal is not None:  # the body itself was refused (the same on every pod): say why
+            return json_response(*refusal)
+        answered = [i for i, (status, _) in enumerate(answers) if status == 200]
+        if not answered:
+            return json_response(*answers[0])
         merged = merge_feedback_answers([(b.version, status, answer) for (b, _), (status, answer)
                                          in zip(targets, answers, strict=True)])
         for outcome, n in merged["outcomes"].items():
             if n:
                 self.metrics.feedback.labels(config.model, outcome).inc(n)
-        body = {**first, **merged}
-        missed = merged["outcomes"][ledger.UNKNOWN_ID] + merged["outcomes"][ledger.EXPIRED]
+        missed = [k for k, r in enumerate(merged["results"]) if r.get("outcome") in (ledger.UNKNOWN_ID, ledger.EXPIRED)]
+        if missed:
+            # Labels no pod holds (a prediction from before a restart, or an expired one) are still
+            # worth logging once for retraining: one pod gets just those, and logs the valid ones.
+            items = oip.parse_feedback(request.body)
+            backend, url = targets[answered[0]]
+            unmatched = orjson.dumps({"feedback": [{"id": items[k].id, "label": items[k].label} for k in missed]})
+            await one(backend, url, unmatched, base_headers)
+        body = {**answers[answered[0]][1], **merged}
         if merged["unreachable"] and missed:
-            body["error"] = (f"{len(merged['unreachable'])} replica(s) could not be reached and {missed} label(s) "
-                             f"were not counted; resending is safe: labels already counted come back as duplicate")
+            body["error"] = (f"{len(merged['unreachable'])} replica(s) could not be reached and {len(missed)} "
+                             f"label(s) were not counted; resending is safe: labels already counted come back as "
+                             f"duplicate")
             return json_response(502, body)
         return json_response(200, body)
 

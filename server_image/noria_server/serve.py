@@ -379,10 +379,11 @@ class ModelServer:
     def _feedback(self, request: Request) -> Response:
         """Count each label at most once, and only for a prediction this pod made (``ledger.judge``).
 
-        Behind the router every replica of every version gets every label: the router marks the
-        copies with ``x-noria-feedback-fanout`` (then an id this pod never saw is not a refusal
-        worth counting here: another pod holds it) and all but one with ``x-noria-feedback-log:
-        matched`` (only the one designated replica logs labels no pod remembers, for retraining)."""
+        Behind the router every replica of every version gets every label, marked
+        ``x-noria-feedback-fanout`` (then an id this pod never saw is not a refusal worth counting
+        here: another pod may hold it) and ``x-noria-feedback-log: matched`` (log only what this pod
+        counted). Labels no pod held are then sent again to one pod without ``matched``, which logs
+        the valid ones for retraining, as it does for a client that posts to it directly."""
         s, metrics = self.settings, self.metrics
         if s.feedback_token is not None and not s.feedback_token.matches(request.headers.get("authorization")):
             metrics.feedback_refused_by(m.FEEDBACK_UNAUTHORIZED)

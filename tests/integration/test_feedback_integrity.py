@@ -129,7 +129,7 @@ class PrometheusScraping:
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("feedback")
-    classifier: SavedModel = train_and_save("logistic", str(root / "logistic"), rows=1500)
+    classifier: SavedModel = train_and_save("logistic", str(root / "store" / NAMESPACE / MODEL / "v1"), rows=1500)
     regressor: SavedModel = train_and_save("regressor", str(root / "regressor"), rows=1500)
     env = {"NORIA_FEEDBACK_TOKEN": TOKEN + "\n"}  # as a Secret made with --from-file often is
     servers: dict[str, launch.Process] = {}
@@ -137,8 +137,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
     prometheus: PrometheusScraping | None = None
     try:
         for version in (HONEST, ATTACKED, ROUTED):
+            logs = ["--store-root", f"file://{root}/store", "--namespace", NAMESPACE, "--pipeline", MODEL,
+                    "--pod", version]
             servers[version] = launch.serve(classifier.artifact_uri, classifier.digest, MODEL, version, str(root),
-                                            classifier.profile_uri, env=env)
+                                            classifier.profile_uri, logs, env=env)
         servers["reg-v1"] = launch.serve(regressor.artifact_uri, regressor.digest, "reg", "reg-v1", str(root),
                                          regressor.profile_uri, env=env)
         for proc in servers.values():
@@ -159,7 +161,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
                 time.sleep(0.3)
             assert prometheus.value(query) > 0, f"prometheus never scraped {version}"
         yield {"servers": servers, "router": router, "prometheus": prometheus, "classifier": classifier,
-               "regressor": regressor}
+               "regressor": regressor, "root": root}
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -233,6 +235,25 @@ def test_replayed_forged_invalid_and_unauthenticated_feedback_moves_no_counter(b
                                                     "unknown_id": 0}
     assert counters(routed_url)[m.FEEDBACK_TOTAL] == after_honest[ROUTED][m.FEEDBACK_TOTAL] + 5
     assert len(spare["parameters"]["ids"]) == 5
+
+    # The feedback log (what retraining reads) has each counted label once, from the pod that
+    # counted it, and each label no pod held once: 5,000 replays and 3 refused posts added nothing.
+    log_dir = bed["root"] / "store" / NAMESPACE / MODEL / "feedback"
+    deadline = time.monotonic() + 10
+    logged: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        logged = [json.loads(line) for f in sorted(log_dir.rglob(f"{ROUTED}-*.jsonl"))
+                  for line in f.read_text().splitlines() if line.strip()]
+        if sum(r["id"].startswith("c-") for r in logged) >= 30:
+            break
+        time.sleep(0.2)
+    from_routed = [r["id"] for r in logged if r["id"].startswith("c-")]
+    assert sorted(from_routed) == sorted(ids), "each counted label logged exactly once"
+    time.sleep(1.0)
+    everywhere = [json.loads(line)["id"] for f in log_dir.rglob("*.jsonl") for line in f.read_text().splitlines()
+                  if line.strip()]
+    forged_lines = [i for i in everywhere if i.startswith("forged-")]
+    assert len(forged_lines) == len(set(forged_lines)) == 1_000
 
 
 def test_regression_errors_stay_finite_and_move_only_by_real_labels(bed) -> None:  # type: ignore[no-untyped-def]
