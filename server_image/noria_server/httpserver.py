@@ -94,7 +94,7 @@ class HttpLimits:
     idle_timeout: float = 75.0
     max_connections: int = 1024
     # Request bodies held by all connections until answered (received, queued or being handled).
-    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    max_buffered_body_bytes: int = 64 * 1024 * 1024
 
     def validate(self) -> None:
         for f in fields(self):
@@ -145,13 +145,14 @@ class _Refused(Exception):
 class _Connection(asyncio.Protocol):
     """One client connection: parse with httptools, dispatch, write answers in request order."""
 
-    __slots__ = ("server", "limits", "transport", "parser", "url", "headers", "header_count", "header_bytes",
+    __slots__ = ("server", "limits", "clock", "transport", "parser", "url", "headers", "header_count", "header_bytes",
                  "head_bytes", "body", "body_size", "held", "chunk_body", "completed_in_chunk", "queue", "busy",
                  "reading", "deadline", "eof", "closing", "discarding", "read_paused", "write_paused", "counted")
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.limits = server.limits
+        self.clock = server.now  # the loop's clock, bound once
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
@@ -190,7 +191,7 @@ class _Connection(asyncio.Protocol):
             return
         server.active += 1
         self.counted = True
-        self.deadline = server.now() + self.limits.header_timeout
+        self.deadline = self.clock() + self.limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -210,7 +211,7 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:  # the client does not read our answers: stop reading its requests
         self.write_paused = True
         self._pause_reading()
-        self.deadline = self.server.now() + self.limits.idle_timeout
+        self.deadline = self.clock() + self.limits.idle_timeout
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -254,7 +255,7 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.reading = "head"
-        self.deadline = self.server.now() + self.limits.header_timeout
+        self.deadline = self.clock() + self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -263,8 +264,13 @@ class _Connection(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Checked once the headers are complete (the raw head bound in data_received keeps the work
+        # before that to one read's worth).
         self.header_count += 1
         self.header_bytes += len(name) + len(value)
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
         limits = self.limits
         if self.header_count > limits.max_headers:
             self._refuse_request(431, f"more than {limits.max_headers} header fields", LIMIT_HEADER_COUNT)
@@ -273,11 +279,8 @@ class _Connection(asyncio.Protocol):
             self._refuse_request(431, f"header fields larger than {limits.max_header_bytes} bytes in total",
                                  LIMIT_HEADER_BYTES)
             raise _Refused
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
         self.reading = "body"
-        self.deadline = self.server.now() + self.limits.body_timeout
+        self.deadline = self.clock() + self.limits.body_timeout
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             # Refused from the declared length: no body byte is read, no 100 Continue is sent.
@@ -345,7 +348,7 @@ class _Connection(asyncio.Protocol):
         if self.read_paused and not self.write_paused:
             self._resume_reading()
         if self.reading == "idle":
-            self.deadline = self.server.now() + self.limits.idle_timeout
+            self.deadline = self.clock() + self.limits.idle_timeout
 
     def _done(self, task: asyncio.Future[Response], request: Request, keep_alive: bool) -> None:
         self.server.in_flight -= 1
@@ -410,7 +413,7 @@ class _Connection(asyncio.Protocol):
         """Stop reading requests; drop input until the client closes or LINGER_SECONDS pass."""
         self.closing = True
         self.discarding = True
-        self.deadline = self.server.now() + LINGER_SECONDS
+        self.deadline = self.clock() + LINGER_SECONDS
         transport = self.transport
         if transport is None:
             return
@@ -464,7 +467,7 @@ class _Connection(asyncio.Protocol):
         self.held = 0
 
     def _rearm(self) -> None:
-        now = self.server.now()
+        now = self.clock()
         if self.reading == "head":
             self.deadline = now + self.limits.header_timeout
         elif self.reading == "body":
@@ -520,12 +523,12 @@ class HttpServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+    def now(self) -> float:  # replaced by the loop's own clock in start()
+        raise RuntimeError("the server is not started")
 
     async def start(self, host: str, port: int) -> int:
         loop = self._loop = asyncio.get_running_loop()
+        self.now = loop.time  # type: ignore[method-assign]
         _raise_open_files_limit(2 * self.limits.max_connections + 256)
         self._server = await loop.create_server(lambda: _Connection(self), host, port, backlog=2048,
                                                 reuse_address=True)

@@ -109,7 +109,6 @@ class ServeSettings:
                              f"number, got {self.feedback_max_abs_label}")
 
 
-
 @dataclass(slots=True)
 class _Pending:
     request: oip.InferRequest
