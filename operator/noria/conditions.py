@@ -45,6 +45,7 @@ NO_MODEL_YET: Final = "NoModelYet"
 # Events and ModelVersion Approved condition
 RUN_STARTED: Final = "RunStarted"
 MODEL_VERSION_REGISTERED: Final = "ModelVersionRegistered"
+MODEL_VERSION_CONFLICT: Final = "ModelVersionConflict"  # the name a run registers holds another model
 AUTO_APPROVED: Final = "AutoApproved"
 MANUALLY_APPROVED: Final = "ManuallyApproved"
 AWAITING_APPROVAL: Final = "AwaitingApproval"

@@ -180,7 +180,13 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
     # 1. Register the result before status forgets the run (AlreadyExists = registered before).
     if plan.register is not None:
         mv, created = await kube.create(plan.register)
-        first = results.initial_status(mv, now)
+        foreign = not created and not results.same_artifact(mv, plan.register)
+        if foreign:  # someone created the name first with another model: never stage theirs as ours
+            message = (f"ModelVersion {mv['metadata']['name']} already exists with another artifact than run"
+                       f" output {plan.register['spec']['artifact']['uri']}; it is not staged")
+            log.warning("%s/%s: %s", ns, name, message)
+            await kube.post_event(tp, "Warning", c.MODEL_VERSION_CONFLICT, message)
+        first = None if foreign else results.initial_status(mv, now)
         if first:
             await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])

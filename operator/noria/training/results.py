@@ -138,6 +138,16 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
     }
 
 
+def same_artifact(existing: Mapping[str, Any], registered: Mapping[str, Any]) -> bool:
+    """Whether a ModelVersion found under the name a run registers is that run's (a re-run after a
+    crash) rather than one someone created first, with another model, to have it staged."""
+    def artifact(mv: Mapping[str, Any]) -> tuple[Any, Any]:
+        found = (mv.get("spec") or {}).get("artifact") or {}
+        return found.get("uri"), found.get("digest")
+
+    return artifact(existing) == artifact(registered)
+
+
 def initial_status(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
     """First status of a registered ModelVersion, from its creation annotations; None when it
     already has a stage (so re-running this step changes nothing)."""

@@ -63,3 +63,13 @@ def test_champion_skips_an_out_of_scope_production_version():
     marked = mv("Production", n=8, conditions=[{"type": c.DEGRADED, "status": c.TRUE,
                                                 "reason": c.ARTIFACT_OUT_OF_SCOPE, "message": "x"}])
     assert results.champion([mv("Approved", n=6), marked])["metadata"]["name"] == "churn-v6"
+
+
+def test_a_version_created_first_by_someone_else_is_not_adopted_by_the_run():
+    ours = mv()
+    assert results.same_artifact(ours, ours)  # a re-run after a crash finds its own object
+    theirs = mv(uri="file:///var/lib/noria/store/ml/churn/v7/other.skops")
+    assert not results.same_artifact(theirs, ours)
+    other_digest = mv()
+    other_digest["spec"]["artifact"]["digest"] = "sha256:" + "1" * 64
+    assert not results.same_artifact(other_digest, ours)
