@@ -1,5 +1,11 @@
 """Reading training data (CSV or Parquet: one file, a folder, or a glob of partitions, through any
-fsspec URI), windowing it, and merging labelled production feedback (ARCHITECTURE.md §4)."""
+fsspec URI), joining labelled production feedback (ARCHITECTURE.md §4) and windowing the two together.
+
+Why feedback joins *before* the window: a window is "the newest N rows" or "the last 3 days" of what
+the run may learn from, and in the feedback loop the newest labelled rows are production traffic.
+Windowing the data alone and then adding every label ever logged trained on months of old concepts
+and judged the result on frozen history; now both kinds of rows are ordered by time and cut together
+(docs/training.md has the rules and a worked example)."""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from noria import store
 
 from noria_trainer.spec import Window
 
-FEEDBACK_ID_COLUMN = "__noria_prediction_id"
+FEEDBACK_ID_COLUMN = "__noria_prediction_id"  # set on feedback rows only: how a run tells them apart
+FEEDBACK_TIME_COLUMN = "__noria_feedback_time"  # the prediction time, while feedback rows are ordered
 
 
 class DataError(Exception):
@@ -101,7 +108,8 @@ def order_by_time(data: pd.DataFrame, column: str | None) -> pd.DataFrame:
 
 def apply_window(data: pd.DataFrame, window: Window | None, timestamp_column: str | None,
                  now: dt.datetime) -> pd.DataFrame:
-    """Rows of ``data`` (already time-ordered) inside ``window``; raises when none are left."""
+    """Rows of ``data`` (already time-ordered, feedback rows included) inside ``window``: the newest
+    N rows, or the rows at or after ``now - duration``. Raises when none are left."""
     if window is None:
         return data
     if window.rows is not None:
@@ -113,25 +121,30 @@ def apply_window(data: pd.DataFrame, window: Window | None, timestamp_column: st
     if out.empty:
         newest = data[timestamp_column].max() if timestamp_column and not data.empty else None
         hint = f"; the newest row is from {newest}" if newest is not None else ""
-        raise DataError(f"window last {window.label} (before {now.isoformat()}) has no rows{hint}")
+        raise DataError(f"window last {window.label} (before {now.isoformat()}) has no rows, neither data nor "
+                        f"labelled feedback{hint}")
     return out.reset_index(drop=True)
 
 
 # --- feedback loop --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FeedbackMerge:
-    rows: pd.DataFrame  # features + target (+ timestamp), one row per labelled prediction id
+    rows: pd.DataFrame  # features + target (+ timestamp) + prediction id, one row per labelled id, oldest first
     predictions_read: int
     labels_read: int
     duplicate_predictions: int
     duplicate_labels: int
     unmatched_labels: int
     files: int
+    undated: int = 0  # dropped: the prediction and its label carry no readable time (with a timestampColumn)
+    already_in_data: int = 0  # dropped: the same labelled row is in a data partition (see dedupe_against_data)
+    dedupe_key: str = "none"
 
     def report(self) -> dict[str, Any]:
         return {"rows": len(self.rows), "predictionsRead": self.predictions_read, "labelsRead": self.labels_read,
                 "duplicatePredictions": self.duplicate_predictions, "duplicateLabels": self.duplicate_labels,
-                "unmatchedLabels": self.unmatched_labels, "files": self.files}
+                "unmatchedLabels": self.unmatched_labels, "files": self.files, "undated": self.undated,
+                "alreadyInData": self.already_in_data, "dedupeKey": self.dedupe_key}
 
 
 def _read_jsonl(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[dict[str, Any]], int]:
@@ -161,25 +174,35 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
     Predictions: ``<root>/<ns>/<pipeline>/predictions/<version>/<date>/<pod>-<seq>.jsonl`` with lines
     ``{"id", "ts", "model_version", "features": {...}, "prediction"}``; labels:
     ``<root>/<ns>/<pipeline>/feedback/<date>/<pod>-<seq>.jsonl`` with ``{"id", "ts", "label"}``.
-    A prediction id logged twice (a retried write, a mirrored request) counts once; an id labelled
-    twice keeps its latest label (a correction wins)."""
+
+    - A prediction id logged twice (a retried write, a mirrored request) counts once: the first line.
+    - An id labelled twice keeps its *first* label (earliest ``ts``; the earlier file on a tie). The
+      model server counts the first label of a prediction and answers every later one ``duplicate``
+      (``noria_server.ledger``), so the live accuracy the triggers and canary checks saw was measured
+      with the first label; training on a later one would learn from labels the loop never trusted,
+      and would let anyone who can post feedback rewrite a training label by posting again.
+    - A row's time (``timestamp_column``) is the prediction's ``ts``: when the features were seen,
+      which is what "the last 3 days" of events means; the label's ``ts`` stands in when the
+      prediction has none. Rows with no readable time are dropped and counted (``undated``): a
+      window cannot place them.
+    The rows come back oldest first."""
     fs, root = store.filesystem(store.pipeline_root(store_root, namespace, pipeline))
     predictions, pred_files = _read_jsonl(fs, root + "/predictions")
     labels, label_files = _read_jsonl(fs, root + "/feedback")
     by_id: dict[str, dict[str, Any]] = {}
     for record in predictions:
         by_id.setdefault(str(record["id"]), record)
-    latest_label: dict[str, dict[str, Any]] = {}
+    first_label: dict[str, dict[str, Any]] = {}
     for record in labels:
         if "label" not in record or record["label"] is None:
             continue
         key = str(record["id"])
-        previous = latest_label.get(key)
-        if previous is None or str(record.get("ts", "")) >= str(previous.get("ts", "")):
-            latest_label[key] = record
+        previous = first_label.get(key)
+        if previous is None or str(record.get("ts", "")) < str(previous.get("ts", "")):
+            first_label[key] = record
     rows = []
     unmatched = 0
-    for key, label in latest_label.items():
+    for key, label in first_label.items():
         prediction = by_id.get(key)
         if prediction is None:
             unmatched += 1
@@ -187,18 +210,97 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
         logged = prediction.get("features") or {}
         row = {name: logged.get(name) for name in features}
         row[target] = label["label"]
-        if timestamp_column:
-            row[timestamp_column] = prediction.get("ts") or label.get("ts")
+        row[FEEDBACK_TIME_COLUMN] = prediction.get("ts") or label.get("ts")
         row[FEEDBACK_ID_COLUMN] = key
         rows.append(row)
-    columns = [*features, target] + ([timestamp_column] if timestamp_column else []) + [FEEDBACK_ID_COLUMN]
+    columns = [*features, target, FEEDBACK_TIME_COLUMN, FEEDBACK_ID_COLUMN]
     frame = pd.DataFrame(rows, columns=columns)
+    stamps = pd.to_datetime(frame[FEEDBACK_TIME_COLUMN], utc=True, format="mixed", errors="coerce")
+    undated = 0
+    if timestamp_column:
+        undated = int(stamps.isna().sum())
+        frame = frame.assign(**{timestamp_column: stamps}).loc[stamps.notna()]
+    frame = frame.assign(**{FEEDBACK_TIME_COLUMN: stamps.loc[frame.index]})
+    frame = frame.sort_values(FEEDBACK_TIME_COLUMN, kind="stable", na_position="first")
+    frame = frame.drop(columns=[FEEDBACK_TIME_COLUMN]).reset_index(drop=True)
     return FeedbackMerge(
         rows=frame,
         predictions_read=len(predictions),
         labels_read=len(labels),
         duplicate_predictions=len(predictions) - len(by_id),
-        duplicate_labels=sum(1 for r in labels if r.get("label") is not None) - len(latest_label),
+        duplicate_labels=sum(1 for r in labels if r.get("label") is not None) - len(first_label),
         unmatched_labels=unmatched,
         files=pred_files + label_files,
+        undated=undated,
     )
+
+
+def _key_frame(frame: pd.DataFrame, columns: list[str], numeric: set[str]) -> pd.DataFrame:
+    """The key columns in one comparable form: numbers as float64 (3 and 3.0 are the same value in
+    Parquet and in JSON), times as UTC nanoseconds, anything else as its string."""
+    out = {}
+    for column in columns:
+        values = frame[column]
+        if column in numeric:
+            out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
+        elif isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(values):
+            out[column] = pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")
+        else:
+            out[column] = values.astype("string")
+    return pd.DataFrame(out, index=frame.index)
+
+
+def dedupe_against_data(feedback: pd.DataFrame, data: pd.DataFrame, features: list[str],
+                        timestamp_column: str | None, id_column: str | None) -> tuple[pd.DataFrame, int, str]:
+    """Feedback rows that are not already in the data, the number dropped, and the key used.
+
+    A labelled production row can also land in a data partition (a job that exports labelled
+    traffic to the store); it must count once, and the data row is the one kept (the store is the
+    curated copy, where a label may have been corrected). The key:
+    - ``spec.data.feedback.idColumn`` set: the prediction id. Exact, and the only key that tells two
+      identical requests apart.
+    - else, with a timestamp column: every feature value plus the time. An export that keeps the
+      prediction's time and features matches; two different events are almost never equal in every
+      feature *and* the time.
+    - else: no key. Equal features without a time are not evidence of the same event (categorical
+      data repeats), so nothing is dropped."""
+    if feedback.empty:
+        return feedback, 0, "none"
+    if id_column:
+        if id_column not in data.columns:
+            raise DataError(f"spec.data.feedback.idColumn {id_column!r} is not a column of the data "
+                            f"(columns: {', '.join(map(str, data.columns))})")
+        known = set(data[id_column].dropna().astype(str))
+        duplicate = feedback[FEEDBACK_ID_COLUMN].astype(str).isin(known)
+        key = f"prediction id (data column {id_column})"
+    elif timestamp_column:
+        columns = [*features, timestamp_column]
+        missing = [c for c in columns if c not in data.columns]
+        if missing:
+            return feedback, 0, "none"
+        numeric = {c for c in features if pd.api.types.is_numeric_dtype(data[c])
+                   and not pd.api.types.is_bool_dtype(data[c])}
+        left = _key_frame(feedback, columns, numeric).reset_index(drop=True)
+        right = _key_frame(data, columns, numeric).drop_duplicates()
+        joined = left.merge(right, how="left", on=columns, indicator=True)
+        duplicate = pd.Series((joined["_merge"] == "both").to_numpy(), index=feedback.index)
+        key = f"features + {timestamp_column}"
+    else:
+        return feedback, 0, "none"
+    dropped = int(duplicate.sum())
+    return feedback.loc[~duplicate].reset_index(drop=True), dropped, key
+
+
+def combine(data: pd.DataFrame, feedback: pd.DataFrame | None, timestamp_column: str | None) -> pd.DataFrame:
+    """Data rows and feedback rows in one frame, oldest first; ``FEEDBACK_ID_COLUMN`` is null on data rows.
+
+    With a timestamp column both kinds are ordered by it (a data row before a feedback row of the
+    same instant). Without one there is no common clock: feedback rows, which are production
+    traffic, come after the data in the order they were predicted."""
+    base = data.assign(**{FEEDBACK_ID_COLUMN: None})
+    if feedback is None or feedback.empty:
+        return base.reset_index(drop=True)
+    out = pd.concat([base, feedback], ignore_index=True)
+    if timestamp_column:
+        out = out.sort_values(timestamp_column, kind="stable").reset_index(drop=True)
+    return out

@@ -1,5 +1,10 @@
-"""One training run, stage by stage: spec → output check → champion → data → window → feedback →
-validation → (window candidates) → tuning → training → evaluation → gate → artifact set.
+"""One training run, stage by stage: spec → output check → champion → data → feedback → window →
+validation → split → (window candidates) → tuning → training → evaluation → gate → refit → artifact set.
+
+The rows a run learns from are the data and the labelled feedback together, ordered by time and cut
+by one window; the holdout is the newest slice of them; the contender and the champion are scored
+on that same holdout; once the gate has passed the contender, the model shipped is refit on the
+whole window, holdout included (docs/training.md).
 
 Each stage prints a JSON progress line (``kubectl logs`` shows where a long run is) and records its
 wall time and peak memory in ``report.json``. Any failure becomes a ``RunFailure`` carrying the
@@ -9,6 +14,7 @@ whole set is ready (see ``artifacts``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -36,7 +42,7 @@ from noria_trainer import data as data_mod
 from noria_trainer import training
 from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import EstimatorError, build_pipeline, check_import_path, estimator_class
-from noria_trainer.spec import SpecError, Window, parse_run_spec
+from noria_trainer.spec import RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import feature_names, validate
 
 # Exit codes (documented in the package docstring and trainer_image/README.md).
@@ -185,6 +191,74 @@ def _suffix_length(base: pd.DataFrame, window: Window | None, ts_col: str | None
     return int((base[ts_col] >= pd.Timestamp(now - window.duration)).sum())
 
 
+@dataclass(frozen=True)
+class WindowedRows:
+    windowed: pd.DataFrame  # data and feedback rows inside the widest window, oldest first
+    features: list[str]
+    feedback: data_mod.FeedbackMerge | None
+    files: list[str]
+
+
+def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter) -> WindowedRows:
+    """Load the data, join labelled feedback (deduplicated against the data), order both by time
+    and cut the widest window over the two together: a rows window counts feedback rows, a duration
+    window places them by their prediction time."""
+    spec = run.spec
+    reporter.begin("load", source=spec.source)
+    try:
+        frame, files = data_mod.read_source(spec.source, spec.format)
+        frame = data_mod.order_by_time(frame, spec.timestamp_column)
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    reporter.end(rows=len(frame), files=len(files))
+    features = feature_names(frame, spec, (spec.feedback_id_column,) if spec.feedback_id_column else ())
+
+    feedback = None
+    if spec.feedback:
+        reporter.begin("feedback")
+        if not run.store_root:
+            raise RunFailure("spec", EXIT_SPEC, "spec.data.feedback is enabled but the run spec has no storeRoot")
+        try:
+            merged = data_mod.merge_feedback(run.store_root, run.namespace, run.pipeline, spec.target, features,
+                                             spec.timestamp_column)
+            kept, dropped, key = data_mod.dedupe_against_data(merged.rows, frame, features, spec.timestamp_column,
+                                                              spec.feedback_id_column)
+        except data_mod.DataError as exc:
+            raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise RunFailure("data", EXIT_DATA, f"cannot read feedback under {run.store_root}: {exc}") from exc
+        feedback = dataclasses.replace(merged, rows=kept, already_in_data=dropped, dedupe_key=key)
+        reporter.end(**feedback.report())
+
+    combined = data_mod.combine(frame, feedback.rows if feedback else None, spec.timestamp_column)
+    reporter.begin("window", windows=[w.label if w else "all" for w in windows])
+    lengths = [_suffix_length(combined, w, spec.timestamp_column, run.now) for w in windows]
+    widest = windows[int(np.argmax(lengths))]
+    try:
+        windowed = data_mod.apply_window(combined, widest, spec.timestamp_column, run.now)
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    reporter.end(rows=len(windowed), feedbackRows=int(windowed[data_mod.FEEDBACK_ID_COLUMN].notna().sum()))
+    return WindowedRows(windowed, features, feedback, files)
+
+
+def _refit_record(verdict: str, shipped_rows: int, training_rows: int, holdout_rows: int, params: dict[str, Any],
+                  metrics: dict[str, float], champion_metrics: dict[str, float] | None, metric: str) -> dict[str, Any]:
+    """What report.json says about the model shipped. Only a passed contender is refit: a Rejected
+    version is never approved or served, so refitting it would cost a fit for nothing."""
+    done = verdict == "passed"
+    gated = metrics.get(metric)
+    champion = None if champion_metrics is None else champion_metrics.get(metric)
+    if done:
+        note = (f"the model shipped was refit on all {shipped_rows} rows of the window, the {holdout_rows}-row "
+                f"holdout included, with the same hyper-parameters; the scores (and the ModelVersion's metrics) "
+                f"are the gated model's on that holdout, trained on the other {training_rows} rows")
+    else:
+        note = "not refit: the gate rejected the contender, so its artifact is the model as gated"
+    return {"done": done, "rows": shipped_rows if done else training_rows, "holdoutIncluded": done,
+            "params": params, "gatedScore": gated, "championScore": champion, "metric": metric, "note": note}
+
+
 def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     """Run everything; return the success summary or raise RunFailure."""
     # --- spec: everything that can be checked without reading data or importing the estimator
@@ -232,57 +306,19 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
                                  f"{run.champion.profile_uri}: {exc}") from exc
         reporter.end()
 
-    # --- data
-    reporter.begin("load", source=spec.source)
-    try:
-        frame, files = data_mod.read_source(spec.source, spec.format)
-        frame = data_mod.order_by_time(frame, spec.timestamp_column)
-    except data_mod.DataError as exc:
-        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
-    reporter.end(rows=len(frame), files=len(files))
-
+    # --- rows: data and labelled feedback, ordered by time and windowed together
     windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
-    reporter.begin("window", windows=[w.label if w else "all" for w in windows])
-    lengths = [_suffix_length(frame, w, spec.timestamp_column, run.now) for w in windows]
-    widest = windows[int(np.argmax(lengths))]
-    try:
-        windowed = data_mod.apply_window(frame, widest, spec.timestamp_column, run.now)
-    except data_mod.DataError as exc:
-        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
-    reporter.end(rows=len(windowed))
+    rows = _gather_rows(run, windows, reporter)
+    features, feedback = rows.features, rows.feedback
 
-    features = feature_names(windowed, spec)
-    feedback = None
-    combined = windowed.assign(**{data_mod.FEEDBACK_ID_COLUMN: None})
-    if spec.feedback:
-        reporter.begin("feedback")
-        if not run.store_root:
-            raise RunFailure("spec", EXIT_SPEC, "spec.data.feedback is enabled but the run spec has no storeRoot")
-        try:
-            feedback = data_mod.merge_feedback(run.store_root, run.namespace, run.pipeline, spec.target, features,
-                                               spec.timestamp_column)
-        except (OSError, ValueError) as exc:
-            raise RunFailure("data", EXIT_DATA, f"cannot read feedback under {run.store_root}: {exc}") from exc
-        if len(feedback.rows):
-            rows = feedback.rows
-            if spec.timestamp_column:
-                rows = rows.assign(**{spec.timestamp_column: pd.to_datetime(rows[spec.timestamp_column], utc=True,
-                                                                             format="mixed", errors="coerce")})
-            combined = pd.concat([combined, rows], ignore_index=True)
-        reporter.end(**feedback.report())
-
-    reporter.begin("validation", rows=len(combined))
-    outcome = validate(combined, spec, features, champion_profile)
+    reporter.begin("validation", rows=len(rows.windowed))
+    outcome = validate(rows.windowed, spec, features, champion_profile)
     if not outcome.ok:
         raise RunFailure("validation", EXIT_VALIDATION, f"data validation failed: {outcome.reason}")
     checked = outcome.data
     assert checked is not None
     reporter.end(rows=len(checked), droppedNullTarget=outcome.dropped_null_target)
 
-    is_feedback = checked[data_mod.FEEDBACK_ID_COLUMN].notna()
-    base, fb_rows = checked.loc[~is_feedback].reset_index(drop=True), checked.loc[is_feedback]
-    if base.empty:
-        raise RunFailure("data", EXIT_DATA, "no data rows are left once feedback rows are set aside")
     numeric = [c for c in features if outcome.kinds[c] == "numeric"]
     categorical = [c for c in features if outcome.kinds[c] == "categorical"]
 
@@ -291,7 +327,7 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
 
     # --- split: the holdout is the newest rows of the shortest window (or a random share)
     reporter.begin("split")
-    lengths = [_suffix_length(base, w, spec.timestamp_column, run.now) for w in windows]
+    lengths = [_suffix_length(checked, w, spec.timestamp_column, run.now) for w in windows]
     ordered = bool(spec.timestamp_column) or len(windows) > 1 or (windows[0] is not None)
     if ordered:
         shortest = min(lengths)
@@ -299,16 +335,16 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
             raise RunFailure("data", EXIT_DATA, f"window {windows[int(np.argmin(lengths))].label} "  # type: ignore[union-attr]
                              f"has {shortest} row(s): too few to hold any out for evaluation")
         n_hold = training.holdout_size(shortest, spec.holdout_fraction)
-        holdout = base.tail(n_hold).reset_index(drop=True)
-        pool = base.iloc[: len(base) - n_hold]
+        holdout = checked.tail(n_hold).reset_index(drop=True)
+        pool = checked.iloc[: len(checked) - n_hold]
     else:
-        pool, holdout = training.split_random(base, spec)
+        pool, holdout = training.split_random(checked, spec)
         n_hold = len(holdout)
-    reporter.end(holdoutRows=len(holdout))
+    holdout_feedback = int(holdout[data_mod.FEEDBACK_ID_COLUMN].notna().sum())
+    reporter.end(holdoutRows=len(holdout), holdoutFeedbackRows=holdout_feedback)
 
     def training_set(window_length: int) -> pd.DataFrame:
-        own = pool.tail(max(0, window_length - n_hold)) if ordered else pool
-        return pd.concat([own, fb_rows], ignore_index=True) if len(fb_rows) else own.reset_index(drop=True)
+        return (pool.tail(max(0, window_length - n_hold)) if ordered else pool).reset_index(drop=True)
 
     X_hold, y_hold = holdout[features], holdout[spec.target]
 
@@ -361,15 +397,14 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
 
     reporter.begin("training", rows=len(train), features=len(features))
     try:
-        model = training.set_model_params(pipeline_with(spec.params), final_params).fit(X_train, y_train)
+        gated_model = training.set_model_params(pipeline_with(spec.params), final_params).fit(X_train, y_train)
     except (ValueError, TypeError) as exc:
         raise RunFailure("training", EXIT_TRAINING, f"{spec.estimator} failed to fit: {exc}") from exc
     reporter.end()
 
     reporter.begin("evaluation", holdoutRows=len(holdout))
     try:
-        metrics = training.evaluate(model, X_hold, y_hold, spec.task)
-        holdout_predictions = model.predict(X_hold)
+        metrics = training.evaluate(gated_model, X_hold, y_hold, spec.task)
     except (ValueError, TypeError) as exc:
         raise RunFailure("evaluation", EXIT_TRAINING, f"evaluating the contender failed: {exc}") from exc
     champion_metrics, champion_error = None, None
@@ -389,6 +424,22 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         spec.thresholds_as_written)
     reporter.emit("gate", verdict=decision.verdict, reason=decision.reason)
 
+    # --- refit: the model shipped learns from the whole window, the newest (held-out) rows included
+    shipped_rows = pd.concat([train, holdout], ignore_index=True) if ordered else checked
+    model, refit = gated_model, _refit_record(decision.verdict, len(shipped_rows), len(train), len(holdout),
+                                              final_params, metrics, champion_metrics, spec.metric)
+    if refit["done"]:
+        reporter.begin("refit", rows=len(shipped_rows))
+        try:
+            model = training.set_model_params(pipeline_with(spec.params), final_params).fit(
+                shipped_rows[features], shipped_rows[spec.target])
+        except (ValueError, TypeError) as exc:
+            raise RunFailure("training", EXIT_TRAINING, f"{spec.estimator} failed to refit on the whole window "
+                                                        f"({len(shipped_rows)} rows): {exc}") from exc
+        reporter.end()
+    profiled = shipped_rows if refit["done"] else train
+    holdout_predictions = model.predict(X_hold)
+
     # --- artifacts
     reporter.begin("artifacts")
     model_bytes, untrusted = dumps_model(model)
@@ -400,7 +451,7 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     if not np.array_equal(np.asarray(reloaded.predict(X_hold)), np.asarray(holdout_predictions)):
         raise RunFailure("training", EXIT_TRAINING, "the saved model predicts differently after reloading")
     profile = build_profile(
-        {c: (X_train[c].to_numpy(dtype=float) if outcome.kinds[c] == "numeric" else X_train[c].tolist())
+        {c: (profiled[c].to_numpy(dtype=float) if outcome.kinds[c] == "numeric" else profiled[c].tolist())
          for c in features},
         outcome.kinds,
         predictions=(holdout_predictions.tolist() if spec.task == "classification"
@@ -410,17 +461,20 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     trained_at = _rfc3339(dt.datetime.now(dt.UTC))
     uris = {name: output.file_uri(name) for name in store.ARTIFACT_FILES}
     window_label = chosen_window.label if chosen_window else "all"
-    feedback_count = int(len(fb_rows))
+    window_rows = len(train) + len(holdout)
+    feedback_count = int((train[data_mod.FEEDBACK_ID_COLUMN].notna()).sum()) + holdout_feedback
     ts_col = spec.timestamp_column
     metadata = {
         "schema": METADATA_SCHEMA,
         "runId": run.run_id, "trigger": run.trigger, "namespace": run.namespace, "pipeline": run.pipeline,
         "version": run.version, "modelVersion": f"{run.pipeline}-v{run.version}",
         "parent": run.champion.name if run.champion else None, "trainedAt": trained_at,
-        "data": {"source": spec.source, "format": spec.format, "files": len(files), "window": window_label,
-                 "rows": len(train) + len(holdout), "trainingRows": len(train), "holdoutRows": len(holdout),
-                 "feedbackRows": feedback_count, "timestampColumn": ts_col,
-                 "from": train[ts_col].min() if ts_col and len(train) else None,
+        "data": {"source": spec.source, "format": spec.format, "files": len(rows.files), "window": window_label,
+                 "rows": window_rows, "trainingRows": len(train), "holdoutRows": len(holdout),
+                 "shippedModelRows": len(profiled), "refit": refit["done"],
+                 "feedbackRows": feedback_count, "holdoutFeedbackRows": holdout_feedback,
+                 "timestampColumn": ts_col,
+                 "from": profiled[ts_col].min() if ts_col and len(profiled) else None,
                  "to": holdout[ts_col].max() if ts_col and len(holdout) else None},
         "model": {"task": spec.task, "estimator": spec.estimator, "params": final_params, "target": spec.target,
                   "features": features, "kinds": outcome.kinds,
@@ -428,20 +482,25 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         "artifact": {"file": store.MODEL_FILE, "uri": uris[store.MODEL_FILE], "digest": digest, "format": "skops",
                      "untrustedTypes": untrusted},
         "evaluation": {"metric": spec.metric, "metrics": decimal_strings(metrics),
-                       "championMetrics": decimal_strings(champion_metrics), "verdict": decision.verdict},
+                       "championMetrics": decimal_strings(champion_metrics), "verdict": decision.verdict,
+                       "scoresAre": "the gated model's and the champion's, on the same holdout"},
         "libraries": _library_versions(),
     }
     report = {
         "schema": REPORT_SCHEMA, "runId": run.run_id, "version": run.version,
         "validation": outcome.report(),
-        "window": {"chosen": window_label, "candidates": candidate_reports},
-        "feedback": feedback.report() if feedback else {"enabled": False, "rows": 0},
+        "window": {"chosen": window_label, "candidates": candidate_reports, "rows": window_rows,
+                   "dataRows": window_rows - feedback_count, "feedbackRows": feedback_count},
+        "feedback": {**feedback.report(), "inWindow": feedback_count} if feedback else {"enabled": False, "rows": 0},
         "tuning": tuning_report,
-        "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout), "contender": metrics,
-                       "champion": champion_metrics, "championName": run.champion.name if run.champion else None,
+        "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout), "holdoutFeedbackRows": holdout_feedback,
+                       "holdout": "newest rows of the window" if ordered else "stratified random share",
+                       "contender": metrics, "champion": champion_metrics,
+                       "championName": run.champion.name if run.champion else None,
                        "championError": champion_error},
         "gate": {"verdict": decision.verdict, "reason": decision.reason, "minScore": spec.min_score,
                  "maxScore": spec.max_score, "mustBeatChampionBy": spec.must_beat_champion_by},
+        "refit": refit,
         "stages": reporter.stages,  # completed stages so far; the write stage is in the logs
     }
     reporter.end()
@@ -463,8 +522,9 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         "artifactUri": uris[store.MODEL_FILE], "profileUri": uris[store.PROFILE_FILE],
         "metadataUri": uris[store.METADATA_FILE], "reportUri": uris[store.REPORT_FILE],
         "metrics": decimal_strings(metrics), "championMetrics": decimal_strings(champion_metrics),
-        "verdict": decision.verdict, "reason": decision.reason, "rows": len(train) + len(holdout),
+        "verdict": decision.verdict, "reason": decision.reason, "rows": window_rows,
         "feedbackRows": feedback_count, "window": window_label, "trainedAt": trained_at, "failedStage": None,
+        "refit": {"done": refit["done"], "rows": refit["rows"]},
     }
 
 

@@ -3,6 +3,10 @@
 The pipeline spec inside is the user's YAML snapshot, camelCase as in the CRD. Thresholds arrive as
 strings ("0.70") or numbers; every field is checked here so a mistake is reported as
 "spec.evaluation.minScore: 'abc' is not a number" before any data is read.
+
+Defaults are not restated here: an unset field takes the default of its ``noria.api`` model (the
+single source of the CRD), read through ``_api_default``, and a unit test compares the two parsers
+field by field, so the trainer cannot drift from what ``kubectl explain`` tells the user.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from noria.api import training_pipeline as api
 from noria.artifact import DIGEST_PATTERN
+from pydantic import BaseModel
 
 Task = Literal["classification", "regression"]
 
@@ -61,6 +67,7 @@ class PipelineSpec:
     window: Window | None
     window_candidates: tuple[Window, ...]
     feedback: bool
+    feedback_id_column: str | None
     min_rows: int
     max_missing_fraction: float
     schema: str
@@ -69,7 +76,7 @@ class PipelineSpec:
     holdout_fraction: float
     min_score: float | None
     max_score: float | None
-    must_beat_champion_by: float
+    must_beat_champion_by: float | None  # None: the champion is scored and reported, not compared
     tuning_strategy: str | None
     tuning_trials: int
     tuning_space: dict[str, Any]
@@ -182,6 +189,11 @@ def parse_time(value: Any, where: str) -> dt.datetime:
     return out if out.tzinfo else out.replace(tzinfo=dt.UTC)
 
 
+def _api_default(model: type[BaseModel], name: str) -> Any:
+    """The default the CRD documents for ``model.name`` (snake_case field name)."""
+    return model.model_fields[name].default
+
+
 # --- the pipeline spec --------------------------------------------------------------------------
 def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     spec = _mapping(spec, "spec")
@@ -229,12 +241,16 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     needs_time = [w.label for w in ((window,) if window else ()) + candidates if w.duration is not None]
     if needs_time and not ts_col:
         raise SpecError(f"spec.data.window: {needs_time[0]} is a duration, which needs spec.data.timestampColumn")
-    feedback = bool(_mapping(data.get("feedback"), "spec.data.feedback").get("enabled", False))
+    feedback_spec = _mapping(data.get("feedback"), "spec.data.feedback")
+    feedback = bool(feedback_spec.get("enabled", _api_default(api.Feedback, "enabled")))
+    feedback_id_column = _string(feedback_spec.get("idColumn"), "spec.data.feedback.idColumn", required=False)
 
-    min_rows = _integer(validation.get("minRows"), "spec.validation.minRows", default=1, lo=1)
+    min_rows = _integer(validation.get("minRows"), "spec.validation.minRows",
+                        default=_api_default(api.ValidationSpec, "min_rows"), lo=1)
+    # unset (the API's None) = no limit
     max_missing = _number(validation.get("maxMissingFraction"), "spec.validation.maxMissingFraction",
                           default=1.0, lo=0.0, hi=1.0)
-    schema = validation.get("schema") or "lenient"
+    schema = validation.get("schema") or _api_default(api.ValidationSpec, "schema_")
     if schema not in ("strict", "lenient"):
         raise SpecError(f"spec.validation.schema: {schema!r} must be strict or lenient")
     column_types = _mapping(validation.get("columns"), "spec.validation.columns")
@@ -242,19 +258,23 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
         if kind not in COLUMN_TYPES:
             raise SpecError(f"spec.validation.columns.{col}: {kind!r} is not one of {', '.join(COLUMN_TYPES)}")
 
-    metric = str(evaluation.get("metric") or ("f1" if task == "classification" else "rmse"))
+    metric = str(evaluation.get("metric") or api.DEFAULT_METRIC[task])
     known = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
     if metric not in known:
         raise SpecError(f"spec.evaluation.metric: {metric!r} is not a {task} metric ({', '.join(known)})")
-    holdout = _number(evaluation.get("holdoutFraction"), "spec.evaluation.holdoutFraction", default=0.2,
-                      lo=0.01, hi=0.9)
+    holdout = _number(evaluation.get("holdoutFraction"), "spec.evaluation.holdoutFraction",
+                      default=float(_api_default(api.EvaluationSpec, "holdout_fraction")), lo=0.01, hi=0.9)
     min_score = _number(evaluation.get("minScore"), "spec.evaluation.minScore")
     max_score = _number(evaluation.get("maxScore"), "spec.evaluation.maxScore")
     if min_score is not None and metric in LOWER_IS_BETTER:
         raise SpecError(f"spec.evaluation.minScore: {metric} is lower-is-better; use maxScore")
     if max_score is not None and metric not in LOWER_IS_BETTER:
         raise SpecError(f"spec.evaluation.maxScore: {metric} is higher-is-better; use minScore")
-    beat_by = _number(evaluation.get("mustBeatChampionBy"), "spec.evaluation.mustBeatChampionBy", default=0.0)
+    # Unset means what the API documents: the champion is scored on the same holdout and reported,
+    # and does not gate (it used to default to 0 here, contradicting the CRD).
+    unset_margin = _api_default(api.EvaluationSpec, "must_beat_champion_by")
+    beat_by = _number(evaluation.get("mustBeatChampionBy"), "spec.evaluation.mustBeatChampionBy",
+                      default=None if unset_margin is None else float(unset_margin))
     written: dict[str, str] = {k: str(evaluation[k]) for k in ("minScore", "maxScore", "mustBeatChampionBy") if k in evaluation}
 
     strategy = _string(tuning.get("strategy"), "spec.tuning.strategy", required=False)
@@ -279,6 +299,7 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
         window=window,
         window_candidates=candidates,
         feedback=feedback,
+        feedback_id_column=feedback_id_column,
         min_rows=min_rows,
         max_missing_fraction=float(max_missing if max_missing is not None else 1.0),
         schema=schema,
@@ -287,13 +308,14 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
         holdout_fraction=float(holdout if holdout is not None else 0.2),
         min_score=min_score,
         max_score=max_score,
-        must_beat_champion_by=float(beat_by or 0.0),
+        must_beat_champion_by=beat_by,
         tuning_strategy=None if strategy in (None, "none") else strategy,
-        tuning_trials=_integer(tuning.get("trials"), "spec.tuning.trials", default=10, lo=1),
+        tuning_trials=_integer(tuning.get("trials"), "spec.tuning.trials",
+                               default=_api_default(api.TuningSpec, "trials"), lo=1),
         tuning_space=dict(space),
         tuning_time_budget=parse_duration(budget, "spec.tuning.timeBudget").total_seconds() if budget else None,
-        tuning_cv=_integer(tuning.get("cv"), "spec.tuning.cv", default=3, lo=2),
-        seed=_integer(spec.get("seed"), "spec.seed", default=0),
+        tuning_cv=_integer(tuning.get("cv"), "spec.tuning.cv", default=_api_default(api.TuningSpec, "cv"), lo=2),
+        seed=_integer(spec.get("seed"), "spec.seed", default=_api_default(api.TrainingPipelineSpec, "seed")),
         thresholds_as_written=written,
     )
 

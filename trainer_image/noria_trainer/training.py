@@ -1,9 +1,11 @@
 """Splitting, fitting, tuning, evaluating, and the gate decision.
 
 ``decide_gate`` is pure (numbers in, verdict and words out) and table-tested; the rest wraps
-scikit-learn. Every window is a suffix of the time-ordered data, so the holdout is the newest
-``holdoutFraction`` of the *shortest* window: every candidate window, the contender and the
-champion are scored on the same, most recent rows, which is what production will look like next.
+scikit-learn. Every window is a suffix of the time-ordered rows (data and labelled feedback
+together), so the holdout is the newest ``holdoutFraction`` of the *shortest* window: every
+candidate window, the contender and the champion are scored on the same, most recent rows, which is
+what production will look like next. Once the gate has decided, the model shipped is refit on the
+whole chosen window, holdout included (``run``), so it also learns from those newest rows.
 """
 
 from __future__ import annotations
@@ -30,13 +32,24 @@ class GateDecision:
     reason: str
 
 
+TIE_TOLERANCE = 1e-12  # scores equal up to float rounding are a tie
+
+
 def decide_gate(metric: str, contender: float, champion: float | None, champion_name: str | None,
-                min_score: float | None, max_score: float | None, must_beat_by: float,
+                min_score: float | None, max_score: float | None, must_beat_by: float | None,
                 written: dict[str, str] | None = None) -> GateDecision:
     """Examples (f1, higher is better):
     - contender 0.83, minScore 0.70, no champion → passed.
     - contender 0.65, minScore 0.70 → rejected: "f1 0.6500 is below minScore 0.70".
     - contender 0.80, champion 0.82, mustBeatChampionBy 0.00 → rejected: does not beat the champion.
+    - contender 0.5943, champion 0.5943, mustBeatChampionBy 0.00 → rejected: a tie keeps the
+      champion (a swap that gains nothing still costs a rollout and risks what serves).
+    - contender 0.5943, champion 0.5943, mustBeatChampionBy -0.01 → passed: the user allowed a
+      contender up to 0.01 worse, so a tie too.
+    - contender 0.60, champion 0.82, mustBeatChampionBy unset → passed; the reason reports the
+      champion's score on the same holdout and says it was not compared (the CRD's "Unset: the
+      champion is not compared").
+    The champion rule is strict: the gain over the champion must be *more than* the margin.
     For rmse/mae (lower is better) the bound is maxScore and "beating" means lower by the margin."""
     written = written or {}
     lower = metric in LOWER_IS_BETTER
@@ -56,12 +69,18 @@ def decide_gate(metric: str, contender: float, champion: float | None, champion_
         parts.append(f"{value} meets minScore {bound}")
     if champion is not None and not math.isnan(champion):
         gain = (champion - contender) if lower else (contender - champion)
-        margin = written.get("mustBeatChampionBy", f"{must_beat_by:g}")
-        direction = "lower" if lower else "higher"
-        facts = f"champion {champion_name} has {champion:.4f}; the required margin is {margin} ({direction} is better)"
-        if gain < must_beat_by - 1e-12:
-            return GateDecision("rejected", f"{value} does not beat {facts}; the difference is {gain:+.4f}")
-        parts.append(f"beats {facts}; the difference is {gain:+.4f}")
+        if must_beat_by is None:
+            parts.append(f"champion {champion_name} has {champion:.4f} on the same holdout (difference "
+                         f"{gain:+.4f}), not compared: mustBeatChampionBy is unset")
+        else:
+            margin = written.get("mustBeatChampionBy", f"{must_beat_by:g}")
+            direction = "lower" if lower else "higher"
+            facts = (f"champion {champion_name} has {champion:.4f}; the gain must be more than {margin} "
+                     f"({direction} is better)")
+            if gain <= must_beat_by + TIE_TOLERANCE:
+                tie = " (a tie keeps the champion)" if abs(gain) <= TIE_TOLERANCE else ""
+                return GateDecision("rejected", f"{value} does not beat {facts}; the difference is {gain:+.4f}{tie}")
+            parts.append(f"beats {facts}; the difference is {gain:+.4f}")
     else:
         parts.append("no champion to compare with" if champion_name is None
                      else f"champion {champion_name} could not be scored")

@@ -158,8 +158,10 @@ class ModelSpec(NoriaModel):
 class Window(NoriaModel):
     """Which slice of the data to train on. Exactly one of ``last`` or ``candidates``.
 
-    A size is a duration (``"180d"``: rows whose timestampColumn is within that long before the
-    newest row) or a row count (``"50000 rows"``: the newest rows).
+    A size is a duration (``"180d"``: rows whose timestampColumn is within that long before the run
+    starts) or a row count (``"50000 rows"``: the newest rows). With feedback enabled, labelled
+    production rows are rows of the window too: a row count counts them, newest first, and a
+    duration places them by the time of their prediction.
     """
 
     model_config = NoriaModel.model_config | {
@@ -168,7 +170,10 @@ class Window(NoriaModel):
         )
     }
 
-    last: WindowSize | None = Field(default=None, description="Train on the newest data: \"180d\" or \"50000 rows\".")
+    last: WindowSize | None = Field(
+        default=None,
+        description="Train on the newest rows (data and labelled feedback together): \"180d\" or \"50000 rows\".",
+    )
     candidates: list[WindowSize] | None = Field(
         default=None,
         min_length=1,
@@ -191,7 +196,21 @@ class Window(NoriaModel):
 class Feedback(NoriaModel):
     """Production predictions joined with ground-truth labels sent to the feedback endpoint."""
 
-    enabled: bool = Field(default=False, description="Merge labelled production predictions into the training set.")
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Learn from labelled production predictions: they join the data in time order, count in the window,"
+            " and take part in the holdout. One label per prediction: the first, as the model server counted it."
+        ),
+    )
+    id_column: ShortText | None = Field(
+        default=None,
+        description=(
+            "Data column holding the prediction id, for data that also contains exported production traffic:"
+            " a labelled prediction whose id is in it counts once (the data row is kept). Unset: a labelled"
+            " prediction equal to a data row in every feature and in timestampColumn counts once."
+        ),
+    )
 
 
 class DataSpec(NoriaModel):
@@ -292,7 +311,15 @@ class EvaluationSpec(NoriaModel):
             " lower is better: the gate is maxScore, and mustBeatChampionBy means lower by."
         ),
     )
-    holdout_fraction: Fraction = Field(default="0.2", description="Share of rows held out for evaluation, e.g. \"0.2\".")
+    holdout_fraction: Fraction = Field(
+        default="0.2",
+        description=(
+            "Share of the window held out for the gate, e.g. \"0.2\": its newest rows (labelled feedback"
+            " included) when the data has a timestampColumn or a window, a stratified random share otherwise."
+            " A contender that passes is then refit on the whole window, holdout included; its metrics stay"
+            " the gated holdout scores."
+        ),
+    )
     min_score: Decimalish | None = Field(
         default=None, description="Higher-is-better metrics: the model is Rejected below this score, e.g. \"0.70\"."
     )
@@ -302,8 +329,10 @@ class EvaluationSpec(NoriaModel):
     must_beat_champion_by: Decimalish | None = Field(
         default=None,
         description=(
-            "The contender must score at least this much better than the champion on the same holdout"
-            " (\"0\" = at least as good). Unset: the champion is not compared."
+            "The contender passes only if it scores more than this much better than the champion on the same"
+            " holdout: \"0\" = strictly better (a tie keeps the champion); a negative value such as \"-0.005\""
+            " lets a contender up to that much worse, and a tie, pass. Lower is better for rmse and mae."
+            " Unset: the champion is scored on the holdout and reported, but not compared."
         ),
     )
 

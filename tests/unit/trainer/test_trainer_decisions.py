@@ -21,7 +21,17 @@ BASE = {"model": {"task": "classification", "estimator": "sklearn.ensemble.Rando
     ("f1", 0.80, 0.82, 0.70, None, 0.0, "rejected", "does not beat champion churn-v6 has 0.8200"),
     ("f1", 0.83, 0.82, None, None, 0.02, "rejected", "the difference is +0.0100"),
     ("f1", 0.85, 0.82, None, None, 0.02, "passed", "beats champion churn-v6"),
-    ("f1", 0.82, 0.82, None, None, 0.0, "passed", "the difference is +0.0000"),
+    # a tie keeps the champion unless the margin is negative (defect 6: "0.5943 beats 0.5943")
+    ("f1", 0.5943, 0.5943, None, None, 0.0, "rejected", "the difference is +0.0000 (a tie keeps the champion)"),
+    ("accuracy", 0.7, 0.7, None, None, 0.0, "rejected", "a tie keeps the champion"),
+    ("rmse", 12.5, 12.5, None, None, 0.0, "rejected", "a tie keeps the champion"),
+    ("f1", 0.5943, 0.5943, None, None, -0.01, "passed", "the gain must be more than -0.01"),
+    ("f1", 0.83, 0.82, None, None, 0.01, "rejected", "the difference is +0.0100"),  # must be MORE than the margin
+    ("f1", 0.8301, 0.82, None, None, 0.01, "passed", "beats champion churn-v6"),
+    # mustBeatChampionBy unset: the champion is scored and reported, not compared (the CRD's words; defect 7)
+    ("f1", 0.60, 0.82, None, None, None, "passed", "not compared: mustBeatChampionBy is unset"),
+    ("f1", 0.60, 0.82, 0.70, None, None, "rejected", "below minScore"),
+    ("rmse", 80.0, 60.0, None, None, None, "passed", "champion churn-v6 has 60.0000 on the same holdout"),
     ("rmse", 55.0, 60.0, None, 70.0, 1.0, "passed", "rmse 55.0000 is within maxScore 70 and beats champion"),
     ("rmse", 75.0, None, None, 70.0, 0.0, "rejected", "rmse 75.0000 is above maxScore 70"),
     ("rmse", 59.5, 60.0, None, None, 1.0, "rejected", "lower is better"),
