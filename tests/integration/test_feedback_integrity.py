@@ -1,5 +1,5 @@
 """Feedback that cannot be gamed, end to end: real trained models served by real ``noria_server``
-processes behind the real router, a feedback token configured, and a real Prometheus scraping them.
+processes behind the real router, a feedback token configured, and a real Prometheus scraping them; and a Rollout on the real API server whose token comes from a Secret.
 
 Given honest predictions and labels, when an attacker replays ids, forges ids, sends labels that are
 not classes or not finite or absurdly large, or posts without the token, then no counter moves
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_chart_rbac
 import yaml
 from noria import metrics as m
 from noria.deployment import checks
@@ -32,6 +33,7 @@ from noria_server import launch
 from noria_server.reference_models import SavedModel, dataset, train_and_save
 
 pytestmark = pytest.mark.integration
+chart_operator_account = test_chart_rbac.operator_account  # the fixture operator_account: the chart's RBAC
 
 TOKEN = "fb-token-" + "7f3a9c" * 6
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -354,3 +356,57 @@ def test_an_analysis_fed_replayed_and_forged_feedback_reaches_the_same_verdict(b
               f"{honest_result.value:.4f}, attacked {attacked_result.outcome} {attacked_result.value:.4f}")
     assert _measure(prometheus.url, ATTACKED, {"builtin": "accuracy", "min": str(bar), "minLabels": 20,
                                                "window": "10m"}).outcome == "failure"
+
+
+# --- on the real API server, with the operator ------------------------------------------------------------
+def test_a_rollout_with_a_token_serves_feedback_only_to_its_bearer(cluster, namespace, operator_factory,  # type: ignore[no-untyped-def]
+                                                                   store_claim, prometheus) -> None:
+    from rollout_helpers import get, operator_env, rollout, service_url, start_stable
+
+    cluster.kubectl("create", "secret", "generic", "churn-feedback", "-n", namespace,
+                    f"--from-literal=token={TOKEN}")
+    manifest = rollout(namespace, {"immediate": {}}, feedback={"tokenSecretRef": {"name": "churn-feedback"}})
+    _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
+                              manifest)  # the traffic generator predicts without any token: inference is open
+    try:
+        for deployment in ("churn-churn-v1", "churn-router"):
+            spec = get(cluster, namespace, "deployment", deployment)["spec"]["template"]["spec"]  # type: ignore[index]
+            env = {e["name"]: e for e in spec["containers"][0]["env"]}
+            assert env["NORIA_FEEDBACK_TOKEN"]["valueFrom"] == {
+                "secretKeyRef": {"name": "churn-feedback", "key": "token"}}, deployment
+        everything = cluster.kubectl("get", "deployments,configmaps,rollouts.noria.dev", "-n", namespace,
+                                     "-o", "json").stdout
+        assert TOKEN not in everything
+        url = service_url(cluster, namespace, "churn")
+        frame, target = dataset("logistic", rows=3, seed=4)
+        status, answer = post(f"{url}/v2/models/churn/infer", rows_payload(frame.to_numpy(), ["k-0", "k-1", "k-2"]))
+        assert status == 200
+        labels = [{"id": f"k-{i}", "label": int(y)} for i, y in enumerate(target)]
+        assert post(f"{url}/v2/models/churn/feedback", {"feedback": labels})[0] == 401
+        assert post(f"{url}/v2/models/churn/feedback", {"feedback": labels},
+                    {"authorization": "Bearer not-the-token-at-all"})[0] == 401
+        status, answer = post(f"{url}/v2/models/churn/feedback", {"feedback": labels * 2}, AUTH)
+        assert status == 200 and answer["outcomes"]["counted"] == 3 and answer["outcomes"]["duplicate"] == 3
+        assert answer["matchedByVersion"] == {"churn-v1": 3}
+        assert all(a.status == 200 for a in traffic.answers)
+    finally:
+        traffic.stop()
+
+
+def test_the_chart_operator_account_wires_the_token_without_reading_secrets(cluster, namespace,  # type: ignore[no-untyped-def]
+                                                                           chart_operator_account) -> None:
+    from noria.deployment import objects
+    from noria.deployment.spec import SecretKeyRef
+    from noria.settings import Settings
+
+    ref = objects.RolloutRef(name="churn", namespace=namespace, uid="0")
+    mv = {"metadata": {"name": "churn-v1"}, "spec": {"pipeline": "churn", "artifact": {"uri": "file:///x",
+                                                                                       "digest": "sha256:0"}}}
+    deployment = objects.version_deployment(ref, mv, 0, Settings(), feedback_token=SecretKeyRef("churn-feedback"))
+    del deployment["metadata"]["ownerReferences"]
+    out = cluster.kubectl("create", "--as", chart_operator_account, "-n", namespace, "-f", "-",
+                          input=json.dumps(deployment), check=False)
+    assert out.returncode == 0, out.stderr
+    denied = cluster.kubectl("get", "secret", "churn-feedback", "--as", chart_operator_account, "-n", namespace,
+                             check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
