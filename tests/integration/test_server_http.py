@@ -58,7 +58,9 @@ def metric_value(lines: list[str], name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("served")
-    models: dict[str, SavedModel] = {kind: train_and_save(kind, str(root / kind), rows=1500) for kind in KINDS}
+    # Inside the store root: the server loads only artifacts under it (docs/security/artifact-scope.md).
+    models: dict[str, SavedModel] = {kind: train_and_save(kind, str(root / "store" / "ml" / kind / "model"), rows=1500)
+                                     for kind in KINDS}
     procs: dict[str, launch.Process] = {}
     try:
         for kind, saved in models.items():
