@@ -217,3 +217,26 @@ def test_creating_with_an_approval_in_someone_elses_name_is_refused(kube: Kube) 
     out = kube.cluster.kubectl(*alice(), "create", "-n", kube.namespace, "-f", "-", input=json.dumps(doc),
                                check=False)
     assert out.returncode != 0 and "must hold your own user name (alice)" in out.stderr
+
+
+def test_the_whole_chart_renders_with_helm_and_the_api_server_accepts_it(cluster: Any, helm: Path) -> None:
+    """The policy ships inside a chart that installs as a whole: every rendered object passes the API
+    server's validation (server-side dry run), the policy's CEL included."""
+    namespace = f"t-chart-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        out = subprocess.run([str(helm), "template", "noria", str(CHART), "--namespace", namespace,
+                              "--set-json", 'store.trustedArtifactPrefixes=["s3://models/{namespace}/"]'],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        kinds = {d["kind"] for d in docs}
+        assert {"Deployment", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["NORIA_TRUSTED_ARTIFACT_PREFIXES"] == "s3://models/{namespace}/"
+        applied = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-n", namespace, "-f", "-",
+                                  input=out.stdout, check=False)
+        assert applied.returncode == 0, applied.stderr
+    finally:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
