@@ -244,8 +244,12 @@ class ModelServer:
         return self._error(405, f"{request.path} takes {allowed}, not {request.method}", request)
 
     def _count_response(self, request: Request | None, status: int) -> None:
-        """Every answer, by status, whoever gave it (the handler or the HTTP layer's own refusals)."""
-        if request is None or request.path not in UNCOUNTED_PATHS:
+        """Every answer, by status, whoever gave it (the handler or the HTTP layer's own refusals).
+
+        Feedback answers are not inference: behind the router every label reaches every pod of every
+        version, so counting them would add one 200 per label to each version's errorRate denominator
+        and hide a failing candidate (docs/analysis.md). They are counted by outcome instead."""
+        if request is None or (request.path not in UNCOUNTED_PATHS and not request.path.endswith("/feedback")):
             self.metrics.count_code(status)
 
     def _error(self, status: int, message: str, request: Request | None = None, request_id: str | None = None,

@@ -222,3 +222,14 @@ def test_the_router_merges_each_item_to_its_most_telling_outcome(replicas: list,
     assert out["matchedByVersion"] == by_version and out["matched"] == sum(by_version.values())
     assert sum(out["outcomes"].values()) == len(merged)
     assert len(out["unreachable"]) == sum(status != 200 for _, status, _ in replicas)
+
+
+def test_feedback_answers_are_not_counted_as_inference_requests() -> None:
+    """errorRate reads noria_requests_total: labels fanned out to every pod must not dilute it."""
+    server = _server("classifier")
+    feedback = _request("/v2/models/m/feedback", {"id": "x", "label": 1})
+    for status in (200, 401, 422):
+        server._count_response(feedback, status)
+    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c)) for c in (200, 401, 422)) == 0
+    server._count_response(_request("/v2/models/m/infer", {}), 200)
+    assert _value(server, m.REQUESTS_TOTAL, code="200") == 1
