@@ -114,10 +114,25 @@ subjects:
                check=lambda: k.annotate(["--as=mallory"], "tp/churn",
                                         f"noria.dev/retrain=probe-{next(probes)}").returncode != 0)
     assert k.annotate(alice(), "tp/churn", "noria.dev/retrain-").returncode == 0  # a probe admitted before
+    # The API server type-checks the policy's CEL against the three CRD schemas: no warning may remain.
+    checked = wait_until_value(lambda: json.loads(cluster.kubectl(
+        "get", "validatingadmissionpolicy", f"{fullname}-annotations", "-o", "json").stdout)["status"]["typeChecking"])
+    assert not checked.get("expressionWarnings"), checked
     yield k
     cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", f"{fullname}-annotations",
                     "--wait=false", check=False)
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def wait_until_value(read: Any, timeout: float = 30) -> Any:
+    box: dict[str, Any] = {}
+
+    def probe() -> bool:
+        box["value"] = read()
+        return box["value"] is not None
+
+    wait_until("a value", probe, timeout=timeout)
+    return box["value"]
 
 
 def alice(*extra: str) -> list[str]:
