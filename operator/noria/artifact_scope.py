@@ -9,9 +9,10 @@ to trust (``NORIA_TRUSTED_ARTIFACT_PREFIXES``; ``{namespace}`` in a prefix stand
 ModelVersion's namespace).
 
 Two places check: the API server refuses malformed URIs (``noria.api.common.ARTIFACT_URI_RULES``:
-scheme, ``..``, query, empty segments, characters); it cannot see the object's namespace from a rule
-inside ``spec``, so the scope itself is judged here, by the operator, which repeats the syntax rules
-first (objects stored before the rules existed). Because those rules exclude ``..``, ``//`` and
+scheme, ``..``, query, empty segments, characters); a CRD's CEL rules cannot read the object's
+namespace (even a rule on the root sees only ``metadata.name`` and ``generateName``), and the store
+root and trusted prefixes are operator settings, so the scope itself is judged here, by the operator,
+which repeats the syntax rules first (objects stored before the rules existed). Because those rules exclude ``..``, ``//`` and
 percent-escapes, a plain prefix comparison is sound.
 """
 
