@@ -28,6 +28,8 @@ UNKNOWN: Final = "Unknown"
 RUN_IN_PROGRESS: Final = "RunInProgress"
 IDLE: Final = "Idle"
 COOLING_DOWN: Final = "CoolingDown"
+# Event: a drift/performance trigger pending about a version that is no longer the champion
+PENDING_TRIGGER_DROPPED: Final = "PendingTriggerDropped"
 # Degraded (and RunRecord.reason)
 TRAINER_FAILED: Final = "TrainerFailed"  # the trainer said why (its summary's reason)
 JOB_FAILED: Final = "JobFailed"  # the Job failed without a summary (deadline, eviction, crash)

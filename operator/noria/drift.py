@@ -24,6 +24,10 @@ Conventions (documented because thresholds depend on them):
 - Chi-square tests the current counts against the reference fractions (expected =
   reference fraction × current total); the p-value uses the chi-square survival function with
   (non-empty reference bins − 1) degrees of freedom.
+- The G test (``g_test``) is the likelihood-ratio test of the live counts against the reference;
+  with the reference's row count it is the two-sample test of homogeneity. ``holm`` adjusts the
+  per-feature p-values for testing many features at once. The drift trigger uses both, see
+  ``docs/triggers.md``.
 - Binned CDF statistics need the bins in value order: use ``ordered_numeric`` for a numeric
   ``FeatureProfile`` (below, 0..k-1, above; ``missing`` excluded). Wasserstein on bins assumes the
   mass of a bin is spread uniformly between its edges and that ``below``/``above`` mass sits on the
@@ -161,6 +165,68 @@ def chi2_sf(x: float, dof: int) -> float:
         if abs(delta - 1.0) < 1e-16:
             break
     return min(1.0, math.exp(log_prefix) * h)
+
+
+def g_test(reference, current, reference_total: float | None = None,
+           eps: float = DEFAULT_EPS) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """Likelihood-ratio (G) test that the current *counts* come from the reference distribution.
+
+    Returns ``(statistic, p_value)`` per feature. ``G = 2·Σ O·ln(O/E)``, referred to the chi-square
+    distribution.
+
+    - ``reference_total`` given (the rows the reference fractions were measured on, e.g.
+      ``Profile.rows``): a two-sample test of homogeneity on the 2×k table (reference counts =
+      fraction × total, current counts). It accounts for the reference being a sample too, and a
+      bin that is empty in the reference needs no epsilon: one stray live value beyond the training
+      range is weighed as one value, not as an infinitely unlikely event. Degrees of freedom: bins
+      non-empty on either side, minus one.
+    - ``reference_total`` None or 0: a goodness-of-fit test against fixed fractions (bins empty in
+      the reference get ``eps`` of mass, as in ``chi_square``); degrees of freedom: non-empty
+      reference bins minus one.
+
+    Why G and not Pearson's X²: with a few large bins and some nearly-empty ones (``below``,
+    ``above``, ``missing``), a single value in a nearly-empty bin dominates X² (its term grows like
+    1/E) but adds only ``2·ln(1/E)`` to G."""
+    ref, cur, single = _pair(reference, current)
+    n = cur.sum(axis=1, keepdims=True)
+    if reference_total:
+        ref_counts = _fractions(ref) * float(reference_total)
+        table = np.stack([ref_counts, cur], axis=1)  # (features, 2, bins)
+        col = table.sum(axis=1, keepdims=True)
+        row = table.sum(axis=2, keepdims=True)
+        grand = row.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = np.where(grand > 0, row * col / np.where(grand > 0, grand, 1.0), 0.0)
+            terms = np.where(table > 0, table * np.log(table / np.where(expected > 0, expected, 1.0)), 0.0)
+        stat = 2.0 * terms.sum(axis=(1, 2))
+        dof = np.maximum((col[:, 0, :] > 0).sum(axis=1) - 1, 1)
+    else:
+        p = _smoothed(_fractions(ref), eps)
+        p = p / p.sum(axis=1, keepdims=True)
+        expected = p * n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(cur > 0, cur * np.log(cur / np.where(expected > 0, expected, 1.0)), 0.0)
+        stat = 2.0 * terms.sum(axis=1)
+        dof = np.maximum((ref > 0).sum(axis=1) - 1, 1)
+    stat = np.where(n[:, 0] > 0, np.maximum(stat, 0.0), 0.0)
+    pvalue = np.array([chi2_sf(float(s), int(d)) for s, d in zip(stat, dof, strict=True)])
+    return _out(stat, single), _out(pvalue, single)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (same order as given): a family of m tests rejected at
+    ``adjusted < alpha`` has probability at most ``alpha`` of rejecting any true null hypothesis,
+    whatever the dependence between the tests. ``adjusted_(i) = max_{j<=i} min(1, (m-j+1)·p_(j))``
+    over the p-values sorted ascending."""
+    p = np.asarray(pvalues, dtype=float)
+    m = p.size
+    if m == 0:
+        return p.copy()
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, p[order] * (m - np.arange(m)))
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
 
 
 def ks_binned(reference, current) -> np.ndarray | float:

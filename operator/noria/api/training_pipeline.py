@@ -361,13 +361,42 @@ class NewDataTrigger(NoriaModel):
     min_new_rows: int = Field(ge=1, description="Rows added since the last run that trigger a new one.")
 
 
+PERFORMANCE_ONE_OF_MESSAGE: Final = (
+    "performance: set below (an absolute floor, e.g. \"0.75\"), dropBy (a drop from this version's own"
+    " live level, e.g. \"0.05\"), or both"
+)
+
+
 class DriftTrigger(NoriaModel):
-    """Retrain when live inputs drift from the champion's reference profile."""
+    """Retrain when live inputs drift from the champion's reference profile.
+
+    A feature has drifted when it has at least minSamples live values in the window, its G test
+    against the profile is significant after the Holm correction over all tested features, and its
+    statistic (method) is above threshold: the test keeps noise from firing, the threshold keeps a
+    huge sample from firing on a shift too small to matter. See docs/triggers.md."""
 
     method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] = Field(
         default="psi", description="Statistic comparing live and reference bins: psi, kl, js, chi2, ks or wasserstein."
     )
-    threshold: Decimalish = Field(description="Drift above this value on any feature fires, e.g. \"0.2\".")
+    threshold: Decimalish = Field(
+        description="Effect size: a feature drifts only if its statistic is above this value, e.g. \"0.2\"."
+    )
+    significance: Fraction | None = Field(
+        default=None,
+        description=(
+            "Chance that noise alone flags any feature in one evaluation (G test per feature, Holm-corrected"
+            " over features), e.g. \"0.01\". Default 0.01."
+        ),
+    )
+    min_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description=(
+            "Live values a feature needs in the window before it is tested; fewer is never drift (e.g. right"
+            " after a new version starts serving). Default 200."
+        ),
+    )
     for_: Duration | None = Field(
         default=None, alias="for", description="Drift must last this long before it fires, e.g. \"10m\"."
     )
@@ -378,13 +407,43 @@ class DriftTrigger(NoriaModel):
 
 
 class PerformanceTrigger(NoriaModel):
-    """Retrain when the live score, computed from feedback labels, drops."""
+    """Retrain when the live score, computed from feedback labels, drops: below an absolute floor,
+    or by dropBy from the serving version's own level, or either when both are set."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel("has(self.below) || has(self.dropBy)", PERFORMANCE_ONE_OF_MESSAGE, reason="FieldValueRequired")
+        )
+    }
 
     metric: MetricName = Field(description="Live metric from feedback counters, e.g. f1 or accuracy.")
-    below: Decimalish = Field(description="Fires when the live metric is below this value, e.g. \"0.75\".")
+    below: Decimalish | None = Field(
+        default=None, description="Fires when the live metric is below this value, e.g. \"0.75\"."
+    )
+    drop_by: Decimalish | None = Field(
+        default=None,
+        description=(
+            "Fires when the live metric has fallen at least this much below the serving version's baseline,"
+            " e.g. \"0.05\", and the fall is significant. The baseline is the version's own live metric in"
+            " the first window with minLabels labels after it became the champion; shown in status."
+        ),
+    )
+    significance: Fraction | None = Field(
+        default=None,
+        description=(
+            "dropBy only: chance that label noise alone makes a drop look significant (one-sided test of"
+            " baseline against live), e.g. \"0.01\". Default 0.01."
+        ),
+    )
     for_: Duration | None = Field(default=None, alias="for", description="It must stay below this long, e.g. \"30m\".")
     min_labels: int = Field(default=100, ge=1, description="Labels needed before the live metric is trusted.")
     window: Duration | None = Field(default=None, description="Feedback window the live metric is computed over. Default 1h.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PerformanceTrigger:
+        if self.below is None and self.drop_by is None:
+            raise ValueError(PERFORMANCE_ONE_OF_MESSAGE)
+        return self
 
 
 class Triggers(NoriaModel):
@@ -494,6 +553,13 @@ class PendingTrigger(StatusModel):
     at: Timestamp | None = Field(default=None, description="When it first fired.")
     reason: Text | None = Field(default=None, description="Why it fired, e.g. \"psi 0.31 > 0.2 on tenure\".")
     count: int | None = Field(default=None, ge=1, description="How many times it fired while waiting (coalesced).")
+    champion: ShortText | None = Field(
+        default=None,
+        description=(
+            "drift and performance: the version the evidence was about. Dropped unrun when another version"
+            " becomes the champion, since the evidence says nothing about it."
+        ),
+    )
 
 
 class TrainingPipelineStatus(StatusModel):

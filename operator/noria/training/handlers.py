@@ -83,17 +83,18 @@ def state() -> _State:
 
 
 # --- observation --------------------------------------------------------------------------------
-async def _query(purpose: str, promql: str, keys: tuple[str, str]) -> MetricObservation:
+async def _query(purpose: str, promql: str, keys: tuple[str, str], version: str) -> MetricObservation:
+    """The counts of one version's series, tagged with that version (see MetricObservation)."""
     try:
         samples = await state().prometheus.query(promql)
     except PrometheusError as exc:
         opmetrics.PROMETHEUS_QUERY_ERRORS.labels(purpose).inc()
-        return MetricObservation(error=str(exc))
+        return MetricObservation(error=str(exc), version=version)
     counts: dict[tuple[str, str], float] = {}
     for s in samples:
         key = (s.labels.get(keys[0], ""), s.labels.get(keys[1], ""))
         counts[key] = counts.get(key, 0.0) + s.value
-    return MetricObservation(counts=counts)
+    return MetricObservation(counts=counts, version=version)
 
 
 def _selector(namespace: str, pipeline_name: str, version: str) -> str:
@@ -151,6 +152,9 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         source = st.settings.local_uri(spec["data"]["source"])
         data = await asyncio.to_thread(datasource.observe, source, spec["data"].get("format", "parquet"))
 
+    # Only the champion's own series: each server counts inputs into its own version's profile bins
+    # (bin "3" of one version is another interval than bin "3" of the next), so counts of other
+    # versions cannot be compared with the champion's profile.
     champion = results.champion(mvs)
     drift = performance = None
     profile = None
@@ -159,11 +163,12 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         if tspec.get("drift"):
             profile = await _profile(champion["spec"].get("profileUri"))
             window = tspec["drift"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
-            drift = await _query("drift", drift_query(ns, name, champ, window), (metrics.LABEL_FEATURE, metrics.LABEL_BIN))
+            drift = await _query("drift", drift_query(ns, name, champ, window),
+                                 (metrics.LABEL_FEATURE, metrics.LABEL_BIN), champ)
         if tspec.get("performance"):
             window = tspec["performance"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
             performance = await _query("performance", performance_query(ns, name, champ, window),
-                                       (metrics.LABEL_ACTUAL, metrics.LABEL_PREDICTED))
+                                       (metrics.LABEL_ACTUAL, metrics.LABEL_PREDICTED), champ)
 
     return pipeline.Observation(
         pipeline=tp, now=now, model_versions=mvs, job=job_outcome, data=data, drift=drift,

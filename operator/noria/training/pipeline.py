@@ -57,9 +57,11 @@ class Observation:
     model_versions: list[Mapping[str, Any]] = field(default_factory=list)
     job: runs.JobOutcome | None = None  # of status.currentRun; None when there is no current run
     data: DataObservation | None = None
+    # Live counts of the champion as observed (tagged with its version, see MetricObservation),
+    # and the drift reference (training profile) of that same version.
     drift: MetricObservation | None = None
     performance: MetricObservation | None = None
-    profile: Profile | None = None  # the champion's drift reference
+    profile: Profile | None = None
     job_names: list[str] = field(default_factory=list)  # this pipeline's Jobs
     config_map_names: list[str] = field(default_factory=list)  # this pipeline's run ConfigMaps
     run_settings: runs.RunSettings | None = None
@@ -143,6 +145,10 @@ def _finish(obs: Observation, current: Mapping[str, Any], parent: str | None
     return OUTCOME_SUCCEEDED, c.LAST_RUN_SUCCEEDED, summary.reason or "trained and passed the gate", mv
 
 
+# Triggers whose evidence is about the serving version (its inputs, its labelled answers).
+VERSION_BOUND: Final = (triggers.DRIFT, triggers.PERFORMANCE)
+
+
 def _add_pending(pending: list[dict[str, Any]], result: TriggerResult, now: dt.datetime) -> list[dict[str, Any]]:
     out = [dict(p) for p in pending]
     for entry in out:
@@ -150,16 +156,52 @@ def _add_pending(pending: list[dict[str, Any]], result: TriggerResult, now: dt.d
             entry["count"] = int(entry.get("count", 1)) + 1
             entry["reason"] = result.observed[:1000]
             return out
-    out.append({"trigger": result.kind, "at": c.now_iso(now), "reason": result.observed[:1000], "count": 1})
+    entry = {"trigger": result.kind, "at": c.now_iso(now), "reason": result.observed[:1000], "count": 1}
+    if result.kind in VERSION_BOUND and result.state.get("champion"):
+        entry["champion"] = result.state["champion"]
+    out.append(entry)
     return out
+
+
+def pending_for_champion(pending: list[dict[str, Any]], champion: str | None
+                         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, dropped): drift and performance triggers that fired about another version than the
+    current champion are dropped. They fired while a run (or its rollout) was replacing that
+    version; the new champion is judged on its own traffic from scratch, so running again on the
+    old evidence would retrain for a problem the finished run was already answering."""
+    kept, dropped = [], []
+    for entry in pending:
+        about = entry.get("champion")
+        (dropped if about and about != champion else kept).append(entry)
+    return kept, dropped
+
+
+def _about(observation: MetricObservation | None, champion: str | None, observed_champion: str | None
+           ) -> MetricObservation | None:
+    """The observation if it is about ``champion``, else None (not observed for it yet). An
+    untagged observation is about the champion of the observed ModelVersions."""
+    if observation is None:
+        return None
+    version = observation.version if observation.version is not None else observed_champion
+    return observation if version == champion else None
 
 
 def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str, Any] | None,
               mvs: list[Mapping[str, Any]]) -> list[TriggerResult]:
+    """Every trigger on this pass's observation. ``champion`` is the champion after this pass's
+    registration; the drift and performance observations were made for the champion of
+    ``obs.model_versions`` and count only if that is still the same version: on the pass that
+    registers a new champion, the old version's counts must not be judged under its name (they
+    would fire again at once with ``for`` unset, and a run's own completion would queue the next)."""
     meta, spec = obs.pipeline["metadata"], obs.pipeline["spec"]
     tspec = spec.get("triggers") or {}
     state = status.get("triggers") or {}
     champ = champion["metadata"]["name"] if champion else None
+    observed = results.champion(list(obs.model_versions))
+    observed_champ = observed["metadata"]["name"] if observed else None
+    drift = _about(obs.drift, champ, observed_champ)
+    profile = obs.profile if drift is not None else None
+    performance = _about(obs.performance, champ, observed_champ)
     return [
         triggers.evaluate_initial(bool(mvs), int(status.get("runCounter") or 0),
                                   state.get(triggers.INITIAL), obs.now),
@@ -168,8 +210,8 @@ def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str
         triggers.evaluate_schedule(tspec.get("schedule"), state.get(triggers.SCHEDULE), obs.now),
         triggers.evaluate_new_data((tspec.get("newData") or {}).get("minNewRows"), obs.data,
                                    state.get(triggers.NEW_DATA), obs.now),
-        triggers.evaluate_drift(tspec.get("drift"), champ, obs.profile, obs.drift, state.get(triggers.DRIFT), obs.now),
-        triggers.evaluate_performance(tspec.get("performance"), champ, obs.performance,
+        triggers.evaluate_drift(tspec.get("drift"), champ, profile, drift, state.get(triggers.DRIFT), obs.now),
+        triggers.evaluate_performance(tspec.get("performance"), champ, performance,
                                       state.get(triggers.PERFORMANCE), obs.now),
     ]
 
@@ -244,10 +286,16 @@ def decide(obs: Observation) -> Plan:
         mvs.append({**register, "status": {"stage": stage}})  # as it will be once registered
         champion = results.champion(mvs)
 
-    # 2. Triggers: evaluated on every pass, during runs too (that is how they coalesce).
+    # 2. Triggers: evaluated on every pass, during runs too (that is how they coalesce). Evidence
+    # about a version that no longer is the champion is void, pending or not.
     evaluations = _evaluate(obs, status, champion, mvs)
     trigger_state = dict(status.get("triggers") or {})
-    pending = list(status.get("pendingTriggers") or [])
+    pending, dropped = pending_for_champion(list(status.get("pendingTriggers") or []),
+                                            champion["metadata"]["name"] if champion else None)
+    for entry in dropped:
+        events.append(Event("Normal", c.PENDING_TRIGGER_DROPPED,
+                            f"{entry['trigger']} about {entry['champion']} dropped: "
+                            f"{champion['metadata']['name'] if champion else 'no version'} is the champion now"))
     for result in evaluations:
         if result.state:
             trigger_state[result.kind] = result.state

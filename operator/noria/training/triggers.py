@@ -20,14 +20,27 @@ Timing rules, by kind:
   the baseline taken when the trigger last fired; the first observation only sets the baseline.
 - drift / performance: the condition must hold for the ``for`` duration: ``since`` records when it
   was first seen; firing resets it, so a persisting condition fires again only after a new full
-  ``for`` (and the cooldown).
+  ``for`` (and the cooldown). Their state belongs to one champion (``state.champion``): when
+  another version becomes the champion, evidence, baseline and ``for`` start over, because they
+  were about a model that no longer serves.
+- drift needs evidence, not just a large statistic: at least ``minSamples`` live values per
+  feature, a G test significant after the Holm correction over features, and the statistic above
+  ``threshold`` (``drift_evidence``; docs/triggers.md has the measured false-alarm rates).
+- performance fires below an absolute ``below``, or on a significant fall of at least ``dropBy``
+  from the version's own live baseline.
+
+Callers without Kubernetes (the backtest) use these functions and ``pipeline.decide`` as the
+operator does: build ``MetricObservation`` counts from their own replay (tagged with the version
+that served them) and pass them in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Final
 
 from noria.api.common import parse_duration
@@ -46,7 +59,16 @@ KINDS: Final = (INITIAL, MANUAL, DRIFT, PERFORMANCE, NEW_DATA, SCHEDULE)
 RETRAIN_ANNOTATION: Final = "noria.dev/retrain"
 DEFAULT_SETTLE_SECONDS: Final = 2.0
 DEFAULT_DRIFT_WINDOW: Final = "1h"
-DEFAULT_MIN_DRIFT_SAMPLES: Final = 50
+# Minimum evidence of the drift trigger (docs/triggers.md has the measurements behind both):
+# live values per feature before it is tested, and the family-wise false-alarm probability of one
+# evaluation over all features.
+DEFAULT_MIN_DRIFT_SAMPLES: Final = 200
+DEFAULT_DRIFT_SIGNIFICANCE: Final = "0.01"
+# Features listed in status.triggers.drift.features (most drifted first): enough to act on, and a
+# status that stays small with a thousand features.
+EVIDENCE_SHOWN: Final = 10
+# The relative performance trigger's test of a drop against label noise (docs/triggers.md).
+DEFAULT_PERFORMANCE_SIGNIFICANCE: Final = "0.01"
 # Drift method names of the CRD -> keys of noria.drift.binned_statistics.
 DRIFT_STATISTIC: Final = {"psi": "psi", "kl": "kl", "js": "js", "chi2": "chisquare", "ks": "ks",
                           "wasserstein": "wasserstein"}
@@ -79,10 +101,16 @@ class DataObservation:
 @dataclass(frozen=True)
 class MetricObservation:
     """Prometheus samples for drift (``{(feature, bin): count}``) or performance
-    (``{(actual, predicted): count}``), or the error that prevented the query."""
+    (``{(actual, predicted): count}``), or the error that prevented the query.
+
+    ``version``: the ModelVersion whose series were read (the champion when the observation was
+    made). ``pipeline.decide`` uses counts only for the version they are about: when a pass makes
+    another version the champion, the old version's counts are not judged under the new name.
+    None means "the champion of the ModelVersions in the same observation"."""
 
     counts: Mapping[tuple[str, str], float] = field(default_factory=dict)
     error: str | None = None
+    version: str | None = None
 
 
 def _ts(text: str | None) -> dt.datetime | None:
@@ -213,19 +241,87 @@ def _unknown(kind: str, prior: Mapping[str, Any], now: dt.datetime, why: str) ->
 
 
 # --- drift --------------------------------------------------------------------------------------
-def drift_scores(profile: Profile, counts: Mapping[tuple[str, str], float], method: str,
-                 features: list[str] | None = None) -> tuple[dict[str, float], float]:
-    """Per-feature drift statistic of live counts against the reference profile, and the number
-    of live values seen (the largest per-feature total). Features without live counts are left out."""
-    from noria.drift import binned_statistics
+@dataclass(frozen=True)
+class FeatureEvidence:
+    """What one feature's live counts say against the reference profile.
+
+    ``samples``: live values counted in the window; ``value``: the trigger method's statistic (the
+    effect size compared with ``threshold``); ``p_value``: the G test's p-value adjusted by Holm over
+    every tested feature (None when the feature had fewer than ``minSamples`` values, so it was not
+    tested); ``drifted``: tested, significant (adjusted p < significance) and above the threshold."""
+
+    feature: str
+    samples: float
+    value: float
+    p_value: float | None
+    drifted: bool
+
+    def as_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"feature": self.feature, "samples": int(round(self.samples)),
+                               "value": f"{self.value:.4f}", "drifted": self.drifted}
+        out["pValue"] = f"{self.p_value:.3g}" if self.p_value is not None else None
+        return out
+
+
+@dataclass(frozen=True)
+class DriftEvidence:
+    """Per-feature evidence of one drift evaluation, most drifted first (see ``drift_evidence``)."""
+
+    features: tuple[FeatureEvidence, ...]
+    min_samples: int
+    significance: float
+
+    @property
+    def tested(self) -> list[FeatureEvidence]:
+        return [f for f in self.features if f.p_value is not None]
+
+    @property
+    def drifted(self) -> list[FeatureEvidence]:
+        return [f for f in self.features if f.drifted]
+
+    @property
+    def samples(self) -> float:
+        """The largest number of live values any feature had (0 when none)."""
+        return max((f.samples for f in self.features), default=0.0)
+
+    @property
+    def worst(self) -> FeatureEvidence | None:
+        """The drifted feature with the largest statistic, else the tested one, else any."""
+        for pool in (self.drifted, self.tested, list(self.features)):
+            if pool:
+                return max(pool, key=lambda f: f.value)
+        return None
+
+
+def _drift_order(f: FeatureEvidence) -> tuple:
+    return (not f.drifted, f.p_value is None, f.p_value if f.p_value is not None else 1.0, -f.value)
+
+
+def _statistic(fp: Any, live: Any, key: str) -> float:
+    from noria import drift as d
+
+    if key == "psi":
+        return float(d.psi(fp.reference, live))
+    if key == "kl":
+        return float(d.kl_divergence(fp.reference, live))
+    if key == "js":
+        return float(d.js_distance(fp.reference, live))
+    return float(d.binned_statistics(fp, live).get(key, 0.0))  # chisquare, ks, wasserstein
+
+
+def feature_statistics(profile: Profile, counts: Mapping[tuple[str, str], float], method: str = "psi",
+                       features: list[str] | None = None) -> list[tuple[str, float, float, float]]:
+    """``(feature, live values, method statistic, unadjusted G-test p-value)`` of every profiled
+    feature with live counts (only ``features`` when given): the part of ``drift_evidence`` that
+    does not depend on the thresholds."""
+    from noria.drift import g_test
 
     key = DRIFT_STATISTIC[method]
     by_feature: dict[str, dict[str, float]] = {}
     for (feature, bin_label), value in counts.items():
         bins = by_feature.setdefault(feature, {})
         bins[bin_label] = bins.get(bin_label, 0.0) + value
-    scores: dict[str, float] = {}
-    samples = 0.0
+    rows: list[tuple[str, float, float, float]] = []
     for name, fp in profile.features.items():
         if features and name not in features:
             continue
@@ -233,42 +329,118 @@ def drift_scores(profile: Profile, counts: Mapping[tuple[str, str], float], meth
         total = float(live.sum())
         if total <= 0:
             continue
-        samples = max(samples, total)
-        stats = binned_statistics(fp, live)
-        if key in stats:
-            scores[name] = stats[key]
-    return scores, samples
+        _, p_raw = g_test(fp.reference, live, reference_total=profile.rows or None)
+        rows.append((name, total, _statistic(fp, live, key), float(p_raw)))
+    return rows
+
+
+def judge_drift(rows: list[tuple[str, float, float, float]], threshold: float, significance: float,
+                min_samples: int) -> DriftEvidence:
+    """The verdict of ``drift_evidence`` from ``feature_statistics`` rows."""
+    from noria.drift import holm
+
+    tested = [r for r in rows if r[1] >= min_samples]
+    adjusted = dict(zip((r[0] for r in tested), holm([r[3] for r in tested]), strict=True))
+    evidence = []
+    for name, total, value, _ in rows:
+        p_adj = float(adjusted[name]) if name in adjusted else None
+        drifted = p_adj is not None and p_adj < significance and value > threshold
+        evidence.append(FeatureEvidence(name, total, value, p_adj, drifted))
+    return DriftEvidence(tuple(sorted(evidence, key=_drift_order)), min_samples, significance)
+
+
+def drift_evidence(profile: Profile, counts: Mapping[tuple[str, str], float], method: str = "psi",
+                   threshold: float = 0.2, significance: float = float(DEFAULT_DRIFT_SIGNIFICANCE),
+                   min_samples: int = DEFAULT_MIN_DRIFT_SAMPLES, features: list[str] | None = None) -> DriftEvidence:
+    """Which features drifted: live bin counts ``{(feature, bin label): count}`` (summed over pods,
+    e.g. ``increase(noria_feature_bin_total[window])``) against the reference ``profile``.
+
+    A feature drifted when all three hold (docs/triggers.md explains the choice and the measured
+    false-alarm rates):
+    1. enough evidence: at least ``min_samples`` live values in the window;
+    2. the change is real: the G test of the live counts against the reference (two-sample, using
+       ``profile.rows`` as the reference's size) gives a p-value below ``significance`` after the
+       Holm correction over every tested feature, so the chance that *any* feature of a stationary
+       stream is flagged in one evaluation is at most ``significance``;
+    3. the change matters: the ``method`` statistic (psi by default) is above ``threshold``, so a
+       huge sample does not fire on a shift too small to matter.
+    Features without live counts are left out; ``features`` limits the check to those names."""
+    rows = feature_statistics(profile, counts, method, features)
+    return judge_drift(rows, threshold, significance, min_samples)
+
+
+def drift_scores(profile: Profile, counts: Mapping[tuple[str, str], float], method: str,
+                 features: list[str] | None = None) -> tuple[dict[str, float], float]:
+    """Per-feature drift statistic of live counts against the reference profile, and the number
+    of live values seen (the largest per-feature total). Features without live counts are left out.
+    The statistic alone, without sample size or significance: ``drift_evidence`` decides."""
+    evidence = drift_evidence(profile, counts, method, min_samples=0, features=features)
+    return {f.feature: f.value for f in evidence.features}, evidence.samples
+
+
+def _fresh_for(champion: str, prior: Mapping[str, Any]) -> dict[str, Any]:
+    """The prior state if it was kept for this champion, else nothing: evidence (and a running
+    ``for``) gathered about another version says nothing about the one serving now."""
+    return dict(prior) if prior.get("champion") == champion else {}
 
 
 def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profile: Profile | None,
                    observation: MetricObservation | None, state: Mapping[str, Any] | None, now: dt.datetime,
-                   min_samples: int = DEFAULT_MIN_DRIFT_SAMPLES) -> TriggerResult:
-    """``drift`` is ``spec.triggers.drift`` (camelCase dict)."""
+                   min_samples: int | None = None) -> TriggerResult:
+    """``drift`` is ``spec.triggers.drift`` (camelCase dict: method, threshold, significance,
+    minSamples, for, window, features); ``profile`` is the training profile of ``champion``, and
+    ``observation`` holds the bin counts of ``champion``'s own series (each server counts into its
+    own version's bins, so other versions' counts cannot be compared with this profile).
+
+    State (``status.triggers.drift``) belongs to one champion: when the champion changes, the state
+    and a running ``for`` start over, so a new version is judged on its own traffic only, and the
+    ``minSamples`` rule keeps its first, small windows from firing. ``features`` in the state shows
+    the per-feature evidence (at most ``EVIDENCE_SHOWN`` features, most drifted first).
+
+    ``min_samples`` overrides ``drift.minSamples`` (tests)."""
     if not drift:
         return TriggerResult(DRIFT, False, {}, "no drift trigger")
-    prior = dict(state or {})
     if champion is None:
         return TriggerResult(DRIFT, False, {"state": "NoReference", "since": None}, "no champion to compare with")
+    prior = _fresh_for(champion, state or {})
     if observation is None:  # not asked this pass (e.g. the champion was registered in it)
-        return TriggerResult(DRIFT, False, prior, "not observed yet", recheck_after=1.0)
+        kept = prior or {"champion": champion, "state": "NotObserved", "since": None}
+        return TriggerResult(DRIFT, False, kept, f"{champion} not observed yet", recheck_after=1.0)
     if observation.error:
-        return _unknown(DRIFT, prior, now, observation.error)
+        return _unknown(DRIFT, {**prior, "champion": champion}, now, observation.error)
     if profile is None:
         return TriggerResult(DRIFT, False, {"state": "NoReference", "champion": champion, "since": None},
                              f"the drift profile of {champion} is unavailable", health=UNKNOWN)
     method = drift.get("method", "psi")
     threshold = float(drift["threshold"])
-    scores, samples = drift_scores(profile, observation.counts, method, drift.get("features"))
-    base = {"champion": champion, "method": method, "threshold": str(drift["threshold"]), "samples": int(samples),
+    significance = float(drift.get("significance") or DEFAULT_DRIFT_SIGNIFICANCE)
+    needed = int(min_samples if min_samples is not None else drift.get("minSamples") or DEFAULT_MIN_DRIFT_SAMPLES)
+    evidence = drift_evidence(profile, observation.counts, method, threshold, significance, needed,
+                              drift.get("features"))
+    base = {"champion": champion, "method": method, "threshold": str(drift["threshold"]),
+            "significance": str(significance), "minSamples": needed, "samples": int(evidence.samples),
+            "tested": len(evidence.tested), "drifted": len(evidence.drifted),
+            "features": [f.as_status() for f in evidence.features[:EVIDENCE_SHOWN]] or None,
             "observedAt": now_iso(now)}
-    if samples < min_samples:
+    if not evidence.tested:
         return TriggerResult(DRIFT, False, {**base, "state": "InsufficientData", "since": None},
-                             f"{int(samples)} live values, {min_samples} needed")
-    worst = max(scores, key=lambda f: scores[f]) if scores else None
-    value = scores[worst] if worst else 0.0
-    observed = {**base, "value": f"{value:.4f}", "feature": worst, "state": "Above" if value > threshold else "Below"}
-    account = f"{method} {value:.3f} {'>' if value > threshold else '<='} {drift['threshold']} on {worst}"
-    return _held(DRIFT, value > threshold, drift.get("for"), prior, now, observed, account)
+                             f"{int(evidence.samples)} live values, {needed} needed per feature")
+    worst = evidence.worst
+    assert worst is not None
+    observed = {**base, "value": f"{worst.value:.4f}", "feature": worst.feature,
+                "state": "Above" if worst.drifted else "Below"}
+    tested = len(evidence.tested)
+    if worst.drifted:
+        account = (f"{method} {worst.value:.3f} > {drift['threshold']} on {worst.feature} "
+                   f"(p={worst.p_value:.2g} after Holm over {tested} feature(s), {int(worst.samples)} values)")
+        if len(evidence.drifted) > 1:
+            account += f" and {len(evidence.drifted) - 1} more feature(s)"
+    else:
+        why = ("not significant" if worst.p_value is not None and worst.p_value >= significance and
+               worst.value > threshold else f"<= {drift['threshold']}")
+        account = (f"largest {method} {worst.value:.3f} on {worst.feature} {why} "
+                   f"(p={worst.p_value:.2g}, {tested} feature(s) tested)")
+    return _held(DRIFT, worst.drifted, drift.get("for"), prior, now, observed, account)
 
 
 # --- performance --------------------------------------------------------------------------------
@@ -309,27 +481,111 @@ def live_metric(metric: str, confusion: Mapping[tuple[str, str], float]) -> tupl
     return sum(values) / len(values), total
 
 
+def effective_labels(metric: str, confusion: Mapping[tuple[str, str], float]) -> float:
+    """How many labels the metric is a proportion over, for its standard error: all labels for
+    accuracy; the predicted positives for precision, the actual positives for recall, their mean
+    for f1 (binary: F1 = 2TP / (actual + predicted positives)); all labels over the number of
+    classes for macro averages. An approximation (docs/triggers.md), good enough to tell a drop from
+    label noise."""
+    total = float(sum(confusion.values()))
+    if metric == "accuracy":
+        return total
+    classes = sorted({a for a, _ in confusion} | {p for _, p in confusion})
+    positive = next((c for c in classes if c.lower() in ("1", "true")), None)
+    binary = positive is not None and {c.lower() for c in classes} <= {"0", "1", "false", "true"}
+    if not binary:
+        return total / max(1, len(classes))
+    actual = sum(n for (a, _), n in confusion.items() if a == positive)
+    predicted = sum(n for (_, p), n in confusion.items() if p == positive)
+    return {"precision": predicted, "recall": actual}.get(metric, (actual + predicted) / 2.0)
+
+
+def _standard_error(value: float, n: float) -> float:
+    return math.sqrt(max(value * (1.0 - value), 0.0) / n) if n > 0 else math.inf
+
+
+def significant_drop(baseline: float, baseline_n: float, value: float, n: float, significance: float
+                     ) -> tuple[bool, float]:
+    """One-sided two-proportion z test that the live metric is below the baseline: (significant, z)."""
+    se = math.hypot(_standard_error(baseline, baseline_n), _standard_error(value, n))
+    drop = baseline - value
+    if se == 0.0:
+        z = math.inf if drop > 0 else 0.0
+    else:
+        z = drop / se if math.isfinite(se) else 0.0
+    alpha = min(max(significance, 1e-12), 1.0 - 1e-12)  # the spec allows 0 and 1: never / always
+    return z >= NormalDist().inv_cdf(1.0 - alpha), z
+
+
 def evaluate_performance(perf: Mapping[str, Any] | None, champion: str | None,
                          observation: MetricObservation | None, state: Mapping[str, Any] | None,
                          now: dt.datetime) -> TriggerResult:
-    """``perf`` is ``spec.triggers.performance`` (camelCase dict)."""
+    """``perf`` is ``spec.triggers.performance`` (camelCase dict: metric, below, dropBy,
+    significance, for, minLabels, window); ``observation`` holds the feedback counts of
+    ``champion``'s own series.
+
+    Fires (after ``for``) when, over at least ``minLabels`` labels, the live metric is below
+    ``below`` (absolute), or has fallen by at least ``dropBy`` below the version's baseline *and*
+    the fall is significant at ``significance`` (relative). Either is enough when both are set.
+
+    The baseline (``state.baseline``: value, labels, effective labels, when) is the live metric in
+    the first window with ``minLabels`` labels after ``champion`` became the champion; the state
+    belongs to one champion, so a new version measures its own baseline and starts a new ``for``.
+    Why the live level and not the holdout score of the ModelVersion: the live metric is computed
+    from feedback labels (a subset of traffic, with its own class balance and delay), so the holdout
+    score is a different measurement and the gap between the two is not a drop."""
     if not perf:
         return TriggerResult(PERFORMANCE, False, {}, "no performance trigger")
-    prior = dict(state or {})
     if champion is None:
         return TriggerResult(PERFORMANCE, False, {"state": "NoReference", "since": None}, "no champion to measure")
+    prior = _fresh_for(champion, state or {})
     if observation is None:
-        return TriggerResult(PERFORMANCE, False, prior, "not observed yet", recheck_after=1.0)
+        kept = prior or {"champion": champion, "state": "NotObserved", "since": None}
+        return TriggerResult(PERFORMANCE, False, kept, f"{champion} not observed yet", recheck_after=1.0)
     if observation.error:
-        return _unknown(PERFORMANCE, prior, now, observation.error)
-    metric, below = perf["metric"], float(perf["below"])
+        return _unknown(PERFORMANCE, {**prior, "champion": champion}, now, observation.error)
+    metric = perf["metric"]
+    below = float(perf["below"]) if perf.get("below") is not None else None
+    drop_by = float(perf["dropBy"]) if perf.get("dropBy") is not None else None
+    significance = float(perf.get("significance") or DEFAULT_PERFORMANCE_SIGNIFICANCE)
     min_labels = int(perf.get("minLabels", 100))
     value, labels = live_metric(metric, observation.counts)
-    base = {"champion": champion, "metric": metric, "below": str(perf["below"]), "labels": int(labels),
-            "observedAt": now_iso(now)}
+    base: dict[str, Any] = {"champion": champion, "metric": metric, "labels": int(labels), "observedAt": now_iso(now)}
+    if below is not None:
+        base["below"] = str(perf["below"])
+    if drop_by is not None:
+        base["dropBy"] = str(perf["dropBy"])
+    baseline = prior.get("baseline")
+    if baseline:
+        base["baseline"] = baseline
     if value is None or labels < min_labels:
         return TriggerResult(PERFORMANCE, False, {**base, "state": "InsufficientLabels", "since": None},
                              f"{int(labels)} labels, {min_labels} needed")
-    observed = {**base, "value": f"{value:.4f}", "state": "Below" if value < below else "Above"}
-    account = f"live {metric} {value:.3f} {'<' if value < below else '>='} {perf['below']} over {int(labels)} labels"
-    return _held(PERFORMANCE, value < below, perf.get("for"), prior, now, observed, account)
+    n_eff = effective_labels(metric, observation.counts)
+    reasons: list[str] = []
+    if below is not None and value < below:
+        reasons.append(f"live {metric} {value:.3f} < {perf['below']}")
+    if drop_by is not None:
+        if not baseline:  # the first trusted window of this version: its own level, nothing to compare
+            baseline = {"value": f"{value:.4f}", "labels": int(labels), "effectiveLabels": round(n_eff, 1),
+                        "at": now_iso(now)}
+            base["baseline"] = baseline
+        else:
+            level = float(baseline["value"])
+            significant, z = significant_drop(level, float(baseline.get("effectiveLabels") or baseline["labels"]),
+                                              value, n_eff, significance)
+            if level - value >= drop_by and significant:
+                reasons.append(f"live {metric} {value:.3f} fell {level - value:.3f} from its baseline {level:.3f} "
+                               f"(>= {perf['dropBy']}, z={z:.1f})")
+    breaching = bool(reasons)
+    observed = {**base, "value": f"{value:.4f}", "state": "Below" if breaching else "Above"}
+    if breaching:
+        account = "; ".join(reasons) + f" over {int(labels)} labels"
+    else:
+        parts = [f"live {metric} {value:.3f}"]
+        if below is not None:
+            parts.append(f">= {perf['below']}")
+        if drop_by is not None:
+            parts.append(f"baseline {float(baseline['value']):.3f}")
+        account = ", ".join(parts) + f" over {int(labels)} labels"
+    return _held(PERFORMANCE, breaching, perf.get("for"), prior, now, observed, account)

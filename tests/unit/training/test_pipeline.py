@@ -10,7 +10,10 @@ import copy
 import datetime as dt
 from typing import Any
 
+import numpy as np
+import pytest
 from noria import conditions as c
+from noria.profile import FeatureProfile, Profile
 from noria.training import pipeline, runs
 from noria.training.triggers import MetricObservation
 
@@ -52,14 +55,16 @@ class World:
         self.jobs: dict[str, runs.JobOutcome] = {}
         self.created_jobs: list[str] = []
         self.drift: MetricObservation | None = None
+        self.performance: MetricObservation | None = None
+        self.profile: Profile | None = None
         self.plans: list[pipeline.Plan] = []
 
     def step(self, now: dt.datetime, settle: float = 0.0) -> pipeline.Plan:
         current = (self.tp.get("status") or {}).get("currentRun")
         job = self.jobs.get(current["id"], runs.JobOutcome(runs.MISSING)) if current else None
         plan = pipeline.decide(pipeline.Observation(
-            pipeline=self.tp, now=now, model_versions=self.mvs, job=job, drift=self.drift,
-            job_names=list(self.jobs), config_map_names=list(self.jobs), run_settings=SETTINGS,
+            pipeline=self.tp, now=now, model_versions=list(self.mvs), job=job, drift=self.drift,
+            performance=self.performance, profile=self.profile, job_names=list(self.jobs), config_map_names=list(self.jobs), run_settings=SETTINGS,
             settle_seconds=settle))
         if plan.register and plan.register["metadata"]["name"] not in {m["metadata"]["name"] for m in self.mvs}:
             stage = plan.register["metadata"]["annotations"]["noria.dev/initial-stage"]
@@ -242,3 +247,80 @@ def test_history_is_pruned_to_the_limit():
 def test_merge_patch_deletes_removed_keys_and_is_empty_when_equal():
     assert pipeline.merge_patch({"a": 1, "b": {"x": 1, "y": 2}}, {"b": {"x": 1}}) == {"a": None, "b": {"y": None}}
     assert pipeline.merge_patch({"a": [1]}, {"a": [1], "n": None}) == {}
+
+
+# --- defect 2: a run's finishing pass judged the old version's data under the new champion's name --
+PROFILE = Profile({"x": FeatureProfile._numeric(np.array([0.0, 1.0, 2.0]), np.array([0.5, 0.5, 0, 0, 0]))}, None,
+                  10_000)
+
+
+def drifted(version: str | None) -> MetricObservation:
+    return MetricObservation({("x", "1"): 50, ("x", "above"): 450}, version=version)
+
+
+def bad_answers(version: str | None) -> MetricObservation:
+    return MetricObservation({("1", "0"): 300, ("1", "1"): 200}, version=version)
+
+
+@pytest.mark.parametrize(
+    ("given", "triggers", "observe"),
+    [
+        ("drift, for unset, counts tagged with v0", {"drift": {"threshold": "0.2"}}, "drift-tagged"),
+        ("drift, for unset, untagged counts", {"drift": {"threshold": "0.2"}}, "drift-untagged"),
+        ("drift, for 0s", {"drift": {"threshold": "0.2", "for": "0s"}}, "drift-tagged"),
+        ("performance, for unset", {"performance": {"metric": "accuracy", "below": "0.8", "minLabels": 100}},
+         "performance-tagged"),
+        ("performance, untagged counts", {"performance": {"metric": "accuracy", "below": "0.8", "minLabels": 100}},
+         "performance-untagged"),
+    ],
+)
+def test_a_runs_own_completion_never_starts_the_next_run(given, triggers, observe):
+    w = World(new_pipeline(triggers))
+    w.mvs.append(mv("churn-v0", 0, "Approved", profileUri="p1"))
+    kind, tagging = observe.split("-")
+    version = "churn-v0" if tagging == "tagged" else None
+    w.profile = PROFILE
+    if kind == "drift":
+        w.drift = drifted(version)
+    else:
+        w.performance = bad_answers(version)
+    w.step(at(0))
+    assert w.created_jobs == ["churn-r1"] and w.status["currentRun"]["trigger"] == kind, given
+    # The run ends; this pass still holds what was observed about v0 before v1 existed.
+    w.finish("churn-r1", ok("churn-r1", 1))
+    plan = w.step(at(10))
+    assert plan.register["metadata"]["name"] == "churn-v1" and w.status["championVersion"] == "churn-v1"
+    assert w.created_jobs == ["churn-r1"] and "pendingTriggers" not in w.status, given
+    assert w.status["triggers"][kind]["champion"] == "churn-v1" and w.status["triggers"][kind].get("since") is None
+    # The next passes observe v1 itself: a few values after the swap are not evidence (defect 1).
+    w.drift = MetricObservation({("x", "above"): 40}, version="churn-v1") if kind == "drift" else None
+    w.performance = MetricObservation({("1", "0"): 20}, version="churn-v1") if kind == "performance" else None
+    for s in range(11, 40):
+        w.step(at(s))
+    assert w.created_jobs == ["churn-r1"], given
+
+
+@pytest.mark.parametrize(
+    ("given", "verdict", "expected_jobs", "dropped_events"),
+    [
+        ("the run's version became champion: drift pending about v0 is void", "passed", ["churn-r1"], 1),
+        ("the gate rejected it: v0 still serves, the pending drift runs", "rejected", ["churn-r1", "churn-r2"], 0),
+    ],
+)
+def test_drift_pending_about_a_replaced_champion_is_dropped(given, verdict, expected_jobs, dropped_events):
+    w = World(new_pipeline({"drift": {"threshold": "0.2", "for": "5s"}}))
+    w.mvs.append(mv("churn-v0", 0, "Approved", profileUri="p1"))
+    w.profile, w.drift = PROFILE, drifted("churn-v0")
+    w.step(at(0))
+    w.step(at(5))
+    assert w.created_jobs == ["churn-r1"]
+    w.step(at(6))
+    w.step(at(11))  # drift on v0 held another "for" during the run: one pending follow-up
+    assert w.status["pendingTriggers"] == [
+        {"trigger": "drift", "at": w.status["pendingTriggers"][0]["at"], "reason": w.status["pendingTriggers"][0]["reason"],
+         "count": 1, "champion": "churn-v0"}]
+    w.finish("churn-r1", ok("churn-r1", 1, verdict=verdict))
+    plan = w.step(at(20))
+    assert w.created_jobs == expected_jobs, given
+    dropped = [e for e in plan.events if e.reason == c.PENDING_TRIGGER_DROPPED]
+    assert len(dropped) == dropped_events and all("churn-v0" in e.message for e in dropped)
