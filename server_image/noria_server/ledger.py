@@ -20,8 +20,8 @@ So the counters move by at most one per prediction ever made, whatever is posted
 Memory. The ledger is bounded in bytes, not entries: ids are client-chosen strings, and a bound on
 entries let 1 MiB ids grow a server by hundreds of megabytes. Each entry is charged what it costs
 (the id and prediction objects plus a measured fixed overhead for the dict slot, the order link and
-the entry object, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when a new one would
-pass ``max_bytes``, and entries older than twice the retention are dropped as new predictions
+the entry object, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when new ones pass
+``max_bytes`` (down to 63/64 of it), and entries older than twice the retention are dropped as new predictions
 arrive. Between one and two retention windows an entry is kept only to answer ``expired`` rather
 than ``unknown_id``.
 
@@ -66,14 +66,10 @@ DEFAULT_MAX_ABS_LABEL: Final = 1e9
 ENTRY_OVERHEAD_BYTES: Final = 240
 
 
-class _Entry:
-    __slots__ = ("stamp", "predicted", "labelled", "cost")
-
-    def __init__(self, stamp: float, predicted: Any, cost: int) -> None:
-        self.stamp = stamp
-        self.predicted = predicted
-        self.labelled = False
-        self.cost = cost
+# An entry is a tuple (stamp, predicted, cost, labelled): cheaper to build than an object on the hot
+# path (one per predicted row), and replaced whole on the rare labelling.
+_STAMP, _PREDICTED, _COST, _LABELLED = range(4)
+_SWEEP_EVERY: Final = 1.0  # seconds between two looks at the oldest entry's age
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +91,8 @@ class PredictionLedger:
         self.retention = retention_seconds
         self.bytes = 0
         self.evicted = 0
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, Any, int, bool]] = OrderedDict()
+        self._next_sweep = -math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,48 +104,57 @@ class PredictionLedger:
     def cost(pid: str, predicted: Any) -> int:
         return sys.getsizeof(pid) + sys.getsizeof(predicted) + ENTRY_OVERHEAD_BYTES
 
-    def record(self, ids: Iterable[str], predictions: Iterable[Any], now: float) -> None:
+    def record(self, ids: Sequence[str], predictions: Sequence[Any], now: float) -> None:
         """Remember predictions made at ``now`` (a monotonic clock). A re-used id takes the new
         prediction but keeps its labelled mark: an id is labelled at most once while it is held."""
-        entries = self._entries
-        for pid, predicted in zip(ids, predictions, strict=True):
-            cost = self.cost(pid, predicted)
-            if cost > self.max_bytes:
+        if len(ids) != len(predictions):
+            raise ValueError(f"{len(ids)} ids for {len(predictions)} predictions")
+        entries, size, limit = self._entries, sys.getsizeof, self.max_bytes
+        added = 0
+        for pid, predicted in zip(ids, predictions):  # noqa: B905 - lengths checked above
+            cost = size(pid) + size(predicted) + ENTRY_OVERHEAD_BYTES
+            if cost > limit:
                 continue  # cannot be held at all; its labels will be unknown_id
             old = entries.pop(pid, None)
-            entry = _Entry(now, predicted, cost)
-            if old is not None:
-                self.bytes -= old.cost
-                entry.labelled = old.labelled
-            entries[pid] = entry
-            self.bytes += cost
-        self._evict(now)
+            if old is None:
+                entries[pid] = (now, predicted, cost, False)
+            else:
+                added -= old[_COST]
+                entries[pid] = (now, predicted, cost, old[_LABELLED])
+            added += cost
+        self.bytes += added
+        if self.bytes > limit or now >= self._next_sweep:
+            self._evict(now)
 
     def _evict(self, now: float) -> None:
         entries = self._entries
         forget_before = now - 2 * self.retention
+        # Once full, make room for 1/64 of the bound at a time rather than one entry per prediction,
+        # so the eviction loop runs once per many predictions, not on every one.
+        target = self.max_bytes - (self.max_bytes >> 6) if self.bytes > self.max_bytes else self.max_bytes
         while entries:
-            oldest = next(iter(entries.values()))
-            if self.bytes <= self.max_bytes and oldest.stamp >= forget_before:
+            oldest = entries[next(iter(entries))]
+            if self.bytes <= target and oldest[_STAMP] >= forget_before:
                 break
             _, gone = entries.popitem(last=False)
-            self.bytes -= gone.cost
+            self.bytes -= gone[_COST]
             self.evicted += 1
+        self._next_sweep = now + min(_SWEEP_EVERY, self.retention)
 
     def lookup(self, pid: str, now: float) -> Lookup:
         entry = self._entries.get(pid)
         if entry is None:
             return Lookup(UNKNOWN_ID)
-        if entry.labelled:
-            return Lookup(DUPLICATE, entry.predicted)
-        if entry.stamp < now - self.retention:
-            return Lookup(EXPIRED, entry.predicted)
-        return Lookup(COUNTED, entry.predicted)
+        if entry[_LABELLED]:
+            return Lookup(DUPLICATE, entry[_PREDICTED])
+        if entry[_STAMP] < now - self.retention:
+            return Lookup(EXPIRED, entry[_PREDICTED])
+        return Lookup(COUNTED, entry[_PREDICTED])
 
     def mark_labelled(self, pid: str) -> None:
         entry = self._entries.get(pid)
         if entry is not None:
-            entry.labelled = True
+            self._entries[pid] = (entry[_STAMP], entry[_PREDICTED], entry[_COST], True)  # keeps its place
 
 
 # --- label rules ----------------------------------------------------------------------------------
