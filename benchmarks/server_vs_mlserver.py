@@ -150,10 +150,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="noria-bench-"))
     rows = []
     for kind in args.models.split(","):
-        saved = train_and_save(kind, str(work / kind), rows=5000)  # type: ignore[arg-type]
+        # Inside the store root Noria is given: the server loads artifacts only from under it.
+        model_dir = work / "store" / "bench" / kind / "model"
+        saved = train_and_save(kind, str(model_dir), rows=5000)  # type: ignore[arg-type]
         import joblib
 
-        joblib_path = work / kind / "model.joblib"
+        joblib_path = model_dir / "model.joblib"
         joblib.dump(saved.estimator, joblib_path)
         print(f"[{kind}] measuring ...", flush=True)
         results: dict[str, WrkResult | None] = {}
