@@ -22,6 +22,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -558,16 +559,39 @@ def run_from_file(spec_path: str, termination_log: str | None, stream: IO[str] |
 
 
 def _run_from_file(spec_path: str, termination_log: str | None, stream: IO[str] | None) -> int:
-    reporter = Reporter(stream=stream or sys.stdout)
-    raw: Any = None
-    try:
+    def load() -> Any:
         try:
             with open(spec_path) as handle:
-                raw = json.load(handle)
+                return json.load(handle)
         except OSError as exc:
             raise RunFailure("spec", EXIT_SPEC, f"cannot read the run spec {spec_path}: {exc.strerror or exc}") from exc
         except json.JSONDecodeError as exc:
             raise RunFailure("spec", EXIT_SPEC, f"the run spec {spec_path} is not JSON: {exc}") from exc
+
+    code, _ = _run(load, termination_log, stream)
+    return code
+
+
+def run_document(raw: dict[str, Any], stream: IO[str] | None = None,
+                 termination_log: str | None = None) -> tuple[int, dict[str, Any]]:
+    """One run on a run spec held in memory: the exit code and the summary exactly as the Job
+    reports them (the same ≤ 4 KB JSON). ``noria backtest`` replays the operator's run specs this
+    way, with ``now`` set to the replayed instant; progress lines go to ``stream`` (stdout by
+    default). ``NORIA_TRAINER_THREADS`` applies as in a Job."""
+    limit = thread_limit()
+    if limit is None:
+        return _run(lambda: raw, termination_log, stream)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=limit):
+        return _run(lambda: raw, termination_log, stream)
+
+
+def _run(load: Callable[[], Any], termination_log: str | None, stream: IO[str] | None) -> tuple[int, dict[str, Any]]:
+    reporter = Reporter(stream=stream or sys.stdout)
+    raw: Any = None
+    try:
+        raw = load()
         summary, code = execute(raw, reporter), EXIT_OK
     except RunFailure as failure:
         summary, code = failure_summary(raw, failure), failure.exit_code
@@ -588,7 +612,7 @@ def _run_from_file(spec_path: str, termination_log: str | None, stream: IO[str] 
     out = reporter.stream
     out.write(text + "\n")
     out.flush()
-    return code
+    return code, json.loads(text)
 
 
 def default_termination_log() -> str | None:

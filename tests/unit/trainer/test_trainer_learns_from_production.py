@@ -318,3 +318,22 @@ def test_unset_fields_mean_what_the_api_model_says(trainer_field, api_value):
     # the API server fills an object's defaults only when the object is present: give every section
     spec = {**MINIMAL, "data": {**MINIMAL["data"], "feedback": {}}, "evaluation": {}, "validation": {}, "tuning": {}}
     assert getattr(parse_pipeline_spec(spec), trainer_field) == api_value(TrainingPipelineSpec.model_validate(spec))
+
+
+# --- in process, as `noria backtest` calls it --------------------------------------------------------------
+def test_run_document_returns_what_the_job_reports(tmp_path, make_spec):
+    import io
+
+    from noria_trainer.run import run_document
+
+    frame = world(400, days_ago(10), days_ago(1), "old", seed=11)
+    source = write_data(tmp_path, frame)
+    spec = make_spec(source, data={"source": source, "timestampColumn": "event_time", "window": {"last": "5d"}},
+                     model=classifier_spec("label", LOGISTIC, features=FEATURES), evaluation={"metric": "accuracy"})
+    progress, log = io.StringIO(), tmp_path / "termination-log"
+    code, summary = run_document(spec, stream=progress, termination_log=str(log))
+    assert code == 0 and summary["status"] == "succeeded"
+    assert summary == json.loads(log.read_text()) == json.loads(progress.getvalue().splitlines()[-1])
+    assert summary["rows"] == int((frame["event_time"] >= pd.Timestamp(days_ago(5))).sum())  # 5 days before `now`
+    code, failed = run_document({**spec, "version": "one"}, stream=io.StringIO())
+    assert code == 2 and failed["failedStage"] == "spec" and failed["reason"] == "version: 'one' is not an integer"
