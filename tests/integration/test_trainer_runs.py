@@ -110,3 +110,48 @@ def test_sigkill_during_training_leaves_no_version_and_a_rerun_succeeds(tmp_path
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert sorted(p.name for p in pipeline_dir.iterdir()) == ["v1"]
+
+
+def test_real_process_learns_from_fresh_feedback_when_the_data_is_stale(tmp_path):
+    """The feedback loop as a Job runs it: the data source is weeks old, the labelled predictions of
+    the last days are in the store's logs; a 3-day window trains on them (it used to exit 3, "window
+    last 3d has no rows"), holds the newest of them out, and ships a model refit on all of them."""
+    now = pd.Timestamp("2026-06-30T00:00:00Z")
+    rng = np.random.default_rng(3)
+
+    def events(n: int, newest_days_ago: float, oldest_days_ago: float) -> pd.DataFrame:
+        x = rng.normal(size=(n, 3))
+        return pd.DataFrame({"event_time": pd.date_range(now - pd.Timedelta(days=oldest_days_ago),
+                                                         now - pd.Timedelta(days=newest_days_ago), periods=n),
+                             "f0": x[:, 0], "f1": x[:, 1], "f2": x[:, 2],
+                             "target": (x[:, 0] - x[:, 1] > 0).astype(int)})
+
+    source = tmp_path / "stale.parquet"
+    events(1000, 20, 40).to_parquet(source)
+    store = tmp_path / "store"
+    fresh = events(900, 0.01, 2.5)
+    base = store / "ml" / "cancer"
+    (base / "predictions" / "cancer-v1" / "2026-06-29").mkdir(parents=True)
+    (base / "feedback" / "2026-06-29").mkdir(parents=True)
+    with open(base / "predictions/cancer-v1/2026-06-29/pod-a-000001.jsonl", "w") as predictions, \
+            open(base / "feedback/2026-06-29/pod-a-000001.jsonl", "w") as labels:
+        for i, row in enumerate(fresh.itertuples(index=False)):
+            stamp = row.event_time.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            predictions.write(json.dumps({"id": f"p{i}", "ts": stamp, "model_version": "cancer-v1", "prediction": 0,
+                                          "features": {"f0": row.f0, "f1": row.f1, "f2": row.f2}}) + "\n")
+            labels.write(json.dumps({"id": f"p{i}", "ts": stamp, "label": int(row.target)}) + "\n")
+    spec = _run_spec(source, store, 2, now=now.isoformat())
+    spec["spec"]["data"] = {"source": f"file://{source}", "timestampColumn": "event_time",
+                            "window": {"last": "3d"}, "feedback": {"enabled": True}}
+    spec["spec"]["model"]["features"] = ["f0", "f1", "f2"]
+    proc, log = _start(tmp_path, spec, "feedback")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    summary = json.loads(log.read_text())
+    assert summary == json.loads(stdout.splitlines()[-1])
+    assert summary["verdict"] == "passed" and summary["rows"] == summary["feedbackRows"] == 900
+    assert summary["refit"] == {"done": True, "rows": 900}
+    report = json.loads((store / "ml/cancer/v2/report.json").read_text())
+    assert report["evaluation"]["holdoutRows"] == report["evaluation"]["holdoutFeedbackRows"] == 180
+    stages = [json.loads(line).get("stage") for line in stdout.splitlines()[:-1]]
+    assert stages.index("feedback") < stages.index("window") < stages.index("refit") < stages.index("write")
