@@ -136,3 +136,52 @@ def test_shape_mismatch_is_a_clear_error():
         drift.psi([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="non-negative"):
         drift.psi([1, -2], [1, 2])
+
+
+# --- the drift trigger's test: G (likelihood ratio) and the Holm correction ----------------------
+def test_g_test_one_sample_matches_scipy_log_likelihood_power_divergence():
+    ref = np.array([0.1, 0.2, 0.3, 0.4])
+    cur = np.array([15.0, 18.0, 35.0, 32.0])
+    stat, pvalue = drift.g_test(ref, cur)
+    expected = stats.power_divergence(cur, f_exp=ref * cur.sum(), lambda_="log-likelihood")
+    assert stat == pytest.approx(expected.statistic, abs=1e-9)
+    assert pvalue == pytest.approx(expected.pvalue, abs=1e-9)
+
+
+def test_g_test_two_sample_matches_scipy_contingency_g_test():
+    ref = np.array([0.1, 0.2, 0.3, 0.4, 0.0])  # nothing above the training range
+    cur = np.array([15.0, 18.0, 35.0, 30.0, 2.0])
+    stat, pvalue = drift.g_test(ref, cur, reference_total=1000)
+    table = np.vstack([ref * 1000, cur])
+    g, p, dof, _ = stats.chi2_contingency(table, correction=False, lambda_="log-likelihood")
+    assert (stat, pvalue) == (pytest.approx(g, abs=1e-9), pytest.approx(p, abs=1e-9)) and dof == 4
+
+
+def test_g_test_is_vectorised_over_features_and_zero_without_live_values():
+    ref = np.array([[0.5, 0.5], [0.25, 0.75]])
+    cur = np.array([[50.0, 50.0], [0.0, 0.0]])
+    stat, pvalue = drift.g_test(ref, cur, reference_total=400)
+    assert stat[0] == pytest.approx(0.0, abs=1e-12) and pvalue[0] == pytest.approx(1.0)
+    assert stat[1] == 0.0 and pvalue[1] == 1.0
+
+
+def test_a_few_live_values_beyond_the_training_range_weigh_as_a_few_values():
+    ref = np.array([0.25, 0.25, 0.25, 0.25, 0.0])
+    cur = np.array([250.0, 250.0, 249.0, 248.0, 3.0])  # 3 of 1000 above the training maximum
+    _, p_two_sample = drift.g_test(ref, cur, reference_total=10_000)
+    _, p_chi_square = drift.chi_square(ref, cur)  # eps mass for the empty bin: its term grows like 1/E
+    assert p_two_sample > 1e-3 and p_chi_square < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("pvalues", "adjusted"),
+    [
+        ([0.01, 0.04, 0.03, 0.5], [0.04, 0.09, 0.09, 0.5]),  # 4·0.01, max(3·0.03, .04), 2·0.04, 1·0.5
+        ([0.3, 0.2], [0.4, 0.4]),  # monotone: never below the previous adjusted value
+        ([0.9, 0.9, 0.9], [1.0, 1.0, 1.0]),  # capped at 1
+        ([0.001], [0.001]),  # one test: unadjusted
+        ([], []),
+    ],
+)
+def test_holm_adjusted_p_values(pvalues, adjusted):
+    np.testing.assert_allclose(drift.holm(pvalues), adjusted, atol=1e-12)

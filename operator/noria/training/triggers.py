@@ -500,19 +500,19 @@ def effective_labels(metric: str, confusion: Mapping[tuple[str, str], float]) ->
     return {"precision": predicted, "recall": actual}.get(metric, (actual + predicted) / 2.0)
 
 
-def _standard_error(value: float, n: float) -> float:
-    return math.sqrt(max(value * (1.0 - value), 0.0) / n) if n > 0 else math.inf
-
-
 def significant_drop(baseline: float, baseline_n: float, value: float, n: float, significance: float
                      ) -> tuple[bool, float]:
-    """One-sided two-proportion z test that the live metric is below the baseline: (significant, z)."""
-    se = math.hypot(_standard_error(baseline, baseline_n), _standard_error(value, n))
+    """One-sided two-proportion z test that the live metric is below the baseline: (significant, z).
+
+    The standard error is the pooled one (both proportions estimated together under "no drop"),
+    not each side's own: a baseline that came out high by chance has a small own variance, and
+    using it would make exactly those lucky baselines look like a drop later."""
+    if baseline_n <= 0 or n <= 0:
+        return False, 0.0
+    pooled = (baseline * baseline_n + value * n) / (baseline_n + n)
+    se = math.sqrt(max(pooled * (1.0 - pooled), 0.0) * (1.0 / baseline_n + 1.0 / n))
     drop = baseline - value
-    if se == 0.0:
-        z = math.inf if drop > 0 else 0.0
-    else:
-        z = drop / se if math.isfinite(se) else 0.0
+    z = (math.inf if drop > 0 else 0.0) if se == 0.0 else drop / se
     alpha = min(max(significance, 1e-12), 1.0 - 1e-12)  # the spec allows 0 and 1: never / always
     return z >= NormalDist().inv_cdf(1.0 - alpha), z
 

@@ -324,3 +324,53 @@ def test_drift_pending_about_a_replaced_champion_is_dropped(given, verdict, expe
     assert w.created_jobs == expected_jobs, given
     dropped = [e for e in plan.events if e.reason == c.PENDING_TRIGGER_DROPPED]
     assert len(dropped) == dropped_events and all("churn-v0" in e.message for e in dropped)
+
+
+# --- defect 1: after every swap, the new version's first small windows raised a false alarm --------
+def _noise_profile(features: int = 10, rows: int = 10_000) -> Profile:
+    rng = np.random.default_rng(21)
+    return Profile({f"f{i}": FeatureProfile.build(rng.normal(0, 1, rows), "numeric") for i in range(features)}, None,
+                   rows)
+
+
+NOISE_PROFILE = _noise_profile()
+
+
+def noise(version: str, n: int, seed: int) -> MetricObservation:
+    """``n`` values per feature drawn from the version's own training profile: no drift at all."""
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for name, fp in NOISE_PROFILE.features.items():
+        for label, k in zip(fp.labels, rng.multinomial(n, fp.reference), strict=True):
+            if k:
+                counts[(name, label)] = float(k)
+    return MetricObservation(counts, version=version)
+
+
+@pytest.mark.parametrize(
+    ("given", "drift", "growth"),
+    [
+        ("for unset, the window fills 10 values a pass", {"threshold": "0.2"}, range(10, 400, 10)),
+        ("for 0s, the window jumps to 50-60 values", {"threshold": "0.2", "for": "0s"}, [50, 55, 60, 60, 55, 50]),
+        ("for unset, minSamples lowered to 50", {"threshold": "0.2", "minSamples": 50}, range(50, 300, 25)),
+    ],
+)
+def test_no_false_alarm_while_a_new_versions_window_fills_after_a_swap(given, drift, growth):
+    w = World(new_pipeline({"drift": drift}))
+    w.mvs.append(mv("churn-v0", 0, "Approved", profileUri="p0"))
+    w.profile = NOISE_PROFILE
+    clock = 0
+    for swap in range(1, 4):  # three swaps: each run's version starts from an empty window
+        w.retrain(f"swap{swap}")
+        w.step(at(clock))
+        w.finish(f"churn-r{swap}", ok(f"churn-r{swap}", swap))
+        clock += 5
+        w.step(at(clock))
+        champion = w.status["championVersion"]
+        assert champion == f"churn-v{swap}"
+        for i, n in enumerate(growth):
+            w.drift = noise(champion, n, seed=100 * swap + i)
+            clock += 30
+            w.step(at(clock))
+    assert w.created_jobs == ["churn-r1", "churn-r2", "churn-r3"], f"{given}: {w.status.get('lastRuns')}"
+    assert "pendingTriggers" not in w.status
