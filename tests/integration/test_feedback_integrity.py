@@ -413,3 +413,33 @@ def test_the_chart_operator_account_wires_the_token_without_reading_secrets(clus
     denied = cluster.kubectl("get", "secret", "churn-feedback", "--as", chart_operator_account, "-n", namespace,
                              check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+
+
+def test_a_rollout_whose_token_secret_is_missing_never_serves_feedback_open(cluster, namespace,  # type: ignore[no-untyped-def]
+                                                                           operator_factory, store_claim,
+                                                                           prometheus) -> None:
+    from rollout_helpers import (
+        create_model_version,
+        operator_env,
+        rollout,
+        rollout_status,
+        save_model,
+        wait_for,
+    )
+
+    store_claim(namespace)
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
+    operator_factory(namespace, **operator_env(prometheus.url))
+    cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"immediate": {}},
+                                                      feedback={"tokenSecretRef": {"name": "no-such-secret"}}))
+
+    def waiting_reasons() -> set[str]:
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+        return {((s.get("state") or {}).get("waiting") or {}).get("reason", "")
+                for p in pods for s in (p.get("status") or {}).get("containerStatuses") or []}
+
+    wait_for("pods held for the missing Secret", lambda: "CreateContainerConfigError" in waiting_reasons(),
+             timeout=120, on_timeout=lambda: str(waiting_reasons()))
+    time.sleep(3)
+    assert rollout_status(cluster, namespace).get("phase") != "Healthy"
+    assert "CreateContainerConfigError" in waiting_reasons()
