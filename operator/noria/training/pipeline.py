@@ -169,7 +169,8 @@ def pending_for_champion(pending: list[dict[str, Any]], champion: str | None
     current champion are dropped. They fired while a run (or its rollout) was replacing that
     version; the new champion is judged on its own traffic from scratch, so running again on the
     old evidence would retrain for a problem the finished run was already answering."""
-    kept, dropped = [], []
+    kept: list[dict[str, Any]] = []
+    dropped: list[dict[str, Any]] = []
     for entry in pending:
         about = entry.get("champion")
         (dropped if about and about != champion else kept).append(entry)

@@ -585,7 +585,7 @@ def evaluate_performance(perf: Mapping[str, Any] | None, champion: str | None,
         parts = [f"live {metric} {value:.3f}"]
         if below is not None:
             parts.append(f">= {perf['below']}")
-        if drop_by is not None:
+        if drop_by is not None and baseline:
             parts.append(f"baseline {float(baseline['value']):.3f}")
         account = ", ".join(parts) + f" over {int(labels)} labels"
     return _held(PERFORMANCE, breaching, perf.get("for"), prior, now, observed, account)
