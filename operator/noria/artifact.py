@@ -146,10 +146,16 @@ def _local_path(uri: str) -> str | None:
     return uri
 
 
+# Object-store schemes read through fsspec with the same caps (steps 3-6). Which buckets a namespace
+# may use is the operator's scope check (noria.artifact_scope); a local file must be in the store.
+REMOTE_SCHEMES: Final = ("s3://",)
+
+
 def _checked_path(uri: str, store_root: str | None) -> str:
     path = _local_path(uri)
     if path is None:
-        raise ArtifactError(OUTSIDE_STORE, f"{uri}: only file:// artifacts on the mounted store are loaded")
+        raise ArtifactError(OUTSIDE_STORE, f"{uri}: only file:// artifacts on the mounted store, or "
+                                           f"{', '.join(REMOTE_SCHEMES)} objects, are loaded")
     if not path.startswith("/"):
         raise ArtifactError(OUTSIDE_STORE, f"{uri}: the path must be absolute")
     if ".." in path.split("/"):
@@ -263,6 +269,13 @@ def read_verified(uri: str, expected_digest: str, store_root: str | None = None,
                   limits: Limits = DEFAULT_LIMITS) -> bytes:
     """The bytes of the regular file at ``uri`` whose sha256 is ``expected_digest``, read with bounds."""
     _check_digest_form(expected_digest)
+    if uri.startswith(REMOTE_SCHEMES):
+        data = _read_remote(uri, limits.max_file_bytes)
+        actual = sha256_digest(data)
+        if actual != expected_digest:
+            raise ArtifactError(DIGEST_MISMATCH, f"digest mismatch: the object has {actual}, the ModelVersion "
+                                                 f"says {expected_digest}")
+        return data
     path = _checked_path(uri, store_root)
     fd, size = _open_regular(uri, path, store_root, limits.max_file_bytes)
     try:
@@ -280,12 +293,40 @@ def read_verified(uri: str, expected_digest: str, store_root: str | None = None,
 
 def read_bounded(uri: str, store_root: str | None = None, max_bytes: int = DEFAULT_LIMITS.max_profile_bytes) -> bytes:
     """A companion file (the drift profile) read with the same rules, without a digest to match."""
+    if uri.startswith(REMOTE_SCHEMES):
+        return _read_remote(uri, max_bytes)
     path = _checked_path(uri, store_root)
     fd, size = _open_regular(uri, path, store_root, max_bytes)
     try:
         return _read_fd(fd, size, uri, keep=True)[1]
     finally:
         os.close(fd)
+
+
+def _read_remote(uri: str, max_bytes: int) -> bytes:
+    """An object-store object: its size from metadata against the cap, then at most that many bytes
+    (plus one, to see a lie) in 1 MiB chunks. There is no FIFO or device behind an object store."""
+    if ".." in uri.split("/"):
+        raise ArtifactError(OUTSIDE_STORE, f"{uri}: a '..' segment is not allowed in an artifact path")
+    try:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        size = int(fs.size(path) or 0)
+        if size > max_bytes:
+            raise ArtifactError(TOO_LARGE, f"{uri} has {size} bytes, more than the cap of {max_bytes}")
+        parts, total = [], 0
+        with fs.open(path, "rb") as handle:
+            while chunk := handle.read(min(CHUNK, max_bytes + 1 - total)):
+                parts.append(chunk)
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ArtifactError(TOO_LARGE, f"{uri} holds more than the cap of {max_bytes} bytes")
+    except ArtifactError:
+        raise
+    except (OSError, ImportError, ValueError) as exc:
+        raise ArtifactError(UNREADABLE, f"{uri}: {exc}") from exc
+    return b"".join(parts)
 
 
 # --- 4: the archive's shape ---------------------------------------------------------------------
