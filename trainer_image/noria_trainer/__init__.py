@@ -17,7 +17,7 @@ Exit codes:
 3     data: unreadable, corrupt or empty source, or a window with no rows
 4     validation: missing column, null target, wrong types, too few rows, too many missing values
 5     training, tuning or evaluation failed, or the saved model would not load back identically
-6     champion: its artifact is unreadable, refused, or its sha256 does not match the digest
+6     champion: its artifact is refused by the loader (file, caps, digest, types: the kind is in the reason)
 7     output: ``outputUri`` exists already (versions are never overwritten) or is not writable
 ====  =========================================================================================
 
