@@ -467,7 +467,7 @@ class Replay:
     def _slice(self, s: Slice, traffic: pd.DataFrame) -> SliceRecord:
         part = traffic.iloc[s.start_row:s.stop_row]
         version, metrics = self._serve(part, s.start_row)
-        if self.policy.kind == EVERY:
+        if self.policy.kind == EVERY and s.stop_row < len(traffic):  # a run after the last slice serves nobody
             self._request_retrain(s.stop_row, s.start_row)
         self._land(s.end)
         if self.data.feedback_log:
