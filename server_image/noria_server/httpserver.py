@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import resource
 from collections import Counter, deque
@@ -60,6 +62,8 @@ LINGER_SECONDS = 1.0
 # ordinary requests go on being served while large ones fill it (memory stays under the budget plus
 # connections x this).
 SMALL_BODY_BYTES = 32 * 1024
+# Bodies held at some point above this, then all released: give the freed heap back (malloc_trim).
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
 # Raw bytes of a request head beyond the URL and header limits before it is cut off regardless
 # (method, version, separators and line ends).
 HEAD_SLACK_BYTES = 4096
@@ -264,17 +268,17 @@ class _Connection(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Checked once the headers are complete (the raw head bound in data_received keeps the work
-        # before that to one read's worth).
         self.header_count += 1
+        if self.header_count > self.limits.max_headers:  # before the dict grows: one read can hold 20,000
+            self._refuse_request(431, f"more than {self.limits.max_headers} header fields", LIMIT_HEADER_COUNT)
+            raise _Refused
+        # The sum is checked once the headers are complete (the raw head bound in data_received
+        # keeps what can arrive before that to one read).
         self.header_bytes += len(name) + len(value)
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         limits = self.limits
-        if self.header_count > limits.max_headers:
-            self._refuse_request(431, f"more than {limits.max_headers} header fields", LIMIT_HEADER_COUNT)
-            raise _Refused
         if self.header_bytes > limits.max_header_bytes:
             self._refuse_request(431, f"header fields larger than {limits.max_header_bytes} bytes in total",
                                  LIMIT_HEADER_BYTES)
@@ -515,6 +519,7 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self.active = 0  # connections being served (not counting refused ones lingering)
         self.buffered = 0  # request body bytes held until answered, over all connections
+        self.buffered_peak = 0  # highest ``buffered`` the sweeper saw since the last trim
         self.limit_hits: Counter[str] = Counter({name: 0 for name in LIMITS})
         self.in_flight = 0
         self.stopping = False
@@ -548,6 +553,13 @@ class HttpServer:
                     conn.on_deadline()
                 except Exception:  # one broken connection must not stop the sweeper
                     log.exception("closing an expired connection failed")
+            if self.buffered > self.buffered_peak:
+                self.buffered_peak = self.buffered
+            elif self.buffered == 0 and self.buffered_peak > TRIM_AFTER_BYTES:
+                # Large bodies were held and are all released: hand the freed heap back to the
+                # system, or the process keeps the attack's high-water mark as resident memory.
+                self.buffered_peak = 0
+                _malloc_trim()
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, let in-flight requests finish (up to ``timeout``), close connections."""
@@ -569,6 +581,18 @@ class HttpServer:
             self._sweeper.cancel()
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def _load_malloc_trim() -> Callable[[], None]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return lambda: None
+    return lambda: None if trim(0) else None
+
+
+_malloc_trim = _load_malloc_trim()
 
 
 def _raise_open_files_limit(wanted: int) -> None:
