@@ -40,6 +40,7 @@ import ctypes
 import ctypes.util
 import logging
 import resource
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
@@ -234,12 +235,12 @@ class _Connection(asyncio.Protocol):
             self._refuse_request(400, "protocol upgrades are not supported", LIMIT_MALFORMED)
             return
         except httptools.HttpParserError as exc:
-            if not self.discarding:  # not one of our own refusals raised through a callback
+            if not self.closing:  # not one of our own refusals raised through a callback
                 if isinstance(exc, httptools.HttpParserCallbackError):
                     log.exception("HTTP parser callback failed")
                 self._refuse_request(400, f"malformed HTTP request: {exc}", LIMIT_MALFORMED)
             return
-        if self.reading == "head":
+        if self.reading == "head" and not self.closing:
             # httptools buffers a header internally until its value is complete, so the head's raw
             # size is bounded here, chunk by chunk (when a request ended inside this chunk the
             # split is unknown: the next chunks count in full).
@@ -396,7 +397,7 @@ class _Connection(asyncio.Protocol):
     def _refuse_request(self, status: int, message: str, limit: str) -> None:
         """Answer ``status`` for the request being read (or close if earlier answers are owed)."""
         self.server.limit_hits[limit] += 1
-        log.info("refused a request from %s: %s", self._peer(), message)
+        self.server.log_refusal("refused a request from %s: %s", self._peer(), message)
         if self.busy or self.queue:
             # Earlier pipelined requests are still being answered; an answer now would be out of order.
             self.queue.clear()
@@ -453,7 +454,7 @@ class _Connection(asyncio.Protocol):
             hits[LIMIT_HEADER_TIMEOUT if header else LIMIT_BODY_TIMEOUT] += 1
             message = (f"request headers not complete within {limits.header_timeout:g}s" if header
                        else f"request body not complete within {limits.body_timeout:g}s")
-            log.info("closing a connection from %s: %s", self._peer(), message)
+            self.server.log_refusal("closing a connection from %s: %s", self._peer(), message)
             if self.busy or self.queue:
                 self._close(abort=True)
             else:
@@ -520,6 +521,8 @@ class HttpServer:
         self.active = 0  # connections being served (not counting refused ones lingering)
         self.buffered = 0  # request body bytes held until answered, over all connections
         self.buffered_peak = 0  # highest ``buffered`` the sweeper saw since the last trim
+        self._logged_at = 0.0
+        self._unlogged = 0
         self.limit_hits: Counter[str] = Counter({name: 0 for name in LIMITS})
         self.in_flight = 0
         self.stopping = False
@@ -527,6 +530,18 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def log_refusal(self, fmt: str, *args: Any) -> None:
+        """One log line per second at most: a flood of refusals is counted in metrics, not logged each."""
+        now = time.monotonic()
+        if now - self._logged_at < 1.0:
+            self._unlogged += 1
+            return
+        if self._unlogged:
+            fmt += " (and %d more refusals in the last second or so; see noria_http_limit_total)"
+            args = (*args, self._unlogged)
+        log.info(fmt, *args)
+        self._logged_at, self._unlogged = now, 0
 
     def now(self) -> float:  # replaced by the loop's own clock in start()
         raise RuntimeError("the server is not started")
