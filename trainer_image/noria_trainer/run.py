@@ -43,7 +43,7 @@ from noria_trainer import data as data_mod
 from noria_trainer import training
 from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import EstimatorError, build_pipeline, check_import_path, estimator_class
-from noria_trainer.spec import RunSpec, SpecError, Window, parse_run_spec
+from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import feature_names, validate
 
 # Exit codes (documented in the package docstring and trainer_image/README.md).
@@ -243,6 +243,115 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
     return WindowedRows(windowed, features, feedback, files)
 
 
+def _load_champion(run: RunSpec, reporter: Reporter) -> tuple[Any, Profile | None]:
+    """The champion's verified model and its profile (None, None without a champion)."""
+    champion_model, champion_profile = None, None
+    if run.champion is not None:
+        reporter.begin("champion", name=run.champion.name)
+        # A refused champion fails the run rather than training on without a comparison: a champion
+        # that does not verify means the store or its ModelVersion was tampered with, and a contender
+        # that skipped the must-beat-the-champion gate could be approved onto users unchallenged.
+        # Failing here writes nothing (no output exists yet) and leaves the champion serving.
+        store_root = run.store_root or None
+        try:
+            champion_model = load_verified(run.champion.artifact_uri, run.champion.digest, store_root)
+        except ArtifactError as exc:
+            raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name} refused ({exc.kind}): "
+                                                        f"{exc.message}") from exc
+        if run.champion.profile_uri:
+            try:
+                champion_profile = Profile.from_dict(json.loads(read_bounded(run.champion.profile_uri, store_root)))
+            except ArtifactError as exc:
+                raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name}: its profile is refused "
+                                                            f"({exc.kind}): {exc.message}") from exc
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise RunFailure("champion", EXIT_CHAMPION,
+                                 f"champion {run.champion.name}: cannot read its profile "
+                                 f"{run.champion.profile_uri}: {exc}") from exc
+        reporter.end()
+    return champion_model, champion_profile
+
+
+@dataclass(frozen=True)
+class Split:
+    """The holdout and what is left to train on, for every candidate window."""
+
+    pool: pd.DataFrame  # rows older than the holdout (or the random rest)
+    holdout: pd.DataFrame
+    ordered: bool  # rows have an order: the holdout is the newest slice
+    lengths: list[int]  # rows of each candidate window, holdout included
+
+    @property
+    def holdout_feedback(self) -> int:
+        return int(self.holdout[data_mod.FEEDBACK_ID_COLUMN].notna().sum())
+
+    def training_set(self, window_length: int) -> pd.DataFrame:
+        """The rows a model of a window of ``window_length`` rows trains on: the window minus the holdout."""
+        if not self.ordered:
+            return self.pool.reset_index(drop=True)
+        return self.pool.tail(max(0, window_length - len(self.holdout))).reset_index(drop=True)
+
+
+def _split(checked: pd.DataFrame, windows: list[Window | None], run: RunSpec, reporter: Reporter) -> Split:
+    """The holdout is the newest rows of the shortest window, feedback included (or a random share
+    when the rows have no order)."""
+    spec = run.spec
+    reporter.begin("split")
+    lengths = [_suffix_length(checked, w, spec.timestamp_column, run.now) for w in windows]
+    ordered = bool(spec.timestamp_column) or len(windows) > 1 or (windows[0] is not None)
+    if ordered:
+        shortest = min(lengths)
+        if shortest < 2:
+            raise RunFailure("data", EXIT_DATA, f"window {windows[int(np.argmin(lengths))].label} "  # type: ignore[union-attr]
+                             f"has {shortest} row(s): too few to hold any out for evaluation")
+        n_hold = training.holdout_size(shortest, spec.holdout_fraction)
+        holdout = checked.tail(n_hold).reset_index(drop=True)
+        pool = checked.iloc[: len(checked) - n_hold]
+    else:
+        pool, holdout = training.split_random(checked, spec)
+    split = Split(pool, holdout, ordered, lengths)
+    reporter.end(holdoutRows=len(holdout), holdoutFeedbackRows=split.holdout_feedback)
+    return split
+
+
+def _choose_window(split: Split, windows: list[Window | None], spec: PipelineSpec, features: list[str],
+                   pipeline_with: Callable[[dict[str, Any]], Any], reporter: Reporter) -> tuple[int, list[dict[str, Any]]]:
+    """With window candidates: fit on each, score on the shared holdout, keep the best. Returns the
+    index of the chosen window and one report entry per candidate (empty with a single window)."""
+    if len(windows) == 1:
+        return 0, []
+    X_hold, y_hold = split.holdout[features], split.holdout[spec.target]
+    candidate_reports: list[dict[str, Any]] = []
+    chosen_index = 0
+    reporter.begin("candidates", candidates=len(windows))
+    best_score = float("nan")
+    for i, (window, length) in enumerate(zip(windows, split.lengths, strict=True)):
+        assert window is not None
+        train_i = split.training_set(length)
+        entry: dict[str, Any] = {"window": window.label, "rows": len(train_i)}
+        if len(train_i) < max(2, spec.min_rows) or (spec.task == "classification"
+                                                   and train_i[spec.target].nunique() < 2):
+            entry["skipped"] = f"{len(train_i)} training row(s) are too few (minRows {spec.min_rows})"
+        else:
+            try:
+                model_i = pipeline_with(spec.params).fit(train_i[features], train_i[spec.target])
+                score = training.evaluate(model_i, X_hold, y_hold, spec.task).get(spec.metric, float("nan"))
+            except (ValueError, TypeError) as exc:
+                raise RunFailure("training", EXIT_TRAINING, f"training on window {window.label} failed: {exc}") from exc
+            entry["score"] = round(score, 6)
+            if training.better(spec.metric, score, best_score):
+                best_score, chosen_index = score, i
+        candidate_reports.append(entry)
+        reporter.emit("candidates", **entry)
+    if all("skipped" in e for e in candidate_reports):
+        raise RunFailure("data", EXIT_DATA, "every candidate window is too small to train on: "
+                         + "; ".join(f"{e['window']}: {e['skipped']}" for e in candidate_reports))
+    for i, entry in enumerate(candidate_reports):
+        entry["chosen"] = i == chosen_index
+    reporter.end(chosen=windows[chosen_index].label)  # type: ignore[union-attr]
+    return chosen_index, candidate_reports
+
+
 def _refit_record(verdict: str, shipped_rows: int, training_rows: int, holdout_rows: int, params: dict[str, Any],
                   metrics: dict[str, float], champion_metrics: dict[str, float] | None, metric: str) -> dict[str, Any]:
     """What report.json says about the model shipped. Only a passed contender is refit: a Rejected
@@ -282,30 +391,7 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         raise RunFailure("output", EXIT_OUTPUT, str(exc)) from exc
     reporter.end()
 
-    champion_model, champion_profile = None, None
-    if run.champion is not None:
-        reporter.begin("champion", name=run.champion.name)
-        # A refused champion fails the run rather than training on without a comparison: a champion
-        # that does not verify means the store or its ModelVersion was tampered with, and a contender
-        # that skipped the must-beat-the-champion gate could be approved onto users unchallenged.
-        # Failing here writes nothing (no output exists yet) and leaves the champion serving.
-        store_root = run.store_root or None
-        try:
-            champion_model = load_verified(run.champion.artifact_uri, run.champion.digest, store_root)
-        except ArtifactError as exc:
-            raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name} refused ({exc.kind}): "
-                                                        f"{exc.message}") from exc
-        if run.champion.profile_uri:
-            try:
-                champion_profile = Profile.from_dict(json.loads(read_bounded(run.champion.profile_uri, store_root)))
-            except ArtifactError as exc:
-                raise RunFailure("champion", EXIT_CHAMPION, f"champion {run.champion.name}: its profile is refused "
-                                                            f"({exc.kind}): {exc.message}") from exc
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise RunFailure("champion", EXIT_CHAMPION,
-                                 f"champion {run.champion.name}: cannot read its profile "
-                                 f"{run.champion.profile_uri}: {exc}") from exc
-        reporter.end()
+    champion_model, champion_profile = _load_champion(run, reporter)
 
     # --- rows: data and labelled feedback, ordered by time and windowed together
     windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
@@ -326,60 +412,12 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     def pipeline_with(params: dict[str, Any]) -> Any:
         return build_pipeline(spec.estimator, spec.task, params, numeric, categorical, spec.seed)
 
-    # --- split: the holdout is the newest rows of the shortest window (or a random share)
-    reporter.begin("split")
-    lengths = [_suffix_length(checked, w, spec.timestamp_column, run.now) for w in windows]
-    ordered = bool(spec.timestamp_column) or len(windows) > 1 or (windows[0] is not None)
-    if ordered:
-        shortest = min(lengths)
-        if shortest < 2:
-            raise RunFailure("data", EXIT_DATA, f"window {windows[int(np.argmin(lengths))].label} "  # type: ignore[union-attr]
-                             f"has {shortest} row(s): too few to hold any out for evaluation")
-        n_hold = training.holdout_size(shortest, spec.holdout_fraction)
-        holdout = checked.tail(n_hold).reset_index(drop=True)
-        pool = checked.iloc[: len(checked) - n_hold]
-    else:
-        pool, holdout = training.split_random(checked, spec)
-        n_hold = len(holdout)
-    holdout_feedback = int(holdout[data_mod.FEEDBACK_ID_COLUMN].notna().sum())
-    reporter.end(holdoutRows=len(holdout), holdoutFeedbackRows=holdout_feedback)
-
-    def training_set(window_length: int) -> pd.DataFrame:
-        return (pool.tail(max(0, window_length - n_hold)) if ordered else pool).reset_index(drop=True)
-
+    split = _split(checked, windows, run, reporter)
+    holdout, holdout_feedback, ordered = split.holdout, split.holdout_feedback, split.ordered
     X_hold, y_hold = holdout[features], holdout[spec.target]
-
-    candidate_reports: list[dict[str, Any]] = []
-    chosen_index = 0
-    if len(windows) > 1:
-        reporter.begin("candidates", candidates=len(windows))
-        best_score = float("nan")
-        for i, (window, length) in enumerate(zip(windows, lengths, strict=True)):
-            assert window is not None
-            train_i = training_set(length)
-            entry: dict[str, Any] = {"window": window.label, "rows": len(train_i)}
-            if len(train_i) < max(2, spec.min_rows) or (spec.task == "classification"
-                                                       and train_i[spec.target].nunique() < 2):
-                entry["skipped"] = f"{len(train_i)} training row(s) are too few (minRows {spec.min_rows})"
-            else:
-                try:
-                    model_i = pipeline_with(spec.params).fit(train_i[features], train_i[spec.target])
-                    score = training.evaluate(model_i, X_hold, y_hold, spec.task).get(spec.metric, float("nan"))
-                except (ValueError, TypeError) as exc:
-                    raise RunFailure("training", EXIT_TRAINING, f"training on window {window.label} failed: {exc}") from exc
-                entry["score"] = round(score, 6)
-                if training.better(spec.metric, score, best_score):
-                    best_score, chosen_index = score, i
-            candidate_reports.append(entry)
-            reporter.emit("candidates", **entry)
-        if all("skipped" in e for e in candidate_reports):
-            raise RunFailure("data", EXIT_DATA, "every candidate window is too small to train on: "
-                             + "; ".join(f"{e['window']}: {e['skipped']}" for e in candidate_reports))
-        for i, entry in enumerate(candidate_reports):
-            entry["chosen"] = i == chosen_index
-        reporter.end(chosen=windows[chosen_index].label)  # type: ignore[union-attr]
+    chosen_index, candidate_reports = _choose_window(split, windows, spec, features, pipeline_with, reporter)
     chosen_window = windows[chosen_index]
-    train = training_set(lengths[chosen_index])
+    train = split.training_set(split.lengths[chosen_index])
     X_train, y_train = train[features], train[spec.target]
     if len(train) < spec.min_rows:
         raise RunFailure("validation", EXIT_VALIDATION, f"{len(train)} training row(s) after holding out "
