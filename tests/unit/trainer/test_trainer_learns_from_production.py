@@ -120,6 +120,30 @@ def test_a_duration_window_with_no_rows_at_all_still_fails_and_says_so(tmp_path,
         result.summary["reason"]
 
 
+@pytest.mark.parametrize("data_days,feedback_days,timestamp_column,window,feedback_in_window", [
+    # by time, not by kind: here the data is newer than the labels, so the newest rows are data rows
+    ((10, 0.01), (30, 20), "event_time", "1000 rows", 0),
+    ((30, 20), (10, 0.01), "event_time", "1000 rows", 1000),
+    ((30, 0.01), (15, 5), "event_time", "15d", 1500),  # both kinds inside 15 days
+    # without a timestamp column there is no shared clock: feedback (production traffic) comes last
+    ((10, 0.01), (30, 20), None, "1000 rows", 1000),
+])
+def test_data_and_feedback_are_ordered_by_time_before_the_window(data_days, feedback_days, timestamp_column, window,
+                                                                  feedback_in_window):
+    data = world(3000, days_ago(data_days[0]), days_ago(data_days[1]), "old", seed=12)
+    feedback = world(1500, days_ago(feedback_days[0]), days_ago(feedback_days[1]), "old", seed=13)
+    feedback[data_mod.FEEDBACK_ID_COLUMN] = [f"p{i}" for i in range(len(feedback))]
+    if timestamp_column is None:
+        data, feedback = data.drop(columns=["event_time"]), feedback.drop(columns=["event_time"])
+    combined = data_mod.combine(data, feedback, timestamp_column)
+    spec = parse_pipeline_spec({**MINIMAL, "data": {"source": "file:///d/", "window": {"last": window},
+                                                    **({"timestampColumn": timestamp_column} if timestamp_column else {})}})
+    windowed = data_mod.apply_window(combined, spec.window, timestamp_column, NOW)
+    assert int(windowed[data_mod.FEEDBACK_ID_COLUMN].notna().sum()) == feedback_in_window
+    if timestamp_column:
+        assert windowed[timestamp_column].is_monotonic_increasing
+
+
 # --- defect 4: the gate sees the feedback rows -----------------------------------------------------------------
 @pytest.mark.parametrize("feedback_enabled,verdict,holdout_feedback", [
     # the feedback loop: the store is frozen history, the world changed, labels tell it. The holdout is
