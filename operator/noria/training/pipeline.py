@@ -16,7 +16,11 @@ Why that order survives a SIGKILL at any point:
 Coalescing: a trigger that fires adds its kind to ``pendingTriggers`` (one entry per kind, with a
 count). A run starts when there is no run and the cooldown is over, and takes *all* pending
 triggers with it. So a burst while idle is one run, and any number of firings during a run or a
-cooldown is exactly one follow-up run.
+cooldown is exactly one follow-up run. Drift and performance entries remember the champion they
+were about, and are dropped when another version becomes the champion (their evidence was about
+a model that no longer serves); on the pass that makes a new champion, the old version's live
+counts are not judged under the new name (see ``_evaluate``). So a run's own completion never
+starts the next run.
 """
 
 from __future__ import annotations

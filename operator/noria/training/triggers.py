@@ -234,6 +234,11 @@ def _held(kind: str, breaching: bool, for_text: str | None, prior: Mapping[str, 
                          f"{account} for {human_duration(held)} of {for_text}", recheck_after=hold - held)
 
 
+def _given(value: Any, default: Any) -> Any:
+    """The spec's value, or the default when unset (0 is a value, not unset)."""
+    return default if value is None or value == "" else value
+
+
 def _unknown(kind: str, prior: Mapping[str, Any], now: dt.datetime, why: str) -> TriggerResult:
     # Keep "since": a short Prometheus outage should not restart a long "for"; but never fire on it.
     return TriggerResult(kind, False, {**prior, "state": "Unknown", "observedAt": now_iso(now), "message": why[:300]},
@@ -413,8 +418,8 @@ def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profil
                              f"the drift profile of {champion} is unavailable", health=UNKNOWN)
     method = drift.get("method", "psi")
     threshold = float(drift["threshold"])
-    significance = float(drift.get("significance") or DEFAULT_DRIFT_SIGNIFICANCE)
-    needed = int(min_samples if min_samples is not None else drift.get("minSamples") or DEFAULT_MIN_DRIFT_SAMPLES)
+    significance = float(_given(drift.get("significance"), DEFAULT_DRIFT_SIGNIFICANCE))
+    needed = int(min_samples if min_samples is not None else _given(drift.get("minSamples"), DEFAULT_MIN_DRIFT_SAMPLES))
     evidence = drift_evidence(profile, observation.counts, method, threshold, significance, needed,
                               drift.get("features"))
     base = {"champion": champion, "method": method, "threshold": str(drift["threshold"]),
@@ -547,7 +552,7 @@ def evaluate_performance(perf: Mapping[str, Any] | None, champion: str | None,
     metric = perf["metric"]
     below = float(perf["below"]) if perf.get("below") is not None else None
     drop_by = float(perf["dropBy"]) if perf.get("dropBy") is not None else None
-    significance = float(perf.get("significance") or DEFAULT_PERFORMANCE_SIGNIFICANCE)
+    significance = float(_given(perf.get("significance"), DEFAULT_PERFORMANCE_SIGNIFICANCE))
     min_labels = int(perf.get("minLabels", 100))
     value, labels = live_metric(metric, observation.counts)
     base: dict[str, Any] = {"champion": champion, "metric": metric, "labels": int(labels), "observedAt": now_iso(now)}

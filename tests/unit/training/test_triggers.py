@@ -324,3 +324,13 @@ def test_performance_baseline_is_shown_and_kept_through_quiet_and_unknown_passes
 )
 def test_effective_labels_behind_each_metric(metric, cells, expected):
     assert t.effective_labels(metric, cells) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("significance", "fires"),
+    [(None, True), ("0.01", True), (0, False), ("0", False), (1, True)],
+)
+def test_drift_significance_zero_means_never_not_the_default(significance, fires):
+    spec = {"threshold": "0.2", **({} if significance is None else {"significance": significance})}
+    r = t.evaluate_drift(spec, "m-v1", REALISTIC, _window(400, 9, {"f0": 0.4}), None, T0)
+    assert r.fired is fires
