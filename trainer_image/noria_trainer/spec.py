@@ -14,13 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from noria.api import training_pipeline as api
 from noria.artifact import DIGEST_PATTERN
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 Task = Literal["classification", "regression"]
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 CLASSIFICATION_METRICS: Final = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS: Final = ("rmse", "mae", "r2")
@@ -194,6 +195,19 @@ def _api_default(model: type[BaseModel], name: str) -> Any:
     return model.model_fields[name].default
 
 
+def _api_section(model: type[SectionT], value: Any, where: str) -> SectionT:
+    """A spec section read through its ``noria.api`` model (the parser CONVENTIONS.md asks for): a
+    misspelt key such as ``enable`` is refused by name instead of silently meaning the default."""
+    try:
+        return model.model_validate(_mapping(value, where))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field_path = ".".join(str(part) for part in first["loc"])
+        known = ", ".join(f.alias or name for name, f in model.model_fields.items())
+        message = f"unknown field (known: {known})" if first["type"] == "extra_forbidden" else first["msg"]
+        raise SpecError(f"{where}{'.' + field_path if field_path else ''}: {message}") from None
+
+
 # --- the pipeline spec --------------------------------------------------------------------------
 def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     spec = _mapping(spec, "spec")
@@ -241,9 +255,9 @@ def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
     needs_time = [w.label for w in ((window,) if window else ()) + candidates if w.duration is not None]
     if needs_time and not ts_col:
         raise SpecError(f"spec.data.window: {needs_time[0]} is a duration, which needs spec.data.timestampColumn")
-    feedback_spec = _mapping(data.get("feedback"), "spec.data.feedback")
-    feedback = bool(feedback_spec.get("enabled", _api_default(api.Feedback, "enabled")))
-    feedback_id_column = _string(feedback_spec.get("idColumn"), "spec.data.feedback.idColumn", required=False)
+    feedback_spec = _api_section(api.Feedback, data.get("feedback"), "spec.data.feedback")
+    feedback = feedback_spec.enabled
+    feedback_id_column = feedback_spec.id_column
 
     min_rows = _integer(validation.get("minRows"), "spec.validation.minRows",
                         default=_api_default(api.ValidationSpec, "min_rows"), lo=1)

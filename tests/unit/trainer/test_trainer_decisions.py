@@ -82,6 +82,10 @@ def test_window_forms(value, rows, seconds):
     ({**BASE, "model": {**BASE["model"], "features": ["a", "y"]}}, "cannot also be a feature"),
     ({**BASE, "validation": {"columns": {"a": "complex"}}}, "spec.validation.columns.a"),
     ({**BASE, "validation": {"schema": "exact"}}, "must be strict or lenient"),
+    ({**BASE, "data": {"source": "file:///d/", "feedback": {"enable": True}}},
+     "spec.data.feedback.enable: unknown field"),
+    ({**BASE, "data": {"source": "file:///d/", "feedback": {"enabled": True, "idColumn": 7}}},
+     "spec.data.feedback.idColumn: Input should be a valid string"),
 ])
 def test_bad_pipeline_specs_name_the_field(spec, words):
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(".", r"\.")):
