@@ -240,15 +240,19 @@ class _Connection(asyncio.Protocol):
                     log.exception("HTTP parser callback failed")
                 self._refuse_request(400, f"malformed HTTP request: {exc}", LIMIT_MALFORMED)
             return
-        if self.reading == "head" and not self.closing:
-            # httptools buffers a header internally until its value is complete, so the head's raw
-            # size is bounded here, chunk by chunk (when a request ended inside this chunk the
-            # split is unknown: the next chunks count in full).
+        if self.reading != "idle" and not self.closing:
+            # httptools buffers a header -- or a trailer after a chunked body -- internally until its
+            # value is complete, so the raw bytes that are not body (head, chunk framing, trailers)
+            # are bounded here, chunk by chunk (when a request ended inside this chunk the split is
+            # unknown: the next chunks count in full).
             if not self.completed_in_chunk:
                 self.head_bytes += len(data) - self.chunk_body
-            if self.head_bytes > self.limits.max_head_bytes:
+            if self.reading == "head" and self.head_bytes > self.limits.max_head_bytes:
                 self._refuse_request(431, f"request head larger than {self.limits.max_head_bytes} bytes",
                                      LIMIT_HEADER_BYTES)
+            elif self.head_bytes > self.limits.max_head_bytes + self.body_size:
+                self._refuse_request(431, f"chunk framing and trailers larger than the body plus "
+                                          f"{self.limits.max_head_bytes} bytes", LIMIT_HEADER_BYTES)
 
     # --- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -276,6 +280,15 @@ class _Connection(asyncio.Protocol):
         # The sum is checked once the headers are complete (the raw head bound in data_received
         # keeps what can arrive before that to one read).
         self.header_bytes += len(name) + len(value)
+        if self.reading == "body":
+            # A trailer field (after a chunked body): held to the header limits (the head's own check
+            # has run already) and dropped, never merged into the headers, where it could pass for a
+            # header that a proxy in front checked or removed (x-noria-version, authorization).
+            if self.header_bytes > self.limits.max_header_bytes:
+                self._refuse_request(431, f"header and trailer fields larger than {self.limits.max_header_bytes} "
+                                          f"bytes in total", LIMIT_HEADER_BYTES)
+                raise _Refused
+            return
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

@@ -223,7 +223,9 @@ class Router:
         if pinned:
             backend = config.by_version(pinned)
             if backend is None:
-                self.metrics.errors.labels(config.model, pinned[:64], m.ROUTER_ERROR_UNKNOWN_VERSION).inc()
+                # One series for every unknown name: a label per client-chosen value would be a time
+                # series kept forever for each (the name is in the 404 answer, not in the metric).
+                self.metrics.errors.labels(config.model, "", m.ROUTER_ERROR_UNKNOWN_VERSION).inc()
                 return error_response(404, f"x-noria-version {pinned!r} is not served by this router; versions: "
                                            f"{', '.join(b.version for b in config.all_backends())}")
             return self._forward(config, backend, request, mirror=False)
