@@ -220,6 +220,12 @@ def _open_regular(uri: str, path: str, store_root: str | None, max_bytes: int) -
             real_root = os.path.realpath(_store_root_path(store_root))
             if not _within(real, real_root):
                 raise ArtifactError(OUTSIDE_STORE, f"{uri} resolves to {real}, outside the store root {store_root}")
+            # The store's first level is the namespace (a tenant): a symlinked directory in ml2/ must
+            # not lead into ml/, which the operator's scope check, reading the URI, cannot see.
+            top = os.path.relpath(os.path.normpath(path), _store_root_path(store_root)).split("/")[0]
+            if not _within(real, os.path.join(real_root, top)):
+                raise ArtifactError(OUTSIDE_STORE, f"{uri} resolves to {real}, outside {top}/ of the store root "
+                                                   f"{store_root} (a symlinked directory leads elsewhere)")
         return fd, now.st_size
     except BaseException:
         os.close(fd)
