@@ -26,7 +26,9 @@ run. The steps, each before the next one reads anything:
    is trusted: ``numpy.testing`` and ``sklearn.utils._testing`` hold helpers that start processes).
    Loaders that call a callable named by the file (constructor-from-reduce, partial, method,
    operator getters) are not on the list at all.
-6. Only then does skops build the objects, trusting exactly the names step 5 accepted.
+6. Only then does skops build the objects, trusting exactly the names step 5 accepted; then every
+   index that compiled prediction code follows unchecked (tree children and features, boosting
+   category bitsets, KD/ball-tree nodes, libsvm counts) is checked (``noria.artifact_structure``).
 
 Peak memory while refusing is the process's baseline plus at most 1 MiB for steps 1–3; a file that
 passes the digest check costs its size plus, for step 4, ``schema.json`` (≤ ``max_schema_bytes``)
@@ -595,10 +597,20 @@ def _build(data: bytes, limits: Limits) -> Any:
     import skops.io as sio
 
     try:
-        return sio.loads(data, trusted=trusted)
+        model = sio.loads(data, trusted=trusted)
     except Exception as exc:  # anything skops or numpy raise while building is a malformed file
         raise ArtifactError(MALFORMED, f"skops could not build the model: {type(exc).__name__}: "
                                        f"{str(exc)[:300]}") from exc
+    from noria.artifact_structure import StructureError, check_model_structure
+
+    try:
+        check_model_structure(model)
+    except StructureError as exc:
+        raise ArtifactError(MALFORMED, f"an index a prediction would follow is out of range: {exc}") from exc
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        raise ArtifactError(MALFORMED, f"the model's arrays are not what scikit-learn builds: "
+                                       f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    return model
 
 
 def load_verified(uri: str, expected_digest: str, store_root: str | None = None,
