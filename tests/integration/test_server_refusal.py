@@ -175,3 +175,28 @@ def test_genuine_model_inside_the_store_is_served(tmp_path: Path) -> None:
         print(f"\ngenuine model served, peak RSS {_peak_rss_mb(proc.proc.pid):.1f} MB")
     finally:
         assert proc.stop() == 0
+
+
+def test_crafted_tree_index_is_refused_cleanly_instead_of_crashing_the_warm_up(tmp_path: Path) -> None:
+    """Trusted types, crafted contents: a decision tree whose root points outside its node table.
+    Unchecked, the server's warm-up prediction would kill it (no reason, no termination message);
+    the loader's index check refuses it as Malformed. This refusal happens after the model is built,
+    so its memory is a loaded model's, bounded by the footprint of a served one."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.tree import DecisionTreeClassifier
+
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 3)), columns=["a", "b", "c"])
+    model = DecisionTreeClassifier().fit(frame, (frame["a"] > 0).astype(int))
+    state = model.tree_.__getstate__()
+    state["nodes"] = state["nodes"].copy()
+    state["nodes"]["left_child"][0] = state["nodes"]["right_child"][0] = 1_000_000_000
+    model.tree_.__setstate__(state)
+    data, _ = dumps_model(model)
+    artifact = tmp_path / "store/ml/m/v1/model.skops"
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(data)
+    result = _expect_refused("file://" + str(artifact), sha256_digest(data), tmp_path, "Malformed",
+                             ("child index",), f"file://{tmp_path}/store", "crafted-tree")
+    print(f"\ncrafted tree refused, peak RSS {result['peak_rss_mb']} MB")
+    assert result["peak_rss_mb"] < 400
