@@ -177,3 +177,41 @@ def test_a_trailer_does_not_pass_for_a_header(processes: dict[str, launch.Proces
     router = processes["router"]
     answer = send_and_read(router.port, [chunked_head(), one_chunk(infer_body()), b"0\r\nx-noria-version: nope\r\n\r\n"])
     assert status_of(answer) == 200, answer[:300]
+
+
+def test_a_label_posted_before_its_prediction_never_reaches_training(saved, store: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """A label for an id no pod holds is logged for retraining (it may be a prediction from before a
+    restart). An attacker who can guess a prediction id (client-chosen, or a customer id) could post
+    a label for it *before* the prediction was made; the trainer keeps an id's first label, so the
+    planted label would replace the true one in training, although the live counters saw the true one."""
+    from noria_trainer.data import merge_feedback
+
+    namespace, pipeline = "ml", "churn"
+    server = launch.serve(saved.artifact_uri, saved.digest, MODEL, "v1", str(tmp_path), saved.profile_uri,
+                          extra=["--store-root", f"file://{store}", "--namespace", namespace, "--pipeline", pipeline])
+    try:
+        server.wait_ready(120)
+
+        def post(path: str, payload: dict) -> dict:
+            answer = send_and_read(server.port, [(
+                f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                f"content-length: {len(json.dumps(payload))}\r\n\r\n{json.dumps(payload)}").encode()])
+            assert status_of(answer) == 200, answer[:300]
+            return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+        body = json.loads(infer_body())
+        predicted = int(post(INFER, body)["outputs"][0]["data"][0])  # what the model says for this row
+        true_label = 1 - predicted
+        planted = post(f"/v2/models/{MODEL}/feedback", {"id": "customer-42", "label": predicted})
+        assert planted["outcomes"]["unknown_id"] == 1
+        time.sleep(0.05)
+        body["parameters"] = {"ids": ["customer-42"]}
+        assert int(post(INFER, body)["outputs"][0]["data"][0]) == predicted
+        counted = post(f"/v2/models/{MODEL}/feedback", {"id": "customer-42", "label": true_label})
+        assert counted["outcomes"]["counted"] == 1  # the live counters took the true label
+    finally:
+        server.stop()  # flushes both logs
+    merged = merge_feedback(f"file://{store}", namespace, pipeline, "target", saved.features, None)
+    rows = merged.rows
+    assert len(rows) == 1, rows
+    assert int(rows["target"].iloc[0]) == true_label, "training took the label planted before the prediction"

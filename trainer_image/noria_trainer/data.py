@@ -137,6 +137,7 @@ class FeedbackMerge:
     unmatched_labels: int
     files: int
     undated: int = 0  # dropped: the prediction and its label carry no readable time (with a timestampColumn)
+    premature_labels: int = 0  # dropped: logged before the prediction they name was made (see merge_feedback)
     already_in_data: int = 0  # dropped: the same labelled row is in a data partition (see dedupe_against_data)
     dedupe_key: str = "none"
 
@@ -144,7 +145,8 @@ class FeedbackMerge:
         return {"rows": len(self.rows), "predictionsRead": self.predictions_read, "labelsRead": self.labels_read,
                 "duplicatePredictions": self.duplicate_predictions, "duplicateLabels": self.duplicate_labels,
                 "unmatchedLabels": self.unmatched_labels, "files": self.files, "undated": self.undated,
-                "alreadyInData": self.already_in_data, "dedupeKey": self.dedupe_key}
+                "alreadyInData": self.already_in_data, "dedupeKey": self.dedupe_key,
+                "prematureLabels": self.premature_labels}
 
 
 def _read_jsonl(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[dict[str, Any]], int]:
@@ -181,6 +183,10 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
       (``noria_server.ledger``), so the live accuracy the triggers and canary checks saw was measured
       with the first label; training on a later one would learn from labels the loop never trusted,
       and would let anyone who can post feedback rewrite a training label by posting again.
+    - A label logged before the prediction it names (an earlier ``ts``) is dropped: it cannot be the
+      answer to that prediction. The server logs labels for ids it does not hold (predictions from
+      before a restart), so without this anyone who can guess an id could plant a label ahead of the
+      prediction, and as the first label it would replace the true one in training.
     - A row's time (``timestamp_column``) is the prediction's ``ts``: when the features were seen,
       which is what "the last 3 days" of events means; the label's ``ts`` stands in when the
       prediction has none. Rows with no readable time are dropped and counted (``undated``): a
@@ -193,10 +199,15 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
     for record in predictions:
         by_id.setdefault(str(record["id"]), record)
     first_label: dict[str, dict[str, Any]] = {}
+    premature = 0
     for record in labels:
         if "label" not in record or record["label"] is None:
             continue
         key = str(record["id"])
+        prediction = by_id.get(key)
+        if prediction is not None and str(record.get("ts", "")) < str(prediction.get("ts", "")):
+            premature += 1
+            continue
         previous = first_label.get(key)
         if previous is None or str(record.get("ts", "")) < str(previous.get("ts", "")):
             first_label[key] = record
@@ -228,7 +239,8 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
         predictions_read=len(predictions),
         labels_read=len(labels),
         duplicate_predictions=len(predictions) - len(by_id),
-        duplicate_labels=sum(1 for r in labels if r.get("label") is not None) - len(first_label),
+        duplicate_labels=sum(1 for r in labels if r.get("label") is not None) - len(first_label) - premature,
+        premature_labels=premature,
         unmatched_labels=unmatched,
         files=pred_files + label_files,
         undated=undated,

@@ -167,7 +167,8 @@ def test_feedback_rows_are_joined_by_id_deduplicated_and_counted(tmp_path, store
     report = _read(result.output_dir(spec) / "report.json")
     assert report["feedback"] == {"rows": 40, "predictionsRead": 65, "labelsRead": 42, "duplicatePredictions": 5,
                                   "duplicateLabels": 1, "unmatchedLabels": 1, "files": 4, "undated": 0,
-                                  "alreadyInData": 0, "dedupeKey": "features + event_time", "inWindow": 40}
+                                  "alreadyInData": 0, "dedupeKey": "features + event_time", "prematureLabels": 0,
+                                  "inWindow": 40}
     metadata = _read(result.output_dir(spec) / "metadata.json")
     assert metadata["data"]["feedbackRows"] == 40
     assert metadata["data"]["trainingRows"] + metadata["data"]["holdoutRows"] == result.summary["rows"]
