@@ -77,6 +77,8 @@ def backtest(manifest: Mapping[str, Any], data: pd.DataFrame, feedback: pd.DataF
              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Replay the spec's own policy, then (with ``baselines``) never-retrain and every-N-rows; the
     JSON-able record of all three."""
+    from noria.training import results
+
     spec = manifest["spec"]
     replay_data = prepare(data, feedback, spec["data"]["timestampColumn"], history or size, label_delay)
     policies = [Policy(manifest["metadata"].get("name", "pipeline") + " (spec)")]
@@ -88,11 +90,12 @@ def backtest(manifest: Mapping[str, Any], data: pd.DataFrame, feedback: pd.DataF
     metric = "accuracy" if task == "classification" else "rmse"
     out: dict[str, Any] = {
         "pipeline": manifest["metadata"].get("name"), "metric": metric, "slice": size.label,
-        "labelDelay": str(label_delay), "trafficRows": len(replay_data.traffic),
+        "gateMetric": results.gate_metric(spec), "labelDelay": str(label_delay), "every": every, "trafficRows": len(replay_data.traffic),
         "storeRows": len(replay_data.store_rows), "feedbackLoop": replay_data.feedback_log,
         "driftThreshold": ((spec.get("triggers") or {}).get("drift") or {}).get("threshold"),
         "spec": spec, "policies": {},
     }
+    import sklearn.ensemble  # noqa: F401  (loads the OpenMP runtime now, so that the limit below reaches it)
     from threadpoolctl import threadpool_limits
 
     # One thread for numpy/OpenMP pools: the replay is sequential and its fits are small, and
@@ -122,13 +125,14 @@ def format_slices(record: Mapping[str, Any]) -> str:
         first = cells[0]
         lines.append(f"{first['index']:>5}  {first['end']:<20} {first['rows']:>6}  "
                      + "  ".join(f"{_cell(c, metric):>16}" for c in cells))
+        gate = record.get("gateMetric") or metric
         for name, c in zip(names, cells, strict=True):
             for run in c["started"]:
                 lines.append(f"{'':>8}{name}: {run['id']} started by {run['reason'] or run['trigger']}"[:220])
             for done in c["finished"]:
-                ours = (done.get("metrics") or {}).get(metric)
-                theirs = (done.get("championMetrics") or {}).get(metric)
-                scores = f" ({metric} {ours} vs champion {theirs})" if theirs else (f" ({metric} {ours})" if ours else "")
+                ours = (done.get("metrics") or {}).get(gate)
+                theirs = (done.get("championMetrics") or {}).get(gate)
+                scores = f" ({gate} {ours} vs champion {theirs})" if theirs else (f" ({gate} {ours})" if ours else "")
                 lines.append(f"{'':>8}{name}: {done['id']} {done['outcome']}{scores}: {done.get('message') or ''}"[:260])
     return "\n".join(lines)
 

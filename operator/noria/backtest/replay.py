@@ -294,7 +294,7 @@ class Replay:
         by_day: dict[dt.date, list[str]] = {}
         for rid, row, pred, t in zip(ids, values, predictions.tolist(), times, strict=True):
             stamp = pd.Timestamp(t).tz_localize("UTC")
-            line = json.dumps({"id": rid, "ts": _stamp(stamp.to_pydatetime()), "model_version": version,
+            line = json.dumps({"id": rid, "ts": _stamp(stamp.to_pydatetime(warn=False)), "model_version": version,
                                "features": {k: _json_value(v) for k, v in row.items()}, "prediction": pred})
             by_day.setdefault(stamp.date(), []).append(line)
         for day, lines in by_day.items():
@@ -311,7 +311,7 @@ class Replay:
                                      strict=True):
                 stamp = pd.Timestamp(t).tz_localize("UTC")
                 by_day.setdefault(stamp.date(), []).append(
-                    json.dumps({"id": rid, "ts": _stamp(stamp.to_pydatetime()), "label": _json_value(label)}))
+                    json.dumps({"id": rid, "ts": _stamp(stamp.to_pydatetime(warn=False)), "label": _json_value(label)}))
             if not due.all():
                 keep.append((times[~due], list(np.asarray(ids, dtype=object)[~due]),
                              list(np.asarray(labels, dtype=object)[~due])))

@@ -4,6 +4,8 @@ Four questions, one plot each, on one shared time axis (seconds since the story 
 story's acts marked): how accurate were the answers users got, compared with the counterfactual
 "v1 kept serving"; how far the live inputs drifted from the reference, against the trigger's
 threshold; which version got which share of the traffic; and what Noria did, when and why.
+A fifth, when given: the backtest of the demo's own pipeline (``noria backtest`` over the demo's
+generated world, ``demo/backtest.py``) against never retraining and retraining every N rows.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ReportInput:
     summary: dict[str, str] = field(default_factory=dict)  # headline figures, in order
     bucket_seconds: float = 15.0
     title: str = "Noria closed loop"
+    backtest: dict[str, Any] | None = None  # the record of noria.backtest.cli.backtest
+    backtest_error: str | None = None  # why there is no backtest, when it failed
 
 
 MARKED_ACTS = ("v1", "drift", "recovered", "bad-batch", "finale")
@@ -193,6 +197,10 @@ def write_report(out_dir: str | Path, data: ReportInput) -> Path:
     plot_drift(offline, operator_drift_frame(records, origin), data.drift_threshold, acts, out / "drift.png")
     plot_traffic(weights_frame(records, origin), answered_share(frame, data.bucket_seconds, origin), acts,
                  out / "traffic.png")
+    if data.backtest is not None:
+        from noria.backtest.plot import plot
+
+        plot(data.backtest, out / "backtest.png")
     failed = int((frame["status"] != 200).sum()) if not frame.empty else 0
     page = _html(data, origin, len(frame), failed, acts)
     (out / "index.html").write_text(page, encoding="utf-8")
@@ -228,11 +236,51 @@ def _html(data: ReportInput, origin: float, requests: int, failed: int, acts: li
 <img src="drift.png" alt="drift score over time with the threshold">
 <h2>Traffic</h2>
 <img src="traffic.png" alt="traffic weights per version over time">
+{_backtest_html(data)}
 <h2>The story's acts</h2><ol>{act_list}</ol>
 <h2>What Noria did, and why</h2>
 <table><tr><th>t</th><th>object</th><th>what</th><th>why</th></tr>{events}</table>
 </body></html>
 """
+
+
+def _backtest_html(data: ReportInput) -> str:
+    """The backtest section: what the replay is, one line per policy, the spec's runs, the plot."""
+    e = html.escape
+    if data.backtest is None:
+        return (f"<h2>Backtest of this pipeline</h2><p class=muted>not run: {e(data.backtest_error)}</p>"
+                if data.backtest_error else "")
+    record = data.backtest
+    metric = record.get("metric", "accuracy")
+    demo = record.get("demo") or {}
+    what = (f"{demo.get('historyRows')} customers of history and a batch of {demo.get('batchRows')} after the change "
+            f"in the store; {record.get('trafficRows')} requests at {demo.get('rate')}/s, the world changing after "
+            f"{demo.get('beforeSeconds'):.0f}s (slice {demo.get('changeAtSlice')}), labels back after "
+            f"{demo.get('labelDelay')}s") if demo else f"{record.get('trafficRows')} rows of traffic"
+    rows = ""
+    for name, policy in record["policies"].items():
+        s = policy["summary"]
+        served = "n/a" if s.get("served") is None else f"{s['served']:.4f}"
+        by = ", ".join(f"{k} {v}" for k, v in sorted((s.get("byTrigger") or {}).items()))
+        rows += (f"<tr><td>{e(name)}</td><td class=num>{served}</td><td class=num>{s['runs']}</td>"
+                 f"<td class=num>{s['retrains']}</td><td class=num>{s['passed']}</td><td class=num>{s['rejected']}</td>"
+                 f"<td>{e(by)}</td></tr>")
+    spec_policy = next(iter(record["policies"].values()))
+    runs = "".join(
+        f"<tr><td>{e(str(r.get('id')))}</td><td class=num>{e(str(r.get('startedAt')))}</td>"
+        f"<td>{e(str(r.get('reason') or r.get('trigger')))}</td><td>{e(str(r.get('outcome')))}</td>"
+        f"<td>{e(str(r.get('message') or ''))}</td></tr>"
+        for r in spec_policy["runs"])
+    return f"""<h2>Backtest of this pipeline</h2>
+<p><code>noria backtest</code> replayed the demo's own pipeline (<code>examples/90-closed-loop/pipeline.yaml</code>)
+over the demo's generated world ({e(what)}) through the operator's own trigger logic, the server's bin counter and
+the real trainer: what users would have got ({e(metric)} over all replayed requests) and how many runs it took, with
+the spec's triggers, never retraining, and retraining every {e(str(record.get('every') or 'N'))} rows.</p>
+<table><tr><th>policy</th><th>served {e(metric)}</th><th>runs</th><th>retrains</th><th>passed</th><th>rejected</th>
+<th>what started them</th></tr>{rows}</table>
+<img src="backtest.png" alt="backtest: served accuracy per slice for each policy, and what the triggers saw">
+<h3>Runs of the spec's policy</h3>
+<table><tr><th>run</th><th>simulated time</th><th>why</th><th>outcome</th><th>gate</th></tr>{runs}</table>"""
 
 
 def _ts(text: str | None) -> float | None:
