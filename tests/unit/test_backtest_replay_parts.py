@@ -204,3 +204,10 @@ def test_label_delays_may_be_zero(text, seconds) -> None:
     assert clock.parse_delay(text).total_seconds() == seconds
     with pytest.raises(ValueError, match="--label-delay"):
         clock.parse_delay("soon")
+
+
+def test_observations_are_tagged_with_the_version_they_are_about(served_world) -> None:
+    _, profile, served, _, _ = served_world
+    now = T0 + dt.timedelta(seconds=99)
+    assert observe.drift_observation(served, "m-v2", profile, now, dt.timedelta(hours=1)).version == "m-v2"
+    assert observe.performance_observation(served, "m-v1", now, dt.timedelta(hours=1)).version == "m-v1"

@@ -7,7 +7,8 @@ what each version answered in the replay: the rows it served inside the window a
 server's own bin counter (``noria_server.telemetry.FeatureBinCounter``, against the version's
 profile, exactly as the version's pods count them), and the labels that arrived inside the window
 are counted as ``(actual, predicted)`` pairs as the server's feedback counter does (``str`` of each,
-a label counted once per prediction).
+a label counted once per prediction). Each observation is tagged with the version it is about, as
+the operator tags its Prometheus answers.
 
 Everything here is pure given its inputs (the ``Served`` records of the replay).
 """
@@ -54,7 +55,7 @@ def drift_observation(served: Sequence[Served], version: str, profile: Profile, 
 
     mine = [s for s in served if s.version == version]
     if not mine:
-        return MetricObservation(counts={})
+        return MetricObservation(counts={}, version=version)
     counter = FeatureBinCounter("backtest", version, list(mine[0].features), profile)
     for s in mine:
         keep = _in_window(s.times, now, window)
@@ -65,7 +66,7 @@ def drift_observation(served: Sequence[Served], version: str, profile: Profile, 
         offset = int(counter.offsets[k])
         for b, label in enumerate(fp.labels):
             counts[(name, label)] = float(counter.counts[offset + b])
-    return MetricObservation(counts=counts)
+    return MetricObservation(counts=counts, version=version)
 
 
 def _label_text(value: object) -> str:
@@ -85,4 +86,4 @@ def performance_observation(served: Sequence[Served], version: str, now: dt.date
         for actual, predicted in zip(s.labels[keep].tolist(), s.predictions[keep].tolist(), strict=True):
             key = (_label_text(actual), _label_text(predicted))
             counts[key] = counts.get(key, 0.0) + 1.0
-    return MetricObservation(counts=counts)
+    return MetricObservation(counts=counts, version=version)

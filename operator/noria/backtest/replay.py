@@ -374,7 +374,7 @@ class Replay:
                 profile = self._version(champion).profile
                 window = parse_duration(tspec["drift"].get("window") or triggers.DEFAULT_DRIFT_WINDOW)
                 drift = (observe.drift_observation(self.served, name, profile, now, window)
-                         if profile is not None else triggers.MetricObservation(counts={}))
+                         if profile is not None else triggers.MetricObservation(counts={}, version=name))
             if tspec.get("performance"):
                 window = parse_duration(tspec["performance"].get("window") or triggers.DEFAULT_DRIFT_WINDOW)
                 performance = observe.performance_observation(self.served, name, now, window)
