@@ -5,7 +5,8 @@ and no wake-up: signalling a waiting thread on every batch hands it the GIL, whi
 ~0.4 ms per batch on the event loop); a writer thread wakes every ``flush_seconds``, turns batches
 into JSON lines and appends them to
 ``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` layout). If the store is slow the queue
-fills and further batches are dropped and counted; if it fails (full disk, read-only, gone) the
+fills (``capacity`` batches or ``max_queued_rows`` rows: a bulk request is a batch of up to
+hundreds of thousands of rows) and further batches are dropped and counted; if it fails (full disk, read-only, gone) the
 lines are dropped and counted, the file is reopened after a back-off, and predictions go on.
 ``seq`` starts past any file this pod name already wrote today, so a restarted pod never
 appends into (or clobbers) its predecessor's file, and rolls over at ``max_file_bytes``.
@@ -32,6 +33,9 @@ from noria import store
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LINE_BYTES = 64 * 1024
+# Rows waiting for the writer, over all batches: a few MB of features and ids at most, where a
+# bound in batches alone let four bulk requests queue a gigabyte.
+DEFAULT_MAX_QUEUED_ROWS = 65_536
 
 # A batch handed to the writer: (row count, function producing the JSON-lines bytes).
 Entry = tuple[int, Callable[[], bytes]]
@@ -40,7 +44,8 @@ Entry = tuple[int, Callable[[], bytes]]
 class JsonlLog:
     def __init__(self, directory_for: Callable[[dt.date], str], pod: str, on_drop: Callable[[int], None],
                  capacity: int = 4096, flush_seconds: float = 0.5, max_file_bytes: int = 256 << 20,
-                 retry_seconds: float = 2.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                 retry_seconds: float = 2.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+                 max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS) -> None:
         self.directory_for = directory_for
         self.pod = pod
         self.on_drop = on_drop
@@ -50,6 +55,10 @@ class JsonlLog:
         self.max_file_bytes = max_file_bytes
         self.retry_seconds = retry_seconds
         self.max_line_bytes = max_line_bytes
+        self.max_queued_rows = max_queued_rows
+        # Rows queued = offered - taken; each counter has one writer thread, so neither needs a lock.
+        self._offered_rows = 0
+        self._taken_rows = 0
         self._file: Any = None
         self._day: dt.date | None = None
         self._written = 0
@@ -60,10 +69,19 @@ class JsonlLog:
 
     # --- request path ------------------------------------------------------------------------
     def offer(self, rows: int, render: Callable[[], bytes]) -> None:
-        if len(self.queue) >= self.capacity:  # the store is behind: drop rather than grow or block
+        if len(self.queue) >= self.capacity or rows > self.room():  # behind: drop rather than grow or block
             self.on_drop(rows)
         else:
+            self._offered_rows += rows
             self.queue.append((rows, render))
+
+    def room(self) -> int:
+        """Rows the queue takes now (those queued or being written count until written)."""
+        return self.max_queued_rows - (self._offered_rows - self._taken_rows)
+
+    def drop(self, rows: int) -> None:
+        """Count ``rows`` the caller did not offer for lack of room."""
+        self.on_drop(rows)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closing.set()
@@ -74,7 +92,9 @@ class JsonlLog:
         while True:
             closing = self._closing.wait(self.flush_seconds)
             while self.queue:
-                self._write(*self.queue.popleft())
+                rows, render = self.queue.popleft()
+                self._write(rows, render)
+                self._taken_rows += rows
             self._flush()
             if closing:
                 break

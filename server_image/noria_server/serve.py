@@ -32,6 +32,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,8 @@ PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 # Answers not counted in noria_requests_total: kubelet probes and Prometheus scrapes are not user
 # traffic, and counting their 200s would dilute the errorRate check's ratio on a quiet version.
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+# Rows of a bulk request handed to the prediction log per batch: each rendered alone (a few MB).
+LOG_SLICE_ROWS = 4096
 
 
 @dataclass
@@ -365,18 +368,23 @@ class ModelServer:
         ids = [rid for item in batch for rid in item.request.row_ids]
         values = predictions.tolist()
         self.ledger.record(ids, values, time.monotonic())
-        if self.predictions_log is not None:
+        log_ = self.predictions_log
+        if log_ is not None:
             ts, version, names = time.time(), self.settings.version, self.model.schema.features  # type: ignore[union-attr]
-
-            def render() -> bytes:
-                stamp = _timestamp(ts)
-                return b"".join(
-                    orjson.dumps({"id": rid, "ts": stamp, "model_version": version,
-                                  "features": dict(zip(names, row, strict=True)), "prediction": value},
-                                 option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
-                    for rid, row, value in zip(ids, rows.tolist(), values, strict=True))
-
-            self.predictions_log.offer(len(ids), render)
+            n = len(ids)
+            if n <= LOG_SLICE_ROWS:
+                log_.offer(n, partial(_render_predictions, ts, version, names, ids, rows, values))
+                return
+            # A bulk request: queued in slices, each its own copy (a view would keep the whole batch
+            # alive), and only while the log has room, so it never holds or renders more rows than its
+            # bound at once; what does not fit is dropped and counted.
+            for start in range(0, n, LOG_SLICE_ROWS):
+                stop = min(start + LOG_SLICE_ROWS, n)
+                if log_.room() < stop - start:
+                    log_.drop(n - start)
+                    return
+                log_.offer(stop - start, partial(_render_predictions, ts, version, names, ids[start:stop],
+                                                 rows[start:stop].copy(), values[start:stop]))
 
     # --- feedback ------------------------------------------------------------------------------
     def _feedback(self, request: Request) -> Response:
@@ -467,6 +475,17 @@ def write_termination_message(path: str | None, refusal: ArtifactError) -> None:
             handle.write(termination_message(refusal))
     except OSError as exc:
         log.warning("cannot write the termination message to %s: %s", path, exc)
+
+
+def _render_predictions(ts: float, version: str, names: tuple[str, ...], ids: list[str], rows: np.ndarray,
+                        values: list[Any]) -> bytes:
+    """The prediction-log lines of one batch (run by the log's writer thread, off the request path)."""
+    stamp = _timestamp(ts)
+    return b"".join(
+        orjson.dumps({"id": rid, "ts": stamp, "model_version": version,
+                      "features": dict(zip(names, row, strict=True)), "prediction": value},
+                     option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+        for rid, row, value in zip(ids, rows.tolist(), values, strict=True))
 
 
 def _timestamp(ts: float) -> str:

@@ -215,3 +215,40 @@ def test_a_label_posted_before_its_prediction_never_reaches_training(saved, stor
     rows = merged.rows
     assert len(rows) == 1, rows
     assert int(rows["target"].iloc[0]) == true_label, "training took the label planted before the prediction"
+
+
+def test_large_batches_cannot_make_the_prediction_log_hold_gigabytes(saved, store: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """The log's queue was bounded in batches, not rows: a handful of requests of 100,000 rows (each
+    about 4 MiB of JSON) queued hundreds of MB of rows and rendered each batch whole, and six
+    15 MiB requests took the server from 260 MB to a 4 GB peak (3.2 GB kept). Queued rows are
+    bounded (past it they are dropped and counted, as when the store is slow) and rendered in slices."""
+    import psutil
+
+    server = launch.serve(saved.artifact_uri, saved.digest, MODEL, "v1", str(tmp_path), saved.profile_uri,
+                          extra=["--store-root", f"file://{store}", "--namespace", "ml", "--pipeline", "bulk"])
+    try:
+        server.wait_ready(120)
+        assert server.proc is not None
+        process = psutil.Process(server.proc.pid)
+        rows = 100_000
+        inputs = [{"name": f"f{i}", "shape": [rows], "datatype": "FP64", "data": [0] * rows} for i in range(20)]
+        body = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+        request = (f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                   f"content-length: {len(body)}\r\n\r\n").encode() + body
+        baseline = process.memory_info().rss
+        peak = baseline
+        for _ in range(4):
+            answer = send_and_read(server.port, [request], timeout=60)
+            assert status_of(answer) == 200, answer[:300]
+            peak = max(peak, process.memory_info().rss)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the writer thread catches up
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.05)
+        assert peak - baseline < 400 << 20, f"server grew from {baseline >> 20} MB to a peak of {peak >> 20} MB"
+        status, text = launch.get(server.url + "/metrics")
+        dropped = sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
+                      if line.startswith("noria_prediction_log_dropped_total{") and "predictions" in line)
+        assert dropped > 0  # what could not be queued is counted, not silently lost
+    finally:
+        server.stop()
