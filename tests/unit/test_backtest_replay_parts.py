@@ -211,3 +211,33 @@ def test_observations_are_tagged_with_the_version_they_are_about(served_world) -
     now = T0 + dt.timedelta(seconds=99)
     assert observe.drift_observation(served, "m-v2", profile, now, dt.timedelta(hours=1)).version == "m-v2"
     assert observe.performance_observation(served, "m-v1", now, dt.timedelta(hours=1)).version == "m-v1"
+
+
+@pytest.mark.timeout(900)
+def test_the_command_replays_files_and_writes_its_record_and_plot(tmp_path, capsys) -> None:
+    """Both ways data reaches training: --feedback traffic, and --data alone (batches landing)."""
+    import json
+
+    history, traffic = S.generate("noise", 0, rows=3000)
+    history.to_parquet(tmp_path / "history.parquet")
+    traffic.to_csv(tmp_path / "traffic.csv", index=False)
+    pipeline = _write(tmp_path, S.pipeline("p", S.DEFAULT_TRIGGERS))
+    out = tmp_path / "out"
+    code = cli.main([str(pipeline), "--data", str(tmp_path / "history.parquet"), "--feedback",
+                     str(tmp_path / "traffic.csv"), "--every", "1000", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "every 1000 rows" in printed and "never retrain" in printed
+    record = json.loads((out / "backtest.json").read_text())
+    assert record["feedbackLoop"] and record["trafficRows"] == 3000
+    periodic = record["policies"]["every 1000 rows"]
+    assert [r["trigger"] for r in periodic["runs"]] == ["initial", "manual", "manual"]  # none after the last slice
+    assert all(r["outcome"] for r in periodic["runs"])
+    assert (out / "backtest.png").read_bytes()[:4] == b"\x89PNG"
+
+    both = pd.concat([history, traffic], ignore_index=True)
+    both.to_parquet(tmp_path / "all.parquet")
+    code = cli.main([str(pipeline), "--data", str(tmp_path / "all.parquet"), "--history", "10000rows",
+                     "--every", "0", "--no-baselines", "--quiet", "--out", str(tmp_path / "out2")])
+    assert code == 0
+    record = json.loads((tmp_path / "out2" / "backtest.json").read_text())
+    assert not record["feedbackLoop"] and record["trafficRows"] == 3000 and list(record["policies"]) == ["p (spec)"]

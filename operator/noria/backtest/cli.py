@@ -59,8 +59,11 @@ def read_frame(uri: str, manifest: Mapping[str, Any], option: str) -> pd.DataFra
 
     spec = manifest["spec"]
     ts_col = spec["data"]["timestampColumn"]
+    # A file's own extension says its format (the spec's format is the store's); a folder or a glob
+    # is read as the spec's format.
+    named = uri.lower().endswith((".csv", ".csv.gz", ".parquet", ".pq"))
     try:
-        frame, _ = trainer_data.read_source(uri, spec["data"].get("format"))
+        frame, _ = trainer_data.read_source(uri, None if named else spec["data"].get("format"))
         frame = trainer_data.order_by_time(frame, ts_col)
     except trainer_data.DataError as exc:
         raise InputError(f"{option} {uri}: {exc}") from exc
@@ -161,7 +164,11 @@ def write_outputs(record: Mapping[str, Any], out_dir: str | Path) -> tuple[Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m noria backtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m noria backtest",
+        description="Replay a TrainingPipeline spec over historical, time-stamped data with Noria's own trigger "
+                    "logic, bin counter and trainer, against never retraining and retraining every N rows "
+                    "(docs/backtest.md).")
     parser.add_argument("pipeline", help="TrainingPipeline YAML (validated as the API server would)")
     parser.add_argument("--data", required=True,
                         help="time-stamped labelled rows (csv/parquet file, folder or glob; any fsspec URI) that "
