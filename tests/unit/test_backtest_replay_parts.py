@@ -241,3 +241,15 @@ def test_the_command_replays_files_and_writes_its_record_and_plot(tmp_path, caps
     assert code == 0
     record = json.loads((tmp_path / "out2" / "backtest.json").read_text())
     assert not record["feedbackLoop"] and record["trafficRows"] == 3000 and list(record["policies"]) == ["p (spec)"]
+
+
+@pytest.mark.parametrize(("served", "retrains", "expected"), [
+    (0.86, 3, "yes"),
+    (0.86, 4, "no: 4 > 9/3 retrains"),
+    (0.84, 1, "no: -0.0100"),
+    (0.84, 5, "no: -0.0100, 5 > 9/3 retrains"),
+])
+def test_the_goal_is_periodic_accuracy_with_a_third_of_its_retrains(served, retrains, expected) -> None:
+    from noria.backtest.evaluate import goal
+
+    assert goal({"served": served, "retrains": retrains}, {"served": 0.85, "retrains": 9}) == expected
