@@ -232,7 +232,14 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse_request(400, "protocol upgrades are not supported", LIMIT_MALFORMED)
+            # A request offering an upgrade (h2c from `curl --http2`, websocket, CONNECT) is complete and
+            # dispatched: it is answered in HTTP/1.1 (a server may ignore the offer), and what follows it
+            # belongs to a protocol this server does not speak, so reading stops and the connection
+            # closes once the answers are written, as after a half-close.
+            self.eof = True
+            self._pause_reading()
+            if not self.busy and not self.queue:
+                self._close()
             return
         except httptools.HttpParserError as exc:
             if not self.closing:  # not one of our own refusals raised through a callback
@@ -304,6 +311,13 @@ class _Connection(asyncio.Protocol):
             # Refused from the declared length: no body byte is read, no 100 Continue is sent.
             self._refuse_request(413, f"request body of {length} bytes is larger than the limit of "
                                       f"{self.limits.max_body_bytes} bytes", LIMIT_BODY)
+            raise _Refused
+        if self.parser.should_upgrade() and (length not in (None, "0") or "transfer-encoding" in self.headers):
+            # httptools skips the body of a request that offers an upgrade (it would be the new
+            # protocol's): refuse the request whole rather than run it without its body.
+            self._refuse_request(400, "this server speaks HTTP/1.1 only: a request with a body cannot offer "
+                                      "'Upgrade'; send it without (curl: --http1.1 rather than --http2)",
+                                 LIMIT_MALFORMED)
             raise _Refused
         if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")

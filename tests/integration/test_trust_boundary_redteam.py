@@ -252,3 +252,24 @@ def test_large_batches_cannot_make_the_prediction_log_hold_gigabytes(saved, stor
         assert dropped > 0  # what could not be queued is counted, not silently lost
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("target", ["server", "router"])
+def test_an_upgrade_offer_is_ignored_or_refused_never_left_unanswered(processes: dict[str, launch.Process],
+                                                                       target: str) -> None:
+    """``curl --http2`` on an http:// URL offers ``Upgrade: h2c``. httptools then skips the request's
+    body (it would belong to the new protocol): the server answered such an infer "empty request
+    body" and the router gave no answer at all. HTTP/1.1 lets a server ignore the offer: a request
+    without a body is answered as usual, one with a body gets a 400 saying what to do."""
+    proc = processes[target]
+    upgrade = "connection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    body = infer_body()
+    answer = send_and_read(proc.port, [(f"POST {INFER} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                                        f"{upgrade}content-length: {len(body)}\r\n\r\n").encode() + body], timeout=5)
+    assert status_of(answer) == 400, answer[:300]
+    assert b"--http1.1" in answer
+    answer = send_and_read(proc.port, [f"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n{upgrade}\r\n".encode()], timeout=5)
+    assert status_of(answer) == 200, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer[:600]  # one answer, then the connection closes
+    answer = send_and_read(proc.port, [f"GET /metrics HTTP/1.1\r\nhost: x\r\n{upgrade}\r\n".encode()], timeout=5)
+    assert status_of(answer) == 200 and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
