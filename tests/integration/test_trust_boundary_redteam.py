@@ -13,6 +13,11 @@ subprocesses with a real trained model in a real store directory.
   ``ml``'s part passed every check (the last component is a regular file, the resolved path is
   inside the store root): ``ml2`` served ``ml``'s model. The resolved path must stay in the same
   namespace directory as the path as written.
+- A label posted for an id before the prediction was made (a guessed id) was logged, and the
+  trainer keeps an id's first label: it replaced the true label in training.
+- The prediction log's queue was bounded in batches, not rows: a few bulk requests held gigabytes.
+- ``curl --http2`` offers ``Upgrade: h2c``: the router never answered, the server ran the request
+  without its body.
 """
 
 from __future__ import annotations
