@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Final
 
 # --- exported by the model server -------------------------------------------------------------
-REQUESTS_TOTAL: Final = "noria_requests_total"  # counter: model, version, code
+REQUESTS_TOTAL: Final = "noria_requests_total"  # counter: model, version, endpoint, code
 REQUEST_DURATION_SECONDS: Final = "noria_request_duration_seconds"  # histogram: model, version
 PREDICTIONS_TOTAL: Final = "noria_predictions_total"  # counter: model, version, class
 FEATURE_BIN_TOTAL: Final = "noria_feature_bin_total"  # counter: model, version, feature, bin
@@ -34,6 +34,7 @@ ROUTER_REQUESTS_TOTAL: Final = "noria_router_requests_total"  # counter: code (e
 LABEL_MODEL: Final = "model"
 LABEL_VERSION: Final = "version"
 LABEL_CODE: Final = "code"
+LABEL_ENDPOINT: Final = "endpoint"  # noria_requests_total: infer | feedback | other
 LABEL_CLASS: Final = "class"
 LABEL_FEATURE: Final = "feature"
 LABEL_BIN: Final = "bin"
@@ -52,6 +53,14 @@ BIN_MISSING: Final = "missing"
 BIN_BELOW: Final = "below"
 BIN_ABOVE: Final = "above"
 BIN_OTHER: Final = "other"
+
+# Endpoints of noria_requests_total. errorRate reads only "infer": answers to anything else
+# (metadata, unknown paths, feedback fanned out to every pod, requests the HTTP layer refused before
+# they were complete) would pad its denominator, and any client could dilute a failing candidate's
+# error rate with cheap requests pinned to it.
+ENDPOINT_INFER: Final = "infer"
+ENDPOINT_FEEDBACK: Final = "feedback"
+ENDPOINT_OTHER: Final = "other"
 
 # Outcomes of noria_shadow_comparisons_total.
 OUTCOME_AGREE: Final = "agree"

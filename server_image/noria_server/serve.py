@@ -144,6 +144,8 @@ class ModelServer:
         self.port = 0
         self._model_path = f"/v2/models/{settings.model}"
         self._version_path = f"{self._model_path}/versions/{settings.version}"
+        self._endpoints = {f"{base}/{name}": name for base in (self._model_path, self._version_path)
+                           for name in (m.ENDPOINT_INFER, m.ENDPOINT_FEEDBACK)}
 
     # --- life cycle ----------------------------------------------------------------------------
     async def start(self) -> int:
@@ -247,13 +249,14 @@ class ModelServer:
         return self._error(405, f"{request.path} takes {allowed}, not {request.method}", request)
 
     def _count_response(self, request: Request | None, status: int) -> None:
-        """Every answer, by status, whoever gave it (the handler or the HTTP layer's own refusals).
-
-        Feedback answers are not inference: behind the router every label reaches every pod of every
-        version, so counting them would add one 200 per label to each version's errorRate denominator
-        and hide a failing candidate (docs/analysis.md). They are counted by outcome instead."""
-        if request is None or (request.path not in UNCOUNTED_PATHS and not request.path.endswith("/feedback")):
-            self.metrics.count_code(status)
+        """Every answer, by endpoint and status, whoever gave it (the handler or the HTTP layer's own
+        refusals, which come with no request). Only ``infer`` answers are errorRate's: feedback fans
+        out to every pod of every version behind the router, and metadata or unknown paths cost a
+        client nothing, so either would dilute a failing candidate's error rate (docs/analysis.md)."""
+        if request is None:
+            self.metrics.count_code(status, m.ENDPOINT_OTHER)
+        elif request.path not in UNCOUNTED_PATHS:
+            self.metrics.count_code(status, self._endpoints.get(request.path, m.ENDPOINT_OTHER))
 
     def _error(self, status: int, message: str, request: Request | None = None, request_id: str | None = None,
                started: float | None = None) -> Response:

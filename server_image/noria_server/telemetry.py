@@ -136,8 +136,8 @@ class ServerMetrics:
         self.model, self.version = model, version
         self.registry = registry or CollectorRegistry(auto_describe=True)
         labels = [m.LABEL_MODEL, m.LABEL_VERSION]
-        self.requests = Counter(m.REQUESTS_TOTAL, "Inference requests by HTTP status code",
-                                labels + [m.LABEL_CODE], registry=self.registry)
+        self.requests = Counter(m.REQUESTS_TOTAL, "Answers by endpoint (infer, feedback, other) and HTTP status code",
+                                labels + [m.LABEL_ENDPOINT, m.LABEL_CODE], registry=self.registry)
         self.duration = Histogram(m.REQUEST_DURATION_SECONDS, "Inference request latency inside the server",
                                   labels, buckets=LATENCY_BUCKETS, registry=self.registry).labels(model, version)
         self.predictions = Counter(m.PREDICTIONS_TOTAL, "Predicted rows by class", labels + [m.LABEL_CLASS],
@@ -154,7 +154,7 @@ class ServerMetrics:
                                         labels + [m.LABEL_REASON], registry=self.registry)
         self.log_dropped = Counter(m.PREDICTION_LOG_DROPPED_TOTAL, "Prediction/feedback log lines dropped",
                                    labels + [m.LABEL_KIND], registry=self.registry)
-        self._code_children: dict[int, Any] = {}
+        self._code_children: dict[tuple[str, int], Any] = {}
         self._class_children: dict[Any, Any] = {}
         self.bins: FeatureBinCounter | None = None
         for kind in ("predictions", "feedback"):
@@ -163,7 +163,7 @@ class ServerMetrics:
         # born at its first request would hide that request (and an analysis right after a weight
         # change would see "no requests"). 200 is errorRate's denominator, 500 its numerator.
         for code in (200, 500):
-            self._code_children[code] = self.requests.labels(model, version, str(code))
+            self.count_code(code, m.ENDPOINT_INFER, by=0)
 
     def enable_feature_bins(self, features: Sequence[str], profile: Profile) -> None:
         self.bins = FeatureBinCounter(self.model, self.version, features, profile)
@@ -189,17 +189,13 @@ class ServerMetrics:
     def feedback_refused_by(self, reason: str, n: int = 1) -> None:
         self.feedback_refused.labels(self.model, self.version, reason).inc(n)
 
-    def request_done(self, code: int, seconds: float | None) -> None:
-        self.count_code(code)
-        if seconds is not None:
-            self.duration.observe(seconds)
-
-    def count_code(self, code: int) -> None:
-        """One answer with HTTP status ``code`` (every answer the server gives, whoever gave it)."""
-        child = self._code_children.get(code)
+    def count_code(self, code: int, endpoint: str, by: int = 1) -> None:
+        """One answer with HTTP status ``code`` to a request for ``endpoint`` (``m.ENDPOINT_*``)."""
+        key = (endpoint, code)
+        child = self._code_children.get(key)
         if child is None:
-            child = self._code_children[code] = self.requests.labels(self.model, self.version, str(code))
-        child.inc()
+            child = self._code_children[key] = self.requests.labels(self.model, self.version, endpoint, str(code))
+        child.inc(by)
 
     def watch_http(self, http: Any) -> None:
         self.registry.register(HttpCollector(http, {m.LABEL_MODEL: self.model, m.LABEL_VERSION: self.version}))

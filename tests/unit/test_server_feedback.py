@@ -224,12 +224,24 @@ def test_the_router_merges_each_item_to_its_most_telling_outcome(replicas: list,
     assert len(out["unreachable"]) == sum(status != 200 for _, status, _ in replicas)
 
 
-def test_feedback_answers_are_not_counted_as_inference_requests() -> None:
-    """errorRate reads noria_requests_total: labels fanned out to every pod must not dilute it."""
+def test_only_answers_to_inference_are_what_error_rate_reads() -> None:
+    """errorRate reads noria_requests_total{endpoint="infer"}: labels fanned out to every pod, metadata
+    reads, other models' paths and refusals of the HTTP layer are counted, but under other endpoints,
+    so no client can dilute a failing candidate's error rate with cheap requests pinned to it."""
     server = _server("classifier")
     feedback = _request("/v2/models/m/feedback", {"id": "x", "label": 1})
     for status in (200, 401, 422):
         server._count_response(feedback, status)
-    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c)) for c in (200, 401, 422)) == 0
+    for path in ("/v2/models/m", "/v2/models/other/infer", "/v2/models/m/infer/extra", "/nowhere"):
+        server._count_response(_request(path, {}), 200)
+    server._count_response(None, 413)
+    infer = {"endpoint": m.ENDPOINT_INFER}
+    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c), **infer) for c in (200, 401, 413, 422)) == 0
+    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c), endpoint=m.ENDPOINT_FEEDBACK)
+               for c in (200, 401, 422)) == 3
+    assert _value(server, m.REQUESTS_TOTAL, code="200", endpoint=m.ENDPOINT_OTHER) == 4
+    assert _value(server, m.REQUESTS_TOTAL, code="413", endpoint=m.ENDPOINT_OTHER) == 1
     server._count_response(_request("/v2/models/m/infer", {}), 200)
-    assert _value(server, m.REQUESTS_TOTAL, code="200") == 1
+    server._count_response(_request("/v2/models/m/versions/m-v1/infer", {}), 500)
+    assert _value(server, m.REQUESTS_TOTAL, code="200", **infer) == 1
+    assert _value(server, m.REQUESTS_TOTAL, code="500", **infer) == 1

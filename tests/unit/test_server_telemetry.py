@@ -67,7 +67,8 @@ def test_exposition_uses_the_contract_names_and_labels() -> None:
     metrics = ServerMetrics("churn", "churn-v2")
     metrics.enable_feature_bins(["a"], build_profile({"a": rng.normal(size=50)}, {"a": "numeric"}))
     metrics.declare_classes([0, 1])
-    metrics.request_done(200, 0.001)
+    metrics.count_code(200, m.ENDPOINT_INFER)
+    metrics.duration.observe(0.001)
     metrics.count_predictions(np.array([1, 1, 0]), classifier=True)
     metrics.feedback.labels("churn", "churn-v2", "1", "0").inc()
     metrics.abs_error.observe(0.5)
@@ -87,7 +88,7 @@ def test_series_the_analysis_reads_exist_at_zero_before_the_first_request() -> N
     metrics.declare_classes([0, 1])
     text = metrics.exposition().decode()
     for code in ("200", "500"):
-        assert f'{m.REQUESTS_TOTAL}{{code="{code}",model="churn",version="churn-v2"}} 0.0' in text
+        assert f'{m.REQUESTS_TOTAL}{{code="{code}",endpoint="infer",model="churn",version="churn-v2"}} 0.0' in text
     for actual in ("0", "1"):
         for predicted in ("0", "1"):
             assert (f'{m.FEEDBACK_TOTAL}{{actual="{actual}",model="churn",predicted="{predicted}",'

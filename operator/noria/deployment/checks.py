@@ -26,6 +26,7 @@ from noria.prometheus import Sample
 
 COMPONENT_LABEL = "label_noria_dev_component"
 ROUTER_COMPONENT = "router"
+INFER_ANSWERS = f'{m.LABEL_ENDPOINT}="{m.ENDPOINT_INFER}"'
 SERVER_ERRORS = f'{m.LABEL_CODE}=~"5.."'
 QUANTILES = {"latencyP50": 0.5, "latencyP95": 0.95, "latencyP99": 0.99}
 NOT_ROUTER = f'{COMPONENT_LABEL}!="{ROUTER_COMPONENT}"'
@@ -70,8 +71,8 @@ def queries_for(check: CheckSpec, ctx: CheckContext) -> dict[str, str]:
     v = ctx.version
     if check.builtin == "errorRate":
         return {
-            "errors": f'sum(increase({m.REQUESTS_TOTAL}{_sel(ctx, v, SERVER_ERRORS)}[{w}]))',
-            "total": f"sum(increase({m.REQUESTS_TOTAL}{_sel(ctx, v)}[{w}]))",
+            "errors": f'sum(increase({m.REQUESTS_TOTAL}{_sel(ctx, v, INFER_ANSWERS, SERVER_ERRORS)}[{w}]))',
+            "total": f"sum(increase({m.REQUESTS_TOTAL}{_sel(ctx, v, INFER_ANSWERS)}[{w}]))",
         }
     if check.builtin in QUANTILES:
         sel = _sel(ctx, v, NOT_ROUTER)

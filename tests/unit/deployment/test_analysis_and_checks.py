@@ -74,6 +74,7 @@ def test_tallies_round_trip_through_status():
 def test_error_rate_query_selects_the_version_and_5xx():
     q = queries_for(CheckSpec(name="e", builtin="errorRate", max=0.01), CTX)
     assert 'version="churn-v7"' in q["errors"] and 'code=~"5.."' in q["errors"] and "[30s]" in q["total"]
+    assert all('endpoint="infer"' in q[part] for part in ("errors", "total"))  # never diluted by other answers
 
 
 def test_error_rate_without_requests_is_no_data():
