@@ -69,6 +69,7 @@ def main() -> int:
         spec = {
             "runId": "bench-r1", "trigger": "manual", "namespace": "bench", "pipeline": "bench", "version": 1,
             "champion": None, "storeRoot": f"file://{root}/store", "outputUri": f"file://{root}/store/bench/bench/v1",
+            "trustedDataPrefixes": [f"file://{data}/"],  # the generated data lies beside the store
             "now": "2026-06-30T00:00:00Z",
             "spec": {
                 "model": {"task": "classification", "estimator": args.estimator, "target": "label"},

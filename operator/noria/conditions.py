@@ -41,6 +41,10 @@ GATE_REJECTED: Final = "GateRejected"
 TRIGGERS_EVALUATED: Final = "TriggersEvaluated"
 PROMETHEUS_UNAVAILABLE: Final = "PrometheusUnavailable"
 DATA_SOURCE_UNREADABLE: Final = "DataSourceUnreadable"
+# Degraded (and its Warning Event): spec.data.source lies outside the namespace's store, the shared
+# datasets/ folder and every trusted data prefix; no run starts until it is fixed.
+DATA_SOURCE_OUT_OF_SCOPE: Final = "DataSourceOutOfScope"
+DATA_SOURCE_IN_SCOPE: Final = "DataSourceInScope"
 # Ready
 CHAMPION_AVAILABLE: Final = "ChampionAvailable"
 NO_MODEL_YET: Final = "NoModelYet"

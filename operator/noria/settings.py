@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from noria.artifact_scope import TRUSTED_PREFIXES_ENV, ArtifactScope, parse_trusted_prefixes
+from noria.artifact_scope import (
+    TRUSTED_DATA_PREFIXES_ENV,
+    TRUSTED_PREFIXES_ENV,
+    ArtifactScope,
+    UriScope,
+    data_source_scope,
+    parse_trusted_prefixes,
+)
 from noria.store import DEFAULT_STORE_ROOT
 
 
@@ -28,9 +35,16 @@ class Settings:
     # Registry prefixes (besides each namespace's own <store_root>/<namespace>/) that ModelVersion
     # artifacts may come from, NORIA_TRUSTED_ARTIFACT_PREFIXES (comma- or space-separated); "{namespace}" stands for the ModelVersion's namespace. Empty: none.
     trusted_artifact_prefixes: tuple[str, ...] = ()
+    # Prefixes (besides <store_root>/<namespace>/ and the shared <store_root>/datasets/) that a
+    # TrainingPipeline's spec.data.source may read, NORIA_TRUSTED_DATA_PREFIXES: a setting of its
+    # own, because trusting a registry to hold models is not letting every namespace train on it.
+    trusted_data_prefixes: tuple[str, ...] = ()
 
     def artifact_scope(self) -> ArtifactScope:
         return ArtifactScope(self.store_root, self.trusted_artifact_prefixes)
+
+    def data_scope(self) -> UriScope:
+        return data_source_scope(self.store_root, self.trusted_data_prefixes)
 
     def local_uri(self, uri: str) -> str:
         """A store URI as written for pods (under store_root), rewritten for the operator process."""
@@ -55,4 +69,6 @@ class Settings:
             prometheus_timeout_seconds=float(e.get("NORIA_PROMETHEUS_TIMEOUT", d.prometheus_timeout_seconds)),
             metrics_port=int(e.get("NORIA_METRICS_PORT", d.metrics_port)),
             trusted_artifact_prefixes=parse_trusted_prefixes(e.get(TRUSTED_PREFIXES_ENV, "")),
+            trusted_data_prefixes=parse_trusted_prefixes(e.get(TRUSTED_DATA_PREFIXES_ENV, ""),
+                                                         TRUSTED_DATA_PREFIXES_ENV),
         )

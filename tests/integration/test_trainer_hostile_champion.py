@@ -30,6 +30,7 @@ CHAMPION_STAGE_EXTRA_MB = 32
 def _spec(source: Path, store: Path, champion: dict) -> dict:
     return {"runId": "cancer-r2", "trigger": "manual", "namespace": "ml", "pipeline": "cancer", "version": 2,
             "champion": champion, "storeRoot": f"file://{store}", "outputUri": f"file://{store}/ml/cancer/v2",
+            "trustedDataPrefixes": [f"file://{source.parent}/"],  # the data lies beside the store
             "spec": {"model": {"task": "classification", "estimator": "sklearn.linear_model.LogisticRegression",
                                "target": "target"},
                      "data": {"source": f"file://{source}"}, "evaluation": {"metric": "f1"}}}

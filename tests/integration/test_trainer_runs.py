@@ -24,6 +24,7 @@ from sklearn.datasets import load_breast_cancer
 def _run_spec(source: Path, store: Path, version: int, **extra) -> dict:
     return {"runId": f"cancer-r{version}", "trigger": "manual", "namespace": "ml", "pipeline": "cancer",
             "version": version, "champion": None, "storeRoot": f"file://{store}",
+            "trustedDataPrefixes": [f"file://{source.parent}/"],  # the data lies beside the store
             "outputUri": f"file://{store}/ml/cancer/v{version}",
             "spec": {"model": {"task": "classification", "estimator": "sklearn.ensemble.RandomForestClassifier",
                                "params": {"n_estimators": 50}, "target": "target"},

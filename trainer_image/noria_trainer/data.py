@@ -10,13 +10,17 @@ and judged the result on frozen history; now both kinds of rows are ordered by t
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import os
+import stat
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 import pandas as pd
 from noria import store
+from noria.artifact_scope import DATA_SOURCE_FIELD, data_source_scope
 
 from noria_trainer.spec import Window
 
@@ -26,6 +30,93 @@ FEEDBACK_TIME_COLUMN = "__noria_feedback_time"  # the prediction time, while fee
 
 class DataError(Exception):
     """The data cannot be read, or a window leaves nothing to train on; the message says which file."""
+
+
+class DataOutOfScope(DataError):
+    """The data source (or a file found under it) lies where this run's namespace may not read."""
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """Where one run may read. ``local_root`` is the resolved directory every local file must stay
+    in (None for an object store: there are no symlinks, the URI prefix is the whole rule)."""
+
+    local_root: str | None
+
+    def open(self, fs: fsspec.AbstractFileSystem, path: str, mode: str = "rb") -> IO[Any]:
+        """``path`` opened, refused unless it is a regular file whose resolved location stays in
+        ``local_root``. Checked on the open descriptor, so a symlink swapped in meanwhile is seen."""
+        if self.local_root is None:
+            return fs.open(path, mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the run
+        try:
+            kind = os.fstat(fd).st_mode
+            real = _fd_path(fd) or os.path.realpath(path)
+            if not stat.S_ISREG(kind):
+                raise DataOutOfScope(f"{path} is not a regular file; only regular files are read")
+            if not _within(real, self.local_root):
+                raise DataOutOfScope(f"{path} resolves to {real}, outside {self.local_root}/ (a symbolic link "
+                                     "leads out of the directory this run may read)")
+            os.set_blocking(fd, True)
+            handle = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        return handle if "b" in mode else io.TextIOWrapper(handle, encoding="utf-8")
+
+
+UNSCOPED: ReadScope = ReadScope(None)  # for callers that judged the location themselves
+
+
+def _fd_path(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _local_dir(uri: str) -> str | None:
+    return uri[len("file://"):] if uri.startswith("file://") else None
+
+
+def source_scope(source: str, store_root: str, namespace: str, trusted_prefixes: tuple[str, ...] = ()) -> ReadScope:
+    """The run may read ``source`` (``spec.data.source``): it lies under ``<store_root>/<namespace>/``,
+    ``<store_root>/datasets/`` or a trusted data prefix (``noria.artifact_scope``, the rule the
+    operator applied before starting the run). Raises ``DataOutOfScope`` naming the field.
+
+    A store folder is resolved as artifact loading does (``noria.artifact``): the store root's real
+    path joined with the folder's name, so a namespace folder that is itself a symlink into another
+    namespace leads nowhere."""
+    if not store_root:
+        raise DataOutOfScope(f"the run spec has no storeRoot: cannot tell whether {DATA_SOURCE_FIELD} "
+                             f"{source!r} is in scope, so it is not read")
+    scope = data_source_scope(store_root, trusted_prefixes)
+    why = scope.problem(source, namespace)
+    if why is not None:
+        raise DataOutOfScope(f"{DATA_SOURCE_FIELD} {source[:200]!r} {why}")
+    roots = scope.allowed_roots(namespace)
+    matched = next(i for i, root in enumerate(roots) if source.startswith(root))
+    local = _local_dir(roots[matched])
+    if local is None:
+        return ReadScope(None)
+    if matched <= len(scope.shared_dirs):  # the namespace's folder or a shared one: inside the store
+        store_dir = _local_dir(store_root)
+        assert store_dir is not None  # a file:// folder of the store means a file:// store root
+        top = roots[matched][len(store.join(store_root, "")):].strip("/")
+        return ReadScope(os.path.join(os.path.realpath(store_dir), top))
+    return ReadScope(os.path.realpath(local))
+
+
+def namespace_scope(store_root: str, namespace: str) -> ReadScope:
+    """Where the prediction and feedback logs of the run's namespace may be read from."""
+    local = _local_dir(store_root)
+    if local is None:
+        return ReadScope(None)
+    return ReadScope(os.path.join(os.path.realpath(local), namespace))
 
 
 def _format_of(path: str, declared: str | None) -> str:
@@ -58,7 +149,9 @@ def list_data_files(source: str, declared_format: str | None) -> tuple[fsspec.Ab
     return fs, files
 
 
-def read_source(source: str, declared_format: str | None) -> tuple[pd.DataFrame, list[str]]:
+def read_source(source: str, declared_format: str | None, scope: ReadScope = UNSCOPED
+                ) -> tuple[pd.DataFrame, list[str]]:
+    """Every file of ``source``, each opened through ``scope`` (see ``source_scope``)."""
     fs, files = list_data_files(source, declared_format)
     formats = {_format_of(f, declared_format) for f in files}
     if len(formats) > 1:
@@ -67,11 +160,13 @@ def read_source(source: str, declared_format: str | None) -> tuple[pd.DataFrame,
     for path in files:
         fmt = _format_of(path, declared_format)
         try:
-            with fs.open(path, "rb") as handle:
+            with scope.open(fs, path, "rb") as handle:
                 if fmt == "parquet":
                     frame = pd.read_parquet(handle)
                 else:
                     frame = pd.read_csv(handle, compression="gzip" if path.endswith(".gz") else None)
+        except DataOutOfScope:
+            raise
         except pd.errors.EmptyDataError:
             raise DataError(f"data file {path} is empty") from None
         except Exception as exc:  # pyarrow and the CSV parser raise many types; all mean "unreadable"
@@ -149,13 +244,13 @@ class FeedbackMerge:
                 "prematureLabels": self.premature_labels}
 
 
-def _read_jsonl(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[dict[str, Any]], int]:
+def _read_jsonl(fs: fsspec.AbstractFileSystem, root: str, scope: ReadScope) -> tuple[list[dict[str, Any]], int]:
     if not fs.isdir(root):
         return [], 0
     files = sorted(p for p in fs.find(root) if p.endswith(".jsonl"))
     records: list[dict[str, Any]] = []
     for path in files:
-        with fs.open(path, "r") as handle:
+        with scope.open(fs, path, "r") as handle:
             for line in handle:
                 line = line.strip()
                 if not line:
@@ -193,8 +288,11 @@ def merge_feedback(store_root: str, namespace: str, pipeline: str, target: str, 
       window cannot place them.
     The rows come back oldest first."""
     fs, root = store.filesystem(store.pipeline_root(store_root, namespace, pipeline))
-    predictions, pred_files = _read_jsonl(fs, root + "/predictions")
-    labels, label_files = _read_jsonl(fs, root + "/feedback")
+    # The logs are the namespace's own; a symlinked predictions/ or feedback/ folder leading into
+    # another namespace's logs is refused file by file (DataOutOfScope), as artifact loading does.
+    scope = namespace_scope(store_root, namespace)
+    predictions, pred_files = _read_jsonl(fs, root + "/predictions", scope)
+    labels, label_files = _read_jsonl(fs, root + "/feedback", scope)
     by_id: dict[str, dict[str, Any]] = {}
     for record in predictions:
         by_id.setdefault(str(record["id"]), record)

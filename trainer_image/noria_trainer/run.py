@@ -207,7 +207,10 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
     spec = run.spec
     reporter.begin("load", source=spec.source)
     try:
-        frame, files = data_mod.read_source(spec.source, spec.format)
+        # Defence in depth: the operator starts no run for an out-of-scope source, but the run
+        # spec is a ConfigMap in the namespace, so the trainer judges it again before reading.
+        scope = data_mod.source_scope(spec.source, run.store_root, run.namespace, run.trusted_data_prefixes)
+        frame, files = data_mod.read_source(spec.source, spec.format, scope)
         frame = data_mod.order_by_time(frame, spec.timestamp_column)
     except data_mod.DataError as exc:
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from noria.api import training_pipeline as api
 from noria.artifact import DIGEST_PATTERN
+from noria.artifact_scope import InvalidTrustedPrefix, parse_trusted_prefixes
 from pydantic import BaseModel, ValidationError
 
 Task = Literal["classification", "regression"]
@@ -100,6 +101,9 @@ class RunSpec:
     store_root: str
     now: dt.datetime
     raw: dict[str, Any]
+    # NORIA_TRUSTED_DATA_PREFIXES as the operator passed them: where data may be read besides the
+    # namespace's store folder and the shared datasets/ folder.
+    trusted_data_prefixes: tuple[str, ...] = ()
 
 
 # --- small parsers ------------------------------------------------------------------------------
@@ -346,6 +350,13 @@ def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:
         raise SpecError("version: required")
     output_uri = _string(raw.get("outputUri"), "outputUri")
     store_root = _string(raw.get("storeRoot"), "storeRoot", required=False) or ""
+    trusted_raw = raw.get("trustedDataPrefixes") or []
+    if not isinstance(trusted_raw, list) or not all(isinstance(p, str) for p in trusted_raw):
+        raise SpecError("trustedDataPrefixes: expected a list of URI prefixes")
+    try:
+        trusted = parse_trusted_prefixes(" ".join(trusted_raw), "trustedDataPrefixes")
+    except InvalidTrustedPrefix as exc:
+        raise SpecError(str(exc)) from None
     champion_raw = raw.get("champion")
     champion: Champion | None = None
     if champion_raw is not None:
@@ -372,4 +383,5 @@ def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:
         store_root=store_root,
         now=anchor,
         raw=raw,
+        trusted_data_prefixes=trusted,
     )

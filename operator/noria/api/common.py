@@ -270,28 +270,65 @@ ARTIFACT_URI_RULES: Final = (
 )
 
 
+# --- training data sources: the same rules, plus glob characters ---------------------------------
+# A TrainingPipeline's spec.data.source is opened by the trainer in the pipeline's namespace, just
+# as an artifact is by a server, so it obeys the same rules (and the same operator scope check).
+# The one difference: a source may be a glob of partitions (``.../events/*/*.parquet``), so ``*``,
+# ``[`` and ``]`` are plain characters here. ``?`` stays refused (it is the query rule), and a glob
+# cannot climb out of its prefix: it matches names inside directories, never ``..``.
+DATA_SOURCE_CHARACTERS_RE: Final = r"^[A-Za-z0-9._~/:@+=,*\[\]-]+$"
+DATA_SOURCE_CHARACTERS_MESSAGE: Final = (
+    "may contain only letters, digits and . _ ~ / : @ + = , - and the glob characters * [ ] (no spaces,"
+    " backslashes, control characters, percent-escapes or '?')"
+)
+DATA_SOURCE_RULES: Final = (
+    *ARTIFACT_URI_RULES[:-1],
+    UriRule(DATA_SOURCE_CHARACTERS_RE, True, DATA_SOURCE_CHARACTERS_MESSAGE),
+)
+
+
+def uri_problems(uri: str, rules: tuple[UriRule, ...] = ARTIFACT_URI_RULES) -> list[str]:
+    """Every one of ``rules`` that ``uri`` breaks, as messages (empty when it is well-formed)."""
+    return [rule.message for rule in rules if not rule.holds(uri)]
+
+
 def artifact_uri_problems(uri: str) -> list[str]:
-    """Every rule ``uri`` breaks, as messages (empty when it is well-formed)."""
-    return [rule.message for rule in ARTIFACT_URI_RULES if not rule.holds(uri)]
+    """Every artifact URI rule ``uri`` breaks, as messages (empty when it is well-formed)."""
+    return uri_problems(uri, ARTIFACT_URI_RULES)
 
 
-def _check_artifact_uri(value: Any) -> Any:
-    problems = artifact_uri_problems(value) if isinstance(value, str) else []
-    if problems:
-        raise ValueError("; ".join(problems) + f" (got {value[:200]!r})")
-    return value
+def data_source_problems(uri: str) -> list[str]:
+    """Every data source rule ``uri`` breaks, as messages (empty when it is well-formed)."""
+    return uri_problems(uri, DATA_SOURCE_RULES)
 
 
-ArtifactUri = Annotated[
-    StrictStr,
-    Field(min_length=1, max_length=URI_MAX),
-    AfterValidator(_check_artifact_uri),
-    WithJsonSchema({
+def _uri_check(rules: tuple[UriRule, ...]) -> AfterValidator:
+    """The pydantic half of a checked URI type: every broken rule's message, as CEL says it."""
+
+    def check(value: Any) -> Any:
+        problems = uri_problems(value, rules) if isinstance(value, str) else []
+        if problems:
+            raise ValueError("; ".join(problems) + f" (got {value[:200]!r})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _uri_schema(rules: tuple[UriRule, ...]) -> WithJsonSchema:
+    """The CRD half of a checked URI type: one ``x-kubernetes-validations`` entry per rule."""
+    return WithJsonSchema({
         "type": "string",
         "minLength": 1,
         "maxLength": URI_MAX,
-        "x-kubernetes-validations": [rule.cel() for rule in ARTIFACT_URI_RULES],
-    }),
+        "x-kubernetes-validations": [rule.cel() for rule in rules],
+    })
+
+
+ArtifactUri = Annotated[
+    StrictStr, Field(min_length=1, max_length=URI_MAX), _uri_check(ARTIFACT_URI_RULES), _uri_schema(ARTIFACT_URI_RULES)
+]
+DataSourceUri = Annotated[
+    StrictStr, Field(min_length=1, max_length=URI_MAX), _uri_check(DATA_SOURCE_RULES), _uri_schema(DATA_SOURCE_RULES)
 ]
 
 Timestamp = Annotated[
@@ -359,8 +396,12 @@ __all__ = [
     "API_VERSION",
     "ARTIFACT_URI_RULES",
     "ArtifactUri",
+    "DATA_SOURCE_RULES",
+    "DataSourceUri",
     "UriRule",
     "artifact_uri_problems",
+    "data_source_problems",
+    "uri_problems",
     "CATEGORY",
     "Bound",
     "Condition",

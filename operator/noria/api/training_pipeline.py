@@ -13,6 +13,7 @@ from pydantic import Field, StrictStr, model_validator
 from .common import (
     NAME_MAX,
     Condition,
+    DataSourceUri,
     Decimalish,
     Duration,
     Fraction,
@@ -24,7 +25,6 @@ from .common import (
     Text,
     Timestamp,
     TriggerKind,
-    Uri,
     _cel_regex,
     _checked_pattern,
     cel,
@@ -229,12 +229,13 @@ class DataSpec(NoriaModel):
         )
     }
 
-    source: Uri = Field(
+    source: DataSourceUri = Field(
         description=(
             "URI of a file, a folder or a glob of partitions: file:///var/lib/noria/store/datasets/churn/"
-            " (the store volume) or s3://bucket/prefix/."
+            " (the store volume) or s3://bucket/prefix/. It must lie under the store's shared datasets/"
+            " folder, the pipeline's own namespace's folder of the store, or a prefix the operator trusts"
+            " (NORIA_TRUSTED_DATA_PREFIXES); no '..', '//', '?', '#' or percent-escapes."
         ),
-        json_schema_extra={"pattern": r"^(file|s3)://.+"},
     )
     format: Literal["csv", "parquet"] = Field(default="parquet", description="csv or parquet.")
     timestamp_column: ShortText | None = Field(

@@ -64,6 +64,7 @@ class _State:
             active_deadline_seconds=int(env.get("NORIA_TRAINER_DEADLINE_SECONDS",
                                                 str(runs.DEFAULT_ACTIVE_DEADLINE_SECONDS))),
             local_store_root=self.settings.local_store_root,
+            trusted_data_prefixes=self.settings.trusted_data_prefixes,
         )
         self.prometheus = PrometheusClient(self.settings.prometheus_url, self.settings.prometheus_timeout_seconds)
         self.profiles: dict[str, Profile] = {}  # by URI; a profile never changes (the spec is immutable)
@@ -147,10 +148,16 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
             pods = await kube.list_objects("v1", "Pod", ns, {"job-name": job["metadata"]["name"]})
         job_outcome = runs.job_outcome(job, pods)
 
+    # The scope of spec.data.source is judged before anything reads it: the operator must not
+    # count rows of another namespace's logs (or of /etc) for the newData trigger either.
+    refused = st.settings.data_scope().check_data_source(tp)
     data = None
     if (tspec.get("newData") or {}).get("minNewRows"):
-        source = st.settings.local_uri(spec["data"]["source"])
-        data = await asyncio.to_thread(datasource.observe, source, spec["data"].get("format", "parquet"))
+        if refused is not None:
+            data = triggers.DataObservation(error=f"not read: {c.DATA_SOURCE_OUT_OF_SCOPE}")
+        else:
+            source = st.settings.local_uri(spec["data"]["source"])
+            data = await asyncio.to_thread(datasource.observe, source, spec["data"].get("format", "parquet"))
 
     # Only the champion's own series: each server counts inputs into its own version's profile bins
     # (bin "3" of one version is another interval than bin "3" of the next), so counts of other
@@ -175,6 +182,7 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         performance=performance, profile=profile,
         job_names=[j["metadata"]["name"] for j in jobs], config_map_names=[m["metadata"]["name"] for m in cms],
         run_settings=st.run_settings, settle_seconds=st.settle,
+        data_source_refused=refused.message if refused else None,
     )
 
 

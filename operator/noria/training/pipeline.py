@@ -70,6 +70,9 @@ class Observation:
     config_map_names: list[str] = field(default_factory=list)  # this pipeline's run ConfigMaps
     run_settings: runs.RunSettings | None = None
     settle_seconds: float = triggers.DEFAULT_SETTLE_SECONDS
+    # Why spec.data.source may not be read (noria.artifact_scope, judged by the handler with the
+    # operator's settings), or None when it is in scope. While set, no run starts.
+    data_source_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,7 @@ def decide(obs: Observation) -> Plan:
     current = status.get("currentRun")
     if current:
         if obs.job is None or obs.job.state == runs.MISSING:
-            if obs.run_settings is not None:
+            if obs.run_settings is not None and obs.data_source_refused is None:
                 n = runs.run_number(name, current["id"]) or int(status.get("runCounter") or 0)
                 objects = run_objects(pipeline, n, current.get("trigger") or triggers.MANUAL,
                                       current.get("triggeredAt") or current.get("startedAt") or c.now_iso(now),
@@ -318,7 +321,8 @@ def decide(obs: Observation) -> Plan:
     cooling = cooldown_until is not None and now < cooldown_until
     if pending and current is None and cooling:
         recheck.append(max(0.5, (cooldown_until - now).total_seconds()))  # type: ignore[operator]
-    if pending and current is None and not cooling and obs.run_settings is not None:
+    refused = obs.data_source_refused
+    if pending and current is None and not cooling and obs.run_settings is not None and refused is None:
         order = {k: i for i, k in enumerate(triggers.KINDS)}
         pending.sort(key=lambda p: order.get(p["trigger"], 99))
         first = pending[0]
@@ -344,10 +348,24 @@ def decide(obs: Observation) -> Plan:
         recheck.append(RUNNING_RECHECK_SECONDS)
     status["pendingTriggers"] = pending or None
 
-    # 4. Conditions, then the phase that summarises them.
+    # 4. Conditions, then the phase that summarises them. An out-of-scope data source is Degraded
+    # (one Warning Event when it becomes so, or names another source); once fixed, Degraded clears.
+    was = c.get_condition(old_status.get("conditions"), c.DEGRADED) or {}
+    was_refused = was.get("status") == c.TRUE and was.get("reason") == c.DATA_SOURCE_OUT_OF_SCOPE
+    if refused is not None:
+        conds = c.set_condition(conds, c.DEGRADED, c.TRUE, c.DATA_SOURCE_OUT_OF_SCOPE, refused[:1000], generation, now)
+        if not was_refused or was.get("message") != refused[:1000]:
+            events.append(Event("Warning", c.DATA_SOURCE_OUT_OF_SCOPE, f"no run starts: {refused}"))
+    elif was_refused:
+        conds = c.set_condition(conds, c.DEGRADED, c.FALSE, c.DATA_SOURCE_IN_SCOPE,
+                                "spec.data.source is in scope", generation, now)
     if current:
         conds = c.set_condition(conds, c.TRAINING, c.TRUE, c.RUN_IN_PROGRESS,
                                 f"run {current['id']} started by {current.get('trigger')}", generation, now)
+    elif pending and refused is not None:
+        conds = c.set_condition(conds, c.TRAINING, c.FALSE, c.DATA_SOURCE_OUT_OF_SCOPE,
+                                f"{', '.join(p['trigger'] for p in pending)} waiting: spec.data.source is out of"
+                                " scope", generation, now)
     elif pending:
         conds = c.set_condition(conds, c.TRAINING, c.FALSE, c.COOLING_DOWN,
                                 f"{', '.join(p['trigger'] for p in pending)} waiting for the cooldown until "

@@ -64,6 +64,8 @@ class RunSettings:
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
     active_deadline_seconds: int = DEFAULT_ACTIVE_DEADLINE_SECONDS
     local_store_root: str = ""  # the store as the operator sees it (see Settings.local_store_root)
+    # NORIA_TRUSTED_DATA_PREFIXES, handed to the trainer so that it checks the data source itself.
+    trusted_data_prefixes: tuple[str, ...] = ()
 
     def pod_uri(self, uri: str | None) -> str | None:
         """A store URI as pods see it. A trainer that saw the store at the operator's local root
@@ -89,6 +91,9 @@ def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: Mappin
         "champion": dict(champion) if champion else None,
         "outputUri": store.version_dir(settings.store_root, ns, name, n),
         "storeRoot": settings.store_root,
+        # The trainer refuses a data source outside <storeRoot>/<namespace>/, <storeRoot>/datasets/
+        # and these (defence in depth: the operator has checked already).
+        **({"trustedDataPrefixes": list(settings.trusted_data_prefixes)} if settings.trusted_data_prefixes else {}),
     }
 
 

@@ -28,6 +28,9 @@ def make_spec(store_root: Path) -> Callable[..., dict[str, Any]]:
             "runId": f"{pipeline}-r{version}", "trigger": "manual", "namespace": "ml", "pipeline": pipeline,
             "version": version, "spec": {"data": {"source": source}, **spec}, "champion": champion,
             "outputUri": f"file://{store_root}/ml/{pipeline}/v{version}", "storeRoot": f"file://{store_root}",
+            # The tests write their data beside the store (tmp_path): a location trusted for data,
+            # as NORIA_TRUSTED_DATA_PREFIXES would make it. test_trainer_data_scope.py drops it.
+            "trustedDataPrefixes": [f"file://{store_root.parent}/"],
             "now": NOW.isoformat(),
         }
     return make
