@@ -35,6 +35,7 @@ def test_the_report_shows_the_backtest_of_the_demos_pipeline(tmp_path) -> None:
     spec, never, periodic = record["policies"].values()
     assert record["pipeline"] == "churn" and record["feedbackLoop"] is True
     assert never["summary"]["runs"] == 1 and periodic["summary"]["runs"] >= 3
+    assert all(r["outcome"] == "Succeeded" for r in spec["runs"]), spec["runs"]
     retrains = [r for r in spec["runs"] if r["trigger"] != "initial"]
     assert retrains, spec["runs"]  # the change is seen by the demo's triggers
     change = record["demo"]["changeAtSlice"]

@@ -29,6 +29,7 @@ import copy
 import datetime as dt
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -226,7 +227,8 @@ class Replay:
                  progress: Callable[[str], None] | None = None) -> None:
         self.policy, self.size, self.label_delay = policy, size, label_delay
         self.progress = progress or (lambda _text: None)
-        self.root = Path(workdir).resolve() / policy.name.replace(" ", "-")
+        # a folder name the trainer accepts in a data source URI (plain characters only)
+        self.root = Path(workdir).resolve() / (re.sub(r"[^A-Za-z0-9._-]+", "-", policy.name).strip("-") or "policy")
         if self.root.exists():
             shutil.rmtree(self.root)
         (self.root / "runs").mkdir(parents=True)
