@@ -216,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_slices(record))
         print()
     print(format_summary(record))
+    for name, policy in record["policies"].items():
+        failed = [r for r in policy["runs"] if r.get("outcome") == "Failed"]
+        if failed:  # a failed run is the trainer refusing the spec or the data: say why, loudly
+            print(f"noria backtest: {name}: {len(failed)} run(s) failed, the first: {failed[0]['id']}: "
+                  f"{failed[0].get('message')}", file=sys.stderr)
     json_path, png_path = write_outputs(record, out)
     print(f"\nrecord: {json_path}\nplot:   {png_path}")
     return 0
