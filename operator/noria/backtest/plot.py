@@ -25,7 +25,7 @@ def plot(record: dict[str, Any], path: str | Path) -> Path:
                 label=f"{name}: {metric} {summary['served']} with {summary['runs']} run(s)")
         for s in policy["slices"]:
             for run in s["started"]:
-                finished = next((f for f in s["finished"] if f["id"] == run["id"]), {})
+                finished: dict[str, Any] = next((f for f in s["finished"] if f["id"] == run["id"]), {})
                 passed = finished.get("outcome") == "Succeeded"
                 ax.plot([s["index"]], [1.0 + 0.02 * (i + 1)], marker="v", color=colour, markersize=6,
                         markerfacecolor=colour if passed else "none", linestyle="none")

@@ -140,9 +140,9 @@ class PolicyRecord:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self, metric: str) -> dict[str, Any]:
-        served = [(s.rows, s.metrics.get(metric)) for s in self.slices if s.metrics.get(metric) is not None]
+        served = [(s.rows, float(v)) for s in self.slices if (v := s.metrics.get(metric)) is not None]
         rows = sum(n for n, _ in served)
-        weighted = sum(n * float(v) for n, v in served) / rows if rows else None  # type: ignore[arg-type]
+        weighted = sum(n * v for n, v in served) / rows if rows else None
         by_trigger: dict[str, int] = {}
         for r in self.runs:
             by_trigger[r["trigger"]] = by_trigger.get(r["trigger"], 0) + 1
@@ -252,7 +252,7 @@ class Replay:
         self.data = data
         self.settings = runs.RunSettings(trainer_image="in-process", store_root=self.store_root, store_pvc="backtest",
                                          store_mount_path=str(self.root / "store"), local_store_root=self.store_root)
-        self.mvs: list[dict[str, Any]] = []
+        self.mvs: list[Mapping[str, Any]] = []
         self.jobs: dict[str, runs.JobOutcome] = {}
         self.served: list[observe.Served] = []
         self.versions: dict[str, _Version] = {}
