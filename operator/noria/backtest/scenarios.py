@@ -187,3 +187,33 @@ def recommended(name: str) -> dict[str, Any]:
     manifest = pipeline(name, RECOMMENDED_TRIGGERS)
     manifest["spec"]["data"]["window"] = copy.deepcopy(RECOMMENDED_WINDOW)
     return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m noria.backtest.scenarios NAME --out DIR``: write a scenario as files to try the
+    command on: ``history.parquet`` (--data), ``traffic.parquet`` (--feedback) and the defaults'
+    ``pipeline.yaml`` (``recommended.yaml`` beside it)."""
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m noria.backtest.scenarios", description=main.__doc__)
+    parser.add_argument("name", choices=sorted(SCENARIOS))
+    parser.add_argument("--out", required=True, help="folder for the files")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    history, traffic = generate(args.name, args.seed)
+    history.to_parquet(out / "history.parquet", index=False)
+    traffic.to_parquet(out / "traffic.parquet", index=False)
+    (out / "pipeline.yaml").write_text(yaml.safe_dump(pipeline(args.name, DEFAULT_TRIGGERS), sort_keys=False))
+    (out / "recommended.yaml").write_text(yaml.safe_dump(recommended(args.name), sort_keys=False))
+    print(f"python -m noria backtest {out / 'pipeline.yaml'} --data {out / 'history.parquet'} "
+          f"--feedback {out / 'traffic.parquet'} --out {out / 'result'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
