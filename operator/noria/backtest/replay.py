@@ -39,8 +39,10 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from noria import conditions as c
 from noria import store
 from noria.api.common import parse_duration
+from noria.artifact_scope import data_source_scope
 from noria.conditions import now_iso
 from noria.profile import Profile
 from noria.training import datasource, pipeline, results, runs, triggers
@@ -364,9 +366,13 @@ class Replay:
         tspec = spec.get("triggers") or {}
         current = (tp.get("status") or {}).get("currentRun")
         job = self.jobs.get(current.get("job") or current["id"], runs.JobOutcome(runs.MISSING)) if current else None
+        # the operator judges the data source's scope before anything reads it (here it is always
+        # the replay's own store/datasets/ folder, which is in scope)
+        refused = data_source_scope(self.store_root).check_data_source(tp)
         data = None
         if (tspec.get("newData") or {}).get("minNewRows"):
-            data = datasource.observe(self.dataset_uri, "parquet")
+            data = (datasource.observe(self.dataset_uri, "parquet") if refused is None
+                    else triggers.DataObservation(error=f"not read: {c.DATA_SOURCE_OUT_OF_SCOPE}"))
         champion = results.champion(self.mvs)
         drift = performance = None
         profile = None
@@ -383,7 +389,7 @@ class Replay:
         return pipeline.Observation(
             pipeline=tp, now=now, model_versions=list(self.mvs), job=job, data=data, drift=drift,
             performance=performance, profile=profile, job_names=list(self.jobs), config_map_names=list(self.jobs),
-            run_settings=self.settings, settle_seconds=0.0)
+            run_settings=self.settings, settle_seconds=0.0, data_source_refused=refused.message if refused else None)
 
     def operator_pass(self, now: dt.datetime, record: SliceRecord | None) -> pipeline.Plan:
         plan = pipeline.decide(self.observation(now))
