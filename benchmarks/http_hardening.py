@@ -408,7 +408,7 @@ ATTACKS: list[tuple[str, Callable[[int], Awaitable[str]]]] = [
 ]
 
 
-def attack_part(work: Path, before_tree: Path, saved: Any) -> list[tuple[str, str, str, str]]:
+def attack_part(work: Path, before_tree: Path, saved: Any, only: str = "") -> list[tuple[str, str, str, str]]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000), hard))
     results: dict[str, dict[str, str]] = {}
@@ -416,6 +416,8 @@ def attack_part(work: Path, before_tree: Path, saved: Any) -> list[tuple[str, st
                                    "before"),
                                   ("now", f"{REPO / 'operator'}:{REPO / 'server_image'}", "now")):
         for attack_name, attack in ATTACKS:
+            if only not in attack_name:
+                continue
             proc, port = start_server(work, saved, pythonpath, f"{tag}-attack")  # a fresh server per attack
             try:
                 for _ in range(200):
@@ -432,7 +434,7 @@ def attack_part(work: Path, before_tree: Path, saved: Any) -> list[tuple[str, st
                 print(f"  {name:<16} {attack_name:<36} {results[attack_name][tag]}", flush=True)
             finally:
                 stop(proc)
-    return [(a, results[a].get("before", "-"), results[a].get("now", "-"), "") for a, _ in ATTACKS]
+    return [(a, results[a].get("before", "-"), results[a].get("now", "-"), "") for a, _ in ATTACKS if a in results]
 
 
 def main() -> None:
@@ -448,6 +450,7 @@ def main() -> None:
     parser.add_argument("--skip-layer", action="store_true")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-attacks", action="store_true")
+    parser.add_argument("--attack", default="", help="only the attacks whose name contains this")
     args = parser.parse_args()
     require_wrk()
     if len(os.sched_getaffinity(0)) > 1:
@@ -463,7 +466,7 @@ def main() -> None:
         layer_rows = [] if args.skip_layer else layer_part(work, before_tree, args)
         saved = train_and_save("logistic", str(work / "model"), rows=2000, seed=0)
         server_rows = [] if args.skip_server else server_part(work, before_tree, saved, args)
-        attack_rows = [] if args.skip_attacks else attack_part(work, before_tree, saved)
+        attack_rows = [] if args.skip_attacks else attack_part(work, before_tree, saved, args.attack)
         print(f"\nmachine after: {uptime()}")
         if layer_rows:
             table("HTTP layer alone, one minimal JSON handler", layer_rows, args)

@@ -201,6 +201,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self._release()
+        # The parser and this protocol refer to each other, so the object waits for the cyclic GC;
+        # what a half-sent request holds is dropped now rather than then.
+        self.body = []
+        self.headers = {}
+        self.url = b""
+        self.queue.clear()
         if self.counted:
             self.counted = False
             self.server.active -= 1
