@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,20 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
-from serving_bench import fixed_rate, measure, require_wrk, taskset, uptime, wait_http  # noqa: E402
+from serving_bench import (  # noqa: E402
+    fixed_rate,
+    measure,
+    require_wrk,
+    start,
+    stop,
+    uptime,
+    wait_http,
+)
 
 BEFORE = "d16a0b4"  # main before issue #10's hardening
 REPO = Path(__file__).resolve().parent.parent
 ROW = [round(0.1 * i - 1.0, 3) for i in range(20)]
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [ROW]}]}).encode()
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 MINI_LAYER = '''
 import asyncio, sys
@@ -89,22 +95,6 @@ async def app(scope, proto):
 
 
 # --- processes ---------------------------------------------------------------------------------------
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def tree(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
@@ -187,27 +177,11 @@ def layer_part(work: Path, before_tree: Path, args: argparse.Namespace) -> list[
         proc = start(cmd, work / f"layer-{port}.log", env, cwd=str(work))
         url = f"http://127.0.0.1:{port}/v2/models/m/infer"
         try:
-            wait_for_post(url)
+            wait_http(url, 60, BODY)
             rows.append(figures(name, url, proc.pid, args))
         finally:
             stop(proc)
     return rows
-
-
-def wait_for_post(url: str, timeout: float = 60.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            req = urllib.request.Request(url, data=BODY, headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 # --- part 2: the model server ---------------------------------------------------------------------------
@@ -284,35 +258,28 @@ def _tally(outcomes: list[str]) -> str:
     return ", ".join(f"{k}×{v}" for k, v in sorted(counts.items()))
 
 
-async def attack_long_url(port: int) -> str:
+async def _many(port: int, request: bytes, wait: float, count: int) -> str:
+    """``count`` connections at once, each sending ``request`` and reading the status within ``wait`` s."""
     async def one() -> str:
         reader, writer = await _open(port)
-        await _send(writer, b"GET /" + b"a" * (4 << 20))
-        status = await _status(reader, 3)
+        await _send(writer, request)
+        status = await _status(reader, wait)
         writer.close()
         return status
-    return _tally(await asyncio.gather(*(one() for _ in range(50))))
+    return _tally(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def attack_long_url(port: int) -> str:
+    return await _many(port, b"GET /" + b"a" * (4 << 20), 3, 50)
 
 
 async def attack_huge_header(port: int) -> str:
-    async def one() -> str:
-        reader, writer = await _open(port)
-        await _send(writer, b"GET / HTTP/1.1\r\nhost: x\r\nx-huge: " + b"h" * (64 << 20) + b"\r\n\r\n")
-        status = await _status(reader, 5)
-        writer.close()
-        return status
-    return _tally(await asyncio.gather(*(one() for _ in range(4))))
+    return await _many(port, b"GET / HTTP/1.1\r\nhost: x\r\nx-huge: " + b"h" * (64 << 20) + b"\r\n\r\n", 5, 4)
 
 
 async def attack_many_headers(port: int) -> str:
     head = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n" + b"".join(b"x-h%d: 1\r\n" % i for i in range(20_000))
-    async def one() -> str:
-        reader, writer = await _open(port)
-        await _send(writer, head + b"\r\n")
-        status = await _status(reader, 5)
-        writer.close()
-        return status
-    return _tally(await asyncio.gather(*(one() for _ in range(20))))
+    return await _many(port, head + b"\r\n", 5, 20)
 
 
 async def attack_half_sent_bodies(port: int) -> str:
@@ -421,7 +388,7 @@ def attack_part(work: Path, before_tree: Path, saved: Any, only: str = "") -> li
             proc, port = start_server(work, saved, pythonpath, f"{tag}-attack")  # a fresh server per attack
             try:
                 for _ in range(200):
-                    wait_for_post(f"http://127.0.0.1:{port}/v2/models/m/infer")
+                    wait_http(f"http://127.0.0.1:{port}/v2/models/m/infer", 60, BODY)
                 base = rss(proc.pid)
                 with RssSampler(proc.pid) as sampler:
                     outcome = asyncio.run(attack(port))

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
-from serving_bench import fixed_rate, measure, require_wrk, taskset, uptime, wait_http  # noqa: E402
+from serving_bench import fixed_rate, measure, require_wrk, stop, taskset, uptime, wait_http  # noqa: E402
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64",
                                "data": [[round(0.1 * i - 1.0, 3) for i in range(20)]]}]}).encode()
@@ -36,16 +35,6 @@ BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as f:
         return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def router_config(urls: dict[str, str], weights: dict[str, int], shadow: str | None) -> dict:

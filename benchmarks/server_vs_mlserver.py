@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,8 @@ from serving_bench import (  # noqa: E402
     ensure_venv,
     measure,
     require_wrk,
-    taskset,
+    start,
+    stop,
     uptime,
     wait_http,
 )
@@ -50,27 +49,6 @@ ROW = [round(0.1 * i - 1.0, 3) for i in range(20)]
 
 def payload() -> bytes:
     return json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [ROW]}]}).encode()
-
-
-# Every server gets one native (OpenMP/BLAS) thread: each is pinned to one CPU, where a second
-# thread only spins against the event loop (Noria's own default; the peers' best setting too).
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
-    with open(log, "ab") as f:
-        return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                                env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def run_mlserver(python: Path, work: Path, kind: str, joblib_path: Path, args: argparse.Namespace) -> WrkResult:

@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,28 @@ def require_wrk() -> str:
 
 def taskset(cpus: str) -> list[str]:
     return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
+
+
+# Every server gets one native (OpenMP/BLAS) thread: each is pinned to one CPU, where a second
+# thread only spins against the event loop (Noria's own default; the peers' best setting too).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
+    """Start a server on CPU 1 with one native thread, in its own session so ``stop`` ends its whole tree."""
+    with open(log, "ab") as f:
+        return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+                                env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def ensure_venv(venv: Path, packages: list[str], extra: list[str] | None = None) -> Path:
@@ -160,13 +183,16 @@ def uptime() -> str:
         return "uptime unavailable"
 
 
-def wait_http(url: str, timeout: float = 120.0) -> None:
+def wait_http(url: str, timeout: float = 120.0, body: bytes | None = None) -> None:
+    """Poll ``url`` until it answers 200: a GET, or a JSON POST of ``body`` when one is given."""
     import urllib.request
 
+    headers = {"content-type": "application/json"} if body is not None else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            req = urllib.request.Request(url, data=body, headers=headers)
+            with urllib.request.urlopen(req, timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
