@@ -186,19 +186,6 @@ def slice_metrics(task: str, labels: np.ndarray, predictions: np.ndarray) -> dic
     return {"accuracy": float(np.mean(np.array(ys) == np.array(ps))), "f1": f1}
 
 
-def _apply_merge(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386, as the API server applies the operator's status patch."""
-    out = copy.deepcopy(dict(target))
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _apply_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _stamp(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -399,7 +386,7 @@ class Replay:
             mv["status"] = results.initial_status(mv, now) or {}
             self.mvs.append(mv)
         if plan.status:
-            self.tp["status"] = _apply_merge(self.tp.get("status") or {}, plan.status)
+            self.tp["status"] = pipeline.apply_merge_patch(self.tp.get("status") or {}, plan.status)
         status = self.tp.get("status") or {}
         if plan.finished is not None:
             last = (status.get("lastRuns") or [{}])[0]

@@ -449,3 +449,18 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         elif value != before:
             out[key] = value
     return out
+
+
+def apply_merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a patch ``merge_patch`` made: None deletes, maps merge,
+    anything else replaces. For the places that replay passes without an API server (the backtest,
+    the unit tests' harnesses)."""
+    out = copy.deepcopy(dict(target))
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

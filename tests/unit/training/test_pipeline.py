@@ -34,18 +34,6 @@ def new_pipeline(triggers: dict | None = None, **spec: Any) -> dict:
                      "data": {"source": "file:///store/d/"}, "triggers": triggers or {}, **spec}}
 
 
-def apply_merge(target: dict, patch: dict) -> dict:
-    out = copy.deepcopy(target)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = apply_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 class World:
     """The pipeline object plus what the cluster holds; ``step`` runs one pass."""
 
@@ -70,7 +58,7 @@ class World:
             stage = plan.register["metadata"]["annotations"]["noria.dev/initial-stage"]
             self.mvs.append({**plan.register, "status": {"stage": stage}})
         if plan.status:
-            self.tp = {**self.tp, "status": apply_merge(self.tp.get("status") or {}, plan.status)}
+            self.tp = {**self.tp, "status": pipeline.apply_merge_patch(self.tp.get("status") or {}, plan.status)}
         if plan.run_objects:
             name = plan.run_objects[1]["metadata"]["name"]
             if name not in self.jobs:

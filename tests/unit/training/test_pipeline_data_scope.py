@@ -4,7 +4,6 @@ source is fixed. ``decide`` stays pure: the verdict arrives in the observation."
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from typing import Any
 
@@ -28,17 +27,6 @@ def new_pipeline() -> dict[str, Any]:
                      "data": {"source": "file:///store/d/"}, "triggers": {}}}
 
 
-def apply_merge(target: dict, patch: dict) -> dict:
-    out = copy.deepcopy(target)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = apply_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
 REFUSED = ("spec.data.source 'file:///store/ml/churn/predictions/' is outside namespace ml2's store "
            "(file:///store/ml2/), the shared file:///store/datasets/ and every trusted data prefix")
 
@@ -60,7 +48,7 @@ class ScopedWorld:
             config_map_names=list(self.jobs), run_settings=SETTINGS, settle_seconds=settle,
             data_source_refused=self.refused))
         if plan.status:
-            self.tp = {**self.tp, "status": apply_merge(self.tp.get("status") or {}, plan.status)}
+            self.tp = {**self.tp, "status": pipeline.apply_merge_patch(self.tp.get("status") or {}, plan.status)}
         if plan.run_objects:
             self.created_jobs.append(plan.run_objects[1]["metadata"]["name"])
             self.jobs[plan.run_objects[1]["metadata"]["name"]] = runs.JobOutcome(runs.RUNNING)
