@@ -127,12 +127,13 @@ CODE_PAYLOADS: dict[str, Callable[[Path], dict[str, Any]]] = {
 
 
 # --- archives that exhaust memory or lie about themselves ---------------------------------------
-@functools.lru_cache(maxsize=4)
-def _deflate_zeros(size: int) -> tuple[bytes, int]:
-    """A raw deflate stream of ``size`` zero bytes and its CRC, built without holding them."""
+def _deflate_padded(head: bytes, pad: bytes, size: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``head`` then the one byte ``pad`` repeated up to ``size`` bytes in
+    all, and its CRC, built a MiB at a time without holding the inflated bytes."""
     comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = bytes(1 << 20)
-    parts, crc, left = [], 0, size
+    crc = zlib.crc32(head)
+    parts = [comp.compress(head)]
+    block, left = pad * (1 << 20), size - len(head)
     while left:
         chunk = block[:min(left, len(block))]
         parts.append(comp.compress(chunk))
@@ -140,6 +141,12 @@ def _deflate_zeros(size: int) -> tuple[bytes, int]:
         left -= len(chunk)
     parts.append(comp.flush())
     return b"".join(parts), crc
+
+
+@functools.lru_cache(maxsize=4)
+def _deflate_zeros(size: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``size`` zero bytes and its CRC."""
+    return _deflate_padded(b"", b"\0", size)
 
 
 def zip_with_raw_member(schema: dict[str, Any], name: str, packed: bytes, crc: int, declared: int,
@@ -182,18 +189,8 @@ def lying_member(inflated: int = 1 << 30, declared: int = 4096) -> bytes:
 
 def padded_schema(size: int = 512 << 20) -> bytes:
     """schema.json padded with 512 MiB of spaces, deflated to about 0.5 MiB."""
-    head = json.dumps(root(json_node(1))).encode()
-    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
-    crc = zlib.crc32(head)
-    parts = [comp.compress(head)]
-    block, left = b" " * (1 << 20), size - len(head)
-    while left:
-        chunk = block[:min(left, len(block))]
-        parts.append(comp.compress(chunk))
-        crc = zlib.crc32(chunk, crc)
-        left -= len(chunk)
-    parts.append(comp.flush())
-    return _single_member_zip("schema.json", b"".join(parts), crc, size)
+    packed, crc = _deflate_padded(json.dumps(root(json_node(1))).encode(), b" ", size)
+    return _single_member_zip("schema.json", packed, crc, size)
 
 
 def _single_member_zip(name: str, packed: bytes, crc: int, declared: int) -> bytes:
