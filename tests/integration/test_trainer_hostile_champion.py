@@ -10,9 +10,7 @@ with, and a contender that skipped the must-beat-the-champion gate must not reac
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from hostile_artifacts import Case, build_corpus
 from noria.artifact import sha256_file
 from sklearn.datasets import load_breast_cancer
+from training_helpers import start_trainer
 
 EXIT_CHAMPION = 6
 # The trainer has imported pandas, pyarrow and scikit-learn before the champion stage (about 240 MB
@@ -40,13 +39,7 @@ def _run_trainer(tmp_path: Path, name: str, spec: dict) -> tuple[int, str, dict,
     """Exit code, stdout, termination-log summary and the peak RSS (MB) of each stage, as the
     trainer prints them from VmHWM (wait4's ru_maxrss would count the pages a child shares with
     this fat test process right after fork)."""
-    spec_path = tmp_path / f"{name}.json"
-    spec_path.write_text(json.dumps(spec))
-    log = tmp_path / f"{name}.termination-log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NORIA_TRAINER_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "noria_trainer", "run", "--spec", str(spec_path),
-                             "--termination-log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    proc, log = start_trainer(tmp_path, spec, name, stderr=subprocess.DEVNULL)
     stdout, _ = proc.communicate(timeout=600)
     peaks = {line["stage"]: line["peakRssMB"] for line in map(json.loads, stdout.splitlines())
              if line.get("event") == "done" and line.get("peakRssMB")}

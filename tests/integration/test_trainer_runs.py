@@ -7,10 +7,7 @@ summary, the termination-log file, and that a SIGKILL in the middle of a run lea
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import pandas as pd
 import pytest
 from noria.artifact import sha256_file
 from sklearn.datasets import load_breast_cancer
+from training_helpers import start_trainer
 
 
 def _run_spec(source: Path, store: Path, version: int, **extra) -> dict:
@@ -32,17 +30,6 @@ def _run_spec(source: Path, store: Path, version: int, **extra) -> dict:
             **extra}
 
 
-def _start(tmp_path: Path, spec: dict, name: str) -> tuple[subprocess.Popen, Path]:
-    spec_path = tmp_path / f"{name}.json"
-    spec_path.write_text(json.dumps(spec))
-    log = tmp_path / f"{name}.termination-log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NORIA_TRAINER_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "noria_trainer", "run", "--spec", str(spec_path),
-                             "--termination-log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    return proc, log
-
-
 @pytest.fixture
 def cancer_csv(tmp_path: Path) -> Path:
     frame = load_breast_cancer(as_frame=True).frame
@@ -53,7 +40,7 @@ def cancer_csv(tmp_path: Path) -> Path:
 
 def test_real_process_succeeds_and_reports_through_the_termination_log(tmp_path, cancer_csv):
     store = tmp_path / "store"
-    proc, log = _start(tmp_path, _run_spec(cancer_csv, store, 1), "ok")
+    proc, log = start_trainer(tmp_path, _run_spec(cancer_csv, store, 1), "ok")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     lines = [json.loads(line) for line in stdout.splitlines()]
@@ -66,14 +53,14 @@ def test_real_process_succeeds_and_reports_through_the_termination_log(tmp_path,
 
 def test_real_process_exits_non_zero_with_the_reason_on_a_tampered_champion(tmp_path, cancer_csv):
     store = tmp_path / "store"
-    first, _ = _start(tmp_path, _run_spec(cancer_csv, store, 1), "first")
+    first, _ = start_trainer(tmp_path, _run_spec(cancer_csv, store, 1), "first")
     first.communicate(timeout=300)
     assert first.returncode == 0
     model = store / "ml/cancer/v1/model.skops"
     digest = sha256_file(str(model))
     model.write_bytes(model.read_bytes()[:-1] + b"X")
     champion = {"name": "cancer-v1", "artifactUri": f"file://{model}", "digest": digest, "profileUri": None}
-    proc, log = _start(tmp_path, _run_spec(cancer_csv, store, 2, champion=champion), "second")
+    proc, log = start_trainer(tmp_path, _run_spec(cancer_csv, store, 2, champion=champion), "second")
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 6
     summary = json.loads(log.read_text())
@@ -92,7 +79,7 @@ def test_sigkill_during_training_leaves_no_version_and_a_rerun_succeeds(tmp_path
     store = tmp_path / "store"
     spec = _run_spec(source, store, 1)
     spec["spec"]["model"]["params"] = {"n_estimators": 300}
-    proc, _ = _start(tmp_path, spec, "killed")
+    proc, _ = start_trainer(tmp_path, spec, "killed")
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
     for line in proc.stdout:
@@ -107,7 +94,7 @@ def test_sigkill_during_training_leaves_no_version_and_a_rerun_succeeds(tmp_path
     assert not (pipeline_dir / "v1").exists()
 
     spec["spec"]["model"]["params"] = {"n_estimators": 10}
-    rerun, _ = _start(tmp_path, spec, "rerun")
+    rerun, _ = start_trainer(tmp_path, spec, "rerun")
     stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     assert sorted(p.name for p in pipeline_dir.iterdir()) == ["v1"]
@@ -145,7 +132,7 @@ def test_real_process_learns_from_fresh_feedback_when_the_data_is_stale(tmp_path
     spec["spec"]["data"] = {"source": f"file://{source}", "timestampColumn": "event_time",
                             "window": {"last": "3d"}, "feedback": {"enabled": True}}
     spec["spec"]["model"]["features"] = ["f0", "f1", "f2"]
-    proc, log = _start(tmp_path, spec, "feedback")
+    proc, log = start_trainer(tmp_path, spec, "feedback")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     summary = json.loads(log.read_text())

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,19 @@ import pandas as pd
 from noria_testbed.processes import wait_until
 
 POD_STORE = "/var/lib/noria/store"
+
+
+def start_trainer(tmp_path: Path, spec: dict, name: str, stderr: int = subprocess.PIPE) -> tuple[subprocess.Popen, Path]:
+    """``python -m noria_trainer run`` as a Job runs it (one native thread), on ``spec`` written to
+    ``<name>.json``; the process (stdout piped, text) and where its termination log will be."""
+    spec_path = tmp_path / f"{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    log = tmp_path / f"{name}.termination-log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NORIA_TRAINER_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "noria_trainer", "run", "--spec", str(spec_path),
+                             "--termination-log", str(log)], stdout=subprocess.PIPE, stderr=stderr,
+                            text=True, env=env)
+    return proc, log
 
 
 def classification_frame(rows: int, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:
