@@ -421,7 +421,7 @@ class PerformanceTrigger(NoriaModel):
     below: Decimalish | None = Field(
         default=None, description="Fires when the live metric is below this value, e.g. \"0.75\"."
     )
-    drop_by: Decimalish | None = Field(
+    drop_by: Fraction | None = Field(
         default=None,
         description=(
             "Fires when the live metric has fallen at least this much below the serving version's baseline,"
