@@ -336,30 +336,29 @@ async def attack_connection_flood(port: int) -> str:
     return _tally(await asyncio.gather(*(one() for _ in range(3000))))
 
 
+async def _posts_one_after_another(port: int, extra_headers: bytes, body: bytes, count: int) -> str:
+    """``count`` inference POSTs of ``body``, each on its own connection, the next after the answer."""
+    request = (b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\n" + extra_headers
+               + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+    out = []
+    for _ in range(count):
+        reader, writer = await _open(port)
+        await _send(writer, request)
+        out.append(await _status(reader, 5))
+        writer.close()
+    return _tally(out)
+
+
 async def attack_big_ids(port: int) -> str:
     """The issue's 20 requests carrying a 1 MiB prediction id each."""
     body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64", "data": [ROW]}],
                        "parameters": {"ids": ["i" * (1 << 20)]}}).encode()
-    out = []
-    for _ in range(20):
-        reader, writer = await _open(port)
-        await _send(writer, b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
-        out.append(await _status(reader, 5))
-        writer.close()
-    return _tally(out)
+    return await _posts_one_after_another(port, b"content-type: application/json\r\n", body, 20)
 
 
 async def attack_wrong_types(port: int) -> str:
     body = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": 7, "data": [ROW]}]}).encode()
-    out = []
-    for _ in range(50):
-        reader, writer = await _open(port)
-        await _send(writer, b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n"
-                            b"connection: close\r\n\r\n" % len(body) + body)
-        out.append(await _status(reader, 5))
-        writer.close()
-    return _tally(out)
+    return await _posts_one_after_another(port, b"", body, 50)
 
 
 ATTACKS: list[tuple[str, Callable[[int], Awaitable[str]]]] = [
