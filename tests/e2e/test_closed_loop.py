@@ -113,5 +113,6 @@ def test_the_bad_candidate_never_gets_more_than_its_canary_share(story) -> None:
 
 def test_the_report_is_written(story) -> None:  # noqa: ANN001
     assert story.report is not None and story.report.exists()
-    for name in ("accuracy.png", "drift.png", "traffic.png"):
+    for name in ("accuracy.png", "drift.png", "traffic.png", "backtest.png"):
         assert (story.report.parent / name).stat().st_size > 10_000
+    assert "Backtest of this pipeline" in story.report.read_text()  # noria backtest of the demo's own spec
