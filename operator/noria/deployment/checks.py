@@ -46,6 +46,7 @@ class CheckContext:
 class Observed:
     value: float | None  # None: no data
     detail: str = ""
+    waiting: bool = False  # a label-needing check has fewer than minLabels labels yet: wait, do not judge
 
 
 def _window(check: CheckSpec, ctx: CheckContext) -> str:

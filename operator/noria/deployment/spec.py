@@ -21,6 +21,7 @@ BUILTIN_CHECKS = ("errorRate", "latencyP50", "latencyP95", "latencyP99", "accura
 LATENCY_CHECKS = ("latencyP50", "latencyP95", "latencyP99")
 
 DEFAULT_SCALE_DOWN_DELAY = 30.0
+DEFAULT_PROGRESS_DEADLINE = 600.0  # seconds, as Argo Rollouts' progressDeadlineSeconds
 StrategyName = Literal["canary", "blueGreen", "shadow", "immediate"]
 
 
@@ -49,6 +50,7 @@ class CheckSpec:
     dry_run: bool = False
     method: str = "psi"  # drift checks
     against: str = "reference"  # predictionDrift/featureDrift: "reference" or "stable"
+    label_timeout: float | None = None  # seconds a label-needing check may wait for minLabels; None: no bound
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class RolloutSpec:
     resources: Mapping[str, Any] | None = None
     prediction_log: bool = True
     feedback_token: SecretKeyRef | None = None  # spec.feedback.tokenSecretRef
+    progress_deadline: float = DEFAULT_PROGRESS_DEADLINE  # spec.progressDeadline, seconds without progress
 
     @property
     def scale_down_delay(self) -> float:
@@ -207,6 +210,7 @@ def parse_check(raw: Any, i: int) -> CheckSpec:
         dry_run=bool(raw.get("dryRun", False)),
         method=str(raw.get("method", "psi")),
         against=str(raw.get("against", "reference")),
+        label_timeout=None if raw.get("labelTimeout") is None else _duration(raw["labelTimeout"], f"{where}.labelTimeout"),
     )
 
 
@@ -292,5 +296,7 @@ def parse_rollout_spec(spec: Mapping[str, Any]) -> RolloutSpec:
         prediction_log=bool(spec.get("predictionLog", True)),
         feedback_token=parse_secret_key_ref((spec.get("feedback") or {}).get("tokenSecretRef"),
                                             "spec.feedback.tokenSecretRef"),
+        progress_deadline=(DEFAULT_PROGRESS_DEADLINE if spec.get("progressDeadline") is None
+                           else _duration(spec["progressDeadline"], "spec.progressDeadline")),
         **kwargs,
     )
