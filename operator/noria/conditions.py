@@ -85,6 +85,16 @@ ROLLOUT_ANALYSIS_FAILED: Final = "AnalysisFailed"
 ROLLOUT_ANALYSIS_ERRORS: Final = "AnalysisErrors"  # the metric provider could not be asked
 ROLLOUT_ANALYSIS_INCONCLUSIVE: Final = "AnalysisInconclusive"  # no data: paused, never promoted
 ROLLOUT_SCALED_DOWN: Final = "ScaledDown"
+ROLLOUT_PROGRESS_DEADLINE_EXCEEDED: Final = "ProgressDeadlineExceeded"  # no progress within spec.progressDeadline
+ROLLOUT_CANDIDATE_UNREADY: Final = "CandidateUnready"  # the candidate's pods stopped being ready: weight 0
+ROLLOUT_STABLE_UNHEALTHY: Final = "StableUnhealthy"  # the stable's pods are not ready during a rollout
+ROLLOUT_ROLLED_BACK: Final = "RolledBack"  # analysis failed inside rollbackWindow after promotion
+ROLLOUT_WAITING_FOR_LABELS: Final = "WaitingForLabels"  # a label-needing check has fewer than minLabels yet
+ROLLOUT_DELETED: Final = "RolloutDeleted"  # stage history entry of versions a deleted Rollout served
+
+# --- reasons: any resource ----------------------------------------------------------------------
+RECONCILE_ERROR: Final = "ReconcileError"  # a pass failed (API error, provider error): the message says which
+INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (TrainingPipeline and Rollout)
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
