@@ -45,9 +45,12 @@ QUERY_MAX: Final = 4096
 
 
 class NoriaModel(BaseModel):
-    """Base of every resource part: camelCase on the wire, unknown fields refused."""
+    """Base of every resource part: camelCase on the wire, unknown fields refused, and strict types:
+    ``setWeight: "20"`` or ``dryRun: "yes"`` is refused here exactly as the API server refuses it (its
+    schema says integer / boolean), so the offline validator and the cluster give the same verdict."""
 
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
         alias_generator=to_camel,
         populate_by_name=True,
@@ -331,8 +334,10 @@ DataSourceUri = Annotated[
     StrictStr, Field(min_length=1, max_length=URI_MAX), _uri_check(DATA_SOURCE_RULES), _uri_schema(DATA_SOURCE_RULES)
 ]
 
+# Not strict: on the wire (YAML, JSON, Kopf's dicts) a timestamp is an RFC 3339 string.
 Timestamp = Annotated[
     dt.datetime,
+    Field(strict=False),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 

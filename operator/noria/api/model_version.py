@@ -39,8 +39,12 @@ DIGEST_RE: Final = r"^sha256:[0-9a-f]{64}$"
 DIGEST_MESSAGE: Final = "digest must be \"sha256:\" followed by 64 lower-case hex characters"
 IMMUTABLE_MESSAGE: Final = "spec is immutable: a ModelVersion records one trained model; create a new ModelVersion instead"
 
-Stage = Literal["Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"]
-STAGES: Final = ("Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired")
+Stage = Literal[
+    "Registered", "Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"
+]
+STAGES: Final = (
+    "Registered", "Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"
+)
 
 Digest = Annotated[
     StrictStr,
@@ -124,7 +128,11 @@ class ModelVersionStatus(StatusModel):
 
     stage: Stage | None = Field(
         default=None,
-        description="Candidate, Rejected, Approved, Canary, Shadow, Preview, Production or Retired.",
+        description=(
+            "Registered (created by hand, not by a training run: approve it with"
+            " `kubectl annotate mv <name> noria.dev/approve=<your name>` before a Rollout serves it), Candidate"
+            " (trained, waiting for approval), Rejected, Approved, Canary, Shadow, Preview, Production or Retired."
+        ),
     )
     traffic: int | None = Field(default=None, ge=0, le=100, description="Percent of live requests served now.")
     metric: ShortText | None = Field(

@@ -82,7 +82,12 @@ ROLLOUT: Final = ResourceKind(
     plural=rollout.PLURAL,
     short_names=("mro",),
     model=rollout.Rollout,
-    description="How a model is served and how a new version replaces the old one.",
+    description=(
+        "How a model is served and how a new version replaces the old one. People steer a rollout with"
+        " annotations: `kubectl annotate mro <name> noria.dev/promote=true` goes past the current gate (a pause"
+        " or an analysis, whatever its state) once; noria.dev/promote=full skips every remaining step and"
+        " promotes now; noria.dev/abort=<any> sends all traffic back to the stable version."
+    ),
     printer_columns=(
         _column("Phase", ".status.phase", description="Summary of the conditions."),
         _column("Stable", ".status.stableVersion", description="Stable ModelVersion."),

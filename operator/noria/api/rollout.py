@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Final, Literal
 
-from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from .common import (
     QUERY_MAX,
@@ -81,7 +89,12 @@ class Pause(NoriaModel):
     """Wait at the current weight."""
 
     duration: Duration | None = Field(
-        default=None, description="How long, e.g. \"5m\". Unset: wait for `kubectl noria promote`."
+        default=None,
+        description=(
+            "How long, e.g. \"5m\". Unset: wait until a person promotes with"
+            " `kubectl annotate mro <rollout> noria.dev/promote=true` (past this step once) or noria.dev/promote=full"
+            " (skip every remaining step)."
+        ),
     )
 
 
@@ -89,7 +102,13 @@ class StepAnalysis(NoriaModel):
     """Run spec.analysis now, at the current weight, and go on only if it passes (``{}``: one measurement)."""
 
     count: int | None = Field(
-        default=None, ge=1, le=100, description="Measurements to take, one per analysis interval; all must pass. Default 1."
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Consecutive successful measurements (one per analysis interval) the step needs before it goes on;"
+            " a measurement that is not successful starts the count again. Default 1."
+        ),
     )
 
 
@@ -145,7 +164,11 @@ class BlueGreen(NoriaModel):
     """Run the new version beside the old one as a preview, then switch all traffic at once."""
 
     auto_promotion_after: Duration | None = Field(
-        default=None, description="Switch this long after the preview is ready. Unset: wait for `kubectl noria promote`."
+        default=None,
+        description=(
+            "Switch this long after the preview is ready. Unset: wait for"
+            " `kubectl annotate mro <rollout> noria.dev/promote=true`."
+        ),
     )
     scale_down_delay: Duration | None = Field(
         default=None, description="Keep the old version running this long after the switch, e.g. \"5m\"."
@@ -162,7 +185,10 @@ class Shadow(NoriaModel):
     duration: Duration | None = Field(default=None, description="How long to compare before deciding, e.g. \"30m\".")
     promote: Literal["automatic", "manual"] = Field(
         default="manual",
-        description="automatic: promote when the analysis passes after duration; manual: wait for `kubectl noria promote`.",
+        description=(
+            "automatic: promote when the analysis passes after duration; manual: wait for"
+            " `kubectl annotate mro <rollout> noria.dev/promote=true`."
+        ),
     )
 
 
@@ -220,7 +246,8 @@ class Check(NoriaModel):
     builtin: BuiltinCheck | None = Field(
         default=None,
         description=(
-            "errorRate, latencyP50/P95/P99 (seconds or \"250ms\"), accuracy or f1 (from feedback labels),"
+            "errorRate, latencyP50/P95/P99 (seconds or \"250ms\"), accuracy or f1 (macro-averaged over the classes;"
+            " both from feedback labels),"
             " shadowAgreement (share of equal answers), drift (largest input feature drift), predictionDrift"
             " (drift of the predicted classes)."
         ),
@@ -231,12 +258,30 @@ class Check(NoriaModel):
     )
     min: Bound | None = Field(default=None, description="Fails below this, e.g. \"0.80\".")
     max: Bound | None = Field(default=None, description="Fails above this, e.g. \"0.01\" or \"250ms\".")
-    min_labels: int | None = Field(
-        default=None, ge=1, description="accuracy/f1: fewer labels than this make the result inconclusive."
+    min_labels: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "accuracy/f1: labels needed before the check judges. With fewer, the step waits for labels (no"
+            " pause, no promotion) until labelTimeout has passed, then the measurement is inconclusive."
+        ),
+    )
+    label_timeout: Duration | None = Field(
+        default=None,
+        description=(
+            "How long a label-needing check (accuracy, f1, or any check with minLabels) waits for minLabels labels,"
+            " counted from the start of the step, before its measurement is inconclusive (and spec.analysis."
+            "inconclusive applies), e.g. \"10m\". Unset: it waits without bound (progressDeadline still applies)."
+        ),
     )
     window: Duration | None = Field(default=None, description="Range the builtin metric is computed over, e.g. \"2m\".")
     method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] | None = Field(
-        default=None, description="drift/predictionDrift: the statistic. Default psi."
+        default=None,
+        description=(
+            "drift/predictionDrift: the statistic, as in noria.drift: psi (population stability index), kl"
+            " (Kullback-Leibler divergence), js (Jensen-Shannon distance), chi2 (chi-square), ks"
+            " (Kolmogorov-Smirnov) or wasserstein (earth mover's distance on the bins). Default psi."
+        ),
     )
     against: Literal["reference", "stable"] | None = Field(
         default=None,
@@ -375,8 +420,18 @@ class RolloutSpec(NoriaModel):
     rollback_window: Duration | None = Field(
         default=None,
         description=(
-            "After a full promotion, keep analysing this long and keep the previous version ready; a failure"
-            " in the window rolls back to it. e.g. \"1h\"."
+            "After a full promotion the analysis keeps running this long and the previous version's pods keep"
+            " running; a failed analysis in the window sends all traffic back to the previous version (condition"
+            " reason RolledBack, the new version's stage Rejected), e.g. \"1h\". Unset: no window."
+        ),
+    )
+    progress_deadline: Duration = Field(
+        default="10m",
+        description=(
+            "Longest time a rollout may go without progress (a step completed, the new version ready) before it"
+            " is aborted with reason ProgressDeadlineExceeded and traffic returns to the stable version. Time"
+            " paused for a person (a pause without duration, manual promotion, an inconclusive analysis with"
+            " inconclusive: pause) does not count. Default \"10m\"."
         ),
     )
     scale_down_delay: Duration | None = Field(
@@ -439,6 +494,17 @@ class AnalysisStatus(StatusModel):
     last: Measurement | None = Field(default=None, description="The last measurement.")
 
 
+class Verdict(StatusModel):
+    """The last judgement of a version, kept in the Rollout's status so that it survives a crash between
+    the Rollout's status write and the ModelVersion's: the operator re-applies it on its next pass."""
+
+    version: ShortText = Field(description="The ModelVersion judged.")
+    stage: Literal["Production", "Rejected", "Retired", "Approved"] = Field(description="The stage it was given.")
+    reason: ShortText | None = Field(default=None, description="CamelCase reason, as in the conditions.")
+    message: Text | None = Field(default=None, description="Why, for people.")
+    at: Timestamp | None = Field(default=None, description="When.")
+
+
 class RolloutStatus(StatusModel):
     """What is served and how the replacement is going. Conditions are the API; phase is their summary."""
 
@@ -457,6 +523,14 @@ class RolloutStatus(StatusModel):
         default=None, max_length=8, description="Traffic percent by ModelVersion name, e.g. {churn-v6: 90, churn-v7: 10}."
     )
     analysis: AnalysisStatus | None = Field(default=None, description="Analysis counters and last measurement.")
+    last_verdict: Verdict | None = Field(default=None, description="The last version judged and the stage it was given.")
+    previous_version: ShortText | None = Field(
+        default=None,
+        description="During a rollbackWindow: the version replaced by stableVersion, whose pods keep running for a rollback.",
+    )
+    rollback_window_ends_at: Timestamp | None = Field(
+        default=None, description="When the current rollbackWindow ends (the previous version is then scaled down)."
+    )
     conditions: list[Condition] | None = conditions_field()
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
 
@@ -495,4 +569,5 @@ __all__ = [
     "StepAnalysis",
     "Strategy",
     "Traffic",
+    "Verdict",
 ]

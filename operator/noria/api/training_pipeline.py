@@ -448,7 +448,7 @@ class PerformanceTrigger(NoriaModel):
 
 
 class Triggers(NoriaModel):
-    """When to retrain besides the first run and `kubectl noria retrain`. Triggers during a run or the
+    """When to retrain besides the first run and `kubectl annotate tp <name> noria.dev/retrain=<any new value>`. Triggers during a run or the
     cooldown are coalesced into one pending run, never lost and never doubled."""
 
     schedule: Cron | None = Field(default=None, description="Cron schedule in UTC, e.g. \"0 2 * * 0\".")
@@ -492,7 +492,7 @@ class TrainingPipelineSpec(NoriaModel):
         default="automatic",
         description=(
             "automatic: a model that passes the gate is Approved at once; manual: it waits as Candidate"
-            " for `kubectl noria approve`."
+            " for `kubectl annotate mv <name> noria.dev/approve=<your name>` (or noria.dev/reject=<your name>)."
         ),
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of the trainer Job's pod.")
