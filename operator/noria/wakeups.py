@@ -1,7 +1,8 @@
-"""When to reconcile each pipeline: a per-key due time, one pass at a time per key.
+"""When to reconcile each object (a TrainingPipeline, a Rollout): a per-key due time, one pass at a
+time per key. Both the training and the deployment handlers schedule their passes with it.
 
-Why not Kopf timers: a Kopf timer puts a finalizer on every object, so deleting a pipeline (or its
-namespace) hangs whenever the operator is down. Instead, watch events and each pass's own
+Why not Kopf timers or daemons: they put a finalizer on every object, so deleting a pipeline, a
+Rollout (or their namespace) hangs whenever the operator is down. Instead, watch events and each pass's own
 ``requeue_after`` set a due time here, and one loop runs the passes that are due: never two at
 once for the same pipeline (a wake-up that arrives during a pass runs it again right after), at
 most ``concurrency`` pipelines at once, and never a busy loop.

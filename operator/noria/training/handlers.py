@@ -35,10 +35,10 @@ from noria import kube, metrics, opmetrics
 from noria.profile import Profile
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
+from noria.wakeups import Wakeups
 
 from . import datasource, pipeline, results, runs, triggers
 from .triggers import MetricObservation
-from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from noria.training.wakeups import Wakeups
+from noria.wakeups import Wakeups
 
 
 async def test_never_two_passes_of_one_key_at_once_and_a_wake_during_a_pass_reruns_once():
