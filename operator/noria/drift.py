@@ -258,6 +258,26 @@ def wasserstein_binned(reference, current, edges) -> np.ndarray | float:
     return _out(area.sum(axis=1), single)
 
 
+def rebin_ordered(counts, edges_from, edges_to) -> np.ndarray:
+    """Counts in value order (below, k bins, above) over ``edges_from``, moved onto the bins of
+    ``edges_to`` (below, m bins, above) under the same assumption as ``wasserstein_binned``: mass is
+    uniform inside a bin. ``below``/``above`` mass stays outside every edge, so it lands in the new
+    ``below``/``above``. Two versions trained on different data have different quantile edges, and
+    their servers count live values into their own bins; this puts both on one set of bins."""
+    c = np.asarray(counts, dtype=float)
+    src, dst = np.asarray(edges_from, dtype=float), np.asarray(edges_to, dtype=float)
+    if c.ndim != 1 or c.size != src.size + 1:
+        raise ValueError(f"need {src.size + 1} ordered counts (below, {src.size - 1} bins, above), got {c.shape}")
+    # The CDF at each source edge; np.interp is linear between edges (uniform mass) and flat beyond
+    # them (below/above are "somewhere outside").
+    cdf_at_edges = c[0] + np.concatenate([[0.0], np.cumsum(c[1:-1])])
+    if src[-1] > src[0]:
+        inside = np.interp(dst, src, cdf_at_edges)
+    else:  # one point: a degenerate profile of a constant feature
+        inside = np.where(dst < src[0], c[0], cdf_at_edges[-1])
+    return np.concatenate([[inside[0]], np.diff(inside), [c.sum() - inside[-1]]])
+
+
 def ordered_numeric(profile: FeatureProfile, vector: np.ndarray) -> np.ndarray:
     """Reorder a vector in ``profile.labels`` order (0..k-1, below, above, missing) into value
     order (below, 0..k-1, above), dropping ``missing``: the order the CDF statistics need."""

@@ -35,9 +35,9 @@ import kopf
 
 from noria import conditions as c
 from noria import kube
-from noria.deployment import objects
+from noria.deployment import objects, profiles
 from noria.deployment.analysis import combine, judge_check
-from noria.deployment.checks import CheckContext, Observed, queries_for, reduce
+from noria.deployment.checks import CheckContext, Observed, needs_profiles, queries_for, reduce
 from noria.deployment.cluster import apply
 from noria.deployment.decide import (
     ABORT,
@@ -202,6 +202,11 @@ async def measure(obs: Observation, prom: PrometheusClient) -> Measurement:
     pipeline = ((obs.model_versions.get(cand) or {}).get("spec") or {}).get("pipeline") or spec.pipeline or ""
     ctx = CheckContext(namespace=obs.rollout.namespace, rollout=obs.rollout.name, pipeline=pipeline, version=cand,
                        stable=st.get("stableVersion"), window=spec.analysis.window)
+    if any(needs_profiles(check) for check in spec.analysis.checks):  # drift checks: the versions' bins
+        def profile_uri(version: str | None) -> str | None:
+            return ((obs.model_versions.get(version or "") or {}).get("spec") or {}).get("profileUri")
+        ctx = dataclasses.replace(ctx, reference=await profiles.load(state().settings, profile_uri(cand)),
+                                  stable_reference=await profiles.load(state().settings, profile_uri(ctx.stable)))
     observed = await asyncio.gather(*(_check(prom, check, ctx) for check in spec.analysis.checks))
     results = tuple(judge_check(check, o) for check, o in zip(spec.analysis.checks, observed, strict=True))
     return Measurement(outcome=combine(results), results=results, at=obs.now)

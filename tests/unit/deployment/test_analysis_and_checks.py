@@ -6,9 +6,10 @@ import math
 
 import pytest
 from noria.deployment.analysis import Tallies, combine, judge_check, judge_run
-from noria.deployment.checks import CheckContext, Observed, macro_f1, queries_for, reduce
+from noria.deployment.checks import CheckContext, Observed, queries_for, reduce
 from noria.deployment.spec import AnalysisSpec, CheckSpec
 from noria.prometheus import PrometheusError, Sample
+from noria.scoring import macro_f1
 
 CTX = CheckContext(namespace="ml", rollout="churn", pipeline="churn", version="churn-v7", stable="churn-v6",
                    window=30.0)
@@ -115,7 +116,7 @@ def test_custom_query_is_templated():
 
 
 def test_prediction_drift_compares_with_stable():
-    check = CheckSpec(name="d", builtin="predictionDrift", max=0.2)
+    check = CheckSpec(name="d", builtin="predictionDrift", max=0.2, against="stable")
     same = [Sample({"class": "0"}, 50), Sample({"class": "1"}, 50)]
     shifted = [Sample({"class": "0"}, 95), Sample({"class": "1"}, 5)]
     assert reduce(check, CTX, {"candidate": same, "stable": same}).value == pytest.approx(0.0)
