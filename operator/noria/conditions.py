@@ -94,6 +94,7 @@ ROLLOUT_DELETED: Final = "RolloutDeleted"  # stage history entry of versions a d
 
 # --- reasons: any resource ----------------------------------------------------------------------
 RECONCILE_ERROR: Final = "ReconcileError"  # a pass failed (API error, provider error): the message says which
+RECONCILE_RECOVERED: Final = "ReconcileRecovered"  # the pass after a ReconcileError succeeded: Degraded False
 INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (TrainingPipeline and Rollout)
 
 
