@@ -35,6 +35,7 @@ TRAINER_FAILED: Final = "TrainerFailed"  # the trainer said why (its summary's r
 JOB_FAILED: Final = "JobFailed"  # the Job failed without a summary (deadline, eviction, crash)
 SUMMARY_MISSING: Final = "SummaryMissing"  # the Job succeeded but no pod left a summary
 SUMMARY_INVALID: Final = "SummaryInvalid"  # the summary does not describe this run
+TRAINER_OOM_KILLED: Final = "TrainerOOMKilled"  # the run's pods were killed for memory until its retries ran out
 LAST_RUN_SUCCEEDED: Final = "LastRunSucceeded"
 GATE_REJECTED: Final = "GateRejected"
 # TriggersHealthy
@@ -95,6 +96,7 @@ ROLLOUT_DELETED: Final = "RolloutDeleted"  # stage history entry of versions a d
 # --- reasons: any resource ----------------------------------------------------------------------
 RECONCILE_ERROR: Final = "ReconcileError"  # a pass failed (API error, provider error): the message says which
 RECONCILE_RECOVERED: Final = "ReconcileRecovered"  # the pass after a ReconcileError succeeded: Degraded False
+SPEC_VALID: Final = "SpecValid"  # Degraded False again once an InvalidSpec was fixed
 INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (TrainingPipeline and Rollout)
 
 
