@@ -1,0 +1,3 @@
+from noria_testbed.node_agent.cli import main
+
+main()
