@@ -18,6 +18,9 @@ TRIGGERS_HEALTHY: Final = "TriggersHealthy"  # Unknown when Prometheus cannot be
 APPROVED: Final = "Approved"
 PAUSED: Final = "Paused"
 ANALYSIS: Final = "Analysis"
+# False while the object's passes fail (reason ReconcileError, the cause in the message): kept apart
+# from Degraded so a failing pass never overwrites a verdict (an abort's Degraded) it did not make.
+RECONCILED: Final = "Reconciled"
 
 TRUE: Final = "True"
 FALSE: Final = "False"
@@ -95,7 +98,7 @@ ROLLOUT_DELETED: Final = "RolloutDeleted"  # stage history entry of versions a d
 
 # --- reasons: any resource ----------------------------------------------------------------------
 RECONCILE_ERROR: Final = "ReconcileError"  # a pass failed (API error, provider error): the message says which
-RECONCILE_RECOVERED: Final = "ReconcileRecovered"  # the pass after a ReconcileError succeeded: Degraded False
+RECONCILE_RECOVERED: Final = "ReconcileRecovered"  # Reconciled True again: the pass after a ReconcileError succeeded
 SPEC_VALID: Final = "SpecValid"  # Degraded False again once an InvalidSpec was fixed
 INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (TrainingPipeline and Rollout)
 
