@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ TRIGGER_EVALUATIONS: Final = Counter(
 PROMETHEUS_QUERY_ERRORS: Final = Counter(
     "noria_operator_prometheus_query_errors_total", "Prometheus queries that failed, by purpose.",
     ["purpose"], registry=REGISTRY,
+)
+LEADER: Final = Gauge(
+    "noria_operator_leader", "1 while this replica holds the leader Lease and acts, 0 while it stands by "
+    "(always 1 when run with --no-leader-election).", registry=REGISTRY,
 )
 
 _started_port: int | None = None
