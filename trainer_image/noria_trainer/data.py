@@ -1,5 +1,5 @@
 """Reading training data (CSV or Parquet: one file, a folder, or a glob of partitions, through any
-fsspec URI), joining labelled production feedback (ARCHITECTURE.md §4) and windowing the two together.
+fsspec URI), joining labelled production feedback (docs/training.md) and windowing the two together.
 
 Why feedback joins *before* the window: a window is "the newest N rows" or "the last 3 days" of what
 the run may learn from, and in the feedback loop the newest labelled rows are production traffic.

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from noria import store
+from noria import runspec, store
 from noria.artifact import (
     ArtifactError,
     dumps_model,
@@ -38,6 +38,16 @@ from noria.artifact import (
     sha256_digest,
 )
 from noria.profile import Profile, build_profile
+from noria.runspec import (
+    EXIT_CHAMPION,
+    EXIT_DATA,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_SPEC,
+    EXIT_TRAINING,
+    EXIT_UNEXPECTED,
+    EXIT_VALIDATION,
+)
 
 from noria_trainer import data as data_mod
 from noria_trainer import training
@@ -46,17 +56,8 @@ from noria_trainer.estimators import EstimatorError, build_pipeline, check_impor
 from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import feature_names, validate
 
-# Exit codes (documented in the package docstring and trainer_image/README.md).
-EXIT_OK = 0  # succeeded: the gate passed or rejected the contender; the artifact set is written
-EXIT_UNEXPECTED = 1  # a bug or an unforeseen error: the reason carries the exception
-EXIT_SPEC = 2  # the run spec or pipeline spec is malformed, or the estimator is not allowed
-EXIT_DATA = 3  # the data cannot be read, is empty, or the window holds no rows
-EXIT_VALIDATION = 4  # the data failed validation (columns, target, types, rows, missing values)
-EXIT_TRAINING = 5  # fitting, tuning or evaluating failed
-EXIT_CHAMPION = 6  # the champion artifact is refused by the loader (digest, file, archive, types) or unreadable
-EXIT_OUTPUT = 7  # the output location exists already or cannot be written
-
-SUMMARY_LIMIT = 4096
+# Exit codes (EXIT_*): one definition in noria.runspec, which the Job's podFailurePolicy reads too.
+SUMMARY_LIMIT = runspec.SUMMARY_LIMIT
 METADATA_SCHEMA = "noria.dev/metadata/v1"
 REPORT_SCHEMA = "noria.dev/report/v1"
 
@@ -372,9 +373,8 @@ def _refit_record(verdict: str, shipped_rows: int, training_rows: int, holdout_r
             "params": params, "gatedScore": gated, "championScore": champion, "metric": metric, "note": note}
 
 
-def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
-    """Run everything; return the success summary or raise RunFailure."""
-    # --- spec: everything that can be checked without reading data or importing the estimator
+def _check_spec(raw: Any, reporter: Reporter) -> RunSpec:
+    """Stage "spec": everything that can be checked without reading data or importing the estimator."""
     reporter.begin("spec")
     try:
         run = parse_run_spec(raw)
@@ -383,49 +383,91 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         build_pipeline(run.spec.estimator, run.spec.task, run.spec.params, [], [], run.spec.seed)
     except (SpecError, EstimatorError) as exc:
         raise RunFailure("spec", EXIT_SPEC, str(exc)) from exc
-    spec = run.spec
-    reporter.end(runId=run.run_id, version=run.version, estimator=spec.estimator)
+    reporter.end(runId=run.run_id, version=run.version, estimator=run.spec.estimator)
+    return run
 
+
+def _artifact_uris(output: OutputLocation) -> dict[str, str]:
+    return {name: output.file_uri(name) for name in store.ARTIFACT_FILES}
+
+
+def success_summary(metadata: dict[str, Any], report: dict[str, Any], uris: dict[str, str]) -> dict[str, Any]:
+    """The summary of a written artifact set, from its metadata.json and report.json as written:
+    a run that wrote the set and a retried pod of the same run that finds it report the same."""
+    data, evaluation = metadata["data"], metadata["evaluation"]
+    return {
+        "status": "succeeded", "runId": metadata["runId"], "version": metadata["version"],
+        "digest": metadata["artifact"]["digest"],
+        "artifactUri": uris[store.MODEL_FILE], "profileUri": uris[store.PROFILE_FILE],
+        "metadataUri": uris[store.METADATA_FILE], "reportUri": uris[store.REPORT_FILE],
+        "metrics": evaluation["metrics"], "championMetrics": evaluation["championMetrics"],
+        "verdict": evaluation["verdict"], "reason": report["gate"]["reason"], "rows": data["rows"],
+        "feedbackRows": data["feedbackRows"], "window": data["window"], "trainedAt": metadata["trainedAt"],
+        "failedStage": None, "refit": {"done": report["refit"]["done"], "rows": report["refit"]["rows"]},
+    }
+
+
+def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any] | None:
+    """The summary of the artifact set at ``outputUri`` when an earlier pod of this same run wrote
+    it (a pod evicted or killed after its write, before the Job saw it succeed): same ``runId`` and
+    version in metadata.json, and a model file whose digest is the one recorded. None when there is
+    no set, or it belongs to another run (then the output check refuses it: a version is never
+    overwritten)."""
+    fs, path = store.filesystem(output.uri)
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(f"{path}/{store.METADATA_FILE}", "rb") as handle:
+            metadata = json.loads(handle.read())
+        with fs.open(f"{path}/{store.REPORT_FILE}", "rb") as handle:
+            report = json.loads(handle.read())
+        with fs.open(f"{path}/{store.MODEL_FILE}", "rb") as handle:
+            digest = sha256_digest(handle.read())
+    except (OSError, ValueError):
+        return None
+    if (metadata.get("runId"), metadata.get("version")) != (run.run_id, run.version):
+        return None
+    if digest != (metadata.get("artifact") or {}).get("digest"):
+        return None
+    return success_summary(metadata, report, _artifact_uris(output))
+
+
+def _check_output(run: RunSpec, reporter: Reporter) -> tuple[OutputLocation, dict[str, Any] | None]:
+    """Stage "output-check": the location, and the summary of this run's set if a pod wrote it already."""
     reporter.begin("output-check", outputUri=run.output_uri)
     output = OutputLocation.of(run.output_uri)
+    done = _written_by_this_run(run, output)
+    if done is not None:
+        reporter.end(foundWrittenBy=run.run_id)
+        return output, done
     try:
         output.preflight()
     except OutputError as exc:
         raise RunFailure("output", EXIT_OUTPUT, str(exc)) from exc
     reporter.end()
+    return output, None
 
-    champion_model, champion_profile = _load_champion(run, reporter)
 
-    # --- rows: data and labelled feedback, ordered by time and windowed together
-    windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
-    rows = _gather_rows(run, windows, reporter)
-    features, feedback = rows.features, rows.feedback
+@dataclass(frozen=True)
+class Gated:
+    """What tuning, training, evaluation and the gate produced."""
 
-    reporter.begin("validation", rows=len(rows.windowed))
-    outcome = validate(rows.windowed, spec, features, champion_profile)
-    if not outcome.ok:
-        raise RunFailure("validation", EXIT_VALIDATION, f"data validation failed: {outcome.reason}")
-    checked = outcome.data
-    assert checked is not None
-    reporter.end(rows=len(checked), droppedNullTarget=outcome.dropped_null_target)
+    model: Any  # the gated model, trained without the holdout
+    params: dict[str, Any]
+    tuning: dict[str, Any] | None
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    champion_error: str | None
+    decision: Any  # training.GateDecision
 
-    numeric = [c for c in features if outcome.kinds[c] == "numeric"]
-    categorical = [c for c in features if outcome.kinds[c] == "categorical"]
 
-    def pipeline_with(params: dict[str, Any]) -> Any:
-        return build_pipeline(spec.estimator, spec.task, params, numeric, categorical, spec.seed)
-
-    split = _split(checked, windows, run, reporter)
-    holdout, holdout_feedback, ordered = split.holdout, split.holdout_feedback, split.ordered
-    X_hold, y_hold = holdout[features], holdout[spec.target]
-    chosen_index, candidate_reports = _choose_window(split, windows, spec, features, pipeline_with, reporter)
-    chosen_window = windows[chosen_index]
-    train = split.training_set(split.lengths[chosen_index])
+def _train_and_gate(run: RunSpec, pipeline_with: Callable[[dict[str, Any]], Any], train: pd.DataFrame,
+                    holdout: pd.DataFrame, features: list[str], champion_model: Any, reporter: Reporter) -> Gated:
+    """Stages tuning (when asked), training, evaluation (contender and champion on the same
+    holdout) and the gate."""
+    spec = run.spec
     X_train, y_train = train[features], train[spec.target]
-    if len(train) < spec.min_rows:
-        raise RunFailure("validation", EXIT_VALIDATION, f"{len(train)} training row(s) after holding out "
-                         f"{len(holdout)}, fewer than spec.validation.minRows {spec.min_rows}")
-
+    X_hold, y_hold = holdout[features], holdout[spec.target]
     final_params = dict(spec.params)
     tuning_report: dict[str, Any] | None = None
     if spec.tuning_strategy:
@@ -465,10 +507,54 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         run.champion.name if run.champion else None, spec.min_score, spec.max_score, spec.must_beat_champion_by,
         spec.thresholds_as_written)
     reporter.emit("gate", verdict=decision.verdict, reason=decision.reason)
+    return Gated(gated_model, final_params, tuning_report, metrics, champion_metrics, champion_error, decision)
+
+
+def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
+    """Run everything; return the success summary or raise RunFailure."""
+    run = _check_spec(raw, reporter)
+    spec = run.spec
+    output, written = _check_output(run, reporter)
+    if written is not None:  # an earlier pod of this run finished the work; report it again
+        return written
+
+    champion_model, champion_profile = _load_champion(run, reporter)
+
+    # --- rows: data and labelled feedback, ordered by time and windowed together
+    windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
+    rows = _gather_rows(run, windows, reporter)
+    features, feedback = rows.features, rows.feedback
+
+    reporter.begin("validation", rows=len(rows.windowed))
+    outcome = validate(rows.windowed, spec, features, champion_profile)
+    if not outcome.ok:
+        raise RunFailure("validation", EXIT_VALIDATION, f"data validation failed: {outcome.reason}")
+    checked = outcome.data
+    assert checked is not None
+    reporter.end(rows=len(checked), droppedNullTarget=outcome.dropped_null_target)
+
+    numeric = [c for c in features if outcome.kinds[c] == "numeric"]
+    categorical = [c for c in features if outcome.kinds[c] == "categorical"]
+
+    def pipeline_with(params: dict[str, Any]) -> Any:
+        return build_pipeline(spec.estimator, spec.task, params, numeric, categorical, spec.seed)
+
+    split = _split(checked, windows, run, reporter)
+    holdout, holdout_feedback, ordered = split.holdout, split.holdout_feedback, split.ordered
+    X_hold = holdout[features]
+    chosen_index, candidate_reports = _choose_window(split, windows, spec, features, pipeline_with, reporter)
+    chosen_window = windows[chosen_index]
+    train = split.training_set(split.lengths[chosen_index])
+    if len(train) < spec.min_rows:
+        raise RunFailure("validation", EXIT_VALIDATION, f"{len(train)} training row(s) after holding out "
+                         f"{len(holdout)}, fewer than spec.validation.minRows {spec.min_rows}")
+
+    gated = _train_and_gate(run, pipeline_with, train, holdout, features, champion_model, reporter)
+    final_params, metrics, champion_metrics, decision = gated.params, gated.metrics, gated.champion_metrics, gated.decision
 
     # --- refit: the model shipped learns from the whole window, the newest (held-out) rows included
     shipped_rows = pd.concat([train, holdout], ignore_index=True) if ordered else checked
-    model, refit = gated_model, _refit_record(decision.verdict, len(shipped_rows), len(train), len(holdout),
+    model, refit = gated.model, _refit_record(decision.verdict, len(shipped_rows), len(train), len(holdout),
                                               final_params, metrics, champion_metrics, spec.metric)
     if refit["done"]:
         reporter.begin("refit", rows=len(shipped_rows))
@@ -501,7 +587,7 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         prediction_kind="categorical" if spec.task == "classification" else "numeric",
     )
     trained_at = _rfc3339(dt.datetime.now(dt.UTC))
-    uris = {name: output.file_uri(name) for name in store.ARTIFACT_FILES}
+    uris = _artifact_uris(output)
     window_label = chosen_window.label if chosen_window else "all"
     window_rows = len(train) + len(holdout)
     feedback_count = int((train[data_mod.FEEDBACK_ID_COLUMN].notna()).sum()) + holdout_feedback
@@ -534,20 +620,26 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         "window": {"chosen": window_label, "candidates": candidate_reports, "rows": window_rows,
                    "dataRows": window_rows - feedback_count, "feedbackRows": feedback_count},
         "feedback": {**feedback.report(), "inWindow": feedback_count} if feedback else {"enabled": False, "rows": 0},
-        "tuning": tuning_report,
+        "tuning": gated.tuning,
         "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout), "holdoutFeedbackRows": holdout_feedback,
                        "holdout": "newest rows of the window" if ordered else "stratified random share",
                        "contender": metrics, "champion": champion_metrics,
                        "championName": run.champion.name if run.champion else None,
-                       "championError": champion_error},
+                       "championError": gated.champion_error},
         "gate": {"verdict": decision.verdict, "reason": decision.reason, "minScore": spec.min_score,
                  "maxScore": spec.max_score, "mustBeatChampionBy": spec.must_beat_champion_by},
         "refit": refit,
         "stages": reporter.stages,  # completed stages so far; the write stage is in the logs
     }
     reporter.end()
+    _write(output, model_bytes, profile, metadata, report, reporter)
+    return success_summary(json.loads(_json_bytes(metadata)), json.loads(_json_bytes(report)), uris)
 
-    reporter.begin("write", outputUri=run.output_uri)
+
+def _write(output: OutputLocation, model_bytes: bytes, profile: Profile, metadata: dict[str, Any],
+           report: dict[str, Any], reporter: Reporter) -> None:
+    """Stage "write": the four files at once, or none."""
+    reporter.begin("write", outputUri=output.uri)
     try:
         output.write_atomically({
             store.MODEL_FILE: model_bytes,
@@ -558,16 +650,6 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     except OutputError as exc:
         raise RunFailure("output", EXIT_OUTPUT, str(exc)) from exc
     reporter.end()
-
-    return {
-        "status": "succeeded", "runId": run.run_id, "version": run.version, "digest": digest,
-        "artifactUri": uris[store.MODEL_FILE], "profileUri": uris[store.PROFILE_FILE],
-        "metadataUri": uris[store.METADATA_FILE], "reportUri": uris[store.REPORT_FILE],
-        "metrics": decimal_strings(metrics), "championMetrics": decimal_strings(champion_metrics),
-        "verdict": decision.verdict, "reason": decision.reason, "rows": window_rows,
-        "feedbackRows": feedback_count, "window": window_label, "trainedAt": trained_at, "failedStage": None,
-        "refit": {"done": refit["done"], "rows": refit["rows"]},
-    }
 
 
 def thread_limit() -> int | None:

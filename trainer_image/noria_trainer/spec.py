@@ -200,7 +200,7 @@ def _api_default(model: type[BaseModel], name: str) -> Any:
 
 
 def _api_section(model: type[SectionT], value: Any, where: str) -> SectionT:
-    """A spec section read through its ``noria.api`` model (the parser CONVENTIONS.md asks for): a
+    """A spec section read through its ``noria.api`` model (one reader of the API, docs/conventions.md): a
     misspelt key such as ``enable`` is refused by name instead of silently meaning the default."""
     try:
         return model.model_validate(_mapping(value, where))

@@ -73,6 +73,9 @@ class Observation:
     # Why spec.data.source may not be read (noria.artifact_scope, judged by the handler with the
     # operator's settings), or None when it is in scope. While set, no run starts.
     data_source_refused: str | None = None
+    # A pipeline with no ModelVersion retries its first run this long after a failure, doubling
+    # per attempt up to triggers.MAX_INITIAL_RETRY_SECONDS (NORIA_INITIAL_RETRY_SECONDS).
+    initial_retry_seconds: float = triggers.DEFAULT_INITIAL_RETRY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,11 @@ def _finish(obs: Observation, current: Mapping[str, Any], parent: str | None
         finished = _ts(job.finished_at)
         if job.state == runs.SUCCEEDED and finished and (obs.now - finished).total_seconds() < SUMMARY_GRACE_SECONDS:
             return None
+        if job.state == runs.FAILED and job.oom_killed:
+            limit = f"its memory limit is {job.memory_limit}" if job.memory_limit else "it has no memory limit"
+            return (OUTCOME_FAILED, c.TRAINER_OOM_KILLED,
+                    f"the trainer ran out of memory (OOMKilled) in {job.oom_killed} pod(s), {limit}: raise "
+                    f"spec.resources.limits.memory, or shorten spec.data.window ({job.reason or 'Failed'})", None)
         if job.state == runs.FAILED:
             return (OUTCOME_FAILED, c.JOB_FAILED,
                     f"the trainer Job failed without a summary: {job.reason or 'Failed'}: {job.message or ''}".strip(),
@@ -194,8 +202,16 @@ def _about(observation: MetricObservation | None, champion: str | None, observed
     return observation if version == champion else None
 
 
+def _last_failure(status: Mapping[str, Any]) -> dt.datetime | None:
+    """When the latest run ended, if it failed and no run is going."""
+    if status.get("currentRun"):
+        return None
+    last = (status.get("lastRuns") or [{}])[0]
+    return _ts(last.get("finishedAt")) if last.get("outcome") == OUTCOME_FAILED else None
+
+
 def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str, Any] | None,
-              mvs: list[Mapping[str, Any]]) -> list[TriggerResult]:
+              mvs: list[Mapping[str, Any]], schedule_valid: bool = True) -> list[TriggerResult]:
     """Every trigger on this pass's observation. ``champion`` is the champion after this pass's
     registration; the drift and performance observations were made for the champion of
     ``obs.model_versions`` and count only if that is still the same version: on the pass that
@@ -212,10 +228,13 @@ def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str
     performance = _about(obs.performance, champ, observed_champ)
     return [
         triggers.evaluate_initial(bool(mvs), int(status.get("runCounter") or 0),
-                                  state.get(triggers.INITIAL), obs.now),
+                                  state.get(triggers.INITIAL), obs.now, _last_failure(status),
+                                  obs.initial_retry_seconds),
         triggers.evaluate_manual((meta.get("annotations") or {}).get(triggers.RETRAIN_ANNOTATION),
                                  state.get(triggers.MANUAL), obs.now, obs.settle_seconds),
-        triggers.evaluate_schedule(tspec.get("schedule"), state.get(triggers.SCHEDULE), obs.now),
+        # An invalid schedule is reported by spec_problem (InvalidSpec), never evaluated.
+        triggers.evaluate_schedule(tspec.get("schedule") if schedule_valid else None,
+                                   state.get(triggers.SCHEDULE), obs.now),
         triggers.evaluate_new_data((tspec.get("newData") or {}).get("minNewRows"), obs.data,
                                    state.get(triggers.NEW_DATA), obs.now),
         triggers.evaluate_drift(tspec.get("drift"), champ, profile, drift, state.get(triggers.DRIFT), obs.now),
@@ -224,175 +243,229 @@ def _evaluate(obs: Observation, status: Mapping[str, Any], champion: Mapping[str
     ]
 
 
-def decide(obs: Observation) -> Plan:
-    pipeline, now = obs.pipeline, obs.now
-    meta, spec = pipeline["metadata"], pipeline["spec"]
-    name = meta["name"]
-    old_status: dict[str, Any] = copy.deepcopy(dict(pipeline.get("status") or {}))
-    status = copy.deepcopy(old_status)
-    generation = meta.get("generation")
-    conds = status.get("conditions") or []
-    events: list[Event] = []
+@dataclass
+class _Pass:
+    """What one pass of ``decide`` has decided so far; its stages fill it in order."""
+
+    obs: Observation
+    old_status: dict[str, Any]
+    status: dict[str, Any]
+    conds: list[dict[str, Any]]
+    mvs: list[Mapping[str, Any]]
+    champion: Mapping[str, Any] | None
+    current: dict[str, Any] | None
+    events: list[Event] = field(default_factory=list)
+    recheck: list[float] = field(default_factory=list)
     register: dict[str, Any] | None = None
     objects: tuple[dict, dict] | None = None
     finished: tuple[str, str] | None = None
     started: str | None = None
-    recheck: list[float] = []
-    history_limit = int(spec.get("historyLimit") or DEFAULT_HISTORY_LIMIT)
-    mvs = list(obs.model_versions)
-    champion = results.champion(mvs)
-    by_name = {mv["metadata"]["name"]: mv for mv in mvs}
 
-    # 1. The current run: finish it, keep waiting, or (after a crash) create its objects again.
-    current = status.get("currentRun")
-    if current:
-        if obs.job is None or obs.job.state == runs.MISSING:
-            if obs.run_settings is not None and obs.data_source_refused is None:
-                n = runs.run_number(name, current["id"]) or int(status.get("runCounter") or 0)
-                objects = run_objects(pipeline, n, current.get("trigger") or triggers.MANUAL,
-                                      current.get("triggeredAt") or current.get("startedAt") or c.now_iso(now),
-                                      by_name.get(current.get("parent") or ""), obs.run_settings)
-            recheck.append(RUNNING_RECHECK_SECONDS)
-        else:
-            done = _finish(obs, current, current.get("parent"))
-            if done is None:
-                recheck.append(RUNNING_RECHECK_SECONDS if obs.job.state == runs.RUNNING else 3.0)
-            else:
-                outcome, reason, message, register = done
-                started_at = _ts(current.get("startedAt")) or now
-                ended = _ts(obs.job.finished_at) or now
-                record = {
-                    "id": current["id"], "trigger": current.get("trigger"), "outcome": outcome, "reason": reason,
-                    "message": message[:1000], "startedAt": current.get("startedAt"), "finishedAt": c.now_iso(ended),
-                    "duration": triggers.human_duration(max(0.0, (ended - started_at).total_seconds())),
-                }
-                if register is not None:
-                    record["version"] = register["metadata"]["name"]
-                    status["latestVersion"] = register["metadata"]["name"]
-                status["lastRuns"] = ([record] + list(status.get("lastRuns") or []))[:history_limit]
-                status["currentRun"] = None
-                cooldown = _duration_seconds((spec.get("triggers") or {}).get("cooldown"))
-                status["cooldownUntil"] = c.now_iso(now + dt.timedelta(seconds=cooldown)) if cooldown else None
-                finished = (current.get("trigger") or "unknown", outcome)
-                if outcome == OUTCOME_FAILED:
-                    conds = c.set_condition(conds, c.DEGRADED, c.TRUE, reason,
-                                            f"run {current['id']} failed: {message}"[:1000], generation, now)
-                    events.append(Event("Warning", reason, f"run {current['id']} failed: {message}"))
-                else:
-                    conds = c.set_condition(conds, c.DEGRADED, c.FALSE, reason,
-                                            f"run {current['id']}: {message}"[:1000], generation, now)
-                    assert register is not None
-                    stage = register["metadata"]["annotations"][results.ANNOTATION_INITIAL_STAGE]
-                    events.append(Event("Normal" if outcome == OUTCOME_SUCCEEDED else "Warning",
-                                        c.MODEL_VERSION_REGISTERED,
-                                        f"run {current['id']} registered {register['metadata']['name']} as {stage}"
-                                        + (f": {message}" if outcome == OUTCOME_REJECTED else "")))
-                current = None
+    @property
+    def name(self) -> str:
+        return self.obs.pipeline["metadata"]["name"]
 
-    if register is not None and register["metadata"]["name"] not in by_name:
+    @property
+    def generation(self) -> Any:
+        return self.obs.pipeline["metadata"].get("generation")
+
+    def condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        self.conds = c.set_condition(self.conds, type_, status, reason, message[:1000], self.generation, self.obs.now)
+
+
+def spec_problem(spec: Mapping[str, Any]) -> str | None:
+    """What in the spec the operator cannot carry out although the API server accepted it (the
+    message names the field and what to write), or None. While there is one, no run starts."""
+    return triggers.schedule_problem((spec.get("triggers") or {}).get("schedule"))
+
+
+def _cooldown_until(status: Mapping[str, Any], spec: Mapping[str, Any]) -> dt.datetime | None:
+    """The end of the cooldown after the latest run, from the cooldown the spec says *now*: its
+    start (the run's end) is what status keeps, so lowering spec.triggers.cooldown shortens a
+    cooldown that is already running, and raising it lengthens it."""
+    cooldown = _duration_seconds((spec.get("triggers") or {}).get("cooldown"))
+    last = (status.get("lastRuns") or [{}])[0]
+    ended = _ts(last.get("finishedAt"))
+    return ended + dt.timedelta(seconds=cooldown) if cooldown and ended else None
+
+
+def _follow_current_run(p: _Pass) -> None:
+    """Stage 1: finish the current run, keep waiting for it, or (after a crash) create its objects again."""
+    obs, current, status, name = p.obs, p.current, p.status, p.name
+    if not current:
+        return
+    if obs.job is None or obs.job.state == runs.MISSING:
+        if obs.run_settings is not None and obs.data_source_refused is None:
+            n = runs.run_number(name, current["id"]) or int(status.get("runCounter") or 0)
+            by_name = {mv["metadata"]["name"]: mv for mv in p.mvs}
+            p.objects = run_objects(obs.pipeline, n, current.get("trigger") or triggers.MANUAL,
+                                    current.get("triggeredAt") or current.get("startedAt") or c.now_iso(obs.now),
+                                    by_name.get(current.get("parent") or ""), obs.run_settings)
+        p.recheck.append(RUNNING_RECHECK_SECONDS)
+        return
+    done = _finish(obs, current, current.get("parent"))
+    if done is None:
+        p.recheck.append(RUNNING_RECHECK_SECONDS if obs.job.state == runs.RUNNING else 3.0)
+        return
+    outcome, reason, message, register = done
+    started_at = _ts(current.get("startedAt")) or obs.now
+    ended = _ts(obs.job.finished_at) or obs.now
+    record = {
+        "id": current["id"], "trigger": current.get("trigger"), "outcome": outcome, "reason": reason,
+        "message": message[:1000], "startedAt": current.get("startedAt"), "finishedAt": c.now_iso(ended),
+        "duration": triggers.human_duration(max(0.0, (ended - started_at).total_seconds())),
+    }
+    if register is not None:
+        record["version"] = register["metadata"]["name"]
+        status["latestVersion"] = register["metadata"]["name"]
+    history_limit = int(obs.pipeline["spec"].get("historyLimit") or DEFAULT_HISTORY_LIMIT)
+    status["lastRuns"] = ([record] + list(status.get("lastRuns") or []))[:history_limit]
+    status["currentRun"] = None
+    p.finished = (current.get("trigger") or "unknown", outcome)
+    if outcome == OUTCOME_FAILED:
+        p.condition(c.DEGRADED, c.TRUE, reason, f"run {current['id']} failed: {message}")
+        p.events.append(Event("Warning", reason, f"run {current['id']} failed: {message}"))
+    else:
+        p.condition(c.DEGRADED, c.FALSE, reason, f"run {current['id']}: {message}")
+        assert register is not None
         stage = register["metadata"]["annotations"][results.ANNOTATION_INITIAL_STAGE]
-        mvs.append({**register, "status": {"stage": stage}})  # as it will be once registered
-        champion = results.champion(mvs)
+        p.events.append(Event("Normal" if outcome == OUTCOME_SUCCEEDED else "Warning", c.MODEL_VERSION_REGISTERED,
+                              f"run {current['id']} registered {register['metadata']['name']} as {stage}"
+                              + (f": {message}" if outcome == OUTCOME_REJECTED else "")))
+    p.register, p.current = register, None
+    if register is not None and register["metadata"]["name"] not in {mv["metadata"]["name"] for mv in p.mvs}:
+        stage = register["metadata"]["annotations"][results.ANNOTATION_INITIAL_STAGE]
+        p.mvs.append({**register, "status": {"stage": stage}})  # as it will be once registered
+        p.champion = results.champion(p.mvs)
 
-    # 2. Triggers: evaluated on every pass, during runs too (that is how they coalesce). Evidence
-    # about a version that no longer is the champion is void, pending or not.
-    evaluations = _evaluate(obs, status, champion, mvs)
+
+def _collect_triggers(p: _Pass, schedule_valid: bool) -> tuple[list[TriggerResult], list[dict[str, Any]]]:
+    """Stage 2: every trigger, evaluated on every pass, during runs too (that is how they
+    coalesce); the pending set after them. Evidence about a version that no longer is the champion
+    is void, pending or not."""
+    obs, status, champion = p.obs, p.status, p.champion
+    evaluations = _evaluate(obs, status, champion, p.mvs, schedule_valid)
     trigger_state = dict(status.get("triggers") or {})
     pending, dropped = pending_for_champion(list(status.get("pendingTriggers") or []),
                                             champion["metadata"]["name"] if champion else None)
     for entry in dropped:
-        events.append(Event("Normal", c.PENDING_TRIGGER_DROPPED,
-                            f"{entry['trigger']} about {entry['champion']} dropped: "
-                            f"{champion['metadata']['name'] if champion else 'no version'} is the champion now"))
+        p.events.append(Event("Normal", c.PENDING_TRIGGER_DROPPED,
+                              f"{entry['trigger']} about {entry['champion']} dropped: "
+                              f"{champion['metadata']['name'] if champion else 'no version'} is the champion now"))
     for result in evaluations:
         if result.state:
             trigger_state[result.kind] = result.state
         else:
             trigger_state.pop(result.kind, None)
         if result.fired:
-            pending = _add_pending(pending, result, now)
+            pending = _add_pending(pending, result, obs.now)
         if result.recheck_after is not None:
-            recheck.append(max(0.5, result.recheck_after))
+            p.recheck.append(max(0.5, result.recheck_after))
     status["triggers"] = trigger_state
     status["nextScheduledRun"] = (trigger_state.get(triggers.SCHEDULE) or {}).get("next")
+    return evaluations, pending
 
-    # 3. Start one run for everything pending, unless a run is going or the cooldown holds.
-    cooldown_until = _ts(status.get("cooldownUntil"))
+
+def _start_run(p: _Pass, pending: list[dict[str, Any]], blocked: bool) -> list[dict[str, Any]]:
+    """Stage 3: one run for everything pending, unless a run is going, the cooldown holds or the
+    pipeline is blocked (an invalid spec, an out-of-scope source). Returns what stays pending."""
+    obs, status, now = p.obs, p.status, p.obs.now
+    cooldown_until = None if p.current else _cooldown_until(status, obs.pipeline["spec"])
+    status["cooldownUntil"] = c.now_iso(cooldown_until) if cooldown_until else None
     cooling = cooldown_until is not None and now < cooldown_until
-    if pending and current is None and cooling:
-        recheck.append(max(0.5, (cooldown_until - now).total_seconds()))  # type: ignore[operator]
-    refused = obs.data_source_refused
-    if pending and current is None and not cooling and obs.run_settings is not None and refused is None:
-        order = {k: i for i, k in enumerate(triggers.KINDS)}
-        pending.sort(key=lambda p: order.get(p["trigger"], 99))
-        first = pending[0]
-        n = int(status.get("runCounter") or 0) + 1
-        run_id = runs.run_name(name, n)
-        triggered_at = min(p["at"] for p in pending)
-        current = {
-            "id": run_id, "trigger": first["trigger"], "job": run_id, "startedAt": c.now_iso(now),
-            "triggeredAt": triggered_at, "version": runs.version_name(name, n),
-            "parent": champion["metadata"]["name"] if champion else None,
-            "triggers": [p["trigger"] for p in pending],
-            "reason": "; ".join(f"{p['trigger']}: {p.get('reason', '')}" for p in pending)[:1000],
-        }
-        status["runCounter"] = n
-        status["currentRun"] = current
-        status["lastTrigger"] = first["trigger"]
-        status["lastTriggerAt"] = first["at"]
-        status["cooldownUntil"] = None
-        pending = []
-        objects = run_objects(pipeline, n, first["trigger"], triggered_at, champion, obs.run_settings)
-        started = first["trigger"]
-        events.append(Event("Normal", c.RUN_STARTED, f"run {run_id} started by {current['reason']}"))
-        recheck.append(RUNNING_RECHECK_SECONDS)
-    status["pendingTriggers"] = pending or None
+    if pending and p.current is None and cooling:
+        p.recheck.append(max(0.5, (cooldown_until - now).total_seconds()))  # type: ignore[operator]
+    if not pending or p.current is not None or cooling or obs.run_settings is None or blocked:
+        return pending
+    order = {k: i for i, k in enumerate(triggers.KINDS)}
+    pending.sort(key=lambda entry: order.get(entry["trigger"], 99))
+    first = pending[0]
+    n = int(status.get("runCounter") or 0) + 1
+    run_id = runs.run_name(p.name, n)
+    triggered_at = min(entry["at"] for entry in pending)
+    champion = p.champion
+    p.current = {
+        "id": run_id, "trigger": first["trigger"], "job": run_id, "startedAt": c.now_iso(now),
+        "triggeredAt": triggered_at, "version": runs.version_name(p.name, n),
+        "parent": champion["metadata"]["name"] if champion else None,
+        "triggers": [entry["trigger"] for entry in pending],
+        "reason": "; ".join(f"{entry['trigger']}: {entry.get('reason', '')}" for entry in pending)[:1000],
+    }
+    status["runCounter"] = n
+    status["currentRun"] = p.current
+    status["lastTrigger"] = first["trigger"]
+    status["lastTriggerAt"] = first["at"]
+    status["cooldownUntil"] = None
+    p.objects = run_objects(obs.pipeline, n, first["trigger"], triggered_at, champion, obs.run_settings)
+    p.started = first["trigger"]
+    p.events.append(Event("Normal", c.RUN_STARTED, f"run {run_id} started by {p.current['reason']}"))
+    p.recheck.append(RUNNING_RECHECK_SECONDS)
+    return []
 
-    # 4. Conditions, then the phase that summarises them. An out-of-scope data source is Degraded
-    # (one Warning Event when it becomes so, or names another source); once fixed, Degraded clears.
-    was = c.get_condition(old_status.get("conditions"), c.DEGRADED) or {}
-    was_refused = was.get("status") == c.TRUE and was.get("reason") == c.DATA_SOURCE_OUT_OF_SCOPE
-    if refused is not None:
-        conds = c.set_condition(conds, c.DEGRADED, c.TRUE, c.DATA_SOURCE_OUT_OF_SCOPE, refused[:1000], generation, now)
-        if not was_refused or was.get("message") != refused[:1000]:
-            events.append(Event("Warning", c.DATA_SOURCE_OUT_OF_SCOPE, f"no run starts: {refused}"))
-    elif was_refused:
-        conds = c.set_condition(conds, c.DEGRADED, c.FALSE, c.DATA_SOURCE_IN_SCOPE,
-                                "spec.data.source is in scope", generation, now)
+
+def _set_degraded_for_blocks(p: _Pass, invalid: str | None, refused: str | None) -> None:
+    """Degraded while the spec cannot be carried out (InvalidSpec) or its source may not be read
+    (DataSourceOutOfScope), with one Warning Event when it becomes so or the message changes, never
+    one per pass; cleared once fixed. Reconciled=False ReconcileError (set by the handler when a
+    pass failed) becomes True on the first pass that gets here."""
+    reconciled = c.get_condition(p.conds, c.RECONCILED)
+    if reconciled and reconciled.get("status") != c.TRUE:
+        p.condition(c.RECONCILED, c.TRUE, c.RECONCILE_RECOVERED, "the last pass succeeded")
+    was = c.get_condition(p.old_status.get("conditions"), c.DEGRADED) or {}
+    now_degraded = c.get_condition(p.conds, c.DEGRADED) or {}
+    untouched = now_degraded == was  # no run that finished in this pass rewrote Degraded
+    was_true = was.get("status") == c.TRUE
+    for reason, problem, words in ((c.INVALID_SPEC, invalid, "the spec cannot be carried out"),
+                                   (c.DATA_SOURCE_OUT_OF_SCOPE, refused, "no run starts")):
+        if problem is None:
+            continue
+        p.condition(c.DEGRADED, c.TRUE, reason, problem)
+        if not (was_true and was.get("reason") == reason and was.get("message") == problem[:1000]):
+            p.events.append(Event("Warning", reason, f"{words}: {problem}"))
+        return
+    if not (untouched and was_true):
+        return
+    if was.get("reason") == c.DATA_SOURCE_OUT_OF_SCOPE:
+        p.condition(c.DEGRADED, c.FALSE, c.DATA_SOURCE_IN_SCOPE, "spec.data.source is in scope")
+    elif was.get("reason") == c.INVALID_SPEC:
+        p.condition(c.DEGRADED, c.FALSE, c.SPEC_VALID, "the spec can be carried out")
+
+
+def _set_conditions(p: _Pass, evaluations: list[TriggerResult], pending: list[dict[str, Any]],
+                    invalid: str | None, refused: str | None) -> None:
+    """Stage 4: the conditions, then the phase that summarises them."""
+    status, current, mvs = p.status, p.current, p.mvs
+    _set_degraded_for_blocks(p, invalid, refused)
+    waiting = ", ".join(entry["trigger"] for entry in pending)
     if current:
-        conds = c.set_condition(conds, c.TRAINING, c.TRUE, c.RUN_IN_PROGRESS,
-                                f"run {current['id']} started by {current.get('trigger')}", generation, now)
+        p.condition(c.TRAINING, c.TRUE, c.RUN_IN_PROGRESS, f"run {current['id']} started by {current.get('trigger')}")
+    elif pending and invalid is not None:
+        p.condition(c.TRAINING, c.FALSE, c.INVALID_SPEC, f"{waiting} waiting: {invalid}")
     elif pending and refused is not None:
-        conds = c.set_condition(conds, c.TRAINING, c.FALSE, c.DATA_SOURCE_OUT_OF_SCOPE,
-                                f"{', '.join(p['trigger'] for p in pending)} waiting: spec.data.source is out of"
-                                " scope", generation, now)
+        p.condition(c.TRAINING, c.FALSE, c.DATA_SOURCE_OUT_OF_SCOPE,
+                    f"{waiting} waiting: spec.data.source is out of scope")
     elif pending:
-        conds = c.set_condition(conds, c.TRAINING, c.FALSE, c.COOLING_DOWN,
-                                f"{', '.join(p['trigger'] for p in pending)} waiting for the cooldown until "
-                                f"{status.get('cooldownUntil')}", generation, now)
+        p.condition(c.TRAINING, c.FALSE, c.COOLING_DOWN,
+                    f"{waiting} waiting for the cooldown until {status.get('cooldownUntil')}")
     else:
-        conds = c.set_condition(conds, c.TRAINING, c.FALSE, c.IDLE, "no run in progress", generation, now)
+        p.condition(c.TRAINING, c.FALSE, c.IDLE, "no run in progress")
     unknown = [r for r in evaluations if r.health == triggers.UNKNOWN]
     if unknown:
         prom = [r for r in unknown if r.kind in (triggers.DRIFT, triggers.PERFORMANCE)]
         reason = c.PROMETHEUS_UNAVAILABLE if prom else c.DATA_SOURCE_UNREADABLE
-        conds = c.set_condition(conds, c.TRIGGERS_HEALTHY, c.UNKNOWN, reason,
-                                "; ".join(f"{r.kind}: {r.observed}" for r in unknown)[:1000], generation, now)
+        p.condition(c.TRIGGERS_HEALTHY, c.UNKNOWN, reason, "; ".join(f"{r.kind}: {r.observed}" for r in unknown))
     else:
-        conds = c.set_condition(conds, c.TRIGGERS_HEALTHY, c.TRUE, c.TRIGGERS_EVALUATED,
-                                "every configured trigger could be evaluated", generation, now)
-    champion_name = champion["metadata"]["name"] if champion else None
+        p.condition(c.TRIGGERS_HEALTHY, c.TRUE, c.TRIGGERS_EVALUATED, "every configured trigger could be evaluated")
+    champion_name = p.champion["metadata"]["name"] if p.champion else None
     status["championVersion"] = champion_name
     if mvs and not status.get("latestVersion"):
         status["latestVersion"] = max(mvs, key=results.version_number)["metadata"]["name"]
     if champion_name:
-        conds = c.set_condition(conds, c.READY, c.TRUE, c.CHAMPION_AVAILABLE, f"champion is {champion_name}",
-                                generation, now)
+        p.condition(c.READY, c.TRUE, c.CHAMPION_AVAILABLE, f"champion is {champion_name}")
     else:
-        conds = c.set_condition(conds, c.READY, c.FALSE, c.NO_MODEL_YET, "no accepted ModelVersion yet",
-                                generation, now)
-    status["conditions"] = conds
-    degraded = c.get_condition(conds, c.DEGRADED)
+        p.condition(c.READY, c.FALSE, c.NO_MODEL_YET, "no accepted ModelVersion yet")
+    status["conditions"] = p.conds
+    degraded = c.get_condition(p.conds, c.DEGRADED)
     if current:
         phase, message = PHASE_TRAINING, f"run {current['id']} ({current.get('trigger')}) in progress"
     elif degraded and degraded.get("status") == c.TRUE:
@@ -402,25 +475,45 @@ def decide(obs: Observation) -> Plan:
     else:
         phase, message = PHASE_PENDING, "no accepted ModelVersion yet"
     status["phase"], status["message"] = phase, message[:1000]
-    status["observedGeneration"] = generation
+    status["observedGeneration"] = p.generation
 
-    # 5. Prune old runs (never the current one).
-    current_id = current["id"] if current else None
-    prune_jobs = runs.runs_to_prune(name, obs.job_names, history_limit, current_id)
-    prune_cms = runs.runs_to_prune(name, obs.config_map_names, history_limit, current_id)
+
+def decide(obs: Observation) -> Plan:
+    """One pass, in five stages: follow the current run, evaluate the triggers, start a run,
+    set the conditions, prune old runs."""
+    pipeline = obs.pipeline
+    old_status: dict[str, Any] = copy.deepcopy(dict(pipeline.get("status") or {}))
+    status = copy.deepcopy(old_status)
+    mvs = list(obs.model_versions)
+    p = _Pass(obs=obs, old_status=old_status, status=status, conds=status.get("conditions") or [], mvs=mvs,
+              champion=results.champion(mvs), current=status.get("currentRun"))
+    invalid = spec_problem(pipeline["spec"])
+    refused = obs.data_source_refused
+
+    _follow_current_run(p)
+    evaluations, pending = _collect_triggers(p, schedule_valid=invalid is None)
+    pending = _start_run(p, pending, blocked=invalid is not None or refused is not None)
+    status["pendingTriggers"] = pending or None
+    _set_conditions(p, evaluations, pending, invalid, refused)
+
+    # Stage 5: prune old runs (never the current one).
+    history_limit = int(pipeline["spec"].get("historyLimit") or DEFAULT_HISTORY_LIMIT)
+    current_id = p.current["id"] if p.current else None
+    prune_jobs = runs.runs_to_prune(p.name, obs.job_names, history_limit, current_id)
+    prune_cms = runs.runs_to_prune(p.name, obs.config_map_names, history_limit, current_id)
 
     patch = merge_patch(old_status, status)
     return Plan(
         status=patch or None,
-        register=register,
-        run_objects=objects,
-        events=events,
+        register=p.register,
+        run_objects=p.objects,
+        events=p.events,
         prune_jobs=prune_jobs,
         prune_config_maps=prune_cms,
-        requeue_after=min(recheck) if recheck else None,
+        requeue_after=min(p.recheck) if p.recheck else None,
         evaluations=evaluations,
-        finished=finished,
-        started=started,
+        finished=p.finished,
+        started=p.started,
     )
 
 

@@ -1,6 +1,6 @@
 """From a trainer summary to a ModelVersion, and a ModelVersion's approval (pure).
 
-The summary is the trainer's word (contract: /tmp/contracts.md, "Trainer summary"); it is checked
+The summary is the trainer's word (docs/contracts.md, "Trainer summary"; typed in ``noria.runspec``); it is checked
 against the run it claims to belong to before anything is registered, so a stale or foreign
 termination message can never become a model. The ModelVersion's name is deterministic
 (``<pipeline>-v<N>``): registering it twice is an AlreadyExists, which the caller treats as done.
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from noria import conditions as c
+from noria import runspec
+from noria.api.training_pipeline import DEFAULT_METRIC
 from noria.conditions import now_iso
 
 from . import runs
@@ -79,14 +81,16 @@ def _metric_value(v: Any) -> str | int:
     if isinstance(v, int):
         return v
     if isinstance(v, float):
-        return f"{v:.6g}"  # never a float in spec (ARCHITECTURE.md §1)
+        return f"{v:.6g}"  # never a float in spec (docs/contracts.md)
     return str(v)
 
 
 def gate_metric(pipeline_spec: Mapping[str, Any]) -> str:
+    """The metric the trainer's gate scored: spec.evaluation.metric, else the task's default from
+    the API model (the trainer reads the same default)."""
     chosen = (pipeline_spec.get("evaluation") or {}).get("metric")
     task = (pipeline_spec.get("model") or {}).get("task", "classification")
-    return chosen or ("f1" if task == "classification" else "r2")
+    return chosen or DEFAULT_METRIC[task]
 
 
 def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | None,
@@ -252,7 +256,7 @@ def champion(mvs: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(pool, key=version_number) if pool else None
 
 
-def champion_ref(mv: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def champion_ref(mv: Mapping[str, Any] | None) -> runspec.ChampionRef | None:
     """The run spec's ``champion`` entry."""
     if mv is None:
         return None

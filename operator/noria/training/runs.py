@@ -3,7 +3,15 @@ what a finished Job says.
 
 Names are deterministic (``<pipeline>-r<N>`` for the ConfigMap and the Job, ``<pipeline>-v<N>``
 for the ModelVersion the run may register) so that a step re-run after a crash finds the object it
-made instead of making a second one. The pod runs with the ``restricted`` Pod Security profile and
+made instead of making a second one. Every pod of a run works on the same run id, version and
+output location, so a retried pod that finds the set an earlier pod wrote reports it again
+(the trainer's output check) and the run registers once.
+
+Retries (docs/training.md, "Retries"): the Job's ``podFailurePolicy`` ignores pods that failed
+because of a disruption (eviction, node drain, preemption: the ``DisruptionTarget`` pod
+condition), fails the Job at once on the trainer's exit codes for failures another pod would meet
+again (``noria.runspec.NOT_RETRIED_EXIT_CODES``), and counts anything else (a crash, an
+out-of-memory kill) against a small ``backoffLimit``. The pod runs with the ``restricted`` Pod Security profile and
 no service-account token: the trainer reads data and writes artifacts on the store volume and
 needs nothing from the Kubernetes API.
 """
@@ -16,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from noria import store
+from noria import runspec, store
 
-RUN_SPEC_KEY: Final = "spec.json"
+RUN_SPEC_KEY: Final = runspec.RUN_SPEC_KEY
 RUN_MOUNT_PATH: Final = "/etc/noria/run"
 TERMINATION_LOG: Final = "/dev/termination-log"
 TRAINER_CONTAINER: Final = "trainer"
@@ -32,7 +40,10 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 ANNOTATION_TRIGGER: Final = "noria.dev/trigger"
 ANNOTATION_TRIGGERED_AT: Final = "noria.dev/triggered-at"
 
-DEFAULT_BACKOFF_LIMIT: Final = 0  # a trainer failure on bad data is deterministic: retrying wastes a node
+# Retries of a run's pod for what is not the run's own fault (a crash, an out-of-memory kill): the
+# trainer's deterministic failures fail the Job at once (podFailurePolicy), and an evicted or
+# drained pod is not counted at all, so two retries cover a flaky node without hiding a real bug.
+DEFAULT_BACKOFF_LIMIT: Final = 2
 DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 6 * 3600
 DEFAULT_JOBS_KEPT: Final = 5
 NON_ROOT_UID: Final = 65532  # the trainer image's user (distroless "nonroot")
@@ -76,25 +87,27 @@ class RunSettings:
         return uri
 
 
-def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: Mapping[str, Any] | None,
-             settings: RunSettings) -> dict[str, Any]:
-    """The JSON document the trainer reads (contract: /tmp/contracts.md, "Run spec")."""
+def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: runspec.ChampionRef | None,
+             settings: RunSettings) -> runspec.RunSpecDocument:
+    """The JSON document the trainer reads (docs/contracts.md, "Run spec")."""
     meta = pipeline["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    return {
+    document: runspec.RunSpecDocument = {
         "runId": run_name(name, n),
         "trigger": trigger,
         "namespace": ns,
         "pipeline": name,
         "version": int(n),
         "spec": pipeline["spec"],
-        "champion": dict(champion) if champion else None,
+        "champion": champion,
         "outputUri": store.version_dir(settings.store_root, ns, name, n),
         "storeRoot": settings.store_root,
+    }
+    if settings.trusted_data_prefixes:
         # The trainer refuses a data source outside <storeRoot>/<namespace>/, <storeRoot>/datasets/
         # and these (defence in depth: the operator has checked already).
-        **({"trustedDataPrefixes": list(settings.trusted_data_prefixes)} if settings.trusted_data_prefixes else {}),
-    }
+        document["trustedDataPrefixes"] = list(settings.trusted_data_prefixes)
+    return document
 
 
 def _labels(pipeline_name: str, run: str) -> dict[str, str]:
@@ -156,6 +169,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
         },
         "spec": {
             "backoffLimit": settings.backoff_limit,
+            "podFailurePolicy": pod_failure_policy(),
             "activeDeadlineSeconds": settings.active_deadline_seconds,
             "template": {
                 "metadata": {"labels": labels},
@@ -182,6 +196,17 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
     }
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """Which failed pods a run retries. Rules are tried in order and the first match acts: a
+    disrupted pod is ignored first, because a trainer stopped by SIGTERM mid-read can exit with a
+    data error it would not have had otherwise."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In",
+                                              "values": list(runspec.NOT_RETRIED_EXIT_CODES)}},
+    ]}
+
+
 # --- reading a Job ------------------------------------------------------------------------------
 RUNNING: Final = "Running"
 SUCCEEDED: Final = "Succeeded"
@@ -197,6 +222,10 @@ class JobOutcome:
     message: str | None = None
     finished_at: str | None = None
     created_at: str | None = None
+    # Of the run's pods that ended: how many the kernel killed for memory (container reason
+    # OOMKilled), and the trainer's memory limit, so that the run's failure can say what to raise.
+    oom_killed: int = 0
+    memory_limit: str | None = None
 
 
 def _condition(job_obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -240,6 +269,26 @@ def termination_message(pods: list[Mapping[str, Any]]) -> str | None:
     return max(found)[1] if found else None
 
 
+def _oom_killed(pods: list[Mapping[str, Any]]) -> int:
+    """Trainer containers that ended OOMKilled (their current or last termination)."""
+    count = 0
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") != TRAINER_CONTAINER:
+                continue
+            ended = [(cs.get(key) or {}).get("terminated") or {} for key in ("state", "lastState")]
+            count += any(term.get("reason") == "OOMKilled" for term in ended)
+    return count
+
+
+def _memory_limit(job_obj: Mapping[str, Any]) -> str | None:
+    containers = ((((job_obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+    for container in containers:
+        if container.get("name") == TRAINER_CONTAINER:
+            return ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
+
+
 def job_outcome(job_obj: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]) -> JobOutcome:
     if job_obj is None:
         return JobOutcome(MISSING)
@@ -254,7 +303,7 @@ def job_outcome(job_obj: Mapping[str, Any] | None, pods: list[Mapping[str, Any]]
         return JobOutcome(SUCCEEDED, summary, finished_at=finished, created_at=created)
     assert failed is not None
     return JobOutcome(FAILED, summary, failed.get("reason"), failed.get("message"),
-                      failed.get("lastTransitionTime"), created)
+                      failed.get("lastTransitionTime"), created, _oom_killed(pods), _memory_limit(job_obj))
 
 
 def runs_to_prune(pipeline: str, names: list[str], keep: int, current: str | None) -> list[str]:

@@ -10,7 +10,8 @@ only adds the kind to the pipeline's pending set; ``pipeline.decide`` coalesces 
 into at most one run (see there). That keeps every evaluator testable from a table.
 
 Timing rules, by kind:
-- initial: the pipeline has no ModelVersion and has never run.
+- initial: the pipeline has no ModelVersion and has never run; and, while it still has none, again
+  after a failed run, with a doubling back-off (``evaluate_initial``).
 - manual: a new value of the annotation ``noria.dev/retrain``. A burst of writes is one request:
   the value must stay unchanged for ``settle`` seconds before it fires (a GitOps tool or a script
   that writes fifty times asks for one run).
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Final
 
+from noria import scoring
 from noria.api.common import parse_duration
 from noria.conditions import now_iso
 from noria.profile import Profile
@@ -57,6 +59,9 @@ PERFORMANCE: Final = "performance"
 KINDS: Final = (INITIAL, MANUAL, DRIFT, PERFORMANCE, NEW_DATA, SCHEDULE)
 
 RETRAIN_ANNOTATION: Final = "noria.dev/retrain"
+# A pipeline with no ModelVersion retries after a failed run: 1 min, 2, 4, ... at most hourly.
+DEFAULT_INITIAL_RETRY_SECONDS: Final = 60.0
+MAX_INITIAL_RETRY_SECONDS: Final = 3600.0
 DEFAULT_SETTLE_SECONDS: Final = 2.0
 DEFAULT_DRIFT_WINDOW: Final = "1h"
 # Minimum evidence of the drift trigger (docs/triggers.md has the measurements behind both):
@@ -136,11 +141,27 @@ def human_duration(seconds: float) -> str:
 
 # --- initial ------------------------------------------------------------------------------------
 def evaluate_initial(has_model_version: bool, run_counter: int, state: Mapping[str, Any] | None,
-                     now: dt.datetime) -> TriggerResult:
+                     now: dt.datetime, last_failure: dt.datetime | None = None,
+                     retry_seconds: float = DEFAULT_INITIAL_RETRY_SECONDS) -> TriggerResult:
+    """Fires for a pipeline that has no ModelVersion: once at first sight, and again after a run
+    that failed, ``retry_seconds`` after its end, doubling with each attempt up to
+    ``MAX_INITIAL_RETRY_SECONDS``. Without it, a pipeline whose first run died (a node lost, data
+    not landed yet) would wait for a person. ``last_failure``: when the latest run ended, if it
+    failed and no run is going. State: ``firedAt``, ``attempts``."""
     prior = dict(state or {})
-    if has_model_version or run_counter > 0 or prior.get("firedAt"):
-        return TriggerResult(INITIAL, False, prior, "the pipeline has trained before")
-    return TriggerResult(INITIAL, True, {"firedAt": now_iso(now)}, "no ModelVersion yet")
+    if has_model_version:
+        return TriggerResult(INITIAL, False, prior, "the pipeline has a ModelVersion")
+    if run_counter == 0 and not prior.get("firedAt"):
+        return TriggerResult(INITIAL, True, {"firedAt": now_iso(now), "attempts": 1}, "no ModelVersion yet")
+    if last_failure is None:  # a first attempt is pending or running
+        return TriggerResult(INITIAL, False, prior, "no ModelVersion yet; a run is under way")
+    attempts = int(prior.get("attempts") or 1)
+    due = last_failure + dt.timedelta(seconds=min(retry_seconds * 2 ** (attempts - 1), MAX_INITIAL_RETRY_SECONDS))
+    if now < due:
+        return TriggerResult(INITIAL, False, prior, f"no ModelVersion yet: attempt {attempts + 1} at {now_iso(due)}",
+                             recheck_after=(due - now).total_seconds())
+    return TriggerResult(INITIAL, True, {"firedAt": now_iso(now), "attempts": attempts + 1},
+                         f"no ModelVersion yet and run attempt {attempts} failed: attempt {attempts + 1}")
 
 
 # --- manual -------------------------------------------------------------------------------------
@@ -166,10 +187,31 @@ def evaluate_manual(annotation: str | None, state: Mapping[str, Any] | None, now
 
 
 # --- schedule -----------------------------------------------------------------------------------
+CRON_HELP: Final = ("five fields in range: minute 0-59, hour 0-23, day of month 1-31, month 1-12, "
+                    "day of week 0-6, matching a date that exists (e.g. \"0 2 * * *\")")
+
+
 def next_cron(schedule: str, after: dt.datetime) -> dt.datetime:
     from croniter import croniter
 
     return croniter(schedule, after).get_next(dt.datetime)
+
+
+def schedule_problem(schedule: str | None) -> str | None:
+    """Why the operator cannot follow ``spec.triggers.schedule`` (a message naming the field and
+    what to write), or None. The API server refuses fields out of range; a date that never comes
+    (``0 2 31 2 *``, February 31st) only shows when the next tick is looked for."""
+    if not schedule:
+        return None
+    from croniter import CroniterError
+
+    try:
+        next_cron(schedule, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    except CroniterError as exc:
+        return f"spec.triggers.schedule {schedule!r} is not a schedule Noria can follow ({exc}): write {CRON_HELP}"
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"spec.triggers.schedule {schedule!r} cannot be read ({exc}): write {CRON_HELP}"
+    return None
 
 
 def evaluate_schedule(schedule: str | None, state: Mapping[str, Any] | None, now: dt.datetime) -> TriggerResult:
@@ -452,57 +494,29 @@ def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profil
 def live_metric(metric: str, confusion: Mapping[tuple[str, str], float]) -> tuple[float | None, float]:
     """Metric from feedback counts ``{(actual, predicted): n}`` and the number of labels.
 
-    f1/precision/recall are binary when the classes are {0,1} (or {false,true}), taking "1"/"true"
-    as positive, else macro-averaged over the classes seen (scikit-learn's conventions)."""
-    total = float(sum(confusion.values()))
+    accuracy, precision, recall and f1 are ``noria.scoring``'s, the same numbers the Rollout's
+    analysis checks compute: precision, recall and F1 are macro averages over the classes seen, for
+    two classes as for more. balanced_accuracy is the mean recall over the actual classes."""
+    total = scoring.labels(confusion)
     if total <= 0:
         return None, 0.0
-    if metric == "accuracy":
-        return sum(n for (a, p), n in confusion.items() if a == p) / total, total
-    classes = sorted({a for a, _ in confusion} | {p for _, p in confusion})
-    lowered = {c.lower() for c in classes}
-    positive = next((c for c in classes if c.lower() in ("1", "true")), None)
-    binary = positive is not None and lowered <= {"0", "1", "false", "true"}
-
-    def per_class(c: str) -> tuple[float, float, float]:
-        tp = sum(n for (a, p), n in confusion.items() if a == c and p == c)
-        fp = sum(n for (a, p), n in confusion.items() if a != c and p == c)
-        fn = sum(n for (a, p), n in confusion.items() if a == c and p != c)
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return precision, recall, f1
-
-    index = {"precision": 0, "recall": 1, "f1": 2}.get(metric)
-    if index is None:
-        if metric == "balanced_accuracy":
-            recalls = [per_class(c)[1] for c in {a for a, _ in confusion}]
-            return sum(recalls) / len(recalls), total
+    if metric == "balanced_accuracy":
+        actual = sorted({a for a, _ in confusion})
+        return sum(scoring.per_class(confusion, c)[1] for c in actual) / len(actual), total
+    if metric not in scoring.SCORES:
         raise ValueError(f"performance trigger: metric {metric!r} cannot be computed from feedback counts")
-    if binary:
-        assert positive is not None
-        return per_class(positive)[index], total
-    values = [per_class(c)[index] for c in classes]
-    return sum(values) / len(values), total
+    return scoring.score(metric, confusion), total
 
 
 def effective_labels(metric: str, confusion: Mapping[tuple[str, str], float]) -> float:
     """How many labels the metric is a proportion over, for its standard error: all labels for
-    accuracy; the predicted positives for precision, the actual positives for recall, their mean
-    for f1 (binary: F1 = 2TP / (actual + predicted positives)); all labels over the number of
-    classes for macro averages. An approximation (docs/triggers.md), good enough to tell a drop from
-    label noise."""
-    total = float(sum(confusion.values()))
+    accuracy; all labels over the number of classes for the macro averages (each class's score is a
+    proportion over about that many). An approximation (docs/triggers.md), good enough to tell a
+    drop from label noise."""
+    total = scoring.labels(confusion)
     if metric == "accuracy":
         return total
-    classes = sorted({a for a, _ in confusion} | {p for _, p in confusion})
-    positive = next((c for c in classes if c.lower() in ("1", "true")), None)
-    binary = positive is not None and {c.lower() for c in classes} <= {"0", "1", "false", "true"}
-    if not binary:
-        return total / max(1, len(classes))
-    actual = sum(n for (a, _), n in confusion.items() if a == positive)
-    predicted = sum(n for (_, p), n in confusion.items() if p == positive)
-    return {"precision": predicted, "recall": actual}.get(metric, (actual + predicted) / 2.0)
+    return total / max(1, len(scoring.classes_seen(confusion)))
 
 
 def significant_drop(baseline: float, baseline_n: float, value: float, n: float, significance: float

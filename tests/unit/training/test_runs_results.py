@@ -42,7 +42,11 @@ def test_job_is_restricted_owned_bounded_and_mounts_spec_and_store():
     assert json.loads(cm["data"]["spec.json"]) == spec and cm["metadata"]["ownerReferences"] == [owner]
     assert job["metadata"]["name"] == cm["metadata"]["name"] == "churn-r3"
     pod = job["spec"]["template"]["spec"]
-    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] > 0
+    assert job["spec"]["backoffLimit"] == runs.DEFAULT_BACKOFF_LIMIT == 2 and job["spec"]["activeDeadlineSeconds"] > 0
+    ignore, fail = job["spec"]["podFailurePolicy"]["rules"]  # order matters: the first match acts
+    assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert fail["action"] == "FailJob" and fail["onExitCodes"]["containerName"] == "trainer"
+    assert fail["onExitCodes"]["values"] == [2, 3, 4, 5, 6, 7]  # spec, data, validation, training, champion, output
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     ctr = pod["containers"][0]
@@ -144,3 +148,14 @@ def test_champion_is_production_else_newest_accepted():
     assert results.champion([mv(1, "Production"), mv(2, "Approved"), mv(3, "Rejected")])["metadata"]["name"] == "c-v1"
     assert results.champion([mv(1, "Retired"), mv(2, "Approved"), mv(3, "Candidate")])["metadata"]["name"] == "c-v2"
     assert results.champion([mv(3, "Rejected")]) is None
+
+
+def test_the_gate_metric_default_is_the_api_default_the_trainer_uses():
+    from noria.api.training_pipeline import DEFAULT_METRIC
+    from noria_trainer.spec import parse_pipeline_spec
+
+    for task in ("classification", "regression"):
+        spec = {"model": {"task": task, "estimator": "sklearn.linear_model.LinearRegression", "target": "y"},
+                "data": {"source": "file:///store/ml/d/"}}
+        assert results.gate_metric(spec) == DEFAULT_METRIC[task] == parse_pipeline_spec(spec).metric
+    assert results.gate_metric({"model": {"task": "regression"}}) == "rmse"  # it said r2 before

@@ -26,12 +26,56 @@ def iso(seconds: float) -> str:
     [
         (False, 0, None, True),
         (True, 0, None, False),  # imported or trained before
-        (False, 1, None, False),  # the first run failed: no retry loop
+        (False, 1, None, False),  # the first run is under way (no failure to retry)
         (False, 0, {"firedAt": "x"}, False),
     ],
 )
 def test_initial_fires_only_for_a_pipeline_that_never_trained(has_mv, counter, state, fires):
     assert t.evaluate_initial(has_mv, counter, state, T0).fired is fires
+
+
+@pytest.mark.parametrize(
+    ("attempts", "failed_ago", "fires", "recheck"),
+    [
+        (1, 59, False, 1),  # retry 60 s after the first failure
+        (1, 60, True, None),
+        (2, 119, False, 1),  # then 120 s
+        (3, 239, False, 1),  # then 240 s
+        (3, 240, True, None),
+        (20, 3599, False, 1),  # at most hourly
+        (20, 3600, True, None),
+    ],
+)
+def test_initial_retries_a_failed_first_run_with_a_doubling_back_off(attempts, failed_ago, fires, recheck):
+    r = t.evaluate_initial(False, attempts, {"firedAt": "x", "attempts": attempts}, at(failed_ago), T0, 60.0)
+    assert r.fired is fires
+    assert r.recheck_after == (pytest.approx(recheck) if recheck else None)
+    if fires:
+        assert r.state["attempts"] == attempts + 1 and f"attempt {attempts + 1}" in r.observed
+
+
+def test_initial_never_retries_once_a_version_exists():
+    r = t.evaluate_initial(True, 1, {"firedAt": "x", "attempts": 1}, at(10_000), T0, 60.0)
+    assert not r.fired
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        ("0 2 * * *", None),
+        ("@daily", None),
+        ("0 0 29 2 *", None),  # leap days exist
+        ("0 2 31 2 *", "not a schedule Noria can follow"),  # February 31st never comes
+        ("99 99 99 99 99", "out of range"),
+        ("0 24 * * *", "out of range"),
+    ],
+)
+def test_schedule_problem_names_the_field_and_what_to_write(schedule, problem):
+    found = t.schedule_problem(schedule)
+    if problem is None:
+        assert found is None
+    else:
+        assert problem in found and "spec.triggers.schedule" in found and "minute 0-59" in found
 
 
 def test_manual_fires_once_per_new_value_after_it_settles():
@@ -142,8 +186,10 @@ def test_drift_needs_enough_live_values_and_a_champion():
     ("metric", "confusion", "expected"),
     [
         ("accuracy", {("1", "1"): 8, ("0", "0"): 1, ("1", "0"): 1}, 0.9),
-        ("f1", {("1", "1"): 5, ("0", "1"): 5, ("1", "0"): 0, ("0", "0"): 90}, 2 * 0.5 * 1 / 1.5),
-        ("recall", {("1", "1"): 3, ("1", "0"): 1}, 0.75),
+        # macro over the classes seen, two classes too (noria.scoring, as the Rollout's checks):
+        # F1 of "1" is 2*5/(10+5), of "0" 2*90/(90+95)
+        ("f1", {("1", "1"): 5, ("0", "1"): 5, ("1", "0"): 0, ("0", "0"): 90}, (10 / 15 + 180 / 185) / 2),
+        ("recall", {("1", "1"): 3, ("1", "0"): 1}, (0.75 + 0) / 2),  # "0" is seen, never actual: recall 0
         ("f1", {("a", "a"): 1, ("b", "b"): 1, ("c", "a"): 1}, (2 / 3 + 1 + 0) / 3),  # macro
     ],
 )
@@ -316,10 +362,11 @@ def test_performance_baseline_is_shown_and_kept_through_quiet_and_unknown_passes
     ("metric", "cells", "expected"),
     [
         ("accuracy", {("1", "1"): 30, ("0", "0"): 60, ("1", "0"): 10}, 100),
-        ("precision", {("1", "1"): 30, ("0", "1"): 10, ("0", "0"): 60}, 40),  # predicted positives
-        ("recall", {("1", "1"): 30, ("1", "0"): 20, ("0", "0"): 50}, 50),  # actual positives
-        ("f1", {("1", "1"): 30, ("1", "0"): 20, ("0", "1"): 10, ("0", "0"): 40}, 45),  # (50 + 40) / 2
-        ("f1", {("a", "a"): 30, ("b", "b"): 30, ("c", "c"): 30}, 30),  # macro: labels per class
+        # macro averages: labels per class seen
+        ("precision", {("1", "1"): 30, ("0", "1"): 10, ("0", "0"): 60}, 50),
+        ("recall", {("1", "1"): 30, ("1", "0"): 20, ("0", "0"): 50}, 50),
+        ("f1", {("1", "1"): 30, ("1", "0"): 20, ("0", "1"): 10, ("0", "0"): 40}, 50),
+        ("f1", {("a", "a"): 30, ("b", "b"): 30, ("c", "c"): 30}, 30),
     ],
 )
 def test_effective_labels_behind_each_metric(metric, cells, expected):

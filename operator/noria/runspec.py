@@ -1,0 +1,108 @@
+"""The payloads between the operator and a trainer Job, typed once and imported on both sides.
+
+Three things cross that process boundary (docs/contracts.md):
+
+- the **run spec**, which the operator writes into the run's immutable ConfigMap and the trainer
+  reads with ``--spec`` (``RunSpecDocument``);
+- the trainer's **summary**, which the trainer writes to its termination-message file and the
+  operator reads from the pod (``SuccessSummary`` / ``FailureSummary``);
+- the trainer's **exit code**, which the Job's ``podFailurePolicy`` reads: a failure that another
+  pod of the same run would meet again (the spec, the data, validation, fitting, the champion, the
+  output location) fails the Job at once; anything else (a crash, an out-of-memory kill, an
+  evicted pod) is infrastructure and is retried (docs/training.md, "Retries").
+
+The trainer image ships this package (trainer_image/Dockerfile copies ``operator/noria``), so both
+sides import this module rather than restating field names or codes. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal, TypedDict
+
+# --- exit codes -------------------------------------------------------------------------------
+EXIT_OK: Final = 0  # succeeded: the gate passed or rejected the contender; the artifact set is written
+EXIT_UNEXPECTED: Final = 1  # a bug or an unforeseen error: the reason carries the exception
+EXIT_SPEC: Final = 2  # the run spec or pipeline spec is malformed, or the estimator is not allowed
+EXIT_DATA: Final = 3  # the data cannot be read, is empty, or the window holds no rows
+EXIT_VALIDATION: Final = 4  # the data failed validation (columns, target, types, rows, missing values)
+EXIT_TRAINING: Final = 5  # fitting, tuning or evaluating failed
+EXIT_CHAMPION: Final = 6  # the champion artifact is refused by the loader (digest, file, archive, types) or unreadable
+EXIT_OUTPUT: Final = 7  # the output location holds another run's version, or cannot be written
+
+# Exit codes that another pod of the same run would meet again: the run spec, the data and the
+# champion are the same for every pod of a run, and fitting is seeded. The Job fails on the first
+# of these (podFailurePolicy action FailJob) instead of spending its retries. Every other non-zero
+# exit (EXIT_UNEXPECTED, 137 for an out-of-memory kill or SIGKILL, 143 for SIGTERM) counts
+# against the Job's backoffLimit.
+NOT_RETRIED_EXIT_CODES: Final = (EXIT_SPEC, EXIT_DATA, EXIT_VALIDATION, EXIT_TRAINING, EXIT_CHAMPION,
+                                 EXIT_OUTPUT)
+
+# --- run spec ---------------------------------------------------------------------------------
+RUN_SPEC_KEY: Final = "spec.json"  # the ConfigMap key the trainer reads
+
+
+class ChampionRef(TypedDict):
+    """The version the contender must beat: its artifact and drift profile."""
+
+    name: str
+    artifactUri: str
+    digest: str
+    profileUri: str | None
+
+
+class _RunSpecRequired(TypedDict):
+    runId: str  # <pipeline>-r<N>: the Job's name too, so every retried pod works on the same run
+    trigger: str
+    namespace: str
+    pipeline: str
+    version: int  # N: the run registers <pipeline>-v<N> from <storeRoot>/<namespace>/<pipeline>/v<N>
+    spec: dict[str, Any]  # the TrainingPipeline spec as the run saw it (read through noria.api)
+    champion: ChampionRef | None
+    outputUri: str
+    storeRoot: str
+
+
+class RunSpecDocument(_RunSpecRequired, total=False):
+    trustedDataPrefixes: list[str]
+
+
+# --- summary ----------------------------------------------------------------------------------
+SUMMARY_LIMIT: Final = 4096  # bytes: the kubelet keeps at most 4 KB of a termination message
+
+
+class RefitSummary(TypedDict):
+    done: bool
+    rows: int
+
+
+class SuccessSummary(TypedDict):
+    status: Literal["succeeded"]
+    runId: str
+    version: int
+    digest: str  # sha256:<64 hex> of model.skops
+    artifactUri: str
+    profileUri: str
+    metadataUri: str
+    reportUri: str
+    metrics: dict[str, str]  # decimal strings
+    championMetrics: dict[str, str] | None
+    verdict: Literal["passed", "rejected"]
+    reason: str
+    rows: int
+    feedbackRows: int
+    window: str
+    trainedAt: str
+    failedStage: None
+    refit: RefitSummary
+
+
+class FailureSummary(TypedDict, total=False):
+    status: Literal["failed"]
+    runId: str | None
+    version: int | None
+    failedStage: str  # spec, output, champion, data, validation, training, evaluation, unexpected
+    reason: str
+    exitCode: int
+
+
+Summary = SuccessSummary | FailureSummary
