@@ -5,7 +5,9 @@ servers run by the node agent, and the Noria operator as a subprocess.
 Given the churn pipeline and its canary Rollout (examples/90-closed-loop) and users sending
 predictions with delayed ground truth, when the world drifts and later a batch with inverted
 labels lands, then each transition happens, for the stated reason, in order; no request fails;
-accuracy recovers; and the bad candidate never gets more than its canary share.
+accuracy recovers; the bad candidate never gets more than its canary share; and nobody is on call:
+after applying the manifests the story writes no annotation, and every stage change is Noria's (the
+canary analyses wait for their labels by themselves).
 
 The story runs once per module (it takes minutes); each test asserts one of its outcomes.
 """
@@ -116,3 +118,14 @@ def test_the_report_is_written(story) -> None:  # noqa: ANN001
     for name in ("accuracy.png", "drift.png", "traffic.png", "backtest.png"):
         assert (story.report.parent / name).stat().st_size > 10_000
     assert "Backtest of this pipeline" in story.report.read_text()  # noria backtest of the demo's own spec
+
+
+def test_nobody_is_on_call(story) -> None:  # noqa: ANN001
+    """No annotation (promote, approve, retrain, abort) in the story: the canaries waited for their
+    labels, the pipeline's own triggers retrained, its approval policy approved."""
+    from noria_testbed.demo.checks import KIND_COMMAND
+    from noria_testbed.demo.timeline import read_timeline
+
+    _holds(story, "no person acted: no annotation, every stage change by Noria")
+    commands = [r["args"] for r in read_timeline(story.timeline) if r.get("kind") == KIND_COMMAND]
+    assert commands and all(args[1] in ("create", "apply") for args in commands), commands

@@ -17,9 +17,18 @@ def iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Who changes stages in a story without a person: the pipeline approves, the Rollout does the rest.
+BY_NORIA = {"Approved": "pipeline/churn", "Candidate": "pipeline/churn", "Rejected": "rollout/churn"}
+
+
 def mv(name: str, *stages: tuple[str, float]) -> dict:
     return {"metadata": {"name": name}, "spec": {"metrics": {"f1": "0.85"}},
-            "status": {"stage": stages[-1][0], "history": [{"stage": s, "at": iso(t), "reason": s} for s, t in stages]}}
+            "status": {"stage": stages[-1][0], "history": [
+                {"stage": s, "at": iso(t), "reason": s, "by": BY_NORIA.get(s, "rollout/churn")} for s, t in stages]}}
+
+
+def command(t: float, *args: str) -> dict:
+    return {"kind": C.KIND_COMMAND, "ts": t, "args": ["kubectl", *args]}
 
 
 def requests(phase: str, start: float, n: int, version: str, correct: float, status: int = 200,
@@ -39,6 +48,8 @@ def state(t: float, weights: dict) -> dict:
 @pytest.fixture
 def story() -> dict:
     records = [
+        command(T0 - 10, "create", "namespace", "demo"),
+        command(T0 - 5, "apply", "--server-side", "-n", "demo", "-f", "-"),
         *requests(C.PHASE_BEFORE, T0 + 100, 500, "churn-v1", 0.90),
         {"kind": "act", "act": C.ACT_DRIFT, "ts": T0 + 200},
         *requests(C.PHASE_DRIFTED, T0 + 200, 500, "churn-v1", 0.60),
@@ -54,8 +65,8 @@ def story() -> dict:
         *requests("bad-batch", T0 + 470.05, 20, "churn-v3", 0.1, step=0.4),
         state(T0 + 490, {"churn-v2": 100}),
     ]
-    tp = {"status": {"lastRuns": [
-        {"id": "churn-r3", "trigger": "manual", "outcome": "Succeeded", "version": "churn-v3",
+    tp = {"metadata": {"name": "churn"}, "status": {"lastRuns": [
+        {"id": "churn-r3", "trigger": "newData", "outcome": "Succeeded", "version": "churn-v3",
          "startedAt": iso(T0 + 421), "finishedAt": iso(T0 + 460)},
         {"id": "churn-r2", "trigger": "drift", "outcome": "Succeeded", "version": "churn-v2",
          "startedAt": iso(T0 + 240), "finishedAt": iso(T0 + 280), "message": "psi 0.7 > 0.2"},
@@ -67,7 +78,7 @@ def story() -> dict:
         "churn-v2": mv("churn-v2", ("Approved", T0 + 280), ("Canary", T0 + 281), ("Production", T0 + 340)),
         "churn-v3": mv("churn-v3", ("Approved", T0 + 460), ("Canary", T0 + 461), ("Rejected", T0 + 490)),
     }
-    rollout = {"spec": {"strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}}},
+    rollout = {"metadata": {"name": "churn"}, "spec": {"strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}}},
                "status": {"stableVersion": "churn-v2", "weights": {"churn-v2": 100}}}
     return {"records": records, "tp": tp, "mvs": mvs, "rollout": rollout}
 
@@ -156,3 +167,43 @@ def test_an_answer_from_the_bad_candidate_after_the_router_dropped_it_fails(stor
 def test_answers_in_flight_while_the_router_switches_are_allowed(story) -> None:
     story["records"] += requests("bad-batch", T0 + 490.5, 1, "churn-v3", 0.1)
     assert "no request answered by the bad candidate after it was rejected" not in failing(story)
+
+
+NOBODY = "no person acted: no annotation, every stage change by Noria"
+
+
+@pytest.mark.parametrize("args", [
+    ("annotate", "-n", "demo", "--overwrite", "rollouts.noria.dev/churn", "noria.dev/promote=true"),
+    ("annotate", "-n", "demo", "trainingpipeline/churn", "noria.dev/retrain=2026-12-02T04:00:00Z"),
+    ("patch", "modelversion", "churn-v2", "--type=merge", "-p", "{}"),
+])
+def test_a_command_that_acts_on_an_object_after_setup_fails_the_story(story, args) -> None:
+    story["records"].append(command(T0 + 300, *args))
+    assert failing(story) == {NOBODY}
+    assert args[0] in run(story)[NOBODY].detail
+
+
+def test_a_stage_change_by_a_person_fails_the_story(story) -> None:
+    story["mvs"]["churn-v2"]["status"]["history"][0]["by"] = "alice"  # kubectl annotate mv noria.dev/approve=alice
+    assert failing(story) == {NOBODY}
+    assert "churn-v2 Approved by alice" in run(story)[NOBODY].detail
+
+
+@pytest.mark.parametrize("record", [
+    {"kind": "act", "act": "on-call", "ts": T0 + 300, "message": "resumed churn-v2 after an inconclusive analysis"},
+])
+def test_an_on_call_act_fails_the_story(story, record) -> None:
+    story["records"].append(record)
+    assert failing(story) == {NOBODY}
+
+
+def test_an_event_only_a_person_causes_fails_the_story(story) -> None:
+    events = [{"reason": "ResumedByUser", "message": "noria.dev/promote"}]
+    checks, _ = C.evaluate(story["records"], story["tp"], story["mvs"], story["rollout"], None, events)
+    assert [c.name for c in checks if not c.ok] == [NOBODY]
+
+
+def test_the_bad_batch_run_is_the_first_after_the_batch_whatever_its_trigger(story) -> None:
+    story["tp"]["status"]["lastRuns"][0]["trigger"] = "drift"  # a pending drift would name the coalesced run
+    _, facts = C.evaluate(story["records"], story["tp"], story["mvs"], story["rollout"])
+    assert facts.bad == "churn-v3"

@@ -6,6 +6,11 @@ The versions are found by what happened, never by assumed names: the first versi
 the initial run trained; the recovery version is the one trained by the first drift or
 performance run that started after the drift was injected; the bad candidate is whatever the
 first run after the corrupted batch produced (possibly nothing, if the trainer refused it).
+
+Nobody is on call: ``no_person_acted`` fails the story if it wrote any annotation (or patched,
+labelled, edited, scaled or deleted anything) after applying the manifests, if a stage change was
+made by anyone but the pipeline or the Rollout, or if the operator reports a user's act (a resume,
+an abort, a retry).
 """
 
 from __future__ import annotations
@@ -17,10 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from noria import conditions as c
 
 from noria_testbed.demo import scoring
 
 RETRAIN_TRIGGERS = ("drift", "performance")
+KIND_COMMAND = "command"  # timeline record of a kubectl command the story ran: {"args": [...]}
+# kubectl verbs that act on objects after the story's one-time setup (create namespace, apply).
+PERSON_VERBS = ("annotate", "label", "patch", "edit", "scale", "delete", "replace", "set", "rollout")
+# Rollout reasons that only a person's annotation (promote, abort, retry) produces.
+PERSON_REASONS = (c.ROLLOUT_RESUMED_BY_USER, c.ROLLOUT_ABORTED_BY_USER, c.ROLLOUT_RETRIED)
 ACT_DRIFT = "drift"
 ACT_BAD_BATCH = "bad-batch"
 ACT_RECOVERED = "recovered"
@@ -103,8 +114,7 @@ def find_facts(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs:
         facts.v2 = (recovered or {}).get("version") or (facts.detection_run or {}).get("version")
         facts.recovery_run = next((r for r in runs if r.get("version") == facts.v2), None) if facts.v2 else None
     if facts.bad_batch_at is not None:
-        facts.bad_run = next((r for r in runs if r.get("trigger") == "manual"
-                              and (parse_time(r.get("startedAt")) or 0) >= facts.bad_batch_at - 1), None)
+        facts.bad_run = next((r for r in runs if is_bad_batch_run(r, facts.bad_batch_at)), None)
         facts.bad = (facts.bad_run or {}).get("version")
     steps = (((rollout.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
     facts.canary_share = next((s["setWeight"] for s in steps if s.get("setWeight")), None)
@@ -139,8 +149,40 @@ def _share_bound(p: float, n: int) -> float:
     return p + 3 * math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1)) + 0.02
 
 
+def is_bad_batch_run(run: Mapping[str, Any], bad_batch_at: float) -> bool:
+    """The run after the corrupted batch: any trigger but the initial one (the pipeline's newData
+    trigger; a drift or performance trigger pending at the same time would name the run instead)."""
+    return run.get("trigger") != "initial" and (parse_time(run.get("startedAt")) or 0) >= bad_batch_at - 1
+
+
+def no_person_acted(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any],
+                    mvs: Mapping[str, Mapping[str, Any]], rollout: Mapping[str, Any],
+                    events: Sequence[Mapping[str, Any]] = ()) -> Check:
+    """The loop ran on its own: what the story did, who changed stages, what the operator reported."""
+    acts = []
+    for r in records:
+        args = [str(a) for a in r.get("args") or []]
+        if r.get("kind") == KIND_COMMAND and len(args) > 1 and args[1] in PERSON_VERBS:
+            acts.append(" ".join(args)[:120])
+        if r.get("kind") == "act" and r.get("act") == "on-call":
+            acts.append(f"on call: {r.get('message')}")
+    noria = {f"pipeline/{(tp.get('metadata') or {}).get('name')}", f"rollout/{(rollout.get('metadata') or {}).get('name')}"}
+    for name, mv in sorted(mvs.items()):
+        for change in ((mv.get("status") or {}).get("history") or []):
+            if change.get("by") not in noria:
+                acts.append(f"{name} {change.get('stage')} by {change.get('by')}")
+    for e in events:
+        if e.get("reason") in PERSON_REASONS:
+            acts.append(f"event {e.get('reason')}: {e.get('message', '')[:80]}")
+    commands = sum(1 for r in records if r.get("kind") == KIND_COMMAND)
+    return Check("no person acted: no annotation, every stage change by Noria", not acts and commands > 0,
+                 f"{len(acts)} manual act(s): {'; '.join(acts[:5])}" if acts
+                 else f"{commands} kubectl command(s), all setup (create, apply); stage changes only by {sorted(noria)}")
+
+
 def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: Mapping[str, Mapping[str, Any]],
-             rollout: Mapping[str, Any], counterfactual: pd.Series | None = None) -> tuple[list[Check], StoryFacts]:
+             rollout: Mapping[str, Any], counterfactual: pd.Series | None = None,
+             events: Sequence[Mapping[str, Any]] = ()) -> tuple[list[Check], StoryFacts]:
     """Every check of the story, in the story's order, and the facts they were decided on.
 
     ``counterfactual``: the v1 model's predictions for the request frame's rows (same order)."""
@@ -273,6 +315,9 @@ def evaluate(records: Sequence[Mapping[str, Any]], tp: Mapping[str, Any], mvs: M
                             rejected_at is not None and late.empty,
                             f"{len(late)} answers sent more than {ROUTER_PICKUP_SECONDS:g}s after the router dropped "
                             f"{facts.bad} (at {clock(off_at)}; Rejected at {clock(rejected_at)})"))
+
+    # Nobody on call: the loop decided everything after the manifests were applied.
+    checks.append(no_person_acted(records, tp, mvs, rollout, events))
 
     # Timing figures for the note.
     facts.figures["drift_to_retrain_start_s"] = (detected - facts.drift_at) if detected and facts.drift_at else None

@@ -5,13 +5,17 @@ Acts: (1) the churn pipeline trains v1, which is approved and served; users send
 a little later, the truth. (2) The world changes: covariate and concept drift in the live traffic
 and in the new data landing in the store; Noria notices (drift, or the F1 drop from feedback),
 retrains on the new window plus labelled production traffic, gates the result against v1 and
-rolls it out by canary with analysis. (3) A batch with corrupted labels lands and a retrain is
-requested; the candidate is refused by the gate or rolled back by the canary analysis, and users
-stay on the good version. Finally the record is turned into checks, figures and a report.
+rolls it out by canary with analysis, waiting for the feedback labels each analysis needs. (3) A
+batch with corrupted labels lands and the pipeline's newData trigger retrains on it; the candidate
+is refused by the gate or rolled back by the canary analysis, and users stay on the good version.
+Finally the record is turned into checks, figures and a report.
 
-The story only reads the cluster and does what a user would do (apply manifests, land data in
-the store, annotate the pipeline); every decision is the operator's. It narrates what it sees as
-it happens from a poll of the three resources every second.
+The story only reads the cluster and does what the world and a platform team would do: apply the
+manifests once, land data in the store, send traffic and its labels. Nobody is on call: the story
+writes no annotation and never resumes, promotes or approves anything; every decision after the
+``apply`` is the operator's. Every kubectl command it runs is recorded in the timeline, and a check
+(``checks.no_person_acted``) fails the demo if any of them acted on a Noria object. It narrates what
+it sees as it happens from a poll of the three resources every second.
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ from noria_testbed.processes import free_port
 EXAMPLE_DIR = REPO_ROOT / "examples" / "90-closed-loop"
 POD_STORE_ROOT = "file:///var/lib/noria/store"
 GROUP_PATH = "/apis/noria.dev/v1alpha1"
-RETRAIN_ANNOTATION = "noria.dev/retrain"
 
 
 class StoryError(Exception):
@@ -78,10 +81,6 @@ class DemoConfig:
     seed: int = 7
     act_timeout: float = 420.0
     quiet: bool = False
-    # The person on call: resume a canary that the analysis paused for lack of data (a canary that
-    # just got its first requests has none yet) with `kubectl annotate mro ... noria.dev/promote`.
-    # Resuming only continues the steps: every later analysis still gates the promotion.
-    resume_inconclusive: bool = True
     # The report's backtest of the pipeline over the demo's generated world (demo/backtest.py).
     backtest: bool = True
 
@@ -362,6 +361,8 @@ class Story:
 
     # -- user actions --
     def kubectl(self, *args: str, input: str | None = None) -> str:  # noqa: A002 - subprocess's name
+        """Run kubectl as the story's user, recorded in the timeline (``checks.no_person_acted`` reads it)."""
+        self.timeline.write(C.KIND_COMMAND, args=["kubectl", *args])
         return self.tb.kubectl(*args, input=input).stdout
 
     def land_batch(self, name: str, world: D.World, rows: int, start: dt.datetime, end: dt.datetime,
@@ -377,13 +378,10 @@ class Story:
         api = KubeApi(self.tb.kubeconfig)
         observer = Observer(api, self.cfg, self.timeline, self.narrator)
         watch: asyncio.Task[None] | None = None
-        on_call: asyncio.Task[None] | None = None
         traffic_task: asyncio.Task[None] | None = None
         try:
             self.setup()
             watch = asyncio.create_task(observer.run())
-            if self.cfg.resume_inconclusive:
-                on_call = asyncio.create_task(self._on_call(observer))
             traffic_task = await self.act_v1(observer, api)
             await self.act_drift(observer)
             await self.act_bad_batch(observer)
@@ -391,9 +389,8 @@ class Story:
             self.result.error = str(exc)
             self.say(f"the story stopped: {exc}", "✗")
         finally:
-            for task in (self._ticker_task, on_call):
-                if task is not None:
-                    task.cancel()
+            if self._ticker_task is not None:
+                self._ticker_task.cancel()
             if self.traffic is not None:
                 self.traffic.stop()
             if traffic_task is not None:
@@ -472,35 +469,6 @@ class Story:
                  "as feedback", "•")
         await self._answers_for(C.PHASE_BEFORE, cfg.before_seconds, observer)
         return task
-
-    async def _on_call(self, observer: Observer) -> None:
-        """Resume canaries paused by an inconclusive analysis, as the person on call would."""
-        last_resume = 0.0
-        resumes: dict[str, int] = {}
-        while True:
-            await asyncio.sleep(1.0)
-            conditions = self.snapshot_conditions(observer.latest)
-            paused = conditions.get("Paused") or {}
-            if paused.get("status") != "True" or paused.get("reason") != "AnalysisInconclusive":
-                continue
-            if time.monotonic() - last_resume < 10.0:
-                continue
-            last_resume = time.monotonic()
-            canary = observer.latest.ro_status.get("canaryVersion")
-            resumes[canary] = resumes.get(canary, 0) + 1
-            self.timeline.write("act", act="on-call", message=f"resumed {canary} after an inconclusive analysis")
-            if resumes[canary] == 1:
-                self.say(f"on call: the analysis of {canary} is inconclusive (too few labels yet: "
-                         f"{paused.get('message', '')[-60:]}); resuming it: "
-                         f"kubectl annotate mro {self.cfg.rollout} noria.dev/promote=true", "$")
-            elif resumes[canary] % 5 == 0:
-                self.say(f"on call: resumed {canary} {resumes[canary]} times so far (still waiting for labels)", "$")
-            await asyncio.to_thread(self.tb.kubectl, "annotate", "-n", self.cfg.namespace, "--overwrite",
-                                    f"rollouts.noria.dev/{self.cfg.rollout}", "noria.dev/promote=true", check=False)
-
-    @staticmethod
-    def snapshot_conditions(s: Snapshot) -> dict[str, dict[str, Any]]:
-        return {c.get("type"): c for c in s.ro_status.get("conditions") or []}
 
     async def _traffic_for(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -589,19 +557,15 @@ class Story:
     async def act_bad_batch(self, observer: Observer) -> None:
         cfg = self.cfg
         assert self.traffic is not None
-        bad_at = self.narrator.act(C.ACT_BAD_BATCH, "Act 3 — an ETL bug: a batch lands with every label inverted, "
-                                   "and a retrain is requested")
+        bad_at = self.narrator.act(C.ACT_BAD_BATCH, "Act 3 — an ETL bug: a batch lands with every label inverted")
         start = dt.datetime.fromtimestamp(bad_at, dt.UTC)
         path = self.land_batch("part-0003-corrupted", D.DRIFTED_WORLD, cfg.batch_rows, start,
                                start + dt.timedelta(seconds=1), corrupt=True)
-        self.say(f"{cfg.batch_rows} customers with inverted churn labels written to {path}", "•")
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.kubectl("annotate", "-n", cfg.namespace, "--overwrite", f"trainingpipeline/{cfg.pipeline}",
-                     f"{RETRAIN_ANNOTATION}={stamp}")
-        self.say(f"kubectl annotate trainingpipeline/{cfg.pipeline} {RETRAIN_ANNOTATION}={stamp}", "$")
+        self.say(f"{cfg.batch_rows} customers with inverted churn labels written to {path}; with the batch of "
+                 "act 2 that is enough new rows for the pipeline's newData trigger (after its cooldown)", "•")
         run = await observer.until("the retrain on the corrupted batch", lambda s: next(
-            (r for r in ([s.tp_status.get("currentRun")] + s.runs()) if r and r.get("trigger") == "manual"
-             and (C.parse_time(r.get("startedAt")) or 0) >= bad_at - 1), None), cfg.act_timeout)
+            (r for r in ([s.tp_status.get("currentRun")] + s.runs()) if r and C.is_bad_batch_run(r, bad_at)), None),
+            cfg.act_timeout)
         run_id = run["id"]
         finished = await observer.until(f"run {run_id} to finish", lambda s: next(
             (r for r in s.runs() if r.get("id") == run_id), None), cfg.act_timeout)
@@ -646,7 +610,7 @@ class Story:
         frame = C.scoring_frame(records)
         cf_predictions = (pd.Series(scoring.predict_rows(counterfactual, frame))
                           if counterfactual is not None and not frame.empty else None)
-        checks, facts = C.evaluate(records, final.tp, final.mvs, final.rollout, cf_predictions)
+        checks, facts = C.evaluate(records, final.tp, final.mvs, final.rollout, cf_predictions, k8s_events)
         self.result.checks, self.result.facts = checks, facts
         drift_spec = ((final.tp.get("spec") or {}).get("triggers") or {}).get("drift") or {}
         summary = {name.replace("_", " "): (f"{value:.3f}" if isinstance(value, float) else "n/a")
