@@ -14,8 +14,14 @@ pipeline's own status writes do not wake it, so a pass that changes status is no
 Settings (env): besides Settings (NORIA_STORE_ROOT = the store as pods see it,
 NORIA_LOCAL_STORE_ROOT = the same store as this process sees it, NORIA_TRAINER_IMAGE,
 NORIA_PROMETHEUS_URL, ...): NORIA_TRAINING_RESYNC_SECONDS, NORIA_TRIGGER_SETTLE_SECONDS (quiet time
-of the retrain annotation before it fires, default 2), NORIA_TRAINER_BACKOFF_LIMIT (default 0),
-NORIA_TRAINER_DEADLINE_SECONDS (default 21600), NORIA_TRAINER_PULL_POLICY.
+of the retrain annotation before it fires, default 2), NORIA_TRAINER_BACKOFF_LIMIT (default 2: pod
+retries for crashes and out-of-memory kills; see ``runs``), NORIA_TRAINER_DEADLINE_SECONDS (default
+21600), NORIA_TRAINER_PULL_POLICY, NORIA_INITIAL_RETRY_SECONDS (default 60: a pipeline with no
+ModelVersion retries a failed run after this long, doubling per attempt up to an hour).
+
+A pass that fails (an API error, a quota) sets condition Reconciled=False, reason ReconcileError,
+with the cause, and posts one Warning Event on that transition; the next pass that gets through
+sets it True again (``pipeline.decide``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class _State:
         env = os.environ
         self.resync = float(env.get("NORIA_TRAINING_RESYNC_SECONDS", "30"))
         self.settle = float(env.get("NORIA_TRIGGER_SETTLE_SECONDS", str(triggers.DEFAULT_SETTLE_SECONDS)))
+        self.initial_retry = float(env.get("NORIA_INITIAL_RETRY_SECONDS", str(triggers.DEFAULT_INITIAL_RETRY_SECONDS)))
         self.run_settings = runs.RunSettings(
             trainer_image=self.settings.trainer_image,
             store_root=self.settings.store_root,
@@ -183,6 +190,7 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         job_names=[j["metadata"]["name"] for j in jobs], config_map_names=[m["metadata"]["name"] for m in cms],
         run_settings=st.run_settings, settle_seconds=st.settle,
         data_source_refused=refused.message if refused else None,
+        initial_retry_seconds=st.initial_retry,
     )
 
 
@@ -230,11 +238,54 @@ def _count(plan: pipeline.Plan) -> None:
         opmetrics.RUNS.labels(*plan.finished).inc()
 
 
+def reconcile_error_status(status: Mapping[str, Any], error: str, generation: int | None,
+                           now: dt.datetime) -> tuple[dict[str, Any] | None, bool]:
+    """The status patch recording a failed pass (Reconciled=False, ReconcileError, the cause) and
+    whether it is a transition, the one time a Warning Event goes out; None when status already
+    says exactly this. A separate condition from Degraded, so an error never overwrites a run's
+    verdict."""
+    reconciled = c.get_condition(status.get("conditions"), c.RECONCILED)
+    already = bool(reconciled and reconciled.get("status") == c.FALSE)
+    if already and reconciled and reconciled.get("message") == error:
+        return None, False
+    conditions = c.set_condition(status.get("conditions"), c.RECONCILED, c.FALSE, c.RECONCILE_ERROR, error,
+                                 generation, now)
+    return {"conditions": conditions}, not already
+
+
+def _describe(exc: BaseException) -> str:
+    """An API error's status message (what the API server said), or the exception in words."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        try:
+            body = response.json()
+            return f"HTTP {response.status_code}: {body.get('message') or body}"[:1000]
+        except Exception:  # noqa: BLE001 - any unreadable body: fall back to the exception
+            pass
+    return f"{type(exc).__name__}: {exc}"[:1000]
+
+
+async def _report_error(tp: Mapping[str, Any], exc: BaseException) -> None:
+    """Put a failed pass on the pipeline; best effort (the API may be what failed)."""
+    meta = tp["metadata"]
+    error = f"reconcile failed: {_describe(exc)}"
+    try:
+        patch, transition = reconcile_error_status(tp.get("status") or {}, error, meta.get("generation"),
+                                                   dt.datetime.now(dt.UTC))
+        if patch is not None:
+            await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch)
+        if transition:
+            await kube.post_event(tp, "Warning", c.RECONCILE_ERROR, error)
+    except Exception as again:  # noqa: BLE001 - the original error is raised to the caller
+        log.warning("pipeline %s/%s: could not record the failed pass: %s", meta["namespace"], meta["name"], again)
+
+
 async def reconcile(key: Hashable) -> float | None:
     """One pass over pipeline ``key`` = (namespace, name); the delay until the next one, or None
     when the pipeline is gone."""
     ns, name = key  # type: ignore[misc]
     started = time.perf_counter()
+    tp: Mapping[str, Any] | None = None
     try:
         tp = await kube.get(kube.API_VERSION, TP, name, ns)
         if tp is None or tp["metadata"].get("deletionTimestamp"):
@@ -244,8 +295,10 @@ async def reconcile(key: Hashable) -> float | None:
         await execute(tp, plan, now)
         _count(plan)
         return plan.requeue_after if plan.requeue_after is not None else state().resync
-    except Exception:
+    except Exception as exc:
         opmetrics.RECONCILE_ERRORS.labels(TP).inc()
+        if tp is not None:
+            await _report_error(tp, exc)
         raise
     finally:
         opmetrics.RECONCILE_DURATION.labels(TP).observe(time.perf_counter() - started)
@@ -304,6 +357,12 @@ async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any],
             if refused is not None:
                 await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
             body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
+        # A version created by hand (no run registered it) is Registered until a person approves it.
+        registered = results.registration(body, now)
+        if registered is not None:
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], registered)
+            await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
+            body = {**body, "status": {**(body.get("status") or {}), **registered}}
         # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
         # never load it as a champion. The Degraded condition says why.
         patch = results.approval(body, now) if refused is None else None

@@ -25,10 +25,14 @@ from . import runs
 API_VERSION: Final = "noria.dev/v1alpha1"
 DIGEST_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
 
+# A ModelVersion created by hand (an imported model): no training run registered it, no gate scored it.
+REGISTERED: Final = "Registered"
 CANDIDATE: Final = "Candidate"
 APPROVED: Final = "Approved"
 REJECTED: Final = "Rejected"
 PRODUCTION: Final = "Production"
+# Stages a person's approve or reject annotation acts on.
+AWAITING_DECISION: Final = (REGISTERED, CANDIDATE)
 # Stages of a version that passed the gate and was accepted (a champion can come from these).
 ACCEPTED_STAGES: Final = ("Approved", "Canary", "Shadow", "Preview", "Production")
 
@@ -178,6 +182,31 @@ def initial_status(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | 
     return status
 
 
+def registered_by_a_run(mv: Mapping[str, Any]) -> bool:
+    """Whether a training run registered the version: a run creates it with its initial stage in an
+    annotation (``model_version``); a version created by hand has none."""
+    return ANNOTATION_INITIAL_STAGE in (mv["metadata"].get("annotations") or {})
+
+
+def registration(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """First status of a ModelVersion created by hand (an imported model): stage Registered, not
+    approved, until a person approves it (``approval``). None when it has a stage already or a
+    run registered it (the run's pass stages it, ``initial_status``)."""
+    if (mv.get("status") or {}).get("stage") or registered_by_a_run(mv):
+        return None
+    message = (f"created without a training run: approve it (kubectl annotate mv {mv['metadata']['name']} "
+               f"{APPROVE_ANNOTATION}=<your name>) before a Rollout serves it")
+    status: dict[str, Any] = {
+        "stage": REGISTERED, "message": message,
+        "history": [{"stage": REGISTERED, "at": now_iso(now), "reason": "created by hand", "by": "user"}],
+        "conditions": c.set_condition(None, c.APPROVED, c.FALSE, c.AWAITING_APPROVAL, message, now=now),
+    }
+    metric = gate_metric_text(mv)
+    if metric:
+        status["metric"] = metric
+    return status
+
+
 def gate_metric_text(mv: Mapping[str, Any]) -> str | None:
     metrics = mv["spec"].get("metrics") or {}
     if not metrics:
@@ -188,14 +217,15 @@ def gate_metric_text(mv: Mapping[str, Any]) -> str | None:
 
 
 def approval(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
-    """Manual decision on a Candidate: ``noria.dev/approve=<user>`` moves it to Approved,
+    """Manual decision on a Candidate or a Registered (imported) version: ``noria.dev/approve=<user>``
+    moves it to Approved,
     ``noria.dev/reject=<user>`` to Rejected (a reject wins when both are set: the safe reading).
     The value is recorded as the actor, ``user/<value>``: with the chart's admission policy it is
     the user name of whoever wrote it (the API server refuses any other value). None when there is
     nothing to do."""
     status = mv.get("status") or {}
     annotations = mv["metadata"].get("annotations") or {}
-    if status.get("stage") != CANDIDATE:
+    if status.get("stage") not in AWAITING_DECISION:
         return None
     for key, stage, approved, reason, verb in (
             (REJECT_ANNOTATION, REJECTED, c.FALSE, c.MANUALLY_REJECTED, "rejected"),

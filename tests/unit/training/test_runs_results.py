@@ -159,3 +159,38 @@ def test_the_gate_metric_default_is_the_api_default_the_trainer_uses():
                 "data": {"source": "file:///store/ml/d/"}}
         assert results.gate_metric(spec) == DEFAULT_METRIC[task] == parse_pipeline_spec(spec).metric
     assert results.gate_metric({"model": {"task": "regression"}}) == "rmse"  # it said r2 before
+
+
+def test_a_model_version_created_by_hand_is_registered_then_approvable():
+    imported = {"metadata": {"name": "churn-v1", "annotations": {}},
+                "spec": {"pipeline": "churn", "version": 1, "metrics": {"f1": "0.81"}}}
+    status = results.registration(imported, NOW)
+    assert status["stage"] == "Registered" and status["history"][0]["by"] == "user"
+    assert "noria.dev/approve" in status["message"] and status["metric"] == "f1=0.81"
+    approved_cond = [c for c in status["conditions"] if c["type"] == "Approved"][0]
+    assert approved_cond["status"] == "False" and approved_cond["reason"] == "AwaitingApproval"
+    registered = {**imported, "status": status}
+    assert results.registration(registered, NOW) is None  # once
+    approved = results.approval({**registered, "metadata": {"name": "churn-v1",
+                                                            "annotations": {"noria.dev/approve": "bob"}}}, NOW)
+    assert approved["stage"] == "Approved" and [h["stage"] for h in approved["history"]] == ["Registered", "Approved"]
+    rejected = results.approval({**registered, "metadata": {"name": "churn-v1",
+                                                            "annotations": {"noria.dev/reject": "bob"}}}, NOW)
+    assert rejected["stage"] == "Rejected"
+
+
+def test_a_model_version_a_run_registered_is_never_registered_by_hand():
+    s = results.check_summary(summary(), "churn-r7", 7)
+    trained = results.model_version(TP, s, "drift", None)
+    assert results.registered_by_a_run(trained) and results.registration(trained, NOW) is None
+
+
+def test_a_failed_pass_is_reconciled_false_with_one_event_per_transition():
+    from noria.training.handlers import reconcile_error_status
+
+    patch, transition = reconcile_error_status({}, "reconcile failed: HTTP 403: quota", 1, NOW)
+    assert transition and patch["conditions"][0]["reason"] == "ReconcileError"
+    assert patch["conditions"][0]["status"] == "False"
+    assert reconcile_error_status(patch, "reconcile failed: HTTP 403: quota", 1, NOW) == (None, False)
+    changed, transition = reconcile_error_status(patch, "reconcile failed: timeout", 1, NOW)
+    assert changed is not None and not transition  # a new cause is written, no second Event
