@@ -18,7 +18,6 @@ from .common import (
     Decimalish,
     NoriaModel,
     ObjectMeta,
-    ObjectName,
     ShortText,
     StatusModel,
     Text,
@@ -31,6 +30,7 @@ from .common import (
     conditions_field,
     with_cel,
 )
+from .naming import RUN_NUMBER_MAX, PipelineName
 
 KIND: Final = "ModelVersion"
 PLURAL: Final = "modelversions"
@@ -95,8 +95,10 @@ class ModelVersionSpec(NoriaModel):
 
     model_config = NoriaModel.model_config | {"json_schema_extra": with_cel(cel("self == oldSelf", IMMUTABLE_MESSAGE))}
 
-    pipeline: ObjectName = Field(description="The TrainingPipeline this version belongs to (same namespace).")
-    version: int = Field(ge=1, description="Version number N; the object is named <pipeline>-v<N>.")
+    pipeline: PipelineName = Field(description="The TrainingPipeline this version belongs to (same namespace).")
+    version: int = Field(
+        ge=1, le=RUN_NUMBER_MAX, description="Version number N; the object must be named <pipeline>-v<N>."
+    )
     artifact: Artifact = Field(description="The model file and its digest.")
     profile_uri: ArtifactUri | None = Field(
         default=None,

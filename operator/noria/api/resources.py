@@ -11,9 +11,19 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from . import model_version, rollout, training_pipeline
 from .common import API_VERSION, GROUP
+from .naming import (
+    MODEL_VERSION_NAME_RULES,
+    PIPELINE_NAME_MAX,
+    ROLLOUT_NAME_MAX,
+    ROLLOUT_NAME_RULES,
+    TRAINING_PIPELINE_NAME_RULES,
+    NameRule,
+    name_problems,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,7 @@ class ResourceKind:
     model: type[BaseModel]
     printer_columns: tuple[dict[str, Any], ...]
     description: str
+    name_rules: tuple[NameRule, ...] = ()  # on metadata.name (CEL on the CRD's root)
 
     @property
     def singular(self) -> str:
@@ -50,7 +61,11 @@ TRAINING_PIPELINE: Final = ResourceKind(
     plural=training_pipeline.PLURAL,
     short_names=("tp",),
     model=training_pipeline.TrainingPipeline,
-    description="How to train a model, on which data, when to retrain it, and how to gate it.",
+    name_rules=TRAINING_PIPELINE_NAME_RULES,
+    description=(
+        "How to train a model, on which data, when to retrain it, and how to gate it. The name is a DNS-1035"
+        f" label of at most {PIPELINE_NAME_MAX} characters: runs and versions are named <name>-r<N> and <name>-v<N>."
+    ),
     printer_columns=(
         _column("Phase", ".status.phase", description="Summary of the conditions."),
         _column("Last Trigger", ".status.lastTrigger", description="What started the last run."),
@@ -66,7 +81,11 @@ MODEL_VERSION: Final = ResourceKind(
     plural=model_version.PLURAL,
     short_names=("mv",),
     model=model_version.ModelVersion,
-    description="One trained model: artifact URI and digest, metrics, lineage; spec is immutable.",
+    name_rules=MODEL_VERSION_NAME_RULES,
+    description=(
+        "One trained model: artifact URI and digest, metrics, lineage; spec is immutable. It is named"
+        " <spec.pipeline>-v<spec.version> (a DNS-1035 label of at most 63 characters)."
+    ),
     printer_columns=(
         _column("Pipeline", ".spec.pipeline", description="TrainingPipeline it belongs to."),
         _column("Version", ".spec.version", "integer", description="Version number."),
@@ -82,11 +101,14 @@ ROLLOUT: Final = ResourceKind(
     plural=rollout.PLURAL,
     short_names=("mro",),
     model=rollout.Rollout,
+    name_rules=ROLLOUT_NAME_RULES,
     description=(
         "How a model is served and how a new version replaces the old one. People steer a rollout with"
         " annotations: `kubectl annotate mro <name> noria.dev/promote=true` goes past the current gate (a pause"
         " or an analysis, whatever its state) once; noria.dev/promote=full skips every remaining step and"
-        " promotes now; noria.dev/abort=<any> sends all traffic back to the stable version."
+        " promotes now; noria.dev/abort=<any> sends all traffic back to the stable version. The name is a DNS-1035"
+        f" label of at most {ROLLOUT_NAME_MAX} characters (the operator creates <name>-router and <name>-preview),"
+        f" and with spec.source it forms Service names <name>-<version> of at most 63."
     ),
     printer_columns=(
         _column("Phase", ".status.phase", description="Summary of the conditions."),
@@ -112,9 +134,26 @@ def kind_of(manifest: dict[str, Any]) -> ResourceKind:
     return _BY_KIND[kind]
 
 
+def name_error(kind: ResourceKind, manifest: dict[str, Any]) -> ValidationError | None:
+    """The kind's name rules broken by the manifest, as a ``ValidationError`` at ``metadata.name``."""
+    problems = name_problems(kind.name_rules, manifest)
+    if not problems:
+        return None
+    name = (manifest.get("metadata") or {}).get("name")
+    return ValidationError.from_exception_data(kind.kind, [
+        InitErrorDetails(type=PydanticCustomError("name_rule", message), loc=("metadata", "name"), input=name)
+        for message in problems
+    ])
+
+
 def validate_manifest(manifest: dict[str, Any]) -> BaseModel:
-    """Parse a manifest with the model of its kind (raises pydantic's ``ValidationError``)."""
-    return kind_of(manifest).model.model_validate(manifest)
+    """Parse a manifest with the model of its kind, name rules included (raises pydantic's
+    ``ValidationError``; ``ValueError`` when it is not one of our kinds)."""
+    kind = kind_of(manifest)
+    error = name_error(kind, manifest)
+    if error is not None:
+        raise error
+    return kind.model.model_validate(manifest)
 
 
 def field_path(loc: Iterable[int | str]) -> str:
@@ -132,17 +171,19 @@ def field_path(loc: Iterable[int | str]) -> str:
 
 
 def field_errors(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """``[(field path, message)]`` of one manifest; empty when it is valid."""
+    """``[(field path, message)]`` of one manifest; empty when it is valid. The name rules (which the
+    API server checks on the object's root) are reported as ``metadata.name``."""
     try:
-        validate_manifest(manifest)
+        kind = kind_of(manifest)
+    except ValueError as error:  # not one of our kinds
+        path, _, message = str(error).partition(": ")
+        return [(path, message)]
+    seen: list[tuple[str, str]] = [("metadata.name", m) for m in name_problems(kind.name_rules, manifest)]
+    try:
+        kind.model.model_validate(manifest)
     except ValidationError as error:
-        seen: list[tuple[str, str]] = []
         for e in error.errors():
             item = (field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
             if item not in seen:
                 seen.append(item)
-        return seen
-    except ValueError as error:  # not one of our kinds
-        path, _, message = str(error).partition(": ")
-        return [(path, message)]
-    return []
+    return seen

@@ -37,6 +37,12 @@ from .common import (
     conditions_field,
     with_cel,
 )
+from .naming import (
+    ROLLOUT_PLUS_MODEL_VERSION_MAX,
+    ROLLOUT_PLUS_PIPELINE_MAX,
+    ModelVersionName,
+    PipelineName,
+)
 
 KIND: Final = "Rollout"
 PLURAL: Final = "rollouts"
@@ -71,11 +77,19 @@ class Source(NoriaModel):
         )
     }
 
-    pipeline: ObjectName | None = Field(
-        default=None, description="Follow this TrainingPipeline: roll out each newest Approved ModelVersion."
+    pipeline: PipelineName | None = Field(
+        default=None,
+        description=(
+            "Follow this TrainingPipeline: roll out each newest Approved ModelVersion. The Rollout's name plus this"
+            f" name may have at most {ROLLOUT_PLUS_PIPELINE_MAX} characters (Service <rollout>-<pipeline>-v<N>)."
+        ),
     )
-    model_version: ObjectName | None = Field(
-        default=None, description="Pin this ModelVersion (GitOps: a Git commit changes it and starts a rollout)."
+    model_version: ModelVersionName | None = Field(
+        default=None,
+        description=(
+            "Pin this ModelVersion (GitOps: a Git commit changes it and starts a rollout). The Rollout's name plus"
+            f" this name may have at most {ROLLOUT_PLUS_MODEL_VERSION_MAX} characters (Service <rollout>-<version>)."
+        ),
     )
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ The user owns ``spec`` (it lives in Git); the operator writes only ``status``.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, StrictStr, model_validator
+from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, model_validator
 
 from .common import (
     NAME_MAX,
@@ -43,27 +44,106 @@ MetricName = Literal["accuracy", "f1", "precision", "recall", "roc_auc", "r2", "
 DEFAULT_METRIC: Final = {"classification": "f1", "regression": "rmse"}
 
 # --- cron: five fields, or one of the @-macros -----------------------------------------------------
-_MINUTE = r"[0-9*,/-]+"
-_DOM = r"[0-9*?,/LW-]+"
-_MONTH = r"[0-9A-Za-z*,/-]+"
-_DOW = r"[0-9A-Za-z*?,/#L-]+"
-CRON_RE: Final = (
-    r"^(@(yearly|annually|monthly|weekly|daily|hourly)"
-    rf"|{_MINUTE} +{_MINUTE} +{_DOM} +{_MONTH} +{_DOW})$"
-)
+# The shape (five fields or a macro) is one rule; each field's range is another, so the API server
+# names the field that is out of range ("hour must be 0-23 ...") instead of one message for all.
+# A field is a list of items; an item is *, a value or a range a-b, with an optional step /n.
+CRON_MACROS: Final = ("yearly", "annually", "monthly", "weekly", "daily", "hourly")
+CRON_SHAPE_RE: Final = rf"^(@({'|'.join(CRON_MACROS)})|\S+ +\S+ +\S+ +\S+ +\S+)$"
 CRON_MESSAGE: Final = (
     "schedule must be a cron expression with 5 fields (minute hour day-of-month month day-of-week),"
     " e.g. \"0 2 * * 0\", or @hourly/@daily/@weekly/@monthly/@yearly"
 )
+_FIVE_FIELDS_RE: Final = r"^\S+ +\S+ +\S+ +\S+ +\S+$"
+_MONTH_NAMES: Final = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAY_NAMES: Final = "sun|mon|tue|wed|thu|fri|sat"
+
+
+def _cron_list(value: str, extra: str = "") -> str:
+    """A cron field: comma-separated items, each *, a value or a range, with an optional step."""
+    item = rf"((\*|{value}(-{value})?)(/[1-9][0-9]?)?{extra})"
+    return rf"{item}(,{item})*"
+
+
+@dataclass(frozen=True)
+class CronFieldRule:
+    """The range of one of the five cron fields, checked only when the schedule has five fields."""
+
+    position: int  # 0 = minute ... 4 = day of week
+    field: str  # the regex of the whole field
+    message: str
+
+    @property
+    def regex(self) -> str:
+        before = r"\S+ +" * self.position
+        after = r" +\S+" * (4 - self.position)
+        return rf"^{before}({self.field}){after}$"
+
+    def holds(self, schedule: str) -> bool:
+        return not re.fullmatch(_FIVE_FIELDS_RE, schedule) or bool(re.fullmatch(self.regex, schedule))
+
+    def cel(self) -> dict[str, str]:
+        return cel(f"!self.matches({_cel_regex(_FIVE_FIELDS_RE)}) || self.matches({_cel_regex(self.regex)})",
+                   self.message)
+
+
+_CRON_SYNTAX: Final = "(*, a value, a range a-b, a step /n, or a list of them)"
+CRON_FIELD_RULES: Final = (
+    CronFieldRule(0, _cron_list(r"[0-5]?[0-9]"), f"minute (1st field) must be 0-59 {_CRON_SYNTAX}"),
+    CronFieldRule(1, _cron_list(r"([01]?[0-9]|2[0-3])"), f"hour (2nd field) must be 0-23 {_CRON_SYNTAX}"),
+    CronFieldRule(
+        2,
+        rf"([?]|L|{_cron_list(r'(0?[1-9]|[12][0-9]|3[01])')})",
+        f"day of month (3rd field) must be 1-31, ? or L {_CRON_SYNTAX}",
+    ),
+    CronFieldRule(
+        3,
+        _cron_list(rf"(0?[1-9]|1[0-2]|(?i:{_MONTH_NAMES}))"),
+        f"month (4th field) must be 1-12 or jan-dec {_CRON_SYNTAX}",
+    ),
+    CronFieldRule(
+        4,
+        rf"([?]|{_cron_list(rf'([0-7]|(?i:{_DAY_NAMES}))', extra='(#[1-5])?')})",
+        f"day of week (5th field) must be 0-7 (0 and 7 are Sunday), sun-sat, ? or d#n (n-th weekday d of the month) {_CRON_SYNTAX}",
+    ),
+)
+# A day that no listed month has, with any day of week ("*" or "?": with a day of week set, cron
+# fires on that weekday instead, so the schedule would still run).
+CRON_NEVER_RE: Final = (
+    r"^\S+ +\S+ +((3[01])(,3[01])* +(0?2|(?i:feb))(,(0?2|(?i:feb)))*"
+    r"|31(,31)* +(0?[2469]|11|(?i:feb|apr|jun|sep|nov))(,(0?[2469]|11|(?i:feb|apr|jun|sep|nov)))*) +[*?]$"
+)
+CRON_NEVER_MESSAGE: Final = (
+    "schedule names a date that never comes (e.g. \"0 2 31 2 *\": no February has a 31st day), so it would never run"
+)
+def cron_problems(schedule: str) -> list[str]:
+    """Every cron rule ``schedule`` breaks, as the API server words it (empty when it is valid)."""
+    if not re.fullmatch(CRON_SHAPE_RE, schedule):
+        return [CRON_MESSAGE]
+    problems = [rule.message for rule in CRON_FIELD_RULES if not rule.holds(schedule)]
+    if not problems and re.fullmatch(CRON_NEVER_RE, schedule):
+        problems.append(CRON_NEVER_MESSAGE)
+    return problems
+
+
+def _cron_check(value: Any) -> Any:
+    problems = cron_problems(value) if isinstance(value, str) else []
+    if problems:
+        raise ValueError("; ".join(problems) + f" (got {value!r})")
+    return value
+
+
 Cron = Annotated[
     StrictStr,
-    _checked_pattern(CRON_RE, CRON_MESSAGE),
-    Field(
-        json_schema_extra={
-            "maxLength": 128,
-            "x-kubernetes-validations": [cel(f"self.matches({_cel_regex(CRON_RE)})", CRON_MESSAGE)],
-        }
-    ),
+    AfterValidator(_cron_check),
+    WithJsonSchema({
+        "type": "string",
+        "maxLength": 128,
+        "x-kubernetes-validations": [
+            cel(f"self.matches({_cel_regex(CRON_SHAPE_RE)})", CRON_MESSAGE),
+            *(rule.cel() for rule in CRON_FIELD_RULES),
+            cel(f"!self.matches({_cel_regex(CRON_NEVER_RE)})", CRON_NEVER_MESSAGE),
+        ],
+    }),
 ]
 
 # --- data windows: "180d" (by time, needs timestampColumn) or "50000 rows" (the newest N rows) ------
@@ -451,7 +531,15 @@ class Triggers(NoriaModel):
     """When to retrain besides the first run and `kubectl annotate tp <name> noria.dev/retrain=<any new value>`. Triggers during a run or the
     cooldown are coalesced into one pending run, never lost and never doubled."""
 
-    schedule: Cron | None = Field(default=None, description="Cron schedule in UTC, e.g. \"0 2 * * 0\".")
+    schedule: Cron | None = Field(
+        default=None,
+        description=(
+            "Cron schedule in UTC, e.g. \"0 2 * * 0\": minute 0-59, hour 0-23, day of month 1-31 (or L, ?), month"
+            " 1-12 or jan-dec, day of week 0-7 or sun-sat (or ?, d#n), each field *, a value, a range a-b, a step /n"
+            " or a list; or @hourly, @daily, @weekly, @monthly, @yearly. Out-of-range values and a day no listed"
+            " month has (\"0 2 31 2 *\", with day of week * or ?) are refused."
+        ),
+    )
     new_data: NewDataTrigger | None = Field(default=None, description="Retrain on enough new rows.")
     drift: DriftTrigger | None = Field(default=None, description="Retrain on input drift.")
     performance: PerformanceTrigger | None = Field(default=None, description="Retrain on a live accuracy drop.")
@@ -609,7 +697,9 @@ class TrainingPipeline(NoriaModel):
 
 __all__ = [
     "CLASSIFICATION_METRICS",
-    "CRON_RE",
+    "CRON_FIELD_RULES",
+    "CRON_SHAPE_RE",
+    "cron_problems",
     "CurrentRun",
     "DataSpec",
     "DriftTrigger",
