@@ -111,12 +111,38 @@ async def create(obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
     return existing, False
 
 
+class Conflict(Exception):
+    """A write made with a ``resource_version`` precondition found the object changed since (HTTP 409).
+
+    The caller decided from a stale read: it must re-observe, never retry the same write."""
+
+
+def with_precondition(body: Mapping[str, Any], resource_version: str | None) -> dict[str, Any]:
+    """``body`` carrying ``metadata.resourceVersion``: the API server applies a merge patch that names
+    a resourceVersion only if the object still has that version (optimistic concurrency), else 409."""
+    out = dict(body)
+    if resource_version:
+        out["metadata"] = {**(body.get("metadata") or {}), "resourceVersion": resource_version}
+    return out
+
+
+async def _merge_patch(res: Any, name: str, namespace: str | None, body: Mapping[str, Any],
+                       resource_version: str | None) -> dict[str, Any]:
+    try:
+        out = await client().patch(res, name, with_precondition(body, resource_version), namespace=namespace,
+                                   patch_type=PatchType.MERGE)
+    except HTTPError as exc:
+        if resource_version and is_status(exc, 409):
+            raise Conflict(f"{name} changed since resourceVersion {resource_version}") from exc
+        raise
+    return _as_dict(out)
+
+
 async def patch(api_version: str, kind: str, name: str, namespace: str | None,
-                body: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON merge patch of the object (metadata, spec, ...)."""
-    res = await client().patch(resource(api_version, kind), name, dict(body), namespace=namespace,
-                               patch_type=PatchType.MERGE)
-    return _as_dict(res)
+                body: Mapping[str, Any], resource_version: str | None = None) -> dict[str, Any]:
+    """JSON merge patch of the object (metadata, spec, ...). With ``resource_version``, only if the
+    object is still at that version (else ``Conflict``)."""
+    return await _merge_patch(resource(api_version, kind), name, namespace, body, resource_version)
 
 
 async def create_or_patch(obj: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -140,12 +166,12 @@ def _is_subset(part: Any, whole: Any) -> bool:
 
 
 async def patch_status(api_version: str, kind: str, name: str, namespace: str | None,
-                       status: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge-patch ``status`` through the status subresource (``None`` values delete fields)."""
-    res = resource(api_version, kind)
-    out = await client().patch(res.Status, name, {"status": dict(status)}, namespace=namespace,
-                               patch_type=PatchType.MERGE)
-    return _as_dict(out)
+                       status: Mapping[str, Any], resource_version: str | None = None) -> dict[str, Any]:
+    """Merge-patch ``status`` through the status subresource (``None`` values delete fields). With
+    ``resource_version``, only if the object is still at that version (else ``Conflict``): this is
+    how a writer that decided from a stale read -- or a deposed leader -- fails instead of landing."""
+    return await _merge_patch(resource(api_version, kind).Status, name, namespace, {"status": dict(status)},
+                              resource_version)
 
 
 async def delete(api_version: str, kind: str, name: str, namespace: str | None = None) -> bool:
@@ -157,6 +183,18 @@ async def delete(api_version: str, kind: str, name: str, namespace: str | None =
             return False
         raise
     return True
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what failed, for a condition message: the API server's own words when it gave
+    any (``422 Invalid: Deployment.apps "..." is invalid: metadata.name: ...``)."""
+    if isinstance(exc, ApiError) and getattr(exc, "status", None) is not None:
+        st = exc.status
+        return f"{st.code} {st.reason or ''}: {st.message or exc}".replace(" :", ":")[:900]
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"{response.status_code}: {response.text[:300]}"
+    return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:900]
 
 
 def owner_reference(owner: Mapping[str, Any], controller: bool = True) -> dict[str, Any]:

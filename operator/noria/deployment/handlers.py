@@ -1,23 +1,46 @@
-"""Kopf handlers of continuous deployment: observe → decide → act, once per pass, per Rollout.
+"""Kopf handlers of continuous deployment: observe -> decide -> act, one pass at a time per Rollout.
 
-Each Rollout gets one Kopf daemon that runs a pass every ``NORIA_ROLLOUT_INTERVAL_SECONDS``
-(default 2). A daemon (not a timer) because Kopf reports every timer run as a Kubernetes Event;
-the wait between passes is the daemon's ``stopped.wait``, so stopping the operator is immediate.
-A pass reads everything fresh from the API server (the Rollout, the namespace's ModelVersions,
-the Rollout's Deployments and their server pods), takes an analysis measurement from Prometheus only when one is due,
-calls the pure ``decide.decide`` and carries out its plan in the safe order:
+Scheduling (no per-object daemon, no timer: both put a finalizer on every Rollout that blocks its
+namespace's deletion while the operator is down). Watch events only wake a Rollout up
+(``noria.wakeups``): its own spec or ``noria.dev/*`` annotations changing, a Deployment or server pod
+labelled with its name changing, a ModelVersion it could serve changing. Each pass says when it wants
+the next one (``next_pass_in``: the analysis interval, the end of a timed pause, a scale-down
+deadline, the progress deadline; while something is in motion at least every
+``NORIA_ROLLOUT_INTERVAL_SECONDS``), and a resync every ``NORIA_ROLLOUT_RESYNC_SECONDS`` catches the
+rest. Passes of one Rollout never overlap (the deletion handler takes the same per-Rollout lock).
+
+A pass reads the Rollout fresh from the API server, the namespace's ModelVersions from a watch-fed
+copy (``mvcache``), the Rollout's Deployments (and, while some version lacks ready pods, its server
+pods) by label, takes an analysis measurement from Prometheus only when one is due, calls the pure
+``decide.decide`` and carries out its plan in this order, with a crash point (``failpoints``) after
+each side effect:
 
 1. consume ``noria.dev/promote`` (before acting: a promote lost to a crash is safe, a doubled one is not);
 2. the provider's own objects (router Deployment, RBAC, Services);
 3. per-version Deployments and Services at their pod counts (scale up before traffic moves);
 4. traffic: weights and mirror through the provider, the preview Service;
-5. scale-down deadlines stamped on replaced Deployments, and deletion of those past their deadline;
-6. ModelVersion stages and history; Events;
-7. the Rollout's status, written once and only when it changed;
-8. consume ``noria.dev/abort`` / ``noria.dev/retry`` (after status: a repeated abort is a no-op).
+5. scale-down deadlines stamped on replaced Deployments, then deletion of those past their deadline;
+6. the Rollout's status -- the durable record of every verdict -- with a resourceVersion
+   precondition: a Rollout changed since it was read (a user's edit, another writer, a deposed
+   leader's stale view) fails with 409 and the pass is dropped and re-observed, never re-applied;
+7. ModelVersion stages, each with its own resourceVersion precondition (decide re-derives them from
+   the status on every pass, so one lost here is written by the next pass);
+8. Events;
+9. consume ``noria.dev/abort`` / ``noria.dev/retry`` (after status: a repeated abort is a no-op).
+
+Steps 1-5 are idempotent (server-side apply, set-if-different), so a crash anywhere repeats them and
+changes nothing. A pass that fails sets Degraded with reason ReconcileError naming the cause, with
+one Warning Event on the transition; the next successful pass clears it.
+
+Deletion: Kopf's ``on.delete`` (finalizer ``noria.dev/finalizer``) restores the traffic route the
+provider changed and records a stage-history entry on the versions the Rollout served; a sweep at
+startup and on every resync finalizes Rollouts already being deleted that Kopf will not be told about
+(their namespace was deleted while the operator was down). docs/operations/controller.md says more.
 
 Settings (env): Settings.from_env() (NORIA_SERVER_IMAGE, NORIA_STORE_ROOT, NORIA_STORE_PVC,
-NORIA_PROMETHEUS_URL, ...), NORIA_ROLLOUT_INTERVAL_SECONDS.
+NORIA_PROMETHEUS_URL, ...), NORIA_ROLLOUT_INTERVAL_SECONDS (default 2), NORIA_ROLLOUT_RESYNC_SECONDS
+(default 60), NORIA_ROLLOUT_CONCURRENCY (passes at once, default 16), NORIA_WATCH_NAMESPACES (the
+namespaces to sweep; default the operator's --namespace arguments, else all).
 """
 
 from __future__ import annotations
@@ -28,12 +51,14 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import kopf
 
 from noria import conditions as c
+from noria import failpoints as fp
 from noria import kube
 from noria.deployment import objects, profiles
 from noria.deployment.analysis import combine, judge_check
@@ -52,26 +77,41 @@ from noria.deployment.decide import (
     decide,
     parse_time,
 )
+from noria.deployment.mvcache import ModelVersionCache
 from noria.deployment.providers import make_provider
 from noria.deployment.providers.router import RouterProvider, forget_service
 from noria.deployment.spec import CheckSpec, RolloutSpec, RolloutSpecError, parse_rollout_spec
+from noria.deployment.strategies import plan_steps
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
+from noria.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, API_VERSION = kube.GROUP, kube.VERSION, kube.API_VERSION
 ANNOTATION_PREFIX = "noria.dev/"
+FINALIZER = "noria.dev/finalizer"  # the same name operator_main gives Kopf
 SCALE_DOWN_ANNOTATION = "noria.dev/scale-down-at"
-STATUS_KEYS = ("phase", "message", "stableVersion", "canaryVersion", "currentStep", "stepStartedAt", "canaryWeight",
-               "weights", "analysis", "conditions", "observedGeneration")
+PROMOTE_FULL = "full"  # noria.dev/promote=full: skip every remaining step
 HISTORY_MAX = 100
+SERVING_STAGES = frozenset({"Canary", "Shadow", "Preview", "Production"})
+CONFLICT_RETRY_SECONDS = 0.2  # a 409 means "re-observe": soon, not at once (the writer that won may go on)
 
 
 class _State:
     def __init__(self) -> None:
+        env = os.environ
         self.settings = Settings.from_env()
-        self.interval = float(os.environ.get("NORIA_ROLLOUT_INTERVAL_SECONDS", "2"))
+        self.interval = float(env.get("NORIA_ROLLOUT_INTERVAL_SECONDS", "2"))
+        self.resync = float(env.get("NORIA_ROLLOUT_RESYNC_SECONDS", "60"))
+        self.model_versions = ModelVersionCache(relist_seconds=max(300.0, 5 * self.resync))
+        self.wakeups = Wakeups(reconcile, self.resync, concurrency=int(env.get("NORIA_ROLLOUT_CONCURRENCY", "16")))
+        self.seen: dict[Hashable, tuple[Any, ...]] = {}  # what of each Rollout last woke it (not its status)
+        self.sources: dict[str, dict[str, tuple[str | None, str | None]]] = {}  # ns -> name -> (pipeline, pinned)
+        self.failures: dict[Hashable, int] = {}
+        self.locks: dict[Hashable, asyncio.Lock] = {}
+        self.list_locks: dict[str, asyncio.Lock] = {}
+        self.tasks: list[asyncio.Task] = []
         self._prometheus: PrometheusClient | None = None
 
     @property
@@ -79,6 +119,9 @@ class _State:
         if self._prometheus is None:
             self._prometheus = PrometheusClient(self.settings.prometheus_url, self.settings.prometheus_timeout_seconds)
         return self._prometheus
+
+    def lock(self, key: Hashable) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
 
 
 _state: _State | None = None
@@ -144,6 +187,23 @@ def refusals_by_version(pods: list[Mapping[str, Any]]) -> dict[str, ArtifactRefu
     return out
 
 
+async def model_versions(namespace: str) -> dict[str, dict[str, Any]]:
+    """Every ModelVersion of ``namespace`` by name: from the watch-fed copy, listed once per namespace."""
+    st = state()
+    cache = st.model_versions
+    if not cache.warm(namespace):
+        async with st.list_locks.setdefault(namespace, asyncio.Lock()):
+            if not cache.warm(namespace):
+                cache.begin(namespace)
+                try:
+                    listed = await kube.list_objects(API_VERSION, "ModelVersion", namespace)
+                except BaseException:
+                    cache.abandon(namespace)
+                    raise
+                cache.fill(namespace, listed)
+    return cache.get(namespace)
+
+
 async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observation, dict[str, Any]]:
     meta = rollout["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -154,7 +214,7 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
         spec = parse_rollout_spec(rollout.get("spec") or {})
     except RolloutSpecError as exc:
         spec, error = None, str(exc)
-    mvs = {mv["metadata"]["name"]: mv for mv in await kube.list_objects(API_VERSION, "ModelVersion", ns)}
+    mvs = await model_versions(ns)
     deployments = await kube.list_objects("apps/v1", "Deployment", ns, labels={objects.LABEL_ROLLOUT: name})
     def of(component: str) -> list[Mapping[str, Any]]:
         return [d for d in deployments if (d["metadata"].get("labels") or {}).get(objects.LABEL_COMPONENT) == component]
@@ -173,13 +233,16 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
     entry_ready = spec is None or spec.provider != RouterProvider.name or any(
         int((d.get("status") or {}).get("readyReplicas") or 0) > 0 for d in of(objects.COMPONENT_ROUTER))
     annotations = meta.get("annotations") or {}
+    extra: dict[str, Any] = {}
+    if "promote_full" in Observation.__dataclass_fields__:  # noria.dev/promote=full (the decide side reads it)
+        extra["promote_full"] = annotations.get(ANNOTATION_PREFIX + PROMOTE) == PROMOTE_FULL
     obs = Observation(
         rollout=ref, generation=int(meta.get("generation") or 0), spec=spec, spec_error=error,
         status=rollout.get("status") or {}, model_versions=mvs, pods=pods, now=at, entry_ready=entry_ready,
         promote=ANNOTATION_PREFIX + PROMOTE in annotations,
         abort=ANNOTATION_PREFIX + ABORT in annotations,
         retry=ANNOTATION_PREFIX + RETRY in annotations,
-        out_of_scope=out_of_scope,
+        out_of_scope=out_of_scope, **extra,
     )
     return obs, mvs
 
@@ -222,25 +285,53 @@ def _model_name(obs: Observation) -> str:
     return (obs.spec.pipeline if obs.spec else None) or obs.rollout.name
 
 
-async def _consume(rollout: Mapping[str, Any], keys: tuple[str, ...]) -> None:
-    if keys:
-        meta = rollout["metadata"]
-        await kube.patch(API_VERSION, "Rollout", meta["name"], meta["namespace"],
-                         {"metadata": {"annotations": {ANNOTATION_PREFIX + k: None for k in keys}}})
+async def _consume(rollout: Mapping[str, Any], keys: tuple[str, ...], resource_version: str | None) -> str | None:
+    """Remove the annotations ``keys``, only if the Rollout is still at ``resource_version``; the
+    Rollout's resourceVersion afterwards."""
+    if not keys:
+        return resource_version
+    meta = rollout["metadata"]
+    out = await kube.patch(API_VERSION, "Rollout", meta["name"], meta["namespace"],
+                           {"metadata": {"annotations": {ANNOTATION_PREFIX + k: None for k in keys}}},
+                           resource_version=resource_version)
+    return (out.get("metadata") or {}).get("resourceVersion")
 
 
-async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, traffic: int, at: dt.datetime) -> None:
+def stage_patch(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, traffic: int,
+                at: dt.datetime) -> dict[str, Any] | None:
+    """The ModelVersion status patch moving ``mv`` to ``stage`` with ``traffic``: a history entry
+    only when the stage changes; None when there is nothing to write."""
     status = mv.get("status") or {}
     if status.get("stage") == stage and status.get("traffic") == traffic:
-        return
+        return None
     patch: dict[str, Any] = {"traffic": traffic}
     if status.get("stage") != stage:
         history = list(status.get("history") or [])
-        history.append({"stage": stage, "at": at.isoformat().replace("+00:00", "Z"), "reason": reason[:1000],
-                        "by": f"rollout/{rollout}"})
+        history.append({"stage": stage, "at": c.now_iso(at), "reason": reason[:1000], "by": f"rollout/{rollout}"})
         patch.update(stage=stage, message=reason[:1000], history=history[-HISTORY_MAX:])
+    return patch
+
+
+async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, traffic: int, at: dt.datetime) -> bool:
+    """Write one stage change with the ModelVersion's observed resourceVersion; False when it changed
+    since (its fresh copy goes into the cache, and the next pass decides again)."""
+    patch = stage_patch(mv, rollout, stage, reason, traffic, at)
+    if patch is None:
+        return True
     meta = mv["metadata"]
-    await kube.patch_status(API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch)
+    cache = state().model_versions
+    try:
+        written = await kube.patch_status(API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch,
+                                          resource_version=meta.get("resourceVersion"))
+    except kube.Conflict:
+        fresh = await kube.get(API_VERSION, "ModelVersion", meta["name"], meta["namespace"])
+        if fresh is not None:
+            cache.put(fresh)
+        log.info("rollout %s/%s: ModelVersion %s changed meanwhile; stage %s on the next pass",
+                 meta["namespace"], rollout, meta["name"], stage)
+        return False
+    cache.put(written)
+    return True
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -258,18 +349,33 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch bringing ``old`` status to ``new`` (None deletes); empty when nothing changed."""
-    return {k: merge_patch(old.get(k), new.get(k)) for k in STATUS_KEYS
-            if k in new and new.get(k) != old.get(k)}
+    """The merge patch bringing ``old`` status to ``new`` (None deletes); empty when nothing changed.
+    Every key decide returns is written (it starts from the whole observed status)."""
+    return {k: merge_patch(old.get(k), v) for k, v in new.items() if v != old.get(k)}
 
 
-async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings: Settings) -> None:
+@dataclasses.dataclass
+class Outcome:
+    """What a pass did that its scheduling depends on."""
+
+    plan: Plan | None = None
+    stale_model_versions: bool = False  # a stage write met a newer ModelVersion: pass again soon
+
+
+async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings: Settings,
+              observed_status: Mapping[str, Any] | None = None) -> Outcome:
+    """Carry out ``plan`` in the durable order (module docstring). ``kube.Conflict`` from the Rollout
+    writes propagates: the caller drops the pass and re-observes."""
     ref, spec = obs.rollout, obs.spec
     ns = ref.namespace
-    await _consume(rollout, plan.consume_first)
+    rv = rollout["metadata"].get("resourceVersion")
+    if plan.consume_first:
+        rv = await _consume(rollout, plan.consume_first, rv)
+        fp.hit(fp.CONSUMED_FIRST)
     if spec is not None:
         provider = make_provider(ref, spec, _model_name(obs), settings)
         await provider.ensure()
+        fp.hit(fp.PROVIDER_ENSURED)
         for version, replicas in plan.replicas.items():
             mv = obs.model_versions.get(version)
             if mv is None:
@@ -284,6 +390,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
             if pods is not None and pods.scale_down_at is not None:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
                                  {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: None}}})
+        fp.hit(fp.REPLICAS_APPLIED)
         if plan.preview:
             pipeline = ((obs.model_versions.get(plan.preview) or {}).get("spec") or {}).get("pipeline", "")
             await apply(objects.preview_service(ref, pipeline, plan.preview))
@@ -292,51 +399,373 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
         if plan.weights is not None:
             if await provider.set_weights(plan.weights, plan.mirror):
                 log.info("rollout %s/%s: traffic %s mirror %s", ns, ref.name, plan.weights, plan.mirror)
+        fp.hit(fp.TRAFFIC_SET)
         for version, deadline in plan.scale_down.items():
             pods = obs.pods.get(version)
             if pods is not None and pods.scale_down_at != deadline:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
-                                 {"metadata": {"annotations": {
-                                     SCALE_DOWN_ANNOTATION: deadline.isoformat().replace("+00:00", "Z")}}})
+                                 {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: c.now_iso(deadline)}}})
+        fp.hit(fp.SCALE_DOWN_STAMPED)
         for version in plan.delete:
             await kube.delete("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns)
             await kube.delete("v1", "Service", objects.version_object_name(ref.name, version), ns)
             forget_service(ns, objects.version_object_name(ref.name, version))
+        fp.hit(fp.DELETED)
+    # The verdict is durable from here on: status first, then the ModelVersions that follow from it.
+    patch = status_patch(obs.status if observed_status is None else observed_status, plan.status)
+    if patch:
+        written = await kube.patch_status(API_VERSION, "Rollout", ref.name, ns, patch, resource_version=rv)
+        rv = (written.get("metadata") or {}).get("resourceVersion")
+        fp.hit(fp.STATUS_WRITTEN)
+    outcome = Outcome(plan=plan)
     for change in plan.stage_changes:
         mv = obs.model_versions.get(change.version)
         if mv is not None:
-            await _stage(mv, ref.name, change.stage, change.reason, change.traffic, obs.now)
+            if not await _stage(mv, ref.name, change.stage, change.reason, change.traffic, obs.now):
+                outcome.stale_model_versions = True
+            fp.hit(fp.STAGE_WRITTEN)
     for type_, reason, message in plan.events:
         await kube.post_event(rollout, type_, reason, message)
-    patch = status_patch(obs.status, plan.status)
-    if patch:
-        await kube.patch_status(API_VERSION, "Rollout", ref.name, ns, patch)
-    await _consume(rollout, plan.consume_last)
+    if plan.events:
+        fp.hit(fp.EVENTS_POSTED)
+    if plan.consume_last:
+        await _consume(rollout, plan.consume_last, rv)
+        fp.hit(fp.CONSUMED_LAST)
+    return outcome
 
 
-async def reconcile_once(namespace: str, name: str) -> Plan | None:
-    """One observe → decide → act pass; returns the plan (tests and benchmarks read it)."""
+# --- scheduling -------------------------------------------------------------------------------------
+def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float) -> float:
+    """Seconds until this Rollout's next pass, from what the plan leaves pending. Watch events wake it
+    earlier; this covers what no event announces: time passing."""
+    spec, st = obs.spec, plan.status
+    if spec is None:
+        return resync  # only an edit (an event) can fix the spec
+    at = obs.now
+    due: list[float] = [resync]
+
+    def until(when: dt.datetime | None, extra: float = 0.0) -> None:
+        if when is not None:
+            due.append((when - at).total_seconds() + extra)
+
+    cand = st.get("canaryVersion")
+    if cand:
+        # In motion: step timers, grace periods and the progress deadline are decide's rules; passing at
+        # least every interval bounds how late any of them is noticed.
+        due.append(interval)
+        started = parse_time(st.get("stepStartedAt"))
+        steps = plan_steps(spec)
+        step = steps[max(0, min(int(st.get("currentStep") or 0), len(steps) - 1))]
+        if step.kind == "pause" and step.duration is not None:
+            until(started, step.duration)
+        if spec.analysis.checks:
+            last = parse_time(((st.get("analysis") or {}).get("last") or {}).get("at")) or started
+            until(last, spec.analysis.interval)
+        until(started, spec.progress_deadline)
+    ready = c.get_condition(st.get("conditions"), c.READY)
+    if not ready or ready.get("status") != c.TRUE:
+        due.append(interval)  # pods or the router are not ready yet: their events may lag a restart
+    until(parse_time(st.get("rollbackWindowEndsAt")))
+    for deadline in plan.scale_down.values():
+        until(deadline)
+    for pods in obs.pods.values():
+        until(pods.scale_down_at)
+    return max(0.0, min(due))
+
+
+# --- one pass ---------------------------------------------------------------------------------------
+def cleared_reconcile_error(status: Mapping[str, Any], generation: int, at: dt.datetime) -> dict[str, Any]:
+    """``status`` as decide should see it after failed passes: Reconciled back to True (this pass got
+    through). Rollouts that never failed carry no Reconciled condition at all (no extra writes)."""
+    reconciled = c.get_condition(status.get("conditions"), c.RECONCILED)
+    if not reconciled or reconciled.get("status") == c.TRUE:
+        return dict(status)
+    conditions = c.set_condition(status.get("conditions"), c.RECONCILED, c.TRUE, c.RECONCILE_RECOVERED,
+                                 "the last pass succeeded", generation, at)
+    return {**status, "conditions": conditions}
+
+
+def reconcile_error_status(status: Mapping[str, Any], error: str, generation: int,
+                           at: dt.datetime) -> tuple[dict[str, Any] | None, bool]:
+    """The status patch recording a failed pass (Reconciled False, ReconcileError, the cause; phase
+    Degraded with the cause as its message, until a pass succeeds), and whether it is a transition --
+    the one time a Warning Event goes out. None when status already says exactly this."""
+    reconciled = c.get_condition(status.get("conditions"), c.RECONCILED)
+    already = bool(reconciled and reconciled.get("status") == c.FALSE)
+    if already and reconciled and reconciled.get("message") == error and status.get("message") == error:
+        return None, False
+    conditions = c.set_condition(status.get("conditions"), c.RECONCILED, c.FALSE, c.RECONCILE_ERROR, error,
+                                 generation, at)
+    return {"conditions": conditions, "phase": "Degraded", "message": error}, not already
+
+
+async def report_error(namespace: str, name: str, exc: BaseException) -> None:
+    """Put a failed pass on the Rollout (Degraded, ReconcileError, the cause) and post one Warning
+    Event on the transition. Best effort: the API may be what failed."""
+    error = f"reconcile failed: {kube.describe_error(exc)}"
+    try:
+        rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+        if rollout is None or rollout["metadata"].get("deletionTimestamp"):
+            return
+        meta = rollout["metadata"]
+        patch, transition = reconcile_error_status(rollout.get("status") or {}, error,
+                                                   int(meta.get("generation") or 0), now())
+        if patch is None:
+            return
+        await kube.patch_status(API_VERSION, "Rollout", name, namespace, patch,
+                                resource_version=meta.get("resourceVersion"))
+        if transition:
+            await kube.post_event(rollout, "Warning", c.RECONCILE_ERROR, error)
+    except Exception as again:  # noqa: BLE001 - the original error is logged by the caller
+        log.warning("rollout %s/%s: could not record the failed pass: %s", namespace, name, again)
+
+
+async def run_pass(rollout: Mapping[str, Any]) -> tuple[Outcome, Observation]:
+    """One observe -> decide -> act pass over a Rollout read just now."""
     st = state()
-    rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
-    if rollout is None or rollout["metadata"].get("deletionTimestamp"):
-        return None
     obs, _ = await observe(rollout, now())
+    observed_status = obs.status
+    obs = dataclasses.replace(obs, status=cleared_reconcile_error(obs.status, obs.generation, obs.now))
     if analysis_due(obs):
         obs = dataclasses.replace(obs, measurement=await measure(obs, st.prometheus))
     plan = decide(obs)
-    await act(rollout, obs, plan, st.settings)
-    return plan
+    return await act(rollout, obs, plan, st.settings, observed_status=observed_status), obs
 
 
-@kopf.daemon(GROUP, VERSION, "rollouts", id="rollout", cancellation_timeout=10.0)
-async def rollout_daemon(name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def reconcile_once(namespace: str, name: str) -> Plan | None:
+    """One pass (tests and benchmarks read the plan); None when the Rollout is gone or being deleted."""
+    rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+    if rollout is None or rollout["metadata"].get("deletionTimestamp"):
+        return None
+    outcome, _ = await run_pass(rollout)
+    return outcome.plan
+
+
+async def reconcile(key: Hashable) -> float | None:
+    """The pass of Rollout ``key`` = (namespace, name) run by the wake-ups; the delay until the next
+    one, or None when the Rollout is gone (its deletion is the delete handler's)."""
+    namespace, name = key  # type: ignore[misc]
     st = state()
-    failures = 0
-    while not stopped:
+    async with st.lock(key):
         try:
-            await reconcile_once(namespace, name)
-            failures = 0
-        except Exception:  # one failed pass must not end the Rollout's daemon; the next pass retries
-            failures += 1
+            rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+            if rollout is None or rollout["metadata"].get("deletionTimestamp"):
+                return None
+            outcome, obs = await run_pass(rollout)
+        except kube.Conflict as exc:
+            log.info("rollout %s/%s: %s; observing again", namespace, name, exc)
+            return CONFLICT_RETRY_SECONDS
+        except Exception as exc:  # noqa: BLE001 - the cause goes on the object; the pass is retried
+            failures = st.failures[key] = st.failures.get(key, 0) + 1
             log.exception("rollout %s/%s: pass failed (%d in a row)", namespace, name, failures)
-        await stopped.wait(st.interval * min(2 ** failures, 15))
+            await report_error(namespace, name, exc)
+            return min(st.interval * 2 ** min(failures, 10), max(st.resync, st.interval))
+        st.failures.pop(key, None)
+        assert outcome.plan is not None
+        if outcome.stale_model_versions:
+            return CONFLICT_RETRY_SECONDS
+        return next_pass_in(obs, outcome.plan, st.interval, st.resync)
+
+
+# --- deletion ---------------------------------------------------------------------------------------
+def watched_namespaces(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> list[str] | None:
+    """The namespaces this operator serves, for the deletion sweep (None: all). From
+    NORIA_WATCH_NAMESPACES (comma-separated) or else the ``--namespace``/``-n`` arguments the process
+    was started with: a namespaced operator must never finalize another namespace's Rollouts."""
+    env = os.environ if env is None else env
+    if env.get("NORIA_WATCH_NAMESPACES"):
+        return [n.strip() for n in env["NORIA_WATCH_NAMESPACES"].split(",") if n.strip()]
+    args = sys.argv[1:] if argv is None else argv
+    found: list[str] = []
+    for i, arg in enumerate(args):
+        if arg in ("--namespace", "-n") and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--namespace="):
+            found.append(arg.split("=", 1)[1])
+    return found or None
+
+
+async def finalize(namespace: str, name: str) -> dict[str, Any] | None:
+    """Undo what a deleted Rollout did outside the objects it owns (those go by garbage collection):
+    the provider restores the user's route, and the versions it served get a history entry and stage
+    Approved (approved, serving nowhere: a Rollout created again picks them up). Idempotent. The
+    Rollout as read, or None when it is gone."""
+    rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+    if rollout is None:
+        return None
+    meta, st = rollout["metadata"], rollout.get("status") or {}
+    stable, cand = st.get("stableVersion"), st.get("canaryVersion")
+    try:
+        spec: RolloutSpec | None = parse_rollout_spec(rollout.get("spec") or {})
+    except RolloutSpecError:
+        spec = None  # an invalid spec never reached a provider
+    if spec is not None:
+        ref = objects.RolloutRef(name=name, namespace=namespace, uid=meta["uid"])
+        await make_provider(ref, spec, spec.pipeline or name, state().settings).finalize(stable)
+    at = now()
+    for version, role in ((cand, "candidate"), (stable, "stable version")):
+        mv = await kube.get(API_VERSION, "ModelVersion", version, namespace) if version else None
+        if mv is None or (mv.get("status") or {}).get("stage") not in SERVING_STAGES:
+            continue
+        reason = f"{c.ROLLOUT_DELETED}: Rollout {name}, which served it as its {role}, was deleted"
+        patch = stage_patch(mv, name, "Approved", reason, 0, at)
+        if patch is not None:
+            await kube.patch_status(API_VERSION, "ModelVersion", version, namespace, patch,
+                                    resource_version=mv["metadata"].get("resourceVersion"))
+    fp.hit(fp.FINALIZED)
+    return rollout
+
+
+async def release(rollout: Mapping[str, Any]) -> None:
+    """Remove Noria's finalizer (only if the Rollout is unchanged since it was finalized)."""
+    meta = rollout["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if FINALIZER not in finalizers:
+        return
+    try:
+        await kube.patch(API_VERSION, "Rollout", meta["name"], meta["namespace"],
+                         {"metadata": {"finalizers": [f for f in finalizers if f != FINALIZER]}},
+                         resource_version=meta.get("resourceVersion"))
+    except kube.HTTPError as exc:
+        if not kube.is_status(exc, 404):
+            raise
+
+
+async def sweep_deleted() -> int:
+    """Finalize and release every Rollout being deleted in the served namespaces. Kopf is not told
+    about them when their namespace was deleted while the operator was down, and a namespace stays
+    Terminating while any of them holds the finalizer. The number released."""
+    st = state()
+    released = 0
+    for namespace in watched_namespaces() or [None]:
+        for item in await kube.list_objects(API_VERSION, "Rollout", namespace):
+            meta = item["metadata"]
+            if not meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+                continue
+            key = (meta["namespace"], meta["name"])
+            async with st.lock(key):
+                rollout = await finalize(*key)
+                if rollout is not None:
+                    await release(rollout)
+                    released += 1
+            forget(key)
+            log.info("rollout %s/%s: finalized by the deletion sweep", *key)
+    return released
+
+
+async def _sweep_loop() -> None:
+    st = state()
+    while True:
+        try:
+            await sweep_deleted()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            log.exception("deletion sweep failed")
+        await asyncio.sleep(st.resync)
+
+
+def forget(key: Hashable) -> None:
+    st = state()
+    st.wakeups.forget(key)
+    st.seen.pop(key, None)
+    st.failures.pop(key, None)
+    lock = st.locks.get(key)
+    if lock is not None and not lock.locked():
+        del st.locks[key]
+    namespace, name = key  # type: ignore[misc]
+    st.sources.get(namespace, {}).pop(name, None)
+
+
+# --- Kopf wiring ------------------------------------------------------------------------------------
+WAKE_ANNOTATIONS = tuple(ANNOTATION_PREFIX + a for a in (PROMOTE, ABORT, RETRY))
+
+
+def wake_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a Rollout, when it changes, asks for a pass: its spec (generation), the user's
+    annotations, its deletion. Not its status: the pass's own write must not wake it again."""
+    meta = body["metadata"]
+    annotations = meta.get("annotations") or {}
+    return (meta.get("generation"), tuple(annotations.get(a) for a in WAKE_ANNOTATIONS),
+            bool(meta.get("deletionTimestamp")))
+
+
+def concerned(sources: Mapping[str, tuple[str | None, str | None]], mv: Mapping[str, Any]) -> list[str]:
+    """The Rollouts (by name) a ModelVersion event concerns: those of its pipeline, or pinned to it."""
+    name, pipeline = mv["metadata"]["name"], (mv.get("spec") or {}).get("pipeline")
+    return sorted(r for r, (p, pinned) in sources.items() if (pipeline and p == pipeline) or pinned == name)
+
+
+@kopf.on.startup()
+async def start_rollouts(**_: Any) -> None:
+    st = state()
+    st.tasks = [asyncio.create_task(st.wakeups.run()), asyncio.create_task(_sweep_loop())]
+
+
+@kopf.on.cleanup()
+async def stop_rollouts(**_: Any) -> None:
+    st = state()
+    for task in st.tasks:
+        task.cancel()
+    await asyncio.gather(*st.tasks, return_exceptions=True)
+    await st.wakeups.stop()
+    if st._prometheus is not None:
+        await st._prometheus.aclose()
+
+
+@kopf.on.event(GROUP, VERSION, "rollouts")
+async def rollout_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    st = state()
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if event.get("type") == "DELETED":
+        forget(key)
+        return
+    source = (body.get("spec") or {}).get("source") or {}
+    st.sources.setdefault(meta["namespace"], {})[meta["name"]] = (source.get("pipeline"), source.get("modelVersion"))
+    fingerprint = wake_fingerprint(body)
+    if st.seen.get(key) != fingerprint:
+        st.seen[key] = fingerprint
+        st.wakeups.wake(key)
+
+
+@kopf.on.delete(GROUP, VERSION, "rollouts", id="rollout-finalize")
+async def rollout_deleted(namespace: str, name: str, **_: Any) -> None:
+    """Restore the route and record the served versions' stages before Kopf releases the finalizer."""
+    key = (namespace, name)
+    try:
+        async with state().lock(key):
+            await finalize(namespace, name)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"finalizing Rollout {namespace}/{name} failed: {kube.describe_error(exc)}",
+                                  delay=5) from exc
+    forget(key)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={objects.LABEL_ROLLOUT: kopf.PRESENT})
+async def deployment_event(body: Mapping[str, Any], **_: Any) -> None:
+    meta = body["metadata"]
+    state().wakeups.wake((meta["namespace"], meta["labels"][objects.LABEL_ROLLOUT]), delay=0.1)
+
+
+@kopf.on.event("v1", "pods", labels={objects.LABEL_ROLLOUT: kopf.PRESENT,
+                                     objects.LABEL_COMPONENT: objects.COMPONENT_SERVER})
+async def server_pod_event(body: Mapping[str, Any], **_: Any) -> None:
+    """A server container that exited may have refused its artifact: its Deployment's status does not
+    change while it restarts, so the pod's own event is what tells."""
+    statuses = (body.get("status") or {}).get("containerStatuses") or []
+    if any((s.get(w) or {}).get("terminated") for s in statuses for w in ("state", "lastState")):
+        meta = body["metadata"]
+        state().wakeups.wake((meta["namespace"], meta["labels"][objects.LABEL_ROLLOUT]), delay=0.5)
+
+
+@kopf.on.event(GROUP, VERSION, "modelversions")
+async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
+    st = state()
+    meta = body["metadata"]
+    if event.get("type") == "DELETED":
+        st.model_versions.remove(meta["namespace"], meta["name"])
+    else:
+        st.model_versions.put(body)
+    for name in concerned(st.sources.get(meta["namespace"], {}), body):
+        st.wakeups.wake((meta["namespace"], name), delay=0.1)

@@ -2,8 +2,9 @@
 
 ``ensure`` creates what the provider itself needs (the router's Deployment, nothing for a Service
 switch); ``set_weights`` makes the split (and the mirror) true and is a no-op when it already is;
-``get_weights`` reads back what the data plane was told; ``finalize`` leaves all traffic on
-``stable`` when a Rollout stops using the provider.
+``get_weights`` reads back what the data plane was told; ``finalize`` (the Rollout is deleted) undoes
+what the provider changed outside the objects the Rollout owns -- those go by garbage collection --
+so that nothing of the user's is left pointing at them.
 """
 
 from __future__ import annotations
@@ -27,4 +28,4 @@ class TrafficProvider(Protocol):
 
     async def get_weights(self) -> dict[str, int] | None: ...
 
-    async def finalize(self, stable: str) -> None: ...
+    async def finalize(self, stable: str | None) -> None: ...

@@ -3,10 +3,17 @@
 The HTTPRoute is the user's (it names the Gateway, hostnames and matches); the operator owns only
 each rule's ``backendRefs`` and its RequestMirror filter, and leaves every other filter in place.
 Any Gateway API implementation (Envoy Gateway, Istio, Cilium, ...) then carries out the split.
+
+Before its first change to a route the provider records the backendRefs it replaces in the route's
+annotation ``noria.dev/original-backends`` (in the same patch, so no change is ever unrecorded), and
+``finalize`` (the Rollout is deleted) puts them back: the Services it pointed at go with the Rollout,
+so leaving the route on them would send users to nothing. A route adopted without a record (or whose
+rules changed in number since) keeps only the user's own backendRefs.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +24,33 @@ from noria.deployment.providers.base import TrafficProviderError
 
 API_VERSION = "gateway.networking.k8s.io/v1"
 MIRROR = "RequestMirror"
+ORIGINAL_BACKENDS_ANNOTATION = "noria.dev/original-backends"
+
+
+def _ours(ref: Mapping[str, Any], rollout: str) -> bool:
+    return str(ref.get("name", "")).startswith(f"{rollout}-") and ref.get("kind", "Service") == "Service"
+
+
+def original_backends(rules: list[dict[str, Any]], rollout: str) -> list[list[dict[str, Any]]]:
+    """Each rule's backendRefs that are not the operator's: what a route goes back to."""
+    return [[r for r in rule.get("backendRefs") or [] if not _ours(r, rollout)] for rule in rules]
+
+
+def restored_rules(rules: list[dict[str, Any]], rollout: str, recorded: Any) -> list[dict[str, Any]]:
+    """The route's rules without the operator's backendRefs and mirror filter, with the recorded
+    backendRefs back (when the record fits the rules)."""
+    fits = isinstance(recorded, list) and len(recorded) == len(rules) and all(isinstance(r, list) for r in recorded)
+    out = []
+    for i, rule in enumerate(rules):
+        new = dict(rule)
+        new["backendRefs"] = recorded[i] if fits else [r for r in rule.get("backendRefs") or [] if not _ours(r, rollout)]
+        filters = [f for f in rule.get("filters") or [] if f.get("type") != MIRROR]
+        if filters:
+            new["filters"] = filters
+        else:
+            new.pop("filters", None)
+        out.append(new)
+    return out
 
 
 def desired_rules(rules: list[dict[str, Any]], rollout: str, weights: Mapping[str, int],
@@ -83,11 +117,35 @@ class GatewayAPIProvider:
         desired = desired_rules(rules, self.ref.name, weights, mirror)
         if desired == rules:
             return False
-        await kube.patch(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace, {"spec": {"rules": desired}})
+        body: dict[str, Any] = {"spec": {"rules": desired}}
+        annotations = (route.get("metadata") or {}).get("annotations") or {}
+        if ORIGINAL_BACKENDS_ANNOTATION not in annotations:
+            body["metadata"] = {"annotations": {ORIGINAL_BACKENDS_ANNOTATION: json.dumps(
+                original_backends(rules, self.ref.name), separators=(",", ":"))}}
+        # Conditional on the route as read: a user's edit in between is never overwritten.
+        await kube.patch(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace, body,
+                         resource_version=(route.get("metadata") or {}).get("resourceVersion"))
         return True
 
     async def get_weights(self) -> dict[str, int] | None:
         return weights_of(await self._route(), self.ref.name)
 
-    async def finalize(self, stable: str) -> None:
-        await self.set_weights({stable: 100}, None)
+    async def finalize(self, stable: str | None) -> None:
+        """Give the route back as it was before the operator's first change (module docstring)."""
+        route = await kube.get(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace)
+        if route is None:
+            return  # the user deleted it: nothing to restore
+        meta = route.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        rules = (route.get("spec") or {}).get("rules") or []
+        try:
+            recorded = json.loads(annotations[ORIGINAL_BACKENDS_ANNOTATION])
+        except (KeyError, ValueError):
+            recorded = None
+        restored = restored_rules(rules, self.ref.name, recorded)
+        if restored == rules and ORIGINAL_BACKENDS_ANNOTATION not in annotations:
+            return
+        await kube.patch(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace,
+                         {"metadata": {"annotations": {ORIGINAL_BACKENDS_ANNOTATION: None}},
+                          "spec": {"rules": restored}},
+                         resource_version=meta.get("resourceVersion"))

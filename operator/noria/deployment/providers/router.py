@@ -88,5 +88,7 @@ class RouterProvider:
             return None
         return {b["version"]: int(b["weight"]) for b in config.get("backends") or []}
 
-    async def finalize(self, stable: str) -> None:
-        await self.set_weights({stable: 100}, None)
+    async def finalize(self, stable: str | None) -> None:
+        """Nothing outside the Rollout: the router, its ConfigMap, RBAC and Services are owned by the
+        Rollout and go with it (garbage collection)."""
+        return None

@@ -54,5 +54,6 @@ class ServiceProvider:
         version = ((current.get("spec") or {}).get("selector") or {}).get(objects.LABEL_VERSION)
         return {version: 100} if version else None
 
-    async def finalize(self, stable: str) -> None:
-        await self.set_weights({stable: 100}, None)
+    async def finalize(self, stable: str | None) -> None:
+        """Nothing outside the Rollout: the entry Service is owned by the Rollout and goes with it."""
+        return None
