@@ -483,7 +483,9 @@ class CheckResult(StatusModel):
     """The outcome of one check in one measurement."""
 
     name: ShortText = Field(description="Check name (builtin name when unnamed).")
-    outcome: ShortText | None = Field(default=None, description="Successful, Failed, Error or Inconclusive.")
+    outcome: ShortText | None = Field(
+        default=None, description="Successful, Failed, Error, Inconclusive or Waiting (fewer labels than minLabels)."
+    )
     value: ShortText | None = Field(default=None, description="Measured value as a decimal string.")
     message: Text | None = Field(default=None, description="Detail, e.g. the provider's error.")
 
@@ -492,7 +494,13 @@ class Measurement(StatusModel):
     """The last analysis measurement."""
 
     at: Timestamp | None = Field(default=None, description="When it was taken.")
-    outcome: ShortText | None = Field(default=None, description="Successful, Failed, Error or Inconclusive.")
+    outcome: ShortText | None = Field(
+        default=None,
+        description=(
+            "Successful, Failed, Error, Inconclusive or Waiting (a label-needing check has fewer than minLabels"
+            " labels: nothing is tallied)."
+        ),
+    )
     message: Text | None = Field(default=None, description="Summary.")
     checks: list[CheckResult] | None = Field(default=None, max_length=16, description="Per-check results.")
 
@@ -505,6 +513,14 @@ class AnalysisStatus(StatusModel):
     errors: int | None = Field(default=None, ge=0, description="Measurements that could not be taken.")
     consecutive_errors: int | None = Field(default=None, ge=0, description="Errors in a row (against consecutiveErrorLimit).")
     inconclusive: int | None = Field(default=None, ge=0, description="Measurements with too little data.")
+    consecutive_successes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Successful measurements in a row since the candidate's traffic last changed or the current analysis"
+            " step began (an analysis step with count: N needs N)."
+        ),
+    )
     last: Measurement | None = Field(default=None, description="The last measurement.")
 
 
@@ -514,7 +530,14 @@ class Verdict(StatusModel):
 
     version: ShortText = Field(description="The ModelVersion judged.")
     stage: Literal["Production", "Rejected", "Retired", "Approved"] = Field(description="The stage it was given.")
-    reason: ShortText | None = Field(default=None, description="CamelCase reason, as in the conditions.")
+    reason: ShortText | None = Field(
+        default=None,
+        description=(
+            "CamelCase reason, as in the conditions: Promoted, FirstDeployment, FastRollback, AnalysisFailed,"
+            " AnalysisErrors, AbortedByUser, ArtifactVerificationFailed, CandidateUnready, ProgressDeadlineExceeded,"
+            " RolledBack or Retried."
+        ),
+    )
     message: Text | None = Field(default=None, description="Why, for people.")
     at: Timestamp | None = Field(default=None, description="When.")
 
@@ -544,6 +567,21 @@ class RolloutStatus(StatusModel):
     )
     rollback_window_ends_at: Timestamp | None = Field(
         default=None, description="When the current rollbackWindow ends (the previous version is then scaled down)."
+    )
+    no_progress_since: Timestamp | None = Field(
+        default=None,
+        description=(
+            "When the rollout stopped making progress (candidate pods not ready, a measurement that is not a"
+            " success holding a traffic raise or an analysis step, waiting for labels); unset while it progresses."
+            " spec.progressDeadline counts from it; time paused for a person never counts."
+        ),
+    )
+    candidate_unready_since: Timestamp | None = Field(
+        default=None,
+        description=(
+            "When the candidate's pods stopped being all ready while it had traffic; its traffic goes to 0 after a"
+            " short grace (none when no pod is ready, 10 s when some still are)."
+        ),
     )
     conditions: list[Condition] | None = conditions_field()
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
