@@ -1,13 +1,25 @@
-"""Kopf settings and handler registration for the Noria operator.
+"""Kopf settings and handler registration for the Noria operator, and the operator process's life.
 
 Importing this module imports kopf; the shared modules (api, drift, artifact, store, metrics)
 never import it, so the trainer and server images do not need it.
+
+The process (:func:`run`): serve /healthz and /metrics at once, stand by until this replica holds
+the leader Lease (``noria.leader``), then run Kopf while renewing it. Losing the Lease ends the
+process at once with ``leader.LEASE_LOST_EXIT_CODE`` (the pod restarts as a standby); SIGTERM
+stops Kopf gracefully and then releases the Lease so a standby takes over without waiting for it
+to expire. A standby has not started Kopf, so it watches nothing and writes nothing but its tries
+at the Lease.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import signal
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 
@@ -37,3 +49,76 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 # Handler modules register themselves on import.
 from noria.deployment import handlers as _deployment_handlers  # noqa: E402,F401
 from noria.training import handlers as _training_handlers  # noqa: E402,F401
+
+# --- the process -----------------------------------------------------------------------------------
+log = logging.getLogger(__name__)
+
+
+async def serve_liveness(url: str) -> Any:
+    """/healthz from the first moment, standby or leader: a standby is alive. (Kopf's own endpoint
+    starts with Kopf, i.e. only on the leader.) Answers from the event loop, so a blocked loop fails it."""
+    from aiohttp import web
+
+    from noria import leader
+
+    where = urlsplit(url)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"leading": leader.is_leading()})
+
+    app = web.Application()
+    app.router.add_get(where.path or "/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, where.hostname or "0.0.0.0", where.port or 8080).start()
+    return runner
+
+
+async def _operate(namespaces: Sequence[str], liveness: str, elect: bool) -> int:
+    from noria import leader, opmetrics
+    from noria.settings import Settings
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Kopf installs its own once it runs
+        loop.add_signal_handler(sig, stop.set)
+    opmetrics.serve(Settings.from_env().metrics_port)
+    opmetrics.LEADER.set(0 if elect else 1)
+    health = await serve_liveness(liveness)
+    operator = dict(clusterwide=not namespaces, namespaces=list(namespaces), liveness_endpoint=None,
+                    standalone=True, stop_flag=stop)  # standalone: the Lease, not Kopf peering, says who acts
+    try:
+        if not elect:
+            await kopf.operator(**operator)
+            return 0
+        config = leader.LeaseConfig.from_env(os.environ, namespaces)
+        elector = leader.LeaderElector(config, leader.KubeLeaseStore(config))
+        leader.start_election()
+        log.info("leader election on Lease %s/%s as %s: standing by until it is ours", config.namespace,
+                 config.name, config.identity)
+        acquiring, stopping = asyncio.create_task(elector.acquire()), asyncio.create_task(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():  # SIGTERM while standing by: nothing to hand over
+            acquiring.cancel()
+            return 0
+        stopping.cancel()
+        holding = asyncio.create_task(elector.hold(), name="leader lease renewal")
+        operating = asyncio.create_task(kopf.operator(**operator), name="kopf operator")
+        await asyncio.wait({holding, operating}, return_when=asyncio.FIRST_COMPLETED)
+        if holding.done():
+            failure = holding.exception()
+            leader.step_down_now(f"renewal crashed: {failure!r}" if failure else holding.result())  # no return
+        holding.cancel()
+        await elector.release()
+        operating.result()  # a crashed operator exits non-zero
+        return 0
+    finally:
+        await health.cleanup()
+
+
+def run(namespaces: Sequence[str], liveness: str, elect: bool) -> int:
+    """Run the operator process; its exit code."""
+    from noria import leader
+
+    with asyncio.Runner(loop_factory=leader.fenced_event_loop if elect else None) as runner:
+        return runner.run(_operate(namespaces, liveness, elect))

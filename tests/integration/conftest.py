@@ -9,7 +9,8 @@ Default env (override with keyword arguments, e.g. ``NORIA_PROMETHEUS_URL=promet
 the store root as pods see it (``file:///var/lib/noria/store``, the PVC ``noria-store``'s mount)
 and as the operator process sees it (``NORIA_LOCAL_STORE_ROOT=file://<cluster.store_dir>``), an
 unreachable Prometheus unless given, short resync/settle times for tests, and a free port for
-the operator's own /metrics.
+the operator's own /metrics. Leader election is on (each test namespace has its own Lease, in
+that namespace), with one leader identity per namespace unless ``POD_NAME`` is given.
 
 ``store_claim(namespace)`` creates the PVC ``noria-store`` that trainer and server pods mount.
 """
@@ -105,6 +106,10 @@ def operator_factory(cluster, request) -> Iterator[Callable[..., OperatorProcess
             "NORIA_METRICS_PORT": str(free_port()),
             "NORIA_TRAINING_RESYNC_SECONDS": "2",
             "NORIA_TRIGGER_SETTLE_SECONDS": "1",
+            # Leader identity: one per namespace, as a restarted pod keeps its name, so an operator
+            # killed and started again resumes its Lease at once. Give POD_NAME to run two replicas.
+            "POD_NAME": f"operator-{namespace}",
+            "NORIA_LEADER_NAMESPACE": namespace,  # not a POD_NAMESPACE this machine happens to have
             **{k: str(v) for k, v in env.items()},
         }
         name = request.node.name.replace("/", "_")[:80]

@@ -1,0 +1,146 @@
+"""Two real operator processes against one namespace: exactly one acts (the one the Lease names),
+a kill -9 hands over to the standby within a lease duration and the Rollout keeps progressing,
+and a leader frozen (SIGSTOP) past its lease wakes up to end itself without writing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+from rollout_helpers import (
+    create_model_version,
+    get,
+    operator_env,
+    rollout,
+    rollout_status,
+    save_model,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+LEASE = "noria-operator"
+DURATION, RENEW_DEADLINE = 10, 7.0
+# Short enough for a quick handover, long enough that a loaded 2-core machine does not lose the
+# lease by accident (the leader gives up after RENEW_DEADLINE s without a successful renewal).
+LEASE_ENV = {"NORIA_LEASE_DURATION_SECONDS": str(DURATION), "NORIA_LEASE_RENEW_DEADLINE_SECONDS": str(RENEW_DEADLINE),
+             "NORIA_LEASE_RENEW_PERIOD_SECONDS": "2", "NORIA_LEASE_RETRY_PERIOD_SECONDS": "0.5"}
+LEASE_LOST_EXIT_CODE = 75  # noria.leader.LEASE_LOST_EXIT_CODE
+# A log line of the operator's reconcile machinery (Kopf, Noria's handlers); a standby has none.
+ACTIVITY = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):(kopf|noria\.(deployment|training|kube))", re.M)
+
+
+def holder(cluster, namespace: str) -> str | None:  # noqa: ANN001
+    lease = get(cluster, namespace, "lease", LEASE)
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
+def leader_gauge(operator) -> float:  # noqa: ANN001
+    match = re.search(r"^noria_operator_leader (\S+)$", operator.metrics(), re.M)
+    assert match, "noria_operator_leader missing from the operator's /metrics"
+    return float(match.group(1))
+
+
+def snapshot(cluster, namespace: str) -> dict:  # noqa: ANN001
+    """Everything an acting operator would change when churn-v2 appears: the Rollout, the
+    ModelVersion, the Deployments it creates, the Events it posts about its own kinds."""
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return {
+        "rollout": get(cluster, namespace, "rollouts.noria.dev", "churn")["metadata"]["resourceVersion"],
+        "churn-v2": get(cluster, namespace, "modelversion", "churn-v2")["metadata"]["resourceVersion"],
+        "deployments": sorted(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "name").stdout.split()),
+        "events": sorted(e["metadata"]["name"] for e in events
+                         if e["involvedObject"]["kind"] in ("Rollout", "ModelVersion")),
+    }
+
+
+def two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim):  # noqa: ANN001, ANN201
+    """Replica a, then replica b, on one namespace; a Rollout serving churn-v1 (immediate strategy)."""
+    store_claim(namespace)
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
+    env = {**operator_env("http://127.0.0.1:9"), **LEASE_ENV}
+    a = operator_factory(namespace, POD_NAME="replica-a", **env)
+    wait_for("replica-a holds the Lease", lambda: holder(cluster, namespace) == "replica-a", timeout=60)
+    b = operator_factory(namespace, POD_NAME="replica-b", **env)
+    cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"immediate": {}}))
+    wait_for("churn-v1 stable and Healthy", lambda: (s := rollout_status(cluster, namespace)).get("phase") == "Healthy"
+             and s.get("stableVersion") == "churn-v1", timeout=120,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    return a, b
+
+
+def test_one_replica_acts_and_the_standby_takes_over_after_kill_9(cluster, namespace, operator_factory,
+                                                                   store_claim):
+    a, b = two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim)
+    assert holder(cluster, namespace) == "replica-a"
+    assert leader_gauge(a) == 1 and leader_gauge(b) == 0
+    assert ACTIVITY.search(a.log()), "the leader shows no reconcile activity"
+    assert not ACTIVITY.search(b.log()), f"the standby acted:\n{b.log()[-3000:]}"
+    # Events doubled with two actors (issue #12): each one is posted once.
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    posted = [(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"], e["message"]) for e in events
+              if e["involvedObject"]["kind"] in ("Rollout", "ModelVersion")]
+    assert posted and len(posted) == len(set(posted)), f"an Event was posted twice: {sorted(posted)}"
+
+    a.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for("replica-b holds the Lease", lambda: holder(cluster, namespace) == "replica-b",
+             timeout=DURATION + 30)
+    handover = time.monotonic() - killed
+    print(f"handover after kill -9: {handover:.1f}s (lease duration {DURATION}s)")
+    # Within one lease duration of b's last sight of a's renewal (at most a renew period before the
+    # kill), plus b's retry period and the test's polling on a loaded machine.
+    assert handover <= DURATION + 4, f"handover took {handover:.1f}s"
+    assert leader_gauge(b) == 1
+    lease = get(cluster, namespace, "lease", LEASE)["spec"]
+    assert lease["leaseTransitions"] >= 1 and lease["leaseDurationSeconds"] == DURATION
+
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
+    wait_for("churn-v2 rolled out by the new leader", lambda: (s := rollout_status(cluster, namespace))
+             .get("stableVersion") == "churn-v2" and s.get("phase") == "Healthy", timeout=120,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    assert ACTIVITY.search(b.log()), "the new leader shows no reconcile activity"
+
+
+def test_frozen_leader_that_lost_its_lease_wakes_up_and_stops_without_writing(cluster, namespace,
+                                                                              operator_factory, store_claim):
+    a, b = two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim)
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        wait_for("replica-b takes over from the frozen replica-a", lambda: holder(cluster, namespace) == "replica-b",
+                 timeout=DURATION + 30)
+        wait_for("replica-b leads", lambda: leader_gauge(b) == 1, timeout=10)
+        # Freeze b too, so that nothing may act; then give the frozen a something to act on.
+        os.kill(b.pid, signal.SIGSTOP)
+        b_frozen = time.monotonic()
+        create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
+        time.sleep(2)  # the watch events reach a's socket, queued behind its freeze
+        before = snapshot(cluster, namespace)
+        a_log = len(a.log())
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    a.process.wait(30)
+    woke = a.log()[a_log:]
+    assert a.process.returncode == LEASE_LOST_EXIT_CODE, woke
+    assert "leader lease lost" in woke
+    assert not ACTIVITY.search(woke), f"the deposed leader acted after waking:\n{woke}"
+    time.sleep(1)
+    assert snapshot(cluster, namespace) == before, "something was written while no replica held the lease"
+
+    # b was frozen past its own renew deadline: it ends itself the same way, and, restarted (the same
+    # pod name), resumes the lease and rolls churn-v2 out.
+    time.sleep(max(0.0, RENEW_DEADLINE + 1 - (time.monotonic() - b_frozen)))
+    b_log = len(b.log())
+    os.kill(b.pid, signal.SIGCONT)
+    b.process.wait(30)
+    assert b.process.returncode == LEASE_LOST_EXIT_CODE, b.log()[b_log:]
+    assert snapshot(cluster, namespace) == before
+    b.start()
+    wait_for("churn-v2 rolled out after the restart", lambda: (s := rollout_status(cluster, namespace))
+             .get("stableVersion") == "churn-v2" and s.get("phase") == "Healthy", timeout=120,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    assert holder(cluster, namespace) == "replica-b"
