@@ -1,9 +1,14 @@
 """Verdicts from measurements: what one measurement says, and what a run of them means.
 
 Outcomes of one check: ``success`` (within min/max), ``failure`` (outside), ``inconclusive`` (no data:
-no traffic, too few labels) and ``error`` (Prometheus unreachable or the query refused). A measurement
-combines its checks with the worst decisive outcome first: failure > error > inconclusive > success.
-``dryRun`` checks are recorded but never decide.
+no traffic), ``error`` (Prometheus unreachable or the query refused) and ``waiting`` (a check that needs
+labels has fewer than ``minLabels`` yet: the evidence is on its way, so the step waits for it instead of
+pausing for a person). A measurement combines its checks with the worst outcome first:
+failure > error > inconclusive > waiting > success. ``dryRun`` checks are recorded but never decide.
+
+A waiting check stops waiting when its ``labelTimeout`` (counted from the start of the step) has passed:
+it is then ``inconclusive`` (``resolve_waiting``). Without a ``labelTimeout`` it waits until the
+Rollout's ``progressDeadline`` ends the rollout. A waiting measurement is never tallied.
 
 What a run decides (``judge_run``):
 - ``failureLimit`` failures are tolerated and one more aborts: measured every ``interval`` from the
@@ -24,11 +29,12 @@ from typing import Any, Literal
 from noria.deployment.checks import Observed
 from noria.deployment.spec import AnalysisSpec, CheckSpec
 
-Outcome = Literal["success", "failure", "error", "inconclusive"]
+Outcome = Literal["success", "failure", "error", "inconclusive", "waiting"]
 RunVerdict = Literal["continue", "abort", "pause"]
-SEVERITY: dict[str, int] = {"success": 0, "inconclusive": 1, "error": 2, "failure": 3}
+SEVERITY: dict[str, int] = {"success": 0, "waiting": 1, "inconclusive": 2, "error": 3, "failure": 4}
 # How status spells outcomes (the CRD's words for `kubectl describe`).
-DISPLAY: dict[str, str] = {"success": "Successful", "failure": "Failed", "error": "Error", "inconclusive": "Inconclusive"}
+DISPLAY: dict[str, str] = {"success": "Successful", "failure": "Failed", "error": "Error", "inconclusive": "Inconclusive",
+                           "waiting": "Waiting"}
 FROM_DISPLAY: dict[str, str] = {v: k for k, v in DISPLAY.items()}
 
 
@@ -53,6 +59,8 @@ def judge_check(check: CheckSpec, observed: Observed | Exception) -> CheckResult
     if isinstance(observed, Exception):
         return CheckResult(check.name, "error", None, str(observed)[:300], check.dry_run)
     value = observed.value
+    if observed.waiting:
+        return CheckResult(check.name, "waiting", None, observed.detail or "waiting for labels", check.dry_run)
     if value is None or math.isnan(value):
         return CheckResult(check.name, "inconclusive", None, observed.detail or "no data", check.dry_run)
     bounds = []
@@ -74,13 +82,32 @@ def combine(results: Iterable[CheckResult]) -> Outcome:
     return max(deciding, key=lambda o: SEVERITY[o])
 
 
+def resolve_waiting(results: Iterable[CheckResult], checks: Iterable[CheckSpec], waited: float) -> tuple[CheckResult, ...]:
+    """A waiting check whose ``labelTimeout`` has passed (``waited`` seconds since the step began) is
+    inconclusive from then on: the labels did not come in time. Without a ``labelTimeout`` it keeps
+    waiting (the Rollout's progressDeadline bounds it)."""
+    timeouts = {c.name: c.label_timeout for c in checks}
+    out = []
+    for r in results:
+        timeout = timeouts.get(r.name)
+        if r.outcome == "waiting" and timeout is not None and waited >= timeout:
+            r = replace(r, outcome="inconclusive", message=f"{r.message}; labelTimeout {timeout:g}s passed")
+        out.append(r)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Tallies:
+    """Counters of one analysis run (a candidate's rollout, or a rollbackWindow after promotion).
+    ``consecutive_successes`` is the current streak: the step machine restarts it when the candidate's
+    traffic changes or an analysis step begins, so it counts evidence about what is in place now."""
+
     passed: int = 0
     failed: int = 0
     errors: int = 0
     inconclusive: int = 0
     consecutive_errors: int = 0
+    consecutive_successes: int = 0
 
     @classmethod
     def from_status(cls, raw: Mapping[str, Any] | None) -> Tallies:
@@ -91,26 +118,39 @@ class Tallies:
             errors=int(raw.get("errors", 0)),
             inconclusive=int(raw.get("inconclusive", 0)),
             consecutive_errors=int(raw.get("consecutiveErrors", 0)),
+            consecutive_successes=int(raw.get("consecutiveSuccesses", 0)),
         )
 
     def to_status(self) -> dict[str, int]:
         return {"passed": self.passed, "failed": self.failed, "errors": self.errors,
-                "inconclusive": self.inconclusive, "consecutiveErrors": self.consecutive_errors}
+                "inconclusive": self.inconclusive, "consecutiveErrors": self.consecutive_errors,
+                "consecutiveSuccesses": self.consecutive_successes}
 
     def record(self, outcome: Outcome, spec: AnalysisSpec) -> Tallies:
+        """Count one measurement. A waiting one counts nowhere: it is no evidence either way."""
+        if outcome == "waiting":
+            return self
         if outcome == "success":
-            return replace(self, passed=self.passed + 1, consecutive_errors=0)
+            return replace(self, passed=self.passed + 1, consecutive_errors=0,
+                           consecutive_successes=self.consecutive_successes + 1)
         if outcome == "failure":
-            return replace(self, failed=self.failed + 1, consecutive_errors=0)
+            return replace(self, failed=self.failed + 1, consecutive_errors=0, consecutive_successes=0)
         if outcome == "error":
-            return replace(self, errors=self.errors + 1, consecutive_errors=self.consecutive_errors + 1)
+            return replace(self, errors=self.errors + 1, consecutive_errors=self.consecutive_errors + 1,
+                           consecutive_successes=0)
         if spec.inconclusive == "fail":
-            return replace(self, inconclusive=self.inconclusive + 1, failed=self.failed + 1, consecutive_errors=0)
-        return replace(self, inconclusive=self.inconclusive + 1, consecutive_errors=0)
+            return replace(self, inconclusive=self.inconclusive + 1, failed=self.failed + 1, consecutive_errors=0,
+                           consecutive_successes=0)
+        return replace(self, inconclusive=self.inconclusive + 1, consecutive_errors=0, consecutive_successes=0)
+
+    def restart_streak(self) -> Tallies:
+        return replace(self, consecutive_successes=0)
 
 
 def judge_run(tallies: Tallies, outcome: Outcome, spec: AnalysisSpec) -> tuple[RunVerdict, str]:
-    """What the run means after ``outcome`` was recorded into ``tallies``."""
+    """What the run means after ``outcome`` was recorded into ``tallies``. ``continue`` only means the
+    run goes on: whether a step may raise traffic is the step machine's gate, which asks for the
+    latest measurement to be a success (errors within ``consecutiveErrorLimit`` hold, never promote)."""
     if tallies.failed > spec.failure_limit:
         return "abort", f"analysis failed {tallies.failed} time(s), failureLimit is {spec.failure_limit}"
     if tallies.consecutive_errors > spec.consecutive_error_limit:
