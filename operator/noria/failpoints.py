@@ -1,6 +1,8 @@
 """Crash points for tests only: ``hit(name)`` kills the process on the spot when asked to.
 
-The Rollout pass calls ``hit("<name>")`` right after each of its side effects (see ``NAMES``). When
+The Rollout pass calls ``hit("<name>")`` right after each of its side effects (see ``NAMES``) -- only
+when that step changed something, so an operator started with a point armed runs quietly until the
+pass that really does that step (a test arms one, then annotates abort or promote). When
 the environment variable ``NORIA_FAILPOINT`` equals that name, the process exits at once with
 ``os._exit(137)`` -- the exit code of a SIGKILL, with no cleanup, no finally blocks and no flushed
 buffers, exactly as if the node had died there. The crash-point integration test starts an operator

@@ -312,12 +312,14 @@ def stage_patch(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, tr
     return patch
 
 
-async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, traffic: int, at: dt.datetime) -> bool:
-    """Write one stage change with the ModelVersion's observed resourceVersion; False when it changed
-    since (its fresh copy goes into the cache, and the next pass decides again)."""
+async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, traffic: int,
+                 at: dt.datetime) -> bool | None:
+    """Write one stage change with the ModelVersion's observed resourceVersion. True: written; None:
+    nothing to write; False: it changed since (its fresh copy goes into the cache, and the next pass
+    decides again)."""
     patch = stage_patch(mv, rollout, stage, reason, traffic, at)
     if patch is None:
-        return True
+        return None
     meta = mv["metadata"]
     cache = state().model_versions
     try:
@@ -366,6 +368,8 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
               observed_status: Mapping[str, Any] | None = None) -> Outcome:
     """Carry out ``plan`` in the durable order (module docstring). ``kube.Conflict`` from the Rollout
     writes propagates: the caller drops the pass and re-observes."""
+    # Each crash point fires only after a step that changed something: an operator started with one
+    # armed runs quietly until the pass that does that step for real.
     ref, spec = obs.rollout, obs.spec
     ns = ref.namespace
     rv = rollout["metadata"].get("resourceVersion")
@@ -375,7 +379,9 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
     if spec is not None:
         provider = make_provider(ref, spec, _model_name(obs), settings)
         await provider.ensure()
-        fp.hit(fp.PROVIDER_ENSURED)
+        if int(obs.status.get("observedGeneration") or -1) != obs.generation:
+            fp.hit(fp.PROVIDER_ENSURED)  # a new or edited spec: the provider's objects may have changed
+        scaled = False
         for version, replicas in plan.replicas.items():
             mv = obs.model_versions.get(version)
             if mv is None:
@@ -387,10 +393,13 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
                                                     spec.feedback_token))
             await apply(objects.version_service(ref, (mv.get("spec") or {}).get("pipeline", ""), version))
             pods = obs.pods.get(version)
+            scaled = scaled or pods is None or pods.replicas != replicas
             if pods is not None and pods.scale_down_at is not None:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
                                  {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: None}}})
-        fp.hit(fp.REPLICAS_APPLIED)
+                scaled = True
+        if scaled:
+            fp.hit(fp.REPLICAS_APPLIED)
         if plan.preview:
             pipeline = ((obs.model_versions.get(plan.preview) or {}).get("spec") or {}).get("pipeline", "")
             await apply(objects.preview_service(ref, pipeline, plan.preview))
@@ -399,18 +408,22 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
         if plan.weights is not None:
             if await provider.set_weights(plan.weights, plan.mirror):
                 log.info("rollout %s/%s: traffic %s mirror %s", ns, ref.name, plan.weights, plan.mirror)
-        fp.hit(fp.TRAFFIC_SET)
+                fp.hit(fp.TRAFFIC_SET)
+        stamped = False
         for version, deadline in plan.scale_down.items():
             pods = obs.pods.get(version)
             if pods is not None and pods.scale_down_at != deadline:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
                                  {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: c.now_iso(deadline)}}})
-        fp.hit(fp.SCALE_DOWN_STAMPED)
+                stamped = True
+        if stamped:
+            fp.hit(fp.SCALE_DOWN_STAMPED)
         for version in plan.delete:
             await kube.delete("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns)
             await kube.delete("v1", "Service", objects.version_object_name(ref.name, version), ns)
             forget_service(ns, objects.version_object_name(ref.name, version))
-        fp.hit(fp.DELETED)
+        if plan.delete:
+            fp.hit(fp.DELETED)
     # The verdict is durable from here on: status first, then the ModelVersions that follow from it.
     patch = status_patch(obs.status if observed_status is None else observed_status, plan.status)
     if patch:
@@ -421,9 +434,11 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
     for change in plan.stage_changes:
         mv = obs.model_versions.get(change.version)
         if mv is not None:
-            if not await _stage(mv, ref.name, change.stage, change.reason, change.traffic, obs.now):
+            written = await _stage(mv, ref.name, change.stage, change.reason, change.traffic, obs.now)
+            if written is False:
                 outcome.stale_model_versions = True
-            fp.hit(fp.STAGE_WRITTEN)
+            elif written:
+                fp.hit(fp.STAGE_WRITTEN)
     for type_, reason, message in plan.events:
         await kube.post_event(rollout, type_, reason, message)
     if plan.events:
