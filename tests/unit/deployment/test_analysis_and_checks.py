@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from noria.deployment.analysis import Tallies, combine, judge_check, judge_run
+from noria.deployment.analysis import Tallies, combine, judge_check, judge_run, resolve_waiting
 from noria.deployment.checks import CheckContext, Observed, queries_for, reduce
 from noria.deployment.spec import AnalysisSpec, CheckSpec
 from noria.prometheus import PrometheusError, Sample
@@ -15,63 +15,110 @@ CTX = CheckContext(namespace="ml", rollout="churn", pipeline="churn", version="c
                    window=30.0)
 
 
-def test_value_outside_bounds_fails_and_inside_succeeds():
-    check = CheckSpec(name="errorRate", builtin="errorRate", max=0.01)
-    assert judge_check(check, Observed(0.2)).outcome == "failure"
-    assert judge_check(check, Observed(0.0)).outcome == "success"
+# --- analysis: one check's outcome, a measurement's outcome, what a run of them means ---------------
+BOUNDED = CheckSpec(name="errorRate", builtin="errorRate", max=0.01)
+LABELLED = CheckSpec(name="accuracy", builtin="accuracy", min=0.8, min_labels=100, label_timeout=300.0)
 
 
-def test_no_data_is_inconclusive_and_unreachable_prometheus_is_an_error():
-    check = CheckSpec(name="errorRate", builtin="errorRate", max=0.01)
-    assert judge_check(check, Observed(None, "no requests")).outcome == "inconclusive"
-    assert judge_check(check, Observed(math.nan)).outcome == "inconclusive"
-    assert judge_check(check, PrometheusError("down")).outcome == "error"
+@pytest.mark.parametrize(("check", "observed", "outcome"), [
+    pytest.param(BOUNDED, Observed(0.2), "failure", id="outside the bounds: failure"),
+    pytest.param(BOUNDED, Observed(0.0), "success", id="within the bounds: success"),
+    pytest.param(BOUNDED, Observed(None, "no requests"), "inconclusive", id="no data: inconclusive"),
+    pytest.param(BOUNDED, Observed(math.nan), "inconclusive", id="NaN: inconclusive"),
+    pytest.param(BOUNDED, PrometheusError("down"), "error", id="Prometheus unreachable: error"),
+    pytest.param(LABELLED, Observed(None, "37 of 100 labels", waiting=True), "waiting",
+                 id="fewer labels than minLabels: waiting, not inconclusive"),
+])
+def test_judge_check(check, observed, outcome):
+    assert judge_check(check, observed).outcome == outcome
 
 
-def test_dry_run_checks_never_decide_and_nothing_deciding_is_not_a_pass():
-    bad = judge_check(CheckSpec(name="x", query="q", max=1, dry_run=True), Observed(5))
-    good = judge_check(CheckSpec(name="y", query="q", max=1), Observed(0))
-    assert bad.outcome == "failure"
-    assert combine([bad, good]) == "success"
-    assert combine([bad]) == "inconclusive"
+def result(name: str, observed, dry_run: bool = False):
+    return judge_check(CheckSpec(name=name, query="q", max=1, dry_run=dry_run), observed)
 
 
-def test_failure_outranks_error_outranks_inconclusive():
-    f = judge_check(CheckSpec(name="f", query="q", max=1), Observed(2))
-    e = judge_check(CheckSpec(name="e", query="q", max=1), PrometheusError("x"))
-    i = judge_check(CheckSpec(name="i", query="q", max=1), Observed(None))
-    assert combine([i, e, f]) == "failure" and combine([i, e]) == "error" and combine([i]) == "inconclusive"
+FAIL, ERR, NODATA, OK = Observed(2), PrometheusError("x"), Observed(None), Observed(0)
+WAITS = Observed(None, "3 of 100 labels", waiting=True)
 
 
-def test_one_failure_more_than_the_limit_aborts():
-    spec = AnalysisSpec(failure_limit=2)
-    t = Tallies()
-    for _ in range(2):
-        t = t.record("failure", spec)
-        assert judge_run(t, "failure", spec)[0] == "continue"
-    t = t.record("failure", spec)
-    assert judge_run(t, "failure", spec)[0] == "abort"
+@pytest.mark.parametrize(("observed", "outcome"), [
+    pytest.param([NODATA, ERR, FAIL], "failure", id="failure outranks everything"),
+    pytest.param([NODATA, ERR], "error", id="error outranks inconclusive"),
+    pytest.param([WAITS, NODATA], "inconclusive", id="inconclusive outranks waiting"),
+    pytest.param([OK, WAITS], "waiting", id="one check waiting: the measurement waits"),
+    pytest.param([OK, OK], "success", id="all within bounds: success"),
+    pytest.param([], "inconclusive", id="nothing deciding is never a pass"),
+])
+def test_combine(observed, outcome):
+    assert combine([result(f"c{i}", o) for i, o in enumerate(observed)]) == outcome
 
 
-def test_errors_abort_only_when_consecutive():
-    spec = AnalysisSpec(consecutive_error_limit=2)
-    t = Tallies().record("error", spec).record("error", spec).record("success", spec).record("error", spec)
-    assert judge_run(t, "error", spec)[0] == "continue"
-    t = t.record("error", spec).record("error", spec)
-    assert judge_run(t, "error", spec)[0] == "abort"
+def test_dry_run_checks_are_recorded_but_never_decide():
+    bad, good = result("x", FAIL, dry_run=True), result("y", OK)
+    assert bad.outcome == "failure" and combine([bad, good]) == "success" and combine([bad]) == "inconclusive"
 
 
-def test_inconclusive_pauses_or_fails_as_configured():
-    assert judge_run(Tallies().record("inconclusive", AnalysisSpec()), "inconclusive", AnalysisSpec())[0] == "pause"
-    strict = AnalysisSpec(inconclusive="fail")
-    assert judge_run(Tallies().record("inconclusive", strict), "inconclusive", strict)[0] == "abort"
+def run(outcomes: str, spec: AnalysisSpec) -> tuple[Tallies, str]:
+    """Record outcomes (s=success f=failure e=error i=inconclusive w=waiting) and judge the last one."""
+    names = {"s": "success", "f": "failure", "e": "error", "i": "inconclusive", "w": "waiting"}
+    tallies, verdict = Tallies(), "continue"
+    for letter in outcomes:
+        tallies = tallies.record(names[letter], spec)  # type: ignore[arg-type]
+        verdict = judge_run(tallies, names[letter], spec)[0]  # type: ignore[arg-type]
+    return tallies, verdict
+
+
+@pytest.mark.parametrize(("outcomes", "spec", "verdict"), [
+    pytest.param("ff", AnalysisSpec(failure_limit=2), "continue", id="failures up to failureLimit: continue"),
+    pytest.param("fff", AnalysisSpec(failure_limit=2), "abort", id="one failure past failureLimit: abort"),
+    pytest.param("f", AnalysisSpec(), "abort", id="default failureLimit 0: the first failure aborts"),
+    pytest.param("eese", AnalysisSpec(consecutive_error_limit=2), "continue",
+                 id="errors interrupted by a success: continue"),
+    pytest.param("eee", AnalysisSpec(consecutive_error_limit=2), "abort",
+                 id="errors past consecutiveErrorLimit in a row: abort"),
+    pytest.param("i", AnalysisSpec(), "pause", id="inconclusive: pause for a person"),
+    pytest.param("i", AnalysisSpec(inconclusive="fail"), "abort", id="inconclusive: fail counts as a failure"),
+    pytest.param("w", AnalysisSpec(), "continue", id="waiting: neither pause nor failure"),
+])
+def test_judge_run(outcomes, spec, verdict):
+    assert run(outcomes, spec)[1] == verdict
+
+
+@pytest.mark.parametrize(("outcomes", "streak", "passed"), [
+    pytest.param("sss", 3, 3, id="successes build the streak"),
+    pytest.param("sse", 0, 2, id="an error breaks it"),
+    pytest.param("ssf", 0, 2, id="a failure breaks it"),
+    pytest.param("ssi", 0, 2, id="an inconclusive breaks it"),
+    pytest.param("swsw", 2, 2, id="waiting neither counts nor breaks: no evidence either way"),
+])
+def test_success_streak(outcomes, streak, passed):
+    tallies = run(outcomes, AnalysisSpec(failure_limit=5))[0]
+    assert (tallies.consecutive_successes, tallies.passed) == (streak, passed)
+    assert tallies.restart_streak().consecutive_successes == 0
+
+
+def test_waiting_is_never_tallied():
+    assert run("www", AnalysisSpec())[0] == Tallies()
+
+
+@pytest.mark.parametrize(("check", "waited", "outcome"), [
+    pytest.param(LABELLED, 299.0, "waiting", id="within labelTimeout: still waiting"),
+    pytest.param(LABELLED, 300.0, "inconclusive", id="labelTimeout passed: inconclusive"),
+    pytest.param(CheckSpec(name="accuracy", builtin="accuracy", min=0.8, min_labels=100), 86400.0, "waiting",
+                 id="no labelTimeout: waits (the progressDeadline bounds it)"),
+])
+def test_resolve_waiting(check, waited, outcome):
+    waiting = judge_check(check, WAITS)
+    (resolved,) = resolve_waiting([waiting], [check], waited)
+    assert resolved.outcome == outcome
 
 
 def test_tallies_round_trip_through_status():
-    t = Tallies(passed=3, failed=1, errors=2, inconclusive=1, consecutive_errors=1)
+    t = Tallies(passed=3, failed=1, errors=2, inconclusive=1, consecutive_errors=1, consecutive_successes=2)
     assert Tallies.from_status(t.to_status()) == t
 
 
+# --- checks: PromQL and reductions ----------------------------------------------------------------
 def test_error_rate_query_selects_the_version_and_5xx():
     q = queries_for(CheckSpec(name="e", builtin="errorRate", max=0.01), CTX)
     assert 'version="churn-v7"' in q["errors"] and 'code=~"5.."' in q["errors"] and "[30s]" in q["total"]

@@ -24,40 +24,44 @@ def test_bad_durations_name_the_field(bad):
         parse_duration(bad, "pause")
 
 
-def test_canary_plan_appends_the_switch_and_applies_weights_in_order():
-    s = parse_rollout_spec(spec(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "1m"}},
-                                                  {"setWeight": 50}, {"pause": {}}]}))
-    steps = plan_steps(s)
-    assert steps == (Step("setWeight", weight=10), Step("pause", duration=60.0), Step("setWeight", weight=50),
-                     Step("pause", duration=None), Step("switch"))
-    assert [traffic_at(steps, i).weight for i in range(len(steps))] == [10, 10, 50, 50, 100]
+CHECKED = {"analysis": {"checks": [{"builtin": "errorRate", "max": "0.01"}]}}
 
 
-def test_a_100_percent_step_is_the_switch_and_ends_the_plan():
-    s = parse_rollout_spec(spec(canary={"steps": [{"setWeight": 20}, {"setWeight": 100}, {"pause": {}}]}))
-    assert plan_steps(s)[-1] == Step("switch") and len(plan_steps(s)) == 2
-
-
-def test_blue_green_previews_then_waits_for_promotion_without_auto_promotion():
-    s = parse_rollout_spec({**spec(blueGreen={"prePromotionAnalysis": {}}),
-                            "analysis": {"checks": [{"builtin": "errorRate", "max": "0.01"}]}})
-    steps = plan_steps(s)
-    assert [x.kind for x in steps] == ["preview", "analysis", "pause", "switch"]
-    assert steps[2].duration is None
-    assert traffic_at(steps, 1) == Traffic(weight=0, preview=True)
-
-
-def test_shadow_mirrors_without_user_traffic_until_the_switch():
-    s = parse_rollout_spec({**spec(shadow={"mirrorPercent": 50, "duration": "1m", "promote": "automatic"}),
-                            "analysis": {"checks": [{"builtin": "shadowAgreement", "min": "0.95"}]}})
-    steps = plan_steps(s)
-    assert [x.kind for x in steps] == ["mirror", "pause", "analysis", "switch"]
-    assert traffic_at(steps, 2) == Traffic(weight=0, mirror_percent=50)
-    assert traffic_at(steps, 3) == Traffic(weight=100)
-
-
-def test_immediate_is_one_switch():
-    assert plan_steps(parse_rollout_spec(spec(immediate={}))) == (Step("switch"),)
+@pytest.mark.parametrize(("body", "steps", "traffic"), [
+    pytest.param(spec(canary={"steps": [{"setWeight": 10}, {"pause": {"duration": "1m"}}, {"setWeight": 50},
+                                        {"pause": {}}]}),
+                 (Step("setWeight", weight=10), Step("pause", duration=60.0), Step("setWeight", weight=50),
+                  Step("pause", duration=None), Step("switch")),
+                 [Traffic(10), Traffic(10), Traffic(50), Traffic(50), Traffic(100)],
+                 id="canary: the user's steps, then the implied switch; weights apply in order"),
+    pytest.param(spec(canary={"steps": [{"setWeight": 20}, {"setWeight": 100}, {"pause": {}}]}),
+                 (Step("setWeight", weight=20), Step("switch")), [Traffic(20), Traffic(100)],
+                 id="canary: a 100% step is the switch and ends the plan"),
+    pytest.param({**spec(canary={"steps": [{"setWeight": 20}, {"analysis": {"count": 3}}]}), **CHECKED},
+                 (Step("setWeight", weight=20), Step("analysis", count=3), Step("switch")),
+                 [Traffic(20), Traffic(20), Traffic(100)],
+                 id="canary: an analysis step carries its count"),
+    pytest.param({**spec(blueGreen={"prePromotionAnalysis": {}}), **CHECKED},
+                 (Step("preview"), Step("analysis"), Step("pause", duration=None), Step("switch")),
+                 [Traffic(preview=True), Traffic(preview=True), Traffic(preview=True), Traffic(100)],
+                 id="blueGreen without autoPromotionAfter: preview, analysis, wait for a person, switch"),
+    pytest.param(spec(blueGreen={"autoPromotionAfter": "10m"}),
+                 (Step("preview"), Step("pause", duration=600.0), Step("switch")),
+                 [Traffic(preview=True), Traffic(preview=True), Traffic(100)],
+                 id="blueGreen with autoPromotionAfter: a timed pause"),
+    pytest.param({**spec(shadow={"mirrorPercent": 50, "duration": "1m", "promote": "automatic"}), **CHECKED},
+                 (Step("mirror", mirror_percent=50), Step("pause", duration=60.0), Step("analysis"), Step("switch")),
+                 [Traffic(mirror_percent=50), Traffic(mirror_percent=50), Traffic(mirror_percent=50), Traffic(100)],
+                 id="shadow: mirrored, no user traffic until the switch"),
+    pytest.param(spec(shadow={}), (Step("mirror", mirror_percent=100), Step("pause", duration=None), Step("switch")),
+                 [Traffic(mirror_percent=100), Traffic(mirror_percent=100), Traffic(100)],
+                 id="shadow: manual promotion by default"),
+    pytest.param(spec(immediate={}), (Step("switch"),), [Traffic(100)], id="immediate: one switch"),
+])
+def test_plan_steps_and_traffic(body, steps, traffic):
+    planned = plan_steps(parse_rollout_spec(body))
+    assert planned == steps
+    assert [traffic_at(planned, i) for i in range(len(planned))] == traffic
 
 
 @pytest.mark.parametrize("body,field", [
