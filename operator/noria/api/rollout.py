@@ -8,7 +8,7 @@ Argo Rollouts also has a kind Rollout; ours is ``rollouts.noria.dev``: use
 from __future__ import annotations
 
 import re
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -58,7 +58,16 @@ GATEWAY_CONFIG_MESSAGE: Final = "provider gatewayAPI needs gatewayAPI.httpRoute"
 CHECK_KIND_MESSAGE: Final = "an analysis check sets exactly one of builtin or query"
 CHECK_NAME_MESSAGE: Final = "a query check needs a name"
 CHECK_BOUND_MESSAGE: Final = "an analysis check needs min or max"
-ANALYSIS_NEEDED_MESSAGE: Final = "an analysis step or prePromotionAnalysis needs spec.analysis.checks"
+ANALYSIS_NEEDED_MESSAGE: Final = (
+    "an analysis step or prePromotionAnalysis needs spec.analysis.checks (an analysis with no checks would pass on"
+    " no data)"
+)
+LATENCY_CHECKS: Final = ("latencyP50", "latencyP95", "latencyP99")
+LABEL_CHECKS: Final = ("accuracy", "f1")  # read feedback labels
+DEFAULT_MIN_LABELS: Final = 100  # labels a label check waits for when minLabels is unset
+DURATION_BOUND_MESSAGE: Final = (
+    "a duration bound such as \"250ms\" is for latencyP50/P95/P99 only; write other bounds as decimals, e.g. \"0.01\""
+)
 SECRET_KEY_RE: Final = r"^[-._a-zA-Z0-9]+$"
 SECRET_KEY_MESSAGE: Final = "must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
 SECRET_KEY_MAX: Final = 253
@@ -66,6 +75,14 @@ SECRET_KEY_MAX: Final = 253
 BuiltinCheck = Literal[
     "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift", "predictionDrift"
 ]
+
+
+def _exactly_one(data: Any, keys: tuple[str, ...], message: str) -> Any:
+    """A one-of rule, judged on the input before its parts are (as the API server's CEL rule sees
+    ``has()``): two strategies are refused as such even when one of them is also malformed."""
+    if isinstance(data, dict) and sum(data.get(k) is not None for k in keys) != 1:
+        raise ValueError(message)
+    return data
 
 
 class Source(NoriaModel):
@@ -92,11 +109,10 @@ class Source(NoriaModel):
         ),
     )
 
-    @model_validator(mode="after")
-    def _one_of(self) -> Source:
-        if (self.pipeline is None) == (self.model_version is None):
-            raise ValueError(SOURCE_ONE_MESSAGE)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        return _exactly_one(data, ("pipeline", "modelVersion", "model_version"), SOURCE_ONE_MESSAGE)
 
 
 class Pause(NoriaModel):
@@ -139,11 +155,10 @@ class CanaryStep(NoriaModel):
     pause: Pause | None = Field(default=None, description="Wait, for a duration or until promoted.")
     analysis: StepAnalysis | None = Field(default=None, description="Run the analysis checks before going on.")
 
-    @model_validator(mode="after")
-    def _one_of(self) -> CanaryStep:
-        if sum(x is not None for x in (self.set_weight, self.pause, self.analysis)) != 1:
-            raise ValueError(STEP_ONE_MESSAGE)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        return _exactly_one(data, ("setWeight", "set_weight", "pause", "analysis"), STEP_ONE_MESSAGE)
 
 
 class Canary(NoriaModel):
@@ -228,11 +243,10 @@ class Strategy(NoriaModel):
     shadow: Shadow | None = Field(default=None, description="Mirror and compare, then promote or discard.")
     immediate: Immediate | None = Field(default=None, description="Switch when ready.")
 
-    @model_validator(mode="after")
-    def _one_of(self) -> Strategy:
-        if sum(getattr(self, f) is not None for f in ("canary", "blue_green", "shadow", "immediate")) != 1:
-            raise ValueError(STRATEGY_ONE_MESSAGE)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        return _exactly_one(data, ("canary", "blueGreen", "blue_green", "shadow", "immediate"), STRATEGY_ONE_MESSAGE)
 
     @property
     def name(self) -> str:
@@ -254,6 +268,12 @@ class Check(NoriaModel):
             cel("has(self.builtin) != has(self.query)", CHECK_KIND_MESSAGE),
             cel("!has(self.query) || has(self.name)", CHECK_NAME_MESSAGE, field_path=".name", reason="FieldValueRequired"),
             cel("has(self.min) || has(self.max)", CHECK_BOUND_MESSAGE),
+            cel(
+                "(has(self.builtin) && self.builtin.startsWith('latency'))"
+                " || ((!has(self.min) || type(self.min) == int || !self.min.endsWith('s'))"
+                " && (!has(self.max) || type(self.max) == int || !self.max.endsWith('s')))",
+                DURATION_BOUND_MESSAGE,
+            ),
         )
     }
 
@@ -276,7 +296,8 @@ class Check(NoriaModel):
         default=None,
         ge=1,
         description=(
-            "accuracy/f1: labels needed before the check judges. With fewer, the step waits for labels (no"
+            "Labels needed before the check judges (default 100 for accuracy and f1, which read feedback labels;"
+            " with it any check waits for that many labels of the new version). With fewer, the step waits (no"
             " pause, no promotion) until labelTimeout has passed, then the measurement is inconclusive."
         ),
     )
@@ -314,6 +335,8 @@ class Check(NoriaModel):
             raise ValueError(CHECK_NAME_MESSAGE)
         if self.min is None and self.max is None:
             raise ValueError(CHECK_BOUND_MESSAGE)
+        if self.builtin not in LATENCY_CHECKS and any(isinstance(b, str) and b.endswith("s") for b in (self.min, self.max)):
+            raise ValueError(DURATION_BOUND_MESSAGE)
         return self
 
     @property

@@ -1,28 +1,40 @@
-"""The Rollout spec as the deployment code reads it: frozen dataclasses parsed from Kopf's dicts.
+"""The Rollout spec as the deployment code reads it: frozen dataclasses built from the API model.
 
-The API server already validates the shape (CRD schema from ``noria.api``); this parse repeats the
-checks the decisions rely on, so a bad spec ends as one clear message in status instead of a
-KeyError deep in a handler (and unit tests can feed plain dicts).
+A spec is read once, by ``noria.api.RolloutSpec`` (the model the CRD is generated from), so its
+defaults and rules are defined in one place and the operator refuses exactly what the API server
+and ``python -m noria.api.validate`` refuse. The dataclasses below are what the decisions use:
+durations in seconds, bounds as floats, defaults filled in. A spec the model refuses (a CRD older
+or newer than the operator, a hand-written dict in a test) raises ``RolloutSpecError`` naming the
+field, which ends as one clear condition in status instead of a KeyError deep in a handler.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from noria.deployment.durations import parse_duration
+from pydantic import BaseModel, ValidationError
+
+from noria.api import rollout as api
+from noria.api.common import decimal
+from noria.api.resources import field_path
+from noria.deployment.durations import seconds
 
 STRATEGIES = ("canary", "blueGreen", "shadow", "immediate")
-PROVIDERS = ("router", "gatewayAPI", "service")
-BUILTIN_CHECKS = ("errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift",
-                  "predictionDrift")
-LATENCY_CHECKS = ("latencyP50", "latencyP95", "latencyP99")
-
-DEFAULT_SCALE_DOWN_DELAY = 30.0
-DEFAULT_PROGRESS_DEADLINE = 600.0  # seconds, as Argo Rollouts' progressDeadlineSeconds
+PROVIDERS: tuple[str, ...] = get_args(api.Traffic.model_fields["provider"].annotation)
+BUILTIN_CHECKS: tuple[str, ...] = get_args(api.BuiltinCheck)
+LATENCY_CHECKS = api.LATENCY_CHECKS
 StrategyName = Literal["canary", "blueGreen", "shadow", "immediate"]
+
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    """The default of a field of the API model: the one place defaults are written."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+DEFAULT_SCALE_DOWN_DELAY = 30.0  # seconds; the API leaves scaleDownDelay unset, this is what unset means
+DEFAULT_PROGRESS_DEADLINE = seconds(_default(api.RolloutSpec, "progress_deadline"))
 
 
 class RolloutSpecError(ValueError):
@@ -55,10 +67,10 @@ class CheckSpec:
 
 @dataclass(frozen=True)
 class AnalysisSpec:
-    interval: float = 60.0
-    failure_limit: int = 0  # failed measurements tolerated; one more aborts
-    consecutive_error_limit: int = 4  # errors in a row tolerated; one more aborts
-    inconclusive: str = "pause"  # pause | fail
+    interval: float = seconds(_default(api.AnalysisSpec, "interval"))
+    failure_limit: int = _default(api.AnalysisSpec, "failure_limit")  # failed measurements tolerated; one more aborts
+    consecutive_error_limit: int = _default(api.AnalysisSpec, "consecutive_error_limit")  # errors in a row tolerated
+    inconclusive: str = _default(api.AnalysisSpec, "inconclusive")  # pause | fail
     checks: tuple[CheckSpec, ...] = ()
 
     @property
@@ -73,18 +85,6 @@ class SecretKeyRef:
 
     name: str
     key: str = "token"
-
-
-def parse_secret_key_ref(raw: Any, where: str) -> SecretKeyRef | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not raw["name"]:
-        raise RolloutSpecError(f"{where}.name: name the Secret holding the token, e.g. {{name: churn-feedback, "
-                               f"key: token}}")
-    key = raw.get("key", "token")
-    if not isinstance(key, str) or not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key):
-        raise RolloutSpecError(f"{where}.key: {key!r} is not a Secret data key (letters, digits, '-', '_', '.')")
-    return SecretKeyRef(raw["name"], key)
 
 
 @dataclass(frozen=True)
@@ -121,182 +121,119 @@ class RolloutSpec:
         return DEFAULT_SCALE_DOWN_DELAY
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool):
-        raise RolloutSpecError(f"{where}: expected a number, got {value!r}")
+def _validated(model: type[BaseModel], raw: Any, where: str) -> Any:
+    """``raw`` read by the API model; RolloutSpecError naming each refused field (``where`` prefixed)."""
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RolloutSpecError(f"{where}: expected a number (numbers are written as strings), got {value!r}") from None
+        return model.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            path = field_path(e["loc"])
+            text = f"{where}.{path}" if path else where
+            problem = f"{text}: {e['msg'].removeprefix('Value error, ')}"
+            if problem not in problems:
+                problems.append(problem)
+        raise RolloutSpecError("; ".join(problems)) from None
 
 
-def _duration(value: Any, where: str) -> float:
-    try:
-        return parse_duration(value, where)
-    except ValueError as exc:
-        raise RolloutSpecError(str(exc)) from None
+def _optional_seconds(value: str | None) -> float | None:
+    return None if value is None else seconds(value)
 
 
-def _int(value: Any, where: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise RolloutSpecError(f"{where}: expected an integer, got {value!r}")
-    try:
-        out = int(value)
-    except ValueError:
-        raise RolloutSpecError(f"{where}: expected an integer, got {value!r}") from None
-    if lo is not None and out < lo or hi is not None and out > hi:
-        raise RolloutSpecError(f"{where}: {out} is outside [{lo}, {hi}]")
-    return out
+def _bound(value: int | str | None) -> float | None:
+    return None if value is None else float(decimal(value))
 
 
-def parse_canary_steps(raw: Any) -> tuple[CanaryStepSpec, ...]:
-    if not isinstance(raw, list):
-        raise RolloutSpecError("spec.strategy.canary.steps: expected a list of steps")
-    steps: list[CanaryStepSpec] = []
-    last_weight = 0
-    for i, step in enumerate(raw):
-        where = f"spec.strategy.canary.steps[{i}]"
-        if not isinstance(step, Mapping):
-            raise RolloutSpecError(f"{where}: expected setWeight, pause or analysis")
-        kinds = [k for k in ("setWeight", "pause", "analysis") if step.get(k) is not None]
-        if len(kinds) != 1:
-            raise RolloutSpecError(f"{where}: exactly one of setWeight, pause, analysis, got {sorted(step)}")
-        if kinds[0] == "setWeight":
-            weight = _int(step["setWeight"], f"{where}.setWeight", 0, 100)
-            if weight < last_weight:
-                raise RolloutSpecError(f"{where}.setWeight: weights must not decrease ({weight} after {last_weight})")
-            last_weight = weight
-            steps.append(CanaryStepSpec(set_weight=weight))
-        elif kinds[0] == "pause":
-            pause = step["pause"] or {}
-            duration = pause.get("duration") if isinstance(pause, Mapping) else pause
-            steps.append(CanaryStepSpec(
-                is_pause=True, pause=None if duration is None else _duration(duration, f"{where}.pause.duration")))
-        else:
-            analysis = step["analysis"] or {}
-            count = _int(analysis.get("count", 1), f"{where}.analysis.count", 1) if isinstance(analysis, Mapping) else 1
-            steps.append(CanaryStepSpec(analysis=True, analysis_count=count))
-    return tuple(steps)
+def _check(check: api.Check) -> CheckSpec:
+    return CheckSpec(
+        name=check.display_name,
+        builtin=check.builtin,
+        query=check.query,
+        min=_bound(check.min),
+        max=_bound(check.max),
+        min_labels=check.min_labels or 0,
+        window=_optional_seconds(check.window),
+        dry_run=check.dry_run,
+        method=check.method or "psi",
+        against=check.against or "reference",
+        label_timeout=_optional_seconds(check.label_timeout),
+    )
 
 
 def parse_check(raw: Any, i: int) -> CheckSpec:
-    where = f"spec.analysis.checks[{i}]"
-    if not isinstance(raw, Mapping):
-        raise RolloutSpecError(f"{where}: expected a mapping with builtin or query")
-    builtin, query = raw.get("builtin"), raw.get("query")
-    if bool(builtin) == bool(query):
-        raise RolloutSpecError(f"{where}: set exactly one of builtin or query")
-    if builtin and builtin not in BUILTIN_CHECKS:
-        raise RolloutSpecError(f"{where}.builtin: {builtin!r} is not one of {', '.join(BUILTIN_CHECKS)}")
-    lo = raw.get("min")
-    hi = raw.get("max")
-    if lo is None and hi is None:
-        raise RolloutSpecError(f"{where}: a check needs min or max")
-    if builtin in LATENCY_CHECKS:
-        hi_v = None if hi is None else _duration(hi, f"{where}.max")
-        lo_v = None if lo is None else _duration(lo, f"{where}.min")
-    else:
-        hi_v = None if hi is None else _number(hi, f"{where}.max")
-        lo_v = None if lo is None else _number(lo, f"{where}.min")
-    window = raw.get("window")
-    return CheckSpec(
-        name=str(raw.get("name") or builtin or f"check{i}"),
-        builtin=builtin,
-        query=query,
-        min=lo_v,
-        max=hi_v,
-        min_labels=_int(raw.get("minLabels") or 0, f"{where}.minLabels", 0),
-        window=None if window is None else _duration(window, f"{where}.window"),
-        dry_run=bool(raw.get("dryRun", False)),
-        method=str(raw.get("method", "psi")),
-        against=str(raw.get("against", "reference")),
-        label_timeout=None if raw.get("labelTimeout") is None else _duration(raw["labelTimeout"], f"{where}.labelTimeout"),
+    """One analysis check (``spec.analysis.checks[i]``)."""
+    return _check(_validated(api.Check, raw, f"spec.analysis.checks[{i}]"))
+
+
+def _analysis(analysis: api.AnalysisSpec | None) -> AnalysisSpec:
+    if analysis is None:
+        return AnalysisSpec()
+    return AnalysisSpec(
+        interval=seconds(analysis.interval) or 1.0,  # "0s" would spin: one measurement a second at most
+        failure_limit=analysis.failure_limit,
+        consecutive_error_limit=analysis.consecutive_error_limit,
+        inconclusive=analysis.inconclusive,
+        checks=tuple(_check(c) for c in analysis.checks),
     )
 
 
 def parse_analysis(raw: Any) -> AnalysisSpec:
-    raw = raw or {}
-    inconclusive = str(raw.get("inconclusive", "pause"))
-    if inconclusive not in ("pause", "fail"):
-        raise RolloutSpecError(f"spec.analysis.inconclusive: {inconclusive!r} is not pause or fail")
-    return AnalysisSpec(
-        interval=_duration(raw.get("interval", "1m"), "spec.analysis.interval") or 1.0,
-        failure_limit=_int(raw.get("failureLimit", 0), "spec.analysis.failureLimit", 0),
-        consecutive_error_limit=_int(raw.get("consecutiveErrorLimit", 4), "spec.analysis.consecutiveErrorLimit", 0),
-        inconclusive=inconclusive,
-        checks=tuple(parse_check(c, i) for i, c in enumerate(raw.get("checks") or [])),
+    """``spec.analysis`` (None or {} for the defaults)."""
+    return _analysis(_validated(api.AnalysisSpec, raw or {}, "spec.analysis"))
+
+
+def _canary_steps(canary: api.Canary) -> tuple[CanaryStepSpec, ...]:
+    steps = []
+    for step in canary.steps:
+        if step.set_weight is not None:
+            steps.append(CanaryStepSpec(set_weight=step.set_weight))
+        elif step.pause is not None:
+            steps.append(CanaryStepSpec(is_pause=True, pause=_optional_seconds(step.pause.duration)))
+        else:
+            assert step.analysis is not None  # the model allows exactly one of the three
+            steps.append(CanaryStepSpec(analysis=True, analysis_count=step.analysis.count or 1))
+    return tuple(steps)
+
+
+def parse_canary_steps(raw: Any) -> tuple[CanaryStepSpec, ...]:
+    """``spec.strategy.canary.steps``."""
+    return _canary_steps(_validated(api.Canary, {"steps": raw}, "spec.strategy.canary"))
+
+
+def from_model(model: api.RolloutSpec) -> RolloutSpec:
+    """The deployment code's view of a validated API model."""
+    strategy = model.strategy
+    kwargs: dict[str, Any] = {}
+    if strategy.canary is not None:
+        kwargs["canary_steps"] = _canary_steps(strategy.canary)
+    elif strategy.blue_green is not None:
+        kwargs["blue_green_auto_promotion_after"] = _optional_seconds(strategy.blue_green.auto_promotion_after)
+        kwargs["blue_green_scale_down_delay"] = _optional_seconds(strategy.blue_green.scale_down_delay)
+        kwargs["blue_green_pre_promotion_analysis"] = strategy.blue_green.pre_promotion_analysis is not None
+    elif strategy.shadow is not None:
+        kwargs["shadow_mirror_percent"] = strategy.shadow.mirror_percent
+        kwargs["shadow_duration"] = _optional_seconds(strategy.shadow.duration)
+        kwargs["shadow_promote"] = strategy.shadow.promote
+    traffic = model.traffic or api.Traffic()
+    token = model.feedback.token_secret_ref if model.feedback else None
+    return RolloutSpec(
+        pipeline=model.source.pipeline,
+        model_version=model.source.model_version,
+        replicas=model.replicas,
+        strategy=strategy.name,  # type: ignore[arg-type]
+        analysis=_analysis(model.analysis),
+        provider=traffic.provider,
+        http_route=traffic.gateway_api.http_route if traffic.gateway_api else None,
+        rollback_window=seconds(model.rollback_window) if model.rollback_window else 0.0,
+        scale_down_delay_seconds=_optional_seconds(model.scale_down_delay),
+        resources=model.resources.model_dump(mode="json", exclude_none=True) if model.resources else None,
+        prediction_log=model.prediction_log,
+        feedback_token=SecretKeyRef(token.name, token.key) if token else None,
+        progress_deadline=seconds(model.progress_deadline),
+        **kwargs,
     )
 
 
 def parse_rollout_spec(spec: Mapping[str, Any]) -> RolloutSpec:
-    """Parse a Rollout's spec dict; raise RolloutSpecError with the offending field."""
-    source = spec.get("source") or {}
-    pipeline, pinned = source.get("pipeline"), source.get("modelVersion")
-    if bool(pipeline) == bool(pinned):
-        raise RolloutSpecError("spec.source: set exactly one of pipeline or modelVersion")
-    strategy_raw = spec.get("strategy") or {"immediate": {}}
-    chosen = [k for k in STRATEGIES if strategy_raw.get(k) is not None]
-    unknown = sorted(set(strategy_raw) - set(STRATEGIES))
-    if unknown:
-        raise RolloutSpecError(f"spec.strategy: unknown strategy {', '.join(unknown)}; use one of {', '.join(STRATEGIES)}")
-    if len(chosen) != 1:
-        raise RolloutSpecError(f"spec.strategy: set exactly one of {', '.join(STRATEGIES)}, got {chosen or 'none'}")
-    name: StrategyName = chosen[0]  # type: ignore[assignment]
-    body = strategy_raw[name] or {}
-    traffic = spec.get("traffic") or {}
-    provider = str(traffic.get("provider", "router"))
-    if provider not in PROVIDERS:
-        raise RolloutSpecError(f"spec.traffic.provider: {provider!r} is not one of {', '.join(PROVIDERS)}")
-    gateway = traffic.get("gatewayAPI") or {}
-    http_route = gateway.get("httpRoute") or traffic.get("httpRoute")
-    if provider == "gatewayAPI" and not http_route:
-        raise RolloutSpecError("spec.traffic.gatewayAPI.httpRoute: the gatewayAPI provider needs the HTTPRoute's name")
-    if provider == "service" and name == "shadow":
-        raise RolloutSpecError("spec.traffic.provider: the service provider cannot mirror traffic; "
-                               "use provider router or gatewayAPI for a shadow strategy")
-    kwargs: dict[str, Any] = {}
-    if name == "canary":
-        kwargs["canary_steps"] = parse_canary_steps(body.get("steps") or [])
-    elif name == "blueGreen":
-        if body.get("autoPromotionAfter") is not None:
-            kwargs["blue_green_auto_promotion_after"] = _duration(
-                body["autoPromotionAfter"], "spec.strategy.blueGreen.autoPromotionAfter")
-        if body.get("scaleDownDelay") is not None:
-            kwargs["blue_green_scale_down_delay"] = _duration(
-                body["scaleDownDelay"], "spec.strategy.blueGreen.scaleDownDelay")
-        kwargs["blue_green_pre_promotion_analysis"] = body.get("prePromotionAnalysis") is not None
-    elif name == "shadow":
-        kwargs["shadow_mirror_percent"] = _int(body.get("mirrorPercent", 100), "spec.strategy.shadow.mirrorPercent", 1, 100)
-        if body.get("duration") is not None:
-            kwargs["shadow_duration"] = _duration(body["duration"], "spec.strategy.shadow.duration")
-        promote = str(body.get("promote", "manual"))
-        if promote not in ("automatic", "manual"):
-            raise RolloutSpecError(f"spec.strategy.shadow.promote: {promote!r} is not automatic or manual")
-        kwargs["shadow_promote"] = promote
-    analysis = parse_analysis(spec.get("analysis"))
-    needs_checks = (
-        any(s.analysis for s in kwargs.get("canary_steps", ()))
-        or kwargs.get("blue_green_pre_promotion_analysis", False)
-    )
-    if needs_checks and not analysis.checks:
-        raise RolloutSpecError("spec.analysis.checks: the strategy has an analysis step but no checks to measure; "
-                               "an analysis without checks would pass on no data")
-    return RolloutSpec(
-        pipeline=pipeline,
-        model_version=pinned,
-        replicas=_int(spec.get("replicas", 1), "spec.replicas", 0),
-        strategy=name,
-        analysis=analysis,
-        provider=provider,
-        http_route=http_route,
-        rollback_window=_duration(spec.get("rollbackWindow") or 0, "spec.rollbackWindow"),
-        scale_down_delay_seconds=(None if spec.get("scaleDownDelay") is None
-                                  else _duration(spec["scaleDownDelay"], "spec.scaleDownDelay")),
-        resources=spec.get("resources"),
-        prediction_log=bool(spec.get("predictionLog", True)),
-        feedback_token=parse_secret_key_ref((spec.get("feedback") or {}).get("tokenSecretRef"),
-                                            "spec.feedback.tokenSecretRef"),
-        progress_deadline=(DEFAULT_PROGRESS_DEADLINE if spec.get("progressDeadline") is None
-                           else _duration(spec["progressDeadline"], "spec.progressDeadline")),
-        **kwargs,
-    )
+    """Read a Rollout's spec dict through the API model; raise RolloutSpecError naming the field."""
+    return from_model(_validated(api.RolloutSpec, dict(spec), "spec"))
