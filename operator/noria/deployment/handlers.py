@@ -74,6 +74,7 @@ from noria.deployment.decide import (
     Plan,
     VersionPods,
     analysis_due,
+    analysis_target,
     decide,
     parse_time,
 )
@@ -261,10 +262,12 @@ async def _check(prom: PrometheusClient, check: CheckSpec, ctx: CheckContext) ->
 async def measure(obs: Observation, prom: PrometheusClient) -> Measurement:
     spec, st = obs.spec, obs.status
     assert spec is not None
-    cand = st["canaryVersion"]
+    target = analysis_target(dict(st))  # the candidate vs stable; inside a rollbackWindow, the new stable vs previous
+    assert target is not None, "analysis_due says yes only when there is something to measure"
+    cand, baseline = target
     pipeline = ((obs.model_versions.get(cand) or {}).get("spec") or {}).get("pipeline") or spec.pipeline or ""
     ctx = CheckContext(namespace=obs.rollout.namespace, rollout=obs.rollout.name, pipeline=pipeline, version=cand,
-                       stable=st.get("stableVersion"), window=spec.analysis.window)
+                       stable=baseline, window=spec.analysis.window)
     if any(needs_profiles(check) for check in spec.analysis.checks):  # drift checks: the versions' bins
         def profile_uri(version: str | None) -> str | None:
             return ((obs.model_versions.get(version or "") or {}).get("spec") or {}).get("profileUri")
@@ -481,6 +484,8 @@ def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float) -
     if not ready or ready.get("status") != c.TRUE:
         due.append(interval)  # pods or the router are not ready yet: their events may lag a restart
     until(parse_time(st.get("rollbackWindowEndsAt")))
+    if st.get("previousVersion") and spec.analysis.checks:  # rollbackWindow: analysis goes on every interval
+        until(parse_time(((st.get("analysis") or {}).get("last") or {}).get("at")) or at, spec.analysis.interval)
     for deadline in plan.scale_down.values():
         until(deadline)
     for pods in obs.pods.values():
