@@ -31,9 +31,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-GROUP: Final = "noria.dev"
-VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
+from noria.contracts import API_VERSION, GROUP, VERSION  # re-exported: the API's names are the contracts'
+
 CATEGORY: Final = "noria"
 
 # Length limits keep the API server's CEL cost estimate bounded (a regex over an unbounded string

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, StrictStr
 
+from noria import contracts
+
 from .common import (
     ArtifactUri,
     Condition,
@@ -39,12 +41,8 @@ DIGEST_RE: Final = r"^sha256:[0-9a-f]{64}$"
 DIGEST_MESSAGE: Final = "digest must be \"sha256:\" followed by 64 lower-case hex characters"
 IMMUTABLE_MESSAGE: Final = "spec is immutable: a ModelVersion records one trained model; create a new ModelVersion instead"
 
-Stage = Literal[
-    "Registered", "Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"
-]
-STAGES: Final = (
-    "Registered", "Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"
-)
+STAGES: Final = contracts.STAGES
+Stage = Literal[STAGES]  # type: ignore[valid-type] - the names live in noria.contracts
 
 Digest = Annotated[
     StrictStr,
