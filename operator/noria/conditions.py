@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
+from noria.api.common import format_timestamp
+
 # --- condition types --------------------------------------------------------------------------
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
@@ -104,7 +106,8 @@ INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (Tr
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
-    return (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """The API's timestamp format, defined once in noria.api.common.format_timestamp."""
+    return format_timestamp(now)
 
 
 def set_condition(

@@ -340,6 +340,18 @@ Timestamp = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
+
+
+def format_timestamp(moment: dt.datetime | None = None) -> str:
+    """A ``Timestamp`` as the API writes it: RFC 3339 in UTC, whole seconds, ``Z`` (what the API
+    server itself writes in metadata), e.g. ``2026-11-20T10:00:00Z``. ``None``: now. A naive
+    datetime is taken as UTC already (the operator's clocks are all UTC)."""
+    moment = moment or dt.datetime.now(dt.UTC)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=0).isoformat() + "Z"
+
+
 # --- the kinds of triggers (shared by TrainingPipeline status and ModelVersion lineage) -------------
 TriggerKind = Literal["initial", "manual", "schedule", "newData", "drift", "performance"]
 TRIGGER_KINDS: Final = ("initial", "manual", "schedule", "newData", "drift", "performance")
@@ -428,6 +440,7 @@ __all__ = [
     "VERSION",
     "cel",
     "decimal",
+    "format_timestamp",
     "parse_duration",
     "with_cel",
 ]
