@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 from noria_testbed.node_agent import PodAddresses, resolve_port, service_links, write_projection
+from noria_testbed.node_agent.probes import container_port, has_probe
+from noria_testbed.node_agent.volumes import mounts_rewriter, persistent_volume_for
+from noria_testbed.podspec import PodSpecError
 from noria_testbed.testbed import free_loopback_block
 
 
@@ -54,3 +57,38 @@ def test_projection_writes_keys_or_items_and_drops_stale_files(tmp_path):
     write_projection(tmp_path, {"a": "10", "b": "2"}, [{"key": "a", "path": "conf/a.txt"}])
     assert (tmp_path / "conf" / "a.txt").read_text() == "10"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_probe_kinds_and_ports_follow_the_kubelet():
+    container = {"name": "s", "ports": [{"name": "http", "containerPort": 8080}]}
+    assert not has_probe(None) and not has_probe({}) and not has_probe({"periodSeconds": 1})
+    assert has_probe({"httpGet": {"port": "http"}})
+    assert container_port(container, "http") == 8080
+    assert container_port(container, "9000") == 9000
+    with pytest.raises(PodSpecError, match="not a declared container port"):
+        container_port(container, "grpc")
+
+
+def test_mount_paths_of_every_container_map_to_local_dirs(tmp_path):
+    pod = {"spec": {"initContainers": [{"name": "i", "volumeMounts": [{"name": "cfg", "mountPath": "/etc/noria"}]}],
+                    "containers": [{"name": "s", "volumeMounts": [
+                        {"name": "store", "mountPath": "/var/lib/noria/store"},
+                        {"name": "store", "mountPath": "/models", "subPath": "ml"},
+                        {"name": "not-materialised", "mountPath": "/x"}]}]}}
+    rewrite = mounts_rewriter(pod, {"cfg": tmp_path / "cfg", "store": tmp_path / "store"})
+    assert rewrite("file:///var/lib/noria/store/ml/v1") == f"file://{tmp_path}/store/ml/v1"
+    assert rewrite("/models/v1") == f"{tmp_path}/store/ml/v1"
+    assert rewrite("/etc/noria/run.json") == f"{tmp_path}/cfg/run.json"
+    assert rewrite("/x/y") == "/x/y"
+
+
+def test_a_pending_claim_gets_a_persistent_volume_bound_to_it(tmp_path):
+    claim = {"metadata": {"name": "noria-store", "namespace": "ml", "uid": "u-1"},
+             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}}}}
+    volume = persistent_volume_for(claim, tmp_path)
+    assert volume["metadata"]["name"] == "noria-u-1"
+    assert volume["spec"]["claimRef"] == {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "ml",
+                                          "name": "noria-store", "uid": "u-1"}
+    assert volume["spec"]["capacity"] == {"storage": "5Gi"}
+    assert volume["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert volume["spec"]["hostPath"]["path"] == str(tmp_path)

@@ -1,0 +1,471 @@
+"""Noria at scale on the test bed: ``python benchmarks/scale.py --pipelines 1000 --rollouts 1000``.
+
+One operator process (``python -m noria --namespace scale``) against the real control plane of the
+test bed, with N TrainingPipelines and N Rollouts in one namespace. Prints one table: operator RSS
+(max and steady), operator CPU at steady state (CPU seconds per minute), the time until every object
+carries its first status, the reaction latency p50/p99 from a spec change to the status patch that
+answers it (observedGeneration), API requests per second by verb, and the 429s.
+
+What is real and what is not (docs/operations/scale.md says more):
+
+* Real: kube-apiserver, etcd, controller manager and scheduler of the test bed; the operator with
+  its default intervals; watches, lists, status patches, Events. The operator talks to the API
+  server as a ServiceAccount (a token, not the test bed's admin certificate), so API Priority and
+  Fairness treats it as a workload and can answer 429, as in a real cluster.
+* No pod runs: the node agent is stopped after the test bed starts (2 shared cores cannot run
+  1,000 trainers or model servers). Nothing should need a pod: every pipeline already has one
+  ModelVersion (created by hand, so the ``initial`` trigger does not fire) and a cron trigger that
+  fires once a year; every Rollout uses the ``service`` provider (no router Deployment) and waits
+  for an approved version of its pipeline, which never comes. The table counts Jobs, Deployments
+  and Pods so a run where the operator did create some says so.
+* So this measures the control loop (watches, per-object passes, status writes), not serving:
+  a Rollout mid-canary also lists its Deployments and queries Prometheus on every analysis.
+
+The reaction sample patches the spec of ``--sample`` Rollouts and ``--sample`` pipelines (one at a
+time, ``--sample-gap`` apart) and times, through a watch, the status write whose
+``observedGeneration`` reaches the new generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+from noria_testbed.kubeapi import KubeApi, inform
+from noria_testbed.processes import free_port, wait_until
+from noria_testbed.testbed import LocalTestbed
+
+NAMESPACE = "scale"
+GROUP_PATH = f"/apis/noria.dev/v1alpha1/namespaces/{NAMESPACE}"
+OPERATOR_ACCOUNT = "noria-operator"
+RSS_GOAL_MB, REACTION_P99_GOAL_S = 200, 1.0
+YEARLY = "0 0 1 1 *"  # a cron that does not fire during a benchmark
+
+
+# ---- the objects ------------------------------------------------------------------------------------
+def pipeline(i: int) -> dict:
+    return {"apiVersion": "noria.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": f"p{i:04d}"},
+            "spec": {"model": {"task": "regression", "estimator": "sklearn.linear_model.Ridge", "target": "y"},
+                     "data": {"source": f"file:///var/lib/noria/store/datasets/p{i:04d}/data.csv", "format": "csv"},
+                     "evaluation": {"metric": "rmse", "maxScore": "10"},
+                     "triggers": {"schedule": YEARLY}, "historyLimit": 10}}
+
+
+def model_version(i: int) -> dict:
+    """An imported version of pipeline i: the pipeline has a model, so its ``initial`` trigger stays quiet."""
+    name = f"p{i:04d}"
+    return {"apiVersion": "noria.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"{name}-v1"},
+            "spec": {"pipeline": name, "version": 1,
+                     "artifact": {"uri": f"file:///var/lib/noria/store/ml/{name}/v1/model.skops",
+                                  "digest": "sha256:" + f"{i:064x}", "format": "skops"},
+                     "metrics": {"rmse": "1.0", "rows": 1000},
+                     "lineage": {"run": "manual-import", "trigger": "manual", "trainedAt": "2026-11-01T12:00:00Z"}}}
+
+
+def rollout(i: int, pipelines: int) -> dict:
+    source = f"p{i % pipelines:04d}" if pipelines else f"none{i:04d}"
+    return {"apiVersion": "noria.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": f"r{i:04d}"},
+            "spec": {"source": {"pipeline": source}, "replicas": 1, "traffic": {"provider": "service"},
+                     "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}},
+                                                       {"setWeight": 100}]}},
+                     "analysis": {"interval": "1m", "checks": [{"builtin": "errorRate", "max": "0.01"}]}}}
+
+
+# ---- what the benchmark watches -----------------------------------------------------------------
+@dataclass
+class Tracker:
+    """Per object (kind/name): when its first status arrived, and the generation each status answers."""
+
+    created: dict[str, float] = field(default_factory=dict)
+    first_status: dict[str, float] = field(default_factory=dict)
+    answered: dict[tuple[str, int], float] = field(default_factory=dict)  # (key, generation) → first seen
+    phases: dict[str, str] = field(default_factory=dict)  # key → latest status.phase (or its first condition)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def handler(self, kind: str):  # noqa: ANN201
+        async def on_event(event: str, obj: dict) -> None:
+            if event == "DELETED":
+                return
+            key, seen = f"{kind}/{obj['metadata']['name']}", time.monotonic()
+            observed = (obj.get("status") or {}).get("observedGeneration")
+            if observed is None:
+                return
+            self.first_status.setdefault(key, seen)
+            status = obj["status"]
+            first_condition = next(iter(status.get("conditions") or []), {})
+            self.phases[key] = status.get("phase") or f"{first_condition.get('type')}={first_condition.get('reason')}"
+            self.answered.setdefault((key, int(observed)), seen)
+            self.changed.set()
+        return on_event
+
+
+class Sampler:
+    """The operator's RSS and CPU time, once a second (psutil, process and its children)."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.samples: list[tuple[float, float, float]] = []  # (monotonic, rss MB, cpu seconds)
+
+    def sample(self) -> None:
+        procs = [self.process, *self.process.children(recursive=True)]
+        rss = cpu = 0.0
+        for proc in procs:
+            try:
+                rss += proc.memory_info().rss / 2**20
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        self.samples.append((time.monotonic(), rss, cpu))
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(1.0)
+
+    def between(self, start: float, end: float) -> list[tuple[float, float, float]]:
+        return [s for s in self.samples if start <= s[0] <= end]
+
+
+class RoundTrips:
+    """GET latency of one small object with the operator's own credentials, twice a second: how long
+    the API server (on this machine, under this load) takes to answer anyone in the operator's shoes."""
+
+    def __init__(self, api: KubeApi, path: str) -> None:
+        self.api, self.path = api, path
+        self.samples: list[tuple[float, float]] = []  # (monotonic, seconds)
+
+    async def run(self) -> None:
+        while True:
+            began = time.monotonic()
+            await self.api.get(self.path)
+            self.samples.append((began, time.monotonic() - began))
+            await asyncio.sleep(0.5)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [seconds for at, seconds in self.samples if start <= at <= end]
+
+
+# ---- API server metrics -------------------------------------------------------------------------
+_SAMPLE = re.compile(r'^(\w+)\{(.*)\} ([0-9.eE+-]+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def apiserver_counters(testbed: LocalTestbed) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = testbed.kubectl("get", "--raw", "/metrics").stdout
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(("apiserver_request_total{", "apiserver_flowcontrol_dispatched_requests_total{",
+                                "apiserver_flowcontrol_rejected_requests_total{")):
+            continue
+        match = _SAMPLE.match(line)
+        if match:
+            out[(match[1], tuple(sorted(_LABEL.findall(match[2]))))] = float(match[3])
+    return out
+
+
+def counter_delta(before: dict, after: dict, name: str, by: tuple[str, ...], where: dict[str, str] | None = None,
+                  ) -> Counter:
+    totals: Counter = Counter()
+    for (metric, labels), value in after.items():
+        if metric != name:
+            continue
+        labelmap = dict(labels)
+        if where and any(labelmap.get(k) != v for k, v in where.items()):
+            continue
+        totals[tuple(labelmap.get(k, "") for k in by)] += value - before.get((metric, labels), 0.0)
+    return totals
+
+
+# ---- set-up ---------------------------------------------------------------------------------------
+def operator_kubeconfig(testbed: LocalTestbed, directory: Path) -> Path:
+    """A kubeconfig with a ServiceAccount token: the operator is a workload to API Priority and
+    Fairness (the test bed's admin certificate is system:masters, which is never throttled).
+    The account is bound to cluster-admin here: this measures load, not permissions."""
+    testbed.kubectl("create", "serviceaccount", OPERATOR_ACCOUNT, "-n", NAMESPACE)
+    testbed.kubectl("create", "clusterrolebinding", f"{OPERATOR_ACCOUNT}-scale", "--clusterrole=cluster-admin",
+                    f"--serviceaccount={NAMESPACE}:{OPERATOR_ACCOUNT}")
+    token = testbed.kubectl("create", "token", OPERATOR_ACCOUNT, "-n", NAMESPACE, "--duration=24h").stdout.strip()
+    admin = yaml.safe_load(testbed.kubeconfig.read_text())
+    config = {**admin, "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+              "contexts": [{"name": "scale", "context": {"cluster": admin["clusters"][0]["name"],
+                                                         "user": OPERATOR_ACCOUNT, "namespace": NAMESPACE}}],
+              "current-context": "scale"}
+    path = directory / "operator-kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+async def create_all(api: KubeApi, objects: list[tuple[str, dict]], concurrency: int = 16) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def create(plural: str, body: dict) -> None:
+        async with gate:
+            await api.request("POST", f"{GROUP_PATH}/{plural}", body=body)
+
+    await asyncio.gather(*(create(plural, body) for plural, body in objects))
+
+
+def start_operator(testbed: LocalTestbed, kubeconfig: Path, log_path: Path,
+                   tracemalloc_out: Path | None = None) -> tuple[subprocess.Popen, str]:
+    metrics_port, liveness_port = free_port(), free_port()
+    env = {**testbed.env, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1",
+           "NORIA_STORE_ROOT": "file:///var/lib/noria/store", "NORIA_LOCAL_STORE_ROOT": f"file://{testbed.store_dir}",
+           "NORIA_TRAINER_IMAGE": "noria-trainer:scale", "NORIA_SERVER_IMAGE": "noria-server:scale",
+           "NORIA_PROMETHEUS_URL": "http://127.0.0.1:9", "NORIA_PROMETHEUS_TIMEOUT": "2",
+           "NORIA_METRICS_PORT": str(metrics_port),
+           "NORIA_LEADER_NAMESPACE": NAMESPACE}  # leader election on, as deployed; its Lease lives here
+    noria_args = ["--namespace", NAMESPACE, "--liveness", f"http://127.0.0.1:{liveness_port}/healthz"]
+    command = [sys.executable, "-m", "noria", *noria_args]
+    if tracemalloc_out is not None:
+        command = [sys.executable, str(Path(__file__).with_name("scale_tracemalloc.py")), str(tracemalloc_out), "--",
+                   *noria_args]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    def live() -> bool:
+        assert process.poll() is None, f"operator exited, see {log_path}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{liveness_port}/healthz", timeout=2) as response:
+            return response.status == 200
+
+    wait_until("operator liveness", live, timeout=120)
+    return process, f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
+
+
+async def react(api: KubeApi, tracker: Tracker, kind: str, plural: str, names: list[str], patch: dict,
+                gap: float, timeout: float) -> list[float]:
+    """Patch each object's spec, then time the status that answers its new generation."""
+    latencies: list[float] = []
+    pending: list[tuple[str, int, float]] = []
+    for name in names:
+        sent = time.monotonic()
+        updated = await api.patch(f"{GROUP_PATH}/{plural}/{name}", patch(name) if callable(patch) else patch)
+        pending.append((f"{kind}/{name}", int(updated["metadata"]["generation"]), sent))
+        await asyncio.sleep(gap)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        still = []
+        for key, generation, sent in pending:
+            at = min((t for (k, g), t in tracker.answered.items() if k == key and g >= generation), default=None)
+            if at is None:
+                still.append((key, generation, sent))
+            else:
+                latencies.append(at - sent)
+        pending = still
+        tracker.changed.clear()
+        if pending:
+            try:
+                await asyncio.wait_for(tracker.changed.wait(), 1.0)
+            except TimeoutError:
+                pass
+    latencies += [float("inf")] * len(pending)  # never answered within the timeout
+    return latencies
+
+
+async def benchmark(args: argparse.Namespace, testbed: LocalTestbed, workdir: Path) -> dict:
+    api = KubeApi(testbed.kubeconfig)
+    tracker = Tracker()
+    result: dict = {"pipelines": args.pipelines, "rollouts": args.rollouts}
+    try:
+        testbed.kubectl("create", "namespace", NAMESPACE)
+        wait_until("ServiceAccount default", lambda: testbed.kubectl(
+            "get", "serviceaccount", "default", "-n", NAMESPACE, check=False).returncode == 0, timeout=60)
+        kubeconfig = operator_kubeconfig(testbed, workdir)
+        began = time.monotonic()
+        await create_all(api, [("modelversions", model_version(i)) for i in range(args.pipelines)])
+        await create_all(api, [("trainingpipelines", pipeline(i)) for i in range(args.pipelines)]
+                         + [("rollouts", rollout(i, args.pipelines)) for i in range(args.rollouts)])
+        result["create_seconds"] = time.monotonic() - began
+        watches = [asyncio.create_task(inform(api, f"{GROUP_PATH}/trainingpipelines", tracker.handler("tp"))),
+                   asyncio.create_task(inform(api, f"{GROUP_PATH}/rollouts", tracker.handler("ro")))]
+        counters_at_start = apiserver_counters(testbed)
+        operator, metrics_url = start_operator(testbed, kubeconfig, workdir / "operator.log",
+                                               workdir / "tracemalloc.txt" if args.tracemalloc else None)
+        as_operator = KubeApi(kubeconfig)
+        round_trips = RoundTrips(as_operator, f"{GROUP_PATH}/rollouts/r0000" if args.rollouts
+                                 else f"{GROUP_PATH}/trainingpipelines/p0000")
+        probing = asyncio.create_task(round_trips.run())
+        started = time.monotonic()
+        sampler = Sampler(operator.pid)
+        sampling = asyncio.create_task(sampler.run())
+        total = args.pipelines + args.rollouts
+        deadline = started + args.reconcile_timeout
+        while len(tracker.first_status) < total and time.monotonic() < deadline:
+            tracker.changed.clear()
+            with_timeout = asyncio.wait_for(tracker.changed.wait(), 1.0)
+            try:
+                await with_timeout
+            except TimeoutError:
+                pass
+            if operator.poll() is not None:
+                raise RuntimeError(f"operator exited with {operator.returncode}; see {workdir / 'operator.log'}")
+        result["reconciled"] = len(tracker.first_status)
+        result["reconcile_seconds"] = (max(tracker.first_status.values()) - started) if tracker.first_status else None
+        result["all_reconciled"] = len(tracker.first_status) == total
+        await asyncio.sleep(args.settle)
+
+        # Steady state: nothing changes; whatever the operator does now, it does all the time.
+        counters_before = apiserver_counters(testbed)
+        steady_start = time.monotonic()
+        await asyncio.sleep(args.steady)
+        steady_end = time.monotonic()
+        counters_after = apiserver_counters(testbed)
+        window = sampler.between(steady_start, steady_end)
+        seconds = steady_end - steady_start
+        result["steady_seconds"] = seconds
+        result["rss_steady_mb"] = statistics.median(s[1] for s in window)
+        result["cpu_seconds_per_minute"] = (window[-1][2] - window[0][2]) / (window[-1][0] - window[0][0]) * 60
+        by_verb = counter_delta(counters_before, counters_after, "apiserver_request_total", ("verb",))
+        result["requests_per_second_by_verb"] = {v[0]: round(n / seconds, 2) for v, n in by_verb.most_common() if n}
+        by_resource = counter_delta(counters_before, counters_after, "apiserver_request_total",
+                                    ("verb", "resource", "subresource"))
+        result["top_requests_per_second"] = {"/".join(filter(None, k)): round(n / seconds, 2)
+                                             for k, n in by_resource.most_common(8) if n}
+        operator_flow = counter_delta(counters_before, counters_after,
+                                      "apiserver_flowcontrol_dispatched_requests_total", ("flow_schema",))
+        result["operator_requests_per_second"] = round(operator_flow[("service-accounts",)] / seconds, 2)
+        steady_round_trips = round_trips.between(steady_start, steady_end)
+        result["get_round_trip_p50_s"] = percentile(steady_round_trips, 0.5)
+        result["get_round_trip_p99_s"] = percentile(steady_round_trips, 0.99)
+        result["load_average_steady"] = os.getloadavg()[0]
+
+        # Reactions: one spec change at a time, each answered by a status write.
+        sample_rollouts = [f"r{i:04d}" for i in range(0, args.rollouts, max(1, args.rollouts // args.sample))][
+            :args.sample]
+        sample_pipelines = [f"p{i:04d}" for i in range(0, args.pipelines, max(1, args.pipelines // args.sample))][
+            :args.sample]
+        rollout_latencies = await react(api, tracker, "ro", "rollouts", sample_rollouts, {"spec": {"replicas": 2}},
+                                        args.sample_gap, args.reaction_timeout)
+        pipeline_latencies = await react(api, tracker, "tp", "trainingpipelines", sample_pipelines,
+                                         {"spec": {"historyLimit": 11}}, args.sample_gap, args.reaction_timeout)
+        for label, values in (("rollout", rollout_latencies), ("pipeline", pipeline_latencies)):
+            result[f"{label}_reaction_p50_s"] = percentile(values, 0.5)
+            result[f"{label}_reaction_p99_s"] = percentile(values, 0.99)
+            result[f"{label}_reaction_unanswered"] = sum(1 for v in values if v == float("inf"))
+        result["samples"] = {"rollouts": len(sample_rollouts), "pipelines": len(sample_pipelines)}
+
+        counters_end = apiserver_counters(testbed)
+        throttled = counter_delta(counters_at_start, counters_end, "apiserver_request_total", ("code",))
+        rejected = counter_delta(counters_at_start, counters_end, "apiserver_flowcontrol_rejected_requests_total",
+                                 ("flow_schema", "reason"))
+        result["http_429"] = int(throttled[("429",)])
+        result["apf_rejected"] = {"/".join(k): int(v) for k, v in rejected.items() if v}
+        result["rss_max_mb"] = max(s[1] for s in sampler.samples)
+        result["states"] = dict(Counter(f"{key.split('/')[0]}: {phase}" for key, phase in tracker.phases.items()))
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=5) as response:
+                (workdir / "operator-metrics.txt").write_bytes(response.read())
+        except OSError:
+            pass
+        for kind, path in (("jobs", f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"),
+                           ("deployments", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"),
+                           ("pods", f"/api/v1/namespaces/{NAMESPACE}/pods")):
+            listing = await api.request("GET", path)
+            result[f"{kind}_created"] = len(listing.get("items", []))
+        sampling.cancel()
+        probing.cancel()
+        await as_operator.close()
+        for task in watches:
+            task.cancel()
+        operator.terminate()
+        try:
+            operator.wait(20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+        return result
+    finally:
+        await api.close()
+
+
+def table(result: dict) -> str:
+    def seconds(value: float | None) -> str:
+        if value is None or value != value:
+            return "n/a"
+        return "never" if value == float("inf") else f"{value:.3f} s"
+
+    rows = [
+        ("objects", f"{result['pipelines']} TrainingPipelines + {result['rollouts']} Rollouts (+ {result['pipelines']}"
+                    " ModelVersions)"),
+        ("operator RSS max / steady", f"{result['rss_max_mb']:.0f} MB / {result['rss_steady_mb']:.0f} MB "
+                                      f"(goal <= {RSS_GOAL_MB} MB)"),
+        ("operator CPU, steady", f"{result['cpu_seconds_per_minute']:.1f} CPU s per minute"),
+        ("all reconciled (first status)", f"{seconds(result['reconcile_seconds'])} "
+                                          f"({result['reconciled']}/{result['pipelines'] + result['rollouts']})"),
+        ("reaction Rollout p50 / p99", f"{seconds(result['rollout_reaction_p50_s'])} / "
+                                       f"{seconds(result['rollout_reaction_p99_s'])} "
+                                       f"(n={result['samples']['rollouts']}, goal p99 < {REACTION_P99_GOAL_S} s)"),
+        ("reaction pipeline p50 / p99", f"{seconds(result['pipeline_reaction_p50_s'])} / "
+                                        f"{seconds(result['pipeline_reaction_p99_s'])} "
+                                        f"(n={result['samples']['pipelines']})"),
+        ("API GET round trip p50 / p99", f"{seconds(result['get_round_trip_p50_s'])} / "
+                                         f"{seconds(result['get_round_trip_p99_s'])} (operator's credentials, "
+                                         f"steady; 1-min load average {result['load_average_steady']:.1f} "
+                                         f"on {os.cpu_count()} CPUs)"),
+        ("API requests/s, operator", f"{result['operator_requests_per_second']}"),
+        ("API requests/s by verb (all)", ", ".join(f"{k} {v}" for k, v in result["requests_per_second_by_verb"].items())),
+        ("top requests/s (all)", ", ".join(f"{k} {v}" for k, v in result["top_requests_per_second"].items())),
+        ("429s / APF rejections", f"{result['http_429']} / {result['apf_rejected'] or 0}"),
+        ("objects' state at the end", ", ".join(f"{k} x{v}" for k, v in sorted(result["states"].items()))),
+        ("Jobs / Deployments / Pods created", f"{result['jobs_created']} / {result['deployments_created']} / "
+                                              f"{result['pods_created']}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pipelines", type=int, default=100)
+    parser.add_argument("--rollouts", type=int, default=100)
+    parser.add_argument("--sample", type=int, default=50, help="objects of each kind whose spec is changed")
+    parser.add_argument("--sample-gap", type=float, default=0.2, help="seconds between two spec changes")
+    parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state measured")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds after the last first status")
+    parser.add_argument("--reconcile-timeout", type=float, default=900.0)
+    parser.add_argument("--reaction-timeout", type=float, default=120.0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="run the operator under tracemalloc (memory breakdown in <workdir>/tracemalloc.txt; "
+                             "its CPU and latency figures are then meaningless)")
+    parser.add_argument("--keep", action="store_true", help="keep the test bed's workdir (logs)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="noria-scale-"))
+    testbed = LocalTestbed(workdir / "testbed", keep_workdir=args.keep)
+    testbed.start()
+    try:
+        assert testbed.node_agent is not None
+        testbed.node_agent.stop()  # no pod runs: see the module docstring
+        testbed.node_agent = None
+        result = asyncio.run(benchmark(args, testbed, workdir))
+    finally:
+        testbed.stop()
+    print(table(result))
+    print(f"# operator log and metrics: {workdir}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
