@@ -24,10 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from noria.deployment.checks import Observed
 from noria.deployment.spec import AnalysisSpec, CheckSpec
+
+if TYPE_CHECKING:  # checks renders PromQL and sits beside the Prometheus client: the verdicts need only its shape
+    from noria.deployment.checks import Observed
 
 Outcome = Literal["success", "failure", "error", "inconclusive", "waiting"]
 RunVerdict = Literal["continue", "abort", "pause"]

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from noria import conditions as c
+from noria import contracts as ct
 from noria.deployment.analysis import DISPLAY, Tallies, combine, judge_run, resolve_waiting
 from noria.deployment.observation import (
     ArtifactRefusal,
@@ -58,9 +59,10 @@ ABORT_REASONS = frozenset({c.ROLLOUT_ANALYSIS_FAILED, c.ROLLOUT_ANALYSIS_ERRORS,
                            c.ARTIFACT_VERIFICATION_FAILED, c.ROLLOUT_PROGRESS_DEADLINE_EXCEEDED,
                            c.ROLLOUT_CANDIDATE_UNREADY, c.ROLLOUT_ROLLED_BACK})
 
-PROMOTE = "promote"
-ABORT = "abort"
-RETRY = "retry"
+# Annotation names without the noria.dev/ prefix: what the handler reads and consumes.
+PROMOTE = ct.ANNOTATION_PROMOTE.removeprefix(ct.PREFIX)
+ABORT = ct.ANNOTATION_ABORT.removeprefix(ct.PREFIX)
+RETRY = ct.ANNOTATION_RETRY.removeprefix(ct.PREFIX)
 
 __all__ = [
     "ABORT", "ABORT_REASONS", "CANDIDATE_STAGE", "PROMOTE", "RETRY", "ROLLABLE_STAGES", "UNREADY_GRACE",
@@ -125,7 +127,7 @@ def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any
     again just because its stage still reads Canary."""
     out = dict(mvs)
     version, stage = (verdict or {}).get("version"), (verdict or {}).get("stage")
-    if version in out and stage and stage != "Production":
+    if version in out and stage and stage != ct.PRODUCTION:
         out[version] = {**out[version], "status": {**(out[version].get("status") or {}), "stage": stage}}
     return out
 
@@ -157,8 +159,8 @@ def decide(obs: Observation) -> Plan:
     if obs.retry:
         target = retry_target(spec, obs.rollout.name, mvs)
         if target:
-            b.verdict(target, "Approved", c.ROLLOUT_RETRIED, "retry requested with noria.dev/retry")
-            mvs[target] = {**mvs[target], "status": {**(mvs[target].get("status") or {}), "stage": "Approved"}}
+            b.verdict(target, ct.APPROVED, c.ROLLOUT_RETRIED, "retry requested with noria.dev/retry")
+            mvs[target] = {**mvs[target], "status": {**(mvs[target].get("status") or {}), "stage": ct.APPROVED}}
             b.cond(c.DEGRADED, c.FALSE, c.ROLLOUT_RETRIED, f"retrying {target}")
             b.event(c.ROLLOUT_RETRIED, f"retrying {target}")
 
@@ -189,7 +191,7 @@ def decide(obs: Observation) -> Plan:
             b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_WAITING_FOR_PODS, f"waiting for {stable}'s pods")
         return _rollback_window(b, stable)
     previous = obs.pods.get(desired)
-    served_before = stage_of(mvs.get(desired)) in ("Retired", "Production")  # never an aborted or retried candidate
+    served_before = stage_of(mvs.get(desired)) in (ct.RETIRED, ct.PRODUCTION)  # never an aborted or retried candidate
     if (desired != cand and served_before and previous is not None and previous.scale_down_at
             and previous.ready_for(spec.replicas)):
         if cand:
@@ -222,7 +224,7 @@ def _first_deployment(b: PlanBuilder, desired: str, cand: str | None) -> Plan:
     if pods is not None and pods.ready_for(spec.replicas):
         b.promote(desired, None, c.ROLLOUT_FIRST_DEPLOYMENT, f"first version {desired} is ready and serves all traffic")
         return b.finish()
-    b.stage(desired, "Approved", "first deployment", 0)
+    b.stage(desired, ct.APPROVED, "first deployment", 0)
     b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_FIRST_DEPLOYMENT, f"waiting for {desired}'s pods (first deployment)")
     since = parse_time(obs.status.get("noProgressSince")) or now
     b.status["noProgressSince"] = c.now_iso(since)

@@ -16,11 +16,12 @@ import datetime as dt
 from typing import Any
 
 from noria import conditions as c
+from noria import contracts as ct
 from noria.deployment.analysis import Tallies
 from noria.deployment.observation import Observation, Plan, StageChange
 from noria.deployment.selection import CANDIDATE_STAGE, ROLLABLE_STAGES, last_history, stage_of
 
-SERVING_CANDIDATE_STAGES = frozenset({"Canary", "Preview", "Shadow"})
+SERVING_CANDIDATE_STAGES = frozenset({ct.CANARY, ct.PREVIEW, ct.SHADOW})
 # Status keys that belong to one candidate's walk through the steps; cleared when it ends.
 CANDIDATE_KEYS = ("canaryVersion", "currentStep", "stepStartedAt", "canaryWeight", "noProgressSince",
                   "candidateUnreadySince")
@@ -86,7 +87,7 @@ class PlanBuilder:
         self.replicas.pop(cand, None)
         self.scale_down[cand] = self.now + dt.timedelta(seconds=self.delay())
         if cand in self.obs.model_versions and stage_of(self.obs.model_versions[cand]) in ROLLABLE_STAGES:
-            self.stage(cand, "Approved", message, 0)
+            self.stage(cand, ct.APPROVED, message, 0)
         self.event(reason, message)
         self.clear_candidate()
 
@@ -102,7 +103,7 @@ class PlanBuilder:
         self.weights = {stable: 100}
         self.mirror = None
         self.status["weights"] = {stable: 100}
-        self.stage(stable, "Production", "serving all traffic", 100)
+        self.stage(stable, ct.PRODUCTION, "serving all traffic", 100)
 
     def abort(self, cand: str, stable: str | None, reason: str, message: str) -> None:
         """Traffic to stable, candidate scheduled for scale-down, ModelVersion rejected (kept), Degraded."""
@@ -113,7 +114,7 @@ class PlanBuilder:
             self.status["weights"] = {}
         self.replicas.pop(cand, None)
         self.scale_down[cand] = self.now + dt.timedelta(seconds=self.delay())
-        self.verdict(cand, "Rejected", reason, message)
+        self.verdict(cand, ct.REJECTED, reason, message)
         self.clear_candidate()
         self.alarm(c.DEGRADED, c.TRUE, reason, f"{cand} aborted: {message}",
                    event=f"aborted {cand}: {message}; traffic back on {stable or 'nothing'}")
@@ -144,7 +145,7 @@ class PlanBuilder:
         if stable and stable != cand:
             keep = max(self.delay(), self.spec.rollback_window)
             self.scale_down[stable] = self.now + dt.timedelta(seconds=keep)
-            self.stage(stable, "Retired", f"replaced by {cand}", 0)
+            self.stage(stable, ct.RETIRED, f"replaced by {cand}", 0)
             if self.spec.rollback_window > 0 and self.spec.analysis.checks:
                 last = (self.status.get("analysis") or {}).get("last")
                 self.status.update(
@@ -152,7 +153,7 @@ class PlanBuilder:
                     rollbackWindowEndsAt=c.now_iso(self.now + dt.timedelta(seconds=self.spec.rollback_window)),
                     analysis={**Tallies().to_status(), "last": last})
         self.status["stableVersion"] = cand
-        self.verdict(cand, "Production", reason, message, 100)
+        self.verdict(cand, ct.PRODUCTION, reason, message, 100)
         self.clear_candidate()
         self.cond(c.PROGRESSING, c.FALSE, reason, f"{cand} serves all traffic")
         self.cond(c.DEGRADED, c.FALSE, reason, "no failure")
@@ -162,12 +163,12 @@ class PlanBuilder:
         """Inside the rollbackWindow: traffic back to the previous version at once (its pods still run),
         the failed version rejected, the previous one Production again."""
         self.serve_only(previous)
-        self.stage(previous, "Production", f"rolled back from {failed}", 100)
+        self.stage(previous, ct.PRODUCTION, f"rolled back from {failed}", 100)
         self.replicas.pop(failed, None)
         self.scale_down[failed] = self.now + dt.timedelta(seconds=self.delay())
         self.status["stableVersion"] = previous
         self.end_rollback_window()
-        self.verdict(failed, "Rejected", c.ROLLOUT_ROLLED_BACK, f"rolled back to {previous}: {message}")
+        self.verdict(failed, ct.REJECTED, c.ROLLOUT_ROLLED_BACK, f"rolled back to {previous}: {message}")
         self.alarm(c.DEGRADED, c.TRUE, c.ROLLOUT_ROLLED_BACK, f"{failed} rolled back to {previous}: {message}")
         self.cond(c.PROGRESSING, c.FALSE, c.ROLLOUT_ROLLED_BACK, f"{previous} serves all traffic again")
 
@@ -242,20 +243,20 @@ class PlanBuilder:
         for version, mv in self.obs.model_versions.items():
             if last_history(mv).get("by") != f"rollout/{name}":
                 continue
-            if stage_of(mv) == "Production" and version != stable:
-                implied[version] = ("Retired", f"no longer served by rollout {name}", 0)
+            if stage_of(mv) == ct.PRODUCTION and version != stable:
+                implied[version] = (ct.RETIRED, f"no longer served by rollout {name}", 0)
             elif stage_of(mv) in SERVING_CANDIDATE_STAGES and version != cand:
-                implied[version] = ("Approved", f"no longer a candidate of rollout {name}", 0)
+                implied[version] = (ct.APPROVED, f"no longer a candidate of rollout {name}", 0)
         verdict = self.status.get("lastVerdict") or {}
         if verdict.get("version") and verdict.get("stage") and not (
-                verdict["stage"] == "Production" and verdict["version"] != stable):  # since replaced
+                verdict["stage"] == ct.PRODUCTION and verdict["version"] != stable):  # since replaced
             implied[verdict["version"]] = (verdict["stage"], verdict.get("message") or verdict.get("reason") or "",
-                                           100 if verdict["stage"] == "Production" else 0)
+                                           100 if verdict["stage"] == ct.PRODUCTION else 0)
         weights = self.status.get("weights") or {}
         if cand and self.status.get("currentStep") is not None:
             implied[cand] = (CANDIDATE_STAGE[self.spec.strategy], "candidate", int(weights.get(cand, 0)))
         if stable:
-            implied[stable] = ("Production", "stable", int(weights.get(stable, 100)))
+            implied[stable] = (ct.PRODUCTION, "stable", int(weights.get(stable, 100)))
         for version, (stage, reason, traffic) in implied.items():
             mv = self.obs.model_versions.get(version)
             if version in self.stages or mv is None or stage_of(mv) == stage:

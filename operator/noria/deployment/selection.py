@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from noria import conditions as c
+from noria import contracts as ct
 from noria.deployment.spec import RolloutSpec
 
 # Stages a Rollout may serve: approved, or already in one of the serving stages.
-ROLLABLE_STAGES = frozenset({"Approved", "Canary", "Shadow", "Preview", "Production"})
+ROLLABLE_STAGES = frozenset({ct.APPROVED, ct.CANARY, ct.SHADOW, ct.PREVIEW, ct.PRODUCTION})
 # Stages a person must approve first (`noria.dev/approve`): a gate-passed Candidate, an imported Registered.
-AWAITING_APPROVAL_STAGES = frozenset({"Candidate", "Registered"})
-CANDIDATE_STAGE = {"canary": "Canary", "blueGreen": "Preview", "shadow": "Shadow", "immediate": "Approved"}
+AWAITING_APPROVAL_STAGES = frozenset(ct.APPROVABLE_STAGES)
+CANDIDATE_STAGE = {"canary": ct.CANARY, "blueGreen": ct.PREVIEW, "shadow": ct.SHADOW, "immediate": ct.APPROVED}
 
 
 def stage_of(mv: Mapping[str, Any] | None) -> str | None:
@@ -39,7 +40,7 @@ def last_history(mv: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def rejected_by(mv: Mapping[str, Any], rollout: str) -> bool:
     """Rejected by this Rollout (abort, refused artifact, rollback; not the training gate): a retry may bring it back."""
-    return stage_of(mv) == "Rejected" and last_history(mv).get("by") == f"rollout/{rollout}"
+    return stage_of(mv) == ct.REJECTED and last_history(mv).get("by") == f"rollout/{rollout}"
 
 
 def resolve_desired(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]],
@@ -70,7 +71,7 @@ def _pinned(name: str, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None
     if mv is None:
         return None, c.ROLLOUT_NO_MODEL_VERSION, f"ModelVersion {name} does not exist"
     stage = stage_of(mv)
-    if stage in ROLLABLE_STAGES or stage == "Retired":  # pinning a retired version back is a rollback
+    if stage in ROLLABLE_STAGES or stage == ct.RETIRED:  # pinning a retired version back is a rollback
         return name, "", ""
     if stage in AWAITING_APPROVAL_STAGES or stage is None:
         return None, c.ROLLOUT_MODEL_VERSION_REJECTED, (

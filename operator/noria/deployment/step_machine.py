@@ -38,6 +38,7 @@ import datetime as dt
 from typing import Any
 
 from noria import conditions as c
+from noria import contracts as ct
 from noria.deployment.analysis import DISPLAY, Tallies, combine, judge_run, resolve_waiting
 from noria.deployment.observation import Measurement, Plan, VersionPods, parse_time
 from noria.deployment.plan_builder import PlanBuilder
@@ -222,7 +223,7 @@ def _apply_traffic(b: PlanBuilder, cand: str, stable: str, traffic: Traffic, tal
         b.preview = cand
     assert b.spec is not None
     b.stage(cand, CANDIDATE_STAGE[b.spec.strategy], f"{traffic.weight}% of traffic", traffic.weight)
-    b.stage(stable, "Production", "stable", 100 - traffic.weight)
+    b.stage(stable, ct.PRODUCTION, "stable", 100 - traffic.weight)
     return tallies
 
 
@@ -296,7 +297,7 @@ def _candidate_not_ready(b: PlanBuilder, cand: str, stable: str, pods: VersionPo
             b.mirror = None
             b.status.update(weights=dict(b.weights), canaryWeight=0)
             b.stage(cand, CANDIDATE_STAGE[spec.strategy], f"not ready ({counted}): no traffic", 0)
-            b.stage(stable, "Production", "stable", 100)
+            b.stage(stable, ct.PRODUCTION, "stable", 100)
             b.alarm(c.PROGRESSING, c.TRUE, c.ROLLOUT_CANDIDATE_UNREADY,
                     f"{cand} has {counted}: its traffic moved to {stable}; aborted unless ready again within "
                     f"progressDeadline ({spec.progress_deadline:g}s)")
@@ -319,7 +320,7 @@ def _stable_unhealthy(b: PlanBuilder, cand: str, stable: str, pods: VersionPods 
         b.mirror = None
         b.status["weights"] = dict(b.weights)
         b.stage(cand, CANDIDATE_STAGE[spec.strategy], "stable unhealthy: serving all traffic", 100)
-        b.stage(stable, "Production", "no ready pod: no traffic", 0)
+        b.stage(stable, ct.PRODUCTION, "no ready pod: no traffic", 0)
         message = f"stable {stable} has no ready pod: all traffic on {cand} until it recovers; step {i} holds"
     else:
         _hold_traffic(b, stable)
