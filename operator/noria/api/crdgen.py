@@ -121,7 +121,7 @@ def resource_schema(kind: ResourceKind) -> dict[str, Any]:
     raw = kind.model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.get("$defs", {})
     props = raw["properties"]
-    schema = {
+    schema: dict[str, Any] = {
         "description": kind.description,
         "type": "object",
         "required": ["spec"],

@@ -8,7 +8,7 @@ stage and the traffic share over time, which answers "what served when".
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import Field, StrictStr
 
@@ -41,8 +41,12 @@ DIGEST_RE: Final = r"^sha256:[0-9a-f]{64}$"
 DIGEST_MESSAGE: Final = "digest must be \"sha256:\" followed by 64 lower-case hex characters"
 IMMUTABLE_MESSAGE: Final = "spec is immutable: a ModelVersion records one trained model; create a new ModelVersion instead"
 
+# The names live in noria.contracts; a type needs them spelt out, and the assert keeps the two equal.
+Stage = Literal[
+    "Registered", "Candidate", "Rejected", "Approved", "Canary", "Shadow", "Preview", "Production", "Retired"
+]
 STAGES: Final = contracts.STAGES
-Stage = Literal[STAGES]  # type: ignore[valid-type] - the names live in noria.contracts
+assert get_args(Stage) == STAGES, "Stage must list noria.contracts.STAGES, in order"
 
 Digest = Annotated[
     StrictStr,
