@@ -128,7 +128,10 @@ def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any
     out = dict(mvs)
     version, stage = (verdict or {}).get("version"), (verdict or {}).get("stage")
     if version in out and stage and stage != ct.PRODUCTION:
-        out[version] = {**out[version], "status": {**(out[version].get("status") or {}), "stage": stage}}
+        status = out[version].get("status") or {}
+        if status.get("stage") != stage:
+            out[version] = {**out[version], "status": {**status, "stage": stage, "history": [],
+                                                       "message": (verdict or {}).get("message") or ""}}
     return out
 
 

@@ -185,6 +185,15 @@ def test_a_pinned_version_refused_for_its_digest_says_the_digest_not_not_approve
     assert "DigestMismatch" in message and "not approved" not in message and "noria.dev/retry" in message
 
 
+def test_a_pinned_version_refused_says_the_digest_even_when_its_rejected_stage_was_lost_to_a_crash():
+    verdict = {"version": "churn-v7", "stage": "Rejected", "reason": c.ARTIFACT_VERIFICATION_FAILED,
+               "message": "the server refused the artifact: DigestMismatch: sha256 is 3f.."}
+    plan = decide(observe(spec=PINNED_V7, mvs=[mv(6, "Production"), mv(7, "Approved")], pods=[ready("churn-v6")],
+                          status={"stableVersion": "churn-v6", "lastVerdict": verdict}))
+    assert "DigestMismatch" in c.get_condition(plan.status["conditions"], c.PROGRESSING)["message"]
+    assert stages(plan)["churn-v7"] == "Rejected" and plan.replicas == {"churn-v6": 2}
+
+
 # --- the canary's steps ----------------------------------------------------------------------------
 @pytest.mark.parametrize(("given", "expect"), [
     Row(dict(status={"stableVersion": "churn-v6"}, mvs=[mv(6, "Production"), mv(7)], pods=[ready("churn-v6")]),
