@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "charts" / "noria" / "templates"
+LEASE = "noria-operator"  # values.yaml leaderElection.leaseName
 DIRECTIVE_LINE = re.compile(r"^\s*\{\{-?\s*(if|end|include \"noria\.labels\")[^}]*\}\}\s*$")
 
 
@@ -37,24 +38,28 @@ def operator_account(cluster: Any, namespace: str) -> Any:
         'include "noria.fullname" .': role_name,
         'include "noria.serviceAccountName" .': "noria",
         ".Release.Namespace": namespace,
+        ".Values.leaderElection.leaseName": LEASE,
     }
     manifests = "\n---\n".join(
-        render(t, values) for t in ("serviceaccount.yaml", "clusterrole.yaml", "clusterrolebinding.yaml")
+        render(t, values) for t in ("serviceaccount.yaml", "clusterrole.yaml", "clusterrolebinding.yaml",
+                                    "leader-election-rbac.yaml")
     )
     cluster.kubectl("apply", "--server-side", "--validate=strict", "-f", "-", input=manifests)
     yield f"system:serviceaccount:{namespace}:noria"
     cluster.kubectl("delete", "clusterrolebinding,clusterrole", role_name, "--wait=false", check=False)
 
 
-def access(cluster: Any, user: str, namespace: str, checks: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+def access(cluster: Any, user: str, namespace: str, checks: list[tuple[str, ...]]) -> dict[tuple[str, ...], bool]:
     """Ask the API server's authorizer (SubjectAccessReview, one kubectl call for all) whether
-    ``user`` may do each ``(verb, "resource[/subresource].group")``; no discovery needed, so it
+    ``user`` may do each ``(verb, "resource[/subresource].group"[, name])``; no discovery needed, so it
     also answers for kinds not installed here (HTTPRoute)."""
     reviews = []
-    for verb, target in checks:
+    for verb, target, *name in checks:
         resource, _, group = target.partition(".")
         resource, _, subresource = resource.partition("/")
         attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+        if name:
+            attributes["name"] = name[0]
         if subresource:
             attributes["subresource"] = subresource
         reviews.append({
@@ -95,6 +100,8 @@ ALLOWED = [
     ("create", "events"),
     ("create", "events.events.k8s.io"),
     ("create", "leases.coordination.k8s.io"),
+    ("get", "leases.coordination.k8s.io", "noria-operator"),
+    ("update", "leases.coordination.k8s.io", "noria-operator"),
     ("patch", "httproutes.gateway.networking.k8s.io"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "namespaces"),
@@ -111,6 +118,9 @@ DENIED = [
     ("escalate", "roles.rbac.authorization.k8s.io"),
     ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "httproutes.gateway.networking.k8s.io"),
+    ("update", "leases.coordination.k8s.io", "someone-elses-lease"),  # only its own leader Lease
+    ("delete", "leases.coordination.k8s.io", "noria-operator"),
+    ("list", "leases.coordination.k8s.io"),
 ]
 
 
@@ -122,6 +132,14 @@ def test_operator_account_may_do_what_the_operator_does_and_no_more(
     granted = [c for c in DENIED if answers[c]]
     assert not refused, f"the operator needs {refused}"
     assert not granted, f"the operator should not have {granted}"
+
+
+def test_operator_account_touches_leases_in_its_own_namespace_only(cluster: Any, namespace: str,
+                                                                  operator_account: str) -> None:
+    elsewhere = [("create", "leases.coordination.k8s.io"), ("get", "leases.coordination.k8s.io", LEASE),
+                 ("update", "leases.coordination.k8s.io", LEASE)]
+    answers = access(cluster, operator_account, "kube-system", elsewhere)
+    assert not any(answers.values()), f"the operator may touch leases outside its namespace: {answers}"
 
 
 def test_operator_can_grant_the_router_its_role(cluster: Any, namespace: str, operator_account: str) -> None:

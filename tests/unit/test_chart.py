@@ -1,6 +1,7 @@
 """The Helm chart without Helm: every template must be YAML once its template expressions are
 blanked out, every `.Values` path it uses must exist in values.yaml, RBAC names its verbs and
-resources (no wildcards), the operator Deployment is a hardened single replica, and its NORIA_*
+resources (no wildcards), the operator Deployment is hardened and its replicas elect a leader on a
+Lease they may touch only in the release namespace, and its NORIA_*
 variables are ones the operator actually reads. Also kind-config.yaml."""
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ def test_cluster_role_is_least_privilege() -> None:
         ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "events"): {"create"},
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"},
         ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch"},
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     }
@@ -95,6 +95,20 @@ def test_cluster_role_is_least_privilege() -> None:
     assert grants[("", "pods")] == {"get", "list", "watch"}
     # the user's own objects are never deleted by the operator
     assert "delete" not in grants[("noria.dev", "trainingpipelines")] | grants[("noria.dev", "rollouts")]
+    # the leader-election Lease is granted in the release namespace only (leader-election-rbac.yaml)
+    assert ("coordination.k8s.io", "leases") not in grants
+
+
+def test_leader_election_role_holds_one_lease_in_the_release_namespace() -> None:
+    role, binding = blank_render((CHART / "templates" / "leader-election-rbac.yaml").read_text())
+    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "PLACEHOLDER"  # .Release.Namespace
+    assert all(rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
+               for rule in role["rules"])
+    by_verbs = {tuple(rule["verbs"]): rule for rule in role["rules"]}
+    assert set(by_verbs) == {("get", "update"), ("create",)}
+    assert by_verbs[("get", "update")]["resourceNames"] == ["PLACEHOLDER"]  # .Values.leaderElection.leaseName
+    assert binding["kind"] == "RoleBinding" and binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"][0]["kind"] == "ServiceAccount"
 
 
 def test_binding_ties_the_role_to_the_service_account() -> None:
@@ -103,11 +117,19 @@ def test_binding_ties_the_role_to_the_service_account() -> None:
     assert binding["subjects"][0]["kind"] == "ServiceAccount"
 
 
-def test_operator_deployment_is_one_hardened_replica() -> None:
+def test_operator_deployment_is_hardened_and_replaces_replicas_one_at_a_time() -> None:
     deployment = rendered("deployment.yaml")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["replicaCount"] == 2 and values["leaderElection"]["enabled"] is True
+    # a new pod starts (as a standby) before an old one stops: never zero replicas
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
@@ -122,10 +144,10 @@ def test_operator_deployment_is_one_hardened_replica() -> None:
 
 def test_deployment_env_names_are_settings_the_operator_reads() -> None:
     read = set()
-    for module in ("settings.py", "operator_main.py", "__main__.py"):
+    for module in ("settings.py", "operator_main.py", "__main__.py", "leader.py"):
         read |= set(re.findall(r"NORIA_[A-Z_]+", (ROOT / "operator" / "noria" / module).read_text()))
     (container,) = rendered("deployment.yaml")["spec"]["template"]["spec"]["containers"]
-    names = {e["name"] for e in container["env"]}
+    names = {e["name"] for e in container["env"]} - {"POD_NAME", "POD_NAMESPACE"}  # the downward API
     assert names and names <= read, f"unknown settings: {names - read}"
     assert {"NORIA_STORE_ROOT", "NORIA_TRAINER_IMAGE", "NORIA_SERVER_IMAGE", "NORIA_PROMETHEUS_URL"} <= names
 
@@ -137,3 +159,11 @@ def test_kind_config_has_a_worker_and_mounts_the_store() -> None:
     assert roles.count("control-plane") == 1 and roles.count("worker") >= 1
     for node in config["nodes"]:
         assert any(m["containerPath"] == "/var/lib/noria/store" for m in node.get("extraMounts", [])), node["role"]
+
+
+def test_disruption_budget_keeps_a_replica_through_a_drain() -> None:
+    text = (CHART / "templates" / "poddisruptionbudget.yaml").read_text()
+    assert "gt (int .Values.replicaCount) 1" in text  # one replica: a budget would block every drain
+    (pdb,) = blank_render(text)
+    assert pdb["kind"] == "PodDisruptionBudget" and "maxUnavailable" in pdb["spec"]
+    assert "matchLabels" in pdb["spec"]["selector"] and 'include "noria.selectorLabels"' in text
