@@ -252,7 +252,8 @@ def _rollback_window(b: PlanBuilder, stable: str) -> Plan:
         b.end_rollback_window()
         b.event(c.ROLLOUT_STABLE_SERVING, f"rollbackWindow over: {stable} stays, {previous} scales down")
         return b.finish()
-    b.replicas.setdefault(previous, spec.replicas)  # its pods keep running: the rollback is instant
+    # The previous version's pods keep running untouched: their scale-down deadline (stamped at the
+    # promotion) is no earlier than the window's end, so the rollback is instant.
     m = obs.measurement
     if m is None:
         return b.finish()

@@ -50,6 +50,11 @@ LABELS = {**CANARY, "analysis": {"interval": "30s", "checks": [
 LABELS_NO_TIMEOUT = {**LABELS, "analysis": {"interval": "30s", "checks": [
     {"builtin": "accuracy", "min": "0.8", "minLabels": 100}]}}
 WINDOW = {**CANARY, "rollbackWindow": "10m"}
+# steps: 0 mirror 100%, 1 pause 1m, 2 analysis, 3 switch (canaryWeight is the mirror percent)
+SHADOW = {**CANARY, "strategy": {"shadow": {"mirrorPercent": 100, "duration": "1m", "promote": "automatic"}},
+          "analysis": {**CHECKS, "checks": [{"builtin": "shadowAgreement", "min": "0.95"}]}}
+# steps: 0 preview, 1 pause 1m (autoPromotionAfter), 2 switch
+BLUE_GREEN = {**CANARY, "strategy": {"blueGreen": {"autoPromotionAfter": "1m"}}}
 PINNED_V7 = {**CANARY, "source": {"modelVersion": "churn-v7"}}
 MIN = dt.timedelta(minutes=1)
 SEC = dt.timedelta(seconds=1)
@@ -79,7 +84,7 @@ def observe(spec=CANARY, status=None, mvs=(), pods=(), now=T0, **kw) -> Observat
                        pods={p.version: p for p in pods}, now=now, **kw)
 
 
-def mid_canary(step: int, started=T0, spec=CANARY, **extra) -> dict:
+def mid_canary(step: int, started=T0, spec=CANARY, **extra: Any) -> dict:
     """Status at the start of ``step``: the traffic of the steps before it is in place."""
     steps = plan_steps(parse_rollout_spec(spec))
     weight = traffic_at(steps, step - 1).weight if step > 0 else 0
@@ -265,6 +270,18 @@ def test_steps(given, expect):
     Row(dict(status=mid_canary(2, analysis=last("Error", T0)), mvs=SERVING, pods=BOTH_READY, promote=True),
         dict(step=3, weights={"churn-v6": 50, "churn-v7": 50}),
         id="promote: a person's word goes past the gate once, raise included"),
+    Row(dict(spec=SHADOW, status=mid_canary(3, spec=SHADOW, canaryWeight=100, analysis=last("Error", T0)), mvs=SERVING,
+             pods=BOTH_READY),
+        dict(stable="churn-v6", mirror=("churn-v7", 100), weights={"churn-v6": 100, "churn-v7": 0}),
+        id="shadow: the switch from mirroring is held while the latest measurement is an Error"),
+    Row(dict(spec=SHADOW, status=mid_canary(3, spec=SHADOW, canaryWeight=100, analysis=last("Successful", T0, streak=1)),
+             mvs=SERVING,
+             pods=BOTH_READY),
+        dict(stable="churn-v7", mirror=None, weights={"churn-v7": 100}),
+        id="shadow: the switch after a success while mirrored"),
+    Row(dict(spec=BLUE_GREEN, status=mid_canary(2, spec=BLUE_GREEN), mvs=SERVING, pods=BOTH_READY),
+        dict(stable="churn-v7"),
+        id="blueGreen without prePromotionAnalysis: nothing measured before the switch, nothing to wait for"),
 ])
 def test_gate(given, expect):
     check(given, expect)
