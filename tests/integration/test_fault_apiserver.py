@@ -53,8 +53,12 @@ def annotate(cluster, namespace: str, annotation: str) -> None:  # noqa: ANN001
 def test_fault_the_operator_rides_out_watch_410s_stalls_resets_and_5xx_429_bursts(
         cluster, namespace, operator_factory, store_claim, prometheus, proxy):
     manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}})
+    # Lease timings longer than the longest fault: this test is about the API server's faults, not
+    # about leadership (a leader that cannot renew through a long stall stops and restarts as a
+    # standby, which test_leader_election.py covers; no kubelet restarts it here).
     env = {**operator_env(prometheus.url), "KUBECONFIG": str(proxy.kubeconfig), "NORIA_REQUEST_TIMEOUT": "5",
-           "NORIA_WATCH_TIMEOUT": "20"}
+           "NORIA_WATCH_TIMEOUT": "20", "NORIA_LEASE_DURATION_SECONDS": "90",
+           "NORIA_LEASE_RENEW_DEADLINE_SECONDS": "60"}
     _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, env, manifest)
     figures: dict[str, float] = {}
 
