@@ -10,6 +10,7 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from noria_testbed.node_agent import memory
 from noria_testbed.node_agent.common import Json, now
 from noria_testbed.node_agent.launch import Launch
 from noria_testbed.node_agent.probes import has_probe, probe_once
@@ -59,12 +60,17 @@ class ContainerRunner:
         self.worker.event("Started", f"Started container {state.name} (pid {self.process.pid})")
         probes = [asyncio.create_task(self.probe_readiness(), name=f"readiness {state.name}"),
                   asyncio.create_task(self.probe_liveness(), name=f"liveness {state.name}")]
+        limit = memory.memory_limit_bytes(self.spec)
+        oom = asyncio.create_task(memory.enforce(self.process.pid, limit)) if limit else None
         try:
             code = await self.process.wait()
         finally:
             for probe in probes:
                 probe.cancel()
             await asyncio.gather(*probes, return_exceptions=True)
+        oom_killed = bool(oom.done() and oom.result()) if oom else False  # the watcher killed it
+        if oom and not oom.done():
+            oom.cancel()
         exit_code = code if code >= 0 else 128 - code  # killed by signal N → 128+N, as runtimes report
         try:
             file_text = launch.termination_file.read_text(errors="replace")
@@ -73,7 +79,7 @@ class ContainerRunner:
         policy = self.spec.get("terminationMessagePolicy", "File")
         state.message = termination_message(file_text, policy, exit_code, tail(launch.log_file, 80))
         state.state, state.exit_code, state.finished_at, state.ready = "terminated", exit_code, now(), False
-        state.reason = "Completed" if exit_code == 0 else "Error"
+        state.reason = "Completed" if exit_code == 0 else "OOMKilled" if oom_killed else "Error"
         self.worker.notify()
         return exit_code
 

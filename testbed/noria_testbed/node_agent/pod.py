@@ -200,6 +200,9 @@ class PodWorker:
         await self.stop_containers(self.grace())
         if self.removed_from_api:
             return
+        # As the kubelet does, the terminal phase is written before the object goes: a Job with a
+        # podFailurePolicy counts a deleted pod only once it is Failed (its finalizer holds it till then).
+        await self.report()
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                 "preconditions": {"uid": self.uid}}
         try:
