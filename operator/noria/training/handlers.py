@@ -253,6 +253,18 @@ def reconcile_error_status(status: Mapping[str, Any], error: str, generation: in
     return {"conditions": conditions}, not already
 
 
+def reconcile_recovered_status(status: Mapping[str, Any], generation: int | None,
+                               now: dt.datetime) -> dict[str, Any] | None:
+    """The status patch setting Reconciled back to True once a whole pass (its writes included)
+    got through after failed ones; None when it is not False. Written after the pass's own writes,
+    never by ``decide``: a pass that fails on its last write must not clear the error first."""
+    reconciled = c.get_condition(status.get("conditions"), c.RECONCILED)
+    if not reconciled or reconciled.get("status") == c.TRUE:
+        return None
+    return {"conditions": c.set_condition(status.get("conditions"), c.RECONCILED, c.TRUE, c.RECONCILE_RECOVERED,
+                                          "the last pass succeeded", generation, now)}
+
+
 def _describe(exc: BaseException) -> str:
     """An API error's status message (what the API server said), or the exception in words."""
     response = getattr(exc, "response", None)
@@ -293,6 +305,10 @@ async def reconcile(key: Hashable) -> float | None:
         now = dt.datetime.now(dt.UTC)
         plan = pipeline.decide(await observe(tp, now))
         await execute(tp, plan, now)
+        after = pipeline.apply_merge_patch(tp.get("status") or {}, plan.status or {})
+        recovered = reconcile_recovered_status(after, tp["metadata"].get("generation"), now)
+        if recovered is not None:
+            await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered)
         _count(plan)
         return plan.requeue_after if plan.requeue_after is not None else state().resync
     except Exception as exc:

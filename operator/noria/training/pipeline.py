@@ -406,11 +406,7 @@ def _start_run(p: _Pass, pending: list[dict[str, Any]], blocked: bool) -> list[d
 def _set_degraded_for_blocks(p: _Pass, invalid: str | None, refused: str | None) -> None:
     """Degraded while the spec cannot be carried out (InvalidSpec) or its source may not be read
     (DataSourceOutOfScope), with one Warning Event when it becomes so or the message changes, never
-    one per pass; cleared once fixed. Reconciled=False ReconcileError (set by the handler when a
-    pass failed) becomes True on the first pass that gets here."""
-    reconciled = c.get_condition(p.conds, c.RECONCILED)
-    if reconciled and reconciled.get("status") != c.TRUE:
-        p.condition(c.RECONCILED, c.TRUE, c.RECONCILE_RECOVERED, "the last pass succeeded")
+    one per pass; cleared once fixed."""
     was = c.get_condition(p.old_status.get("conditions"), c.DEGRADED) or {}
     now_degraded = c.get_condition(p.conds, c.DEGRADED) or {}
     untouched = now_degraded == was  # no run that finished in this pass rewrote Degraded

@@ -1,6 +1,6 @@
 """Decisions about failure: a first run that dies is retried without a person, an out-of-memory
 run says what to raise, the cooldown follows the spec as it is now, an invalid schedule is a
-condition with one Event, and a recovered pass clears Reconciled=False."""
+condition with one Event, and only a whole pass that got through clears Reconciled=False."""
 
 from __future__ import annotations
 
@@ -89,8 +89,15 @@ def test_an_impossible_schedule_is_invalid_spec_with_one_event_and_no_run_until_
 
 
 def test_a_pass_that_succeeds_after_a_reconcile_error_sets_reconciled_true():
+    from noria.training.handlers import reconcile_recovered_status
+
+    failed = {"conditions": c.set_condition(None, c.RECONCILED, c.FALSE, c.RECONCILE_ERROR, "boom", now=at(0))}
     w = World(new_pipeline())
-    w.tp["status"] = {"conditions": c.set_condition(None, c.RECONCILED, c.FALSE, c.RECONCILE_ERROR, "boom", now=at(0))}
-    w.step(at(1))
-    reconciled = c.get_condition(w.status["conditions"], c.RECONCILED)
+    w.tp["status"] = failed
+    w.step(at(1))  # decide leaves Reconciled alone: the pass's writes may still fail
+    assert c.get_condition(w.status["conditions"], c.RECONCILED)["status"] == c.FALSE
+    patch = reconcile_recovered_status(w.status, 1, at(1))
+    reconciled = c.get_condition(patch["conditions"], c.RECONCILED)
     assert reconciled["status"] == c.TRUE and reconciled["reason"] == c.RECONCILE_RECOVERED
+    assert reconcile_recovered_status({**w.status, **patch}, 1, at(2)) is None
+    assert reconcile_recovered_status({}, 1, at(2)) is None  # never failed: no condition, no write
