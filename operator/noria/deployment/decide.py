@@ -184,6 +184,13 @@ def decide(obs: Observation) -> Plan:
 
     if not stable:
         return _first_deployment(b, desired, cand)
+    return _replace(b, desired, stable, cand, mvs)
+
+
+def _replace(b: PlanBuilder, desired: str, stable: str, cand: str | None, mvs: Mapping[str, Any]) -> Plan:
+    """Something serves: keep it, roll back to a version still running, start or go on with a candidate."""
+    obs, spec = b.obs, b.spec
+    assert spec is not None
     if desired == stable:
         if cand:
             b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"the source selects {stable} again; {cand} dropped")
