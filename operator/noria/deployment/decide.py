@@ -121,7 +121,8 @@ def analysis_due(obs: Observation) -> bool:
     return (obs.now - last).total_seconds() >= spec.analysis.interval
 
 
-def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any] | None) -> dict[str, Any]:
+def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any] | None,
+                 rollout: str) -> dict[str, Any]:
     """The ModelVersions as the Rollout's own record says they are: the last verdict's stage wins
     over a ModelVersion whose write was lost to a crash, so a rejected version is never selected
     again just because its stage still reads Canary."""
@@ -130,8 +131,10 @@ def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any
     if version in out and stage and stage != ct.PRODUCTION:
         status = out[version].get("status") or {}
         if status.get("stage") != stage:
-            out[version] = {**out[version], "status": {**status, "stage": stage, "history": [],
-                                                       "message": (verdict or {}).get("message") or ""}}
+            message = (verdict or {}).get("message") or ""
+            entry = {"stage": stage, "by": f"rollout/{rollout}", "reason": message}
+            out[version] = {**out[version], "status": {**status, "stage": stage, "message": message,
+                                                       "history": [*(status.get("history") or []), entry]}}
     return out
 
 
@@ -158,7 +161,7 @@ def decide(obs: Observation) -> Plan:
         b.abort(cand, stable, c.ARTIFACT_VERIFICATION_FAILED, pods.refusal.describe())
         return b.finish()
 
-    mvs = with_verdict(obs.model_versions, st.get("lastVerdict"))
+    mvs = with_verdict(obs.model_versions, st.get("lastVerdict"), obs.rollout.name)
     if obs.retry:
         target = retry_target(spec, obs.rollout.name, mvs)
         if target:

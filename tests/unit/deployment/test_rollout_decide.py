@@ -522,6 +522,11 @@ def test_analysis_runs_against_the_new_stable_inside_the_window_only():
         mvs=[mv(6, "Production"), by_rollout(7, "Canary")], pods=[ready("churn-v6")]),
         dict(stages={"churn-v6": "Production", "churn-v7": "Rejected"}, candidate=None),
         id="abort: status written, ModelVersion not -> Rejected re-emitted (never Approved again)"),
+    Row(dict(status={"stableVersion": "churn-v6", "lastVerdict": {
+        "version": "churn-v7", "stage": "Rejected", "reason": c.ROLLOUT_ANALYSIS_FAILED, "message": "failed"}},
+        mvs=[mv(6, "Production"), by_rollout(7, "Canary")], pods=[ready("churn-v6")], retry=True),
+        dict(candidate="churn-v7", verdict=("churn-v7", "Approved", c.ROLLOUT_RETRIED)),
+        id="retry still finds a version whose Rejected write was lost (the verdict says it was rejected)"),
     Row(dict(status={"stableVersion": "churn-v7", "lastVerdict": {
         "version": "churn-v7", "stage": "Production", "reason": c.ROLLOUT_PROMOTED}},
         mvs=[by_rollout(6, "Production"), by_rollout(7, "Canary")], pods=[ready("churn-v7")]),
