@@ -49,12 +49,21 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
+def _alive(pid: int) -> bool:
+    """Running, not ended (a zombie not reaped yet holds no memory)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 async def enforce(pid: int, limit: int) -> bool:
     """Watch the process group of ``pid`` until it ends; SIGKILL it when it holds more than
     ``limit`` bytes. True when it was killed for memory."""
     while True:
         await asyncio.sleep(POLL_SECONDS)
-        if not os.path.exists(f"/proc/{pid}"):
+        if not _alive(pid):
             return False
         if group_rss_bytes(pid) > limit:
             with contextlib.suppress(ProcessLookupError):
