@@ -116,8 +116,10 @@ class PlanBuilder:
         self.scale_down[cand] = self.now + dt.timedelta(seconds=self.delay())
         self.verdict(cand, ct.REJECTED, reason, message)
         self.clear_candidate()
-        self.alarm(c.DEGRADED, c.TRUE, reason, f"{cand} aborted: {message}",
-                   event=f"aborted {cand}: {message}; traffic back on {stable or 'nothing'}")
+        # One Warning per abort, even when Degraded already says the same reason about an earlier
+        # version: an abort is a verdict on one version and happens once (the candidate is cleared).
+        self.cond(c.DEGRADED, c.TRUE, reason, f"{cand} aborted: {message}")
+        self.event(reason, f"aborted {cand}: {message}; traffic back on {stable or 'nothing'}", warning=True)
         self.cond(c.PROGRESSING, c.FALSE, reason, f"{cand} aborted; {stable or 'nothing'} serves all traffic")
 
     def start_candidate(self, cand: str, stable: str) -> None:
