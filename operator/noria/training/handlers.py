@@ -376,7 +376,11 @@ async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any],
         # A version created by hand (no run registered it) is Registered until a person approves it.
         registered = results.registration(body, now)
         if registered is not None:
-            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], registered)
+            try:  # only onto the object as seen: a stage set since (an import's approval) must stand
+                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
+                                        resource_version=meta.get("resourceVersion"))
+            except kube.Conflict:
+                return  # its newer version's own event decides again
             await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
             body = {**body, "status": {**(body.get("status") or {}), **registered}}
         # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
