@@ -1,12 +1,16 @@
 """Analysis decides, never missing data: a bad canary is aborted within interval × failureLimit with
 user traffic back on stable; no traffic pauses; an unreachable Prometheus aborts after the error
-limit. In none of these cases is the new version ever promoted."""
+limit. In none of these cases is the new version ever promoted. The drift check compares with what its
+``against`` names, by its ``method``."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
+import httpx
+import numpy as np
 import pytest
 from noria import conditions as c
 from rollout_helpers import (
@@ -16,6 +20,7 @@ from rollout_helpers import (
     operator_env,
     rollout,
     rollout_status,
+    sample_rows,
     save_model,
     stage_of,
     start_stable,
@@ -120,3 +125,77 @@ def test_unreachable_prometheus_aborts_after_the_error_limit(cluster, namespace,
         assert stage_of(cluster, namespace, "churn-v1") == "Production"
     finally:
         traffic.stop()
+
+
+def _send_batches(url: str, rows, stop: threading.Event, answered: dict[str, int], batch: int = 50) -> None:  # noqa: ANN001
+    """Inference requests of ``batch`` rows each, in a loop: every row is counted into the bins, so a
+    short window holds thousands of values per version (one row per request would leave the drift
+    statistics to sampling noise on a loaded machine)."""
+    with httpx.Client(timeout=5.0) as client:
+        i = 0
+        while not stop.is_set():
+            chunk = rows[np.arange(i, i + batch) % len(rows)]
+            i += batch
+            body = {"inputs": [{"name": "input", "shape": list(chunk.shape), "datatype": "FP64",
+                                "data": chunk.tolist()}]}
+            try:
+                resp = client.post(f"{url}/v2/models/churn/infer", json=body)
+            except httpx.HTTPError:
+                continue
+            if resp.status_code == 200:
+                version = resp.json().get("model_version")
+                answered[version] = answered.get(version, 0) + 1
+            stop.wait(0.05)
+
+
+def test_drift_check_honours_against_and_method(cluster, namespace, operator_factory, store_claim, prometheus):
+    """Live inputs moved away from what both versions were trained on: compared with the candidate's
+    training profile (``against: reference``) the drift is large; compared with the stable version,
+    which sees the same traffic, it is nil. ``method`` picks the statistic (PSI is unbounded, KS is a
+    CDF gap in [0, 1]). Both versions are trained on the same data, so their bins are the same and
+    the stable comparison is exact."""
+    window = 20  # seconds: a measurement this long after the switch reads only moved traffic on both sides
+    checks = [{"name": "psi-vs-training", "builtin": "drift", "method": "psi", "against": "reference",
+               "max": "0.25", "window": f"{window}s", "dryRun": True},
+              {"name": "ks-vs-training", "builtin": "drift", "method": "ks", "against": "reference",
+               "max": "0.1", "window": f"{window}s", "dryRun": True},
+              # Deciding (and tolerant of the first measurements, whose window still holds v1's unmoved
+              # traffic), so that the analysis keeps measuring instead of pausing.
+              {"name": "psi-vs-stable", "builtin": "drift", "method": "psi", "against": "stable", "max": "0.25",
+               "window": f"{window}s"}]
+    manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "5m"}}]}},
+                       analysis={"interval": "3s", "failureLimit": 100, "checks": checks})
+    _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
+                              manifest)
+    traffic.stop()
+    rows, _ = sample_rows()
+    stop, answered = threading.Event(), {}
+    sender = threading.Thread(target=_send_batches, args=(traffic.url, rows + 2.0, stop, answered), daemon=True)
+    sender.start()  # every feature 2 units up, on both versions
+    try:
+        create_model_version(cluster, save_model(cluster.store_dir, namespace, 2))  # v1's data, v1's bins
+        wait_for("churn-v2 answers", lambda: answered.get("churn-v2", 0) > 0, timeout=120,
+                 on_timeout=lambda: str(rollout_status(cluster, namespace)))
+        both_moved = time.time()
+
+        def measured() -> dict | None:
+            last = (rollout_status(cluster, namespace).get("analysis") or {}).get("last") or {}
+            if not last.get("at") or wall_time(last["at"]) < both_moved + window + 2:
+                return None
+            return {r["name"]: r for r in last.get("checks") or []}
+
+        results = wait_for("a measurement of moved traffic only", measured, timeout=90,
+                           on_timeout=lambda: str(rollout_status(cluster, namespace)))
+        vs_training, ks, vs_stable = (float(results[n]["value"]) for n in ("psi-vs-training", "ks-vs-training",
+                                                                             "psi-vs-stable"))
+        assert vs_training > 1.0, results  # far beyond any threshold: the inputs left the training range
+        assert vs_stable < 0.1, results  # the same inputs on both versions: sampling noise only
+        assert 0.3 < ks <= 1.0 and ks != vs_training, results
+        assert results["psi-vs-training"]["outcome"] == "Failed" and results["psi-vs-stable"]["outcome"] == "Successful"
+        assert "vs training profile" in results["psi-vs-training"]["message"]
+        assert "vs stable churn-v1" in results["psi-vs-stable"]["message"]
+        print(f"FIGURE drift: psi vs training {vs_training:.3f}, ks vs training {ks:.3f}, "
+              f"psi vs stable {vs_stable:.3f}; batches answered {answered}")
+    finally:
+        stop.set()
+        sender.join(10)
