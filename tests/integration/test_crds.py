@@ -180,7 +180,13 @@ STATUS = {
         "weights": {"churn-v6": 90, "churn-v7": 10},
         "analysis": {"passed": 3, "failed": 0, "errors": 0, "inconclusive": 1,
                      "last": {"at": "2026-11-20T10:09:00Z", "outcome": "Successful",
-                              "checks": [{"name": "errorRate", "outcome": "Successful", "value": "0.002"}]}},
+                              "checks": [{"name": "errorRate", "outcome": "Successful", "value": "0.002"}]},
+                     "consecutiveSuccesses": 2},
+        "lastVerdict": {"version": "churn-v6", "stage": "Production", "reason": "Promoted",
+                        "message": "canary analysis passed", "at": "2026-11-19T09:00:00Z"},
+        "previousVersion": "churn-v5",
+        "rollbackWindowEndsAt": "2026-11-19T10:00:00Z",
+        "noProgressSince": "2026-11-20T10:08:00Z",
         "observedGeneration": 1,
     },
 }
@@ -208,6 +214,14 @@ def test_printer_columns_show_status(cluster: Any, namespace: str) -> None:
     # the status written above survived the schema (nothing pruned)
     stored = json.loads(cluster.kubectl("get", "mro", "churn", "-n", namespace, "-o", "json").stdout)
     assert stored["status"]["analysis"]["last"]["checks"][0]["value"] == "0.002"
+    assert stored["status"]["lastVerdict"] == STATUS["rollouts.noria.dev/churn"]["lastVerdict"]
+    assert stored["status"]["noProgressSince"] == "2026-11-20T10:08:00Z"
+    # a verdict is one of the four stages a judgement gives
+    out = cluster.kubectl(
+        "patch", "mro", "churn", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"lastVerdict": {"version": "churn-v7", "stage": "Canary"}}}), check=False,
+    )
+    assert out.returncode != 0 and "status.lastVerdict.stage" in out.stderr and "Unsupported value" in out.stderr
 
 
 def test_status_schema_refuses_an_unknown_stage(cluster: Any, namespace: str) -> None:
@@ -224,6 +238,10 @@ def test_server_side_defaults_are_filled_in(cluster: Any, namespace: str) -> Non
     cluster.kubectl(*STRICT_APPLY, "-n", namespace, "-f", str(path))
     spec = json.loads(cluster.kubectl("get", "-n", namespace, "-f", str(path), "-o", "json").stdout)["spec"]
     assert spec["approval"] == "automatic" and spec["historyLimit"] == 10 and spec["data"]["format"] == "csv"
+    path = EXAMPLES / "04-rollout-blue-green" / "rollout.yaml"
+    cluster.kubectl(*STRICT_APPLY, "-n", namespace, "-f", str(path))
+    spec = json.loads(cluster.kubectl("get", "-n", namespace, "-f", str(path), "-o", "json").stdout)["spec"]
+    assert spec["progressDeadline"] == "10m" and spec["predictionLog"] is True
 
 
 def table(text: str) -> dict[str, str]:
