@@ -9,8 +9,10 @@ Default env (override with keyword arguments, e.g. ``NORIA_PROMETHEUS_URL=promet
 the store root as pods see it (``file:///var/lib/noria/store``, the PVC ``noria-store``'s mount)
 and as the operator process sees it (``NORIA_LOCAL_STORE_ROOT=file://<cluster.store_dir>``), an
 unreachable Prometheus unless given, short resync/settle times for tests, and a free port for
-the operator's own /metrics. Leader election is on (each test namespace has its own Lease, in
-that namespace), with one leader identity per namespace unless ``POD_NAME`` is given.
+the operator's own /metrics. Leader election is on: each test namespace has its own Lease
+``noria-operator-<namespace>`` in ``LEASE_NAMESPACE`` (not in the test namespace, where it would
+go with the namespace and could not be created again while the namespace terminates), with one
+leader identity per namespace unless ``POD_NAME`` is given.
 
 ``store_claim(namespace)`` creates the PVC ``noria-store`` that trainer and server pods mount.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 import pytest
 from noria_testbed.processes import free_port, wait_until
 
+LEASE_NAMESPACE = "noria-system"  # where the operators' leader Leases live (as the chart's release namespace)
 STORE_CLAIM = """
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -94,6 +97,8 @@ def operator_factory(cluster, request) -> Iterator[Callable[..., OperatorProcess
     request.node.noria_operators = started  # for the failure report below
 
     def start(namespace: str, **env: str) -> OperatorProcess:
+        if cluster.kubectl("get", "namespace", LEASE_NAMESPACE, check=False).returncode != 0:
+            cluster.kubectl("create", "namespace", LEASE_NAMESPACE, check=False)  # a parallel test may win
         full = {
             **cluster.env,
             "PYTHONUNBUFFERED": "1",
@@ -109,7 +114,8 @@ def operator_factory(cluster, request) -> Iterator[Callable[..., OperatorProcess
             # Leader identity: one per namespace, as a restarted pod keeps its name, so an operator
             # killed and started again resumes its Lease at once. Give POD_NAME to run two replicas.
             "POD_NAME": f"operator-{namespace}",
-            "NORIA_LEADER_NAMESPACE": namespace,  # not a POD_NAMESPACE this machine happens to have
+            "NORIA_LEADER_NAMESPACE": LEASE_NAMESPACE,  # not a POD_NAMESPACE this machine happens to have
+            "NORIA_LEADER_LEASE_NAME": f"noria-operator-{namespace}",
             **{k: str(v) for k, v in env.items()},
         }
         name = request.node.name.replace("/", "_")[:80]

@@ -23,7 +23,6 @@ from rollout_helpers import (
 
 pytestmark = pytest.mark.integration
 
-LEASE = "noria-operator"
 DURATION, RENEW_DEADLINE = 10, 7.0
 # Short enough for a quick handover, long enough that a loaded 2-core machine does not lose the
 # lease by accident (the leader gives up after RENEW_DEADLINE s without a successful renewal).
@@ -34,9 +33,14 @@ LEASE_LOST_EXIT_CODE = 75  # noria.leader.LEASE_LOST_EXIT_CODE
 ACTIVITY = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):(kopf|noria\.(deployment|training|kube))", re.M)
 
 
-def holder(cluster, namespace: str) -> str | None:  # noqa: ANN001
-    lease = get(cluster, namespace, "lease", LEASE)
-    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+def lease(operator) -> dict:  # noqa: ANN001
+    """The leader Lease ``operator`` competes for (operator_factory names one per test namespace)."""
+    return get(operator.cluster, operator.env["NORIA_LEADER_NAMESPACE"], "lease",
+               operator.env["NORIA_LEADER_LEASE_NAME"]) or {}
+
+
+def holder(operator) -> str | None:  # noqa: ANN001
+    return (lease(operator).get("spec") or {}).get("holderIdentity")
 
 
 def leader_gauge(operator) -> float:  # noqa: ANN001
@@ -64,7 +68,7 @@ def two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim): 
     create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
     env = {**operator_env("http://127.0.0.1:9"), **LEASE_ENV}
     a = operator_factory(namespace, POD_NAME="replica-a", **env)
-    wait_for("replica-a holds the Lease", lambda: holder(cluster, namespace) == "replica-a", timeout=60)
+    wait_for("replica-a holds the Lease", lambda: holder(a) == "replica-a", timeout=60)
     b = operator_factory(namespace, POD_NAME="replica-b", **env)
     cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"immediate": {}}))
     wait_for("churn-v1 stable and Healthy", lambda: (s := rollout_status(cluster, namespace)).get("phase") == "Healthy"
@@ -76,7 +80,7 @@ def two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim): 
 def test_one_replica_acts_and_the_standby_takes_over_after_kill_9(cluster, namespace, operator_factory,
                                                                    store_claim):
     a, b = two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim)
-    assert holder(cluster, namespace) == "replica-a"
+    assert holder(a) == "replica-a"
     assert leader_gauge(a) == 1 and leader_gauge(b) == 0
     assert ACTIVITY.search(a.log()), "the leader shows no reconcile activity"
     assert not ACTIVITY.search(b.log()), f"the standby acted:\n{b.log()[-3000:]}"
@@ -88,7 +92,7 @@ def test_one_replica_acts_and_the_standby_takes_over_after_kill_9(cluster, names
 
     a.kill(signal.SIGKILL)
     killed = time.monotonic()
-    wait_for("replica-b holds the Lease", lambda: holder(cluster, namespace) == "replica-b",
+    wait_for("replica-b holds the Lease", lambda: holder(b) == "replica-b",
              timeout=DURATION + 30)
     handover = time.monotonic() - killed
     print(f"handover after kill -9: {handover:.1f}s (lease duration {DURATION}s)")
@@ -96,8 +100,8 @@ def test_one_replica_acts_and_the_standby_takes_over_after_kill_9(cluster, names
     # kill), plus b's retry period and the test's polling on a loaded machine.
     assert handover <= DURATION + 4, f"handover took {handover:.1f}s"
     assert leader_gauge(b) == 1
-    lease = get(cluster, namespace, "lease", LEASE)["spec"]
-    assert lease["leaseTransitions"] >= 1 and lease["leaseDurationSeconds"] == DURATION
+    spec = lease(b)["spec"]
+    assert spec["leaseTransitions"] >= 1 and spec["leaseDurationSeconds"] == DURATION
 
     create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
     wait_for("churn-v2 rolled out by the new leader", lambda: (s := rollout_status(cluster, namespace))
@@ -105,13 +109,18 @@ def test_one_replica_acts_and_the_standby_takes_over_after_kill_9(cluster, names
              on_timeout=lambda: str(rollout_status(cluster, namespace)))
     assert ACTIVITY.search(b.log()), "the new leader shows no reconcile activity"
 
+    # Stopped (a rolling update, a drain), the leader finishes, then releases the Lease at once.
+    b.kill(signal.SIGTERM)
+    assert b.process.returncode == 0, b.log()[-3000:]
+    assert holder(b) is None, lease(b)
+
 
 def test_frozen_leader_that_lost_its_lease_wakes_up_and_stops_without_writing(cluster, namespace,
                                                                               operator_factory, store_claim):
     a, b = two_replicas_serving_v1(cluster, namespace, operator_factory, store_claim)
     os.kill(a.pid, signal.SIGSTOP)
     try:
-        wait_for("replica-b takes over from the frozen replica-a", lambda: holder(cluster, namespace) == "replica-b",
+        wait_for("replica-b takes over from the frozen replica-a", lambda: holder(b) == "replica-b",
                  timeout=DURATION + 30)
         wait_for("replica-b leads", lambda: leader_gauge(b) == 1, timeout=10)
         # Freeze b too, so that nothing may act; then give the frozen a something to act on.
@@ -143,4 +152,4 @@ def test_frozen_leader_that_lost_its_lease_wakes_up_and_stops_without_writing(cl
     wait_for("churn-v2 rolled out after the restart", lambda: (s := rollout_status(cluster, namespace))
              .get("stableVersion") == "churn-v2" and s.get("phase") == "Healthy", timeout=120,
              on_timeout=lambda: str(rollout_status(cluster, namespace)))
-    assert holder(cluster, namespace) == "replica-b"
+    assert holder(b) == "replica-b"
