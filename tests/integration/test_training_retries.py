@@ -5,7 +5,8 @@ registers once; a trainer over its memory limit is OOMKilled (the node agent enf
 ``resources.limits.memory`` as the kernel would), retried up to the Job's backoffLimit, and the
 pipeline says so and what to raise; a data-validation failure is not retried (one pod); a first
 run that fails is retried later by the operator, with no person involved; a pass that fails on the
-API server (a quota refusing the Job) puts ReconcileError on the pipeline with one Warning Event.
+API server (a quota refusing the Job) puts ReconcileError on the pipeline with one Warning Event; a
+schedule the API server accepts but that never comes is InvalidSpec, with one Warning Event.
 """
 
 from __future__ import annotations
@@ -167,3 +168,29 @@ def test_a_pass_the_api_server_refuses_is_reconcile_error_with_one_event(
     st = wait_for("Reconciled", lambda: condition(s := status(cluster, namespace, "quota"), "Reconciled")
                   .get("status") == "True" and s, timeout=30)
     assert condition(st, "Reconciled")["reason"] == "ReconcileRecovered"
+
+
+def test_a_schedule_the_api_server_accepts_but_that_never_comes_is_invalid_spec_until_fixed(
+        cluster, namespace, store_claim, operator_factory):
+    store_claim(namespace)
+    source = write_data(cluster.store_dir, namespace, "never", classification_frame(600))
+    operator_factory(namespace)
+    # Every 12 months from February, on the 30th: in range field by field, so the API server's
+    # rules let it through; no February has a 30th, so only the operator can tell.
+    apply(cluster, namespace, pipeline_yaml("never", source, triggers={"schedule": "0 0 30 2/12 *"}))
+
+    st = wait_for("InvalidSpec", lambda: condition(s := status(cluster, namespace, "never"), "Degraded")
+                  .get("reason") == "InvalidSpec" and s, timeout=60)
+    degraded = condition(st, "Degraded")
+    assert degraded["status"] == "True" and "spec.triggers.schedule '0 0 30 2/12 *'" in degraded["message"]
+    assert st["phase"] == "Degraded" and condition(st, "Training")["reason"] == "InvalidSpec"
+    settle(6)  # passes every 2 s: still one Event, and no run
+    warnings = [e for e in events_of(cluster, namespace, "never") if e["reason"] == "InvalidSpec"]
+    assert len(warnings) == 1 and warnings[0].get("count", 1) == 1, warnings
+    assert jobs(cluster, namespace, "never") == []
+
+    cluster.kubectl("patch", "trainingpipeline", "never", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"triggers": {"schedule": "0 2 * * *"}}}))
+    wait_for("never-v1 registered", lambda: get(cluster, namespace, "modelversion", "never-v1"), timeout=180)
+    st = status(cluster, namespace, "never")
+    assert condition(st, "Degraded")["reason"] in ("SpecValid", "LastRunSucceeded")
