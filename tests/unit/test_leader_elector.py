@@ -248,3 +248,48 @@ def test_without_the_fence_the_queued_work_would_run() -> None:
     child = child.replace("loop_factory=leader.fenced_event_loop", "loop_factory=None")
     out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "WROTE AFTER THE DEADLINE" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_standby_process_is_alive_takes_no_action_and_stops_on_sigterm(tmp_path) -> None:  # noqa: ANN001
+    """``python -m noria`` that cannot reach its Lease (no API server here) stands by: /healthz answers,
+    /metrics says it does not lead, Kopf never starts, and SIGTERM ends it cleanly."""
+    import json
+    import os
+    import signal
+    import urllib.request
+
+    from noria_testbed.processes import free_port, wait_until
+
+    health, metrics = free_port(), free_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "users": [{"name": "u", "user": {}}]}))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "NORIA_METRICS_PORT": str(metrics), "POD_NAME": "standby",
+           "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "operator.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "noria", "-n", "ml", "--liveness",
+                                    f"http://127.0.0.1:{health}/healthz"], env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+    try:
+        def answer(url: str) -> str:
+            assert process.poll() is None, log_path.read_text()
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode()
+
+        wait_until("standby liveness", lambda: answer(f"http://127.0.0.1:{health}/healthz"), timeout=60,
+                   on_timeout=log_path.read_text)
+        assert json.loads(answer(f"http://127.0.0.1:{health}/healthz")) == {"leading": False}
+        assert "\nnoria_operator_leader 0.0\n" in answer(f"http://127.0.0.1:{metrics}/metrics")
+        wait_until("a failed look at the Lease", lambda: "standing by" in log_path.read_text(), timeout=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = log_path.read_text()
+    assert "Lease ml/noria-operator" in log
+    assert "kopf" not in log, f"Kopf started in a standby:\n{log}"
