@@ -108,7 +108,8 @@ async def _operate(namespaces: Sequence[str], liveness: str, elect: bool) -> int
         if holding.done():
             failure = holding.exception()
             leader.step_down_now(f"renewal crashed: {failure!r}" if failure else holding.result())  # no return
-        holding.cancel()
+        holding.cancel()  # and wait until it is cancelled: release() must not race a renewal
+        await asyncio.gather(holding, return_exceptions=True)
         await elector.release()
         operating.result()  # a crashed operator exits non-zero
         return 0
