@@ -106,16 +106,15 @@ def test_fault_unready_canary_loses_its_traffic_then_aborts_at_the_progress_dead
 
 def test_fault_a_frozen_canary_loses_its_traffic_and_resumes_when_it_recovers(
         cluster, namespace, operator_factory, store_claim, prometheus):
-    manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "6s"}}]}},
-                       analysis={"interval": "2s", "checks": [{"builtin": "errorRate", "max": "0.5"}]},
-                       progressDeadline="5m")
+    # An indefinite pause holds the step while the canary is frozen (a timed pause could end before
+    # the readiness probe has noticed, which is the promotion gate's business, not this test's).
+    manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}, progressDeadline="5m")
     _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
                               manifest)
     selector = "noria.dev/version=churn-v2"
     try:
         create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
         canary_at_50(cluster, namespace, traffic)
-        # Hold the pause open long enough to freeze the canary inside it.
         frozen_at = time.monotonic()
         assert signal_pods(cluster, namespace, selector, signal.SIGSTOP) > 0
         try:
@@ -123,19 +122,25 @@ def test_fault_a_frozen_canary_loses_its_traffic_and_resumes_when_it_recovers(
                      .get("churn-v2", 0) == 0, timeout=UNREADY_TO_ZERO_BOUND + 30,
                      on_timeout=lambda: status_text(cluster, namespace))
             to_zero = time.monotonic() - frozen_at
-            time.sleep(3)
+            settled = time.monotonic() + 2.0
+            time.sleep(4)
             st = rollout_status(cluster, namespace)
-            assert st["canaryVersion"] == "churn-v2" and st["phase"] != "Healthy"
+            assert st["canaryVersion"] == "churn-v2" and st["stableVersion"] == "churn-v1"
+            late = [a for a in traffic.since(settled) if a.status != 200]
+            assert not late, f"{len(late)} requests failed after the frozen canary's weight reached 0"
         finally:
             signal_pods(cluster, namespace, selector, signal.SIGCONT)
         thawed = time.monotonic()
+        canary_at_50(cluster, namespace, traffic)  # the step resumes where it was: no stuck pause at 0%
+        back = time.monotonic() - thawed
+        cluster.kubectl("annotate", "rollouts.noria.dev", "churn", "-n", namespace, "noria.dev/promote=true")
         st = wait_for("churn-v2 promoted after recovering", lambda: (s := rollout_status(cluster, namespace)).get(
             "stableVersion") == "churn-v2" and s.get("phase") == "Healthy" and s, timeout=120,
             on_timeout=lambda: status_text(cluster, namespace))
         assert to_zero <= UNREADY_TO_ZERO_BOUND, f"traffic stayed on the frozen canary for {to_zero:.1f}s"
         assert st["weights"] == {"churn-v2": 100} and stage_of(cluster, namespace, "churn-v2") == "Production"
         assert "Rejected" not in stage_history(cluster, namespace, "churn-v2")
-        print(f"FIGURE canary frozen -> weight 0: {to_zero:.1f}s; thawed -> promoted {time.monotonic() - thawed:.1f}s")
+        print(f"FIGURE canary frozen -> weight 0: {to_zero:.1f}s; thawed -> back at 50%: {back:.1f}s")
     finally:
         signal_pods(cluster, namespace, selector, signal.SIGCONT)
         traffic.stop()
