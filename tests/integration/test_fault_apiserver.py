@@ -33,6 +33,7 @@ from rollout_helpers import (
 pytestmark = pytest.mark.integration
 
 RECOVERY_BOUND = 30.0  # seconds from the end of a fault to the change made during it being carried out
+POD_START_BOUND = 150.0  # a new model server's pods starting on a loaded 2-core machine (not a fault's doing)
 
 
 @pytest.fixture
@@ -69,6 +70,10 @@ def test_fault_the_operator_rides_out_watch_410s_stalls_resets_and_5xx_429_burst
         figures[name] = round(time.monotonic() - fault_over, 1)
         return st
 
+    def at_50(version: str) -> None:
+        wait_for(f"{version} at 50%", lambda: (rollout_status(cluster, namespace).get("weights") or {}).get(version)
+                 == 50, timeout=POD_START_BOUND, on_timeout=lambda: status_text(cluster, namespace))
+
     try:
         assert proxy.seen(), "the operator does not go through the proxy"
         quiet = time.monotonic()
@@ -79,8 +84,9 @@ def test_fault_the_operator_rides_out_watch_410s_stalls_resets_and_5xx_429_burst
         assert proxy.expire_watches() > 0
         proxy.inject(Fault.gone(), count=6)
         create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
-        carried_out("churn-v2 at 50% after the 410s", lambda s: (s.get("weights") or {}).get("churn-v2") == 50,
-                    time.monotonic(), "410 -> canary")
+        carried_out("churn-v2 picked after the 410s", lambda s: s.get("canaryVersion") == "churn-v2",
+                    time.monotonic(), "410 -> canary picked")
+        at_50("churn-v2")
         assert proxy.seen(outcome="gone"), "no watch met the injected 410"
 
         # 2. A burst of 503s on every request; the promote made during it is carried out after it.
@@ -100,8 +106,9 @@ def test_fault_the_operator_rides_out_watch_410s_stalls_resets_and_5xx_429_burst
         during = len(proxy.seen(began, watch=False)) / burst
         figures["request rate: quiet /s"], figures["request rate: during 429s /s"] = baseline, round(during, 1)
         assert during <= 3 * baseline + 5, f"{during:.1f} requests/s into a 429 burst (quiet: {baseline:.1f}/s)"
-        carried_out("churn-v3 at 50% after the 429 burst", lambda s: s.get("canaryVersion") == "churn-v3"
-                    and (s.get("weights") or {}).get("churn-v3") == 50, began + burst, "429 burst -> canary")
+        carried_out("churn-v3 picked after the 429 burst", lambda s: s.get("canaryVersion") == "churn-v3",
+                    began + burst, "429 burst -> canary picked")
+        at_50("churn-v3")
 
         # 4. A stall: connections accepted, never answered; open watches go silent. An abort meanwhile.
         stall = 10.0
@@ -122,8 +129,9 @@ def test_fault_the_operator_rides_out_watch_410s_stalls_resets_and_5xx_429_burst
         proxy.inject(Fault.reset(), count=15)
         began = time.monotonic()
         annotate(cluster, namespace, "noria.dev/retry=true")
-        carried_out("churn-v3 retried to 50% after the resets", lambda s: s.get("canaryVersion") == "churn-v3"
-                    and (s.get("weights") or {}).get("churn-v3") == 50, began, "resets -> retried")
+        carried_out("churn-v3 retried after the resets", lambda s: s.get("canaryVersion") == "churn-v3",
+                    began, "resets -> retried")
+        at_50("churn-v3")
 
         # 6. Watches silent (the connection stays open, nothing arrives) while a promote is made:
         #    the controller does not depend on a live watch to carry it out.
