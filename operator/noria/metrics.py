@@ -1,6 +1,6 @@
 """Prometheus metric names and labels: the contract between server, router, operator and dashboards.
 
-Defined once here (ARCHITECTURE.md §6) and imported everywhere a metric is exported or queried.
+Defined once here (docs/architecture.md §6) and imported everywhere a metric is exported or queried.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The artifact store layout (ARCHITECTURE.md §4), one place for every path under the store root.
+"""The artifact store layout (docs/architecture.md §4), one place for every path under the store root.
 
 A store root is a URI: ``file:///var/lib/noria/store`` (a PersistentVolumeClaim mounted by trainer and
 server pods) or ``s3://bucket/prefix`` with the optional ``s3`` extra. Paths are built here and

@@ -1,4 +1,4 @@
-"""``python -m noria_server serve|route``: one image, two modes (ARCHITECTURE.md §5).
+"""``python -m noria_server serve|route``: one image, two modes (docs/architecture.md §5).
 
 Every flag has an environment variable of the same meaning (the operator's Deployments set the
 variables; flags win when both are given).

@@ -1,4 +1,4 @@
-"""The router's configuration (contract in /tmp/contracts.md, written by the operator) and its pure
+"""The router's configuration (contract in docs/contracts.md, written by the operator) and its pure
 decisions: which version answers a request, whether to mirror it, how two answers compare.
 
 Config JSON (ConfigMap ``<rollout>-router``, key ``config.json``, or a file)::

@@ -1,4 +1,4 @@
-"""The model server's Prometheus metrics (names from ``noria.metrics``, ARCHITECTURE.md §6).
+"""The model server's Prometheus metrics (names from ``noria.metrics``, docs/architecture.md §6).
 
 Everything is counted per micro-batch, not per value: the feature-bin counts are one vectorised
 pass over the batch's (n, F) matrix into a flat NumPy array that a custom collector reads at scrape

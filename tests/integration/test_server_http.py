@@ -3,7 +3,7 @@
 Given models trained and saved the trainer's way (skops + digest + drift profile), when they are
 served by ``python -m noria_server serve``, then OIP v2 predictions equal the model's own
 ``predict``, feedback moves the confusion counters, ``/metrics`` exposes every metric of
-ARCHITECTURE.md §6, malformed requests get a 4xx that says what is wrong, and the prediction log
+docs/architecture.md §6, malformed requests get a 4xx that says what is wrong, and the prediction log
 holds one line per prediction.
 """
 
