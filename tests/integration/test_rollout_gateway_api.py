@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,34 @@ def test_http_route_weights_and_mirror_follow_every_step(cluster, namespace, ope
     cluster.kubectl("annotate", "rollouts.noria.dev", "churn", "-n", namespace, "noria.dev/promote=true")
     wait_for("churn-v3 takes all, mirror removed",
              lambda: route_state(cluster, namespace)[:2] == ({"churn-churn-v3": 100}, None), timeout=60)
+
+
+def test_a_missing_http_route_is_on_the_rollout_with_one_warning_and_clears_once_created(
+        cluster, namespace, operator_factory, store_claim, gateway_api_crds):
+    store_claim(namespace)
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
+    operator_factory(namespace, **operator_env("http://127.0.0.1:9"))
+    traffic = {"provider": "gatewayAPI", "gatewayAPI": {"httpRoute": "churn-route"}}
+    cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"canary": {"steps": [{"setWeight": 30}]}},
+                                                      traffic=traffic))
+
+    def reconciled() -> dict:
+        return next((c for c in rollout_status(cluster, namespace).get("conditions") or []
+                     if c["type"] == "Reconciled"), {})
+
+    def warnings() -> list[dict]:
+        events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+        return [e for e in events if e["reason"] == "ReconcileError" and e["involvedObject"]["name"] == "churn"]
+
+    wait_for("the missing route on the Rollout", lambda: reconciled().get("status") == "False", timeout=60,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    assert reconciled()["reason"] == "ReconcileError" and "HTTPRoute" in reconciled()["message"]
+    assert "churn-route" in reconciled()["message"] and rollout_status(cluster, namespace)["phase"] == "Degraded"
+    time.sleep(4)  # several failed passes (backoff from 0.5 s): still one Warning
+    assert len(warnings()) == 1, warnings()
+    cluster.kubectl("apply", "-f", "-", input=http_route(namespace))
+    wait_for("recovered once the route exists", lambda: reconciled().get("status") == "True", timeout=90,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    assert reconciled()["reason"] == "ReconcileRecovered"
+    wait_for("churn-v1 on the route", lambda: route_state(cluster, namespace)[0] == {"churn-churn-v1": 100},
+             timeout=150, on_timeout=lambda: str(rollout_status(cluster, namespace)))

@@ -191,3 +191,18 @@ def test_an_unarmed_failpoint_does_nothing_and_every_name_is_distinct():
     for name in failpoints.NAMES:
         failpoints.hit(name)
     assert len(set(failpoints.NAMES)) == len(failpoints.NAMES)
+
+
+def test_an_error_is_described_in_the_api_servers_own_words():
+    from lightkube.core.exceptions import ApiError
+
+    class Response:
+        status_code = 422
+
+        def json(self):
+            return {"kind": "Status", "code": 422, "reason": "Invalid",
+                    "message": 'Deployment.apps "x" is invalid: metadata.name: Invalid value'}
+
+    described = kube.describe_error(ApiError(response=Response()))
+    assert described.startswith("422 Invalid") and "metadata.name" in described
+    assert kube.describe_error(RuntimeError("boom")) == "RuntimeError: boom"
