@@ -253,3 +253,76 @@ def test_validate_command_reports_each_invalid_file_and_fails(capsys: pytest.Cap
     out = capsys.readouterr()
     assert "rollout-shadow-service.yaml[0] Rollout/shadow-service: spec: traffic provider service" in out.out
     assert f"{len(INVALID) + len(ORIGINALS)} Noria manifest(s) checked, {len(INVALID) - 1} invalid" in out.err
+
+
+# --- cron fields and object names (the same rules as the CRD's CEL; the API server runs those in
+# tests/integration/test_api_validator_agreement.py) -----------------------------------------------
+@pytest.mark.parametrize(("schedule", "problem"), [
+    ("0 2 * * 0", None),
+    ("*/15 0-6,22 1-7 jan-mar mon-fri", None),
+    ("0 0 L * *", None),
+    ("0 0 ? * 1#2", None),
+    ("0 0 29 2 *", None),  # leap years have it
+    ("0 2 31 2 1", None),  # with a weekday set, cron fires on Mondays of February
+    ("0 0 30 2/12 *", None),  # never comes, but only the operator's InvalidSpec can tell
+    ("@daily", None),
+    ("0 2 * *", "5 fields"),
+    ("60 * * * *", "minute (1st field) must be 0-59"),
+    ("*/0 * * * *", "minute (1st field)"),
+    ("0 24 * * *", "hour (2nd field) must be 0-23"),
+    ("0 0 0 * *", "day of month (3rd field) must be 1-31"),
+    ("0 0 1 13 *", "month (4th field) must be 1-12"),
+    ("0 0 * * 8", "day of week (5th field) must be 0-7"),
+    ("0 2 31 2 *", "a date that never comes"),
+    ("0 2 30,31 feb ?", "a date that never comes"),
+    ("0 0 31 4,6,9 *", "a date that never comes"),
+])
+def test_cron_rules(schedule: str, problem: str | None) -> None:
+    from noria.api.training_pipeline import cron_problems
+
+    problems = cron_problems(schedule)
+    if problem is None:
+        assert problems == []
+        from croniter import croniter
+
+        assert croniter.is_valid(schedule), "a schedule the API accepts must be one the operator can read"
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_every_cron_field_out_of_range_is_named() -> None:
+    from noria.api.training_pipeline import cron_problems
+
+    problems = cron_problems("99 99 99 99 99")
+    assert [p.split(" (")[0] for p in problems] == ["minute", "hour", "day of month", "month", "day of week"]
+
+
+@pytest.mark.parametrize(("kind", "name", "spec", "ok"), [
+    ("TrainingPipeline", "p" * 55, {}, True),
+    ("TrainingPipeline", "p" * 56, {}, False),
+    ("TrainingPipeline", "churn.eu", {}, False),
+    ("TrainingPipeline", "9churn", {}, False),
+    ("Rollout", "r" * 27, {"source": {"pipeline": "p" * 27}}, True),
+    ("Rollout", "r" * 28, {"source": {"pipeline": "p" * 27}}, False),
+    ("Rollout", "r" * 31, {"source": {"modelVersion": "m" * 31}}, True),
+    ("Rollout", "r" * 32, {"source": {"modelVersion": "m" * 31}}, False),
+    ("Rollout", "r" * 56, {"source": {"modelVersion": "m"}}, False),
+    ("ModelVersion", "churn-v7", {"pipeline": "churn", "version": 7}, True),
+    ("ModelVersion", "churn-v07", {"pipeline": "churn", "version": 7}, False),
+    ("ModelVersion", "churn-latest", {"pipeline": "churn", "version": 7}, False),
+])
+def test_name_rules(kind: str, name: str, spec: dict[str, Any], ok: bool) -> None:
+    """The longest derived name fits: <pipeline>-r999999, <rollout>-<pipeline>-v999999 and
+    <rollout>-<modelVersion> are at most 63 characters exactly at the limits."""
+    from noria.api.naming import name_problems
+    from noria.api.resources import kind_of
+
+    manifest = {"apiVersion": "noria.dev/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    problems = name_problems(kind_of(manifest).name_rules, manifest)
+    assert (problems == []) == ok, problems
+    if ok and kind == "Rollout":
+        source = spec["source"]
+        version = f"{source['pipeline']}-v999999" if "pipeline" in source else source["modelVersion"]
+        assert len(f"{name}-{version}") <= 63
+    if ok and kind == "TrainingPipeline":
+        assert len(f"{name}-r999999") <= 63
