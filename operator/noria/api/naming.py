@@ -20,6 +20,10 @@ Rollout ``R``                 Service ``R`` (the stable entry point), ``R-router
                               and Service)
 ============================  ====================================================================
 
+Pods are named by their controllers (a Job's pod ``P-r<N>-<5 random>``, a Deployment's
+``<deployment>-<hash>-<5 random>``) with ``generateName``, which the API server shortens to fit, so the
+limits come from the objects above, not from pods.
+
 Run and version numbers are budgeted at ``RUN_NUMBER_DIGITS`` digits (999 999 runs of one
 pipeline), which gives the limits below. Each rule is written once, as a CEL expression for the
 CRD (on the schema root, where ``self.metadata.name`` is visible) and as a Python check for
