@@ -265,8 +265,7 @@ def step_down_now(why: str) -> None:
     standby, and every step of a reconcile pass is idempotent, so an interrupted pass is redone
     by the next leader.
     """
-    message = f"noria: leader lease lost ({why}); stopping at once, exit {LEASE_LOST_EXIT_CODE}\n"
-    log.critical(message.strip())
+    log.critical("noria: leader lease lost (%s); stopping at once, exit %d", why, LEASE_LOST_EXIT_CODE)
     for handler in logging.getLogger().handlers:
         try:
             handler.flush()
