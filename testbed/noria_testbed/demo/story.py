@@ -324,8 +324,9 @@ class Observer:
             self.say(f"Rollout {self.cfg.rollout}: {ro_old['phase']} -> {ro_new['phase']} {message}", "◆")
         if ro_new["analysis"] != ro_old["analysis"] and ro_new["analysis"]:
             last = ((after.ro_status.get("analysis") or {}).get("last") or {})
-            self.say(f"analysis: {last.get('outcome')} — {last.get('message') or ''}", "✓" if
-                     last.get("outcome") == "Successful" else "✗")
+            marks = {"Successful": "✓", "Waiting": "…"}  # waiting for labels is not a failure
+            self.say(f"analysis: {last.get('outcome')} — {last.get('message') or ''}",
+                     marks.get(last.get("outcome") or "", "✗"))
 
     async def until(self, what: str, predicate: Callable[[Snapshot], Any], timeout: float) -> Any:
         """Wait until ``predicate(latest snapshot)`` is truthy; return its value."""
