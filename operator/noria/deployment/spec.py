@@ -130,7 +130,10 @@ def _validated(model: type[BaseModel], raw: Any, where: str) -> Any:
         for e in error.errors():
             path = field_path(e["loc"])
             text = f"{where}.{path}" if path else where
-            problem = f"{text}: {e['msg'].removeprefix('Value error, ')}"
+            message = e["msg"].removeprefix("Value error, ")
+            # a message that already names its field ("source: set exactly one of ...") is not prefixed twice
+            message = message.removeprefix(text.rsplit(".", 1)[-1] + ": ")
+            problem = f"{text}: {message}"
             if problem not in problems:
                 problems.append(problem)
         raise RolloutSpecError("; ".join(problems)) from None
