@@ -122,15 +122,16 @@ def analysis_due(obs: Observation) -> bool:
 
 
 def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any] | None,
-                 rollout: str) -> dict[str, Any]:
+                 rollout: str) -> Mapping[str, Any]:
     """The ModelVersions as the Rollout's own record says they are: the last verdict's stage wins
     over a ModelVersion whose write was lost to a crash, so a rejected version is never selected
     again just because its stage still reads Canary."""
-    out = dict(mvs)
+    out = mvs if isinstance(mvs, dict) else dict(mvs)
     version, stage = (verdict or {}).get("version"), (verdict or {}).get("stage")
     if version in out and stage and stage != ct.PRODUCTION:
         status = out[version].get("status") or {}
         if status.get("stage") != stage:
+            out = dict(out)  # never change the observation
             message = (verdict or {}).get("message") or ""
             entry = {"stage": stage, "by": f"rollout/{rollout}", "reason": message}
             out[version] = {**out[version], "status": {**status, "stage": stage, "message": message,
@@ -166,7 +167,7 @@ def decide(obs: Observation) -> Plan:
         target = retry_target(spec, obs.rollout.name, mvs)
         if target:
             b.verdict(target, ct.APPROVED, c.ROLLOUT_RETRIED, "retry requested with noria.dev/retry")
-            mvs[target] = {**mvs[target], "status": {**(mvs[target].get("status") or {}), "stage": ct.APPROVED}}
+            mvs = {**mvs, target: {**mvs[target], "status": {**(mvs[target].get("status") or {}), "stage": ct.APPROVED}}}
             b.cond(c.DEGRADED, c.FALSE, c.ROLLOUT_RETRIED, f"retrying {target}")
             b.event(c.ROLLOUT_RETRIED, f"retrying {target}")
 

@@ -22,6 +22,7 @@ from noria.deployment.observation import Observation, Plan, StageChange
 from noria.deployment.selection import CANDIDATE_STAGE, ROLLABLE_STAGES, last_history, stage_of
 
 SERVING_CANDIDATE_STAGES = frozenset({ct.CANARY, ct.PREVIEW, ct.SHADOW})
+SERVING_STAGES = SERVING_CANDIDATE_STAGES | {ct.PRODUCTION}
 # Status keys that belong to one candidate's walk through the steps; cleared when it ends.
 CANDIDATE_KEYS = ("canaryVersion", "currentStep", "stepStartedAt", "canaryWeight", "noProgressSince",
                   "candidateUnreadySince")
@@ -242,12 +243,14 @@ class PlanBuilder:
         assert self.spec is not None
         name = self.obs.rollout.name
         implied: dict[str, tuple[str, str, int]] = {}
+        by = f"rollout/{name}"
         for version, mv in self.obs.model_versions.items():
-            if last_history(mv).get("by") != f"rollout/{name}":
+            stage = stage_of(mv)  # most versions are in no serving stage: the cheap test first
+            if stage not in SERVING_STAGES or version in (stable, cand) or last_history(mv).get("by") != by:
                 continue
-            if stage_of(mv) == ct.PRODUCTION and version != stable:
+            if stage == ct.PRODUCTION:
                 implied[version] = (ct.RETIRED, f"no longer served by rollout {name}", 0)
-            elif stage_of(mv) in SERVING_CANDIDATE_STAGES and version != cand:
+            else:
                 implied[version] = (ct.APPROVED, f"no longer a candidate of rollout {name}", 0)
         verdict = self.status.get("lastVerdict") or {}
         if verdict.get("version") and verdict.get("stage") and not (

@@ -725,3 +725,13 @@ def test_artifact_refusal_is_read_from_the_server_termination_message(pod, kind)
     assert (found.kind if found else None) == kind
     if found:
         assert found.exit_code == 3 and found.pod == "churn-churn-v7-abc" and "os.system" in found.message
+
+
+def test_decide_never_changes_its_observation():
+    import copy
+    verdict = {"version": "churn-v7", "stage": "Rejected", "reason": c.ROLLOUT_ANALYSIS_FAILED, "message": "failed"}
+    obs = observe(status={"stableVersion": "churn-v6", "lastVerdict": verdict},
+                  mvs=[mv(6, "Production"), by_rollout(7, "Canary")], pods=[ready("churn-v6")], retry=True)
+    before = copy.deepcopy((dict(obs.status), dict(obs.model_versions)))
+    decide(obs)
+    assert (dict(obs.status), dict(obs.model_versions)) == before
