@@ -18,6 +18,9 @@ import time
 import pytest
 from fault_helpers import event_count, warning_events
 from noria import conditions as c
+from noria.deployment.objects import COMPONENT_ROUTER
+from noria.deployment.objects import LABEL_COMPONENT as SERVING_COMPONENT_LABEL
+from noria.training.runs import LABEL_COMPONENT as TRAINING_COMPONENT_LABEL
 from rollout_helpers import (
     condition,
     create_model_version,
@@ -157,15 +160,17 @@ def test_fault_every_pod_the_operator_creates_passes_the_restricted_standard(clu
         "get", "pods", "-n", namespace, "-l", "noria.dev/pipeline=posture", "-o", "json").stdout)["items"],
         timeout=90, on_timeout=lambda: cluster.kubectl("get", "events", "-n", namespace).stdout[-3000:])
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
-    by_component: dict[str, list[dict]] = {}
-    for pod in pods:
-        component = pod["metadata"].get("labels", {}).get("app.kubernetes.io/component", "?")
-        by_component.setdefault(component, []).append(pod)
-    assert {"trainer"} <= set(by_component) and len(by_component) >= 3, sorted(by_component)
+
+    def component(pod: dict) -> str:
+        labels = pod["metadata"].get("labels") or {}
+        return labels.get(SERVING_COMPONENT_LABEL) or labels.get(TRAINING_COMPONENT_LABEL) or "?"
+
+    assert {component(p) for p in pods} == {"server", COMPONENT_ROUTER, "trainer"}, [
+        (p["metadata"]["name"], component(p)) for p in pods]
     for pod in pods:
         assert not restricted_violations(pod), (pod["metadata"]["name"], restricted_violations(pod))
         mounts_token = pod["spec"].get("automountServiceAccountToken", True) is not False
-        if pod["metadata"]["labels"].get("app.kubernetes.io/component") == "router":
+        if component(pod) == COMPONENT_ROUTER:
             account = pod["spec"]["serviceAccountName"]
             assert account != "default", "the router must not run as the namespace's default account"
             role = get(cluster, namespace, "role", account)
