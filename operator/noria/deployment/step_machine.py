@@ -111,6 +111,10 @@ def _walk(b: PlanBuilder, cand: str, stable: str, steps: tuple[Step, ...], i: in
     if obs.promote:
         if inconclusive_pause:
             b.cond(c.PAUSED, c.FALSE, c.ROLLOUT_RESUMED_BY_USER, "resumed by noria.dev/promote")
+        if step.kind == "switch":  # the gate held the switch itself: the person's word is the promotion
+            b.promote(cand, stable, c.ROLLOUT_PROMOTED, f"promoted {cand} to all traffic by noria.dev/promote; "
+                                                       f"{stable} retired")
+            return b.finish()
         b.event(c.ROLLOUT_RESUMED_BY_USER, f"{cand}: promoted past step {i} ({step.describe()}) by noria.dev/promote")
         return _advance(b, cand, stable, steps, i, tallies, carry_out=True)
 

@@ -270,6 +270,9 @@ def test_steps(given, expect):
     Row(dict(status=mid_canary(2, analysis=last("Error", T0)), mvs=SERVING, pods=BOTH_READY, promote=True),
         dict(step=3, weights={"churn-v6": 50, "churn-v7": 50}),
         id="promote: a person's word goes past the gate once, raise included"),
+    Row(dict(status=mid_canary(4, analysis=last("Error", T0)), mvs=SERVING, pods=BOTH_READY, promote=True),
+        dict(stable="churn-v7", weights={"churn-v7": 100}, verdict=("churn-v7", "Production", c.ROLLOUT_PROMOTED)),
+        id="promote while the gate holds the final switch: promoted"),
     Row(dict(spec=SHADOW, status=mid_canary(3, spec=SHADOW, canaryWeight=100, analysis=last("Error", T0)), mvs=SERVING,
              pods=BOTH_READY),
         dict(stable="churn-v6", mirror=("churn-v7", 100), weights={"churn-v6": 100, "churn-v7": 0}),
@@ -735,3 +738,29 @@ def test_decide_never_changes_its_observation():
     before = copy.deepcopy((dict(obs.status), dict(obs.model_versions)))
     decide(obs)
     assert (dict(obs.status), dict(obs.model_versions)) == before
+
+
+@pytest.mark.parametrize("spec", [CANARY, COUNTED, LABELS, SHADOW, BLUE_GREEN, WINDOW, NO_CHECKS],
+                         ids=["canary", "counted", "labels", "shadow", "blueGreen", "window", "no-checks"])
+def test_every_step_with_every_input_gives_a_consistent_plan(spec):
+    """Every step index x annotation x pod state x measurement: no crash, and the plan never sends
+    user traffic to a version without a ready pod while another version has one (except where a
+    person asked for it: noria.dev/abort always sends traffic back to the stable)."""
+    steps = plan_steps(parse_rollout_spec(spec))
+    base = observe(spec=spec, mvs=SERVING, now=T0 + MIN)  # the spec parsed once
+    pod_states = [BOTH_READY, [ready("churn-v6"), unready("churn-v7", 0)], [ready("churn-v6"), unready("churn-v7", 1)],
+                  [unready("churn-v6", 0), ready("churn-v7")]]
+    for i in range(len(steps)):
+        at_step = mid_canary(i, spec=spec)
+        for kw in ({}, {"promote": True}, {"promote_full": True}, {"abort": True}):
+            for pods in pod_states:
+                for outcome in (None, "success", "failure", "error", "inconclusive", "waiting"):
+                    m = measured(outcome, T0 + MIN) if outcome else None
+                    for prior in ("Successful", "Error", "Waiting"):
+                        status = {**at_step, "analysis": last(prior, T0, streak=1)}
+                        plan = decide(dataclasses.replace(base, status=status, pods={p.version: p for p in pods},
+                                                          measurement=m, **kw))
+                        live = {p.version for p in pods if p.ready > 0}
+                        sent = {v for v, w in (plan.weights or {}).items() if w > 0}
+                        if not kw.get("abort"):
+                            assert not (sent - live) or not live, (i, kw, pods, outcome, prior, plan.weights)
