@@ -26,11 +26,11 @@ from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
 
-log = logging.getLogger(__name__)
+from noria.api.common import format_timestamp
+from noria.contracts import API_VERSION as API_VERSION  # re-exported: callers name kinds by kube.API_VERSION
+from noria.contracts import GROUP, VERSION
 
-GROUP = "noria.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+log = logging.getLogger(__name__)
 
 TrainingPipeline = create_namespaced_resource(GROUP, VERSION, "TrainingPipeline", "trainingpipelines")
 ModelVersion = create_namespaced_resource(GROUP, VERSION, "ModelVersion", "modelversions")
@@ -207,7 +207,7 @@ def event_manifest(involved: Mapping[str, Any], type_: str, reason: str, message
                    component: str = FIELD_MANAGER, now: dt.datetime | None = None) -> dict[str, Any]:
     """A core/v1 Event about ``involved`` (what ``kubectl describe`` lists under Events)."""
     meta = involved["metadata"]
-    stamp = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    stamp = format_timestamp(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",
