@@ -158,6 +158,9 @@ def _walk(b: PlanBuilder, cand: str, stable: str, steps: tuple[Step, ...], i: in
         return _advance(b, cand, stable, steps, i, tallies, carry_out=False)
     if stall is None:
         _progress_message(b, cand, i, step, tallies)
+        if waiting:  # not holding anything yet (a pause runs), but say what the analysis waits for
+            b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_WAITING_FOR_LABELS,
+                   f"{cand}: step {i} ({step.describe()}); analysis waits for labels: {last.get('message', '')}"[:1000])
     return _deadline(b, cand, stable, stall)
 
 

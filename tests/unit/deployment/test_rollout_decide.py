@@ -344,6 +344,10 @@ WAIT = "37 of 100 labels"
              pods=BOTH_READY, measurement=measured("success", T0 + 60 * SEC, "accuracy"), now=T0 + 60 * SEC),
         dict(step=2, streak=1, noProgressSince=None),
         id="labels arrived: the analysis step passes by itself, no person needed"),
+    Row(dict(status=mid_canary(1, analysis=last("Successful", T0, streak=1)), mvs=SERVING, pods=BOTH_READY,
+             measurement=measured("waiting", T0 + 30 * SEC, "accuracy", WAIT), now=T0 + 30 * SEC),
+        dict(step=1, progressing=(T, c.ROLLOUT_WAITING_FOR_LABELS), noProgressSince=None, streak=1),
+        id="waiting during a timed pause: said, not a stall, the streak kept"),
 ])
 def test_waiting_for_labels(given, expect):
     check(given, expect)
