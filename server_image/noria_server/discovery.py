@@ -27,11 +27,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .router_config import ConfigError, RouterConfig, parse_config
+from noria.router_config import CONFIG_KEY, ConfigError, RouterConfig, parse_config
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "config.json"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 RETRY_SECONDS = 1.0
 

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import orjson
 from noria import metrics as m
+from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG, HEADER_VERSION
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from . import ledger, oip
@@ -52,6 +53,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 FORWARDED_HEADERS = ("content-type", "x-request-id", "accept")
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
+_VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answer
 
 
 @dataclass
@@ -217,16 +219,16 @@ class Router:
         config = self.config
         if config is None:
             return error_response(503, "the router has no config yet")
-        if request.method == "POST" and path.endswith("/feedback") and "x-noria-version" not in request.headers:
+        if request.method == "POST" and path.endswith("/feedback") and HEADER_VERSION not in request.headers:
             return self._fan_out_feedback(config, request)
-        pinned = request.headers.get("x-noria-version")
+        pinned = request.headers.get(HEADER_VERSION)
         if pinned:
             backend = config.by_version(pinned)
             if backend is None:
                 # One series for every unknown name: a label per client-chosen value would be a time
                 # series kept forever for each (the name is in the 404 answer, not in the metric).
                 self.metrics.errors.labels(config.model, "", m.ROUTER_ERROR_UNKNOWN_VERSION).inc()
-                return error_response(404, f"x-noria-version {pinned!r} is not served by this router; versions: "
+                return error_response(404, f"{HEADER_VERSION} {pinned!r} is not served by this router; versions: "
                                            f"{', '.join(b.version for b in config.all_backends())}")
             return self._forward(config, backend, request, mirror=False)
         backend = config.pick(self._random())
@@ -298,7 +300,7 @@ class Router:
         if primary_done is not None:
             primary_done.set_result(body if status == 200 else None)
         self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
-        return Response(status, body, content_type, [(b"x-noria-version", backend.version.encode())])
+        return Response(status, body, content_type, [(_VERSION_HEADER, backend.version.encode())])
 
     async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
                       headers: dict[str, str], primary_done: asyncio.Future[bytes | None]) -> None:
@@ -348,7 +350,7 @@ class Router:
             return error_response(503, "no ready endpoints to take feedback")
         assert self.session is not None
         base_headers = self._headers(request)
-        base_headers["x-noria-feedback-fanout"] = "1"
+        base_headers[HEADER_FEEDBACK_FANOUT] = "1"
         if "authorization" in request.headers:
             base_headers["authorization"] = request.headers["authorization"]
 
@@ -361,7 +363,7 @@ class Router:
                 return 502, {"error": f"{backend.version} at {url}: {type(exc).__name__}: {exc}"}
 
         # Every pod judges every label, and logs only those it counted ("matched").
-        matched_only = {**base_headers, "x-noria-feedback-log": "matched"}
+        matched_only = {**base_headers, HEADER_FEEDBACK_LOG: FEEDBACK_LOG_MATCHED}
         answers = await asyncio.gather(*(one(b, u, request.body, matched_only) for b, u in targets))
         refusal = next((a for a in answers if 400 <= a[0] < 500), None)
         if refusal is not None:  # the body itself was refused (the same on every pod): say why

@@ -41,6 +41,7 @@ from noria import metrics as m
 from noria import store
 from noria.artifact import EXIT_REFUSED_GENERIC, UNUSABLE_MODEL, ArtifactError, Limits
 from noria.conditions import ARTIFACT_VERIFICATION_FAILED
+from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG
 
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
@@ -420,8 +421,8 @@ class ModelServer:
         rules = self.label_rules
         if rules is None:
             rules = self.label_rules = ledger.LabelRules.for_model(model.classes, s.feedback_max_abs_label)
-        fanned_out = "x-noria-feedback-fanout" in request.headers
-        designated = request.headers.get("x-noria-feedback-log") != "matched"
+        fanned_out = HEADER_FEEDBACK_FANOUT in request.headers
+        designated = request.headers.get(HEADER_FEEDBACK_LOG) != FEEDBACK_LOG_MATCHED
         judged = ledger.judge(((f.id, f.label) for f in items), self.ledger, rules, time.monotonic())
         refused: dict[str, int] = {}
         logged: list[oip.Feedback] = []

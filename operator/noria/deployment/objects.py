@@ -13,26 +13,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from noria.contracts import (
+    API_VERSION,
+    COMPONENT_ROUTER,
+    COMPONENT_SERVER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_PIPELINE,
+    LABEL_ROLLOUT,
+    LABEL_VERSION,
+    MANAGED_BY,
+    POD_USER_ID,
+)
 from noria.deployment.spec import SecretKeyRef
+from noria.router_config import CONFIG_KEY, Backend, RouterConfig
 from noria.settings import Settings
 
 FEEDBACK_TOKEN_ENV: Final = "NORIA_FEEDBACK_TOKEN"  # read by noria_server.bearer
-LABEL_ROLLOUT: Final = "noria.dev/rollout"
-LABEL_VERSION: Final = "noria.dev/version"
-LABEL_PIPELINE: Final = "noria.dev/pipeline"
-LABEL_COMPONENT: Final = "noria.dev/component"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-COMPONENT_SERVER: Final = "server"
-COMPONENT_ROUTER: Final = "router"
 SERVER_CONTAINER: Final = "server"
 # Where a server that refuses its artifact writes why (JSON, reason ArtifactVerificationFailed); the
 # kubelet copies it into the pod's containerStatuses, where the operator reads it.
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 SERVER_PORT: Final = 8080
 ROUTER_PORT: Final = 8080
-CONFIG_KEY: Final = "config.json"
 FIELD_MANAGER: Final = "noria"
-RUN_AS_USER: Final = 65532  # distroless "nonroot"
 
 DEFAULT_SERVER_RESOURCES: Final = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 DEFAULT_ROUTER_RESOURCES: Final = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
@@ -43,7 +47,7 @@ class RolloutRef:
     name: str
     namespace: str
     uid: str
-    api_version: str = "noria.dev/v1alpha1"
+    api_version: str = API_VERSION
     kind: str = "Rollout"
 
     def owner_reference(self) -> dict[str, Any]:
@@ -71,11 +75,11 @@ def _meta(ref: RolloutRef, name: str, labels: Mapping[str, str]) -> dict[str, An
 
 def version_labels(ref: RolloutRef, pipeline: str, version: str) -> dict[str, str]:
     return {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version, LABEL_PIPELINE: pipeline,
-            LABEL_COMPONENT: COMPONENT_SERVER, LABEL_MANAGED_BY: "noria"}
+            LABEL_COMPONENT: COMPONENT_SERVER, LABEL_MANAGED_BY: MANAGED_BY}
 
 
 def router_labels(ref: RolloutRef) -> dict[str, str]:
-    return {LABEL_ROLLOUT: ref.name, LABEL_COMPONENT: COMPONENT_ROUTER, LABEL_MANAGED_BY: "noria"}
+    return {LABEL_ROLLOUT: ref.name, LABEL_COMPONENT: COMPONENT_ROUTER, LABEL_MANAGED_BY: MANAGED_BY}
 
 
 def _restricted_container_security() -> dict[str, Any]:
@@ -84,7 +88,7 @@ def _restricted_container_security() -> dict[str, Any]:
 
 
 def _restricted_pod_security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER, "fsGroup": RUN_AS_USER,
+    return {"runAsNonRoot": True, "runAsUser": POD_USER_ID, "runAsGroup": POD_USER_ID, "fsGroup": POD_USER_ID,
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
@@ -212,27 +216,28 @@ def version_service(ref: RolloutRef, pipeline: str, version: str) -> dict[str, A
 
 def entry_service(ref: RolloutRef, selector: Mapping[str, str]) -> dict[str, Any]:
     """The stable entry point ``<rollout>``: users call this one, whatever the provider."""
-    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: "noria"}
+    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: MANAGED_BY}
     return _service(ref, ref.name, labels, selector, SERVER_PORT)
 
 
 def preview_service(ref: RolloutRef, pipeline: str, version: str) -> dict[str, Any]:
     """``<rollout>-preview``: reaches the blue-green candidate before the switch."""
-    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: "noria"}
+    labels = {LABEL_ROLLOUT: ref.name, LABEL_MANAGED_BY: MANAGED_BY}
     return _service(ref, preview_service_name(ref.name), labels, {LABEL_ROLLOUT: ref.name, LABEL_VERSION: version},
                     SERVER_PORT)
 
 
 def router_config(model: str, namespace: str, rollout: str, weights: Mapping[str, int],
                   shadow: tuple[str, int] | None) -> dict[str, Any]:
-    """The router's config.json (contract in /tmp/contracts.md). Backends in a stable order."""
-    backends = [{"version": v, "service": version_object_name(rollout, v), "port": SERVER_PORT, "weight": int(w),
-                 "url": None} for v, w in sorted(weights.items())]
-    shadow_cfg = None
+    """The router's config.json (noria.router_config, contract in docs/contracts.md). Backends in a
+    stable order, so an unchanged split is an unchanged ConfigMap."""
+    backends = tuple(Backend(v, version_object_name(rollout, v), SERVER_PORT, weight=int(w))
+                     for v, w in sorted(weights.items()))
+    mirrored = None
     if shadow is not None:
-        shadow_cfg = {"version": shadow[0], "service": version_object_name(rollout, shadow[0]), "port": SERVER_PORT,
-                      "mirrorPercent": int(shadow[1]), "url": None}
-    return {"model": model, "namespace": namespace, "backends": backends, "shadow": shadow_cfg}
+        mirrored = Backend(shadow[0], version_object_name(rollout, shadow[0]), SERVER_PORT,
+                           mirror_percent=float(int(shadow[1])))
+    return RouterConfig(model, namespace, backends, mirrored).to_json()
 
 
 def router_configmap(ref: RolloutRef, config: Mapping[str, Any]) -> dict[str, Any]:
