@@ -39,7 +39,35 @@ def test_the_pods_the_operator_creates_run_as_the_images_user() -> None:
     for deployment in (objects.version_deployment(ref, mv, 1, Settings()), objects.router_deployment(ref, Settings())):
         pod = deployment["spec"]["template"]["spec"]["securityContext"]
         assert (pod["runAsUser"], pod["runAsGroup"]) == (uid, uid)
-    assert runs.NON_ROOT_UID == uid
+    settings = runs.RunSettings(trainer_image="img:1", store_root="file:///s", store_pvc="s", store_mount_path="/s")
+    tp = {"metadata": {"name": "churn", "namespace": "ml"}, "spec": {"model": {}, "data": {"source": "file:///s/d"}}}
+    spec = runs.run_spec(tp, 1, "manual", None, settings)
+    trainer_pod = runs.job(tp, {}, spec, "2026-11-23T12:00:00Z", settings)["spec"]["template"]["spec"]
+    assert (trainer_pod["securityContext"]["runAsUser"], trainer_pod["securityContext"]["runAsGroup"]) == (uid, uid)
+
+
+def test_every_pod_noria_creates_says_its_role_under_one_label_key() -> None:
+    """Serving and training once disagreed (noria.dev/component vs app.kubernetes.io/component): one
+    selector must find every Noria pod by role."""
+    from noria.deployment import objects
+    from noria.settings import Settings
+    from noria.training import runs
+
+    ref = objects.RolloutRef("churn", "ml", "uid-1")
+    mv = {"metadata": {"name": "churn-v1"}, "spec": {"pipeline": "churn", "artifact": {"uri": "file:///x", "digest": ""}}}
+    settings = runs.RunSettings(trainer_image="img:1", store_root="file:///s", store_pvc="s", store_mount_path="/s")
+    tp = {"metadata": {"name": "churn", "namespace": "ml"}, "spec": {"model": {}, "data": {"source": "file:///s/d"}}}
+    pods = {
+        contracts.COMPONENT_SERVER: objects.version_deployment(ref, mv, 1, Settings())["spec"]["template"],
+        contracts.COMPONENT_ROUTER: objects.router_deployment(ref, Settings())["spec"]["template"],
+        contracts.COMPONENT_TRAINER: runs.job(tp, {}, runs.run_spec(tp, 1, "manual", None, settings),
+                                              "2026-11-23T12:00:00Z", settings)["spec"]["template"],
+    }
+    for role, template in pods.items():
+        labels = template["metadata"]["labels"]
+        assert labels[contracts.LABEL_COMPONENT] == role, (role, labels)
+        assert labels[contracts.LABEL_MANAGED_BY] == contracts.MANAGED_BY
+        assert "app.kubernetes.io/component" not in labels, (role, labels)
 
 
 def test_the_chart_runs_the_operator_as_the_images_user() -> None:

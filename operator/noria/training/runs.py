@@ -25,6 +25,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from noria import runspec, store
+from noria.contracts import (
+    ANNOTATION_TRIGGER,
+    ANNOTATION_TRIGGERED_AT,
+    COMPONENT_TRAINER,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_PIPELINE,
+    LABEL_RUN,
+    MANAGED_BY,
+    POD_USER_ID,
+)
 
 RUN_SPEC_KEY: Final = runspec.RUN_SPEC_KEY
 RUN_MOUNT_PATH: Final = "/etc/noria/run"
@@ -33,12 +44,6 @@ TRAINER_CONTAINER: Final = "trainer"
 STORE_VOLUME: Final = "store"
 RUN_VOLUME: Final = "run"
 
-LABEL_PIPELINE: Final = "noria.dev/pipeline"
-LABEL_RUN: Final = "noria.dev/run"
-LABEL_COMPONENT: Final = "app.kubernetes.io/component"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-ANNOTATION_TRIGGER: Final = "noria.dev/trigger"
-ANNOTATION_TRIGGERED_AT: Final = "noria.dev/triggered-at"
 
 # Retries of a run's pod for what is not the run's own fault (a crash, an out-of-memory kill): the
 # trainer's deterministic failures fail the Job at once (podFailurePolicy), and an evicted or
@@ -46,7 +51,6 @@ ANNOTATION_TRIGGERED_AT: Final = "noria.dev/triggered-at"
 DEFAULT_BACKOFF_LIMIT: Final = 2
 DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 6 * 3600
 DEFAULT_JOBS_KEPT: Final = 5
-NON_ROOT_UID: Final = 65532  # the trainer image's user (distroless "nonroot")
 
 
 def run_name(pipeline: str, n: int) -> str:
@@ -111,7 +115,9 @@ def run_spec(pipeline: Mapping[str, Any], n: int, trigger: str, champion: runspe
 
 
 def _labels(pipeline_name: str, run: str) -> dict[str, str]:
-    return {LABEL_PIPELINE: pipeline_name, LABEL_RUN: run, LABEL_COMPONENT: "trainer", LABEL_MANAGED_BY: "noria"}
+    # noria.dev/component like every pod Noria creates (one key to select Noria's pods by role).
+    return {LABEL_PIPELINE: pipeline_name, LABEL_RUN: run, LABEL_COMPONENT: COMPONENT_TRAINER,
+            LABEL_MANAGED_BY: MANAGED_BY}
 
 
 def config_map(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,9 +185,9 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
                     "enableServiceLinks": False,
                     "securityContext": {
                         "runAsNonRoot": True,
-                        "runAsUser": NON_ROOT_UID,
-                        "runAsGroup": NON_ROOT_UID,
-                        "fsGroup": NON_ROOT_UID,
+                        "runAsUser": POD_USER_ID,
+                        "runAsGroup": POD_USER_ID,
+                        "fsGroup": POD_USER_ID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
