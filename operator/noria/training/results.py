@@ -19,30 +19,35 @@ from noria import conditions as c
 from noria import runspec
 from noria.api.training_pipeline import DEFAULT_METRIC
 from noria.conditions import now_iso
+from noria.contracts import (
+    ANNOTATION_APPROVE,
+    ANNOTATION_GATE_METRIC,
+    ANNOTATION_INITIAL_REASON,
+    ANNOTATION_INITIAL_STAGE,
+    ANNOTATION_REJECT,
+    API_VERSION,
+    APPROVABLE_STAGES,
+    APPROVED,
+    CANARY,
+    CANDIDATE,
+    MANAGED_BY,
+    PREVIEW,
+    PRODUCTION,
+    REGISTERED,
+    REJECTED,
+    SHADOW,
+)
 
 from . import runs
 
-API_VERSION: Final = "noria.dev/v1alpha1"
 DIGEST_RE: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
 
-# A ModelVersion created by hand (an imported model): no training run registered it, no gate scored it.
-REGISTERED: Final = "Registered"
-CANDIDATE: Final = "Candidate"
-APPROVED: Final = "Approved"
-REJECTED: Final = "Rejected"
-PRODUCTION: Final = "Production"
-# Stages a person's approve or reject annotation acts on.
-AWAITING_DECISION: Final = (REGISTERED, CANDIDATE)
 # Stages of a version that passed the gate and was accepted (a champion can come from these).
-ACCEPTED_STAGES: Final = ("Approved", "Canary", "Shadow", "Preview", "Production")
+ACCEPTED_STAGES: Final = (APPROVED, CANARY, SHADOW, PREVIEW, PRODUCTION)
 
-# Set by a person (the chart's admission policy admits only the approver group, with the value equal
-# to the requester's user name), read here, never removed: the stage history keeps who and when.
-APPROVE_ANNOTATION: Final = "noria.dev/approve"
-REJECT_ANNOTATION: Final = "noria.dev/reject"
-ANNOTATION_INITIAL_STAGE: Final = "noria.dev/initial-stage"
-ANNOTATION_INITIAL_REASON: Final = "noria.dev/initial-reason"
-ANNOTATION_GATE_METRIC: Final = "noria.dev/gate-metric"
+# noria.dev/approve and noria.dev/reject are set by a person (the chart's admission policy admits only
+# the approver group, with the value equal to the requester's user name), read here, never removed:
+# the stage history keeps who and when. They act on APPROVABLE_STAGES (Registered, Candidate).
 
 
 class InvalidSummary(ValueError):
@@ -138,7 +143,7 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
             "namespace": meta["namespace"],
             # No owner reference: deleting a pipeline must not delete the model serving production.
             "labels": {runs.LABEL_PIPELINE: meta["name"], runs.LABEL_RUN: summary.run_id,
-                       runs.LABEL_MANAGED_BY: "noria"},
+                       runs.LABEL_MANAGED_BY: MANAGED_BY},
             "annotations": {ANNOTATION_INITIAL_STAGE: stage, ANNOTATION_INITIAL_REASON: reason[:1000],
                             ANNOTATION_GATE_METRIC: gate_metric(spec)},
         },
@@ -195,7 +200,7 @@ def registration(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | No
     if (mv.get("status") or {}).get("stage") or registered_by_a_run(mv):
         return None
     message = (f"created without a training run: approve it (kubectl annotate mv {mv['metadata']['name']} "
-               f"{APPROVE_ANNOTATION}=<your name>) before a Rollout serves it")
+               f"{ANNOTATION_APPROVE}=<your name>) before a Rollout serves it")
     status: dict[str, Any] = {
         "stage": REGISTERED, "message": message,
         "history": [{"stage": REGISTERED, "at": now_iso(now), "reason": "created by hand", "by": "user"}],
@@ -225,11 +230,11 @@ def approval(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | None:
     nothing to do."""
     status = mv.get("status") or {}
     annotations = mv["metadata"].get("annotations") or {}
-    if status.get("stage") not in AWAITING_DECISION:
+    if status.get("stage") not in APPROVABLE_STAGES:
         return None
     for key, stage, approved, reason, verb in (
-            (REJECT_ANNOTATION, REJECTED, c.FALSE, c.MANUALLY_REJECTED, "rejected"),
-            (APPROVE_ANNOTATION, APPROVED, c.TRUE, c.MANUALLY_APPROVED, "approved")):
+            (ANNOTATION_REJECT, REJECTED, c.FALSE, c.MANUALLY_REJECTED, "rejected"),
+            (ANNOTATION_APPROVE, APPROVED, c.TRUE, c.MANUALLY_APPROVED, "approved")):
         value = annotations.get(key)
         if not value:
             continue

@@ -47,6 +47,7 @@ from typing import Any, Final
 from noria import scoring
 from noria.api.common import parse_duration
 from noria.conditions import now_iso
+from noria.contracts import ANNOTATION_RETRAIN
 from noria.profile import Profile
 
 INITIAL: Final = "initial"
@@ -58,7 +59,7 @@ PERFORMANCE: Final = "performance"
 # Order of precedence when several fire at once: the run is labelled with the first.
 KINDS: Final = (INITIAL, MANUAL, DRIFT, PERFORMANCE, NEW_DATA, SCHEDULE)
 
-RETRAIN_ANNOTATION: Final = "noria.dev/retrain"
+RETRAIN_ANNOTATION: Final = ANNOTATION_RETRAIN  # the manual trigger (noria.contracts), under the name callers use
 # A pipeline with no ModelVersion retries after a failed run: 1 min, 2, 4, ... at most hourly.
 DEFAULT_INITIAL_RETRY_SECONDS: Final = 60.0
 MAX_INITIAL_RETRY_SECONDS: Final = 3600.0
