@@ -18,9 +18,7 @@ import time
 import pytest
 from fault_helpers import event_count, warning_events
 from noria import conditions as c
-from noria.deployment.objects import COMPONENT_ROUTER
-from noria.deployment.objects import LABEL_COMPONENT as SERVING_COMPONENT_LABEL
-from noria.training.runs import LABEL_COMPONENT as TRAINING_COMPONENT_LABEL
+from noria.contracts import COMPONENT_ROUTER, COMPONENT_SERVER, COMPONENT_TRAINER, LABEL_COMPONENT
 from rollout_helpers import (
     condition,
     create_model_version,
@@ -162,10 +160,9 @@ def test_fault_every_pod_the_operator_creates_passes_the_restricted_standard(clu
     pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
 
     def component(pod: dict) -> str:
-        labels = pod["metadata"].get("labels") or {}
-        return labels.get(SERVING_COMPONENT_LABEL) or labels.get(TRAINING_COMPONENT_LABEL) or "?"
+        return (pod["metadata"].get("labels") or {}).get(LABEL_COMPONENT, "?")
 
-    assert {component(p) for p in pods} == {"server", COMPONENT_ROUTER, "trainer"}, [
+    assert {component(p) for p in pods} == {COMPONENT_SERVER, COMPONENT_ROUTER, COMPONENT_TRAINER}, [
         (p["metadata"]["name"], component(p)) for p in pods]
     for pod in pods:
         assert not restricted_violations(pod), (pod["metadata"]["name"], restricted_violations(pod))
