@@ -58,6 +58,7 @@ from typing import Any
 import kopf
 
 from noria import conditions as c
+from noria import contracts as ct
 from noria import failpoints as fp
 from noria import kube
 from noria.deployment import objects, profiles
@@ -89,13 +90,8 @@ from noria.wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, API_VERSION = kube.GROUP, kube.VERSION, kube.API_VERSION
-ANNOTATION_PREFIX = "noria.dev/"
-FINALIZER = "noria.dev/finalizer"  # the same name operator_main gives Kopf
-SCALE_DOWN_ANNOTATION = "noria.dev/scale-down-at"
-PROMOTE_FULL = "full"  # noria.dev/promote=full: skip every remaining step
 HISTORY_MAX = 100
-SERVING_STAGES = frozenset({"Canary", "Shadow", "Preview", "Production"})
+SERVING_STAGES = frozenset({ct.CANARY, ct.SHADOW, ct.PREVIEW, ct.PRODUCTION})
 CONFLICT_RETRY_SECONDS = 0.2  # a 409 means "re-observe": soon, not at once (the writer that won may go on)
 
 
@@ -150,7 +146,7 @@ def version_pods(deployment: Mapping[str, Any]) -> VersionPods:
         replicas=replicas,
         ready=int(status.get("readyReplicas") or 0),
         up_to_date=up_to_date or replicas == 0,
-        scale_down_at=parse_time((meta.get("annotations") or {}).get(SCALE_DOWN_ANNOTATION)),
+        scale_down_at=parse_time((meta.get("annotations") or {}).get(ct.ANNOTATION_SCALE_DOWN_AT)),
     )
 
 
@@ -197,7 +193,7 @@ async def model_versions(namespace: str) -> dict[str, dict[str, Any]]:
             if not cache.warm(namespace):
                 cache.begin(namespace)
                 try:
-                    listed = await kube.list_objects(API_VERSION, "ModelVersion", namespace)
+                    listed = await kube.list_objects(ct.API_VERSION, "ModelVersion", namespace)
                 except BaseException:
                     cache.abandon(namespace)
                     raise
@@ -236,13 +232,13 @@ async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observat
     annotations = meta.get("annotations") or {}
     extra: dict[str, Any] = {}
     if "promote_full" in Observation.__dataclass_fields__:  # noria.dev/promote=full (the decide side reads it)
-        extra["promote_full"] = annotations.get(ANNOTATION_PREFIX + PROMOTE) == PROMOTE_FULL
+        extra["promote_full"] = annotations.get(ct.ANNOTATION_PROMOTE) == ct.PROMOTE_FULL
     obs = Observation(
         rollout=ref, generation=int(meta.get("generation") or 0), spec=spec, spec_error=error,
         status=rollout.get("status") or {}, model_versions=mvs, pods=pods, now=at, entry_ready=entry_ready,
-        promote=ANNOTATION_PREFIX + PROMOTE in annotations,
-        abort=ANNOTATION_PREFIX + ABORT in annotations,
-        retry=ANNOTATION_PREFIX + RETRY in annotations,
+        promote=ct.PREFIX + PROMOTE in annotations,
+        abort=ct.PREFIX + ABORT in annotations,
+        retry=ct.PREFIX + RETRY in annotations,
         out_of_scope=out_of_scope, **extra,
     )
     return obs, mvs
@@ -294,8 +290,8 @@ async def _consume(rollout: Mapping[str, Any], keys: tuple[str, ...], resource_v
     if not keys:
         return resource_version
     meta = rollout["metadata"]
-    out = await kube.patch(API_VERSION, "Rollout", meta["name"], meta["namespace"],
-                           {"metadata": {"annotations": {ANNOTATION_PREFIX + k: None for k in keys}}},
+    out = await kube.patch(ct.API_VERSION, "Rollout", meta["name"], meta["namespace"],
+                           {"metadata": {"annotations": {ct.PREFIX + k: None for k in keys}}},
                            resource_version=resource_version)
     return (out.get("metadata") or {}).get("resourceVersion")
 
@@ -326,10 +322,10 @@ async def _stage(mv: Mapping[str, Any], rollout: str, stage: str, reason: str, t
     meta = mv["metadata"]
     cache = state().model_versions
     try:
-        written = await kube.patch_status(API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch,
+        written = await kube.patch_status(ct.API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch,
                                           resource_version=meta.get("resourceVersion"))
     except kube.Conflict:
-        fresh = await kube.get(API_VERSION, "ModelVersion", meta["name"], meta["namespace"])
+        fresh = await kube.get(ct.API_VERSION, "ModelVersion", meta["name"], meta["namespace"])
         if fresh is not None:
             cache.put(fresh)
         log.info("rollout %s/%s: ModelVersion %s changed meanwhile; stage %s on the next pass",
@@ -399,7 +395,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
             scaled = scaled or pods is None or pods.replicas != replicas
             if pods is not None and pods.scale_down_at is not None:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
-                                 {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: None}}})
+                                 {"metadata": {"annotations": {ct.ANNOTATION_SCALE_DOWN_AT: None}}})
                 scaled = True
         if scaled:
             fp.hit(fp.REPLICAS_APPLIED)
@@ -417,7 +413,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
             pods = obs.pods.get(version)
             if pods is not None and pods.scale_down_at != deadline:
                 await kube.patch("apps/v1", "Deployment", objects.version_object_name(ref.name, version), ns,
-                                 {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: c.now_iso(deadline)}}})
+                                 {"metadata": {"annotations": {ct.ANNOTATION_SCALE_DOWN_AT: c.now_iso(deadline)}}})
                 stamped = True
         if stamped:
             fp.hit(fp.SCALE_DOWN_STAMPED)
@@ -430,7 +426,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
     # The verdict is durable from here on: status first, then the ModelVersions that follow from it.
     patch = status_patch(obs.status if observed_status is None else observed_status, plan.status)
     if patch:
-        written = await kube.patch_status(API_VERSION, "Rollout", ref.name, ns, patch, resource_version=rv)
+        written = await kube.patch_status(ct.API_VERSION, "Rollout", ref.name, ns, patch, resource_version=rv)
         rv = (written.get("metadata") or {}).get("resourceVersion")
         fp.hit(fp.STATUS_WRITTEN)
     outcome = Outcome(plan=plan)
@@ -524,7 +520,7 @@ async def report_error(namespace: str, name: str, exc: BaseException) -> None:
     Event on the transition. Best effort: the API may be what failed."""
     error = f"reconcile failed: {kube.describe_error(exc)}"
     try:
-        rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+        rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
         if rollout is None or rollout["metadata"].get("deletionTimestamp"):
             return
         meta = rollout["metadata"]
@@ -532,7 +528,7 @@ async def report_error(namespace: str, name: str, exc: BaseException) -> None:
                                                    int(meta.get("generation") or 0), now())
         if patch is None:
             return
-        await kube.patch_status(API_VERSION, "Rollout", name, namespace, patch,
+        await kube.patch_status(ct.API_VERSION, "Rollout", name, namespace, patch,
                                 resource_version=meta.get("resourceVersion"))
         if transition:
             await kube.post_event(rollout, "Warning", c.RECONCILE_ERROR, error)
@@ -554,7 +550,7 @@ async def run_pass(rollout: Mapping[str, Any]) -> tuple[Outcome, Observation]:
 
 async def reconcile_once(namespace: str, name: str) -> Plan | None:
     """One pass (tests and benchmarks read the plan); None when the Rollout is gone or being deleted."""
-    rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+    rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
     if rollout is None or rollout["metadata"].get("deletionTimestamp"):
         return None
     outcome, _ = await run_pass(rollout)
@@ -568,7 +564,7 @@ async def reconcile(key: Hashable) -> float | None:
     st = state()
     async with st.lock(key):
         try:
-            rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+            rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
             if rollout is None or rollout["metadata"].get("deletionTimestamp"):
                 return None
             outcome, obs = await run_pass(rollout)
@@ -610,7 +606,7 @@ async def finalize(namespace: str, name: str) -> dict[str, Any] | None:
     the provider restores the user's route, and the versions it served get a history entry and stage
     Approved (approved, serving nowhere: a Rollout created again picks them up). Idempotent. The
     Rollout as read, or None when it is gone."""
-    rollout = await kube.get(API_VERSION, "Rollout", name, namespace)
+    rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
     if rollout is None:
         return None
     meta, st = rollout["metadata"], rollout.get("status") or {}
@@ -624,13 +620,13 @@ async def finalize(namespace: str, name: str) -> dict[str, Any] | None:
         await make_provider(ref, spec, spec.pipeline or name, state().settings).finalize(stable)
     at = now()
     for version, role in ((cand, "candidate"), (stable, "stable version")):
-        mv = await kube.get(API_VERSION, "ModelVersion", version, namespace) if version else None
+        mv = await kube.get(ct.API_VERSION, "ModelVersion", version, namespace) if version else None
         if mv is None or (mv.get("status") or {}).get("stage") not in SERVING_STAGES:
             continue
         reason = f"{c.ROLLOUT_DELETED}: Rollout {name}, which served it as its {role}, was deleted"
-        patch = stage_patch(mv, name, "Approved", reason, 0, at)
+        patch = stage_patch(mv, name, ct.APPROVED, reason, 0, at)
         if patch is not None:
-            await kube.patch_status(API_VERSION, "ModelVersion", version, namespace, patch,
+            await kube.patch_status(ct.API_VERSION, "ModelVersion", version, namespace, patch,
                                     resource_version=mv["metadata"].get("resourceVersion"))
     fp.hit(fp.FINALIZED)
     return rollout
@@ -640,11 +636,11 @@ async def release(rollout: Mapping[str, Any]) -> None:
     """Remove Noria's finalizer (only if the Rollout is unchanged since it was finalized)."""
     meta = rollout["metadata"]
     finalizers = list(meta.get("finalizers") or [])
-    if FINALIZER not in finalizers:
+    if ct.FINALIZER not in finalizers:
         return
     try:
-        await kube.patch(API_VERSION, "Rollout", meta["name"], meta["namespace"],
-                         {"metadata": {"finalizers": [f for f in finalizers if f != FINALIZER]}},
+        await kube.patch(ct.API_VERSION, "Rollout", meta["name"], meta["namespace"],
+                         {"metadata": {"finalizers": [f for f in finalizers if f != ct.FINALIZER]}},
                          resource_version=meta.get("resourceVersion"))
     except kube.HTTPError as exc:
         if not kube.is_status(exc, 404):
@@ -658,9 +654,9 @@ async def sweep_deleted() -> int:
     st = state()
     released = 0
     for namespace in watched_namespaces() or [None]:
-        for item in await kube.list_objects(API_VERSION, "Rollout", namespace):
+        for item in await kube.list_objects(ct.API_VERSION, "Rollout", namespace):
             meta = item["metadata"]
-            if not meta.get("deletionTimestamp") or FINALIZER not in (meta.get("finalizers") or []):
+            if not meta.get("deletionTimestamp") or ct.FINALIZER not in (meta.get("finalizers") or []):
                 continue
             key = (meta["namespace"], meta["name"])
             async with st.lock(key):
@@ -698,7 +694,7 @@ def forget(key: Hashable) -> None:
 
 
 # --- Kopf wiring ------------------------------------------------------------------------------------
-WAKE_ANNOTATIONS = tuple(ANNOTATION_PREFIX + a for a in (PROMOTE, ABORT, RETRY))
+WAKE_ANNOTATIONS = tuple(ct.PREFIX + a for a in (PROMOTE, ABORT, RETRY))
 
 
 def wake_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -733,7 +729,7 @@ async def stop_rollouts(**_: Any) -> None:
         await st._prometheus.aclose()
 
 
-@kopf.on.event(GROUP, VERSION, "rollouts")
+@kopf.on.event(ct.GROUP, ct.VERSION, "rollouts")
 async def rollout_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     st = state()
     meta = body["metadata"]
@@ -749,7 +745,7 @@ async def rollout_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: 
         st.wakeups.wake(key)
 
 
-@kopf.on.delete(GROUP, VERSION, "rollouts", id="rollout-finalize")
+@kopf.on.delete(ct.GROUP, ct.VERSION, "rollouts", id="rollout-finalize")
 async def rollout_deleted(namespace: str, name: str, **_: Any) -> None:
     """Restore the route and record the served versions' stages before Kopf releases the finalizer."""
     key = (namespace, name)
@@ -779,7 +775,7 @@ async def server_pod_event(body: Mapping[str, Any], **_: Any) -> None:
         state().wakeups.wake((meta["namespace"], meta["labels"][objects.LABEL_ROLLOUT]), delay=0.5)
 
 
-@kopf.on.event(GROUP, VERSION, "modelversions")
+@kopf.on.event(ct.GROUP, ct.VERSION, "modelversions")
 async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     st = state()
     meta = body["metadata"]
