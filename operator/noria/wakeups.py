@@ -26,6 +26,7 @@ class Wakeups:
         self._due: dict[Hashable, float] = {}
         self._running: set[Hashable] = set()
         self._again: set[Hashable] = set()
+        self._deferred: dict[Hashable, float] = {}  # delayed wakes that arrived during a pass: due times
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task] = set()
@@ -36,8 +37,12 @@ class Wakeups:
     def wake(self, key: Hashable, delay: float = 0.0) -> None:
         """Run ``key`` within ``delay`` seconds (an earlier due time is kept)."""
         if key in self._running:
+            # Never lost: the running pass may have read the world before the change this announces.
             if delay <= 0:
                 self._again.add(key)
+            else:
+                due = time.monotonic() + delay
+                self._deferred[key] = min(due, self._deferred.get(key, due))
             return
         due = time.monotonic() + delay
         if key not in self._due or due < self._due[key]:
@@ -47,6 +52,7 @@ class Wakeups:
     def forget(self, key: Hashable) -> None:
         self._due.pop(key, None)
         self._again.discard(key)
+        self._deferred.pop(key, None)
 
     async def run(self) -> None:
         while True:
@@ -84,6 +90,9 @@ class Wakeups:
             self._again.discard(key)
             delay = 0.0
         self.wake(key, min(delay, self._resync))
+        deferred = self._deferred.pop(key, None)
+        if deferred is not None:
+            self.wake(key, max(0.0, deferred - time.monotonic()))
 
     async def stop(self) -> None:
         for task in list(self._tasks):

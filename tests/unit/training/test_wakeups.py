@@ -68,3 +68,28 @@ async def test_a_failing_pass_is_retried_without_stopping_others():
     loop.cancel()
     await w.stop()
     assert calls.count("bad") >= 2 and "good" in calls
+
+
+async def test_a_delayed_wake_during_a_pass_is_kept_not_dropped():
+    # Found by the fault suite: a ModelVersion event (wake with a short delay) that arrived while the
+    # Rollout's pass ran was dropped, and the new version waited for the 60 s resync.
+    passes = 0
+    gate = asyncio.Event()
+
+    async def reconcile(key):
+        nonlocal passes
+        passes += 1
+        if passes == 1:
+            await gate.wait()
+        return 60.0
+
+    w = Wakeups(reconcile, resync_seconds=60)
+    loop = asyncio.create_task(w.run())
+    w.wake("a")
+    await asyncio.sleep(0.1)
+    w.wake("a", delay=0.1)  # an event during the pass
+    gate.set()
+    await asyncio.sleep(0.4)
+    loop.cancel()
+    await w.stop()
+    assert passes == 2
