@@ -23,17 +23,17 @@ from urllib.parse import urlsplit
 
 import kopf
 
-FINALIZER = "noria.dev/finalizer"
-ANNOTATION_PREFIX = "noria.dev"
+from noria.contracts import FINALIZER, GROUP
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Strict CRD schemas drop unknown status fields silently, so Kopf's progress and "last
-    # handled" state go into annotations under our own prefix, never into status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    # handled" state go into annotations under our own prefix (Kopf wants the bare domain, noria.dev,
+    # and adds the slash), never into status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     settings.persistence.finalizer = FINALIZER
     # WARNING and above become Kubernetes Events. Not INFO: Kopf logs "Handler succeeded" at INFO for
