@@ -1,4 +1,4 @@
-"""The traffic-provider protocol (CONVENTIONS.md 6): one small interface, one module per backend.
+"""The traffic-provider protocol (docs/conventions.md, item 6): one small interface, one module per backend.
 
 ``ensure`` creates what the provider itself needs (the router's Deployment, nothing for a Service
 switch); ``set_weights`` makes the split (and the mirror) true and is a no-op when it already is;

@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from noria import kube
+from noria.contracts import ANNOTATION_ORIGINAL_BACKENDS
 from noria.deployment import objects
 from noria.deployment.cluster import HTTPRoute  # noqa: F401  (registers the kind with lightkube)
 from noria.deployment.providers.base import TrafficProviderError
 
 API_VERSION = "gateway.networking.k8s.io/v1"
 MIRROR = "RequestMirror"
-ORIGINAL_BACKENDS_ANNOTATION = "noria.dev/original-backends"
 
 
 def _ours(ref: Mapping[str, Any], rollout: str) -> bool:
@@ -119,8 +119,8 @@ class GatewayAPIProvider:
             return False
         body: dict[str, Any] = {"spec": {"rules": desired}}
         annotations = (route.get("metadata") or {}).get("annotations") or {}
-        if ORIGINAL_BACKENDS_ANNOTATION not in annotations:
-            body["metadata"] = {"annotations": {ORIGINAL_BACKENDS_ANNOTATION: json.dumps(
+        if ANNOTATION_ORIGINAL_BACKENDS not in annotations:
+            body["metadata"] = {"annotations": {ANNOTATION_ORIGINAL_BACKENDS: json.dumps(
                 original_backends(rules, self.ref.name), separators=(",", ":"))}}
         # Conditional on the route as read: a user's edit in between is never overwritten.
         await kube.patch(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace, body,
@@ -139,13 +139,13 @@ class GatewayAPIProvider:
         annotations = meta.get("annotations") or {}
         rules = (route.get("spec") or {}).get("rules") or []
         try:
-            recorded = json.loads(annotations[ORIGINAL_BACKENDS_ANNOTATION])
+            recorded = json.loads(annotations[ANNOTATION_ORIGINAL_BACKENDS])
         except (KeyError, ValueError):
             recorded = None
         restored = restored_rules(rules, self.ref.name, recorded)
-        if restored == rules and ORIGINAL_BACKENDS_ANNOTATION not in annotations:
+        if restored == rules and ANNOTATION_ORIGINAL_BACKENDS not in annotations:
             return
         await kube.patch(API_VERSION, "HTTPRoute", self.http_route, self.ref.namespace,
-                         {"metadata": {"annotations": {ORIGINAL_BACKENDS_ANNOTATION: None}},
+                         {"metadata": {"annotations": {ANNOTATION_ORIGINAL_BACKENDS: None}},
                           "spec": {"rules": restored}},
                          resource_version=meta.get("resourceVersion"))
