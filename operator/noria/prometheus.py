@@ -7,20 +7,14 @@ query refused: say Unknown, decide nothing rash) versus *no data* (an empty vect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-
-class PrometheusError(Exception):
-    """Prometheus could not answer: unreachable, timed out, or refused the query."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    labels: dict[str, str]
-    value: float
+# The value types and the reading of an answer are pure (noria.samples); re-exported for callers.
+from noria.samples import PrometheusError as PrometheusError
+from noria.samples import Sample as Sample
+from noria.samples import samples_of
 
 
 class PrometheusClient:
@@ -38,14 +32,7 @@ class PrometheusClient:
             body: dict[str, Any] = resp.json()
         except ValueError as exc:
             raise PrometheusError(f"Prometheus at {self.url} answered HTTP {resp.status_code} without JSON") from exc
-        if body.get("status") != "success":
-            raise PrometheusError(f"Prometheus refused the query {promql!r}: {body.get('errorType')}: {body.get('error')}")
-        data = body["data"]
-        if data["resultType"] == "scalar":
-            return [Sample({}, float(data["result"][1]))]
-        if data["resultType"] != "vector":
-            raise PrometheusError(f"expected a vector from {promql!r}, got {data['resultType']}")
-        return [Sample(dict(r["metric"]), float(r["value"][1])) for r in data["result"]]
+        return samples_of(body, promql)
 
     async def is_online(self) -> bool:
         try:

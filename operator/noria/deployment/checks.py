@@ -34,22 +34,25 @@ import numpy as np
 
 from noria import drift, scoring
 from noria import metrics as m
+from noria.api.rollout import DEFAULT_MIN_LABELS, LABEL_CHECKS
+from noria.contracts import COMPONENT_ROUTER, LABEL_COMPONENT
 from noria.deployment.spec import CheckSpec
 from noria.profile import FeatureProfile, Profile
-from noria.prometheus import Sample
+from noria.samples import Sample
 
-COMPONENT_LABEL = "label_noria_dev_component"
-ROUTER_COMPONENT = "router"
+# Prometheus' pod discovery writes a pod label as label_<name> with every character outside
+# [a-zA-Z0-9_] turned into "_": noria.dev/component -> label_noria_dev_component.
+COMPONENT_LABEL = "label_" + "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else "_"
+                                     for ch in LABEL_COMPONENT)
 INFER_ANSWERS = f'{m.LABEL_ENDPOINT}="{m.ENDPOINT_INFER}"'
 SERVER_ERRORS = f'{m.LABEL_CODE}=~"5.."'
 QUANTILES = {"latencyP50": 0.5, "latencyP95": 0.95, "latencyP99": 0.99}
-NOT_ROUTER = f'{COMPONENT_LABEL}!="{ROUTER_COMPONENT}"'
-LABEL_CHECKS = ("accuracy", "f1")
+NOT_ROUTER = f'{COMPONENT_LABEL}!="{COMPONENT_ROUTER}"'
 DRIFT_CHECKS = ("drift", "predictionDrift")
-# Labels accuracy/f1 wait for when minLabels is not set. An accuracy near 0.8 measured on 100 labels
-# has a standard error of 0.04 (sqrt(0.8 * 0.2 / 100)), so a 0.7 model fails a "min 0.8" check and a
-# 0.9 model passes it most of the time; on 10 labels (SE 0.13) the verdict would be a coin toss.
-DEFAULT_MIN_LABELS = 100
+# DEFAULT_MIN_LABELS (noria.api.rollout, 100): labels accuracy/f1 wait for when minLabels is not set.
+# An accuracy near 0.8 measured on 100 labels has a standard error of 0.04 (sqrt(0.8 * 0.2 / 100)), so
+# a 0.7 model fails a "min 0.8" check and a 0.9 model passes it most of the time; on 10 labels (SE 0.13)
+# the verdict would be a coin toss.
 AGAINST_REFERENCE, AGAINST_STABLE = "reference", "stable"
 
 
