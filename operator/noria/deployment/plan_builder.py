@@ -245,7 +245,7 @@ class PlanBuilder:
         implied: dict[str, tuple[str, str, int]] = {}
         by = f"rollout/{name}"
         for version, mv in self.obs.model_versions.items():
-            stage = stage_of(mv)  # most versions are in no serving stage: the cheap test first
+            stage = (mv.get("status") or {}).get("stage")  # most versions serve nowhere: the cheap test first
             if stage not in SERVING_STAGES or version in (stable, cand) or last_history(mv).get("by") != by:
                 continue
             if stage == ct.PRODUCTION:
