@@ -34,6 +34,8 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from noria.contracts import API_VERSION
+
 TIMESTAMP: Final = "ts"
 TARGET: Final = "y"
 NUMERIC: Final = ("x0", "x1", "x2", "x3", "x4")
@@ -177,7 +179,7 @@ RECOMMENDED_TRIGGERS: Final[dict[str, Any]] = {
 
 
 def pipeline(name: str, triggers: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "noria.dev/v1alpha1", "kind": "TrainingPipeline",
+    return {"apiVersion": API_VERSION, "kind": "TrainingPipeline",
             "metadata": {"name": name},
             "spec": {**copy.deepcopy(BASE_SPEC), "triggers": copy.deepcopy(triggers)}}
 

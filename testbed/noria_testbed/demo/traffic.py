@@ -32,13 +32,14 @@ from urllib.parse import quote
 import httpx
 import numpy as np
 import pandas as pd
+from noria.contracts import HEADER_VERSION
 
 from noria_testbed.demo import dataset as D
 from noria_testbed.demo.timeline import Timeline
 
 log = logging.getLogger("noria_testbed.demo.traffic")
 
-VERSION_HEADER = "x-noria-version"
+VERSION_HEADER = HEADER_VERSION  # the router's answer names the version that answered
 
 
 # --- the wire format -----------------------------------------------------------------------------
