@@ -1,8 +1,8 @@
 """A real Kubernetes control plane on loopback ports: etcd, kube-apiserver,
 kube-controller-manager and kube-scheduler, started the way controller-runtime's envtest starts
 them (flags and order in ``ControlPlane.start`` below; the test bed in testbed/README.md), plus the
-two controllers envtest leaves out so that
-Deployments, Jobs, garbage collection and scheduling really happen.
+two controllers envtest leaves out so that Deployments, Jobs, garbage collection and scheduling
+really happen.
 
 Two deliberate departures from a cloud cluster:
 
