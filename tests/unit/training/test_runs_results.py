@@ -83,6 +83,19 @@ def test_job_outcome_reads_state_and_the_newest_summary():
     assert failed.state == runs.FAILED and failed.summary is None and failed.reason == "BackoffLimitExceeded"
 
 
+def test_job_outcome_counts_out_of_memory_kills_and_reads_the_memory_limit():
+    def killed(key: str, reason: str) -> dict:
+        return {"status": {"containerStatuses": [{"name": "trainer", key: {"terminated": {
+            "exitCode": 137, "reason": reason, "finishedAt": "2026-11-23T12:00:04Z"}}}]}}
+
+    job = {**_job("Failed"), "spec": {"template": {"spec": {"containers": [
+        {"name": "trainer", "resources": {"limits": {"memory": "512Mi"}}}]}}}}
+    pods = [killed("state", "OOMKilled"), killed("lastState", "OOMKilled"), killed("state", "Error")]
+    failed = runs.job_outcome(job, pods)
+    assert failed.oom_killed == 2 and failed.memory_limit == "512Mi"
+    assert runs.job_outcome(_job("Failed"), [killed("state", "Error")]).oom_killed == 0
+
+
 def test_prune_keeps_the_newest_finished_and_the_current_run():
     names = [f"churn-r{i}" for i in range(1, 9)] + ["other-r1"]
     assert runs.runs_to_prune("churn", names, 3, current="churn-r8") == ["churn-r4", "churn-r3", "churn-r2", "churn-r1"]
