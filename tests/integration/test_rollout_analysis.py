@@ -42,7 +42,7 @@ def test_inaccurate_canary_is_aborted_and_rejected_with_no_request_lost(cluster,
                               manifest, feedback=True)
     try:
         create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, flip_labels=True))
-        wait_for("churn-v2 gets traffic", lambda: traffic.share("churn-v2", time.monotonic() - 3)[1] > 0, timeout=120)
+        wait_for("churn-v2 gets traffic", lambda: traffic.share("churn-v2", time.monotonic() - 3)[0] > 0, timeout=120)
         first_failure = wait_for("a failed measurement",
                                  lambda: (rollout_status(cluster, namespace).get("analysis") or {}).get("failed"),
                                  timeout=60, on_timeout=lambda: str(rollout_status(cluster, namespace)))
