@@ -35,6 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from noria.contracts import ANNOTATION_RETRAIN  # noqa: E402
 from noria_testbed.processes import free_port, wait_until  # noqa: E402
 from noria_testbed.testbed import LocalTestbed  # noqa: E402
 from training_helpers import classification_frame, pipeline_yaml, write_data  # noqa: E402
@@ -111,7 +112,7 @@ def latency_runs(tb: LocalTestbed, runs: int) -> tuple[list[float], list[float]]
             triggered = None
             if n > 1:
                 triggered = time.monotonic()
-                client.patch(TrainingPipeline, "lat", {"metadata": {"annotations": {"noria.dev/retrain": str(n)}}},
+                client.patch(TrainingPipeline, "lat", {"metadata": {"annotations": {ANNOTATION_RETRAIN: str(n)}}},
                              namespace=ns, patch_type=PatchType.MERGE)
             created = completed = registered = None
             deadline = time.monotonic() + 180

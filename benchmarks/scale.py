@@ -48,12 +48,13 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+from noria.contracts import API_VERSION
 from noria_testbed.kubeapi import KubeApi, inform
 from noria_testbed.processes import free_port, wait_until
 from noria_testbed.testbed import LocalTestbed
 
 NAMESPACE = "scale"
-GROUP_PATH = f"/apis/noria.dev/v1alpha1/namespaces/{NAMESPACE}"
+GROUP_PATH = f"/apis/{API_VERSION}/namespaces/{NAMESPACE}"
 OPERATOR_ACCOUNT = "noria-operator"
 RSS_GOAL_MB, REACTION_P99_GOAL_S = 200, 1.0
 YEARLY = "0 0 1 1 *"  # a cron that does not fire during a benchmark
@@ -61,7 +62,7 @@ YEARLY = "0 0 1 1 *"  # a cron that does not fire during a benchmark
 
 # ---- the objects ------------------------------------------------------------------------------------
 def pipeline(i: int) -> dict:
-    return {"apiVersion": "noria.dev/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": f"p{i:04d}"},
+    return {"apiVersion": API_VERSION, "kind": "TrainingPipeline", "metadata": {"name": f"p{i:04d}"},
             "spec": {"model": {"task": "regression", "estimator": "sklearn.linear_model.Ridge", "target": "y"},
                      "data": {"source": f"file:///var/lib/noria/store/datasets/p{i:04d}/data.csv", "format": "csv"},
                      "evaluation": {"metric": "rmse", "maxScore": "10"},
@@ -71,7 +72,7 @@ def pipeline(i: int) -> dict:
 def model_version(i: int) -> dict:
     """An imported version of pipeline i: the pipeline has a model, so its ``initial`` trigger stays quiet."""
     name = f"p{i:04d}"
-    return {"apiVersion": "noria.dev/v1alpha1", "kind": "ModelVersion", "metadata": {"name": f"{name}-v1"},
+    return {"apiVersion": API_VERSION, "kind": "ModelVersion", "metadata": {"name": f"{name}-v1"},
             "spec": {"pipeline": name, "version": 1,
                      "artifact": {"uri": f"file:///var/lib/noria/store/ml/{name}/v1/model.skops",
                                   "digest": "sha256:" + f"{i:064x}", "format": "skops"},
@@ -81,7 +82,7 @@ def model_version(i: int) -> dict:
 
 def rollout(i: int, pipelines: int) -> dict:
     source = f"p{i % pipelines:04d}" if pipelines else f"none{i:04d}"
-    return {"apiVersion": "noria.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": f"r{i:04d}"},
+    return {"apiVersion": API_VERSION, "kind": "Rollout", "metadata": {"name": f"r{i:04d}"},
             "spec": {"source": {"pipeline": source}, "replicas": 1, "traffic": {"provider": "service"},
                      "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}},
                                                        {"setWeight": 100}]}},

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from noria.contracts import API_VERSION
 
 from noria_testbed.binaries import REPO_ROOT
 from noria_testbed.demo import checks as C
@@ -50,7 +51,7 @@ from noria_testbed.processes import free_port
 
 EXAMPLE_DIR = REPO_ROOT / "examples" / "90-closed-loop"
 POD_STORE_ROOT = "file:///var/lib/noria/store"
-GROUP_PATH = "/apis/noria.dev/v1alpha1"
+GROUP_PATH = f"/apis/{API_VERSION}"
 
 
 class StoryError(Exception):
