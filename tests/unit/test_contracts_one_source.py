@@ -3,6 +3,7 @@ operator creates and the API models all say what it says."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,132 @@ def test_the_contracts_module_imports_nothing_of_the_project() -> None:
     source = (ROOT / "operator/noria/contracts.py").read_text()
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert imports == ["from __future__ import annotations", "from typing import Final"]
+
+
+# --- no copies: the literal values of noria.contracts appear nowhere else ---------------------------
+# Scanned: every Python file of the product and its tools (not tests: a test may spell a value out to
+# check it). noria.api may restate none either, but it imports from contracts (checked above).
+SCANNED_TREES = ("operator", "server_image", "trainer_image", "testbed", "benchmarks", "hack")
+NOT_SCANNED = ("operator/noria/contracts.py",)
+# The product code, where even a stage name written out is a second source. The test bed and the
+# benchmarks read stages the way a person reads `kubectl get`, as an outside check of what the
+# operator wrote, so a stage name there is an expectation, not a definition.
+PRODUCT_TREES = ("operator/", "server_image/", "trainer_image/")
+# (file, value): a literal equal to a contract value that means something else. Each says why.
+ALLOWED_COPIES = {
+    # A condition type (status.conditions[].type "Approved"), not the ModelVersion stage of that name.
+    ("operator/noria/conditions.py", "Approved"),
+    # A training run's outcome (status.lastRun.outcome), not a ModelVersion stage.
+    ("operator/noria/training/pipeline.py", "Rejected"),
+}
+# Key-like strings under noria.dev that are not a contract of noria.contracts. Each says why.
+ALLOWED_NORIA_KEYS = {
+    # Schema ids inside files on the store (a profile, a trainer's metadata and report), versioned
+    # with the file format and read back by the same module that writes them.
+    "noria.dev/profile/v1", "noria.dev/metadata/v1", "noria.dev/report/v1",
+    # The test bed's fake nodes: a label of the test bed's own, not of anything Noria creates.
+    "noria.dev/node-agent",
+}
+
+
+def _contract_values() -> dict[str, str | int]:
+    return {name: value for name, value in vars(contracts).items()
+            if name.isupper() and isinstance(value, (str, int)) and not isinstance(value, bool)}
+
+
+def _distinctive(value: str | int) -> bool:
+    """Values no unrelated code would write by chance: keys, the group and version, headers, the uid.
+    Plain words ("server", "true", "full") are checked where they are used (the tests above)."""
+    if isinstance(value, int):
+        return True
+    return "/" in value or "." in value or value.startswith("x-noria") or value in contracts.STAGES
+
+
+def _literals(path: Path) -> list[tuple[int, str | int]]:
+    """The str and int literals of a file that are not docstrings (prose may name a key)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            docstrings.add(id(body[0].value))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and id(node) not in docstrings
+            and isinstance(node.value, (str, int)) and not isinstance(node.value, bool)]
+
+
+def contract_copies(root: Path) -> list[str]:
+    """Every literal under ``root`` that restates a distinctive contract value, as "file:line: why"."""
+    values = {value: name for name, value in _contract_values().items() if _distinctive(value)}
+    found = []
+    for tree in SCANNED_TREES:
+        for path in sorted((root / tree).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel in NOT_SCANNED or rel.startswith("operator/noria/api/") or "/." in rel:
+                continue
+            for line, literal in _literals(path):
+                name = values.get(literal)
+                if name is not None:
+                    expectation = literal in contracts.STAGES and not rel.startswith(PRODUCT_TREES)
+                    if (rel, literal) not in ALLOWED_COPIES and not expectation:
+                        found.append(f"{rel}:{line}: {literal!r} is noria.contracts.{name}")
+                elif isinstance(literal, str) and contracts.GROUP in literal and literal not in ALLOWED_NORIA_KEYS \
+                        and not any(ch.isspace() for ch in literal):  # a key or a path, not a sentence
+                    found.append(f"{rel}:{line}: {literal!r} spells out the API group; build it from noria.contracts")
+    return found
+
+
+def test_no_contract_value_is_written_out_twice() -> None:
+    copies = contract_copies(ROOT)
+    assert not copies, "import these from noria.contracts instead:\n" + "\n".join(copies)
+
+
+def test_the_scan_finds_a_copy(tmp_path: Path) -> None:
+    """The scan itself can fail: a label key, a header, the uid and an f-string path written out."""
+    (tmp_path / "operator").mkdir()
+    (tmp_path / "operator" / "copy.py").write_text(
+        '"""Docstrings may say noria.dev/rollout."""\n'
+        'KEY = "noria.dev/rollout"\nHEADER = "x-noria-version"\nUID = 65532\n'
+        'STAGE = "Production"\nPATH = f"/apis/noria.dev/v1alpha1/namespaces/{1}"\n')
+    copies = contract_copies(tmp_path)
+    assert [c.split(":")[1] for c in copies] == ["2", "3", "4", "5", "6"], copies
+
+
+# --- the router config: one type, written by the operator, read by the router -----------------------
+def test_the_router_reads_back_exactly_what_the_operator_writes() -> None:
+    """Before, the operator built a dict by hand and the router parsed it with its own copy of the
+    shape; now both use noria.router_config, and a config survives the round trip unchanged."""
+    from noria.deployment import objects
+    from noria.router_config import CONFIG_KEY, Backend, RouterConfig, parse_config
+    from noria_server import router_config as server_side
+
+    assert server_side.parse_config is parse_config and server_side.RouterConfig is RouterConfig
+    assert objects.CONFIG_KEY is CONFIG_KEY
+    written = objects.router_config("churn", "ml", "churn", {"churn-v7": 10, "churn-v6": 90}, ("churn-v8", 25))
+    configmap = objects.router_configmap(objects.RolloutRef("churn", "ml", "u"), written)
+    read = parse_config(configmap["data"][CONFIG_KEY])  # the text the router's watch gets
+    assert read.to_json() == written
+    assert read.backends == (Backend("churn-v6", "churn-churn-v6", objects.SERVER_PORT, 90),
+                             Backend("churn-v7", "churn-churn-v7", objects.SERVER_PORT, 10))
+    assert read.shadow == Backend("churn-v8", "churn-churn-v8", objects.SERVER_PORT, mirror_percent=25.0)
+    assert written["shadow"]["mirrorPercent"] == 25 and isinstance(written["shadow"]["mirrorPercent"], int)
+
+
+def test_prometheus_answers_are_read_by_a_pure_module() -> None:
+    """noria.deployment.checks reads Samples without importing the HTTP client (no import-linter
+    exception any more); the client re-exports the same types."""
+    from noria import prometheus, samples
+
+    assert prometheus.Sample is samples.Sample and prometheus.PrometheusError is samples.PrometheusError
+    vector = {"status": "success", "data": {"resultType": "vector",
+                                            "result": [{"metric": {"le": "0.1"}, "value": [0, "3"]}]}}
+    assert samples.samples_of(vector, "q") == [samples.Sample({"le": "0.1"}, 3.0)]
+    assert samples.samples_of({"status": "success", "data": {"resultType": "scalar", "result": [0, "2"]}}, "q") \
+        == [samples.Sample({}, 2.0)]
+    with pytest.raises(samples.PrometheusError, match="bad_data: parse error"):
+        samples.samples_of({"status": "error", "errorType": "bad_data", "error": "parse error"}, "q")
+    with pytest.raises(samples.PrometheusError, match="expected a vector"):
+        samples.samples_of({"status": "success", "data": {"resultType": "matrix", "result": []}}, "q")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "ignore_imports" not in pyproject and '"noria.samples"' in pyproject
