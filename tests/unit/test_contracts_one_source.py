@@ -222,3 +222,24 @@ def test_prometheus_answers_are_read_by_a_pure_module() -> None:
         samples.samples_of({"status": "success", "data": {"resultType": "matrix", "result": []}}, "q")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "ignore_imports" not in pyproject and '"noria.samples"' in pyproject
+
+
+def test_every_variable_the_operator_sets_on_a_serving_pod_is_one_the_server_reads() -> None:
+    """The server's settings come from its environment (noria_server.__main__: one variable per flag),
+    so a variable renamed on one side only is a setting silently left at its default."""
+    from noria.deployment import objects
+    from noria.deployment.spec import SecretKeyRef
+    from noria.settings import Settings
+
+    ref = objects.RolloutRef("churn", "ml", "uid-1")
+    mv = {"metadata": {"name": "churn-v1"}, "spec": {"pipeline": "churn", "artifact": {"uri": "file:///x", "digest": ""}}}
+    token = SecretKeyRef("feedback", "token")
+    read = {node.value for path in (ROOT / "server_image/noria_server").glob("*.py")
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)}
+    for deployment in (objects.version_deployment(ref, mv, 1, Settings(), feedback_token=token),
+                       objects.router_deployment(ref, Settings(), feedback_token=token)):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            names = [env["name"] for env in container.get("env") or []]
+            assert names and objects.FEEDBACK_TOKEN_ENV in names
+            unread = [n for n in names if n not in read]
+            assert not unread, f"{container['name']}: the operator sets {unread}, which noria_server never reads"
