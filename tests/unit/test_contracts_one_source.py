@@ -243,3 +243,25 @@ def test_every_variable_the_operator_sets_on_a_serving_pod_is_one_the_server_rea
             assert names and objects.FEEDBACK_TOKEN_ENV in names
             unread = [n for n in names if n not in read]
             assert not unread, f"{container['name']}: the operator sets {unread}, which noria_server never reads"
+
+
+def test_the_charts_admission_policy_governs_the_contract_annotations() -> None:
+    """A template cannot import Python, so the chart restates the annotation keys: they must be the
+    ones in noria.contracts, every annotation a person writes and every one only the operator may."""
+    import re
+
+    text = (ROOT / "charts/noria/templates/admission-policy.yaml").read_text()
+    # Blank the template: drop the lines that are only a directive, fill the inline ones.
+    body = "\n".join(re.sub(r"{{.*?}}", "x", line) for line in text.splitlines()
+                     if not re.fullmatch(r"\s*{{.*}}\s*", line))
+    (policy,) = [doc for doc in yaml.safe_load_all(body) if doc and doc.get("kind") == "ValidatingAdmissionPolicy"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+
+    def keys(expression: str) -> set[str]:
+        return set(re.findall(r"'([^']+)'", expression))
+
+    assert keys(variables["governed"]) == {
+        contracts.ANNOTATION_APPROVE, contracts.ANNOTATION_REJECT, contracts.ANNOTATION_PROMOTE,
+        contracts.ANNOTATION_ABORT, contracts.ANNOTATION_RETRY, contracts.ANNOTATION_RETRAIN}
+    assert keys(variables["operatorOnly"]) == {contracts.ANNOTATION_INITIAL_STAGE, contracts.ANNOTATION_INITIAL_REASON}
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["apiGroups"] == [contracts.GROUP]
