@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noria.router_config import Backend, RouterConfig  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
 from serving_bench import fixed_rate, measure, require_wrk, stop, taskset, uptime, wait_http  # noqa: E402
@@ -38,11 +39,10 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def router_config(urls: dict[str, str], weights: dict[str, int], shadow: str | None) -> dict:
-    return {"model": "churn", "namespace": "bench",
-            "backends": [{"version": v, "service": None, "port": 8080, "weight": w, "url": urls[v]}
-                         for v, w in weights.items()],
-            "shadow": None if shadow is None else {"version": shadow, "service": None, "port": 8080,
-                                                   "mirrorPercent": 100, "url": urls[shadow]}}
+    """The router's config (noria.router_config, the type the operator writes) with direct URLs."""
+    backends = tuple(Backend(v, None, 8080, weight=w, url=urls[v]) for v, w in weights.items())
+    mirrored = None if shadow is None else Backend(shadow, None, 8080, url=urls[shadow], mirror_percent=100)
+    return RouterConfig("churn", "bench", backends, mirrored).to_json()
 
 
 def write_config(path: Path, config: dict) -> None:
