@@ -1,38 +1,39 @@
-"""The run spec (contracts: ConfigMap ``<pipeline>-r<N>``, key ``spec.json``), parsed defensively.
+"""The run spec (contracts: ConfigMap ``<pipeline>-r<N>``, key ``spec.json``), checked before any data is read.
 
-The pipeline spec inside is the user's YAML snapshot, camelCase as in the CRD. Thresholds arrive as
-strings ("0.70") or numbers; every field is checked here so a mistake is reported as
-"spec.evaluation.minScore: 'abc' is not a number" before any data is read.
+The pipeline spec inside is the user's TrainingPipeline ``spec``, camelCase as in the CRD. It is
+validated by ``noria.api.training_pipeline.TrainingPipelineSpec``, the model the CRD is generated
+from, so the trainer accepts exactly what the API server accepts and reads every default from
+the same place (docs/training.md, "Defaults"). The trainer's ``PipelineSpec`` is a view built from
+the validated model: typed values (floats, ``timedelta``) in the names the training code uses. A
+pydantic error becomes one line per field, spelt as the user wrote it
+(``spec.evaluation.minScore: 0.7 is a float: quote it, "0.7" ...``), and ends the run in stage
+"spec" (exit code ``EXIT_SPEC``).
 
-Defaults are not restated here: an unset field takes the default of its ``noria.api`` model (the
-single source of the CRD), read through ``_api_default``, and a unit test compares the two parsers
-field by field, so the trainer cannot drift from what ``kubectl explain`` tells the user.
+The few rules the API cannot state (a search strategy without a space, a holdout too small or too
+large to split) are checked here on the validated values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 from noria.api import training_pipeline as api
+from noria.api.common import decimal, parse_duration
+from noria.api.resources import field_path
 from noria.artifact import DIGEST_PATTERN
 from noria.artifact_scope import InvalidTrustedPrefix, parse_trusted_prefixes
 from pydantic import BaseModel, ValidationError
 
 Task = Literal["classification", "regression"]
-SectionT = TypeVar("SectionT", bound=BaseModel)
 
-CLASSIFICATION_METRICS: Final = ("accuracy", "precision", "recall", "f1", "roc_auc")
-REGRESSION_METRICS: Final = ("rmse", "mae", "r2")
-LOWER_IS_BETTER: Final = frozenset({"rmse", "mae"})
-COLUMN_TYPES: Final = ("numeric", "float", "integer", "int", "string", "categorical", "category", "bool", "boolean",
-                       "datetime")
-
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_ROWS: Final = re.compile(r"^\s*(\d+)\s*rows?\s*$")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+CLASSIFICATION_METRICS: Final = api.CLASSIFICATION_METRICS
+REGRESSION_METRICS: Final = api.REGRESSION_METRICS
+LOWER_IS_BETTER: Final = frozenset(api.LOWER_IS_BETTER)
+# A holdout outside these bounds leaves too little to train on or to judge with; the API allows
+# any fraction from 0 to 1, so the trainer says why it cannot split instead of failing later.
+HOLDOUT_BOUNDS: Final = (0.01, 0.9)
 
 
 class SpecError(ValueError):
@@ -64,7 +65,7 @@ class PipelineSpec:
     target: str
     features: tuple[str, ...] | None
     source: str
-    format: str | None
+    format: str | None  # None: unset in a hand-written run spec, detected from the file names
     timestamp_column: str | None
     window: Window | None
     window_candidates: tuple[Window, ...]
@@ -106,7 +107,141 @@ class RunSpec:
     trusted_data_prefixes: tuple[str, ...] = ()
 
 
-# --- small parsers ------------------------------------------------------------------------------
+# --- pydantic's errors, in the user's words -------------------------------------------------------
+# Error types of one member of a union (int | str): when every member refuses the value, each
+# says so and none says what to write; they are folded into one message (see _message).
+_MEMBER_TYPE_ERRORS: Final = frozenset({"int_type", "string_type", "bool_type", "float_type"})
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
+    """The camelCase fields of the model that holds ``loc``'s last part (for "unknown field")."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        found = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if found is None:
+            return None
+        inner = [a for a in (found.annotation, *getattr(found.annotation, "__args__", ()))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _message(errors: list[dict[str, Any]]) -> str:
+    """One message for the errors pydantic reported at one field path."""
+    values = [e for e in errors if e["type"] not in _MEMBER_TYPE_ERRORS]
+    if values:  # a rule that names what is wrong beats "should be a valid integer"
+        return "; ".join(dict.fromkeys(_words(e["msg"]) for e in values))
+    value = errors[0]["input"]
+    if len(errors) > 1 and isinstance(value, float):
+        return f"{value!r} is a float: write it as a decimal string such as \"{value}\" (no floats: quote the number)"
+    wanted = " or ".join(str(e["msg"]).removeprefix("Input should be ").removeprefix("a valid ") for e in errors)
+    return f"expected {wanted}, got {value!r}"
+
+
+def _words(message: str) -> str:
+    return message.removeprefix("Value error, ").replace("Input should be", "must be", 1)
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """``error`` as ``<field path>: <what is wrong>`` lines, paths spelt as the user wrote them
+    (``noria.api.resources.field_path``, the spelling ``python -m noria.api.validate`` prints)."""
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for e in error.errors():
+        path = field_path(e["loc"])
+        message = str(e["msg"]).removeprefix("Value error, ")
+        # a rule on a parent names its child first ("evaluation.metric: ..."): put it in the path
+        head, sep, rest = message.partition(": ")
+        if sep and head.replace(".", "").isalnum() and not path.endswith(head):
+            path, e = f"{path}.{head}" if path else head, {**e, "msg": rest}
+        if e["type"] == "extra_forbidden":
+            known = _known_fields(api.TrainingPipelineSpec, tuple(e["loc"]))
+            e = {**e, "type": "unknown", "msg": "unknown field" + (f" (known: {', '.join(known)})" if known else "")}
+        elif e["type"] == "missing":
+            e = {**e, "type": "required", "msg": "required"}
+        by_path.setdefault(path, []).append(e)
+    return "; ".join(f"{prefix}{'.' + path if path else ''}: {_message(errors)}" for path, errors in by_path.items())
+
+
+# --- the pipeline spec: validated by the API model, then viewed -------------------------------------
+def validate_pipeline_spec(spec: Any) -> api.TrainingPipelineSpec:
+    """``spec`` validated by the model the CRD is generated from; ``SpecError`` names each bad field."""
+    if not isinstance(spec, dict):
+        raise SpecError(f"spec: expected an object (the TrainingPipeline's spec), got {type(spec).__name__}")
+    try:
+        return api.TrainingPipelineSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError(describe_validation_error(exc)) from None
+
+
+def window_of(size: str) -> Window:
+    """A window size the API accepted (``"180d"``, ``"1h30m"`` or ``"50000 rows"``) as a ``Window``."""
+    kind, value = api.parse_window(size)
+    if kind == "rows":
+        return Window(label=size, rows=int(value))
+    return Window(label=size, duration=parse_duration(str(value)))
+
+
+def _number(value: int | str | None) -> float | None:
+    return None if value is None else float(decimal(value))
+
+
+def parse_pipeline_spec(spec: Any) -> PipelineSpec:
+    """The trainer's view of a pipeline spec the API model accepts."""
+    valid = validate_pipeline_spec(spec)
+    model, data = valid.model, valid.data
+    validation = valid.validation or api.ValidationSpec()
+    evaluation = valid.evaluation or api.EvaluationSpec()
+    tuning = valid.tuning or api.TuningSpec()
+    feedback = data.feedback or api.Feedback()
+    window = data.window
+    holdout = float(decimal(evaluation.holdout_fraction))
+    if not HOLDOUT_BOUNDS[0] <= holdout <= HOLDOUT_BOUNDS[1]:
+        raise SpecError(f"spec.evaluation.holdoutFraction: {evaluation.holdout_fraction!r} must be between "
+                        f"{HOLDOUT_BOUNDS[0]} and {HOLDOUT_BOUNDS[1]}: the trainer needs rows on both sides of the split")
+    strategy = None if tuning.strategy == "none" else tuning.strategy
+    if strategy and not tuning.space:
+        raise SpecError(f"spec.tuning.space: tuning strategy {strategy} needs a search space")
+    written = {"minScore": evaluation.min_score, "maxScore": evaluation.max_score,
+               "mustBeatChampionBy": evaluation.must_beat_champion_by}
+    max_missing = _number(validation.max_missing_fraction)
+    return PipelineSpec(
+        task=model.task,
+        estimator=model.estimator,
+        params=dict(model.params or {}),
+        target=model.target,
+        features=tuple(model.features) if model.features else None,
+        source=data.source,
+        # Unset in a run spec written by hand: detected from the file names. Through the API server
+        # the operator's snapshot always carries the CRD default, parquet.
+        format=data.format if "format" in data.model_fields_set else None,
+        timestamp_column=data.timestamp_column,
+        window=window_of(window.last) if window and window.last is not None else None,
+        window_candidates=tuple(window_of(size) for size in (window.candidates or [])) if window else (),
+        feedback=feedback.enabled,
+        feedback_id_column=feedback.id_column,
+        min_rows=validation.min_rows,
+        max_missing_fraction=1.0 if max_missing is None else max_missing,  # unset: no limit
+        schema=validation.schema_,
+        column_types=dict(validation.columns or {}),
+        metric=valid.evaluation_metric(),
+        holdout_fraction=holdout,
+        min_score=_number(evaluation.min_score),
+        max_score=_number(evaluation.max_score),
+        must_beat_champion_by=_number(evaluation.must_beat_champion_by),
+        tuning_strategy=strategy,
+        tuning_trials=tuning.trials,
+        tuning_space=dict(tuning.space or {}),
+        tuning_time_budget=parse_duration(tuning.time_budget).total_seconds() if tuning.time_budget else None,
+        tuning_cv=tuning.cv,
+        seed=valid.seed,
+        thresholds_as_written={key: str(value) for key, value in written.items() if value is not None},
+    )
+
+
+# --- the run spec around it ---------------------------------------------------------------------
 def _mapping(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -125,23 +260,6 @@ def _string(value: Any, where: str, required: bool = True) -> str | None:
     return value
 
 
-def _number(value: Any, where: str, default: float | None = None, lo: float | None = None,
-            hi: float | None = None) -> float | None:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise SpecError(f"{where}: {value!r} is not a number")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"{where}: {value!r} is not a number") from None
-    if out != out:
-        raise SpecError(f"{where}: NaN is not allowed")
-    if lo is not None and out < lo or hi is not None and out > hi:
-        raise SpecError(f"{where}: {value!r} must be between {lo} and {hi}")
-    return out
-
-
 def _integer(value: Any, where: str, default: int, lo: int = 0) -> int:
     if value is None or value == "":
         return default
@@ -154,188 +272,12 @@ def _integer(value: Any, where: str, default: int, lo: int = 0) -> int:
     return out
 
 
-def parse_duration(value: Any, where: str) -> dt.timedelta:
-    """``"90d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.timedelta(seconds=float(value))
-    match = _DURATION.match(str(value))
-    if not match:
-        raise SpecError(f"{where}: {value!r} is not a duration like 90d, 12h, 30m or 45s")
-    return dt.timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-
-
-def parse_window(value: Any, where: str) -> Window:
-    """``"180d"`` (a duration) or ``"50000 rows"`` / an integer (the last N rows)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise SpecError(f"{where}: {value!r} rows must be positive")
-        return Window(label=f"{value} rows", rows=value)
-    text = str(value)
-    rows = _ROWS.match(text)
-    if rows:
-        n = int(rows.group(1))
-        if n <= 0:
-            raise SpecError(f"{where}: {value!r} rows must be positive")
-        return Window(label=text.strip(), rows=n)
-    try:
-        duration = parse_duration(text, where)
-    except SpecError:
-        raise SpecError(f"{where}: {value!r} is neither a duration (180d) nor a row count (50000 rows)") from None
-    if duration.total_seconds() <= 0:
-        raise SpecError(f"{where}: {value!r} must be positive")
-    return Window(label=text.strip(), duration=duration)
-
-
 def parse_time(value: Any, where: str) -> dt.datetime:
     try:
         out = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         raise SpecError(f"{where}: {value!r} is not an RFC 3339 time") from None
     return out if out.tzinfo else out.replace(tzinfo=dt.UTC)
-
-
-def _api_default(model: type[BaseModel], name: str) -> Any:
-    """The default the CRD documents for ``model.name`` (snake_case field name)."""
-    return model.model_fields[name].default
-
-
-def _api_section(model: type[SectionT], value: Any, where: str) -> SectionT:
-    """A spec section read through its ``noria.api`` model (one reader of the API, docs/conventions.md): a
-    misspelt key such as ``enable`` is refused by name instead of silently meaning the default."""
-    try:
-        return model.model_validate(_mapping(value, where))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field_path = ".".join(str(part) for part in first["loc"])
-        known = ", ".join(f.alias or name for name, f in model.model_fields.items())
-        message = f"unknown field (known: {known})" if first["type"] == "extra_forbidden" else first["msg"]
-        raise SpecError(f"{where}{'.' + field_path if field_path else ''}: {message}") from None
-
-
-# --- the pipeline spec --------------------------------------------------------------------------
-def parse_pipeline_spec(spec: dict[str, Any]) -> PipelineSpec:
-    spec = _mapping(spec, "spec")
-    model = _mapping(spec.get("model"), "spec.model")
-    data = _mapping(spec.get("data"), "spec.data")
-    validation = _mapping(spec.get("validation"), "spec.validation")
-    evaluation = _mapping(spec.get("evaluation"), "spec.evaluation")
-    tuning = _mapping(spec.get("tuning"), "spec.tuning")
-
-    task = _string(model.get("task"), "spec.model.task")
-    if task not in ("classification", "regression"):
-        raise SpecError(f"spec.model.task: {task!r} must be classification or regression")
-    estimator = _string(model.get("estimator"), "spec.model.estimator")
-    params = _mapping(model.get("params"), "spec.model.params")
-    target = _string(model.get("target"), "spec.model.target")
-    features = model.get("features")
-    if features is not None:
-        if not isinstance(features, list) or not features or not all(isinstance(f, str) and f for f in features):
-            raise SpecError("spec.model.features: expected a non-empty list of column names")
-        if target in features:
-            raise SpecError(f"spec.model.features: the target {target!r} cannot also be a feature")
-        if len(set(features)) != len(features):
-            raise SpecError("spec.model.features: a column is listed twice")
-
-    source = _string(data.get("source"), "spec.data.source")
-    fmt = _string(data.get("format"), "spec.data.format", required=False)
-    if fmt is not None and fmt not in ("csv", "parquet"):
-        raise SpecError(f"spec.data.format: {fmt!r} must be csv or parquet")
-    ts_col = _string(data.get("timestampColumn"), "spec.data.timestampColumn", required=False)
-    window_spec = _mapping(data.get("window"), "spec.data.window")
-    window: Window | None = None
-    candidates: tuple[Window, ...] = ()
-    if "last" in window_spec and "candidates" in window_spec:
-        raise SpecError("spec.data.window: give either last or candidates, not both")
-    if window_spec.get("last") is not None:
-        window = parse_window(window_spec["last"], "spec.data.window.last")
-    if window_spec.get("candidates") is not None:
-        raw = window_spec["candidates"]
-        if not isinstance(raw, list) or not raw:
-            raise SpecError("spec.data.window.candidates: expected a non-empty list like [30d, 90d, 180d]")
-        candidates = tuple(parse_window(c, f"spec.data.window.candidates[{i}]") for i, c in enumerate(raw))
-    unknown = set(window_spec) - {"last", "candidates"}
-    if unknown:
-        raise SpecError(f"spec.data.window: unknown field(s) {sorted(unknown)}; use last or candidates")
-    needs_time = [w.label for w in ((window,) if window else ()) + candidates if w.duration is not None]
-    if needs_time and not ts_col:
-        raise SpecError(f"spec.data.window: {needs_time[0]} is a duration, which needs spec.data.timestampColumn")
-    feedback_spec = _api_section(api.Feedback, data.get("feedback"), "spec.data.feedback")
-    feedback = feedback_spec.enabled
-    feedback_id_column = feedback_spec.id_column
-
-    min_rows = _integer(validation.get("minRows"), "spec.validation.minRows",
-                        default=_api_default(api.ValidationSpec, "min_rows"), lo=1)
-    # unset (the API's None) = no limit
-    max_missing = _number(validation.get("maxMissingFraction"), "spec.validation.maxMissingFraction",
-                          default=1.0, lo=0.0, hi=1.0)
-    schema = validation.get("schema") or _api_default(api.ValidationSpec, "schema_")
-    if schema not in ("strict", "lenient"):
-        raise SpecError(f"spec.validation.schema: {schema!r} must be strict or lenient")
-    column_types = _mapping(validation.get("columns"), "spec.validation.columns")
-    for col, kind in column_types.items():
-        if kind not in COLUMN_TYPES:
-            raise SpecError(f"spec.validation.columns.{col}: {kind!r} is not one of {', '.join(COLUMN_TYPES)}")
-
-    metric = str(evaluation.get("metric") or api.DEFAULT_METRIC[task])
-    known = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-    if metric not in known:
-        raise SpecError(f"spec.evaluation.metric: {metric!r} is not a {task} metric ({', '.join(known)})")
-    holdout = _number(evaluation.get("holdoutFraction"), "spec.evaluation.holdoutFraction",
-                      default=float(_api_default(api.EvaluationSpec, "holdout_fraction")), lo=0.01, hi=0.9)
-    min_score = _number(evaluation.get("minScore"), "spec.evaluation.minScore")
-    max_score = _number(evaluation.get("maxScore"), "spec.evaluation.maxScore")
-    if min_score is not None and metric in LOWER_IS_BETTER:
-        raise SpecError(f"spec.evaluation.minScore: {metric} is lower-is-better; use maxScore")
-    if max_score is not None and metric not in LOWER_IS_BETTER:
-        raise SpecError(f"spec.evaluation.maxScore: {metric} is higher-is-better; use minScore")
-    # Unset means what the API documents: the champion is scored on the same holdout and reported,
-    # and does not gate (it used to default to 0 here, contradicting the CRD).
-    unset_margin = _api_default(api.EvaluationSpec, "must_beat_champion_by")
-    beat_by = _number(evaluation.get("mustBeatChampionBy"), "spec.evaluation.mustBeatChampionBy",
-                      default=None if unset_margin is None else float(unset_margin))
-    written: dict[str, str] = {k: str(evaluation[k]) for k in ("minScore", "maxScore", "mustBeatChampionBy") if k in evaluation}
-
-    strategy = _string(tuning.get("strategy"), "spec.tuning.strategy", required=False)
-    if strategy not in (None, "none", "random", "grid"):
-        raise SpecError(f"spec.tuning.strategy: {strategy!r} must be random, grid or none")
-    space = _mapping(tuning.get("space"), "spec.tuning.space")
-    for name, values in space.items():
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"spec.tuning.space.{name}: expected a list ([low, high] or choices)")
-    if strategy in ("random", "grid") and not space:
-        raise SpecError(f"spec.tuning.space: tuning strategy {strategy} needs a search space")
-    budget = tuning.get("timeBudget")
-    return PipelineSpec(
-        task=task,  # type: ignore[arg-type]
-        estimator=estimator or "",
-        params=dict(params),
-        target=target or "",
-        features=tuple(features) if features else None,
-        source=source or "",
-        format=fmt,
-        timestamp_column=ts_col,
-        window=window,
-        window_candidates=candidates,
-        feedback=feedback,
-        feedback_id_column=feedback_id_column,
-        min_rows=min_rows,
-        max_missing_fraction=float(max_missing if max_missing is not None else 1.0),
-        schema=schema,
-        column_types=dict(column_types),
-        metric=metric,
-        holdout_fraction=float(holdout if holdout is not None else 0.2),
-        min_score=min_score,
-        max_score=max_score,
-        must_beat_champion_by=beat_by,
-        tuning_strategy=None if strategy in (None, "none") else strategy,
-        tuning_trials=_integer(tuning.get("trials"), "spec.tuning.trials",
-                               default=_api_default(api.TuningSpec, "trials"), lo=1),
-        tuning_space=dict(space),
-        tuning_time_budget=parse_duration(budget, "spec.tuning.timeBudget").total_seconds() if budget else None,
-        tuning_cv=_integer(tuning.get("cv"), "spec.tuning.cv", default=_api_default(api.TuningSpec, "cv"), lo=2),
-        seed=_integer(spec.get("seed"), "spec.seed", default=_api_default(api.TrainingPipelineSpec, "seed")),
-        thresholds_as_written=written,
-    )
 
 
 def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:

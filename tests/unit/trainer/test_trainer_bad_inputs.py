@@ -152,9 +152,10 @@ def test_unknown_estimator_parameter(cancer_csv, make_spec, run_trainer):
 
 
 @pytest.mark.parametrize("field,value,words", [
-    ("minScore", "seventy", "spec.evaluation.minScore: 'seventy' is not a number"),
-    ("holdoutFraction", "1.5", "spec.evaluation.holdoutFraction: '1.5' must be between"),
-    ("metric", "rmse", "'rmse' is not a classification metric"),
+    ("minScore", "seventy", 'spec.evaluation.minScore: must be an integer or a decimal string such as "0.05"'),
+    ("holdoutFraction", "1.5", "spec.evaluation.holdoutFraction: must be a fraction between 0 and 1"),
+    ("holdoutFraction", 0.25, 'spec.evaluation.holdoutFraction: 0.25 is a float: write it as a decimal string'),
+    ("metric", "rmse", "spec.evaluation.metric: metric does not fit the task: classification takes accuracy"),
 ])
 def test_malformed_thresholds_name_the_field(cancer_csv, make_spec, run_trainer, field, value, words):
     spec = make_spec(f"file://{cancer_csv}", model=classifier_spec("target"), evaluation={field: value})

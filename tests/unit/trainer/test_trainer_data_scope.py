@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from noria_trainer.run import EXIT_DATA
+from noria_trainer.run import EXIT_DATA, EXIT_SPEC
 from trainer_datasets import classifier_spec, files_under, sklearn_frame
 
 
@@ -63,13 +63,22 @@ def test_shared_datasets_and_own_namespace_are_read(store: Path, make_spec, run_
     ("{store}/ml/churn/exports/", "outside namespace ml2's store"),
     ("{store}/ml/churn/predictions/", "outside namespace ml2's store"),
     ("{store}/*/churn/exports/", "outside namespace ml2's store"),
-    ("{store}/ml2/../ml/churn/exports/", "'.' or '..' path segments"),
     ("/etc/", "outside namespace ml2's store"),
 ])
 def test_a_source_outside_the_namespace_is_refused(store: Path, make_spec, run_trainer, source: str,
                                                    reason: str) -> None:
     spec = spec_in(make_spec, "ml2", "file://" + source.format(store=store))
     assert_refused(run_trainer(spec), spec, "spec.data.source", reason)
+
+
+def test_a_dot_dot_source_is_refused_as_a_malformed_spec(store: Path, make_spec, run_trainer) -> None:
+    """The API model (the CRD's rule) refuses '..' in spec.data.source before any scope is judged,
+    so the run fails in stage "spec" (exit 2, never retried), naming the field."""
+    spec = spec_in(make_spec, "ml2", f"file://{store}/ml2/../ml/churn/exports/")
+    result = run_trainer(spec)
+    assert result.code == EXIT_SPEC and result.summary["failedStage"] == "spec", result.summary
+    assert "spec.data.source: must not contain '.' or '..' path segments" in result.summary["reason"]
+    assert files_under(result.output_dir(spec)) == []
 
 
 def test_a_symlinked_directory_does_not_lead_into_another_namespace(store: Path, make_spec, run_trainer) -> None:
