@@ -12,12 +12,18 @@ Three things cross that process boundary (docs/contracts.md):
   evicted pod) is infrastructure and is retried (docs/training.md, "Retries").
 
 The trainer image ships this package (trainer_image/Dockerfile copies ``operator/noria``), so both
-sides import this module rather than restating field names or codes. Pure: no I/O.
+sides import this module rather than restating field names or codes; the operator reads a
+summary only through ``read_summary``. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, TypedDict
+from typing import Annotated, Any, Final, Literal, Required
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+# typing_extensions (a pydantic dependency): pydantic reads typing.TypedDict only from Python 3.12
+from typing_extensions import TypedDict
 
 # --- exit codes -------------------------------------------------------------------------------
 EXIT_OK: Final = 0  # succeeded: the gate passed or rejected the contender; the artifact set is written
@@ -75,34 +81,67 @@ class RefitSummary(TypedDict):
     rows: int
 
 
-class SuccessSummary(TypedDict):
+class _SuccessRequired(TypedDict):
+    """What the operator needs to register a version; a summary without one of these is refused."""
+
     status: Literal["succeeded"]
     runId: str
     version: int
     digest: str  # sha256:<64 hex> of model.skops
     artifactUri: str
-    profileUri: str
-    metadataUri: str
-    reportUri: str
-    metrics: dict[str, str]  # decimal strings
-    championMetrics: dict[str, str] | None
     verdict: Literal["passed", "rejected"]
     reason: str
-    rows: int
-    feedbackRows: int
-    window: str
-    trainedAt: str
+
+
+class SuccessSummary(_SuccessRequired, total=False):
+    """The trainer writes every key; the ones below are shown when present (the 4 KB cut of
+    ``SUMMARY_LIMIT`` nulls the metrics first, and report.json keeps them anyway)."""
+
+    profileUri: str | None
+    metadataUri: str | None
+    reportUri: str | None
+    # Decimal strings, e.g. {"f1": "0.8312"}; precision, recall and f1 are macro averages over the
+    # classes seen (noria.scoring). A number is read too and written to the ModelVersion as a string.
+    metrics: dict[str, str | int | float] | None
+    championMetrics: dict[str, str | int | float] | None
+    rows: int | None
+    feedbackRows: int | None
+    window: str | None
+    trainedAt: str | None
     failedStage: None
-    refit: RefitSummary
+    refit: RefitSummary | None
 
 
 class FailureSummary(TypedDict, total=False):
-    status: Literal["failed"]
+    status: Required[Literal["failed"]]
     runId: str | None
     version: int | None
-    failedStage: str  # spec, output, champion, data, validation, training, evaluation, unexpected
-    reason: str
-    exitCode: int
+    failedStage: str | None  # spec, output, champion, data, validation, training, evaluation, unexpected
+    reason: str | None
+    exitCode: int | None
 
 
 Summary = SuccessSummary | FailureSummary
+
+# The one reader of a summary, for the operator: the same definitions the trainer writes by.
+_SUMMARY: Final = TypeAdapter(Annotated[Summary, Field(discriminator="status")])
+
+
+class SummaryError(ValueError):
+    """A summary that does not have the shape above; the message names the field."""
+
+
+def read_summary(raw: Any) -> Summary:
+    """``raw`` (the termination message, parsed) checked against ``SuccessSummary`` or
+    ``FailureSummary`` by its ``status``; ``SummaryError`` names every bad field as
+    ``summary.<field>``. Keys outside the definitions are kept."""
+    try:
+        checked = _SUMMARY.validate_python(raw)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            tag = e["type"] in ("union_tag_invalid", "union_tag_not_found")  # the status picks the type
+            where = "status" if tag else ".".join(str(p) for p in e["loc"] if p not in ("succeeded", "failed"))
+            problems.append(f"summary{'.' + where if where else ''}: {e['msg']} (got {e.get('input')!r:.80})")
+        raise SummaryError("; ".join(problems)) from None
+    return {**raw, **checked}  # type: ignore[return-value]  # TypedDicts drop unknown keys; keep them

@@ -64,24 +64,26 @@ class Summary:
     raw: Mapping[str, Any]
 
 
-def check_summary(raw: Mapping[str, Any], run_id: str, version: int) -> Summary:
-    """Validate a summary for run ``run_id``; raise ``InvalidSummary`` naming what is wrong."""
-    status = raw.get("status")
-    if status not in ("succeeded", "failed"):
-        raise InvalidSummary(f"summary.status is {status!r}, expected 'succeeded' or 'failed'")
-    if raw.get("runId") not in (None, run_id):
-        raise InvalidSummary(f"summary.runId is {raw.get('runId')!r}, expected {run_id!r}")
-    if raw.get("version") not in (None, version):
-        raise InvalidSummary(f"summary.version is {raw.get('version')!r}, expected {version}")
-    verdict = raw.get("verdict")
-    if status == "succeeded":
-        if verdict not in ("passed", "rejected"):
-            raise InvalidSummary(f"summary.verdict is {verdict!r}, expected 'passed' or 'rejected'")
-        if not isinstance(raw.get("digest"), str) or not DIGEST_RE.match(raw["digest"]):
-            raise InvalidSummary(f"summary.digest is {raw.get('digest')!r}, expected sha256:<64 hex>")
-        if not raw.get("artifactUri"):
+def check_summary(raw: Any, run_id: str, version: int) -> Summary:
+    """Read a summary for run ``run_id`` through its typed definition (``noria.runspec.read_summary``,
+    the one the trainer writes by), then check it belongs to that run; raise ``InvalidSummary``
+    naming what is wrong."""
+    try:
+        summary = runspec.read_summary(raw)
+    except runspec.SummaryError as exc:
+        raise InvalidSummary(str(exc)) from None
+    if summary.get("runId") not in (None, run_id):
+        raise InvalidSummary(f"summary.runId is {summary.get('runId')!r}, expected {run_id!r}")
+    if summary.get("version") not in (None, version):
+        raise InvalidSummary(f"summary.version is {summary.get('version')!r}, expected {version}")
+    if summary["status"] == "succeeded":
+        if not DIGEST_RE.match(summary["digest"]):
+            raise InvalidSummary(f"summary.digest is {summary['digest']!r}, expected sha256:<64 hex>")
+        if not summary["artifactUri"]:
             raise InvalidSummary("summary.artifactUri is missing")
-    return Summary(status, run_id, version, verdict, str(raw.get("reason") or ""), raw)
+    verdict = summary.get("verdict")
+    return Summary(summary["status"], run_id, version, verdict if isinstance(verdict, str) else None,
+                   str(summary.get("reason") or ""), summary)
 
 
 def _metric_value(v: Any) -> str | int:

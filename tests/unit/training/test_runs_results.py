@@ -118,11 +118,25 @@ def summary(**over):
         (summary(digest="md5:1"), "summary.digest"),
         (summary(verdict=None), "summary.verdict"),
         (summary(artifactUri=None), "artifactUri"),
+        # read through noria.runspec's typed definition (the trainer writes by the same one)
+        (summary(metrics=["f1", "0.8"]), "summary.metrics: Input should be a valid dictionary"),
+        (summary(rows="many"), "summary.rows: Input should be a valid integer"),
+        (summary(refit={"done": "maybe", "rows": 3}), "summary.refit.done: Input should be a valid boolean"),
+        ({"status": "failed", "reason": ["no"]}, "summary.reason: Input should be a valid string"),
+        ("a termination message that is not JSON's object", "summary: Input should be a valid dictionary"),
     ],
 )
 def test_summary_for_another_run_or_malformed_is_refused_naming_the_field(raw, error):
-    with pytest.raises(results.InvalidSummary, match=error):
+    with pytest.raises(results.InvalidSummary) as refused:
         results.check_summary(raw, "churn-r7", 7)
+    assert error in str(refused.value)
+
+
+def test_a_failure_summary_is_read_with_its_words_and_unknown_keys_kept():
+    raw = {"status": "failed", "runId": "churn-r7", "version": 7, "failedStage": "data", "reason": "no rows",
+           "exitCode": 3, "digest": None}
+    s = results.check_summary(raw, "churn-r7", 7)
+    assert (s.status, s.verdict, s.reason) == ("failed", None, "no rows") and s.raw["digest"] is None
 
 
 @pytest.mark.parametrize(
