@@ -13,12 +13,14 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from noria import scoring
 
 from noria_trainer.spec import LOWER_IS_BETTER, PipelineSpec
 
@@ -108,6 +110,15 @@ def split_random(data: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFrame, 
 
 
 # --- metrics ------------------------------------------------------------------------------------
+# Precision, recall and F1 are noria.scoring's: macro averages over the classes seen as actual or
+# predicted, the definition the Rollout's f1 check and the performance trigger use on live
+# feedback. The holdout's predictions become the same confusion counts the feedback counters hold
+# (labels as strings), so a ModelVersion's f1 and the live f1 that judges it are one metric.
+def confusion_of(actual: Any, predicted: Any) -> dict[tuple[str, str], int]:
+    """``{(actual, predicted): n}`` of the holdout, labels as strings (``noria.scoring.Confusion``)."""
+    return dict(Counter(zip(map(str, actual), map(str, predicted), strict=True)))
+
+
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, float]:
     from sklearn import metrics as m
 
@@ -118,15 +129,10 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, 
             "mae": float(m.mean_absolute_error(y, predicted)),
             "r2": float(m.r2_score(y, predicted)) if len(y) > 1 else float("nan"),
         }
+    confusion = confusion_of(y, predicted)
+    out = {name: _defined(scoring.score(name, confusion)) for name in scoring.SCORES}
     classes = list(getattr(model, "classes_", np.unique(y)))
     binary = len(classes) == 2
-    kwargs: dict[str, Any] = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
-    out = {
-        "accuracy": float(m.accuracy_score(y, predicted)),
-        "precision": float(m.precision_score(y, predicted, zero_division=0, **kwargs)),
-        "recall": float(m.recall_score(y, predicted, zero_division=0, **kwargs)),
-        "f1": float(m.f1_score(y, predicted, zero_division=0, **kwargs)),
-    }
     try:
         if hasattr(model, "predict_proba"):
             scores = model.predict_proba(X)
@@ -139,14 +145,20 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> dict[str, 
     return out
 
 
+def _defined(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def scorer_name(metric: str, task: str, n_classes: int) -> str:
+    """The scikit-learn scorer tuning's cross-validation uses for ``metric``: the same definitions as
+    ``evaluate`` (macro precision, recall and F1 for any number of classes)."""
     if task == "regression":
         return {"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"}[metric]
     if metric == "accuracy":
         return "accuracy"
     if metric == "roc_auc":
         return "roc_auc" if n_classes == 2 else "roc_auc_ovr"
-    return metric if n_classes == 2 else f"{metric}_macro"
+    return f"{metric}_macro"
 
 
 def better(metric: str, a: float, b: float) -> bool:
