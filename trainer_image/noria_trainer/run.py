@@ -54,7 +54,7 @@ from noria_trainer import training
 from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import EstimatorError, build_pipeline, check_import_path, estimator_class
 from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
-from noria_trainer.validation import feature_names, validate
+from noria_trainer.validation import ValidationOutcome, feature_names, validate
 
 # Exit codes (EXIT_*): one definition in noria.runspec, which the Job's podFailurePolicy reads too.
 SUMMARY_LIMIT = runspec.SUMMARY_LIMIT
@@ -511,65 +511,119 @@ def _train_and_gate(run: RunSpec, pipeline_with: Callable[[dict[str, Any]], Any]
 
 
 def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
-    """Run everything; return the success summary or raise RunFailure."""
+    """Run everything, stage by stage (module docstring); return the success summary or raise RunFailure."""
     run = _check_spec(raw, reporter)
-    spec = run.spec
     output, written = _check_output(run, reporter)
     if written is not None:  # an earlier pod of this run finished the work; report it again
         return written
-
     champion_model, champion_profile = _load_champion(run, reporter)
-
-    # --- rows: data and labelled feedback, ordered by time and windowed together
-    windows: list[Window | None] = list(spec.window_candidates) or [spec.window]
+    # rows: data and labelled feedback, ordered by time and windowed together
+    windows: list[Window | None] = list(run.spec.window_candidates) or [run.spec.window]
     rows = _gather_rows(run, windows, reporter)
-    features, feedback = rows.features, rows.feedback
+    outcome, checked = _validate(rows, run.spec, champion_profile, reporter)
+    pipeline_with = _pipeline_factory(run.spec, rows.features, outcome.kinds)
+    split = _split(checked, windows, run, reporter)
+    chosen_index, candidate_reports = _choose_window(split, windows, run.spec, rows.features, pipeline_with, reporter)
+    train = _training_rows(split, chosen_index, run.spec)
+    gated = _train_and_gate(run, pipeline_with, train, split.holdout, rows.features, champion_model, reporter)
+    trained = Trained(run, rows, outcome, checked, split, windows[chosen_index], candidate_reports, train, gated)
+    model, refit = _refit(trained, pipeline_with, reporter)
+    reporter.begin("artifacts")
+    model_bytes, digest, untrusted, profile = _package(trained, model, refit["done"])
+    uris = _artifact_uris(output)
+    metadata = _metadata(trained, model, refit["done"], digest, untrusted, uris)
+    report = _report(trained, refit, reporter)
+    reporter.end()
+    _write(output, model_bytes, profile, metadata, report, reporter)
+    return success_summary(json.loads(_json_bytes(metadata)), json.loads(_json_bytes(report)), uris)
 
+
+def _validate(rows: WindowedRows, spec: PipelineSpec, champion_profile: Profile | None,
+              reporter: Reporter) -> tuple[ValidationOutcome, pd.DataFrame]:
+    """Stage "validation": the windowed rows against the spec (and the champion's profile)."""
     reporter.begin("validation", rows=len(rows.windowed))
-    outcome = validate(rows.windowed, spec, features, champion_profile)
-    if not outcome.ok:
+    outcome = validate(rows.windowed, spec, rows.features, champion_profile)
+    if not outcome.ok or outcome.data is None:
         raise RunFailure("validation", EXIT_VALIDATION, f"data validation failed: {outcome.reason}")
-    checked = outcome.data
-    assert checked is not None
-    reporter.end(rows=len(checked), droppedNullTarget=outcome.dropped_null_target)
+    reporter.end(rows=len(outcome.data), droppedNullTarget=outcome.dropped_null_target)
+    return outcome, outcome.data
 
-    numeric = [c for c in features if outcome.kinds[c] == "numeric"]
-    categorical = [c for c in features if outcome.kinds[c] == "categorical"]
+
+def _pipeline_factory(spec: PipelineSpec, features: list[str], kinds: dict[str, str]) -> Callable[[dict[str, Any]], Any]:
+    """A fresh, unfitted estimator pipeline for a parameter set (preprocessing by column kind)."""
+    numeric = [c for c in features if kinds[c] == "numeric"]
+    categorical = [c for c in features if kinds[c] == "categorical"]
 
     def pipeline_with(params: dict[str, Any]) -> Any:
         return build_pipeline(spec.estimator, spec.task, params, numeric, categorical, spec.seed)
 
-    split = _split(checked, windows, run, reporter)
-    holdout, holdout_feedback, ordered = split.holdout, split.holdout_feedback, split.ordered
-    X_hold = holdout[features]
-    chosen_index, candidate_reports = _choose_window(split, windows, spec, features, pipeline_with, reporter)
-    chosen_window = windows[chosen_index]
+    return pipeline_with
+
+
+def _training_rows(split: Split, chosen_index: int, spec: PipelineSpec) -> pd.DataFrame:
+    """The chosen window minus the holdout; fewer than ``minRows`` fails validation."""
     train = split.training_set(split.lengths[chosen_index])
     if len(train) < spec.min_rows:
         raise RunFailure("validation", EXIT_VALIDATION, f"{len(train)} training row(s) after holding out "
-                         f"{len(holdout)}, fewer than spec.validation.minRows {spec.min_rows}")
+                         f"{len(split.holdout)}, fewer than spec.validation.minRows {spec.min_rows}")
+    return train
 
-    gated = _train_and_gate(run, pipeline_with, train, holdout, features, champion_model, reporter)
-    final_params, metrics, champion_metrics, decision = gated.params, gated.metrics, gated.champion_metrics, gated.decision
 
-    # --- refit: the model shipped learns from the whole window, the newest (held-out) rows included
-    shipped_rows = pd.concat([train, holdout], ignore_index=True) if ordered else checked
-    model, refit = gated.model, _refit_record(decision.verdict, len(shipped_rows), len(train), len(holdout),
-                                              final_params, metrics, champion_metrics, spec.metric)
-    if refit["done"]:
-        reporter.begin("refit", rows=len(shipped_rows))
-        try:
-            model = training.set_model_params(pipeline_with(spec.params), final_params).fit(
-                shipped_rows[features], shipped_rows[spec.target])
-        except (ValueError, TypeError) as exc:
-            raise RunFailure("training", EXIT_TRAINING, f"{spec.estimator} failed to refit on the whole window "
-                                                        f"({len(shipped_rows)} rows): {exc}") from exc
-        reporter.end()
-    profiled = shipped_rows if refit["done"] else train
+@dataclass(frozen=True)
+class Trained:
+    """Everything the run learnt up to the gate, from which the artifact set is described."""
+
+    run: RunSpec
+    rows: WindowedRows
+    outcome: ValidationOutcome
+    checked: pd.DataFrame  # the validated rows of the widest window
+    split: Split
+    window: Window | None  # the chosen one (None: all rows)
+    candidate_reports: list[dict[str, Any]]
+    train: pd.DataFrame  # what the gated model learnt from
+    gated: Gated
+
+    @property
+    def shipped_rows(self) -> pd.DataFrame:
+        """What a passed contender is refit on: the whole window, the newest (held-out) rows included."""
+        if self.split.ordered:
+            return pd.concat([self.train, self.split.holdout], ignore_index=True)
+        return self.checked
+
+    @property
+    def feedback_rows(self) -> int:
+        return int(self.train[data_mod.FEEDBACK_ID_COLUMN].notna().sum()) + self.split.holdout_feedback
+
+    @property
+    def window_label(self) -> str:
+        return self.window.label if self.window else "all"
+
+
+def _refit(t: Trained, pipeline_with: Callable[[dict[str, Any]], Any],
+           reporter: Reporter) -> tuple[Any, dict[str, Any]]:
+    """Stage "refit" (a passed contender only): the model shipped and report.json's ``refit``."""
+    spec, gated, shipped_rows = t.run.spec, t.gated, t.shipped_rows
+    refit = _refit_record(gated.decision.verdict, len(shipped_rows), len(t.train), len(t.split.holdout),
+                          gated.params, gated.metrics, gated.champion_metrics, spec.metric)
+    if not refit["done"]:
+        return gated.model, refit
+    reporter.begin("refit", rows=len(shipped_rows))
+    try:
+        model = training.set_model_params(pipeline_with(spec.params), gated.params).fit(
+            shipped_rows[t.rows.features], shipped_rows[spec.target])
+    except (ValueError, TypeError) as exc:
+        raise RunFailure("training", EXIT_TRAINING, f"{spec.estimator} failed to refit on the whole window "
+                                                    f"({len(shipped_rows)} rows): {exc}") from exc
+    reporter.end()
+    return model, refit
+
+
+def _package(t: Trained, model: Any, refit: bool) -> tuple[bytes, str, list[str], Profile]:
+    """The model file (checked to load and predict as the server will) and the drift profile of the
+    rows the shipped model learnt from."""
+    spec, features, kinds = t.run.spec, t.rows.features, t.outcome.kinds
+    X_hold = t.split.holdout[features]
     holdout_predictions = model.predict(X_hold)
-
-    # --- artifacts
-    reporter.begin("artifacts")
     model_bytes, untrusted = dumps_model(model)
     digest = sha256_digest(model_bytes)
     try:
@@ -578,62 +632,78 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
         raise RunFailure("training", EXIT_TRAINING, f"the saved model would be refused by the server: {exc}") from exc
     if not np.array_equal(np.asarray(reloaded.predict(X_hold)), np.asarray(holdout_predictions)):
         raise RunFailure("training", EXIT_TRAINING, "the saved model predicts differently after reloading")
+    profiled = t.shipped_rows if refit else t.train
     profile = build_profile(
-        {c: (profiled[c].to_numpy(dtype=float) if outcome.kinds[c] == "numeric" else profiled[c].tolist())
-         for c in features},
-        outcome.kinds,
+        {c: (profiled[c].to_numpy(dtype=float) if kinds[c] == "numeric" else profiled[c].tolist()) for c in features},
+        kinds,
         predictions=(holdout_predictions.tolist() if spec.task == "classification"
                      else np.asarray(holdout_predictions, dtype=float).tolist()),
         prediction_kind="categorical" if spec.task == "classification" else "numeric",
     )
-    trained_at = _rfc3339(dt.datetime.now(dt.UTC))
-    uris = _artifact_uris(output)
-    window_label = chosen_window.label if chosen_window else "all"
-    window_rows = len(train) + len(holdout)
-    feedback_count = int((train[data_mod.FEEDBACK_ID_COLUMN].notna()).sum()) + holdout_feedback
+    return model_bytes, digest, untrusted, profile
+
+
+def _metadata(t: Trained, model: Any, refit: bool, digest: str, untrusted: list[str],
+              uris: dict[str, str]) -> dict[str, Any]:
+    """metadata.json: what the model is, what it learnt from, and its gate scores."""
+    run, spec, holdout, gated = t.run, t.run.spec, t.split.holdout, t.gated
+    profiled = t.shipped_rows if refit else t.train
     ts_col = spec.timestamp_column
-    metadata = {
+    return {
         "schema": METADATA_SCHEMA,
         "runId": run.run_id, "trigger": run.trigger, "namespace": run.namespace, "pipeline": run.pipeline,
         "version": run.version, "modelVersion": f"{run.pipeline}-v{run.version}",
-        "parent": run.champion.name if run.champion else None, "trainedAt": trained_at,
-        "data": {"source": spec.source, "format": spec.format, "files": len(rows.files), "window": window_label,
-                 "rows": window_rows, "trainingRows": len(train), "holdoutRows": len(holdout),
-                 "shippedModelRows": len(profiled), "refit": refit["done"],
-                 "feedbackRows": feedback_count, "holdoutFeedbackRows": holdout_feedback,
+        "parent": run.champion.name if run.champion else None, "trainedAt": _rfc3339(dt.datetime.now(dt.UTC)),
+        "data": {"source": spec.source, "format": spec.format, "files": len(t.rows.files), "window": t.window_label,
+                 "rows": len(t.train) + len(holdout), "trainingRows": len(t.train), "holdoutRows": len(holdout),
+                 "shippedModelRows": len(profiled), "refit": refit,
+                 "feedbackRows": t.feedback_rows, "holdoutFeedbackRows": t.split.holdout_feedback,
                  "timestampColumn": ts_col,
                  "from": profiled[ts_col].min() if ts_col and len(profiled) else None,
                  "to": holdout[ts_col].max() if ts_col and len(holdout) else None},
-        "model": {"task": spec.task, "estimator": spec.estimator, "params": final_params, "target": spec.target,
-                  "features": features, "kinds": outcome.kinds,
+        "model": {"task": spec.task, "estimator": spec.estimator, "params": gated.params, "target": spec.target,
+                  "features": t.rows.features, "kinds": t.outcome.kinds,
                   "classes": [c.item() if isinstance(c, np.generic) else c for c in getattr(model, "classes_", [])]},
         "artifact": {"file": store.MODEL_FILE, "uri": uris[store.MODEL_FILE], "digest": digest, "format": "skops",
                      "untrustedTypes": untrusted},
-        "evaluation": {"metric": spec.metric, "metrics": decimal_strings(metrics),
-                       "championMetrics": decimal_strings(champion_metrics), "verdict": decision.verdict,
-                       "scoresAre": "the gated model's and the champion's, on the same holdout"},
+        "evaluation": {"metric": spec.metric, "metrics": decimal_strings(gated.metrics),
+                       "championMetrics": decimal_strings(gated.champion_metrics), "verdict": gated.decision.verdict,
+                       "scoresAre": "the gated model's and the champion's, on the same holdout",
+                       **_averaging(spec.task)},
         "libraries": _library_versions(),
     }
-    report = {
+
+
+def _averaging(task: str) -> dict[str, str]:
+    """How the classification scores average over classes, said where the scores are."""
+    if task != "classification":
+        return {}
+    return {"averaging": "precision, recall and f1 are macro averages over the classes seen as actual or "
+                         "predicted (noria.scoring), the definition of the live f1 and accuracy checks"}
+
+
+def _report(t: Trained, refit: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """report.json: how the run chose its window, what validation, tuning and the gate saw."""
+    run, spec, holdout, gated, feedback = t.run, t.run.spec, t.split.holdout, t.gated, t.rows.feedback
+    window_rows = len(t.train) + len(holdout)
+    return {
         "schema": REPORT_SCHEMA, "runId": run.run_id, "version": run.version,
-        "validation": outcome.report(),
-        "window": {"chosen": window_label, "candidates": candidate_reports, "rows": window_rows,
-                   "dataRows": window_rows - feedback_count, "feedbackRows": feedback_count},
-        "feedback": {**feedback.report(), "inWindow": feedback_count} if feedback else {"enabled": False, "rows": 0},
+        "validation": t.outcome.report(),
+        "window": {"chosen": t.window_label, "candidates": t.candidate_reports, "rows": window_rows,
+                   "dataRows": window_rows - t.feedback_rows, "feedbackRows": t.feedback_rows},
+        "feedback": {**feedback.report(), "inWindow": t.feedback_rows} if feedback else {"enabled": False, "rows": 0},
         "tuning": gated.tuning,
-        "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout), "holdoutFeedbackRows": holdout_feedback,
-                       "holdout": "newest rows of the window" if ordered else "stratified random share",
-                       "contender": metrics, "champion": champion_metrics,
+        "evaluation": {"metric": spec.metric, "holdoutRows": len(holdout),
+                       "holdoutFeedbackRows": t.split.holdout_feedback,
+                       "holdout": "newest rows of the window" if t.split.ordered else "stratified random share",
+                       "contender": gated.metrics, "champion": gated.champion_metrics,
                        "championName": run.champion.name if run.champion else None,
-                       "championError": gated.champion_error},
-        "gate": {"verdict": decision.verdict, "reason": decision.reason, "minScore": spec.min_score,
+                       "championError": gated.champion_error, **_averaging(spec.task)},
+        "gate": {"verdict": gated.decision.verdict, "reason": gated.decision.reason, "minScore": spec.min_score,
                  "maxScore": spec.max_score, "mustBeatChampionBy": spec.must_beat_champion_by},
         "refit": refit,
         "stages": reporter.stages,  # completed stages so far; the write stage is in the logs
     }
-    reporter.end()
-    _write(output, model_bytes, profile, metadata, report, reporter)
-    return success_summary(json.loads(_json_bytes(metadata)), json.loads(_json_bytes(report)), uris)
 
 
 def _write(output: OutputLocation, model_bytes: bytes, profile: Profile, metadata: dict[str, Any],

@@ -45,6 +45,8 @@ def test_breast_cancer_run_writes_a_verified_artifact_set(tmp_path, make_spec, r
     assert "scikit-learn" in metadata["libraries"] and metadata["parent"] is None
     report = _read(out / "report.json")
     assert report["validation"]["passed"] and report["gate"]["verdict"] == "passed"
+    # which average the scores are, said where they are (the live checks' macro F1, noria.scoring)
+    assert "f1 are macro averages" in report["evaluation"]["averaging"] == metadata["evaluation"]["averaging"]
 
     # the saved model loads with skops and the trusted-type list, and predicts as before saving
     frame = sklearn_frame("breast_cancer")
@@ -177,10 +179,13 @@ def test_feedback_rows_are_joined_by_id_deduplicated_and_counted(tmp_path, store
 def test_gate_passes_a_better_contender_and_rejects_a_worse_one(tmp_path, store_root, make_spec, run_trainer):
     csv = tmp_path / "cancer.csv"
     sklearn_frame("breast_cancer").to_csv(csv, index=False)
-    evaluation = {"metric": "f1", "minScore": "0.50", "mustBeatChampionBy": "0.01"}
+    # The majority-class dummy's f1 is macro: about 0.38 (0.77 on its class, 0 on the other), not the
+    # 0.77 a binary F1 of class 1 gave it; a minScore of 0.30 lets it pass as the weak champion.
+    evaluation = {"metric": "f1", "minScore": "0.30", "mustBeatChampionBy": "0.01"}
     weak = run_trainer(make_spec(f"file://{csv}", version=1, evaluation=evaluation,
                                  model=classifier_spec("target", "sklearn.dummy.DummyClassifier")))
     assert weak.code == 0 and weak.summary["verdict"] == "passed", weak.summary
+    assert 0.3 < float(weak.summary["metrics"]["f1"]) < 0.45, weak.summary["metrics"]
 
     def champion(summary: dict, name: str) -> dict:
         return {"name": name, "artifactUri": summary["artifactUri"], "digest": summary["digest"],
