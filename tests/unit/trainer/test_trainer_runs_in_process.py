@@ -179,8 +179,8 @@ def test_feedback_rows_are_joined_by_id_deduplicated_and_counted(tmp_path, store
 def test_gate_passes_a_better_contender_and_rejects_a_worse_one(tmp_path, store_root, make_spec, run_trainer):
     csv = tmp_path / "cancer.csv"
     sklearn_frame("breast_cancer").to_csv(csv, index=False)
-    # The majority-class dummy's f1 is macro: about 0.38 (0.77 on its class, 0 on the other), not the
-    # 0.77 a binary F1 of class 1 gave it; a minScore of 0.30 lets it pass as the weak champion.
+    # The majority-class dummy's f1 is macro: 0.387 (0.774 on its class, 0 on the other), not the
+    # 0.774 a binary F1 of class 1 gave it; a minScore of 0.30 lets it pass as the weak champion.
     evaluation = {"metric": "f1", "minScore": "0.30", "mustBeatChampionBy": "0.01"}
     weak = run_trainer(make_spec(f"file://{csv}", version=1, evaluation=evaluation,
                                  model=classifier_spec("target", "sklearn.dummy.DummyClassifier")))
