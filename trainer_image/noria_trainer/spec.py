@@ -152,10 +152,12 @@ def describe_validation_error(error: ValidationError, prefix: str = "spec") -> s
     for e in error.errors():
         path = field_path(e["loc"])
         message = str(e["msg"]).removeprefix("Value error, ")
-        # a rule on a parent names its child first ("evaluation.metric: ..."): put it in the path
+        # a rule on a parent names its child first ("evaluation.metric: ..."): put it in the path once
         head, sep, rest = message.partition(": ")
-        if sep and head.replace(".", "").isalnum() and not path.endswith(head):
-            path, e = f"{path}.{head}" if path else head, {**e, "msg": rest}
+        if sep and head.replace(".", "").isalnum():
+            if not path.endswith(head):
+                path = f"{path}.{head}" if path else head
+            e = {**e, "msg": rest}
         if e["type"] == "extra_forbidden":
             known = _known_fields(api.TrainingPipelineSpec, tuple(e["loc"]))
             e = {**e, "type": "unknown", "msg": "unknown field" + (f" (known: {', '.join(known)})" if known else "")}
