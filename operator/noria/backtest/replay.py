@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from noria import conditions as c
-from noria import store
+from noria import scoring, store
 from noria.api.common import parse_duration
 from noria.artifact_scope import data_source_scope
 from noria.conditions import now_iso
@@ -172,18 +172,13 @@ def slice_metrics(task: str, labels: np.ndarray, predictions: np.ndarray) -> dic
     if task == "regression":
         err = np.asarray(predictions, dtype=float) - np.asarray(labels, dtype=float)
         return {"rmse": float(math.sqrt(float(np.mean(err * err))))}
-    from sklearn.metrics import f1_score
-
-    y, p = np.asarray(labels).tolist(), np.asarray(predictions).tolist()
-    classes = sorted({str(v) for v in y} | {str(v) for v in p})
-    binary = set(classes) <= {"0", "1", "False", "True", "false", "true"}
-    ys, ps = [str(v) for v in y], [str(v) for v in p]
-    positive = next((c for c in ("1", "True", "true") if c in classes), None)
-    if binary and positive is not None:
-        f1 = float(f1_score(ys, ps, pos_label=positive, average="binary", zero_division=0))
-    else:
-        f1 = float(f1_score(ys, ps, average="macro", zero_division=0))
-    return {"accuracy": float(np.mean(np.array(ys) == np.array(ps))), "f1": f1}
+    # The one definition of live scores (macro F1 over the classes seen), as the gate, the checks and
+    # the performance trigger use, so a backtest's figures are the ones the loop would act on.
+    confusion: dict[tuple[str, str], int] = {}
+    for actual, predicted in zip(np.asarray(labels).tolist(), np.asarray(predictions).tolist(), strict=True):
+        key = (str(actual), str(predicted))
+        confusion[key] = confusion.get(key, 0) + 1
+    return {"accuracy": scoring.accuracy(confusion), "f1": scoring.macro_f1(confusion)}
 
 
 def _stamp(t: dt.datetime) -> str:
