@@ -112,7 +112,8 @@ class ModelVersionSpec(NoriaModel):
     metrics: dict[Annotated[StrictStr, Field(max_length=64)], Decimalish] | None = Field(
         default=None,
         max_length=32,
-        description="Holdout scores by metric name, as decimal strings or integers, e.g. {f1: \"0.83\"}.",
+        description=("Holdout scores by metric name, as decimal strings or integers, e.g. {f1: \"0.83\"}. "
+                     "precision, recall and f1 are macro averages over the classes, as in the live checks."),
     )
     lineage: Lineage | None = Field(default=None, description="Run, trigger, data and parent of this version.")
 
