@@ -1,9 +1,8 @@
 """Run the Noria operator under tracemalloc: ``python benchmarks/scale_tracemalloc.py OUT -- <noria args>``.
 
 ``benchmarks/scale.py --tracemalloc`` starts the operator this way to see where its memory goes: every
-20 seconds the largest allocation sites (by file and line, traced 8 frames deep, grouped by the
-innermost frame under ``site-packages`` or ``operator/noria``) are written to OUT, replacing the
-previous snapshot. tracemalloc slows Python down severalfold, so the CPU and latency figures of such
+20 seconds the memory still held, grouped by the file and by the line that allocated it (the
+innermost frame), is written to OUT, replacing the previous snapshot. tracemalloc slows Python down severalfold, so the CPU and latency figures of such
 a run mean nothing; only its memory breakdown does.
 """
 
