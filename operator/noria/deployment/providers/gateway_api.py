@@ -42,15 +42,23 @@ def restored_rules(rules: list[dict[str, Any]], rollout: str, recorded: Any) -> 
     fits = isinstance(recorded, list) and len(recorded) == len(rules) and all(isinstance(r, list) for r in recorded)
     out = []
     for i, rule in enumerate(rules):
-        new = dict(rule)
-        new["backendRefs"] = recorded[i] if fits else [r for r in rule.get("backendRefs") or [] if not _ours(r, rollout)]
-        filters = [f for f in rule.get("filters") or [] if f.get("type") != MIRROR]
-        if filters:
-            new["filters"] = filters
-        else:
-            new.pop("filters", None)
-        out.append(new)
+        refs = recorded[i] if fits else [r for r in rule.get("backendRefs") or [] if not _ours(r, rollout)]
+        out.append(_rule_with(rule, refs, _users_filters(rule)))
     return out
+
+
+def _users_filters(rule: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rule's filters without the operator's mirror."""
+    return [f for f in rule.get("filters") or [] if f.get("type") != MIRROR]
+
+
+def _rule_with(rule: Mapping[str, Any], refs: list[Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rule`` with these backendRefs and filters (no empty ``filters`` list); other fields untouched."""
+    new = {k: v for k, v in rule.items() if k != "filters"}
+    new["backendRefs"] = refs
+    if filters:
+        new["filters"] = filters
+    return new
 
 
 def desired_rules(rules: list[dict[str, Any]], rollout: str, weights: Mapping[str, int],
@@ -60,19 +68,13 @@ def desired_rules(rules: list[dict[str, Any]], rollout: str, weights: Mapping[st
              "port": objects.SERVER_PORT, "weight": int(w)} for v, w in sorted(weights.items())]
     out = []
     for rule in rules or [{}]:
-        new = dict(rule)
-        new["backendRefs"] = refs
-        filters = [f for f in rule.get("filters") or [] if f.get("type") != MIRROR]
+        filters = _users_filters(rule)
         if mirror is not None:
             filters.append({"type": MIRROR, "requestMirror": {
                 "backendRef": {"group": "", "kind": "Service", "name": objects.version_object_name(rollout, mirror[0]),
                                "port": objects.SERVER_PORT},
                 "percent": int(mirror[1])}})
-        if filters:
-            new["filters"] = filters
-        else:
-            new.pop("filters", None)
-        out.append(new)
+        out.append(_rule_with(rule, refs, filters))
     return out
 
 
