@@ -206,3 +206,10 @@ def test_an_error_is_described_in_the_api_servers_own_words():
     described = kube.describe_error(ApiError(response=Response()))
     assert described.startswith("422 Invalid") and "metadata.name" in described
     assert kube.describe_error(RuntimeError("boom")) == "RuntimeError: boom"
+
+
+def test_a_rollout_with_no_version_yet_waits_for_an_event_not_the_interval():
+    # Found by benchmarks/scale.py: 1,000 Rollouts waiting for their first approved version were
+    # passed every 2 s each (a GET and a LIST of Deployments), though only an event can change them.
+    o = obs({"conditions": [], "message": "pipeline p has no approved ModelVersion yet"})
+    assert handlers.next_pass_in(o, Plan(status=dict(o.status)), interval=2, resync=60) == 60
