@@ -60,7 +60,7 @@ import kopf
 from noria import conditions as c
 from noria import contracts as ct
 from noria import failpoints as fp
-from noria import kube
+from noria import kube, mvcache
 from noria.deployment import objects, profiles
 from noria.deployment.analysis import combine, judge_check
 from noria.deployment.checks import CheckContext, Observed, needs_profiles, queries_for, reduce
@@ -79,7 +79,6 @@ from noria.deployment.decide import (
     decide,
     parse_time,
 )
-from noria.deployment.mvcache import ModelVersionCache
 from noria.deployment.providers import make_provider
 from noria.deployment.providers.router import RouterProvider, forget_service
 from noria.deployment.spec import CheckSpec, RolloutSpec, RolloutSpecError, parse_rollout_spec
@@ -101,13 +100,12 @@ class _State:
         self.settings = Settings.from_env()
         self.interval = float(env.get("NORIA_ROLLOUT_INTERVAL_SECONDS", "2"))
         self.resync = float(env.get("NORIA_ROLLOUT_RESYNC_SECONDS", "60"))
-        self.model_versions = ModelVersionCache(relist_seconds=max(300.0, 5 * self.resync))
+        self.model_versions = mvcache.shared().cache  # the process's one copy, the pipelines' too
         self.wakeups = Wakeups(reconcile, self.resync, concurrency=int(env.get("NORIA_ROLLOUT_CONCURRENCY", "16")))
         self.seen: dict[Hashable, tuple[Any, ...]] = {}  # what of each Rollout last woke it (not its status)
         self.sources: dict[str, dict[str, tuple[str | None, str | None]]] = {}  # ns -> name -> (pipeline, pinned)
         self.failures: dict[Hashable, int] = {}
         self.locks: dict[Hashable, asyncio.Lock] = {}
-        self.list_locks: dict[str, asyncio.Lock] = {}
         self.tasks: list[asyncio.Task] = []
         self._prometheus: PrometheusClient | None = None
 
@@ -186,19 +184,11 @@ def refusals_by_version(pods: list[Mapping[str, Any]]) -> dict[str, ArtifactRefu
 
 async def model_versions(namespace: str) -> dict[str, dict[str, Any]]:
     """Every ModelVersion of ``namespace`` by name: from the watch-fed copy, listed once per namespace."""
-    st = state()
-    cache = st.model_versions
-    if not cache.warm(namespace):
-        async with st.list_locks.setdefault(namespace, asyncio.Lock()):
-            if not cache.warm(namespace):
-                cache.begin(namespace)
-                try:
-                    listed = await kube.list_objects(ct.API_VERSION, "ModelVersion", namespace)
-                except BaseException:
-                    cache.abandon(namespace)
-                    raise
-                cache.fill(namespace, listed)
-    return cache.get(namespace)
+    return await mvcache.shared().get(namespace, _list_model_versions)
+
+
+async def _list_model_versions(namespace: str) -> list[dict[str, Any]]:
+    return await kube.list_objects(ct.API_VERSION, "ModelVersion", namespace)
 
 
 async def observe(rollout: Mapping[str, Any], at: dt.datetime) -> tuple[Observation, dict[str, Any]]:
@@ -782,9 +772,6 @@ async def server_pod_event(body: Mapping[str, Any], **_: Any) -> None:
 async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     st = state()
     meta = body["metadata"]
-    if event.get("type") == "DELETED":
-        st.model_versions.remove(meta["namespace"], meta["name"])
-    else:
-        st.model_versions.put(body)
+    mvcache.shared().record(event.get("type"), body)  # before the wake-ups: the passes read the copy
     for name in concerned(st.sources.get(meta["namespace"], {}), body):
         st.wakeups.wake((meta["namespace"], name), delay=0.1)

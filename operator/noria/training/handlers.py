@@ -8,8 +8,14 @@ time per pipeline.
 What wakes a pipeline: a new pipeline, a spec change (generation) or a new ``noria.dev/retrain``
 value; a Job of its own changing; a ModelVersion of its own changing; its own ``requeue_after``
 (a cron tick, a cooldown's end, a ``for`` duration); and a resync every
-``NORIA_TRAINING_RESYNC_SECONDS`` (default 30) for the Prometheus and data-source triggers. The
-pipeline's own status writes do not wake it, so a pass that changes status is not a hot loop.
+``NORIA_TRAINING_RESYNC_SECONDS`` (default 30) for the pipelines with a Prometheus or data-source
+trigger (drift, performance, newData), which change with nothing to announce it. Any other pipeline
+(a cron, the initial trigger, retrain by hand) is changed only by time (its ``requeue_after``) and
+by events, so it is passed again only every ``NORIA_TRAINING_IDLE_RESYNC_SECONDS`` (default 600), a
+safety net for a missed watch event: at 1,000 pipelines a 30 s resync of all of them was 33 passes a
+second (benchmarks/scale.py). The pipeline's own status writes do not wake it, so a pass that changes
+status is not a hot loop. ModelVersions come from the watch-fed copy the Rollouts use (``mvcache``),
+not a LIST per pass.
 
 Settings (env): besides Settings (NORIA_STORE_ROOT = the store as pods see it,
 NORIA_LOCAL_STORE_ROOT = the same store as this process sees it, NORIA_TRAINER_IMAGE,
@@ -37,7 +43,7 @@ from typing import Any
 import kopf
 
 from noria import conditions as c
-from noria import kube, metrics, opmetrics
+from noria import kube, metrics, mvcache, opmetrics
 from noria.profile import Profile
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
@@ -59,6 +65,7 @@ class _State:
         self.settings = Settings.from_env()
         env = os.environ
         self.resync = float(env.get("NORIA_TRAINING_RESYNC_SECONDS", "30"))
+        self.idle_resync = max(self.resync, float(env.get("NORIA_TRAINING_IDLE_RESYNC_SECONDS", "600")))
         self.settle = float(env.get("NORIA_TRIGGER_SETTLE_SECONDS", str(triggers.DEFAULT_SETTLE_SECONDS)))
         self.initial_retry = float(env.get("NORIA_INITIAL_RETRY_SECONDS", str(triggers.DEFAULT_INITIAL_RETRY_SECONDS)))
         self.run_settings = runs.RunSettings(
@@ -141,8 +148,8 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
     tspec = spec.get("triggers") or {}
     selector = {runs.LABEL_PIPELINE: name}
 
-    all_mvs = await kube.list_objects(kube.API_VERSION, MV, ns)
-    mvs = [mv for mv in all_mvs if (mv.get("spec") or {}).get("pipeline") == name]
+    all_mvs = await mvcache.shared().get(ns, _list_model_versions)
+    mvs = [mv for _, mv in sorted(all_mvs.items()) if (mv.get("spec") or {}).get("pipeline") == name]
     jobs = await kube.list_objects("batch/v1", "Job", ns, selector)
     cms = await kube.list_objects("v1", "ConfigMap", ns, selector)
 
@@ -194,6 +201,22 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
     )
 
 
+async def _list_model_versions(namespace: str) -> list[dict[str, Any]]:
+    return await kube.list_objects(kube.API_VERSION, MV, namespace)
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+POLLED_TRIGGERS = ("drift", "performance", "newData")  # they change with no event to announce it
+
+
+def next_pass_in(spec: Mapping[str, Any], requeue_after: float | None, resync: float, idle_resync: float) -> float:
+    """Seconds until a pipeline's next pass: its own ``requeue_after`` (a cron tick, a cooldown, a
+    running Job), bounded by the resync its triggers need. Events wake it earlier."""
+    tspec = spec.get("triggers") or {}
+    bound = resync if any(tspec.get(kind) for kind in POLLED_TRIGGERS) else idle_resync
+    return bound if requeue_after is None else min(requeue_after, bound)
+
+
 # --- one pass -----------------------------------------------------------------------------------
 async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> None:
     meta = tp["metadata"]
@@ -201,6 +224,7 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
     # 1. Register the result before status forgets the run (AlreadyExists = registered before).
     if plan.register is not None:
         mv, created = await kube.create(plan.register)
+        mvcache.shared().cache.put(mv)  # the next pass must see it, whether or not its event came yet
         foreign = not created and not results.same_artifact(mv, plan.register)
         if foreign:  # someone created the name first with another model: never stage theirs as ours
             message = (f"ModelVersion {mv['metadata']['name']} already exists with another artifact than run"
@@ -209,7 +233,8 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
             await kube.post_event(tp, "Warning", c.MODEL_VERSION_CONFLICT, message)
         first = None if foreign else results.initial_status(mv, now)
         if first:
-            await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
+            staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
+            mvcache.shared().cache.put(staged)
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
     # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
     if plan.status:
@@ -310,7 +335,7 @@ async def reconcile(key: Hashable) -> float | None:
         if recovered is not None:
             await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered)
         _count(plan)
-        return plan.requeue_after if plan.requeue_after is not None else state().resync
+        return next_pass_in(tp["spec"], plan.requeue_after, state().resync, state().idle_resync)
     except Exception as exc:
         opmetrics.RECONCILE_ERRORS.labels(TP).inc()
         if tp is not None:
@@ -364,12 +389,16 @@ async def job_event(body: Mapping[str, Any], **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, "modelversions")
 async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     meta, spec = body["metadata"], body.get("spec") or {}
+    # The Rollout handler records it too (the copy keeps the newer of two, so twice is harmless):
+    # each side's wake-up must find the event in the copy whatever order Kopf runs the two in.
+    mvcache.shared().record(event.get("type"), body)
     if event.get("type") != "DELETED":
         now = dt.datetime.now(dt.UTC)
         refused = state().settings.artifact_scope().check(body)
         scope = results.scope_status(body, refused, now)
         if scope is not None:
-            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope)
+            mvcache.shared().cache.put(
+                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope))
             if refused is not None:
                 await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
             body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
@@ -377,8 +406,9 @@ async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any],
         registered = results.registration(body, now)
         if registered is not None:
             try:  # only onto the object as seen: a stage set since (an import's approval) must stand
-                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
-                                        resource_version=meta.get("resourceVersion"))
+                mvcache.shared().cache.put(await kube.patch_status(
+                    kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
+                    resource_version=meta.get("resourceVersion")))
             except kube.Conflict:
                 return  # its newer version's own event decides again
             await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
@@ -387,7 +417,8 @@ async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any],
         # never load it as a champion. The Degraded condition says why.
         patch = results.approval(body, now) if refused is None else None
         if patch is not None:
-            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch)
+            mvcache.shared().cache.put(
+                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch))
             reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
             await kube.post_event(dict(body), "Normal", reason, patch["message"])
     if spec.get("pipeline"):  # the champion may have changed

@@ -10,10 +10,10 @@ from noria import conditions as c
 from noria import failpoints, kube
 from noria.deployment import handlers
 from noria.deployment.decide import Observation, Plan, VersionPods
-from noria.deployment.mvcache import ModelVersionCache
 from noria.deployment.objects import RolloutRef
 from noria.deployment.providers.gateway_api import desired_rules, original_backends, restored_rules
 from noria.deployment.spec import parse_rollout_spec
+from noria.mvcache import ModelVersionCache
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 REF = RolloutRef(name="churn", namespace="ml", uid="u")
@@ -213,3 +213,16 @@ def test_a_rollout_with_no_version_yet_waits_for_an_event_not_the_interval():
     # passed every 2 s each (a GET and a LIST of Deployments), though only an event can change them.
     o = obs({"conditions": [], "message": "pipeline p has no approved ModelVersion yet"})
     assert handlers.next_pass_in(o, Plan(status=dict(o.status)), interval=2, resync=60) == 60
+
+
+def test_a_relist_hears_of_writes_made_while_it_was_in_flight():
+    # A relist's result may predate a registration or a stage write put into the copy meanwhile.
+    cache = ModelVersionCache()
+    cache.begin("ml")
+    cache.fill("ml", [mv("a", 5)])
+    cache.begin("ml")  # the relist starts
+    cache.put(mv("new", 8))
+    cache.put(mv("a", 9, "Production"))
+    cache.fill("ml", [mv("a", 5)])  # its result, read before those writes
+    got = cache.get("ml")
+    assert sorted(got) == ["a", "new"] and got["a"]["status"]["stage"] == "Production"

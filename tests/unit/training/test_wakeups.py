@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from noria.wakeups import Wakeups
 
@@ -93,3 +94,41 @@ async def test_a_delayed_wake_during_a_pass_is_kept_not_dropped():
     loop.cancel()
     await w.stop()
     assert passes == 2
+
+
+async def test_an_event_wake_starts_before_passes_due_only_by_their_requeue():
+    # Found by benchmarks/scale.py: every due key queued on one semaphore, so a user's edit waited
+    # behind every resync pass already queued (reaction p50 10-50 s at 100-1,000 objects).
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def reconcile(key):
+        started.append(key)
+        if key == "blocker":
+            await gate.wait()
+        return 0.05  # every routine key is due again at once
+
+    w = Wakeups(reconcile, resync_seconds=60, concurrency=1)
+    loop = asyncio.create_task(w.run())
+    w.wake("blocker")
+    await asyncio.sleep(0.05)
+    for i in range(5):  # routine keys: their first pass, then due by their own requeue
+        w._schedule(f"resync-{i}", 0.0, urgent=False)
+    await asyncio.sleep(0.1)
+    w.wake("edited")  # woken by an event after the routine keys were already due
+    gate.set()
+    await asyncio.sleep(0.05)
+    loop.cancel()
+    await w.stop()
+    assert started[:2] == ["blocker", "edited"]
+
+
+async def test_a_requeue_longer_than_the_resync_is_kept():
+    # The caller bounds its own requeue (a cron-only pipeline waits for its tick, not the resync).
+    w = Wakeups(lambda key: asyncio.sleep(0, 3600.0), resync_seconds=1)
+    loop = asyncio.create_task(w.run())
+    w.wake("cron")
+    await asyncio.sleep(0.1)
+    loop.cancel()
+    await w.stop()
+    assert w._due["cron"] - time.monotonic() > 3000
