@@ -213,6 +213,11 @@ def test_a_rollout_with_no_version_yet_waits_for_an_event_not_the_interval():
     # passed every 2 s each (a GET and a LIST of Deployments), though only an event can change them.
     o = obs({"conditions": [], "message": "pipeline p has no approved ModelVersion yet"})
     assert handlers.next_pass_in(o, Plan(status=dict(o.status)), interval=2, resync=60) == 60
+    # and at 1,000 of them the 60 s resync alone is 33 requests/s: the idle resync is its safety net
+    assert handlers.next_pass_in(o, Plan(status=dict(o.status)), interval=2, resync=60, idle_resync=600) == 600
+    serving = obs({"stableVersion": "v1", "conditions": READY})
+    assert handlers.next_pass_in(serving, Plan(status=dict(serving.status)), interval=2, resync=60,
+                                 idle_resync=600) == 60
 
 
 def test_a_relist_hears_of_writes_made_while_it_was_in_flight():
