@@ -84,6 +84,8 @@ class _State:
         self.profiles: dict[str, Profile] = {}  # by URI; a profile never changes (the spec is immutable)
         self.seen: dict[Hashable, tuple[Any, Any]] = {}  # (generation, retrain annotation) per pipeline
         self.wakeups = Wakeups(reconcile, self.resync)
+        self.mv_writes = asyncio.Semaphore(MV_WRITE_CONCURRENCY)
+        self.retries: set[asyncio.Task] = set()
         self.loop_task: asyncio.Task | None = None
 
 
@@ -361,6 +363,9 @@ async def stop_training(**_: Any) -> None:
     if st.loop_task is not None:
         st.loop_task.cancel()
     await st.wakeups.stop()
+    for task in list(st.retries):
+        task.cancel()
+    await asyncio.gather(*st.retries, return_exceptions=True)
     await st.prometheus.aclose()
 
 
@@ -386,6 +391,10 @@ async def job_event(body: Mapping[str, Any], **_: Any) -> None:
         state().wakeups.wake((meta["namespace"], meta["labels"][runs.LABEL_PIPELINE]))
 
 
+MV_WRITE_CONCURRENCY = 8  # Kopf runs one handler per object at once, unbounded: 1,000 new versions = 1,000 writes
+MV_RETRY_SECONDS = (2.0, 4.0, 8.0, 16.0, 32.0)  # a failed judgement (a 429, a time-out) is tried again
+
+
 @kopf.on.event(GROUP, VERSION, "modelversions")
 async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: Any) -> None:
     meta, spec = body["metadata"], body.get("spec") or {}
@@ -393,33 +402,68 @@ async def model_version_event(event: Mapping[str, Any], body: Mapping[str, Any],
     # each side's wake-up must find the event in the copy whatever order Kopf runs the two in.
     mvcache.shared().record(event.get("type"), body)
     if event.get("type") != "DELETED":
-        now = dt.datetime.now(dt.UTC)
-        refused = state().settings.artifact_scope().check(body)
-        scope = results.scope_status(body, refused, now)
-        if scope is not None:
-            mvcache.shared().cache.put(
-                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope))
-            if refused is not None:
-                await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
-            body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
-        # A version created by hand (no run registered it) is Registered until a person approves it.
-        registered = results.registration(body, now)
-        if registered is not None:
-            try:  # only onto the object as seen: a stage set since (an import's approval) must stand
-                mvcache.shared().cache.put(await kube.patch_status(
-                    kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
-                    resource_version=meta.get("resourceVersion")))
-            except kube.Conflict:
-                return  # its newer version's own event decides again
-            await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
-            body = {**body, "status": {**(body.get("status") or {}), **registered}}
-        # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
-        # never load it as a champion. The Degraded condition says why.
-        patch = results.approval(body, now) if refused is None else None
-        if patch is not None:
-            mvcache.shared().cache.put(
-                await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch))
-            reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
-            await kube.post_event(dict(body), "Normal", reason, patch["message"])
+        await _judge_model_version_or_retry(body, attempt=0)
     if spec.get("pipeline"):  # the champion may have changed
         state().wakeups.wake((meta["namespace"], spec["pipeline"]), delay=0.5)
+
+
+async def _judge_model_version_or_retry(body: Mapping[str, Any], attempt: int) -> None:
+    """Judge a ModelVersion with at most MV_WRITE_CONCURRENCY at once; a failure is retried on a
+    fresh read (Kopf drops a failed event handler's work: a version would stay unregistered until
+    its next event). benchmarks/scale.py lost 8 of 1,000 registrations to 429s before this."""
+    st = state()
+    meta = body["metadata"]
+    try:
+        async with st.mv_writes:
+            await _judge_model_version(body)
+        return
+    except Exception as exc:  # noqa: BLE001 - retried below, then given up loudly
+        if attempt >= len(MV_RETRY_SECONDS):
+            log.error("ModelVersion %s/%s: giving up after %d tries: %s", meta["namespace"], meta["name"],
+                      attempt + 1, kube.describe_error(exc))
+            return
+        log.warning("ModelVersion %s/%s: %s; trying again in %.0f s", meta["namespace"], meta["name"],
+                    kube.describe_error(exc), MV_RETRY_SECONDS[attempt])
+
+    async def again() -> None:
+        await asyncio.sleep(MV_RETRY_SECONDS[attempt])
+        fresh = await kube.get(kube.API_VERSION, MV, meta["name"], meta["namespace"])
+        if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
+            await _judge_model_version_or_retry(fresh, attempt + 1)
+
+    task = asyncio.create_task(again())
+    st.retries.add(task)
+    task.add_done_callback(st.retries.discard)
+
+
+async def _judge_model_version(body: Mapping[str, Any]) -> None:
+    """Scope, registration and approval of one ModelVersion, each written once."""
+    meta = body["metadata"]
+    now = dt.datetime.now(dt.UTC)
+    refused = state().settings.artifact_scope().check(body)
+    scope = results.scope_status(body, refused, now)
+    if scope is not None:
+        mvcache.shared().cache.put(
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope))
+        if refused is not None:
+            await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
+        body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
+    # A version created by hand (no run registered it) is Registered until a person approves it.
+    registered = results.registration(body, now)
+    if registered is not None:
+        try:  # only onto the object as seen: a stage set since (an import's approval) must stand
+            mvcache.shared().cache.put(await kube.patch_status(
+                kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
+                resource_version=meta.get("resourceVersion")))
+        except kube.Conflict:
+            return  # its newer version's own event decides again
+        await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
+        body = {**body, "status": {**(body.get("status") or {}), **registered}}
+    # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
+    # never load it as a champion. The Degraded condition says why.
+    patch = results.approval(body, now) if refused is None else None
+    if patch is not None:
+        mvcache.shared().cache.put(
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch))
+        reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
+        await kube.post_event(dict(body), "Normal", reason, patch["message"])
