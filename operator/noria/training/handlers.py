@@ -43,7 +43,7 @@ from typing import Any
 import kopf
 
 from noria import conditions as c
-from noria import kube, metrics, mvcache, opmetrics
+from noria import kube, memtrim, metrics, mvcache, opmetrics
 from noria.profile import Profile
 from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
@@ -87,6 +87,7 @@ class _State:
         self.mv_writes = asyncio.Semaphore(MV_WRITE_CONCURRENCY)
         self.retries: set[asyncio.Task] = set()
         self.loop_task: asyncio.Task | None = None
+        self.trim_task: asyncio.Task | None = None
 
 
 _state: _State | None = None
@@ -355,13 +356,15 @@ async def start_training(**_: Any) -> None:
     st = state()
     opmetrics.serve(st.settings.metrics_port)
     st.loop_task = asyncio.create_task(st.wakeups.run())
+    st.trim_task = asyncio.create_task(memtrim.trim_forever())  # the whole process's, started once here
 
 
 @kopf.on.cleanup()
 async def stop_training(**_: Any) -> None:
     st = state()
-    if st.loop_task is not None:
-        st.loop_task.cancel()
+    for task in (st.loop_task, st.trim_task):
+        if task is not None:
+            task.cancel()
     await st.wakeups.stop()
     for task in list(st.retries):
         task.cancel()
