@@ -40,7 +40,7 @@ async def test_a_model_version_judgement_that_fails_is_tried_again_on_a_fresh_re
     async def get(api_version, kind, name, namespace):
         return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "2"}}
 
-    st = SimpleNamespace(mv_writes=asyncio.Semaphore(1), retries=set())
+    st = SimpleNamespace(retries=set())
     monkeypatch.setattr(handlers, "state", lambda: st)
     monkeypatch.setattr(handlers, "_judge_model_version", judge)
     monkeypatch.setattr(handlers, "MV_RETRY_SECONDS", (0.01,))
