@@ -254,7 +254,9 @@ def start_operator(testbed: LocalTestbed, kubeconfig: Path, log_path: Path,
            "NORIA_METRICS_PORT": str(metrics_port), "NORIA_LEADER_NAMESPACE": NAMESPACE,
            # One process: without --leader-election it acts at once, holding no Lease (on this shared
            # machine a late renewal makes a leader exit 75, docs/operations/scale.md).
-           "NORIA_LEADER_ELECTION": "true" if leader_election else "false"}
+           "NORIA_LEADER_ELECTION": "true" if leader_election else "false",
+           # Kopf's worker bound, as the chart sets it (passed through when the caller sets it).
+           **{k: os.environ[k] for k in ("NORIA_WORKER_LIMIT", "NORIA_WORKER_IDLE_SECONDS") if k in os.environ}}
     noria_args = ["--namespace", NAMESPACE, "--liveness", f"http://127.0.0.1:{liveness_port}/healthz"]
     command = [sys.executable, "-m", "noria", *noria_args]
     if tracemalloc_out is not None:

@@ -44,6 +44,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = settings.watching.server_timeout + 30
     settings.networking.request_timeout = float(os.environ.get("NORIA_REQUEST_TIMEOUT", "30"))
     settings.networking.connect_timeout = 10.0
+    # Kopf runs one worker task per object with pending events, without bound by default: at start-up
+    # with thousands of objects that is thousands of concurrent first passes (memory peak, a burst of
+    # requests the API server answers with 429). NORIA_WORKER_LIMIT bounds them; a worker idle for
+    # NORIA_WORKER_IDLE_SECONDS ends and frees its slot (docs/operations/scale.md).
+    if os.environ.get("NORIA_WORKER_LIMIT"):
+        settings.batching.worker_limit = int(os.environ["NORIA_WORKER_LIMIT"])
+    settings.batching.idle_timeout = float(os.environ.get("NORIA_WORKER_IDLE_SECONDS", "5"))
 
 
 # Handler modules register themselves on import.
