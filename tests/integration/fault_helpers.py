@@ -127,3 +127,8 @@ def stage_history(cluster, namespace: str, version: str) -> list[str]:  # noqa: 
 def is_subsequence(wanted: list[str], history: list[str]) -> bool:
     remaining = iter(history)
     return all(any(stage == w for stage in remaining) for w in wanted)
+
+
+def status_text(cluster, namespace: str) -> str:  # noqa: ANN001
+    """The Rollout's status as JSON, cut to fit a failure message."""
+    return json.dumps(rollout_status(cluster, namespace))[:3000]

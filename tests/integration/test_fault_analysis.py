@@ -19,7 +19,7 @@ import json
 import time
 
 import pytest
-from fault_helpers import StatusRecorder, stage_history
+from fault_helpers import StatusRecorder, stage_history, status_text
 from noria import conditions as c
 from rollout_helpers import (
     condition,
@@ -35,10 +35,6 @@ from rollout_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def status_text(cluster, namespace: str) -> str:  # noqa: ANN001
-    return json.dumps(rollout_status(cluster, namespace))[:3000]
 
 
 def test_fault_a_check_whose_query_fails_is_counted_as_errors_and_aborts_at_the_limit(

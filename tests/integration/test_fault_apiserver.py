@@ -11,11 +11,10 @@ of its own requests into a 429, and lose no user request.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from fault_helpers import stage_history
+from fault_helpers import stage_history, status_text
 from noria import conditions as c
 from noria_testbed.faultproxy import Fault, FaultProxy
 from rollout_helpers import (
@@ -41,10 +40,6 @@ def proxy(cluster, tmp_path):  # noqa: ANN001, ANN201
     started = FaultProxy.for_testbed(cluster, workdir=tmp_path).start()
     yield started
     started.stop()
-
-
-def status_text(cluster, namespace: str) -> str:  # noqa: ANN001
-    return json.dumps(rollout_status(cluster, namespace))[:3000]
 
 
 def annotate(cluster, namespace: str, annotation: str) -> None:  # noqa: ANN001

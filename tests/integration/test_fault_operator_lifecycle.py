@@ -18,7 +18,7 @@ import signal
 import time
 
 import pytest
-from fault_helpers import StatusRecorder, is_subsequence, stage_history
+from fault_helpers import StatusRecorder, is_subsequence, stage_history, status_text
 from noria import conditions as c
 from rollout_helpers import (
     condition,
@@ -35,10 +35,6 @@ from rollout_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def status_text(cluster, namespace: str) -> str:  # noqa: ANN001
-    return json.dumps(rollout_status(cluster, namespace))[:3000]
 
 
 def deployments(cluster, namespace: str) -> list[str]:  # noqa: ANN001

@@ -27,6 +27,7 @@ from fault_helpers import (
     event_count,
     signal_pods,
     stage_history,
+    status_text,
     warning_events,
 )
 from noria import conditions as c
@@ -49,10 +50,6 @@ pytestmark = pytest.mark.integration
 # in periodSeconds × failureThreshold (2 s × 3, plus its 3 s timeout), the decision's grace period
 # (docs/rollouts.md) follows, then one pass and the router's reload.
 UNREADY_TO_ZERO_BOUND = 30.0
-
-
-def status_text(cluster, namespace: str) -> str:  # noqa: ANN001
-    return json.dumps(rollout_status(cluster, namespace))[:3000]
 
 
 def canary_at_50(cluster, namespace, traffic, version: str = "churn-v2") -> None:  # noqa: ANN001
