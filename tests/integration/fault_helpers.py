@@ -97,6 +97,9 @@ class StatusRecorder:
         self._stop.set()
         if self._thread:
             self._thread.join(10)
+        # One last sample after the thread stopped: whatever the test itself read before leaving the block
+        # (a promotion, an abort) is then in the record too, even if the poller was between two reads.
+        self.samples.append((time.monotonic(), rollout_status(self.cluster, self.namespace, self.name)))
 
     def weights_of(self, version: str, since: float = 0.0) -> list[int]:
         return [(st.get("weights") or {}).get(version, 0) for at, st in list(self.samples) if at >= since]
