@@ -80,6 +80,7 @@ ROLLOUT_WAITING_FOR_ROUTER: Final = "WaitingForRouter"  # the router has no read
 ROLLOUT_STEP_IN_PROGRESS: Final = "StepInProgress"
 ROLLOUT_PAUSED_FOR_PROMOTION: Final = "PausedForPromotion"  # indefinite pause: annotate noria.dev/promote
 ROLLOUT_RESUMED_BY_USER: Final = "ResumedByUser"
+ROLLOUT_PAUSED_BY_USER: Final = "PausedByUser"  # spec.paused: held at the current step until resumed
 ROLLOUT_STABLE_SERVING: Final = "StableServing"  # Ready: the stable version takes all traffic
 ROLLOUT_PROMOTED: Final = "Promoted"
 ROLLOUT_FAST_ROLLBACK: Final = "FastRollback"  # back to a still-running previous version, no steps

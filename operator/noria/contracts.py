@@ -78,3 +78,8 @@ FEEDBACK_LOG_MATCHED: Final = "matched"
 # The images' USER (operator/, trainer_image/ and server_image/Dockerfile) and the runAsUser/runAsGroup
 # of the pods the operator creates; numeric, so the kubelet can check runAsNonRoot without a passwd file.
 POD_USER_ID: Final = 65532
+
+# --- notifications (noria/notify.py, docs/operations/notifications.md) -----------------------------------
+# One ConfigMap of this name per namespace lists the webhook receivers for that namespace's objects;
+# receiver URLs come from Secrets it names (a URL with a token in it is a credential).
+NOTIFICATIONS_CONFIGMAP: Final = "noria-notifications"

@@ -40,6 +40,39 @@ LEADER: Final = Gauge(
     "(always 1 when run with --no-leader-election).", registry=REGISTRY,
 )
 
+
+# --- Rollouts (set by deployment/handlers.py after each status write; labels name the Rollout) --------
+ROLLOUT_PHASE: Final = Gauge(
+    "noria_operator_rollout_phase", "1 for the Rollout's current status.phase (Pending, Progressing, Paused, Healthy,"
+    " Degraded), 0 for the others.", ["namespace", "rollout", "phase"], registry=REGISTRY,
+)
+ROLLOUT_STEP: Final = Gauge(
+    "noria_operator_rollout_step", "Index of the current canary step (-1 when no rollout is under way).",
+    ["namespace", "rollout"], registry=REGISTRY,
+)
+ROLLOUT_WEIGHT: Final = Gauge(
+    "noria_operator_rollout_weight", "Traffic weight (percent) the operator set per served version.",
+    ["namespace", "rollout", "version"], registry=REGISTRY,
+)
+ANALYSIS_MEASUREMENTS: Final = Counter(
+    "noria_operator_analysis_measurements_total", "Analysis measurements by check and outcome (Successful, Failed,"
+    " Error, Inconclusive, Waiting).", ["namespace", "rollout", "check", "outcome"], registry=REGISTRY,
+)
+ROLLOUT_PROMOTIONS: Final = Counter(
+    "noria_operator_rollout_promotions_total", "Versions promoted to stable (full promotion).",
+    ["namespace", "rollout"], registry=REGISTRY,
+)
+ROLLOUT_ABORTS: Final = Counter(
+    "noria_operator_rollout_aborts_total", "Rollouts aborted or rolled back, by condition reason.",
+    ["namespace", "rollout", "reason"], registry=REGISTRY,
+)
+
+# --- notifications (noria/notify.py) ------------------------------------------------------------------
+NOTIFICATIONS: Final = Counter(
+    "noria_operator_notifications_total", "Webhook notifications by event reason and outcome (sent, failed, dropped).",
+    ["reason", "outcome"], registry=REGISTRY,
+)
+
 _started_port: int | None = None
 
 

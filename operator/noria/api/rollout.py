@@ -478,6 +478,14 @@ class RolloutSpec(NoriaModel):
     feedback: FeedbackAccess | None = Field(
         default=None, description="Feedback labels: {tokenSecretRef: {name: churn-feedback, key: token}} to require a token."
     )
+    paused: bool = Field(
+        default=False,
+        description=(
+            "true holds the rollout where it is (kubectl noria pause): no step advances and nothing is promoted;"
+            " weights, analysis tallies and the pods stay, and abort still works. Time paused never counts"
+            " toward progressDeadline. false (kubectl noria resume) carries on from the same step."
+        ),
+    )
     prediction_log: bool = Field(
         default=True,
         description=(
