@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv control-plane prometheus helm crds lint unit integration e2e test dev-cluster demo
+.PHONY: venv control-plane prometheus prometheus-debian helm crds lint unit integration e2e test dev-cluster demo
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): pyproject.toml constraints.txt
@@ -14,7 +14,14 @@ $(VENV_STAMP): pyproject.toml constraints.txt
 control-plane:
 	bash hack/build-control-plane.sh
 
+# Prometheus and promtool from the Go module proxy, with Kubernetes discovery, cached like Helm: the
+# test bed's Prometheus finds pods through kubernetes_sd_configs as a cluster's does.
 prometheus:
+	bash hack/build-prometheus.sh
+
+# Fallback only: Debian's Prometheus 2.42 (no kubernetes_sd; the test bed then uses the node agent's
+# http_sd). The test bed picks it when the built one is missing or NORIA_TESTBED_PROMETHEUS=debian.
+prometheus-debian:
 	bash hack/install-prometheus.sh
 
 # Helm from the Go module proxy, cached like the control plane: tests render the chart with it.
