@@ -1,12 +1,15 @@
-"""The Helm chart without Helm: every template must be YAML once its template expressions are
-blanked out, every `.Values` path it uses must exist in values.yaml, RBAC names its verbs and
-resources (no wildcards), the operator Deployment is hardened and its replicas elect a leader on a
-Lease they may touch only in the release namespace, and its NORIA_*
-variables are ones the operator actually reads. Also kind-config.yaml."""
+"""The Helm chart as real Helm renders it (helm built from its Go module by hack/build-helm.sh,
+cached by version): `helm lint --strict` for each documented value combination, values.schema.json
+refusing misspelt keys and wrong types with a message naming the key, RBAC that names its verbs
+and resources (no wildcards) and narrows to Roles when watchNamespaces is set, metrics that really
+switch off, a hardened Deployment whose replicas elect a leader on a Lease they may touch only in
+the release namespace, NORIA_* variables the operator actually reads. Also kind-config.yaml.
+The same renders are checked by the real API server in tests/integration/test_chart_values.py."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +18,67 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "noria"
-TEMPLATES = sorted((CHART / "templates").glob("*.yaml"))
-CONTROL_LINE = re.compile(r"^\s*\{\{-?\s*(if|else|end|with|range|include|toYaml|- )?.*\}\}\s*$")
-EXPRESSION = re.compile(r"\{\{-?.*?-?\}\}")
+BUILD_HELM = ROOT / "hack" / "build-helm.sh"
+
+# Each documented combination of values, as `helm --set` arguments (tests/integration renders the
+# same list and sends it to the API server).
+COMBINATIONS: dict[str, list[str]] = {
+    "defaults": [],
+    "metrics-off": ["--set", "operator.metricsPort=0"],
+    "namespaced": ["--set-json", 'watchNamespaces=["team-a","team-b"]'],
+    "single-replica-no-election": ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
+    "names-and-priority": ["--set", "nameOverride=mlops", "--set", "fullnameOverride=noria-core",
+                           "--set", "priorityClassName=noria-critical"],
+    "no-pvc-no-admission-no-pdb": ["--set", "store.pvc.create=false", "--set", "admission.enabled=false",
+                                   "--set", "podDisruptionBudget.enabled=false"],
+    "existing-serviceaccount": ["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops"],
+    "scheduling-and-env": ["--set-json", 'nodeSelector={"noria.dev/workload":"true"}',
+                           "--set-json", 'tolerations=[{"key":"ml","operator":"Exists","effect":"NoSchedule"}]',
+                           "--set-json", 'imagePullSecrets=[{"name":"regcred"}]',
+                           "--set-json", 'operator.extraEnv=[{"name":"NORIA_TRAINING_RESYNC_SECONDS","value":"10"}]',
+                           "--set", "operator.logLevel=debug", "--set-json", 'podAnnotations={"team":"ml"}'],
+    "kind": ["--set", "store.pvc.create=false", "--set", "replicaCount=1",
+             "--set", "image.repository=noria-operator", "--set", "image.tag=dev"],
+}
 
 
-def blank_render(text: str) -> list[dict[str, Any]]:
-    """Drop lines that are only template directives, replace inline expressions with a placeholder."""
-    lines = [line for line in text.splitlines() if not CONTROL_LINE.match(line)]
-    body = "\n".join(EXPRESSION.sub("PLACEHOLDER", line) for line in lines)
-    return [d for d in yaml.safe_load_all(body) if d]
+def helm_binary() -> Path:
+    built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
+    assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
+    return Path(built.stdout.strip().splitlines()[-1]) / "helm"
 
 
-def rendered(name: str) -> dict[str, Any]:
-    (doc,) = blank_render((CHART / "templates" / name).read_text())
-    return doc
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    return helm_binary()
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+
+
+def render(helm: Path, *sets: str, namespace: str = "noria-system", release: str = "noria") -> list[dict[str, Any]]:
+    out = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *sets)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (dep,) = of_kind(docs, "Deployment")
+    return dep
+
+
+def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
 
 
 def test_chart_metadata_and_values_load() -> None:
@@ -38,88 +87,131 @@ def test_chart_metadata_and_values_load() -> None:
     assert isinstance(yaml.safe_load((CHART / "values.yaml").read_text()), dict)
 
 
-@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.name)
-def test_template_is_yaml_once_blanked(path: Path) -> None:
-    docs = blank_render(path.read_text())
-    assert docs, f"{path.name} renders to nothing"
-    for doc in docs:
-        assert doc.get("apiVersion") and doc.get("kind"), path.name
+@pytest.mark.parametrize("name", COMBINATIONS)
+def test_lint_strict_passes_for_each_documented_combination(helm: Path, name: str) -> None:
+    out = run_helm(helm, "lint", "--strict", str(CHART), *COMBINATIONS[name])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert render(helm, *COMBINATIONS[name])
 
 
-@pytest.mark.parametrize("path", [*TEMPLATES, CHART / "templates" / "NOTES.txt"], ids=lambda p: p.name)
-def test_every_value_a_template_uses_exists(path: Path) -> None:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    for ref in re.findall(r"\.Values\.([A-Za-z0-9_.]+)", path.read_text()):
-        node: Any = values
-        for part in ref.split("."):
-            assert isinstance(node, dict) and part in node, f"{path.name} uses .Values.{ref}, not in values.yaml"
-            node = node[part]
+@pytest.mark.parametrize(("sets", "named"), [
+    (["--set", "operator.metricsPrt=1"], "'metricsPrt' not allowed"),           # a typo
+    (["--set", "replicaCont=3"], "'replicaCont' not allowed"),                 # a typo at the top
+    (["--set", "store.pvc.acessModes={ReadWriteOnce}"], "'acessModes' not allowed"),
+    (["--set", "operator.metricsPort=metrics"], "/operator/metricsPort"),     # wrong type
+    (["--set", "replicaCount=two"], "/replicaCount"),
+    (["--set", "leaderElection.enabled=yes-please"], "/leaderElection/enabled"),
+    (["--set-json", 'watchNamespaces="ml"'], "/watchNamespaces"),            # a string, not a list
+    (["--set-json", 'watchNamespaces=["Team_A"]'], "/watchNamespaces/0"),    # not a namespace name
+    (["--set", "store.pvc.accessModes={ReadWriteSometimes}"], "/store/pvc/accessModes/0"),
+    (["--set", "operator.logLevel=verbose"], "/operator/logLevel"),
+    (["--set", "monitoring.enabeld=true"], "'enabeld' not allowed"),          # the monitoring block too
+    (["--set", "monitoring.interval=often"], "/monitoring/interval"),
+    (["--set", "admission.validationActions={Block}"], "/admission/validationActions/0"),
+])
+def test_schema_refuses_typos_and_wrong_types_naming_the_key(helm: Path, sets: list[str], named: str) -> None:
+    for command in (["template", "noria", str(CHART)], ["lint", "--strict", str(CHART)]):
+        out = run_helm(helm, *command, *sets)
+        assert out.returncode != 0, f"helm {command[0]} accepted {sets}"
+        assert named in out.stdout + out.stderr, out.stdout + out.stderr
 
 
-def test_crds_are_shipped_with_the_chart() -> None:
-    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == sorted(
-        p.name for p in (ROOT / "crds").glob("*.yaml")
-    )
+def test_schema_covers_every_key_in_values_yaml() -> None:
+    """A key added to values.yaml without the schema would be refused by the schema itself (every
+    object is closed); this names it instead of failing every render."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+
+    def walk(values: Any, node: dict[str, Any], path: str) -> None:
+        if not isinstance(values, dict) or node.get("additionalProperties") is not False:
+            return
+        for key, value in values.items():
+            assert key in node["properties"], f"values.yaml {path}{key} is not in values.schema.json"
+            walk(value, node["properties"][key], f"{path}{key}.")
+
+    walk(yaml.safe_load((CHART / "values.yaml").read_text()), schema, "")
 
 
-def test_cluster_role_is_least_privilege() -> None:
-    role = rendered("clusterrole.yaml")
-    assert role["kind"] == "ClusterRole"
-    grants: dict[tuple[str, str], set[str]] = {}
-    for rule in role["rules"]:
-        for key in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[key], f"wildcard in {key}: {rule}"
-        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                grants.setdefault((group, resource), set()).update(rule["verbs"])
-    needed = {
-        ("noria.dev", "trainingpipelines"): {"get", "list", "watch", "patch"},
-        ("noria.dev", "modelversions"): {"get", "list", "watch", "create", "patch"},
-        ("noria.dev", "rollouts"): {"get", "list", "watch", "patch"},
-        ("noria.dev", "trainingpipelines/status"): {"patch"},
-        ("noria.dev", "modelversions/status"): {"patch"},
-        ("noria.dev", "rollouts/status"): {"patch"},
-        ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
-        ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
-        ("", "events"): {"create"},
-        ("gateway.networking.k8s.io", "httproutes"): {"get", "list", "watch", "patch"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
-    }
-    for key, verbs in needed.items():
-        assert verbs <= grants.get(key, set()), f"{key} lacks {verbs - grants.get(key, set())}"
-    # pods are read, never written: a run's result is its pod's termination message
-    assert grants[("", "pods")] == {"get", "list", "watch"}
-    # the user's own objects are never deleted by the operator
-    assert "delete" not in grants[("noria.dev", "trainingpipelines")] | grants[("noria.dev", "rollouts")]
-    # the leader-election Lease is granted in the release namespace only (leader-election-rbac.yaml)
-    assert ("coordination.k8s.io", "leases") not in grants
+def test_metrics_port_zero_renders_no_port_service_or_scrape_annotation(helm: Path) -> None:
+    on, off = render(helm), render(helm, *COMBINATIONS["metrics-off"])
+    assert [s["metadata"]["name"] for s in of_kind(on, "Service")] == ["noria-metrics"]
+    assert of_kind(off, "Service") == []
+    for docs, port in ((on, "9808"), (off, "0")):
+        pod = deployment(docs)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["NORIA_METRICS_PORT"] == port
+        ports = {p["name"] for p in container["ports"]}
+        annotations = deployment(docs)["spec"]["template"]["metadata"].get("annotations") or {}
+        if port == "0":
+            assert ports == {"healthz"} and "prometheus.io/scrape" not in annotations
+        else:
+            assert ports == {"healthz", "metrics"} and annotations["prometheus.io/port"] == port
 
 
-def test_leader_election_role_holds_one_lease_in_the_release_namespace() -> None:
-    role, binding = blank_render((CHART / "templates" / "leader-election-rbac.yaml").read_text())
-    assert role["kind"] == "Role" and role["metadata"]["namespace"] == "PLACEHOLDER"  # .Release.Namespace
+def test_rbac_names_every_verb_and_resource(helm: Path) -> None:
+    for name in ("defaults", "namespaced"):
+        for doc in render(helm, *COMBINATIONS[name]):
+            if doc["kind"] not in ("ClusterRole", "Role"):
+                continue
+            for rule in doc["rules"]:
+                for key in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[key], f"wildcard in {key}: {rule}"
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_cluster_wide_rbac_grants_what_the_operator_does_and_no_more(helm: Path) -> None:
+    docs = render(helm)
+    roles = {d["metadata"]["name"]: d for d in of_kind(docs, "ClusterRole")}
+    assert set(roles) == {"noria", "noria-cluster"}
+    granted = grants(roles["noria"]["rules"])
+    assert granted[("noria.dev", "trainingpipelines")] == {"get", "list", "watch"}
+    assert granted[("noria.dev", "modelversions")] == {"get", "list", "watch", "create"}
+    assert granted[("noria.dev", "rollouts")] == {"get", "list", "watch", "patch"}
+    assert granted[("", "pods")] == {"list", "watch"}  # a run's result is its pod's termination message
+    assert "delete" not in granted[("noria.dev", "rollouts")] | granted[("noria.dev", "trainingpipelines")]
+    (secret_rule,) = [r for r in roles["noria"]["rules"] if "secrets" in r["resources"]]
+    assert secret_rule["resourceNames"] == ["noria-notifications"] and secret_rule["verbs"] == ["get"]
+    assert ("coordination.k8s.io", "leases") not in granted  # leader-election-rbac.yaml, release namespace
+    assert grants(roles["noria-cluster"]["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
+    bindings = {b["metadata"]["name"]: b for b in of_kind(docs, "ClusterRoleBinding")}
+    assert {b["roleRef"]["name"] for b in bindings.values()} == set(roles)
+    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "noria", "namespace": "noria-system"}]
+               for b in bindings.values())
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == ["noria-leader-election"]
+
+
+def test_watch_namespaces_gives_a_role_per_namespace_and_no_cluster_wide_write(helm: Path) -> None:
+    docs = render(helm, *COMBINATIONS["namespaced"])
+    (cluster_role,) = of_kind(docs, "ClusterRole")
+    cluster_wide = grants(cluster_role["rules"])
+    assert all(verbs <= {"get", "list", "watch"} for verbs in cluster_wide.values()), cluster_wide
+    assert set(cluster_wide) == {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in of_kind(docs, "Role")}
+    assert set(roles) == {("team-a", "noria"), ("team-b", "noria"), ("noria-system", "noria-leader-election")}
+    cluster_wide_mode = {d["metadata"]["name"]: d for d in of_kind(render(helm), "ClusterRole")}["noria"]
+    assert roles[("team-a", "noria")]["rules"] == cluster_wide_mode["rules"]  # the same list, one source
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in of_kind(docs, "RoleBinding")}
+    assert bindings == set(roles)
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_leader_election_role_holds_one_lease_in_the_release_namespace(helm: Path) -> None:
+    docs = render(helm, namespace="ops")
+    (role,) = [r for r in of_kind(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert role["metadata"]["namespace"] == "ops"
     assert all(rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
                for rule in role["rules"])
     by_verbs = {tuple(rule["verbs"]): rule for rule in role["rules"]}
     assert set(by_verbs) == {("get", "update"), ("create",)}
-    assert by_verbs[("get", "update")]["resourceNames"] == ["PLACEHOLDER"]  # .Values.leaderElection.leaseName
-    assert binding["kind"] == "RoleBinding" and binding["roleRef"]["kind"] == "Role"
-    assert binding["subjects"][0]["kind"] == "ServiceAccount"
+    assert by_verbs[("get", "update")]["resourceNames"] == ["noria-operator"]
 
 
-def test_binding_ties_the_role_to_the_service_account() -> None:
-    binding = rendered("clusterrolebinding.yaml")
-    assert binding["roleRef"]["kind"] == "ClusterRole"
-    assert binding["subjects"][0]["kind"] == "ServiceAccount"
-
-
-def test_operator_deployment_is_hardened_and_replaces_replicas_one_at_a_time() -> None:
-    deployment = rendered("deployment.yaml")
-    spec = deployment["spec"]
+def test_operator_deployment_is_hardened_probed_and_replaces_replicas_one_at_a_time(helm: Path) -> None:
+    spec = deployment(render(helm))["spec"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["replicaCount"] == 2 and values["leaderElection"]["enabled"] is True
     # a new pod starts (as a standby) before an old one stops: never zero replicas
@@ -132,38 +224,60 @@ def test_operator_deployment_is_hardened_and_replaces_replicas_one_at_a_time() -
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "priorityClassName" not in pod
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert "/tmp" in mounts  # the only writable place with a read-only root
     assert any(m.get("readOnly") for m in mounts.values())
 
 
-def test_deployment_env_names_are_settings_the_operator_reads() -> None:
+def test_security_context_names_and_priority_class_are_overridable(helm: Path) -> None:
+    docs = render(helm, *COMBINATIONS["names-and-priority"], "--set", "securityContext.readOnlyRootFilesystem=false",
+                  "--set", "podSecurityContext.runAsUser=1001")
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "noria-critical"
+    assert pod["securityContext"]["runAsUser"] == 1001 and pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    named = {d["metadata"]["name"] for d in docs if d["kind"] != "PersistentVolumeClaim"}
+    assert {"noria-core", "noria-core-metrics", "noria-core-cluster", "noria-core-leader-election"} <= named
+    assert all(n.startswith("noria-core") for n in named), named
+    assert deployment(docs)["metadata"]["labels"]["app.kubernetes.io/name"] == "mlops"
+    # nameOverride alone: <release>-<nameOverride>
+    assert deployment(render(helm, "--set", "nameOverride=mlops"))["metadata"]["name"] == "noria-mlops"
+
+
+def test_deployment_env_names_are_settings_the_operator_reads(helm: Path) -> None:
     read = set()
     for module in ("settings.py", "operator_main.py", "__main__.py", "leader.py"):
         read |= set(re.findall(r"NORIA_[A-Z_]+", (ROOT / "operator" / "noria" / module).read_text()))
-    (container,) = rendered("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    (container,) = deployment(render(helm))["spec"]["template"]["spec"]["containers"]
     names = {e["name"] for e in container["env"]} - {"POD_NAME", "POD_NAMESPACE"}  # the downward API
     assert names and names <= read, f"unknown settings: {names - read}"
     assert {"NORIA_STORE_ROOT", "NORIA_TRAINER_IMAGE", "NORIA_SERVER_IMAGE", "NORIA_PROMETHEUS_URL"} <= names
+
+
+def test_crds_are_shipped_with_the_chart() -> None:
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == sorted(
+        p.name for p in (ROOT / "crds").glob("*.yaml")
+    )
 
 
 def test_kind_config_has_a_worker_and_mounts_the_store() -> None:
     config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     assert config["kind"] == "Cluster"
     roles = [n["role"] for n in config["nodes"]]
-    assert roles.count("control-plane") == 1 and roles.count("worker") >= 1
+    assert roles.count("control-plane") == 1 and roles.count("worker") == 1  # one node runs every pod: RWO is enough
     for node in config["nodes"]:
         assert any(m["containerPath"] == "/var/lib/noria/store" for m in node.get("extraMounts", [])), node["role"]
 
 
-def test_disruption_budget_keeps_a_replica_through_a_drain() -> None:
-    text = (CHART / "templates" / "poddisruptionbudget.yaml").read_text()
-    assert "gt (int .Values.replicaCount) 1" in text  # one replica: a budget would block every drain
-    (pdb,) = blank_render(text)
-    assert pdb["kind"] == "PodDisruptionBudget" and "maxUnavailable" in pdb["spec"]
-    assert "matchLabels" in pdb["spec"]["selector"] and 'include "noria.selectorLabels"' in text
+def test_disruption_budget_keeps_a_replica_through_a_drain(helm: Path) -> None:
+    (pdb,) = of_kind(render(helm), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"]
+    # one replica: a budget would block every drain
+    assert of_kind(render(helm, *COMBINATIONS["single-replica-no-election"]), "PodDisruptionBudget") == []
