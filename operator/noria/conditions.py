@@ -104,6 +104,8 @@ RECONCILE_ERROR: Final = "ReconcileError"  # a pass failed (API error, provider 
 RECONCILE_RECOVERED: Final = "ReconcileRecovered"  # Reconciled True again: the pass after a ReconcileError succeeded
 SPEC_VALID: Final = "SpecValid"  # Degraded False again once an InvalidSpec was fixed
 INVALID_SPEC: Final = ROLLOUT_INVALID_SPEC  # the spec cannot be carried out (TrainingPipeline and Rollout)
+# Warning Event on ConfigMap noria-notifications: a receiver or its Secret key is unusable (noria.notify)
+NOTIFICATIONS_INVALID: Final = "NotificationsInvalid"
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
