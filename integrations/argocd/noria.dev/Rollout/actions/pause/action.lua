@@ -1,0 +1,3 @@
+-- Hold the rollout where it is: no step advances, nothing is promoted; abort still works.
+obj.spec.paused = true
+return obj

@@ -1,0 +1,3 @@
+-- Carry on from the same step.
+obj.spec.paused = false
+return obj
