@@ -43,6 +43,7 @@ from noria.deployment.observation import (
     VersionPods,
     parse_time,
 )
+from noria.deployment.pause import resumed
 from noria.deployment.plan_builder import PlanBuilder, summarise
 from noria.deployment.selection import (
     CANDIDATE_STAGE,
@@ -140,6 +141,7 @@ def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any
 
 
 def decide(obs: Observation) -> Plan:
+    obs = resumed(obs)  # a pause that just ended: the candidate's timers skip the time paused
     b = PlanBuilder(obs)
     if obs.spec is None:
         b.alarm(c.DEGRADED, c.TRUE, c.ROLLOUT_INVALID_SPEC, obs.spec_error or "invalid spec")
@@ -149,6 +151,10 @@ def decide(obs: Observation) -> Plan:
     stable, cand = st.get("stableVersion"), st.get("canaryVersion")
     if obs.promote or obs.promote_full:
         b.consume_first.append(PROMOTE)
+        if spec.paused:
+            b.event(c.ROLLOUT_PAUSED_BY_USER, f"noria.dev/promote ignored: the Rollout is paused (spec.paused); "
+                                              f"`kubectl noria resume {obs.rollout.name}` first, then promote",
+                    warning=True)
     if obs.abort:
         b.consume_last.append(ABORT)
     if obs.retry:
@@ -204,6 +210,13 @@ def _replace(b: PlanBuilder, desired: str, stable: str, cand: str | None, mvs: M
         if pods is None or not pods.ready_for(spec.replicas):
             b.cond(c.PROGRESSING, c.TRUE, c.ROLLOUT_WAITING_FOR_PODS, f"waiting for {stable}'s pods")
         return _rollback_window(b, stable)
+    if b.paused:  # nothing new starts; a candidate under way holds its step (pause.py)
+        b.waiting = desired
+        if cand:
+            return progress(b, cand, stable)
+        b.serve_only(stable)
+        b.cond(c.PROGRESSING, c.FALSE, c.ROLLOUT_STABLE_SERVING, f"{stable} serves all traffic")
+        return _rollback_window(b, stable)
     previous = obs.pods.get(desired)
     served_before = stage_of(mvs.get(desired)) in (ct.RETIRED, ct.PRODUCTION)  # never an aborted or retried candidate
     if (desired != cand and served_before and previous is not None and previous.scale_down_at
@@ -227,6 +240,12 @@ def _first_deployment(b: PlanBuilder, desired: str, cand: str | None) -> Plan:
     progressDeadline the Rollout says so (Degraded ProgressDeadlineExceeded) and keeps trying."""
     obs, spec, now = b.obs, b.spec, b.now
     assert spec is not None
+    if b.paused:  # no first deployment starts or completes; one under way keeps its pods (pause.py)
+        b.waiting = desired
+        if cand:
+            b.replicas[cand] = spec.replicas
+        b.cond(c.PROGRESSING, c.TRUE if cand else c.FALSE, c.ROLLOUT_FIRST_DEPLOYMENT, "nothing serves yet")
+        return b.finish()
     if cand and cand != desired:
         b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"{desired} arrived before {cand} was ready")
     pods = obs.pods.get(desired)

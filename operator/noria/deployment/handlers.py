@@ -32,10 +32,18 @@ Steps 1-5 are idempotent (server-side apply, set-if-different), so a crash anywh
 changes nothing. A pass that fails sets Degraded with reason ReconcileError naming the cause, with
 one Warning Event on the transition; the next successful pass clears it.
 
-Deletion: Kopf's ``on.delete`` (finalizer ``noria.dev/finalizer``) restores the traffic route the
-provider changed and records a stage-history entry on the versions the Rollout served; a sweep at
-startup and on every resync finalizes Rollouts already being deleted that Kopf will not be told about
-(their namespace was deleted while the operator was down). docs/operations/controller.md says more.
+Deletion: only Rollouts whose provider changes an object of the user's (``service``, ``gatewayAPI``)
+carry the finalizer ``noria.dev/finalizer``; Kopf's ``on.delete`` restores the route and records a
+stage-history entry on the versions the Rollout served. A router Rollout carries none (everything it
+made is owned by it and garbage-collected), so deleting it never waits for the operator; its served
+versions are recorded best effort from its DELETED event, and the deletion sweep (at startup and on
+every resync) records any that were missed, and finalizes Rollouts being deleted that Kopf will not be
+told about (their namespace was deleted while the operator was down). docs/operations/controller.md
+says more.
+
+Metrics (``deployment/metrics.py``): after each pass whose status write succeeded, the Rollout's
+phase, step and weights, its new analysis measurements, promotions and aborts; reconcile duration and
+errors with ``kind="Rollout"``.
 
 Settings (env): Settings.from_env() (NORIA_SERVER_IMAGE, NORIA_STORE_ROOT, NORIA_STORE_PVC,
 NORIA_PROMETHEUS_URL, ...), NORIA_ROLLOUT_INTERVAL_SECONDS (default 2), NORIA_ROLLOUT_RESYNC_SECONDS
@@ -52,6 +60,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -60,7 +69,8 @@ import kopf
 from noria import conditions as c
 from noria import contracts as ct
 from noria import failpoints as fp
-from noria import kube, mvcache
+from noria import kube, mvcache, opmetrics
+from noria.deployment import metrics as rollout_metrics
 from noria.deployment import objects, profiles
 from noria.deployment.analysis import combine, judge_check
 from noria.deployment.checks import CheckContext, Observed, needs_profiles, queries_for, reduce
@@ -81,6 +91,7 @@ from noria.deployment.decide import (
 )
 from noria.deployment.providers import make_provider
 from noria.deployment.providers.router import RouterProvider, forget_service
+from noria.deployment.selection import last_history
 from noria.deployment.spec import CheckSpec, RolloutSpec, RolloutSpecError, parse_rollout_spec
 from noria.deployment.strategies import plan_steps
 from noria.prometheus import PrometheusClient, PrometheusError
@@ -91,6 +102,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_MAX = 100
 SERVING_STAGES = frozenset({ct.CANARY, ct.SHADOW, ct.PREVIEW, ct.PRODUCTION})
+ROLLOUT_KIND = "Rollout"  # the kind label of the reconcile metrics
 CONFLICT_RETRY_SECONDS = 0.2  # a 409 means "re-observe": soon, not at once (the writer that won may go on)
 
 
@@ -109,6 +121,7 @@ class _State:
         self.failures: dict[Hashable, int] = {}
         self.locks: dict[Hashable, asyncio.Lock] = {}
         self.tasks: list[asyncio.Task] = []
+        self.swept = False  # the deletion sweep ran once in this process (its first also lists ModelVersions)
         self._prometheus: PrometheusClient | None = None
 
     @property
@@ -466,12 +479,13 @@ def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float,
         started = parse_time(st.get("stepStartedAt"))
         steps = plan_steps(spec)
         step = steps[max(0, min(int(st.get("currentStep") or 0), len(steps) - 1))]
-        if step.kind == "pause" and step.duration is not None:
+        if step.kind == "pause" and step.duration is not None and not spec.paused:
             until(started, step.duration)
         if spec.analysis.checks:
             last = parse_time(((st.get("analysis") or {}).get("last") or {}).get("at")) or started
             until(last, spec.analysis.interval)
-        until(started, spec.progress_deadline)
+        if not spec.paused:  # spec.paused: the step's clock and the deadline stand still
+            until(started, spec.progress_deadline)
     ready = c.get_condition(st.get("conditions"), c.READY)
     if (not ready or ready.get("status") != c.TRUE) and (obs.pods or st.get("stableVersion")):
         # Pods or the router are not ready yet: their events may lag a restart. A Rollout with no
@@ -529,6 +543,7 @@ async def report_error(namespace: str, name: str, exc: BaseException) -> None:
             return
         await kube.patch_status(ct.API_VERSION, "Rollout", name, namespace, patch,
                                 resource_version=meta.get("resourceVersion"))
+        rollout_metrics.set_phase(namespace, name, patch["phase"])
         if transition:
             await kube.post_event(rollout, "Warning", c.RECONCILE_ERROR, error)
     except Exception as again:  # noqa: BLE001 - the original error is logged by the caller
@@ -544,7 +559,11 @@ async def run_pass(rollout: Mapping[str, Any]) -> tuple[Outcome, Observation]:
     if analysis_due(obs):
         obs = dataclasses.replace(obs, measurement=await measure(obs, st.prometheus))
     plan = decide(obs)
-    return await act(rollout, obs, plan, st.settings, observed_status=observed_status), obs
+    outcome = await act(rollout, obs, plan, st.settings, observed_status=observed_status)
+    # Only now that the status is written: a dropped pass counts nothing, its repeat counts once.
+    rollout_metrics.record(obs.rollout.namespace, obs.rollout.name, rollout_metrics.pass_metrics(observed_status,
+                                                                                                 plan.status))
+    return outcome, obs
 
 
 async def reconcile_once(namespace: str, name: str) -> Plan | None:
@@ -562,19 +581,23 @@ async def reconcile(key: Hashable) -> float | None:
     namespace, name = key  # type: ignore[misc]
     st = state()
     async with st.lock(key):
+        started = time.perf_counter()
         try:
             rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
             if rollout is None or rollout["metadata"].get("deletionTimestamp"):
                 return None
             outcome, obs = await run_pass(rollout)
-        except kube.Conflict as exc:
+        except kube.Conflict as exc:  # not an error: someone changed the Rollout, observe it again
             log.info("rollout %s/%s: %s; observing again", namespace, name, exc)
             return CONFLICT_RETRY_SECONDS
         except Exception as exc:  # noqa: BLE001 - the cause goes on the object; the pass is retried
+            opmetrics.RECONCILE_ERRORS.labels(ROLLOUT_KIND).inc()
             failures = st.failures[key] = st.failures.get(key, 0) + 1
             log.exception("rollout %s/%s: pass failed (%d in a row)", namespace, name, failures)
             await report_error(namespace, name, exc)
             return min(st.interval * 2 ** min(failures, 10), max(st.resync, st.interval))
+        finally:
+            opmetrics.RECONCILE_DURATION.labels(ROLLOUT_KIND).observe(time.perf_counter() - started)
         st.failures.pop(key, None)
         assert outcome.plan is not None
         if outcome.stale_model_versions:
@@ -600,35 +623,108 @@ def watched_namespaces(argv: list[str] | None = None, env: Mapping[str, str] | N
     return found or None
 
 
+# Providers that change an object of the user's (gatewayAPI: the HTTPRoute's backendRefs) or may stand in
+# for one (service: the entry Service): deleting their Rollout must restore it, so only they carry
+# Noria's finalizer. Everything a router Rollout makes is owned by it and goes by garbage collection.
+FINALIZED_PROVIDERS = frozenset({"service", "gatewayAPI"})
+
+
+def needs_finalizer(spec: Mapping[str, Any], **_: Any) -> bool:
+    """Kopf's filter of the finalizing delete handler: Kopf adds ``noria.dev/finalizer`` to the Rollouts
+    it matches and removes it from those that no longer match (an older operator put it on every one)."""
+    provider = ((spec or {}).get("traffic") or {}).get("provider") or "router"
+    return provider in FINALIZED_PROVIDERS
+
+
+def needs_no_finalizer(spec: Mapping[str, Any], **kwargs: Any) -> bool:
+    return not needs_finalizer(spec, **kwargs)
+
+
+def deleted_reason(rollout: str, role: str) -> str:
+    return f"{c.ROLLOUT_DELETED}: Rollout {rollout}, which served it as its {role}, was deleted"
+
+
+async def record_deleted_stage(mv: Mapping[str, Any], rollout: str, reason: str, at: dt.datetime) -> bool:
+    """Move a version a deleted Rollout served to Approved with a RolloutDeleted history entry (approved,
+    serving nowhere: a Rollout created again picks it up). Conditional on the ModelVersion's
+    resourceVersion; False when it changed meanwhile or there was nothing to write."""
+    if (mv.get("status") or {}).get("stage") not in SERVING_STAGES:
+        return False
+    patch = stage_patch(mv, rollout, ct.APPROVED, reason, 0, at)
+    if patch is None:
+        return False
+    meta = mv["metadata"]
+    try:
+        written = await kube.patch_status(ct.API_VERSION, "ModelVersion", meta["name"], meta["namespace"], patch,
+                                          resource_version=meta.get("resourceVersion"))
+    except kube.Conflict:
+        log.info("ModelVersion %s/%s changed meanwhile; its RolloutDeleted entry waits for the next sweep",
+                 meta["namespace"], meta["name"])
+        return False
+    state().model_versions.put(written)
+    return True
+
+
+async def record_served_versions(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """The stable version and the candidate of a deleted Rollout (its last ``status``) go to Approved."""
+    at = now()
+    for version, role in ((status.get("canaryVersion"), "candidate"), (status.get("stableVersion"), "stable version")):
+        mv = await kube.get(ct.API_VERSION, "ModelVersion", version, namespace) if version else None
+        if mv is not None:
+            await record_deleted_stage(mv, name, deleted_reason(name, role), at)
+
+
 async def finalize(namespace: str, name: str) -> dict[str, Any] | None:
     """Undo what a deleted Rollout did outside the objects it owns (those go by garbage collection):
     the provider restores the user's route, and the versions it served get a history entry and stage
-    Approved (approved, serving nowhere: a Rollout created again picks them up). Idempotent. The
-    Rollout as read, or None when it is gone."""
+    Approved. Idempotent. The Rollout as read, or None when it is gone."""
     rollout = await kube.get(ct.API_VERSION, "Rollout", name, namespace)
     if rollout is None:
         return None
     meta, st = rollout["metadata"], rollout.get("status") or {}
-    stable, cand = st.get("stableVersion"), st.get("canaryVersion")
     try:
         spec: RolloutSpec | None = parse_rollout_spec(rollout.get("spec") or {})
     except RolloutSpecError:
         spec = None  # an invalid spec never reached a provider
     if spec is not None:
         ref = objects.RolloutRef(name=name, namespace=namespace, uid=meta["uid"])
-        await make_provider(ref, spec, spec.pipeline or name, state().settings).finalize(stable)
-    at = now()
-    for version, role in ((cand, "candidate"), (stable, "stable version")):
-        mv = await kube.get(ct.API_VERSION, "ModelVersion", version, namespace) if version else None
-        if mv is None or (mv.get("status") or {}).get("stage") not in SERVING_STAGES:
-            continue
-        reason = f"{c.ROLLOUT_DELETED}: Rollout {name}, which served it as its {role}, was deleted"
-        patch = stage_patch(mv, name, ct.APPROVED, reason, 0, at)
-        if patch is not None:
-            await kube.patch_status(ct.API_VERSION, "ModelVersion", version, namespace, patch,
-                                    resource_version=mv["metadata"].get("resourceVersion"))
+        await make_provider(ref, spec, spec.pipeline or name, state().settings).finalize(st.get("stableVersion"))
+    await record_served_versions(namespace, name, st)
     fp.hit(fp.FINALIZED)
     return rollout
+
+
+def orphaned(mvs: list[Mapping[str, Any]], rollouts: set[str]) -> list[tuple[Mapping[str, Any], str]]:
+    """ModelVersions of one namespace left in a serving stage by a Rollout that no longer exists (a
+    Rollout without finalizer deleted while the operator was down, or whose DELETED event was missed):
+    (ModelVersion, Rollout name). ``mvs`` must be read before ``rollouts`` is listed: a version staged
+    by a Rollout names one that existed then, so one missing from the later list was deleted."""
+    out = []
+    for mv in mvs:
+        by = str(last_history(mv).get("by") or "")
+        if (mv.get("status") or {}).get("stage") in SERVING_STAGES and by.startswith("rollout/"):
+            rollout = by.removeprefix("rollout/")
+            if rollout not in rollouts:
+                out.append((mv, rollout))
+    return out
+
+
+async def _model_versions_to_sweep(first: bool) -> dict[str, list[dict[str, Any]]]:
+    """The ModelVersions the orphan check looks at, by namespace: on the first sweep of the process
+    one LIST of the served namespaces (Rollouts deleted while it was down left no other trace); later,
+    the watch-fed copies of the namespaces where it has seen Rollouts (no request while warm)."""
+    st = state()
+    out: dict[str, list[dict[str, Any]]] = {}
+    if first:
+        for namespace in watched_namespaces() or [None]:
+            for mv in await _list_model_versions(namespace):  # type: ignore[arg-type]
+                out.setdefault(mv["metadata"]["namespace"], []).append(mv)
+        return out
+    for namespace in list(st.sources):
+        out[namespace] = list((await model_versions(namespace)).values())
+        if not st.sources.get(namespace):
+            st.sources.pop(namespace, None)  # no Rollout left there: checked once more, now dropped
+    return out
 
 
 async def release(rollout: Mapping[str, Any]) -> None:
@@ -652,9 +748,12 @@ async def sweep_deleted() -> int:
     Terminating while any of them holds the finalizer. The number released."""
     st = state()
     released = 0
+    mvs = await _model_versions_to_sweep(first=not st.swept)  # before the Rollouts: see orphaned()
+    names: dict[str, set[str]] = {}
     for namespace in watched_namespaces() or [None]:
         for item in await kube.list_objects(ct.API_VERSION, "Rollout", namespace):
             meta = item["metadata"]
+            names.setdefault(meta["namespace"], set()).add(meta["name"])
             if not meta.get("deletionTimestamp") or ct.FINALIZER not in (meta.get("finalizers") or []):
                 continue
             key = (meta["namespace"], meta["name"])
@@ -665,6 +764,14 @@ async def sweep_deleted() -> int:
                     released += 1
             forget(key)
             log.info("rollout %s/%s: finalized by the deletion sweep", *key)
+    at = now()
+    for namespace, found in mvs.items():
+        for mv, rollout in orphaned(found, names.get(namespace, set())):
+            reason = f"{c.ROLLOUT_DELETED}: Rollout {rollout}, which served it, was deleted"
+            if await record_deleted_stage(mv, rollout, reason, at):
+                log.info("ModelVersion %s/%s: Rollout %s is gone; recorded by the deletion sweep",
+                         namespace, mv["metadata"]["name"], rollout)
+    st.swept = True
     return released
 
 
@@ -690,6 +797,7 @@ def forget(key: Hashable) -> None:
         del st.locks[key]
     namespace, name = key  # type: ignore[misc]
     st.sources.get(namespace, {}).pop(name, None)
+    rollout_metrics.forget(namespace, name)
 
 
 # --- Kopf wiring ------------------------------------------------------------------------------------
@@ -734,6 +842,12 @@ async def rollout_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: 
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
     if event.get("type") == "DELETED":
+        if not needs_finalizer(body.get("spec") or {}):  # finalized ones recorded this in the delete handler
+            try:
+                async with st.lock(key):
+                    await record_served_versions(*key, body.get("status") or {})
+            except Exception:  # noqa: BLE001 - best effort: the deletion sweep records what is missed here
+                log.exception("rollout %s/%s: recording the versions it served failed", *key)
         forget(key)
         return
     source = (body.get("spec") or {}).get("source") or {}
@@ -744,9 +858,10 @@ async def rollout_event(event: Mapping[str, Any], body: Mapping[str, Any], **_: 
         st.wakeups.wake(key)
 
 
-@kopf.on.delete(ct.GROUP, ct.VERSION, "rollouts", id="rollout-finalize")
+@kopf.on.delete(ct.GROUP, ct.VERSION, "rollouts", id="rollout-finalize", when=needs_finalizer)
 async def rollout_deleted(namespace: str, name: str, **_: Any) -> None:
-    """Restore the route and record the served versions' stages before Kopf releases the finalizer."""
+    """Restore the route and record the served versions' stages before Kopf releases the finalizer
+    (providers service and gatewayAPI only: ``needs_finalizer``)."""
     key = (namespace, name)
     try:
         async with state().lock(key):
@@ -755,6 +870,15 @@ async def rollout_deleted(namespace: str, name: str, **_: Any) -> None:
         raise kopf.TemporaryError(f"finalizing Rollout {namespace}/{name} failed: {kube.describe_error(exc)}",
                                   delay=5) from exc
     forget(key)
+
+
+@kopf.on.delete(ct.GROUP, ct.VERSION, "rollouts", id="rollout-record-deleted", optional=True,
+                when=needs_no_finalizer)
+async def rollout_deleted_unfinalized(namespace: str, name: str, status: Mapping[str, Any], **_: Any) -> None:
+    """A router Rollout carries no finalizer: this runs only when something else holds its deletion
+    (a foreground deletion, another controller's finalizer). Best effort, as the DELETED event's record."""
+    async with state().lock((namespace, name)):
+        await record_served_versions(namespace, name, status or {})
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={objects.LABEL_ROLLOUT: kopf.PRESENT})

@@ -19,6 +19,7 @@ from noria import conditions as c
 from noria import contracts as ct
 from noria.deployment.analysis import Tallies
 from noria.deployment.observation import Observation, Plan, StageChange
+from noria.deployment.pause import pause_message, paused_by_user
 from noria.deployment.selection import CANDIDATE_STAGE, ROLLABLE_STAGES, last_history, stage_of
 
 SERVING_CANDIDATE_STAGES = frozenset({ct.CANARY, ct.PREVIEW, ct.SHADOW})
@@ -46,6 +47,9 @@ class PlanBuilder:
         self.events: list[tuple[str, str, str]] = []
         self.consume_first: list[str] = []
         self.consume_last: list[str] = []
+        # spec.paused (deployment/pause.py): the moves that give a version more traffic hold.
+        self.paused = bool(obs.spec is not None and obs.spec.paused)
+        self.waiting: str | None = None  # a version the source selects that waits for the resume
 
     # --- conditions, events, stages, verdicts ----------------------------------------------------
     def cond(self, type_: str, status: str, reason: str, message: str) -> None:
@@ -190,6 +194,7 @@ class PlanBuilder:
             self.event(c.ROLLOUT_SCALED_DOWN, f"scaled down {name}: no longer served")
         if spec is not None:
             self._repair_stages(stable, cand)
+            self._pause_conditions()
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.obs.generation
         self.status["phase"], self.status["message"] = summarise(self.conditions)
@@ -199,6 +204,31 @@ class PlanBuilder:
             status=self.status, events=tuple(self.events), consume_first=tuple(self.consume_first),
             consume_last=tuple(self.consume_last),
         )
+
+    def _pause_conditions(self) -> None:
+        """Paused/PausedByUser and the Progressing reason while spec.paused, whatever path the pass
+        took (an abort while paused included); one Event when the pause is first seen and one when it
+        ends. The Paused condition's lastTransitionTime is when the pause began (pause.resumed reads it)."""
+        was = paused_by_user(self.obs.status.get("conditions"))
+        progressing = c.get_condition(self.conditions, c.PROGRESSING) or {}
+        if self.paused:
+            message = pause_message(self.obs, self.status, self.waiting)
+            self.cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_BY_USER, message)
+            if not was:  # it may have been True for another reason: the pause begins now all the same
+                paused = c.get_condition(self.conditions, c.PAUSED)
+                assert paused is not None
+                paused["lastTransitionTime"] = c.now_iso(self.now)
+                self.event(c.ROLLOUT_PAUSED_BY_USER, message)
+            under_way = c.TRUE if self.status.get("canaryVersion") else c.FALSE  # held mid-rollout, or steady
+            self.cond(c.PROGRESSING, under_way, c.ROLLOUT_PAUSED_BY_USER, message)
+        elif was:
+            name = self.obs.rollout.name
+            if self.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_BY_USER):
+                self.cond(c.PAUSED, c.FALSE, c.ROLLOUT_RESUMED_BY_USER, "resumed: spec.paused is false")
+            if progressing.get("reason") == c.ROLLOUT_PAUSED_BY_USER:  # no rule of this pass said otherwise
+                self.cond(c.PROGRESSING, progressing.get("status") or c.FALSE, c.ROLLOUT_RESUMED_BY_USER,
+                          "resumed: spec.paused is false")
+            self.event(c.ROLLOUT_RESUMED_BY_USER, f"resumed by spec.paused=false (`kubectl noria resume {name}`)")
 
     def _ready_condition(self, stable: str | None) -> None:
         assert self.spec is not None

@@ -109,6 +109,7 @@ class RolloutSpec:
     prediction_log: bool = True
     feedback_token: SecretKeyRef | None = None  # spec.feedback.tokenSecretRef
     progress_deadline: float = DEFAULT_PROGRESS_DEADLINE  # spec.progressDeadline, seconds without progress
+    paused: bool = False  # spec.paused: hold where it is (deployment/pause.py)
 
     @property
     def scale_down_delay(self) -> float:
@@ -233,6 +234,7 @@ def from_model(model: api.RolloutSpec) -> RolloutSpec:
         prediction_log=model.prediction_log,
         feedback_token=SecretKeyRef(token.name, token.key) if token else None,
         progress_deadline=seconds(model.progress_deadline),
+        paused=model.paused,
         **kwargs,
     )
 

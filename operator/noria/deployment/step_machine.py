@@ -12,18 +12,20 @@ Each pass, in this order:
    goes to the candidate (fail over) and the step holds; Degraded ``StableUnhealthy``.
 3. **The measurement**, if one was taken: tallied (a ``waiting`` one is not), judged by
    ``analysis.judge_run``: abort, pause for a person (inconclusive), or go on.
-4. **Promote.** ``noria.dev/promote=full`` promotes now; ``noria.dev/promote=true`` goes past the
+4. **spec.paused** (``pause.py``): the step holds with its traffic as it is; no promote, no advance,
+   and the progress deadline does not run. (The measurement above was still judged: a failing run aborts.)
+5. **Promote.** ``noria.dev/promote=full`` promotes now; ``noria.dev/promote=true`` goes past the
    current gate once, whatever the analysis says, including the traffic raise it causes.
-5. **The gate.** With analysis checks, the candidate's traffic is raised (a setWeight above what it
+6. **The gate.** With analysis checks, the candidate's traffic is raised (a setWeight above what it
    has, or the final switch) only when the latest measurement is a success taken since its traffic last
    changed (``consecutiveSuccesses`` >= 1). Errors within ``consecutiveErrorLimit``, a failure within
    ``failureLimit`` and a check waiting for labels all hold: never promote blind. Before the candidate
    has any traffic to measure (the first setWeight, a preview without analysis) there is nothing to
    wait for.
-6. **The step.** setWeight/mirror/preview: done once its traffic is applied; pause: its duration, or
+7. **The step.** setWeight/mirror/preview: done once its traffic is applied; pause: its duration, or
    a person; analysis: ``count`` consecutive successful measurements taken during the step; switch:
    promotion.
-7. **The progress deadline.** A pass that cannot go on for a reason other than time or a person
+8. **The progress deadline.** A pass that cannot go on for a reason other than time or a person
    (pods not ready, a hold at the gate, an analysis step whose latest measurement is not a success,
    waiting for labels) is *stalled*; ``status.noProgressSince`` records since when, and a stall as long
    as ``progressDeadline`` aborts (reason ``CandidateUnready`` when the pods are the cause, else
@@ -98,10 +100,13 @@ def _walk(b: PlanBuilder, cand: str, stable: str, steps: tuple[Step, ...], i: in
     inconclusive_pause = b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_ANALYSIS_INCONCLUSIVE)
     if obs.measurement is not None:
         tallies, last, aborted = _record(b, cand, stable, obs.measurement, tallies, started,
-                                         paused_already=inconclusive_pause)
+                                         paused_already=inconclusive_pause or b.paused)
         if aborted:
             return b.finish()
         inconclusive_pause = b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_ANALYSIS_INCONCLUSIVE)
+    if b.paused:  # spec.paused: analysis went on above (a failure aborts); nothing moves (pause.py)
+        _hold_traffic(b, stable)
+        return _deadline(b, cand, stable, None)
 
     if obs.promote_full:
         b.promote(cand, stable, c.ROLLOUT_PROMOTED,
@@ -264,6 +269,8 @@ def _hold_message(b: PlanBuilder, cand: str, i: int, step: Step, applied: int, t
 
 def _progress_message(b: PlanBuilder, cand: str, i: int, step: Step, tallies: Tallies) -> None:
     if step.kind == "pause" and step.duration is None:
+        if not b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION):  # one Event as it begins (notifications)
+            b.event(c.ROLLOUT_PAUSED_FOR_PROMOTION, f"{cand}: paused at step {i} until noria.dev/promote")
         b.cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION,
                f"step {i}: waiting for `kubectl annotate mro {b.obs.rollout.name} noria.dev/promote=true`")
     elif b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION):
@@ -343,6 +350,8 @@ def _deadline(b: PlanBuilder, cand: str, stable: str, stall: str | None,
     """Record since when the rollout is stalled; a stall as long as progressDeadline aborts."""
     spec, now = b.spec, b.now
     assert spec is not None
+    if b.paused:  # time paused never counts: noProgressSince stays as it was, moved on by the resume
+        return b.finish()
     if stall is None:
         b.status["noProgressSince"] = None
         return b.finish()
