@@ -169,7 +169,7 @@ def test_cluster_wide_rbac_grants_what_the_operator_does_and_no_more(helm: Path)
     assert granted[("noria.dev", "trainingpipelines")] == {"get", "list", "watch"}
     assert granted[("noria.dev", "modelversions")] == {"get", "list", "watch", "create"}
     assert granted[("noria.dev", "rollouts")] == {"get", "list", "watch", "patch"}
-    assert granted[("", "pods")] == {"list", "watch"}  # a run's result is its pod's termination message
+    assert not {"create", "update", "patch", "delete"} & granted[("", "pods")]  # pods are only read
     assert "delete" not in granted[("noria.dev", "rollouts")] | granted[("noria.dev", "trainingpipelines")]
     (secret_rule,) = [r for r in roles["noria"]["rules"] if "secrets" in r["resources"]]
     assert secret_rule["resourceNames"] == ["noria-notifications"] and secret_rule["verbs"] == ["get"]
@@ -281,3 +281,20 @@ def test_disruption_budget_keeps_a_replica_through_a_drain(helm: Path) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1 and pdb["spec"]["selector"]["matchLabels"]
     # one replica: a budget would block every drain
     assert of_kind(render(helm, *COMBINATIONS["single-replica-no-election"]), "PodDisruptionBudget") == []
+
+
+def test_the_operator_holds_every_permission_it_grants_the_router(helm: Path) -> None:
+    """The API server refuses a Role granting more than its creator holds (RBAC escalation
+    prevention): the router's Role (objects.router_rbac) must lie within the chart's rules."""
+    from noria.deployment.objects import RolloutRef, router_rbac
+
+    (role,) = [o for o in router_rbac(RolloutRef(name="churn", namespace="ml", uid="u")) if o["kind"] == "Role"]
+    held = {d["metadata"]["name"]: d for d in of_kind(render(helm), "ClusterRole")}["noria"]["rules"]
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert any(group in h["apiGroups"] and resource in h["resources"] and verb in h["verbs"]
+                               and (not h.get("resourceNames") or set(rule.get("resourceNames") or ["*"])
+                                    <= set(h["resourceNames"])) for h in held), \
+                        f"the router's Role grants {verb} {resource}.{group}, which the operator does not hold"

@@ -85,22 +85,24 @@ resulting `kubectl auth can-i --list`, checked against the API server. */}}
   resourceNames: [noria-notifications]
   verbs: [get]
 # A run's summary is in its pod's termination message, and a model server's readiness in its pods:
-# listed and watched, never written.
+# listed and watched, never written. get: only because the router's Role grants it (below).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 # Serving: a Deployment and a Service per version, the router, the entry Service (server-side
-# apply: patch, and create when new). Deployments are watched by Kopf; Services read one by one.
+# apply: patch, and create when new). Deployments are watched by Kopf; Services read one by one
+# (list and watch: only because the router's Role grants them).
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # The router of provider `router` runs under its own ServiceAccount with a Role that reads its
-# ConfigMap and EndpointSlices (objects.router_rbac). Created and kept in shape by server-side
-# apply, garbage-collected with the Rollout. The operator can only grant what it holds itself,
-# hence endpointslices.
+# ConfigMap, and the EndpointSlices, Services and Pods of its namespace (objects.router_rbac).
+# Created and kept in shape by server-side apply, garbage-collected with the Rollout. The operator
+# can only grant what it holds itself (tests/unit/test_chart.py checks the router's Role is within
+# these rules), hence endpointslices and the reads above.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [create, patch]
