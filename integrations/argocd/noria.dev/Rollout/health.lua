@@ -67,16 +67,17 @@ local where = ""
 if st.canaryVersion ~= nil then
   where = " (" .. st.canaryVersion .. " at " .. tostring(st.canaryWeight or 0) .. "%)"
 end
+-- Paused: PausedByUser (spec.paused), PausedForPromotion, AnalysisInconclusive.
+local paused = condition("Paused")
+if isTrue(paused) then
+  return health("Suspended", said(paused))
+end
 local progressing = condition("Progressing")
 if progressing ~= nil and progressing.reason == "PausedByUser" then
   return health("Suspended", said(progressing))
 end
 if obj.spec.paused == true then
   return health("Suspended", "PausedByUser: spec.paused holds the rollout" .. where .. "; resume to go on")
-end
-local paused = condition("Paused")
-if isTrue(paused) then
-  return health("Suspended", said(paused))
 end
 if isTrue(progressing) then
   return health("Progressing", said(progressing))
