@@ -26,6 +26,7 @@ from lightkube.core.resource_registry import resource_registry
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.types import CascadeType, PatchType
 
+from noria import notify
 from noria.api.common import format_timestamp
 from noria.contracts import API_VERSION as API_VERSION  # re-exported: callers name kinds by kube.API_VERSION
 from noria.contracts import GROUP, VERSION
@@ -226,8 +227,10 @@ def event_manifest(involved: Mapping[str, Any], type_: str, reason: str, message
 
 
 async def post_event(involved: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    """Best effort: an Event that cannot be posted is logged, never fails the reconcile."""
+    """Best effort: an Event that cannot be posted is logged, never fails the reconcile. Its webhook
+    notification (noria.notify) follows, queued, never waited for."""
     try:
         await create(event_manifest(involved, type_, reason, message))
     except (HTTPError, OSError) as exc:
         log.warning("could not post event %s on %s: %s", reason, involved["metadata"]["name"], exc)
+    notify.publish(involved, type_, reason, message)

@@ -53,6 +53,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.idle_timeout = float(os.environ.get("NORIA_WORKER_IDLE_SECONDS", "5"))
 
 
+@kopf.on.startup()
+async def start_notifications(**_: Any) -> None:
+    """Webhooks follow Events from here on (noria.notify): Kopf runs only on the leader, so only it sends."""
+    from noria import notify
+
+    notify.start()
+
+
+@kopf.on.cleanup()
+async def stop_notifications(**_: Any) -> None:
+    from noria import notify
+
+    await notify.stop()
+
+
 # Handler modules register themselves on import.
 from noria.deployment import handlers as _deployment_handlers  # noqa: E402,F401
 from noria.training import handlers as _training_handlers  # noqa: E402,F401
