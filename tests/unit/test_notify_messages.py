@@ -177,3 +177,26 @@ def test_decide_s_indefinite_pause_is_one_paused_notification_when_it_begins():
     assert transitions(entering).count(n.ROLLOUT_PAUSED) == 1
     paused = c.set_condition([], c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION, "waiting", now=T0)
     assert rollout_events(1, 10, status={"conditions": paused}) == []  # still paused: nothing new
+
+
+# --- the Event a run's new version gets (training/results.initial_stage_event) --------------------------------
+@pytest.mark.parametrize(("stage", "reason", "transition"), [
+    ("Approved", c.AUTO_APPROVED, n.VERSION_APPROVED),
+    ("Rejected", c.GATE_REJECTED, n.VERSION_REJECTED),
+    ("Candidate", c.AWAITING_APPROVAL, n.VERSION_AWAITING_APPROVAL),
+])
+def test_a_version_a_run_registered_posts_its_approval_once_on_itself(stage, reason, transition):
+    from noria.contracts import ANNOTATION_INITIAL_REASON, ANNOTATION_INITIAL_STAGE
+    from noria.training.results import initial_stage_event, initial_status
+
+    new = {"apiVersion": "noria.dev/v1alpha1", "kind": "ModelVersion",
+           "metadata": {"name": "churn-v3", "namespace": "ml",
+                        "annotations": {ANNOTATION_INITIAL_STAGE: stage, ANNOTATION_INITIAL_REASON: "f1=0.81 vs 0.7"}},
+           "spec": {"pipeline": "churn", "metrics": {"f1": "0.81"}}}
+    first = initial_status(new, T0)
+    assert first is not None
+    type_, got_reason, message = initial_stage_event(new, first)
+    assert (got_reason, message) == (reason, f"churn-v3 is {stage}: f1=0.81 vs 0.7")
+    assert type_ == ("Warning" if stage == "Rejected" else "Normal")
+    assert n.transition_of("ModelVersion", type_, got_reason, message) == transition
+    assert initial_status({**new, "status": first}, T0) is None  # staged once: the Event is posted once

@@ -237,6 +237,7 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         if first:
             staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
             mvcache.shared().cache.put(staged)
+            await kube.post_event(mv, *results.initial_stage_event(mv, first))  # approved/rejected: one Event
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
     # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
     if plan.status:

@@ -189,6 +189,17 @@ def initial_status(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | 
     return status
 
 
+def initial_stage_event(mv: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The one Event on a version a run just registered, from its first status (``initial_status``):
+    (type, reason, message), the reason that of its Approved condition -- AutoApproved,
+    AwaitingApproval or GateRejected -- so the version's approval or rejection shows on the version
+    itself, as a manual one does (and is notified: noria.notifications)."""
+    approved = c.get_condition(status.get("conditions"), c.APPROVED) or {}
+    stage = status.get("stage")
+    message = f"{mv['metadata']['name']} is {stage}" + (f": {status['message']}" if status.get("message") else "")
+    return ("Warning" if stage == REJECTED else "Normal"), approved.get("reason") or c.MODEL_VERSION_REGISTERED, message
+
+
 def registered_by_a_run(mv: Mapping[str, Any]) -> bool:
     """Whether a training run registered the version: a run creates it with its initial stage in an
     annotation (``model_version``); a version created by hand has none."""
