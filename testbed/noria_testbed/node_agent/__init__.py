@@ -5,11 +5,21 @@ that the trainer's Jobs and the model server's Deployments run the repo's real c
 
 * registers the Node ``noria-local`` (Ready; cpu 64, memory 256Gi, pods 500), renews its Lease
   in ``kube-node-lease`` and refreshes the Ready condition's heartbeat;
-* watches the pods bound to it and runs each container's ``command`` + ``args`` as a local
-  process in its own process group. ``python``/``python3`` as the first word becomes this
-  interpreter (``sys.executable``), so ``python -m noria_trainer ...`` runs the repo code. The image
-  is ignored. Env: values with ``$(VAR)`` expansion, fieldRef (name, namespace, uid, labels,
-  annotations, status.podIP, ...), configMapKeyRef, secretKeyRef, envFrom;
+* watches the pods bound to it and runs each container as a local process in its own process
+  group, combining ``command``/``args`` with the image's ENTRYPOINT/CMD as the kubelet does
+  (``command`` replaces ENTRYPOINT, ``args`` replace CMD; see :mod:`.images`: the entrypoints of
+  Noria's images come from the repository's Dockerfiles). ``python``/``python3`` as the first word
+  becomes this interpreter (``sys.executable``), so ``python -m noria_trainer ...`` runs the repo
+  code, and the venv's ``bin`` is first on PATH. Env: values with ``$(VAR)`` expansion, fieldRef
+  (name, namespace, uid, labels, annotations, status.podIP, ...), configMapKeyRef, secretKeyRef,
+  envFrom;
+* gives a pod that does not opt out (``automountServiceAccountToken: false`` on the pod or its
+  ServiceAccount) a token of its own ServiceAccount from the TokenRequest API, bound to the pod and
+  renewed at 80% of its hour, as files and as the kubeconfig ``KUBECONFIG`` names
+  (:mod:`.service_account`): a process acts with its RBAC, never the agent's credentials;
+* lets every pod listen on the wildcard address as if it had its own network namespace: Python
+  processes bind 0.0.0.0 as the pod's address (``pod_network/sitecustomize.py``), so two replicas
+  of one Deployment can use the same port;
 * gives each pod its own loopback address from ``--pod-cidr`` (a block of 127/8, lowest free
   first, reused after the pod is gone), written as ``status.podIP``; processes must bind to it
   (e.g. via a fieldRef env var);
@@ -29,8 +39,7 @@ that the trainer's Jobs and the model server's Deployments run the repo's real c
 * serves Prometheus ``http_sd_configs`` targets at ``/sd`` (Debian's Prometheus has no
   kubernetes_sd), and ``/healthz``.
 
-Not implemented: startup probes, service-account token volumes (Noria's pods set
-automountServiceAccountToken: false), resource limits, ``kubectl logs``/``exec`` (container
+Not implemented: startup probes, resource limits, ``kubectl logs``/``exec`` (container
 logs are files under ``<root>/pods/<namespace>/<pod>/<container>.log``), EndpointSlices (the
 apiserver refuses loopback endpoint addresses).
 
@@ -43,6 +52,8 @@ Where each part lives:
 * :mod:`.container` — :class:`ContainerRunner`: one process, restarts with back-off, stop;
 * :mod:`.probes` — one readiness/liveness probe (httpGet, tcpSocket, exec);
 * :mod:`.launch` — a container spec turned into argv, env, cwd and log files;
+* :mod:`.images` — the images' ENTRYPOINT/CMD from the Dockerfiles, combined as the kubelet does;
+* :mod:`.service_account` — a pod's service-account token, its files and kubeconfig;
 * :mod:`.volumes` — volumes as local directories, PersistentVolumes for claims;
 * :mod:`.addresses` — pod addresses from the loopback block;
 * :mod:`.service_proxy` — Services: the small kube-proxy and service-link env vars;

@@ -20,6 +20,7 @@ from noria_testbed.node_agent.common import LOGGER_NAME, NODE_NAME, STORE_CLAIM,
 from noria_testbed.node_agent.endpoints import serve_http, serve_kubelet_logs
 from noria_testbed.node_agent.node import NodeRegistration
 from noria_testbed.node_agent.pod import PodWorker
+from noria_testbed.node_agent.service_account import ClusterAccess
 from noria_testbed.node_agent.service_proxy import ServiceProxy, service_links
 from noria_testbed.node_agent.volumes import persistent_volume_for, persistent_volume_name, referenced_secrets
 from noria_testbed.podspec import Sources
@@ -33,7 +34,9 @@ class NodeAgent:
                  kubelet_port: int = 0, tls: tuple[Path, Path] | None = None, pod_cidr: str = "127.0.0.0/17") -> None:
         self.kubelet_port, self.tls = kubelet_port, tls  # serves container logs to the apiserver
         self.api, self.root, self.store_dir, self.node_name = api, root, store_dir, node_name
-        self.kubeconfig = kubeconfig  # given to pods that do not opt out of a service-account token
+        # Only its cluster (server, CA) reaches pods, with a token of their own ServiceAccount;
+        # without it pods get no API credentials at all.
+        self.access = ClusterAccess.from_kubeconfig(kubeconfig) if kubeconfig else None
         self.python, self.run_id = python, run_id or str(os.getpid())
         self.addresses = PodAddresses(pod_cidr)
         self.workers: dict[str, PodWorker] = {}

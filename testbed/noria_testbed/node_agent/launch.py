@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from noria_testbed.node_agent.common import RUN_MARKER_ENV, Json
+from noria_testbed.node_agent.images import container_argv, image_config
+from noria_testbed.node_agent.service_account import MOUNT_PATH as SERVICE_ACCOUNT_MOUNT
 from noria_testbed.podspec import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     PathRewriter,
@@ -21,6 +23,10 @@ from noria_testbed.podspec import (
 # machine needs them (e.g. OPENBLAS_CORETYPE), nothing that leaks the test's own configuration.
 INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 INHERITED_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_")
+# First on every pod's PYTHONPATH: its sitecustomize turns a bind to 0.0.0.0 into a bind to the
+# pod's own address (each pod's network namespace, in miniature; see the module's docstring).
+POD_NETWORK_DIR = Path(__file__).resolve().parent / "pod_network"
+POD_IP_ENV = "NORIA_TESTBED_POD_IP"
 
 
 class Launch:
@@ -33,8 +39,11 @@ class Launch:
 
 
 def launch_for(pod: Json, container: Json, *, sources: Sources, volume_dirs: dict[str, Path], pod_dir: Path,
-               pod_ip: str, python: str, run_id: str, kubeconfig: Path | None) -> Launch:
-    """The launch of ``container`` (of ``pod``, whose volumes are already in ``volume_dirs``)."""
+               pod_ip: str, python: str, run_id: str, credentials: Path | None) -> Launch:
+    """The launch of ``container`` (of ``pod``, whose volumes are already in ``volume_dirs``).
+
+    ``credentials``: the directory holding the pod's service-account token files and kubeconfig
+    (:mod:`.service_account`), or None for a pod that gets no token."""
     cname = container["name"]
     mounts: dict[str, str] = {}
     for mount in container.get("volumeMounts") or []:
@@ -48,18 +57,23 @@ def launch_for(pod: Json, container: Json, *, sources: Sources, volume_dirs: dic
         mounts[mount["mountPath"]] = str(local)
     termination_file = pod_dir / "containers" / cname / "termination-log"
     mounts[container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH] = str(termination_file)
+    if credentials is not None:
+        mounts.setdefault(SERVICE_ACCOUNT_MOUNT, str(credentials))
     rewrite = PathRewriter(mounts)
 
     container_vars = dict(sources.service_env) if pod["spec"].get("enableServiceLinks", True) else {}
     container_vars.update(container_env(pod, container, pod_ip, sources))
     # Expand with the container's own (unrewritten) values, then rewrite each string exactly
     # once: a local path may itself start with a mount path (the testbed lives under /tmp).
-    command = [rewrite(expand(part, container_vars)) for part in container.get("command") or []]
-    args = [rewrite(expand(part, container_vars)) for part in container.get("args") or []]
+    image = container.get("image", "")
+    from_image, own = container_argv(cname, image, container.get("command") or [], container.get("args") or [],
+                                     image_config(image) if not container.get("command") else None)
+    # The image's ENTRYPOINT/CMD name container paths too, but $(VAR) is the container spec's only.
+    words = [rewrite(part) for part in from_image] + [rewrite(expand(part, container_vars)) for part in own]
     env_vars = {k: rewrite(v) for k, v in container_vars.items()}
     if "/tmp" in mounts and "TMPDIR" not in env_vars:
         env_vars["TMPDIR"] = mounts["/tmp"]  # tempfile then uses the pod's /tmp volume
-    argv = python_aware_argv(command, args, python)
+    argv = python_aware_argv(words, [], python)
     cwd = Path(rewrite(container["workingDir"])) if container.get("workingDir") else pod_dir / "containers" / cname
     cwd.mkdir(parents=True, exist_ok=True)
 
@@ -67,9 +81,12 @@ def launch_for(pod: Json, container: Json, *, sources: Sources, volume_dirs: dic
     venv_bin = str(Path(python).parent)
     env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
     env.update({"HOSTNAME": pod["metadata"]["name"], "PYTHONUNBUFFERED": "1", RUN_MARKER_ENV: run_id})
-    if pod["spec"].get("automountServiceAccountToken", True) is not False and kubeconfig:
-        # Stand-in for a mounted service-account token: clients that honour KUBECONFIG (lightkube,
-        # kubectl) reach the API server; pods that opt out of a token get no credentials at all.
-        env["KUBECONFIG"] = str(kubeconfig)
+    if credentials is not None:
+        # The pod's own token (Kopf, lightkube and kubectl all read KUBECONFIG); a pod that opts
+        # out of a token gets no credentials at all.
+        env["KUBECONFIG"] = str(credentials / "kubeconfig")
     env.update(env_vars)
+    if pod_ip:
+        env[POD_IP_ENV] = pod_ip
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(POD_NETWORK_DIR), env.get("PYTHONPATH", "")) if p)
     return Launch(argv, env, cwd, pod_dir / f"{cname}.log", termination_file, rewrite)

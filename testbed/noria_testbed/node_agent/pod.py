@@ -13,6 +13,7 @@ from noria_testbed.kubeapi import ApiError
 from noria_testbed.node_agent.common import GRACE_CAP, HOST_IP, LOGGER_NAME, Json, now
 from noria_testbed.node_agent.container import ContainerRunner
 from noria_testbed.node_agent.launch import Launch, launch_for
+from noria_testbed.node_agent.service_account import PodCredentials
 from noria_testbed.node_agent.volumes import PodVolumes, materialise_volumes
 from noria_testbed.podspec import ContainerState, PodSpecError, Sources, pod_status, scrape_targets
 
@@ -43,6 +44,8 @@ class PodWorker:
         self.init_done, self.init_failed = not has_init, False
         self.start_time = now()
         self.volumes = PodVolumes()
+        self.credentials: PodCredentials | None = None  # its service-account token, if it gets one
+        self.token_refresh: asyncio.Task[None] | None = None
         self.last_status: Json | None = None
         self.transitions: dict[str, tuple[str, str]] = {}
         self.phase = "Pending"
@@ -76,6 +79,8 @@ class PodWorker:
         except Exception:
             log.exception("pod %s/%s: node agent error", self.namespace, self.name)
         finally:
+            if self.token_refresh is not None:
+                self.token_refresh.cancel()
             await self.stop_containers(0.5)
             self.agent.forget(self)
 
@@ -139,14 +144,27 @@ class PodWorker:
         spec = self.pod["spec"]
         sources = await self.agent.sources_for(self.pod)
         self.volumes = materialise_volumes(self.pod, self.dir, self.ip, sources, self.agent.claim_dir)
+        await self.prepare_credentials()
         init = [self.launch_for(c, sources) for c in spec.get("initContainers") or []]
         main = [self.launch_for(c, sources) for c in spec["containers"]]
+        if self.credentials is not None and self.token_refresh is None:
+            self.token_refresh = asyncio.create_task(self.credentials.refresh(),
+                                                     name=f"token {self.namespace}/{self.name}")
         return init, main
+
+    async def prepare_credentials(self) -> None:
+        """The pod's service-account token, as the kubelet mounts it (PodSpecError while refused)."""
+        if self.agent.access is None or self.credentials is not None:
+            return
+        credentials = PodCredentials(self.agent.api, self.agent.access, self.pod, self.dir / "serviceaccount")
+        if await credentials.wanted():
+            await credentials.issue()
+            self.credentials = credentials
 
     def launch_for(self, container: Json, sources: Sources) -> Launch:
         return launch_for(self.pod, container, sources=sources, volume_dirs=self.volumes.dirs, pod_dir=self.dir,
                           pod_ip=self.ip, python=self.agent.python, run_id=self.agent.run_id,
-                          kubeconfig=self.agent.kubeconfig)
+                          credentials=self.credentials.directory if self.credentials else None)
 
     def refresh_config_map(self, cm_name: str, data: dict[str, str]) -> None:
         self.volumes.refresh_config_map(cm_name, data)
