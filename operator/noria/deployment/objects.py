@@ -250,7 +250,9 @@ def router_configmap(ref: RolloutRef, config: Mapping[str, Any]) -> dict[str, An
 
 
 def router_rbac(ref: RolloutRef) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding: the router reads its ConfigMap and EndpointSlices, nothing else."""
+    """ServiceAccount, Role and RoleBinding: the router reads its ConfigMap, and the EndpointSlices,
+    Services and Pods of its namespace (noria_server.discovery: Pods behind a Service's selector
+    are its backends where the slices have no endpoint), nothing else."""
     name = router_name(ref.name)
     labels = router_labels(ref)
     return [
@@ -260,6 +262,7 @@ def router_rbac(ref: RolloutRef) -> list[dict[str, Any]]:
              {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name],
               "verbs": ["get", "list", "watch"]},
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["services", "pods"], "verbs": ["get", "list", "watch"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(ref, name, labels),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
