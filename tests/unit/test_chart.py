@@ -9,62 +9,20 @@ The same renders are checked by the real API server in tests/integration/test_ch
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from chart_render import COMBINATIONS, helm_binary, of_kind, render, run_helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "noria"
-BUILD_HELM = ROOT / "hack" / "build-helm.sh"
-
-# Each documented combination of values, as `helm --set` arguments (tests/integration renders the
-# same list and sends it to the API server).
-COMBINATIONS: dict[str, list[str]] = {
-    "defaults": [],
-    "metrics-off": ["--set", "operator.metricsPort=0"],
-    "namespaced": ["--set-json", 'watchNamespaces=["team-a","team-b"]'],
-    "single-replica-no-election": ["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"],
-    "names-and-priority": ["--set", "nameOverride=mlops", "--set", "fullnameOverride=noria-core",
-                           "--set", "priorityClassName=noria-critical"],
-    "no-pvc-no-admission-no-pdb": ["--set", "store.pvc.create=false", "--set", "admission.enabled=false",
-                                   "--set", "podDisruptionBudget.enabled=false"],
-    "existing-serviceaccount": ["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops"],
-    "scheduling-and-env": ["--set-json", 'nodeSelector={"noria.dev/workload":"true"}',
-                           "--set-json", 'tolerations=[{"key":"ml","operator":"Exists","effect":"NoSchedule"}]',
-                           "--set-json", 'imagePullSecrets=[{"name":"regcred"}]',
-                           "--set-json", 'operator.extraEnv=[{"name":"NORIA_TRAINING_RESYNC_SECONDS","value":"10"}]',
-                           "--set", "operator.logLevel=debug", "--set-json", 'podAnnotations={"team":"ml"}'],
-    "kind": ["--set", "store.pvc.create=false", "--set", "replicaCount=1",
-             "--set", "image.repository=noria-operator", "--set", "image.tag=dev"],
-}
-
-
-def helm_binary() -> Path:
-    built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
-    assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
-    return Path(built.stdout.strip().splitlines()[-1]) / "helm"
 
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
     return helm_binary()
-
-
-def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
-
-
-def render(helm: Path, *sets: str, namespace: str = "noria-system", release: str = "noria") -> list[dict[str, Any]]:
-    out = run_helm(helm, "template", release, str(CHART), "--namespace", namespace, *sets)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
 
 
 def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
