@@ -24,8 +24,8 @@ RECONCILE_ERRORS: Final = Counter(
     "noria_operator_reconcile_errors_total", "Reconcile passes that raised.", ["kind"], registry=REGISTRY,
 )
 RUNS: Final = Counter(
-    "noria_operator_training_runs_total", "Training runs by trigger and outcome (started, Succeeded, Rejected, Failed).",
-    ["trigger", "outcome"], registry=REGISTRY,
+    "noria_operator_training_runs_total", "Training runs by pipeline, trigger and outcome (started, Succeeded,"
+    " Rejected, Failed).", ["namespace", "pipeline", "trigger", "outcome"], registry=REGISTRY,
 )
 TRIGGER_EVALUATIONS: Final = Counter(
     "noria_operator_trigger_evaluations_total", "Trigger evaluations by kind and result (fired, quiet, unknown).",
@@ -40,6 +40,27 @@ LEADER: Final = Gauge(
     "(always 1 when run with --no-leader-election).", registry=REGISTRY,
 )
 
+
+# --- TrainingPipeline triggers (set by training/gauges.py from each pass's evaluations, as status.triggers
+# shows them): alert rules and dashboards compare a pipeline's live values with its own thresholds, which
+# live in its spec, and Prometheus can only compare what it scrapes ----------------------------------------
+PIPELINE_DRIFT: Final = Gauge(
+    "noria_operator_pipeline_drift", "The drift trigger's statistic (spec.triggers.drift.method) per tested feature"
+    " of the champion's live inputs against its training profile (the most drifted features).",
+    ["namespace", "pipeline", "feature"], registry=REGISTRY,
+)
+PIPELINE_DRIFT_THRESHOLD: Final = Gauge(
+    "noria_operator_pipeline_drift_threshold", "spec.triggers.drift.threshold of the pipeline.",
+    ["namespace", "pipeline"], registry=REGISTRY,
+)
+PIPELINE_LIVE_METRIC: Final = Gauge(
+    "noria_operator_pipeline_live_metric", "The performance trigger's live metric of the champion, from feedback"
+    " labels over the trigger's window.", ["namespace", "pipeline", "metric"], registry=REGISTRY,
+)
+PIPELINE_LIVE_METRIC_BELOW: Final = Gauge(
+    "noria_operator_pipeline_live_metric_below", "spec.triggers.performance.below of the pipeline (the target the live"
+    " metric must stay at or above).", ["namespace", "pipeline", "metric"], registry=REGISTRY,
+)
 
 # --- Rollouts (set by deployment/handlers.py after each status write; labels name the Rollout) --------
 ROLLOUT_PHASE: Final = Gauge(

@@ -49,7 +49,7 @@ from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
 from noria.wakeups import Wakeups
 
-from . import datasource, pipeline, results, runs, triggers
+from . import datasource, gauges, pipeline, results, runs, triggers
 from .triggers import MetricObservation
 
 log = logging.getLogger(__name__)
@@ -256,14 +256,19 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         await kube.delete("v1", "ConfigMap", cm_name, ns)
 
 
-def _count(plan: pipeline.Plan) -> None:
+def _count(namespace: str, name: str, plan: pipeline.Plan) -> None:
+    gauges.record(namespace, name, plan.evaluations)
     for result in plan.evaluations:
         outcome = "unknown" if result.health == triggers.UNKNOWN else "fired" if result.fired else "quiet"
         opmetrics.TRIGGER_EVALUATIONS.labels(result.kind, outcome).inc()
     if plan.started:
-        opmetrics.RUNS.labels(plan.started, "started").inc()
+        opmetrics.RUNS.labels(namespace, name, plan.started, "started").inc()
+        # Its outcomes exist at 0 from now: increase() ignores a series' first sample, so a counter born
+        # at the run's failure would never show that failure to an alert rule.
+        for outcome in (pipeline.OUTCOME_SUCCEEDED, pipeline.OUTCOME_REJECTED, pipeline.OUTCOME_FAILED):
+            opmetrics.RUNS.labels(namespace, name, plan.started, outcome)
     if plan.finished:
-        opmetrics.RUNS.labels(*plan.finished).inc()
+        opmetrics.RUNS.labels(namespace, name, *plan.finished).inc()
 
 
 def reconcile_error_status(status: Mapping[str, Any], error: str, generation: int | None,
@@ -329,6 +334,7 @@ async def reconcile(key: Hashable) -> float | None:
     try:
         tp = await kube.get(kube.API_VERSION, TP, name, ns)
         if tp is None or tp["metadata"].get("deletionTimestamp"):
+            gauges.forget(ns, name)
             return None
         now = dt.datetime.now(dt.UTC)
         plan = pipeline.decide(await observe(tp, now))
@@ -337,7 +343,7 @@ async def reconcile(key: Hashable) -> float | None:
         recovered = reconcile_recovered_status(after, tp["metadata"].get("generation"), now)
         if recovered is not None:
             await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered)
-        _count(plan)
+        _count(ns, name, plan)
         return next_pass_in(tp["spec"], plan.requeue_after, state().resync, state().idle_resync)
     except Exception as exc:
         opmetrics.RECONCILE_ERRORS.labels(TP).inc()
