@@ -256,3 +256,10 @@ def test_the_operator_holds_every_permission_it_grants_the_router(helm: Path) ->
                                and (not h.get("resourceNames") or set(rule.get("resourceNames") or ["*"])
                                     <= set(h["resourceNames"])) for h in held), \
                         f"the router's Role grants {verb} {resource}.{group}, which the operator does not hold"
+
+
+def test_every_top_level_value_is_in_the_readme_reference() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    missing = [key for key in values if f"`{key}" not in readme]
+    assert not missing, f"charts/noria/README.md does not document {missing}"
