@@ -6,7 +6,8 @@ Fixture names are a contract other test modules rely on:
   ``.store_dir`` (what the PVC ``noria-store`` maps to), ``.kubectl(*args, input=None, check=True)``,
   ``.node_agent.pod_log(namespace, pod)``, ``.log_dir``. CRDs from ``crds/`` are applied and
   Established; ``KUBECONFIG`` is exported for in-process clients (Kopf, lightkube).
-* ``prometheus`` (session): ``.url`` of a Prometheus scraping the pods through the node agent.
+* ``prometheus`` (session): ``.url`` of a Prometheus scraping the model servers and routers it finds
+  through Kubernetes pod discovery (noria_testbed.prometheus).
 * ``namespace`` (function): a fresh ``t-<random>`` namespace with its ``default`` ServiceAccount.
 
 When the binaries can be neither found nor built, tests that need them are skipped locally and
@@ -75,9 +76,12 @@ def cluster(request) -> Iterator:  # noqa: ANN001
 
 @pytest.fixture(scope="session")
 def prometheus(cluster):  # noqa: ANN001, ANN201
-    if shutil.which("prometheus") is None:
-        _unavailable("prometheus is not on PATH (run `make prometheus`)")
-    return cluster.start_prometheus()
+    from noria_testbed.binaries import PrometheusUnavailable
+
+    try:
+        return cluster.start_prometheus()
+    except PrometheusUnavailable as error:
+        _unavailable(f"Prometheus unavailable: {error}")
 
 
 @pytest.fixture

@@ -8,8 +8,11 @@ envtest convention) may point at ready binaries instead; then nothing is built.
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -44,3 +47,72 @@ def find_binaries(*, build: bool = True) -> Path:
     if missing:
         raise BinariesUnavailable(f"{BUILD_SCRIPT} printed {directory}, which lacks {', '.join(missing)}")
     return directory
+
+
+# ---- Prometheus ------------------------------------------------------------------------------------
+# hack/build-prometheus.sh builds prometheus + promtool (3.x, with Kubernetes discovery) from the Go
+# module proxy into ~/.cache/noria/prometheus/<version>/. Debian's package (hack/install-prometheus.sh,
+# 2.42) is the fallback: it has no kubernetes_sd_configs, so with it the test bed's Prometheus reads the
+# node agent's http_sd targets instead.
+PROMETHEUS_BUILD_SCRIPT = REPO_ROOT / "hack" / "build-prometheus.sh"
+# "built" insists on the built one, "debian" forces Debian's; unset: built if it can be had, else Debian's.
+PROMETHEUS_CHOICE_ENV = "NORIA_TESTBED_PROMETHEUS"
+PROMETHEUS_BUILT, PROMETHEUS_DEBIAN = "built", "debian"
+
+
+class PrometheusUnavailable(RuntimeError):
+    """Neither the built Prometheus nor Debian's can be had; the message says why and what to run."""
+
+
+@dataclass(frozen=True)
+class PrometheusBinaries:
+    prometheus: Path
+    promtool: Path
+    kubernetes_sd: bool  # False: Debian's, without kubernetes_sd_configs (the node agent's http_sd is used)
+    origin: str  # one line for the log: which Prometheus and why
+
+
+def find_prometheus() -> PrometheusBinaries:
+    """The Prometheus the test bed runs, chosen by NORIA_TESTBED_PROMETHEUS (see above), building
+    it on first use when not cached; the same answer for the whole process (a failed build is not
+    retried for every Prometheus started)."""
+    return _find_prometheus(os.environ.get(PROMETHEUS_CHOICE_ENV, "").strip().lower())
+
+
+@functools.cache
+def _find_prometheus(choice: str) -> PrometheusBinaries:
+    if choice not in ("", PROMETHEUS_BUILT, PROMETHEUS_DEBIAN):
+        raise PrometheusUnavailable(f"{PROMETHEUS_CHOICE_ENV}={choice!r}: use {PROMETHEUS_BUILT!r}, "
+                                    f"{PROMETHEUS_DEBIAN!r}, or leave it unset")
+    if choice == PROMETHEUS_DEBIAN:
+        return _debian_prometheus(f"{PROMETHEUS_CHOICE_ENV}={PROMETHEUS_DEBIAN}")
+    try:
+        return _built_prometheus()
+    except PrometheusUnavailable as error:
+        if choice == PROMETHEUS_BUILT:
+            raise
+        return _debian_prometheus(f"the built one is unavailable: {error}")
+
+
+def _built_prometheus() -> PrometheusBinaries:
+    result = subprocess.run(["bash", str(PROMETHEUS_BUILD_SCRIPT)], capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise PrometheusUnavailable(f"{PROMETHEUS_BUILD_SCRIPT.name} failed (exit {result.returncode}): "
+                                    + " | ".join(result.stderr.strip().splitlines()[-5:]))
+    directory = Path(lines[-1])
+    prometheus, promtool = directory / "prometheus", directory / "promtool"
+    if not (os.access(prometheus, os.X_OK) and os.access(promtool, os.X_OK)):
+        raise PrometheusUnavailable(f"{PROMETHEUS_BUILD_SCRIPT.name} printed {directory}, which lacks "
+                                    "prometheus or promtool")
+    return PrometheusBinaries(prometheus, promtool, kubernetes_sd=True,
+                              origin=f"Prometheus built from the Go module ({directory}), kubernetes_sd_configs")
+
+
+def _debian_prometheus(why: str) -> PrometheusBinaries:
+    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if prometheus is None or promtool is None:
+        raise PrometheusUnavailable(f"no Prometheus: {why}; and prometheus/promtool are not on PATH "
+                                    "(run `make prometheus`, or `make prometheus-debian` for the fallback)")
+    return PrometheusBinaries(Path(prometheus), Path(promtool), kubernetes_sd=False,
+                              origin=f"Debian's Prometheus on PATH ({prometheus}), node agent http_sd: {why}")

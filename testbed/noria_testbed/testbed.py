@@ -145,15 +145,11 @@ class LocalTestbed:
             log_path=self.log_dir / "node-agent.log", run_id=self.run_id, python=_python(), env=self.env,
             tls=(self.control_plane.pki.serving_cert, self.control_plane.pki.serving_key), pod_cidr=self.pod_cidr)
 
-    def start_prometheus(self):  # noqa: ANN201 - PrometheusProcess; imported lazily (promtool may be absent)
-        from noria_testbed.prometheus import PrometheusProcess
-
+    def start_prometheus(self):  # noqa: ANN201 - PrometheusProcess; imported lazily (Prometheus may be absent)
         if self.prometheus is None:
-            assert self.node_agent is not None
             began = time.monotonic()
             for attempt in range(3):
-                self.prometheus = PrometheusProcess(workdir=self.workdir / "prometheus", sd_url=self.node_agent.sd_url,
-                                                    log_path=self.log_dir / "prometheus.log")
+                self.prometheus = self.new_prometheus(self.workdir / "prometheus", self.log_dir / "prometheus.log")
                 try:
                     self.prometheus.start()
                     break
@@ -164,6 +160,22 @@ class LocalTestbed:
                         raise
             self.timings["prometheus"] = time.monotonic() - began
         return self.prometheus
+
+    def new_prometheus(self, workdir: Path, log_path: Path):  # noqa: ANN201 - PrometheusProcess, not started
+        """A Prometheus for this cluster (not started): Kubernetes pod discovery under a read-only
+        identity when the binary has it, else the node agent's http_sd (noria_testbed.prometheus)."""
+        from noria_testbed.binaries import find_prometheus
+        from noria_testbed.prometheus import PrometheusProcess, read_only_identity, write_kubeconfig
+
+        assert self.node_agent is not None
+        binaries = find_prometheus()
+        kubeconfig = None
+        if binaries.kubernetes_sd:
+            kubeconfig = self.workdir / "prometheus-kubeconfig"
+            if not kubeconfig.exists():
+                write_kubeconfig(kubeconfig, admin_kubeconfig=self.kubeconfig, token=read_only_identity(self.kubectl))
+        return PrometheusProcess(workdir=workdir, log_path=log_path, sd_url=self.node_agent.sd_url,
+                                 kubeconfig=kubeconfig, binaries=binaries)
 
     def stop(self) -> None:
         """Stop Prometheus, the node agent (which stops its pods), then the control plane."""
