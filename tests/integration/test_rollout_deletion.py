@@ -1,7 +1,9 @@
 """Deleting a Rollout: the user's HTTPRoute gets its own backends back, the versions it served get a
 RolloutDeleted history entry, the finalizer goes -- with the operator running, with the operator down
 at the time (finalized when it returns), and with the whole namespace deleted while a namespaced
-operator was down (it must not stay Terminating)."""
+operator was down (it must not stay Terminating). Only Rollouts whose provider changes a user's object
+(gatewayAPI, service) carry the finalizer: a router Rollout is deleted at once even with no operator
+(its objects are its own and go by garbage collection), and its versions are recorded best effort."""
 
 from __future__ import annotations
 
@@ -111,3 +113,49 @@ def test_a_namespace_deleted_while_its_namespaced_operator_was_down_finishes_del
         "get", "namespace", namespace, check=False).returncode != 0, timeout=120,
         on_timeout=lambda: operator.log()[-3000:] + cluster.kubectl(
             "get", "rollouts.noria.dev", "-n", namespace, "-o", "yaml", check=False).stdout[-2000:])
+
+
+def finalizers(cluster, namespace: str) -> list[str] | None:  # noqa: ANN001
+    found = get(cluster, namespace, "rollouts.noria.dev", "churn")
+    return None if found is None else found["metadata"].get("finalizers") or []
+
+
+def router_rollout_serving_v1(cluster, namespace: str, operator_factory, store_claim):  # noqa: ANN001, ANN201
+    store_claim(namespace)
+    create_model_version(cluster, save_model(cluster.store_dir, namespace, 1))
+    operator = operator_factory(namespace, **operator_env("http://127.0.0.1:9"))
+    cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"canary": {"steps": [{"setWeight": 50}]}}))
+    wait_for("churn-v1 serving", lambda: stage_of(cluster, namespace, "churn-v1") == "Production"
+             and rollout_status(cluster, namespace).get("stableVersion") == "churn-v1", timeout=120,
+             on_timeout=lambda: str(rollout_status(cluster, namespace)))
+    return operator
+
+
+def test_a_router_rollout_carries_no_finalizer_and_loses_one_an_older_operator_left(
+        cluster, namespace, operator_factory, store_claim):
+    router_rollout_serving_v1(cluster, namespace, operator_factory, store_claim)
+    assert finalizers(cluster, namespace) == []
+    # As every Rollout had it before: the operator takes it off (Kopf: no handler needs it).
+    cluster.kubectl("patch", "rollouts.noria.dev", "churn", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"metadata": {"finalizers": ["noria.dev/finalizer"]}}))
+    wait_for("the finalizer taken off", lambda: finalizers(cluster, namespace) == [], timeout=30)
+    cluster.kubectl("delete", "rollouts.noria.dev", "churn", "-n", namespace, "--timeout=10s")
+    wait_for("churn-v1 recorded as served by a deleted Rollout",
+             lambda: served_then_deleted(cluster, namespace, "churn-v1"), timeout=30,
+             on_timeout=lambda: str(get(cluster, namespace, "modelversion", "churn-v1")))
+
+
+def test_a_router_rollout_deleted_with_no_operator_goes_at_once_and_is_recorded_when_it_returns(
+        cluster, namespace, operator_factory, store_claim):
+    operator = router_rollout_serving_v1(cluster, namespace, operator_factory, store_claim)
+    operator.kill(9)
+    started = time.monotonic()
+    cluster.kubectl("delete", "rollouts.noria.dev", "churn", "-n", namespace, "--timeout=10s")
+    assert get(cluster, namespace, "rollouts.noria.dev", "churn") is None and time.monotonic() - started < 10
+    wait_for("its Deployments garbage-collected", lambda: not json.loads(cluster.kubectl(
+        "get", "deployments", "-n", namespace, "-l", "noria.dev/rollout=churn", "-o", "json").stdout)["items"],
+        timeout=60)
+    assert stage_of(cluster, namespace, "churn-v1") == "Production"  # nobody could record it yet
+    operator.start()
+    wait_for("the deletion sweep records churn-v1", lambda: served_then_deleted(cluster, namespace, "churn-v1"),
+             timeout=60, on_timeout=lambda: operator.log()[-3000:])
