@@ -32,6 +32,10 @@ COMBINATIONS: dict[str, list[str]] = {
                            "--set-json", 'operator.extraEnv=[{"name":"NORIA_TRAINING_RESYNC_SECONDS","value":"10"}]',
                            "--set", "operator.logLevel=debug", "--set-json", 'podAnnotations={"team":"ml"}',
                            "--set-json", 'store.trustedArtifactPrefixes=["s3://models/{namespace}/"]'],
+    # The monitoring objects need the Prometheus Operator's CRDs, which the test bed does not have:
+    # the API server checks the rest of this combination, lint and the schema all of it.
+    "monitoring": ["--set", "monitoring.enabled=true", "--set-json", 'monitoring.labels={"release":"kps"}',
+                   "--set", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/noria"],
     "kind": ["--set", "store.pvc.create=false", "--set", "replicaCount=1",
              "--set", "image.repository=noria-operator", "--set", "image.tag=dev",
              "--set", "trainerImage=noria-trainer:dev", "--set", "serverImage=noria-server:dev"],
@@ -56,6 +60,9 @@ def render_text(helm: Path, *sets: str, namespace: str = "noria-system", release
 
 def render(helm: Path, *sets: str, namespace: str = "noria-system", release: str = "noria") -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(render_text(helm, *sets, namespace=namespace, release=release)) if d]
+
+
+MONITORING_GROUP = "monitoring.coreos.com/"
 
 
 def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
