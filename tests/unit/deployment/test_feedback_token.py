@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from noria.api.rollout import Rollout
 from noria.deployment import objects
 from noria.deployment.providers import make_provider
@@ -82,6 +83,12 @@ def test_the_api_model_checks_the_reference(ref: dict, ok: bool) -> None:
 
 
 def test_the_operator_needs_no_right_to_read_secrets() -> None:
-    """secretKeyRef is resolved by the kubelet: the chart's ClusterRole grants nothing on Secrets."""
-    text = (ROOT / "charts/noria/templates/clusterrole.yaml").read_text()
-    assert "resources:" in text and "secrets" not in text.lower()
+    """secretKeyRef is resolved by the kubelet: the chart's rules (a ClusterRole, or a Role per watched
+    namespace) grant on Secrets only `get` of the notifications Secret, by name, never a token's."""
+    helpers = (ROOT / "charts/noria/templates/_helpers.tpl").read_text()
+    body = helpers.split('define "noria.namespacedRules" -}}', 1)[1].split("{{- end -}}", 1)[0]
+    rules = yaml.safe_load(body)
+    assert any("configmaps" in r["resources"] for r in rules)
+    for rule in rules:
+        if "secrets" in rule["resources"]:
+            assert rule["resourceNames"] == ["noria-notifications"] and rule["verbs"] == ["get"], rule
