@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from chart_render import COMBINATIONS, helm_binary, of_kind, render, run_helm
+from noria import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "noria"
@@ -130,7 +131,8 @@ def test_cluster_wide_rbac_grants_what_the_operator_does_and_no_more(helm: Path)
     assert not {"create", "update", "patch", "delete"} & granted[("", "pods")]  # pods are only read
     assert "delete" not in granted[("noria.dev", "rollouts")] | granted[("noria.dev", "trainingpipelines")]
     (secret_rule,) = [r for r in roles["noria"]["rules"] if "secrets" in r["resources"]]
-    assert secret_rule["resourceNames"] == ["noria-notifications"] and secret_rule["verbs"] == ["get"]
+    # notify.py reads that one Secret (and the ConfigMap of the same name) in each watched namespace
+    assert secret_rule["resourceNames"] == [contracts.NOTIFICATIONS_CONFIGMAP] and secret_rule["verbs"] == ["get"]
     assert ("coordination.k8s.io", "leases") not in granted  # leader-election-rbac.yaml, release namespace
     assert grants(roles["noria-cluster"]["rules"]) == {
         ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
