@@ -80,3 +80,34 @@ def test_a_measurement_decide_records_is_counted_by_the_pass_that_recorded_it():
     assert rm.pass_metrics(status, plan.status).measurements == (("errorRate", "Failed"),)
     unmeasured = decide(observe(status=plan.status, mvs=SERVING, pods=BOTH_READY, now=T0 + 31 * SEC))
     assert rm.pass_metrics(plan.status, unmeasured.status).measurements == ()
+
+
+def errors() -> float:
+    return sample("noria_operator_reconcile_errors_total", kind="Rollout") or 0.0
+
+
+def passes() -> float:
+    return sample("noria_operator_reconcile_duration_seconds_count", kind="Rollout") or 0.0
+
+
+async def test_a_failed_pass_counts_as_an_error_and_a_conflict_does_not(monkeypatch):
+    from noria import kube
+    from noria.deployment import handlers
+
+    async def unreachable(*_, **__):
+        raise OSError("connection refused")
+
+    async def conflict(*_, **__):
+        raise kube.Conflict("the Rollout changed since it was read")
+
+    async def nothing(*_, **__):
+        return None
+
+    monkeypatch.setattr(handlers, "report_error", nothing)
+    before_errors, before_passes = errors(), passes()
+    monkeypatch.setattr(handlers.kube, "get", unreachable)
+    await handlers.reconcile(("metrics-unit", "failing"))
+    assert errors() == before_errors + 1 and passes() == before_passes + 1
+    monkeypatch.setattr(handlers.kube, "get", conflict)
+    assert await handlers.reconcile(("metrics-unit", "failing")) == handlers.CONFLICT_RETRY_SECONDS
+    assert errors() == before_errors + 1 and passes() == before_passes + 2
