@@ -37,7 +37,7 @@ LABEL_ROLLOUT: Final = PREFIX + "rollout"
 LABEL_VERSION: Final = PREFIX + "version"  # the ModelVersion a server pod serves
 LABEL_PIPELINE: Final = PREFIX + "pipeline"
 LABEL_RUN: Final = PREFIX + "run"  # a training run's Job and pod
-# Prometheus' pod discovery turns it into label_noria_dev_component, which keeps the router's hop out
+# Prometheus' pod discovery turns it into noria_dev_component (noria.scrape), which keeps the router's hop out
 # of a version's latency (noria.deployment.checks).
 LABEL_COMPONENT: Final = PREFIX + "component"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"

@@ -34,7 +34,9 @@ ROUTER_REQUESTS_TOTAL: Final = "noria_router_requests_total"  # counter: code (e
 LABEL_MODEL: Final = "model"
 LABEL_VERSION: Final = "version"
 LABEL_CODE: Final = "code"
-LABEL_ENDPOINT: Final = "endpoint"  # noria_requests_total: infer | feedback | other
+# noria_requests_total: infer | feedback | other. Not "endpoint": a PodMonitor or ServiceMonitor sets that target
+# label (the scrape port), which renames the servers' own to exported_endpoint and leaves errorRate without data.
+LABEL_ENDPOINT: Final = "handler"
 LABEL_CLASS: Final = "class"
 LABEL_FEATURE: Final = "feature"
 LABEL_BIN: Final = "bin"

@@ -225,7 +225,7 @@ def test_the_router_merges_each_item_to_its_most_telling_outcome(replicas: list,
 
 
 def test_only_answers_to_inference_are_what_error_rate_reads() -> None:
-    """errorRate reads noria_requests_total{endpoint="infer"}: labels fanned out to every pod, metadata
+    """errorRate reads noria_requests_total{handler="infer"}: labels fanned out to every pod, metadata
     reads, other models' paths and refusals of the HTTP layer are counted, but under other endpoints,
     so no client can dilute a failing candidate's error rate with cheap requests pinned to it."""
     server = _server("classifier")
@@ -235,12 +235,12 @@ def test_only_answers_to_inference_are_what_error_rate_reads() -> None:
     for path in ("/v2/models/m", "/v2/models/other/infer", "/v2/models/m/infer/extra", "/nowhere"):
         server._count_response(_request(path, {}), 200)
     server._count_response(None, 413)
-    infer = {"endpoint": m.ENDPOINT_INFER}
+    infer = {m.LABEL_ENDPOINT: m.ENDPOINT_INFER}
     assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c), **infer) for c in (200, 401, 413, 422)) == 0
-    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c), endpoint=m.ENDPOINT_FEEDBACK)
+    assert sum(_value(server, m.REQUESTS_TOTAL, code=str(c), **{m.LABEL_ENDPOINT: m.ENDPOINT_FEEDBACK})
                for c in (200, 401, 422)) == 3
-    assert _value(server, m.REQUESTS_TOTAL, code="200", endpoint=m.ENDPOINT_OTHER) == 4
-    assert _value(server, m.REQUESTS_TOTAL, code="413", endpoint=m.ENDPOINT_OTHER) == 1
+    assert _value(server, m.REQUESTS_TOTAL, code="200", **{m.LABEL_ENDPOINT: m.ENDPOINT_OTHER}) == 4
+    assert _value(server, m.REQUESTS_TOTAL, code="413", **{m.LABEL_ENDPOINT: m.ENDPOINT_OTHER}) == 1
     server._count_response(_request("/v2/models/m/infer", {}), 200)
     server._count_response(_request("/v2/models/m/versions/m-v1/infer", {}), 500)
     assert _value(server, m.REQUESTS_TOTAL, code="200", **infer) == 1

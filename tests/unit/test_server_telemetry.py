@@ -88,7 +88,7 @@ def test_series_the_analysis_reads_exist_at_zero_before_the_first_request() -> N
     metrics.declare_classes([0, 1])
     text = metrics.exposition().decode()
     for code in ("200", "500"):
-        assert f'{m.REQUESTS_TOTAL}{{code="{code}",endpoint="infer",model="churn",version="churn-v2"}} 0.0' in text
+        assert f'{m.REQUESTS_TOTAL}{{code="{code}",{m.LABEL_ENDPOINT}="infer",model="churn",version="churn-v2"}} 0.0' in text
     for actual in ("0", "1"):
         for predicted in ("0", "1"):
             assert (f'{m.FEEDBACK_TOTAL}{{actual="{actual}",model="churn",predicted="{predicted}",'

@@ -19,9 +19,9 @@ stable a numeric feature's candidate counts are moved onto the stable version's 
 (``drift.rebin_ordered``). The value is the largest statistic over features.
 
 Series are selected by ``namespace`` and ``version`` (a ModelVersion name is unique in a namespace).
-The router exports the same request-duration histogram as the servers; ``label_noria_dev_component``
-(the pod label ``noria.dev/component``, as the test bed's and a typical ``kubernetes_sd`` relabeling
-name it) keeps the router's hop out of a version's latency where that label exists.
+The router exports the same request-duration histogram as the servers; ``noria_dev_component`` (the
+pod label ``noria.dev/component`` as the chart's PodMonitor and the test bed's discovery copy it onto
+series, ``noria.scrape``) keeps the router's hop out of a version's latency where that label exists.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from noria import drift, scoring
+from noria import drift, scoring, scrape
 from noria import metrics as m
 from noria.api.rollout import DEFAULT_MIN_LABELS, LABEL_CHECKS
 from noria.contracts import COMPONENT_ROUTER, LABEL_COMPONENT
@@ -40,10 +40,8 @@ from noria.deployment.spec import CheckSpec
 from noria.profile import FeatureProfile, Profile
 from noria.samples import Sample
 
-# Prometheus' pod discovery writes a pod label as label_<name> with every character outside
-# [a-zA-Z0-9_] turned into "_": noria.dev/component -> label_noria_dev_component.
-COMPONENT_LABEL = "label_" + "".join(ch if ch.isascii() and (ch.isalnum() or ch == "_") else "_"
-                                     for ch in LABEL_COMPONENT)
+# The series label the PodMonitor's podTargetLabels make of noria.dev/component: noria_dev_component.
+COMPONENT_LABEL = scrape.series_label(LABEL_COMPONENT)
 INFER_ANSWERS = f'{m.LABEL_ENDPOINT}="{m.ENDPOINT_INFER}"'
 SERVER_ERRORS = f'{m.LABEL_CODE}=~"5.."'
 QUANTILES = {"latencyP50": 0.5, "latencyP95": 0.95, "latencyP99": 0.99}

@@ -164,13 +164,13 @@ CASES: dict[str, tuple[Case, ...]] = {
     ),
     "NoriaFeedbackStalled": (
         Case("v1's labels stop at minute 200 while it keeps answering; v2 never gets labels", {
-            series(m.REQUESTS_TOTAL, server("churn-v1", endpoint=m.ENDPOINT_INFER, code="200")): "0+10x300",
+            series(m.REQUESTS_TOTAL, server("churn-v1", **{m.LABEL_ENDPOINT: m.ENDPOINT_INFER}, code="200")): "0+10x300",
             series(m.FEEDBACK_TOTAL, server("churn-v1", actual="1", predicted="1")): "0+5x200 1000x100",
-            series(m.REQUESTS_TOTAL, server("churn-v2", endpoint=m.ENDPOINT_INFER, code="200")): "0+10x300",
+            series(m.REQUESTS_TOTAL, server("churn-v2", **{m.LABEL_ENDPOINT: m.ENDPOINT_INFER}, code="200")): "0+10x300",
             series(m.FEEDBACK_TOTAL, server("churn-v2", actual="1", predicted="1")): "0x300",
         }, "290m", ({NAMESPACE: "ml", m.LABEL_MODEL: "churn", m.LABEL_VERSION: "churn-v1"},)),
         Case("labels keep coming", {
-            series(m.REQUESTS_TOTAL, server("churn-v1", endpoint=m.ENDPOINT_INFER, code="200")): "0+10x300",
+            series(m.REQUESTS_TOTAL, server("churn-v1", **{m.LABEL_ENDPOINT: m.ENDPOINT_INFER}, code="200")): "0+10x300",
             series(m.FEEDBACK_ABS_ERROR_COUNT, server("churn-v1")): "0+5x300",
         }, "290m"),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from noria import metrics as m
 from noria.deployment.analysis import Tallies, combine, judge_check, judge_run, resolve_waiting
 from noria.deployment.checks import CheckContext, Observed, queries_for, reduce
 from noria.deployment.spec import AnalysisSpec, CheckSpec
@@ -122,7 +123,7 @@ def test_tallies_round_trip_through_status():
 def test_error_rate_query_selects_the_version_and_5xx():
     q = queries_for(CheckSpec(name="e", builtin="errorRate", max=0.01), CTX)
     assert 'version="churn-v7"' in q["errors"] and 'code=~"5.."' in q["errors"] and "[30s]" in q["total"]
-    assert all('endpoint="infer"' in q[part] for part in ("errors", "total"))  # never diluted by other answers
+    assert all(f'{m.LABEL_ENDPOINT}="infer"' in q[part] for part in ("errors", "total"))  # never diluted by other answers
 
 
 def test_error_rate_without_requests_is_no_data():
@@ -134,7 +135,7 @@ def test_error_rate_without_requests_is_no_data():
 
 def test_latency_excludes_the_router_hop():
     q = queries_for(CheckSpec(name="l", builtin="latencyP99", max=0.25), CTX)
-    assert 'label_noria_dev_component!="router"' in q["quantile"] and "0.99" in q["quantile"]
+    assert 'noria_dev_component!="router"' in q["quantile"] and "0.99" in q["quantile"]
 
 
 def test_accuracy_needs_min_labels():
