@@ -4,9 +4,7 @@ for the test bed, and what a release leaves in the cluster."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -128,22 +126,3 @@ def container_pid(pod: dict[str, Any]) -> int:
     container_id = pod["status"]["containerStatuses"][0]["containerID"]
     return int(container_id.removeprefix("noria://"))
 
-
-_REQUEST = re.compile(r'HTTP Request: (\w+) https?://[^/]+(/[^? ]*)\S* "HTTP/[\d.]+ (\d+)')
-_NAMESPACED = re.compile(r"/namespaces/[^/]+/")
-
-
-def api_calls(logs: str) -> Counter[tuple[str, str, str]]:
-    """(method, path with namespace and object name elided, status) of every request the
-    operator's lightkube clients logged. Kopf's own watches and patches (aiohttp) are not logged."""
-    calls: Counter[tuple[str, str, str]] = Counter()
-    for method, path, status in _REQUEST.findall(logs):
-        path = _NAMESPACED.sub("/namespaces/{ns}/", path)
-        parts = path.strip("/").split("/")
-        group_len = 2 if parts[0] == "api" else 3  # api/v1 | apis/group/version
-        rest = parts[group_len:]
-        if rest[:1] == ["namespaces"]:
-            rest = rest[2:]
-        shape = rest[:1] + (["{name}"] if len(rest) > 1 else []) + rest[2:]
-        calls[(method, "/".join(parts[:group_len] + shape), status)] += 1
-    return calls

@@ -25,7 +25,6 @@ import pytest
 from helm_helpers import (
     CHART,
     Helm,
-    api_calls,
     build_helm,
     container_pid,
     env_of,
@@ -126,6 +125,11 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
         cluster: Any, prometheus: Any, namespace: str, store_claim: Any, helm_binary: Path,  # noqa: ANN401
         tmp_path: Path) -> None:
     began = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = time.monotonic() - began - sum(phases.values())
+
     suffix = secrets.token_hex(3)
     release, release_ns = f"noria-{suffix}", f"t-helm-{suffix}"
     account = f"system:serviceaccount:{release_ns}:{release}"  # the chart's ServiceAccount is the full name
@@ -149,6 +153,7 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
             "get", "lease", "noria-operator", "-n", release_ns, "-o", "jsonpath={.spec.holderIdentity}",
             check=False).stdout, timeout=30)
         assert holder in {p["metadata"]["name"] for p in pods}
+        phase("install")
 
         # ---- a pipeline trains, a Rollout serves it ----------------------------------------------
         store_claim(namespace)
@@ -159,6 +164,7 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
             {"setWeight": 50}, {"pause": {"duration": "2s"}}]}}))
         wait_for("churn-v1 trained and served", lambda: serving(cluster, namespace, "churn-v1"), timeout=150,
                  on_timeout=lambda: f"{rollout_status(cluster, namespace)}\n{operator_logs(cluster, release_ns)[-4000:]}")
+        phase("v1 trained and served")
 
         # ---- upgrade: a changed value reaches the pods, the operator keeps working ------------------
         old_pods = {p["metadata"]["name"] for p in pods}
@@ -171,6 +177,7 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
             operator_pods(cluster, release_ns, release)), timeout=90)
         for pod in upgraded:
             assert process_environ(container_pid(pod))["NORIA_WORKER_LIMIT"] == "50"
+        phase("upgrade")
 
         # The chart's admission policy: RBAC lets alice and mallory patch pipelines, yet only alice,
         # an approver, may ask for a retrain. The policy reaches the API server's admission chain a
@@ -201,11 +208,9 @@ subjects:
                  lambda: serving(cluster, namespace, "churn-v2"), timeout=150,
                  on_timeout=lambda: f"{rollout_status(cluster, namespace)}\n"
                                     f"{operator_logs(cluster, release_ns)[-4000:]}")
+        phase("v2 trained and rolled out")
         logs = operator_logs(cluster, release_ns)
         (tmp_path / "operators.log").write_text(logs)  # kept by pytest's tmp_path retention
-        print("\nAPI calls the operator's lightkube clients made (method, path, status: count):")
-        for call, count in sorted(api_calls(logs).items()):
-            print(f"  {' '.join(call)}: {count}")
         # Kopf tries the in-cluster service account, then KUBECONFIG: the pod's token kubeconfig.
         assert "Activity 'login_with_kubeconfig' succeeded" in logs
         refusals = [line for line in logs.splitlines() if any(word in line for word in REFUSALS)]
@@ -228,7 +233,8 @@ subjects:
                      "-n", namespace) == []
         gone = cluster.kubectl("delete", "namespace", release_ns, "--timeout=60s", check=False)
         assert gone.returncode == 0, gone.stderr
-        print(f"\nhelm install test: {time.monotonic() - began:.0f}s")
+        phase("uninstall and deletions")
+        print("\nhelm install test phases: " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()))
     except BaseException:
         print("\n".join(helm.transcript))
         raise
