@@ -156,18 +156,26 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
 )
 
 
+def variable_queries() -> dict[str, tuple[str, str]]:
+    """Variable -> (label, series selector) of Grafana's ``label_values(selector, label)``: the
+    namespaces, pipelines and Rollouts that have model servers."""
+    return {
+        "namespace": (NAMESPACE, m.REQUESTS_TOTAL),
+        "pipeline": (m.LABEL_MODEL, m.REQUESTS_TOTAL + selector(**{NAMESPACE: "$namespace"})),
+        "rollout": (ROLLOUT, m.REQUESTS_TOTAL + selector(**{NAMESPACE: "$namespace", m.LABEL_MODEL: "$pipeline"})),
+    }
+
+
 def _variables() -> list[dict[str, Any]]:
-    def query(name: str, label: str, metric: str, sel: str = "") -> dict[str, Any]:
-        expr = f"label_values({metric}{sel}, {label})"
+    def query(name: str, label: str, match: str) -> dict[str, Any]:
+        expr = f"label_values({match}, {label})"
         return {"name": name, "label": name, "type": "query", "datasource": DS, "refresh": 2, "sort": 1,
                 "query": {"query": expr, "refId": f"{name}-values"}, "definition": expr,
                 "includeAll": False, "multi": False}
 
     return [
         {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus"},
-        query("namespace", NAMESPACE, m.REQUESTS_TOTAL),
-        query("pipeline", m.LABEL_MODEL, m.REQUESTS_TOTAL, selector(**{NAMESPACE: "$namespace"})),
-        query("rollout", ROLLOUT, m.REQUESTS_TOTAL, selector(**{NAMESPACE: "$namespace", m.LABEL_MODEL: "$pipeline"})),
+        *(query(name, label, match) for name, (label, match) in variable_queries().items()),
         {"name": "window", "label": "window", "type": "custom", "query": ",".join(WINDOWS),
          "current": {"text": DEFAULT_WINDOW, "value": DEFAULT_WINDOW},
          "options": [{"text": w, "value": w, "selected": w == DEFAULT_WINDOW} for w in WINDOWS]},
