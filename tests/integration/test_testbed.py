@@ -31,7 +31,9 @@ spec:
       containers:
       - name: http
         image: python:3.11-slim
-        command: [python, -m, http.server, "8000", --bind, "$(POD_IP)", --directory, /srv/www]
+        # http.server, serving extension-less files such as /metrics as the Prometheus text format
+        # (Prometheus 3 refuses to scrape an unknown Content-Type).
+        command: [python, -c, "import functools, os, sys, http.server as s; s.SimpleHTTPRequestHandler.extensions_map[''] = 'text/plain; version=0.0.4'; s.ThreadingHTTPServer((os.environ['POD_IP'], 8000), functools.partial(s.SimpleHTTPRequestHandler, directory=sys.argv[1])).serve_forever()", /srv/www]
         env:
         - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
         ports: [{name: http, containerPort: 8000}]
@@ -197,13 +199,15 @@ def _alive(pid: int) -> bool:
 
 
 def test_promtool_accepts_the_testbed_prometheus_config(prometheus):
-    result = subprocess.run(["promtool", "check", "config", str(prometheus.config_path)], capture_output=True, text=True)
+    result = subprocess.run([str(prometheus.binaries.promtool), "check", "config", str(prometheus.config_path)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_prometheus_discovers_pods_with_their_labels(cluster, prometheus, namespace):
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT.replace("name: http,", "name: metrics,")
-                    .replace("port: http}", "port: metrics}"))
+    # Scraped as the chart's PodMonitor scrapes (noria.scrape): model servers and routers, port http.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=HTTP_DEPLOYMENT.replace(
+        "noria.dev/version: v7}", "noria.dev/version: v7, noria.dev/component: server}"))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Available", "deployment/web", "--timeout=90s")
     names = sorted(p["metadata"]["name"] for p in pods(cluster, namespace, "app=web"))
 
@@ -214,21 +218,25 @@ def test_prometheus_discovers_pods_with_their_labels(cluster, prometheus, namesp
     wait_until("both pods scraped", scraped, timeout=30)
     [up, *_] = prometheus.query(f'up{{namespace="{namespace}", pod="{names[0]}"}}')
     assert up["value"][1] == "1"
-    assert up["metric"]["label_noria_dev_version"] == "v7"
-    assert up["metric"]["label_app"] == "web"
+    assert up["metric"]["noria_dev_version"] == "v7" and up["metric"]["noria_dev_component"] == "server"
+    assert "app" not in up["metric"]  # only the PodMonitor's podTargetLabels become series labels
     assert up["metric"]["container"] == "http"
 
 
 def test_prometheus_scrapes_a_process_outside_the_cluster_once_asked(prometheus, tmp_path):
     (tmp_path / "metrics").write_text("# TYPE outside_answer gauge\noutside_answer 7\n")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = ("import functools, sys, http.server as s; "  # /metrics as the text format, which Prometheus 3 requires
+             "s.SimpleHTTPRequestHandler.extensions_map[''] = 'text/plain; version=0.0.4'; "
+             "s.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), "
+             "functools.partial(s.SimpleHTTPRequestHandler, directory=sys.argv[2])).serve_forever()")
+    server = subprocess.Popen([sys.executable, "-c", serve, str(port), str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         prometheus.scrape("outside", f"127.0.0.1:{port}")
         wait_until("outside_answer scraped", lambda: [s["value"][1] for s in prometheus.query(
             'outside_answer{job="outside"}')] == ["7"], timeout=20)
-        result = subprocess.run(["promtool", "check", "config", str(prometheus.config_path)],
+        result = subprocess.run([str(prometheus.binaries.promtool), "check", "config", str(prometheus.config_path)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
     finally:
