@@ -36,7 +36,8 @@ lint: venv
 	$(PY) -m mypy operator/noria/api operator/noria/drift.py operator/noria/conditions.py operator/noria/contracts.py
 	$(dir $(PY))lint-imports --no-cache   # [tool.importlinter] in pyproject.toml: pure modules stay pure
 
-unit: venv
+# Unit tests run promtool (the test bed's config, the alert rules) and `helm template`: both built first.
+unit: venv prometheus helm
 	$(PY) -m pytest -q tests/unit
 
 integration: venv control-plane prometheus helm
