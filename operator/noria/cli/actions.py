@@ -131,8 +131,7 @@ def resume(rollout: Obj) -> Action:
     name = _name(rollout)
     if not (rollout.get("spec") or {}).get("paused"):
         return Action(None, f"rollout {name} is not paused")
-    # null removes the field (default false): a manifest in Git that never set it shows no drift.
-    return Action({"spec": {"paused": None}}, f"rollout {name} carries on from the step it was held at")
+    return Action({"spec": {"paused": False}}, f"rollout {name} carries on from the step it was held at")
 
 
 def _judge(mv: Obj, user: str, key: str, verb: str) -> Action:
