@@ -94,7 +94,10 @@ def test_operator_metrics_follow_a_canary_and_count_each_measurement_once(
     assert recorded >= 4 and counted == recorded, (counted, tallies)
     assert value(samples, "noria_operator_analysis_measurements_total", **at, check="errorRate",
                  outcome="Successful") == tallies["passed"]
-    assert (value(samples, "noria_operator_reconcile_duration_seconds_count", kind="Rollout") or 0) > 10
+    rollout_passes = value(samples, "noria_operator_reconcile_duration_seconds_count", kind="Rollout") or 0
+    assert rollout_passes > 10
+    print(f"FIGURE {counted:.0f} measurements counted = {recorded} recorded in status, over {rollout_passes:.0f} "
+          f"Rollout passes; (step, churn-v2 weight) seen: {sorted(recorder.seen, key=str)}")
 
     cluster.kubectl("delete", "rollouts.noria.dev", "churn", "-n", namespace, "--timeout=30s")
     wait_for("the deleted Rollout's series gone", lambda: not [
