@@ -14,8 +14,11 @@ testdata/real_<name>.yaml, the source of the fixtures "from real objects" in hea
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import json
 import os
+import secrets
 import subprocess
 import time
 from functools import cache
@@ -267,3 +270,91 @@ def test_pipeline_and_model_version_health_with_retrain_approve_reject_on_real_r
     failed = wait_for("tiny Degraded", lambda: (v := pipeline("tiny"))["status"] == "Degraded" and v, timeout=180)
     assert failed["message"].startswith("TrainerFailed") and "1000" in failed["message"], failed
     pipeline("tiny", "runFailed")
+
+
+def test_argo_cds_approve_passes_the_charts_admission_policy_only_as_configured(cluster, namespace, tmp_path):
+    """docs/operations/argocd.md, "Approve and reject": with Argo CD's identity in an approver group,
+    the approve action's patch, sent as that identity, is admitted by the chart's policy; written
+    with another name, or sent by an identity outside the groups, it is refused and nothing changes."""
+    helm = subprocess.run(["bash", str(ROOT / "hack" / "build-helm.sh")], capture_output=True, text=True,
+                          check=False, timeout=900)
+    assert helm.returncode == 0, helm.stderr[-3000:]
+    selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+    rendered = subprocess.run(
+        [str(Path(helm.stdout.strip().splitlines()[-1]) / "helm"), "template", f"noria-{namespace}",
+         str(ROOT / "charts" / "noria"), "--namespace", namespace, "--show-only", "templates/admission-policy.yaml",
+         "--set-json", 'admission.approverGroups=["noria-approvers","system:serviceaccounts:argocd"]',
+         "--set-json", f"admission.namespaceSelector={json.dumps(selector)}"],
+        capture_output=True, text=True, check=False, timeout=120)
+    assert rendered.returncode == 0, rendered.stderr
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=rendered.stdout)
+    # RBAC lets Argo CD's server patch (as the standard install's ClusterRole does): the policy decides.
+    cluster.kubectl("apply", "-f", "-", input=f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: argocd-server-patch, namespace: {namespace}}}
+rules: [{{apiGroups: [noria.dev], resources: [modelversions], verbs: [get, patch]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: argocd-server-patch, namespace: {namespace}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: argocd-server-patch}}
+subjects:
+  - {{kind: ServiceAccount, name: argocd-server, namespace: argocd}}
+  - {{kind: ServiceAccount, name: argocd-server, namespace: gitops}}
+""")
+    for n in (1, 2, 3):
+        mv = {"apiVersion": contracts.API_VERSION, "kind": "ModelVersion",
+              "metadata": {"name": f"churn-v{n}", "namespace": namespace},
+              "spec": {"pipeline": "churn", "version": n, "artifact": {
+                  "uri": f"file:///var/lib/noria/store/{namespace}/churn/v{n}/model.skops", "digest": "sha256:" + "0" * 64}}}
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(mv))
+        cluster.kubectl("patch", "modelversion", f"churn-v{n}", "-n", namespace, "--subresource=status",
+                        "--type=merge", "-p", json.dumps({"status": {"stage": contracts.CANDIDATE}}))
+    # Impersonating a ServiceAccount's user name gives it the ServiceAccount's groups, as its token would.
+    as_argocd = [f"--as={ARGOCD_USER}"]
+    elsewhere = "system:serviceaccount:gitops:argocd-server"  # an Argo CD whose groups are not approvers
+
+    def send(script: Path, name: str, who: list[str]) -> subprocess.CompletedProcess:
+        before = live(cluster, namespace, "ModelVersion", name)
+        [changed] = lua("action", script, before, tmp_path)
+        patch = merge_patch(before, changed["resource"])
+        return cluster.kubectl(*who, "patch", "modelversion", name, "-n", namespace, "--type=merge",
+                               "-p", json.dumps(patch), check=False)
+
+    # The policy reaches the API server's admission chain a moment after it is created: probe on
+    # churn-v3 with a new value each time (rewriting the same value changes nothing and is admitted).
+    probes = itertools.count()
+    wait_for("the policy to refuse a write", lambda: cluster.kubectl(
+        *as_argocd, "annotate", "-n", namespace, "modelversion", "churn-v3",
+        f"{contracts.ANNOTATION_REJECT}=probe-{next(probes)}", "--overwrite", check=False).returncode != 0, timeout=60)
+
+    generator = importlib.util.spec_from_file_location("generate_argocd_cm", ROOT / "integrations" / "argocd"
+                                                       / "generate_argocd_cm.py")
+    assert generator and generator.loader
+    module = importlib.util.module_from_spec(generator)
+    generator.loader.exec_module(module)
+
+    def approve_script_for(user: str) -> Path:
+        """approve's action.lua as the generator writes it into argocd-cm for ``user``."""
+        cm = yaml.safe_load(module.render(user))["data"]["resource.customizations.actions.noria.dev_ModelVersion"]
+        path = tmp_path / f"approve-{secrets.token_hex(3)}.lua"
+        path.write_text(next(d["action.lua"] for d in yaml.safe_load(cm)["definitions"] if d["name"] == "approve"))
+        return path
+
+    # Argo CD's own name, from an identity outside the approver groups: refused.
+    refused = send(approve_script_for(elsewhere), "churn-v1", [f"--as={elsewhere}"])
+    assert refused.returncode != 0, "admitted without the approver group"
+    assert "only members of noria-approvers, system:serviceaccounts:argocd" in refused.stderr, refused.stderr
+
+    # As configured (the default script, sent as the identity in the group): admitted.
+    admitted = send(KINDS / "ModelVersion" / "actions" / "approve" / "action.lua", "churn-v1", as_argocd)
+    assert admitted.returncode == 0, admitted.stderr
+    annotations = live(cluster, namespace, "ModelVersion", "churn-v1")["metadata"]["annotations"]
+    assert annotations[contracts.ANNOTATION_APPROVE] == ARGOCD_USER
+
+    # Generated for another name than the identity Argo CD really sends as: refused, naming the rule.
+    refused = send(approve_script_for("argocd"), "churn-v2", as_argocd)
+    assert refused.returncode != 0 and "must hold your own user name" in refused.stderr, refused.stderr
+    assert contracts.ANNOTATION_APPROVE not in (live(cluster, namespace, "ModelVersion", "churn-v2")["metadata"]
+                                                .get("annotations") or {})
