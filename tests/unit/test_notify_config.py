@@ -118,3 +118,16 @@ def test_configure_reads_the_secret_only_for_valid_receivers():
     targets, problems = configure(config_map, secret)
     assert [t.receiver.name for t in targets] == ["chat"] and len(problems) == 1 and "'bad'" in problems[0]
     assert configure(None, secret) == ((), ())
+
+
+def test_the_example_configmap_has_no_problem():
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "06-notifications" / "receivers.yaml"
+    config_map = yaml.safe_load(path.read_text())
+    assert config_map["metadata"]["name"] == "noria-notifications"
+    got = n.parse_receivers(config_map["data"])
+    assert got.problems == () and [r.name for r in got.receivers] == ["team-chat", "audit"]
+    assert got.receivers[1].secret_key == "audit-url" and "AnalysisFailed" in got.receivers[1].events
