@@ -180,3 +180,47 @@ def test_a_wildcard_bind_in_a_pod_lands_on_the_pods_own_address():
     env = {**os.environ, POD_IP_ENV: "127.77.0.9", "PYTHONPATH": str(POD_NETWORK_DIR)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["127.77.0.9", "127.0.0.1"]  # an explicit address is left alone
+
+
+class FakeTokenApi:
+    """Answers TokenRequests with numbered tokens that live ``lifetime`` seconds (unit test only)."""
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime, self.requests = lifetime, []
+
+    async def request(self, method, path, *, body=None, **_):
+        self.requests.append((method, path, body))
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.lifetime)
+        return {"status": {"token": f"token-{len(self.requests)}",
+                           "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+
+    async def get(self, path):
+        return {"metadata": {"name": path.rsplit("/", 1)[-1]}}
+
+
+def test_a_pods_token_is_written_private_and_renewed_before_it_expires(tmp_path):
+    import asyncio
+
+    from noria_testbed.node_agent.service_account import PodCredentials
+
+    api = FakeTokenApi(lifetime=2)
+    credentials = PodCredentials(api, ClusterAccess("https://127.0.0.1:1", b"CA"),
+                                 pod(serviceAccountName="noria"), tmp_path / "sa")
+
+    async def scenario():
+        assert await credentials.wanted()
+        await credentials.issue()
+        first = (tmp_path / "sa" / "token").read_text()
+        refresher = asyncio.create_task(credentials.refresh())
+        await asyncio.sleep(2.5)  # 80% of a 1-2 s lifetime (the timestamp has whole seconds), at least 1 s
+        refresher.cancel()
+        return first, (tmp_path / "sa" / "token").read_text()
+
+    first, renewed = asyncio.run(scenario())
+    assert (first, renewed[:6]) == ("token-1", "token-") and renewed != first
+    assert api.requests[0][1] == "/api/v1/namespaces/ml/serviceaccounts/noria/token"
+    assert api.requests[0][2]["spec"]["boundObjectRef"]["uid"] == "u-1"
+    config = json.loads((tmp_path / "sa" / "kubeconfig").read_text())
+    assert config["users"][0]["user"]["token"] == renewed
+    for name in ("token", "ca.crt", "namespace", "kubeconfig"):
+        assert (tmp_path / "sa" / name).stat().st_mode & 0o077 == 0, name
