@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from noria import contracts as ct
 from rollout_helpers import (
     condition,
@@ -108,7 +107,6 @@ def test_a_canary_driven_by_kubectl_noria(cluster: Any, namespace: str, operator
     assert "no canary to promote" in refused and "churn-v1 serves all traffic" in refused, refused
     assert "nothing to retry" in noria(cluster, "retry", "churn", *n, ok=False).stderr
     assert "nothing to abort" in noria(cluster, "abort", "churn", *n, ok=False).stderr
-    assert "is a Rollout: approve acts on ModelVersions" in noria(cluster, "approve", "churn", *n, ok=False).stderr
     steering = {ct.ANNOTATION_PROMOTE, ct.ANNOTATION_ABORT, ct.ANNOTATION_RETRY}
     assert not steering & set(annotations(cluster, namespace, "mro", "churn"))
 
@@ -137,7 +135,6 @@ def test_a_canary_driven_by_kubectl_noria(cluster: Any, namespace: str, operator
     assert "\033[" not in tree, "colour escapes in a pipe"
     as_json = json.loads(noria(cluster, "get", "rollout", "churn", *n, "-o", "json").stdout)
     assert as_json["metadata"]["uid"] == obj["metadata"]["uid"] and as_json["spec"] == obj["spec"]
-    assert yaml.safe_load(noria(cluster, "get", "rollout", "churn", *n, "-o", "yaml").stdout)["kind"] == "Rollout"
     listing = noria(cluster, "get", "rollouts", *n).stdout
     assert listing.splitlines()[1].split()[:4] == ["churn", st["phase"], "churn-v1", "churn-v2"], listing
     if DOCS_CAPTURE:
@@ -151,11 +148,9 @@ def test_a_canary_driven_by_kubectl_noria(cluster: Any, namespace: str, operator
              and condition(rollout_status(cluster, namespace), "Progressing").get("reason") == "PausedByUser",
              timeout=30, on_timeout=lambda: str(rollout_status(cluster, namespace)))
     assert field(noria(cluster, "get", "rollout", "churn", *n).stdout, "Paused").startswith("yes (spec.paused)")
-    assert "already paused" in noria(cluster, "pause", "churn", *n).stdout
     assert "is paused (spec.paused)" in noria(cluster, "promote", "churn", *n, ok=False).stderr
     assert "carries on" in noria(cluster, "resume", "churn", *n).stdout
     assert get(cluster, namespace, "mro", "churn")["spec"]["paused"] is False
-    assert "not paused" in noria(cluster, "resume", "churn", *n).stdout
 
     # promote: past the indefinite pause to setWeight 60, then held at the next pause.
     said = noria(cluster, "promote", "churn", *n).stdout
@@ -172,7 +167,6 @@ def test_a_canary_driven_by_kubectl_noria(cluster: Any, namespace: str, operator
              and stage_of(cluster, namespace, "churn-v2") == "Rejected", timeout=60,
              on_timeout=lambda: str(rollout_status(cluster, namespace)))
     assert condition(rollout_status(cluster, namespace), "Degraded").get("reason") == "AbortedByUser"
-    assert "no canary to promote" in noria(cluster, "promote", "churn", *n, ok=False).stderr
     said = noria(cluster, "retry", "churn", *n).stdout
     assert "churn-v2" in said and "walks the steps from the first" in said, said
     wait_for("churn-v2 canary again, held at step 1", lambda: rollout_status(cluster, namespace).get(

@@ -74,7 +74,8 @@ def analysis_lines(rollout: Obj, now: dt.datetime, style: Style) -> list[str]:
     status = rollout.get("status") or {}
     analysis = status.get("analysis") or {}
     spec = (rollout.get("spec") or {}).get("analysis") or {}
-    if not analysis and not spec.get("checks"):
+    counted = any(analysis.get(k) for k in ("passed", "failed", "errors", "inconclusive", "last"))
+    if not spec.get("checks") and not counted:  # no analysis configured, none run
         return []
     tallies = (f"passed {analysis.get('passed') or 0}, failed {analysis.get('failed') or 0}, "
                f"errors {analysis.get('errors') or 0}, inconclusive {analysis.get('inconclusive') or 0}")
