@@ -170,11 +170,14 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
         old_pods = {p["metadata"]["name"] for p in pods}
         helm("upgrade", release, str(CHART), "-n", release_ns, "-f", str(values), "--set", "workers.limit=50",
              "--wait", "--timeout", "3m")
-        upgraded = wait_for("two new operator pods, ready, with the new value", lambda: (
-            lambda now: now if len(now) == 2 and all(ready(p) for p in now)
-            and all(env_of(p, "NORIA_WORKER_LIMIT") == "50" for p in now)
-            and not old_pods & {p["metadata"]["name"] for p in now} else None)(
-            operator_pods(cluster, release_ns, release)), timeout=90)
+
+        def upgraded_pods() -> list[dict[str, Any]] | None:
+            now = operator_pods(cluster, release_ns, release)
+            new = len(now) == 2 and not old_pods & {p["metadata"]["name"] for p in now}
+            carry = all(ready(p) and env_of(p, "NORIA_WORKER_LIMIT") == "50" for p in now)
+            return now if new and carry else None
+
+        upgraded = wait_for("two new operator pods, ready, with the new value", upgraded_pods, timeout=90)
         for pod in upgraded:
             assert process_environ(container_pid(pod))["NORIA_WORKER_LIMIT"] == "50"
         phase("upgrade")
@@ -196,11 +199,14 @@ subjects:
   - {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
   - {kind: User, name: mallory, apiGroup: rbac.authorization.k8s.io}
 """)
-        refused = wait_for("the admission policy refuses a non-approver", lambda: (lambda r: r if r.returncode
-                           else None)(cluster.kubectl("annotate", "--overwrite", "-n", namespace, "tp/churn",
-                                                      "--as=mallory", "--dry-run=server",  # admission runs, nothing lands
-                                                      f"noria.dev/retrain=probe-{time.time()}", check=False)),
-                           timeout=60)
+
+        def refused_to_mallory() -> Any:  # noqa: ANN401
+            tried = cluster.kubectl("annotate", "--overwrite", "-n", namespace, "tp/churn", "--as=mallory",
+                                    "--dry-run=server",  # admission runs, nothing lands
+                                    f"noria.dev/retrain=probe-{time.time()}", check=False)
+            return tried if tried.returncode else None
+
+        refused = wait_for("the admission policy refuses a non-approver", refused_to_mallory, timeout=60)
         assert "noria-approvers" in refused.stderr, refused.stderr
         cluster.kubectl("annotate", "--overwrite", "-n", namespace, "tp/churn", *APPROVER,
                         "noria.dev/retrain=after-upgrade")
