@@ -52,3 +52,16 @@ def test_a_deleted_pipeline_loses_its_series() -> None:
     for gauge in (opmetrics.PIPELINE_DRIFT, opmetrics.PIPELINE_DRIFT_THRESHOLD, opmetrics.PIPELINE_LIVE_METRIC,
                   opmetrics.PIPELINE_LIVE_METRIC_BELOW):
         assert values(gauge, "gauge-test-c") == {}, gauge
+
+
+def test_a_started_run_has_its_outcomes_at_zero_so_its_failure_shows_in_increase() -> None:
+    from noria.training import handlers, pipeline
+
+    def runs() -> dict[str, float]:
+        return {s.labels["outcome"]: s.value for metric in opmetrics.RUNS.collect() for s in metric.samples
+                if s.labels.get("pipeline") == "gauge-test-d" and s.name.endswith("_total")}
+
+    handlers._count("ml", "gauge-test-d", pipeline.Plan(status=None, started="drift"))
+    assert runs() == {"started": 1.0, "Succeeded": 0.0, "Rejected": 0.0, "Failed": 0.0}
+    handlers._count("ml", "gauge-test-d", pipeline.Plan(status=None, finished=("drift", "Failed")))
+    assert runs()["Failed"] == 1.0
