@@ -143,3 +143,16 @@ def test_kubeconfig_list_is_merged_as_kubectl_does(tmp_path: Path, monkeypatch: 
         load_target(None, "nope", None)
     with pytest.raises(CliError, match="not found"):
         load_target(str(tmp_path / "absent"), None, None)
+
+
+def test_a_reader_who_may_not_list_pods_still_gets_the_rollout() -> None:
+    class NoPods(FakeCluster):
+        def list(self, kind: str, **kw: Any) -> list[dict[str, Any]]:
+            if kind in ("Deployment", "Pod"):
+                raise CliError("list deployments.apps in ml: forbidden: ...")
+            return super().list(kind, **kw)
+
+    cluster = NoPods({("Rollout", "churn"): rollout({"phase": "Healthy", "stableVersion": "v1"})})
+    args = cli.build_parser().parse_args(["get", "rollout", "churn"])
+    text = cli.read_once(cluster, args, NOW, cli.Style())
+    assert "Stable:" in text and "(Deployments and pods not shown: list deployments.apps in ml: forbidden" in text

@@ -202,6 +202,7 @@ def pipeline_versions(cluster: Any, pipeline: dict[str, Any]) -> list[dict[str, 
 
 def read_once(cluster: Any, args: argparse.Namespace, now: dt.datetime, style: Style) -> str:
     from noria.cli import pipeline_view, rollout_view
+    from noria.cli.cluster import CliError
     from noria.contracts import LABEL_ROLLOUT
 
     kind = kind_of(args.kind)
@@ -246,8 +247,11 @@ def read_once(cluster: Any, args: argparse.Namespace, now: dt.datetime, style: S
     if kind == "Rollout":
         labels = {LABEL_ROLLOUT: args.name}
         by_name = {mv["metadata"]["name"]: mv for mv in cluster.list("ModelVersion")}
-        return rollout_view.render_rollout(obj, by_name, cluster.list("Deployment", labels=labels),
-                                           cluster.list("Pod", labels=labels), now, style)
+        try:  # someone who may read Rollouts but not Deployments or pods still gets the rest
+            deployments, pods, note = cluster.list("Deployment", labels=labels), cluster.list("Pod", labels=labels), ""
+        except CliError as exc:
+            deployments, pods, note = [], [], f"(Deployments and pods not shown: {exc})\n"
+        return rollout_view.render_rollout(obj, by_name, deployments, pods, now, style) + note
     if kind == "TrainingPipeline":
         return pipeline_view.render_pipeline(obj, pipeline_versions(cluster, obj), now, style)
     return pipeline_view.render_version(obj, now, style)
