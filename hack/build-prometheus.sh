@@ -7,9 +7,10 @@
 #
 # The module github.com/prometheus/prometheus is versioned v0.3MM.P for Prometheus 3.MM.P.
 # Build tags, from the module's plugins/ directory: remove_all_sd leaves out every service discovery
-# but file and http, enable_kubernetes_sd puts Kubernetes back (the only one the test bed uses), which
-# roughly halves the build. Without the builtinassets tag the web UI is not embedded; the HTTP API,
-# the only thing the tests and the operator use, is unaffected. netgo as upstream's release builds.
+# but file and http, enable_kubernetes_sd puts Kubernetes back (the only one the test bed uses): 1,284
+# packages to compile instead of 1,527 (the cloud SDKs stay, remote write's authentication uses them).
+# Without the builtinassets tag the web UI is not embedded; the HTTP API, all the tests and the
+# operator use, is unaffected. netgo as upstream's release builds.
 set -euo pipefail
 
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
