@@ -257,3 +257,19 @@ async def test_stop_gives_queued_notifications_a_grace_then_cancels():
 async def test_the_module_publish_is_a_no_op_without_a_running_notifier():
     assert notify._active is None
     notify.publish(ROLLOUT, *ABORT)  # the CLI and other tests post Events too
+
+
+@pytest.mark.parametrize("api_answer", [None, OSError("connection refused")])
+async def test_post_event_queues_the_notification_whether_or_not_the_event_was_stored(monkeypatch, api_answer):
+    from noria import kube
+
+    async def create(obj: Mapping[str, Any]) -> tuple[dict, bool]:
+        if api_answer is not None:
+            raise api_answer
+        return dict(obj), True
+
+    published: list[tuple] = []
+    monkeypatch.setattr(kube, "create", create)
+    monkeypatch.setattr(notify, "publish", lambda *args: published.append(args))
+    await kube.post_event(ROLLOUT, *ABORT)
+    assert published == [(ROLLOUT, *ABORT)]
