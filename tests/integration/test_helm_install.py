@@ -7,7 +7,8 @@ a token of the chart's ServiceAccount and nothing else, so it acts with the char
 when a TrainingPipeline and a Rollout are applied, a version is trained and served; after
 ``helm upgrade`` changes a value, the new pods carry it and the operator keeps working: a retrain
 asked by an approver (the chart's admission policy refuses anyone else) trains a second version
-that the canary rolls out; after ``helm uninstall`` no chart object is left and deleting the
+that the canary takes to 50% and, once the approver promotes it, to 100% (the operator removes the
+consumed annotation, which the policy admits only from the chart's ServiceAccount); after ``helm uninstall`` no chart object is left and deleting the
 Rollout, the pipeline and the ModelVersions completes (nothing waits on a finalizer of an operator
 that is gone). The operator's logs hold no refusal by the API server: the chart's RBAC covered
 every call it made.
@@ -161,7 +162,7 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
         source = pod_view.replace(f"file://{POD_STORE}", f"file://{cluster.store_dir}")  # the store root in values
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=pipeline_yaml("churn", source, min_rows=100))
         cluster.kubectl("apply", "-f", "-", input=rollout(namespace, {"canary": {"steps": [
-            {"setWeight": 50}, {"pause": {"duration": "2s"}}]}}))
+            {"setWeight": 50}, {"pause": {}}]}}))  # the second version waits for a person at 50%
         wait_for("churn-v1 trained and served", lambda: serving(cluster, namespace, "churn-v1"), timeout=150,
                  on_timeout=lambda: f"{rollout_status(cluster, namespace)}\n{operator_logs(cluster, release_ns)[-4000:]}")
         phase("v1 trained and served")
@@ -182,14 +183,14 @@ def test_helm_install_runs_the_operator_under_its_own_token_through_upgrade_and_
             assert process_environ(container_pid(pod))["NORIA_WORKER_LIMIT"] == "50"
         phase("upgrade")
 
-        # The chart's admission policy: RBAC lets alice and mallory patch pipelines, yet only alice,
-        # an approver, may ask for a retrain. The policy reaches the API server's admission chain a
+        # The chart's admission policy: RBAC lets alice and mallory patch pipelines and Rollouts, yet
+        # only alice, an approver, may ask for a retrain or a promotion. The policy reaches the API server's admission chain a
         # moment after install, hence the wait.
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input="""
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: noria-editor}
-rules: [{apiGroups: [noria.dev], resources: [trainingpipelines], verbs: [get, patch]}]
+rules: [{apiGroups: [noria.dev], resources: [trainingpipelines, rollouts], verbs: [get, patch]}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -210,10 +211,21 @@ subjects:
         assert "noria-approvers" in refused.stderr, refused.stderr
         cluster.kubectl("annotate", "--overwrite", "-n", namespace, "tp/churn", *APPROVER,
                         "noria.dev/retrain=after-upgrade")
-        wait_for("churn-v2 trained and rolled out by the upgraded operator",
-                 lambda: serving(cluster, namespace, "churn-v2"), timeout=150,
+        def paused_for_a_person() -> bool:
+            status = rollout_status(cluster, namespace)
+            return status.get("canaryVersion") == "churn-v2" and status.get("phase") == "Paused"
+
+        wait_for("churn-v2 trained, at 50% and paused for a person", paused_for_a_person, timeout=150,
                  on_timeout=lambda: f"{rollout_status(cluster, namespace)}\n"
                                     f"{operator_logs(cluster, release_ns)[-4000:]}")
+        # The operator removes a promote it acted on; the policy admits that only from the chart's
+        # ServiceAccount, which is who the operator now is.
+        cluster.kubectl("annotate", "--overwrite", "-n", namespace, "mro/churn", *APPROVER, "noria.dev/promote=true")
+        wait_for("churn-v2 promoted by the upgraded operator", lambda: serving(cluster, namespace, "churn-v2"),
+                 timeout=60, on_timeout=lambda: str(rollout_status(cluster, namespace)))
+        annotations = json.loads(cluster.kubectl("get", "mro", "churn", "-n", namespace, "-o", "json").stdout)[
+            "metadata"].get("annotations") or {}
+        assert "noria.dev/promote" not in annotations, annotations
         phase("v2 trained and rolled out")
         logs = operator_logs(cluster, release_ns)
         (tmp_path / "operators.log").write_text(logs)  # kept by pytest's tmp_path retention
