@@ -295,6 +295,9 @@ def test_a_pipeline_retrained_with_kubectl_noria(cluster: Any, namespace: str, o
     assert f"newData      {state['rows'] - state['baseline']['rows']} new rows of 100000 needed" in tree, tree
     assert f"manual       {ct.ANNOTATION_RETRAIN}={value!r} handled" in tree, tree
     history = noria(cluster, "history", "pipeline", "churn", *n).stdout
+    if DOCS_CAPTURE:
+        Path(f"{DOCS_CAPTURE}.pipeline").write_text(f"$ kubectl noria get pipeline churn -n {namespace}\n{tree}"
+                                                    f"$ kubectl noria history pipeline churn -n {namespace}\n{history}")
     versions = [mv for mv in json.loads(cluster.kubectl("get", "mv", *n, "-o", "json").stdout)["items"]]
     assert len(versions) == 2, versions
     for mv in versions:
