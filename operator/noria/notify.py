@@ -28,6 +28,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SENT, FAILED, DROPPED = "sent", "failed", "dropped"  # outcome label values of NOTIFICATIONS
 STOP_GRACE_SECONDS = 3.0  # on shutdown, how long queued notifications may still go out
+DROP_LOG_SECONDS = 10.0  # at most one log line about dropped notifications this often
 
 # (url, JSON body, timeout) -> the HTTP status, or None when no answer came (refused, reset, timed out)
 Post = Callable[[str, Mapping[str, Any], float], Awaitable[int | None]]
@@ -84,20 +86,33 @@ class Notifier:
         self._cache: dict[str, _Cached] = {}
         self._reported: dict[str, tuple[Any, ...]] = {}  # namespace -> the config problems last posted
         self._deliveries: set[asyncio.Task[str]] = set()
+        self._dropped, self._dropped_logged_at = 0, -math.inf
         self._task: asyncio.Task[None] | None = None
 
     # --- the reconcile side: never waits ------------------------------------------------------------
     def publish(self, involved: Mapping[str, Any], type_: str, reason: str, message: str,
                 time_: str | None = None) -> None:
         note = notification_of(involved, type_, reason, message, time_ or format_timestamp())
-        if note is None:
+        if note is None or not self._may_want(note):
             return
         try:
             self._queue.put_nowait(note)
         except asyncio.QueueFull:
             opmetrics.NOTIFICATIONS.labels(reason, DROPPED).inc()
-            log.warning("notifications: queue full (%d waiting): dropped %s on %s %s/%s; the Event stays",
-                        self._queue.maxsize, reason, note.kind, note.namespace, note.name)
+            self._dropped += 1
+            if self._clock() - self._dropped_logged_at >= DROP_LOG_SECONDS:  # a burst is one line, not thousands
+                log.warning("notifications: queue full (%d waiting): dropped %d, the last %s on %s %s/%s; "
+                            "the Events stay", self._queue.maxsize, self._dropped, reason, note.kind, note.namespace,
+                            note.name)
+                self._dropped, self._dropped_logged_at = 0, self._clock()
+
+    def _may_want(self, note: Notification) -> bool:
+        """False only when the namespace's receivers, read less than the cache time ago, want none of
+        it: a namespace without receivers (most) then never fills the queue in a burst of Events."""
+        cached = self._cache.get(note.namespace)
+        if cached is None or self._clock() - cached.at >= self._cache_seconds:
+            return True
+        return any(t.receiver.wants(note.transition, note.reason) for t in cached.targets)
 
     # --- the background side -----------------------------------------------------------------------
     def start(self) -> None:

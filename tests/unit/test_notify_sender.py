@@ -273,3 +273,19 @@ async def test_post_event_queues_the_notification_whether_or_not_the_event_was_s
     monkeypatch.setattr(notify, "publish", lambda *args: published.append(args))
     await kube.post_event(ROLLOUT, *ABORT)
     assert published == [(ROLLOUT, *ABORT)]
+
+
+async def test_a_namespace_whose_fresh_receivers_want_nothing_of_it_queues_nothing():
+    clock = FakeClock()
+    cluster, receiver = Cluster("- {name: chat, events: [run-failed]}"), Receiver(clock)
+    notifier = make(cluster, receiver, clock, queue_size=1)
+    notifier.start()
+    notifier.publish(ROLLOUT, *ABORT)  # the first is queued: the receivers are not known yet
+    await notifier.drain()
+    dropped = counted(c.ROLLOUT_PROMOTED, notify.DROPPED)
+    for _ in range(5):  # a burst the queue of 1 could not hold: known unwanted, never queued
+        notifier.publish(ROLLOUT, *PROMOTE)
+    assert counted(c.ROLLOUT_PROMOTED, notify.DROPPED) == dropped
+    await notifier.drain()
+    await notifier.stop()
+    assert receiver.calls == [] and cluster.reads == 1
