@@ -125,8 +125,9 @@ def _find(cluster: Any, command: str, name: str) -> dict[str, Any]:
     return cluster.require(kind, name)
 
 
-def decide(command: str, obj: dict[str, Any], cluster: Any, args: argparse.Namespace,
-           now: dt.datetime) -> actions.Action:
+def decide(command: str, obj: dict[str, Any], cluster: Any, args: argparse.Namespace, now: dt.datetime,
+           caller: Callable[[], str | None]) -> actions.Action:
+    """The action of ``command`` on ``obj``; ``caller()`` is who the API server says is asking."""
     if command == "promote":
         return actions.promote(obj, full=args.full)
     if command == "abort":
@@ -139,16 +140,11 @@ def decide(command: str, obj: dict[str, Any], cluster: Any, args: argparse.Names
     if command == "resume":
         return actions.resume(obj)
     if command in ("approve", "reject"):
-        user = args.user if getattr(args, "user", None) else cluster.whoami()
-        args.user = user
+        user = caller()
+        if not user:
+            raise Refused("the API server did not say who you are, and an approval must carry your own name")
         return actions.approve(obj, user) if command == "approve" else actions.reject(obj, user)
-    if not getattr(args, "retrain_value", None):
-        try:
-            user = cluster.whoami()
-        except Exception:  # noqa: BLE001 - who asked is a courtesy in the value, not a requirement
-            user = None
-        args.retrain_value = actions.retrain_value(user, now)
-    return actions.retrain(obj, args.retrain_value, now)
+    return actions.retrain(obj, actions.retrain_value(caller(), now), now)
 
 
 def run_write(cluster: Any, args: argparse.Namespace, out: Callable[[str], None],
@@ -158,9 +154,23 @@ def run_write(cluster: Any, args: argparse.Namespace, out: Callable[[str], None]
     from noria.cli.cluster import CliError
 
     name = split_name(args.command, args.name)
+    asked: dict[str, str | None] = {}
+
+    def caller() -> str | None:
+        """Asked once per command (a SelfSubjectReview). For a retrain, who asked is a courtesy in the
+        value: a server that cannot say leaves it out; an approval cannot go without it."""
+        if "user" not in asked:
+            try:
+                asked["user"] = cluster.whoami()
+            except CliError:
+                if args.command in ("approve", "reject"):
+                    raise
+                asked["user"] = None
+        return asked["user"]
+
     for _ in range(CONFLICT_RETRIES):
         obj = _find(cluster, args.command, name)
-        action = decide(args.command, obj, cluster, args, now())
+        action = decide(args.command, obj, cluster, args, now(), caller)
         if action.patch is None:
             out(action.message)
             return 0
