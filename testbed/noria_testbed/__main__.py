@@ -32,7 +32,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"export KUBECONFIG={testbed.kubeconfig}")
         print(f"export PATH={testbed.binaries}:$PATH   # kubectl {testbed.binaries / 'kubectl'}")
         if testbed.prometheus is not None:
-            print(f"# Prometheus: {testbed.prometheus.url}")
+            print(f"# Prometheus: {testbed.prometheus.url} ({testbed.prometheus.binaries.origin}; "
+                  f"pods found through {testbed.prometheus.discovery})")
             print(f"export NORIA_PROMETHEUS_URL={testbed.prometheus.url}")
         assert testbed.node_agent is not None
         print(f"# node agent targets: {testbed.node_agent.sd_url}; pod logs under {testbed.node_agent.root}/pods")

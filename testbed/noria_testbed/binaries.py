@@ -106,7 +106,7 @@ def _built_prometheus() -> PrometheusBinaries:
         raise PrometheusUnavailable(f"{PROMETHEUS_BUILD_SCRIPT.name} printed {directory}, which lacks "
                                     "prometheus or promtool")
     return PrometheusBinaries(prometheus, promtool, kubernetes_sd=True,
-                              origin=f"Prometheus built from the Go module ({directory}), kubernetes_sd_configs")
+                              origin=f"Prometheus built from the Go module ({directory})")
 
 
 def _debian_prometheus(why: str) -> PrometheusBinaries:
@@ -115,4 +115,4 @@ def _debian_prometheus(why: str) -> PrometheusBinaries:
         raise PrometheusUnavailable(f"no Prometheus: {why}; and prometheus/promtool are not on PATH "
                                     "(run `make prometheus`, or `make prometheus-debian` for the fallback)")
     return PrometheusBinaries(Path(prometheus), Path(promtool), kubernetes_sd=False,
-                              origin=f"Debian's Prometheus on PATH ({prometheus}), node agent http_sd: {why}")
+                              origin=f"Debian's Prometheus on PATH ({prometheus}), because {why}")
