@@ -135,7 +135,7 @@ class ModelVersionStatus(StatusModel):
         default=None,
         description=(
             "Registered (created by hand, not by a training run: approve it with"
-            " `kubectl annotate mv <name> noria.dev/approve=<your name>` before a Rollout serves it), Candidate"
+            " `kubectl noria approve <name>` (annotation noria.dev/approve=<your name>) before a Rollout serves it), Candidate"
             " (trained, waiting for approval), Rejected, Approved, Canary, Shadow, Preview, Production or Retired."
         ),
     )

@@ -104,7 +104,8 @@ ROLLOUT: Final = ResourceKind(
     name_rules=ROLLOUT_NAME_RULES,
     description=(
         "How a model is served and how a new version replaces the old one. People steer a rollout with"
-        " annotations: `kubectl annotate mro <name> noria.dev/promote=true` goes past the current gate (a pause"
+        " `kubectl noria promote|abort|retry|pause|resume <name>` or the annotations it writes:"
+        " `kubectl annotate mro <name> noria.dev/promote=true` goes past the current gate (a pause"
         " or an analysis, whatever its state) once; noria.dev/promote=full skips every remaining step and"
         " promotes now; noria.dev/abort=<any> sends all traffic back to the stable version. The name is a DNS-1035"
         f" label of at most {ROLLOUT_NAME_MAX} characters (the operator creates <name>-router and <name>-preview),"

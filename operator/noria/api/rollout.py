@@ -121,9 +121,9 @@ class Pause(NoriaModel):
     duration: Duration | None = Field(
         default=None,
         description=(
-            "How long, e.g. \"5m\". Unset: wait until a person promotes with"
-            " `kubectl annotate mro <rollout> noria.dev/promote=true` (past this step once) or noria.dev/promote=full"
-            " (skip every remaining step)."
+            "How long, e.g. \"5m\". Unset: wait until a person promotes with `kubectl noria promote <rollout>`"
+            " (past this step once; the annotation noria.dev/promote=true does the same) or `--full`"
+            " (noria.dev/promote=full: skip every remaining step)."
         ),
     )
 
@@ -195,8 +195,8 @@ class BlueGreen(NoriaModel):
     auto_promotion_after: Duration | None = Field(
         default=None,
         description=(
-            "Switch this long after the preview is ready. Unset: wait for"
-            " `kubectl annotate mro <rollout> noria.dev/promote=true`."
+            "Switch this long after the preview is ready. Unset: wait for `kubectl noria promote <rollout>`"
+            " (annotation noria.dev/promote=true)."
         ),
     )
     scale_down_delay: Duration | None = Field(
@@ -216,7 +216,7 @@ class Shadow(NoriaModel):
         default="manual",
         description=(
             "automatic: promote when the analysis passes after duration; manual: wait for"
-            " `kubectl annotate mro <rollout> noria.dev/promote=true`."
+            " `kubectl noria promote <rollout>` (annotation noria.dev/promote=true)."
         ),
     )
 

@@ -580,7 +580,8 @@ class TrainingPipelineSpec(NoriaModel):
         default="automatic",
         description=(
             "automatic: a model that passes the gate is Approved at once; manual: it waits as Candidate"
-            " for `kubectl annotate mv <name> noria.dev/approve=<your name>` (or noria.dev/reject=<your name>)."
+            " for `kubectl noria approve <name>` or `kubectl noria reject <name>` (annotations"
+            " noria.dev/approve=<your name>, noria.dev/reject=<your name>)."
         ),
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of the trainer Job's pod.")
