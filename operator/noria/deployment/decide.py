@@ -44,7 +44,7 @@ from noria.deployment.observation import (
     parse_time,
 )
 from noria.deployment.pause import resumed
-from noria.deployment.plan_builder import PlanBuilder, summarise
+from noria.deployment.plan_builder import PROMOTE, PlanBuilder, summarise
 from noria.deployment.selection import (
     CANDIDATE_STAGE,
     ROLLABLE_STAGES,
@@ -61,7 +61,6 @@ ABORT_REASONS = frozenset({c.ROLLOUT_ANALYSIS_FAILED, c.ROLLOUT_ANALYSIS_ERRORS,
                            c.ROLLOUT_CANDIDATE_UNREADY, c.ROLLOUT_ROLLED_BACK})
 
 # Annotation names without the noria.dev/ prefix: what the handler reads and consumes.
-PROMOTE = ct.ANNOTATION_PROMOTE.removeprefix(ct.PREFIX)
 ABORT = ct.ANNOTATION_ABORT.removeprefix(ct.PREFIX)
 RETRY = ct.ANNOTATION_RETRY.removeprefix(ct.PREFIX)
 

@@ -22,6 +22,9 @@ from noria.deployment.observation import Observation, Plan, StageChange
 from noria.deployment.pause import pause_message, paused_by_user
 from noria.deployment.selection import CANDIDATE_STAGE, ROLLABLE_STAGES, last_history, stage_of
 
+# noria.dev/promote without its prefix: the name a plan consumes.
+PROMOTE = ct.ANNOTATION_PROMOTE.removeprefix(ct.PREFIX)
+
 SERVING_CANDIDATE_STAGES = frozenset({ct.CANARY, ct.PREVIEW, ct.SHADOW})
 SERVING_STAGES = SERVING_CANDIDATE_STAGES | {ct.PRODUCTION}
 # Status keys that belong to one candidate's walk through the steps; cleared when it ends.
@@ -50,6 +53,9 @@ class PlanBuilder:
         # spec.paused (deployment/pause.py): the moves that give a version more traffic hold.
         self.paused = bool(obs.spec is not None and obs.spec.paused)
         self.waiting: str | None = None  # a version the source selects that waits for the resume
+        # The step cannot move (the candidate's pods are starting, the stable is unhealthy): what a
+        # promote waits for. A promote is then kept, not consumed (``finish``), so it acts once it can.
+        self.promote_waits_for: str | None = None
 
     # --- conditions, events, stages, verdicts ----------------------------------------------------
     def cond(self, type_: str, status: str, reason: str, message: str) -> None:
@@ -195,6 +201,7 @@ class PlanBuilder:
         if spec is not None:
             self._repair_stages(stable, cand)
             self._pause_conditions()
+        self._keep_waiting_promote()
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.obs.generation
         self.status["phase"], self.status["message"] = summarise(self.conditions)
@@ -204,6 +211,21 @@ class PlanBuilder:
             status=self.status, events=tuple(self.events), consume_first=tuple(self.consume_first),
             consume_last=tuple(self.consume_last),
         )
+
+    def _keep_waiting_promote(self) -> None:
+        """A promote that arrives while the step cannot move stays on the Rollout until the pass that
+        acts on it consumes it, as Argo Rollouts keeps a promote of an unready canary: consumed now it
+        would vanish without effect. Not while paused (refused and consumed: a person holds the Rollout
+        on purpose), nor once the candidate is gone (an abort: nothing left to promote)."""
+        obs = self.obs
+        if (not self.promote_waits_for or not (obs.promote or obs.promote_full) or self.paused
+                or not self.status.get("canaryVersion") or PROMOTE not in self.consume_first):
+            return
+        self.consume_first.remove(PROMOTE)
+        progressing = c.get_condition(self.conditions, c.PROGRESSING)
+        if progressing is not None:
+            message = f"{progressing.get('message') or ''}; the promote waits until {self.promote_waits_for}"
+            self.cond(c.PROGRESSING, progressing["status"], progressing["reason"], message[:1000])
 
     def _pause_conditions(self) -> None:
         """Paused/PausedByUser and the Progressing reason while spec.paused, whatever path the pass

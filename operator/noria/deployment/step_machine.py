@@ -77,6 +77,7 @@ def progress(b: PlanBuilder, cand: str, stable: str) -> Plan:
     b.replicas[stable] = spec.replicas
     b.replicas[cand] = want
     if pods is None or not pods.ready_for(want):
+        b.promote_waits_for = f"{cand}'s pods are ready"
         return _candidate_not_ready(b, cand, stable, pods, want, i)
     if st.get("candidateUnreadySince"):
         b.status.update(candidateUnreadySince=None, stepStartedAt=c.now_iso(now))
@@ -84,6 +85,7 @@ def progress(b: PlanBuilder, cand: str, stable: str) -> Plan:
                                             "starts over")
     stable_pods = b.obs.pods.get(stable)
     if stable_pods is None or not stable_pods.ready_for(spec.replicas):
+        b.promote_waits_for = f"stable {stable} is ready"
         return _stable_unhealthy(b, cand, stable, stable_pods, i)
     if b.is_cond(c.DEGRADED, c.TRUE, c.ROLLOUT_STABLE_UNHEALTHY):
         b.cond(c.DEGRADED, c.FALSE, c.ROLLOUT_STEP_IN_PROGRESS, f"stable {stable} is ready again")
