@@ -28,6 +28,7 @@ namespace's scope (``Observation.out_of_scope``) is never selected.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,7 @@ RETRY = ct.ANNOTATION_RETRY.removeprefix(ct.PREFIX)
 __all__ = [
     "ABORT", "ABORT_REASONS", "CANDIDATE_STAGE", "PROMOTE", "RETRY", "ROLLABLE_STAGES", "UNREADY_GRACE",
     "ArtifactRefusal", "Measurement", "Observation", "Plan", "StageChange", "VersionPods",
-    "analysis_due", "analysis_target", "candidate_replicas", "decide", "parse_time", "rejected_by",
+    "analysis_due", "analysis_next_at", "analysis_target", "candidate_replicas", "decide", "parse_time", "rejected_by",
     "resolve_desired", "retry_target", "summarise",
 ]
 
@@ -85,40 +86,49 @@ def analysis_target(status: dict | object) -> tuple[str, str | None] | None:
 
 def analysis_due(obs: Observation) -> bool:
     """Whether this pass should take a measurement (the handler asks Prometheus only then)."""
+    at = analysis_next_at(obs)
+    return at is not None and obs.now >= at
+
+
+def analysis_next_at(obs: Observation) -> dt.datetime | None:
+    """When the next measurement is due, or None while none will be by time alone (no analysis, pods
+    not ready, an inconclusive pause, no traffic yet: an event or a decision changes that first).
+    ``analysis_due`` and the handler's ``next_pass_in`` both read it, so a pass is never scheduled for
+    a measurement that the pass would then not take."""
     spec, st = obs.spec, obs.status
     if spec is None or not spec.analysis.checks or obs.abort:
-        return False
+        return None
     target = analysis_target(dict(st))
     if target is None:
-        return False
+        return None
     cand, stable = st.get("canaryVersion"), st.get("stableVersion")
     if not cand:  # inside the rollbackWindow: the new stable, every interval until the window ends
         ends = parse_time(st.get("rollbackWindowEndsAt"))
         if ends is None or obs.now >= ends:
-            return False
+            return None
         pods = obs.pods.get(target[0])
         if pods is None or not pods.ready_for(spec.replicas):
-            return False
+            return None
     else:
         steps = plan_steps(spec)
         i = min(int(st.get("currentStep") or 0), len(steps) - 1)
         pods = obs.pods.get(cand)
         if pods is None or not pods.ready_for(candidate_replicas(spec, traffic_at(steps, i))):
-            return False
+            return None
         stable_pods = obs.pods.get(stable or "")
         if stable_pods is None or not stable_pods.ready_for(spec.replicas):
-            return False  # the step holds while the stable is unhealthy: nothing to decide with a measurement
+            return None  # the step holds while the stable is unhealthy: nothing to decide with a measurement
         paused = c.get_condition(st.get("conditions"), c.PAUSED)
         if paused and paused.get("status") == c.TRUE and paused.get("reason") == c.ROLLOUT_ANALYSIS_INCONCLUSIVE:
-            return False
+            return None
         if steps[i].kind != "analysis" and not int(st.get("canaryWeight") or 0):
-            return False  # no traffic applied yet (canaryWeight is what was last applied): nothing to measure
+            return None  # no traffic applied yet (canaryWeight is what was last applied): nothing to measure
     last = parse_time(((st.get("analysis") or {}).get("last") or {}).get("at"))
     if last is None:
         # The first measurement waits one interval into the step, so that the metrics have samples
         # of the traffic the step just moved (no false "inconclusive" from an empty window).
         last = parse_time(st.get("stepStartedAt")) or obs.now
-    return (obs.now - last).total_seconds() >= spec.analysis.interval
+    return last + dt.timedelta(seconds=spec.analysis.interval)
 
 
 def with_verdict(mvs: Mapping[str, Mapping[str, Any]], verdict: Mapping[str, Any] | None,

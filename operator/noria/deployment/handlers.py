@@ -85,6 +85,7 @@ from noria.deployment.decide import (
     Plan,
     VersionPods,
     analysis_due,
+    analysis_next_at,
     analysis_target,
     decide,
     parse_time,
@@ -459,7 +460,12 @@ def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float,
     """Seconds until this Rollout's next pass, from what the plan leaves pending. Watch events wake it
     earlier; this covers what no event announces: time passing. A Rollout with no version at all (no
     stable, no candidate, no pods) waits ``idle_resync``: only an event (a ModelVersion, an edit) can
-    change it, and at 1,000 of them a 60 s resync alone was 33 requests/s."""
+    change it, and at 1,000 of them a 60 s resync alone was 33 requests/s.
+
+    Every time here is the one decide acts on (the analysis from ``analysis_next_at``, the progress
+    deadline from ``noProgressSince``), and a time this pass already reached is no reason to pass again
+    at once: decide saw it and did what it does (a first version keeps trying past its deadline, an
+    analysis waits for ready pods). Counting one would schedule pass after pass at 0 s."""
     spec, st = obs.spec, plan.status
     if spec is None:
         return resync  # only an edit (an event) can fix the spec
@@ -468,24 +474,23 @@ def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float,
     due: list[float] = [idle_resync if idle and idle_resync is not None else resync]
 
     def until(when: dt.datetime | None, extra: float = 0.0) -> None:
-        if when is not None:
-            due.append((when - at).total_seconds() + extra)
+        if when is not None and (seconds := (when - at).total_seconds() + extra) > 0:
+            due.append(seconds)
 
     cand = st.get("canaryVersion")
     if cand:
-        # In motion: step timers, grace periods and the progress deadline are decide's rules; passing at
-        # least every interval bounds how late any of them is noticed.
+        # In motion: grace periods and the pods' readiness are decide's rules; passing at least every
+        # interval bounds how late any of them is noticed.
         due.append(interval)
         started = parse_time(st.get("stepStartedAt"))
         steps = plan_steps(spec)
         step = steps[max(0, min(int(st.get("currentStep") or 0), len(steps) - 1))]
         if step.kind == "pause" and step.duration is not None and not spec.paused:
             until(started, step.duration)
-        if spec.analysis.checks:
-            last = parse_time(((st.get("analysis") or {}).get("last") or {}).get("at")) or started
-            until(last, spec.analysis.interval)
-        if not spec.paused:  # spec.paused: the step's clock and the deadline stand still
-            until(started, spec.progress_deadline)
+    if not spec.paused:  # spec.paused: the step's clock and the deadline stand still
+        until(parse_time(st.get("noProgressSince")), spec.progress_deadline)
+    # The measurement the next pass would take, as that pass will see the status this one wrote.
+    until(analysis_next_at(dataclasses.replace(obs, status=st, abort=False, measurement=None)))
     ready = c.get_condition(st.get("conditions"), c.READY)
     if (not ready or ready.get("status") != c.TRUE) and (obs.pods or st.get("stableVersion")):
         # Pods or the router are not ready yet: their events may lag a restart. A Rollout with no
@@ -493,13 +498,11 @@ def next_pass_in(obs: Observation, plan: Plan, interval: float, resync: float,
         # can change it, and events wake it; polling 1,000 of them cost 50 requests/s.
         due.append(interval)
     until(parse_time(st.get("rollbackWindowEndsAt")))
-    if st.get("previousVersion") and spec.analysis.checks:  # rollbackWindow: analysis goes on every interval
-        until(parse_time(((st.get("analysis") or {}).get("last") or {}).get("at")) or at, spec.analysis.interval)
     for deadline in plan.scale_down.values():
         until(deadline)
     for pods in obs.pods.values():
         until(pods.scale_down_at)
-    return max(0.0, min(due))
+    return min(due)
 
 
 # --- one pass ---------------------------------------------------------------------------------------
