@@ -564,8 +564,9 @@ async def run_pass(rollout: Mapping[str, Any]) -> tuple[Outcome, Observation]:
     plan = decide(obs)
     outcome = await act(rollout, obs, plan, st.settings, observed_status=observed_status)
     # Only now that the status is written: a dropped pass counts nothing, its repeat counts once.
-    rollout_metrics.record(obs.rollout.namespace, obs.rollout.name, rollout_metrics.pass_metrics(observed_status,
-                                                                                                 plan.status))
+    checks = tuple(check.name for check in obs.spec.analysis.checks) if obs.spec is not None else ()
+    rollout_metrics.record(obs.rollout.namespace, obs.rollout.name,
+                           rollout_metrics.pass_metrics(observed_status, plan.status, checks))
     return outcome, obs
 
 

@@ -10,10 +10,16 @@ pass): it is counted in the pass that recorded it, recognised by a new ``status.
 - step: ``status.currentStep``, -1 while no rollout is under way;
 - weight per version: ``status.weights``; a version that left the weights loses its series;
 - analysis measurements: one per check of each newly recorded measurement, by its displayed outcome;
+  every configured check has all five outcome series from the Rollout's first pass, at 0;
 - promotions: a new ``lastVerdict`` Production with reason Promoted (a candidate that went through its
-  steps, or ``promote=full``; not a first deployment nor a fast rollback to a running version);
+  steps, or ``promote=full``; not a first deployment nor a fast rollback to a running version); at 0
+  from the first pass;
 - aborts: a new ``lastVerdict`` Rejected, by its reason (AnalysisFailed, AbortedByUser,
   ProgressDeadlineExceeded, RolledBack, ...).
+
+Counters start at 0 because Prometheus' ``increase()`` needs a sample before the first increment: a
+series born at 1 on the first promotion or failed measurement reads as no increase, and a dashboard or
+alert built on it misses exactly the first event.
 
 A deleted Rollout's series are removed (``forget``): a namespace that churns Rollouts must not grow
 the operator's /metrics forever.
@@ -28,9 +34,11 @@ from typing import Any
 from noria import conditions as c
 from noria import contracts as ct
 from noria import opmetrics
+from noria.deployment.analysis import DISPLAY
 
 PHASES = ("Pending", "Progressing", "Paused", "Healthy", "Degraded")
 NO_STEP = -1
+OUTCOMES = tuple(DISPLAY.values())  # an analysis measurement's displayed outcomes: Successful, Failed, ...
 
 
 @dataclass(frozen=True)
@@ -43,14 +51,16 @@ class PassMetrics:
     measurements: tuple[tuple[str, str], ...] = ()  # (check, outcome) of a newly recorded measurement
     promoted: bool = False
     abort_reason: str | None = None
+    checks: tuple[str, ...] = ()  # the configured analysis checks: their outcome series exist at 0
 
 
 def _last(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return (status.get("analysis") or {}).get("last") or {}
 
 
-def pass_metrics(before: Mapping[str, Any], after: Mapping[str, Any]) -> PassMetrics:
-    """The series' values after a pass that turned status ``before`` into ``after``."""
+def pass_metrics(before: Mapping[str, Any], after: Mapping[str, Any], checks: tuple[str, ...] = ()) -> PassMetrics:
+    """The series' values after a pass that turned status ``before`` into ``after``, under a spec
+    whose analysis has ``checks`` (by name)."""
     step = after.get("currentStep")
     measurements: tuple[tuple[str, str], ...] = ()
     last = _last(after)
@@ -65,6 +75,7 @@ def pass_metrics(before: Mapping[str, Any], after: Mapping[str, Any]) -> PassMet
         measurements=measurements,
         promoted=new_verdict and verdict.get("stage") == ct.PRODUCTION and verdict.get("reason") == c.ROLLOUT_PROMOTED,
         abort_reason=str(verdict.get("reason")) if new_verdict and verdict.get("stage") == ct.REJECTED else None,
+        checks=tuple(checks),
     )
 
 
@@ -86,6 +97,10 @@ def record(namespace: str, name: str, m: PassMetrics) -> None:
     versions.clear()
     versions.update(m.weights)
     counted = _counted.setdefault(key, set())
+    _zero(counted, opmetrics.ROLLOUT_PROMOTIONS, namespace, name)
+    for check in m.checks:  # a check added by an edit gets its series on the first pass that sees it
+        for outcome in OUTCOMES:
+            _zero(counted, opmetrics.ANALYSIS_MEASUREMENTS, namespace, name, check, outcome)
     for check, outcome in m.measurements:
         _inc(counted, opmetrics.ANALYSIS_MEASUREMENTS, namespace, name, check, outcome)
     if m.promoted:
@@ -98,6 +113,13 @@ def set_phase(namespace: str, name: str, phase: str) -> None:
     """1 for ``phase``, 0 for the others (also used when a failed pass writes phase Degraded)."""
     for each in PHASES:
         opmetrics.ROLLOUT_PHASE.labels(namespace, name, each).set(1 if each == phase else 0)
+
+
+def _zero(counted: set[tuple[Any, tuple[str, ...]]], counter: Any, *labels: str) -> None:
+    """Create the series at 0 (once: it is kept in ``counted``, which ``forget`` removes)."""
+    if (counter, labels) not in counted:
+        counter.labels(*labels)
+        counted.add((counter, labels))
 
 
 def _inc(counted: set[tuple[Any, tuple[str, ...]]], counter: Any, *labels: str) -> None:

@@ -111,3 +111,22 @@ async def test_a_failed_pass_counts_as_an_error_and_a_conflict_does_not(monkeypa
     monkeypatch.setattr(handlers.kube, "get", conflict)
     assert await handlers.reconcile(("metrics-unit", "failing")) == handlers.CONFLICT_RETRY_SECONDS
     assert errors() == before_errors + 1 and passes() == before_passes + 2
+
+
+def test_the_counters_exist_at_zero_from_the_first_pass_so_increase_sees_the_first_event():
+    # Prometheus' increase() needs a sample before the first increment: a counter born at 1 on the
+    # first promotion (or failed measurement) reads as no increase, and the alert never fires.
+    ns, name = "metrics-unit", "zeroes"
+    at = dict(namespace=ns, rollout=name)
+    rm.record(ns, name, rm.pass_metrics({}, CANARY_10, checks=("errorRate", "accuracy")))
+    assert sample("noria_operator_rollout_promotions_total", **at) == 0
+    for check in ("errorRate", "accuracy"):
+        for outcome in ("Successful", "Failed", "Error", "Inconclusive", "Waiting"):
+            assert sample("noria_operator_analysis_measurements_total", **at, check=check, outcome=outcome) == 0
+    rm.record(ns, name, rm.pass_metrics(CANARY_10, {**CANARY_10, "analysis": MEASURED}, checks=("errorRate",)))
+    assert sample("noria_operator_analysis_measurements_total", **at, check="errorRate", outcome="Successful") == 1
+    assert sample("noria_operator_analysis_measurements_total", **at, check="errorRate", outcome="Failed") == 0
+    rm.forget(ns, name)
+    left = [s for metric in opmetrics.REGISTRY.collect() for s in metric.samples
+            if s.labels.get("namespace") == ns and s.labels.get("rollout") == name]
+    assert left == []
