@@ -25,6 +25,8 @@ COMBINATIONS: dict[str, list[str]] = {
                            "--set", "priorityClassName=noria-critical"],
     "no-pvc-no-admission-no-pdb": ["--set", "store.pvc.create=false", "--set", "admission.enabled=false",
                                    "--set", "podDisruptionBudget.enabled=false"],
+    # Argo CD's server admitted by its exact user name for the approve/reject actions (docs/operations/argocd.md)
+    "approver-usernames": ["--set-json", 'admission.approverUsernames=["system:serviceaccount:argocd:argocd-server"]'],
     "existing-serviceaccount": ["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops"],
     "scheduling-and-env": ["--set-json", 'nodeSelector={"noria.dev/workload":"true"}',
                            "--set-json", 'tolerations=[{"key":"ml","operator":"Exists","effect":"NoSchedule"}]',

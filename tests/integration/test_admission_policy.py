@@ -5,7 +5,9 @@ annotations that steer Noria, tried as each kind of user through impersonation (
 The policy is what the chart renders: real ``helm template`` (Helm built from the Go module proxy
 by hack/build-helm.sh and cached under ~/.cache/noria), with the chart's default values except the
 binding's namespaceSelector, narrowed to this module's namespace so the rest of the suite, which
-annotates as the admin, is not governed.
+annotates as the admin, is not governed, and admission.approverUsernames, which names one
+ServiceAccount (standing for Argo CD's argocd-server) so that its neighbour in the same namespace,
+which shares every group with it, can be refused.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "noria"
 EXAMPLES = ROOT / "examples"
 APPROVERS = ["--as-group=noria-approvers"]
+# Two ServiceAccounts of one namespace, as Argo CD's are: the server (which runs approve/reject
+# actions) is listed in admission.approverUsernames; the application controller is not. Both are in
+# the group system:serviceaccounts:<namespace>, so only a user name can tell them apart.
+LISTED_SA, UNLISTED_SA = "argocd-server", "argocd-application-controller"
 BUILD_HELM = ROOT / "hack" / "build-helm.sh"
 
 
@@ -99,12 +105,17 @@ subjects:
   - {{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}}
   - {{kind: User, name: mallory, apiGroup: rbac.authorization.k8s.io}}
   - {{kind: ServiceAccount, name: {fullname}, namespace: {namespace}}}
+  - {{kind: ServiceAccount, name: {LISTED_SA}, namespace: {namespace}}}
+  - {{kind: ServiceAccount, name: {UNLISTED_SA}, namespace: {namespace}}}
 """
     cluster.kubectl("apply", "-f", "-", input=rbac)
+    cluster.kubectl("create", "serviceaccount", "-n", namespace, LISTED_SA)
+    cluster.kubectl("create", "serviceaccount", "-n", namespace, UNLISTED_SA)
     for folder in ("01-training-pipeline/pipeline.yaml", "02-model-version-import", "03-rollout-canary"):
         cluster.kubectl("apply", "--server-side", "-n", namespace, "-f", str(EXAMPLES / folder))
     selector = {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
-    docs = render_policy(helm, fullname, namespace, "--set-json", f"admission.namespaceSelector={json.dumps(selector)}")
+    docs = render_policy(helm, fullname, namespace, "--set-json", f"admission.namespaceSelector={json.dumps(selector)}",
+                         "--set-json", f"admission.approverUsernames={json.dumps([service_account(namespace, LISTED_SA)])}")
     cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
     k = Kube(cluster, namespace, f"system:serviceaccount:{namespace}:{fullname}")
     # A new policy takes a moment to reach the API server's admission chain: probe with a new value
@@ -145,11 +156,15 @@ def operator(kube: Kube) -> list[str]:
     return [f"--as={kube.operator_user}"]
 
 
+def service_account(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
 # (who, object, annotation change, allowed, fragment of the refusal)
 CASES = [
     ("alice in noria-approvers approves as herself", alice(), "mv/churn-v1", "noria.dev/approve=alice", True, ""),
     ("mallory, not an approver, approves as herself", ["--as=mallory"], "mv/churn-v1", "noria.dev/approve=mallory",
-     False, "only members of noria-approvers may set noria.dev/approve; mallory is not in any of these groups"),
+     False, "may set noria.dev/approve; mallory is neither in these groups nor one of these users"),
     ("alice approves in bob's name", alice(), "mv/churn-v1", "noria.dev/approve=bob", False,
      "noria.dev/approve and noria.dev/reject must hold your own user name (alice)"),
     ("alice approves with a bare true", alice(), "mv/churn-v1", "noria.dev/approve=true", False,
@@ -187,6 +202,45 @@ def test_who_may_set_a_steering_annotation(kube: Kube, who: list[str], ref: str,
         assert out.returncode != 0, f"{change} by {who} was admitted"
         assert "ValidatingAdmissionPolicy" in out.stderr and fragment in out.stderr, out.stderr
         assert stored is None  # nothing was written
+
+
+def test_a_listed_service_account_may_steer_and_its_namespace_neighbour_may_not(kube: Kube) -> None:
+    """admission.approverUsernames admits one ServiceAccount by name, the way an admin admits Argo
+    CD's argocd-server for its approve/reject actions. Impersonating a ServiceAccount's user name
+    gives it the ServiceAccount's groups (system:serviceaccounts, system:serviceaccounts:<ns>), as
+    its token would, so the neighbour really shares every group with the listed one."""
+    listed, unlisted = (service_account(kube.namespace, name) for name in (LISTED_SA, UNLISTED_SA))
+    allowed = f"only members of noria-approvers, or the users {listed}, may set"
+    mv, rollout = "mv/churn-v1", "rollouts.noria.dev/churn"
+    for ref, key in ((mv, "noria.dev/approve"), (mv, "noria.dev/reject"), (rollout, "noria.dev/promote")):
+        kube.annotate(alice(), ref, f"{key}-")
+
+    # the neighbour: refused, with a message that names who may, and nothing is stored
+    out = kube.annotate([f"--as={unlisted}"], mv, f"noria.dev/approve={unlisted}")
+    assert out.returncode != 0, "an unlisted ServiceAccount of the listed one's namespace approved"
+    assert f"{allowed} noria.dev/approve; {unlisted} is neither in these groups nor one of these users" \
+        in out.stderr, out.stderr
+    assert "noria.dev/approve" not in kube.annotations(mv)
+    out = kube.annotate([f"--as={unlisted}"], rollout, "noria.dev/promote=true")
+    assert out.returncode != 0 and f"{allowed} noria.dev/promote" in out.stderr, out.stderr
+
+    # the listed one: approves in its own name only, as a person in an approver group must
+    out = kube.annotate([f"--as={listed}"], mv, "noria.dev/approve=alice")
+    assert out.returncode != 0 and f"must hold your own user name ({listed})" in out.stderr, out.stderr
+    for key in ("noria.dev/approve", "noria.dev/reject"):
+        out = kube.annotate([f"--as={listed}"], mv, f"{key}={listed}")
+        assert out.returncode == 0, out.stderr
+        assert kube.annotations(mv)[key] == listed
+    assert kube.annotate([f"--as={listed}"], rollout, "noria.dev/promote=true").returncode == 0
+    # what it set, the neighbour may not remove; it may, as an approver may
+    out = kube.annotate([f"--as={unlisted}"], rollout, "noria.dev/promote-")
+    assert out.returncode != 0 and "or the Noria operator may remove noria.dev/promote" in out.stderr, out.stderr
+    assert kube.annotate([f"--as={listed}"], rollout, "noria.dev/promote-").returncode == 0
+    assert "noria.dev/promote" not in kube.annotations(rollout)
+    # ... and being listed gives no operator rights: the first stage of a version stays the operator's
+    out = kube.annotate([f"--as={listed}"], mv, "noria.dev/initial-stage=Approved")
+    assert out.returncode != 0 and "written by the Noria operator only" in out.stderr, out.stderr
+    assert kube.annotate(alice(), mv, "noria.dev/approve-", "noria.dev/reject-").returncode == 0
 
 
 def test_only_approvers_and_the_operator_remove_what_the_operator_consumes(kube: Kube) -> None:

@@ -67,6 +67,8 @@ def test_lint_strict_passes_for_each_documented_combination(helm: Path, name: st
     (["--set", "monitoring.enabeld=true"], "'enabeld' not allowed"),          # the monitoring block too
     (["--set", "monitoring.interval=often"], "/monitoring/interval"),
     (["--set", "admission.validationActions={Block}"], "/admission/validationActions/0"),
+    (["--set-json", 'admission.approverUsernames="argocd-server"'], "/admission/approverUsernames"),
+    (["--set-json", 'admission.approverUsernames=["bot","bot"]'], "/admission/approverUsernames"),
 ])
 def test_schema_refuses_typos_and_wrong_types_naming_the_key(helm: Path, sets: list[str], named: str) -> None:
     for command in (["template", "noria", str(CHART)], ["lint", "--strict", str(CHART)]):
@@ -107,6 +109,73 @@ def test_metrics_port_zero_renders_no_port_service_or_scrape_annotation(helm: Pa
             assert ports == {"healthz"} and "prometheus.io/scrape" not in annotations
         else:
             assert ports == {"healthz", "metrics"} and annotations["prometheus.io/port"] == port
+
+
+def admission_policy(docs: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+    """The policy's CEL variables by name, and its refusal messages, as rendered."""
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    return variables, [v["messageExpression"] for v in policy["spec"]["validations"]]
+
+
+def test_approver_usernames_admit_exact_names_next_to_the_groups(helm: Path) -> None:
+    """admission.approverUsernames: the exact user names (a ServiceAccount such as Argo CD's
+    argocd-server) that may steer as a member of approverGroups may; the refusal names them. With
+    none listed the policy and its messages are what they were. The API server runs both in
+    tests/integration/test_admission_policy.py."""
+    variables, messages = admission_policy(render(helm))
+    assert variables["isApprover"].endswith("|| request.userInfo.username in []")
+    assert "the users" not in " ".join(messages)
+    argocd = "system:serviceaccount:argocd:argocd-server"
+    variables, messages = admission_policy(render(helm, *COMBINATIONS["approver-usernames"]))
+    assert variables["isApprover"] == ('request.userInfo.groups.exists(g, g in ["noria-approvers"]) '
+                                       f'|| request.userInfo.username in ["{argocd}"]')
+    assert f'\', or the users \' + ["{argocd}"].join' in messages[0]
+    assert f'\', the users \' + ["{argocd}"].join' in messages[1] and "or the Noria operator" in messages[1]
+
+
+@pytest.mark.parametrize(("value", "said"), [
+    ('admission.approverUsernames=["system:serviceaccounts:argocd"]',
+     '"system:serviceaccounts:argocd" is a group (every ServiceAccount of a namespace is in it), not a user name: '
+     "list it in admission.approverGroups"),
+    ('admission.approverGroups=["system:serviceaccount:argocd:argocd-server"]',
+     '"system:serviceaccount:argocd:argocd-server" is a ServiceAccount\'s user name, not a group, and would admit '
+     "nobody: list it in admission.approverUsernames"),
+])
+def test_a_service_account_group_and_user_name_in_each_others_place_are_refused(helm: Path, value: str,
+                                                                               said: str) -> None:
+    """The two look alike (serviceaccounts: vs serviceaccount:) and a swap fails silently on the API
+    server: a group that admits a whole namespace, or a "group" that admits nobody. The chart's
+    `fail` stops install, upgrade and template; `helm lint` only reports a template's fail as
+    [INFO] (lint renders in a mode that tolerates it), so there the message is all there is."""
+    out = run_helm(helm, "template", "noria", str(CHART), "--set-json", value)
+    assert out.returncode != 0 and said in out.stderr, out.stderr
+    out = run_helm(helm, "lint", "--strict", str(CHART), "--set-json", value)
+    assert said in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_the_package_leaves_out_test_files_the_templates_do_not_read(helm: Path, tmp_path: Path) -> None:
+    """.helmignore keeps the RBAC golden files and promtool's alert tests out of the package; the
+    templates read files/monitoring/ (alerts.yaml, dashboard.json, the monitors), which stay. The
+    promtool tests read alerts_test.yaml from the repository, where it still is."""
+    import tarfile
+
+    out = run_helm(helm, "package", str(CHART), "--destination", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (package,) = tmp_path.glob("noria-*.tgz")
+    with tarfile.open(package) as tar:
+        packaged = {name.removeprefix("noria/") for name in tar.getnames()}
+    read_by_templates = set(re.findall(r'\.Files\.Get "([^"]+)"', "".join(
+        t.read_text() for t in (CHART / "templates").rglob("*") if t.is_file())))
+    assert read_by_templates and read_by_templates <= packaged
+    assert "files/monitoring/alerts_test.yaml" not in packaged
+    assert not any(name.startswith("tests/") for name in packaged)
+    assert (CHART / "files" / "monitoring" / "alerts_test.yaml").is_file()
+    # and the package renders the monitoring objects from its own files
+    out = run_helm(helm, "template", "noria", str(package), "--set", "monitoring.enabled=true")
+    assert out.returncode == 0, out.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
+    assert {"PodMonitor", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds
 
 
 def test_rbac_names_every_verb_and_resource(helm: Path) -> None:
