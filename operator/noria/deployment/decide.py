@@ -190,7 +190,7 @@ def decide(obs: Observation) -> Plan:
         b.abort(cand, stable, c.ROLLOUT_ABORTED_BY_USER, "aborted by the noria.dev/abort annotation")
         return b.finish()
 
-    desired, why_reason, why = resolve_desired(spec, mvs, obs.out_of_scope)
+    desired, why_reason, why = resolve_desired(spec, mvs, obs.out_of_scope, obs.rollout.name)
     if desired is None:
         if cand:
             b.abandon(cand, c.ROLLOUT_SUPERSEDED, f"{cand} is no longer selected: {why}")

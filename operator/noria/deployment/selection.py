@@ -44,19 +44,20 @@ def rejected_by(mv: Mapping[str, Any], rollout: str) -> bool:
 
 
 def resolve_desired(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]],
-                    out_of_scope: Mapping[str, str] | None = None) -> tuple[str | None, str, str]:
+                    out_of_scope: Mapping[str, str] | None = None,
+                    rollout: str = "<rollout>") -> tuple[str | None, str, str]:
     """The version the Rollout should serve, or None with (reason, message) saying why not. A
     selected version whose artifact is out of scope is refused, not skipped for an older one: the
     person who made it must learn why it does not serve, and what serves stays."""
-    desired, reason, message = _select(spec, mvs)
+    desired, reason, message = _select(spec, mvs, rollout)
     if desired is not None and desired in (out_of_scope or {}):
         return None, c.ARTIFACT_OUT_OF_SCOPE, f"ModelVersion {desired} is not served: {(out_of_scope or {})[desired]}"
     return desired, reason, message
 
 
-def _select(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str, str]:
+def _select(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]], rollout: str) -> tuple[str | None, str, str]:
     if spec.model_version:
-        return _pinned(spec.model_version, mvs)
+        return _pinned(spec.model_version, mvs, rollout)
     mine = [mv for mv in mvs.values() if (mv.get("spec") or {}).get("pipeline") == spec.pipeline
             and stage_of(mv) in ROLLABLE_STAGES]
     if not mine:
@@ -65,8 +66,9 @@ def _select(spec: RolloutSpec, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[st
     return best["metadata"]["name"], "", ""
 
 
-def _pinned(name: str, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, str, str]:
-    """A pinned version serves once approved; otherwise the message names the real cause and what to do."""
+def _pinned(name: str, mvs: Mapping[str, Mapping[str, Any]], rollout: str) -> tuple[str | None, str, str]:
+    """A pinned version serves once approved; otherwise the message names the real cause and what to do
+    (the ``kubectl noria`` command; docs/rollouts.md gives the annotation each one writes)."""
     mv = mvs.get(name)
     if mv is None:
         return None, c.ROLLOUT_NO_MODEL_VERSION, f"ModelVersion {name} does not exist"
@@ -76,11 +78,11 @@ def _pinned(name: str, mvs: Mapping[str, Mapping[str, Any]]) -> tuple[str | None
     if stage in AWAITING_APPROVAL_STAGES or stage is None:
         return None, c.ROLLOUT_MODEL_VERSION_REJECTED, (
             f"ModelVersion {name} is {stage or 'not staged yet'}, not approved yet: "
-            f"`kubectl annotate mv {name} noria.dev/approve=<you>`, or pin another version")
+            f"`kubectl noria approve {name}`, or pin another version")
     why = last_history(mv).get("reason") or (mv.get("status") or {}).get("message") or ""
     return None, c.ROLLOUT_MODEL_VERSION_REJECTED, (
         f"ModelVersion {name} is {stage}" + (f": {why}" if why else "")
-        + "; pin another version, or annotate noria.dev/retry after fixing the cause")[:1000]
+        + f"; pin another version, or `kubectl noria retry {rollout}` after fixing the cause")[:1000]
 
 
 def retry_target(spec: RolloutSpec, rollout: str, mvs: Mapping[str, Mapping[str, Any]]) -> str | None:

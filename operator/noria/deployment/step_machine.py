@@ -8,8 +8,9 @@ Each pass, in this order:
    after ``UNREADY_GRACE`` seconds when some pods still answer (a pod restarting beside a healthy one
    should not move traffic back and forth). The step waits; when the pods are ready again the step
    starts over (its clock restarts, so a pause or an analysis sees healthy pods for its full length).
+   A promote that arrives meanwhile is kept for the pass that can act on it (``PlanBuilder.promote_waits_for``).
 2. **The stable's pods.** While the candidate is ready and the stable has no ready pod, all traffic
-   goes to the candidate (fail over) and the step holds; Degraded ``StableUnhealthy``.
+   goes to the candidate (fail over) and the step holds; Degraded ``StableUnhealthy``; a promote is kept.
 3. **The measurement**, if one was taken: tallied (a ``waiting`` one is not), judged by
    ``analysis.judge_run``: abort, pause for a person (inconclusive), or go on.
 4. **spec.paused** (``pause.py``): the step holds with its traffic as it is; no promote, no advance,
@@ -272,9 +273,10 @@ def _hold_message(b: PlanBuilder, cand: str, i: int, step: Step, applied: int, t
 def _progress_message(b: PlanBuilder, cand: str, i: int, step: Step, tallies: Tallies) -> None:
     if step.kind == "pause" and step.duration is None:
         if not b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION):  # one Event as it begins (notifications)
-            b.event(c.ROLLOUT_PAUSED_FOR_PROMOTION, f"{cand}: paused at step {i} until noria.dev/promote")
+            b.event(c.ROLLOUT_PAUSED_FOR_PROMOTION,
+                    f"{cand}: paused at step {i} until `kubectl noria promote {b.obs.rollout.name}`")
         b.cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION,
-               f"step {i}: waiting for `kubectl annotate mro {b.obs.rollout.name} noria.dev/promote=true`")
+               f"step {i}: waiting for `kubectl noria promote {b.obs.rollout.name}`")
     elif b.is_cond(c.PAUSED, c.TRUE, c.ROLLOUT_PAUSED_FOR_PROMOTION):
         b.cond(c.PAUSED, c.FALSE, c.ROLLOUT_RESUMED_BY_USER, "promoted")
     detail = ""

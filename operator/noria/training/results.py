@@ -212,8 +212,8 @@ def registration(mv: Mapping[str, Any], now: dt.datetime) -> dict[str, Any] | No
     run registered it (the run's pass stages it, ``initial_status``)."""
     if (mv.get("status") or {}).get("stage") or registered_by_a_run(mv):
         return None
-    message = (f"created without a training run: approve it (kubectl annotate mv {mv['metadata']['name']} "
-               f"{ANNOTATION_APPROVE}=<your name>) before a Rollout serves it")
+    message = (f"created without a training run: `kubectl noria approve {mv['metadata']['name']}` "
+               "before a Rollout serves it")
     status: dict[str, Any] = {
         "stage": REGISTERED, "message": message,
         "history": [{"stage": REGISTERED, "at": now_iso(now), "reason": "created by hand", "by": "user"}],

@@ -179,7 +179,7 @@ def test_selection_and_first_deployment(given, expect):
 def test_a_pinned_registered_version_says_how_to_approve_it():
     plan = decide(observe(spec=PINNED_V7, mvs=[mv(7, "Registered")]))
     message = c.get_condition(plan.status["conditions"], c.DEGRADED)["message"]
-    assert "not approved yet" in message and "noria.dev/approve=<you>" in message and "churn-v7" in message
+    assert "not approved yet" in message and "`kubectl noria approve churn-v7`" in message
 
 
 def test_a_pinned_version_refused_for_its_digest_says_the_digest_not_not_approved():
@@ -187,7 +187,7 @@ def test_a_pinned_version_refused_for_its_digest_says_the_digest_not_not_approve
     plan = decide(observe(spec=PINNED_V7, mvs=[mv(6, "Production"), refused], pods=[ready("churn-v6")],
                           status={"stableVersion": "churn-v6"}))
     message = c.get_condition(plan.status["conditions"], c.DEGRADED)["message"]
-    assert "DigestMismatch" in message and "not approved" not in message and "noria.dev/retry" in message
+    assert "DigestMismatch" in message and "not approved" not in message and "`kubectl noria retry churn`" in message
 
 
 def test_a_pinned_version_refused_says_the_digest_even_when_its_rejected_stage_was_lost_to_a_crash():

@@ -59,3 +59,20 @@ def test_a_promote_with_nothing_to_promote_is_consumed():
     plan = decide(observe(spec=CANARY, status={"stableVersion": "churn-v6"}, mvs=[SERVING[0]],
                           pods=[ready("churn-v6")], promote=True))
     assert plan.consume_first == ("promote",)
+
+
+def test_a_pause_for_a_person_names_the_plugin_command():
+    plan = decide(observe(status=mid_canary(3), mvs=SERVING, pods=BOTH_READY, now=T0 + MIN))
+    paused = c.get_condition(plan.status["conditions"], c.PAUSED)
+    assert paused["reason"] == c.ROLLOUT_PAUSED_FOR_PROMOTION and "`kubectl noria promote churn`" in paused["message"]
+    assert [m for _, r, m in plan.events if r == c.ROLLOUT_PAUSED_FOR_PROMOTION] == [
+        "churn-v7: paused at step 3 until `kubectl noria promote churn`"]
+
+
+def test_a_waiting_promote_goes_with_its_candidate_when_that_is_aborted():
+    by_user = decide(observe(status=mid_canary(3), mvs=SERVING, pods=STARTING, now=T0 + MIN, promote=True, abort=True))
+    assert by_user.consume_first == ("promote",) and by_user.status["canaryVersion"] is None
+    stalled = {**mid_canary(3), "noProgressSince": c.now_iso(T0)}
+    deadline = decide(observe(status=stalled, mvs=SERVING, pods=STARTING, now=T0 + 11 * MIN, promote=True))
+    assert deadline.consume_first == ("promote",) and deadline.status["canaryVersion"] is None
+    assert deadline.status["lastVerdict"]["reason"] == c.ROLLOUT_CANDIDATE_UNREADY

@@ -193,7 +193,7 @@ def test_a_model_version_created_by_hand_is_registered_then_approvable():
                 "spec": {"pipeline": "churn", "version": 1, "metrics": {"f1": "0.81"}}}
     status = results.registration(imported, NOW)
     assert status["stage"] == "Registered" and status["history"][0]["by"] == "user"
-    assert "noria.dev/approve" in status["message"] and status["metric"] == "f1=0.81"
+    assert "kubectl noria approve churn-v1" in status["message"] and status["metric"] == "f1=0.81"
     approved_cond = [c for c in status["conditions"] if c["type"] == "Approved"][0]
     assert approved_cond["status"] == "False" and approved_cond["reason"] == "AwaitingApproval"
     registered = {**imported, "status": status}
