@@ -14,8 +14,10 @@ import time
 import pytest
 from lightkube import Client
 from lightkube.types import PatchType
+from noria.contracts import COMPONENT_SERVER, LABEL_COMPONENT
 from noria.kube import TrainingPipeline
 from noria.profile import Profile
+from noria.scrape import POD_PORT_NAME
 from training_helpers import (
     classification_frame,
     condition,
@@ -66,14 +68,16 @@ http.server.HTTPServer((os.environ["POD_IP"], 9100), H).serve_forever()
 
 def exporter_pod(namespace: str) -> str:
     return json.dumps({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exporter", "labels": {"app": "exporter"}},
+        # Labelled and named as a model server is, so Prometheus scrapes it as the chart's PodMonitor would.
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exporter", "labels": {
+            "app": "exporter", LABEL_COMPONENT: COMPONENT_SERVER}},
         "spec": {
             "automountServiceAccountToken": False,
             "containers": [{
                 "name": "exporter", "image": "python:3.11-slim",
                 "command": ["python", "-c", EXPORTER, f"/var/lib/noria/store/exporters/{namespace}.json"],
                 "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-                "ports": [{"name": "metrics", "containerPort": 9100}],
+                "ports": [{"name": POD_PORT_NAME, "containerPort": 9100}],
                 "volumeMounts": [{"name": "store", "mountPath": "/var/lib/noria/store"}],
             }],
             "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": "noria-store"}}],
