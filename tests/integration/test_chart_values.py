@@ -103,13 +103,15 @@ def test_defaults_pass_the_restricted_pod_security_standard(cluster: Any, helm: 
 def test_notes_tell_the_next_steps(cluster: Any, helm: Path, namespaces: Any) -> None:
     release_ns, watched = namespaces(), namespaces("t-watch")
     out = run_helm(helm, "install", "noria", str(CHART), "--dry-run=server", "--namespace", release_ns,
-                   "--set-json", f'watchNamespaces=["{watched}"]', "--set", "operator.metricsPort=0")
+                   "--set-json", f'watchNamespaces=["{watched}"]', "--set", "operator.metricsPort=0",
+                   *COMBINATIONS["approver-usernames"])
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     for expected in (f"It watches only: {watched}", "kubectl apply -n <ns> -f examples/90-closed-loop/store.yaml",
                      "kubectl noria approve", "kubectl noria promote", "kubectl noria retrain",
                      "kubectl apply --server-side --force-conflicts -f charts/noria/crds/",
-                     "operator.metricsPort=0"):
+                     "operator.metricsPort=0",
+                     "members of\n   noria-approvers and the users system:serviceaccount:argocd:argocd-server only"):
         assert expected in notes, f"NOTES.txt lacks {expected!r}:\n{notes}"
 
 

@@ -334,3 +334,12 @@ def test_every_top_level_value_is_in_the_readme_reference() -> None:
     readme = (CHART / "README.md").read_text()
     missing = [key for key in values if f"`{key}" not in readme]
     assert not missing, f"charts/noria/README.md does not document {missing}"
+
+
+def test_readme_links_resolve_inside_the_repository_and_reach_the_monitoring_guide() -> None:
+    readme = CHART / "README.md"
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme.read_text())
+    targets = {(readme.parent / link).resolve() for link in links if "://" not in link}
+    missing = sorted(str(t) for t in targets if not t.exists() or ROOT not in t.parents)
+    assert not missing, f"charts/noria/README.md links to {missing}"
+    assert ROOT / "docs" / "operations" / "monitoring.md" in targets
