@@ -72,10 +72,8 @@ def test_fault_a_check_whose_query_fails_is_counted_as_errors_and_aborts_at_the_
 @pytest.fixture
 def own_prometheus(cluster):  # noqa: ANN001, ANN201
     """A Prometheus of this test alone (the session's is shared): stopped and started again on the same port."""
-    from noria_testbed.prometheus import PrometheusProcess
-
-    prom = PrometheusProcess(workdir=cluster.workdir / f"prometheus-{time.monotonic_ns()}",
-                             sd_url=cluster.node_agent.sd_url, log_path=cluster.log_dir / "prometheus-fault.log")
+    prom = cluster.new_prometheus(cluster.workdir / f"prometheus-{time.monotonic_ns()}",
+                                  cluster.log_dir / "prometheus-fault.log")
     prom.start()
     yield prom
     prom.stop()
