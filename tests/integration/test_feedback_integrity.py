@@ -188,7 +188,7 @@ def test_replayed_forged_invalid_and_unauthenticated_feedback_moves_no_counter(b
     status, spare = post(router.url + f"/v2/models/{MODEL}/infer", rows_payload(rows[25:], ids[25:]))
     assert status == 200
     before = {v: counters(servers[v].url) for v in (ROUTED, ATTACKED)}
-    requests_before = {v: total(scrape(servers[v].url), m.REQUESTS_TOTAL, endpoint=m.ENDPOINT_INFER) for v in (ROUTED, ATTACKED)}
+    requests_before = {v: total(scrape(servers[v].url), m.REQUESTS_TOTAL, **{m.LABEL_ENDPOINT: m.ENDPOINT_INFER}) for v in (ROUTED, ATTACKED)}
     status, honest = post(feedback, {"feedback": [{"id": i, "label": y} for i, y in zip(ids[:25], labels[:25],
                                                                                           strict=True)]}, AUTH)
     assert status == 200 and honest["outcomes"]["counted"] == 25
@@ -229,7 +229,7 @@ def test_replayed_forged_invalid_and_unauthenticated_feedback_moves_no_counter(b
     assert total(routed_metrics, m.FEEDBACK_REFUSED_TOTAL, reason=m.FEEDBACK_UNAUTHORIZED) == 3
     assert total(routed_metrics, m.FEEDBACK_REFUSED_TOTAL, reason=m.FEEDBACK_UNKNOWN_ID) == 0  # fanned-out copies
     # Feedback answers are not inference: errorRate's noria_requests_total saw none of these posts.
-    assert {v: total(scrape(servers[v].url), m.REQUESTS_TOTAL, endpoint=m.ENDPOINT_INFER) for v in (ROUTED, ATTACKED)} == requests_before
+    assert {v: total(scrape(servers[v].url), m.REQUESTS_TOTAL, **{m.LABEL_ENDPOINT: m.ENDPOINT_INFER}) for v in (ROUTED, ATTACKED)} == requests_before
     router_metrics = scrape(router.url)
     assert total(router_metrics, m.ROUTER_FEEDBACK_TOTAL, outcome="unknown_id") == 1_000
     assert total(router_metrics, m.ROUTER_FEEDBACK_TOTAL, outcome=m.FEEDBACK_UNAUTHORIZED) == 3
