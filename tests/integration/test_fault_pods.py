@@ -5,8 +5,8 @@ each model server as a local process, which these tests kill, freeze or feed a c
 - The canary's server processes are killed at 50% and kept dead: within the grace period its
   weight goes to 0, no user request fails from then on, and once the progress deadline passes the
   rollout aborts (Degraded, the version Rejected); the stable serves throughout.
-- The canary's processes are frozen (SIGSTOP) past the grace period and thawed: traffic leaves it,
-  then the rollout resumes and promotes (no stuck pause).
+- The canary's processes are frozen (SIGSTOP) past the grace period and thawed: traffic leaves it;
+  a promote sent while it is frozen waits on the Rollout and promotes it once thawed (no stuck pause).
 - The stable's processes are frozen while the candidate is being promoted: traffic is not sent to
   the unhealthy stable (the candidate's ready pods take it), the reason says so.
 - One byte of the candidate's model file is flipped in the store after its ModelVersion was made:
@@ -125,19 +125,28 @@ def test_fault_a_frozen_canary_loses_its_traffic_and_resumes_when_it_recovers(
             assert st["canaryVersion"] == "churn-v2" and st["stableVersion"] == "churn-v1"
             late = [a for a in traffic.since(settled) if a.status != 200]
             assert not late, f"{len(late)} requests failed after the frozen canary's weight reached 0"
+            # A promote sent while the canary is unready is kept (as in Argo Rollouts), not dropped:
+            # it waits on the Rollout, said in the Progressing message, and acts once the pods are back.
+            cluster.kubectl("annotate", "rollouts.noria.dev", "churn", "-n", namespace, "noria.dev/promote=true")
+            wait_for("the promote said to wait", lambda: "promote waits" in (condition(
+                rollout_status(cluster, namespace), c.PROGRESSING) or {}).get("message", ""), timeout=30,
+                on_timeout=lambda: status_text(cluster, namespace))
+            time.sleep(3)  # more passes while the pods are still frozen
+            kept = json.loads(cluster.kubectl("get", "rollouts.noria.dev", "churn", "-n", namespace, "-o", "json").stdout)
+            assert "noria.dev/promote" in kept["metadata"].get("annotations", {}), "the waiting promote was consumed"
+            assert rollout_status(cluster, namespace)["canaryVersion"] == "churn-v2"
         finally:
             signal_pods(cluster, namespace, selector, signal.SIGCONT)
         thawed = time.monotonic()
-        canary_at_50(cluster, namespace, traffic)  # the step resumes where it was: no stuck pause at 0%
+        st = wait_for("churn-v2 promoted by the kept promote once ready", lambda: (s := rollout_status(
+            cluster, namespace)).get("stableVersion") == "churn-v2" and s.get("phase") == "Healthy" and s,
+            timeout=120, on_timeout=lambda: status_text(cluster, namespace))
         back = time.monotonic() - thawed
-        cluster.kubectl("annotate", "rollouts.noria.dev", "churn", "-n", namespace, "noria.dev/promote=true")
-        st = wait_for("churn-v2 promoted after recovering", lambda: (s := rollout_status(cluster, namespace)).get(
-            "stableVersion") == "churn-v2" and s.get("phase") == "Healthy" and s, timeout=120,
-            on_timeout=lambda: status_text(cluster, namespace))
         assert to_zero <= UNREADY_TO_ZERO_BOUND, f"traffic stayed on the frozen canary for {to_zero:.1f}s"
         assert st["weights"] == {"churn-v2": 100} and stage_of(cluster, namespace, "churn-v2") == "Production"
         assert "Rejected" not in stage_history(cluster, namespace, "churn-v2")
-        print(f"FIGURE canary frozen -> weight 0: {to_zero:.1f}s; thawed -> back at 50%: {back:.1f}s")
+        print(f"FIGURE canary frozen -> weight 0: {to_zero:.1f}s; thawed -> promoted by the promote sent while "
+              f"frozen: {back:.1f}s")
     finally:
         signal_pods(cluster, namespace, selector, signal.SIGCONT)
         traffic.stop()
