@@ -94,6 +94,9 @@ def test_operator_metrics_follow_a_canary_and_count_each_measurement_once(
     assert recorded >= 4 and counted == recorded, (counted, tallies)
     assert value(samples, "noria_operator_analysis_measurements_total", **at, check="errorRate",
                  outcome="Successful") == tallies["passed"]
+    # Every outcome's series exists from the first pass (at 0 if none), so increase() sees a first failure.
+    assert value(samples, "noria_operator_analysis_measurements_total", **at, check="errorRate",
+                 outcome="Failed") == tallies["failed"]
     rollout_passes = value(samples, "noria_operator_reconcile_duration_seconds_count", kind="Rollout") or 0
     assert rollout_passes > 10
     print(f"FIGURE {counted:.0f} measurements counted = {recorded} recorded in status, over {rollout_passes:.0f} "
