@@ -15,7 +15,8 @@ pods) by label, takes an analysis measurement from Prometheus only when one is d
 ``decide.decide`` and carries out its plan in this order, with a crash point (``failpoints``) after
 each side effect:
 
-1. consume ``noria.dev/promote`` (before acting: a promote lost to a crash is safe, a doubled one is not);
+1. consume ``noria.dev/promote`` (before acting: a promote lost to a crash is safe, a doubled one is not;
+   one the step cannot act on yet, its pods not ready, stays on the Rollout for a later pass);
 2. the provider's own objects (router Deployment, RBAC, Services);
 3. per-version Deployments and Services at their pod counts (scale up before traffic moves);
 4. traffic: weights and mirror through the provider, the preview Service;
