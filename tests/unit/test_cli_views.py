@@ -98,6 +98,13 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
     assert "\033[33m◌ Progressing\033[0m" in coloured
 
 
+def test_every_stage_has_its_symbol() -> None:
+    """An unknown word prints bare; a stage added to noria.contracts must get a symbol too."""
+    for stage in ct.STAGES:
+        assert PLAIN.status(stage) != stage, stage
+    assert PLAIN.status(ct.PRODUCTION) == f"✔ {ct.PRODUCTION}" and PLAIN.status(ct.REJECTED) == f"✖ {ct.REJECTED}"
+
+
 def test_tree_columns_align_with_colour_on() -> None:
     root = Node("a", "Rollout", "Healthy", children=[Node("bb", "Pod", "Degraded", "1m", "x")])
     plain, coloured = tree(root, PLAIN), tree(root, Style(colour=True))

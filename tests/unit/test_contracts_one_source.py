@@ -110,6 +110,9 @@ ALLOWED_COPIES = {
     ("operator/noria/conditions.py", "Approved"),
     # A training run's outcome (status.lastRun.outcome), not a ModelVersion stage.
     ("operator/noria/training/pipeline.py", "Rejected"),
+    # The row title of `kubectl noria get rollout` for status.canaryVersion (as `kubectl argo rollouts
+    # get` titles it), not the ModelVersion stage; the stage it shows next to it is read from status.
+    ("operator/noria/cli/rollout_view.py", "Canary"),
 }
 # Key-like strings under noria.dev that are not a contract of noria.contracts. Each says why.
 ALLOWED_NORIA_KEYS = {

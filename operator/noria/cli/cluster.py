@@ -22,13 +22,13 @@ from lightkube.resources.authentication_v1 import SelfSubjectReview
 from lightkube.types import PatchType
 
 from noria import kube
+from noria.api import resources
 
 FIELD_MANAGER = "kubectl-noria"  # how the CLI's writes show in managedFields
 
+# Kind -> the name kubectl takes (plural.group). Noria's come from the CRD registry, as the CRDs do.
 RESOURCE_NAMES: Mapping[str, str] = {
-    "TrainingPipeline": "trainingpipelines.noria.dev",
-    "ModelVersion": "modelversions.noria.dev",
-    "Rollout": "rollouts.noria.dev",
+    **{kind.kind: kind.crd_name for kind in resources.KINDS},
     "Deployment": "deployments.apps",
     "Pod": "pods",
     "Job": "jobs.batch",

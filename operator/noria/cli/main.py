@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from noria.api import resources
 from noria.cli import actions
 from noria.cli.actions import Refused
 from noria.cli.style import Style, wants_colour
@@ -28,11 +29,13 @@ PROG = "kubectl noria"
 WATCH_INTERVAL = 2.0  # seconds between two refreshes of `get -w`
 CONFLICT_RETRIES = 3
 
-# What a person types -> the kind. Short names are the CRDs' (tp, mv, mro).
+# What a person types -> the kind: what kubectl accepts for each CRD (its singular, plural, short
+# names tp/mv/mro and plural.group, from the registry the CRDs are generated from) plus the CLI's words.
 KIND_WORDS = {
-    **dict.fromkeys(("pipeline", "pipelines", "tp", "trainingpipeline", "trainingpipelines"), "TrainingPipeline"),
-    **dict.fromkeys(("version", "versions", "mv", "modelversion", "modelversions"), "ModelVersion"),
-    **dict.fromkeys(("rollout", "rollouts", "mro", "rollouts.noria.dev"), "Rollout"),
+    **{word: kind.kind for kind in resources.KINDS
+       for word in (kind.singular, kind.plural, *kind.short_names, kind.crd_name)},
+    **dict.fromkeys(("pipeline", "pipelines"), "TrainingPipeline"),
+    **dict.fromkeys(("version", "versions"), "ModelVersion"),
 }
 WORD = {"TrainingPipeline": "pipeline", "ModelVersion": "version", "Rollout": "rollout"}
 

@@ -11,18 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from noria import contracts as ct
+
 _CODES = {"green": "32", "yellow": "33", "red": "31", "blue": "34", "grey": "90", "bold": "1"}
 
 # Phase or stage -> (symbol, colour). The symbols are kubectl argo rollouts' where they mean the same.
+# Stages come from noria.contracts, so a stage renamed there cannot fall back to the plain, unknown look.
 _STATUS = {
-    "Healthy": ("✔", "green"), "Ready": ("✔", "green"), "Production": ("✔", "green"),
+    "Healthy": ("✔", "green"), "Ready": ("✔", "green"), ct.PRODUCTION: ("✔", "green"),
     "Successful": ("✔", "green"), "Succeeded": ("✔", "green"), "Running": ("✔", "green"),
-    "Approved": ("✔", "green"), "Passed": ("✔", "green"),
+    ct.APPROVED: ("✔", "green"), "Passed": ("✔", "green"),
     "Progressing": ("◌", "yellow"), "Training": ("◌", "yellow"), "Pending": ("◌", "yellow"),
-    "Canary": ("◌", "yellow"), "Shadow": ("◌", "yellow"), "Preview": ("◌", "yellow"), "Waiting": ("◌", "yellow"),
-    "Candidate": ("◌", "yellow"), "Registered": ("◌", "yellow"), "NotReady": ("◌", "yellow"),
-    "Paused": ("॥", "grey"), "Retired": ("•", "grey"), "Inconclusive": ("?", "yellow"),
-    "Degraded": ("✖", "red"), "Failed": ("✖", "red"), "Rejected": ("✖", "red"), "Error": ("⚠", "red"),
+    ct.CANARY: ("◌", "yellow"), ct.SHADOW: ("◌", "yellow"), ct.PREVIEW: ("◌", "yellow"), "Waiting": ("◌", "yellow"),
+    ct.CANDIDATE: ("◌", "yellow"), ct.REGISTERED: ("◌", "yellow"), "NotReady": ("◌", "yellow"),
+    "Paused": ("॥", "grey"), ct.RETIRED: ("•", "grey"), "Inconclusive": ("?", "yellow"),
+    "Degraded": ("✖", "red"), "Failed": ("✖", "red"), ct.REJECTED: ("✖", "red"), "Error": ("⚠", "red"),
     "Above": ("✖", "red"), "Below": ("✔", "green"),
 }
 
