@@ -1,9 +1,10 @@
-"""Helpers of the Helm install test: the real helm binary against the test bed, the chart's values
-for the test bed, and what a release leaves in the cluster."""
+"""Helpers of the Helm tests: the real helm binary against the test bed, the chart's values for the
+test bed, what a release leaves in the cluster, and the chart's operator account (its RBAC only)."""
 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ RELEASE_LABEL = "app.kubernetes.io/instance"
 # Every kind the chart renders, namespaced and cluster-scoped: what `helm uninstall` must remove.
 CHART_KINDS_NAMESPACED = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets"
 CHART_KINDS_CLUSTER = "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings"
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
 def build_helm() -> Path:
@@ -24,6 +26,35 @@ def build_helm() -> Path:
     built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
     assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
     return Path(built.stdout.strip().splitlines()[-1]) / "helm"
+
+
+def new_namespace(cluster: Any, prefix: str) -> str:  # noqa: ANN401
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    return name
+
+
+class ChartRbac:
+    """The chart's ServiceAccount and RBAC objects (only those), rendered by ``helm template`` and
+    applied for real: ``user`` is the operator's account, to impersonate with ``kubectl --as``.
+    ``watched`` empty is the cluster-wide mode (a ClusterRole), else Roles in those namespaces only."""
+
+    def __init__(self, cluster: Any, helm: Path, release_ns: str, watched: list[str]) -> None:  # noqa: ANN401
+        self.cluster, self.release_ns, self.watched = cluster, release_ns, watched
+        self.fullname = f"noria-{release_ns}"  # cluster-scoped names: one per release namespace
+        self.user = f"system:serviceaccount:{release_ns}:{self.fullname}"
+        args = [str(helm), "template", "noria", str(CHART), "--namespace", release_ns,
+                "--set", f"fullnameOverride={self.fullname}", "--set-json", f"watchNamespaces={json.dumps(watched)}"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        self.docs = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in RBAC_KINDS]
+        cluster.kubectl("apply", "--server-side", "--validate=strict", "-f", "-",
+                        input=yaml.safe_dump_all(self.docs))
+
+    def remove(self) -> None:
+        """The cluster-scoped objects; the namespaced ones go with their namespace."""
+        self.cluster.kubectl("delete", "clusterrolebinding,clusterrole", self.fullname, f"{self.fullname}-cluster",
+                             "--ignore-not-found", "--wait=false", check=False)
 
 
 class Helm:

@@ -16,70 +16,37 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helm_helpers import CHART, ROOT, ChartRbac, build_helm, new_namespace
 from noria.deployment.objects import RolloutRef, router_rbac
 from noria_testbed.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "noria"
 GOLDEN = CHART / "tests"
-BUILD_HELM = ROOT / "hack" / "build-helm.sh"
-RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 CAN_I_LINE = re.compile(r"^\s*(?:(\S+)\s+)?(\[[^\]]*\])\s+(\[[^\]]*\])\s+(\[[^\]]*\])\s*$")
 
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
-    assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
-    return Path(built.stdout.strip().splitlines()[-1]) / "helm"
-
-
-def new_namespace(cluster: Any, prefix: str) -> str:
-    name = f"{prefix}-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", name)
-    return name
-
-
-class Install:
-    """The chart's ServiceAccount and RBAC objects (only those) applied for real."""
-
-    def __init__(self, cluster: Any, helm: Path, release_ns: str, watched: list[str]) -> None:
-        self.cluster, self.release_ns, self.watched = cluster, release_ns, watched
-        self.fullname = f"noria-{release_ns}"  # cluster-scoped names: one per test
-        self.user = f"system:serviceaccount:{release_ns}:{self.fullname}"
-        args = [str(helm), "template", "noria", str(CHART), "--namespace", release_ns,
-                "--set", f"fullnameOverride={self.fullname}", "--set-json", f"watchNamespaces={json.dumps(watched)}"]
-        out = subprocess.run(args, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        self.docs = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] in RBAC_KINDS]
-        cluster.kubectl("apply", "--server-side", "--validate=strict", "-f", "-",
-                        input=yaml.safe_dump_all(self.docs))
-
-    def remove(self) -> None:
-        self.cluster.kubectl("delete", "clusterrolebinding,clusterrole", self.fullname, f"{self.fullname}-cluster",
-                             "--ignore-not-found", "--wait=false", check=False)
+    return build_helm()
 
 
 @pytest.fixture
 def install(cluster: Any, helm: Path) -> Iterator[Any]:
-    made: list[Install] = []
+    made: list[ChartRbac] = []
     namespaces: list[str] = []
 
-    def make(watched_count: int) -> tuple[Install, list[str]]:
+    def make(watched_count: int) -> tuple[ChartRbac, list[str]]:
         release = new_namespace(cluster, "t-rel")
         watched = [new_namespace(cluster, "t-watch") for _ in range(watched_count)]
         namespaces.extend([release, *watched])
-        made.append(Install(cluster, helm, release, watched))
+        made.append(ChartRbac(cluster, helm, release, watched))
         return made[-1], watched
 
     yield make
@@ -100,7 +67,7 @@ def can_i_list(cluster: Any, user: str, namespace: str) -> set[str]:
     return lines
 
 
-def normalised(cluster: Any, install: Install, where: dict[str, str]) -> str:
+def normalised(cluster: Any, install: ChartRbac, where: dict[str, str]) -> str:
     """Per namespace role: the chart's grants there, beyond a bare ServiceAccount's, sorted."""
     bare = f"system:serviceaccount:{install.release_ns}:default"
     out = []

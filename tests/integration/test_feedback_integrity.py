@@ -17,13 +17,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import test_chart_rbac
 import yaml
+from helm_helpers import ChartRbac, build_helm
 from noria import metrics as m
 from noria.deployment import checks
 from noria.deployment.analysis import judge_check
@@ -33,7 +34,6 @@ from noria_server import launch
 from noria_server.reference_models import SavedModel, dataset, train_and_save
 
 pytestmark = pytest.mark.integration
-chart_operator_account = test_chart_rbac.operator_account  # the fixture operator_account: the chart's RBAC
 
 TOKEN = "fb-token-" + "7f3a9c" * 6
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -394,6 +394,15 @@ def test_a_rollout_with_a_token_serves_feedback_only_to_its_bearer(cluster, name
         assert all(a.status == 200 for a in traffic.answers)
     finally:
         traffic.stop()
+
+
+@pytest.fixture
+def chart_operator_account(cluster: Any, namespace: str) -> Iterator[str]:  # noqa: ANN401
+    """The operator's account as the chart really grants it (cluster-wide mode, `helm template`d),
+    its ServiceAccount in the test's namespace."""
+    rbac = ChartRbac(cluster, build_helm(), namespace, [])
+    yield rbac.user
+    rbac.remove()
 
 
 def test_the_chart_operator_account_wires_the_token_without_reading_secrets(cluster, namespace,  # type: ignore[no-untyped-def]
