@@ -82,11 +82,15 @@ def own_prometheus(cluster):  # noqa: ANN001, ANN201
 def test_fault_prometheus_stopped_mid_pause_never_promotes_while_blind_and_resumes_when_back(
         cluster, namespace, operator_factory, store_claim, own_prometheus):
     pause = 24
+    # minLabels: the check waits (no pause, no verdict) until Prometheus holds 5 feedback labels of the
+    # canary, so its requests too (labels follow answers). Without it, a first measurement taken before
+    # Prometheus had scraped the canary twice was inconclusive and paused the Rollout for a person
+    # (inconclusive: pause): under load the test never reached a passed measurement.
     manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": f"{pause}s"}}]}},
                        analysis={"interval": "2s", "consecutiveErrorLimit": 1000,
-                                 "checks": [{"builtin": "errorRate", "max": "0.05"}]})
+                                 "checks": [{"builtin": "errorRate", "max": "0.05", "minLabels": 5}]})
     _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(own_prometheus.url),
-                              manifest)
+                              manifest, feedback=True)
     try:
         with StatusRecorder(cluster, namespace) as recorder:
             create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
@@ -94,6 +98,7 @@ def test_fault_prometheus_stopped_mid_pause_never_promotes_while_blind_and_resum
                           lambda: (s := rollout_status(cluster, namespace)).get("currentStep") == 1
                           and (s.get("analysis") or {}).get("passed", 0) >= 1 and s,
                           timeout=150, on_timeout=lambda: status_text(cluster, namespace))
+            assert not st["analysis"].get("inconclusive"), st["analysis"]  # it waited for data, never judged blind
             pause_started = wall_time(st["stepStartedAt"])
             time.sleep(max(0.0, pause_started + 20 - time.time()))  # 20 s into the last pause
             own_prometheus.stop()
