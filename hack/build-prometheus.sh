@@ -12,38 +12,29 @@
 # Without the builtinassets tag the web UI is not embedded; the HTTP API, all the tests and the
 # operator use, is unaffected. netgo as upstream's release builds.
 set -euo pipefail
+source "$(dirname "$0")/lib/go-cache.sh"
 
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 BUILD_TAGS="netgo remove_all_sd enable_kubernetes_sd"
 CACHE_ROOT=${NORIA_CACHE:-$HOME/.cache/noria}
-OUT="$CACHE_ROOT/prometheus/$PROMETHEUS_VERSION"
 
 if [ -n "${PROMETHEUS_BINARY:-}" ] && [ -x "$PROMETHEUS_BINARY" ] \
   && [ -x "$(dirname "$PROMETHEUS_BINARY")/promtool" ]; then
   dirname "$PROMETHEUS_BINARY"; exit 0
 fi
-if [ -x "$OUT/prometheus" ] && [ -x "$OUT/promtool" ]; then echo "$OUT"; exit 0; fi
 
 # v0.316.0 -> 3.16.0, what `prometheus --version` reports (upstream's release builds set the same).
 minor=${PROMETHEUS_VERSION#v0.}; minor=${minor%%.*}
 patch=${PROMETHEUS_VERSION##*.}
 release="$(( minor / 100 )).$(( minor % 100 )).$patch"
 
-export CGO_ENABLED=0
-# A go.mod that asks for a newer Go than the installed one gets that toolchain from the proxy.
-export GOTOOLCHAIN=auto
-start=$(date +%s)
-mkdir -p "$OUT"
-tmp=$(mktemp -d "$OUT/.build.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-echo "building prometheus $release (module $PROMETHEUS_VERSION, tags: $BUILD_TAGS)" >&2
 # The module has no replace directives, so `go install pkg@version` builds it as released.
-GOBIN="$tmp" go install -trimpath -tags "$BUILD_TAGS" \
-  -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release -X github.com/prometheus/common/version.Branch=$PROMETHEUS_VERSION" \
-  "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
-  "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
-# Only a complete pair counts as cached: promtool first, so `prometheus` present means both are.
-mv "$tmp/promtool" "$OUT/promtool"
-mv "$tmp/prometheus" "$OUT/prometheus"
-echo "prometheus built in $(( $(date +%s) - start ))s" >&2
-echo "$OUT"
+build_prometheus() {
+  GOBIN="$1" go install -trimpath -tags "$BUILD_TAGS" \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release -X github.com/prometheus/common/version.Branch=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+}
+# promtool first, so `prometheus` present means both are.
+go_cached_build "$CACHE_ROOT/prometheus/$PROMETHEUS_VERSION" \
+  "prometheus $release (module $PROMETHEUS_VERSION, tags: $BUILD_TAGS)" build_prometheus promtool prometheus
