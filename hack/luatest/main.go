@@ -199,25 +199,31 @@ func (s Sandbox) run(obj map[string]any, script string, params map[string]string
 	return l.Get(-1), nil
 }
 
+// runTable runs a script that must return a table and gives that table as JSON, encoded through
+// gopher-json as Argo CD does (so an empty table is []). With nilOK a script that returns nothing
+// gives nil data (health.lua may: Argo CD then keeps its default health).
+func (s Sandbox) runTable(obj map[string]any, script string, params map[string]string, nilOK bool) ([]byte, error) {
+	ret, err := s.run(obj, script, params)
+	if err != nil {
+		return nil, err
+	}
+	if nilOK && ret.Type() == lua.LTNil {
+		return nil, nil
+	}
+	if ret.Type() != lua.LTTable {
+		return nil, fmt.Errorf("expect table output from Lua script, not %s", ret.Type())
+	}
+	return luajson.Encode(ret)
+}
+
 // Health runs health.lua.
 func (s Sandbox) Health(obj map[string]any, script string) (HealthStatus, error) {
-	ret, err := s.run(obj, script, nil)
-	if err != nil {
-		return HealthStatus{}, err
-	}
-	switch ret.Type() {
-	case lua.LTNil:
-		return HealthStatus{}, nil
-	case lua.LTTable:
-	default:
-		return HealthStatus{}, fmt.Errorf("expect table output from Lua script, not %s", ret.Type())
-	}
-	data, err := luajson.Encode(ret)
+	data, err := s.runTable(obj, script, nil, true)
 	if err != nil {
 		return HealthStatus{}, err
 	}
 	var out HealthStatus
-	if string(data) == "[]" {
+	if data == nil || string(data) == "[]" {
 		return out, nil
 	}
 	if err := json.Unmarshal(data, &out); err != nil {
@@ -231,14 +237,7 @@ func (s Sandbox) Health(obj map[string]any, script string) (HealthStatus, error)
 
 // Discovery runs discovery.lua; actions come back sorted by name.
 func (s Sandbox) Discovery(obj map[string]any, script string) ([]ResourceAction, error) {
-	ret, err := s.run(obj, script, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ret.Type() != lua.LTTable {
-		return nil, fmt.Errorf("expect table output from Lua script, not %s", ret.Type())
-	}
-	data, err := luajson.Encode(ret)
+	data, err := s.runTable(obj, script, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -266,14 +265,7 @@ func (s Sandbox) Discovery(obj map[string]any, script string) ([]ResourceAction,
 
 // Action runs action.lua and returns the objects it changes or creates.
 func (s Sandbox) Action(obj map[string]any, script string, params map[string]string) ([]Impacted, error) {
-	ret, err := s.run(obj, script, params)
-	if err != nil {
-		return nil, err
-	}
-	if ret.Type() != lua.LTTable {
-		return nil, fmt.Errorf("expect table output from Lua script, not %s", ret.Type())
-	}
-	data, err := luajson.Encode(ret)
+	data, err := s.runTable(obj, script, params, false)
 	if err != nil {
 		return nil, err
 	}
