@@ -191,23 +191,24 @@ def test_generator_refuses_a_user_name_that_would_break_the_lua() -> None:
         load_generator().render('alice" .. os.exit() .. "')
 
 
+def run_health_script(tmp_path: Path, lua: str) -> subprocess.CompletedProcess[str]:
+    """`luatest health` on one script and a minimal Rollout, as Argo CD would run it."""
+    script = tmp_path / "health.lua"
+    script.write_text(lua)
+    obj = tmp_path / "obj.yaml"
+    obj.write_text("apiVersion: noria.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\n")
+    return subprocess.run([str(luatest()), "health", str(script), str(obj)], capture_output=True, text=True,
+                          check=False, timeout=60)
+
+
 def test_sandbox_has_no_string_library_as_in_argo_cd(tmp_path: Path) -> None:
     """Argo CD runs argocd-cm scripts without Lua's string library; a script leaning on it must fail
     here as it would there (every Noria script passes without it)."""
-    script = tmp_path / "health.lua"
-    script.write_text('return {status = "Healthy", message = string.upper("x")}\n')
-    obj = tmp_path / "obj.yaml"
-    obj.write_text("apiVersion: noria.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\n")
-    out = subprocess.run([str(luatest()), "health", str(script), str(obj)], capture_output=True, text=True,
-                         check=False, timeout=60)
+    out = run_health_script(tmp_path, 'return {status = "Healthy", message = string.upper("x")}\n')
     assert out.returncode != 0 and "string" in out.stderr, out
 
 
 def test_runner_refuses_an_unknown_health_status(tmp_path: Path) -> None:
-    script = tmp_path / "health.lua"
-    script.write_text('return {status = "Fine", message = "typo"}\n')
-    obj = tmp_path / "obj.yaml"
-    obj.write_text("apiVersion: noria.dev/v1alpha1\nkind: Rollout\nmetadata: {name: x}\n")
-    out = subprocess.run([str(luatest()), "health", str(script), str(obj)], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = run_health_script(tmp_path, 'return {status = "Fine", message = "typo"}\n')
+    assert out.returncode == 0, out
     assert json.loads(out.stdout) == {"status": "Unknown", "message": "Lua returned an invalid health status"}
