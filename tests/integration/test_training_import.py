@@ -1,5 +1,6 @@
 """An imported model (examples/02-model-version-import) end to end on the test bed: created by hand,
-it is Registered (no run registered it, no gate scored it); a Rollout pinned to it says to approve it;
+it is Registered (no run registered it, no gate scored it); a Rollout pinned to it says to approve it
+(`kubectl noria approve`);
 once a person approves it, the Rollout serves it and a real prediction comes back from it.
 
 The example's manifest is applied as written except for what depends on this test's store: its
@@ -53,12 +54,12 @@ def test_an_imported_model_version_is_registered_then_approved_and_served(
     wait_for("churn-v1 Registered", lambda: stage_of(cluster, namespace, "churn-v1") == "Registered", timeout=30)
     mv = get(cluster, namespace, "modelversion", "churn-v1")
     assert [h["stage"] for h in mv["status"]["history"]] == ["Registered"]
-    assert "noria.dev/approve" in mv["status"]["message"]
+    assert "kubectl noria approve churn-v1" in mv["status"]["message"]
 
     pinned = json.loads(rollout(namespace, {"immediate": {}}))
     pinned["spec"]["source"] = {"modelVersion": "churn-v1"}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pinned))
-    waiting = wait_for("the Rollout says to approve", lambda: "noria.dev/approve" in json.dumps(
+    waiting = wait_for("the Rollout says to approve", lambda: "kubectl noria approve churn-v1" in json.dumps(
         rollout_status(cluster, namespace)) and rollout_status(cluster, namespace), timeout=60)
     assert waiting.get("stableVersion") is None
 
