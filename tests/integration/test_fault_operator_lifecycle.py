@@ -47,16 +47,22 @@ def test_fault_operator_down_for_whole_intervals_resumes_the_same_step(cluster, 
     # The pause is long enough to hold the kill, the time down and the new process's wait for the
     # killed leader's Lease to expire (15 s), so the restarted operator finds the same step running.
     interval, pause, down = 2, 40, 8
+    # minLabels: the check waits (no pause, no verdict) until Prometheus holds 5 feedback labels of the
+    # canary, hence its requests too. Without it a first measurement taken before Prometheus had scraped
+    # the canary twice was inconclusive, paused the Rollout for a person, and nothing was measured after
+    # the restart (CI failure: "a new measurement after the restart not reached").
     manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": f"{pause}s"}}]}},
-                       analysis={"interval": f"{interval}s", "checks": [{"builtin": "errorRate", "max": "0.05"}]})
+                       analysis={"interval": f"{interval}s",
+                                 "checks": [{"builtin": "errorRate", "max": "0.05", "minLabels": 5}]})
     operator, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
-                                     manifest)
+                                     manifest, feedback=True)
     try:
         with StatusRecorder(cluster, namespace) as recorder:
             create_model_version(cluster, save_model(cluster.store_dir, namespace, 2, seed=1))
             before = wait_for("the pause, with a measurement", lambda: (s := rollout_status(cluster, namespace)).get(
                 "currentStep") == 1 and ((s.get("analysis") or {}).get("last") or {}).get("at") and s, timeout=150,
                 on_timeout=lambda: status_text(cluster, namespace))
+            assert not before["analysis"].get("inconclusive"), before["analysis"]  # waited for data, never judged blind
             operator.kill(signal.SIGKILL)
             killed = time.monotonic()
             time.sleep(down)  # several analysis intervals with nobody measuring
