@@ -645,8 +645,11 @@ def needs_no_finalizer(spec: Mapping[str, Any], **kwargs: Any) -> bool:
     return not needs_finalizer(spec, **kwargs)
 
 
-def deleted_reason(rollout: str, role: str) -> str:
-    return f"{c.ROLLOUT_DELETED}: Rollout {rollout}, which served it as its {role}, was deleted"
+def deleted_reason(rollout: str, role: str | None = None) -> str:
+    """The history reason of a version whose Rollout was deleted (``role`` when known: the sweep only
+    knows which Rollout staged it)."""
+    served = f"served it as its {role}" if role else "served it"
+    return f"{c.ROLLOUT_DELETED}: Rollout {rollout}, which {served}, was deleted"
 
 
 async def record_deleted_stage(mv: Mapping[str, Any], rollout: str, reason: str, at: dt.datetime) -> bool:
@@ -772,8 +775,7 @@ async def sweep_deleted() -> int:
     at = now()
     for namespace, found in mvs.items():
         for mv, rollout in orphaned(found, names.get(namespace, set())):
-            reason = f"{c.ROLLOUT_DELETED}: Rollout {rollout}, which served it, was deleted"
-            if await record_deleted_stage(mv, rollout, reason, at):
+            if await record_deleted_stage(mv, rollout, deleted_reason(rollout), at):
                 log.info("ModelVersion %s/%s: Rollout %s is gone; recorded by the deletion sweep",
                          namespace, mv["metadata"]["name"], rollout)
     st.swept = True
