@@ -109,10 +109,15 @@ class Notifier:
     def _may_want(self, note: Notification) -> bool:
         """False only when the namespace's receivers, read less than the cache time ago, want none of
         it: a namespace without receivers (most) then never fills the queue in a burst of Events."""
-        cached = self._cache.get(note.namespace)
+        targets = self._cached_targets(note.namespace)
+        return targets is None or any(t.receiver.wants(note.transition, note.reason) for t in targets)
+
+    def _cached_targets(self, namespace: str) -> tuple[Target, ...] | None:
+        """The namespace's targets if read less than the cache time ago, else None."""
+        cached = self._cache.get(namespace)
         if cached is None or self._clock() - cached.at >= self._cache_seconds:
-            return True
-        return any(t.receiver.wants(note.transition, note.reason) for t in cached.targets)
+            return None
+        return cached.targets
 
     # --- the background side -----------------------------------------------------------------------
     def start(self) -> None:
@@ -167,9 +172,9 @@ class Notifier:
         self._slots.release()
 
     async def _targets(self, namespace: str) -> tuple[Target, ...]:
-        cached = self._cache.get(namespace)
-        if cached is not None and self._clock() - cached.at < self._cache_seconds:
-            return cached.targets
+        cached = self._cached_targets(namespace)
+        if cached is not None:
+            return cached
         config_map, secret = await self._read_config(namespace)  # a failure is not cached: the next one asks again
         targets, problems = configure(config_map, secret)
         self._cache[namespace] = _Cached(self._clock(), targets)
