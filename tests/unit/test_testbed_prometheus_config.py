@@ -21,7 +21,7 @@ from noria import scrape
 from noria.contracts import LABEL_COMPONENT, LABEL_PIPELINE, LABEL_ROLLOUT, LABEL_VERSION
 from noria_testbed import binaries
 from noria_testbed.podspec import sanitise_label, scrape_targets
-from noria_testbed.prometheus import http_sd_scrape_config, prometheus_config
+from noria_testbed.prometheus import check_config, http_sd_scrape_config, prometheus_config
 
 
 def relabel(labels: dict[str, str], rules: list[dict]) -> dict[str, str] | None:
@@ -182,9 +182,7 @@ def _write(tmp_path: Path, config: dict) -> Path:
 
 
 def _promtool_check(promtool: Path, path: Path) -> str:
-    import subprocess
-
-    result = subprocess.run([str(promtool), "check", "config", str(path)], capture_output=True, text=True)
+    result = check_config(path, promtool)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
 
@@ -199,13 +197,9 @@ def test_built_promtool_accepts_the_http_sd_fallback_config(built, tmp_path):
 
 
 def test_built_promtool_refuses_a_broken_relabel_rule(built, tmp_path):
-    import subprocess
-
     config = prometheus_config(kubeconfig_file="KUBECONFIG")
     config["scrape_configs"][0]["relabel_configs"].append({"action": "keep", "regex": "(unclosed"})
-    result = subprocess.run([str(built.promtool), "check", "config", str(_write(tmp_path, config))],
-                            capture_output=True, text=True)
-    assert result.returncode != 0
+    assert check_config(_write(tmp_path, config), built.promtool).returncode != 0
 
 
 def test_built_prometheus_reports_its_kubernetes_only_build(built):
