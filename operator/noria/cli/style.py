@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from noria import contracts as ct
+from noria.deployment.observation import parse_time  # the operator's reading of a timestamp
 
 _CODES = {"green": "32", "yellow": "33", "red": "31", "blue": "34", "grey": "90", "bold": "1"}
 
@@ -47,15 +48,6 @@ class Style:
 
 def wants_colour(is_tty: bool, environ: Mapping[str, str]) -> bool:
     return is_tty and not environ.get("NO_COLOR") and environ.get("TERM") != "dumb"
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def human_seconds(seconds: float) -> str:
