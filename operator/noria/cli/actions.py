@@ -20,7 +20,7 @@ from typing import Any
 
 from noria import conditions as c
 from noria import contracts as ct
-from noria.cli.style import parse_time
+from noria.cli.style import condition, parse_time
 from noria.deployment.selection import retry_target
 from noria.deployment.spec import RolloutSpecError, parse_rollout_spec
 from noria.deployment.strategies import plan_steps
@@ -167,7 +167,7 @@ def retrain_value(user: str | None, now: dt.datetime) -> str:
 
 def retrain(pipeline: Obj, value: str, now: dt.datetime) -> Action:
     name, status = _name(pipeline), _status(pipeline)
-    degraded: Obj = next((x for x in status.get("conditions") or [] if x.get("type") == c.DEGRADED), {})
+    degraded = condition(pipeline, c.DEGRADED)
     if degraded.get("status") == c.TRUE and degraded.get("reason") in (c.INVALID_SPEC, c.DATA_SOURCE_OUT_OF_SCOPE):
         raise Refused(f"pipeline {name} cannot run: {degraded.get('reason')}: {degraded.get('message')}")
     run = status.get("currentRun") or {}

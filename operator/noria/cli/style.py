@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from noria import contracts as ct
+from noria.conditions import get_condition
 from noria.deployment.observation import parse_time  # the operator's reading of a timestamp
 
 _CODES = {"green": "32", "yellow": "33", "red": "31", "blue": "34", "grey": "90", "bold": "1"}
@@ -74,7 +75,7 @@ def clock(timestamp: str | None) -> str:
 
 
 def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), {})
+    return get_condition((obj.get("status") or {}).get("conditions"), type_) or {}
 
 
 def fields(rows: list[tuple[str, str]], style: Style, indent: str = "") -> list[str]:
