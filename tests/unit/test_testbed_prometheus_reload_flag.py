@@ -27,10 +27,15 @@ def _accepts(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
 
 
-def _available(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
+@pytest.fixture(scope="module")
+def built() -> binaries.PrometheusBinaries:
+    try:
+        return binaries._built_prometheus()
+    except binaries.PrometheusUnavailable as error:
+        reason = f"built Prometheus unavailable (run `make prometheus`): {error}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+        pytest.skip(reason)
 
 
 def test_the_reload_interval_is_the_scrape_interval(tmp_path):
@@ -40,19 +45,11 @@ def test_the_reload_interval_is_the_scrape_interval(tmp_path):
     assert FLAG in _process(tmp_path, fake).command()
 
 
-def test_the_built_prometheus_accepts_the_command_line(tmp_path):
-    try:
-        found = binaries._built_prometheus()
-    except binaries.PrometheusUnavailable as error:
-        _available(f"built Prometheus unavailable (run `make prometheus`): {error}")
-    result = _accepts(_process(tmp_path, found).command())
+def test_the_built_prometheus_accepts_the_command_line(built, tmp_path):
+    result = _accepts(_process(tmp_path, built).command())
     assert result.returncode == 0, result.stderr
 
 
-def test_an_unknown_flag_is_refused_so_the_check_above_can_fail(tmp_path):
-    try:
-        found = binaries._built_prometheus()
-    except binaries.PrometheusUnavailable as error:
-        _available(f"built Prometheus unavailable (run `make prometheus`): {error}")
-    result = _accepts([*_process(tmp_path, found).command(), "--scrape.no-such-flag=1s"])
+def test_an_unknown_flag_is_refused_so_the_check_above_can_fail(built, tmp_path):
+    result = _accepts([*_process(tmp_path, built).command(), "--scrape.no-such-flag=1s"])
     assert result.returncode != 0
