@@ -11,7 +11,7 @@ import yaml
 from noria import contracts as ct
 from noria.cli import main as cli
 from noria.cli.actions import Refused
-from noria.cli.cluster import CliError, load_target
+from noria.cli.cluster import CliError, Conflict, load_target
 
 NOW = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)
 
@@ -39,7 +39,7 @@ class FakeCluster:
         if self.conflicts:
             self.conflicts -= 1
             self.objects[(kind, name)]["metadata"]["resourceVersion"] += "1"
-            raise CliError(f"{name} changed while this command ran: run it again")
+            raise Conflict(f"{name} changed while this command ran: run it again")
         self.patches.append((kind, name, body, resource_version))
         return self.objects[(kind, name)]
 

@@ -39,6 +39,10 @@ class CliError(Exception):
     """A failure to tell the person in one message (no traceback); exit status 1."""
 
 
+class Conflict(CliError):
+    """A write refused with 409: the object changed since the read the write was decided from."""
+
+
 @dataclass(frozen=True)
 class Target:
     """Where commands go: the kubeconfig context and the namespace (-n, else the context's)."""
@@ -170,7 +174,7 @@ class Cluster:
             out = self.client.patch(res, name, patch, namespace=self.namespace, patch_type=PatchType.MERGE)
         except ApiError as exc:
             if getattr(exc.status, "code", None) == 409:
-                raise CliError(f"{RESOURCE_NAMES[kind]} {name} changed while this command ran: run it again") from exc
+                raise Conflict(f"{RESOURCE_NAMES[kind]} {name} changed while this command ran: run it again") from exc
             raise explain(exc, f"patch {RESOURCE_NAMES[kind]} {name} in {self.namespace}") from exc
         except OSError as exc:
             raise CliError(f"patch {name}: cannot reach the API server of context {self.target.context} ({exc})") from exc

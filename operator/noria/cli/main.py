@@ -154,7 +154,7 @@ def run_write(cluster: Any, args: argparse.Namespace, out: Callable[[str], None]
               now: Callable[[], dt.datetime]) -> int:
     """Read, decide, write with the read's resourceVersion; on a conflict (the operator wrote in
     between) read and decide again, so the write always follows from the object as it is."""
-    from noria.cli.cluster import CliError
+    from noria.cli.cluster import CliError, Conflict
 
     name = split_name(args.command, args.name)
     asked: dict[str, str | None] = {}
@@ -180,10 +180,8 @@ def run_write(cluster: Any, args: argparse.Namespace, out: Callable[[str], None]
         try:
             cluster.merge_patch(WRITE_KIND[args.command], name, action.patch,
                                 resource_version=obj["metadata"].get("resourceVersion"))
-        except CliError as exc:
-            if "changed while this command ran" in str(exc):
-                continue
-            raise
+        except Conflict:
+            continue
         out(action.message)
         return 0
     raise CliError(f"{name} kept changing while this command ran ({CONFLICT_RETRIES} tries): run it again")
