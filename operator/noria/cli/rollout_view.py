@@ -27,6 +27,11 @@ def _steps(rollout: Obj) -> tuple[Step, ...] | None:
         return None
 
 
+def _current(status: Obj, steps: tuple[Step, ...]) -> int:
+    """The index of the step the canary is at (the switch when status says past the last)."""
+    return min(int(status.get("currentStep") or 0), len(steps) - 1)
+
+
 def _strategy(rollout: Obj) -> str:
     return next(iter((rollout.get("spec") or {}).get("strategy") or {}), "?")
 
@@ -48,7 +53,7 @@ def step_lines(rollout: Obj, now: dt.datetime, style: Style) -> list[str]:
     steps = _steps(rollout)
     if not steps or not status.get("canaryVersion"):
         return []
-    current = min(int(status.get("currentStep") or 0), len(steps) - 1)
+    current = _current(status, steps)
     started = parse_time(status.get("stepStartedAt"))
     out = [style.paint("Steps:", "bold")]
     for i, step in enumerate(steps):
@@ -187,7 +192,7 @@ def render_rollout(rollout: Obj, model_versions: Mapping[str, Obj], deployments:
 
     step = ""
     if status.get("canaryVersion") and steps:
-        i = min(int(status.get("currentStep") or 0), len(steps) - 1)
+        i = _current(status, steps)
         step = f"{i}/{len(steps)}  ({steps[i].describe()})"
     paused = ""
     if spec.get("paused"):
@@ -226,7 +231,7 @@ def rollout_row(rollout: Obj) -> list[str]:
     steps = _steps(rollout)
     step = ""
     if status.get("canaryVersion") and steps:
-        step = f"{min(int(status.get('currentStep') or 0), len(steps) - 1)}/{len(steps)}"
+        step = f"{_current(status, steps)}/{len(steps)}"
     weights = status.get("weights") or {}
     canary = status.get("canaryVersion") or ""
     return [rollout["metadata"].get("namespace", ""), rollout["metadata"]["name"], status.get("phase") or "",
