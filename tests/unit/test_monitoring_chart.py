@@ -7,10 +7,10 @@ ConfigMap carries the Grafana sidecar's label."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
+import chart_render
 import pytest
 import yaml
 from noria import monitoring, scrape
@@ -18,26 +18,18 @@ from noria.contracts import LABEL_COMPONENT
 from noria.monitoring import alerts, dashboard
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "noria"
-BUILD_HELM = ROOT / "hack" / "build-helm.sh"
 RELEASE, NAMESPACE = "noria", "noria-system"
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
 def helm() -> Path:
-    built = subprocess.run(["bash", str(BUILD_HELM)], capture_output=True, text=True)
-    assert built.returncode == 0, f"{BUILD_HELM} failed:\n{built.stderr[-3000:]}"
-    return Path(built.stdout.strip().splitlines()[-1]) / "helm"
+    return chart_render.helm_binary()
 
 
 def render(helm: Path, *sets: str) -> list[dict[str, Any]]:
-    args = [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for s in sets:
-        args += ["--set", s]
-    out = subprocess.run(args, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    """The chart rendered with each of ``sets`` as a ``--set``."""
+    return chart_render.render(helm, *(arg for s in sets for arg in ("--set", s)), namespace=NAMESPACE, release=RELEASE)
 
 
 def monitoring_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
