@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from noria.scrape import series_label
+
 Json = dict[str, Any]
 
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -305,13 +307,13 @@ def termination_message(file_text: str, policy: str, exit_code: int, log_tail: s
 
 
 # ---- Prometheus service discovery ----------------------------------------------------------------
-_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 SCRAPE_PORT_NAMES = ("metrics", "http")
 
 
 def sanitise_label(name: str) -> str:
-    """A Kubernetes label key as a Prometheus label name (what kubernetes_sd does)."""
-    return _LABEL_CHARS.sub("_", name)
+    """A Kubernetes label key as a Prometheus label name (what kubernetes_sd does): the operator's
+    own rule, ``noria.scrape.series_label``."""
+    return series_label(name)
 
 
 def scrape_targets(pod: Json, pod_ip: str) -> list[Json]:
