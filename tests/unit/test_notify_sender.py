@@ -97,8 +97,10 @@ async def test_a_notification_is_posted_once_with_its_body():
 
 async def test_publish_never_waits_even_with_no_sender_running():
     clock = FakeClock()
-    notifier = make(Cluster(), Receiver(clock), clock, queue_size=2)
-    assert notifier.publish(ROLLOUT, *ABORT) is None  # a plain call: nothing to await, nothing sent yet
+    receiver = Receiver(clock)
+    notifier = make(Cluster(), receiver, clock, queue_size=2)
+    assert notifier.publish(ROLLOUT, *ABORT) is None  # a plain call: nothing to await
+    assert notifier._queue.qsize() == 1 and receiver.calls == []  # queued for the sender, not sent inline
 
 
 async def test_a_full_queue_drops_and_counts_and_keeps_what_it_holds():
