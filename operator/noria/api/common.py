@@ -101,7 +101,7 @@ def _cel_regex(regex: str) -> str:
 # --- durations: "30s", "5m", "1h30m", "180d" -------------------------------------------------------
 DURATION_RE: Final = r"^([0-9]+(ms|s|m|h|d|w))+$"
 DURATION_MESSAGE: Final = (
-    "must be a duration: a whole number with a unit ms, s, m, h, d or w, e.g. \"30s\", \"5m\", \"1h30m\", \"180d\""
+    'must be a duration: a whole number with a unit ms, s, m, h, d or w, e.g. "30s", "5m", "1h30m", "180d"'
 )
 _DURATION_UNITS: Final = {
     "ms": dt.timedelta(milliseconds=1),
@@ -139,7 +139,7 @@ def parse_duration(text: str) -> dt.timedelta:
 # An exponent is allowed ("1.23457e+06"): it is still an exact decimal, and it is what Python's
 # "%g" formatting of a computed metric produces.
 DECIMAL_RE: Final = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
-DECIMAL_MESSAGE: Final = "must be an integer or a decimal string such as \"0.05\" (no floats: quote the number)"
+DECIMAL_MESSAGE: Final = 'must be an integer or a decimal string such as "0.05" (no floats: quote the number)'
 
 
 def _int_or_string_schema(regex: str, **bounds: int) -> dict[str, Any]:
@@ -161,7 +161,9 @@ Decimalish = Annotated[
 ]
 
 FRACTION_RE: Final = r"^(0(\.[0-9]+)?|1(\.0+)?)$"
-FRACTION_MESSAGE: Final = "must be a fraction between 0 and 1 written as a string, e.g. \"0.2\" (or the integer 0 or 1)"
+FRACTION_MESSAGE: Final = (
+    'must be a fraction between 0 and 1 written as a string, e.g. "0.2" (or the integer 0 or 1)'
+)
 
 
 def _fraction_int(value: int) -> int:
@@ -179,7 +181,7 @@ Fraction = Annotated[
 # A check bound is a decimal, or a duration for latency checks: "0.01", 5, "250ms".
 BOUND_RE: Final = r"^-?[0-9]+(\.[0-9]+)?(ms|s)?$"
 BOUND_MESSAGE: Final = (
-    "must be an integer or a decimal string such as \"0.01\", or for latencies a duration such as \"250ms\""
+    'must be an integer or a decimal string such as "0.01", or for latencies a duration such as "250ms"'
     " (no floats: quote the number)"
 )
 Bound = Annotated[
@@ -205,7 +207,7 @@ def decimal(value: int | str) -> Decimal:
 
 # --- resource quantities ("500m", "2Gi", 1) ----------------------------------------------------------
 QUANTITY_RE: Final = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-QUANTITY_MESSAGE: Final = "must be a Kubernetes quantity such as \"500m\", \"1\" or \"2Gi\" (no floats: quote it)"
+QUANTITY_MESSAGE: Final = 'must be a Kubernetes quantity such as "500m", "1" or "2Gi" (no floats: quote it)'
 Quantity = Annotated[
     StrictInt | Annotated[StrictStr, _checked_pattern(QUANTITY_RE, QUANTITY_MESSAGE)],
     WithJsonSchema(_int_or_string_schema(QUANTITY_RE)),
@@ -236,7 +238,9 @@ ARTIFACT_URI_SCHEME_MESSAGE: Final = (
 ARTIFACT_URI_QUERY_RE: Final = r"[?#]"
 ARTIFACT_URI_QUERY_MESSAGE: Final = "must not carry a query or a fragment ('?' or '#')"
 ARTIFACT_URI_DOT_SEGMENT_RE: Final = r"/\.\.?(/|$)"
-ARTIFACT_URI_DOT_SEGMENT_MESSAGE: Final = "must not contain '.' or '..' path segments: write the path as it is"
+ARTIFACT_URI_DOT_SEGMENT_MESSAGE: Final = (
+    "must not contain '.' or '..' path segments: write the path as it is"
+)
 ARTIFACT_URI_EMPTY_SEGMENT_RE: Final = r"[^:/]//"
 ARTIFACT_URI_EMPTY_SEGMENT_MESSAGE: Final = "must not contain an empty path segment ('//')"
 ARTIFACT_URI_CHARACTERS_RE: Final = r"^[A-Za-z0-9._~/:@+=,-]+$"
@@ -318,19 +322,27 @@ def _uri_check(rules: tuple[UriRule, ...]) -> AfterValidator:
 
 def _uri_schema(rules: tuple[UriRule, ...]) -> WithJsonSchema:
     """The CRD half of a checked URI type: one ``x-kubernetes-validations`` entry per rule."""
-    return WithJsonSchema({
-        "type": "string",
-        "minLength": 1,
-        "maxLength": URI_MAX,
-        "x-kubernetes-validations": [rule.cel() for rule in rules],
-    })
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": URI_MAX,
+            "x-kubernetes-validations": [rule.cel() for rule in rules],
+        }
+    )
 
 
 ArtifactUri = Annotated[
-    StrictStr, Field(min_length=1, max_length=URI_MAX), _uri_check(ARTIFACT_URI_RULES), _uri_schema(ARTIFACT_URI_RULES)
+    StrictStr,
+    Field(min_length=1, max_length=URI_MAX),
+    _uri_check(ARTIFACT_URI_RULES),
+    _uri_schema(ARTIFACT_URI_RULES),
 ]
 DataSourceUri = Annotated[
-    StrictStr, Field(min_length=1, max_length=URI_MAX), _uri_check(DATA_SOURCE_RULES), _uri_schema(DATA_SOURCE_RULES)
+    StrictStr,
+    Field(min_length=1, max_length=URI_MAX),
+    _uri_check(DATA_SOURCE_RULES),
+    _uri_schema(DATA_SOURCE_RULES),
 ]
 
 # Not strict: on the wire (YAML, JSON, Kopf's dicts) a timestamp is an RFC 3339 string.
@@ -339,7 +351,6 @@ Timestamp = Annotated[
     Field(strict=False),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
-
 
 
 def format_timestamp(moment: dt.datetime | None = None) -> str:
@@ -363,13 +374,61 @@ class ResourceRequirements(NoriaModel):
     requests: dict[Annotated[str, Field(max_length=NAME_MAX)], Quantity] | None = Field(
         default=None,
         max_length=16,
-        description="Minimum resources, e.g. {cpu: \"1\", memory: 2Gi}.",
+        description='Minimum resources, e.g. {cpu: "1", memory: 2Gi}.',
     )
     limits: dict[Annotated[str, Field(max_length=NAME_MAX)], Quantity] | None = Field(
         default=None,
         max_length=16,
         description="Maximum resources, e.g. {memory: 4Gi}.",
     )
+
+
+S3_ENDPOINT_RE: Final = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
+S3_ENDPOINT_MESSAGE: Final = (
+    "must be http(s)://<host>[:<port>] with no path, user or query, e.g. http://seaweedfs.storage:8333"
+)
+S3_REGION_RE: Final = r"^[a-z0-9-]{1,32}$"
+S3Endpoint = Annotated[
+    StrictStr,
+    Field(max_length=URI_MAX),
+    _checked_pattern(S3_ENDPOINT_RE, S3_ENDPOINT_MESSAGE),
+    WithJsonSchema({"type": "string", "maxLength": URI_MAX, "pattern": S3_ENDPOINT_RE}),
+]
+S3Region = Annotated[
+    StrictStr,
+    _checked_pattern(S3_REGION_RE, "must be a region name such as us-east-1"),
+    WithJsonSchema({"type": "string", "maxLength": 32, "pattern": S3_REGION_RE}),
+]
+
+
+class S3Access(NoriaModel):
+    """How the pods Noria starts reach an ``s3://`` store (any S3-compatible endpoint)."""
+
+    endpoint: S3Endpoint | None = Field(
+        default=None,
+        description=(
+            "S3 API endpoint, e.g. http://seaweedfs.storage:8333 or https://minio.example.com. Unset: AWS S3"
+            " (or AWS_ENDPOINT_URL in the operator's environment)."
+        ),
+    )
+    region: S3Region | None = Field(
+        default=None, description="Region of the bucket, e.g. us-east-1. Unset: the endpoint's default."
+    )
+    credentials_secret: ObjectName | None = Field(
+        default=None,
+        description=(
+            "Secret in the same namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally"
+            " AWS_SESSION_TOKEN), given to the trainer and model-server pods by the kubelet (env valueFrom); the"
+            " operator never logs them. Unset: the pod's workload identity (IRSA, EKS Pod Identity, GKE/Azure"
+            " federation) or the node's credentials."
+        ),
+    )
+
+
+class StoreAccess(NoriaModel):
+    """Access to the artifact store and data sources when they are not the store volume."""
+
+    s3: S3Access | None = Field(default=None, description="For s3:// data sources, artifacts and logs.")
 
 
 class Condition(StatusModel):
@@ -431,6 +490,8 @@ __all__ = [
     "ObjectName",
     "Quantity",
     "ResourceRequirements",
+    "S3Access",
+    "StoreAccess",
     "ShortText",
     "StatusModel",
     "Text",

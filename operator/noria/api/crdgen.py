@@ -113,7 +113,9 @@ def structural(node: Any, defs: dict[str, Any]) -> Any:
         node["items"] = structural(node["items"], defs)
     if "anyOf" in node:  # int-or-string: keep the two bare type branches only
         node["anyOf"] = [{"type": b["type"]} for b in node["anyOf"]]
-    return {k: node[k] for k in sorted(node, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))}
+    return {
+        k: node[k] for k in sorted(node, key=lambda k: (_ORDER.index(k) if k in _ORDER else len(_ORDER), k))
+    }
 
 
 def resource_schema(kind: ResourceKind) -> dict[str, Any]:

@@ -38,8 +38,10 @@ KIND: Final = "ModelVersion"
 PLURAL: Final = "modelversions"
 
 DIGEST_RE: Final = r"^sha256:[0-9a-f]{64}$"
-DIGEST_MESSAGE: Final = "digest must be \"sha256:\" followed by 64 lower-case hex characters"
-IMMUTABLE_MESSAGE: Final = "spec is immutable: a ModelVersion records one trained model; create a new ModelVersion instead"
+DIGEST_MESSAGE: Final = 'digest must be "sha256:" followed by 64 lower-case hex characters'
+IMMUTABLE_MESSAGE: Final = (
+    "spec is immutable: a ModelVersion records one trained model; create a new ModelVersion instead"
+)
 
 # The names live in noria.contracts; a type needs them spelt out, and the assert keeps the two equal.
 Stage = Literal[
@@ -69,17 +71,23 @@ class Artifact(NoriaModel):
             " file:///var/lib/noria/store/ml/churn/v7/model.skops, or under a registry prefix the operator trusts."
         )
     )
-    digest: Digest = Field(description="sha256 of the file: \"sha256:\" + 64 lower-case hex characters.")
-    format: Literal["skops"] = Field(default="skops", description="File format; skops (safe loading, no pickle).")
+    digest: Digest = Field(description='sha256 of the file: "sha256:" + 64 lower-case hex characters.')
+    format: Literal["skops"] = Field(
+        default="skops", description="File format; skops (safe loading, no pickle)."
+    )
 
 
 class DataLineage(NoriaModel):
     """The data a version was trained on."""
 
     source: Uri | None = Field(default=None, description="Data source URI as in the pipeline spec.")
-    rows: int | None = Field(default=None, ge=0, description="Rows trained and evaluated on, after windowing.")
-    window: ShortText | None = Field(default=None, description="The window used, e.g. \"90d\" or \"50000 rows\".")
-    feedback_rows: int | None = Field(default=None, ge=0, description="Rows that came from labelled production traffic.")
+    rows: int | None = Field(
+        default=None, ge=0, description="Rows trained and evaluated on, after windowing."
+    )
+    window: ShortText | None = Field(default=None, description='The window used, e.g. "90d" or "50000 rows".')
+    feedback_rows: int | None = Field(
+        default=None, ge=0, description="Rows that came from labelled production traffic."
+    )
 
 
 class Lineage(NoriaModel):
@@ -88,16 +96,22 @@ class Lineage(NoriaModel):
     run: ShortText | None = Field(default=None, description="Training run id, <pipeline>-r<N>.")
     trigger: TriggerKind | None = Field(default=None, description="What started the run.")
     data: DataLineage | None = Field(default=None, description="The training data.")
-    parent: ShortText | None = Field(default=None, description="The champion ModelVersion when this one was trained.")
+    parent: ShortText | None = Field(
+        default=None, description="The champion ModelVersion when this one was trained."
+    )
     trained_at: Timestamp | None = Field(default=None, description="When training finished.")
 
 
 class ModelVersionSpec(NoriaModel):
     """The facts of one trained model. Immutable once created."""
 
-    model_config = NoriaModel.model_config | {"json_schema_extra": with_cel(cel("self == oldSelf", IMMUTABLE_MESSAGE))}
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(cel("self == oldSelf", IMMUTABLE_MESSAGE))
+    }
 
-    pipeline: PipelineName = Field(description="The TrainingPipeline this version belongs to (same namespace).")
+    pipeline: PipelineName = Field(
+        description="The TrainingPipeline this version belongs to (same namespace)."
+    )
     version: int = Field(
         ge=1, le=RUN_NUMBER_MAX, description="Version number N; the object must be named <pipeline>-v<N>."
     )
@@ -112,10 +126,14 @@ class ModelVersionSpec(NoriaModel):
     metrics: dict[Annotated[StrictStr, Field(max_length=64)], Decimalish] | None = Field(
         default=None,
         max_length=32,
-        description=("Holdout scores by metric name, as decimal strings or integers, e.g. {f1: \"0.83\"}. "
-                     "precision, recall and f1 are macro averages over the classes, as in the live checks."),
+        description=(
+            'Holdout scores by metric name, as decimal strings or integers, e.g. {f1: "0.83"}. '
+            "precision, recall and f1 are macro averages over the classes, as in the live checks."
+        ),
     )
-    lineage: Lineage | None = Field(default=None, description="Run, trigger, data and parent of this version.")
+    lineage: Lineage | None = Field(
+        default=None, description="Run, trigger, data and parent of this version."
+    )
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -124,8 +142,10 @@ class StageChange(StatusModel):
 
     stage: Stage = Field(description="The stage entered.")
     at: Timestamp | None = Field(default=None, description="When.")
-    reason: Text | None = Field(default=None, description="Why, e.g. \"canary analysis passed\".")
-    by: ShortText | None = Field(default=None, description="Who moved it, e.g. rollout/churn, pipeline/churn, user/alice.")
+    reason: Text | None = Field(default=None, description='Why, e.g. "canary analysis passed".')
+    by: ShortText | None = Field(
+        default=None, description="Who moved it, e.g. rollout/churn, pipeline/churn, user/alice."
+    )
 
 
 class ModelVersionStatus(StatusModel):
@@ -139,26 +159,34 @@ class ModelVersionStatus(StatusModel):
             " (trained, waiting for approval), Rejected, Approved, Canary, Shadow, Preview, Production or Retired."
         ),
     )
-    traffic: int | None = Field(default=None, ge=0, le=100, description="Percent of live requests served now.")
+    traffic: int | None = Field(
+        default=None, ge=0, le=100, description="Percent of live requests served now."
+    )
     metric: ShortText | None = Field(
         default=None,
         description=(
-            "One-line score for `kubectl get mv`: the gate metric, e.g. \"f1=0.83\"; the operator may append the"
-            " live score once enough labels arrived, e.g. \"f1=0.83 live=0.79\"."
+            'One-line score for `kubectl get mv`: the gate metric, e.g. "f1=0.83"; the operator may append the'
+            ' live score once enough labels arrived, e.g. "f1=0.83 live=0.79".'
         ),
     )
-    message: Text | None = Field(default=None, description="Why the version is in its stage (e.g. rejection reason).")
+    message: Text | None = Field(
+        default=None, description="Why the version is in its stage (e.g. rejection reason)."
+    )
     history: list[StageChange] | None = Field(
         default=None, max_length=100, description="Stage changes, oldest first: what served when."
     )
     conditions: list[Condition] | None = conditions_field()
-    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation last acted on."
+    )
 
 
 class ModelVersion(NoriaModel):
     """A ModelVersion manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(default="noria.dev/v1alpha1", description="noria.dev/v1alpha1")
+    api_version: Literal["noria.dev/v1alpha1"] = Field(
+        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
+    )
     kind: Literal["ModelVersion"] = Field(default=KIND, description="ModelVersion")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: ModelVersionSpec = Field(description="The facts of one trained model; immutable.")

@@ -61,7 +61,6 @@ ROLLOUT_PLUS_PIPELINE_MAX: Final = LABEL_VALUE_MAX - 1 - _NUMBERED_SUFFIX
 ROLLOUT_PLUS_MODEL_VERSION_MAX: Final = LABEL_VALUE_MAX - 1
 
 
-
 def _label_name(limit: int) -> Any:
     """A reference to an object whose name becomes part of Service names and label values."""
     return Annotated[
@@ -121,7 +120,8 @@ def _dns_label(kind: str, limit: int, why: str) -> tuple[NameRule, NameRule]:
 
 
 TRAINING_PIPELINE_NAME_RULES: Final = _dns_label(
-    "a TrainingPipeline", PIPELINE_NAME_MAX,
+    "a TrainingPipeline",
+    PIPELINE_NAME_MAX,
     f"its runs and versions are named <name>-r<N> and <name>-v<N>, at most {LABEL_VALUE_MAX} with N up to"
     f" {RUN_NUMBER_MAX}",
 )

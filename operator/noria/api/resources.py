@@ -45,7 +45,9 @@ class ResourceKind:
         return f"{self.plural}.{GROUP}"
 
 
-def _column(name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0) -> dict[str, Any]:
+def _column(
+    name: str, json_path: str, type_: str = "string", description: str = "", priority: int = 0
+) -> dict[str, Any]:
     col: dict[str, Any] = {"name": name, "type": type_, "jsonPath": json_path}
     if description:
         col["description"] = description
@@ -141,10 +143,15 @@ def name_error(kind: ResourceKind, manifest: dict[str, Any]) -> ValidationError 
     if not problems:
         return None
     name = (manifest.get("metadata") or {}).get("name")
-    return ValidationError.from_exception_data(kind.kind, [
-        InitErrorDetails(type=PydanticCustomError("name_rule", message), loc=("metadata", "name"), input=name)
-        for message in problems
-    ])
+    return ValidationError.from_exception_data(
+        kind.kind,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("name_rule", message), loc=("metadata", "name"), input=name
+            )
+            for message in problems
+        ],
+    )
 
 
 def validate_manifest(manifest: dict[str, Any]) -> BaseModel:

@@ -31,6 +31,7 @@ from .common import (
     ResourceRequirements,
     ShortText,
     StatusModel,
+    StoreAccess,
     Text,
     Timestamp,
     cel,
@@ -47,13 +48,13 @@ from .naming import (
 KIND: Final = "Rollout"
 PLURAL: Final = "rollouts"
 
-SOURCE_ONE_MESSAGE: Final = "source: set exactly one of pipeline (follow its newest approved version) or modelVersion (pin)"
+SOURCE_ONE_MESSAGE: Final = (
+    "source: set exactly one of pipeline (follow its newest approved version) or modelVersion (pin)"
+)
 STRATEGY_ONE_MESSAGE: Final = "strategy: set exactly one of canary, blueGreen, shadow or immediate"
 STEP_ONE_MESSAGE: Final = "each canary step sets exactly one of setWeight, pause or analysis"
 WEIGHTS_ORDER_MESSAGE: Final = "canary setWeight values must not decrease from one step to the next"
-SHADOW_SERVICE_MESSAGE: Final = (
-    "traffic provider service cannot mirror requests, so it cannot run a shadow strategy: use router or gatewayAPI"
-)
+SHADOW_SERVICE_MESSAGE: Final = "traffic provider service cannot mirror requests, so it cannot run a shadow strategy: use router or gatewayAPI"
 GATEWAY_CONFIG_MESSAGE: Final = "provider gatewayAPI needs gatewayAPI.httpRoute"
 CHECK_KIND_MESSAGE: Final = "an analysis check sets exactly one of builtin or query"
 CHECK_NAME_MESSAGE: Final = "a query check needs a name"
@@ -65,15 +66,21 @@ ANALYSIS_NEEDED_MESSAGE: Final = (
 LATENCY_CHECKS: Final = ("latencyP50", "latencyP95", "latencyP99")
 LABEL_CHECKS: Final = ("accuracy", "f1")  # read feedback labels
 DEFAULT_MIN_LABELS: Final = 100  # labels a label check waits for when minLabels is unset
-DURATION_BOUND_MESSAGE: Final = (
-    "a duration bound such as \"250ms\" is for latencyP50/P95/P99 only; write other bounds as decimals, e.g. \"0.01\""
-)
+DURATION_BOUND_MESSAGE: Final = 'a duration bound such as "250ms" is for latencyP50/P95/P99 only; write other bounds as decimals, e.g. "0.01"'
 SECRET_KEY_RE: Final = r"^[-._a-zA-Z0-9]+$"
 SECRET_KEY_MESSAGE: Final = "must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
 SECRET_KEY_MAX: Final = 253
 
 BuiltinCheck = Literal[
-    "errorRate", "latencyP50", "latencyP95", "latencyP99", "accuracy", "f1", "shadowAgreement", "drift", "predictionDrift"
+    "errorRate",
+    "latencyP50",
+    "latencyP95",
+    "latencyP99",
+    "accuracy",
+    "f1",
+    "shadowAgreement",
+    "drift",
+    "predictionDrift",
 ]
 
 
@@ -121,7 +128,7 @@ class Pause(NoriaModel):
     duration: Duration | None = Field(
         default=None,
         description=(
-            "How long, e.g. \"5m\". Unset: wait until a person promotes with `kubectl noria promote <rollout>`"
+            'How long, e.g. "5m". Unset: wait until a person promotes with `kubectl noria promote <rollout>`'
             " (past this step once; the annotation noria.dev/promote=true does the same) or `--full`"
             " (noria.dev/promote=full: skip every remaining step)."
         ),
@@ -147,13 +154,20 @@ class CanaryStep(NoriaModel):
 
     model_config = NoriaModel.model_config | {
         "json_schema_extra": with_cel(
-            cel("[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1", STEP_ONE_MESSAGE)
+            cel(
+                "[has(self.setWeight), has(self.pause), has(self.analysis)].filter(x, x).size() == 1",
+                STEP_ONE_MESSAGE,
+            )
         )
     }
 
-    set_weight: int | None = Field(default=None, ge=0, le=100, description="Send this percent of traffic to the new version.")
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Send this percent of traffic to the new version."
+    )
     pause: Pause | None = Field(default=None, description="Wait, for a duration or until promoted.")
-    analysis: StepAnalysis | None = Field(default=None, description="Run the analysis checks before going on.")
+    analysis: StepAnalysis | None = Field(
+        default=None, description="Run the analysis checks before going on."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -200,7 +214,7 @@ class BlueGreen(NoriaModel):
         ),
     )
     scale_down_delay: Duration | None = Field(
-        default=None, description="Keep the old version running this long after the switch, e.g. \"5m\"."
+        default=None, description='Keep the old version running this long after the switch, e.g. "5m".'
     )
     pre_promotion_analysis: StepAnalysis | None = Field(
         default=None, description="Run the analysis checks against the preview before switching ({})."
@@ -211,7 +225,9 @@ class Shadow(NoriaModel):
     """Mirror live requests to the new version, compare its answers, never return them."""
 
     mirror_percent: int = Field(default=100, ge=1, le=100, description="Percent of requests mirrored.")
-    duration: Duration | None = Field(default=None, description="How long to compare before deciding, e.g. \"30m\".")
+    duration: Duration | None = Field(
+        default=None, description='How long to compare before deciding, e.g. "30m".'
+    )
     promote: Literal["automatic", "manual"] = Field(
         default="manual",
         description=(
@@ -246,7 +262,9 @@ class Strategy(NoriaModel):
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, data: Any) -> Any:
-        return _exactly_one(data, ("canary", "blueGreen", "blue_green", "shadow", "immediate"), STRATEGY_ONE_MESSAGE)
+        return _exactly_one(
+            data, ("canary", "blueGreen", "blue_green", "shadow", "immediate"), STRATEGY_ONE_MESSAGE
+        )
 
     @property
     def name(self) -> str:
@@ -266,7 +284,12 @@ class Check(NoriaModel):
     model_config = NoriaModel.model_config | {
         "json_schema_extra": with_cel(
             cel("has(self.builtin) != has(self.query)", CHECK_KIND_MESSAGE),
-            cel("!has(self.query) || has(self.name)", CHECK_NAME_MESSAGE, field_path=".name", reason="FieldValueRequired"),
+            cel(
+                "!has(self.query) || has(self.name)",
+                CHECK_NAME_MESSAGE,
+                field_path=".name",
+                reason="FieldValueRequired",
+            ),
             cel("has(self.min) || has(self.max)", CHECK_BOUND_MESSAGE),
             cel(
                 "(has(self.builtin) && self.builtin.startsWith('latency'))"
@@ -280,18 +303,20 @@ class Check(NoriaModel):
     builtin: BuiltinCheck | None = Field(
         default=None,
         description=(
-            "errorRate, latencyP50/P95/P99 (seconds or \"250ms\"), accuracy or f1 (macro-averaged over the classes;"
+            'errorRate, latencyP50/P95/P99 (seconds or "250ms"), accuracy or f1 (macro-averaged over the classes;'
             " both from feedback labels),"
             " shadowAgreement (share of equal answers), drift (largest input feature drift), predictionDrift"
             " (drift of the predicted classes)."
         ),
     )
-    name: ShortText | None = Field(default=None, description="Check name in status and events; required with query.")
+    name: ShortText | None = Field(
+        default=None, description="Check name in status and events; required with query."
+    )
     query: Annotated[StrictStr, Field(max_length=QUERY_MAX)] | None = Field(
         default=None, description="PromQL returning one number for the new version."
     )
-    min: Bound | None = Field(default=None, description="Fails below this, e.g. \"0.80\".")
-    max: Bound | None = Field(default=None, description="Fails above this, e.g. \"0.01\" or \"250ms\".")
+    min: Bound | None = Field(default=None, description='Fails below this, e.g. "0.80".')
+    max: Bound | None = Field(default=None, description='Fails above this, e.g. "0.01" or "250ms".')
     min_labels: StrictInt | None = Field(
         default=None,
         ge=1,
@@ -306,10 +331,12 @@ class Check(NoriaModel):
         description=(
             "How long a label-needing check (accuracy, f1, or any check with minLabels) waits for minLabels labels,"
             " counted from the start of the step, before its measurement is inconclusive (and spec.analysis."
-            "inconclusive applies), e.g. \"10m\". Unset: it waits without bound (progressDeadline still applies)."
+            'inconclusive applies), e.g. "10m". Unset: it waits without bound (progressDeadline still applies).'
         ),
     )
-    window: Duration | None = Field(default=None, description="Range the builtin metric is computed over, e.g. \"2m\".")
+    window: Duration | None = Field(
+        default=None, description='Range the builtin metric is computed over, e.g. "2m".'
+    )
     method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] | None = Field(
         default=None,
         description=(
@@ -335,7 +362,9 @@ class Check(NoriaModel):
             raise ValueError(CHECK_NAME_MESSAGE)
         if self.min is None and self.max is None:
             raise ValueError(CHECK_BOUND_MESSAGE)
-        if self.builtin not in LATENCY_CHECKS and any(isinstance(b, str) and b.endswith("s") for b in (self.min, self.max)):
+        if self.builtin not in LATENCY_CHECKS and any(
+            isinstance(b, str) and b.endswith("s") for b in (self.min, self.max)
+        ):
             raise ValueError(DURATION_BOUND_MESSAGE)
         return self
 
@@ -350,7 +379,9 @@ class AnalysisSpec(NoriaModel):
     interval: Duration = Field(default="1m", description="Time between two measurements.")
     failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated; one more aborts.")
     consecutive_error_limit: int = Field(
-        default=4, ge=0, description="Measurements in a row that could not be taken (provider down) before aborting."
+        default=4,
+        ge=0,
+        description="Measurements in a row that could not be taken (provider down) before aborting.",
     )
     inconclusive: Literal["pause", "fail"] = Field(
         default="pause",
@@ -369,8 +400,14 @@ SecretKey = Annotated[
     StrictStr,
     Field(min_length=1, max_length=SECRET_KEY_MAX),
     AfterValidator(_secret_key),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": SECRET_KEY_MAX,
-                    "x-kubernetes-validations": [cel(f"self.matches('{SECRET_KEY_RE}')", SECRET_KEY_MESSAGE)]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": SECRET_KEY_MAX,
+            "x-kubernetes-validations": [cel(f"self.matches('{SECRET_KEY_RE}')", SECRET_KEY_MESSAGE)],
+        }
+    ),
 ]
 
 
@@ -378,7 +415,7 @@ class SecretKeyRef(NoriaModel):
     """One key of a Secret in the Rollout's namespace, as in a container's ``env[].valueFrom.secretKeyRef``."""
 
     name: ObjectName = Field(description="The Secret's name (same namespace as the Rollout).")
-    key: SecretKey = Field(default="token", description="The key in the Secret's data. Default \"token\".")
+    key: SecretKey = Field(default="token", description='The key in the Secret\'s data. Default "token".')
 
 
 class FeedbackAccess(NoriaModel):
@@ -399,7 +436,9 @@ class FeedbackAccess(NoriaModel):
 class GatewayAPITraffic(NoriaModel):
     """Gateway API settings."""
 
-    http_route: ObjectName = Field(description="HTTPRoute (same namespace) whose backendRefs the operator weighs.")
+    http_route: ObjectName = Field(
+        description="HTTPRoute (same namespace) whose backendRefs the operator weighs."
+    )
 
 
 class Traffic(NoriaModel):
@@ -459,7 +498,7 @@ class RolloutSpec(NoriaModel):
         description=(
             "After a full promotion the analysis keeps running this long and the previous version's pods keep"
             " running; a failed analysis in the window sends all traffic back to the previous version (condition"
-            " reason RolledBack, the new version's stage Rejected), e.g. \"1h\". Unset: no window."
+            ' reason RolledBack, the new version\'s stage Rejected), e.g. "1h". Unset: no window.'
         ),
     )
     progress_deadline: Duration = Field(
@@ -468,15 +507,23 @@ class RolloutSpec(NoriaModel):
             "Longest time a rollout may go without progress (a step completed, the new version ready) before it"
             " is aborted with reason ProgressDeadlineExceeded and traffic returns to the stable version. Time"
             " paused for a person (a pause without duration, manual promotion, an inconclusive analysis with"
-            " inconclusive: pause) does not count. Default \"10m\"."
+            ' inconclusive: pause) does not count. Default "10m".'
         ),
     )
     scale_down_delay: Duration | None = Field(
-        default=None, description="Keep a replaced version's pods this long before scaling them down, e.g. \"30s\"."
+        default=None,
+        description='Keep a replaced version\'s pods this long before scaling them down, e.g. "30s".',
     )
-    resources: ResourceRequirements | None = Field(default=None, description="Resources of each model-server pod.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of each model-server pod."
+    )
+    store: StoreAccess | None = Field(
+        default=None,
+        description="How model servers reach an s3:// store (artifacts, prediction and feedback logs): {s3: {endpoint, region, credentialsSecret}}.",
+    )
     feedback: FeedbackAccess | None = Field(
-        default=None, description="Feedback labels: {tokenSecretRef: {name: churn-feedback, key: token}} to require a token."
+        default=None,
+        description="Feedback labels: {tokenSecretRef: {name: churn-feedback, key: token}} to require a token.",
     )
     paused: bool = Field(
         default=False,
@@ -500,8 +547,12 @@ class RolloutSpec(NoriaModel):
         if self.strategy.shadow is not None and provider == "service":
             raise ValueError(SHADOW_SERVICE_MESSAGE)
         needs_analysis = (
-            self.strategy.canary is not None and any(s.analysis is not None for s in self.strategy.canary.steps)
-        ) or (self.strategy.blue_green is not None and self.strategy.blue_green.pre_promotion_analysis is not None)
+            self.strategy.canary is not None
+            and any(s.analysis is not None for s in self.strategy.canary.steps)
+        ) or (
+            self.strategy.blue_green is not None
+            and self.strategy.blue_green.pre_promotion_analysis is not None
+        )
         if needs_analysis and not (self.analysis and self.analysis.checks):
             raise ValueError(ANALYSIS_NEEDED_MESSAGE)
         if provider == "gatewayAPI" and not (self.traffic and self.traffic.gateway_api):
@@ -515,7 +566,8 @@ class CheckResult(StatusModel):
 
     name: ShortText = Field(description="Check name (builtin name when unnamed).")
     outcome: ShortText | None = Field(
-        default=None, description="Successful, Failed, Error, Inconclusive or Waiting (fewer labels than minLabels)."
+        default=None,
+        description="Successful, Failed, Error, Inconclusive or Waiting (fewer labels than minLabels).",
     )
     value: ShortText | None = Field(default=None, description="Measured value as a decimal string.")
     message: Text | None = Field(default=None, description="Detail, e.g. the provider's error.")
@@ -542,7 +594,9 @@ class AnalysisStatus(StatusModel):
     passed: int | None = Field(default=None, ge=0, description="Successful measurements.")
     failed: int | None = Field(default=None, ge=0, description="Failed measurements.")
     errors: int | None = Field(default=None, ge=0, description="Measurements that could not be taken.")
-    consecutive_errors: int | None = Field(default=None, ge=0, description="Errors in a row (against consecutiveErrorLimit).")
+    consecutive_errors: int | None = Field(
+        default=None, ge=0, description="Errors in a row (against consecutiveErrorLimit)."
+    )
     inconclusive: int | None = Field(default=None, ge=0, description="Measurements with too little data.")
     consecutive_successes: int | None = Field(
         default=None,
@@ -560,7 +614,9 @@ class Verdict(StatusModel):
     the Rollout's status write and the ModelVersion's: the operator re-applies it on its next pass."""
 
     version: ShortText = Field(description="The ModelVersion judged.")
-    stage: Literal["Production", "Rejected", "Retired", "Approved"] = Field(description="The stage it was given.")
+    stage: Literal["Production", "Rejected", "Retired", "Approved"] = Field(
+        description="The stage it was given."
+    )
     reason: ShortText | None = Field(
         default=None,
         description=(
@@ -576,28 +632,44 @@ class Verdict(StatusModel):
 class RolloutStatus(StatusModel):
     """What is served and how the replacement is going. Conditions are the API; phase is their summary."""
 
-    phase: ShortText | None = Field(default=None, description="Summary: Pending, Progressing, Paused, Healthy or Degraded.")
+    phase: ShortText | None = Field(
+        default=None, description="Summary: Pending, Progressing, Paused, Healthy or Degraded."
+    )
     message: Text | None = Field(default=None, description="Human-readable summary of the phase.")
     stable_version: ShortText | None = Field(default=None, description="The ModelVersion serving as stable.")
     canary_version: ShortText | None = Field(
         default=None, description="The ModelVersion being introduced (canary, blue-green preview or shadow)."
     )
     current_step: int | None = Field(default=None, ge=0, description="Index of the canary step in progress.")
-    step_started_at: Timestamp | None = Field(default=None, description="When the current step (or pause) began.")
+    step_started_at: Timestamp | None = Field(
+        default=None, description="When the current step (or pause) began."
+    )
     canary_weight: int | None = Field(
-        default=None, ge=0, le=100, description="Percent of traffic on canaryVersion (mirror percent for shadow)."
+        default=None,
+        ge=0,
+        le=100,
+        description="Percent of traffic on canaryVersion (mirror percent for shadow).",
     )
-    weights: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[int, Field(ge=0, le=100)]] | None = Field(
-        default=None, max_length=8, description="Traffic percent by ModelVersion name, e.g. {churn-v6: 90, churn-v7: 10}."
+    weights: dict[Annotated[StrictStr, Field(max_length=253)], Annotated[int, Field(ge=0, le=100)]] | None = (
+        Field(
+            default=None,
+            max_length=8,
+            description="Traffic percent by ModelVersion name, e.g. {churn-v6: 90, churn-v7: 10}.",
+        )
     )
-    analysis: AnalysisStatus | None = Field(default=None, description="Analysis counters and last measurement.")
-    last_verdict: Verdict | None = Field(default=None, description="The last version judged and the stage it was given.")
+    analysis: AnalysisStatus | None = Field(
+        default=None, description="Analysis counters and last measurement."
+    )
+    last_verdict: Verdict | None = Field(
+        default=None, description="The last version judged and the stage it was given."
+    )
     previous_version: ShortText | None = Field(
         default=None,
         description="During a rollbackWindow: the version replaced by stableVersion, whose pods keep running for a rollback.",
     )
     rollback_window_ends_at: Timestamp | None = Field(
-        default=None, description="When the current rollbackWindow ends (the previous version is then scaled down)."
+        default=None,
+        description="When the current rollbackWindow ends (the previous version is then scaled down).",
     )
     no_progress_since: Timestamp | None = Field(
         default=None,
@@ -615,13 +687,17 @@ class RolloutStatus(StatusModel):
         ),
     )
     conditions: list[Condition] | None = conditions_field()
-    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation last acted on."
+    )
 
 
 class Rollout(NoriaModel):
     """A Rollout manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(default="noria.dev/v1alpha1", description="noria.dev/v1alpha1")
+    api_version: Literal["noria.dev/v1alpha1"] = Field(
+        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
+    )
     kind: Literal["Rollout"] = Field(default=KIND, description="Rollout")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: RolloutSpec = Field(description="How to serve a model and replace it.")

@@ -23,6 +23,7 @@ from .common import (
     ResourceRequirements,
     ShortText,
     StatusModel,
+    StoreAccess,
     Text,
     Timestamp,
     TriggerKind,
@@ -51,7 +52,7 @@ CRON_MACROS: Final = ("yearly", "annually", "monthly", "weekly", "daily", "hourl
 CRON_SHAPE_RE: Final = rf"^(@({'|'.join(CRON_MACROS)})|\S+ +\S+ +\S+ +\S+ +\S+)$"
 CRON_MESSAGE: Final = (
     "schedule must be a cron expression with 5 fields (minute hour day-of-month month day-of-week),"
-    " e.g. \"0 2 * * 0\", or @hourly/@daily/@weekly/@monthly/@yearly"
+    ' e.g. "0 2 * * 0", or @hourly/@daily/@weekly/@monthly/@yearly'
 )
 _FIVE_FIELDS_RE: Final = r"^\S+ +\S+ +\S+ +\S+ +\S+$"
 _MONTH_NAMES: Final = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
@@ -82,8 +83,10 @@ class CronFieldRule:
         return not re.fullmatch(_FIVE_FIELDS_RE, schedule) or bool(re.fullmatch(self.regex, schedule))
 
     def cel(self) -> dict[str, str]:
-        return cel(f"!self.matches({_cel_regex(_FIVE_FIELDS_RE)}) || self.matches({_cel_regex(self.regex)})",
-                   self.message)
+        return cel(
+            f"!self.matches({_cel_regex(_FIVE_FIELDS_RE)}) || self.matches({_cel_regex(self.regex)})",
+            self.message,
+        )
 
 
 _CRON_SYNTAX: Final = "(*, a value, a range a-b, a step /n, or a list of them)"
@@ -112,9 +115,9 @@ CRON_NEVER_RE: Final = (
     r"^\S+ +\S+ +((3[01])(,3[01])* +(0?2|(?i:feb))(,(0?2|(?i:feb)))*"
     r"|31(,31)* +(0?[2469]|11|(?i:feb|apr|jun|sep|nov))(,(0?[2469]|11|(?i:feb|apr|jun|sep|nov)))*) +[*?]$"
 )
-CRON_NEVER_MESSAGE: Final = (
-    "schedule names a date that never comes (e.g. \"0 2 31 2 *\": no February has a 31st day), so it would never run"
-)
+CRON_NEVER_MESSAGE: Final = 'schedule names a date that never comes (e.g. "0 2 31 2 *": no February has a 31st day), so it would never run'
+
+
 def cron_problems(schedule: str) -> list[str]:
     """Every cron rule ``schedule`` breaks, as the API server words it (empty when it is valid)."""
     if not re.fullmatch(CRON_SHAPE_RE, schedule):
@@ -135,22 +138,24 @@ def _cron_check(value: Any) -> Any:
 Cron = Annotated[
     StrictStr,
     AfterValidator(_cron_check),
-    WithJsonSchema({
-        "type": "string",
-        "maxLength": 128,
-        "x-kubernetes-validations": [
-            cel(f"self.matches({_cel_regex(CRON_SHAPE_RE)})", CRON_MESSAGE),
-            *(rule.cel() for rule in CRON_FIELD_RULES),
-            cel(f"!self.matches({_cel_regex(CRON_NEVER_RE)})", CRON_NEVER_MESSAGE),
-        ],
-    }),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 128,
+            "x-kubernetes-validations": [
+                cel(f"self.matches({_cel_regex(CRON_SHAPE_RE)})", CRON_MESSAGE),
+                *(rule.cel() for rule in CRON_FIELD_RULES),
+                cel(f"!self.matches({_cel_regex(CRON_NEVER_RE)})", CRON_NEVER_MESSAGE),
+            ],
+        }
+    ),
 ]
 
 # --- data windows: "180d" (by time, needs timestampColumn) or "50000 rows" (the newest N rows) ------
 WINDOW_RE: Final = r"^(([0-9]+(m|h|d|w))+|[1-9][0-9]* rows)$"
 WINDOW_MESSAGE: Final = (
-    "window must be a duration such as \"180d\" (the newest data by timestampColumn) or a row count such as"
-    " \"50000 rows\" (the newest rows)"
+    'window must be a duration such as "180d" (the newest data by timestampColumn) or a row count such as'
+    ' "50000 rows" (the newest rows)'
 )
 WindowSize = Annotated[
     StrictStr,
@@ -174,7 +179,9 @@ def parse_window(text: str) -> tuple[Literal["duration", "rows"], str | int]:
 
 
 ESTIMATOR_RE: Final = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$"
-ESTIMATOR_MESSAGE: Final = "estimator must be a dotted import path such as sklearn.linear_model.LogisticRegression"
+ESTIMATOR_MESSAGE: Final = (
+    "estimator must be a dotted import path such as sklearn.linear_model.LogisticRegression"
+)
 
 WINDOW_ONE_MESSAGE: Final = "window: set exactly one of last or candidates"
 WINDOW_NEEDS_TIMESTAMP_MESSAGE: Final = "timestampColumn is required when a window is a duration"
@@ -201,14 +208,14 @@ class ModelSpec(NoriaModel):
     }
 
     task: Literal["classification", "regression"] = Field(description="classification or regression.")
-    estimator: Annotated[StrictStr, Field(max_length=NAME_MAX), _checked_pattern(ESTIMATOR_RE, ESTIMATOR_MESSAGE)] = (
-        Field(
-            description=(
-                "Import path of a scikit-learn compatible estimator, e.g. "
-                "sklearn.ensemble.HistGradientBoostingClassifier. Only allow-listed paths are trained."
-            ),
-            json_schema_extra={"pattern": ESTIMATOR_RE},
-        )
+    estimator: Annotated[
+        StrictStr, Field(max_length=NAME_MAX), _checked_pattern(ESTIMATOR_RE, ESTIMATOR_MESSAGE)
+    ] = Field(
+        description=(
+            "Import path of a scikit-learn compatible estimator, e.g. "
+            "sklearn.ensemble.HistGradientBoostingClassifier. Only allow-listed paths are trained."
+        ),
+        json_schema_extra={"pattern": ESTIMATOR_RE},
     )
     params: dict[str, Any] | None = Field(
         default=None,
@@ -252,7 +259,7 @@ class Window(NoriaModel):
 
     last: WindowSize | None = Field(
         default=None,
-        description="Train on the newest rows (data and labelled feedback together): \"180d\" or \"50000 rows\".",
+        description='Train on the newest rows (data and labelled feedback together): "180d" or "50000 rows".',
     )
     candidates: list[WindowSize] | None = Field(
         default=None,
@@ -319,10 +326,15 @@ class DataSpec(NoriaModel):
     )
     format: Literal["csv", "parquet"] = Field(default="parquet", description="csv or parquet.")
     timestamp_column: ShortText | None = Field(
-        default=None, description="Column with the event time; needed for duration windows and new-data counting."
+        default=None,
+        description="Column with the event time; needed for duration windows and new-data counting.",
     )
-    window: Window | None = Field(default=None, description="Which slice of the data to train on. Default: all of it.")
-    feedback: Feedback | None = Field(default=None, description="Whether to learn from labelled production traffic.")
+    window: Window | None = Field(
+        default=None, description="Which slice of the data to train on. Default: all of it."
+    )
+    feedback: Feedback | None = Field(
+        default=None, description="Whether to learn from labelled production traffic."
+    )
 
     @model_validator(mode="after")
     def _timestamp_for_duration_windows(self) -> DataSpec:
@@ -342,7 +354,8 @@ class ValidationSpec(NoriaModel):
 
     min_rows: int = Field(default=1, ge=1, description="Fewest rows (after windowing) worth training on.")
     max_missing_fraction: Fraction | None = Field(
-        default=None, description="Largest share of missing values allowed in any feature column, e.g. \"0.05\"."
+        default=None,
+        description='Largest share of missing values allowed in any feature column, e.g. "0.05".',
     )
     schema_: Literal["strict", "lenient"] = Field(
         default="lenient",
@@ -395,23 +408,25 @@ class EvaluationSpec(NoriaModel):
     holdout_fraction: Fraction = Field(
         default="0.2",
         description=(
-            "Share of the window held out for the gate, e.g. \"0.2\": its newest rows (labelled feedback"
+            'Share of the window held out for the gate, e.g. "0.2": its newest rows (labelled feedback'
             " included) when the data has a timestampColumn or a window, a stratified random share otherwise."
             " A contender that passes is then refit on the whole window, holdout included; its metrics stay"
             " the gated holdout scores."
         ),
     )
     min_score: Decimalish | None = Field(
-        default=None, description="Higher-is-better metrics: the model is Rejected below this score, e.g. \"0.70\"."
+        default=None,
+        description='Higher-is-better metrics: the model is Rejected below this score, e.g. "0.70".',
     )
     max_score: Decimalish | None = Field(
-        default=None, description="Lower-is-better metrics (rmse, mae): the model is Rejected above this, e.g. \"12.5\"."
+        default=None,
+        description='Lower-is-better metrics (rmse, mae): the model is Rejected above this, e.g. "12.5".',
     )
     must_beat_champion_by: Decimalish | None = Field(
         default=None,
         description=(
             "The contender passes only if it scores more than this much better than the champion on the same"
-            " holdout: \"0\" = strictly better (a tie keeps the champion); a negative value such as \"-0.005\""
+            ' holdout: "0" = strictly better (a tie keeps the champion); a negative value such as "-0.005"'
             " lets a contender up to that much worse, and a tie, pass. Lower is better for rmse and mae."
             " Unset: the champion is scored on the holdout and reported, but not compared."
         ),
@@ -421,7 +436,9 @@ class EvaluationSpec(NoriaModel):
 class TuningSpec(NoriaModel):
     """Optional hyper-parameter search."""
 
-    strategy: Literal["none", "grid", "random"] = Field(default="none", description="none, grid or random search.")
+    strategy: Literal["none", "grid", "random"] = Field(
+        default="none", description="none, grid or random search."
+    )
     trials: int = Field(default=10, ge=1, le=1000, description="Parameter sets tried by random search.")
     space: dict[str, Annotated[list[Any], Field(min_length=1, max_length=100)]] | None = Field(
         default=None,
@@ -433,7 +450,9 @@ class TuningSpec(NoriaModel):
         ),
     )
     cv: int = Field(default=3, ge=2, le=20, description="Cross-validation folds scoring each parameter set.")
-    time_budget: Duration | None = Field(default=None, description="Stop searching after this long, e.g. \"10m\".")
+    time_budget: Duration | None = Field(
+        default=None, description='Stop searching after this long, e.g. "10m".'
+    )
 
 
 class NewDataTrigger(NoriaModel):
@@ -443,8 +462,8 @@ class NewDataTrigger(NoriaModel):
 
 
 PERFORMANCE_ONE_OF_MESSAGE: Final = (
-    "performance: set below (an absolute floor, e.g. \"0.75\"), dropBy (a drop from this version's own"
-    " live level, e.g. \"0.05\"), or both"
+    'performance: set below (an absolute floor, e.g. "0.75"), dropBy (a drop from this version\'s own'
+    ' live level, e.g. "0.05"), or both'
 )
 
 
@@ -457,16 +476,17 @@ class DriftTrigger(NoriaModel):
     huge sample from firing on a shift too small to matter. See docs/triggers.md."""
 
     method: Literal["psi", "kl", "js", "chi2", "ks", "wasserstein"] = Field(
-        default="psi", description="Statistic comparing live and reference bins: psi, kl, js, chi2, ks or wasserstein."
+        default="psi",
+        description="Statistic comparing live and reference bins: psi, kl, js, chi2, ks or wasserstein.",
     )
     threshold: Decimalish = Field(
-        description="Effect size: a feature drifts only if its statistic is above this value, e.g. \"0.2\"."
+        description='Effect size: a feature drifts only if its statistic is above this value, e.g. "0.2".'
     )
     significance: Fraction | None = Field(
         default=None,
         description=(
             "Chance that noise alone flags any feature in one evaluation (G test per feature, Holm-corrected"
-            " over features), e.g. \"0.01\". Default 0.01."
+            ' over features), e.g. "0.01". Default 0.01.'
         ),
     )
     min_samples: int | None = Field(
@@ -479,11 +499,15 @@ class DriftTrigger(NoriaModel):
         ),
     )
     for_: Duration | None = Field(
-        default=None, alias="for", description="Drift must last this long before it fires, e.g. \"10m\"."
+        default=None, alias="for", description='Drift must last this long before it fires, e.g. "10m".'
     )
-    window: Duration | None = Field(default=None, description="Live data window compared, e.g. \"1h\". Default 1h.")
+    window: Duration | None = Field(
+        default=None, description='Live data window compared, e.g. "1h". Default 1h.'
+    )
     features: list[Annotated[StrictStr, Field(max_length=NAME_MAX)]] | None = Field(
-        default=None, max_length=1000, description="Only these features count. Default: all profiled features."
+        default=None,
+        max_length=1000,
+        description="Only these features count. Default: all profiled features.",
     )
 
 
@@ -493,19 +517,21 @@ class PerformanceTrigger(NoriaModel):
 
     model_config = NoriaModel.model_config | {
         "json_schema_extra": with_cel(
-            cel("has(self.below) || has(self.dropBy)", PERFORMANCE_ONE_OF_MESSAGE, reason="FieldValueRequired")
+            cel(
+                "has(self.below) || has(self.dropBy)", PERFORMANCE_ONE_OF_MESSAGE, reason="FieldValueRequired"
+            )
         )
     }
 
     metric: MetricName = Field(description="Live metric from feedback counters, e.g. f1 or accuracy.")
     below: Decimalish | None = Field(
-        default=None, description="Fires when the live metric is below this value, e.g. \"0.75\"."
+        default=None, description='Fires when the live metric is below this value, e.g. "0.75".'
     )
     drop_by: Fraction | None = Field(
         default=None,
         description=(
             "Fires when the live metric has fallen at least this much below the serving version's baseline,"
-            " e.g. \"0.05\", and the fall is significant. The baseline is the version's own live metric in"
+            ' e.g. "0.05", and the fall is significant. The baseline is the version\'s own live metric in'
             " the first window with minLabels labels after it became the champion; shown in status."
         ),
     )
@@ -513,12 +539,16 @@ class PerformanceTrigger(NoriaModel):
         default=None,
         description=(
             "dropBy only: chance that label noise alone makes a drop look significant (one-sided test of"
-            " baseline against live), e.g. \"0.01\". Default 0.01."
+            ' baseline against live), e.g. "0.01". Default 0.01.'
         ),
     )
-    for_: Duration | None = Field(default=None, alias="for", description="It must stay below this long, e.g. \"30m\".")
+    for_: Duration | None = Field(
+        default=None, alias="for", description='It must stay below this long, e.g. "30m".'
+    )
     min_labels: int = Field(default=100, ge=1, description="Labels needed before the live metric is trusted.")
-    window: Duration | None = Field(default=None, description="Feedback window the live metric is computed over. Default 1h.")
+    window: Duration | None = Field(
+        default=None, description="Feedback window the live metric is computed over. Default 1h."
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PerformanceTrigger:
@@ -534,17 +564,60 @@ class Triggers(NoriaModel):
     schedule: Cron | None = Field(
         default=None,
         description=(
-            "Cron schedule in UTC, e.g. \"0 2 * * 0\": minute 0-59, hour 0-23, day of month 1-31 (or L, ?), month"
+            'Cron schedule in UTC, e.g. "0 2 * * 0": minute 0-59, hour 0-23, day of month 1-31 (or L, ?), month'
             " 1-12 or jan-dec, day of week 0-7 or sun-sat (or ?, d#n), each field *, a value, a range a-b, a step /n"
             " or a list; or @hourly, @daily, @weekly, @monthly, @yearly. Out-of-range values and a day no listed"
-            " month has (\"0 2 31 2 *\", with day of week * or ?) are refused."
+            ' month has ("0 2 31 2 *", with day of week * or ?) are refused.'
         ),
     )
     new_data: NewDataTrigger | None = Field(default=None, description="Retrain on enough new rows.")
     drift: DriftTrigger | None = Field(default=None, description="Retrain on input drift.")
-    performance: PerformanceTrigger | None = Field(default=None, description="Retrain on a live accuracy drop.")
+    performance: PerformanceTrigger | None = Field(
+        default=None, description="Retrain on a live accuracy drop."
+    )
     cooldown: Duration | None = Field(
-        default=None, description="Least time between the end of one run and the start of the next, e.g. \"1h\"."
+        default=None,
+        description='Least time between the end of one run and the start of the next, e.g. "1h".',
+    )
+
+
+class DaskCompute(NoriaModel):
+    """A Dask cluster for one run, created through the Dask Kubernetes operator (DaskCluster) and deleted when
+    the run ends."""
+
+    workers: int = Field(default=2, ge=1, le=64, description="Dask worker pods. Default 2.")
+    worker_resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of each worker pod, e.g. {limits: {memory: 512Mi}}."
+    )
+    scheduler_resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of the scheduler pod."
+    )
+
+
+class ComputeSpec(NoriaModel):
+    """Where a run trains."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "self.engine == 'dask' || !has(self.dask)",
+                "dask settings need engine: dask",
+                field_path=".dask",
+                reason="FieldValueForbidden",
+            )
+        )
+    }
+
+    engine: Literal["single", "dask"] = Field(
+        default="single",
+        description=(
+            "single: one trainer Job pod holds the training window in memory (default). dask: the window is read"
+            " partition by partition by a Dask cluster and trained with a distributed learner (model.estimator"
+            " xgboost / lightgbm / dask-ml linear models), for data larger than one pod's memory."
+        ),
+    )
+    dask: DaskCompute | None = Field(
+        default=None, description="Dask cluster size and resources (engine: dask)."
     )
 
 
@@ -584,9 +657,20 @@ class TrainingPipelineSpec(NoriaModel):
             " noria.dev/approve=<your name>, noria.dev/reject=<your name>)."
         ),
     )
-    resources: ResourceRequirements | None = Field(default=None, description="Resources of the trainer Job's pod.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of the trainer Job's pod."
+    )
+    compute: ComputeSpec | None = Field(
+        default=None, description="Where runs train. Default: one trainer pod."
+    )
+    store: StoreAccess | None = Field(
+        default=None,
+        description="How the trainer reaches s3:// data and the store: {s3: {endpoint, region, credentialsSecret}}.",
+    )
     history_limit: int = Field(default=10, ge=1, le=50, description="Finished runs kept in status.lastRuns.")
-    seed: int = Field(default=0, ge=0, description="Random seed of the holdout split, the estimator and the search.")
+    seed: int = Field(
+        default=0, ge=0, description="Random seed of the holdout split, the estimator and the search."
+    )
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> TrainingPipelineSpec:
@@ -611,12 +695,18 @@ class CurrentRun(StatusModel):
     trigger: TriggerKind | None = Field(default=None, description="What started it.")
     job: ShortText | None = Field(default=None, description="Name of the trainer Job.")
     started_at: Timestamp | None = Field(default=None, description="When the run started.")
-    triggered_at: Timestamp | None = Field(default=None, description="When the first trigger of the run fired.")
+    triggered_at: Timestamp | None = Field(
+        default=None, description="When the first trigger of the run fired."
+    )
     triggers: list[TriggerKind] | None = Field(
         default=None, max_length=8, description="Every trigger coalesced into this run, first one first."
     )
-    reason: Text | None = Field(default=None, description="Why the run started, e.g. \"drift: psi 0.31 on tenure\".")
-    version: ShortText | None = Field(default=None, description="Name of the ModelVersion the run will register.")
+    reason: Text | None = Field(
+        default=None, description='Why the run started, e.g. "drift: psi 0.31 on tenure".'
+    )
+    version: ShortText | None = Field(
+        default=None, description="Name of the ModelVersion the run will register."
+    )
     parent: ShortText | None = Field(default=None, description="The champion when the run started.")
 
 
@@ -626,13 +716,14 @@ class RunRecord(StatusModel):
     id: ShortText = Field(description="Run id, <pipeline>-r<N>.")
     trigger: TriggerKind | None = Field(default=None, description="What started it.")
     outcome: ShortText | None = Field(
-        default=None, description="Succeeded (a Candidate was made), Rejected (gate failed) or Failed (no model)."
+        default=None,
+        description="Succeeded (a Candidate was made), Rejected (gate failed) or Failed (no model).",
     )
     reason: ShortText | None = Field(default=None, description="CamelCase reason of the outcome.")
     message: Text | None = Field(default=None, description="Human-readable detail.")
     started_at: Timestamp | None = Field(default=None, description="When the run started.")
     finished_at: Timestamp | None = Field(default=None, description="When the run ended.")
-    duration: ShortText | None = Field(default=None, description="Run time, e.g. \"3m12s\".")
+    duration: ShortText | None = Field(default=None, description='Run time, e.g. "3m12s".')
     version: ShortText | None = Field(default=None, description="ModelVersion created by the run, if any.")
 
 
@@ -641,8 +732,10 @@ class PendingTrigger(StatusModel):
 
     trigger: TriggerKind = Field(description="The kind of trigger.")
     at: Timestamp | None = Field(default=None, description="When it first fired.")
-    reason: Text | None = Field(default=None, description="Why it fired, e.g. \"psi 0.31 > 0.2 on tenure\".")
-    count: int | None = Field(default=None, ge=1, description="How many times it fired while waiting (coalesced).")
+    reason: Text | None = Field(default=None, description='Why it fired, e.g. "psi 0.31 > 0.2 on tenure".')
+    count: int | None = Field(
+        default=None, ge=1, description="How many times it fired while waiting (coalesced)."
+    )
     champion: ShortText | None = Field(
         default=None,
         description=(
@@ -664,11 +757,15 @@ class TrainingPipelineStatus(StatusModel):
     last_runs: list[RunRecord] | None = Field(
         default=None, max_length=50, description="Finished runs, newest first, at most spec.historyLimit."
     )
-    latest_version: ShortText | None = Field(default=None, description="The newest ModelVersion made by this pipeline.")
+    latest_version: ShortText | None = Field(
+        default=None, description="The newest ModelVersion made by this pipeline."
+    )
     champion_version: ShortText | None = Field(
         default=None, description="The ModelVersion new models are compared with (the one in Production)."
     )
-    last_trigger: TriggerKind | None = Field(default=None, description="Kind of the trigger that started the last run.")
+    last_trigger: TriggerKind | None = Field(
+        default=None, description="Kind of the trigger that started the last run."
+    )
     last_trigger_at: Timestamp | None = Field(default=None, description="When that trigger fired.")
     next_scheduled_run: Timestamp | None = Field(default=None, description="Next time the schedule fires.")
     pending_triggers: list[PendingTrigger] | None = Field(
@@ -682,14 +779,20 @@ class TrainingPipelineStatus(StatusModel):
         ),
     )
     cooldown_until: Timestamp | None = Field(default=None, description="No new run starts before this time.")
-    run_counter: int | None = Field(default=None, ge=0, description="N of the last run id <pipeline>-r<N> handed out.")
-    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation last acted on.")
+    run_counter: int | None = Field(
+        default=None, ge=0, description="N of the last run id <pipeline>-r<N> handed out."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation last acted on."
+    )
 
 
 class TrainingPipeline(NoriaModel):
     """A TrainingPipeline manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(default="noria.dev/v1alpha1", description="noria.dev/v1alpha1")
+    api_version: Literal["noria.dev/v1alpha1"] = Field(
+        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
+    )
     kind: Literal["TrainingPipeline"] = Field(default=KIND, description="TrainingPipeline")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: TrainingPipelineSpec = Field(description="How to train, on which data, when, and how to gate it.")
@@ -716,6 +819,8 @@ __all__ = [
     "RunRecord",
     "TrainingPipeline",
     "TrainingPipelineSpec",
+    "ComputeSpec",
+    "DaskCompute",
     "TrainingPipelineStatus",
     "Triggers",
     "TuningSpec",

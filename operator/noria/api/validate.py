@@ -25,12 +25,16 @@ from .resources import field_errors
 def _files(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
-        out += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        out += (
+            sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m noria.api.validate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m noria.api.validate", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="YAML files or folders")
     args = parser.parse_args(argv)
     bad = checked = 0
