@@ -44,7 +44,8 @@ from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .discovery import ConfigMapSource, Endpoints, FileConfigSource
 from .httpserver import HttpLimits, HttpServer, Request, Response, error_response, json_response
-from .router_config import Backend, RouterConfig, compare, predictions_of
+from .oip import compare, predictions_of
+from .router_config import Backend, RouterConfig
 from .telemetry import HttpCollector
 
 log = logging.getLogger("noria_server.route")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from noria_server.router_config import ConfigError, compare, parse_config, predictions_of
+from noria_server.router_config import ConfigError, parse_config
 
 GOOD = {"model": "churn", "namespace": "ml",
         "backends": [{"version": "churn-v6", "service": "churn-churn-v6", "port": 8080, "weight": 90, "url": None},
@@ -54,12 +54,3 @@ def test_bad_configs_name_the_field(change: dict, message: str) -> None:
     assert message in str(err.value)
     with pytest.raises(ConfigError, match="not valid JSON"):
         parse_config(b"{")
-
-
-def test_compare_rows_and_extract_predictions() -> None:
-    assert compare([1, 0, 1], [1, 1, 1]) == (2, 1)
-    assert compare([0.5, 1.0], [0.5 * (1 + 1e-9), 1.1]) == (1, 1)
-    assert compare(["a", "b"], ["a"]) == (1, 1)
-    body = b'{"outputs": [{"name": "predict_proba", "data": [0.1]}, {"name": "predict", "data": [3, 4]}]}'
-    assert predictions_of(body) == [3, 4]
-    assert predictions_of(b'{"error": "x"}') is None and predictions_of(b"<html>") is None
