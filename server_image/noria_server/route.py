@@ -34,7 +34,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 from noria import metrics as m
 from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG, HEADER_VERSION
@@ -43,15 +42,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .discovery import ConfigMapSource, Endpoints, FileConfigSource
-from .httpserver import HttpLimits, HttpServer, Request, Response, error_response, json_response
+from .httpserver import JSON, HttpLimits, HttpServer, Request, Response, error_response, json_response
 from .oip import compare, predictions_of
 from .router_config import Backend, RouterConfig
 from .telemetry import HttpCollector
+from .upstream import UpstreamResponse, Upstreams
 
 log = logging.getLogger("noria_server.route")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-FORWARDED_HEADERS = ("content-type", "x-request-id", "accept")
+# Request headers passed on to the backend; with the OIP binary tensor extension the body is a JSON
+# header of ``inference-header-content-length`` bytes followed by raw tensor data, forwarded untouched.
+FORWARDED_HEADERS = ("content-type", "x-request-id", "accept", "inference-header-content-length")
+_REQUEST_ID = b"x-request-id"
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
 _VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answer
@@ -117,7 +120,8 @@ class Router:
         self.endpoints: Endpoints | None = None
         self.http = HttpServer(self.handle, settings.http, on_response=self._count_response)
         self.metrics.registry.register(HttpCollector(self.http))
-        self.session: aiohttp.ClientSession | None = None
+        self.upstreams = Upstreams(settings.timeout, settings.connect_timeout)
+        self._upstream_sweeper: asyncio.Task[None] | None = None
         self.sources: list[Any] = []
         self.shadow_in_flight = 0
         self.shadow_tasks: set[asyncio.Task[None]] = set()
@@ -171,10 +175,7 @@ class Router:
     # --- life cycle -----------------------------------------------------------------------------
     async def start(self) -> int:
         s = self.settings
-        timeout = aiohttp.ClientTimeout(total=s.timeout, connect=s.connect_timeout, sock_connect=s.connect_timeout)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30),
-            timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        self._upstream_sweeper = asyncio.get_running_loop().create_task(self._close_expired_upstreams())
         if s.configmap:
             namespace, _, name = s.configmap.partition("/")
             if not namespace or not name:
@@ -200,9 +201,15 @@ class Router:
             await source.stop()
         if self.shadow_tasks:
             await asyncio.wait(self.shadow_tasks, timeout=self.settings.timeout)
-        if self.session is not None:
-            await self.session.close()
+        if self._upstream_sweeper is not None:
+            self._upstream_sweeper.cancel()
+        self.upstreams.close()
         self.stopped.set()
+
+    async def _close_expired_upstreams(self) -> None:
+        while True:
+            await asyncio.sleep(self.upstreams.keepalive_seconds / 2)
+            self.upstreams.close_expired()
 
     # --- requests -------------------------------------------------------------------------------
     def handle(self, request: Request) -> Response | Any:
@@ -249,30 +256,28 @@ class Router:
                 "version": config.shadow.version, "mirrorPercent": config.shadow.mirror_percent,
                 "endpoints": self.urls_of(config.shadow)}})
 
-    def _headers(self, request: Request) -> dict[str, str]:
-        return {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+    def _headers(self, request: Request) -> list[tuple[bytes, bytes]]:
+        got = request.headers
+        return [(name.encode(), got[name].encode("latin-1")) for name in FORWARDED_HEADERS if name in got]
 
-    async def _send(self, config: RouterConfig, backend: Backend, request: Request, headers: dict[str, str],
-                    count: bool = True) -> tuple[int, bytes, bytes] | Response:
-        """(status, body, content type) from one endpoint of ``backend``, or an error Response."""
+    async def _send(self, config: RouterConfig, backend: Backend, request: Request, headers: list[tuple[bytes, bytes]],
+                    count: bool = True) -> UpstreamResponse | Response:
+        """The answer of one endpoint of ``backend``, or an error Response."""
         base = self._endpoint(backend)
         if base is None:
             if count:
                 self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
             return error_response(503, f"version {backend.version} has no ready endpoints "
                                        f"(service {backend.service or '-'})", model_version=backend.version)
-        url = base + request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
-        assert self.session is not None
+        target = request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
         try:
-            async with self.session.request(request.method, url, data=request.body or None, headers=headers) as resp:
-                body = await resp.read()
-                return resp.status, body, (resp.headers.get("content-type") or "application/json").encode("latin-1")
+            return await self.upstreams.request(base, request.method, target, headers, request.body)
         except TimeoutError:
             if count:
                 self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
             return error_response(502, f"version {backend.version} at {base} did not answer within "
                                        f"{self.settings.timeout:g}s", model_version=backend.version)
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             if count:
                 self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
             return error_response(502, f"version {backend.version} at {base} is unreachable: "
@@ -286,10 +291,11 @@ class Router:
             if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
                 self.metrics.errors.labels(config.model, config.shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
             else:
-                headers.setdefault("x-request-id", oip.new_id())
+                if not any(name == _REQUEST_ID for name, _ in headers):
+                    headers.append((_REQUEST_ID, oip.new_id().encode()))
                 primary_done = asyncio.get_running_loop().create_future()
                 task = asyncio.get_running_loop().create_task(
-                    self._shadow(config, backend, config.shadow, request, dict(headers), primary_done))
+                    self._shadow(config, backend, config.shadow, request, headers, primary_done))
                 self.shadow_tasks.add(task)
                 task.add_done_callback(self.shadow_tasks.discard)
         result = await self._send(config, backend, request, headers)
@@ -297,14 +303,20 @@ class Router:
             if primary_done is not None:
                 primary_done.set_result(None)
             return result
-        status, body, content_type = result
         if primary_done is not None:
-            primary_done.set_result(body if status == 200 else None)
+            primary_done.set_result(result.body if result.status == 200 else None)
         self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
-        return Response(status, body, content_type, [(_VERSION_HEADER, backend.version.encode())])
+        content_type = JSON
+        passed_back = [(_VERSION_HEADER, backend.version.encode())]
+        for name, value in result.headers:
+            if name == b"content-type":
+                content_type = value
+            else:
+                passed_back.append((name, value))
+        return Response(result.status, result.body, content_type, passed_back)
 
     async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
-                      headers: dict[str, str], primary_done: asyncio.Future[bytes | None]) -> None:
+                      headers: list[tuple[bytes, bytes]], primary_done: asyncio.Future[bytes | None]) -> None:
         self.shadow_in_flight += 1
         try:
             started = time.perf_counter()
@@ -317,7 +329,7 @@ class Router:
             if primary_rows is None:
                 return
             counter = self.metrics.shadow
-            shadow_rows = None if isinstance(result, Response) or result[0] != 200 else predictions_of(result[1])
+            shadow_rows = None if isinstance(result, Response) or result.status != 200 else predictions_of(result.body)
             if shadow_rows is None:
                 counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
                     max(len(primary_rows), 1))
@@ -349,22 +361,20 @@ class Router:
                     targets.append((backend, url))
         if not targets:
             return error_response(503, "no ready endpoints to take feedback")
-        assert self.session is not None
-        base_headers = self._headers(request)
-        base_headers[HEADER_FEEDBACK_FANOUT] = "1"
+        base_headers = [*self._headers(request), (HEADER_FEEDBACK_FANOUT.encode(), b"1")]
         if "authorization" in request.headers:
-            base_headers["authorization"] = request.headers["authorization"]
+            base_headers.append((b"authorization", request.headers["authorization"].encode("latin-1")))
 
-        async def one(backend: Backend, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+        async def one(backend: Backend, url: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, Any]:
             try:
-                async with self.session.post(url + request.path, data=body, headers=headers) as resp:  # type: ignore[union-attr]
-                    return resp.status, orjson.loads(await resp.read())
+                answer = await self.upstreams.request(url, "POST", request.path, headers, body)
+                return answer.status, orjson.loads(answer.body)
             except Exception as exc:
                 self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
                 return 502, {"error": f"{backend.version} at {url}: {type(exc).__name__}: {exc}"}
 
         # Every pod judges every label, and logs only those it counted ("matched").
-        matched_only = {**base_headers, HEADER_FEEDBACK_LOG: FEEDBACK_LOG_MATCHED}
+        matched_only = [*base_headers, (HEADER_FEEDBACK_LOG.encode(), FEEDBACK_LOG_MATCHED.encode())]
         answers = await asyncio.gather(*(one(b, u, request.body, matched_only) for b, u in targets))
         refusal = next((a for a in answers if 400 <= a[0] < 500), None)
         if refusal is not None:  # the body itself was refused (the same on every pod): say why

@@ -1,0 +1,281 @@
+"""The router's HTTP/1.1 client: one keep-alive connection pool per backend endpoint, on httptools.
+
+Why not aiohttp's client: measured through the router on this 2-core machine (docs/serving/router.md),
+the aiohttp client session was most of the router's CPU per request (request building, header
+multidicts, a stream reader per answer, the timer handles). This client does only what the router
+needs: it writes one request head (the caller's forwarded headers, already encoded) and the body
+as received, untouched (JSON or the OIP binary tensor extension alike), and reads back status, the
+headers the router passes on, and the body.
+
+- Connections are kept alive per endpoint and reused newest first (a warm socket); an idle connection
+  older than ``keepalive_seconds`` is closed instead of reused, which stays below the model server's
+  own idle timeout (75 s), so a kept connection is never one the server is closing.
+- The pool holds as many connections as requests in flight to that endpoint (the backends bound
+  their own concurrency) and keeps up to ``max_idle`` of them when traffic drops.
+- Timeouts: ``connect_timeout`` for the TCP connect, ``timeout`` for the whole exchange; a timeout
+  raises ``TimeoutError``, a refused or broken connection ``ConnectionError``/``OSError``.
+- A kept-alive connection the server closed before it sent any byte of the answer is retried once
+  on a new connection (the request was not processed: the server closes only idle connections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+# The answer headers the router passes on to its client (content type, and the OIP binary tensor
+# extension's JSON-header length, without which a binary answer cannot be read).
+PASSED_BACK_HEADERS = frozenset({b"content-type", b"inference-header-content-length"})
+# A request body up to this size is joined with its head into one write (one syscall); a larger one
+# is written as it is, without a copy.
+JOIN_BODY_BYTES = 64 * 1024
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]  # PASSED_BACK_HEADERS present in the answer, lower-case names
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class _ServerClosed(ConnectionError):
+    """The connection ended before any byte of the answer: safe to retry on a fresh connection."""
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "parser", "waiter", "status", "headers", "body", "received", "complete",
+                 "closed", "idle_since", "_header_name")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[UpstreamResponse] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.received = False  # any byte of the current answer arrived
+        self.complete = False
+        self.closed = False
+        self.idle_since = 0.0
+        self._header_name = b""
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            self.waiter = None
+            if not self.received:
+                waiter.set_exception(_ServerClosed("the server closed the connection before answering"))
+            else:
+                waiter.set_exception(ConnectionError(f"the connection broke during the answer: {exc or 'closed'}"))
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed HTTP answer: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close: the server will not answer more on this connection
+
+    # --- httptools callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.body = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in PASSED_BACK_HEADERS:
+            self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        waiter = self.waiter
+        self.waiter = None
+        keep_alive = self.parser.should_keep_alive()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(UpstreamResponse(self.parser.get_status_code(), self.headers, b"".join(self.body)))
+        self.body = []
+        if keep_alive:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # --- use ------------------------------------------------------------------------------------
+    def send(self, head: bytes, body: bytes) -> asyncio.Future[UpstreamResponse]:
+        assert self.transport is not None
+        self.waiter = waiter = self.pool.loop.create_future()
+        self.received = False
+        self.complete = False
+        if len(body) <= JOIN_BODY_BYTES:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+        return waiter
+
+    def _fail(self, exc: Exception) -> None:
+        waiter = self.waiter
+        self.waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class EndpointPool:
+    """Keep-alive connections to one ``http://host:port``."""
+
+    def __init__(self, base_url: str, connect_timeout: float, keepalive_seconds: float = 30.0,
+                 max_idle: int = 256) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"backend URL must be http://host[:port], got {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.host_header = parts.netloc.encode("idna")
+        self.connect_timeout = connect_timeout
+        self.keepalive_seconds = keepalive_seconds
+        self.max_idle = max_idle
+        self.loop = asyncio.get_running_loop()
+        self.idle: deque[_UpstreamConnection] = deque()
+        self.closed = False
+
+    def release(self, conn: _UpstreamConnection) -> None:
+        if self.closed or conn.closed or len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+
+    def _take_idle(self) -> _UpstreamConnection | None:
+        too_old = self.loop.time() - self.keepalive_seconds
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # newest first
+            if conn.closed:
+                continue
+            if conn.idle_since < too_old:
+                conn.close()
+                while idle:  # the rest are older still
+                    idle.popleft().close()
+                return None
+            return conn
+        return None
+
+    async def _connect(self) -> _UpstreamConnection:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: _UpstreamConnection(self), self.host, self.port),
+                self.connect_timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no TCP connection within {self.connect_timeout:g}s") from None
+        return conn
+
+    async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
+        """Send one request (``head`` from ``request_head``) and read its answer. No timeout of its own:
+        the caller bounds the whole exchange (``Upstreams.request``)."""
+        conn = self._take_idle()
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
+        try:
+            return await conn.send(head, body)
+        except _ServerClosed:
+            if not reused:
+                raise
+            # The server closed a kept-alive connection as we reused it: once more on a new one.
+            conn = await self._connect()
+            return await conn.send(head, body)
+        except BaseException:
+            # Timed out or cancelled mid-answer: the connection's state is unknown, so it is not reused.
+            if not conn.complete:
+                conn.close()
+            raise
+
+    def close_expired(self) -> None:
+        """Close the idle connections kept longer than ``keepalive_seconds`` (oldest are first)."""
+        too_old = self.loop.time() - self.keepalive_seconds
+        while self.idle and (self.idle[0].closed or self.idle[0].idle_since < too_old):
+            self.idle.popleft().close()
+
+    def close(self) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.pop().close()
+
+
+def request_head(method: str, target: str, host_header: bytes, headers: list[tuple[bytes, bytes]],
+                 body_length: int) -> bytes:
+    """An HTTP/1.1 request head: the forwarded ``headers`` (encoded, lower-case) and the body's length."""
+    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n"
+             % (method.encode("ascii"), target.encode("latin-1"), host_header, body_length)]
+    for name, value in headers:
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class Upstreams:
+    """One ``EndpointPool`` per base URL, created on first use; every exchange bounded by ``timeout``."""
+
+    def __init__(self, timeout: float, connect_timeout: float, keepalive_seconds: float = 30.0,
+                 max_idle: int = 256) -> None:
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.keepalive_seconds = keepalive_seconds
+        self.max_idle = max_idle
+        self.pools: dict[str, EndpointPool] = {}
+
+    def pool(self, base_url: str) -> EndpointPool:
+        pool = self.pools.get(base_url)
+        if pool is None:
+            pool = self.pools[base_url] = EndpointPool(base_url, self.connect_timeout, self.keepalive_seconds,
+                                                       self.max_idle)
+        return pool
+
+    async def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> UpstreamResponse:
+        """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is; raises
+        ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken."""
+        pool = self.pool(base_url)
+        head = request_head(method, target, pool.host_header, headers, len(body))
+        async with asyncio.timeout(self.timeout):
+            return await pool.request(head, body)
+
+    def close_expired(self) -> None:
+        """Close connections idle past ``keepalive_seconds`` and forget pools left with none (the
+        endpoints of replaced pods are not kept forever)."""
+        for url, pool in list(self.pools.items()):
+            pool.close_expired()
+            if not pool.idle:
+                del self.pools[url]
+                pool.close()  # a connection still in flight is closed when it comes back
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
