@@ -17,6 +17,11 @@ FEEDBACK_ABS_ERROR_SUM: Final = "noria_feedback_abs_error_sum"  # counter: model
 FEEDBACK_ABS_ERROR_COUNT: Final = "noria_feedback_abs_error_count"  # counter: model, version (regression)
 PREDICTION_LOG_DROPPED_TOTAL: Final = "noria_prediction_log_dropped_total"  # counter: model, version, kind
 FEEDBACK_REFUSED_TOTAL: Final = "noria_feedback_refused_total"  # counter: model, version, reason (items; requests for unauthorized)
+# Where the serving thread's time goes (docs/operations/latency.md): histograms, model, version (+ stage, generation)
+REQUEST_STAGE_SECONDS: Final = "noria_request_stage_seconds"  # histogram: model, version, stage (STAGE_*)
+BATCH_ROWS: Final = "noria_batch_rows"  # histogram: model, version (rows per predict call)
+EVENT_LOOP_LAG_SECONDS: Final = "noria_event_loop_lag_seconds"  # histogram: model, version
+GC_PAUSE_SECONDS: Final = "noria_gc_pause_seconds"  # histogram: model, version, generation (0, 1, 2)
 
 # --- exported by the router -------------------------------------------------------------------
 SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
@@ -48,6 +53,8 @@ LABEL_OUTCOME: Final = "outcome"
 LABEL_REASON: Final = "reason"
 LABEL_LIMIT: Final = "limit"  # noria_http_limit_total
 LABEL_KIND: Final = "kind"  # noria_prediction_log_dropped_total: predictions | feedback
+LABEL_STAGE: Final = "stage"  # noria_request_stage_seconds
+LABEL_GENERATION: Final = "generation"  # noria_gc_pause_seconds
 
 # Special bins of noria_feature_bin_total besides the profile's own bin indices "0".."n-1"
 # (numeric) or category names (categorical).
@@ -85,3 +92,13 @@ ROUTER_ERROR_TIMEOUT: Final = "timeout"
 ROUTER_ERROR_NO_ENDPOINTS: Final = "no_endpoints"
 ROUTER_ERROR_UNKNOWN_VERSION: Final = "unknown_version"
 ROUTER_ERROR_SHADOW_OVERLOAD: Final = "shadow_overload"  # mirroring skipped: too many shadow calls in flight
+
+# Stages of noria_request_stage_seconds: per request (parse, batch_wait, serialise) or per micro-batch
+# (predict, count, log).
+STAGE_PARSE: Final = "parse"  # the body decoded and checked against the schema
+STAGE_BATCH_WAIT: Final = "batch_wait"  # parsed -> its micro-batch starts
+STAGE_PREDICT: Final = "predict"  # the model's predict(_proba) on the batch
+STAGE_COUNT: Final = "count"  # drift bins and prediction counters for the batch
+STAGE_LOG: Final = "log"  # the batch handed to the prediction ledger and the prediction log
+STAGE_SERIALISE: Final = "serialise"  # one answer encoded
+STAGES: Final = (STAGE_PARSE, STAGE_BATCH_WAIT, STAGE_PREDICT, STAGE_COUNT, STAGE_LOG, STAGE_SERIALISE)

@@ -43,6 +43,7 @@ class ServedModel:
     classes: list[Any] | None
     proba_is_free: bool = False  # predict == argmax(predict_proba), checked at warm-up
     takes_array: bool = False  # same answers from a float ndarray as from a DataFrame, checked at warm-up
+    single_row_seconds: float = 0.0  # the fastest one-row predict at warm-up
 
     @classmethod
     def load(cls, artifact_uri: str, digest: str, profile_uri: str | None, store_root: str | None = None,
@@ -151,4 +152,36 @@ class ServedModel:
             self.predict(single)
             best = min(best, time.perf_counter() - t0)
             self.predict(rows[:max_batch])
+        self.single_row_seconds = best
         return best
+
+
+class BatchSizer:
+    """How many rows the next micro-batch may take so that one ``predict`` holds the event loop for
+    about ``budget_seconds`` at most (requests that arrive meanwhile wait that long).
+
+    It learns seconds per row from the batches it sees (an exponential average of seconds / rows). A
+    batch of n rows costs about fixed + n x marginal, so seconds / rows overestimates the marginal
+    cost of small batches; the limit then settles where fixed + n x marginal = budget, between 1 and
+    ``max_rows``. The caller keeps the budget above a one-row call's cost (else every call would be
+    one row and throughput lowest exactly under overload). Pure: no clock."""
+
+    def __init__(self, max_rows: int, budget_seconds: float, smoothing: float = 0.2) -> None:
+        if max_rows < 1 or not budget_seconds > 0:
+            raise ValueError(f"need max_rows >= 1 and a positive budget, got {max_rows}, {budget_seconds}")
+        self.max_rows = max_rows
+        self.budget = budget_seconds
+        self.smoothing = smoothing
+        self.seconds_per_row: float | None = None
+
+    def limit(self) -> int:
+        if self.seconds_per_row is None or self.seconds_per_row <= 0:
+            return self.max_rows
+        return max(1, min(self.max_rows, int(self.budget / self.seconds_per_row)))
+
+    def observe(self, rows: int, seconds: float) -> None:
+        if rows < 1:
+            return
+        sample = seconds / rows
+        previous = self.seconds_per_row
+        self.seconds_per_row = sample if previous is None else previous + self.smoothing * (sample - previous)

@@ -18,7 +18,10 @@ Micro-batching: ``predict`` runs on the event loop thread, so while it runs new 
 the socket buffers; they are parsed in the next loop iteration and all go into the next
 ``predict`` call. Under load batches grow by themselves, at low load a request is predicted
 alone with no added wait. ``batch_wait_ms`` > 0 adds a bounded wait before each batch, and
-``max_batch`` bounds its rows. A batch whose ``predict`` raises is re-run request by request so one
+``max_batch`` bounds its rows; within that bound ``model.BatchSizer`` keeps one ``predict`` near
+``batch_budget_ms`` (learned seconds per row), so a burst never holds the loop for long. Each stage
+(parse, batch wait, predict, count, log, serialise), the loop's lag and GC pauses are histograms in
+the metrics (docs/operations/latency.md); after warm-up the heap is frozen (``loopmon.settle_heap``). A batch whose ``predict`` raises is re-run request by request so one
 bad request fails alone.
 """
 
@@ -46,7 +49,8 @@ from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
-from .model import ServedModel
+from .loopmon import GcPauses, LoopLagMonitor, settle_heap
+from .model import BatchSizer, ServedModel
 from .predlog import JsonlLog
 from .telemetry import ServerMetrics
 
@@ -80,6 +84,8 @@ class ServeSettings:
     feature_counting: bool = True
     max_batch: int = 64
     batch_wait_ms: float = 0.0
+    # One predict call's target duration; the batch limit adapts to it (never under 2 one-row calls).
+    batch_budget_ms: float = 2.0
     http: HttpLimits = field(default_factory=HttpLimits)
     feedback_ledger_bytes: int = ledger.DEFAULT_MAX_BYTES
     feedback_retention_seconds: float = ledger.DEFAULT_RETENTION_SECONDS
@@ -99,6 +105,8 @@ class ServeSettings:
             raise ValueError(f"missing required setting(s): {', '.join(missing)}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not self.batch_budget_ms > 0:
+            raise ValueError(f"batch_budget_ms must be positive, got {self.batch_budget_ms}")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
         self.http.validate()
@@ -118,6 +126,7 @@ class _Pending:
     request: oip.InferRequest
     future: asyncio.Future[Response]
     started: float
+    parsed: float  # perf_counter when it joined the queue (batch_wait starts)
 
 
 class ModelServer:
@@ -138,6 +147,9 @@ class ModelServer:
         self.pending: list[_Pending] = []
         self.pending_rows = 0
         self.flush_scheduled = False
+        self.sizer = BatchSizer(settings.max_batch, settings.batch_budget_ms / 1000.0)
+        self.loop_lag = LoopLagMonitor(self.metrics.latency.loop_lag.observe)
+        self.gc_pauses = GcPauses(self.metrics.latency.observe_gc)
         self.predictions_log: JsonlLog | None = None
         self.feedback_log: JsonlLog | None = None
         self.stopped = asyncio.Event()
@@ -152,6 +164,8 @@ class ModelServer:
     async def start(self) -> int:
         self.port = await self.http.start(self.settings.host, self.settings.port)
         log.info("listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.artifact_uri)
+        self.loop_lag.start()
+        self.gc_pauses.install()
         asyncio.get_running_loop().create_task(self._load())
         return self.port
 
@@ -171,6 +185,8 @@ class ModelServer:
             await self.stop(drain=False)
             return
         self.model = model
+        # Never a budget under two one-row calls (warm-up measured one): see model.BatchSizer.
+        self.sizer.budget = max(self.sizer.budget, 2 * model.single_row_seconds)
         if s.feature_counting and model.profile is not None:
             self.metrics.enable_feature_bins(model.schema.features, model.profile)
         self.metrics.declare_classes(model.classes)
@@ -184,7 +200,9 @@ class ModelServer:
                 lambda n: self.metrics.log_dropped.labels(s.model, s.version, "feedback").inc(n))
         elif s.prediction_log:
             log.info("prediction log off: set NORIA_STORE_ROOT, NORIA_NAMESPACE and NORIA_PIPELINE to enable it")
+        frozen = settle_heap()  # after everything serving needs exists: full collections skip it
         self.state, self.reason = "ready", "ready"
+        log.info("heap settled: %d objects frozen out of garbage collection", frozen)
         log.info("ready: %s %s, %d features, %s", s.model, s.version, len(model.schema.features),
                  "classifier" if model.is_classifier else "regressor")
 
@@ -208,6 +226,8 @@ class ModelServer:
         if drain and was_ready and self.settings.drain_seconds > 0:
             await asyncio.sleep(self.settings.drain_seconds)
         await self.http.close()
+        self.loop_lag.stop()
+        self.gc_pauses.uninstall()
         for jsonl in (self.predictions_log, self.feedback_log):
             if jsonl is not None:
                 await asyncio.get_running_loop().run_in_executor(None, jsonl.close)
@@ -299,8 +319,10 @@ class ModelServer:
             parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"))
         except oip.RequestError as exc:
             return self._error(exc.status, exc.message, request, started=started)
+        queued = time.perf_counter()
+        self.metrics.latency.stages[m.STAGE_PARSE].observe(queued - started)
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(parsed, future, started))
+        self.pending.append(_Pending(parsed, future, started, queued))
         self.pending_rows += parsed.rows.shape[0]
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -315,10 +337,14 @@ class ModelServer:
         self.flush_scheduled = False
         batch: list[_Pending] = []
         rows = 0
-        while self.pending and (not batch or rows + self.pending[0].request.rows.shape[0] <= self.settings.max_batch):
+        limit = self.sizer.limit()
+        batch_wait = self.metrics.latency.stages[m.STAGE_BATCH_WAIT]
+        now = time.perf_counter()
+        while self.pending and (not batch or rows + self.pending[0].request.rows.shape[0] <= limit):
             item = self.pending.pop(0)
             rows += item.request.rows.shape[0]
             batch.append(item)
+            batch_wait.observe(now - item.parsed)
         self.pending_rows -= rows
         if self.pending:
             self.flush_scheduled = True
@@ -350,14 +376,21 @@ class ModelServer:
         model = self.model
         assert model is not None
         rows = batch[0].request.rows if len(batch) == 1 else np.concatenate([b.request.rows for b in batch])
+        metrics, stages = self.metrics, self.metrics.latency.stages
+        t0 = time.perf_counter()
         predictions, proba = model.predict(rows)
-        metrics = self.metrics
+        t1 = time.perf_counter()
+        self.sizer.observe(len(rows), t1 - t0)
+        stages[m.STAGE_PREDICT].observe(t1 - t0)
+        metrics.latency.batch_rows.observe(len(rows))
         if metrics.bins is not None:
             metrics.bins.observe(rows)
         metrics.count_predictions(predictions, model.is_classifier)
+        t2 = time.perf_counter()
+        stages[m.STAGE_COUNT].observe(t2 - t1)
         start = 0
         s = self.settings
-        now = time.perf_counter()
+        serialise = stages[m.STAGE_SERIALISE]
         for item in batch:
             n = item.request.rows.shape[0]
             pred = predictions[start:start + n]
@@ -365,8 +398,12 @@ class ModelServer:
                                       proba[start:start + n] if proba is not None else None, model.classes)
             start += n
             item.future.set_result(json_response(200, body))
-            metrics.duration.observe(now - item.started)
+            t3 = time.perf_counter()
+            serialise.observe(t3 - t2)
+            metrics.duration.observe(t3 - item.started)
+            t2 = t3
         self._remember_and_log(batch, rows, predictions)
+        stages[m.STAGE_LOG].observe(time.perf_counter() - t2)
 
     def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
         ids = [rid for item in batch for rid in item.request.row_ids]

@@ -21,8 +21,10 @@ import numpy as np
 from noria import metrics as m
 from noria.profile import FeatureProfile, Profile
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .loopmon import FastHistogram
 
 try:  # the _created series double the scrape size and nothing here reads them
     from prometheus_client import disable_created_metrics
@@ -32,6 +34,10 @@ except ImportError:  # pragma: no cover - older prometheus_client
     pass
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Stages and pauses run from microseconds (a parse) to the tens of milliseconds being hunted.
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+GC_GENERATIONS = (0, 1, 2)
 MAX_CLASS_LABELS = 50
 MAX_CONFUSION_PREDECLARED = 10  # classes² zero series at most 100
 
@@ -131,6 +137,42 @@ class HttpCollector(Collector):
         yield connections
 
 
+class LatencyCollector(Collector):
+    """Where the serving thread's time goes: ``noria_request_stage_seconds{stage}``,
+    ``noria_batch_rows``, ``noria_event_loop_lag_seconds`` and ``noria_gc_pause_seconds{generation}``
+    (docs/operations/latency.md). Observed lock-free on the loop thread (``FastHistogram``)."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.labels = [model, version]
+        self.stages = {stage: FastHistogram(STAGE_BUCKETS) for stage in m.STAGES}
+        self.batch_rows = FastHistogram(BATCH_ROWS_BUCKETS)
+        self.loop_lag = FastHistogram(STAGE_BUCKETS)
+        self.gc_pauses = {generation: FastHistogram(STAGE_BUCKETS) for generation in GC_GENERATIONS}
+
+    def observe_gc(self, generation: int, seconds: float) -> None:
+        self.gc_pauses[min(generation, GC_GENERATIONS[-1])].observe(seconds)
+
+    def collect(self) -> Iterable[Metric]:
+        names = [m.LABEL_MODEL, m.LABEL_VERSION]
+        stages = HistogramMetricFamily(m.REQUEST_STAGE_SECONDS, "Time per request stage (per micro-batch for "
+                                       "predict, count and log)", labels=[*names, m.LABEL_STAGE])
+        for stage, hist in self.stages.items():
+            stages.add_metric([*self.labels, stage], hist.cumulative(), hist.sum)
+        yield stages
+        rows = HistogramMetricFamily(m.BATCH_ROWS, "Rows per predict call (micro-batch)", labels=names)
+        rows.add_metric(self.labels, self.batch_rows.cumulative(), self.batch_rows.sum)
+        yield rows
+        lag = HistogramMetricFamily(m.EVENT_LOOP_LAG_SECONDS, "How late the event loop ran a timer: time it "
+                                    "could serve nothing else", labels=names)
+        lag.add_metric(self.labels, self.loop_lag.cumulative(), self.loop_lag.sum)
+        yield lag
+        gcs = HistogramMetricFamily(m.GC_PAUSE_SECONDS, "Garbage collection pauses by generation",
+                                    labels=[*names, m.LABEL_GENERATION])
+        for generation, hist in self.gc_pauses.items():
+            gcs.add_metric([*self.labels, str(generation)], hist.cumulative(), hist.sum)
+        yield gcs
+
+
 class ServerMetrics:
     def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
         self.model, self.version = model, version
@@ -154,6 +196,8 @@ class ServerMetrics:
                                         labels + [m.LABEL_REASON], registry=self.registry)
         self.log_dropped = Counter(m.PREDICTION_LOG_DROPPED_TOTAL, "Prediction/feedback log lines dropped",
                                    labels + [m.LABEL_KIND], registry=self.registry)
+        self.latency = LatencyCollector(model, version)
+        self.registry.register(self.latency)
         self._code_children: dict[tuple[str, int], Any] = {}
         self._class_children: dict[Any, Any] = {}
         self.bins: FeatureBinCounter | None = None
