@@ -13,6 +13,7 @@ from noria.artifact_scope import (
     data_source_scope,
     parse_trusted_prefixes,
 )
+from noria.objectstore import DEFAULT_REGION_ENV, ENDPOINT_ENV, REGION_ENV
 from noria.store import DEFAULT_STORE_ROOT
 
 
@@ -39,6 +40,11 @@ class Settings:
     # TrainingPipeline's spec.data.source may read, NORIA_TRUSTED_DATA_PREFIXES: a setting of its
     # own, because trusting a registry to hold models is not letting every namespace train on it.
     trusted_data_prefixes: tuple[str, ...] = ()
+    # The operator's own s3:// access, from the AWS SDK's variables in its environment (botocore
+    # reads them itself; credentials too, or workload identity). Endpoint and region are also what
+    # trainer and server pods get when their spec.store.s3 names none (noria.objectstore).
+    s3_endpoint: str = ""
+    s3_region: str = ""
 
     def artifact_scope(self) -> ArtifactScope:
         return ArtifactScope(self.store_root, self.trusted_artifact_prefixes)
@@ -71,4 +77,6 @@ class Settings:
             trusted_artifact_prefixes=parse_trusted_prefixes(e.get(TRUSTED_PREFIXES_ENV, "")),
             trusted_data_prefixes=parse_trusted_prefixes(e.get(TRUSTED_DATA_PREFIXES_ENV, ""),
                                                          TRUSTED_DATA_PREFIXES_ENV),
+            s3_endpoint=e.get(ENDPOINT_ENV, ""),
+            s3_region=e.get(REGION_ENV) or e.get(DEFAULT_REGION_ENV, ""),
         )

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from noria import objectstore
+from noria.api.common import S3Access
 from noria.contracts import (
     API_VERSION,
     COMPONENT_ROUTER,
@@ -107,7 +109,8 @@ def feedback_token_env(token: SecretKeyRef | None) -> list[dict[str, Any]]:
 
 
 def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Settings,
-               prediction_log: bool, feedback_token: SecretKeyRef | None = None) -> list[dict[str, Any]]:
+               prediction_log: bool, feedback_token: SecretKeyRef | None = None,
+               store_access: S3Access | None = None) -> list[dict[str, Any]]:
     spec = model_version.get("spec") or {}
     artifact = spec.get("artifact") or {}
     name = model_version["metadata"]["name"]
@@ -127,32 +130,48 @@ def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Sett
         {"name": "NORIA_PREDICTION_LOG", "value": "on" if prediction_log else "off"},
         {"name": "NORIA_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
         *feedback_token_env(feedback_token),
+        *s3_env(settings, store_access),
     ]
+
+
+def s3_env(settings: Settings, store_access: S3Access | None) -> list[dict[str, Any]]:
+    """How the server reaches an s3:// store or an s3:// artifact (the Rollout's spec.store.s3, else
+    the operator's endpoint and region); nothing for a file:// store without spec.store."""
+    if store_access is None and not objectstore.is_s3(settings.store_root):
+        return []
+    return objectstore.pod_env(store_access, settings.s3_endpoint, settings.s3_region)
+
+
+def _store_volumes(ref: RolloutRef, pipeline: str, settings: Settings,
+                   prediction_log: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(mounts, volumes) of the store claim: the artifacts read-only, this pipeline's logs
+    writable. None on an s3:// store, which the server reaches over the network."""
+    if objectstore.is_s3(settings.store_root):
+        return [], []
+    mount = settings.store_mount_path.rstrip("/")
+    mounts: list[dict[str, Any]] = [{"name": "store", "mountPath": mount, "readOnly": True}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True}},
+    ]
+    if prediction_log:
+        for kind in ("predictions", "feedback"):
+            sub = f"{ref.namespace}/{pipeline}/{kind}"
+            mounts.append({"name": "store-logs", "mountPath": f"{mount}/{sub}", "subPath": sub})
+        volumes.append({"name": "store-logs", "persistentVolumeClaim": {"claimName": settings.store_pvc}})
+    return mounts, volumes
 
 
 def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replicas: int, settings: Settings,
                        resources: Mapping[str, Any] | None = None, prediction_log: bool = True,
-                       feedback_token: SecretKeyRef | None = None) -> dict[str, Any]:
+                       feedback_token: SecretKeyRef | None = None,
+                       store_access: S3Access | None = None) -> dict[str, Any]:
     """The model-server Deployment ``<rollout>-<version>``."""
     version = model_version["metadata"]["name"]
     pipeline = (model_version.get("spec") or {}).get("pipeline", "")
     labels = version_labels(ref, pipeline, version)
-    mount = settings.store_mount_path.rstrip("/")
-    mounts: list[dict[str, Any]] = [
-        {"name": "store", "mountPath": mount, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    if prediction_log:
-        # The artifacts stay read-only; only this pipeline's prediction and feedback logs are writable.
-        for kind in ("predictions", "feedback"):
-            sub = f"{ref.namespace}/{pipeline}/{kind}"
-            mounts.append({"name": "store-logs", "mountPath": f"{mount}/{sub}", "subPath": sub})
-    volumes: list[dict[str, Any]] = [
-        {"name": "store", "persistentVolumeClaim": {"claimName": settings.store_pvc, "readOnly": True}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
-    ]
-    if prediction_log:
-        volumes.append({"name": "store-logs", "persistentVolumeClaim": {"claimName": settings.store_pvc}})
+    store_mounts, store_volumes = _store_volumes(ref, pipeline, settings, prediction_log)
+    mounts = [*store_mounts, {"name": "tmp", "mountPath": "/tmp"}]
+    volumes = [*store_volumes, {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
     probe_port = "http"
     return {
         "apiVersion": "apps/v1",
@@ -175,7 +194,8 @@ def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replic
                         "image": settings.server_image,
                         "command": ["python", "-m", "noria_server", "serve"],
                         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
-                        "env": server_env(ref, model_version, settings, prediction_log, feedback_token),
+                        "env": server_env(ref, model_version, settings, prediction_log, feedback_token,
+                                          store_access),
                         # Tolerant readiness: a pod dropped from endpoints by one slow probe (a busy
                         # node) would reset in-flight connections; real unreadiness lasts longer.
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": probe_port},

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ValidationError
 
 from noria.api import rollout as api
-from noria.api.common import decimal
+from noria.api.common import S3Access, decimal
 from noria.api.resources import field_path
 from noria.deployment.durations import seconds
 
@@ -110,6 +110,7 @@ class RolloutSpec:
     feedback_token: SecretKeyRef | None = None  # spec.feedback.tokenSecretRef
     progress_deadline: float = DEFAULT_PROGRESS_DEADLINE  # spec.progressDeadline, seconds without progress
     paused: bool = False  # spec.paused: hold where it is (deployment/pause.py)
+    store_access: S3Access | None = None  # spec.store.s3: how servers reach an s3:// store (noria.objectstore)
 
     @property
     def scale_down_delay(self) -> float:
@@ -235,6 +236,7 @@ def from_model(model: api.RolloutSpec) -> RolloutSpec:
         feedback_token=SecretKeyRef(token.name, token.key) if token else None,
         progress_deadline=seconds(model.progress_deadline),
         paused=model.paused,
+        store_access=model.store.s3 if model.store else None,
         **kwargs,
     )
 

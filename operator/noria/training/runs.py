@@ -12,7 +12,8 @@ because of a disruption (eviction, node drain, preemption: the ``DisruptionTarge
 condition), fails the Job at once on the trainer's exit codes for failures another pod would meet
 again (``noria.runspec.NOT_RETRIED_EXIT_CODES``), and counts anything else (a crash, an
 out-of-memory kill) against a small ``backoffLimit``. The pod runs with the ``restricted`` Pod Security profile and
-no service-account token: the trainer reads data and writes artifacts on the store volume and
+no service-account token: the trainer reads data and writes artifacts on the store volume (or an
+``s3://`` store, reached with the AWS variables of ``noria.objectstore``: no volume at all) and
 needs nothing from the Kubernetes API.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from noria import runspec, store
+from noria import objectstore, runspec, store
 from noria.contracts import (
     ANNOTATION_TRIGGER,
     ANNOTATION_TRIGGERED_AT,
@@ -81,6 +82,9 @@ class RunSettings:
     local_store_root: str = ""  # the store as the operator sees it (see Settings.local_store_root)
     # NORIA_TRUSTED_DATA_PREFIXES, handed to the trainer so that it checks the data source itself.
     trusted_data_prefixes: tuple[str, ...] = ()
+    # The operator's s3 endpoint and region, for a pipeline whose spec.store.s3 names none.
+    s3_endpoint: str = ""
+    s3_region: str = ""
 
     def pod_uri(self, uri: str | None) -> str | None:
         """A store URI as pods see it. A trainer that saw the store at the operator's local root
@@ -145,10 +149,11 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
         "command": ["python", "-m", "noria_trainer", "run",
                     "--spec", f"{RUN_MOUNT_PATH}/{RUN_SPEC_KEY}", "--termination-log", TERMINATION_LOG],
         "env": [{"name": "NORIA_STORE_ROOT", "value": settings.store_root},
-                {"name": "NORIA_RUN_ID", "value": run}],
+                {"name": "NORIA_RUN_ID", "value": run},
+                *trainer_s3_env(pspec, settings)],
         "volumeMounts": [
             {"name": RUN_VOLUME, "mountPath": RUN_MOUNT_PATH, "readOnly": True},
-            {"name": STORE_VOLUME, "mountPath": settings.store_mount_path},
+            *store_volume_mounts(settings),
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "terminationMessagePath": TERMINATION_LOG,
@@ -193,13 +198,35 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
                     "containers": [container],
                     "volumes": [
                         {"name": RUN_VOLUME, "configMap": {"name": run}},
-                        {"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": settings.store_pvc}},
+                        *store_volumes(settings),
                         {"name": "tmp", "emptyDir": {}},
                     ],
                 },
             },
         },
     }
+
+
+def trainer_s3_env(pipeline_spec: Mapping[str, Any], settings: RunSettings) -> list[dict[str, Any]]:
+    """How the trainer reaches s3:// data and an s3:// store: the pipeline's spec.store.s3, else the
+    operator's endpoint and region; nothing for a file:// store and no spec.store."""
+    access = objectstore.parse_access(pipeline_spec.get("store"))
+    if access is None and not objectstore.is_s3(settings.store_root):
+        return []
+    return objectstore.pod_env(access, settings.s3_endpoint, settings.s3_region)
+
+
+def store_volume_mounts(settings: RunSettings) -> list[dict[str, Any]]:
+    """The store claim's mount; none on an s3:// store (nothing to mount, no ReadWriteMany needed)."""
+    if objectstore.is_s3(settings.store_root):
+        return []
+    return [{"name": STORE_VOLUME, "mountPath": settings.store_mount_path}]
+
+
+def store_volumes(settings: RunSettings) -> list[dict[str, Any]]:
+    if objectstore.is_s3(settings.store_root):
+        return []
+    return [{"name": STORE_VOLUME, "persistentVolumeClaim": {"claimName": settings.store_pvc}}]
 
 
 def pod_failure_policy() -> dict[str, Any]:
