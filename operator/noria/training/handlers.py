@@ -41,7 +41,6 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import kopf
-from lightkube.generic_resource import create_namespaced_resource
 
 from noria import conditions as c
 from noria import kube, memtrim, metrics, mvcache, opmetrics
@@ -50,14 +49,12 @@ from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
 from noria.wakeups import Wakeups
 
-from . import dask_cluster, datasource, gauges, pipeline, results, runs, triggers
+from . import datasource, gauges, pipeline, results, runs, triggers
 from .triggers import MetricObservation
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION = kube.GROUP, kube.VERSION
-# The Dask Kubernetes operator's cluster kind, which dask runs create (dask_cluster).
-DaskCluster = create_namespaced_resource(dask_cluster.GROUP, "v1", dask_cluster.KIND, dask_cluster.PLURAL)
 TP, MV = "TrainingPipeline", "ModelVersion"
 
 
@@ -169,8 +166,6 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
             pods = await kube.list_objects("v1", "Pod", ns, {"job-name": job["metadata"]["name"]})
         job_outcome = runs.job_outcome(job, pods)
 
-    cluster, cluster_names = await _observe_dask(tp, current)
-
     # The scope of spec.data.source is judged before anything reads it: the operator must not
     # count rows of another namespace's logs (or of /etc) for the newData trigger either.
     refused = st.settings.data_scope().check_data_source(tp)
@@ -207,36 +202,7 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         run_settings=st.run_settings, settle_seconds=st.settle,
         data_source_refused=refused.message if refused else None,
         initial_retry_seconds=st.initial_retry,
-        dask_cluster=cluster, dask_cluster_names=cluster_names,
     )
-
-
-async def _observe_dask(tp: Mapping[str, Any], current: Mapping[str, Any] | None
-                        ) -> tuple[dask_cluster.ClusterObservation | None, list[str]]:
-    """The current dask run's cluster (its DaskCluster, scheduler Service and scheduler pods) and the
-    names of the pipeline's DaskClusters. Nothing for a single pipeline with no cluster to clean up;
-    a missing DaskCluster CRD reads as no cluster."""
-    meta = tp["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    if not dask_cluster.is_dask(tp["spec"]) and not (tp.get("status") or {}).get("lastRuns"):
-        return None, []
-    try:
-        clusters = await kube.list_objects(dask_cluster.API_VERSION, dask_cluster.KIND, ns, {runs.LABEL_PIPELINE: name})
-    except kube.HTTPError as exc:
-        if kube.is_status(exc, 404):  # the Dask operator's CRDs are not installed
-            return None, []
-        raise
-    names = [obj["metadata"]["name"] for obj in clusters]
-    if not current or not dask_cluster.is_dask(tp["spec"]):
-        return None, names
-    run = current["id"]
-    found = next((obj for obj in clusters if obj["metadata"]["name"] == run), None)
-    if found is None:
-        return dask_cluster.observe(None, None, []), names
-    service = await kube.get("v1", "Service", dask_cluster.scheduler_service_name(run), ns)
-    pods = await kube.list_objects("v1", "Pod", ns, {dask_cluster.LABEL_CLUSTER_NAME: run,
-                                                    dask_cluster.LABEL_DASK_COMPONENT: dask_cluster.DASK_SCHEDULER})
-    return dask_cluster.observe(found, service, pods), names
 
 
 async def _list_model_versions(namespace: str) -> list[dict[str, Any]]:
@@ -256,14 +222,9 @@ def next_pass_in(spec: Mapping[str, Any], requeue_after: float | None, resync: f
 
 
 # --- one pass -----------------------------------------------------------------------------------
-async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> str | None:
-    """Carry ``plan`` out; the pipeline's resourceVersion after it (its status write moves it on).
-    Every status write is conditional on the resourceVersion it was decided from: ``kube.Conflict``
-    means the object changed since the pass read it (an edit, or another replica's write) and the
-    pass is dropped, to be observed again; it never overwrites."""
+async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> None:
     meta = tp["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    resource_version = meta.get("resourceVersion")
     # 1. Register the result before status forgets the run (AlreadyExists = registered before).
     if plan.register is not None:
         mv, created = await kube.create(plan.register)
@@ -276,23 +237,16 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
             await kube.post_event(tp, "Warning", c.MODEL_VERSION_CONFLICT, message)
         first = None if foreign else results.initial_status(mv, now)
         if first:
-            staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first,
-                                             resource_version=mv["metadata"].get("resourceVersion"))
+            staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
             mvcache.shared().cache.put(staged)
             await kube.post_event(mv, *results.initial_stage_event(mv, first))  # approved/rejected: one Event
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
     # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
     if plan.status:
-        written = await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status,
-                                          resource_version=resource_version)
-        resource_version = written["metadata"].get("resourceVersion")
+        await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status)
     for event in plan.events:
         await kube.post_event(tp, event.type, event.reason, event.message)
-    # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume. A dask run
-    # creates its DaskCluster first and its Job once the scheduler is ready (a later pass).
-    if plan.dask_objects is not None:
-        for obj in plan.dask_objects:
-            await kube.create(obj)
+    # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume.
     if plan.run_objects is not None:
         cm, job = plan.run_objects
         await kube.create(cm)
@@ -302,9 +256,6 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         await kube.delete("batch/v1", "Job", job_name, ns)
     for cm_name in plan.prune_config_maps:
         await kube.delete("v1", "ConfigMap", cm_name, ns)
-    for cluster_name in plan.delete_dask_clusters:  # a cluster lives only while its run does
-        await kube.delete(dask_cluster.API_VERSION, dask_cluster.KIND, cluster_name, ns)
-    return resource_version
 
 
 def _count(namespace: str, name: str, plan: pipeline.Plan) -> None:
@@ -362,25 +313,18 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _report_error(tp: Mapping[str, Any], exc: BaseException) -> None:
-    """Put a failed pass on the pipeline; best effort (the API may be what failed). Decided from a
-    fresh read (the pass may have written status before it failed) and conditional on it."""
+    """Put a failed pass on the pipeline; best effort (the API may be what failed)."""
     meta = tp["metadata"]
     error = f"reconcile failed: {_describe(exc)}"
     try:
-        tp = await kube.get(kube.API_VERSION, TP, meta["name"], meta["namespace"]) or tp
-        meta = tp["metadata"]
         patch, transition = reconcile_error_status(tp.get("status") or {}, error, meta.get("generation"),
                                                    dt.datetime.now(dt.UTC))
         if patch is not None:
-            await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch,
-                                    resource_version=meta.get("resourceVersion"))
+            await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch)
         if transition:
             await kube.post_event(tp, "Warning", c.RECONCILE_ERROR, error)
     except Exception as again:  # noqa: BLE001 - the original error is raised to the caller
         log.warning("pipeline %s/%s: could not record the failed pass: %s", meta["namespace"], meta["name"], again)
-
-
-CONFLICT_RETRY_SECONDS = 0.2  # a 409 means "re-observe": soon, not at once (the writer that won may go on)
 
 
 async def reconcile(key: Hashable) -> float | None:
@@ -396,16 +340,13 @@ async def reconcile(key: Hashable) -> float | None:
             return None
         now = dt.datetime.now(dt.UTC)
         plan = pipeline.decide(await observe(tp, now))
-        resource_version = await execute(tp, plan, now)
+        await execute(tp, plan, now)
         after = pipeline.apply_merge_patch(tp.get("status") or {}, plan.status or {})
         recovered = reconcile_recovered_status(after, tp["metadata"].get("generation"), now)
         if recovered is not None:
-            await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered, resource_version=resource_version)
+            await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered)
         _count(ns, name, plan)
         return next_pass_in(tp["spec"], plan.requeue_after, state().resync, state().idle_resync)
-    except kube.Conflict as exc:  # not an error: the pipeline or a version changed since it was read
-        log.info("pipeline %s/%s: %s; observing again", ns, name, exc)
-        return CONFLICT_RETRY_SECONDS
     except Exception as exc:
         opmetrics.RECONCILE_ERRORS.labels(TP).inc()
         if tp is not None:
@@ -506,42 +447,33 @@ async def _judge_model_version_or_retry(body: Mapping[str, Any], attempt: int) -
 
 
 async def _judge_model_version(body: Mapping[str, Any]) -> None:
-    """Scope, registration and approval of one ModelVersion, each written once, each only onto the
-    object as seen (its resourceVersion): a stage set since (an import's approval, a Rollout's
-    promotion) must stand. On a conflict the newer version's own event decides again."""
-    try:
-        await _judge_model_version_as_seen(body)
-    except kube.Conflict as exc:
-        log.info("ModelVersion %s/%s: %s; its newer version decides again", body["metadata"]["namespace"],
-                 body["metadata"]["name"], exc)
-
-
-async def _write_model_version_status(mv: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """``patch`` onto ``mv`` as seen; the written object (the next write is conditional on it)."""
-    meta = mv["metadata"]
-    written = await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch,
-                                      resource_version=meta.get("resourceVersion"))
-    mvcache.shared().cache.put(written)
-    return written
-
-
-async def _judge_model_version_as_seen(body: Mapping[str, Any]) -> None:
+    """Scope, registration and approval of one ModelVersion, each written once."""
+    meta = body["metadata"]
     now = dt.datetime.now(dt.UTC)
     refused = state().settings.artifact_scope().check(body)
     scope = results.scope_status(body, refused, now)
     if scope is not None:
-        body = await _write_model_version_status(body, scope)
+        mvcache.shared().cache.put(
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope))
         if refused is not None:
             await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
+        body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
     # A version created by hand (no run registered it) is Registered until a person approves it.
     registered = results.registration(body, now)
     if registered is not None:
-        body = await _write_model_version_status(body, registered)
+        try:  # only onto the object as seen: a stage set since (an import's approval) must stand
+            mvcache.shared().cache.put(await kube.patch_status(
+                kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
+                resource_version=meta.get("resourceVersion")))
+        except kube.Conflict:
+            return  # its newer version's own event decides again
         await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
+        body = {**body, "status": {**(body.get("status") or {}), **registered}}
     # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
     # never load it as a champion. The Degraded condition says why.
     patch = results.approval(body, now) if refused is None else None
     if patch is not None:
-        body = await _write_model_version_status(body, patch)
+        mvcache.shared().cache.put(
+            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch))
         reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
         await kube.post_event(dict(body), "Normal", reason, patch["message"])
