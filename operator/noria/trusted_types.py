@@ -152,3 +152,9 @@ TRUSTED_TYPES: Final[Mapping[str, frozenset[str]]] = {
         'numpy.float64',
     }),
 }
+
+# XGBoost models (the Dask engine's envelope, noria.xgboost_artifact): no Python types are built, so
+# the list is of the booster kinds and objectives whose JSON Noria's trainer writes. A booster or
+# objective not named here is refused before XGBoost parses the model.
+TRUSTED_XGBOOST_BOOSTERS: Final = frozenset({"gbtree"})
+TRUSTED_XGBOOST_OBJECTIVES: Final = frozenset({"binary:logistic", "multi:softprob", "reg:squarederror"})

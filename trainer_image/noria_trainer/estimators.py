@@ -46,6 +46,62 @@ class EstimatorError(ValueError):
     """The estimator path is not allowed, does not fit the task, or its params are wrong."""
 
 
+# --- the Dask engine (compute.engine: dask) ------------------------------------------------------
+# Trained by XGBoost across the cluster's workers (noria_trainer.dask_training) and saved in the
+# XGBoost envelope (noria.xgboost_artifact), never as a Python object. They train on the Dask engine
+# only, and the scikit-learn estimators above on the single engine only: a scikit-learn estimator
+# needs the whole window in one process, which is what the Dask engine is for avoiding.
+DASK_ESTIMATORS: Final[dict[str, str]] = {
+    "xgboost.XGBClassifier": "classification",
+    "xgboost.XGBRegressor": "regression",
+}
+# XGBoost's scikit-learn parameter names the Dask engine accepts, with the type each must have.
+XGBOOST_PARAMS: Final[dict[str, type]] = {
+    "n_estimators": int, "max_depth": int, "learning_rate": float, "min_child_weight": float,
+    "subsample": float, "colsample_bytree": float, "reg_lambda": float, "reg_alpha": float, "gamma": float,
+    "max_bin": int,
+}
+XGBOOST_DEFAULT_ROUNDS: Final = 100
+XGBOOST_DEFAULT_MAX_BIN: Final = 256  # one byte per feature and row in the QuantileDMatrix
+_XGBOOST_NAMES: Final = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_alpha": "alpha"}
+
+
+def check_engine(path: str, task: Task, engine: str) -> None:
+    """Refuse an estimator the engine does not train, or a Dask estimator of the other task."""
+    if engine == "dask":
+        if path not in DASK_ESTIMATORS:
+            raise EstimatorError(f"estimator {path!r} does not train on compute.engine dask, which trains "
+                                 f"{' or '.join(DASK_ESTIMATORS)}; use compute.engine single for scikit-learn")
+        if DASK_ESTIMATORS[path] != task:
+            raise EstimatorError(f"estimator {path!r} is for {DASK_ESTIMATORS[path]} but spec.model.task is {task}")
+    elif path in DASK_ESTIMATORS:
+        raise EstimatorError(f"estimator {path!r} trains on compute.engine dask only (set spec.compute.engine: dask)")
+
+
+def xgboost_params(task: Task, params: dict[str, Any], n_classes: int, seed: int) -> tuple[dict[str, Any], int, int]:
+    """XGBoost's training parameters, boosting rounds and ``max_bin`` from ``spec.model.params``."""
+    unknown = sorted(set(params) - set(XGBOOST_PARAMS))
+    if unknown:
+        raise EstimatorError(f"XGBoost on the Dask engine takes no parameter(s) {', '.join(unknown)} "
+                             f"(allowed: {', '.join(XGBOOST_PARAMS)})")
+    for name, value in params.items():
+        kind = XGBOOST_PARAMS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise EstimatorError(f"XGBoost parameter {name} must be {'an integer' if kind is int else 'a number'}")
+    booster: dict[str, Any] = {"tree_method": "hist", "seed": seed}
+    if task == "regression":
+        booster["objective"] = "reg:squarederror"
+    elif n_classes > 2:
+        booster.update(objective="multi:softprob", num_class=n_classes)
+    else:
+        booster["objective"] = "binary:logistic"
+    for name, value in params.items():
+        if name not in ("n_estimators", "max_bin"):
+            booster[_XGBOOST_NAMES.get(name, name)] = value
+    return (booster, int(params.get("n_estimators", XGBOOST_DEFAULT_ROUNDS)),
+            int(params.get("max_bin", XGBOOST_DEFAULT_MAX_BIN)))
+
+
 def check_import_path(path: str) -> tuple[str, str]:
     """``(module, class)`` if ``path`` is on the allow-list; never imports anything."""
     module, _, name = path.rpartition(".")

@@ -52,7 +52,14 @@ from noria.runspec import (
 from noria_trainer import data as data_mod
 from noria_trainer import training
 from noria_trainer.artifacts import OutputError, OutputLocation
-from noria_trainer.estimators import EstimatorError, build_pipeline, check_import_path, estimator_class
+from noria_trainer.estimators import (
+    EstimatorError,
+    build_pipeline,
+    check_engine,
+    check_import_path,
+    estimator_class,
+    xgboost_params,
+)
 from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import ValidationOutcome, feature_names, validate
 
@@ -378,9 +385,13 @@ def _check_spec(raw: Any, reporter: Reporter) -> RunSpec:
     reporter.begin("spec")
     try:
         run = parse_run_spec(raw)
-        check_import_path(run.spec.estimator)  # refused as a string, before any import
-        estimator_class(run.spec.estimator, run.spec.task)
-        build_pipeline(run.spec.estimator, run.spec.task, run.spec.params, [], [], run.spec.seed)
+        check_engine(run.spec.estimator, run.spec.task, run.spec.engine)  # refused as a string, before any import
+        if run.spec.engine == "dask":
+            xgboost_params(run.spec.task, run.spec.params, 2, run.spec.seed)
+        else:
+            check_import_path(run.spec.estimator)
+            estimator_class(run.spec.estimator, run.spec.task)
+            build_pipeline(run.spec.estimator, run.spec.task, run.spec.params, [], [], run.spec.seed)
     except (SpecError, EstimatorError) as exc:
         raise RunFailure("spec", EXIT_SPEC, str(exc)) from exc
     reporter.end(runId=run.run_id, version=run.version, estimator=run.spec.estimator)
@@ -517,6 +528,8 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     if written is not None:  # an earlier pod of this run finished the work; report it again
         return written
     champion_model, champion_profile = _load_champion(run, reporter)
+    if run.spec.engine == "dask":
+        return _execute_on_dask(run, output, reporter, champion_model)
     # rows: data and labelled feedback, ordered by time and windowed together
     windows: list[Window | None] = list(run.spec.window_candidates) or [run.spec.window]
     rows = _gather_rows(run, windows, reporter)
@@ -536,6 +549,16 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     reporter.end()
     _write(output, model_bytes, profile, metadata, report, reporter)
     return success_summary(json.loads(_json_bytes(metadata)), json.loads(_json_bytes(report)), uris)
+
+
+def _execute_on_dask(run: RunSpec, output: OutputLocation, reporter: Reporter, champion_model: Any) -> dict[str, Any]:
+    """The same run on the Dask cluster of ``spec.compute`` (noria_trainer.dask_training)."""
+    from noria_trainer import dask_training
+
+    try:
+        return dask_training.execute(run, output, reporter, champion_model)
+    except dask_training.DaskRunError as exc:
+        raise RunFailure(exc.stage, exc.exit_code, exc.reason) from exc
 
 
 def _validate(rows: WindowedRows, spec: PipelineSpec, champion_profile: Profile | None,

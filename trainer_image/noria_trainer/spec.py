@@ -87,6 +87,7 @@ class PipelineSpec:
     tuning_cv: int
     seed: int
     thresholds_as_written: dict[str, str] = field(default_factory=dict)
+    engine: str = "single"  # spec.compute.engine: single (one pod) or dask (noria_trainer.dask_training)
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,7 @@ def parse_pipeline_spec(spec: Any) -> PipelineSpec:
         tuning_cv=tuning.cv,
         seed=valid.seed,
         thresholds_as_written={key: str(value) for key, value in written.items() if value is not None},
+        engine=valid.compute.engine if valid.compute else "single",
     )
 
 
