@@ -1,0 +1,379 @@
+"""Noria's model server vs MLServer 1.7.1 at fixed offered rates (open loop), beside the saturation run.
+
+    .venv/bin/python benchmarks/server_latency.py [--seconds 10 --models logistic,hgb --profile]
+
+For each model (the two of ``server_vs_mlserver.py``, same request, same pinning: generator on
+CPU 0, server on CPU 1, one native thread), each server is first driven to saturation with wrk
+(16 connections) to find its own maximum; then an open-loop generator offers 25 %, 50 % and 80 % of
+that maximum, and one rate both servers sustain (50 % of MLServer's maximum), each for ``--seconds``.
+Open loop: requests are sent on a fixed schedule whether or not earlier answers came back, and each
+latency counts from the scheduled send time, so a server stall shows in full instead of slowing the
+generator down (what a closed-loop wrk run hides: coordinated omission). Noria runs with its
+defaults: drift counting and the prediction log on.
+
+Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
+system time of the server process tree from /proc). ``--profile`` adds Noria's own view of the 80 %
+run: its stage, batch-size, loop-lag and GC-pause histograms read from ``/metrics`` (mean and p99
+per stage), and, when ``py-spy`` is installed, a sampling profile of that run (top functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import sklearn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noria import metrics as m  # noqa: E402
+from noria_server.launch import free_port  # noqa: E402
+from noria_server.reference_models import train_and_save  # noqa: E402
+from server_vs_mlserver import payload  # noqa: E402
+from serving_bench import (  # noqa: E402
+    MLSERVER_PACKAGES,
+    MLSERVER_VENV,
+    ensure_venv,
+    measure,
+    require_wrk,
+    start,
+    stop,
+    uptime,
+    wait_http,
+)
+
+FRACTIONS = (0.25, 0.5, 0.8)
+SHARED_FRACTION_OF_MLSERVER = 0.5
+# Connections the open-loop generator may hold: enough that a stall of a few tens of ms at the
+# highest rate does not run out of them (a request due while all are busy waits, and its wait counts).
+GENERATOR_CONNECTIONS = 128
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)")
+
+
+@dataclass
+class RateResult:
+    offered: float  # requests per second
+    sent: int
+    answered: int
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    cpu_s_per_10k: float
+    errors: int
+
+    def row(self) -> str:
+        return (f"{self.offered:8.0f} {self.answered / max(self.sent, 1):7.0%} {self.p50_ms:7.2f} "
+                f"{self.p99_ms:7.2f} {self.p999_ms:8.2f} {self.p99_ms / self.p50_ms:6.1f} "
+                f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:7.2f}"
+                + (f"  ({self.errors} errors)" if self.errors else ""))
+
+
+# --- open-loop generator --------------------------------------------------------------------------
+class _Client(asyncio.Protocol):
+    """One keep-alive connection, one request at a time; answers read by content-length."""
+
+    def __init__(self, done: asyncio.Queue[_Client]) -> None:
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.due = 0.0
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, due: float) -> None:
+        self.due = due
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self.buffer[:head_end]).lower()
+        match = _CONTENT_LENGTH.search(head)
+        length = int(match.group(1)) if match else 0
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        if not head.startswith(b"http/1.1 200"):
+            self.errors += 1
+        del self.buffer[:head_end + 4 + length]
+        self.latencies.append(time.perf_counter() - self.due)
+        self.done.put_nowait(self)
+
+
+async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, seconds: float
+                     ) -> tuple[list[float], int, int]:
+    """Latencies (s, sorted, from each scheduled send), non-200 answers, requests sent."""
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[_Client] = asyncio.Queue()
+    clients = []
+    for _ in range(GENERATOR_CONNECTIONS):
+        _, client = await loop.create_connection(lambda: _Client(idle), host, port)
+        clients.append(client)
+        idle.put_nowait(client)
+    request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+               f"content-length: {len(body)}\r\n\r\n").encode() + body
+    total = int(rate * seconds)
+    begin = time.perf_counter() + 0.05
+    for i in range(total):
+        due = begin + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+        client = await idle.get()  # all connections busy: this request waits, and its wait counts
+        client.send(request, due)
+    deadline = time.perf_counter() + 30
+    while idle.qsize() < len(clients) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    latencies = sorted(x for c in clients for x in c.latencies)
+    return latencies, sum(c.errors for c in clients), total
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1e3
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (MLServer may fork workers)."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+        pids.extend(int(c) for c in children)
+    return total
+
+
+def run_rate(proc: subprocess.Popen, url: str, rate: float, seconds: float) -> RateResult:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    before = cpu_seconds(proc.pid)
+    latencies, errors, sent = runner(_open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path,
+                                                payload(), rate, seconds))
+    used = cpu_seconds(proc.pid) - before
+    return RateResult(rate, sent, len(latencies), _percentile(latencies, 0.5), _percentile(latencies, 0.99),
+                      _percentile(latencies, 0.999), used / max(len(latencies), 1) * 10_000, errors)
+
+
+# --- servers -------------------------------------------------------------------------------------
+def start_mlserver(python: Path, work: Path, kind: str, joblib_path: Path) -> tuple[subprocess.Popen, str]:
+    import json
+
+    root = work / f"mlserver-{kind}"
+    model_dir = root / kind
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(joblib_path, model_dir / "model.joblib")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": kind, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
+    http_port = free_port()
+    (root / "settings.json").write_text(json.dumps({
+        "parallel_workers": 0, "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "debug": False}))
+    proc = start([str(python.parent / "mlserver"), "start", str(root)], work / f"mlserver-{kind}.log")
+    wait_http(f"http://127.0.0.1:{http_port}/v2/models/{kind}/ready", 180)
+    return proc, f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer"
+
+
+def start_noria(work: Path, kind: str, saved) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def]
+    port = free_port()
+    cmd = [sys.executable, "-m", "noria_server", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
+           "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
+           "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
+           "--pod", f"bench-{port}", "--drain-seconds", "0"]
+    proc = start(cmd, work / f"noria-{kind}-{port}.log")
+    wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
+    return proc, f"http://127.0.0.1:{port}/v2/models/{kind}/infer"
+
+
+# --- Noria's own view: /metrics histograms and a sampling profile ---------------------------------
+def scrape(url: str) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """{(metric, label value): [(le, cumulative count)]} for Noria's latency histograms, plus sums."""
+    base = url.split("/v2/")[0]
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    names = (m.REQUEST_STAGE_SECONDS, m.BATCH_ROWS, m.EVENT_LOOP_LAG_SECONDS, m.GC_PAUSE_SECONDS)
+    for line in text.splitlines():
+        for name in names:
+            if not line.startswith(name + "_"):
+                continue
+            series, value = line.rsplit(" ", 1)
+            labels = dict(part.split("=", 1) for part in series[series.index("{") + 1:-1].split(","))
+            key_label = labels.get(m.LABEL_STAGE, labels.get(m.LABEL_GENERATION, '""')).strip('"')
+            if line.startswith(name + "_bucket"):
+                le = labels["le"].strip('"')
+                out.setdefault((name, key_label), []).append((float("inf") if le == "+Inf" else float(le),
+                                                              float(value)))
+            elif line.startswith(name + "_sum"):
+                out.setdefault((name + "_sum", key_label), []).append((0.0, float(value)))
+    return out
+
+
+def histogram_delta(before: dict, after: dict) -> list[tuple[str, str, float, float, float]]:  # type: ignore[type-arg]
+    """(metric, label, count, mean, p99 upper bucket bound) of what was observed between two scrapes."""
+    rows = []
+    for (name, label), buckets in after.items():
+        if name.endswith("_sum"):
+            continue
+        prior = dict(before.get((name, label), []))
+        delta = [(le, count - prior.get(le, 0.0)) for le, count in buckets]
+        total = delta[-1][1] if delta else 0.0
+        if total <= 0:
+            continue
+        total_sum = after[(name + "_sum", label)][0][1] - dict(before.get((name + "_sum", label), [])).get(0.0, 0.0)
+        p99 = next(le for le, count in delta if count >= 0.99 * total)
+        rows.append((name, label, total, total_sum / total, p99))
+    return rows
+
+
+def py_spy_top(pid: int, seconds: float, out: Path) -> str:
+    """A py-spy profile of ``pid`` for ``seconds`` (raw collapsed stacks in ``out``), summarised as the
+    functions with the most samples; empty if py-spy is not installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return "py-spy not installed (pip install py-spy): no sampling profile"
+    subprocess.run([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+                    "--format", "raw", "--nonblocking", "--output", str(out)], capture_output=True, check=False)
+    if not out.exists():
+        return "py-spy could not attach (needs ptrace permission)"
+    own: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:15]
+    return "\n".join(f"  {n / total:6.1%}  {name}" for name, n in top)
+
+
+def profile_noria(kind: str, proc: subprocess.Popen, url: str, rate: float, seconds: float, spy_file: Path) -> None:
+    """One more open-loop run at ``rate`` with py-spy attached; Noria's histograms over that run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = scrape(url)
+    with ThreadPoolExecutor(1) as pool:
+        spy = pool.submit(py_spy_top, proc.pid, seconds, spy_file)
+        run_rate(proc, url, rate, seconds)
+        top = spy.result()
+    print(f"[{kind}] Noria at {rate:.0f} req/s: its own histograms over the run (mean, p99 bucket bound)")
+    for name, label, count, mean, p99 in histogram_delta(before, scrape(url)):
+        unit, scale = ("", 1.0) if name == m.BATCH_ROWS else (" ms", 1e3)
+        print(f"  {name:32} {label:10} n={count:8.0f} mean {mean * scale:8.3f}{unit} p99 <= {p99 * scale:g}{unit}")
+    print(f"[{kind}] py-spy (own samples by function, same run):\n{top}")
+
+
+# --- main ----------------------------------------------------------------------------------------
+def measure_server(name: str, proc: subprocess.Popen, url: str, rates: list[float], args: argparse.Namespace,
+                   results: dict[str, list[RateResult]]) -> None:
+    for rate in rates:
+        r = run_rate(proc, url, rate, args.seconds)
+        results.setdefault(name, []).append(r)
+        print(f"  {name:8} {r.row()}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="per offered rate")
+    parser.add_argument("--saturation-seconds", type=float, default=8)
+    parser.add_argument("--models", default="logistic,hgb")
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %%")
+    args = parser.parse_args()
+    require_wrk()
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})  # the open-loop generator runs here: CPU 0, as wrk does; servers on CPU 1
+    load_before = uptime()
+    python = None if args.skip_mlserver else ensure_venv(MLSERVER_VENV, MLSERVER_PACKAGES,
+                                                         [f"scikit-learn=={sklearn.__version__}"])
+    work = Path(tempfile.mkdtemp(prefix="noria-latency-"))
+    header = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
+              f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9}")
+    summary = []
+    try:
+        for kind in args.models.split(","):
+            model_dir = work / "store" / "bench" / kind / "model"
+            saved = train_and_save(kind, str(model_dir), rows=5000)  # type: ignore[arg-type]
+            import joblib
+
+            joblib_path = model_dir / "model.joblib"
+            joblib.dump(saved.estimator, joblib_path)
+            servers = {}
+            if python is not None:
+                servers["MLServer"] = start_mlserver(python, work, kind, joblib_path)
+            servers["Noria"] = start_noria(work, kind, saved)
+            try:
+                maxima = {name: measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
+                          for name, (_, url) in servers.items()}
+                print(f"[{kind}] saturation (wrk -c16): " + ", ".join(f"{n} {v:.0f} req/s" for n, v in maxima.items()))
+                print(header)
+                results: dict[str, list[RateResult]] = {}
+                shared = SHARED_FRACTION_OF_MLSERVER * maxima.get("MLServer", maxima["Noria"])
+                for name, (proc, url) in servers.items():
+                    rates = [f * maxima[name] for f in FRACTIONS] + [shared]
+                    measure_server(name, proc, url, rates, args, results)
+                if args.profile:
+                    proc, url = servers["Noria"]
+                    profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")
+                summary.append((kind, maxima, results))
+            finally:
+                for proc, _ in servers.values():
+                    stop(proc)
+        print_summary(summary, args, load_before)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_summary(summary: list, args: argparse.Namespace, load_before: str) -> None:  # type: ignore[type-arg]
+    print(f"\n## Open-loop latency at fixed offered rates ({args.seconds:g}s each), generator CPU 0, server CPU 1")
+    for kind, maxima, results in summary:
+        print(f"[{kind}] saturation: " + ", ".join(f"{n} {v:.0f} req/s" for n, v in maxima.items()))
+        for name, rows in results.items():
+            labels = [f"{f:.0%} of own max" for f in FRACTIONS] + ["shared rate"]
+            for label, r in zip(labels, rows, strict=True):
+                print(f"  {name:8} {label:16} {r.row()}")
+        if "MLServer" in results:
+            noria, ml = results["Noria"][-1], results["MLServer"][-1]
+            print(f"  shared rate {noria.offered:.0f} req/s: Noria p99 / MLServer p99 = "
+                  f"{noria.p99_ms / ml.p99_ms:.2f}")
+    print("  columns: offered req/s, answered share, p50, p99, p99.9 (ms from the scheduled send), "
+          "p99/p50, p99.9/p50, server CPU s per 10,000 answers")
+    print("  Noria: defaults (drift counting on, prediction log on to a local store); MLServer 1.7.1 "
+          "parallel_workers 0; both taskset -c 1, one native thread")
+    print(f"  Load before: {load_before}")
+    print(f"  Load after:  {uptime()}")
+
+
+if __name__ == "__main__":
+    main()
