@@ -41,6 +41,8 @@ JOB_FAILED: Final = "JobFailed"  # the Job failed without a summary (deadline, e
 SUMMARY_MISSING: Final = "SummaryMissing"  # the Job succeeded but no pod left a summary
 SUMMARY_INVALID: Final = "SummaryInvalid"  # the summary does not describe this run
 TRAINER_OOM_KILLED: Final = "TrainerOOMKilled"  # the run's pods were killed for memory until its retries ran out
+DASK_CLUSTER_NOT_READY: Final = "DaskClusterNotReady"  # a dask run's scheduler did not start in time
+DASK_CLUSTER_LOST: Final = "DaskClusterLost"  # a dask run's cluster or scheduler went away under its Job
 LAST_RUN_SUCCEEDED: Final = "LastRunSucceeded"
 GATE_REJECTED: Final = "GateRejected"
 # TriggersHealthy

@@ -41,6 +41,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import kopf
+from lightkube.generic_resource import create_namespaced_resource
 
 from noria import conditions as c
 from noria import kube, memtrim, metrics, mvcache, opmetrics
@@ -49,12 +50,14 @@ from noria.prometheus import PrometheusClient, PrometheusError
 from noria.settings import Settings
 from noria.wakeups import Wakeups
 
-from . import datasource, gauges, pipeline, results, runs, triggers
+from . import dask_cluster, datasource, gauges, pipeline, results, runs, triggers
 from .triggers import MetricObservation
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION = kube.GROUP, kube.VERSION
+# The Dask Kubernetes operator's cluster kind, which dask runs create (dask_cluster).
+DaskCluster = create_namespaced_resource(dask_cluster.GROUP, "v1", dask_cluster.KIND, dask_cluster.PLURAL)
 TP, MV = "TrainingPipeline", "ModelVersion"
 
 
@@ -166,6 +169,8 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
             pods = await kube.list_objects("v1", "Pod", ns, {"job-name": job["metadata"]["name"]})
         job_outcome = runs.job_outcome(job, pods)
 
+    cluster, cluster_names = await _observe_dask(tp, current)
+
     # The scope of spec.data.source is judged before anything reads it: the operator must not
     # count rows of another namespace's logs (or of /etc) for the newData trigger either.
     refused = st.settings.data_scope().check_data_source(tp)
@@ -202,7 +207,37 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         run_settings=st.run_settings, settle_seconds=st.settle,
         data_source_refused=refused.message if refused else None,
         initial_retry_seconds=st.initial_retry,
+        dask_cluster=cluster, dask_cluster_names=cluster_names,
     )
+
+
+async def _observe_dask(tp: Mapping[str, Any], current: Mapping[str, Any] | None
+                        ) -> tuple[dask_cluster.ClusterObservation | None, list[str]]:
+    """The current dask run's cluster (its DaskCluster, scheduler Service and scheduler pods) and the
+    names of the pipeline's DaskClusters. Nothing for a single pipeline (no LIST per pass; a cluster
+    left by a pipeline switched to single mid-run goes with the pipeline, its owner); a missing
+    DaskCluster CRD reads as no cluster."""
+    meta = tp["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    if not dask_cluster.is_dask(tp["spec"]):
+        return None, []
+    try:
+        clusters = await kube.list_objects(dask_cluster.API_VERSION, dask_cluster.KIND, ns, {runs.LABEL_PIPELINE: name})
+    except kube.HTTPError as exc:
+        if kube.is_status(exc, 404):  # the Dask operator's CRDs are not installed
+            return None, []
+        raise
+    names = [obj["metadata"]["name"] for obj in clusters]
+    if not current:
+        return None, names
+    run = current["id"]
+    found = next((obj for obj in clusters if obj["metadata"]["name"] == run), None)
+    if found is None:
+        return dask_cluster.observe(None, None, []), names
+    service = await kube.get("v1", "Service", dask_cluster.scheduler_service_name(run), ns)
+    pods = await kube.list_objects("v1", "Pod", ns, {dask_cluster.LABEL_CLUSTER_NAME: run,
+                                                    dask_cluster.LABEL_DASK_COMPONENT: dask_cluster.DASK_SCHEDULER})
+    return dask_cluster.observe(found, service, pods), names
 
 
 async def _list_model_versions(namespace: str) -> list[dict[str, Any]]:
@@ -246,7 +281,11 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status)
     for event in plan.events:
         await kube.post_event(tp, event.type, event.reason, event.message)
-    # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume.
+    # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume. A dask run
+    # creates its DaskCluster first and its Job once the scheduler is ready (a later pass).
+    if plan.dask_objects is not None:
+        for obj in plan.dask_objects:
+            await kube.create(obj)
     if plan.run_objects is not None:
         cm, job = plan.run_objects
         await kube.create(cm)
@@ -256,6 +295,8 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         await kube.delete("batch/v1", "Job", job_name, ns)
     for cm_name in plan.prune_config_maps:
         await kube.delete("v1", "ConfigMap", cm_name, ns)
+    for cluster_name in plan.delete_dask_clusters:  # a cluster lives only while its run does
+        await kube.delete(dask_cluster.API_VERSION, dask_cluster.KIND, cluster_name, ns)
 
 
 def _count(namespace: str, name: str, plan: pipeline.Plan) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Final
 from noria import conditions as c
 from noria.profile import Profile
 
-from . import results, runs, triggers
+from . import dask_cluster, results, runs, triggers
 from .triggers import DataObservation, MetricObservation, TriggerResult
 
 # A Job that just succeeded may not yet show its pod's termination message: wait this long
@@ -42,6 +42,8 @@ from .triggers import DataObservation, MetricObservation, TriggerResult
 SUMMARY_GRACE_SECONDS: Final = 15.0
 # Fallback re-check while a Job runs (Job watch events normally wake the operator first).
 RUNNING_RECHECK_SECONDS: Final = 30.0
+# While a dask run's cluster starts, and while its Job runs (a lost scheduler has no event of ours).
+DASK_RECHECK_SECONDS: Final = 5.0
 DEFAULT_HISTORY_LIMIT: Final = 10
 
 PHASE_PENDING: Final = "Pending"
@@ -76,6 +78,10 @@ class Observation:
     # A pipeline with no ModelVersion retries its first run this long after a failure, doubling
     # per attempt up to triggers.MAX_INITIAL_RETRY_SECONDS (NORIA_INITIAL_RETRY_SECONDS).
     initial_retry_seconds: float = triggers.DEFAULT_INITIAL_RETRY_SECONDS
+    # A dask run's cluster (of status.currentRun; None for a single run or no run) and the names of
+    # every DaskCluster of this pipeline (dask_cluster.clusters_to_delete).
+    dask_cluster: dask_cluster.ClusterObservation | None = None
+    dask_cluster_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ class Plan:
     evaluations: list[TriggerResult] = field(default_factory=list)
     finished: tuple[str, str] | None = None  # (trigger, outcome) of a run that ended in this pass
     started: str | None = None  # trigger of a run started in this pass
+    # A dask run's (ConfigMap, DaskCluster) to create before its Job (docs/training-dask.md); the
+    # DaskClusters to delete (of runs that ended).
+    dask_objects: tuple[dict[str, Any], dict[str, Any]] | None = None
+    delete_dask_clusters: list[str] = field(default_factory=list)
 
 
 def _ts(text: str | None) -> dt.datetime | None:
@@ -258,6 +268,8 @@ class _Pass:
     recheck: list[float] = field(default_factory=list)
     register: dict[str, Any] | None = None
     objects: tuple[dict, dict] | None = None
+    dask_objects: tuple[dict, dict] | None = None
+    stop_jobs: list[str] = field(default_factory=list)
     finished: tuple[str, str] | None = None
     started: str | None = None
 
@@ -289,27 +301,82 @@ def _cooldown_until(status: Mapping[str, Any], spec: Mapping[str, Any]) -> dt.da
     return ended + dt.timedelta(seconds=cooldown) if cooldown and ended else None
 
 
+def _objects_for_run(p: _Pass, n: int, trigger: str, triggered_at: str,
+                     champion: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """The current run's objects to create: (ConfigMap, Job) of a single run; of a dask run, (ConfigMap,
+    DaskCluster) until its scheduler is ready, then (ConfigMap, Job) with the scheduler's address, whose
+    scheduler pod is recorded in ``currentRun.daskScheduler``. (reason, message) when a dask run's cluster
+    did not start in time: the run fails."""
+    obs, current = p.obs, p.current
+    assert obs.run_settings is not None and current is not None
+    cm, job = run_objects(obs.pipeline, n, trigger, triggered_at, champion, obs.run_settings)
+    if not dask_cluster.is_dask(obs.pipeline["spec"]):
+        p.objects = (cm, job)
+        return None
+    started = _ts(current.get("startedAt")) or obs.now
+    verdict = dask_cluster.judge(obs.dask_cluster, None, (obs.now - started).total_seconds())
+    if verdict.state == dask_cluster.NOT_READY:
+        return c.DASK_CLUSTER_NOT_READY, verdict.message
+    if verdict.state == dask_cluster.READY:
+        assert obs.dask_cluster is not None and obs.dask_cluster.scheduler_address is not None
+        p.objects = (cm, dask_cluster.with_scheduler(job, obs.dask_cluster.scheduler_address))
+        current["daskScheduler"] = verdict.scheduler_uid
+        return None
+    cluster = dask_cluster.dask_cluster(obs.pipeline, _owner_ref(obs.pipeline), current["id"],
+                                        obs.run_settings.trainer_image, obs.run_settings.image_pull_policy)
+    p.dask_objects = (cm, cluster)
+    return None
+
+
+def _dask_cluster_lost(p: _Pass) -> tuple[str, str] | None:
+    """(reason, message) when the cluster of the current dask run's running Job is gone or restarted."""
+    obs, current = p.obs, p.current
+    if current is None or not current.get("daskScheduler") or obs.job is None or obs.job.state != runs.RUNNING:
+        return None
+    verdict = dask_cluster.judge(obs.dask_cluster, current["daskScheduler"], 0.0)
+    return (c.DASK_CLUSTER_LOST, verdict.message) if verdict.state == dask_cluster.LOST else None
+
+
 def _follow_current_run(p: _Pass) -> None:
     """Stage 1: finish the current run, keep waiting for it, or (after a crash) create its objects again."""
     obs, current, status, name = p.obs, p.current, p.status, p.name
     if not current:
         return
     if obs.job is None or obs.job.state == runs.MISSING:
+        failed = None
         if obs.run_settings is not None and obs.data_source_refused is None:
             n = runs.run_number(name, current["id"]) or int(status.get("runCounter") or 0)
             by_name = {mv["metadata"]["name"]: mv for mv in p.mvs}
-            p.objects = run_objects(obs.pipeline, n, current.get("trigger") or triggers.MANUAL,
-                                    current.get("triggeredAt") or current.get("startedAt") or c.now_iso(obs.now),
-                                    by_name.get(current.get("parent") or ""), obs.run_settings)
-        p.recheck.append(RUNNING_RECHECK_SECONDS)
+            failed = _objects_for_run(p, n, current.get("trigger") or triggers.MANUAL,
+                                      current.get("triggeredAt") or current.get("startedAt") or c.now_iso(obs.now),
+                                      by_name.get(current.get("parent") or ""))
+        if failed is None:
+            p.recheck.append(RUNNING_RECHECK_SECONDS if p.objects else DASK_RECHECK_SECONDS)
+            return
+        _end_run(p, (OUTCOME_FAILED, *failed, None), obs.now)
+        return
+    lost = _dask_cluster_lost(p)
+    if lost is not None:
+        p.stop_jobs.append(current.get("job") or current["id"])
+        _end_run(p, (OUTCOME_FAILED, *lost, None), obs.now)
         return
     done = _finish(obs, current, current.get("parent"))
     if done is None:
-        p.recheck.append(RUNNING_RECHECK_SECONDS if obs.job.state == runs.RUNNING else 3.0)
+        running = obs.job.state == runs.RUNNING
+        recheck = RUNNING_RECHECK_SECONDS if running else 3.0
+        if running and current.get("daskScheduler"):
+            recheck = DASK_RECHECK_SECONDS  # a lost cluster is seen by polling its scheduler pod
+        p.recheck.append(recheck)
         return
+    _end_run(p, done, _ts(obs.job.finished_at) or obs.now)
+
+
+def _end_run(p: _Pass, done: tuple[str, str, str, dict[str, Any] | None], ended: dt.datetime) -> None:
+    """Record the current run as ended with ``done`` = (outcome, reason, message, ModelVersion to register)."""
+    obs, current, status = p.obs, p.current, p.status
+    assert current is not None
     outcome, reason, message, register = done
     started_at = _ts(current.get("startedAt")) or obs.now
-    ended = _ts(obs.job.finished_at) or obs.now
     record = {
         "id": current["id"], "trigger": current.get("trigger"), "outcome": outcome, "reason": reason,
         "message": message[:1000], "startedAt": current.get("startedAt"), "finishedAt": c.now_iso(ended),
@@ -396,10 +463,10 @@ def _start_run(p: _Pass, pending: list[dict[str, Any]], blocked: bool) -> list[d
     status["lastTrigger"] = first["trigger"]
     status["lastTriggerAt"] = first["at"]
     status["cooldownUntil"] = None
-    p.objects = run_objects(obs.pipeline, n, first["trigger"], triggered_at, champion, obs.run_settings)
+    _objects_for_run(p, n, first["trigger"], triggered_at, champion)  # a run that just started cannot time out
     p.started = first["trigger"]
     p.events.append(Event("Normal", c.RUN_STARTED, f"run {run_id} started by {p.current['reason']}"))
-    p.recheck.append(RUNNING_RECHECK_SECONDS)
+    p.recheck.append(RUNNING_RECHECK_SECONDS if p.objects else DASK_RECHECK_SECONDS)
     return []
 
 
@@ -495,7 +562,8 @@ def decide(obs: Observation) -> Plan:
     # Stage 5: prune old runs (never the current one).
     history_limit = int(pipeline["spec"].get("historyLimit") or DEFAULT_HISTORY_LIMIT)
     current_id = p.current["id"] if p.current else None
-    prune_jobs = runs.runs_to_prune(p.name, obs.job_names, history_limit, current_id)
+    # A Job whose dask cluster was lost is stopped now (its run is over); old ones are pruned.
+    prune_jobs = p.stop_jobs + runs.runs_to_prune(p.name, obs.job_names, history_limit, current_id)
     prune_cms = runs.runs_to_prune(p.name, obs.config_map_names, history_limit, current_id)
 
     patch = merge_patch(old_status, status)
@@ -503,6 +571,8 @@ def decide(obs: Observation) -> Plan:
         status=patch or None,
         register=p.register,
         run_objects=p.objects,
+        dask_objects=p.dask_objects,
+        delete_dask_clusters=dask_cluster.clusters_to_delete(obs.dask_cluster_names, current_id),
         events=p.events,
         prune_jobs=prune_jobs,
         prune_config_maps=prune_cms,
