@@ -51,6 +51,16 @@ MAX_REQUEST_ID_LENGTH = MAX_ID_LENGTH - 16  # room for "-<row>" in the ids deriv
 MAX_STRING_VALUE_LENGTH = 1024  # a categorical value; the model maps anything unknown to one bin anyway
 MAX_NAME_LENGTH = 256  # an input tensor's name
 
+# The binary tensor data extension: the JSON header's length in bytes; the tensors' bytes follow it.
+HEADER_INFERENCE_HEADER_LENGTH = "inference-header-content-length"
+BINARY_CONTENT_TYPE = b"application/octet-stream"
+OUTPUT_PREDICT = "predict"
+OUTPUT_PROBA = "predict_proba"
+# Little-endian, as the extension specifies; BYTES elements are a 4-byte little-endian length, then the bytes.
+BINARY_DTYPES = {"BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
+                 "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
+_BYTES_LENGTH = 4
+
 
 class RequestError(Exception):
     """A request the server will not run: ``status`` is 400 (unparsable) or 422 (does not fit the model)."""
@@ -73,24 +83,42 @@ class Schema:
         return not self.categorical
 
 
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool  # answered in the binary tensor data extension rather than as JSON ``data``
+
+
 @dataclass(slots=True)
 class InferRequest:
     request_id: str
     row_ids: list[str]
     rows: np.ndarray  # shape (n, F) in schema order; float64 when all features are numeric, else object
+    outputs: tuple[RequestedOutput, ...] = (RequestedOutput(OUTPUT_PREDICT, False),)
 
 
 def new_id() -> str:
     return os.urandom(12).hex()
 
 
-def parse_infer(body: bytes, schema: Schema, header_id: str | None = None) -> InferRequest:
+def output_names(proba_is_free: bool) -> tuple[str, ...]:
+    """The outputs a model answers: ``predict_proba`` only where it is free (see the module doc)."""
+    return (OUTPUT_PREDICT, OUTPUT_PROBA) if proba_is_free else (OUTPUT_PREDICT,)
+
+
+def parse_infer(body: bytes, schema: Schema, header_id: str | None = None, header_length: str | None = None,
+                available_outputs: Sequence[str] = (OUTPUT_PREDICT,)) -> InferRequest:
+    """``header_length`` is the ``Inference-Header-Content-Length`` header: the JSON header is that
+    many bytes and the binary tensors follow it, in input order, each ``binary_data_size`` bytes."""
     if not body:
         raise RequestError(400, "empty request body: expected a JSON object with an 'inputs' list")
+    header, binary = _split_binary(body, header_length)
     try:
-        payload = orjson.loads(body)
+        payload = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+        hint = ("" if header_length is not None else
+                f"; a body in the binary tensor extension needs the {HEADER_INFERENCE_HEADER_LENGTH} header")
+        raise RequestError(400, f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(payload, dict):
         raise RequestError(400, f"request body must be a JSON object, got {type(payload).__name__}")
     inputs = payload.get("inputs")
@@ -99,9 +127,11 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None) -> In
     for i, tensor in enumerate(inputs):
         if not isinstance(tensor, dict):
             raise RequestError(400, f"inputs[{i}] must be an object with name, shape, datatype, data")
-        for key in ("name", "shape", "datatype", "data"):
+        for key in ("name", "shape", "datatype"):
             if key not in tensor:
                 raise RequestError(400, f"inputs[{i}] has no '{key}'")
+        if "data" not in tensor and _binary_size(tensor, i) is None:
+            raise RequestError(400, f"inputs[{i}] has no 'data' (nor parameters.binary_data_size)")
         if not isinstance(tensor["name"], str):
             raise RequestError(400, f"inputs[{i}].name must be a string, got {type(tensor['name']).__name__}")
         if len(tensor["name"]) > MAX_NAME_LENGTH:
@@ -109,6 +139,9 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None) -> In
         if not isinstance(tensor["datatype"], str):
             raise RequestError(422, f"inputs[{i}].datatype must be a string such as \"FP64\", "
                                     f"got {type(tensor['datatype']).__name__}")
+
+    _attach_binary(inputs, binary)
+    outputs = _requested_outputs(payload, available_outputs)
 
     single = inputs[0]
     shape0 = _shape(single, 0)
@@ -119,7 +152,119 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None) -> In
 
     request_id = _request_id(payload.get("id"), header_id)
     row_ids = _row_ids(payload.get("parameters"), request_id, rows.shape[0])
-    return InferRequest(request_id, row_ids, rows)
+    return InferRequest(request_id, row_ids, rows, outputs)
+
+
+def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise RequestError(400, f"{HEADER_INFERENCE_HEADER_LENGTH} must be a number of bytes, "
+                                f"got {header_length!r:.40}") from None
+    if not 0 < length <= len(body):
+        raise RequestError(400, f"{HEADER_INFERENCE_HEADER_LENGTH} is {length} but the body has {len(body)} bytes")
+    view = memoryview(body)
+    return view[:length], view[length:]
+
+
+def _binary_size(tensor: dict[str, Any], index: int) -> int | None:
+    parameters = tensor.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise RequestError(400, f"inputs[{index}].parameters must be an object, got {type(parameters).__name__}")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RequestError(400, f"inputs[{index}].parameters.binary_data_size must be a non-negative integer, "
+                                f"got {size!r:.40}")
+    return size
+
+
+def _attach_binary(inputs: list[dict[str, Any]], binary: memoryview) -> None:
+    """Give every input sent as binary its ``data``: the next ``binary_data_size`` bytes, decoded
+    (numeric: an array over the body's bytes, no copy; BYTES: a list of strings)."""
+    offset = 0
+    for i, tensor in enumerate(inputs):
+        size = _binary_size(tensor, i)
+        if size is None:
+            continue
+        if "data" in tensor:
+            raise RequestError(400, f"input '{tensor['name']}' has both 'data' and parameters.binary_data_size")
+        if offset + size > len(binary):
+            raise RequestError(400, f"input '{tensor['name']}': binary_data_size {size} runs past the body's "
+                                    f"{len(binary)} bytes of binary data")
+        tensor["data"] = _decode_binary(tensor, binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise RequestError(400, f"the body has {len(binary) - offset} bytes of binary data no input claims "
+                                f"(binary_data_size)")
+
+
+def _decode_binary(tensor: dict[str, Any], raw: memoryview) -> np.ndarray | list[Any]:
+    name, datatype = tensor["name"], tensor["datatype"]
+    if datatype == "BYTES":
+        return _decode_bytes_elements(name, raw)
+    dtype = BINARY_DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise RequestError(422, f"input '{name}': datatype {datatype!r:.40} cannot be sent as binary data; use one "
+                                f"of {', '.join(BINARY_DTYPES)} or BYTES")
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) % itemsize:
+        raise RequestError(422, f"input '{name}': {len(raw)} bytes is not a whole number of {datatype} values")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def _decode_bytes_elements(name: str, raw: memoryview) -> list[Any]:
+    values: list[Any] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + _BYTES_LENGTH > len(raw):
+            raise RequestError(422, f"input '{name}': BYTES data ends inside an element's 4-byte length")
+        length = int.from_bytes(raw[offset:offset + _BYTES_LENGTH], "little")
+        offset += _BYTES_LENGTH
+        if offset + length > len(raw):
+            raise RequestError(422, f"input '{name}': BYTES element #{len(values)} claims {length} bytes, "
+                                    f"past the end of its data")
+        try:
+            values.append(bytes(raw[offset:offset + length]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RequestError(422, f"input '{name}': BYTES element #{len(values)} is not UTF-8 text") from None
+        offset += length
+    return values
+
+
+def _requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tuple[RequestedOutput, ...]:
+    """The outputs to answer, each JSON or binary: the request's ``outputs`` (all when absent or
+    empty); an output's ``parameters.binary_data`` wins over the request's ``binary_data_output``."""
+    parameters = payload.get("parameters")
+    default_binary = parameters.get("binary_data_output", False) if isinstance(parameters, dict) else False
+    if not isinstance(default_binary, bool):
+        raise RequestError(400, f"parameters.binary_data_output must be true or false, got {default_binary!r:.40}")
+    requested = payload.get("outputs")
+    if not requested:
+        return tuple(RequestedOutput(name, default_binary) for name in available)
+    if not isinstance(requested, list):
+        raise RequestError(400, f"'outputs' must be a list of {{\"name\": ...}} objects, got "
+                                f"{type(requested).__name__}")
+    outputs: list[RequestedOutput] = []
+    for i, output in enumerate(requested):
+        name = output.get("name") if isinstance(output, dict) else None
+        if not isinstance(name, str):
+            raise RequestError(400, f"outputs[{i}] must be an object with a string 'name'")
+        if name not in available:
+            raise RequestError(400, f"unknown output {name!r:.80}; this model answers {', '.join(available)}")
+        if any(o.name == name for o in outputs):
+            raise RequestError(400, f"output {name!r} is requested twice")
+        out_parameters = output.get("parameters") or {}
+        binary = out_parameters.get("binary_data", default_binary) if isinstance(out_parameters, dict) else None
+        if not isinstance(binary, bool):
+            raise RequestError(400, f"outputs[{i}].parameters.binary_data must be true or false")
+        outputs.append(RequestedOutput(name, binary))
+    return tuple(outputs)
 
 
 def _shape(tensor: dict[str, Any], index: int) -> list[int]:
@@ -134,6 +279,14 @@ def _shape(tensor: dict[str, Any], index: int) -> list[int]:
 def _values(tensor: dict[str, Any], expected: int, categorical: bool) -> np.ndarray:
     """The tensor's data as a flat array, checked against its datatype and element count."""
     name, datatype, data = tensor["name"], tensor["datatype"], tensor["data"]
+    if isinstance(data, np.ndarray):  # numeric binary data, already checked against its datatype
+        if data.size != expected:
+            raise RequestError(422, f"input '{name}': shape {tensor['shape']} needs {expected} values, "
+                                    f"got {data.size}")
+        if categorical:
+            raise RequestError(422, f"input '{name}' is a categorical feature: send datatype BYTES (strings), "
+                                    f"not {datatype}")
+        return data.astype(np.float64)
     if not isinstance(data, list):
         raise RequestError(422, f"input '{name}': data must be a list, got {type(data).__name__}")
     if data and isinstance(data[0], list):
@@ -181,6 +334,8 @@ def _matrix_input(tensor: dict[str, Any], shape: list[int], schema: Schema) -> n
     if not isinstance(tensor["datatype"], str) or tensor["datatype"] not in NUMERIC_DATATYPES | STRING_DATATYPES:
         raise RequestError(422, f"input '{tensor['name']}': unknown datatype {tensor['datatype']!r:.80}; a table with "
                                 f"categorical columns is sent as BYTES")
+    if isinstance(data, np.ndarray):
+        data = data.tolist()
     if not isinstance(data, list):
         raise RequestError(422, f"input '{tensor['name']}': data must be a list, got {type(data).__name__}")
     if data and isinstance(data[0], list):
@@ -289,31 +444,111 @@ def datatype_of(values: np.ndarray) -> str:
     return "BYTES"
 
 
+def predict_datatype(is_classifier: bool, classes: Sequence[Any] | None) -> str:
+    """The ``predict`` output's datatype, as ``infer_response`` will answer it: a classifier
+    predicts one of its classes, a regressor a float."""
+    if not is_classifier:
+        return "FP64"
+    return datatype_of(np.asarray(list(classes or [])))
+
+
+def classes_parameter(classes: Sequence[Any]) -> str:
+    """The class labels in ``predict_proba``'s column order as one parameter: a JSON array in a
+    string, since parameter values are strings, numbers or booleans only."""
+    return orjson.dumps(list(classes), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def infer_response(model_name: str, model_version: str, request: InferRequest, predictions: np.ndarray,
-                   proba: np.ndarray | None, classes: Sequence[Any] | None) -> dict[str, Any]:
+                   proba: np.ndarray | None, classes: Sequence[Any] | None) -> tuple[bytes, int | None]:
+    """The answer's body, and the JSON header's length when some output is binary (the
+    ``Inference-Header-Content-Length`` to send; None: the body is all JSON). Only the requested
+    outputs, each in the form asked."""
     n = len(request.row_ids)
-    outputs: list[dict[str, Any]] = [
-        {"name": "predict", "shape": [n], "datatype": datatype_of(predictions), "data": predictions.tolist()}]
-    if proba is not None:
-        outputs.append({"name": "predict_proba", "shape": [n, proba.shape[1]], "datatype": "FP64",
-                        "data": proba.ravel().tolist(), "parameters": {"classes": list(classes or [])}})
-    return {"model_name": model_name, "model_version": model_version, "id": request.request_id,
-            "parameters": {"ids": request.row_ids}, "outputs": outputs}
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for requested in request.outputs:
+        if requested.name == OUTPUT_PROBA:
+            if proba is None:
+                continue  # not answerable: parse_infer refuses it unless the model's outputs include it
+            tensor: dict[str, Any] = {"name": OUTPUT_PROBA, "shape": [n, proba.shape[1]], "datatype": "FP64",
+                                      "parameters": {"classes": classes_parameter(classes or [])}}
+            values = proba
+        else:
+            tensor = {"name": OUTPUT_PREDICT, "shape": [n], "datatype": datatype_of(predictions)}
+            values = predictions
+        if requested.binary:
+            raw = encode_binary(values, tensor["datatype"])
+            tensor.setdefault("parameters", {})["binary_data_size"] = len(raw)
+            blobs.append(raw)
+        else:
+            tensor["data"] = values.ravel().tolist()
+        outputs.append(tensor)
+    header = orjson.dumps({"model_name": model_name, "model_version": model_version, "id": request.request_id,
+                           "parameters": {"ids": request.row_ids}, "outputs": outputs})
+    if not blobs:
+        return header, None
+    return b"".join((header, *blobs)), len(header)
+
+
+def encode_binary(values: np.ndarray, datatype: str) -> bytes:
+    """A tensor's bytes in the binary extension: little-endian, row-major; BYTES as length-prefixed UTF-8."""
+    if datatype != "BYTES":
+        return np.ascontiguousarray(values, dtype=BINARY_DTYPES[datatype]).tobytes()
+    parts = []
+    for value in values.ravel().tolist():
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        parts.append(len(raw).to_bytes(_BYTES_LENGTH, "little"))
+        parts.append(raw)
+    return b"".join(parts)
 
 
 # --- comparing a shadow's answer with the primary's -------------------------------------------
 def predictions_of(body: bytes) -> list[Any] | None:
-    """The ``predict`` output's data of an OIP v2 answer, or None when there is none."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    """The ``predict`` output's data of an OIP v2 answer, JSON or binary, or None when there is none.
+
+    A binary answer's JSON header is found without the ``Inference-Header-Content-Length`` header:
+    it is the shortest prefix that parses (an object's earlier closing braces close inner objects,
+    so no shorter prefix is valid JSON); the router's shadow comparison gets only the body."""
+    header, binary = _answer_parts(body)
+    if not isinstance(header, dict):
         return None
-    if not isinstance(payload, dict):
-        return None
-    for output in payload.get("outputs") or ():
-        if isinstance(output, dict) and output.get("name") == "predict" and isinstance(output.get("data"), list):
-            return output["data"]
+    offset = 0
+    for output in header.get("outputs") or ():
+        if not isinstance(output, dict):
+            return None
+        parameters = output.get("parameters")
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if output.get("name") == OUTPUT_PREDICT:
+            if size is None:
+                return output["data"] if isinstance(output.get("data"), list) else None
+            return _decoded_output(output, binary[offset:offset + size]) if isinstance(size, int) else None
+        if isinstance(size, int):
+            offset += size
     return None
+
+
+def _answer_parts(body: bytes) -> tuple[Any, memoryview]:
+    try:
+        return orjson.loads(body), memoryview(b"")
+    except orjson.JSONDecodeError:
+        pass
+    if not body.startswith(b"{"):
+        return None, memoryview(b"")
+    end = body.find(b"}")
+    while end != -1:
+        try:
+            return orjson.loads(body[:end + 1]), memoryview(body)[end + 1:]
+        except orjson.JSONDecodeError:
+            end = body.find(b"}", end + 1)
+    return None, memoryview(b"")
+
+
+def _decoded_output(output: dict[str, Any], raw: memoryview) -> list[Any] | None:
+    try:
+        values = _decode_binary(output, raw)
+    except RequestError:
+        return None
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 def compare(primary: list[Any], shadow: list[Any], rel_tol: float = 1e-6) -> tuple[int, int]:

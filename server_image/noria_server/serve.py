@@ -49,7 +49,7 @@ from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
-from .loopmon import GcPauses, LoopLagMonitor, settle_heap
+from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
 from .model import BatchSizer, ServedModel
 from .predlog import JsonlLog
 from .telemetry import ServerMetrics
@@ -166,6 +166,7 @@ class ModelServer:
         log.info("listening on %s:%d; loading %s", self.settings.host, self.port, self.settings.artifact_uri)
         self.loop_lag.start()
         self.gc_pauses.install()
+        shorten_gil_turns()
         asyncio.get_running_loop().create_task(self._load())
         return self.port
 
@@ -262,7 +263,8 @@ class ModelServer:
         elif path == "/metrics":
             return Response(200, self.metrics.exposition(), PROMETHEUS_TEXT)
         elif path in ("/v2", "/v2/"):
-            return json_response(200, {"name": "noria-server", "version": "0.1.0", "extensions": ["feedback"],
+            return json_response(200, {"name": "noria-server", "version": "0.1.0",
+                                       "extensions": ["feedback", "binary_tensor_data"],
                                        "model_version": self.settings.version})
         return self._error(404, f"no route for {method} {path}", request)
 
@@ -300,13 +302,15 @@ class ModelServer:
         if model is not None:
             body["inputs"] = [{"name": f, "datatype": "BYTES" if f in model.schema.categorical else "FP64",
                                "shape": [-1, 1]} for f in model.schema.features]
-            body["outputs"] = [{"name": "predict", "datatype": "BYTES" if model.is_classifier else "FP64",
-                                "shape": [-1]}]
+            # The datatypes and shapes /infer answers (oip.infer_response), so clients can plan on them.
+            body["outputs"] = [{"name": oip.OUTPUT_PREDICT, "shape": [-1],
+                                "datatype": oip.predict_datatype(model.is_classifier, model.classes)}]
             if model.proba_is_free:
-                body["outputs"].append({"name": "predict_proba", "datatype": "FP64",
+                body["outputs"].append({"name": oip.OUTPUT_PROBA, "datatype": "FP64",
                                         "shape": [-1, len(model.classes or [])]})
-            body["parameters"] = {"classes": model.classes, "task": "classification" if model.is_classifier
-                                  else "regression"}
+            body["parameters"] = {"task": "classification" if model.is_classifier else "regression"}
+            if model.classes is not None:
+                body["parameters"]["classes"] = oip.classes_parameter(model.classes)
         return json_response(200, body)
 
     # --- inference -----------------------------------------------------------------------------
@@ -316,7 +320,9 @@ class ModelServer:
         if model is None or self.state not in ("ready", "stopping"):
             return self._error(503, f"model not ready: {self.reason}", request, started=started)
         try:
-            parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"))
+            parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"),
+                                     request.headers.get(oip.HEADER_INFERENCE_HEADER_LENGTH),
+                                     oip.output_names(model.proba_is_free))
         except oip.RequestError as exc:
             return self._error(exc.status, exc.message, request, started=started)
         queued = time.perf_counter()
@@ -394,10 +400,11 @@ class ModelServer:
         for item in batch:
             n = item.request.rows.shape[0]
             pred = predictions[start:start + n]
-            body = oip.infer_response(s.model, s.version, item.request, pred,
-                                      proba[start:start + n] if proba is not None else None, model.classes)
+            body, header_length = oip.infer_response(s.model, s.version, item.request, pred,
+                                                     proba[start:start + n] if proba is not None else None,
+                                                     model.classes)
             start += n
-            item.future.set_result(json_response(200, body))
+            item.future.set_result(_infer_answer(body, header_length))
             t3 = time.perf_counter()
             serialise.observe(t3 - t2)
             metrics.duration.observe(t3 - item.started)
@@ -492,6 +499,13 @@ class ModelServer:
         return json_response(200, {"model_name": s.model, "model_version": s.version, "id": ids[0], "ids": ids,
                                    "accepted": len(items), "matched": outcomes[ledger.COUNTED],
                                    "outcomes": outcomes, "results": [j.answer() for j in judged]})
+
+
+def _infer_answer(body: bytes, header_length: int | None) -> Response:
+    if header_length is None:
+        return Response(200, body)
+    return Response(200, body, oip.BINARY_CONTENT_TYPE,
+                    [(oip.HEADER_INFERENCE_HEADER_LENGTH.encode(), str(header_length).encode())])
 
 
 def default_termination_log() -> str | None:

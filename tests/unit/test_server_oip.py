@@ -124,11 +124,16 @@ def test_categorical_feature_refuses_numbers() -> None:
 
 
 def test_answer_carries_ids_version_and_typed_outputs() -> None:
-    req = oip.InferRequest("r", ["r-0", "r-1"], np.zeros((2, 3)))
-    out = oip.infer_response("churn", "churn-v3", req, np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1])
+    both = (oip.RequestedOutput("predict", False), oip.RequestedOutput("predict_proba", False))
+    req = oip.InferRequest("r", ["r-0", "r-1"], np.zeros((2, 3)), both)
+    answer, header_length = oip.infer_response("churn", "churn-v3", req, np.array([0, 1]),
+                                               np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1])
+    assert header_length is None
+    out = orjson.loads(answer)
     assert out["id"] == "r" and out["model_version"] == "churn-v3" and out["parameters"]["ids"] == ["r-0", "r-1"]
     assert out["outputs"][0] == {"name": "predict", "shape": [2], "datatype": "INT64", "data": [0, 1]}
     assert out["outputs"][1]["shape"] == [2, 2] and out["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
+    assert out["outputs"][1]["parameters"] == {"classes": "[0,1]"}  # parameter values are scalars
     assert oip.datatype_of(np.array(["a"], dtype=object)) == "BYTES"
     assert oip.datatype_of(np.array([1.5])) == "FP64"
 
