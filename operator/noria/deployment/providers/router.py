@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from noria import kube
 from noria.deployment import objects
-from noria.deployment.cluster import apply
+from noria.deployment.cluster import apply, apply_onto
 from noria.deployment.spec import SecretKeyRef
 from noria.settings import Settings
 
@@ -40,20 +40,24 @@ class RouterProvider:
         self.feedback_token = feedback_token
 
     async def ensure(self) -> None:
-        for obj in objects.router_rbac(self.ref):
+        for obj in objects.router_rbac(self.ref):  # the same for every Rollout: nothing decided from a read
             await apply(obj)
         # The ConfigMap is created empty once; after that only set_weights writes it.
         await kube.create(objects.router_configmap(
             self.ref, objects.router_config(self.model, self.ref.namespace, self.ref.name, {}, None)))
-        await apply(objects.router_deployment(self.ref, self.settings, feedback_token=self.feedback_token))
         router_selector = {objects.LABEL_ROLLOUT: self.ref.name, objects.LABEL_COMPONENT: objects.COMPONENT_ROUTER}
         router_service = objects._service(self.ref, objects.router_name(self.ref.name), objects.router_labels(self.ref),
                                           router_selector, objects.ROUTER_PORT)
-        await apply(router_service)
-        await apply(objects.entry_service(self.ref, router_selector))
+        for obj in (objects.router_deployment(self.ref, self.settings, feedback_token=self.feedback_token),
+                    router_service, objects.entry_service(self.ref, router_selector)):
+            await apply_onto(obj, await kube.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"],
+                                                 self.ref.namespace))
 
-    async def _current(self) -> dict | None:
-        cm = await kube.get("v1", "ConfigMap", objects.router_name(self.ref.name), self.ref.namespace)
+    async def _configmap(self) -> dict | None:
+        return await kube.get("v1", "ConfigMap", objects.router_name(self.ref.name), self.ref.namespace)
+
+    @staticmethod
+    def _config_of(cm: dict | None) -> dict | None:
         if cm is None:
             return None
         try:
@@ -77,13 +81,14 @@ class RouterProvider:
         if os.environ.get("NORIA_ROUTER_BACKEND_URLS", "").lower() == "clusterip":
             for backend in [*desired["backends"], *([desired["shadow"]] if desired["shadow"] else [])]:
                 backend["url"] = await self._cluster_ip_url(backend["version"])
-        if await self._current() == desired:
+        cm = await self._configmap()
+        if self._config_of(cm) == desired:
             return False
-        await apply(objects.router_configmap(self.ref, desired))
+        await apply_onto(objects.router_configmap(self.ref, desired), cm)  # conditional on the ConfigMap read
         return True
 
     async def get_weights(self) -> dict[str, int] | None:
-        config = await self._current()
+        config = self._config_of(await self._configmap())
         if not config:
             return None
         return {b["version"]: int(b["weight"]) for b in config.get("backends") or []}

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from noria import kube
 from noria.deployment import objects
-from noria.deployment.cluster import apply
+from noria.deployment.cluster import apply_onto
 from noria.deployment.providers.base import TrafficProviderError
 
 
@@ -44,7 +44,7 @@ class ServiceProvider:
         current = await kube.get("v1", "Service", self.ref.name, self.ref.namespace)
         if current is not None and (current.get("spec") or {}).get("selector") == selector:
             return False
-        await apply(objects.entry_service(self.ref, selector))
+        await apply_onto(objects.entry_service(self.ref, selector), current)  # conditional on the Service read
         return True
 
     async def get_weights(self) -> dict[str, int] | None:
