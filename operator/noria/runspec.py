@@ -110,6 +110,8 @@ class SuccessSummary(_SuccessRequired, total=False):
     trainedAt: str | None
     failedStage: None
     refit: RefitSummary | None
+    # The model file's format, the ModelVersion's spec.artifact.format; absent means skops.
+    artifactFormat: Literal["skops", "xgboost-json"]
 
 
 class FailureSummary(TypedDict, total=False):

@@ -72,8 +72,13 @@ class Artifact(NoriaModel):
         )
     )
     digest: Digest = Field(description='sha256 of the file: "sha256:" + 64 lower-case hex characters.')
-    format: Literal["skops"] = Field(
-        default="skops", description="File format; skops (safe loading, no pickle)."
+    format: Literal["skops", "xgboost-json"] = Field(
+        default="skops",
+        description=(
+            "File format: skops (a scikit-learn model, safe loading, no pickle) or xgboost-json (an XGBoost"
+            " model of a Dask run in Noria's JSON envelope). Both load only after the digest matches, and"
+            " neither runs code from the file."
+        ),
     )
 
 

@@ -125,7 +125,8 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
     mv_spec: dict[str, Any] = {
         "pipeline": meta["name"],
         "version": summary.version,
-        "artifact": {"uri": pod_uri(raw["artifactUri"]), "digest": raw["digest"], "format": "skops"},
+        "artifact": {"uri": pod_uri(raw["artifactUri"]), "digest": raw["digest"],
+                     "format": raw.get("artifactFormat", "skops")},
         "metrics": {str(k): _metric_value(v) for k, v in (raw.get("metrics") or {}).items()},
         "lineage": {k: v for k, v in lineage.items() if v is not None},
     }
