@@ -5,8 +5,10 @@ One router Deployment per Rollout sits in front of the per-version model servers
 - every request goes to one backend version drawn by weight (``noria_router_weight``), or to the
   version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
 - the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
-- with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow
-  concurrently; the user's answer never waits for it. When both answers are in, the ``predict``
+- with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow,
+  right after the primary's answer is written: the user's answer never waits for it, and the shadow
+  never competes with it (at most ``max_shadow_in_flight`` mirrors at once; past that they are
+  dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
   (a failed shadow call counts its rows as ``error``) and the shadow's latency goes into
   ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
@@ -286,25 +288,29 @@ class Router:
     async def _forward(self, config: RouterConfig, backend: Backend, request: Request, mirror: bool) -> Response:
         started = time.perf_counter()
         headers = self._headers(request)
-        primary_done: asyncio.Future[bytes | None] | None = None
-        if mirror and config.shadow is not None:
+        shadow = config.shadow if mirror else None
+        if shadow is not None:
             if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
-                self.metrics.errors.labels(config.model, config.shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
+                self.metrics.errors.labels(config.model, shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
+                shadow = None
             else:
+                self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
                 if not any(name == _REQUEST_ID for name, _ in headers):
                     headers.append((_REQUEST_ID, oip.new_id().encode()))
-                primary_done = asyncio.get_running_loop().create_future()
-                task = asyncio.get_running_loop().create_task(
-                    self._shadow(config, backend, config.shadow, request, headers, primary_done))
-                self.shadow_tasks.add(task)
-                task.add_done_callback(self.shadow_tasks.discard)
-        result = await self._send(config, backend, request, headers)
+        try:
+            result = await self._send(config, backend, request, headers)
+        except BaseException:
+            if shadow is not None:
+                self.shadow_in_flight -= 1
+            raise
+        if shadow is not None:
+            # The mirror leaves after the primary's answer is written (call_soon runs on the loop's next
+            # turn, after this task's result): the shadow never competes with the request it copies.
+            primary_body = None if isinstance(result, Response) or result.status != 200 else result.body
+            asyncio.get_running_loop().call_soon(self._start_shadow, config, backend, shadow, request, headers,
+                                                 primary_body)
         if isinstance(result, Response):
-            if primary_done is not None:
-                primary_done.set_result(None)
             return result
-        if primary_done is not None:
-            primary_done.set_result(result.body if result.status == 200 else None)
         self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
         content_type = JSON
         passed_back = [(_VERSION_HEADER, backend.version.encode())]
@@ -315,14 +321,20 @@ class Router:
                 passed_back.append((name, value))
         return Response(result.status, result.body, content_type, passed_back)
 
+    def _start_shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
+                      headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(config, primary, shadow, request, headers, primary_body))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
+
     async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
-                      headers: list[tuple[bytes, bytes]], primary_done: asyncio.Future[bytes | None]) -> None:
-        self.shadow_in_flight += 1
+                      headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
+        """Send the mirror (``shadow_in_flight`` was counted for it by ``_forward``) and compare."""
         try:
             started = time.perf_counter()
             result = await self._send(config, shadow, request, headers)
             self.metrics.shadow_duration.labels(config.model, shadow.version).observe(time.perf_counter() - started)
-            primary_body = await primary_done
             if primary_body is None:
                 return  # nothing to compare against: the user's request itself failed
             primary_rows = predictions_of(primary_body)
