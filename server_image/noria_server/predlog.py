@@ -1,15 +1,22 @@
-"""Prediction and feedback logs for the feedback loop, written off the request path.
+"""Prediction and feedback logs for the feedback loop, written off the request path, one object per flush.
 
 The request path only appends a batch to a bounded deque (``offer``: no lock, no I/O, no JSON,
 and no wake-up: signalling a waiting thread on every batch hands it the GIL, which measured as
-~0.4 ms per batch on the event loop); a writer thread wakes every ``flush_seconds``, turns batches
-into JSON lines and appends them to
-``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` layout). If the store is slow the queue
-fills (``capacity`` batches or ``max_queued_rows`` rows: a bulk request is a batch of up to
-hundreds of thousands of rows) and further batches are dropped and counted; if it fails (full disk, read-only, gone) the
-lines are dropped and counted, the file is reopened after a back-off, and predictions go on.
-``seq`` starts past any file this pod name already wrote today, so a restarted pod never
-appends into (or clobbers) its predecessor's file, and rolls over at ``max_file_bytes``.
+~0.4 ms per batch on the event loop). A writer thread wakes every ``tick_seconds``, turns the queued
+batches into JSON lines (small slices of work, so the event loop gets the GIL back quickly), and
+every ``flush_seconds`` (or once ``max_file_bytes`` are rendered) hands the WHOLE buffer to the
+store as ONE new object ``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` layout, through
+``noria.store.filesystem``, so ``s3://`` works as ``file://`` does). An object is never appended
+to (object stores have no append) and never one per request; ``seq`` starts past any object this
+pod name already wrote today, so a restarted pod never overwrites its predecessor's. A local file
+is written under a hidden temporary name and renamed, so a reader never sees half of one.
+
+Nothing is lost to a store outage within a bound: a failed write keeps the buffer and is retried
+after ``retry_seconds``; while the store stays down, rendered lines past ``max_buffered_bytes`` are
+dropped oldest first and counted (``on_drop``). Closing flushes what is buffered (a graceful
+shutdown loses nothing the store accepts). Two more bounds keep memory flat when the writer falls
+behind: the queue holds at most ``capacity`` batches and ``max_queued_rows`` rows (a bulk request
+is a batch of up to hundreds of thousands of rows), and further batches are dropped and counted.
 
 A request cannot make the log grow by more than its rows allow: the request parser bounds ids and
 values (``noria_server.oip``), and a batch whose rendering exceeds ``max_line_bytes`` per row on
@@ -26,8 +33,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from noria import store
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,12 @@ DEFAULT_MAX_LINE_BYTES = 64 * 1024
 # Rows waiting for the writer, over all batches: a few MB of features and ids at most, where a
 # bound in batches alone let four bulk requests queue a gigabyte.
 DEFAULT_MAX_QUEUED_ROWS = 65_536
+# Rendered lines kept for a store that is down (~60,000 rows of 20 features): past it, oldest first out.
+DEFAULT_MAX_BUFFERED_BYTES = 32 << 20
+# One object per flush: at most 86,400 a day per pod under steady traffic (1 s), each a second of
+# predictions; a crash loses at most that second. Bigger objects: raise it (ServeSettings.log_flush_seconds).
+DEFAULT_FLUSH_SECONDS = 1.0
+DEFAULT_TICK_SECONDS = 0.1
 
 # A batch handed to the writer: (row count, function producing the JSON-lines bytes).
 Entry = tuple[int, Callable[[], bytes]]
@@ -43,9 +57,10 @@ Entry = tuple[int, Callable[[], bytes]]
 
 class JsonlLog:
     def __init__(self, directory_for: Callable[[dt.date], str], pod: str, on_drop: Callable[[int], None],
-                 capacity: int = 4096, flush_seconds: float = 0.5, max_file_bytes: int = 256 << 20,
+                 capacity: int = 4096, flush_seconds: float = DEFAULT_FLUSH_SECONDS, max_file_bytes: int = 16 << 20,
                  retry_seconds: float = 2.0, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS) -> None:
+                 max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+                 tick_seconds: float = DEFAULT_TICK_SECONDS) -> None:
         self.directory_for = directory_for
         self.pod = pod
         self.on_drop = on_drop
@@ -56,13 +71,17 @@ class JsonlLog:
         self.retry_seconds = retry_seconds
         self.max_line_bytes = max_line_bytes
         self.max_queued_rows = max_queued_rows
+        self.max_buffered_bytes = max_buffered_bytes
+        self.tick_seconds = min(tick_seconds, flush_seconds)
         # Rows queued = offered - taken; each counter has one writer thread, so neither needs a lock.
         self._offered_rows = 0
         self._taken_rows = 0
-        self._file: Any = None
-        self._day: dt.date | None = None
-        self._written = 0
-        self._broken_until = 0.0
+        # Rendered, not yet stored: (rows, bytes) oldest first. Only the writer thread touches these.
+        self._buffer: deque[tuple[int, bytes]] = deque()
+        self._buffered_bytes = 0
+        self._next_seq: dict[str, int] = {}  # directory -> next free seq for this pod
+        self._next_flush = time.monotonic() + flush_seconds
+        self._failing = False
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"log-{pod}", daemon=True)
         self._thread.start()
@@ -76,7 +95,7 @@ class JsonlLog:
             self.queue.append((rows, render))
 
     def room(self) -> int:
-        """Rows the queue takes now (those queued or being written count until written)."""
+        """Rows the queue takes now (those queued or being rendered count until rendered)."""
         return self.max_queued_rows - (self._offered_rows - self._taken_rows)
 
     def drop(self, rows: int) -> None:
@@ -84,75 +103,87 @@ class JsonlLog:
         self.on_drop(rows)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Render and store what is queued, then stop (what the store refuses by then is counted as dropped)."""
         self._closing.set()
         self._thread.join(timeout)
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            closing = self._closing.wait(self.flush_seconds)
-            while self.queue:
-                rows, render = self.queue.popleft()
-                self._write(rows, render)
-                self._taken_rows += rows
-            self._flush()
+            closing = self._closing.wait(self.tick_seconds)
+            self._take()
+            now = time.monotonic()
+            if self._buffer and (closing or now >= self._next_flush or self._buffered_bytes >= self.max_file_bytes):
+                self._flush(now)
             if closing:
                 break
-        self._close_file()
+        lost = sum(rows for rows, _ in self._buffer)
+        if lost:
+            log.warning("prediction log %s: %d rows not stored at shutdown (the store refused them)", self.pod, lost)
+            self.on_drop(lost)
+            self._buffer.clear()
 
-    def _write(self, rows: int, render: Callable[[], bytes]) -> None:
-        if time.monotonic() < self._broken_until:
-            self.on_drop(rows)
-            return
-        try:
-            data = render()
-            if len(data) > rows * self.max_line_bytes:
+    def _take(self) -> None:
+        while self.queue:
+            rows, render = self.queue.popleft()
+            try:
+                data = render()
+            except Exception as exc:  # a rendering bug must not stop the writer
+                log.warning("prediction log %s: dropping %d rows that did not render: %s", self.pod, rows, exc)
+                data = None
+            self._taken_rows += rows
+            if data is None:
+                self.on_drop(rows)
+            elif len(data) > rows * self.max_line_bytes:
                 log.warning("prediction log %s: dropping %d rows rendered as %d bytes (over %d bytes a line)",
                             self.pod, rows, len(data), self.max_line_bytes)
                 self.on_drop(rows)
-                return
-            self._ensure_file()
-            self._file.write(data)
-            self._written += len(data)
-            if self._written >= self.max_file_bytes:
-                self._close_file()
-        except Exception as exc:  # OSError from the store, or anything else: never take the server down
-            log.warning("prediction log %s: dropping %d rows: %s", self.pod, rows, exc)
+            else:
+                self._buffer.append((rows, data))
+                self._buffered_bytes += len(data)
+        while self._buffered_bytes > self.max_buffered_bytes and len(self._buffer) > 1:  # store down: oldest out
+            rows, data = self._buffer.popleft()
+            self._buffered_bytes -= len(data)
             self.on_drop(rows)
-            self._close_file()
-            self._broken_until = time.monotonic() + self.retry_seconds
 
-    def _ensure_file(self) -> None:
-        today = dt.datetime.now(dt.UTC).date()
-        if self._file is not None and today == self._day:
+    def _flush(self, now: float) -> None:
+        """Store the whole buffer as one new object; on failure keep it for the next try."""
+        try:
+            fs, directory = store.filesystem(self.directory_for(dt.datetime.now(dt.UTC).date()))
+            seq = self._seq(fs, directory)
+            data = b"".join(chunk for _, chunk in self._buffer)
+            target = store.join(directory, store.log_file_name(self.pod, seq))
+            if isinstance(fs, LocalFileSystem):  # a rename is atomic here: readers never see half a file
+                partial = store.join(directory, "." + store.log_file_name(self.pod, seq) + ".partial")
+                fs.pipe_file(partial, data)
+                fs.mv(partial, target)
+            else:  # one PUT: the object appears whole or not at all
+                fs.pipe_file(target, data)
+        except Exception as exc:  # OSError from the store, or anything else: never take the server down
+            if not self._failing:
+                log.warning("prediction log %s: storing %d bytes failed, keeping them and retrying every %gs: %s",
+                            self.pod, self._buffered_bytes, self.retry_seconds, exc)
+            self._failing = True
+            self._next_flush = now + self.retry_seconds
             return
-        self._close_file()
-        fs, path = store.filesystem(self.directory_for(today))
-        fs.makedirs(path, exist_ok=True)
+        if self._failing:
+            log.info("prediction log %s: the store takes writes again", self.pod)
+        self._failing = False
+        self._next_seq[directory] = seq + 1
+        self._buffer.clear()
+        self._buffered_bytes = 0
+        self._next_flush = now + self.flush_seconds
+
+    def _seq(self, fs: fsspec.AbstractFileSystem, directory: str) -> int:
+        """The next free ``seq`` of this pod in ``directory`` (listed once per directory, then counted)."""
+        known = self._next_seq.get(directory)
+        if known is not None:
+            return known
+        fs.makedirs(directory, exist_ok=True)
         prefix = f"{self.pod}-"
-        seqs = []
-        for name in fs.ls(path, detail=False):
-            base = os.path.basename(str(name))
+        seqs = [-1]
+        for name in fs.ls(directory, detail=False):
+            base = os.path.basename(str(name).rstrip("/"))
             if base.startswith(prefix) and base.endswith(".jsonl") and base[len(prefix):-6].isdigit():
                 seqs.append(int(base[len(prefix):-6]))
-        target = store.join(path, store.log_file_name(self.pod, max(seqs) + 1 if seqs else 0))
-        self._file = fs.open(target, "ab")
-        self._day = today
-        self._written = 0
-
-    def _flush(self) -> None:
-        if self._file is None:
-            return
-        try:
-            self._file.flush()
-        except Exception as exc:
-            log.warning("prediction log %s: flush failed: %s", self.pod, exc)
-            self._close_file()
-
-    def _close_file(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except Exception:  # the data is already counted as written or dropped
-                pass
-        self._file = None
+        return max(seqs) + 1

@@ -51,7 +51,7 @@ from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
 from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
 from .model import BatchSizer, ServedModel
-from .predlog import JsonlLog
+from .predlog import DEFAULT_FLUSH_SECONDS, JsonlLog
 from .telemetry import ServerMetrics
 
 log = logging.getLogger("noria_server.serve")
@@ -81,6 +81,7 @@ class ServeSettings:
     pipeline: str | None = None
     pod: str = "local"
     prediction_log: bool = True
+    log_flush_seconds: float = DEFAULT_FLUSH_SECONDS  # one prediction-log object per flush (noria_server.predlog)
     feature_counting: bool = True
     max_batch: int = 64
     batch_wait_ms: float = 0.0
@@ -105,6 +106,8 @@ class ServeSettings:
             raise ValueError(f"missing required setting(s): {', '.join(missing)}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if not self.log_flush_seconds > 0:
+            raise ValueError(f"log_flush_seconds must be positive, got {self.log_flush_seconds}")
         if not self.batch_budget_ms > 0:
             raise ValueError(f"batch_budget_ms must be positive, got {self.batch_budget_ms}")
         if self.batch_wait_ms < 0:
@@ -195,10 +198,12 @@ class ModelServer:
             root, ns, pipeline = s.store_root, s.namespace, s.pipeline
             self.predictions_log = JsonlLog(
                 lambda day: store.predictions_dir(root, ns, pipeline, s.version, day), s.pod,
-                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "predictions").inc(n))
+                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "predictions").inc(n),
+                flush_seconds=s.log_flush_seconds)
             self.feedback_log = JsonlLog(
                 lambda day: store.feedback_dir(root, ns, pipeline, day), s.pod,
-                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "feedback").inc(n))
+                lambda n: self.metrics.log_dropped.labels(s.model, s.version, "feedback").inc(n),
+                flush_seconds=s.log_flush_seconds)
         elif s.prediction_log:
             log.info("prediction log off: set NORIA_STORE_ROOT, NORIA_NAMESPACE and NORIA_PIPELINE to enable it")
         frozen = settle_heap()  # after everything serving needs exists: full collections skip it

@@ -263,21 +263,25 @@ def test_prediction_log_has_one_line_per_prediction(served) -> None:  # type: ig
     assert status == 200
     post(f"{procs['regressor'].url}/v2/models/regressor/feedback", {"id": "logged-1", "label": 3.0})
     day = dt.datetime.now(dt.UTC).date().isoformat()
-    pred_file = root / "store/ml/regressor/predictions/regressor-v1" / day / "regressor-pod-000000.jsonl"
-    fb_file = root / "store/ml/regressor/feedback" / day / "regressor-pod-000000.jsonl"
+    # One object per flush: <pod>-<seq>.jsonl, seq counting up (noria_server.predlog).
+    pred_dir = root / "store/ml/regressor/predictions/regressor-v1" / day
+    fb_dir = root / "store/ml/regressor/feedback" / day
+
+    def read(directory: Any) -> str:
+        return "".join(f.read_text() for f in sorted(directory.glob("regressor-pod-*.jsonl")))
+
     deadline = time.monotonic() + 5
     lines: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        if pred_file.exists() and fb_file.exists():
-            lines = [json.loads(x) for x in pred_file.read_text().splitlines()]
-            if any(x["id"] == "logged-1" for x in lines) and "logged-1" in fb_file.read_text():
-                break
+        lines = [json.loads(x) for x in read(pred_dir).splitlines()]
+        if any(x["id"] == "logged-1" for x in lines) and "logged-1" in read(fb_dir):
+            break
         time.sleep(0.1)
     by_id = {x["id"]: x for x in lines}
     assert by_id["logged-0"]["features"] == {f"f{i}": 0.5 for i in range(20)}
     assert by_id["logged-1"]["prediction"] == answer["outputs"][0]["data"][1]
     assert by_id["logged-1"]["model_version"] == "regressor-v1" and by_id["logged-1"]["ts"].endswith("Z")
-    feedback = [json.loads(x) for x in fb_file.read_text().splitlines()]
+    feedback = [json.loads(x) for x in read(fb_dir).splitlines()]
     assert {"id": "logged-1", "label": 3.0} in [{k: f[k] for k in ("id", "label")} for f in feedback]
 
 

@@ -82,16 +82,16 @@ async def test_a_stalled_prediction_log_never_delays_or_fails_predictions(tmp_pa
             break
         await asyncio.sleep(0.05)
     assert server.state == "ready"
-    # Stall the store: the writer thread blocks on every batch, as on a hung network volume.
+    # Stall the writer: it blocks before taking the queue, as behind a hung network volume.
     gate = threading.Event()
     assert server.predictions_log is not None
-    real_write = server.predictions_log._write
+    real_take = server.predictions_log._take
 
-    def stalled_write(rows, render):  # type: ignore[no-untyped-def]
+    def stalled_take():  # type: ignore[no-untyped-def]
         gate.wait(30)
-        real_write(rows, render)
+        real_take()
 
-    server.predictions_log._write = stalled_write  # type: ignore[method-assign]
+    server.predictions_log._take = stalled_take  # type: ignore[method-assign]
     server.predictions_log.capacity = 4
     payload = {"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64", "data": [0.1] * 20}]}
     async with aiohttp.ClientSession() as session:
@@ -115,3 +115,64 @@ async def test_a_stalled_prediction_log_never_delays_or_fails_predictions(tmp_pa
     day = dt.datetime.now(dt.UTC).date().isoformat()
     logged = (tmp_path / "store/ml/churn/predictions/churn-v1" / day / "p0-000000.jsonl").read_text().splitlines()
     assert 1 <= len(logged) <= 10 and os.path.exists(tmp_path / "store")
+
+
+# --- one object per flush, kept and retried while the store is down --------------------------------
+def test_each_flush_is_one_new_object_never_an_append(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    log = JsonlLog(lambda d: f"file://{tmp_path}/p/{d.isoformat()}", "pod", lambda n: None, flush_seconds=0.05)
+    log.offer(1, lambda: b'{"id":"1"}\n')
+    log.offer(1, lambda: b'{"id":"2"}\n')
+    assert _wait(lambda: (tmp_path / "p" / day / "pod-000000.jsonl").exists())
+    log.offer(1, lambda: b'{"id":"3"}\n')
+    log.close()
+    files = sorted(p.name for p in (tmp_path / "p" / day).iterdir())
+    assert files == ["pod-000000.jsonl", "pod-000001.jsonl"]  # no hidden partial file left either
+    assert (tmp_path / "p" / day / "pod-000000.jsonl").read_bytes() == b'{"id":"1"}\n{"id":"2"}\n'
+    assert (tmp_path / "p" / day / "pod-000001.jsonl").read_bytes() == b'{"id":"3"}\n'
+
+
+def test_an_object_store_gets_whole_objects(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import fsspec
+
+    root = f"memory://predlog-{os.getpid()}-{time.monotonic_ns()}"  # no rename, no append: objects only
+    log = JsonlLog(lambda d: f"{root}/{d.isoformat()}", "pod", lambda n: None, flush_seconds=60)
+    for i in range(100):
+        log.offer(1, lambda i=i: b'{"id":"%d"}\n' % i)
+    log.close()  # a graceful shutdown stores what is buffered
+    fs = fsspec.filesystem("memory")
+    objects = fs.find(root)
+    assert [o.rsplit("/", 1)[1] for o in objects] == ["pod-000000.jsonl"]
+    assert fs.cat(objects[0]).count(b"\n") == 100
+
+
+def test_a_store_outage_keeps_the_buffer_and_retries(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store expects a directory: every write fails")
+    dropped: list[int] = []
+    log = JsonlLog(lambda d: f"file://{blocker}/p", "pod", dropped.append, flush_seconds=0.05, retry_seconds=0.1)
+    log.offer(2, lambda: b'{"id":"1"}\n{"id":"2"}\n')
+    time.sleep(0.4)  # several failed attempts
+    log.offer(1, lambda: b'{"id":"3"}\n')
+    blocker.unlink()  # the store comes back
+    assert _wait(lambda: (blocker / "p" / "pod-000000.jsonl").exists())
+    log.close()
+    written = b"".join(p.read_bytes() for p in sorted((blocker / "p").iterdir()))
+    assert written == b'{"id":"1"}\n{"id":"2"}\n{"id":"3"}\n' and dropped == []
+
+
+def test_past_its_bound_a_down_store_drops_the_oldest_lines_and_counts_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "store"
+    blocker.write_text("down")
+    dropped: list[int] = []
+    log = JsonlLog(lambda d: f"file://{blocker}/p", "pod", dropped.append, flush_seconds=0.02, retry_seconds=0.05,
+                   max_buffered_bytes=35)
+    for i in range(5):  # 11 bytes each: three fit the bound
+        log.offer(1, lambda i=i: b'{"id":"%d"}\n' % i)
+        time.sleep(0.05)
+    assert _wait(lambda: sum(dropped) == 2)
+    blocker.unlink()
+    assert _wait(lambda: (blocker / "p" / "pod-000000.jsonl").exists())
+    log.close()
+    assert (blocker / "p" / "pod-000000.jsonl").read_bytes() == b'{"id":"2"}\n{"id":"3"}\n{"id":"4"}\n'
+    assert sum(dropped) == 2

@@ -1,0 +1,136 @@
+"""What keeps the serving thread short, and the metrics that show when it is not (issue 19):
+noria_server.loopmon, model.BatchSizer, the stage histograms of a real server answering real requests."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+import time
+
+import aiohttp
+import orjson
+import pytest
+from noria import metrics as m
+from noria_server import loopmon
+from noria_server.model import BatchSizer
+from noria_server.reference_models import train_and_save
+from noria_server.serve import ModelServer, ServeSettings
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected_limit"),
+    [
+        ([], 64),  # nothing learned: the configured bound
+        ([(1, 0.0005)], 4),  # 0.5 ms a row, 2 ms budget
+        ([(1, 0.0005)] + [(4, 0.0008)] * 30, 9),  # cheaper per row in bigger batches: grows (towards 10)
+        ([(64, 0.0064)] * 30, 20),  # 0.1 ms a row
+        ([(8, 0.040)] * 30, 1),  # a row costs more than the budget: one at a time, never zero
+        ([(64, 0.00001)] * 30, 64),  # cheap rows: never past max_batch
+    ],
+    ids=["unlearned", "first-sample", "grows-as-per-row-falls", "steady", "floor-one", "ceiling-max-batch"],
+)
+def test_batch_sizer_keeps_one_predict_near_its_budget(observed, expected_limit) -> None:  # type: ignore[no-untyped-def]
+    sizer = BatchSizer(max_rows=64, budget_seconds=0.002)
+    for rows, seconds in observed:
+        sizer.observe(rows, seconds)
+    assert sizer.limit() == expected_limit
+
+
+def test_fast_histogram_buckets_are_inclusive_upper_bounds() -> None:
+    hist = loopmon.FastHistogram((0.001, 0.01))
+    for value in (0.0005, 0.001, 0.002, 0.01, 5.0):
+        hist.observe(value)
+    assert hist.cumulative() == [("0.001", 2.0), ("0.01", 4.0), ("+Inf", 5.0)]
+    assert hist.count == 5 and hist.sum == pytest.approx(5.0135)
+
+
+async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
+    lags: list[float] = []
+    monitor = loopmon.LoopLagMonitor(lags.append, interval=0.01)
+    monitor.start()
+    await asyncio.sleep(0.05)
+    time.sleep(0.08)  # the serving thread held by something that does not yield
+    await asyncio.sleep(0.05)
+    monitor.stop()
+    assert max(lags) >= 0.06
+    assert sorted(lags)[len(lags) // 2] < 0.03  # the other wake-ups were on time
+
+
+def test_gc_pauses_are_timed_by_generation_and_the_heap_settles() -> None:
+    pauses: list[tuple[int, float]] = []
+    watcher = loopmon.GcPauses(lambda generation, seconds: pauses.append((generation, seconds)))
+    threshold = gc.get_threshold()
+    watcher.install()
+    try:
+        gc.collect(1)
+        assert (1, pytest.approx(pauses[-1][1])) == pauses[-1] and pauses[-1][1] > 0
+        frozen = loopmon.settle_heap(young_threshold=12_345)
+        assert frozen > 1000 and gc.get_threshold()[0] == 12_345
+        assert pauses[-1][0] == 2  # settle_heap's own full collection was seen too
+    finally:
+        watcher.uninstall()
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert watcher._callback not in gc.callbacks
+
+
+def test_gil_turns_are_shortened() -> None:
+    before = sys.getswitchinterval()
+    try:
+        loopmon.shorten_gil_turns()
+        assert sys.getswitchinterval() == pytest.approx(loopmon.GIL_SWITCH_INTERVAL_SECONDS)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _histogram_count(text: str, metric: str, label: str | None = None) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{metric}_count{{") and (label is None or f'="{label}"' in line):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {metric}_count for {label} in the exposition")
+
+
+async def test_a_real_server_reports_every_stage_the_batch_size_and_loop_lag(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    saved = train_and_save("logistic", str(tmp_path / "store/ml/churn/v1"), rows=400)
+    settings = ServeSettings(artifact_uri=saved.artifact_uri, digest=saved.digest, profile_uri=saved.profile_uri,
+                             model="churn", version="churn-v1", host="127.0.0.1", port=0,
+                             store_root=f"file://{tmp_path}/store", namespace="ml", pipeline="churn", pod="p0",
+                             drain_seconds=0)
+    server = ModelServer(settings)
+    threshold = gc.get_threshold()
+    port = await server.start()
+    try:
+        for _ in range(300):
+            if server.state == "ready":
+                break
+            await asyncio.sleep(0.05)
+        assert server.state == "ready"
+        assert gc.get_threshold()[0] == loopmon.YOUNG_THRESHOLD and gc.get_freeze_count() > 1000
+        payload = {"inputs": [{"name": "x", "shape": [1, 20], "datatype": "FP64", "data": [0.1] * 20}]}
+        url = f"http://127.0.0.1:{port}/v2/models/churn/infer"
+        async with aiohttp.ClientSession() as session:
+            async def one(i: int) -> int:
+                async with session.post(url, data=orjson.dumps({**payload, "id": f"r{i}"})) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert await asyncio.gather(*(one(i) for i in range(40))) == [200] * 40
+            await asyncio.sleep(0.1)  # a few loop-lag wake-ups
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+    finally:
+        await server.stop(drain=False)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    for stage in (m.STAGE_PARSE, m.STAGE_BATCH_WAIT, m.STAGE_SERIALISE):  # once per request
+        assert _histogram_count(text, m.REQUEST_STAGE_SECONDS, stage) == 40
+    batches = _histogram_count(text, m.BATCH_ROWS)
+    assert 1 <= batches <= 40  # concurrent requests share batches
+    for stage in (m.STAGE_PREDICT, m.STAGE_COUNT, m.STAGE_LOG):  # once per batch
+        assert _histogram_count(text, m.REQUEST_STAGE_SECONDS, stage) == batches
+    rows_sum = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith(f"{m.BATCH_ROWS}_sum{{"))
+    assert rows_sum == 40
+    assert _histogram_count(text, m.EVENT_LOOP_LAG_SECONDS) >= 2
+    assert f'{m.GC_PAUSE_SECONDS}_count{{generation="2"' in text
