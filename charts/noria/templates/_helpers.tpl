@@ -73,6 +73,11 @@ resulting `kubectl auth can-i --list`, checked against the API server. */}}
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
+# Dask runs (spec.compute.engine: dask): a DaskCluster of the Dask Kubernetes operator per run, listed
+# by label, created when the run starts and deleted when it ends (training/dask_cluster.py).
+- apiGroups: [kubernetes.dask.org]
+  resources: [daskclusters]
+  verbs: [get, list, watch, create, delete]
 # ConfigMaps: run specs and the router's weights (server-side apply: patch, and create when new).
 # watch only because the router's Role grants it on its own ConfigMap, and the API server lets
 # nobody grant what they do not hold.
