@@ -15,6 +15,8 @@ region to pods whose spec names none.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any, Final
 
 from noria.api.common import S3Access
@@ -64,3 +66,15 @@ def parse_access(store: Any) -> S3Access | None:
     """``spec.store`` as the API server stored it (a dict or None) -> its ``s3`` part, validated."""
     s3 = (store or {}).get("s3") if isinstance(store, dict) else None
     return S3Access.model_validate(s3) if s3 else None
+
+
+def redacted(text: str, env: Mapping[str, str] | None = None) -> str:
+    """``text`` (an error message on its way to a log, a status or a termination message) with
+    the values of this process's AWS credential variables cut out. botocore's messages name the
+    bucket and key, never a credential; this keeps it so whatever a server's error body says."""
+    source = os.environ if env is None else env
+    for key, _ in CREDENTIAL_KEYS:
+        value = source.get(key, "")
+        if len(value) >= 4:
+            text = text.replace(value, f"<{key}>")
+    return text

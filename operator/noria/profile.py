@@ -169,10 +169,15 @@ class Profile:
 
     @classmethod
     def load(cls, uri: str) -> Profile:
-        import fsspec
+        """The profile at a ``file://`` or ``s3://`` URI, read within the profile size cap (an
+        ``s3://`` one with this process's AWS credentials). Unreadable: ValueError naming why."""
+        from noria.artifact import ArtifactError, read_bounded
 
-        with fsspec.open(uri, "r") as f:
-            return cls.from_dict(json.load(f))
+        try:
+            data = read_bounded(uri)
+        except ArtifactError as exc:
+            raise ValueError(f"cannot read the profile {uri}: {exc}") from None
+        return cls.from_dict(json.loads(data))
 
 
 def build_profile(columns: dict[str, Iterable[Any]], kinds: dict[str, Kind],
