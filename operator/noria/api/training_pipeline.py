@@ -43,6 +43,13 @@ REGRESSION_METRICS: Final = ("r2", "mae", "rmse")
 LOWER_IS_BETTER: Final = ("mae", "rmse")
 MetricName = Literal["accuracy", "f1", "precision", "recall", "roc_auc", "r2", "mae", "rmse"]
 DEFAULT_METRIC: Final = {"classification": "f1", "regression": "rmse"}
+# Defaults of the drift and performance triggers (the measurements behind them: docs/triggers.md):
+# the live window both read, the live values a feature needs before it is tested, and the chance
+# that noise alone fires one evaluation.
+DEFAULT_TRIGGER_WINDOW: Final = "1h"
+DEFAULT_MIN_DRIFT_SAMPLES: Final = 200
+DEFAULT_TRIGGER_SIGNIFICANCE: Final = "0.01"
+DEFAULT_MIN_LABELS: Final = 100
 
 # --- cron: five fields, or one of the @-macros -----------------------------------------------------
 # The shape (five fields or a macro) is one rule; each field's range is another, so the API server
@@ -401,7 +408,8 @@ class EvaluationSpec(NoriaModel):
     metric: MetricName | None = Field(
         default=None,
         description=(
-            "Metric scored on the holdout set. Default f1 (classification) or rmse (regression). For rmse and mae"
+            "Metric scored on the holdout set. Default f1 (classification) or rmse (regression). precision,"
+            " recall and f1 are macro averages over the classes, as in the live checks. For rmse and mae"
             " lower is better: the gate is maxScore, and mustBeatChampionBy means lower by."
         ),
     )
@@ -482,28 +490,26 @@ class DriftTrigger(NoriaModel):
     threshold: Decimalish = Field(
         description='Effect size: a feature drifts only if its statistic is above this value, e.g. "0.2".'
     )
-    significance: Fraction | None = Field(
-        default=None,
+    significance: Fraction = Field(
+        default=DEFAULT_TRIGGER_SIGNIFICANCE,
         description=(
             "Chance that noise alone flags any feature in one evaluation (G test per feature, Holm-corrected"
-            ' over features), e.g. "0.01". Default 0.01.'
+            ' over features), e.g. "0.01".'
         ),
     )
-    min_samples: int | None = Field(
-        default=None,
+    min_samples: int = Field(
+        default=DEFAULT_MIN_DRIFT_SAMPLES,
         ge=1,
         le=1_000_000_000,
         description=(
             "Live values a feature needs in the window before it is tested; fewer is never drift (e.g. right"
-            " after a new version starts serving). Default 200."
+            " after a new version starts serving)."
         ),
     )
     for_: Duration | None = Field(
         default=None, alias="for", description='Drift must last this long before it fires, e.g. "10m".'
     )
-    window: Duration | None = Field(
-        default=None, description='Live data window compared, e.g. "1h". Default 1h.'
-    )
+    window: Duration = Field(default=DEFAULT_TRIGGER_WINDOW, description='Live data window compared, e.g. "1h".')
     features: list[Annotated[StrictStr, Field(max_length=NAME_MAX)]] | None = Field(
         default=None,
         max_length=1000,
@@ -523,7 +529,12 @@ class PerformanceTrigger(NoriaModel):
         )
     }
 
-    metric: MetricName = Field(description="Live metric from feedback counters, e.g. f1 or accuracy.")
+    metric: MetricName = Field(
+        description=(
+            "Live metric from feedback counters, e.g. f1 or accuracy. precision, recall and f1 are macro averages"
+            " over the classes, as in the Rollout's checks."
+        )
+    )
     below: Decimalish | None = Field(
         default=None, description='Fires when the live metric is below this value, e.g. "0.75".'
     )
@@ -535,19 +546,21 @@ class PerformanceTrigger(NoriaModel):
             " the first window with minLabels labels after it became the champion; shown in status."
         ),
     )
-    significance: Fraction | None = Field(
-        default=None,
+    significance: Fraction = Field(
+        default=DEFAULT_TRIGGER_SIGNIFICANCE,
         description=(
             "dropBy only: chance that label noise alone makes a drop look significant (one-sided test of"
-            ' baseline against live), e.g. "0.01". Default 0.01.'
+            ' baseline against live), e.g. "0.01".'
         ),
     )
     for_: Duration | None = Field(
         default=None, alias="for", description='It must stay below this long, e.g. "30m".'
     )
-    min_labels: int = Field(default=100, ge=1, description="Labels needed before the live metric is trusted.")
-    window: Duration | None = Field(
-        default=None, description="Feedback window the live metric is computed over. Default 1h."
+    min_labels: int = Field(
+        default=DEFAULT_MIN_LABELS, ge=1, description="Labels needed before the live metric is trusted."
+    )
+    window: Duration = Field(
+        default=DEFAULT_TRIGGER_WINDOW, description="Feedback window the live metric is computed over."
     )
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ import pandas as pd
 from noria import conditions as c
 from noria import scoring, store
 from noria.api.common import parse_duration
+from noria.api.training_pipeline import DEFAULT_TRIGGER_WINDOW
 from noria.artifact_scope import data_source_scope
 from noria.conditions import now_iso
 from noria.profile import Profile
@@ -362,11 +363,11 @@ class Replay:
             name = champion["metadata"]["name"]
             if tspec.get("drift"):
                 profile = self._version(champion).profile
-                window = parse_duration(tspec["drift"].get("window") or triggers.DEFAULT_DRIFT_WINDOW)
+                window = parse_duration(tspec["drift"].get("window") or DEFAULT_TRIGGER_WINDOW)
                 drift = (observe.drift_observation(self.served, name, profile, now, window)
                          if profile is not None else triggers.MetricObservation(counts={}, version=name))
             if tspec.get("performance"):
-                window = parse_duration(tspec["performance"].get("window") or triggers.DEFAULT_DRIFT_WINDOW)
+                window = parse_duration(tspec["performance"].get("window") or DEFAULT_TRIGGER_WINDOW)
                 performance = observe.performance_observation(self.served, name, now, window)
         return pipeline.Observation(
             pipeline=tp, now=now, model_versions=list(self.mvs), job=job, data=data, drift=drift,

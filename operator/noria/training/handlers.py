@@ -51,6 +51,7 @@ from noria.settings import Settings
 from noria.wakeups import Wakeups
 
 from . import dask_cluster, datasource, gauges, pipeline, results, runs, triggers
+from .spec import read_pipeline_spec
 from .triggers import MetricObservation
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,11 @@ async def observe(tp: Mapping[str, Any], now: dt.datetime) -> pipeline.Observati
         champ = champion["metadata"]["name"]
         if tspec.get("drift"):
             profile = await _profile(champion["spec"].get("profileUri"))
-            window = tspec["drift"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
+            window = tspec["drift"]["window"]  # the spec as read by the model (spec.py): defaulted
             drift = await _query("drift", drift_query(ns, name, champ, window),
                                  (metrics.LABEL_FEATURE, metrics.LABEL_BIN), champ)
         if tspec.get("performance"):
-            window = tspec["performance"].get("window") or triggers.DEFAULT_DRIFT_WINDOW
+            window = tspec["performance"]["window"]
             performance = await _query("performance", performance_query(ns, name, champ, window),
                                        (metrics.LABEL_ACTUAL, metrics.LABEL_PREDICTED), champ)
 
@@ -257,9 +258,14 @@ def next_pass_in(spec: Mapping[str, Any], requeue_after: float | None, resync: f
 
 
 # --- one pass -----------------------------------------------------------------------------------
-async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> None:
+async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) -> str | None:
+    """Carry ``plan`` out; the pipeline's resourceVersion after it (its status write moves it on).
+    Every status write is conditional on the resourceVersion it was decided from: ``kube.Conflict``
+    means the object changed since the pass read it (an edit, or another replica's write) and the
+    pass is dropped, to be observed again; it never overwrites."""
     meta = tp["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    resource_version = meta.get("resourceVersion")
     # 1. Register the result before status forgets the run (AlreadyExists = registered before).
     if plan.register is not None:
         mv, created = await kube.create(plan.register)
@@ -272,13 +278,16 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
             await kube.post_event(tp, "Warning", c.MODEL_VERSION_CONFLICT, message)
         first = None if foreign else results.initial_status(mv, now)
         if first:
-            staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first)
+            staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first,
+                                             resource_version=mv["metadata"].get("resourceVersion"))
             mvcache.shared().cache.put(staged)
             await kube.post_event(mv, *results.initial_stage_event(mv, first))  # approved/rejected: one Event
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
     # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
     if plan.status:
-        await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status)
+        written = await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status,
+                                          resource_version=resource_version)
+        resource_version = written["metadata"].get("resourceVersion")
     for event in plan.events:
         await kube.post_event(tp, event.type, event.reason, event.message)
     # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume. A dask run
@@ -297,6 +306,7 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
         await kube.delete("v1", "ConfigMap", cm_name, ns)
     for cluster_name in plan.delete_dask_clusters:  # a cluster lives only while its run does
         await kube.delete(dask_cluster.API_VERSION, dask_cluster.KIND, cluster_name, ns)
+    return resource_version
 
 
 def _count(namespace: str, name: str, plan: pipeline.Plan) -> None:
@@ -354,18 +364,25 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _report_error(tp: Mapping[str, Any], exc: BaseException) -> None:
-    """Put a failed pass on the pipeline; best effort (the API may be what failed)."""
+    """Put a failed pass on the pipeline; best effort (the API may be what failed). Decided from a
+    fresh read (the pass may have written status before it failed) and conditional on it."""
     meta = tp["metadata"]
     error = f"reconcile failed: {_describe(exc)}"
     try:
+        tp = await kube.get(kube.API_VERSION, TP, meta["name"], meta["namespace"]) or tp
+        meta = tp["metadata"]
         patch, transition = reconcile_error_status(tp.get("status") or {}, error, meta.get("generation"),
                                                    dt.datetime.now(dt.UTC))
         if patch is not None:
-            await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch)
+            await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch,
+                                    resource_version=meta.get("resourceVersion"))
         if transition:
             await kube.post_event(tp, "Warning", c.RECONCILE_ERROR, error)
     except Exception as again:  # noqa: BLE001 - the original error is raised to the caller
         log.warning("pipeline %s/%s: could not record the failed pass: %s", meta["namespace"], meta["name"], again)
+
+
+CONFLICT_RETRY_SECONDS = 0.2  # a 409 means "re-observe": soon, not at once (the writer that won may go on)
 
 
 async def reconcile(key: Hashable) -> float | None:
@@ -379,15 +396,19 @@ async def reconcile(key: Hashable) -> float | None:
         if tp is None or tp["metadata"].get("deletionTimestamp"):
             gauges.forget(ns, name)
             return None
+        tp = {**tp, "spec": read_pipeline_spec(tp["spec"])}  # one reader: the API model, defaults filled in
         now = dt.datetime.now(dt.UTC)
         plan = pipeline.decide(await observe(tp, now))
-        await execute(tp, plan, now)
+        resource_version = await execute(tp, plan, now)
         after = pipeline.apply_merge_patch(tp.get("status") or {}, plan.status or {})
         recovered = reconcile_recovered_status(after, tp["metadata"].get("generation"), now)
         if recovered is not None:
-            await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered)
+            await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered, resource_version=resource_version)
         _count(ns, name, plan)
         return next_pass_in(tp["spec"], plan.requeue_after, state().resync, state().idle_resync)
+    except kube.Conflict as exc:  # not an error: the pipeline or a version changed since it was read
+        log.info("pipeline %s/%s: %s; observing again", ns, name, exc)
+        return CONFLICT_RETRY_SECONDS
     except Exception as exc:
         opmetrics.RECONCILE_ERRORS.labels(TP).inc()
         if tp is not None:
@@ -488,33 +509,42 @@ async def _judge_model_version_or_retry(body: Mapping[str, Any], attempt: int) -
 
 
 async def _judge_model_version(body: Mapping[str, Any]) -> None:
-    """Scope, registration and approval of one ModelVersion, each written once."""
-    meta = body["metadata"]
+    """Scope, registration and approval of one ModelVersion, each written once, each only onto the
+    object as seen (its resourceVersion): a stage set since (an import's approval, a Rollout's
+    promotion) must stand. On a conflict the newer version's own event decides again."""
+    try:
+        await _judge_model_version_as_seen(body)
+    except kube.Conflict as exc:
+        log.info("ModelVersion %s/%s: %s; its newer version decides again", body["metadata"]["namespace"],
+                 body["metadata"]["name"], exc)
+
+
+async def _write_model_version_status(mv: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``patch`` onto ``mv`` as seen; the written object (the next write is conditional on it)."""
+    meta = mv["metadata"]
+    written = await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch,
+                                      resource_version=meta.get("resourceVersion"))
+    mvcache.shared().cache.put(written)
+    return written
+
+
+async def _judge_model_version_as_seen(body: Mapping[str, Any]) -> None:
     now = dt.datetime.now(dt.UTC)
     refused = state().settings.artifact_scope().check(body)
     scope = results.scope_status(body, refused, now)
     if scope is not None:
-        mvcache.shared().cache.put(
-            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], scope))
+        body = await _write_model_version_status(body, scope)
         if refused is not None:
             await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
-        body = {**body, "status": {**(body.get("status") or {}), **scope}}  # the next patch builds on it
     # A version created by hand (no run registered it) is Registered until a person approves it.
     registered = results.registration(body, now)
     if registered is not None:
-        try:  # only onto the object as seen: a stage set since (an import's approval) must stand
-            mvcache.shared().cache.put(await kube.patch_status(
-                kube.API_VERSION, MV, meta["name"], meta["namespace"], registered,
-                resource_version=meta.get("resourceVersion")))
-        except kube.Conflict:
-            return  # its newer version's own event decides again
+        body = await _write_model_version_status(body, registered)
         await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
-        body = {**body, "status": {**(body.get("status") or {}), **registered}}
     # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
     # never load it as a champion. The Degraded condition says why.
     patch = results.approval(body, now) if refused is None else None
     if patch is not None:
-        mvcache.shared().cache.put(
-            await kube.patch_status(kube.API_VERSION, MV, meta["name"], meta["namespace"], patch))
+        body = await _write_model_version_status(body, patch)
         reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
         await kube.post_event(dict(body), "Normal", reason, patch["message"])

@@ -46,6 +46,11 @@ from typing import Any, Final
 
 from noria import scoring
 from noria.api.common import parse_duration
+from noria.api.training_pipeline import (
+    DEFAULT_MIN_DRIFT_SAMPLES,
+    DEFAULT_MIN_LABELS,
+    DEFAULT_TRIGGER_SIGNIFICANCE,
+)
 from noria.conditions import now_iso
 from noria.contracts import ANNOTATION_RETRAIN
 from noria.profile import Profile
@@ -64,17 +69,12 @@ RETRAIN_ANNOTATION: Final = ANNOTATION_RETRAIN  # the manual trigger (noria.cont
 DEFAULT_INITIAL_RETRY_SECONDS: Final = 60.0
 MAX_INITIAL_RETRY_SECONDS: Final = 3600.0
 DEFAULT_SETTLE_SECONDS: Final = 2.0
-DEFAULT_DRIFT_WINDOW: Final = "1h"
-# Minimum evidence of the drift trigger (docs/triggers.md has the measurements behind both):
-# live values per feature before it is tested, and the family-wise false-alarm probability of one
-# evaluation over all features.
-DEFAULT_MIN_DRIFT_SAMPLES: Final = 200
-DEFAULT_DRIFT_SIGNIFICANCE: Final = "0.01"
+# The trigger defaults (window, minSamples, significance, minLabels) are the API model's
+# (noria.api.training_pipeline): the operator reads the spec through it (training/spec.py), and the
+# fallbacks below only serve callers that pass a raw spec (the backtest, tests).
 # Features listed in status.triggers.drift.features (most drifted first): enough to act on, and a
 # status that stays small with a thousand features.
 EVIDENCE_SHOWN: Final = 10
-# The relative performance trigger's test of a drop against label noise (docs/triggers.md).
-DEFAULT_PERFORMANCE_SIGNIFICANCE: Final = "0.01"
 # Drift method names of the CRD -> keys of noria.drift.binned_statistics.
 DRIFT_STATISTIC: Final = {"psi": "psi", "kl": "kl", "js": "js", "chi2": "chisquare", "ks": "ks",
                           "wasserstein": "wasserstein"}
@@ -398,7 +398,7 @@ def judge_drift(rows: list[tuple[str, float, float, float]], threshold: float, s
 
 
 def drift_evidence(profile: Profile, counts: Mapping[tuple[str, str], float], method: str = "psi",
-                   threshold: float = 0.2, significance: float = float(DEFAULT_DRIFT_SIGNIFICANCE),
+                   threshold: float = 0.2, significance: float = float(DEFAULT_TRIGGER_SIGNIFICANCE),
                    min_samples: int = DEFAULT_MIN_DRIFT_SAMPLES, features: list[str] | None = None) -> DriftEvidence:
     """Which features drifted: live bin counts ``{(feature, bin label): count}`` (summed over pods,
     e.g. ``increase(noria_feature_bin_total[window])``) against the reference ``profile``.
@@ -461,7 +461,7 @@ def evaluate_drift(drift: Mapping[str, Any] | None, champion: str | None, profil
                              f"the drift profile of {champion} is unavailable", health=UNKNOWN)
     method = drift.get("method", "psi")
     threshold = float(drift["threshold"])
-    significance = float(_given(drift.get("significance"), DEFAULT_DRIFT_SIGNIFICANCE))
+    significance = float(_given(drift.get("significance"), DEFAULT_TRIGGER_SIGNIFICANCE))
     needed = int(min_samples if min_samples is not None else _given(drift.get("minSamples"), DEFAULT_MIN_DRIFT_SAMPLES))
     evidence = drift_evidence(profile, observation.counts, method, threshold, significance, needed,
                               drift.get("features"))
@@ -567,8 +567,8 @@ def evaluate_performance(perf: Mapping[str, Any] | None, champion: str | None,
     metric = perf["metric"]
     below = float(perf["below"]) if perf.get("below") is not None else None
     drop_by = float(perf["dropBy"]) if perf.get("dropBy") is not None else None
-    significance = float(_given(perf.get("significance"), DEFAULT_PERFORMANCE_SIGNIFICANCE))
-    min_labels = int(perf.get("minLabels", 100))
+    significance = float(_given(perf.get("significance"), DEFAULT_TRIGGER_SIGNIFICANCE))
+    min_labels = int(_given(perf.get("minLabels"), DEFAULT_MIN_LABELS))
     value, labels = live_metric(metric, observation.counts)
     base: dict[str, Any] = {"champion": champion, "metric": metric, "labels": int(labels), "observedAt": now_iso(now)}
     if below is not None:

@@ -20,6 +20,14 @@ from noria.contracts import ANNOTATION_APPROVE, API_VERSION
 from noria.training import handlers, pipeline, results
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+SPEC = {
+    "model": {
+        "task": "classification",
+        "estimator": "sklearn.linear_model.LogisticRegression",
+        "target": "y",
+    },
+    "data": {"source": "file:///store/ml/churn.parquet"},
+}
 
 
 class VersionedApi:
@@ -81,7 +89,7 @@ def training_pipeline(api: VersionedApi) -> dict[str, Any]:
             "apiVersion": API_VERSION,
             "kind": "TrainingPipeline",
             "metadata": {"name": "churn", "namespace": "ml", "uid": "u1", "generation": 1},
-            "spec": {},
+            "spec": SPEC,
             "status": {"phase": "Idle"},
         }
     )
