@@ -42,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 from noria import scoring, store, xgboost_artifact
+from noria.api.common import format_timestamp
 from noria.artifact import ArtifactError, sha256_digest
 from noria.profile import DEFAULT_NUMERIC_BINS, DEFAULT_TOP_CATEGORIES, FeatureProfile, Profile
 from noria.runspec import EXIT_DATA, EXIT_SPEC, EXIT_TRAINING, EXIT_VALIDATION
@@ -824,7 +825,7 @@ def _documents(
         "version": run.version,
         "modelVersion": f"{run.pipeline}-v{run.version}",
         "parent": run.champion.name if run.champion else None,
-        "trainedAt": run_mod._rfc3339(dt.datetime.now(dt.UTC)),
+        "trainedAt": format_timestamp(dt.datetime.now(dt.UTC)),
         "data": {
             "source": spec.source,
             "format": spec.format,

@@ -29,6 +29,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 from noria import runspec, store
+from noria.api.common import format_timestamp
 from noria.artifact import (
     ArtifactError,
     dumps_model,
@@ -175,10 +176,6 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-def _rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _json_bytes(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, indent=1, sort_keys=True, default=_json_default) + "\n").encode()
 
@@ -187,7 +184,7 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (pd.Timestamp, dt.datetime)):
-        return _rfc3339(value.floor("s").to_pydatetime() if isinstance(value, pd.Timestamp) else value)
+        return format_timestamp(value.floor("s").to_pydatetime() if isinstance(value, pd.Timestamp) else value)
     return str(value)
 
 
@@ -676,7 +673,7 @@ def _metadata(t: Trained, model: Any, refit: bool, digest: str, untrusted: list[
         "schema": METADATA_SCHEMA,
         "runId": run.run_id, "trigger": run.trigger, "namespace": run.namespace, "pipeline": run.pipeline,
         "version": run.version, "modelVersion": f"{run.pipeline}-v{run.version}",
-        "parent": run.champion.name if run.champion else None, "trainedAt": _rfc3339(dt.datetime.now(dt.UTC)),
+        "parent": run.champion.name if run.champion else None, "trainedAt": format_timestamp(),
         "data": {"source": spec.source, "format": spec.format, "files": len(t.rows.files), "window": t.window_label,
                  "rows": len(t.train) + len(holdout), "trainingRows": len(t.train), "holdoutRows": len(holdout),
                  "shippedModelRows": len(profiled), "refit": refit,
