@@ -206,13 +206,16 @@ def start_mlserver(python: Path, work: Path, kind: str, joblib_path: Path) -> tu
     return proc, f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer"
 
 
-def start_noria(work: Path, kind: str, saved) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def]
+def start_noria(work: Path, kind: str, saved, source: Path | None = None  # type: ignore[no-untyped-def]
+                ) -> tuple[subprocess.Popen, str]:
+    """This checkout's server, or the one under ``source`` (another checkout: a baseline)."""
     port = free_port()
     cmd = [sys.executable, "-m", "noria_server", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
            "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
            "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
            "--pod", f"bench-{port}", "--drain-seconds", "0"]
-    proc = start(cmd, work / f"noria-{kind}-{port}.log")
+    env = {"PYTHONPATH": str(source / "server_image")} if source is not None else None
+    proc = start(cmd, work / f"noria-{kind}-{port}.log", env=env)
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
     return proc, f"http://127.0.0.1:{port}/v2/models/{kind}/infer"
 
@@ -295,14 +298,6 @@ def profile_noria(kind: str, proc: subprocess.Popen, url: str, rate: float, seco
 
 
 # --- main ----------------------------------------------------------------------------------------
-def measure_server(name: str, proc: subprocess.Popen, url: str, rates: list[float], args: argparse.Namespace,
-                   results: dict[str, list[RateResult]]) -> None:
-    for rate in rates:
-        r = run_rate(proc, url, rate, args.seconds)
-        results.setdefault(name, []).append(r)
-        print(f"  {name:8} {r.row()}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per offered rate")
@@ -310,6 +305,8 @@ def main() -> None:
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %%")
+    parser.add_argument("--baseline", type=Path, help="also run the server of another checkout (e.g. `git archive "
+                        "<commit> server_image | tar -x -C DIR`) as 'Baseline', interleaved with this one")
     args = parser.parse_args()
     require_wrk()
     if (os.cpu_count() or 1) >= 2:
@@ -333,6 +330,8 @@ def main() -> None:
             if python is not None:
                 servers["MLServer"] = start_mlserver(python, work, kind, joblib_path)
             servers["Noria"] = start_noria(work, kind, saved)
+            if args.baseline is not None:
+                servers["Baseline"] = start_noria(work, kind, saved, args.baseline)
             try:
                 maxima = {name: measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
                           for name, (_, url) in servers.items()}
@@ -340,9 +339,12 @@ def main() -> None:
                 print(header)
                 results: dict[str, list[RateResult]] = {}
                 shared = SHARED_FRACTION_OF_MLSERVER * maxima.get("MLServer", maxima["Noria"])
-                for name, (proc, url) in servers.items():
-                    rates = [f * maxima[name] for f in FRACTIONS] + [shared]
-                    measure_server(name, proc, url, rates, args, results)
+                plans = {name: [f * maxima[name] for f in FRACTIONS] + [shared] for name in servers}
+                for step in range(len(FRACTIONS) + 1):  # servers interleaved: a change in machine load hits all
+                    for name, (proc, url) in servers.items():
+                        r = run_rate(proc, url, plans[name][step], args.seconds)
+                        results.setdefault(name, []).append(r)
+                        print(f"  {name:8} {r.row()}", flush=True)
                 if args.profile:
                     proc, url = servers["Noria"]
                     profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")

@@ -151,6 +151,7 @@ class ModelServer:
         self.pending_rows = 0
         self.flush_scheduled = False
         self.sizer = BatchSizer(settings.max_batch, settings.batch_budget_ms / 1000.0)
+        self.slicing: set[asyncio.Task[None]] = set()  # bulk requests being predicted in slices
         self.loop_lag = LoopLagMonitor(self.metrics.latency.loop_lag.observe)
         self.gc_pauses = GcPauses(self.metrics.latency.observe_gc)
         self.predictions_log: JsonlLog | None = None
@@ -363,15 +364,18 @@ class ModelServer:
         batch = [b for b in batch if not b.future.done()]
         if not batch:
             return
+        if rows > limit:  # one bulk request over the limit: predicted in slices, the loop serving in between
+            task = asyncio.get_running_loop().create_task(self._predict_in_slices(batch[0], limit))
+            self.slicing.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self.slicing.discard)
+            return
         try:
             self._predict_batch(batch)
         except Exception as exc:
             if len(batch) == 1:
                 item = batch[0]
                 log.info("predict failed for request %s: %s", item.request.request_id, exc)
-                item.future.set_result(self._error(
-                    422, f"the model could not predict these rows: {type(exc).__name__}: {exc}",
-                    request_id=item.request.request_id, started=item.started))
+                item.future.set_result(self._unpredictable(item, exc))
                 return
             for item in batch:  # isolate the offending request(s)
                 if item.future.done():
@@ -379,21 +383,61 @@ class ModelServer:
                 try:
                     self._predict_batch([item])
                 except Exception as one_exc:
-                    item.future.set_result(self._error(
-                        422, f"the model could not predict these rows: {type(one_exc).__name__}: {one_exc}",
-                        request_id=item.request.request_id, started=item.started))
+                    item.future.set_result(self._unpredictable(item, one_exc))
+
+    def _unpredictable(self, item: _Pending, exc: Exception) -> Response:
+        return self._error(422, f"the model could not predict these rows: {type(exc).__name__}: {exc}",
+                           request_id=item.request.request_id, started=item.started)
 
     def _predict_batch(self, batch: list[_Pending]) -> None:
         model = self.model
         assert model is not None
         rows = batch[0].request.rows if len(batch) == 1 else np.concatenate([b.request.rows for b in batch])
-        metrics, stages = self.metrics, self.metrics.latency.stages
+        predictions, proba = self._timed_predict(model, rows)
+        self._answer(batch, rows, predictions, proba)
+
+    def _timed_predict(self, model: ServedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()
         predictions, proba = model.predict(rows)
+        seconds = time.perf_counter() - t0
+        self.sizer.observe(len(rows), seconds)
+        self.metrics.latency.stages[m.STAGE_PREDICT].observe(seconds)
+        self.metrics.latency.batch_rows.observe(len(rows))
+        return predictions, proba
+
+    async def _predict_in_slices(self, item: _Pending, limit: int) -> None:
+        """A request with more rows than one batch may take: ``limit`` rows per ``predict``, other
+        requests answered in between, then answered whole (or 422 whole if a slice fails)."""
+        model = self.model
+        assert model is not None
+        rows = item.request.rows
+        parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+        try:
+            start = 0
+            while start < len(rows):
+                parts.append(self._timed_predict(model, rows[start:start + limit]))
+                start += limit
+                await asyncio.sleep(0)
+                limit = self.sizer.limit()
+        except Exception as exc:
+            log.info("predict failed for request %s: %s", item.request.request_id, exc)
+            item.future.set_result(self._unpredictable(item, exc))
+            return
+        predictions = np.concatenate([p for p, _ in parts])
+        proba = None if parts[0][1] is None else np.concatenate([q for _, q in parts])  # type: ignore[misc]
+        try:
+            self._answer([item], rows, predictions, proba)
+        except Exception as exc:  # as _flush does for a batch: the request fails alone, never hangs
+            if not item.future.done():
+                item.future.set_result(self._unpredictable(item, exc))
+
+    def _answer(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray,
+                proba: np.ndarray | None) -> None:
+        """Count, answer and log a predicted batch."""
+        model = self.model
+        assert model is not None
+        metrics, stages = self.metrics, self.metrics.latency.stages
         t1 = time.perf_counter()
-        self.sizer.observe(len(rows), t1 - t0)
-        stages[m.STAGE_PREDICT].observe(t1 - t0)
-        metrics.latency.batch_rows.observe(len(rows))
         if metrics.bins is not None:
             metrics.bins.observe(rows)
         metrics.count_predictions(predictions, model.is_classifier)

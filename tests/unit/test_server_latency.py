@@ -9,6 +9,7 @@ import sys
 import time
 
 import aiohttp
+import numpy as np
 import orjson
 import pytest
 from noria import metrics as m
@@ -134,3 +135,38 @@ async def test_a_real_server_reports_every_stage_the_batch_size_and_loop_lag(tmp
     assert rows_sum == 40
     assert _histogram_count(text, m.EVENT_LOOP_LAG_SECONDS) >= 2
     assert f'{m.GC_PAUSE_SECONDS}_count{{generation="2"' in text
+
+
+async def test_a_bulk_request_is_predicted_in_slices_and_answered_whole(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    saved = train_and_save("logistic", str(tmp_path / "store/ml/churn/v1"), rows=400)
+    settings = ServeSettings(artifact_uri=saved.artifact_uri, digest=saved.digest, profile_uri=saved.profile_uri,
+                             model="churn", version="churn-v1", host="127.0.0.1", port=0, max_batch=64,
+                             store_root=f"file://{tmp_path}/store", namespace="ml", pipeline="churn", pod="p0",
+                             drain_seconds=0)
+    server = ModelServer(settings)
+    threshold = gc.get_threshold()
+    port = await server.start()
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(1000, 20))
+    try:
+        for _ in range(300):
+            if server.state == "ready":
+                break
+            await asyncio.sleep(0.05)
+        assert server.state == "ready" and server.model is not None
+        expected = server.model.predict(rows)[0].tolist()
+        calls_before = server.metrics.latency.batch_rows.count
+        bulk = {"inputs": [{"name": "x", "shape": [1000, 20], "datatype": "FP64", "data": rows.tolist()}]}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/v2/models/churn/infer", data=orjson.dumps(bulk)) as r:
+                assert r.status == 200
+                answer = await r.json()
+    finally:
+        await server.stop(drain=False)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert answer["outputs"][0]["data"] == expected
+    calls = server.metrics.latency.batch_rows.count - calls_before
+    assert calls >= 1000 // 64  # sliced
+    cumulative = dict(server.metrics.latency.batch_rows.cumulative())
+    assert cumulative["64"] == cumulative["+Inf"]  # never one predict over the batch limit
