@@ -55,3 +55,14 @@ dev-cluster: venv control-plane prometheus
 
 demo: venv control-plane prometheus
 	$(PY) -m noria_testbed.demo
+
+# The kserve SDK in a venv of its own (its pins conflict with .venv's; constraints-kserve.txt): the
+# OIP compatibility tests (tests/integration/test_oip_clients.py) run its REST client unchanged.
+KSERVE_STAMP := .venv-kserve/.installed
+.PHONY: kserve-client
+kserve-client: $(KSERVE_STAMP)
+$(KSERVE_STAMP): constraints-kserve.txt
+	test -x .venv-kserve/bin/python || python3 -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install -q -c constraints-kserve.txt kserve
+	touch $@
+integration test: kserve-client
