@@ -13,9 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {  # Dockerfile -> (extra, module its ENTRYPOINT runs)
-    "operator/Dockerfile": ("operator", "noria"),
-    "trainer_image/Dockerfile": ("trainer", "noria_trainer"),
-    "server_image/Dockerfile": ("server", "noria_server"),
+    "operator/Dockerfile": ("operator,s3", "noria"),  # s3: every image reaches an s3:// store
+    "trainer_image/Dockerfile": ("trainer,dask,s3", "noria_trainer"),
+    "server_image/Dockerfile": ("server,s3", "noria_server"),
 }
 
 

@@ -10,17 +10,13 @@ import json
 import time
 
 import pytest
-
-moto_server = pytest.importorskip(
-    "moto.server", reason="moto[server] is a dev dependency (pip install -e .[dev])"
-)
-s3fs = pytest.importorskip("s3fs", reason="s3fs is the s3 extra, in the dev extra")
-
-from noria import artifact, store  # noqa: E402
-from noria.profile import Profile, build_profile  # noqa: E402
-from noria.training import datasource  # noqa: E402
-from noria_trainer import data as trainer_data  # noqa: E402
-from noria_trainer.artifacts import OutputError, OutputLocation  # noqa: E402
+import s3fs  # the s3 extra; both are dev dependencies, so a missing one fails here, never skips
+from moto import server as moto_server
+from noria import artifact, store
+from noria.profile import Profile, build_profile
+from noria.training import datasource
+from noria_trainer import data as trainer_data
+from noria_trainer.artifacts import OutputError, OutputLocation
 
 BUCKET = "noria-store"
 ROOT = f"s3://{BUCKET}/prod"
