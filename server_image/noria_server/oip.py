@@ -25,11 +25,18 @@ id is at most ``MAX_ID_LENGTH`` printable characters (a request ``id`` at most
 a categorical value is at most ``MAX_STRING_VALUE_LENGTH`` characters; the prediction log and the
 feedback ledger keep nothing longer. Every malformed field is a 400/422 naming it, never a 500.
 
+Tensors may come in the binary tensor data extension instead (``Inference-Header-Content-Length``
+header, ``parameters.binary_data_size`` per input; what tritonclient and the kserve SDK send by
+default): numeric ones are decoded with ``numpy.frombuffer`` (no per-value Python work), BYTES
+ones are 4-byte little-endian lengths each followed by UTF-8 text.
+
 Answer: ``{"model_name", "model_version", "id", "parameters": {"ids": [...]}, "outputs":
 [{"name": "predict", "shape": [n], "datatype", "data"}, {"name": "predict_proba", "shape": [n, C],
-"datatype": "FP64", "data", "parameters": {"classes": [...]}}]}`` — ``predict_proba`` only for
-classifiers whose ``predict`` equals the argmax of ``predict_proba`` (checked at warm-up), which
-makes it free.
+"datatype": "FP64", "data", "parameters": {"classes": "<JSON array>"}}]}`` — ``predict_proba`` only
+for classifiers whose ``predict`` equals the argmax of ``predict_proba`` (checked at warm-up), which
+makes it free. Only the requested ``outputs`` are answered, each as JSON ``data`` or binary (per
+output ``parameters.binary_data``, or the request's ``parameters.binary_data_output``). What we
+support and why: docs/serving/protocol.md.
 """
 
 from __future__ import annotations
