@@ -247,3 +247,18 @@ def test_a_whole_training_run_reads_its_data_from_s3_and_writes_a_set_the_server
     # a retried pod of the same run finds the set and reports it again instead of failing
     code_again = run_from_file(str(spec_path), str(tmp_path / "again.log"), stream=io.StringIO())
     assert code_again == 0 and json.loads((tmp_path / "again.log").read_text())["digest"] == summary["digest"]
+
+
+def test_new_data_counting_on_s3_sees_a_same_size_rewrite_and_stays_bounded(s3, monkeypatch):
+    source = f"{ROOT}/datasets/churn/"
+    s3.pipe_file(f"{source}2026-11-01.csv", b"x,y\n1,0\n")
+    first = datasource.observe(source, "csv")
+    time.sleep(1.1)  # S3 times are whole seconds
+    s3.pipe_file(f"{source}2026-11-01.csv", b"x,y\n2,1\n")
+    s3.invalidate_cache()
+    assert datasource.observe(source, "csv").fingerprint != first.fingerprint
+    s3.pipe_file(f"{source}2026-11-02.csv", b"x,y\n3,1\n")
+    s3.invalidate_cache()
+    monkeypatch.setattr(datasource, "MAX_FILES", 1)
+    bounded = datasource.observe(source, "csv")
+    assert bounded.rows is None and "more than 1 csv files" in bounded.error
