@@ -262,3 +262,32 @@ def test_new_data_counting_on_s3_sees_a_same_size_rewrite_and_stays_bounded(s3, 
     monkeypatch.setattr(datasource, "MAX_FILES", 1)
     bounded = datasource.observe(source, "csv")
     assert bounded.rows is None and "more than 1 csv files" in bounded.error
+
+
+def test_the_trainer_joins_prediction_and_feedback_logs_read_from_s3(s3):
+    base = f"{ROOT}/ml/churn"
+    predictions = [
+        {
+            "id": f"r{i}",
+            "ts": f"2026-11-01T00:00:0{i}Z",
+            "model_version": "churn-v1",
+            "features": {"x": float(i)},
+            "prediction": 0,
+        }
+        for i in range(3)
+    ]
+    labels = [
+        {"id": "r0", "ts": "2026-11-01T01:00:00Z", "label": 1},
+        {"id": "r2", "ts": "2026-11-01T01:00:00Z", "label": 0},
+    ]
+    s3.pipe_file(
+        f"{base}/predictions/churn-v1/2026-11-01/pod-a-000000.jsonl",
+        b"".join(json.dumps(p).encode() + b"\n" for p in predictions),
+    )
+    s3.pipe_file(
+        f"{base}/feedback/2026-11-01/pod-a-000000.jsonl",
+        b"".join(json.dumps(label).encode() + b"\n" for label in labels),
+    )
+    merged = trainer_data.merge_feedback(ROOT, "ml", "churn", "y", ["x"], None)
+    assert (merged.predictions_read, merged.labels_read) == (3, 2)
+    assert sorted(merged.rows["y"].tolist()) == [0, 1] and sorted(merged.rows["x"].tolist()) == [0.0, 2.0]
