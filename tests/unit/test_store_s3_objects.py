@@ -243,6 +243,12 @@ def test_a_whole_training_run_reads_its_data_from_s3_and_writes_a_set_the_server
     features = frame.drop(columns=["target"])
     assert (model.predict(features) == frame["target"]).mean() > 0.9
     assert Profile.load(summary["profileUri"]).rows > 0
+    from noria_server.model import (
+        ServedModel,
+    )  # what a model-server pod does at start, NORIA_STORE_ROOT=s3://...
+
+    served = ServedModel.load(summary["artifactUri"], summary["digest"], summary["profileUri"], ROOT)
+    assert served.profile is not None and served.is_classifier
     assert SECRET not in out.getvalue() + log.read_text()
     # a retried pod of the same run finds the set and reports it again instead of failing
     code_again = run_from_file(str(spec_path), str(tmp_path / "again.log"), stream=io.StringIO())
