@@ -1,6 +1,6 @@
 """What the Noria router costs: latency added at a fixed rate, throughput, and CPU per request, beside nginx.
 
-    .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3]
+    .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
 
 Needs Debian's ``wrk`` and ``nginx`` (``apt-get install -y wrk nginx-light``; without nginx its rows
 are left out). Three model servers (the same LogisticRegression Pipeline trained with three seeds),
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria.router_config import Backend, RouterConfig  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
-from server_latency import _open_loop, cpu_seconds  # noqa: E402
+from server_latency import _open_loop, cpu_seconds, py_spy_top  # noqa: E402
 from serving_bench import lua_post, require_wrk, start, stop, uptime, wait_http, wrk  # noqa: E402
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64",
@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--profile", action="store_true",
+                        help="one more saturation run through the router (one backend) with py-spy attached")
     args = parser.parse_args()
     require_wrk()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
@@ -190,6 +192,8 @@ def main() -> None:
         results["direct to the server"] = measure_path(urls["churn-v1"] + infer, servers, None, args)
         print("router ...", flush=True)
         results["router, one backend (100/0)"] = measure_path(routed, servers, router.pid, args)
+        if args.profile:
+            profile_router(routed, router.pid, args, work)
         write_config(config_path, router_config(urls, {"churn-v1": 90, "churn-v2": 10}, None))
         results["router, 90/10 split"] = measure_path(routed, servers, router.pid, args)
         write_config(config_path, router_config(urls, {"churn-v1": 90, "churn-v2": 10}, "churn-v3"))
@@ -213,6 +217,21 @@ def main() -> None:
         for proc in reversed(procs):
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def profile_router(url: str, pid: int, args: argparse.Namespace, work: Path) -> None:
+    """Where the router's time goes at saturation: py-spy's own samples by function (the event loop's C
+    side, syscalls included, shows as ``Runner.run``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    script = lua_post(BODY)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            spy = pool.submit(py_spy_top, pid, args.seconds, work / "router-spy.txt")
+            wrk(url, script, args.connections, args.seconds)
+            print(f"router at saturation, py-spy (own samples by function):\n{spy.result()}", flush=True)
+    finally:
+        os.unlink(script)
 
 
 def print_table(results: dict[str, PathResult], args: argparse.Namespace, load_before: str) -> None:
