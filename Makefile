@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: venv control-plane prometheus prometheus-debian helm crds lint unit integration e2e test dev-cluster demo
+.PHONY: venv control-plane prometheus prometheus-debian helm seaweedfs crds lint unit integration e2e test dev-cluster demo
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): pyproject.toml constraints.txt
@@ -28,6 +28,11 @@ prometheus-debian:
 helm:
 	bash hack/build-helm.sh
 
+# SeaweedFS (an S3-compatible server) from the Go module proxy, cached like Helm: the s3:// tests'
+# store (noria_testbed.s3).
+seaweedfs:
+	bash hack/build-seaweedfs.sh
+
 crds: venv
 	$(PY) -m noria.api.crdgen crds
 
@@ -40,14 +45,14 @@ lint: venv
 unit: venv prometheus helm
 	$(PY) -m pytest -q tests/unit
 
-integration: venv control-plane prometheus helm
+integration: venv control-plane prometheus helm seaweedfs
 	$(PY) -m pytest -q tests/integration
 
 e2e: venv control-plane prometheus
 	$(PY) -m pytest -q tests/e2e
 
 # The README's test command: everything CI runs.
-test: venv control-plane prometheus helm lint
+test: venv control-plane prometheus helm seaweedfs lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 dev-cluster: venv control-plane prometheus
