@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pytest
 import tritonclient.http as triton
 from mlserver.codecs import NumpyCodec, NumpyRequestCodec, PandasCodec
 from mlserver.types import InferenceRequest, InferenceResponse, RequestOutput
+from noria import metrics as m
 from noria_server import launch
 from noria_server.reference_models import SavedModel, dataset, train_and_save
 from tritonclient.utils import InferenceServerException
@@ -64,7 +66,14 @@ def bed(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
                 {
                     "model": "logistic",
                     "namespace": "ml",
-                    "shadow": None,
+                    # The shadow is the same server under another name: every mirrored row agrees.
+                    "shadow": {
+                        "version": "logistic-v2",
+                        "service": "logistic-v2",
+                        "port": 8080,
+                        "mirrorPercent": 100,
+                        "url": servers["logistic"].url,
+                    },
                     "backends": [
                         {
                             "version": "logistic-v1",
@@ -207,10 +216,21 @@ def test_triton_regressor_and_errors(bed: dict[str, Any]) -> None:
     assert not client.is_model_ready("nosuchmodel")
 
 
-def test_triton_binary_through_the_router(bed: dict[str, Any]) -> None:
+def shadow_agreements(router: launch.Process) -> float:
+    status, body = launch.get(router.url + "/metrics")
+    assert status == 200
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode().splitlines()
+        if line.startswith(m.SHADOW_COMPARISONS_TOTAL + "{") and f'outcome="{m.OUTCOME_AGREE}"' in line
+    )
+
+
+def test_triton_binary_through_the_router_and_its_shadow_comparison(bed: dict[str, Any]) -> None:
     frame = rows("logistic", BATCH, seed=11)
     tensor = triton.InferInput("input", list(frame.shape), "FP32")
     tensor.set_data_from_numpy(frame.to_numpy().astype(np.float32))
+    agreed = shadow_agreements(bed["router"])
     result = triton_client(bed["router"]).infer("logistic", [tensor])
     assert_model_answer(
         bed["models"]["logistic"],
@@ -218,6 +238,11 @@ def test_triton_binary_through_the_router(bed: dict[str, Any]) -> None:
         result.as_numpy("predict"),
         result.as_numpy("predict_proba"),
     )
+    # The mirrored answer is binary too: the router still compares its predict rows with the primary's.
+    deadline = time.monotonic() + 10
+    while shadow_agreements(bed["router"]) < agreed + BATCH and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert shadow_agreements(bed["router"]) == agreed + BATCH
 
 
 # --- the kserve SDK ---------------------------------------------------------------------------
