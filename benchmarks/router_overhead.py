@@ -48,6 +48,8 @@ GOAL_ADDED_P50_MS = 0.3
 GOAL_ADDED_P99_MS = 1.0
 GOAL_THROUGHPUT_VS_DIRECT = 0.7
 GOAL_SHADOW_P99_COST = 0.05
+# An offered rate above this share of the direct maximum measures the server's queue, not the router.
+SATURATION_SHARE = 0.8
 
 
 @dataclass
@@ -259,6 +261,10 @@ def print_table(results: dict[str, PathResult], args: argparse.Namespace, load_b
     ]
     for goal, met in checks:
         print(f"  goal {goal}: {'met' if met else 'NOT met'}")
+    if direct.rps < args.rate / SATURATION_SHARE:
+        print(f"  NOTE: {args.rate:g} req/s is over {SATURATION_SHARE:.0%} of the server's own maximum here "
+              f"({direct.rps:.0f} req/s): the fixed-rate latencies are mostly queueing, not the router's cost "
+              f"(a loaded machine; rerun with a lower --rate)")
     print("\nConfigurations: 3 x `python -m noria_server serve` (LogisticRegression Pipeline, 20 features, "
           "defaults, no store) + `python -m noria_server route --config`, all taskset -c 1 (the shadow server "
           "shares that CPU with the primary); nginx 1 worker, upstream keepalive 64, taskset -c 1. "
