@@ -53,8 +53,8 @@ class _ServerClosed(ConnectionError):
 
 
 class _UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "parser", "waiter", "status", "headers", "body", "received", "complete",
-                 "closed", "idle_since", "_header_name")
+    __slots__ = ("pool", "transport", "parser", "waiter", "headers", "body", "received", "complete", "closed",
+                 "idle_since", "bodiless")
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
@@ -67,7 +67,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.complete = False
         self.closed = False
         self.idle_since = 0.0
-        self._header_name = b""
+        self.bodiless = False  # the answer to a HEAD request: headers only, whatever content-length says
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,14 +104,22 @@ class _UpstreamConnection(asyncio.Protocol):
         if name in PASSED_BACK_HEADERS:
             self.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        if self.bodiless:
+            # httptools cannot be told the answer has no body, so the answer ends here and the
+            # connection, whose parser would wait for one, is not reused.
+            self.on_message_complete()
+
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return  # a bodiless answer, already complete at its headers
         self.complete = True
         waiter = self.waiter
         self.waiter = None
-        keep_alive = self.parser.should_keep_alive()
+        keep_alive = not self.bodiless and self.parser.should_keep_alive()
         if waiter is not None and not waiter.done():
             waiter.set_result(UpstreamResponse(self.parser.get_status_code(), self.headers, b"".join(self.body)))
         self.body = []
@@ -121,11 +129,12 @@ class _UpstreamConnection(asyncio.Protocol):
             self.close()
 
     # --- use ------------------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes) -> asyncio.Future[UpstreamResponse]:
+    def send(self, head: bytes, body: bytes, bodiless: bool) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
         self.waiter = waiter = self.pool.loop.create_future()
         self.received = False
         self.complete = False
+        self.bodiless = bodiless
         if len(body) <= JOIN_BODY_BYTES:
             self.transport.write(head + body)
         else:
@@ -195,7 +204,7 @@ class EndpointPool:
             raise TimeoutError(f"no TCP connection within {self.connect_timeout:g}s") from None
         return conn
 
-    async def request(self, head: bytes, body: bytes) -> UpstreamResponse:
+    async def request(self, head: bytes, body: bytes, bodiless: bool = False) -> UpstreamResponse:
         """Send one request (``head`` from ``request_head``) and read its answer. No timeout of its own:
         the caller bounds the whole exchange (``Upstreams.request``)."""
         conn = self._take_idle()
@@ -203,13 +212,13 @@ class EndpointPool:
         if conn is None:
             conn = await self._connect()
         try:
-            return await conn.send(head, body)
+            return await conn.send(head, body, bodiless)
         except _ServerClosed:
             if not reused:
                 raise
             # The server closed a kept-alive connection as we reused it: once more on a new one.
             conn = await self._connect()
-            return await conn.send(head, body)
+            return await conn.send(head, body, bodiless)
         except BaseException:
             # Timed out or cancelled mid-answer: the connection's state is unknown, so it is not reused.
             if not conn.complete:
@@ -264,7 +273,7 @@ class Upstreams:
         pool = self.pool(base_url)
         head = request_head(method, target, pool.host_header, headers, len(body))
         async with asyncio.timeout(self.timeout):
-            return await pool.request(head, body)
+            return await pool.request(head, body, method == "HEAD")
 
     def close_expired(self) -> None:
         """Close connections idle past ``keepalive_seconds`` and forget pools left with none (the

@@ -211,3 +211,22 @@ async def test_idle_connections_past_keepalive_are_closed_and_their_pool_forgott
         assert not server.connections
     finally:
         upstreams.close()
+
+
+async def test_an_answer_to_head_ends_at_its_headers_whatever_content_length_says() -> None:
+    async def answer_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 20\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(2)  # the 20 bytes never come: they are the size a GET would have had
+        writer.close()
+
+    server, url = await _raw_server(answer_head)
+    upstreams = Upstreams(timeout=1, connect_timeout=1)
+    try:
+        answer = await upstreams.request(url, "HEAD", "/v2/health/ready", [], b"")
+        assert answer.status == 200 and answer.body == b""
+        assert not upstreams.pool(url).idle  # its parser would wait for a body: not reused
+    finally:
+        upstreams.close()
+        server.close()
