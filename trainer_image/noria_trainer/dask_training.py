@@ -29,11 +29,13 @@ candidates and tuning are not available on this engine yet.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import os
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -389,19 +391,68 @@ def train_distributed(client: Any, learner: Learner, parts: Sequence[Part]) -> A
             collective,
             workers=[worker],
             allow_other_workers=False,
-            pure=False,
-            key=f"noria-train-{i}",
+            pure=False,  # a fresh key per run and per refit: a reused key would return the old result
         )
-        for i, (worker, share) in enumerate(used)
+        for worker, share in used
     ]
     try:
-        results = client.gather(futures)
-    finally:
-        tracker.free()
+        results = _gather_while_present(client, futures, [w for w, _ in used])
+    except BaseException:
+        with contextlib.suppress(
+            xgb.core.XGBoostError
+        ):  # a tracker whose peers died fails too; say why they did
+            tracker.free()
+        raise
+    tracker.free()
     raw = next(r for r in results if r is not None)
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
     return booster
+
+
+WORKER_CHECK_SECONDS: Final = 2.0
+
+
+def _gather_while_present(client: Any, futures: list[Any], workers: list[str]) -> list[Any]:
+    """The tasks' results, or DaskRunError as soon as one of ``workers`` leaves the cluster: a task
+    pinned to a worker that died (its memory limit, a lost node) would otherwise wait forever for it,
+    and its XGBoost peers with it; a restarted worker has a new address and none of the work. When a
+    peer's collective call fails first, the lost worker is still the reason given."""
+    from distributed import wait
+
+    while True:
+        try:
+            wait(futures, timeout=WORKER_CHECK_SECONDS)
+            return list(client.gather(futures))
+        except TimeoutError:
+            gone = _gone(client, workers)
+        except Exception:
+            gone = _gone(client, workers, patience=WORKER_GONE_PATIENCE)
+            if not gone:
+                raise
+        if gone:
+            for future in futures:
+                future.cancel()
+            raise DaskRunError(
+                "training",
+                EXIT_TRAINING,
+                f"Dask worker(s) {', '.join(gone)} left the cluster during training (killed at their memory "
+                "limit, or their pod or node was lost); give the workers more memory "
+                "(compute.dask.workerResources) or add workers",
+            )
+
+
+WORKER_GONE_PATIENCE: Final = 10.0  # seconds the scheduler may take to notice a worker's death
+
+
+def _gone(client: Any, workers: list[str], patience: float = 0.0) -> list[str]:
+    deadline = time.monotonic() + patience
+    while True:
+        present = set(client.scheduler_info()["workers"])
+        gone = [w for w in workers if w not in present]
+        if gone or time.monotonic() >= deadline:
+            return gone
+        time.sleep(0.5)
 
 
 def _address_towards(client: Any) -> str:
@@ -537,7 +588,7 @@ class DaskRun:
         futures = self.client.map(
             function, [self.reader] * len(parts), parts, *[[a] * len(parts) for a in args], pure=False
         )
-        return list(self.client.gather(futures))
+        return list(_guarded(function.__name__, lambda: self.client.gather(futures)))
 
     # stage: read + stats + validation
     def read(self) -> None:
@@ -562,12 +613,9 @@ class DaskRun:
             spec.timestamp_column,
             cutoff,
         )
-        try:
-            partials = self.map(
-                part_stats, [Part(f) for f in self.files], spec.task == "classification", spec.seed
-            )
-        except data_mod.DataError as exc:
-            raise DaskRunError("data", EXIT_DATA, str(exc)) from exc
+        partials = self.map(
+            part_stats, [Part(f) for f in self.files], spec.task == "classification", spec.seed
+        )
         self.stats = Stats()
         for partial in partials:
             self.stats.merge(partial)
@@ -740,6 +788,8 @@ def _guarded(stage: str, action: Callable[[], Any]) -> Any:
         return action()
     except DaskRunError:
         raise
+    except data_mod.DataError as exc:  # raised by a part's read on a worker, passed back as it was
+        raise DaskRunError("data", EXIT_DATA, str(exc)) from exc
     except Exception as exc:  # distributed raises many types (KilledWorker, CommClosedError, XGBoostError)
         raise DaskRunError(
             stage,
