@@ -5,6 +5,8 @@ Modules, pure first:
   performance) of (spec, prior state, observation, now).
 - ``runs``: names (``<p>-r<N>``, ``<p>-v<N>``), the run spec, the ConfigMap and Job of a run, and
   what a finished Job says (its pod's termination message holds the trainer's summary).
+- ``dask_cluster``: a dask run's DaskCluster (Dask Kubernetes operator), the scheduler address its Job
+  gets, and what the observed cluster means for the run (docs/training-dask.md).
 - ``results``: a checked trainer summary -> the ModelVersion (stage via creation annotations,
   history, manual approval by annotation ``noria.dev/approve``), the champion of a pipeline.
 - ``pipeline``: ``decide(Observation) -> Plan``: coalescing, cooldown, one run at a time, crash
@@ -18,7 +20,8 @@ preserve unknown fields): ``triggers.<kind>`` (what each trigger last observed: 
 ``{state: Above|Below|InsufficientData|Unknown|NoReference, value, feature, samples, since}``,
 manual ``{handled, seen, seenAt, changes}``, schedule ``{schedule, next}``, newData
 ``{rows, fingerprint, baseline}``), ``cooldownUntil``, and in ``currentRun``: ``triggeredAt``,
-``version``, ``parent`` (the champion when the run started), ``triggers`` and ``reason``.
+``version``, ``parent`` (the champion when the run started), ``triggers``, ``reason`` and, for a dask
+run, ``daskScheduler`` (the uid of the scheduler pod its Job was started against).
 
 Two store roots: ``NORIA_STORE_ROOT`` is the store as trainer and server pods see it (it goes into
 run specs and ModelVersions); ``NORIA_LOCAL_STORE_ROOT`` is the same store as the operator process
