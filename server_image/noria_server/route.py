@@ -123,7 +123,6 @@ class Router:
         self.http = HttpServer(self.handle, settings.http, on_response=self._count_response)
         self.metrics.registry.register(HttpCollector(self.http))
         self.upstreams = Upstreams(settings.timeout, settings.connect_timeout)
-        self._upstream_sweeper: asyncio.Task[None] | None = None
         self.sources: list[Any] = []
         self.shadow_in_flight = 0
         self.shadow_tasks: set[asyncio.Task[None]] = set()
@@ -177,7 +176,6 @@ class Router:
     # --- life cycle -----------------------------------------------------------------------------
     async def start(self) -> int:
         s = self.settings
-        self._upstream_sweeper = asyncio.get_running_loop().create_task(self._close_expired_upstreams())
         if s.configmap:
             namespace, _, name = s.configmap.partition("/")
             if not namespace or not name:
@@ -203,15 +201,8 @@ class Router:
             await source.stop()
         if self.shadow_tasks:
             await asyncio.wait(self.shadow_tasks, timeout=self.settings.timeout)
-        if self._upstream_sweeper is not None:
-            self._upstream_sweeper.cancel()
         self.upstreams.close()
         self.stopped.set()
-
-    async def _close_expired_upstreams(self) -> None:
-        while True:
-            await asyncio.sleep(self.upstreams.keepalive_seconds / 2)
-            self.upstreams.close_expired()
 
     # --- requests -------------------------------------------------------------------------------
     def handle(self, request: Request) -> Response | Any:

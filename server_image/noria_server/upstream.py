@@ -12,8 +12,9 @@ headers the router passes on, and the body.
   own idle timeout (75 s), so a kept connection is never one the server is closing.
 - The pool holds as many connections as requests in flight to that endpoint (the backends bound
   their own concurrency) and keeps up to ``max_idle`` of them when traffic drops.
-- Timeouts: ``connect_timeout`` for the TCP connect, ``timeout`` for the whole exchange; a timeout
-  raises ``TimeoutError``, a refused or broken connection ``ConnectionError``/``OSError``.
+- Timeouts: ``connect_timeout`` for the TCP connect, ``timeout`` for the whole exchange (connect
+  included; kept by one sweeper task, not a timer per request); a timeout raises ``TimeoutError``,
+  a refused or broken connection ``ConnectionError``/``OSError``.
 - A kept-alive connection the server closed before it sent any byte of the answer is retried once
   on a new connection (the request was not processed: the server closes only idle connections).
 """
@@ -54,7 +55,7 @@ class _ServerClosed(ConnectionError):
 
 class _UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "parser", "waiter", "headers", "body", "received", "complete", "closed",
-                 "idle_since", "bodiless")
+                 "idle_since", "bodiless", "deadline")
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
@@ -68,6 +69,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.bodiless = False  # the answer to a HEAD request: headers only, whatever content-length says
+        self.deadline = 0.0  # loop time by which the answer must be complete (Upstreams sweeps)
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,6 +144,9 @@ class _UpstreamConnection(asyncio.Protocol):
             self.transport.write(body)
         return waiter
 
+    def time_out(self) -> None:
+        self._fail(TimeoutError("no complete answer before the deadline"))
+
     def _fail(self, exc: Exception) -> None:
         waiter = self.waiter
         self.waiter = None
@@ -195,35 +200,44 @@ class EndpointPool:
             return conn
         return None
 
-    async def _connect(self) -> _UpstreamConnection:
+    async def _connect(self, deadline: float) -> _UpstreamConnection:
+        wait = min(self.connect_timeout, deadline - self.loop.time())
         try:
+            if wait <= 0:
+                raise TimeoutError
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _UpstreamConnection(self), self.host, self.port),
-                self.connect_timeout)
+                self.loop.create_connection(lambda: _UpstreamConnection(self), self.host, self.port), wait)
         except TimeoutError:
-            raise TimeoutError(f"no TCP connection within {self.connect_timeout:g}s") from None
+            raise TimeoutError(f"no TCP connection within {wait:g}s") from None
         return conn
 
-    async def request(self, head: bytes, body: bytes, bodiless: bool = False) -> UpstreamResponse:
-        """Send one request (``head`` from ``request_head``) and read its answer. No timeout of its own:
-        the caller bounds the whole exchange (``Upstreams.request``)."""
+    async def request(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
+                      busy: set[_UpstreamConnection]) -> UpstreamResponse:
+        """Send one request (``head`` from ``request_head``) and read its answer by ``deadline`` (loop
+        time; the connection waits in ``busy`` meanwhile, where ``Upstreams`` times it out)."""
         conn = self._take_idle()
         reused = conn is not None
-        if conn is None:
-            conn = await self._connect()
-        try:
-            return await conn.send(head, body, bodiless)
-        except _ServerClosed:
-            if not reused:
+        while True:
+            if conn is None:
+                conn = await self._connect(deadline)
+            sent = conn
+            waiter = sent.send(head, body, bodiless)
+            sent.deadline = deadline
+            busy.add(sent)
+            try:
+                return await waiter
+            except _ServerClosed:
+                if not reused:
+                    raise
+                # The server closed a kept-alive connection as we reused it: once more on a new one.
+                conn, reused = None, False
+            except BaseException:
+                # Timed out or cancelled mid-answer: the connection's state is unknown, so it is not reused.
+                if not sent.complete:
+                    sent.close()
                 raise
-            # The server closed a kept-alive connection as we reused it: once more on a new one.
-            conn = await self._connect()
-            return await conn.send(head, body, bodiless)
-        except BaseException:
-            # Timed out or cancelled mid-answer: the connection's state is unknown, so it is not reused.
-            if not conn.complete:
-                conn.close()
-            raise
+            finally:
+                busy.discard(sent)
 
     def close_expired(self) -> None:
         """Close the idle connections kept longer than ``keepalive_seconds`` (oldest are first)."""
@@ -258,6 +272,10 @@ class Upstreams:
         self.keepalive_seconds = keepalive_seconds
         self.max_idle = max_idle
         self.pools: dict[str, EndpointPool] = {}
+        # Connections waiting for an answer. Timeouts are one sweeper's work, not a timer per request
+        # (asyncio.timeout() cost more CPU than the rest of the client together).
+        self.busy: set[_UpstreamConnection] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def pool(self, base_url: str) -> EndpointPool:
         pool = self.pools.get(base_url)
@@ -271,9 +289,26 @@ class Upstreams:
         """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is; raises
         ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken."""
         pool = self.pool(base_url)
+        if self._sweeper is None:
+            self._sweeper = pool.loop.create_task(self._sweep())
         head = request_head(method, target, pool.host_header, headers, len(body))
-        async with asyncio.timeout(self.timeout):
-            return await pool.request(head, body, method == "HEAD")
+        return await pool.request(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy)
+
+    async def _sweep(self) -> None:
+        """Time out the overdue exchanges (within a twentieth of ``timeout``) and, every half
+        ``keepalive_seconds``, close the expired idle connections."""
+        loop = asyncio.get_running_loop()
+        tick = min(max(self.timeout / 20, 0.01), 0.25)
+        expire_at = loop.time() + self.keepalive_seconds / 2
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for conn in [c for c in self.busy if c.deadline <= now]:
+                self.busy.discard(conn)
+                conn.time_out()
+            if now >= expire_at:
+                expire_at = now + self.keepalive_seconds / 2
+                self.close_expired()
 
     def close_expired(self) -> None:
         """Close connections idle past ``keepalive_seconds`` and forget pools left with none (the
@@ -285,6 +320,9 @@ class Upstreams:
                 pool.close()  # a connection still in flight is closed when it comes back
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
