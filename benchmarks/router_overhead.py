@@ -252,16 +252,17 @@ def print_table(results: dict[str, PathResult], args: argparse.Namespace, load_b
                           results["router, 90/10 + 100% shadow"])
     shadow_cost = shadow.p99_ms / split.p99_ms - 1
     queueing = direct.rps < args.rate / SATURATION_SHARE
-    checks = [
-        (f"added p50 <= {GOAL_ADDED_P50_MS} ms", one.p50_ms - direct.p50_ms <= GOAL_ADDED_P50_MS),
-        (f"added p99 <= {GOAL_ADDED_P99_MS} ms", one.p99_ms - direct.p99_ms <= GOAL_ADDED_P99_MS),
-        (f"one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT),
-        (f"90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT),
+    checks = [  # (goal, met, a latency goal: meaningless when the fixed rate only measures a queue)
+        (f"added p50 <= {GOAL_ADDED_P50_MS} ms", one.p50_ms - direct.p50_ms <= GOAL_ADDED_P50_MS, True),
+        (f"added p99 <= {GOAL_ADDED_P99_MS} ms", one.p99_ms - direct.p99_ms <= GOAL_ADDED_P99_MS, True),
+        (f"one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT,
+         False),
+        (f"90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT,
+         False),
         (f"100% shadow costs the primary <= {GOAL_SHADOW_P99_COST:.0%} p99 (here {shadow_cost:+.0%})",
-         shadow_cost <= GOAL_SHADOW_P99_COST),
+         shadow_cost <= GOAL_SHADOW_P99_COST, True),
     ]
-    for i, (goal, met) in enumerate(checks):
-        latency_goal = i in (0, 1, 4)
+    for goal, met, latency_goal in checks:
         verdict = "not measurable here (see NOTE)" if queueing and latency_goal else ("met" if met else "NOT met")
         print(f"  goal {goal}: {verdict}")
     if queueing:
