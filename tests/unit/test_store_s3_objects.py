@@ -110,6 +110,48 @@ def test_the_server_loads_a_model_from_s3_only_with_its_digest(s3):
     assert refused.value.kind == artifact.DIGEST_MISMATCH
 
 
+def test_a_wrong_digest_is_refused_while_streaming_without_holding_the_object(s3, monkeypatch, tmp_path):
+    """Measured with the S3 server in a process of its own (the in-process one's memory would count)."""
+    import socket
+    import subprocess
+    import sys
+    import tracemalloc
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        s3fs.S3FileSystem.clear_instance_cache()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3fs.S3FileSystem().mkdir(BUCKET)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "moto.server did not start"
+                time.sleep(0.2)
+        uri = f"{ROOT}/ml/churn/v1/{store.MODEL_FILE}"
+        s3fs.S3FileSystem().pipe_file(uri, b"x" * (48 << 20))
+        tracemalloc.start()
+        try:
+            with pytest.raises(artifact.ArtifactError) as refused:
+                artifact.read_verified(uri, "sha256:" + "0" * 64)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert refused.value.kind == artifact.DIGEST_MISMATCH
+    assert peak < 12 << 20, f"{peak / 2**20:.1f} MiB held to refuse a 48 MiB object"
+
+
 def test_an_object_over_the_cap_is_refused_from_its_size_before_reading(s3):
     uri = f"{ROOT}/ml/churn/v1/{store.MODEL_FILE}"
     s3.pipe_file(uri, b"x" * 2048)
