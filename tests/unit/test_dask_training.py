@@ -134,6 +134,16 @@ def test_a_dask_run_trains_across_workers_and_writes_a_model_the_server_loads(
         np.testing.assert_allclose(profile.features[name].reference, fp.reference, atol=1e-9)
         assert profile.features[name].labels == fp.labels
     assert profile.rows == len(rows)
+    # a retried pod of the same run finds the set its predecessor wrote and reports it again
+    again_code, again = run_mod.run_document(
+        run_spec(tmp_path, "classification", "xgboost.XGBClassifier"), io.StringIO()
+    )
+    assert (again_code, again["digest"], again["artifactUri"]) == (
+        0,
+        summary["digest"],
+        summary["artifactUri"],
+    )
+    assert again["artifactFormat"] == xgboost_artifact.ARTIFACT_FORMAT
 
 
 def test_a_rows_window_keeps_the_newest_rows_across_files(tmp_path: Path, scheduler: str) -> None:

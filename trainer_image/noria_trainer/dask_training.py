@@ -771,6 +771,18 @@ def _stages(
     )
 
 
+ARTIFACT_FILES: Final = (
+    xgboost_artifact.MODEL_FILE,
+    store.PROFILE_FILE,
+    store.METADATA_FILE,
+    store.REPORT_FILE,
+)
+
+
+def artifact_uris(output: OutputLocation) -> dict[str, str]:
+    return {name: output.file_uri(name) for name in ARTIFACT_FILES}
+
+
 def summary_of(metadata: dict[str, Any], report: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
     """The single-pod summary with this run's model file and its format."""
     from noria_trainer import run as run_mod
@@ -860,10 +872,7 @@ def _documents(
 
     run, spec = state.run, state.spec
     assert state.outcome is not None
-    files = {
-        name: output.file_uri(name)
-        for name in (xgboost_artifact.MODEL_FILE, store.PROFILE_FILE, store.METADATA_FILE, store.REPORT_FILE)
-    }
+    files = artifact_uris(output)
     window_label = spec.window.label if spec.window else "all"
     decision = gated["decision"]
     metadata = {

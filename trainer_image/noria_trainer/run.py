@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from noria import runspec, store
+from noria import runspec, store, xgboost_artifact
 from noria.api.common import format_timestamp
 from noria.artifact import (
     ArtifactError,
@@ -429,7 +429,9 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
             metadata = json.loads(handle.read())
         with fs.open(f"{path}/{store.REPORT_FILE}", "rb") as handle:
             report = json.loads(handle.read())
-        with fs.open(f"{path}/{store.MODEL_FILE}", "rb") as handle:
+        # a Dask run's model file is the XGBoost envelope's (noria_trainer.dask_training)
+        model_file = xgboost_artifact.MODEL_FILE if run.spec.engine == "dask" else store.MODEL_FILE
+        with fs.open(f"{path}/{model_file}", "rb") as handle:
             digest = sha256_digest(handle.read())
     except (OSError, ValueError):
         return None
@@ -437,6 +439,10 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
         return None
     if digest != (metadata.get("artifact") or {}).get("digest"):
         return None
+    if run.spec.engine == "dask":
+        from noria_trainer import dask_training
+
+        return dask_training.summary_of(metadata, report, dask_training.artifact_uris(output))
     return success_summary(metadata, report, _artifact_uris(output))
 
 
