@@ -38,6 +38,10 @@ COMBINATIONS: dict[str, list[str]] = {
     # the API server checks the rest of this combination, lint and the schema all of it.
     "monitoring": ["--set", "monitoring.enabled=true", "--set-json", 'monitoring.labels={"release":"kps"}',
                    "--set", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/noria"],
+    # An object store: no claim and no volume; the operator's own access from a Secret (object-storage.md).
+    "s3": ["--set", "store.root=s3://noria-store/models", "--set", "store.s3.endpoint=http://seaweedfs.storage:8333",
+           "--set", "store.s3.region=us-east-1", "--set", "store.s3.credentialsSecret=noria-s3",
+           "--set-json", 'serviceAccount.annotations={"eks.amazonaws.com/role-arn":"arn:aws:iam::1:role/noria"}'],
     "kind": ["--set", "store.pvc.create=false", "--set", "replicaCount=1",
              "--set", "image.repository=noria-operator", "--set", "image.tag=dev",
              "--set", "trainerImage=noria-trainer:dev", "--set", "serverImage=noria-server:dev"],

@@ -31,6 +31,11 @@ app.kubernetes.io/name: {{ include "noria.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Whether the store is an object store (store.root s3://...): then no claim is made or mounted. */}}
+{{- define "noria.storeOnS3" -}}
+{{- if hasPrefix "s3://" .Values.store.root }}true{{ end -}}
+{{- end -}}
+
 {{- define "noria.serviceAccountName" -}}
 {{- default (include "noria.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
