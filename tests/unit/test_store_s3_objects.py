@@ -339,3 +339,12 @@ def test_the_trainer_joins_prediction_and_feedback_logs_read_from_s3(s3):
     merged = trainer_data.merge_feedback(ROOT, "ml", "churn", "y", ["x"], None)
     assert (merged.predictions_read, merged.labels_read) == (3, 2)
     assert sorted(merged.rows["y"].tolist()) == [0, 1] and sorted(merged.rows["x"].tolist()) == [0.0, 2.0]
+
+
+def test_a_refused_listing_reaches_status_as_words_without_the_secret(s3, monkeypatch):
+    from moto import settings as moto_settings
+
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    s3fs.S3FileSystem.clear_instance_cache()
+    seen = datasource.observe(f"{ROOT}/datasets/churn/", "csv")
+    assert seen.rows is None and seen.error and SECRET not in seen.error

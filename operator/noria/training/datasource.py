@@ -15,6 +15,7 @@ import hashlib
 from typing import Final
 
 from noria import store
+from noria.objectstore import redacted
 
 from .triggers import DataObservation
 
@@ -92,4 +93,4 @@ def observe(uri: str, fmt: str = "parquet") -> DataObservation:
             rows = None
         return DataObservation(rows=rows, fingerprint="sha256:" + digest.hexdigest())
     except (OSError, ValueError) as exc:
-        return DataObservation(error=f"{type(exc).__name__}: {exc}")
+        return DataObservation(error=redacted(f"{type(exc).__name__}: {exc}"))  # it goes into status
