@@ -18,8 +18,9 @@ Micro-batching: ``predict`` runs on the event loop thread, so while it runs new 
 the socket buffers; they are parsed in the next loop iteration and all go into the next
 ``predict`` call. Under load batches grow by themselves, at low load a request is predicted
 alone with no added wait. ``batch_wait_ms`` > 0 adds a bounded wait before each batch, and
-``max_batch`` bounds its rows; within that bound ``model.BatchSizer`` keeps one ``predict`` near
-``batch_budget_ms`` (learned seconds per row), so a burst never holds the loop for long. Each stage
+``max_batch`` bounds its rows; within that bound ``model.BatchSizer`` keeps what the rows add to one
+``predict`` within ``batch_budget_ms`` (learned per-row cost), and a bulk request over the limit is
+predicted in slices with the loop serving in between, so no batch holds the loop for long. Each stage
 (parse, batch wait, predict, count, log, serialise), the loop's lag and GC pauses are histograms in
 the metrics (docs/operations/latency.md); after warm-up the heap is frozen (``loopmon.settle_heap``). A batch whose ``predict`` raises is re-run request by request so one
 bad request fails alone.
@@ -85,8 +86,8 @@ class ServeSettings:
     feature_counting: bool = True
     max_batch: int = 64
     batch_wait_ms: float = 0.0
-    # One predict call's target duration; the batch limit adapts to it (never under 2 one-row calls).
-    batch_budget_ms: float = 2.0
+    # What batching may add to one predict call (its rows' share); the batch limit adapts to it.
+    batch_budget_ms: float = 5.0
     http: HttpLimits = field(default_factory=HttpLimits)
     feedback_ledger_bytes: int = ledger.DEFAULT_MAX_BYTES
     feedback_retention_seconds: float = ledger.DEFAULT_RETENTION_SECONDS
@@ -190,8 +191,7 @@ class ModelServer:
             await self.stop(drain=False)
             return
         self.model = model
-        # Never a budget under two one-row calls (warm-up measured one): see model.BatchSizer.
-        self.sizer.budget = max(self.sizer.budget, 2 * model.single_row_seconds)
+        self.sizer.call_seconds = model.single_row_seconds  # until one-row calls under traffic say more
         if s.feature_counting and model.profile is not None:
             self.metrics.enable_feature_bins(model.schema.features, model.profile)
         self.metrics.declare_classes(model.classes)

@@ -23,19 +23,28 @@ from noria_server.serve import ModelServer, ServeSettings
     ("observed", "expected_limit"),
     [
         ([], 64),  # nothing learned: the configured bound
-        ([(1, 0.0005)], 4),  # 0.5 ms a row, 2 ms budget
-        ([(1, 0.0005)] + [(4, 0.0008)] * 30, 9),  # cheaper per row in bigger batches: grows (towards 10)
-        ([(64, 0.0064)] * 30, 20),  # 0.1 ms a row
-        ([(8, 0.040)] * 30, 1),  # a row costs more than the budget: one at a time, never zero
-        ([(64, 0.00001)] * 30, 64),  # cheap rows: never past max_batch
+        ([(1, 0.0005)], 64),  # one-row calls teach the fixed cost only
+        ([(11, 0.0016)] * 30, 46),  # 0.11 ms a row beyond the call's 0.5 ms: 1 + int(5 ms / 0.11 ms)
+        ([(5, 0.0049)] * 30, 16),  # 1.1 ms a row: 5 rows fit, but never under the floor
+        ([(1, 0.010)] * 60 + [(16, 0.01165)] * 30, 46),  # every call slow (a busy CPU), rows cheap: batches stay big
+        ([(2, 0.5)] * 30, 16),  # one slow call (a descheduled process) never locks batching out
+        ([(64, 0.0006)] * 30, 64),  # cheap rows: never past max_batch
     ],
-    ids=["unlearned", "first-sample", "grows-as-per-row-falls", "steady", "floor-one", "ceiling-max-batch"],
+    ids=["unlearned", "fixed-cost-only", "steady", "expensive-rows", "slow-machine", "no-lockout", "ceiling"],
 )
-def test_batch_sizer_keeps_one_predict_near_its_budget(observed, expected_limit) -> None:  # type: ignore[no-untyped-def]
-    sizer = BatchSizer(max_rows=64, budget_seconds=0.002)
+def test_batch_sizer_budgets_what_the_rows_add_to_a_call(observed, expected_limit) -> None:  # type: ignore[no-untyped-def]
+    sizer = BatchSizer(max_rows=64, budget_seconds=0.005)
+    sizer.call_seconds = 0.0005  # as the warm-up measured
     for rows, seconds in observed:
         sizer.observe(rows, seconds)
     assert sizer.limit() == expected_limit
+
+
+def test_batch_sizer_floor_is_bounded_by_max_batch_and_reaches_one_row() -> None:
+    sizer = BatchSizer(max_rows=4, budget_seconds=0.005, min_rows=1)
+    sizer.observe(3, 0.05)
+    assert sizer.limit() == 1  # rows dearer than the budget, floor 1: one row per call
+    assert BatchSizer(max_rows=4, budget_seconds=0.005).min_rows == 4
 
 
 def test_fast_histogram_buckets_are_inclusive_upper_bounds() -> None:
