@@ -85,6 +85,15 @@ CONTAINER_SECURITY_CONTEXT: Final = {
     "runAsNonRoot": True,
 }
 POD_IP_ENV: Final = "NORIA_POD_IP"
+# What a Dask nanny sets in its worker's environment (distributed.nanny.pre-spawn-environ), set here since
+# the worker runs without one: glibc gives freed memory back to the kernel (else a worker's RSS only grows
+# and the memory limit kills it), and numeric libraries use the worker's one thread.
+WORKER_PROCESS_ENV: Final = {
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
 
 
 def is_dask(pipeline_spec: Mapping[str, Any]) -> bool:
@@ -176,7 +185,8 @@ def worker_pod_spec(
     ]
     if memory:
         command += ["--memory-limit", str(memory)]
-    container = {"name": WORKER_CONTAINER, "image": image, "command": command, "env": [_pod_ip_env()]}
+    env = [_pod_ip_env(), *({"name": k, "value": v} for k, v in WORKER_PROCESS_ENV.items())]
+    container = {"name": WORKER_CONTAINER, "image": image, "command": command, "env": env}
     return _pod_spec(container, resources, image_pull_policy, service_links=True)
 
 

@@ -76,6 +76,7 @@ def test_the_cluster_runs_the_trainer_image_restricted_without_a_token_and_sized
     assert wc["resources"] == WORKER
     # One process per pod whose Dask memory limit is the container's, spilling to the pod's /tmp.
     assert "--no-nanny" in wc["command"]
+    assert {"name": "MALLOC_TRIM_THRESHOLD_", "value": "65536"} in wc["env"]  # what a nanny would have set
     assert wc["command"][wc["command"].index("--memory-limit") + 1] == "512Mi"
     assert "tcp://$(BIG_R1_SCHEDULER_SERVICE_HOST):$(BIG_R1_SCHEDULER_SERVICE_PORT_TCP_COMM)" in wc["command"]
     assert worker["spec"]["enableServiceLinks"] is True  # the scheduler address comes from them
