@@ -55,8 +55,9 @@ log = logging.getLogger("noria_server.route")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Request headers passed on to the backend; with the OIP binary tensor extension the body is a JSON
 # header of ``inference-header-content-length`` bytes followed by raw tensor data, forwarded untouched.
-FORWARDED_HEADERS = ("content-type", "x-request-id", "accept", "inference-header-content-length")
-_REQUEST_ID = b"x-request-id"
+_REQUEST_ID = "x-request-id"
+FORWARDED_HEADERS = ("content-type", _REQUEST_ID, "accept", oip.HEADER_INFERENCE_HEADER_LENGTH)
+_REQUEST_ID_BYTES = _REQUEST_ID.encode()
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
 _VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answer
@@ -286,8 +287,8 @@ class Router:
                 shadow = None
             else:
                 self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
-                if not any(name == _REQUEST_ID for name, _ in headers):
-                    headers.append((_REQUEST_ID, oip.new_id().encode()))
+                if _REQUEST_ID not in request.headers:
+                    headers.append((_REQUEST_ID_BYTES, oip.new_id().encode()))
         try:
             result = await self._send(config, backend, request, headers)
         except BaseException:

@@ -28,9 +28,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .oip import HEADER_INFERENCE_HEADER_LENGTH
+
 # The answer headers the router passes on to its client (content type, and the OIP binary tensor
 # extension's JSON-header length, without which a binary answer cannot be read).
-PASSED_BACK_HEADERS = frozenset({b"content-type", b"inference-header-content-length"})
+PASSED_BACK_HEADERS = frozenset({b"content-type", HEADER_INFERENCE_HEADER_LENGTH.encode()})
 # A request body up to this size is joined with its head into one write (one syscall); a larger one
 # is written as it is, without a copy.
 JOIN_BODY_BYTES = 64 * 1024
