@@ -158,6 +158,9 @@ ALLOWED = [
     ("update", "rollouts/finalizers.noria.dev"),
     ("create", "jobs.batch"),
     ("delete", "jobs.batch"),
+    ("create", "daskclusters.kubernetes.dask.org"),  # dask runs (training/dask_cluster.py)
+    ("list", "daskclusters.kubernetes.dask.org"),
+    ("delete", "daskclusters.kubernetes.dask.org"),
     ("create", "configmaps"),
     ("get", "secrets", "noria-notifications"),
     ("list", "pods"),
