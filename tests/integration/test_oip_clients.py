@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import tritonclient.http as triton
 from mlserver.codecs import NumpyCodec, NumpyRequestCodec, PandasCodec
-from mlserver.types import InferenceRequest, InferenceResponse, RequestOutput
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, RequestOutput
 from noria import metrics as m
 from noria_server import launch
 from noria_server.reference_models import SavedModel, dataset, train_and_save
@@ -368,3 +368,18 @@ def test_mlserver_numpy_codec_through_the_router(bed: dict[str, Any]) -> None:
     answer = post_request(bed["router"].url, "logistic", NumpyRequestCodec.encode_request(frame.to_numpy()))
     outputs = {o.name: NumpyCodec.decode_output(o) for o in answer.outputs}
     assert_model_answer(bed["models"]["logistic"], frame, outputs["predict"], outputs["predict_proba"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mlserver_types_read_the_metadata(bed: dict[str, Any], kind: str) -> None:
+    status, body = launch.get(f"{bed['servers'][kind].url}/v2/models/{kind}")
+    assert status == 200
+    metadata = MetadataModelResponse.model_validate_json(body)
+    assert [i.name for i in metadata.inputs or []] == bed["models"][kind].features
+    parameters = (metadata.parameters.model_dump(exclude_none=True) if metadata.parameters else {}).values()
+    assert all(isinstance(v, (str, int, float, bool)) for v in parameters)  # the protocol's parameter kinds
+    frame = rows(kind, 2)
+    answer = post_request(bed["servers"][kind].url, kind, PandasCodec.encode_request(frame))
+    assert [(o.name, o.datatype, len(o.shape)) for o in metadata.outputs or []] == [
+        (o.name, o.datatype, len(o.shape)) for o in answer.outputs
+    ]
