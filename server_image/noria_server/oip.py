@@ -551,6 +551,8 @@ def _answer_parts(body: bytes) -> tuple[Any, memoryview]:
 
 
 def _decoded_output(output: dict[str, Any], raw: memoryview) -> list[Any] | None:
+    if not isinstance(output.get("datatype"), str):
+        return None
     try:
         values = _decode_binary(output, raw)
     except RequestError:
