@@ -38,9 +38,10 @@ from typing import Any, Final
 import numpy as np
 
 from noria.artifact import DEFAULT_LIMITS, MALFORMED, UNTRUSTED_TYPE, UNUSABLE_MODEL, ArtifactError, Limits
+from noria.contracts import GROUP
 from noria.trusted_types import TRUSTED_XGBOOST_BOOSTERS, TRUSTED_XGBOOST_OBJECTIVES
 
-FORMAT: Final = "noria.dev/xgboost-json/v1"
+FORMAT: Final = f"{GROUP}/xgboost-json/v1"
 # The ModelVersion's spec.artifact.format for this envelope (skops files say "skops").
 ARTIFACT_FORMAT: Final = "xgboost-json"
 MODEL_FILE: Final = "model.xgboost.json"
