@@ -105,6 +105,7 @@ class LocalTestbed:
         self.control_plane = ControlPlane(workdir=self.workdir, service_cidr=self.service_cidr)
         self.node_agent: NodeAgentProcess | None = None
         self.prometheus = None  # a noria_testbed.prometheus.PrometheusProcess once started
+        self.s3 = None  # a noria_testbed.s3.SeaweedS3 once started (start_s3: only tests on s3:// need it)
         self.timings: dict[str, float] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -161,6 +162,21 @@ class LocalTestbed:
             self.timings["prometheus"] = time.monotonic() - began
         return self.prometheus
 
+    def start_s3(self):  # noqa: ANN201 - SeaweedS3; imported lazily (built only for the tests that use it)
+        """The test bed's S3 server (SeaweedFS), started on first call; ``self.s3`` from then on."""
+        from noria_testbed.s3 import SeaweedS3
+
+        if self.s3 is None:
+            began = time.monotonic()
+            server = SeaweedS3(workdir=self.workdir / "s3", log_path=self.log_dir / "seaweedfs.log")
+            try:
+                self.s3 = server.start()
+            except BaseException:
+                server.stop()
+                raise
+            self.timings["s3"] = time.monotonic() - began
+        return self.s3
+
     def new_prometheus(self, workdir: Path, log_path: Path):  # noqa: ANN201 - PrometheusProcess, not started
         """A Prometheus for this cluster (not started): Kubernetes pod discovery under a read-only
         identity when the binary has it, else the node agent's http_sd (noria_testbed.prometheus)."""
@@ -178,12 +194,14 @@ class LocalTestbed:
                                  kubeconfig=kubeconfig, binaries=binaries)
 
     def stop(self) -> None:
-        """Stop Prometheus, the node agent (which stops its pods), then the control plane."""
+        """Stop Prometheus, the node agent (which stops its pods), the S3 server, then the control plane."""
         if self.prometheus is not None:
             self.prometheus.stop()
         if self.node_agent is not None:
             self.node_agent.stop()
         kill_stray_pod_processes(self.run_id)
+        if self.s3 is not None:
+            self.s3.stop()
         self.control_plane.stop()
         if not self.keep_workdir and self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -207,7 +225,8 @@ class LocalTestbed:
     def dead_components(self) -> list[str]:
         """'name exited with code N' for every testbed process that is no longer running."""
         processes = list(self.control_plane.processes.values())
-        processes += [p.process for p in (self.node_agent, self.prometheus) if p is not None and p.process is not None]
+        processes += [p.process for p in (self.node_agent, self.prometheus, self.s3)
+                      if p is not None and p.process is not None]
         return [f"{p.name} exited with code {p.popen.returncode}" for p in processes if not p.alive()]
 
     def log_files(self) -> dict[str, Path]:
@@ -215,6 +234,8 @@ class LocalTestbed:
         files["node-agent"] = self.log_dir / "node-agent.log"
         if self.prometheus is not None:
             files["prometheus"] = self.log_dir / "prometheus.log"
+        if self.s3 is not None:
+            files["seaweedfs"] = self.s3.log_path
         return files
 
     def _apply_crds(self) -> None:
