@@ -93,6 +93,8 @@ WORKER_PROCESS_ENV: Final = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
+    # Arrow's own allocator keeps what a read Parquet file used; the system one gives it back (above).
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
 }
 
 
