@@ -214,7 +214,8 @@ def start_noria(work: Path, kind: str, saved, source: Path | None = None  # type
            "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
            "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
            "--pod", f"bench-{port}", "--drain-seconds", "0"]
-    env = {"PYTHONPATH": str(source / "server_image")} if source is not None else None
+    env = None if source is None else {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(source / "server_image"), os.environ.get("PYTHONPATH")]))}
     proc = start(cmd, work / f"noria-{kind}-{port}.log", env=env)
     wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
     return proc, f"http://127.0.0.1:{port}/v2/models/{kind}/infer"
