@@ -17,7 +17,8 @@ the model's imputer, if any, handles). Categorical features (per the drift profi
 
 The request ``id`` (string) is echoed; when absent the server uses the ``x-request-id`` header or
 makes one. Each row has its own prediction id, the key that feedback refers to: one row → the
-request id; n rows → ``<id>-<i>``, unless ``parameters.ids`` gives n ids.
+request id; n rows → ``<id>-<i>``, unless ``parameters.ids`` gives n ids (a JSON array of strings
+in a string, the form answers use, or, as older clients send it, a list).
 
 What a request can make the server keep is bounded here (docs/security/http.md): every prediction
 id is at most ``MAX_ID_LENGTH`` printable characters (a request ``id`` at most
@@ -30,13 +31,15 @@ header, ``parameters.binary_data_size`` per input; what tritonclient and the kse
 default): numeric ones are decoded with ``numpy.frombuffer`` (no per-value Python work), BYTES
 ones are 4-byte little-endian lengths each followed by UTF-8 text.
 
-Answer: ``{"model_name", "model_version", "id", "parameters": {"ids": [...]}, "outputs":
+Answer: ``{"model_name", "model_version", "id", "parameters": {"ids": "<JSON array>"}, "outputs":
 [{"name": "predict", "shape": [n], "datatype", "data"}, {"name": "predict_proba", "shape": [n, C],
 "datatype": "FP64", "data", "parameters": {"classes": "<JSON array>"}}]}`` — ``predict_proba`` only
 for classifiers whose ``predict`` equals the argmax of ``predict_proba`` (checked at warm-up), which
 makes it free. Only the requested ``outputs`` are answered, each as JSON ``data`` or binary (per
-output ``parameters.binary_data``, or the request's ``parameters.binary_data_output``). What we
-support and why: docs/serving/protocol.md.
+output ``parameters.binary_data``, or the request's ``parameters.binary_data_output``). Every
+parameter value is a string, number or boolean, the only kinds the protocol has, so lists travel
+as JSON in a string; ``row_ids`` reads an answer's ids back. What we support and why:
+docs/serving/protocol.md.
 """
 
 from __future__ import annotations
@@ -420,11 +423,12 @@ def _request_id(value: Any, header_id: str | None) -> str:
 def _row_ids(parameters: Any, request_id: str, n: int) -> list[str]:
     if parameters is not None and not isinstance(parameters, dict):
         raise RequestError(400, f"'parameters' must be an object, got {type(parameters).__name__}")
-    ids = parameters.get("ids") if parameters else None
-    if ids is not None:
+    given = parameters.get("ids") if parameters else None
+    if given is not None:
+        ids = _json_array(given) if isinstance(given, str) else given
         if not isinstance(ids, list) or len(ids) != n:
-            raise RequestError(422, f"parameters.ids must be a list of {n} strings, one per row"
-                                    + (f"; got {len(ids)}" if isinstance(ids, list) else ""))
+            raise RequestError(422, f"parameters.ids must be a list of {n} strings, one per row, or that list "
+                                    "as JSON in a string" + (f"; got {len(ids)}" if isinstance(ids, list) else ""))
         out = []
         for i, rid in enumerate(ids):
             if not isinstance(rid, (str, int)) or isinstance(rid, bool):
@@ -437,6 +441,16 @@ def _row_ids(parameters: Any, request_id: str, n: int) -> list[str]:
     if n == 1:
         return [request_id]
     return [f"{request_id}-{i}" for i in range(n)]
+
+
+def _json_array(text: str) -> Any:
+    """``text`` parsed when it is a JSON array, else None (which the caller refuses)."""
+    if not text.startswith("["):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -465,6 +479,23 @@ def classes_parameter(classes: Sequence[Any]) -> str:
     return orjson.dumps(list(classes), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+def ids_parameter(row_ids: Sequence[str]) -> str:
+    """Each row's prediction id as one parameter: a JSON array in a string, like ``classes``."""
+    return orjson.dumps(list(row_ids)).decode()
+
+
+def row_ids(answer: dict[str, Any]) -> list[str]:
+    """The prediction ids of an infer answer's rows (the ids feedback labels), in row order: its
+    ``parameters.ids``, a JSON array in a string (or a list, as servers before it answered).
+    ValueError when the answer has none."""
+    ids = (answer.get("parameters") or {}).get("ids")
+    if isinstance(ids, str):
+        ids = _json_array(ids)
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f"an infer answer without parameters.ids as a JSON array of strings: {ids!r:.80}")
+    return ids
+
+
 def infer_response(model_name: str, model_version: str, request: InferRequest, predictions: np.ndarray,
                    proba: np.ndarray | None, classes: Sequence[Any] | None) -> tuple[bytes, int | None]:
     """The answer's body, and the JSON header's length when some output is binary (the
@@ -491,7 +522,7 @@ def infer_response(model_name: str, model_version: str, request: InferRequest, p
             tensor["data"] = values.ravel().tolist()
         outputs.append(tensor)
     header = orjson.dumps({"model_name": model_name, "model_version": model_version, "id": request.request_id,
-                           "parameters": {"ids": request.row_ids}, "outputs": outputs})
+                           "parameters": {"ids": ids_parameter(request.row_ids)}, "outputs": outputs})
     if not blobs:
         return header, None
     return b"".join((header, *blobs)), len(header)

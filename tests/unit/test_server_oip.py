@@ -130,7 +130,7 @@ def test_answer_carries_ids_version_and_typed_outputs() -> None:
                                                np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1])
     assert header_length is None
     out = orjson.loads(answer)
-    assert out["id"] == "r" and out["model_version"] == "churn-v3" and out["parameters"]["ids"] == ["r-0", "r-1"]
+    assert out["id"] == "r" and out["model_version"] == "churn-v3" and oip.row_ids(out) == ["r-0", "r-1"]
     assert out["outputs"][0] == {"name": "predict", "shape": [2], "datatype": "INT64", "data": [0, 1]}
     assert out["outputs"][1]["shape"] == [2, 2] and out["outputs"][1]["data"] == [0.9, 0.1, 0.2, 0.8]
     assert out["outputs"][1]["parameters"] == {"classes": "[0,1]"}  # parameter values are scalars
