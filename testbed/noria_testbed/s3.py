@@ -22,6 +22,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from noria.objectstore import ACCESS_KEY_ENV, DEFAULT_REGION_ENV, ENDPOINT_ENV, REGION_ENV, SECRET_KEY_ENV
+
 from noria_testbed.binaries import REPO_ROOT
 from noria_testbed.processes import (
     ManagedProcess,
@@ -111,15 +113,21 @@ class SeaweedS3:
 
     def client_env(self) -> dict[str, str]:
         """What a process (the operator, a test's s3fs, botocore) needs to reach this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": REGION, **self.secret_data()}
+        return {
+            ENDPOINT_ENV: self.endpoint,
+            REGION_ENV: REGION,
+            DEFAULT_REGION_ENV: REGION,
+            **self.secret_data(),
+        }
 
     def secret_data(self) -> dict[str, str]:
         """The keys of a Secret that ``spec.store.s3.credentialsSecret`` names."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+        return {ACCESS_KEY_ENV: self.access_key_id, SECRET_KEY_ENV: self.secret_access_key}
 
     def command(self) -> list[str]:
         return [
             str(self.binary),
+            "-logtostderr",  # into our log, not glog files in /tmp
             "server",
             f"-dir={self.workdir / 'data'}",
             f"-ip={HOST}",
@@ -127,6 +135,9 @@ class SeaweedS3:
             *(f"-{name}={port}" for name, port in self.ports.items()),
             "-filer",
             "-s3",
+            # Their local sockets in the workdir, not /tmp.
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
             f"-s3.config={self.config_path}",
             "-s3.iam=false",
             "-s3.port.iceberg=0",

@@ -33,7 +33,7 @@ def test_an_s3_root_renders_no_claim_no_store_volume_and_the_operators_own_acces
     env = {e["name"]: e for e in container["env"]}
     assert env["NORIA_STORE_ROOT"]["value"] == "s3://noria-store/models"
     assert env["AWS_ENDPOINT_URL"]["value"] == "http://seaweedfs.storage:8333"
-    assert env["AWS_REGION"]["value"] == "us-east-1"
+    assert env["AWS_REGION"]["value"] == env["AWS_DEFAULT_REGION"]["value"] == "us-east-1"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key] == {
             "name": key,
