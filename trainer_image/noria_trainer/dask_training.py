@@ -410,7 +410,7 @@ def train_distributed(client: Any, learner: Learner, parts: Sequence[Part]) -> A
     return booster
 
 
-WORKER_CHECK_SECONDS: Final = 2.0
+WORKER_CHECK_SECONDS: Final = 0.5
 
 
 def _gather_while_present(client: Any, futures: list[Any], workers: list[str]) -> list[Any]:
@@ -418,18 +418,17 @@ def _gather_while_present(client: Any, futures: list[Any], workers: list[str]) -
     pinned to a worker that died (its memory limit, a lost node) would otherwise wait forever for it,
     and its XGBoost peers with it; a restarted worker has a new address and none of the work. When a
     peer's collective call fails first, the lost worker is still the reason given."""
-    from distributed import wait
-
     while True:
-        try:
-            wait(futures, timeout=WORKER_CHECK_SECONDS)
-            return list(client.gather(futures))
-        except TimeoutError:
+        if all(f.done() for f in futures) or any(f.status == "error" for f in futures):
+            try:
+                return list(client.gather(futures))
+            except Exception:
+                gone = _gone(client, workers, patience=WORKER_GONE_PATIENCE)
+                if not gone:
+                    raise
+        else:  # polled, not awaited: a sync wait with a timeout, repeated, raced the client's event loop
+            time.sleep(WORKER_CHECK_SECONDS)
             gone = _gone(client, workers)
-        except Exception:
-            gone = _gone(client, workers, patience=WORKER_GONE_PATIENCE)
-            if not gone:
-                raise
         if gone:
             for future in futures:
                 future.cancel()
