@@ -182,7 +182,11 @@ class JsonlLog:
         fs.makedirs(directory, exist_ok=True)
         prefix = f"{self.pod}-"
         seqs = [-1]
-        for name in fs.ls(directory, detail=False):
+        try:
+            names = fs.ls(directory, detail=False)
+        except FileNotFoundError:  # an object store has no empty folders: nothing written here yet
+            names = []
+        for name in names:
             base = os.path.basename(str(name).rstrip("/"))
             if base.startswith(prefix) and base.endswith(".jsonl") and base[len(prefix):-6].isdigit():
                 seqs.append(int(base[len(prefix):-6]))
