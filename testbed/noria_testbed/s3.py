@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import subprocess
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -209,6 +210,10 @@ class SeaweedS3:
         """Stop the server (SIGTERM, then SIGKILL after ``grace``); its data stays. Safe to call twice."""
         if self.process is not None:
             self.process.stop(grace=grace)
+        # The gRPC sockets weed puts in the temp directory, named by our ports, whatever its flags say.
+        for port in self.ports.values():
+            for socket_file in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Stop at once (SIGKILL), as a crashed or evicted server: whatever was in flight is cut."""
