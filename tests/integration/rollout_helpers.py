@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from noria_server import oip
 from noria_testbed.processes import wait_until
 
 POD_STORE = "/var/lib/noria/store"
@@ -148,13 +149,14 @@ class Traffic:
                         payload = resp.json()
                         version = payload.get("model_version")
                         if self.feedback:
-                            ids = (payload.get("parameters") or {}).get("ids") or [payload.get("id")]
                             try:
+                                [prediction_id] = oip.row_ids(payload)  # one row sent, one id
                                 fb = client.post(f"{self.url}/v2/models/{PIPELINE}/feedback",
-                                                 json={"id": ids[0], "label": int(self.labels[i % len(self.labels)])})
+                                                 json={"id": prediction_id,
+                                                       "label": int(self.labels[i % len(self.labels)])})
                                 if fb.status_code >= 300:
                                     self.feedback_failures.append(f"{time.time():.2f} HTTP {fb.status_code}")
-                            except httpx.HTTPError as exc:
+                            except (httpx.HTTPError, ValueError) as exc:  # ValueError: an answer without its id
                                 self.feedback_failures.append(f"{time.time():.2f} {type(exc).__name__}")
                     detail = "" if resp.status_code == 200 else resp.text[:300]
                     self.answers.append(Answer(time.monotonic(), resp.status_code, version, detail, time.time()))

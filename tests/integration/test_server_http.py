@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from noria import metrics as m
-from noria_server import launch
+from noria_server import launch, oip
 from noria_server.reference_models import SavedModel, dataset, train_and_save
 
 KINDS = ("logistic", "hgb", "regressor", "mixed")
@@ -102,7 +102,7 @@ def test_batch_predictions_equal_the_models_own_predict(served, kind: str) -> No
                                                                  "data": frame.to_numpy().tolist()}]})
     assert status == 200, answer
     assert answer["model_version"] == f"{kind}-v1" and answer["model_name"] == kind
-    assert len(answer["parameters"]["ids"]) == 200
+    assert len(set(oip.row_ids(answer))) == 200  # one prediction id per row
     predict = next(o for o in answer["outputs"] if o["name"] == "predict")
     if kind == "regressor":
         assert np.allclose(predict["data"], expected, rtol=1e-9, atol=1e-12)
@@ -139,7 +139,7 @@ def test_feedback_moves_the_confusion_counters(served) -> None:  # type: ignore[
                           {"id": "fb", "inputs": [{"name": "x", "shape": [3, 20], "datatype": "FP64",
                                                    "data": frame.to_numpy().tolist()}]})
     assert status == 200
-    ids, predicted = answer["parameters"]["ids"], answer["outputs"][0]["data"]
+    ids, predicted = oip.row_ids(answer), answer["outputs"][0]["data"]
     before = metric_lines(url)
     actual = [1 - predicted[0], predicted[1], predicted[2]]
     status, fb = post(f"{url}/v2/models/logistic/feedback",
