@@ -113,6 +113,7 @@ def jsonl_rows(fs, prefix: str) -> list[dict]:  # noqa: ANN001
 def infer_and_label(url: str, model: str, frame: pd.DataFrame, features: list[str]) -> tuple[int, int]:
     """One request per row (and its true label as feedback); (predictions answered, labels accepted)."""
     import httpx
+    from noria_server import oip
 
     answered = labelled = 0
     with httpx.Client(timeout=10.0) as client:
@@ -126,7 +127,7 @@ def infer_and_label(url: str, model: str, frame: pd.DataFrame, features: list[st
                 continue
             answered += 1
             payload = response.json()
-            prediction_id = ((payload.get("parameters") or {}).get("ids") or [payload.get("id")])[0]
+            prediction_id = oip.row_ids(payload)[0]
             feedback = client.post(
                 f"{url}/v2/models/{model}/feedback", json={"id": prediction_id, "label": int(row.label)}
             )
