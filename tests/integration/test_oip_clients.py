@@ -27,9 +27,15 @@ import pandas as pd
 import pytest
 import tritonclient.http as triton
 from mlserver.codecs import NumpyCodec, NumpyRequestCodec, PandasCodec
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, RequestOutput
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    Parameters,
+    RequestOutput,
+)
 from noria import metrics as m
-from noria_server import launch
+from noria_server import launch, oip
 from noria_server.reference_models import SavedModel, dataset, train_and_save
 from tritonclient.utils import InferenceServerException
 
@@ -180,6 +186,30 @@ def test_triton_requested_outputs_only_in_the_requested_form(bed: dict[str, Any]
     )
     with pytest.raises(InferenceServerException, match="unknown output 'label'"):
         client.infer("logistic", [tensor], outputs=[triton.InferRequestedOutput("label")])
+
+
+def test_row_ids_sent_and_answered_as_parameters_typed_clients_take(bed: dict[str, Any]) -> None:
+    """The clients' own prediction ids go in as a JSON array in a string (a parameter kind the
+    protocol has) and come back in the same form, through tritonclient and MLServer's types."""
+    frame = rows("logistic", BATCH)
+    ids = [f"order-{i}" for i in range(BATCH)]
+    tensor = triton.InferInput("input", list(frame.shape), "FP64")
+    tensor.set_data_from_numpy(frame.to_numpy())
+    result = triton_client(bed["servers"]["logistic"]).infer(
+        "logistic", [tensor], parameters={"ids": json.dumps(ids)}
+    )
+    answer = result.get_response()
+    assert all(isinstance(v, (str, int, float, bool)) for v in answer["parameters"].values())
+    assert oip.row_ids(answer) == ids
+    request = NumpyRequestCodec.encode_request(frame.to_numpy())
+    request.parameters = Parameters(ids=json.dumps(ids))
+    typed = post_request(bed["router"].url, "logistic", request)
+    assert typed.parameters is not None
+    assert all(
+        isinstance(v, (str, int, float, bool))
+        for v in typed.parameters.model_dump(exclude_none=True).values()
+    )
+    assert oip.row_ids(typed.model_dump()) == ids
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
