@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from noria import runspec, store, xgboost_artifact
+from noria import objectstore, runspec, store, xgboost_artifact
 from noria.api.common import format_timestamp
 from noria.artifact import (
     ArtifactError,
@@ -219,6 +219,12 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
         frame = data_mod.order_by_time(frame, spec.timestamp_column)
     except data_mod.DataError as exc:
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    except PermissionError as exc:  # e.g. s3 403: retrying cannot help, the spec or the Secret must change
+        raise RunFailure(
+            "data", EXIT_DATA,
+            objectstore.redacted(f"access to {spec.source} was refused ({exc}): check spec.store.s3"
+                                 " (credentialsSecret, endpoint, region) or the pod's workload identity"),
+        ) from exc
     reporter.end(rows=len(frame), files=len(files))
     features = feature_names(frame, spec, (spec.feedback_id_column,) if spec.feedback_id_column else ())
 
