@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 import fsspec  # noqa: E402
 import s3_helpers  # noqa: E402
-from noria.contracts import ANNOTATION_RETRAIN  # noqa: E402
+from noria.contracts import ANNOTATION_RETRAIN, API_VERSION  # noqa: E402
 from noria_testbed.processes import free_port, wait_until  # noqa: E402
 from noria_testbed.testbed import LocalTestbed  # noqa: E402
 from rollout_helpers import rollout_status, service_url  # noqa: E402
@@ -169,7 +169,7 @@ def one_run(store: Store, rows: int, requests: int, log_dir: Path) -> dict[str, 
 
         began = time.monotonic()
         rollout = {
-            "apiVersion": "noria.dev/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "Rollout",
             "metadata": {"name": PIPELINE},
             "spec": {
