@@ -329,9 +329,12 @@ def _objects_for_run(p: _Pass, n: int, trigger: str, triggered_at: str,
 
 
 def _dask_cluster_lost(p: _Pass) -> tuple[str, str] | None:
-    """(reason, message) when the cluster of the current dask run's running Job is gone or restarted."""
+    """(reason, message) when the cluster of the current dask run's Job is gone or restarted while the Job ran
+    or as it failed (the trainer may notice a lost scheduler before this pass does: the cause is the cluster)."""
     obs, current = p.obs, p.current
-    if current is None or not current.get("daskScheduler") or obs.job is None or obs.job.state != runs.RUNNING:
+    if current is None or not current.get("daskScheduler") or obs.job is None:
+        return None
+    if obs.job.state not in (runs.RUNNING, runs.FAILED):
         return None
     verdict = dask_cluster.judge(obs.dask_cluster, current["daskScheduler"], 0.0)
     return (c.DASK_CLUSTER_LOST, verdict.message) if verdict.state == dask_cluster.LOST else None
@@ -357,7 +360,8 @@ def _follow_current_run(p: _Pass) -> None:
         return
     lost = _dask_cluster_lost(p)
     if lost is not None:
-        p.stop_jobs.append(current.get("job") or current["id"])
+        if obs.job.state == runs.RUNNING:
+            p.stop_jobs.append(current.get("job") or current["id"])
         _end_run(p, (OUTCOME_FAILED, *lost, None), obs.now)
         return
     done = _finish(obs, current, current.get("parent"))

@@ -226,3 +226,16 @@ def test_a_single_run_makes_no_cluster() -> None:
     assert plan.run_objects is not None and plan.dask_objects is None
     env = plan.run_objects[1]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert dc.SCHEDULER_ENV not in {e["name"] for e in env}
+
+
+def test_a_job_that_failed_because_its_scheduler_was_replaced_fails_the_run_as_a_lost_cluster() -> None:
+    world = DaskWorld()
+    world.cluster, world.clusters = world.step(0).dask_objects[1], ["big-r1"]  # type: ignore[index]
+    world.service, world.pods = SERVICE, [scheduler_pod("s1")]
+    world.step(5)
+    world.pods = [scheduler_pod("s2")]
+    world.job = runs.JobOutcome(runs.FAILED, reason="PodFailurePolicy", finished_at="2026-11-23T12:00:20Z")
+    plan = world.step(30)
+    last = world.tp["status"]["lastRuns"][0]
+    assert (last["outcome"], last["reason"]) == (pipeline.OUTCOME_FAILED, c.DASK_CLUSTER_LOST)
+    assert "big-r1" not in plan.prune_jobs  # a finished Job stays in the history
