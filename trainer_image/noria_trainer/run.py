@@ -219,12 +219,6 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
         frame = data_mod.order_by_time(frame, spec.timestamp_column)
     except data_mod.DataError as exc:
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc
-    except PermissionError as exc:  # e.g. s3 403: retrying cannot help, the spec or the Secret must change
-        raise RunFailure(
-            "data", EXIT_DATA,
-            objectstore.redacted(f"access to {spec.source} was refused ({exc}): check spec.store.s3"
-                                 " (credentialsSecret, endpoint, region) or the pod's workload identity"),
-        ) from exc
     reporter.end(rows=len(frame), files=len(files))
     features = feature_names(frame, spec, (spec.feedback_id_column,) if spec.feedback_id_column else ())
 
@@ -812,6 +806,16 @@ def run_document(raw: dict[str, Any], stream: IO[str] | None = None,
         return _run(lambda: raw, termination_log, stream)
 
 
+def _access_refused(raw: Any, exc: PermissionError) -> RunFailure:
+    """The failure of a run the store refused (e.g. s3 403 Forbidden), naming where it read and wrote."""
+    raw = raw if isinstance(raw, dict) else {}
+    source = (raw.get("spec") or {}).get("data", {}).get("source")
+    places = ", ".join(str(p) for p in (source, raw.get("outputUri")) if p) or "the store"
+    message = (f"the store refused access ({exc}) to {places}: check spec.store.s3 (credentialsSecret, endpoint,"
+               " region) or the pod's workload identity")
+    return RunFailure("data", EXIT_DATA, objectstore.redacted(message))
+
+
 def _run(load: Callable[[], Any], termination_log: str | None, stream: IO[str] | None) -> tuple[int, dict[str, Any]]:
     reporter = Reporter(stream=stream or sys.stdout)
     raw: Any = None
@@ -820,6 +824,9 @@ def _run(load: Callable[[], Any], termination_log: str | None, stream: IO[str] |
         summary, code = execute(raw, reporter), EXIT_OK
     except RunFailure as failure:
         summary, code = failure_summary(raw, failure), failure.exit_code
+    except PermissionError as exc:  # an object store's 403 at any stage: retrying cannot help, the spec must change
+        refused = _access_refused(raw, exc)
+        summary, code = failure_summary(raw, refused), refused.exit_code
     except Exception as exc:  # the summary must still say what happened, for the operator and the user
         unexpected = RunFailure("unexpected", EXIT_UNEXPECTED, f"unexpected {type(exc).__name__}: {exc}")
         summary, code = failure_summary(raw, unexpected), EXIT_UNEXPECTED
