@@ -32,6 +32,7 @@ from noria.deployment.spec import parse_check
 from noria.prometheus import PrometheusClient
 from noria_server import launch, oip
 from noria_server.reference_models import SavedModel, dataset, train_and_save
+from noria_testbed.binaries import find_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +99,7 @@ class PrometheusScraping:
         (root / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log = open(root / "prometheus.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'tsdb'}",
+            [str(find_prometheus().prometheus), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
