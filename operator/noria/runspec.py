@@ -45,6 +45,9 @@ NOT_RETRIED_EXIT_CODES: Final = (EXIT_SPEC, EXIT_DATA, EXIT_VALIDATION, EXIT_TRA
 
 # --- run spec ---------------------------------------------------------------------------------
 RUN_SPEC_KEY: Final = "spec.json"  # the ConfigMap key the trainer reads
+# A Dask run's scheduler address (tcp://host:port): the operator sets it on the trainer Job, the
+# trainer connects to it (noria.training.dask_cluster, noria_trainer.dask_training).
+SCHEDULER_ENV: Final = "NORIA_DASK_SCHEDULER"
 
 
 class ChampionRef(TypedDict):

@@ -47,7 +47,7 @@ from noria import scoring, store, xgboost_artifact
 from noria.api.common import format_timestamp
 from noria.artifact import ArtifactError, sha256_digest
 from noria.profile import DEFAULT_NUMERIC_BINS, DEFAULT_TOP_CATEGORIES, FeatureProfile, Profile
-from noria.runspec import EXIT_DATA, EXIT_SPEC, EXIT_TRAINING, EXIT_VALIDATION
+from noria.runspec import EXIT_DATA, EXIT_SPEC, EXIT_TRAINING, EXIT_VALIDATION, SCHEDULER_ENV
 
 from noria_trainer import data as data_mod
 from noria_trainer import training
@@ -56,7 +56,6 @@ from noria_trainer.estimators import xgboost_params
 from noria_trainer.spec import PipelineSpec, RunSpec
 from noria_trainer.validation import ValidationOutcome, declared_kind
 
-SCHEDULER_ENV: Final = "NORIA_DASK_SCHEDULER"  # tcp://host:port of the run's Dask scheduler
 SAMPLE_PER_PART: Final = 2_000  # numeric values kept per part for the profile's quantile edges
 MAX_CATEGORIES: Final = xgboost_artifact.MAX_CATEGORIES
 Kind = str

@@ -48,14 +48,13 @@ from noria.contracts import (
     MANAGED_BY,
     POD_USER_ID,
 )
+from noria.runspec import SCHEDULER_ENV
 
 GROUP: Final = "kubernetes.dask.org"
 API_VERSION: Final = f"{GROUP}/v1"
 KIND: Final = "DaskCluster"
 PLURAL: Final = "daskclusters"
 
-# The trainer Job's variable holding the scheduler address (tcp://host:port); the trainer reads it.
-SCHEDULER_ENV: Final = "NORIA_DASK_SCHEDULER"
 SCHEDULER_PORT: Final = 8786
 SCHEDULER_PORT_NAME: Final = "tcp-comm"
 SCHEDULER_CONTAINER: Final = "scheduler"
