@@ -721,6 +721,11 @@ class CurrentRun(StatusModel):
         default=None, description="Name of the ModelVersion the run will register."
     )
     parent: ShortText | None = Field(default=None, description="The champion when the run started.")
+    dask_scheduler: ShortText | None = Field(
+        default=None,
+        description="For a dask run: the uid of the scheduler pod its Job was started against "
+        "(a replaced scheduler fails the run as DaskClusterLost).",
+    )
 
 
 class RunRecord(StatusModel):

@@ -19,9 +19,8 @@ TrainingPipeline status written here (beyond the CRD's named fields, kept becaus
 preserve unknown fields): ``triggers.<kind>`` (what each trigger last observed: e.g. drift
 ``{state: Above|Below|InsufficientData|Unknown|NoReference, value, feature, samples, since}``,
 manual ``{handled, seen, seenAt, changes}``, schedule ``{schedule, next}``, newData
-``{rows, fingerprint, baseline}``), ``cooldownUntil``, and in ``currentRun``: ``triggeredAt``,
-``version``, ``parent`` (the champion when the run started), ``triggers``, ``reason`` and, for a dask
-run, ``daskScheduler`` (the uid of the scheduler pod its Job was started against).
+``{rows, fingerprint, baseline}``) and ``cooldownUntil``. ``currentRun`` is all named fields
+(``noria.api.training_pipeline.CurrentRun``, ``daskScheduler`` included).
 
 Two store roots: ``NORIA_STORE_ROOT`` is the store as trainer and server pods see it (it goes into
 run specs and ModelVersions); ``NORIA_LOCAL_STORE_ROOT`` is the same store as the operator process
