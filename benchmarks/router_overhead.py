@@ -22,7 +22,6 @@ On a shared 2-core machine the figures move with other load: the load average is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -33,14 +32,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria.router_config import Backend, RouterConfig  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
-from server_latency import _open_loop, cpu_seconds, py_spy_top  # noqa: E402
-from serving_bench import lua_post, require_wrk, start, stop, uptime, wait_http, wrk  # noqa: E402
+from server_latency import cpu_seconds, py_spy_top  # noqa: E402
+from serving_bench import lua_post, open_loop, require_wrk, start, stop, uptime, wait_http, wrk  # noqa: E402
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64",
                                "data": [[round(0.1 * i - 1.0, 3) for i in range(20)]]}]}).encode()
@@ -64,15 +62,7 @@ class PathResult:
 
 def fixed_rate(url: str, rate: float, seconds: float) -> tuple[float, float, int]:
     """(p50 ms, p99 ms, errors) at an open-loop ``rate``."""
-    parts = urlsplit(url)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    latencies, errors, _ = runner(_open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, BODY,
-                                             rate, seconds))
+    latencies, errors, _ = open_loop(url, BODY, rate, seconds)
     n = len(latencies)
     return latencies[n // 2] * 1e3, latencies[min(n - 1, int(n * 0.99))] * 1e3, errors
 

@@ -20,14 +20,11 @@ per stage), and, when ``py-spy`` is installed, a sampling profile of that run (t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +41,7 @@ from serving_bench import (  # noqa: E402
     MLSERVER_VENV,
     ensure_venv,
     measure,
+    open_loop,
     require_wrk,
     start,
     stop,
@@ -53,11 +51,7 @@ from serving_bench import (  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.8)
 SHARED_FRACTION_OF_MLSERVER = 0.5
-# Connections the open-loop generator may hold: enough that a stall of a few tens of ms at the
-# highest rate does not run out of them (a request due while all are busy waits, and its wait counts).
-GENERATOR_CONNECTIONS = 128
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)")
 
 
 @dataclass
@@ -76,74 +70,6 @@ class RateResult:
                 f"{self.p99_ms:7.2f} {self.p999_ms:8.2f} {self.p99_ms / self.p50_ms:6.1f} "
                 f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:7.2f}"
                 + (f"  ({self.errors} errors)" if self.errors else ""))
-
-
-# --- open-loop generator --------------------------------------------------------------------------
-class _Client(asyncio.Protocol):
-    """One keep-alive connection, one request at a time; answers read by content-length."""
-
-    def __init__(self, done: asyncio.Queue[_Client]) -> None:
-        self.done = done
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.due = 0.0
-        self.latencies: list[float] = []
-        self.errors = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def send(self, request: bytes, due: float) -> None:
-        self.due = due
-        assert self.transport is not None
-        self.transport.write(request)
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            return
-        head = bytes(self.buffer[:head_end]).lower()
-        match = _CONTENT_LENGTH.search(head)
-        length = int(match.group(1)) if match else 0
-        if len(self.buffer) < head_end + 4 + length:
-            return
-        if not head.startswith(b"http/1.1 200"):
-            self.errors += 1
-        del self.buffer[:head_end + 4 + length]
-        self.latencies.append(time.perf_counter() - self.due)
-        self.done.put_nowait(self)
-
-
-async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, seconds: float
-                     ) -> tuple[list[float], int, int]:
-    """Latencies (s, sorted, from each scheduled send), non-200 answers, requests sent."""
-    loop = asyncio.get_running_loop()
-    idle: asyncio.Queue[_Client] = asyncio.Queue()
-    clients = []
-    for _ in range(GENERATOR_CONNECTIONS):
-        _, client = await loop.create_connection(lambda: _Client(idle), host, port)
-        clients.append(client)
-        idle.put_nowait(client)
-    request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-               f"content-length: {len(body)}\r\n\r\n").encode() + body
-    total = int(rate * seconds)
-    begin = time.perf_counter() + 0.05
-    for i in range(total):
-        due = begin + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0.0005:
-            await asyncio.sleep(delay)
-        client = await idle.get()  # all connections busy: this request waits, and its wait counts
-        client.send(request, due)
-    deadline = time.perf_counter() + 30
-    while idle.qsize() < len(clients) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.01)
-    for c in clients:
-        if c.transport is not None:
-            c.transport.close()
-    latencies = sorted(x for c in clients for x in c.latencies)
-    return latencies, sum(c.errors for c in clients), total
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -169,18 +95,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_rate(proc: subprocess.Popen, url: str, rate: float, seconds: float) -> RateResult:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
     before = cpu_seconds(proc.pid)
-    latencies, errors, sent = runner(_open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path,
-                                                payload(), rate, seconds))
+    latencies, errors, sent = open_loop(url, payload(), rate, seconds)
     used = cpu_seconds(proc.pid) - before
     return RateResult(rate, sent, len(latencies), _percentile(latencies, 0.5), _percentile(latencies, 0.99),
                       _percentile(latencies, 0.999), used / max(len(latencies), 1) * 10_000, errors)

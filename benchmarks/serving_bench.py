@@ -176,6 +176,95 @@ def fixed_rate(url: str, body: bytes, rate: float, seconds: float,
     return lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
 
 
+# Connections the open-loop generator may hold: enough that a stall of a few tens of ms at the
+# highest rate does not run out of them (a request due while all are busy waits, and its wait counts).
+GENERATOR_CONNECTIONS = 128
+_CONTENT_LENGTH = re.compile(rb"content-length:\s*(\d+)")
+
+
+# --- open-loop generator --------------------------------------------------------------------------
+class _Client(asyncio.Protocol):
+    """One keep-alive connection, one request at a time; answers read by content-length."""
+
+    def __init__(self, done: asyncio.Queue[_Client]) -> None:
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.due = 0.0
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes, due: float) -> None:
+        self.due = due
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self.buffer[:head_end]).lower()
+        match = _CONTENT_LENGTH.search(head)
+        length = int(match.group(1)) if match else 0
+        if len(self.buffer) < head_end + 4 + length:
+            return
+        if not head.startswith(b"http/1.1 200"):
+            self.errors += 1
+        del self.buffer[:head_end + 4 + length]
+        self.latencies.append(time.perf_counter() - self.due)
+        self.done.put_nowait(self)
+
+
+async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, seconds: float
+                     ) -> tuple[list[float], int, int]:
+    """Latencies (s, sorted, from each scheduled send), non-200 answers, requests sent."""
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[_Client] = asyncio.Queue()
+    clients = []
+    for _ in range(GENERATOR_CONNECTIONS):
+        _, client = await loop.create_connection(lambda: _Client(idle), host, port)
+        clients.append(client)
+        idle.put_nowait(client)
+    request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+               f"content-length: {len(body)}\r\n\r\n").encode() + body
+    total = int(rate * seconds)
+    begin = time.perf_counter() + 0.05
+    for i in range(total):
+        due = begin + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+        client = await idle.get()  # all connections busy: this request waits, and its wait counts
+        client.send(request, due)
+    deadline = time.perf_counter() + 30
+    while idle.qsize() < len(clients) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    latencies = sorted(x for c in clients for x in c.latencies)
+    return latencies, sum(c.errors for c in clients), total
+
+
+def open_loop(url: str, body: bytes, rate: float, seconds: float) -> tuple[list[float], int, int]:
+    """POST ``body`` to ``url`` at ``rate`` per second for ``seconds``, on a fixed schedule whether or
+    not earlier answers came back; each latency counts from its scheduled send (no coordinated
+    omission). Returns latencies (s, sorted), non-200 answers and requests sent."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    generator = _open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, body, rate, seconds)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(generator)
+    return uvloop.run(generator)
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
