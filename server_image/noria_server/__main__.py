@@ -12,8 +12,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import bearer, ledger
+
+if TYPE_CHECKING:
+    from .serve import ServeSettings
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -113,6 +117,10 @@ def _artifact_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: they load NumPy, which must come after _limit_native_threads.
+    from .model import DEFAULT_BATCH_BUDGET_MS
+    from .predlog import DEFAULT_FLUSH_SECONDS
+
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m noria_server", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -137,6 +145,14 @@ def parser() -> argparse.ArgumentParser:
                    help="rows per predict call at most [NORIA_MAX_BATCH]")
     s.add_argument("--batch-wait-ms", type=float, default=float(env("NORIA_BATCH_WAIT_MS", "0")),
                    help="extra wait for a batch to fill; 0 = batch only what is already queued [NORIA_BATCH_WAIT_MS]")
+    s.add_argument("--batch-budget-ms", type=float,
+                   default=float(env("NORIA_BATCH_BUDGET_MS", str(DEFAULT_BATCH_BUDGET_MS))),
+                   help="what batching may add to one predict call; the batch size adapts to it "
+                        f"(default {DEFAULT_BATCH_BUDGET_MS}) [NORIA_BATCH_BUDGET_MS]")
+    s.add_argument("--log-flush-seconds", type=float,
+                   default=float(env("NORIA_LOG_FLUSH_SECONDS", str(DEFAULT_FLUSH_SECONDS))),
+                   help="one prediction-log object per this many seconds "
+                        f"(default {DEFAULT_FLUSH_SECONDS}) [NORIA_LOG_FLUSH_SECONDS]")
     _add_http_limits(s)
     s.add_argument("--feedback-ledger-bytes", type=int,
                    default=int(env("NORIA_FEEDBACK_LEDGER_BYTES", str(ledger.DEFAULT_MAX_BYTES))),
@@ -193,6 +209,24 @@ def _limit_native_threads() -> None:
         os.environ.setdefault(var, threads)
 
 
+def serve_settings(args: argparse.Namespace, feedback_token: bearer.BearerToken | None) -> ServeSettings:
+    """The ``serve`` mode's settings from its parsed flags (each defaulting to its variable)."""
+    from .serve import ServeSettings, default_termination_log
+
+    return ServeSettings(
+        artifact_uri=args.artifact, digest=args.digest, profile_uri=args.profile, model=args.model,
+        version=args.version, host=args.host, port=args.port, store_root=args.store_root,
+        namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
+        log_flush_seconds=args.log_flush_seconds, feature_counting=args.feature_counting,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batch_budget_ms=args.batch_budget_ms,
+        http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
+        feedback_retention_seconds=args.feedback_retention_seconds,
+        feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
+        drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,
+        artifact_limits=_artifact_limits(args),
+        termination_log=args.termination_log or default_termination_log())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _limit_native_threads()
     logging.basicConfig(level=os.environ.get("NORIA_LOG_LEVEL", "INFO"),
@@ -204,19 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"noria_server {args.mode}: {exc}", file=sys.stderr)
         return 2
     if args.mode == "serve":
-        from .serve import ServeSettings, default_termination_log, run
+        from .serve import run
 
-        settings = ServeSettings(
-            artifact_uri=args.artifact, digest=args.digest, profile_uri=args.profile, model=args.model,
-            version=args.version, host=args.host, port=args.port, store_root=args.store_root,
-            namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
-            feature_counting=args.feature_counting, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-            http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
-            feedback_retention_seconds=args.feedback_retention_seconds,
-            feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
-            drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,
-            artifact_limits=_artifact_limits(args),
-            termination_log=args.termination_log or default_termination_log())
+        settings = serve_settings(args, feedback_token)
         try:
             settings.validate()
         except ValueError as exc:

@@ -157,6 +157,9 @@ class ServedModel:
 
 
 MIN_BATCH_ROWS = 16
+# What batching may add to one predict call (its rows' share); the batch limit adapts to it. 5 ms
+# bound batches to 16 rows under CPU contention and cost ~20 % of saturation throughput (docs/operations/latency.md).
+DEFAULT_BATCH_BUDGET_MS = 20.0
 
 
 class BatchSizer:

@@ -51,7 +51,7 @@ from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
 from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
-from .model import BatchSizer, ServedModel
+from .model import DEFAULT_BATCH_BUDGET_MS, BatchSizer, ServedModel
 from .predlog import DEFAULT_FLUSH_SECONDS, JsonlLog
 from .telemetry import ServerMetrics
 
@@ -86,9 +86,7 @@ class ServeSettings:
     feature_counting: bool = True
     max_batch: int = 64
     batch_wait_ms: float = 0.0
-    # What batching may add to one predict call (its rows' share); the batch limit adapts to it. 5 ms
-    # bound batches to 16 rows under CPU contention and cost ~20 % of saturation throughput (docs/operations/latency.md).
-    batch_budget_ms: float = 20.0
+    batch_budget_ms: float = DEFAULT_BATCH_BUDGET_MS  # what batching may add to one predict call
     http: HttpLimits = field(default_factory=HttpLimits)
     feedback_ledger_bytes: int = ledger.DEFAULT_MAX_BYTES
     feedback_retention_seconds: float = ledger.DEFAULT_RETENTION_SECONDS

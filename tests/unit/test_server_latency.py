@@ -47,6 +47,22 @@ def test_batch_sizer_floor_is_bounded_by_max_batch_and_reaches_one_row() -> None
     assert BatchSizer(max_rows=4, budget_seconds=0.005).min_rows == 4
 
 
+def test_batch_budget_and_log_flush_come_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from noria_server import __main__ as cli
+
+    required = ["serve", "--artifact", "file:///m", "--digest", "sha256:0", "--model", "m", "--version", "m-v1"]
+    defaults = cli.serve_settings(cli.parser().parse_args(required), None)
+    assert (defaults.batch_budget_ms, defaults.log_flush_seconds) == (
+        ServeSettings.batch_budget_ms, ServeSettings.log_flush_seconds)
+    monkeypatch.setenv("NORIA_BATCH_BUDGET_MS", "7.5")
+    monkeypatch.setenv("NORIA_LOG_FLUSH_SECONDS", "4")
+    from_env = cli.serve_settings(cli.parser().parse_args(required), None)
+    assert (from_env.batch_budget_ms, from_env.log_flush_seconds) == (7.5, 4.0)
+    flags = [*required, "--batch-budget-ms", "3", "--log-flush-seconds", "0.5"]
+    from_flags = cli.serve_settings(cli.parser().parse_args(flags), None)  # flags win over the environment
+    assert (from_flags.batch_budget_ms, from_flags.log_flush_seconds) == (3.0, 0.5)
+
+
 def test_fast_histogram_buckets_are_inclusive_upper_bounds() -> None:
     hist = loopmon.FastHistogram((0.001, 0.01))
     for value in (0.0005, 0.001, 0.002, 0.01, 5.0):
