@@ -44,6 +44,7 @@ from serving_bench import (  # noqa: E402
     open_loop,
     require_wrk,
     start,
+    start_mlserver,
     stop,
     uptime,
     wait_http,
@@ -103,25 +104,6 @@ def run_rate(proc: subprocess.Popen, url: str, rate: float, seconds: float) -> R
 
 
 # --- servers -------------------------------------------------------------------------------------
-def start_mlserver(python: Path, work: Path, kind: str, joblib_path: Path) -> tuple[subprocess.Popen, str]:
-    import json
-
-    root = work / f"mlserver-{kind}"
-    model_dir = root / kind
-    model_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(joblib_path, model_dir / "model.joblib")
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": kind, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
-    http_port = free_port()
-    (root / "settings.json").write_text(json.dumps({
-        "parallel_workers": 0, "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
-        "debug": False}))
-    proc = start([str(python.parent / "mlserver"), "start", str(root)], work / f"mlserver-{kind}.log")
-    wait_http(f"http://127.0.0.1:{http_port}/v2/models/{kind}/ready", 180)
-    return proc, f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer"
-
-
 def start_noria(work: Path, kind: str, saved, source: Path | None = None  # type: ignore[no-untyped-def]
                 ) -> tuple[subprocess.Popen, str]:
     """This checkout's server, or the one under ``source`` (another checkout: a baseline)."""

@@ -37,6 +37,7 @@ from serving_bench import (  # noqa: E402
     measure,
     require_wrk,
     start,
+    start_mlserver,
     stop,
     uptime,
     wait_http,
@@ -52,22 +53,9 @@ def payload() -> bytes:
 
 
 def run_mlserver(python: Path, work: Path, kind: str, joblib_path: Path, args: argparse.Namespace) -> WrkResult:
-    root = work / f"mlserver-{kind}"
-    model_dir = root / kind
-    model_dir.mkdir(parents=True)
-    shutil.copy(joblib_path, model_dir / "model.joblib")
-    (model_dir / "model-settings.json").write_text(json.dumps({
-        "name": kind, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
-    http_port = free_port()
-    (root / "settings.json").write_text(json.dumps({
-        "parallel_workers": 0, "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
-        "debug": False}))
-    proc = start([str(python.parent / "mlserver"), "start", str(root)], work / f"mlserver-{kind}.log")
+    proc, url = start_mlserver(python, work, kind, joblib_path)
     try:
-        wait_http(f"http://127.0.0.1:{http_port}/v2/models/{kind}/ready", 180)
-        return measure(f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer", payload(), args.connections,
-                       args.warmup, args.seconds, args.runs)
+        return measure(url, payload(), args.connections, args.warmup, args.seconds, args.runs)
     finally:
         stop(proc)
 

@@ -288,3 +288,30 @@ def wait_http(url: str, timeout: float = 120.0, body: bytes | None = None) -> No
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+def start_mlserver(python: Path, work: Path, kind: str, joblib_path: Path) -> tuple[subprocess.Popen, str]:
+    """MLServer of the venv of ``python`` serving the scikit-learn model at ``joblib_path`` as ``kind``
+    (one process: parallel_workers 0), ready; returns the process and its infer URL."""
+    import json
+
+    from noria_server.launch import free_port
+
+    root = work / f"mlserver-{kind}"
+    model_dir = root / kind
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(joblib_path, model_dir / "model.joblib")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": kind, "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
+    http_port = free_port()
+    (root / "settings.json").write_text(json.dumps({
+        "parallel_workers": 0, "http_port": http_port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "debug": False}))
+    proc = start([str(python.parent / "mlserver"), "start", str(root)], work / f"mlserver-{kind}.log")
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/v2/models/{kind}/ready", 180)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, f"http://127.0.0.1:{http_port}/v2/models/{kind}/infer"
