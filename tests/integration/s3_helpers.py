@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 SECRET = "noria-s3"  # the Secret spec.store.s3.credentialsSecret names in these tests
+FEATURES = ["x1", "x2"]  # the feature columns of training_helpers.classification_frame
 
 
 @pytest.fixture(scope="session")
@@ -56,24 +57,21 @@ def store_access(server, secret: str = SECRET) -> dict:  # noqa: ANN001
     return {"s3": {"endpoint": server.endpoint, "region": REGION, "credentialsSecret": secret}}
 
 
+def apply(cluster, namespace: str, manifest: str) -> None:  # noqa: ANN001
+    """``kubectl apply`` of a manifest in ``namespace``, through stdin."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+
 def create_secret(cluster, namespace: str, data: dict[str, str], name: str = SECRET) -> None:  # noqa: ANN001
     """The credentials Secret (through stdin, so the keys are on no command line)."""
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": name},
-                "type": "Opaque",
-                "stringData": data,
-            }
-        ),
-    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "Opaque",
+        "stringData": data,
+    }
+    apply(cluster, namespace, json.dumps(secret))
 
 
 def operator_env(server) -> dict[str, str]:  # noqa: ANN001

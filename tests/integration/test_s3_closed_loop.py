@@ -17,7 +17,9 @@ import s3_helpers
 from noria.store import ARTIFACT_FILES
 from rollout_helpers import rollout_status, service_url
 from s3_helpers import (
+    FEATURES,
     SECRET,
+    apply,
     create_secret,
     filesystem,
     infer_and_label,
@@ -35,12 +37,7 @@ from training_helpers import classification_frame, condition, get, jobs, status,
 pytestmark = pytest.mark.integration
 s3 = s3_helpers.s3  # the fixture: the test bed's S3 server
 
-FEATURES = ["x1", "x2"]
 ROUTER_BY_CLUSTER_IP = {"NORIA_ROUTER_BACKEND_URLS": "clusterIP"}  # the test bed has no EndpointSlices
-
-
-def apply(cluster, namespace: str, manifest: str) -> None:  # noqa: ANN001
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
 
 
 def test_closed_loop_on_s3_trains_serves_logs_and_retrains_from_its_own_logs(

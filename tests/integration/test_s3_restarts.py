@@ -19,6 +19,8 @@ import s3_helpers
 from noria.store import ARTIFACT_FILES, MODEL_FILE
 from rollout_helpers import rollout_status, service_url
 from s3_helpers import (
+    FEATURES,
+    apply,
     create_secret,
     filesystem,
     infer_and_label,
@@ -36,14 +38,9 @@ from training_helpers import classification_frame, get, model_versions, status, 
 pytestmark = pytest.mark.integration
 s3 = s3_helpers.s3  # the fixture: the test bed's S3 server
 
-FEATURES = ["x1", "x2"]
 OUTAGE_SECONDS = 20.0  # longer than botocore's own retries of a refused connection
 # A run long enough for the server to go down after the data is read and before the artifact is written.
 TUNING = {"strategy": "random", "trials": 20, "space": {"C": [0.01, 10.0]}}
-
-
-def apply(cluster, namespace: str, manifest: str) -> None:  # noqa: ANN001
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
 
 
 def final_artifact_sets(fs, root: str) -> dict[str, list[str]]:  # noqa: ANN001
