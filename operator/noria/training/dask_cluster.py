@@ -46,9 +46,9 @@ from noria.contracts import (
     LABEL_PIPELINE,
     LABEL_RUN,
     MANAGED_BY,
-    POD_USER_ID,
 )
 from noria.runspec import SCHEDULER_ENV
+from noria.training.runs import restricted_container_security, restricted_pod_security
 
 GROUP: Final = "kubernetes.dask.org"
 API_VERSION: Final = f"{GROUP}/v1"
@@ -69,20 +69,6 @@ CLUSTER_START_TIMEOUT_SECONDS: Final = 300.0
 WORKER_TMP_VOLUME: Final = "tmp"
 WORKER_TMP_PATH: Final = "/tmp"
 
-# Pod-level and container-level restricted securityContext (the trainer Job's too).
-POD_SECURITY_CONTEXT: Final = {
-    "runAsNonRoot": True,
-    "runAsUser": POD_USER_ID,
-    "runAsGroup": POD_USER_ID,
-    "fsGroup": POD_USER_ID,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-CONTAINER_SECURITY_CONTEXT: Final = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-}
 POD_IP_ENV: Final = "NORIA_POD_IP"
 # What a Dask nanny sets in its worker's environment (distributed.nanny.pre-spawn-environ), set here since
 # the worker runs without one: glibc gives freed memory back to the kernel (else a worker's RSS only grows
@@ -127,14 +113,14 @@ def _pod_spec(
     container.update(
         {
             "imagePullPolicy": image_pull_policy,
-            "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
+            "securityContext": restricted_container_security(),
             "volumeMounts": [{"name": WORKER_TMP_VOLUME, "mountPath": WORKER_TMP_PATH}],
         }
     )
     return {
         "automountServiceAccountToken": False,
         "enableServiceLinks": service_links,
-        "securityContext": dict(POD_SECURITY_CONTEXT),
+        "securityContext": restricted_pod_security(),
         "containers": [container],
         "volumes": [{"name": WORKER_TMP_VOLUME, "emptyDir": {}}],
     }

@@ -54,6 +54,28 @@ DEFAULT_ACTIVE_DEADLINE_SECONDS: Final = 6 * 3600
 DEFAULT_JOBS_KEPT: Final = 5
 
 
+def restricted_pod_security() -> dict[str, Any]:
+    """The restricted Pod Security Standard at pod level, for every training pod (the trainer Job's,
+    a Dask run's scheduler and workers): the images' non-root user, RuntimeDefault seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POD_USER_ID,
+        "runAsGroup": POD_USER_ID,
+        "fsGroup": POD_USER_ID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    """The restricted Pod Security Standard at container level, for every training container."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
 def run_name(pipeline: str, n: int) -> str:
     return f"{pipeline}-r{int(n)}"
 
@@ -159,12 +181,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
         "terminationMessagePath": TERMINATION_LOG,
         # A crash before the trainer writes its summary still leaves the log tail as the reason.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": restricted_container_security(),
     }
     if resources:
         container["resources"] = resources
@@ -188,13 +205,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": POD_USER_ID,
-                        "runAsGroup": POD_USER_ID,
-                        "fsGroup": POD_USER_ID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": restricted_pod_security(),
                     "containers": [container],
                     "volumes": [
                         {"name": RUN_VOLUME, "configMap": {"name": run}},
