@@ -48,7 +48,7 @@ from noria.contracts import (
     MANAGED_BY,
 )
 from noria.runspec import SCHEDULER_ENV
-from noria.training.runs import restricted_container_security, restricted_pod_security
+from noria.training.runs import TMP_PATH, TMP_VOLUME, restricted_container_security, restricted_pod_security
 
 GROUP: Final = "kubernetes.dask.org"
 API_VERSION: Final = f"{GROUP}/v1"
@@ -66,8 +66,6 @@ DASK_SCHEDULER: Final = "scheduler"
 
 # From the run's start to a ready scheduler: the Dask operator, two pod starts and the image's imports.
 CLUSTER_START_TIMEOUT_SECONDS: Final = 300.0
-WORKER_TMP_VOLUME: Final = "tmp"
-WORKER_TMP_PATH: Final = "/tmp"
 
 POD_IP_ENV: Final = "NORIA_POD_IP"
 # What a Dask nanny sets in its worker's environment (distributed.nanny.pre-spawn-environ), set here since
@@ -114,7 +112,7 @@ def _pod_spec(
         {
             "imagePullPolicy": image_pull_policy,
             "securityContext": restricted_container_security(),
-            "volumeMounts": [{"name": WORKER_TMP_VOLUME, "mountPath": WORKER_TMP_PATH}],
+            "volumeMounts": [{"name": TMP_VOLUME, "mountPath": TMP_PATH}],
         }
     )
     return {
@@ -122,7 +120,7 @@ def _pod_spec(
         "enableServiceLinks": service_links,
         "securityContext": restricted_pod_security(),
         "containers": [container],
-        "volumes": [{"name": WORKER_TMP_VOLUME, "emptyDir": {}}],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
     }
 
 
@@ -166,7 +164,7 @@ def worker_pod_spec(
         "1",
         "--no-dashboard",
         "--local-directory",
-        WORKER_TMP_PATH,
+        TMP_PATH,
         "--name",
         "$(DASK_WORKER_NAME)",
     ]

@@ -44,6 +44,9 @@ TERMINATION_LOG: Final = "/dev/termination-log"
 TRAINER_CONTAINER: Final = "trainer"
 STORE_VOLUME: Final = "store"
 RUN_VOLUME: Final = "run"
+# The one writable directory of a training container (its root filesystem is read-only).
+TMP_VOLUME: Final = "tmp"
+TMP_PATH: Final = "/tmp"
 
 
 # Retries of a run's pod for what is not the run's own fault (a crash, an out-of-memory kill): the
@@ -176,7 +179,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
         "volumeMounts": [
             {"name": RUN_VOLUME, "mountPath": RUN_MOUNT_PATH, "readOnly": True},
             *store_volume_mounts(settings),
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": TMP_VOLUME, "mountPath": TMP_PATH},
         ],
         "terminationMessagePath": TERMINATION_LOG,
         # A crash before the trainer writes its summary still leaves the log tail as the reason.
@@ -210,7 +213,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
                     "volumes": [
                         {"name": RUN_VOLUME, "configMap": {"name": run}},
                         *store_volumes(settings),
-                        {"name": "tmp", "emptyDir": {}},
+                        {"name": TMP_VOLUME, "emptyDir": {}},
                     ],
                 },
             },
