@@ -7,33 +7,21 @@ import asyncio
 import math
 from typing import Any
 
-import numpy as np
 import orjson
-import pandas as pd
 import pytest
 from noria import metrics as m
 from noria_server import bearer, ledger
 from noria_server.httpserver import Request
-from noria_server.model import ServedModel
 from noria_server.route import merge_feedback_answers
 from noria_server.serve import ModelServer, ServeSettings
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from server_helpers import fitted_server
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
 
 def _server(kind: str, **settings: Any) -> ModelServer:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
-    if kind == "classifier":
-        estimator: Any = LogisticRegression().fit(frame, (frame["a"] > 0).astype(int))
-    else:
-        estimator = LinearRegression().fit(frame, frame["a"] * 3 + 1)
-    server = ModelServer(ServeSettings(artifact_uri="file:///unused", digest="sha256:0", model="m", version="m-v1",
-                                       prediction_log=False, **settings))
-    server.model = ServedModel.from_estimator(estimator, None)
+    server = fitted_server(kind, **settings)
     server.metrics.declare_classes(server.model.classes)
-    server.state = server.reason = "ready"
     return server
 
 

@@ -8,34 +8,19 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import orjson
-import pandas as pd
 import pytest
 from noria_server import oip
 from noria_server.httpserver import Request
-from noria_server.model import ServedModel
-from noria_server.serve import ModelServer, ServeSettings
-from sklearn.linear_model import LinearRegression, LogisticRegression
+from noria_server.serve import ModelServer
+from server_helpers import fitted_server
 
 ROWS = [[0.5, 0.1, -0.2], [-1.0, 0.3, 0.7], [2.0, -0.4, 0.0]]
 
 
 def _server(kind: str) -> ModelServer:
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["a", "b", "c"])
-    if kind == "classifier":
-        estimator: Any = LogisticRegression().fit(frame, (frame["a"] > 0).astype(int))
-    else:
-        estimator = LinearRegression().fit(frame, frame["a"] * 3 + 1)
-    server = ModelServer(
-        ServeSettings(
-            artifact_uri="file:///unused", digest="sha256:0", model="m", version="m-v1", prediction_log=False
-        )
-    )
-    server.model = ServedModel.from_estimator(estimator, None)
+    server = fitted_server(kind)
     server.model.warm_up(max_batch=8, rounds=1)  # decides whether predict_proba is answered
-    server.state = server.reason = "ready"
     return server
 
 
