@@ -100,11 +100,13 @@ resulting `kubectl auth can-i --list`, checked against the API server. */}}
   resources: [pods]
   verbs: [get, list, watch]
 # Serving: a Deployment and a Service per version, the router, the entry Service (server-side
-# apply: patch, and create when new). Deployments are watched by Kopf; Services read one by one
-# (list and watch: only because the router's Role grants them).
+# apply: patch, and create when new). Deployments are watched by Kopf; the router's Deployment,
+# like its Services and ConfigMap, is read one by one before it is applied with the
+# resourceVersion read (a deposed leader's write then fails: docs/operations/high-availability.md).
+# Services: list and watch only because the router's Role grants them.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
