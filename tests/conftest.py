@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from unavailable import unavailable
 
 _ACTIVE: list = []  # the session's LocalTestbed, for the failure report hook
 
@@ -40,12 +41,6 @@ def pytest_configure(config) -> None:  # noqa: ANN001
         signal.signal(signal.SIGTERM, _interrupt)
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def cluster(request) -> Iterator:  # noqa: ANN001
     from noria_testbed.binaries import BinariesUnavailable
@@ -55,7 +50,7 @@ def cluster(request) -> Iterator:  # noqa: ANN001
     try:
         testbed.start()
     except BinariesUnavailable as error:
-        _unavailable(f"control-plane binaries unavailable: {error}")
+        unavailable(f"control-plane binaries unavailable: {error}")
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(testbed.kubeconfig)
     _ACTIVE.append(testbed)
@@ -81,7 +76,7 @@ def prometheus(cluster):  # noqa: ANN001, ANN201
     try:
         return cluster.start_prometheus()
     except PrometheusUnavailable as error:
-        _unavailable(f"Prometheus unavailable: {error}")
+        unavailable(f"Prometheus unavailable: {error}")
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from typing import Any
 
 import pandas as pd
 import pytest
+from unavailable import unavailable
 
 SECRET = "noria-s3"  # the Secret spec.store.s3.credentialsSecret names in these tests
 FEATURES = ["x1", "x2"]  # the feature columns of training_helpers.classification_frame
@@ -27,12 +27,7 @@ def s3(cluster):  # noqa: ANN001, ANN201 - noria_testbed.s3.SeaweedS3
     try:
         return cluster.start_s3()
     except SeaweedUnavailable as error:
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"SeaweedFS unavailable: {error} (CI is set, so this fails instead of skipping)",
-                pytrace=False,
-            )
-        pytest.skip(f"SeaweedFS unavailable: {error}")
+        unavailable(f"SeaweedFS unavailable: {error}")
 
 
 def filesystem(server) -> Any:  # noqa: ANN001, ANN401 - s3fs.S3FileSystem
