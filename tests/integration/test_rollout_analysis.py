@@ -163,8 +163,11 @@ def test_drift_check_honours_against_and_method(cluster, namespace, operator_fac
               # traffic), so that the analysis keeps measuring instead of pausing.
               {"name": "psi-vs-stable", "builtin": "drift", "method": "psi", "against": "stable", "max": "0.25",
                "window": f"{window}s"}]
+    # The first measurement comes one interval into the 50% step. At 3 s it raced Prometheus on a loaded
+    # CI machine: the candidate's counters had one scrape, no increase yet, so "no live traffic" was
+    # inconclusive and the Rollout paused for good (no traffic pauses by design). 8 s is several scrapes.
     manifest = rollout(namespace, {"canary": {"steps": [{"setWeight": 50}, {"pause": {"duration": "5m"}}]}},
-                       analysis={"interval": "3s", "failureLimit": 100, "checks": checks})
+                       analysis={"interval": "8s", "failureLimit": 100, "checks": checks})
     _, traffic = start_stable(cluster, namespace, operator_factory, store_claim, operator_env(prometheus.url),
                               manifest)
     traffic.stop()
