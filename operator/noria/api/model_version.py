@@ -82,6 +82,24 @@ class Artifact(NoriaModel):
     )
 
 
+class FeastLineage(NoriaModel):
+    """The Feast feature definitions a version was trained with (docs/training-feast.md)."""
+
+    repository: Uri | None = Field(
+        default=None, description="The feature repository, as in the pipeline spec."
+    )
+    feature_service: ShortText | None = Field(
+        default=None, description="The feature service used, if one was."
+    )
+    definitions_digest: ShortText | None = Field(
+        default=None,
+        description=(
+            "sha256 of the definitions of the feature views (and the service) the features came from, as the"
+            " registry held them: equal digests, same feature definitions."
+        ),
+    )
+
+
 class DataLineage(NoriaModel):
     """The data a version was trained on."""
 
@@ -92,6 +110,9 @@ class DataLineage(NoriaModel):
     window: ShortText | None = Field(default=None, description='The window used, e.g. "90d" or "50000 rows".')
     feedback_rows: int | None = Field(
         default=None, ge=0, description="Rows that came from labelled production traffic."
+    )
+    feast: FeastLineage | None = Field(
+        default=None, description="The Feast feature definitions the features came from (spec.data.feast)."
     )
 
 
@@ -213,6 +234,7 @@ __all__ = [
     "Artifact",
     "DIGEST_RE",
     "DataLineage",
+    "FeastLineage",
     "KIND",
     "Lineage",
     "ModelVersion",

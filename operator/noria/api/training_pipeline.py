@@ -195,6 +195,16 @@ WINDOW_NEEDS_TIMESTAMP_MESSAGE: Final = "timestampColumn is required when a wind
 MIN_SCORE_MESSAGE: Final = "minScore is for higher-is-better metrics; rmse and mae are gated by maxScore"
 MAX_SCORE_MESSAGE: Final = "maxScore is for lower-is-better metrics (rmse, mae); use minScore"
 FEATURES_TARGET_MESSAGE: Final = "the target column cannot also be a feature"
+FEAST_ONE_MESSAGE: Final = "feast: set exactly one of featureService or features"
+FEAST_NEEDS_TIMESTAMP_MESSAGE: Final = (
+    "timestampColumn is required with feast: it is each label's event time, the point in time features are"
+    " looked up at"
+)
+FEAST_FEATURE_RE: Final = r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$"
+FEAST_FEATURE_MESSAGE: Final = (
+    'a Feast feature reference is <featureView>:<feature>, e.g. "driver_hourly_stats:conv_rate"'
+)
+FEAST_ENGINE_MESSAGE: Final = "feast data trains on engine single only (a Dask run does not read Feast yet)"
 METRIC_TASK_MESSAGE: Final = (
     "metric does not fit the task: classification takes accuracy, f1, precision, recall or roc_auc;"
     " regression takes rmse, mae or r2"
@@ -307,6 +317,52 @@ class Feedback(NoriaModel):
     )
 
 
+FeastFeature = Annotated[
+    StrictStr,
+    Field(max_length=NAME_MAX, json_schema_extra={"pattern": FEAST_FEATURE_RE}),
+    _checked_pattern(FEAST_FEATURE_RE, FEAST_FEATURE_MESSAGE),
+]
+
+
+class FeastSource(NoriaModel):
+    """Features from a Feast feature repository, joined point-in-time correct onto ``spec.data.source``
+    (docs/training-feast.md). Exactly one of ``featureService`` or ``features``."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "[has(self.featureService), has(self.features)].filter(x, x).size() == 1",
+                FEAST_ONE_MESSAGE,
+                field_path=".featureService",
+            )
+        )
+    }
+
+    repository: DataSourceUri = Field(
+        description=(
+            "file:// URI of the Feast feature repository (the folder of feature_store.yaml, after `feast apply`)"
+            " as the trainer pod sees it, e.g. file:///var/lib/noria/store/datasets/feast/driver_repo. The"
+            " same place rules as spec.data.source."
+        ),
+    )
+    feature_service: ShortText | None = Field(
+        default=None, description="Name of a feature service of the repository: its features are the model's."
+    )
+    features: list[FeastFeature] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description='Feature references <featureView>:<feature>, e.g. ["driver_hourly_stats:conv_rate"].',
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeastSource:
+        if (self.feature_service is None) == (self.features is None):
+            raise ValueError(FEAST_ONE_MESSAGE)
+        return self
+
+
 class DataSpec(NoriaModel):
     """Where the training data is and which part of it to use."""
 
@@ -319,7 +375,13 @@ class DataSpec(NoriaModel):
                 WINDOW_NEEDS_TIMESTAMP_MESSAGE,
                 field_path=".timestampColumn",
                 reason="FieldValueRequired",
-            )
+            ),
+            cel(
+                "!has(self.feast) || has(self.timestampColumn)",
+                FEAST_NEEDS_TIMESTAMP_MESSAGE,
+                field_path=".timestampColumn",
+                reason="FieldValueRequired",
+            ),
         )
     }
 
@@ -342,12 +404,21 @@ class DataSpec(NoriaModel):
     feedback: Feedback | None = Field(
         default=None, description="Whether to learn from labelled production traffic."
     )
+    feast: FeastSource | None = Field(
+        default=None,
+        description=(
+            "Take the features from a Feast feature repository: source is then the entity source (entity keys,"
+            " timestampColumn and the target), and each row gets the feature values as of its timestamp."
+        ),
+    )
 
     @model_validator(mode="after")
     def _timestamp_for_duration_windows(self) -> DataSpec:
         if self.window and self.timestamp_column is None:
             if any(not s.endswith(" rows") for s in self.window.sizes()):
                 raise ValueError(WINDOW_NEEDS_TIMESTAMP_MESSAGE)
+        if self.feast and self.timestamp_column is None:
+            raise ValueError(FEAST_NEEDS_TIMESTAMP_MESSAGE)
         return self
 
 
@@ -607,6 +678,32 @@ class DaskCompute(NoriaModel):
     )
 
 
+# The estimators compute.engine dask trains, by task: the one list the API server (a CEL rule on the
+# spec), the offline validator and the trainer (noria_trainer.estimators) read. XGBoost trains in its
+# own collective and ships in its envelope (noria.xgboost_artifact); the scikit-learn linear models are
+# fitted by dask-ml and ship as the scikit-learn Pipeline a single run writes (noria_trainer.dask_linear).
+# Any other estimator needs the whole window in one pod: compute.engine single.
+DASK_ESTIMATORS: Final[dict[str, str]] = {
+    "xgboost.XGBClassifier": "classification",
+    "xgboost.XGBRegressor": "regression",
+    "sklearn.linear_model.LogisticRegression": "classification",
+    "sklearn.linear_model.LinearRegression": "regression",
+    "sklearn.linear_model.Ridge": "regression",
+}
+
+
+def dask_estimators(task: str) -> list[str]:
+    """The estimators of ``task`` compute.engine dask trains, in the list's order."""
+    return [path for path, of in DASK_ESTIMATORS.items() if of == task]
+
+
+DASK_ESTIMATOR_MESSAGE: Final = (
+    "model.estimator does not train on compute.engine dask, which trains, for classification, "
+    f"{' or '.join(dask_estimators('classification'))}; for regression, "
+    f"{' or '.join(dask_estimators('regression'))} (any other estimator: compute.engine single)"
+)
+
+
 class ComputeSpec(NoriaModel):
     """Where a run trains."""
 
@@ -626,7 +723,8 @@ class ComputeSpec(NoriaModel):
         description=(
             "single: one trainer Job pod holds the training window in memory (default). dask: the window is read"
             " partition by partition by a Dask cluster and trained with a distributed learner (model.estimator"
-            " xgboost / lightgbm / dask-ml linear models), for data larger than one pod's memory."
+            " xgboost.XGBClassifier/XGBRegressor across the workers, or sklearn.linear_model.LogisticRegression"
+            " (two classes), LinearRegression or Ridge fitted by dask-ml), for data larger than one pod's memory."
         ),
     )
     dask: DaskCompute | None = Field(
@@ -640,6 +738,13 @@ class TrainingPipelineSpec(NoriaModel):
     model_config = NoriaModel.model_config | {
         "json_schema_extra": with_cel(
             cel(
+                "!has(self.compute) || self.compute.engine != 'dask' || (self.model.task == 'classification'"
+                f" ? self.model.estimator in {dask_estimators('classification')}"
+                f" : self.model.estimator in {dask_estimators('regression')})",
+                DASK_ESTIMATOR_MESSAGE,
+                field_path=".model.estimator",
+            ),
+            cel(
                 "!has(self.evaluation) || !has(self.evaluation.metric) || (self.model.task == 'classification'"
                 f" ? self.evaluation.metric in {list(CLASSIFICATION_METRICS)}"
                 f" : self.evaluation.metric in {list(REGRESSION_METRICS)})",
@@ -652,6 +757,11 @@ class TrainingPipelineSpec(NoriaModel):
                 f" : self.triggers.performance.metric in {list(REGRESSION_METRICS)})",
                 METRIC_TASK_MESSAGE,
                 field_path=".triggers.performance.metric",
+            ),
+            cel(
+                "!has(self.data.feast) || !has(self.compute) || self.compute.engine != 'dask'",
+                FEAST_ENGINE_MESSAGE,
+                field_path=".compute.engine",
             ),
         )
     }
@@ -692,12 +802,24 @@ class TrainingPipelineSpec(NoriaModel):
             raise ValueError("evaluation.metric: " + METRIC_TASK_MESSAGE)
         if self.triggers and self.triggers.performance and self.triggers.performance.metric not in allowed:
             raise ValueError("triggers.performance.metric: " + METRIC_TASK_MESSAGE)
+        if self.data.feast and self.compute and self.compute.engine == "dask":
+            raise ValueError("compute.engine: " + FEAST_ENGINE_MESSAGE)
         return self
 
     def evaluation_metric(self) -> str:
         """The gate metric, with the task's default filled in."""
         chosen = self.evaluation.metric if self.evaluation else None
         return chosen or DEFAULT_METRIC[self.model.task]
+
+    @model_validator(mode="after")
+    def _dask_trains_the_estimator(self) -> TrainingPipelineSpec:
+        if (
+            self.compute
+            and self.compute.engine == "dask"
+            and self.model.estimator not in dask_estimators(self.model.task)
+        ):
+            raise ValueError("model.estimator: " + DASK_ESTIMATOR_MESSAGE)
+        return self
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -826,6 +948,7 @@ __all__ = [
     "DataSpec",
     "DriftTrigger",
     "EvaluationSpec",
+    "FeastSource",
     "Feedback",
     "KIND",
     "ModelSpec",
