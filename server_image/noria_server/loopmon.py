@@ -12,9 +12,12 @@ such pauses visible in the server's metrics:
 
 ``settle_heap`` removes the largest pause at its source: after the model is loaded and warmed up,
 every object alive (the interpreter, sklearn, pandas, the model) is moved to the permanent
-generation with ``gc.freeze()``, so later full collections walk only what serving created since,
-and the young generation's threshold is raised so collections run less often (each one still
-walks only the objects allocated since the previous one: a few hundred requests' worth).
+generation with ``gc.freeze()``, so later full collections walk only what serving created since.
+The young generation keeps a small threshold: a young collection walks every tracked object that
+is still alive since the previous one, and serving keeps about two alive per request (the
+feedback ledger's entry tuple, the log's queued batch), so a threshold of 20,000 made each young
+collection walk ~20,000 objects: 7-12 ms of CPU in one piece on the loop thread, measured
+(docs/operations/latency.md), where 700 costs ~0.6 ms each, more often.
 ``shorten_gil_turns`` bounds the other pause: a background thread (the log writer rendering JSON)
 keeps the GIL for up to the interpreter's switch interval, 5 ms by default, before the loop thread
 gets it back; 0.5 ms keeps that wait under a typical request's own cost.
@@ -30,10 +33,11 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# Allocations (minus deallocations) of container objects before a young collection. CPython's
-# default 700 ran one every ~15 requests; 20,000 runs one every few hundred, each still short
-# because a request's objects are mostly gone by then.
-YOUNG_THRESHOLD = 20_000
+# Tracked objects allocated and still alive (allocations minus deallocations) before a young
+# collection, which walks them all: the pause grows with it. CPython's default; the earlier 20,000
+# ran one every ~6,000 requests, each holding the loop for 7-12 ms of CPU (ledger entries waiting
+# for their first collection), where 700 runs one every ~120 requests at ~0.6 ms (max 1.7 ms).
+YOUNG_THRESHOLD = 700
 LOOP_LAG_INTERVAL_SECONDS = 0.025
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
@@ -118,8 +122,8 @@ class GcPauses:
 
 
 def settle_heap(young_threshold: int = YOUNG_THRESHOLD) -> int:
-    """Collect once, freeze what is alive and raise the young threshold (call after warm-up, on
-    the loop thread, before serving). Returns how many objects were frozen."""
+    """Collect once, freeze what is alive and set the young threshold (call after warm-up, on the
+    loop thread, before serving). Returns how many objects were frozen."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
