@@ -8,8 +8,10 @@ CPU 0, server on CPU 1, one native thread), each server is first driven to satur
 that maximum, and one rate both servers sustain (50 % of MLServer's maximum), each for ``--seconds``.
 Open loop: requests are sent on a fixed schedule whether or not earlier answers came back, and each
 latency counts from the scheduled send time, so a server stall shows in full instead of slowing the
-generator down (what a closed-loop wrk run hides: coordinated omission). Noria runs with its
-defaults: drift counting and the prediction log on.
+generator down (what a closed-loop wrk run hides: coordinated omission). The generator reports how
+late it sent (``late p99``; uvloop's timers fire on whole milliseconds, so ~0.5 ms at the median),
+which every latency of both servers includes: a run where it is large measured the generator.
+Noria runs with its defaults: drift counting and the prediction log on.
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
 system time of the server process tree from /proc). ``--profile`` adds Noria's own view of the 80 %
@@ -65,11 +67,12 @@ class RateResult:
     p999_ms: float
     cpu_s_per_10k: float
     errors: int
+    late_p99_ms: float  # the generator's own error: how late its sends left (p99), inside every latency
 
     def row(self) -> str:
         return (f"{self.offered:8.0f} {self.answered / max(self.sent, 1):7.0%} {self.p50_ms:7.2f} "
                 f"{self.p99_ms:7.2f} {self.p999_ms:8.2f} {self.p99_ms / self.p50_ms:6.1f} "
-                f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:7.2f}"
+                f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:9.2f} {self.late_p99_ms:8.2f}"
                 + (f"  ({self.errors} errors)" if self.errors else ""))
 
 
@@ -97,10 +100,12 @@ def cpu_seconds(pid: int) -> float:
 
 def run_rate(proc: subprocess.Popen, url: str, rate: float, seconds: float) -> RateResult:
     before = cpu_seconds(proc.pid)
-    latencies, errors, sent = open_loop(url, payload(), rate, seconds)
+    late: list[float] = []
+    latencies, errors, sent = open_loop(url, payload(), rate, seconds, late)
     used = cpu_seconds(proc.pid) - before
     return RateResult(rate, sent, len(latencies), _percentile(latencies, 0.5), _percentile(latencies, 0.99),
-                      _percentile(latencies, 0.999), used / max(len(latencies), 1) * 10_000, errors)
+                      _percentile(latencies, 0.999), used / max(len(latencies), 1) * 10_000, errors,
+                      _percentile(sorted(late), 0.99))
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def main() -> None:
                                                          [f"scikit-learn=={sklearn.__version__}"])
     work = Path(tempfile.mkdtemp(prefix="noria-latency-"))
     header = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
-              f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9}")
+              f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'late p99':>8}")
     summary = []
     try:
         for kind in args.models.split(","):
@@ -269,7 +274,8 @@ def print_summary(summary: list, args: argparse.Namespace, load_before: str) -> 
             print(f"  shared rate {noria.offered:.0f} req/s: Noria p99 / MLServer p99 = "
                   f"{noria.p99_ms / ml.p99_ms:.2f}")
     print("  columns: offered req/s, answered share, p50, p99, p99.9 (ms from the scheduled send), "
-          "p99/p50, p99.9/p50, server CPU s per 10,000 answers")
+          "p99/p50, p99.9/p50, server CPU s per 10,000 answers, p99 of how late the generator sent (ms; "
+          "part of every latency, so a run where it is large says the generator, not the server, was slow)")
     print("  Noria: defaults (drift counting on, prediction log on to a local store); MLServer 1.7.1 "
           "parallel_workers 0; both taskset -c 1, one native thread")
     print(f"  Load before: {load_before}")
