@@ -2,21 +2,42 @@
 
     .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
 
-Needs Debian's ``wrk`` and ``nginx`` (``apt-get install -y wrk nginx-light``; without nginx its rows
-are left out). Three model servers (the same LogisticRegression Pipeline trained with three seeds),
-the router and nginx run on CPU 1; the load generators run on CPU 0. Measured in one run, for each
-path (direct to the server; the router with one backend, with a 90/10 split, with the split and a
-100 % shadow; nginx doing the same split and split + mirror, one worker, upstream keep-alive):
+Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
+nginx-light``; without nginx its rows are left out and the output says so); ``--profile`` needs
+``py-spy`` (``.venv/bin/pip install py-spy``). Three model servers (the same LogisticRegression
+Pipeline trained with three seeds: v1 the primary, v2 the 10 % of the split, v3 the shadow), three
+routers (one backend; 90/10; 90/10 + 100 % shadow) and one nginx (one worker, upstream keep-alive,
+``split_clients`` and ``mirror`` doing the same three things) run side by side, each measured on the
+same paths, in two layouts on the 2-core machine:
 
-- latency at a fixed, open-loop rate (``server_latency``'s generator: latencies count from each
-  scheduled send, so a stall is not hidden), median of ``--runs``;
-- maximum throughput (wrk, 16 connections), median of ``--runs``;
-- CPU seconds per 10,000 requests during the throughput runs, of the model servers (all three
-  together) and of the proxy (router or nginx), from /proc (user + system).
+- **proxy on its own core** (how a cluster runs it: the router is its own pod with its own CPU):
+  the primary v1 alone on CPU 1; the proxy, v2, the shadow v3 and the load generator on CPU 0, the
+  shadow at niceness 19 (a shadow pod has its own CPU: here it gets what the proxy and generator
+  leave, and the router drops the mirrors it cannot keep up with);
+- **proxy on the server's core** (the earlier layout, kept so nothing is hidden): all three model
+  servers and the proxy on CPU 1, the load generator on CPU 0. Here throughput through any proxy is
+  bounded by server CPU / (server CPU + proxy CPU) per request, and the shadow's model competes
+  with the primary's on one core: it measures the core more than the proxy.
 
-Goals (issue 17): added p50 <= 0.3 ms and p99 <= 1 ms at 500 req/s; throughput through the router
->= 0.7x direct with one backend and with a 90/10 split; a 100 % shadow costs the primary <= 5 % p99.
-On a shared 2-core machine the figures move with other load: the load average is printed.
+For each path (direct to v1, then through each router and nginx):
+
+- latency at a fixed, open-loop rate (``serving_bench.open_loop``: latencies count from each
+  scheduled send, so a stall is not hidden); the paths take turns, ``--runs`` rounds, medians, so a
+  change of background load hits every path alike;
+- maximum throughput (wrk, 16 connections, median of ``--runs``), with wrk's own p99;
+- CPU seconds per 10,000 requests during the throughput runs: of the model servers together, of the
+  proxy, and of the generator (wrk); and the load of each CPU (the CPU seconds of the processes
+  placed there per wall second: near 1.0 on CPU 0 in the first layout means the generator's core,
+  not the server, set the maximum);
+- with a shadow: the shadow's answers per request at saturation (the router drops mirrors the shadow
+  cannot keep up with, counted in ``noria_router_errors_total{reason="shadow_overload"}``; above
+  100 % when mirrors queued during the warm-up are answered within the run).
+
+Goals (issue 17), judged in both layouts: added p50 <= 0.3 ms and p99 <= 1 ms at 500 req/s;
+throughput through the router >= 0.7x direct with one backend and with a 90/10 split; a 100 % shadow
+costs the primary <= 5 % p99 (at the fixed rate, 90/10 + shadow against 90/10). On a shared machine
+the figures move with other load: the load average is printed, and latency goals are called
+unmeasurable when the server's own maximum is close to the fixed rate.
 """
 
 from __future__ import annotations
@@ -24,13 +45,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,12 +66,41 @@ from serving_bench import lua_post, open_loop, require_wrk, start, stop, uptime,
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64",
                                "data": [[round(0.1 * i - 1.0, 3) for i in range(20)]]}]}).encode()
+INFER = "/v2/models/churn/infer"
 GOAL_ADDED_P50_MS = 0.3
 GOAL_ADDED_P99_MS = 1.0
 GOAL_THROUGHPUT_VS_DIRECT = 0.7
 GOAL_SHADOW_P99_COST = 0.05
 # An offered rate above this share of the direct maximum measures the server's queue, not the router.
 SATURATION_SHARE = 0.8
+VERSIONS = ("churn-v1", "churn-v2", "churn-v3")  # primary, the split's 10 %, the shadow
+
+DIRECT = "direct to the server"
+ROUTER_ONE, ROUTER_SPLIT, ROUTER_SHADOW = "router, one backend", "router, 90/10 split", "router, 90/10 + shadow"
+NGINX_ONE, NGINX_SPLIT, NGINX_MIRROR = "nginx, one backend", "nginx, 90/10 split", "nginx, 90/10 + mirror"
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    primary_cpu: int  # churn-v1
+    others_cpu: int  # churn-v2 (the split's 10 %) and churn-v3 (the shadow)
+    proxy_cpu: int
+    shadow_nice: int  # the shadow's niceness: 19 gives it only the CPU the proxy and generator leave
+    generator_cpu: int = 0
+
+
+LAYOUTS = (Layout("proxy on its own core", primary_cpu=1, others_cpu=0, proxy_cpu=0, shadow_nice=19),
+           Layout("proxy on the server's core", primary_cpu=1, others_cpu=1, proxy_cpu=1, shadow_nice=0))
+
+
+@dataclass
+class Target:
+    """One path to the primary: its URL, the proxy process on the way (None: direct)."""
+
+    url: str
+    proxy: int | None
+    mirrored: bool = False
 
 
 @dataclass
@@ -55,9 +108,36 @@ class PathResult:
     p50_ms: float  # at the fixed rate
     p99_ms: float
     rps: float  # at saturation
+    sat_p99_ms: float  # wrk's p99 at saturation
     server_cpu_10k: float  # CPU seconds per 10,000 requests at saturation
     proxy_cpu_10k: float
-    errors: int
+    generator_cpu_10k: float
+    cpu_load: dict[int, float] = field(default_factory=dict)  # CPU -> CPU seconds placed there per wall second
+    mirrored_share: float | None = None  # shadow answers / requests at saturation
+    errors: int = 0
+
+
+def pin_tree(pid: int, cpu: int, nice: int | None = None) -> None:
+    """Move every thread of ``pid`` and of its descendants to ``cpu`` (``taskset -a -p`` for a tree),
+    and set their niceness (per thread on Linux) when ``nice`` is given."""
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                os.sched_setaffinity(int(tid), {cpu})
+                if nice is not None:
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+                pids.extend(int(c) for c in Path(f"/proc/{p}/task/{tid}/children").read_text().split())
+        except OSError:
+            continue
+
+
+def served(base_url: str) -> float:
+    """Requests a model server has answered so far (its ``noria_requests_total``, every series)."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(v) for v in re.findall(r"^noria_requests_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
 
 
 def fixed_rate(url: str, rate: float, seconds: float) -> tuple[float, float, int]:
@@ -67,26 +147,85 @@ def fixed_rate(url: str, rate: float, seconds: float) -> tuple[float, float, int
     return latencies[n // 2] * 1e3, latencies[min(n - 1, int(n * 0.99))] * 1e3, errors
 
 
-def measure_path(url: str, servers: list[int], proxy: int | None, args: argparse.Namespace) -> PathResult:
-    """Fixed-rate latency, then saturation throughput with the CPU each side used (medians of ``runs``)."""
-    fixed_rate(url, args.rate, 2)  # warm-up: connections, caches
-    fixed = [fixed_rate(url, args.rate, args.rate_seconds) for _ in range(args.runs)]
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class SaturationRun:
+    rps: float
+    p99_ms: float
+    errors: int
+    server_cpu_10k: float
+    proxy_cpu_10k: float
+    generator_cpu_10k: float
+    cpu_load: dict[int, float]
+    mirrored_share: float | None
+
+
+def saturation(target: Target, placed: dict[int, list[int]], servers: list[int], shadow_url: str,
+               args: argparse.Namespace) -> list[SaturationRun]:
+    """wrk's maximum through ``target``, ``runs`` times, with the CPU each process used."""
     script = lua_post(BODY)
+    runs = []
     try:
-        wrk(url, script, args.connections, args.warmup)
-        runs = []
+        wrk(target.url, script, args.connections, args.warmup)
         for _ in range(args.runs):
-            server_before = sum(cpu_seconds(p) for p in servers)
-            proxy_before = cpu_seconds(proxy) if proxy else 0.0
-            result = wrk(url, script, args.connections, args.seconds)
+            before = {pid: cpu_seconds(pid) for pids in placed.values() for pid in pids}
+            mirrored_before = served(shadow_url) if target.mirrored else 0.0
+            gen_before, wall_before = children_cpu(), time.monotonic()
+            result = wrk(target.url, script, args.connections, args.seconds)
+            wall, gen = time.monotonic() - wall_before, children_cpu() - gen_before
+            used = {pid: cpu_seconds(pid) - before[pid] for pid in before}
             requests = max(result.rps * args.seconds, 1.0)
-            runs.append((result, (sum(cpu_seconds(p) for p in servers) - server_before) / requests * 1e4,
-                         ((cpu_seconds(proxy) - proxy_before) / requests * 1e4) if proxy else 0.0))
+            load = {cpu: sum(used[p] for p in pids) / wall for cpu, pids in placed.items()}
+            load[0] = load.get(0, 0.0) + gen / wall  # the generator (wrk) runs on CPU 0
+            runs.append(SaturationRun(
+                result.rps, result.p99_ms, result.errors, sum(used[p] for p in servers) / requests * 1e4,
+                (used[target.proxy] / requests * 1e4) if target.proxy else 0.0, gen / requests * 1e4, load,
+                ((served(shadow_url) - mirrored_before) / requests) if target.mirrored else None))
     finally:
         os.unlink(script)
-    return PathResult(statistics.median(f[0] for f in fixed), statistics.median(f[1] for f in fixed),
-                      statistics.median(r.rps for r, _, _ in runs), statistics.median(c for _, c, _ in runs),
-                      statistics.median(c for _, _, c in runs), sum(f[2] for f in fixed) + sum(r.errors for r, _, _ in runs))
+    return runs
+
+
+def measure_layout(layout: Layout, paths: dict[str, Target], procs: dict[str, int], urls: dict[str, str],
+                   args: argparse.Namespace) -> dict[str, PathResult]:
+    """Place the processes for ``layout``, then fixed-rate rounds over every path, then saturation per path."""
+    pin_tree(procs["churn-v1"], layout.primary_cpu)
+    pin_tree(procs["churn-v2"], layout.others_cpu)
+    pin_tree(procs["churn-v3"], layout.others_cpu, nice=layout.shadow_nice)
+    proxies = [pid for name, pid in procs.items() if name not in VERSIONS]
+    for pid in proxies:
+        pin_tree(pid, layout.proxy_cpu)
+    placed: dict[int, list[int]] = {}
+    for name, pid in procs.items():
+        cpu = layout.primary_cpu if name == VERSIONS[0] else layout.others_cpu if name in VERSIONS else layout.proxy_cpu
+        placed.setdefault(cpu, []).append(pid)
+    servers = [procs[v] for v in VERSIONS]
+    time.sleep(0.5)
+    print(f"\n[{layout.name}] fixed rate, {args.runs} rounds over {len(paths)} paths ...", flush=True)
+    for path in paths.values():
+        fixed_rate(path.url, args.rate, 2)  # warm-up: connections, caches
+    fixed: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
+    for _ in range(args.runs):
+        for name, path in paths.items():
+            fixed[name].append(fixed_rate(path.url, args.rate, args.rate_seconds))
+    results = {}
+    for name, path in paths.items():
+        print(f"[{layout.name}] saturation: {name} ...", flush=True)
+        runs = saturation(path, placed, servers, urls["churn-v3"], args)
+        mirrored = [r.mirrored_share for r in runs if r.mirrored_share is not None]
+        results[name] = PathResult(
+            statistics.median(f[0] for f in fixed[name]), statistics.median(f[1] for f in fixed[name]),
+            statistics.median(r.rps for r in runs), statistics.median(r.p99_ms for r in runs),
+            statistics.median(r.server_cpu_10k for r in runs), statistics.median(r.proxy_cpu_10k for r in runs),
+            statistics.median(r.generator_cpu_10k for r in runs),
+            {cpu: statistics.median(r.cpu_load.get(cpu, 0.0) for r in runs) for cpu in (0, 1)},
+            statistics.median(mirrored) if mirrored else None,
+            sum(f[2] for f in fixed[name]) + sum(r.errors for r in runs))
+    return results
 
 
 def router_config(urls: dict[str, str], weights: dict[str, int], shadow: str | None) -> dict:
@@ -96,14 +235,8 @@ def router_config(urls: dict[str, str], weights: dict[str, int], shadow: str | N
     return RouterConfig("churn", "bench", backends, mirrored).to_json()
 
 
-def write_config(path: Path, config: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config))
-    os.replace(tmp, path)
-    time.sleep(0.6)  # the router polls every 250 ms
-
-
-def nginx_conf(work: Path, ports: dict[str, int], split_port: int, mirror_port: int) -> Path:
+def nginx_conf(work: Path, ports: dict[str, int], listen: dict[str, int]) -> Path:
+    """One worker, keep-alive upstreams; ``listen`` ports for one backend, the split and split + mirror."""
     upstreams = "\n".join(f"  upstream {v.replace('-', '_')} {{ server 127.0.0.1:{p}; keepalive 64; }}"
                           for v, p in ports.items())
     proxy = "proxy_http_version 1.1; proxy_set_header Connection \"\";"
@@ -123,11 +256,15 @@ http {{
 {upstreams}
   split_clients "${{request_id}}" $backend {{ 90% churn_v1; * churn_v2; }}
   server {{
-    listen 127.0.0.1:{split_port};
+    listen 127.0.0.1:{listen["one"]};
+    location / {{ proxy_pass http://churn_v1; {proxy} }}
+  }}
+  server {{
+    listen 127.0.0.1:{listen["split"]};
     location / {{ proxy_pass http://$backend; {proxy} }}
   }}
   server {{
-    listen 127.0.0.1:{mirror_port};
+    listen 127.0.0.1:{listen["mirror"]};
     location / {{ mirror /mirror; mirror_request_body on; proxy_pass http://$backend; {proxy} }}
     location = /mirror {{ internal; proxy_pass http://churn_v3$request_uri; {proxy} }}
   }}
@@ -138,6 +275,10 @@ http {{
     return path
 
 
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500)
@@ -146,18 +287,27 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--layout", choices=[layout.name for layout in LAYOUTS], action="append",
+                        help="measure only this layout (repeatable; default: both)")
     parser.add_argument("--profile", action="store_true",
                         help="one more saturation run through the router (one backend) with py-spy attached")
     args = parser.parse_args()
     require_wrk()
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {0})  # the fixed-rate generator runs in this process
+    if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
+        sys.exit("router_overhead needs 2 CPUs and sched_setaffinity (Linux): it places processes on CPUs 0 and 1")
+    nginx = find_nginx()
+    if nginx is None:
+        print("nginx not found: its rows are left out (`apt-get install -y nginx-light` for the native-code "
+              "reference)", flush=True)
+    if args.profile and not (shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()):
+        sys.exit("--profile needs py-spy: `.venv/bin/pip install py-spy`")
+    os.sched_setaffinity(0, {0})  # the fixed-rate generator runs in this process
     load_before = uptime()
     work = Path(tempfile.mkdtemp(prefix="noria-router-bench-"))
-    procs: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
     try:
-        urls, ports, servers = {}, {}, []
-        for i, version in enumerate(("churn-v1", "churn-v2", "churn-v3")):
+        urls, ports, procs = {}, {}, {}
+        for i, version in enumerate(VERSIONS):
             saved = train_and_save("logistic", str(work / version), rows=3000, seed=i)
             port = ports[version] = free_port()
             urls[version] = f"http://127.0.0.1:{port}"
@@ -165,48 +315,42 @@ def main() -> None:
                           "--digest", saved.digest, "--profile", saved.profile_uri, "--model", "churn",
                           "--version", version, "--host", "127.0.0.1", "--port", str(port),
                           "--drain-seconds", "0"], work / f"{version}.log")
-            procs.append(proc)
-            servers.append(proc.pid)
-        config_path = work / "router.json"
-        config_path.write_text(json.dumps(router_config(urls, {"churn-v1": 100, "churn-v2": 0}, None)))
-        router_port = free_port()
-        router = start([sys.executable, "-m", "noria_server", "route", "--config", str(config_path),
-                        "--host", "127.0.0.1", "--port", str(router_port), "--drain-seconds", "0"],
-                       work / "router.log")
-        procs.append(router)
-        for url in [*urls.values(), f"http://127.0.0.1:{router_port}"]:
-            wait_http(url + "/v2/health/ready", 180)
-        infer = "/v2/models/churn/infer"
-        routed = f"http://127.0.0.1:{router_port}{infer}"
-
-        results: dict[str, PathResult] = {}
-        print("direct ...", flush=True)
-        results["direct to the server"] = measure_path(urls["churn-v1"] + infer, servers, None, args)
-        print("router ...", flush=True)
-        results["router, one backend (100/0)"] = measure_path(routed, servers, router.pid, args)
-        if args.profile:
-            profile_router(routed, router.pid, args, work)
-        write_config(config_path, router_config(urls, {"churn-v1": 90, "churn-v2": 10}, None))
-        results["router, 90/10 split"] = measure_path(routed, servers, router.pid, args)
-        write_config(config_path, router_config(urls, {"churn-v1": 90, "churn-v2": 10}, "churn-v3"))
-        results["router, 90/10 + 100% shadow"] = measure_path(routed, servers, router.pid, args)
-        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+            started.append(proc)
+            procs[version] = proc.pid
+        paths = {DIRECT: Target(urls["churn-v1"] + INFER, None)}
+        for name, weights, shadow in ((ROUTER_ONE, {"churn-v1": 100}, None),
+                                      (ROUTER_SPLIT, {"churn-v1": 90, "churn-v2": 10}, None),
+                                      (ROUTER_SHADOW, {"churn-v1": 90, "churn-v2": 10}, "churn-v3")):
+            config = work / f"router-{len(paths)}.json"
+            config.write_text(json.dumps(router_config(urls, weights, shadow)))
+            port = free_port()
+            proc = start([sys.executable, "-m", "noria_server", "route", "--config", str(config), "--host",
+                          "127.0.0.1", "--port", str(port), "--drain-seconds", "0"], work / f"router-{len(paths)}.log")
+            started.append(proc)
+            procs[name] = proc.pid
+            paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, mirrored=shadow is not None)
         if nginx:
-            print("nginx ...", flush=True)
-            split_port, mirror_port = free_port(), free_port()
-            conf = nginx_conf(work, ports, split_port, mirror_port)
-            proc = start([nginx, "-p", str(work), "-c", str(conf)], work / "nginx.log")
-            procs.append(proc)
-            wait_http(f"http://127.0.0.1:{split_port}/v2/health/ready", 30)
-            results["nginx, 90/10 split_clients"] = measure_path(f"http://127.0.0.1:{split_port}{infer}", servers,
-                                                                 proc.pid, args)
-            results["nginx, 90/10 + 100% mirror"] = measure_path(f"http://127.0.0.1:{mirror_port}{infer}",
-                                                                 servers, proc.pid, args)
-        else:
-            print("nginx not found: `apt-get install -y nginx-light` for the native-code reference")
-        print_table(results, args, load_before)
+            listen = {"one": free_port(), "split": free_port(), "mirror": free_port()}
+            proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
+            started.append(proc)
+            procs["nginx"] = proc.pid
+            for name, key in ((NGINX_ONE, "one"), (NGINX_SPLIT, "split"), (NGINX_MIRROR, "mirror")):
+                paths[name] = Target(f"http://127.0.0.1:{listen[key]}{INFER}", proc.pid, mirrored=key == "mirror")
+        for path in paths.values():
+            wait_http(path.url.removesuffix(INFER) + "/v2/health/ready", 180)
+
+        tables = {}
+        for layout in LAYOUTS:
+            if args.layout and layout.name not in args.layout:
+                continue
+            tables[layout.name] = measure_layout(layout, paths, procs, urls, args)
+            print_table(layout, tables[layout.name], args)
+            if args.profile and layout is LAYOUTS[0]:
+                profile_router(paths[ROUTER_ONE].url, procs[ROUTER_ONE], args, work)
+        print(f"\nLoad before: {load_before}")
+        print(f"Load after:  {uptime()}")
     finally:
-        for proc in reversed(procs):
+        for proc in reversed(started):
             stop(proc)
         shutil.rmtree(work, ignore_errors=True)
 
@@ -226,31 +370,45 @@ def profile_router(url: str, pid: int, args: argparse.Namespace, work: Path) -> 
         os.unlink(script)
 
 
-def print_table(results: dict[str, PathResult], args: argparse.Namespace, load_before: str) -> None:
-    direct = results["direct to the server"]
-    print(f"\n## Router overhead: {args.rate:g} req/s open loop ({args.rate_seconds:g}s), then saturation "
-          f"(wrk -t1 -c{args.connections}, {args.seconds:g}s); median of {args.runs}")
-    print(f"{'path':30} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'req/s':>7} {'vs dir':>7} "
-          f"{'srv cpu':>8} {'proxy cpu':>9}")
+def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.Namespace) -> None:
+    direct = results[DIRECT]
+    print(f"\n## {layout.name}: v1 on CPU {layout.primary_cpu}, v2 + shadow v3 (nice {layout.shadow_nice}) on CPU "
+          f"{layout.others_cpu}, proxy on CPU {layout.proxy_cpu}, generator on CPU {layout.generator_cpu}")
+    print(f"{args.rate:g} req/s open loop ({args.rate_seconds:g}s x {args.runs} rounds), then saturation "
+          f"(wrk -t1 -c{args.connections}, {args.seconds:g}s); medians of {args.runs}")
+    print(f"{'path':24} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'req/s':>7} {'vs dir':>7} "
+          f"{'sat p99':>7} {'srv cpu':>7} {'proxy':>6} {'wrk':>5} {'cpu0':>5} {'cpu1':>5} {'mirrored':>8}")
     for name, r in results.items():
-        print(f"{name:30} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.p50_ms - direct.p50_ms:6.2f} "
-              f"{r.p99_ms - direct.p99_ms:6.2f} {r.rps:7.0f} {r.rps / direct.rps:6.2f}x "
-              f"{r.server_cpu_10k:8.2f} {r.proxy_cpu_10k:9.2f}" + (f"  ({r.errors} errors)" if r.errors else ""))
-    print("(+p50/+p99: added to direct at the fixed rate, ms; cpu: CPU seconds per 10,000 requests at saturation, "
-          "servers together / the proxy)")
-    one, split, shadow = (results["router, one backend (100/0)"], results["router, 90/10 split"],
-                          results["router, 90/10 + 100% shadow"])
+        mirrored = f"{r.mirrored_share:8.0%}" if r.mirrored_share is not None else f"{'':8}"
+        print(f"{name:24} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.p50_ms - direct.p50_ms:6.2f} "
+              f"{r.p99_ms - direct.p99_ms:6.2f} {r.rps:7.0f} {r.rps / direct.rps:6.2f}x {r.sat_p99_ms:7.2f} "
+              f"{r.server_cpu_10k:7.2f} {r.proxy_cpu_10k:6.2f} {r.generator_cpu_10k:5.2f} "
+              f"{r.cpu_load.get(0, 0):5.2f} {r.cpu_load.get(1, 0):5.2f} {mirrored}"
+              + (f"  ({r.errors} errors)" if r.errors else ""))
+    print("(+p50/+p99: added to direct at the fixed rate, ms; sat p99: wrk's at saturation, ms; srv cpu / proxy / "
+          "wrk: CPU seconds per 10,000 requests at saturation, the three model servers together / the proxy / the "
+          "generator; cpu0/cpu1: CPU seconds of the processes placed on that CPU per wall second at saturation; "
+          "mirrored: shadow answers per request at saturation)")
+    for proxy, without, with_shadow in (("router", ROUTER_SPLIT, ROUTER_SHADOW), ("nginx", NGINX_SPLIT, NGINX_MIRROR)):
+        if with_shadow in results:
+            a, b = results[without], results[with_shadow]
+            print(f"  {proxy}: a 100% shadow on the 90/10 split, at {args.rate:g} req/s: primary p99 "
+                  f"{b.p99_ms / a.p99_ms - 1:+.0%} (p50 {b.p50_ms / a.p50_ms - 1:+.0%}); at saturation: req/s "
+                  f"{b.rps / a.rps - 1:+.0%}, p99 {b.sat_p99_ms / a.sat_p99_ms - 1:+.0%}")
+    one, split, shadow = results[ROUTER_ONE], results[ROUTER_SPLIT], results[ROUTER_SHADOW]
     shadow_cost = shadow.p99_ms / split.p99_ms - 1
     queueing = direct.rps < args.rate / SATURATION_SHARE
     checks = [  # (goal, met, a latency goal: meaningless when the fixed rate only measures a queue)
-        (f"added p50 <= {GOAL_ADDED_P50_MS} ms", one.p50_ms - direct.p50_ms <= GOAL_ADDED_P50_MS, True),
-        (f"added p99 <= {GOAL_ADDED_P99_MS} ms", one.p99_ms - direct.p99_ms <= GOAL_ADDED_P99_MS, True),
-        (f"one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT,
-         False),
-        (f"90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct", split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT,
-         False),
-        (f"100% shadow costs the primary <= {GOAL_SHADOW_P99_COST:.0%} p99 (here {shadow_cost:+.0%})",
-         shadow_cost <= GOAL_SHADOW_P99_COST, True),
+        (f"added p50 <= {GOAL_ADDED_P50_MS} ms (here {one.p50_ms - direct.p50_ms:+.2f})",
+         one.p50_ms - direct.p50_ms <= GOAL_ADDED_P50_MS, True),
+        (f"added p99 <= {GOAL_ADDED_P99_MS} ms (here {one.p99_ms - direct.p99_ms:+.2f})",
+         one.p99_ms - direct.p99_ms <= GOAL_ADDED_P99_MS, True),
+        (f"one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct (here {one.rps / direct.rps:.2f}x)",
+         one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False),
+        (f"90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct (here {split.rps / direct.rps:.2f}x)",
+         split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False),
+        (f"100% shadow costs the primary <= {GOAL_SHADOW_P99_COST:.0%} p99 at {args.rate:g} req/s "
+         f"(here {shadow_cost:+.0%})", shadow_cost <= GOAL_SHADOW_P99_COST, True),
     ]
     for goal, met, latency_goal in checks:
         verdict = "not measurable here (see NOTE)" if queueing and latency_goal else ("met" if met else "NOT met")
@@ -259,12 +417,12 @@ def print_table(results: dict[str, PathResult], args: argparse.Namespace, load_b
         print(f"  NOTE: {args.rate:g} req/s is over {SATURATION_SHARE:.0%} of the server's own maximum here "
               f"({direct.rps:.0f} req/s): the fixed-rate latencies are mostly queueing, not the router's cost "
               f"(a loaded machine; rerun with a lower --rate)")
-    print("\nConfigurations: 3 x `python -m noria_server serve` (LogisticRegression Pipeline, 20 features, "
-          "defaults, no store) + `python -m noria_server route --config`, all taskset -c 1 (the shadow server "
-          "shares that CPU with the primary); nginx 1 worker, upstream keepalive 64, taskset -c 1. "
-          "Same single-row OIP v2 body.")
-    print(f"Load before: {load_before}")
-    print(f"Load after:  {uptime()}")
+    if layout.proxy_cpu == layout.generator_cpu and one.cpu_load.get(0, 0) > 0.9 > one.cpu_load.get(1, 0):
+        print("  NOTE: CPU 0 (generator + proxy) was busier than CPU 1 through the router: the generator's core, not "
+              "the server, may have set the maximum")
+    print("Configurations: 3 x `python -m noria_server serve` (LogisticRegression Pipeline, 20 features, defaults, no "
+          "store), 3 x `python -m noria_server route --config`; nginx (Debian) 1 worker, upstream keepalive 64, "
+          "split_clients and mirror. Same single-row OIP v2 body.")
 
 
 if __name__ == "__main__":
