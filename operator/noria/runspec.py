@@ -84,6 +84,14 @@ class RefitSummary(TypedDict):
     rows: int
 
 
+class FeastSummary(TypedDict, total=False):
+    """The Feast feature definitions a run used (spec.data.feast): ModelVersion lineage.data.feast."""
+
+    repository: str
+    featureService: str
+    definitionsDigest: str  # sha256:<64 hex> of the feature views' and service's specs (noria_trainer.feast_source)
+
+
 class _SuccessRequired(TypedDict):
     """What the operator needs to register a version; a summary without one of these is refused."""
 
@@ -115,6 +123,7 @@ class SuccessSummary(_SuccessRequired, total=False):
     refit: RefitSummary | None
     # The model file's format, the ModelVersion's spec.artifact.format; absent means skops.
     artifactFormat: Literal["skops", "xgboost-json"]
+    feast: FeastSummary | None  # only for a pipeline with spec.data.feast
 
 
 class FailureSummary(TypedDict, total=False):

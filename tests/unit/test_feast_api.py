@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,3 +87,12 @@ def test_the_lineage_carries_the_feature_definitions_digest() -> None:
         }
     )
     assert lineage.feast is not None and lineage.feast.definitions_digest == "sha256:" + "0" * 64
+
+
+def test_the_feast_example_pipeline_is_valid() -> None:
+    import yaml
+    from noria.api import TrainingPipeline
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "feast-churn" / "pipeline.yaml"
+    pipeline = TrainingPipeline.model_validate(yaml.safe_load(path.read_text()))
+    assert pipeline.spec.data.feast is not None and pipeline.spec.data.feast.feature_service == "churn_v1"

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from noria import objectstore, runspec, store, xgboost_artifact
+from noria import objectstore, runspec, store
 from noria.api.common import format_timestamp
 from noria.artifact import (
     ArtifactError,
@@ -38,6 +38,7 @@ from noria.artifact import (
     read_bounded,
     sha256_digest,
 )
+from noria.artifact_scope import DATA_SOURCE_FIELD
 from noria.profile import Profile, build_profile
 from noria.runspec import (
     EXIT_CHAMPION,
@@ -51,15 +52,15 @@ from noria.runspec import (
 )
 
 from noria_trainer import data as data_mod
-from noria_trainer import training
+from noria_trainer import feast_source, training
 from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import (
     EstimatorError,
     build_pipeline,
+    check_dask_params,
     check_engine,
     check_import_path,
     estimator_class,
-    xgboost_params,
 )
 from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import ValidationOutcome, feature_names, validate
@@ -168,7 +169,7 @@ def _library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("noria", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "scipy", "fsspec"):
+    for dist in ("noria", "scikit-learn", "numpy", "pandas", "pyarrow", "skops", "scipy", "fsspec", "feast"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -203,6 +204,7 @@ class WindowedRows:
     features: list[str]
     feedback: data_mod.FeedbackMerge | None
     files: list[str]
+    feast: dict[str, Any] | None = None  # repository, featureService, definitionsDigest (spec.data.feast)
 
 
 def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter) -> WindowedRows:
@@ -220,7 +222,13 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
     except data_mod.DataError as exc:
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc
     reporter.end(rows=len(frame), files=len(files))
-    features = feature_names(frame, spec, (spec.feedback_id_column,) if spec.feedback_id_column else ())
+    feast_rows = _join_feast(run, frame, reporter) if spec.feast else None
+    if feast_rows is not None:
+        frame = feast_rows.frame
+    if feast_rows is not None and not spec.features:
+        features = list(feast_rows.features)  # the service's or the list's, not the entity keys
+    else:
+        features = feature_names(frame, spec, (spec.feedback_id_column,) if spec.feedback_id_column else ())
 
     feedback = None
     if spec.feedback:
@@ -248,7 +256,25 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
     except data_mod.DataError as exc:
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc
     reporter.end(rows=len(windowed), feedbackRows=int(windowed[data_mod.FEEDBACK_ID_COLUMN].notna().sum()))
-    return WindowedRows(windowed, features, feedback, files)
+    return WindowedRows(windowed, features, feedback, files, feast_rows.lineage if feast_rows else None)
+
+
+def _join_feast(run: RunSpec, entities: pd.DataFrame, reporter: Reporter) -> feast_source.FeastRows:
+    """The entity rows with their features from Feast, as of each row's time (noria_trainer.feast_source).
+    The repository is judged by the same place rule as the source before Feast opens it."""
+    spec = run.spec
+    assert spec.feast is not None and spec.timestamp_column  # the API requires a timestampColumn with feast
+    reporter.begin("feast", repository=spec.feast.repository, featureService=spec.feast.feature_service)
+    try:
+        data_mod.source_scope(spec.feast.repository, run.store_root, run.namespace, run.trusted_data_prefixes)
+        joined = feast_source.historical_rows(entities, spec.timestamp_column, spec.feast)
+        joined = dataclasses.replace(joined, frame=data_mod.order_by_time(joined.frame, spec.timestamp_column))
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc).replace(DATA_SOURCE_FIELD, "spec.data.feast.repository")
+                         ) from exc
+    reporter.end(rows=len(joined.frame), features=len(joined.features), rowsWithoutFeatures=joined.unmatched,
+                 definitionsDigest=joined.lineage["definitionsDigest"])
+    return joined
 
 
 def _load_champion(run: RunSpec, reporter: Reporter) -> tuple[Any, Profile | None]:
@@ -384,7 +410,7 @@ def _check_spec(raw: Any, reporter: Reporter) -> RunSpec:
         run = parse_run_spec(raw)
         check_engine(run.spec.estimator, run.spec.task, run.spec.engine)  # refused as a string, before any import
         if run.spec.engine == "dask":
-            xgboost_params(run.spec.task, run.spec.params, 2, run.spec.seed)
+            check_dask_params(run.spec.estimator, run.spec.task, run.spec.params, run.spec.seed)
         else:
             check_import_path(run.spec.estimator)
             estimator_class(run.spec.estimator, run.spec.task)
@@ -412,6 +438,7 @@ def success_summary(metadata: dict[str, Any], report: dict[str, Any], uris: dict
         "verdict": evaluation["verdict"], "reason": report["gate"]["reason"], "rows": data["rows"],
         "feedbackRows": data["feedbackRows"], "window": data["window"], "trainedAt": metadata["trainedAt"],
         "failedStage": None, "refit": {"done": report["refit"]["done"], "rows": report["refit"]["rows"]},
+        **({"feast": data["feast"]} if data.get("feast") else {}),
     }
 
 
@@ -429,8 +456,13 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
             metadata = json.loads(handle.read())
         with fs.open(f"{path}/{store.REPORT_FILE}", "rb") as handle:
             report = json.loads(handle.read())
-        # a Dask run's model file is the XGBoost envelope's (noria_trainer.dask_training)
-        model_file = xgboost_artifact.MODEL_FILE if run.spec.engine == "dask" else store.MODEL_FILE
+        # a Dask run's model file: the XGBoost envelope, or a linear model's skops file (noria_trainer.dask_training)
+        if run.spec.engine == "dask":
+            from noria_trainer import dask_training
+
+            model_file = dask_training.model_file(run.spec)
+        else:
+            model_file = store.MODEL_FILE
         with fs.open(f"{path}/{model_file}", "rb") as handle:
             digest = sha256_digest(handle.read())
     except (OSError, ValueError):
@@ -440,9 +472,7 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
     if digest != (metadata.get("artifact") or {}).get("digest"):
         return None
     if run.spec.engine == "dask":
-        from noria_trainer import dask_training
-
-        return dask_training.summary_of(metadata, report, dask_training.artifact_uris(output))
+        return dask_training.summary_of(metadata, report, dask_training.artifact_uris(output, model_file))
     return success_summary(metadata, report, _artifact_uris(output))
 
 
@@ -686,7 +716,8 @@ def _metadata(t: Trained, model: Any, refit: bool, digest: str, untrusted: list[
                  "feedbackRows": t.feedback_rows, "holdoutFeedbackRows": t.split.holdout_feedback,
                  "timestampColumn": ts_col,
                  "from": profiled[ts_col].min() if ts_col and len(profiled) else None,
-                 "to": holdout[ts_col].max() if ts_col and len(holdout) else None},
+                 "to": holdout[ts_col].max() if ts_col and len(holdout) else None,
+                 **({"feast": t.rows.feast} if t.rows.feast else {})},
         "model": {"task": spec.task, "estimator": spec.estimator, "params": gated.params, "target": spec.target,
                   "features": t.rows.features, "kinds": t.outcome.kinds,
                   "classes": [c.item() if isinstance(c, np.generic) else c for c in getattr(model, "classes_", [])]},

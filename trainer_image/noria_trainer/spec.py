@@ -58,6 +58,15 @@ class Champion:
 
 
 @dataclass(frozen=True)
+class FeastData:
+    """spec.data.feast: the repository and exactly one of a feature service or feature references."""
+
+    repository: str
+    feature_service: str | None
+    features: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     task: Task
     estimator: str
@@ -88,6 +97,7 @@ class PipelineSpec:
     seed: int
     thresholds_as_written: dict[str, str] = field(default_factory=dict)
     engine: str = "single"  # spec.compute.engine: single (one pod) or dask (noria_trainer.dask_training)
+    feast: FeastData | None = None  # features from a Feast repository (noria_trainer.feast_source)
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,8 @@ def parse_pipeline_spec(spec: Any) -> PipelineSpec:
         seed=valid.seed,
         thresholds_as_written={key: str(value) for key, value in written.items() if value is not None},
         engine=valid.compute.engine if valid.compute else "single",
+        feast=FeastData(data.feast.repository, data.feast.feature_service,
+                        tuple(data.feast.features) if data.feast.features else None) if data.feast else None,
     )
 
 

@@ -117,7 +117,8 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
         "run": summary.run_id,
         "trigger": trigger,
         "data": {k: v for k, v in {"source": data.get("source"), "rows": raw.get("rows"),
-                                   "window": raw.get("window"), "feedbackRows": raw.get("feedbackRows")}.items()
+                                   "window": raw.get("window"), "feedbackRows": raw.get("feedbackRows"),
+                                   "feast": raw.get("feast")}.items()
                  if v is not None},
         "parent": parent,
         "trainedAt": raw.get("trainedAt"),
