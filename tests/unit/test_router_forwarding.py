@@ -5,7 +5,7 @@ client sends OIP binary-extension requests, mirrored requests and more mirrors t
 the body and its ``inference-header-content-length`` reach the backend and come back byte for byte,
 a mirror leaves only after the primary's answer (a slow shadow never delays it), at most
 ``max_shadow_in_flight`` mirrors are sent at once, and mirrors past the queue's bound are dropped and
-counted while the queued ones are sent as the shadow answers.
+counted (by count or by body bytes) while the queued ones are sent as the shadow answers.
 """
 
 from __future__ import annotations
@@ -131,3 +131,16 @@ async def test_mirrors_past_the_bound_are_dropped_and_counted(bed: dict[str, Any
     assert router.shadow_bytes == 0
     agree = router.metrics.shadow.labels(MODEL, "v1-slow", "shadow", m.OUTCOME_AGREE)._value.get()
     assert agree == 3
+
+
+async def test_mirrors_past_the_body_byte_bound_are_dropped_whatever_the_queue_length(bed: dict[str, Any]) -> None:
+    configure(bed, "v1-slow", shadow="shadow")
+    router = bed["router"]
+    router.settings.max_shadow_queue = 100
+    router.settings.max_shadow_bytes = 100  # one 60-byte body held at a time
+    for _ in range(3):
+        async with bed["session"].post(bed["url"], data=b"x" * 60, headers={"content-type": "application/json"}) as resp:
+            assert resp.status == 200
+    await asyncio.sleep(0.05)
+    overload = router.metrics.errors.labels(MODEL, "shadow", m.ROUTER_ERROR_SHADOW_OVERLOAD)._value.get()
+    assert overload == 2 and router.shadow_bytes == 60
