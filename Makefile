@@ -71,3 +71,17 @@ $(KSERVE_STAMP): constraints-kserve.txt
 	.venv-kserve/bin/python -m pip install -q -c constraints-kserve.txt kserve
 	touch $@
 integration test: kserve-client
+
+# Feast (TrainingPipeline spec.data.feast, docs/training-feast.md) in a venv of its own: feast 0.67 needs
+# pandas<3 and .venv pins pandas 3. It holds noria's trainer extra and feast (constraints-feast.txt); the
+# Feast tests run the trainer with its interpreter (tests/integration/feast_helpers.py), and the test
+# bed's node agent runs the noria-trainer-feast image with it.
+FEAST_STAMP := .venv-feast/.installed
+.PHONY: feast-venv
+feast-venv: $(FEAST_STAMP)
+$(FEAST_STAMP): pyproject.toml constraints-feast.txt
+	test -x .venv-feast/bin/python || python3 -m venv .venv-feast
+	.venv-feast/bin/python -m pip install -q --upgrade pip
+	.venv-feast/bin/python -m pip install -q -c constraints-feast.txt -e '.[trainer,feast]'
+	touch $@
+integration test: feast-venv

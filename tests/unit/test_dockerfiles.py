@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {  # Dockerfile -> (extra, module its ENTRYPOINT runs)
     "operator/Dockerfile": ("operator,s3", "noria"),  # s3: every image reaches an s3:// store
     "trainer_image/Dockerfile": ("trainer,dask,s3", "noria_trainer"),
+    "trainer_image/Dockerfile.feast": ("trainer,feast", "noria_trainer"),  # constraints-feast.txt: pandas<3
     "server_image/Dockerfile": ("server,s3", "noria_server"),
 }
 

@@ -25,6 +25,13 @@ IMAGE_DOCKERFILES = {
     "noria-operator": "operator/Dockerfile",
     "noria-trainer": "trainer_image/Dockerfile",
     "noria-server": "server_image/Dockerfile",
+    "noria-trainer-feast": "trainer_image/Dockerfile.feast",
+}
+# Images whose ``python`` is not the agent's own interpreter: image repository name -> the venv
+# interpreter (relative to the repository root) holding what the image installs. The Feast trainer
+# needs pandas<3, which the agent's venv cannot hold (docs/training-feast.md; make feast-venv).
+IMAGE_INTERPRETERS = {
+    "noria-trainer-feast": ".venv-feast/bin/python",
 }
 
 
@@ -98,6 +105,21 @@ def image_config(image: str, repo_root: Path = REPO_ROOT) -> ImageConfig | None:
     if relative is None:
         return None
     return parse_dockerfile((repo_root / relative).read_text(), source=relative)
+
+
+def image_python(image: str, default: str, repo_root: Path = REPO_ROOT) -> str:
+    """The interpreter ``python`` means in a container of ``image``: its venv's, or ``default``.
+
+    >>> image_python("noria-trainer:1", "/venv/bin/python")
+    '/venv/bin/python'
+    """
+    relative = IMAGE_INTERPRETERS.get(repository_name(image))
+    if relative is None:
+        return default
+    interpreter = repo_root / relative
+    if not interpreter.exists():
+        raise PodSpecError(f"image {image!r} runs on {relative}, which is missing: run `make feast-venv`")
+    return str(interpreter)
 
 
 def container_argv(container_name: str, image: str, command: list[str], args: list[str],

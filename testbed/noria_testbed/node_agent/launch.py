@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from noria_testbed.node_agent.common import RUN_MARKER_ENV, Json
-from noria_testbed.node_agent.images import container_argv, image_config
+from noria_testbed.node_agent.images import container_argv, image_config, image_python
 from noria_testbed.node_agent.service_account import MOUNT_PATH as SERVICE_ACCOUNT_MOUNT
 from noria_testbed.podspec import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
@@ -66,6 +66,7 @@ def launch_for(pod: Json, container: Json, *, sources: Sources, volume_dirs: dic
     # Expand with the container's own (unrewritten) values, then rewrite each string exactly
     # once: a local path may itself start with a mount path (the testbed lives under /tmp).
     image = container.get("image", "")
+    python = image_python(image, python)  # an image whose packages live in another venv (IMAGE_INTERPRETERS)
     from_image, own = container_argv(cname, image, container.get("command") or [], container.get("args") or [],
                                      image_config(image) if not container.get("command") else None)
     # The image's ENTRYPOINT/CMD name container paths too, but $(VAR) is the container spec's only.
