@@ -28,6 +28,9 @@ class Settings:
     # data rows). Empty: the same as store_root (an operator that mounts the PVC at the same path).
     local_store_root: str = ""
     trainer_image: str = "ghcr.io/noria-dev/noria-trainer:0.1.0"
+    # The trainer image of pipelines with spec.data.feast: the trainer with Feast, which needs pandas<3
+    # (trainer_image/Dockerfile.feast, docs/training-feast.md). Empty: trainer_image for those too.
+    trainer_feast_image: str = "ghcr.io/noria-dev/noria-trainer-feast:0.1.0"
     server_image: str = "ghcr.io/noria-dev/noria-server:0.1.0"
     prometheus_url: str = "http://prometheus.monitoring:9090"
     prometheus_timeout_seconds: float = 5.0
@@ -70,6 +73,7 @@ class Settings:
             store_mount_path=e.get("NORIA_STORE_MOUNT_PATH", d.store_mount_path),
             local_store_root=e.get("NORIA_LOCAL_STORE_ROOT", d.local_store_root),
             trainer_image=e.get("NORIA_TRAINER_IMAGE", d.trainer_image),
+            trainer_feast_image=e.get("NORIA_TRAINER_FEAST_IMAGE", d.trainer_feast_image),
             server_image=e.get("NORIA_SERVER_IMAGE", d.server_image),
             prometheus_url=e.get("NORIA_PROMETHEUS_URL", d.prometheus_url),
             prometheus_timeout_seconds=float(e.get("NORIA_PROMETHEUS_TIMEOUT", d.prometheus_timeout_seconds)),

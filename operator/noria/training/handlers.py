@@ -74,6 +74,7 @@ class _State:
         self.initial_retry = float(env.get("NORIA_INITIAL_RETRY_SECONDS", str(triggers.DEFAULT_INITIAL_RETRY_SECONDS)))
         self.run_settings = runs.RunSettings(
             trainer_image=self.settings.trainer_image,
+            trainer_feast_image=self.settings.trainer_feast_image,
             store_root=self.settings.store_root,
             store_pvc=self.settings.store_pvc,
             store_mount_path=self.settings.store_mount_path,

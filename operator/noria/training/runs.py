@@ -110,6 +110,13 @@ class RunSettings:
     # The operator's s3 endpoint and region, for a pipeline whose spec.store.s3 names none.
     s3_endpoint: str = ""
     s3_region: str = ""
+    trainer_feast_image: str = ""  # for spec.data.feast (Settings.trainer_feast_image); empty: trainer_image
+
+    def trainer_image_for(self, pipeline_spec: Mapping[str, Any]) -> str:
+        """The image a run of this pipeline trains on: a Feast pipeline's needs Feast (pandas<3)."""
+        if (pipeline_spec.get("data") or {}).get("feast") and self.trainer_feast_image:
+            return self.trainer_feast_image
+        return self.trainer_image
 
     def pod_uri(self, uri: str | None) -> str | None:
         """A store URI as pods see it. A trainer that saw the store at the operator's local root
@@ -169,7 +176,7 @@ def job(pipeline: Mapping[str, Any], owner_ref: Mapping[str, Any], spec: Mapping
     resources = pspec.get("resources") or {}
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
-        "image": settings.trainer_image,
+        "image": settings.trainer_image_for(pspec),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python", "-m", "noria_trainer", "run",
                     "--spec", f"{RUN_MOUNT_PATH}/{RUN_SPEC_KEY}", "--termination-log", TERMINATION_LOG],
