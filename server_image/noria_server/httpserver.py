@@ -28,8 +28,8 @@ Deadlines are not timers per request: each connection holds one deadline (loop t
 state changes, and one sweeper task per server closes the expired ones every fraction of the
 shortest timeout, which keeps the per-request cost to two attribute writes.
 
-A handler is ``handler(request) -> Response | Awaitable[Response]``: answering synchronously
-(health checks, metrics) skips creating a task.
+A handler is ``handler(request) -> Response | Reply | Awaitable[Response]``: answering synchronously
+(health checks, metrics) skips creating a task, and a ``Reply`` is written the moment it is set.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
@@ -137,7 +138,42 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
     return json_response(status, {"error": message, **extra})
 
 
-Handler = Callable[[Request], "Response | Awaitable[Response]"]
+class Reply:
+    """An answer the handler gives later (the model server's micro-batch), written the moment it is
+    set. An asyncio future runs its callbacks in the loop's next iteration, after the loop has polled
+    for I/O and parsed every request that arrived meanwhile: a micro-batch's answers waited for the
+    next batch's parsing (~0.1 ms of CPU per request, measured) and for the ledger and log work
+    after them."""
+
+    __slots__ = ("_callback", "_response")
+
+    def __init__(self) -> None:
+        self._callback: Callable[[Response], None] | None = None
+        self._response: Response | None = None
+
+    def done(self) -> bool:
+        return self._response is not None
+
+    def set_result(self, response: Response) -> None:
+        if self._response is not None:
+            raise RuntimeError("the reply was already given")
+        self._response = response
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            try:
+                callback(response)
+            except Exception:  # as the loop does for a future's callback: the caller's batch goes on
+                log.exception("writing an answer failed")
+
+    def on_done(self, callback: Callable[[Response], None]) -> None:
+        """``callback(response)`` once the reply is set (at once if it is)."""
+        if self._response is not None:
+            callback(self._response)
+        else:
+            self._callback = callback
+
+
+Handler = Callable[[Request], "Response | Reply | Awaitable[Response]"]
 # Called once per answer with the request it answers (None for answers given before a request
 # was complete: malformed, over a limit, timed out, refused at accept) and the status code.
 ResponseHook = Callable[["Request | None", int], None]
@@ -374,6 +410,9 @@ class _Connection(asyncio.Protocol):
                 continue
             self.busy = True
             self.server.in_flight += 1
+            if isinstance(result, Reply):
+                result.on_done(partial(self._answered, request=request, keep_alive=keep_alive))
+                return
             task = asyncio.ensure_future(result)
             task.add_done_callback(lambda t, r=request, ka=keep_alive: self._done(t, r, ka))
             return
@@ -389,7 +428,6 @@ class _Connection(asyncio.Protocol):
             self.deadline = self.clock() + self.limits.idle_timeout
 
     def _done(self, task: asyncio.Future[Response], request: Request, keep_alive: bool) -> None:
-        self.server.in_flight -= 1
         try:
             response = task.result()
         except asyncio.CancelledError:
@@ -398,6 +436,10 @@ class _Connection(asyncio.Protocol):
             log.exception("handler failed")
             response = error_response(500, f"internal error: {type(exc).__name__}: {exc}",
                                       **self.server.error_fields())
+        self._answered(response, request, keep_alive)
+
+    def _answered(self, response: Response, request: Request, keep_alive: bool) -> None:
+        self.server.in_flight -= 1
         self._write(response, keep_alive, request)
         self.busy = False
         self._next()

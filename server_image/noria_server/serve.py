@@ -20,7 +20,9 @@ the socket buffers; they are parsed in the next loop iteration and all go into t
 alone with no added wait. ``batch_wait_ms`` > 0 adds a bounded wait before each batch, and
 ``max_batch`` bounds its rows; within that bound ``model.BatchSizer`` keeps what the rows add to one
 ``predict`` within ``batch_budget_ms`` (learned per-row cost), and a bulk request over the limit is
-predicted in slices with the loop serving in between, so no batch holds the loop for long. Each stage
+predicted in slices with the loop serving in between, so no batch holds the loop for long. Each answer
+is written to its connection the moment its batch sets it (``httpserver.Reply``): before the batch's
+ledger and log work, and before the loop parses the requests that arrived during the predict. Each stage
 (parse, batch wait, predict, count, log, serialise), the loop's lag and GC pauses are histograms in
 the metrics (docs/operations/latency.md); after warm-up the heap is frozen (``loopmon.settle_heap``). A batch whose ``predict`` raises is re-run request by request so one
 bad request fails alone.
@@ -49,7 +51,7 @@ from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER
 
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
-from .httpserver import HttpLimits, HttpServer, Request, Response, json_response
+from .httpserver import HttpLimits, HttpServer, Reply, Request, Response, json_response
 from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
 from .model import DEFAULT_BATCH_BUDGET_MS, BatchSizer, ServedModel
 from .predlog import DEFAULT_FLUSH_SECONDS, JsonlLog
@@ -127,7 +129,7 @@ class ServeSettings:
 @dataclass(slots=True)
 class _Pending:
     request: oip.InferRequest
-    future: asyncio.Future[Response]
+    future: Reply  # written to the client as soon as it is set, before the batch's ledger and log work
     started: float
     parsed: float  # perf_counter when it joined the queue (batch_wait starts)
 
@@ -240,7 +242,7 @@ class ModelServer:
         self.stopped.set()
 
     # --- routing -------------------------------------------------------------------------------
-    def handle(self, request: Request) -> Response | asyncio.Future[Response]:
+    def handle(self, request: Request) -> Response | Reply:
         path, method = request.path, request.method
         if path.startswith(self._model_path):
             rest = path[len(self._model_path):]
@@ -319,7 +321,7 @@ class ModelServer:
         return json_response(200, body)
 
     # --- inference -----------------------------------------------------------------------------
-    def _infer(self, request: Request) -> Response | asyncio.Future[Response]:
+    def _infer(self, request: Request) -> Response | Reply:
         started = time.perf_counter()
         model = self.model
         if model is None or self.state not in ("ready", "stopping"):
@@ -332,7 +334,7 @@ class ModelServer:
             return self._error(exc.status, exc.message, request, started=started)
         queued = time.perf_counter()
         self.metrics.latency.stages[m.STAGE_PARSE].observe(queued - started)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        future = Reply()
         self.pending.append(_Pending(parsed, future, started, queued))
         self.pending_rows += parsed.rows.shape[0]
         if not self.flush_scheduled:

@@ -3,10 +3,12 @@ for the unit tests of what the server answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from noria_server.httpserver import Reply, Request, Response
 from noria_server.model import ServedModel
 from noria_server.serve import ModelServer, ServeSettings
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -28,3 +30,14 @@ def fitted_server(kind: str, **settings: Any) -> ModelServer:
     server.model = ServedModel.from_estimator(estimator, None)
     server.state = server.reason = "ready"
     return server
+
+
+async def handled(server: ModelServer, request: Request) -> Response:
+    """The server's response to ``request`` as its HTTP layer gets it: at once, or once a micro-batch
+    sets the ``Reply``."""
+    result = server.handle(request)
+    if isinstance(result, Reply):
+        done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        result.on_done(done.set_result)
+        return await done
+    return result

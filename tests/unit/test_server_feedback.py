@@ -14,7 +14,7 @@ from noria_server import bearer, ledger
 from noria_server.httpserver import Request
 from noria_server.route import merge_feedback_answers
 from noria_server.serve import ModelServer, ServeSettings
-from server_helpers import fitted_server
+from server_helpers import fitted_server, handled
 
 TOKEN = "s3cret-token-0123456789abcdef"
 
@@ -30,11 +30,7 @@ def _request(path: str, payload: Any, headers: dict[str, str] | None = None) -> 
 
 
 def _call(server: ModelServer, request: Request) -> tuple[int, dict[str, Any]]:
-    async def go() -> Any:
-        answer = server.handle(request)
-        return await answer if asyncio.isfuture(answer) else answer
-
-    response = asyncio.run(go())
+    response = asyncio.run(handled(server, request))
     return response.status, orjson.loads(response.body)
 
 

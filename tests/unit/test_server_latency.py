@@ -14,6 +14,7 @@ import orjson
 import pytest
 from noria import metrics as m
 from noria_server import loopmon
+from noria_server.httpserver import HttpLimits, HttpServer, Reply, Request, Response, json_response
 from noria_server.model import BatchSizer
 from noria_server.reference_models import train_and_save
 from noria_server.serve import ModelServer, ServeSettings
@@ -195,3 +196,59 @@ async def test_a_bulk_request_is_predicted_in_slices_and_answered_whole(tmp_path
     assert calls >= 1000 // 64  # sliced
     cumulative = dict(server.metrics.latency.batch_rows.cumulative())
     assert cumulative["64"] == cumulative["+Inf"]  # never one predict over the batch limit
+
+
+async def test_a_reply_is_written_the_moment_it_is_set_not_a_loop_iteration_later() -> None:
+    """A micro-batch's answers go out as the batch sets them: nothing the loop runs next (the next
+    batch's parsing, the ledger and log work after them) comes first. Pipelined requests on one
+    connection stay in order."""
+    replies: list[Reply] = []
+    written: list[str] = []
+
+    def handler(request: Request) -> Reply:
+        reply = Reply()
+        replies.append(reply)
+        return reply
+
+    server = HttpServer(handler, HttpLimits(), on_response=lambda request, status: written.append(request.path))
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        for _ in range(100):
+            if replies:
+                break
+            await asyncio.sleep(0.01)
+        assert len(replies) == 1 and written == []  # the second request waits for the first's answer
+
+        replies[0].set_result(json_response(200, {"n": 1}))  # no await: the loop runs nothing in between
+        assert written == ["/a"] and len(replies) == 2  # written, and the next pipelined request dispatched
+        replies[1].set_result(json_response(200, {"n": 2}))
+        assert written == ["/a", "/b"]
+        with pytest.raises(RuntimeError):
+            replies[1].set_result(json_response(200, {"n": 3}))
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2:
+            data += await asyncio.wait_for(reader.read(65536), 3)
+        assert data.index(b'{"n":1}') < data.index(b'{"n":2}')
+        writer.close()
+    finally:
+        await server.close(timeout=2)
+
+
+def test_a_reply_set_before_anyone_waits_is_delivered_on_registration_and_a_failing_writer_is_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    reply = Reply()
+    got: list[Response] = []
+    reply.set_result(json_response(200, {}))
+    reply.on_done(got.append)
+    assert len(got) == 1 and got[0].status == 200
+
+    def broken(response: Response) -> None:
+        raise OSError("socket gone")
+
+    other = Reply()
+    other.on_done(broken)
+    other.set_result(json_response(200, {}))  # the batch setting it goes on
+    assert other.done() and "writing an answer failed" in caplog.text

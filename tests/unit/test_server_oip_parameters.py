@@ -13,7 +13,7 @@ import pytest
 from noria_server import oip
 from noria_server.httpserver import Request
 from noria_server.serve import ModelServer
-from server_helpers import fitted_server
+from server_helpers import fitted_server, handled
 
 ROWS = [[0.5, 0.1, -0.2], [-1.0, 0.3, 0.7], [2.0, -0.4, 0.0]]
 
@@ -35,11 +35,7 @@ def _call(
         body=orjson.dumps(payload) if payload is not None else b"",
     )
 
-    async def go() -> Any:
-        answer = server.handle(request)
-        return await answer if asyncio.isfuture(answer) else answer
-
-    response = asyncio.run(go())
+    response = asyncio.run(handled(server, request))
     headers = dict(response.headers)
     length = headers.get(oip.HEADER_INFERENCE_HEADER_LENGTH.encode())
     header = response.body[: int(length)] if length is not None else response.body
