@@ -108,12 +108,21 @@ class RouterMetrics:
                                 [m.LABEL_CODE], registry=self.registry)
         self._code_children: dict[int, Any] = {code: self.requests.labels(str(code)) for code in (200, 500, 502)}
         self._duration_children: dict[tuple[str, str], Any] = {}
+        # labels() validates and locks on every call: the series a mirror touches are looked up once.
+        self._shadow_children: dict[tuple[Any, ...], Any] = {}
 
     def count_code(self, code: int) -> None:
         child = self._code_children.get(code)
         if child is None:
             child = self._code_children[code] = self.requests.labels(str(code))
         child.inc()
+
+    def shadow_series(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._shadow_children.get(key)
+        if child is None:
+            child = self._shadow_children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, model: str, version: str, seconds: float) -> None:
         key = (model, version)
@@ -379,7 +388,8 @@ class Router:
             def done(outcome: UpstreamResponse | BaseException, mirror: Mirror = mirror, base: str = base,
                      started: float = started) -> None:
                 self.shadow_in_flight -= 1
-                self.metrics.shadow_duration.labels(mirror.config.model, mirror.shadow.version).observe(
+                metrics = self.metrics
+                metrics.shadow_series(metrics.shadow_duration, mirror.config.model, mirror.shadow.version).observe(
                     time.perf_counter() - started)
                 self._compare(mirror, self._failed(mirror.config, mirror.shadow, base, outcome)
                               if isinstance(outcome, OSError) else outcome)
@@ -397,18 +407,20 @@ class Router:
             primary_rows = predictions_of(mirror.primary_body)
             if primary_rows is None:
                 return
-            counter = self.metrics.shadow
+            metrics, counter = self.metrics, self.metrics.shadow
             shadow_rows = predictions_of(outcome.body) \
                 if isinstance(outcome, UpstreamResponse) and outcome.status == 200 else None
             if shadow_rows is None:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
                     max(len(primary_rows), 1))
                 return
             agree, disagree = compare(primary_rows, shadow_rows)
             if agree:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(agree)
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(
+                    agree)
             if disagree:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE).inc(disagree)
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
+                                      m.OUTCOME_DISAGREE).inc(disagree)
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow comparison failed")
 
