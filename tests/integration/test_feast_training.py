@@ -145,3 +145,4 @@ def test_a_trainer_process_trains_from_a_feature_service_and_records_its_definit
     lineage = ModelVersion.model_validate(version).spec.lineage
     assert lineage is not None and lineage.data is not None and lineage.data.feast is not None
     assert lineage.data.feast.definitions_digest == feast["definitionsDigest"]
+    assert lineage.data.feast.repository == repository and lineage.data.feast.feature_service == "churn_v1"

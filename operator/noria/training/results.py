@@ -104,6 +104,17 @@ def gate_metric(pipeline_spec: Mapping[str, Any]) -> str:
     return chosen or DEFAULT_METRIC[task]
 
 
+def _feast_lineage(spec_feast: Mapping[str, Any] | None, reported: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """lineage.data.feast: the repository and service as the pipeline spec names them (like
+    data.source: the pod's view, not the URI a test-bed trainer saw), the digest as the trainer
+    computed it from the registry."""
+    if not spec_feast or not reported or not reported.get("definitionsDigest"):
+        return None
+    out = {"repository": spec_feast.get("repository"), "featureService": spec_feast.get("featureService"),
+           "definitionsDigest": reported["definitionsDigest"]}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | None,
                   parent: str | None, pod_uri: Callable[[str | None], str | None] = lambda u: u) -> dict[str, Any]:
     """The ModelVersion a successful run registers (Candidate/Approved or Rejected via annotations,
@@ -118,7 +129,7 @@ def model_version(pipeline: Mapping[str, Any], summary: Summary, trigger: str | 
         "trigger": trigger,
         "data": {k: v for k, v in {"source": data.get("source"), "rows": raw.get("rows"),
                                    "window": raw.get("window"), "feedbackRows": raw.get("feedbackRows"),
-                                   "feast": raw.get("feast")}.items()
+                                   "feast": _feast_lineage(data.get("feast"), raw.get("feast"))}.items()
                  if v is not None},
         "parent": parent,
         "trainedAt": raw.get("trainedAt"),

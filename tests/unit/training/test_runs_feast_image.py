@@ -42,3 +42,22 @@ def test_the_operator_setting_comes_from_its_environment() -> None:
     assert Settings.from_env({"NORIA_TRAINER_FEAST_IMAGE": "r/noria-trainer-feast:2"}).trainer_feast_image == (
         "r/noria-trainer-feast:2")
     assert Settings().trainer_feast_image.rsplit("/", 1)[-1].startswith("noria-trainer-feast:")
+
+
+def test_the_version_lineage_names_the_repository_as_the_spec_does_and_the_digest_as_the_trainer_computed() -> None:
+    from noria.api.model_version import ModelVersion
+    from noria.training.results import check_summary, model_version
+
+    digest = "sha256:" + "a" * 64
+    raw = {"status": "succeeded", "runId": "churn-r1", "version": 1, "digest": "sha256:" + "b" * 64,
+           "artifactUri": "file:///store/ml/churn/v1/model.skops", "verdict": "passed", "reason": "ok",
+           # a test-bed trainer saw the repository at its local path: the lineage keeps the spec's
+           "feast": {"repository": "file:///tmp/agent/store/datasets/repo", "featureService": "s",
+                     "definitionsDigest": digest}}
+    version = model_version(pipeline(FEAST), check_summary(raw, "churn-r1", 1), "manual", None)
+    assert version["spec"]["lineage"]["data"]["feast"] == {
+        "repository": "file:///store/datasets/repo", "featureService": "s", "definitionsDigest": digest}
+    ModelVersion.model_validate(version)
+    plain = model_version(pipeline({"source": "file:///store/datasets/churn/"}),
+                          check_summary({k: v for k, v in raw.items() if k != "feast"}, "churn-r1", 1), "manual", None)
+    assert "feast" not in plain["spec"]["lineage"]["data"]
