@@ -41,6 +41,7 @@ TRUSTED_DATA_PREFIXES_ENV: Final = "NORIA_TRUSTED_DATA_PREFIXES"
 # there; so do the examples and the demo). Only data: never a ModelVersion's artifact.
 SHARED_DATASETS_DIR: Final = "datasets"
 DATA_SOURCE_FIELD: Final = "spec.data.source"
+FEAST_REPOSITORY_FIELD: Final = "spec.data.feast.repository"
 # The ModelVersion fields that name files a server or trainer opens, as `kubectl explain` spells them.
 URI_FIELDS: Final = (("spec.artifact.uri", ("artifact", "uri")), ("spec.profileUri", ("profileUri",)))
 
@@ -136,9 +137,17 @@ class UriScope:
         if not isinstance(uri, str) or not uri:
             return OutOfScope(DATA_SOURCE_FIELD, "", f"{DATA_SOURCE_FIELD} is missing")
         why = self.problem(uri, namespace)
-        if why is None:
-            return None
-        return OutOfScope(DATA_SOURCE_FIELD, uri, f"{DATA_SOURCE_FIELD} {uri[:200]!r} {why}"[:1000])
+        if why is not None:
+            return OutOfScope(DATA_SOURCE_FIELD, uri, f"{DATA_SOURCE_FIELD} {uri[:200]!r} {why}"[:1000])
+        # A Feast repository is read by the trainer like the source (docs/training-feast.md): same rule.
+        feast = data.get("feast") if isinstance(data, Mapping) else None
+        repository = feast.get("repository") if isinstance(feast, Mapping) else None
+        if isinstance(repository, str) and repository:
+            why = self.problem(repository, namespace)
+            if why is not None:
+                return OutOfScope(FEAST_REPOSITORY_FIELD, repository,
+                                  f"{FEAST_REPOSITORY_FIELD} {repository[:200]!r} {why}"[:1000])
+        return None
 
 
 # The name the artifact side has always used: a UriScope with the artifact rules and no shared folder.
