@@ -162,7 +162,7 @@ def test_a_rows_window_keeps_the_newest_rows_across_files(tmp_path: Path, schedu
     [
         ("dask", "sklearn.ensemble.RandomForestClassifier", {}, "does not train on compute.engine dask"),
         ("single", "xgboost.XGBClassifier", {}, "trains on compute.engine dask only"),
-        ("dask", "xgboost.XGBRegressor", {}, "is for regression but spec.model.task is classification"),
+        ("dask", "xgboost.XGBRegressor", {}, "model.estimator does not train on compute.engine dask"),
         ("dask", "xgboost.XGBClassifier", {"params": {"booster": "dart"}}, "takes no parameter(s) booster"),
         (
             "dask",

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import pandas as pd
@@ -49,8 +49,8 @@ from noria.artifact import ArtifactError, sha256_digest
 from noria.profile import DEFAULT_NUMERIC_BINS, DEFAULT_TOP_CATEGORIES, FeatureProfile, Profile
 from noria.runspec import EXIT_DATA, EXIT_SPEC, EXIT_TRAINING, EXIT_VALIDATION, SCHEDULER_ENV
 
+from noria_trainer import dask_linear, training
 from noria_trainer import data as data_mod
-from noria_trainer import training
 from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import xgboost_params
 from noria_trainer.spec import PipelineSpec, RunSpec
@@ -337,6 +337,31 @@ class Learner:
             return y.to_numpy(dtype=float)
         codes = {c: i for i, c in enumerate(self.classes)}
         return np.array([codes[v] for v in y.tolist()], dtype=float)
+
+    # What _stages asks of a learner (dask_linear.LinearLearner answers the same for linear models).
+    model_file: ClassVar[str] = xgboost_artifact.MODEL_FILE
+    artifact_format: ClassVar[str] = xgboost_artifact.ARTIFACT_FORMAT
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.classes is None else "classification"
+
+    def fit(self, state: DaskRun, parts: Sequence[Part]) -> xgboost_artifact.XGBoostModel:
+        booster = train_distributed(state.client, self, parts)
+        return xgboost_artifact.XGBoostModel(
+            booster, self.task, self.encoding, list(self.classes or ()) or None
+        )
+
+    def dumps(self, model: xgboost_artifact.XGBoostModel) -> bytes:
+        return xgboost_artifact.dumps(model.booster, self.task, self.encoding, self.classes)
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return xgboost_artifact.loads(data)
+
+    def record(self) -> dict[str, Any]:
+        return {"boosterParams": self.params, "rounds": self.rounds}
+
 
 
 def _train_on_worker(learner: Learner, parts: list[Part], collective: dict[str, Any]) -> bytes | None:
@@ -639,9 +664,27 @@ class DaskRun:
             merged.merge(partial)
         return merged
 
-    def learner(self, params: dict[str, Any]) -> Learner:
+    def learner(self, params: dict[str, Any]) -> Learner | dask_linear.LinearLearner:
         assert self.stats is not None and self.outcome is not None and self.reader is not None
         kinds = self.outcome.kinds
+        if dask_linear.is_linear(self.spec.estimator):
+            try:
+                linear_classes = (
+                    dask_linear.classes_for(self.spec.estimator, self.stats.classes)
+                    if self.spec.task == "classification"
+                    else None
+                )
+            except ValueError as exc:
+                raise DaskRunError("validation", EXIT_VALIDATION, str(exc)) from exc
+            return dask_linear.LinearLearner(
+                self.spec.estimator,
+                self.spec.task,
+                params,
+                tuple(self.features),
+                dict(kinds),
+                linear_classes,
+                self.spec.seed,
+            )
         categories = {
             f: tuple(sorted(self.stats.categories.get(f, Counter())))
             for f in self.features
@@ -697,10 +740,7 @@ def _stages(
     reporter.end(holdoutRows=split.holdout_rows)
     learner = state.learner(run.spec.params)
     reporter.begin("training", rows=split.train_rows, features=len(state.features), parts=len(split.train))
-    booster = _guarded("training", lambda: train_distributed(client, learner, split.train))
-    contender = xgboost_artifact.XGBoostModel(
-        booster, run.spec.task, learner.encoding, list(learner.classes or ()) or None
-    )
+    contender = _guarded("training", lambda: learner.fit(state, split.train))
     reporter.end()
     reporter.begin("evaluation", holdoutRows=split.holdout_rows)
     metrics = metrics_of(
@@ -732,12 +772,7 @@ def _stages(
     shipped = contender
     if refit:
         reporter.begin("refit", rows=window_rows)
-        shipped = xgboost_artifact.XGBoostModel(
-            _guarded("training", lambda: train_distributed(client, learner, split.window)),
-            spec.task,
-            learner.encoding,
-            list(learner.classes or ()) or None,
-        )
+        shipped = _guarded("training", lambda: learner.fit(state, split.window))
         reporter.end()
     reporter.begin("artifacts")
     model_bytes, digest, profile = _package(state, split, shipped, learner, refit)
@@ -755,7 +790,7 @@ def _stages(
     try:
         output.write_atomically(
             {
-                xgboost_artifact.MODEL_FILE: model_bytes,
+                learner.model_file: model_bytes,
                 store.PROFILE_FILE: (profile.to_json() + "\n").encode(),
                 store.METADATA_FILE: run_mod._json_bytes(metadata),
                 store.REPORT_FILE: run_mod._json_bytes(report),
@@ -777,18 +812,22 @@ ARTIFACT_FILES: Final = (
 )
 
 
-def artifact_uris(output: OutputLocation) -> dict[str, str]:
-    return {name: output.file_uri(name) for name in ARTIFACT_FILES}
+def model_file(spec: PipelineSpec) -> str:
+    """The model file of a Dask run: the XGBoost envelope, or a linear model's skops file."""
+    return dask_linear.MODEL_FILE if dask_linear.is_linear(spec.estimator) else xgboost_artifact.MODEL_FILE
+
+
+def artifact_uris(output: OutputLocation, model: str = xgboost_artifact.MODEL_FILE) -> dict[str, str]:
+    return {name: output.file_uri(name) for name in (model, *ARTIFACT_FILES[1:])}
 
 
 def summary_of(metadata: dict[str, Any], report: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
-    """The single-pod summary with this run's model file and its format."""
+    """The single-pod summary with this run's model file and its format (from metadata.json)."""
     from noria_trainer import run as run_mod
 
-    summary = run_mod.success_summary(
-        metadata, report, {store.MODEL_FILE: files[xgboost_artifact.MODEL_FILE], **files}
-    )
-    summary["artifactFormat"] = xgboost_artifact.ARTIFACT_FORMAT
+    artifact = metadata["artifact"]
+    summary = run_mod.success_summary(metadata, report, {store.MODEL_FILE: files[artifact["file"]], **files})
+    summary["artifactFormat"] = artifact["format"]
     return summary
 
 
@@ -809,14 +848,14 @@ def _guarded(stage: str, action: Callable[[], Any]) -> Any:
 
 
 def _package(
-    state: DaskRun, split: Split, model: xgboost_artifact.XGBoostModel, learner: Learner, refit: bool
+    state: DaskRun, split: Split, model: Any, learner: Learner | dask_linear.LinearLearner, refit: bool
 ) -> tuple[bytes, str, Profile]:
     """The envelope (checked to load and predict as the server will) and the drift profile."""
     assert state.stats is not None and state.outcome is not None
-    model_bytes = xgboost_artifact.dumps(model.booster, state.spec.task, learner.encoding, learner.classes)
+    model_bytes = learner.dumps(model)
     digest = sha256_digest(model_bytes)
     try:
-        reloaded = xgboost_artifact.loads(model_bytes)
+        reloaded = learner.loads(model_bytes)
     except ArtifactError as exc:
         raise DaskRunError(
             "training", EXIT_TRAINING, f"the saved model would be refused by the server: {exc}"
@@ -857,8 +896,8 @@ def _prediction_profile(state: DaskRun, split: Split, model: Any) -> FeatureProf
 def _documents(
     state: DaskRun,
     split: Split,
-    learner: Learner,
-    model: xgboost_artifact.XGBoostModel,
+    learner: Learner | dask_linear.LinearLearner,
+    model: Any,
     refit: bool,
     gated: dict[str, Any],
     digest: str,
@@ -870,7 +909,7 @@ def _documents(
 
     run, spec = state.run, state.spec
     assert state.outcome is not None
-    files = artifact_uris(output)
+    files = artifact_uris(output, learner.model_file)
     window_label = spec.window.label if spec.window else "all"
     decision = gated["decision"]
     metadata = {
@@ -906,14 +945,13 @@ def _documents(
             "kinds": state.outcome.kinds,
             "classes": list(learner.classes) if learner.classes else [],
             "engine": "dask",
-            "boosterParams": learner.params,
-            "rounds": learner.rounds,
+            **learner.record(),
         },
         "artifact": {
-            "file": xgboost_artifact.MODEL_FILE,
-            "uri": files[xgboost_artifact.MODEL_FILE],
+            "file": learner.model_file,
+            "uri": files[learner.model_file],
             "digest": digest,
-            "format": xgboost_artifact.ARTIFACT_FORMAT,
+            "format": learner.artifact_format,
             "untrustedTypes": [],
         },
         "evaluation": {
@@ -979,7 +1017,7 @@ def _dask_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
-    for dist in ("dask", "distributed", "xgboost"):
+    for dist in ("dask", "distributed", "xgboost", "dask-ml", "dask-glm"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Final
 
+from noria.api.training_pipeline import DASK_ESTIMATOR_MESSAGE, DASK_ESTIMATORS
+
 from noria_trainer.spec import Task
 
 # Module → class names. A class must also match the task (classifier or regressor) when built.
@@ -47,13 +49,18 @@ class EstimatorError(ValueError):
 
 
 # --- the Dask engine (compute.engine: dask) ------------------------------------------------------
-# Trained by XGBoost across the cluster's workers (noria_trainer.dask_training) and saved in the
-# XGBoost envelope (noria.xgboost_artifact), never as a Python object. They train on the Dask engine
-# only, and the scikit-learn estimators above on the single engine only: a scikit-learn estimator
-# needs the whole window in one process, which is what the Dask engine is for avoiding.
-DASK_ESTIMATORS: Final[dict[str, str]] = {
-    "xgboost.XGBClassifier": "classification",
-    "xgboost.XGBRegressor": "regression",
+# DASK_ESTIMATORS (the API's list, checked by the API server too) by task. XGBoost's are trained
+# across the cluster's workers (noria_trainer.dask_training) and saved in the XGBoost envelope
+# (noria.xgboost_artifact); they train on the Dask engine only. The scikit-learn linear models listed
+# there are fitted by dask-ml on the Dask engine (noria_trainer.dask_linear) and saved as the same
+# scikit-learn Pipeline a single run writes. Every other scikit-learn estimator needs the whole window
+# in one process, which is what the Dask engine is for avoiding: single engine only.
+# The dask-ml fit of each linear model, and the spec.model.params it takes (with their types): the
+# objective dask-glm minimises is the scikit-learn estimator's (docs/training-dask.md).
+DASK_LINEAR_PARAMS: Final[dict[str, dict[str, type]]] = {
+    "sklearn.linear_model.LogisticRegression": {"C": float, "max_iter": int, "tol": float, "fit_intercept": bool},
+    "sklearn.linear_model.LinearRegression": {"fit_intercept": bool},
+    "sklearn.linear_model.Ridge": {"alpha": float, "max_iter": int, "tol": float, "fit_intercept": bool},
 }
 # XGBoost's scikit-learn parameter names the Dask engine accepts, with the type each must have.
 XGBOOST_PARAMS: Final[dict[str, type]] = {
@@ -67,15 +74,42 @@ _XGBOOST_NAMES: Final = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_al
 
 
 def check_engine(path: str, task: Task, engine: str) -> None:
-    """Refuse an estimator the engine does not train, or a Dask estimator of the other task."""
+    """Refuse an estimator the engine does not train, or a Dask estimator of the other task (the API
+    server refuses both already; a pipeline stored before a rule existed is refused here)."""
     if engine == "dask":
         if path not in DASK_ESTIMATORS:
-            raise EstimatorError(f"estimator {path!r} does not train on compute.engine dask, which trains "
-                                 f"{' or '.join(DASK_ESTIMATORS)}; use compute.engine single for scikit-learn")
+            raise EstimatorError(f"spec.model.estimator {path!r}: {DASK_ESTIMATOR_MESSAGE}")
         if DASK_ESTIMATORS[path] != task:
             raise EstimatorError(f"estimator {path!r} is for {DASK_ESTIMATORS[path]} but spec.model.task is {task}")
-    elif path in DASK_ESTIMATORS:
+    elif path in DASK_ESTIMATORS and path not in DASK_LINEAR_PARAMS:
         raise EstimatorError(f"estimator {path!r} trains on compute.engine dask only (set spec.compute.engine: dask)")
+
+
+def check_dask_params(path: str, task: Task, params: dict[str, Any], seed: int) -> None:
+    """Refuse ``spec.model.params`` the Dask engine's learner for ``path`` does not take."""
+    if path in DASK_LINEAR_PARAMS:
+        linear_params(path, params)
+    else:
+        xgboost_params(task, params, 2, seed)
+
+
+def linear_params(path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``spec.model.params`` of a linear model on the Dask engine, checked against DASK_LINEAR_PARAMS."""
+    allowed = DASK_LINEAR_PARAMS[path]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise EstimatorError(f"spec.model.params: {path} on compute.engine dask takes no parameter(s) "
+                             f"{', '.join(unknown)} (allowed: {', '.join(allowed)})")
+    for name, value in params.items():
+        kind = allowed[name]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise EstimatorError(f"spec.model.params.{name} must be true or false")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise EstimatorError(f"spec.model.params.{name} must be {'an integer' if kind is int else 'a number'}")
+        elif value < 0 or (value == 0 and name != "alpha"):  # alpha 0 is no penalty: LinearRegression
+            raise EstimatorError(f"spec.model.params.{name} must be {'at least 0' if name == 'alpha' else 'positive'}")
+    return dict(params)
 
 
 def xgboost_params(task: Task, params: dict[str, Any], n_classes: int, seed: int) -> tuple[dict[str, Any], int, int]:

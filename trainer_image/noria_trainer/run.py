@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import numpy as np
 import pandas as pd
-from noria import objectstore, runspec, store, xgboost_artifact
+from noria import objectstore, runspec, store
 from noria.api.common import format_timestamp
 from noria.artifact import (
     ArtifactError,
@@ -57,10 +57,10 @@ from noria_trainer.artifacts import OutputError, OutputLocation
 from noria_trainer.estimators import (
     EstimatorError,
     build_pipeline,
+    check_dask_params,
     check_engine,
     check_import_path,
     estimator_class,
-    xgboost_params,
 )
 from noria_trainer.spec import PipelineSpec, RunSpec, SpecError, Window, parse_run_spec
 from noria_trainer.validation import ValidationOutcome, feature_names, validate
@@ -410,7 +410,7 @@ def _check_spec(raw: Any, reporter: Reporter) -> RunSpec:
         run = parse_run_spec(raw)
         check_engine(run.spec.estimator, run.spec.task, run.spec.engine)  # refused as a string, before any import
         if run.spec.engine == "dask":
-            xgboost_params(run.spec.task, run.spec.params, 2, run.spec.seed)
+            check_dask_params(run.spec.estimator, run.spec.task, run.spec.params, run.spec.seed)
         else:
             check_import_path(run.spec.estimator)
             estimator_class(run.spec.estimator, run.spec.task)
@@ -456,8 +456,13 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
             metadata = json.loads(handle.read())
         with fs.open(f"{path}/{store.REPORT_FILE}", "rb") as handle:
             report = json.loads(handle.read())
-        # a Dask run's model file is the XGBoost envelope's (noria_trainer.dask_training)
-        model_file = xgboost_artifact.MODEL_FILE if run.spec.engine == "dask" else store.MODEL_FILE
+        # a Dask run's model file: the XGBoost envelope, or a linear model's skops file (noria_trainer.dask_training)
+        if run.spec.engine == "dask":
+            from noria_trainer import dask_training
+
+            model_file = dask_training.model_file(run.spec)
+        else:
+            model_file = store.MODEL_FILE
         with fs.open(f"{path}/{model_file}", "rb") as handle:
             digest = sha256_digest(handle.read())
     except (OSError, ValueError):
@@ -467,9 +472,7 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
     if digest != (metadata.get("artifact") or {}).get("digest"):
         return None
     if run.spec.engine == "dask":
-        from noria_trainer import dask_training
-
-        return dask_training.summary_of(metadata, report, dask_training.artifact_uris(output))
+        return dask_training.summary_of(metadata, report, dask_training.artifact_uris(output, model_file))
     return success_summary(metadata, report, _artifact_uris(output))
 
 

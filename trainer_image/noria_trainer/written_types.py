@@ -119,12 +119,34 @@ def written_types() -> dict[str, set[str]]:
                 model.fit(frame, targets[target])
             except ValueError:
                 continue  # e.g. an exponential loss on three classes: the trainer cannot write it either
-            with zipfile.ZipFile(io.BytesIO(sio.dumps(model))) as archive:
-                schema = json.loads(archive.read("schema.json"))
-            for loader, name in schema_nodes(schema):
-                found.setdefault(loader, set()).add(name)
-            found.setdefault(BIT_GENERATOR_KEY, set()).update(_bit_generators(schema))
+            _collect(found, sio.dumps(model))
+        for model in _dask_linear_models():
+            _collect(found, sio.dumps(model))
     return found
+
+
+def _collect(found: dict[str, set[str]], data: bytes) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    for loader, name in schema_nodes(schema):
+        found.setdefault(loader, set()).add(name)
+    found.setdefault(BIT_GENERATOR_KEY, set()).update(_bit_generators(schema))
+
+
+def _dask_linear_models() -> Iterator[Any]:
+    """The Pipelines a Dask run writes for its linear models (noria_trainer.dask_linear): fitted state
+    set from statistics, not by ``fit``, so listed apart, for binary int and string labels."""
+    import numpy as np
+
+    from noria_trainer import dask_linear
+
+    prepared = dask_linear.Prepared(
+        ("a", "b"), ("c",), (0.0, 0.0), (0.0, 0.0), (1.0, 1.0), (1.0, 1.0), {"c": ("__missing__", "x", "y")}, 10
+    )
+    for path in sorted(dask_linear.DASK_LINEAR_PARAMS):
+        task: Task = "classification" if path.endswith("LogisticRegression") else "regression"
+        for classes in ((0, 1), ("no", "yes")) if task == "classification" else (None,):
+            yield dask_linear.assemble(path, task, {}, ["a", "b", "c"], prepared, np.zeros(5), 0.0, classes, 0)
 
 
 

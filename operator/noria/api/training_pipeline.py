@@ -678,6 +678,32 @@ class DaskCompute(NoriaModel):
     )
 
 
+# The estimators compute.engine dask trains, by task: the one list the API server (a CEL rule on the
+# spec), the offline validator and the trainer (noria_trainer.estimators) read. XGBoost trains in its
+# own collective and ships in its envelope (noria.xgboost_artifact); the scikit-learn linear models are
+# fitted by dask-ml and ship as the scikit-learn Pipeline a single run writes (noria_trainer.dask_linear).
+# Any other estimator needs the whole window in one pod: compute.engine single.
+DASK_ESTIMATORS: Final[dict[str, str]] = {
+    "xgboost.XGBClassifier": "classification",
+    "xgboost.XGBRegressor": "regression",
+    "sklearn.linear_model.LogisticRegression": "classification",
+    "sklearn.linear_model.LinearRegression": "regression",
+    "sklearn.linear_model.Ridge": "regression",
+}
+
+
+def dask_estimators(task: str) -> list[str]:
+    """The estimators of ``task`` compute.engine dask trains, in the list's order."""
+    return [path for path, of in DASK_ESTIMATORS.items() if of == task]
+
+
+DASK_ESTIMATOR_MESSAGE: Final = (
+    "model.estimator does not train on compute.engine dask, which trains, for classification, "
+    f"{' or '.join(dask_estimators('classification'))}; for regression, "
+    f"{' or '.join(dask_estimators('regression'))} (any other estimator: compute.engine single)"
+)
+
+
 class ComputeSpec(NoriaModel):
     """Where a run trains."""
 
@@ -697,7 +723,8 @@ class ComputeSpec(NoriaModel):
         description=(
             "single: one trainer Job pod holds the training window in memory (default). dask: the window is read"
             " partition by partition by a Dask cluster and trained with a distributed learner (model.estimator"
-            " xgboost / lightgbm / dask-ml linear models), for data larger than one pod's memory."
+            " xgboost.XGBClassifier/XGBRegressor across the workers, or sklearn.linear_model.LogisticRegression"
+            " (two classes), LinearRegression or Ridge fitted by dask-ml), for data larger than one pod's memory."
         ),
     )
     dask: DaskCompute | None = Field(
@@ -710,6 +737,13 @@ class TrainingPipelineSpec(NoriaModel):
 
     model_config = NoriaModel.model_config | {
         "json_schema_extra": with_cel(
+            cel(
+                "!has(self.compute) || self.compute.engine != 'dask' || (self.model.task == 'classification'"
+                f" ? self.model.estimator in {dask_estimators('classification')}"
+                f" : self.model.estimator in {dask_estimators('regression')})",
+                DASK_ESTIMATOR_MESSAGE,
+                field_path=".model.estimator",
+            ),
             cel(
                 "!has(self.evaluation) || !has(self.evaluation.metric) || (self.model.task == 'classification'"
                 f" ? self.evaluation.metric in {list(CLASSIFICATION_METRICS)}"
@@ -776,6 +810,16 @@ class TrainingPipelineSpec(NoriaModel):
         """The gate metric, with the task's default filled in."""
         chosen = self.evaluation.metric if self.evaluation else None
         return chosen or DEFAULT_METRIC[self.model.task]
+
+    @model_validator(mode="after")
+    def _dask_trains_the_estimator(self) -> TrainingPipelineSpec:
+        if (
+            self.compute
+            and self.compute.engine == "dask"
+            and self.model.estimator not in dask_estimators(self.model.task)
+        ):
+            raise ValueError("model.estimator: " + DASK_ESTIMATOR_MESSAGE)
+        return self
 
 
 # --- status --------------------------------------------------------------------------------------
