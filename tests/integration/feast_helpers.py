@@ -67,17 +67,30 @@ import json, sys
 import pandas as pd
 from noria_trainer.feast_source import historical_rows
 from noria_trainer.spec import FeastData
-repository, entities, ts, service = sys.argv[1:5]
-rows = historical_rows(pd.read_parquet(entities), ts, FeastData(repository, service, None))
+repository, entities, ts, service, features = sys.argv[1:6]
+wanted = FeastData(repository, service or None, tuple(features.split(",")) if features else None)
+rows = historical_rows(pd.read_parquet(entities), ts, wanted)
 frame = rows.frame.assign(**{ts: rows.frame[ts].map(lambda t: t.isoformat())})
 print(json.dumps({"features": rows.features, "lineage": rows.lineage,
                   "rows": json.loads(frame.to_json(orient="records"))}))
 """
 
 
-def join_in_feast_venv(repository: Path, entities: Path, timestamp_column: str, service: str) -> dict:
+def join_in_feast_venv(
+    repository: Path, entities: Path, timestamp_column: str, service: str = "", features: tuple[str, ...] = ()
+) -> dict:
+    """The trainer's join by a feature service, or by feature references when ``service`` is empty."""
     done = subprocess.run(
-        [feast_python(), "-c", _JOIN, f"file://{repository}", str(entities), timestamp_column, service],
+        [
+            feast_python(),
+            "-c",
+            _JOIN,
+            f"file://{repository}",
+            str(entities),
+            timestamp_column,
+            service,
+            ",".join(features),
+        ],
         env=ENV,
         capture_output=True,
         text=True,

@@ -80,6 +80,27 @@ def test_a_feature_value_from_after_the_label_never_reaches_the_training_set(joi
     assert joined["lineage"]["definitionsDigest"].startswith("sha256:")
 
 
+def test_feature_references_join_the_same_values_and_digest_only_their_own_views(
+    store: Path, joined: dict, tmp_path_factory: pytest.TempPathFactory
+):
+    entities = tmp_path_factory.mktemp("listed") / "labels.parquet"
+    frame = pd.DataFrame([row for row, _ in LABELS], columns=["customer_id", "label_time", "churned"])
+    frame.assign(label_time=pd.to_datetime(frame["label_time"], utc=True)).to_parquet(entities, index=False)
+    listed = join_in_feast_venv(
+        store / "datasets" / "feast-churn",
+        entities,
+        "label_time",
+        features=("customer_stats:support_calls", "customer_stats:tenure_months"),
+    )
+    assert listed["features"] == ["support_calls", "tenure_months"]  # the order the list gives
+    assert [(r["support_calls"], r["tenure_months"]) for r in listed["rows"]] == [
+        (values[2], values[0]) for _, values in LABELS
+    ]
+    # No service in the digest: the same view's definition alone, so another digest than the service's.
+    assert "featureService" not in listed["lineage"]
+    assert listed["lineage"]["definitionsDigest"] != joined["lineage"]["definitionsDigest"]
+
+
 def test_a_trainer_process_trains_from_a_feature_service_and_records_its_definitions(
     store: Path, joined: dict, tmp_path: Path
 ):
