@@ -2,8 +2,9 @@
 
 Derived from what Noria itself writes: ``python -m noria_trainer.written_types`` trains every
 estimator the trainer allows (both tasks, binary/multiclass/string labels, each parameter value
-that changes the objects a fitted model holds) and prints this mapping from the nodes of the saved
-``schema.json`` files. ``tests/unit/test_artifact_trust_list.py`` fails when the trainer writes a
+that changes the objects a fitted model holds), adds the Pipelines a Dask run assembles for its linear
+models (``noria_trainer.dask_linear``: fitted by dask-ml, the same scikit-learn types, no new name),
+and prints this mapping from the nodes of the saved ``schema.json`` files. ``tests/unit/test_artifact_trust_list.py`` fails when the trainer writes a
 pair missing here, and walks every callable under ``numpy``/``scipy``/``sklearn`` to show that
 none outside this list is accepted. No module prefix is trusted.
 
