@@ -102,16 +102,23 @@ class PartReader:
     timestamp_column: str | None
     cutoff: pd.Timestamp | None  # a duration window's start
 
-    def load(self, part: Part) -> pd.DataFrame:
+    def load(self, part: Part, features: Sequence[str] | None = None) -> pd.DataFrame:
+        """The part's rows; with ``features``, only those columns and the target and timestamp are
+        read (a worker's memory is the part it holds: columns it does not need are never loaded)."""
         import fsspec
 
+        columns = None if features is None else list(dict.fromkeys([*features, *self._keys()]))
         fs = fsspec.filesystem(self.protocol, **self.storage_options)
         try:
             with self.scope.open(fs, part.path, "rb") as handle:
                 frame = (
-                    pd.read_parquet(handle)
+                    pd.read_parquet(handle, columns=columns)
                     if self.fmt == "parquet"
-                    else pd.read_csv(handle, compression="gzip" if part.path.endswith(".gz") else None)
+                    else pd.read_csv(
+                        handle,
+                        usecols=columns,
+                        compression="gzip" if part.path.endswith(".gz") else None,
+                    )
                 )
         except data_mod.DataOutOfScope:
             raise
@@ -120,12 +127,17 @@ class PartReader:
                 f"cannot read {part.path} as {self.fmt}: {type(exc).__name__}: {exc}"
             ) from exc
         if self.target in frame.columns:
-            frame = frame[frame[self.target].notna()]
+            labelled = frame[self.target].notna()
+            if not labelled.all():  # a filtered copy only when there is something to drop
+                frame = frame[labelled]
         if self.timestamp_column:
             frame = data_mod.order_by_time(frame, self.timestamp_column)
             if self.cutoff is not None:
                 frame = frame[frame[self.timestamp_column] >= self.cutoff]
         return frame.iloc[part.start : part.stop].reset_index(drop=True)
+
+    def _keys(self) -> list[str]:
+        return [self.target, *([self.timestamp_column] if self.timestamp_column else [])]
 
 
 # --- stage 1: statistics of every part, merged --------------------------------------------------
@@ -363,6 +375,10 @@ class Learner:
         return {"boosterParams": self.params, "rounds": self.rounds}
 
 
+# Rows handed to XGBoost at a time. The float matrix of a batch is a copy of its rows: whole parts
+# (a Parquet file of 250 000 rows and 64 features is 128 MB) would cost a worker a second part.
+BATCH_ROWS: Final = 32_768
+
 
 def _train_on_worker(learner: Learner, parts: list[Part], collective: dict[str, Any]) -> bytes | None:
     """One worker's share: join the collective, build its QuantileDMatrix part by part, boost.
@@ -370,21 +386,28 @@ def _train_on_worker(learner: Learner, parts: list[Part], collective: dict[str, 
     import xgboost as xgb
 
     class PartIterator(xgb.DataIter):
+        """The worker's parts in batches of ``BATCH_ROWS``: one part (its model's columns only) and
+        one batch's matrix are all it holds. XGBoost passes over it several times (4 in XGBoost 3)."""
+
         def __init__(self) -> None:
             super().__init__(release_data=True)
-            self.at = 0
+            self.at, self.row = 0, 0
+            self.frame: pd.DataFrame | None = None
 
         def next(self, input_data: Callable[..., None]) -> bool:
-            while self.at < len(parts):
-                frame = learner.reader.load(parts[self.at])
-                self.at += 1
-                if len(frame):
-                    input_data(data=learner.encoding.matrix(frame), label=learner.labels(frame))
-                    return True
-            return False
+            while self.frame is None or self.row >= len(self.frame):
+                self.frame = None  # the next part is read once the last is freed, never beside it
+                if self.at >= len(parts):
+                    return False
+                self.frame = learner.reader.load(parts[self.at], learner.encoding.features)
+                self.at, self.row = self.at + 1, 0
+            rows = self.frame.iloc[self.row : self.row + BATCH_ROWS]
+            self.row += BATCH_ROWS
+            input_data(data=learner.encoding.matrix(rows), label=learner.labels(rows))
+            return True
 
         def reset(self) -> None:
-            self.at = 0
+            self.at, self.row, self.frame = 0, 0, None
 
     with xgb.collective.CommunicatorContext(**collective):
         matrix = xgb.QuantileDMatrix(PartIterator(), max_bin=learner.max_bin)
@@ -399,7 +422,7 @@ def train_distributed(client: Any, learner: Learner, parts: Sequence[Part]) -> A
     import xgboost as xgb
     from xgboost.tracker import RabitTracker
 
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = sorted(worker_addresses(client))
     if not workers:
         raise DaskRunError("training", EXIT_TRAINING, "the Dask cluster has no workers")
     shares = [list(parts[i :: len(workers)]) for i in range(len(workers))]
@@ -468,10 +491,18 @@ def _gather_while_present(client: Any, futures: list[Any], workers: list[str]) -
 WORKER_GONE_PATIENCE: Final = 10.0  # seconds the scheduler may take to notice a worker's death
 
 
+def worker_addresses(client: Any) -> set[str]:
+    """The workers the scheduler knows now, asked of it. Not ``client.scheduler_info()``: it returns
+    the client's cached identity, which the client's own periodic refresh replaces, concurrently,
+    with one that lists no workers (seen as every worker gone, failing a healthy run)."""
+    identity = client.sync(client.scheduler.identity, n_workers=-1)
+    return set(identity.get("workers") or ())
+
+
 def _gone(client: Any, workers: list[str], patience: float = 0.0) -> list[str]:
     deadline = time.monotonic() + patience
     while True:
-        present = set(client.scheduler_info()["workers"])
+        present = worker_addresses(client)
         gone = [w for w in workers if w not in present]
         if gone or time.monotonic() >= deadline:
             return gone
@@ -721,9 +752,7 @@ def _stages(
     from noria_trainer import run as run_mod
 
     state = DaskRun(run, client, reporter.emit)
-    reporter.begin(
-        "load", source=run.spec.source, engine="dask", workers=len(client.scheduler_info()["workers"])
-    )
+    reporter.begin("load", source=run.spec.source, engine="dask", workers=len(worker_addresses(client)))
     state.read()
     assert state.stats is not None and state.outcome is not None
     reporter.end(rows=state.stats.rows, files=len(state.files))
