@@ -42,8 +42,13 @@ lint: venv
 	$(dir $(PY))lint-imports --no-cache   # [tool.importlinter] in pyproject.toml: pure modules stay pure
 
 # Unit tests run promtool (the test bed's config, the alert rules) and `helm template`: both built first.
+# They run in UNIT_WORKERS processes (pytest-xdist): each test keeps to its tmp_path, kernel-chosen
+# ports and monkeypatched env. --dist loadfile keeps a file in one process, so a module-scoped fixture
+# (a trained model, a Dask cluster) is built once, not once per worker. UNIT_WORKERS=0: one process.
+UNIT_WORKERS ?= 2
+UNIT_PYTEST = $(PY) -m pytest -q -p no:cacheprovider -n $(UNIT_WORKERS) --dist loadfile tests/unit
 unit: venv prometheus helm
-	$(PY) -m pytest -q tests/unit
+	$(UNIT_PYTEST)
 
 integration: venv control-plane prometheus helm seaweedfs
 	$(PY) -m pytest -q tests/integration
@@ -51,9 +56,12 @@ integration: venv control-plane prometheus helm seaweedfs
 e2e: venv control-plane prometheus
 	$(PY) -m pytest -q tests/e2e
 
-# The README's test command: everything CI runs.
+# The README's test command: everything CI runs. Unit tests first, in parallel (they stop the run when
+# one fails); then integration and e2e in one serial process: one test bed, and their time-outs assume
+# the machine's cores are not shared with another pytest.
 test: venv control-plane prometheus helm seaweedfs lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(UNIT_PYTEST)
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration tests/e2e
 
 dev-cluster: venv control-plane prometheus
 	$(PY) -m noria_testbed up
