@@ -565,6 +565,11 @@ def metrics_of(partials: Iterable[dict[str, Any]], task: str) -> dict[str, float
     }
 
 
+def _defined_only(metrics: dict[str, float] | None) -> dict[str, float] | None:
+    """The metrics with a value: the API server refuses "NaN" in a ModelVersion's spec.metrics."""
+    return None if metrics is None else {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
 def _defined(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -985,8 +990,9 @@ def _documents(
         },
         "evaluation": {
             "metric": spec.metric,
-            "metrics": run_mod.decimal_strings(gated["metrics"]),
-            "championMetrics": run_mod.decimal_strings(gated["champion_metrics"]),
+            # roc_auc is NaN on Dask (metrics_of): a ModelVersion's metrics are decimal strings, so it is left out
+            "metrics": run_mod.decimal_strings(_defined_only(gated["metrics"])),
+            "championMetrics": run_mod.decimal_strings(_defined_only(gated["champion_metrics"])),
             "verdict": decision.verdict,
             "scoresAre": "the gated model's and the champion's, on the same "
             "holdout, added up part by part on the Dask workers",
