@@ -106,8 +106,9 @@ def test_a_dask_ml_logistic_regression_registers_a_version_a_real_server_serves(
     # complete rows (JSON has no NaN); the imputation is checked in tests/unit/test_dask_linear.py
     frame = pd.read_parquet(cluster.store_dir / "datasets" / namespace / "lin" / "part-002.parquet").dropna().head(200)
     expected = model.predict(frame[FEATURES]).tolist()
+    profile = local_path(cluster.store_dir, mv["spec"]["profileUri"])  # says which features are categorical
     server = launch.serve(f"file://{path}", artifact["digest"], "lin", "lin-v1", str(tmp_path),
-                          extra=["--store-root", f"file://{cluster.store_dir}"])
+                          profile_uri=f"file://{profile}", extra=["--store-root", f"file://{cluster.store_dir}"])
     try:
         server.wait_ready(120)
         assert infer(f"{server.url}/v2/models/lin/infer", frame) == expected
