@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from noria.artifact import load_verified
 from noria_server import launch
-from noria_testbed import dask_operator
+from test_training_dask import dask_operator_for  # noqa: F401 (fixture)
 from training_helpers import POD_STORE, local_path, model_versions, status, wait_for
 
 pytestmark = pytest.mark.integration
@@ -58,19 +57,6 @@ def pipeline(name: str, source: str) -> str:
                        "spec": spec})
 
 
-@pytest.fixture
-def dask_operator_for(cluster) -> Iterator[Callable[[str], dask_operator.DaskOperatorProcess]]:  # noqa: ANN001
-    started: list[dask_operator.DaskOperatorProcess] = []
-
-    def start(namespace: str) -> dask_operator.DaskOperatorProcess:
-        started.append(dask_operator.start(cluster, namespace))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 def infer(url: str, frame: pd.DataFrame) -> list[Any]:
     inputs = [{"name": c, "shape": [len(frame)], "datatype": "BYTES" if c == "colour" else "FP64",
                "data": frame[c].tolist()} for c in FEATURES]
@@ -82,7 +68,7 @@ def infer(url: str, frame: pd.DataFrame) -> list[Any]:
 
 
 def test_a_dask_ml_logistic_regression_registers_a_version_a_real_server_serves(
-        cluster, namespace, store_claim, operator_factory, dask_operator_for, tmp_path: Path):  # noqa: ANN001
+        cluster, namespace, store_claim, operator_factory, dask_operator_for, tmp_path: Path):  # noqa: ANN001, F811
     store_claim(namespace)
     source = write_window(cluster.store_dir, namespace, "lin")
     dask_op = dask_operator_for(namespace)

@@ -8,37 +8,22 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import LocalCluster
 from noria.api import field_errors
 from noria.artifact import load_verified
 from noria.trusted_types import TRUSTED_TYPES
-from noria_trainer import dask_linear, dask_training, training
+from noria_trainer import dask_linear, training
 from noria_trainer import run as run_mod
 from noria_trainer.estimators import build_pipeline
+from test_dask_training import cluster, scheduler  # noqa: F401 (fixtures: one LocalCluster per module)
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
 FEATURES = ["x1", "x2", "colour"]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="1GiB"
-    ) as local:
-        yield local
-
-
-@pytest.fixture
-def scheduler(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(dask_training.SCHEDULER_ENV, cluster.scheduler_address)
-    return cluster.scheduler_address
 
 
 def write_data(root: Path, target: str, files: int = 3, rows: int = 800) -> Path:
@@ -98,7 +83,7 @@ def training_rows(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def test_logistic_regression_on_dask_ships_the_single_runs_pipeline_with_its_statistics(
-    tmp_path: Path, scheduler: str
+    tmp_path: Path, scheduler: str  # noqa: F811 (the imported fixture)
 ) -> None:
     folder = write_data(tmp_path, "binary")
     code, summary = run_mod.run_document(
@@ -155,7 +140,7 @@ def test_logistic_regression_on_dask_ships_the_single_runs_pipeline_with_its_sta
     ids=["linear", "ridge"],
 )
 def test_linear_and_ridge_regression_on_dask_fit_scikit_learns_coefficients(
-    tmp_path: Path, scheduler: str, estimator: str, params: dict[str, Any], reference_params: dict[str, Any]
+    tmp_path: Path, scheduler: str, estimator: str, params: dict[str, Any], reference_params: dict[str, Any]  # noqa: F811 (the imported fixture)
 ) -> None:
     folder = write_data(tmp_path, "value")
     code, summary = run_mod.run_document(run_spec(tmp_path, "regression", estimator, params), io.StringIO())
@@ -178,7 +163,7 @@ def test_linear_and_ridge_regression_on_dask_fit_scikit_learns_coefficients(
     assert float(summary["metrics"]["r2"]) > 0.7
 
 
-def test_three_classes_are_refused_with_the_reason(tmp_path: Path, scheduler: str) -> None:
+def test_three_classes_are_refused_with_the_reason(tmp_path: Path, scheduler: str) -> None:  # noqa: F811 (the imported fixture)
     write_data(tmp_path, "three", files=1, rows=300)
     code, summary = run_mod.run_document(
         run_spec(tmp_path, "classification", "sklearn.linear_model.LogisticRegression"), io.StringIO()
@@ -198,7 +183,7 @@ def test_three_classes_are_refused_with_the_reason(tmp_path: Path, scheduler: st
     ids=["unknown-param", "negative-alpha", "string-C", "lasso"],
 )
 def test_what_the_linear_learner_cannot_take_is_refused_at_the_spec_stage(
-    tmp_path: Path, scheduler: str, estimator: str, params: dict[str, Any], words: str
+    tmp_path: Path, scheduler: str, estimator: str, params: dict[str, Any], words: str  # noqa: F811 (the imported fixture)
 ) -> None:
     write_data(tmp_path, "value", files=1, rows=50)
     task = "classification" if estimator.endswith("LogisticRegression") else "regression"
