@@ -91,7 +91,7 @@ ROUTER_ERROR_UNREACHABLE: Final = "unreachable"
 ROUTER_ERROR_TIMEOUT: Final = "timeout"
 ROUTER_ERROR_NO_ENDPOINTS: Final = "no_endpoints"
 ROUTER_ERROR_UNKNOWN_VERSION: Final = "unknown_version"
-ROUTER_ERROR_SHADOW_OVERLOAD: Final = "shadow_overload"  # mirror dropped: the shadow fell behind, its queue is full
+ROUTER_ERROR_SHADOW_OVERLOAD: Final = "shadow_overload"  # mirroring skipped: too many shadow calls in flight
 
 # Stages of noria_request_stage_seconds: per request (parse, batch_wait, serialise) or per micro-batch
 # (predict, count, log).

@@ -6,11 +6,9 @@ One router Deployment per Rollout sits in front of the per-version model servers
   version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
 - the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
 - with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow,
-  after the primary's answer is written: the user's answer never waits for it, and the shadow never
-  competes with it. Mirrors wait in a bounded queue and go out ``max_shadow_in_flight`` at a time;
-  when the shadow falls behind and the queue is full (``max_shadow_queue`` mirrors or
-  ``max_shadow_bytes`` of bodies), new ones are dropped and counted as ``shadow_overload``, so a
-  slow shadow costs the primary nothing but the queue's memory. When both answers are in, the ``predict``
+  right after the primary's answer is written: the user's answer never waits for it, and the shadow
+  never competes with it (at most ``max_shadow_in_flight`` mirrors at once; past that they are
+  dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
   (a failed shadow call counts its rows as ``error``) and the shadow's latency goes into
   ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
@@ -35,7 +33,6 @@ import logging
 import random
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,13 +73,7 @@ class RouterSettings:
     connect_timeout: float = 1.0
     drain_seconds: float = 5.0
     http: HttpLimits = field(default_factory=HttpLimits)
-    # Mirrors sent and not yet answered: enough to keep a few shadow replicas batching, few enough that
-    # the shadow's latency histogram measures the shadow, not a queue in front of it.
-    max_shadow_in_flight: int = 32
-    # Mirrors waiting to be sent when the shadow falls behind, by count and by body bytes; past either,
-    # new mirrors are dropped (counted as shadow_overload).
-    max_shadow_queue: int = 1024
-    max_shadow_bytes: int = 64 * 1024 * 1024
+    max_shadow_in_flight: int = 512
     feedback_token: BearerToken | None = field(default=None, repr=False)
 
 
@@ -108,21 +99,12 @@ class RouterMetrics:
                                 [m.LABEL_CODE], registry=self.registry)
         self._code_children: dict[int, Any] = {code: self.requests.labels(str(code)) for code in (200, 500, 502)}
         self._duration_children: dict[tuple[str, str], Any] = {}
-        # labels() validates and locks on every call: the series a mirror touches are looked up once.
-        self._shadow_children: dict[tuple[Any, ...], Any] = {}
 
     def count_code(self, code: int) -> None:
         child = self._code_children.get(code)
         if child is None:
             child = self._code_children[code] = self.requests.labels(str(code))
         child.inc()
-
-    def shadow_series(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._shadow_children.get(key)
-        if child is None:
-            child = self._shadow_children[key] = metric.labels(*labels)
-        return child
 
     def observe(self, model: str, version: str, seconds: float) -> None:
         key = (model, version)
@@ -132,21 +114,7 @@ class RouterMetrics:
         child.observe(seconds)
 
 
-@dataclass(slots=True)
-class Mirror:
-    """A copy of a user's request for the shadow, with the primary's answer to compare against."""
-
-    config: RouterConfig
-    primary: Backend
-    shadow: Backend
-    request: Request
-    headers: list[tuple[bytes, bytes]]
-    primary_body: bytes | None  # None: the primary did not answer 200, nothing to compare
-
-
 class Router:
-    _loop: asyncio.AbstractEventLoop  # the loop start() ran on
-
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.metrics = RouterMetrics()
@@ -157,9 +125,8 @@ class Router:
         self.metrics.registry.register(HttpCollector(self.http))
         self.upstreams = Upstreams(settings.timeout, settings.connect_timeout)
         self.sources: list[Any] = []
-        self.shadow_queue: deque[Mirror] = deque()  # admitted, waiting to be sent
-        self.shadow_in_flight = 0  # sent, not yet answered
-        self.shadow_bytes = 0  # request bodies held by mirrors queued or in flight
+        self.shadow_in_flight = 0
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.stopped = asyncio.Event()
         self._rr: dict[str, itertools.count[int]] = {}
@@ -220,7 +187,6 @@ class Router:
             self.sources = [FileConfigSource(s.config_file, self.apply_config)]
         for source in self.sources:
             await source.start()
-        self._loop = asyncio.get_running_loop()
         self.port = await self.http.start(s.host, s.port)
         log.info("router listening on %s:%d", s.host, self.port)
         return self.port
@@ -234,9 +200,8 @@ class Router:
         await self.http.close()
         for source in self.sources:
             await source.stop()
-        deadline = time.monotonic() + self.settings.timeout
-        while (self.shadow_queue or self.shadow_in_flight) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # the mirrors already admitted get their answers and comparisons
+        if self.shadow_tasks:
+            await asyncio.wait(self.shadow_tasks, timeout=self.settings.timeout)
         self.upstreams.close()
         self.stopped.set()
 
@@ -289,58 +254,56 @@ class Router:
         got = request.headers
         return [(name.encode(), got[name].encode("latin-1")) for name in FORWARDED_HEADERS if name in got]
 
-    def _no_endpoints(self, config: RouterConfig, backend: Backend) -> Response:
-        self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
-        return error_response(503, f"version {backend.version} has no ready endpoints "
-                                   f"(service {backend.service or '-'})", model_version=backend.version)
-
-    def _failed(self, config: RouterConfig, backend: Backend, base: str, exc: OSError) -> Response:
-        """The 502 for an exchange that ended in ``exc`` (TimeoutError or another OSError), counted."""
-        if isinstance(exc, TimeoutError):
-            self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
-            return error_response(502, f"version {backend.version} at {base} did not answer within "
-                                       f"{self.settings.timeout:g}s", model_version=backend.version)
-        self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
-        return error_response(502, f"version {backend.version} at {base} is unreachable: "
-                                   f"{type(exc).__name__}: {exc}", model_version=backend.version)
-
-    def _forward(self, config: RouterConfig, backend: Backend, request: Request,
-                 mirror: bool) -> Response | asyncio.Future[Response]:
-        """Send ``request`` to one endpoint of ``backend``; the answer comes back through a future the
-        upstream connection resolves from its own callback (no task or coroutine per request)."""
-        headers = self._headers(request)
-        if mirror and _REQUEST_ID not in request.headers:  # both versions log the same prediction id
-            headers.append((_REQUEST_ID_BYTES, oip.new_id().encode()))
+    async def _send(self, config: RouterConfig, backend: Backend, request: Request, headers: list[tuple[bytes, bytes]],
+                    count: bool = True) -> UpstreamResponse | Response:
+        """The answer of one endpoint of ``backend``, or an error Response."""
         base = self._endpoint(backend)
         if base is None:
-            if mirror:
-                self._mirror_later(config, backend, request, headers, None)
-            return self._no_endpoints(config, backend)
-        answer: asyncio.Future[Response] = self._loop.create_future()
-        started = time.perf_counter()
-
-        def done(outcome: UpstreamResponse | BaseException) -> None:
-            if isinstance(outcome, UpstreamResponse):
-                self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
-                response = self._passed_back(backend, outcome)
-            elif isinstance(outcome, OSError):
-                response = self._failed(config, backend, base, outcome)
-            else:  # not the endpoint's doing: the HTTP layer answers 500 and logs it
-                if not answer.done():
-                    answer.set_exception(outcome)
-                return
-            if not answer.done():  # else the client went away
-                answer.set_result(response)
-            if mirror:
-                ok = isinstance(outcome, UpstreamResponse) and outcome.status == 200
-                self._mirror_later(config, backend, request, headers, response.body if ok else None)
-
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
+            return error_response(503, f"version {backend.version} has no ready endpoints "
+                                       f"(service {backend.service or '-'})", model_version=backend.version)
         target = request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
-        self.upstreams.send(base, request.method, target, headers, request.body, done)
-        return answer
+        try:
+            return await self.upstreams.request(base, request.method, target, headers, request.body)
+        except TimeoutError:
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
+            return error_response(502, f"version {backend.version} at {base} did not answer within "
+                                       f"{self.settings.timeout:g}s", model_version=backend.version)
+        except OSError as exc:
+            if count:
+                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
+            return error_response(502, f"version {backend.version} at {base} is unreachable: "
+                                       f"{type(exc).__name__}: {exc}", model_version=backend.version)
 
-    @staticmethod
-    def _passed_back(backend: Backend, result: UpstreamResponse) -> Response:
+    async def _forward(self, config: RouterConfig, backend: Backend, request: Request, mirror: bool) -> Response:
+        started = time.perf_counter()
+        headers = self._headers(request)
+        shadow = config.shadow if mirror else None
+        if shadow is not None:
+            if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
+                self.metrics.errors.labels(config.model, shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
+                shadow = None
+            else:
+                self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
+                if _REQUEST_ID not in request.headers:
+                    headers.append((_REQUEST_ID_BYTES, oip.new_id().encode()))
+        try:
+            result = await self._send(config, backend, request, headers)
+        except BaseException:
+            if shadow is not None:
+                self.shadow_in_flight -= 1
+            raise
+        if shadow is not None:
+            # The mirror leaves after the primary's answer is written (call_soon runs on the loop's next
+            # turn, after this task's result): the shadow never competes with the request it copies.
+            primary_body = None if isinstance(result, Response) or result.status != 200 else result.body
+            asyncio.get_running_loop().call_soon(self._start_shadow, config, backend, shadow, request, headers,
+                                                 primary_body)
+        if isinstance(result, Response):
+            return result
+        self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
         content_type = JSON
         passed_back = [(_VERSION_HEADER, backend.version.encode())]
         for name, value in result.headers:
@@ -350,81 +313,41 @@ class Router:
                 passed_back.append((name, value))
         return Response(result.status, result.body, content_type, passed_back)
 
-    # --- shadow ---------------------------------------------------------------------------------
-    def _mirror_later(self, config: RouterConfig, primary: Backend, request: Request,
+    def _start_shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
                       headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
-        """Admit the mirror of ``request`` on the loop's next turn: the primary's answer, whose write is
-        already scheduled, goes out first, and the mirror never competes with the request it copies."""
-        shadow = config.shadow
-        if shadow is not None:
-            self._loop.call_soon(self._admit, Mirror(config, primary, shadow, request, headers, primary_body))
+        task = asyncio.get_running_loop().create_task(
+            self._shadow(config, primary, shadow, request, headers, primary_body))
+        self.shadow_tasks.add(task)
+        task.add_done_callback(self.shadow_tasks.discard)
 
-    def _admit(self, mirror: Mirror) -> None:
-        """Queue ``mirror``, or drop and count it when the shadow has fallen that far behind."""
-        s = self.settings
-        size = len(mirror.request.body)
-        if len(self.shadow_queue) >= s.max_shadow_queue or self.shadow_bytes + size > s.max_shadow_bytes:
-            self.metrics.errors.labels(mirror.config.model, mirror.shadow.version,
-                                       m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
-            return
-        self.shadow_bytes += size
-        self.shadow_queue.append(mirror)
-        self._send_mirrors()
-
-    def _send_mirrors(self) -> None:
-        """Send queued mirrors while fewer than ``max_shadow_in_flight`` are waiting for an answer."""
-        queue = self.shadow_queue
-        while queue and self.shadow_in_flight < self.settings.max_shadow_in_flight:
-            mirror = queue.popleft()
-            base = self._endpoint(mirror.shadow)
-            if base is None:
-                self._compare(mirror, self._no_endpoints(mirror.config, mirror.shadow))
-                continue
-            self.shadow_in_flight += 1
-            request = mirror.request
-            target = request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
-            started = time.perf_counter()
-
-            def done(outcome: UpstreamResponse | BaseException, mirror: Mirror = mirror, base: str = base,
-                     started: float = started) -> None:
-                self.shadow_in_flight -= 1
-                metrics = self.metrics
-                metrics.shadow_series(metrics.shadow_duration, mirror.config.model, mirror.shadow.version).observe(
-                    time.perf_counter() - started)
-                self._compare(mirror, self._failed(mirror.config, mirror.shadow, base, outcome)
-                              if isinstance(outcome, OSError) else outcome)
-                self._send_mirrors()
-
-            self.upstreams.send(base, request.method, target, mirror.headers, request.body, done)
-
-    def _compare(self, mirror: Mirror, outcome: UpstreamResponse | Response | BaseException) -> None:
-        """Count the shadow's answer against the primary's, row by row (a failed call: rows as errors)."""
-        self.shadow_bytes -= len(mirror.request.body)
-        config, primary, shadow = mirror.config, mirror.primary, mirror.shadow
+    async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
+                      headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
+        """Send the mirror (``shadow_in_flight`` was counted for it by ``_forward``) and compare."""
         try:
-            if mirror.primary_body is None:
+            started = time.perf_counter()
+            result = await self._send(config, shadow, request, headers)
+            self.metrics.shadow_duration.labels(config.model, shadow.version).observe(time.perf_counter() - started)
+            if primary_body is None:
                 return  # nothing to compare against: the user's request itself failed
-            primary_rows = predictions_of(mirror.primary_body)
+            primary_rows = predictions_of(primary_body)
             if primary_rows is None:
                 return
-            metrics, counter = self.metrics, self.metrics.shadow
-            shadow_rows = predictions_of(outcome.body) \
-                if isinstance(outcome, UpstreamResponse) and outcome.status == 200 else None
+            counter = self.metrics.shadow
+            shadow_rows = None if isinstance(result, Response) or result.status != 200 else predictions_of(result.body)
             if shadow_rows is None:
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
                     max(len(primary_rows), 1))
                 return
             agree, disagree = compare(primary_rows, shadow_rows)
             if agree:
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(
-                    agree)
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(agree)
             if disagree:
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
-                                      m.OUTCOME_DISAGREE).inc(disagree)
+                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE).inc(disagree)
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow comparison failed")
+        finally:
+            self.shadow_in_flight -= 1
 
-    # --- feedback -------------------------------------------------------------------------------
     async def _fan_out_feedback(self, config: RouterConfig, request: Request) -> Response:
         token = self.settings.feedback_token
         if token is not None and not token.matches(request.headers.get("authorization")):

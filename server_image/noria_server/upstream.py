@@ -17,26 +17,18 @@ headers the router passes on, and the body.
   a refused or broken connection ``ConnectionError``/``OSError``.
 - A kept-alive connection the server closed before it sent any byte of the answer is retried once
   on a new connection (the request was not processed: the server closes only idle connections).
-- ``Upstreams.send`` hands the outcome (an ``UpstreamResponse`` or the exception) to a callback,
-  called from the connection's own ``data_received``: on a kept connection no task, coroutine or
-  future is made per request (the router's hot path; measured in docs/serving/router.md).
-  ``Upstreams.request`` is the awaitable form, for everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
 
 from .oip import HEADER_INFERENCE_HEADER_LENGTH
-
-log = logging.getLogger(__name__)
 
 # The answer headers the router passes on to its client (content type, and the OIP binary tensor
 # extension's JSON-header length, without which a binary answer cannot be read).
@@ -59,52 +51,27 @@ class UpstreamResponse:
         return None
 
 
-# Called once per request with the answer, or with the TimeoutError / OSError that ended it.
-Done = Callable[["UpstreamResponse | BaseException"], None]
-
-
 class _ServerClosed(ConnectionError):
     """The connection ended before any byte of the answer: safe to retry on a fresh connection."""
 
 
-@dataclass(slots=True)
-class _Exchange:
-    """One request on its way: what to write (kept for the one retry) and whom to tell."""
-
-    head: bytes
-    body: bytes
-    bodiless: bool  # a HEAD request: its answer ends at the headers, whatever content-length says
-    deadline: float  # loop time by which the answer must be complete (Upstreams sweeps)
-    done: Done
-
-
-def _deliver(exchange: _Exchange, outcome: UpstreamResponse | BaseException) -> None:
-    try:
-        exchange.done(outcome)
-    except Exception:  # the caller's bug must not break the connection that delivered
-        log.exception("upstream answer callback failed")
-
-
 class _UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "parser", "exchange", "reused", "headers", "body", "received", "complete",
-                 "closed", "idle_since")
+    __slots__ = ("pool", "transport", "parser", "waiter", "headers", "body", "received", "complete", "closed",
+                 "idle_since", "bodiless", "deadline")
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: _Exchange | None = None  # the request waiting for its answer here
-        self.reused = False  # the current request went on a kept-alive connection (may be retried)
+        self.waiter: asyncio.Future[UpstreamResponse] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.received = False  # any byte of the current answer arrived
         self.complete = False
         self.closed = False
         self.idle_since = 0.0
-
-    @property
-    def deadline(self) -> float:
-        return self.exchange.deadline if self.exchange is not None else float("inf")
+        self.bodiless = False  # the answer to a HEAD request: headers only, whatever content-length says
+        self.deadline = 0.0  # loop time by which the answer must be complete (Upstreams sweeps)
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,15 +80,13 @@ class _UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
-        exchange = self._take_exchange()
-        if exchange is None:
-            return
-        if self.received:
-            _deliver(exchange, ConnectionError(f"the connection broke during the answer: {exc or 'closed'}"))
-        elif self.reused:
-            self.pool.retry(exchange)  # the server closed a kept-alive connection as we reused it: once more
-        else:
-            _deliver(exchange, _ServerClosed("the server closed the connection before answering"))
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            self.waiter = None
+            if not self.received:
+                waiter.set_exception(_ServerClosed("the server closed the connection before answering"))
+            else:
+                waiter.set_exception(ConnectionError(f"the connection broke during the answer: {exc or 'closed'}"))
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -144,63 +109,52 @@ class _UpstreamConnection(asyncio.Protocol):
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        exchange = self.exchange
-        if exchange is not None and exchange.bodiless:
+        if self.bodiless:
             # httptools cannot be told the answer has no body, so the answer ends here and the
             # connection, whose parser would wait for one, is not reused.
-            self._answer(keep_alive=False)
+            self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        if not self.complete:  # else a bodiless answer, already complete at its headers
-            self._answer(self.parser.should_keep_alive())
-
-    def _answer(self, keep_alive: bool) -> None:
+        if self.complete:
+            return  # a bodiless answer, already complete at its headers
         self.complete = True
-        answer = UpstreamResponse(self.parser.get_status_code(), self.headers, b"".join(self.body))
+        waiter = self.waiter
+        self.waiter = None
+        keep_alive = not self.bodiless and self.parser.should_keep_alive()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(UpstreamResponse(self.parser.get_status_code(), self.headers, b"".join(self.body)))
         self.body = []
-        exchange = self._take_exchange()
-        # Back in the pool before the caller hears of it: its callback may send the next request here.
         if keep_alive:
             self.pool.release(self)
         else:
             self.close()
-        if exchange is not None:
-            _deliver(exchange, answer)
 
     # --- use ------------------------------------------------------------------------------------
-    def start(self, exchange: _Exchange, reused: bool) -> None:
+    def send(self, head: bytes, body: bytes, bodiless: bool) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        self.exchange = exchange
-        self.reused = reused
+        self.waiter = waiter = self.pool.loop.create_future()
         self.received = False
         self.complete = False
-        body = exchange.body
+        self.bodiless = bodiless
         if len(body) <= JOIN_BODY_BYTES:
-            self.transport.write(exchange.head + body)
+            self.transport.write(head + body)
         else:
-            self.transport.write(exchange.head)
+            self.transport.write(head)
             self.transport.write(body)
-        self.pool.busy.add(self)
-
-    def _take_exchange(self) -> _Exchange | None:
-        exchange = self.exchange
-        if exchange is not None:
-            self.exchange = None
-            self.pool.busy.discard(self)
-        return exchange
+        return waiter
 
     def time_out(self) -> None:
         self._fail(TimeoutError("no complete answer before the deadline"))
 
     def _fail(self, exc: Exception) -> None:
-        # The connection's state is unknown (mid-answer or malformed): it is never reused.
-        exchange = self._take_exchange()
+        waiter = self.waiter
+        self.waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
         self.close()
-        if exchange is not None:
-            _deliver(exchange, exc)
 
     def close(self) -> None:
         self.closed = True
@@ -212,7 +166,7 @@ class EndpointPool:
     """Keep-alive connections to one ``http://host:port``."""
 
     def __init__(self, base_url: str, connect_timeout: float, keepalive_seconds: float = 30.0,
-                 max_idle: int = 256, busy: set[_UpstreamConnection] | None = None) -> None:
+                 max_idle: int = 256) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"backend URL must be http://host[:port], got {base_url!r}")
@@ -224,9 +178,6 @@ class EndpointPool:
         self.max_idle = max_idle
         self.loop = asyncio.get_running_loop()
         self.idle: deque[_UpstreamConnection] = deque()
-        # Connections waiting for an answer (shared by every pool of one Upstreams, which times them out).
-        self.busy: set[_UpstreamConnection] = set() if busy is None else busy
-        self.connecting: set[asyncio.Task[None]] = set()
         self.closed = False
 
     def release(self, conn: _UpstreamConnection) -> None:
@@ -251,31 +202,6 @@ class EndpointPool:
             return conn
         return None
 
-    def send(self, exchange: _Exchange) -> None:
-        """Write ``exchange`` on a kept connection now, or on a new one once connected."""
-        conn = self._take_idle()
-        if conn is not None:
-            conn.start(exchange, reused=True)
-        else:
-            self.retry(exchange)
-
-    def retry(self, exchange: _Exchange) -> None:
-        """Send ``exchange`` on a new connection (a task: connecting is the one step that waits)."""
-        task = self.loop.create_task(self._connect_and_send(exchange))
-        self.connecting.add(task)
-        task.add_done_callback(self.connecting.discard)
-
-    async def _connect_and_send(self, exchange: _Exchange) -> None:
-        try:
-            conn = await self._connect(exchange.deadline)
-        except asyncio.CancelledError:
-            _deliver(exchange, ConnectionError("the client closed while connecting"))
-            raise
-        except OSError as exc:  # TimeoutError included
-            _deliver(exchange, exc)
-            return
-        conn.start(exchange, reused=False)
-
     async def _connect(self, deadline: float) -> _UpstreamConnection:
         wait = min(self.connect_timeout, deadline - self.loop.time())
         try:
@@ -286,6 +212,34 @@ class EndpointPool:
         except TimeoutError:
             raise TimeoutError(f"no TCP connection within {wait:g}s") from None
         return conn
+
+    async def request(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
+                      busy: set[_UpstreamConnection]) -> UpstreamResponse:
+        """Send one request (``head`` from ``request_head``) and read its answer by ``deadline`` (loop
+        time; the connection waits in ``busy`` meanwhile, where ``Upstreams`` times it out)."""
+        conn = self._take_idle()
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(deadline)
+            sent = conn
+            waiter = sent.send(head, body, bodiless)
+            sent.deadline = deadline
+            busy.add(sent)
+            try:
+                return await waiter
+            except _ServerClosed:
+                if not reused:
+                    raise
+                # The server closed a kept-alive connection as we reused it: once more on a new one.
+                conn, reused = None, False
+            except BaseException:
+                # Timed out or cancelled mid-answer: the connection's state is unknown, so it is not reused.
+                if not sent.complete:
+                    sent.close()
+                raise
+            finally:
+                busy.discard(sent)
 
     def close_expired(self) -> None:
         """Close the idle connections kept longer than ``keepalive_seconds`` (oldest are first)."""
@@ -329,35 +283,18 @@ class Upstreams:
         pool = self.pools.get(base_url)
         if pool is None:
             pool = self.pools[base_url] = EndpointPool(base_url, self.connect_timeout, self.keepalive_seconds,
-                                                       self.max_idle, self.busy)
+                                                       self.max_idle)
         return pool
 
-    def send(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
-             done: Done) -> None:
-        """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is; ``done`` gets
-        the ``UpstreamResponse``, or ``TimeoutError`` past ``timeout`` seconds, or ``OSError`` when the
-        endpoint is unreachable or the connection broke. Never raises for the endpoint's sake."""
+    async def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> UpstreamResponse:
+        """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is; raises
+        ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken."""
         pool = self.pool(base_url)
         if self._sweeper is None:
             self._sweeper = pool.loop.create_task(self._sweep())
         head = request_head(method, target, pool.host_header, headers, len(body))
-        pool.send(_Exchange(head, body, method == "HEAD", pool.loop.time() + self.timeout, done))
-
-    async def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> UpstreamResponse:
-        """``send`` as a coroutine: the answer, or the exception raised."""
-        answer: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
-
-        def done(outcome: UpstreamResponse | BaseException) -> None:
-            if answer.done():  # the caller gave up (cancelled)
-                return
-            if isinstance(outcome, BaseException):
-                answer.set_exception(outcome)
-            else:
-                answer.set_result(outcome)
-
-        self.send(base_url, method, target, headers, body, done)
-        return await answer
+        return await pool.request(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy)
 
     async def _sweep(self) -> None:
         """Time out the overdue exchanges (within a twentieth of ``timeout``) and, every half
@@ -369,6 +306,7 @@ class Upstreams:
             await asyncio.sleep(tick)
             now = loop.time()
             for conn in [c for c in self.busy if c.deadline <= now]:
+                self.busy.discard(conn)
                 conn.time_out()
             if now >= expire_at:
                 expire_at = now + self.keepalive_seconds / 2
@@ -379,7 +317,7 @@ class Upstreams:
         endpoints of replaced pods are not kept forever)."""
         for url, pool in list(self.pools.items()):
             pool.close_expired()
-            if not pool.idle and not pool.connecting:
+            if not pool.idle:
                 del self.pools[url]
                 pool.close()  # a connection still in flight is closed when it comes back
 
@@ -388,7 +326,5 @@ class Upstreams:
             self._sweeper.cancel()
             self._sweeper = None
         for pool in self.pools.values():
-            for task in list(pool.connecting):
-                task.cancel()
             pool.close()
         self.pools.clear()
