@@ -161,6 +161,11 @@ def test_prometheus_discovery_model_server_series_answer_the_operators_queries(
         # The latency checks leave the router's hop out: their selector matches servers only, and the
         # router's own series are there to be left out.
         duration = f'{m.REQUEST_DURATION_SECONDS}_count{{namespace="{namespace}", {m.LABEL_VERSION}="{version}"'
+        # Both pods' series, once each has been scraped since it answered (the router's may come a
+        # scrape after the server's errorRate series waited for above).
+        wait_for("the router's and the server's latency series", lambda: {
+            s["metric"].get("noria_dev_component") for s in prometheus.query(duration + "}")} == {"server", "router"},
+            timeout=30)
         routed = prometheus.query(duration + "}")
         assert {s["metric"].get("noria_dev_component") for s in routed} == {"server", "router"}, routed
         not_router = prometheus.query(f"{duration}, {checks.NOT_ROUTER}}}")
