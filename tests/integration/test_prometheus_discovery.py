@@ -23,6 +23,7 @@ from noria_testbed.binaries import PROMETHEUS_CHOICE_ENV, PROMETHEUS_DEBIAN
 from noria_testbed.processes import urlopen, wait_until
 from noria_testbed.prometheus import SERVICE_ACCOUNT, SERVICE_ACCOUNT_NAMESPACE
 from rollout_helpers import PIPELINE, operator_env, rollout, start_stable, wait_for
+from unavailable import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +115,7 @@ def test_prometheus_discovery_scrapes_only_what_the_podmonitor_selects_with_its_
 
 def test_prometheus_discovery_identity_may_only_read_pods(cluster, prometheus):
     if not prometheus.kubernetes_sd:
-        pytest.skip("Debian's Prometheus reads the node agent, not the API server")
+        unavailable("Debian's Prometheus reads the node agent, not the API server")
     user = f"system:serviceaccount:{SERVICE_ACCOUNT_NAMESPACE}:{SERVICE_ACCOUNT}"
 
     def can(*args: str) -> bool:

@@ -22,6 +22,7 @@ from rollout_helpers import (
     stage_of,
     wait_for,
 )
+from unavailable import unavailable
 
 pytestmark = pytest.mark.integration
 GATEWAY_API_VERSION = "v1.3.0"  # first release whose standard channel has requestMirror.percent
@@ -30,13 +31,13 @@ GATEWAY_API_VERSION = "v1.3.0"  # first release whose standard channel has reque
 @pytest.fixture(scope="session")
 def gateway_api_crds(cluster) -> None:  # noqa: ANN001
     if shutil.which("go") is None:
-        pytest.skip("go is not on PATH: cannot fetch the Gateway API CRDs from their Go module")
+        unavailable("go is not on PATH: cannot fetch the Gateway API CRDs from their Go module")
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["go", "mod", "init", "gwcrds"], cwd=tmp, check=True, capture_output=True)
         out = subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}"],
                              cwd=tmp, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
-        pytest.skip(f"go mod download sigs.k8s.io/gateway-api failed: {out.stderr[-500:]}")
+        unavailable(f"go mod download sigs.k8s.io/gateway-api failed: {out.stderr[-500:]}")
     crd = Path(json.loads(out.stdout)["Dir"]) / "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml"
     cluster.kubectl("apply", "--server-side", "-f", str(crd))
     wait_for("HTTPRoute CRD established", lambda: cluster.kubectl(
