@@ -44,6 +44,7 @@ import kopf
 from lightkube.generic_resource import create_namespaced_resource
 
 from noria import conditions as c
+from noria import failpoints as fp
 from noria import kube, memtrim, metrics, mvcache, opmetrics
 from noria.profile import Profile
 from noria.prometheus import PrometheusClient, PrometheusError
@@ -263,7 +264,8 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
     """Carry ``plan`` out; the pipeline's resourceVersion after it (its status write moves it on).
     Every status write is conditional on the resourceVersion it was decided from: ``kube.Conflict``
     means the object changed since the pass read it (an edit, or another replica's write) and the
-    pass is dropped, to be observed again; it never overwrites."""
+    pass is dropped, to be observed again; it never overwrites. A crash point (``failpoints``) follows
+    every write that happened (tests/integration/test_training_crash_points.py)."""
     meta = tp["metadata"]
     ns, name = meta["namespace"], meta["name"]
     resource_version = meta.get("resourceVersion")
@@ -271,6 +273,8 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
     if plan.register is not None:
         mv, created = await kube.create(plan.register)
         mvcache.shared().cache.put(mv)  # the next pass must see it, whether or not its event came yet
+        if created:
+            fp.hit(fp.TRAINING_VERSION_CREATED, name)
         foreign = not created and not results.same_artifact(mv, plan.register)
         if foreign:  # someone created the name first with another model: never stage theirs as ours
             message = (f"ModelVersion {mv['metadata']['name']} already exists with another artifact than run"
@@ -282,31 +286,43 @@ async def execute(tp: Mapping[str, Any], plan: pipeline.Plan, now: dt.datetime) 
             staged = await kube.patch_status(kube.API_VERSION, MV, mv["metadata"]["name"], ns, first,
                                              resource_version=mv["metadata"].get("resourceVersion"))
             mvcache.shared().cache.put(staged)
+            fp.hit(fp.TRAINING_VERSION_STAGED, name)
             await kube.post_event(mv, *results.initial_stage_event(mv, first))  # approved/rejected: one Event
+            fp.hit(fp.TRAINING_VERSION_EVENT, name)
         log.info("%s %s", "registered" if created else "found registered", mv["metadata"]["name"])
     # 2. Status, once, only if it changed; a new run's number is persisted here, before its Job.
     if plan.status:
         written = await kube.patch_status(kube.API_VERSION, TP, name, ns, plan.status,
                                           resource_version=resource_version)
         resource_version = written["metadata"].get("resourceVersion")
+        fp.hit(fp.TRAINING_RUN_RECORDED if plan.finished else fp.TRAINING_STATUS_WRITTEN, name)
     for event in plan.events:
         await kube.post_event(tp, event.type, event.reason, event.message)
+        fp.hit(fp.TRAINING_EVENTS_POSTED, name)
     # 3. The run's objects: the ConfigMap first, so the Job's pod never waits for its volume. A dask run
     # creates its DaskCluster first and its Job once the scheduler is ready (a later pass).
     if plan.dask_objects is not None:
         for obj in plan.dask_objects:
-            await kube.create(obj)
+            _, created = await kube.create(obj)
+            if created:
+                fp.hit(fp.TRAINING_CONFIG_MAP_CREATED if obj["kind"] == "ConfigMap" else fp.TRAINING_DASK_CLUSTER_CREATED,
+                       name)
     if plan.run_objects is not None:
         cm, job = plan.run_objects
-        await kube.create(cm)
-        await kube.create(job)
+        if (await kube.create(cm))[1]:
+            fp.hit(fp.TRAINING_CONFIG_MAP_CREATED, name)
+        if (await kube.create(job))[1]:
+            fp.hit(fp.TRAINING_JOB_CREATED, name)
     # 4. History.
     for job_name in plan.prune_jobs:
-        await kube.delete("batch/v1", "Job", job_name, ns)
+        if await kube.delete("batch/v1", "Job", job_name, ns):
+            fp.hit(fp.TRAINING_PRUNED, name)
     for cm_name in plan.prune_config_maps:
-        await kube.delete("v1", "ConfigMap", cm_name, ns)
+        if await kube.delete("v1", "ConfigMap", cm_name, ns):
+            fp.hit(fp.TRAINING_PRUNED, name)
     for cluster_name in plan.delete_dask_clusters:  # a cluster lives only while its run does
-        await kube.delete(dask_cluster.API_VERSION, dask_cluster.KIND, cluster_name, ns)
+        if await kube.delete(dask_cluster.API_VERSION, dask_cluster.KIND, cluster_name, ns):
+            fp.hit(fp.TRAINING_DASK_CLUSTER_DELETED, name)
     return resource_version
 
 
@@ -377,8 +393,10 @@ async def _report_error(tp: Mapping[str, Any], exc: BaseException) -> None:
         if patch is not None:
             await kube.patch_status(kube.API_VERSION, TP, meta["name"], meta["namespace"], patch,
                                     resource_version=meta.get("resourceVersion"))
+            fp.hit(fp.TRAINING_ERROR_REPORTED, meta["name"])
         if transition:
             await kube.post_event(tp, "Warning", c.RECONCILE_ERROR, error)
+            fp.hit(fp.TRAINING_EVENTS_POSTED, meta["name"])
     except Exception as again:  # noqa: BLE001 - the original error is raised to the caller
         log.warning("pipeline %s/%s: could not record the failed pass: %s", meta["namespace"], meta["name"], again)
 
@@ -405,6 +423,7 @@ async def reconcile(key: Hashable) -> float | None:
         recovered = reconcile_recovered_status(after, tp["metadata"].get("generation"), now)
         if recovered is not None:
             await kube.patch_status(kube.API_VERSION, TP, name, ns, recovered, resource_version=resource_version)
+            fp.hit(fp.TRAINING_RECOVERED, name)
         _count(ns, name, plan)
         return next_pass_in(tp["spec"], plan.requeue_after, state().resync, state().idle_resync)
     except kube.Conflict as exc:  # not an error: the pipeline or a version changed since it was read
@@ -529,23 +548,32 @@ async def _write_model_version_status(mv: Mapping[str, Any], patch: Mapping[str,
     return written
 
 
+async def _post_model_version_event(mv: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    await kube.post_event(dict(mv), type_, reason, message)
+    fp.hit(fp.VERSION_EVENT_POSTED, mv["metadata"]["name"])
+
+
 async def _judge_model_version_as_seen(body: Mapping[str, Any]) -> None:
     now = dt.datetime.now(dt.UTC)
     refused = state().settings.artifact_scope().check(body)
     scope = results.scope_status(body, refused, now)
+    name = body["metadata"]["name"]
     if scope is not None:
         body = await _write_model_version_status(body, scope)
+        fp.hit(fp.VERSION_SCOPE_WRITTEN, name)
         if refused is not None:
-            await kube.post_event(dict(body), "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
+            await _post_model_version_event(body, "Warning", c.ARTIFACT_OUT_OF_SCOPE, refused.message)
     # A version created by hand (no run registered it) is Registered until a person approves it.
     registered = results.registration(body, now)
     if registered is not None:
         body = await _write_model_version_status(body, registered)
-        await kube.post_event(dict(body), "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
+        fp.hit(fp.VERSION_REGISTRATION_WRITTEN, name)
+        await _post_model_version_event(body, "Normal", c.MODEL_VERSION_REGISTERED, registered["message"])
     # An out-of-scope version is not approved: no Rollout would serve it, and the trainer must
     # never load it as a champion. The Degraded condition says why.
     patch = results.approval(body, now) if refused is None else None
     if patch is not None:
         body = await _write_model_version_status(body, patch)
+        fp.hit(fp.VERSION_APPROVAL_WRITTEN, name)
         reason = c.MANUALLY_APPROVED if patch["stage"] == results.APPROVED else c.MANUALLY_REJECTED
-        await kube.post_event(dict(body), "Normal", reason, patch["message"])
+        await _post_model_version_event(body, "Normal", reason, patch["message"])
