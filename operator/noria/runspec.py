@@ -18,12 +18,14 @@ summary only through ``read_summary``. Pure: no I/O.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, Required
+from typing import Annotated, Any, Final, Literal, NotRequired, Required
 
 from pydantic import Field, TypeAdapter, ValidationError
 
 # typing_extensions (a pydantic dependency): pydantic reads typing.TypedDict only from Python 3.12
 from typing_extensions import TypedDict
+
+from noria.api.model_version import DIGEST_RE
 
 # --- exit codes -------------------------------------------------------------------------------
 EXIT_OK: Final = 0  # succeeded: the gate passed or rejected the contender; the artifact set is written
@@ -50,29 +52,70 @@ RUN_SPEC_KEY: Final = "spec.json"  # the ConfigMap key the trainer reads
 SCHEDULER_ENV: Final = "NORIA_DASK_SCHEDULER"
 
 
+# Strings the trainer cannot work without are not empty; a digest has the ModelVersion's shape.
+_NonEmpty = Annotated[str, Field(min_length=1)]
+_Digest = Annotated[str, Field(pattern=DIGEST_RE)]
+
+
 class ChampionRef(TypedDict):
     """The version the contender must beat: its artifact and drift profile."""
 
-    name: str
-    artifactUri: str
-    digest: str
-    profileUri: str | None
+    name: _NonEmpty
+    artifactUri: _NonEmpty
+    digest: _Digest
+    profileUri: NotRequired[str | None]  # the operator always writes it (null without a profile)
 
 
-class _RunSpecRequired(TypedDict):
-    runId: str  # <pipeline>-r<N>: the Job's name too, so every retried pod works on the same run
+class RunSpecDocument(TypedDict, total=False):
+    """The run spec. The operator writes every key but ``now``; a run spec written by hand (tests,
+    benchmarks, ``python -m noria_trainer run --spec``) may leave out the ones not ``Required``:
+    the trainer reads ``trigger`` as "manual", ``storeRoot`` as unknown, ``champion`` as none."""
+
+    runId: Required[_NonEmpty]  # <pipeline>-r<N>: the Job's name too, so every retried pod works on the same run
     trigger: str
-    namespace: str
-    pipeline: str
-    version: int  # N: the run registers <pipeline>-v<N> from <storeRoot>/<namespace>/<pipeline>/v<N>
-    spec: dict[str, Any]  # the TrainingPipeline spec as the run saw it (read through noria.api)
+    namespace: Required[_NonEmpty]
+    pipeline: Required[_NonEmpty]
+    version: Required[Annotated[int, Field(ge=1)]]  # N: registers <pipeline>-v<N> from <storeRoot>/<namespace>/<pipeline>/v<N>
+    spec: Required[dict[str, Any]]  # the TrainingPipeline spec as the run saw it (read through noria.api)
     champion: ChampionRef | None
-    outputUri: str
+    outputUri: Required[_NonEmpty]
     storeRoot: str
-
-
-class RunSpecDocument(_RunSpecRequired, total=False):
     trustedDataPrefixes: list[str]
+    # RFC 3339: the instant duration windows end at; ``noria backtest`` sets it to the replayed
+    # time. Absent: the trainer's clock.
+    now: str
+
+
+_RUN_SPEC: Final = TypeAdapter(RunSpecDocument)
+
+
+class RunSpecError(ValueError):
+    """A run spec that does not have the shape above; the message names every bad field."""
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as ``<field>: <what is wrong> (got <value>)``, the field spelt as in the document."""
+    out = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        message = "required" if e["type"] == "missing" else (
+            e["msg"].replace("Input should be", "must be", 1).replace("String should", "must", 1))
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r:.80})"
+        out.append(f"{where or 'run spec'}: {message}{got}")
+    return out
+
+
+def read_run_spec(raw: Any) -> RunSpecDocument:
+    """``raw`` (spec.json, parsed) checked against ``RunSpecDocument``, for the trainer: the one reader
+    of the document the operator writes by. ``RunSpecError`` names every bad field; keys outside
+    the definition are kept. The pipeline spec inside is checked by its own model (noria.api)."""
+    if not isinstance(raw, dict):
+        raise RunSpecError(f"run spec: expected an object, got {type(raw).__name__}")
+    try:
+        checked = _RUN_SPEC.validate_python(raw)
+    except ValidationError as exc:
+        raise RunSpecError("; ".join(_problems(exc))) from None
+    return {**raw, **checked}  # type: ignore[typeddict-item]  # TypedDicts drop unknown keys; keep them
 
 
 # --- summary ----------------------------------------------------------------------------------

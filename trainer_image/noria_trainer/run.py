@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -134,7 +134,7 @@ def decimal_strings(metrics: dict[str, float] | None) -> dict[str, str] | None:
     return {k: ("NaN" if math.isnan(v) else f"{v:.4f}") for k, v in metrics.items()}
 
 
-def fit_summary(summary: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
+def fit_summary(summary: Mapping[str, Any], limit: int = SUMMARY_LIMIT) -> str:
     """The summary as compact JSON of at most ``limit`` bytes: the reason is shortened first,
     then champion metrics, then metrics are dropped (they are in report.json anyway)."""
     text = json.dumps(summary, separators=(",", ":"))
@@ -155,13 +155,20 @@ def fit_summary(summary: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
     return json.dumps(trimmed, separators=(",", ":"))
 
 
-def failure_summary(raw: dict[str, Any] | None, failure: RunFailure) -> dict[str, Any]:
+def failure_summary(raw: Any, failure: RunFailure) -> runspec.FailureSummary:
+    """The summary of a failed run (``noria.runspec.FailureSummary``): the run it names is taken from
+    the run spec only where it has the right type, so a malformed spec still gives a summary the
+    operator reads (and shows the reason of) rather than one it refuses."""
     raw = raw if isinstance(raw, dict) else {}
-    version = raw.get("version")
-    return {"status": "failed", "runId": raw.get("runId"), "version": version if isinstance(version, int) else None,
-            "digest": None, "artifactUri": None, "profileUri": None, "metadataUri": None, "reportUri": None,
-            "metrics": None, "championMetrics": None, "verdict": None, "reason": failure.reason, "rows": None,
-            "feedbackRows": None, "window": None, "trainedAt": None, "failedStage": failure.stage}
+    run_id, version = raw.get("runId"), raw.get("version")
+    return runspec.FailureSummary(
+        status="failed",
+        runId=run_id if isinstance(run_id, str) else None,
+        version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        failedStage=failure.stage,
+        reason=failure.reason,
+        exitCode=failure.exit_code,
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -425,24 +432,28 @@ def _artifact_uris(output: OutputLocation) -> dict[str, str]:
     return {name: output.file_uri(name) for name in store.ARTIFACT_FILES}
 
 
-def success_summary(metadata: dict[str, Any], report: dict[str, Any], uris: dict[str, str]) -> dict[str, Any]:
-    """The summary of a written artifact set, from its metadata.json and report.json as written:
-    a run that wrote the set and a retried pod of the same run that finds it report the same."""
+def success_summary(metadata: dict[str, Any], report: dict[str, Any],
+                    uris: dict[str, str]) -> runspec.SuccessSummary:
+    """The summary of a written artifact set (``noria.runspec.SuccessSummary``), from its
+    metadata.json and report.json as written: a run that wrote the set and a retried pod of the
+    same run that finds it report the same."""
     data, evaluation = metadata["data"], metadata["evaluation"]
-    return {
-        "status": "succeeded", "runId": metadata["runId"], "version": metadata["version"],
-        "digest": metadata["artifact"]["digest"],
-        "artifactUri": uris[store.MODEL_FILE], "profileUri": uris[store.PROFILE_FILE],
-        "metadataUri": uris[store.METADATA_FILE], "reportUri": uris[store.REPORT_FILE],
-        "metrics": evaluation["metrics"], "championMetrics": evaluation["championMetrics"],
-        "verdict": evaluation["verdict"], "reason": report["gate"]["reason"], "rows": data["rows"],
-        "feedbackRows": data["feedbackRows"], "window": data["window"], "trainedAt": metadata["trainedAt"],
-        "failedStage": None, "refit": {"done": report["refit"]["done"], "rows": report["refit"]["rows"]},
-        **({"feast": data["feast"]} if data.get("feast") else {}),
-    }
+    summary = runspec.SuccessSummary(
+        status="succeeded", runId=metadata["runId"], version=metadata["version"],
+        digest=metadata["artifact"]["digest"],
+        artifactUri=uris[store.MODEL_FILE], profileUri=uris[store.PROFILE_FILE],
+        metadataUri=uris[store.METADATA_FILE], reportUri=uris[store.REPORT_FILE],
+        metrics=evaluation["metrics"], championMetrics=evaluation["championMetrics"],
+        verdict=evaluation["verdict"], reason=report["gate"]["reason"], rows=data["rows"],
+        feedbackRows=data["feedbackRows"], window=data["window"], trainedAt=metadata["trainedAt"],
+        failedStage=None, refit=runspec.RefitSummary(done=report["refit"]["done"], rows=report["refit"]["rows"]),
+    )
+    if data.get("feast"):
+        summary["feast"] = data["feast"]
+    return summary
 
 
-def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any] | None:
+def _written_by_this_run(run: RunSpec, output: OutputLocation) -> runspec.SuccessSummary | None:
     """The summary of the artifact set at ``outputUri`` when an earlier pod of this same run wrote
     it (a pod evicted or killed after its write, before the Job saw it succeed): same ``runId`` and
     version in metadata.json, and a model file whose digest is the one recorded. None when there is
@@ -476,7 +487,7 @@ def _written_by_this_run(run: RunSpec, output: OutputLocation) -> dict[str, Any]
     return success_summary(metadata, report, _artifact_uris(output))
 
 
-def _check_output(run: RunSpec, reporter: Reporter) -> tuple[OutputLocation, dict[str, Any] | None]:
+def _check_output(run: RunSpec, reporter: Reporter) -> tuple[OutputLocation, runspec.SuccessSummary | None]:
     """Stage "output-check": the location, and the summary of this run's set if a pod wrote it already."""
     reporter.begin("output-check", outputUri=run.output_uri)
     output = OutputLocation.of(run.output_uri)
@@ -554,7 +565,7 @@ def _train_and_gate(run: RunSpec, pipeline_with: Callable[[dict[str, Any]], Any]
     return Gated(gated_model, final_params, tuning_report, metrics, champion_metrics, champion_error, decision)
 
 
-def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
+def execute(raw: Any, reporter: Reporter) -> runspec.SuccessSummary:
     """Run everything, stage by stage (module docstring); return the success summary or raise RunFailure."""
     run = _check_spec(raw, reporter)
     output, written = _check_output(run, reporter)
@@ -584,7 +595,8 @@ def execute(raw: Any, reporter: Reporter) -> dict[str, Any]:
     return success_summary(json.loads(_json_bytes(metadata)), json.loads(_json_bytes(report)), uris)
 
 
-def _execute_on_dask(run: RunSpec, output: OutputLocation, reporter: Reporter, champion_model: Any) -> dict[str, Any]:
+def _execute_on_dask(run: RunSpec, output: OutputLocation, reporter: Reporter,
+                     champion_model: Any) -> runspec.SuccessSummary:
     """The same run on the Dask cluster of ``spec.compute`` (noria_trainer.dask_training)."""
     from noria_trainer import dask_training
 

@@ -19,10 +19,10 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from noria import runspec
 from noria.api import training_pipeline as api
 from noria.api.common import decimal, parse_duration
 from noria.api.resources import field_path
-from noria.artifact import DIGEST_PATTERN
 from noria.artifact_scope import InvalidTrustedPrefix, parse_trusted_prefixes
 from pydantic import BaseModel, ValidationError
 
@@ -257,37 +257,7 @@ def parse_pipeline_spec(spec: Any) -> PipelineSpec:
     )
 
 
-# --- the run spec around it ---------------------------------------------------------------------
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def _string(value: Any, where: str, required: bool = True) -> str | None:
-    if value is None or value == "":
-        if required:
-            raise SpecError(f"{where}: required")
-        return None
-    if not isinstance(value, str):
-        raise SpecError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def _integer(value: Any, where: str, default: int, lo: int = 0) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        out = int(str(value).strip())
-    except ValueError:
-        raise SpecError(f"{where}: {value!r} is not an integer") from None
-    if out < lo:
-        raise SpecError(f"{where}: {value!r} must be at least {lo}")
-    return out
-
-
+# --- the run spec around it: read through noria.runspec, the type the operator writes by ------------
 def parse_time(value: Any, where: str) -> dt.datetime:
     try:
         out = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -297,49 +267,31 @@ def parse_time(value: Any, where: str) -> dt.datetime:
 
 
 def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:
-    """The whole run spec. ``now`` (optional RFC 3339 ``now`` key, for replays and tests) anchors
-    duration windows; the default is the current time."""
-    raw = _mapping(raw, "run spec")
-    run_id = _string(raw.get("runId"), "runId")
-    pipeline = _string(raw.get("pipeline"), "pipeline")
-    namespace = _string(raw.get("namespace"), "namespace")
-    version = _integer(raw.get("version"), "version", default=0, lo=1)
-    if version == 0:
-        raise SpecError("version: required")
-    output_uri = _string(raw.get("outputUri"), "outputUri")
-    store_root = _string(raw.get("storeRoot"), "storeRoot", required=False) or ""
-    trusted_raw = raw.get("trustedDataPrefixes") or []
-    if not isinstance(trusted_raw, list) or not all(isinstance(p, str) for p in trusted_raw):
-        raise SpecError("trustedDataPrefixes: expected a list of URI prefixes")
+    """The whole run spec, checked by ``noria.runspec.read_run_spec`` (``RunSpecDocument``), then the
+    pipeline spec inside by the API model. ``now`` (optional RFC 3339 ``now`` key, for replays and
+    tests) anchors duration windows; the default is the current time."""
     try:
-        trusted = parse_trusted_prefixes(" ".join(trusted_raw), "trustedDataPrefixes")
+        document = runspec.read_run_spec(raw)
+    except runspec.RunSpecError as exc:
+        raise SpecError(str(exc)) from None
+    try:
+        trusted = parse_trusted_prefixes(" ".join(document.get("trustedDataPrefixes", [])), "trustedDataPrefixes")
     except InvalidTrustedPrefix as exc:
         raise SpecError(str(exc)) from None
-    champion_raw = raw.get("champion")
-    champion: Champion | None = None
-    if champion_raw is not None:
-        c = _mapping(champion_raw, "champion")
-        digest = _string(c.get("digest"), "champion.digest")
-        if not DIGEST_PATTERN.match(digest or ""):
-            raise SpecError(f"champion.digest: {digest!r} is not of the form sha256:<64 hex>")
-        champion = Champion(
-            name=_string(c.get("name"), "champion.name") or "",
-            artifact_uri=_string(c.get("artifactUri"), "champion.artifactUri") or "",
-            digest=digest or "",
-            profile_uri=_string(c.get("profileUri"), "champion.profileUri", required=False),
-        )
-    anchor = parse_time(raw["now"], "now") if raw.get("now") else (now or dt.datetime.now(dt.UTC))
+    c = document.get("champion")
+    champion = None if c is None else Champion(c["name"], c["artifactUri"], c["digest"], c.get("profileUri"))
+    anchor = parse_time(document["now"], "now") if document.get("now") else (now or dt.datetime.now(dt.UTC))
     return RunSpec(
-        run_id=run_id or "",
-        trigger=str(raw.get("trigger") or "manual"),
-        namespace=namespace or "",
-        pipeline=pipeline or "",
-        version=version,
-        spec=parse_pipeline_spec(raw.get("spec")),
+        run_id=document["runId"],
+        trigger=document.get("trigger") or "manual",
+        namespace=document["namespace"],
+        pipeline=document["pipeline"],
+        version=document["version"],
+        spec=parse_pipeline_spec(document["spec"]),
         champion=champion,
-        output_uri=output_uri or "",
-        store_root=store_root,
+        output_uri=document["outputUri"],
+        store_root=document.get("storeRoot") or "",
         now=anchor,
-        raw=raw,
+        raw=dict(document),
         trusted_data_prefixes=trusted,
     )
