@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_pipeline(args.pipeline)
         size = parse_slice(args.slice)
-        history = parse_slice(args.history) if args.history else None
+        history = parse_slice(args.history, "--history") if args.history else None
         delay = parse_delay(args.label_delay)
         data = read_frame(args.data, manifest, "--data")
         feedback = read_frame(args.feedback, manifest, "--feedback") if args.feedback else None

@@ -17,9 +17,12 @@ from typing import Final
 
 import numpy as np
 
-_ROWS: Final = re.compile(r"^\s*(\d+)\s*rows?\s*$")
-_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from noria.api.common import DURATION_MESSAGE, parse_duration
+from noria.api.training_pipeline import parse_window
+
+# The CLI's compact spelling of a row count ("1000rows", "1 row") as the API spells a window ("1000 rows").
+_ROWS_SUFFIX: Final = re.compile(r"\s*rows?$")
+_DURATION_WORDS: Final = DURATION_MESSAGE.removeprefix("must be a duration: ")
 
 
 @dataclass(frozen=True)
@@ -31,29 +34,36 @@ class SliceSize:
     duration: dt.timedelta | None = None
 
 
-def parse_slice(text: str) -> SliceSize:
-    """``"1000rows"``, ``"1000 rows"`` -> rows; ``"1h"``, ``"30m"``, ``"90s"``, ``"1d"`` -> a duration."""
-    rows = _ROWS.match(str(text))
-    if rows:
-        n = int(rows.group(1))
-        if n <= 0:
-            raise ValueError(f"--slice {text!r}: the number of rows must be positive")
-        return SliceSize(str(text).strip(), rows=n)
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"--slice {text!r} is neither a row count (1000rows) nor a duration (1h, 30m)")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"--slice {text!r}: the duration must be positive")
-    return SliceSize(str(text).strip(), duration=dt.timedelta(seconds=seconds))
+def parse_slice(text: str, option: str = "--slice") -> SliceSize:
+    """A row count as a TrainingPipeline window spells it (``"1000 rows"``, also ``"1000rows"`` and
+    ``"1 row"``; read by ``noria.api.parse_window``) or a positive duration as the API spells one
+    (``"1h"``, ``"30m"``, ``"90s"``, ``"1h30m"``; read by ``noria.api.common.parse_duration``:
+    whole numbers, units ms, s, m, h, d, w)."""
+    label = str(text).strip()
+    spelled = _ROWS_SUFFIX.sub(" rows", label)
+    if spelled.endswith(" rows"):
+        try:
+            _, rows = parse_window(spelled)
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: a row count is a positive whole number of rows, e.g. 1000rows") from None
+        return SliceSize(label, rows=int(rows))
+    try:
+        duration = parse_duration(label)
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is neither a row count (1000rows) nor a duration ({_DURATION_WORDS})"
+                         ) from None
+    if duration <= dt.timedelta(0):
+        raise ValueError(f"{option} {text!r}: the duration must be positive")
+    return SliceSize(label, duration=duration)
 
 
 def parse_delay(text: str, option: str = "--label-delay") -> dt.timedelta:
-    """``"0s"``, ``"30s"``, ``"5m"``, ``"2h"``: a duration that may be zero."""
-    match = _DURATION.match(str(text))
-    if not match:
-        raise ValueError(f"{option} {text!r} is not a duration such as 0s, 30s, 5m or 2h")
-    return dt.timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    """``"0s"``, ``"30s"``, ``"5m"``, ``"2h"``: a duration as the API spells one
+    (``noria.api.common.parse_duration``), which may be zero."""
+    try:
+        return parse_duration(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a duration ({_DURATION_WORDS})") from None
 
 
 @dataclass(frozen=True)
