@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 
 from noria import runspec
 from noria.api import training_pipeline as api
-from noria.api.common import decimal, parse_duration
+from noria.api.common import decimal, parse_duration, parse_timestamp
 from noria.api.resources import field_path
 from noria.artifact_scope import InvalidTrustedPrefix, parse_trusted_prefixes
 from pydantic import BaseModel, ValidationError
@@ -260,10 +260,9 @@ def parse_pipeline_spec(spec: Any) -> PipelineSpec:
 # --- the run spec around it: read through noria.runspec, the type the operator writes by ------------
 def parse_time(value: Any, where: str) -> dt.datetime:
     try:
-        out = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_timestamp(str(value))
     except ValueError:
         raise SpecError(f"{where}: {value!r} is not an RFC 3339 time") from None
-    return out if out.tzinfo else out.replace(tzinfo=dt.UTC)
 
 
 def parse_run_spec(raw: Any, now: dt.datetime | None = None) -> RunSpec:

@@ -363,6 +363,18 @@ def format_timestamp(moment: dt.datetime | None = None) -> str:
     return moment.replace(microsecond=0).isoformat() + "Z"
 
 
+def parse_timestamp(text: str) -> dt.datetime:
+    """A ``Timestamp`` read back: RFC 3339 (``2026-11-20T10:00:00Z``, an offset, fractions of a
+    second) as an aware datetime in UTC; no offset is taken as UTC (as ``format_timestamp`` takes a
+    naive datetime). The one reader of the timestamps the operator writes in status. Raises
+    ``ValueError`` naming the text."""
+    try:
+        moment = dt.datetime.fromisoformat(str(text).strip())  # Python 3.11 reads the "Z"
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2026-11-20T10:00:00Z") from None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
 # --- the kinds of triggers (shared by TrainingPipeline status and ModelVersion lineage) -------------
 TriggerKind = Literal["initial", "manual", "schedule", "newData", "drift", "performance"]
 TRIGGER_KINDS: Final = ("initial", "manual", "schedule", "newData", "drift", "performance")

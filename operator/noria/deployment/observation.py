@@ -12,16 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from noria.api.common import parse_timestamp
 from noria.deployment.analysis import CheckResult, Outcome
 from noria.deployment.objects import RolloutRef
 from noria.deployment.spec import RolloutSpec
 
 
 def parse_time(value: Any) -> dt.datetime | None:
+    """A status timestamp (``noria.api.common.parse_timestamp``); None when unset or unreadable."""
     if not value:
         return None
     try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_timestamp(str(value))
     except ValueError:
         return None
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from noria import conditions as c
+from noria.api.common import parse_timestamp
 from noria.profile import Profile
 
 from . import dask_cluster, results, runs, triggers
@@ -110,7 +111,7 @@ class Plan:
 
 
 def _ts(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    return parse_timestamp(text) if text else None
 
 
 def _duration_seconds(text: str | None) -> float:

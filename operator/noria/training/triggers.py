@@ -45,7 +45,7 @@ from statistics import NormalDist
 from typing import Any, Final
 
 from noria import scoring
-from noria.api.common import parse_duration
+from noria.api.common import parse_duration, parse_timestamp
 from noria.api.training_pipeline import (
     DEFAULT_MIN_DRIFT_SAMPLES,
     DEFAULT_MIN_LABELS,
@@ -120,9 +120,7 @@ class MetricObservation:
 
 
 def _ts(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_timestamp(text) if text else None
 
 
 def _seconds(text: str | None, default: float = 0.0) -> float:
