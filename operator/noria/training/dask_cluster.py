@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from noria.api.training_pipeline import DaskCompute
 from noria.contracts import (
     COMPONENT_TRAINER,
     LABEL_COMPONENT,
@@ -227,7 +228,8 @@ def dask_cluster(
                 },
             },
             "worker": {
-                "replicas": int(dask.get("workers") or 2),
+                # compute.dask as the API model reads it: its default when the spec sets no workers
+                "replicas": DaskCompute.model_validate(dask).workers,
                 "metadata": {"labels": run_labels},
                 "spec": worker_pod_spec(run, image, dask.get("workerResources"), image_pull_policy),
             },

@@ -35,6 +35,20 @@ def dask_pipeline(workers: int = 2) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("compute", [{"engine": "dask"}, {"engine": "dask", "dask": {}},
+                                     {"engine": "dask", "dask": {"workerResources": WORKER}}])
+def test_a_spec_without_workers_gets_the_api_default(compute) -> None:
+    from noria.api.training_pipeline import DaskCompute
+    from noria.training.spec import read_pipeline_spec
+
+    tp = dask_pipeline()
+    tp["spec"]["compute"] = compute
+    owner = {"apiVersion": "noria.dev/v1alpha1", "kind": "TrainingPipeline", "name": "big", "uid": "u1"}
+    for spec in (tp["spec"], read_pipeline_spec(tp["spec"])):  # as stored, and as the pass reads it
+        obj = dc.dask_cluster({**tp, "spec": spec}, owner, "big-r1", "noria-trainer:1", "IfNotPresent")
+        assert obj["spec"]["worker"]["replicas"] == DaskCompute().workers
+
+
 def scheduler_pod(uid: str = "s1", ready: bool = True, restarts: int = 0) -> dict[str, Any]:
     return {
         "metadata": {"uid": uid, "name": f"big-r1-scheduler-{uid}"},
