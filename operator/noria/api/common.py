@@ -18,7 +18,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -479,8 +479,21 @@ class ObjectMeta(BaseModel):
     generation: int | None = Field(default=None, description="Spec generation, set by the API server.")
 
 
+# The apiVersion of the three kinds. A Literal has to spell its value (type checkers read it), so it
+# is spelt here once, for every model, and checked against noria.contracts.API_VERSION.
+ApiVersion = Literal["noria.dev/v1alpha1"]
+assert get_args(ApiVersion) == (API_VERSION,), "ApiVersion must be noria.contracts.API_VERSION"
+
+
+def api_version_field() -> Any:
+    """A manifest model's ``apiVersion`` field: the one value, as its default and description."""
+    return Field(default=API_VERSION, description=API_VERSION)
+
+
 __all__ = [
     "API_VERSION",
+    "ApiVersion",
+    "api_version_field",
     "ARTIFACT_URI_RULES",
     "ArtifactUri",
     "DATA_SOURCE_RULES",
@@ -515,5 +528,6 @@ __all__ = [
     "decimal",
     "format_timestamp",
     "parse_duration",
+    "parse_timestamp",
     "with_cel",
 ]

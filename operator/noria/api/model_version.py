@@ -15,6 +15,7 @@ from pydantic import Field, StrictStr
 from noria import contracts
 
 from .common import (
+    ApiVersion,
     ArtifactUri,
     Condition,
     Decimalish,
@@ -28,6 +29,7 @@ from .common import (
     Uri,
     _cel_regex,
     _checked_pattern,
+    api_version_field,
     cel,
     conditions_field,
     with_cel,
@@ -210,9 +212,7 @@ class ModelVersionStatus(StatusModel):
 class ModelVersion(NoriaModel):
     """A ModelVersion manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(
-        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
-    )
+    api_version: ApiVersion = api_version_field()
     kind: Literal["ModelVersion"] = Field(default=KIND, description="ModelVersion")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: ModelVersionSpec = Field(description="The facts of one trained model; immutable.")

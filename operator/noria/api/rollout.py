@@ -22,6 +22,7 @@ from pydantic import (
 
 from .common import (
     QUERY_MAX,
+    ApiVersion,
     Bound,
     Condition,
     Duration,
@@ -34,6 +35,7 @@ from .common import (
     StoreAccess,
     Text,
     Timestamp,
+    api_version_field,
     cel,
     conditions_field,
     with_cel,
@@ -695,9 +697,7 @@ class RolloutStatus(StatusModel):
 class Rollout(NoriaModel):
     """A Rollout manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(
-        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
-    )
+    api_version: ApiVersion = api_version_field()
     kind: Literal["Rollout"] = Field(default=KIND, description="Rollout")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: RolloutSpec = Field(description="How to serve a model and replace it.")

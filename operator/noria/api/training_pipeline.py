@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, StrictStr, WithJsonSchema, model_val
 
 from .common import (
     NAME_MAX,
+    ApiVersion,
     Condition,
     DataSourceUri,
     Decimalish,
@@ -29,6 +30,7 @@ from .common import (
     TriggerKind,
     _cel_regex,
     _checked_pattern,
+    api_version_field,
     cel,
     conditions_field,
     with_cel,
@@ -930,9 +932,7 @@ class TrainingPipelineStatus(StatusModel):
 class TrainingPipeline(NoriaModel):
     """A TrainingPipeline manifest."""
 
-    api_version: Literal["noria.dev/v1alpha1"] = Field(
-        default="noria.dev/v1alpha1", description="noria.dev/v1alpha1"
-    )
+    api_version: ApiVersion = api_version_field()
     kind: Literal["TrainingPipeline"] = Field(default=KIND, description="TrainingPipeline")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: TrainingPipelineSpec = Field(description="How to train, on which data, when, and how to gate it.")
