@@ -8,6 +8,7 @@ a run mean nothing; only its memory breakdown does.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ def main() -> None:
     out, separator, *noria_args = sys.argv[1:]
     if separator != "--":
         sys.exit("usage: scale_tracemalloc.py OUT -- <noria arguments>")
+    # As scale.py's launcher: the dev venv's packages the operator image lacks are not imported.
+    sys.modules.update(dict.fromkeys(filter(None, os.environ.get("NORIA_SCALE_HIDE_MODULES", "").split(","))))
     tracemalloc.start(8)
     threading.Thread(target=snapshot_loop, args=(Path(out),), daemon=True).start()
     from noria.__main__ import main as noria_main
