@@ -120,6 +120,20 @@ def points(log: list[tuple]) -> list[tuple[str, str | None]]:
     return [(entry[1], entry[2]) for entry in log if entry[0] == "hit"]
 
 
+async def a_pass_that_recovers(monkeypatch) -> None:  # noqa: ANN001
+    """``handlers.reconcile`` of churn with nothing to do (observation, plan and bookkeeping stubbed):
+    after a reported error, its only write is the recovery (Reconciled=True)."""
+    async def observe(tp, now):  # noqa: ANN001, ANN202
+        return None
+
+    monkeypatch.setattr(handlers, "observe", observe)
+    monkeypatch.setattr(handlers.pipeline, "decide", lambda observation: pipeline.Plan(status=None))
+    monkeypatch.setattr(handlers, "read_pipeline_spec", lambda spec: spec)
+    monkeypatch.setattr(handlers, "_count", lambda *args: None)
+    monkeypatch.setattr(handlers, "state", lambda: SimpleNamespace(resync=2.0, idle_resync=600.0))
+    await handlers.reconcile((NS, "churn"))
+
+
 async def test_every_write_of_a_pass_that_ends_a_run_and_starts_another_is_followed_by_its_crash_point(api):
     tp = the_pipeline(api)
     old_run_objects(api)
@@ -162,15 +176,7 @@ async def test_the_error_report_and_the_recovery_writes_are_followed_by_their_cr
 
     api.log.clear()
 
-    async def observe(tp, now):  # noqa: ANN001, ANN202
-        return None
-
-    monkeypatch.setattr(handlers, "observe", observe)
-    monkeypatch.setattr(handlers.pipeline, "decide", lambda observation: pipeline.Plan(status=None))
-    monkeypatch.setattr(handlers, "read_pipeline_spec", lambda spec: spec)
-    monkeypatch.setattr(handlers, "_count", lambda *args: None)
-    monkeypatch.setattr(handlers, "state", lambda: SimpleNamespace(resync=2.0, idle_resync=600.0))
-    await handlers.reconcile((NS, "churn"))
+    await a_pass_that_recovers(monkeypatch)
     assert unguarded(api.log) == [] and points(api.log) == [(fp.TRAINING_RECOVERED, "churn")]
 
 
@@ -208,15 +214,7 @@ async def test_the_crash_points_above_are_every_training_name(api, monkeypatch):
     await handlers.execute(api.objects[("TrainingPipeline", "churn")], pipeline.Plan(status={"phase": "Ready"}), NOW)
     await handlers._report_error(api.objects[("TrainingPipeline", "churn")], RuntimeError("boom"))
 
-    async def observe(tp, now):  # noqa: ANN001, ANN202
-        return None
-
-    monkeypatch.setattr(handlers, "observe", observe)
-    monkeypatch.setattr(handlers.pipeline, "decide", lambda observation: pipeline.Plan(status=None))
-    monkeypatch.setattr(handlers, "read_pipeline_spec", lambda spec: spec)
-    monkeypatch.setattr(handlers, "_count", lambda *args: None)
-    monkeypatch.setattr(handlers, "state", lambda: SimpleNamespace(resync=2.0, idle_resync=600.0))
-    await handlers.reconcile((NS, "churn"))
+    await a_pass_that_recovers(monkeypatch)
     scope(monkeypatch, refused=True)
     await handlers._judge_model_version(a_hand_made_version(api, "outside", **{ANNOTATION_APPROVE: "alice"}))
     scope(monkeypatch, refused=False)
