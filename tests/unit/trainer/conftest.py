@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from noria_trainer.run import run_from_file
-from trainer_datasets import NOW
+from trainer_datasets import NOW, sklearn_frame
 
 
 @pytest.fixture
@@ -34,6 +34,16 @@ def make_spec(store_root: Path) -> Callable[..., dict[str, Any]]:
             "now": NOW.isoformat(),
         }
     return make
+
+
+@pytest.fixture
+def cancer_csv(tmp_path: Path) -> Path:
+    """The breast-cancer data set (binary target ``target``) as a CSV beside the store: a data
+    source the spec trusts."""
+    path = tmp_path / "data" / "cancer.csv"
+    path.parent.mkdir()
+    sklearn_frame("breast_cancer").to_csv(path, index=False)
+    return path
 
 
 class RunResult:

@@ -12,14 +12,6 @@ from noria_trainer.run import EXIT_CHAMPION, EXIT_DATA, EXIT_OUTPUT, EXIT_SPEC, 
 from trainer_datasets import classifier_spec, drifting_frame, files_under, sklearn_frame
 
 
-@pytest.fixture
-def cancer_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "data" / "cancer.csv"
-    path.parent.mkdir()
-    sklearn_frame("breast_cancer").to_csv(path, index=False)
-    return path
-
-
 def assert_failed(result, spec, exit_code: int, stage: str, *reason_parts: str) -> None:
     summary = result.summary
     assert result.code == exit_code, summary

@@ -5,25 +5,16 @@ trainer really writes (a success and failures) are what the operator's reader ac
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import get_type_hints
 
 import pytest
 from noria import runspec
 from noria.training import results, runs
 from noria_trainer.spec import SpecError, parse_run_spec
-from trainer_datasets import classifier_spec, sklearn_frame
+from trainer_datasets import classifier_spec
 
 LOGISTIC = "sklearn.linear_model.LogisticRegression"
 DIGEST = "sha256:" + "c" * 64
-
-
-@pytest.fixture
-def cancer_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "data" / "cancer.csv"
-    path.parent.mkdir()
-    sklearn_frame("breast_cancer").to_csv(path, index=False)
-    return path
 
 
 def test_a_real_success_summary_is_read_by_the_operator(cancer_csv, make_spec, run_trainer):
