@@ -396,11 +396,14 @@ class KubeLeaseStore:
         from lightkube.models.meta_v1 import ObjectMeta
         from lightkube.resources.coordination_v1 import Lease
 
+        from noria.api.common import parse_timestamp
         from noria.kube import HTTPError, is_status
 
         at = micro_time(now)
         new_holder = holder != base.holder
-        acquire_time = at if acquired or base.acquire_time is None else dt.datetime.fromisoformat(base.acquire_time)
+        # Kept across renewals: the time the holder took it, read as every timestamp is (a MicroTime;
+        # no offset is UTC, never this machine's local time).
+        acquire_time = at if acquired or base.acquire_time is None else parse_timestamp(base.acquire_time)
         lease = Lease(metadata=ObjectMeta(name=self.config.name, namespace=self.config.namespace,
                                           resourceVersion=base.resource_version,
                                           labels={"app.kubernetes.io/name": "noria"}),

@@ -197,6 +197,54 @@ def test_micro_time_always_has_a_fraction() -> None:
     assert leader.micro_time(whole.replace(microsecond=250)).microsecond == 250
 
 
+
+class ReplacingClient:
+    """lightkube's AsyncClient as ``KubeLeaseStore.update`` uses it: ``replace`` answers with the Lease
+    as the API server stores it (through its JSON form, a new resourceVersion)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def replace(self, lease):  # noqa: ANN001, ANN201
+        from lightkube.resources.coordination_v1 import Lease
+
+        self.sent.append(Lease.to_dict(lease))
+        body = Lease.to_dict(lease)
+        body["metadata"]["resourceVersion"] = str(int(body["metadata"]["resourceVersion"]) + 1)
+        return Lease.from_dict(body)
+
+
+TOOK = dt.datetime(2026, 12, 2, 8, 0, 0, 1, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("acquire_time", [
+    "2026-12-02T08:00:00.000001Z",  # a MicroTime as the API server writes it
+    "2026-12-02T08:00:00.000001+00:00",  # as KubeLeaseStore._record keeps it
+    "2026-12-02T03:00:00.000001-05:00",
+    "2026-12-02T08:00:00.000001",  # no offset: UTC (noria.api.common.parse_timestamp), not local time
+])
+async def test_a_renewal_keeps_the_acquire_time_it_read(acquire_time, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # a machine whose local time is not UTC
+    time.tzset()
+    try:
+        client = ReplacingClient()
+        store = leader.KubeLeaseStore(LeaseConfig(identity="pod-0", **CONFIG), client=client)
+        base = LeaseRecord(holder="pod-0", duration=15, resource_version="7", acquire_time=acquire_time)
+        now = dt.datetime(2026, 12, 2, 9, 30, 0, tzinfo=dt.UTC)
+        renewed = await store.update(base, "pod-0", 15, now, acquired=False)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    (sent,) = client.sent
+    assert sent["spec"]["acquireTime"] == "2026-12-02T08:00:00.000001Z", sent["spec"]
+    assert sent["spec"]["renewTime"] == "2026-12-02T09:30:00.000001Z"
+    assert sent["metadata"]["resourceVersion"] == "7"  # the precondition
+    assert renewed.acquire_time is not None and dt.datetime.fromisoformat(renewed.acquire_time) == TOOK
+    # A takeover starts a new term: acquireTime is now.
+    taken = await store.update(renewed, "pod-1", 15, now, acquired=True)
+    assert client.sent[-1]["spec"]["acquireTime"] == "2026-12-02T09:30:00.000001Z"
+    assert taken.transitions == 1 and taken.holder == "pod-1"
+
 FENCE_CHILD = textwrap.dedent("""
     import asyncio, time
     from noria import leader
