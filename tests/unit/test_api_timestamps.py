@@ -43,3 +43,23 @@ def test_a_bad_timestamp_is_named_and_unset_ones_are_none():
         triggers._ts("soon")
     assert observation.parse_time("soon") is None  # a Rollout pass treats it as unset
     assert triggers._ts(None) is None and pipeline._ts("") is None and observation.parse_time(None) is None
+
+
+@pytest.mark.parametrize("text", ["2026-11-20T10:00:00Z", "2026-11-20T11:00:00+01:00", "2026-11-20T10:00:00"])
+def test_the_demos_readers_give_the_same_instant_as_epoch_seconds(text, monkeypatch):
+    """The demo's checks and report read status timestamps through parse_timestamp too: a time
+    without offset is UTC there as well, not the local time of the machine running the demo."""
+    import time
+
+    from noria_testbed.demo import checks, report
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert checks.parse_time(text) == report._ts(text) == T.timestamp()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert checks.parse_time(None) is None and report._ts("") is None and report._ts("soon") is None
+    with pytest.raises(ValueError, match="'soon' is not an RFC 3339 timestamp"):
+        checks.parse_time("soon")

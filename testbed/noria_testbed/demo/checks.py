@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 from noria import conditions as c
+from noria.api.common import parse_timestamp
 
 from noria_testbed.demo import scoring
 
@@ -71,9 +72,10 @@ def clock(ts: float | None) -> str:
 
 
 def parse_time(text: str | None) -> float | None:
+    """A status timestamp as epoch seconds (``noria.api.common.parse_timestamp``); None when unset."""
     if not text:
         return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_timestamp(text).timestamp()
 
 
 def _act_at(records: Sequence[Mapping[str, Any]], act: str) -> float | None:

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on CI or a server
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from noria.api.common import parse_timestamp  # noqa: E402
 
 from noria_testbed.demo import scoring  # noqa: E402
 from noria_testbed.demo.timeline import read_timeline  # noqa: E402
@@ -284,10 +285,12 @@ the spec's triggers, never retraining, and retraining every {e(str(record.get('e
 
 
 def _ts(text: str | None) -> float | None:
+    """A status timestamp as epoch seconds (``noria.api.common.parse_timestamp``); None when unset
+    or unreadable."""
     if not text:
         return None
     try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+        return parse_timestamp(str(text)).timestamp()
     except ValueError:
         return None
 
