@@ -22,6 +22,10 @@ REQUEST_STAGE_SECONDS: Final = "noria_request_stage_seconds"  # histogram: model
 BATCH_ROWS: Final = "noria_batch_rows"  # histogram: model, version (rows per predict call)
 EVENT_LOOP_LAG_SECONDS: Final = "noria_event_loop_lag_seconds"  # histogram: model, version
 GC_PAUSE_SECONDS: Final = "noria_gc_pause_seconds"  # histogram: model, version, generation (0, 1, 2)
+# Online features (docs/serving/online-features.md): the server's calls to Feast's feature server
+ONLINE_LOOKUP_SECONDS: Final = "noria_online_feature_lookup_seconds"  # histogram: model, version (one call)
+ONLINE_LOOKUPS_TOTAL: Final = "noria_online_feature_lookups_total"  # counter: model, version, outcome (LOOKUP_*)
+ONLINE_MISSES_TOTAL: Final = "noria_online_feature_misses_total"  # counter: model, version, feature, status (MISS_*)
 
 # --- exported by the router -------------------------------------------------------------------
 SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
@@ -55,6 +59,7 @@ LABEL_LIMIT: Final = "limit"  # noria_http_limit_total
 LABEL_KIND: Final = "kind"  # noria_prediction_log_dropped_total: predictions | feedback
 LABEL_STAGE: Final = "stage"  # noria_request_stage_seconds
 LABEL_GENERATION: Final = "generation"  # noria_gc_pause_seconds
+LABEL_STATUS: Final = "status"  # noria_online_feature_misses_total: the feature server's status for the value
 
 # Special bins of noria_feature_bin_total besides the profile's own bin indices "0".."n-1"
 # (numeric) or category names (categorical).
@@ -102,3 +107,20 @@ STAGE_COUNT: Final = "count"  # drift bins and prediction counters for the batch
 STAGE_LOG: Final = "log"  # the batch handed to the prediction ledger and the prediction log
 STAGE_SERIALISE: Final = "serialise"  # one answer encoded
 STAGES: Final = (STAGE_PARSE, STAGE_BATCH_WAIT, STAGE_PREDICT, STAGE_COUNT, STAGE_LOG, STAGE_SERIALISE)
+
+# Outcomes of noria_online_feature_lookups_total (one per call to the feature server; the answers to
+# the requests it served: ok -> predicted or 404 on a miss, timeout -> 504, unavailable -> 503,
+# bad_answer -> 502).
+LOOKUP_OK: Final = "ok"  # the feature server answered 200 with a readable body
+LOOKUP_TIMEOUT: Final = "timeout"  # no complete answer within spec.onlineFeatures.feast.timeout
+LOOKUP_UNAVAILABLE: Final = "unavailable"  # refused, reset or unreachable, or a 5xx answer
+LOOKUP_BAD_ANSWER: Final = "bad_answer"  # a 4xx answer (e.g. an unknown feature service) or an unreadable body
+LOOKUP_OUTCOMES: Final = (LOOKUP_OK, LOOKUP_TIMEOUT, LOOKUP_UNAVAILABLE, LOOKUP_BAD_ANSWER)
+
+# Statuses of noria_online_feature_misses_total: a feature value the model needed and the store did
+# not have (Feast's FieldStatus, lower case; anything else it may add is "other").
+MISS_NOT_FOUND: Final = "not_found"  # no value for this entity key
+MISS_OUTSIDE_MAX_AGE: Final = "outside_max_age"  # a value older than the feature view's ttl
+MISS_INVALID: Final = "invalid"
+MISS_OTHER: Final = "other"
+MISS_STATUSES: Final = (MISS_NOT_FOUND, MISS_OUTSIDE_MAX_AGE, MISS_INVALID, MISS_OTHER)

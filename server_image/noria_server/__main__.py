@@ -116,6 +116,45 @@ def _artifact_limits(args: argparse.Namespace):  # type: ignore[no-untyped-def]
                                max_total_bytes=args.max_total_bytes)
 
 
+def _add_online_feature_flags(p: argparse.ArgumentParser) -> None:
+    """Online features from Feast's feature server (the Rollout's spec.onlineFeatures.feast;
+    docs/serving/online-features.md). Off without --feast-url."""
+    from .online import DEFAULT_TIMEOUT_SECONDS
+
+    env = os.environ.get
+    p.add_argument("--feast-url", default=env("NORIA_FEAST_URL") or None,
+                   help="http://host:port of `feast serve`: requests carry entity keys and the server looks the "
+                        "features up there [NORIA_FEAST_URL]")
+    p.add_argument("--feast-feature-service", default=env("NORIA_FEAST_FEATURE_SERVICE") or None,
+                   help="the feature service to read [NORIA_FEAST_FEATURE_SERVICE]")
+    p.add_argument("--feast-features", default=env("NORIA_FEAST_FEATURES", ""),
+                   help="or: comma-separated <featureView>:<feature> references [NORIA_FEAST_FEATURES]")
+    p.add_argument("--feast-entity-keys", default=env("NORIA_FEAST_ENTITY_KEYS", ""),
+                   help="comma-separated entity key names: the inputs a request carries [NORIA_FEAST_ENTITY_KEYS]")
+    raw = env("NORIA_FEAST_TIMEOUT_MS")
+    try:
+        default_ms = float(raw) if raw else DEFAULT_TIMEOUT_SECONDS * 1000
+    except ValueError:
+        raise SystemExit(f"NORIA_FEAST_TIMEOUT_MS={raw!r}: expected a number of milliseconds") from None
+    p.add_argument("--feast-timeout-ms", type=float, default=default_ms,
+                   help=f"bound of one lookup, connect included; then 504 (default {default_ms:g}) "
+                        "[NORIA_FEAST_TIMEOUT_MS]")
+    p.add_argument("--feast-on-missing", default=env("NORIA_FEAST_ON_MISSING", "reject"),
+                   help="reject (404 naming the keys) or asMissing (missing values) when the store has no value "
+                        "[NORIA_FEAST_ON_MISSING]")
+
+
+def _online_features(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .online import OnlineFeatureSettings
+
+    if not args.feast_url:
+        return None
+    split = lambda text: tuple(part.strip() for part in text.split(",") if part.strip())  # noqa: E731
+    return OnlineFeatureSettings(url=args.feast_url, entity_keys=split(args.feast_entity_keys),
+                                 feature_service=args.feast_feature_service, features=split(args.feast_features),
+                                 timeout=args.feast_timeout_ms / 1000.0, on_missing=args.feast_on_missing)
+
+
 def parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: they load NumPy, which must come after _limit_native_threads.
     from .model import DEFAULT_BATCH_BUDGET_MS
@@ -169,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--failure-exit-seconds", type=float, default=float(env("NORIA_FAILURE_EXIT_SECONDS", "30")),
                    help="stay up (not ready) this long after refusing the artifact [NORIA_FAILURE_EXIT_SECONDS]")
     _add_artifact_flags(s)
+    _add_online_feature_flags(s)
 
     r = sub.add_parser("route", help="split, pin and mirror traffic between model versions")
     src = r.add_mutually_exclusive_group()
@@ -224,7 +264,8 @@ def serve_settings(args: argparse.Namespace, feedback_token: bearer.BearerToken 
         feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
         drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,
         artifact_limits=_artifact_limits(args),
-        termination_log=args.termination_log or default_termination_log())
+        termination_log=args.termination_log or default_termination_log(),
+        online_features=_online_features(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -120,6 +120,24 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None, heade
                 available_outputs: Sequence[str] = (OUTPUT_PREDICT,)) -> InferRequest:
     """``header_length`` is the ``Inference-Header-Content-Length`` header: the JSON header is that
     many bytes and the binary tensors follow it, in input order, each ``binary_data_size`` bytes."""
+    payload, inputs = read_inputs(body, header_length)
+    outputs = requested_outputs(payload, available_outputs)
+
+    single = inputs[0]
+    shape0 = shape_of(single, 0)
+    if len(inputs) == 1 and len(shape0) == 2 and (single["name"] not in schema.features or shape0[1] > 1):
+        rows = _matrix_input(single, shape0, schema)
+    else:
+        rows = _per_feature_inputs(inputs, schema)
+
+    request_id = request_id_of(payload.get("id"), header_id)
+    row_ids = row_ids_of(payload.get("parameters"), request_id, rows.shape[0])
+    return InferRequest(request_id, row_ids, rows, outputs)
+
+
+def read_inputs(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request's JSON object and its checked ``inputs`` (each with name, shape, datatype and its
+    ``data``, binary tensors decoded), before they are matched with the model's features."""
     if not body:
         raise RequestError(400, "empty request body: expected a JSON object with an 'inputs' list")
     header, binary = _split_binary(body, header_length)
@@ -151,18 +169,7 @@ def parse_infer(body: bytes, schema: Schema, header_id: str | None = None, heade
                                     f"got {type(tensor['datatype']).__name__}")
 
     _attach_binary(inputs, binary)
-    outputs = _requested_outputs(payload, available_outputs)
-
-    single = inputs[0]
-    shape0 = _shape(single, 0)
-    if len(inputs) == 1 and len(shape0) == 2 and (single["name"] not in schema.features or shape0[1] > 1):
-        rows = _matrix_input(single, shape0, schema)
-    else:
-        rows = _per_feature_inputs(inputs, schema)
-
-    request_id = _request_id(payload.get("id"), header_id)
-    row_ids = _row_ids(payload.get("parameters"), request_id, rows.shape[0])
-    return InferRequest(request_id, row_ids, rows, outputs)
+    return payload, inputs
 
 
 def _split_binary(body: bytes, header_length: str | None) -> tuple[bytes | memoryview, memoryview]:
@@ -247,7 +254,7 @@ def _decode_bytes_elements(name: str, raw: memoryview) -> list[Any]:
     return values
 
 
-def _requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tuple[RequestedOutput, ...]:
+def requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tuple[RequestedOutput, ...]:
     """The outputs to answer, each JSON or binary: the request's ``outputs`` (all when absent or
     empty); an output's ``parameters.binary_data`` wins over the request's ``binary_data_output``."""
     parameters = payload.get("parameters")
@@ -277,7 +284,7 @@ def _requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tup
     return tuple(outputs)
 
 
-def _shape(tensor: dict[str, Any], index: int) -> list[int]:
+def shape_of(tensor: dict[str, Any], index: int) -> list[int]:
     shape = tensor["shape"]
     if (not isinstance(shape, list) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -286,7 +293,7 @@ def _shape(tensor: dict[str, Any], index: int) -> list[int]:
     return shape
 
 
-def _values(tensor: dict[str, Any], expected: int, categorical: bool) -> np.ndarray:
+def column_values(tensor: dict[str, Any], expected: int, categorical: bool) -> np.ndarray:
     """The tensor's data as a flat array, checked against its datatype and element count."""
     name, datatype, data = tensor["name"], tensor["datatype"], tensor["data"]
     if isinstance(data, np.ndarray):  # numeric binary data, already checked against its datatype
@@ -338,7 +345,7 @@ def _matrix_input(tensor: dict[str, Any], shape: list[int], schema: Schema) -> n
         raise RequestError(422, f"input '{tensor['name']}': no rows (shape {shape})")
     data = tensor["data"]
     if schema.all_numeric:
-        flat = _values(tensor, n * width, categorical=False)
+        flat = column_values(tensor, n * width, categorical=False)
         return flat.reshape(n, width)
     # Mixed feature kinds in one tensor: check column by column.
     if not isinstance(tensor["datatype"], str) or tensor["datatype"] not in NUMERIC_DATATYPES | STRING_DATATYPES:
@@ -389,7 +396,7 @@ def _per_feature_inputs(inputs: list[dict[str, Any]], schema: Schema) -> np.ndar
     columns = []
     for feature in schema.features:
         tensor = by_name[feature]
-        shape = _shape(tensor, 0)
+        shape = shape_of(tensor, 0)
         if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
             raise RequestError(422, f"input '{feature}': shape {shape} is not [n] or [n, 1]")
         if n is None:
@@ -398,13 +405,13 @@ def _per_feature_inputs(inputs: list[dict[str, Any]], schema: Schema) -> np.ndar
                 raise RequestError(422, f"input '{feature}': no rows (shape {shape})")
         elif shape[0] != n:
             raise RequestError(422, f"input '{feature}' has {shape[0]} rows but '{schema.features[0]}' has {n}")
-        columns.append(_values(tensor, shape[0], feature in schema.categorical))
+        columns.append(column_values(tensor, shape[0], feature in schema.categorical))
     if schema.all_numeric:
         return np.column_stack(columns)
     return np.column_stack([c.astype(object) for c in columns])
 
 
-def _request_id(value: Any, header_id: str | None) -> str:
+def request_id_of(value: Any, header_id: str | None) -> str:
     if value is None:
         value = header_id
     if value is None or value == "":
@@ -420,7 +427,7 @@ def _request_id(value: Any, header_id: str | None) -> str:
     return value
 
 
-def _row_ids(parameters: Any, request_id: str, n: int) -> list[str]:
+def row_ids_of(parameters: Any, request_id: str, n: int) -> list[str]:
     if parameters is not None and not isinstance(parameters, dict):
         raise RequestError(400, f"'parameters' must be an object, got {type(parameters).__name__}")
     given = parameters.get("ids") if parameters else None

@@ -49,7 +49,7 @@ from noria.artifact import EXIT_REFUSED_GENERIC, UNUSABLE_MODEL, ArtifactError, 
 from noria.conditions import ARTIFACT_VERIFICATION_FAILED
 from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG
 
-from . import ledger, oip
+from . import ledger, oip, online
 from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Reply, Request, Response, json_response
 from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
@@ -98,6 +98,7 @@ class ServeSettings:
     failure_exit_seconds: float = 30.0
     artifact_limits: Limits = field(default_factory=Limits)
     termination_log: str | None = None  # where a refusal is written for the operator; None = nowhere
+    online_features: online.OnlineFeatureSettings | None = None  # fill features from Feast (noria_server.online)
 
     def validate(self) -> None:
         missing = [name for name, value in (("--artifact/NORIA_ARTIFACT_URI", self.artifact_uri),
@@ -115,6 +116,8 @@ class ServeSettings:
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
         self.http.validate()
+        if self.online_features is not None:
+            self.online_features.validate()
         if self.feedback_ledger_bytes < 1 << 20:
             raise ValueError(f"--feedback-ledger-bytes/NORIA_FEEDBACK_LEDGER_BYTES must be at least 1 MiB, "
                              f"got {self.feedback_ledger_bytes}")
@@ -158,6 +161,9 @@ class ModelServer:
         self.gc_pauses = GcPauses(self.metrics.latency.observe_gc)
         self.predictions_log: JsonlLog | None = None
         self.feedback_log: JsonlLog | None = None
+        self.online_metrics = (online.OnlineMetrics(self.metrics.registry, settings.model, settings.version)
+                               if settings.online_features is not None else None)
+        self.lookup: online.FeatureLookup | None = None  # made at the first request, for the model's features
         self.stopped = asyncio.Event()
         self.exit_code = 0
         self.port = 0
@@ -192,6 +198,8 @@ class ModelServer:
             await self.stop(drain=False)
             return
         self.model = model
+        if self.online_metrics is not None:
+            self.online_metrics.declare(model.schema.features)
         self.sizer.call_seconds = model.single_row_seconds  # until one-row calls under traffic say more
         if s.feature_counting and model.profile is not None:
             self.metrics.enable_feature_bins(model.schema.features, model.profile)
@@ -234,6 +242,8 @@ class ModelServer:
         if drain and was_ready and self.settings.drain_seconds > 0:
             await asyncio.sleep(self.settings.drain_seconds)
         await self.http.close()
+        if self.lookup is not None:
+            self.lookup.close()
         self.loop_lag.stop()
         self.gc_pauses.uninstall()
         for jsonl in (self.predictions_log, self.feedback_log):
@@ -326,6 +336,8 @@ class ModelServer:
         model = self.model
         if model is None or self.state not in ("ready", "stopping"):
             return self._error(503, f"model not ready: {self.reason}", request, started=started)
+        if self.settings.online_features is not None:
+            return self._infer_keyed(request, model, self._lookup(model), started)
         try:
             parsed = oip.parse_infer(request.body, model.schema, request.headers.get("x-request-id"),
                                      request.headers.get(oip.HEADER_INFERENCE_HEADER_LENGTH),
@@ -335,6 +347,41 @@ class ModelServer:
         queued = time.perf_counter()
         self.metrics.latency.stages[m.STAGE_PARSE].observe(queued - started)
         future = Reply()
+        self._enqueue(parsed, future, started, queued)
+        return future
+
+    def _infer_keyed(self, request: Request, model: ServedModel, lookup: online.FeatureLookup,
+                     started: float) -> Response | Reply:
+        """A request of entity keys: its features are looked up (noria_server.online), then it joins
+        the micro-batch queue like any other; a failed lookup is answered with its own status."""
+        try:
+            keyed = online.parse_keyed(request.body, model.schema, lookup.settings, request.headers.get("x-request-id"),
+                                       request.headers.get(oip.HEADER_INFERENCE_HEADER_LENGTH),
+                                       oip.output_names(model.proba_is_free))
+        except oip.RequestError as exc:
+            return self._error(exc.status, exc.message, request, started=started)
+        self.metrics.latency.stages[m.STAGE_PARSE].observe(time.perf_counter() - started)
+        future = Reply()
+
+        def filled(keyed: online.KeyedRequest, rows: np.ndarray | online.LookupFailed) -> None:
+            if isinstance(rows, online.LookupFailed):
+                response = self._error(rows.status, rows.message, request_id=keyed.request_id, started=started)
+                response.headers.extend(rows.headers())
+                future.set_result(response)
+                return
+            parsed = oip.InferRequest(keyed.request_id, keyed.row_ids, rows, keyed.outputs)
+            self._enqueue(parsed, future, started, time.perf_counter())
+
+        lookup.submit(keyed, filled)
+        return future
+
+    def _lookup(self, model: ServedModel) -> online.FeatureLookup:
+        if self.lookup is None:
+            assert self.settings.online_features is not None and self.online_metrics is not None
+            self.lookup = online.FeatureLookup(self.settings.online_features, model.schema, self.online_metrics)
+        return self.lookup
+
+    def _enqueue(self, parsed: oip.InferRequest, future: Reply, started: float, queued: float) -> None:
         self.pending.append(_Pending(parsed, future, started, queued))
         self.pending_rows += parsed.rows.shape[0]
         if not self.flush_scheduled:
@@ -344,7 +391,6 @@ class ModelServer:
                 loop.call_later(self.settings.batch_wait_ms / 1000.0, self._flush)
             else:
                 loop.call_soon(self._flush)
-        return future
 
     def _flush(self) -> None:
         self.flush_scheduled = False
