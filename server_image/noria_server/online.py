@@ -16,10 +16,13 @@ Requests that arrive in the same event-loop turn share one call (their entity ro
 most ``max_rows`` per call); the client is the router's keep-alive HTTP/1.1 pool
 (``noria_server.upstream``), every call bounded by ``timeout`` (connect included). Answers:
 
-- a model feature the store has no value for (Feast status NOT_FOUND, OUTSIDE_MAX_AGE, INVALID):
-  404 naming the entity key(s) and the features (``on_missing="reject"``, the default), or the
-  value goes to the model as missing, as a ``null`` in the request would (``on_missing="asMissing"``);
-  a stored null (NULL_VALUE) is always a missing value, never a miss;
+- a model feature the store has no value for: 404 naming the entity key(s) and the features
+  (``on_missing="reject"``, the default), or the value goes to the model as missing, as a ``null`` in
+  the request would (``on_missing="asMissing"``). "No value" is Feast's status NOT_FOUND,
+  OUTSIDE_MAX_AGE or INVALID, or, as Feast 0.67's Redis store answers an unknown key, status PRESENT
+  with a null value and the event timestamp 1970-01-01T00:00:00Z (recorded against the real server:
+  docs/serving/online-features.md). A null with a real timestamp (NULL_VALUE, or PRESENT) is a
+  stored null: a missing value, never a miss;
 - no complete answer within ``timeout``: 504;
 - the feature server refused the connection, broke it, or answered 5xx: 503 with ``Retry-After``;
 - a 4xx answer (a feature service Feast does not know) or an unreadable body: 502.
@@ -62,7 +65,10 @@ FEATURE_REF_RE = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+$")
 LOOKUP_PATH = "/get-online-features"
 LOOKUP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PRESENT = "PRESENT"
+NOT_FOUND = "NOT_FOUND"
 NULL_VALUE = "NULL_VALUE"
+# Feast 0.67's Redis store answers an unknown key with PRESENT, null and this timestamp (no NOT_FOUND).
+NEVER_WRITTEN = frozenset({"1970-01-01T00:00:00Z", "1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00+00:00"})
 _MISS_STATUS = {"NOT_FOUND": m.MISS_NOT_FOUND, "OUTSIDE_MAX_AGE": m.MISS_OUTSIDE_MAX_AGE, "INVALID": m.MISS_INVALID}
 MAX_NAMED_KEYS = 10  # entity keys named in one 404 message
 _CONTENT_TYPE = [(b"content-type", b"application/json")]
@@ -237,12 +243,16 @@ def read_answer(body: bytes, rows: int) -> StoreColumns:
     for name, result in zip(names, results, strict=True):
         column = result.get("values") if isinstance(result, dict) else None
         status = result.get("statuses") if isinstance(result, dict) else None
+        stamps = result.get("event_timestamps") if isinstance(result, dict) else None
         if not isinstance(name, str) or not isinstance(column, list) or len(column) != rows:
             raise LookupFailed(502, f"the feature store's answer for {name!r:.80} does not have {rows} values")
         if not isinstance(status, list) or len(status) != rows:
-            status = [PRESENT if v is not None else "NOT_FOUND" for v in column]
+            status = [PRESENT] * rows
+        if not isinstance(stamps, list) or len(stamps) != rows:
+            stamps = [None] * rows
         values[name] = column
-        statuses[name] = [str(s) for s in status]
+        statuses[name] = [NOT_FOUND if v is None and s == PRESENT and t in NEVER_WRITTEN else str(s)
+                          for v, s, t in zip(column, status, stamps, strict=True)]
     return StoreColumns(values, statuses)
 
 
@@ -438,11 +448,16 @@ def _cell(feature: str, value: Any, categorical: bool) -> Any:
 
 
 def _detail(body: bytes) -> str:
-    text = body[:200].decode("utf-8", errors="replace")
-    try:
-        doc = orjson.loads(body)
-        if isinstance(doc, dict) and "detail" in doc:
-            text = str(doc["detail"])[:200]
-    except orjson.JSONDecodeError:
-        pass
-    return text or "(no body)"
+    """The feature server's error text: Feast answers a JSON string (an exception's text, or JSON of
+    {module, class, message} in a string), FastAPI {"detail": ...}."""
+    doc: Any = body[:1000].decode("utf-8", errors="replace")
+    for _ in range(2):
+        try:
+            doc = orjson.loads(doc)
+        except orjson.JSONDecodeError:
+            break
+        if isinstance(doc, dict):
+            doc = doc.get("message") or doc.get("detail") or doc
+        if not isinstance(doc, str):
+            break
+    return str(doc)[:200] or "(no body)"

@@ -33,23 +33,27 @@ from server_helpers import FEATURES, fitted_server, handled
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 # The store: customer id -> (a, b, c), the model's three features.
-STORE = {1001: (1.5, 0.2, -0.3), 1002: (-2.0, 1.0, 0.5), 1003: (0.1, -0.7, 2.2), 1004: (-0.4, 0.0, 0.0)}
+STORE = {1001: (1.5, 0.2, -0.3), 1002: (-2.0, 1.0, 0.5), 1003: (0.1, -0.7, 2.2), 1004: (-0.4, 0.0, 0.0),
+         1005: (None, 0.3, 0.1)}  # 1005's a was written as null: a missing value, not a miss
 TIMEOUT_MS = 100
 # What "within its bound" allows on a loaded 2-core CI machine: the timeout plus scheduling slack.
 BOUND_S = TIMEOUT_MS / 1000 + 0.9
 
 
 class FakeFeast:
-    """A threaded HTTP server answering POST /get-online-features as Feast's feature server does:
-    ``{"metadata": {"feature_names": [key, *features]}, "results": [{"values", "statuses",
-    "event_timestamps"}, ...]}`` with NOT_FOUND (value null) for an unknown key. ``mode`` makes it
-    slow (``delay``), fail (500) or refuse the feature service (404 like an unknown name)."""
+    """A threaded HTTP server answering POST /get-online-features as Feast 0.67's feature server over
+    Redis did on the test bed: ``{"metadata": {"feature_names": [key, *features]}, "results":
+    [{"values", "statuses", "event_timestamps"}, ...]}``, an unknown key as status PRESENT, value null,
+    timestamp 1970-01-01T00:00:00Z (``not_found=True``: status NOT_FOUND, as other stores answer),
+    errors as a JSON string (500), an unknown feature service as 404 with JSON in a JSON string.
+    ``delay`` makes it slow, ``mode="error"`` fail."""
 
     def __init__(self, port: int = 0) -> None:
         self.calls: list[dict[str, Any]] = []
         self.connections: list[socket.socket] = []
         self.mode = "ok"
         self.delay = 0.0
+        self.not_found = False
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,9 +69,11 @@ class FakeFeast:
                 if fake.delay:
                     time.sleep(fake.delay)
                 if fake.mode == "error":
-                    return self._answer(500, {"detail": "redis: connection refused"})
+                    return self._answer(500, "Error 111 connecting to 127.0.0.1:6379. Connection refused.")
                 if body.get("feature_service") not in (None, "churn_v1"):
-                    return self._answer(404, {"detail": f"Feature service {body['feature_service']} does not exist"})
+                    return self._answer(404, json.dumps({
+                        "module": "feast.errors", "class": "FeatureServiceNotFoundException",
+                        "message": f"Feature service {body['feature_service']} does not exist in project noria"}))
                 (key, ids), = body["entities"].items()
                 names = FEATURES if "feature_service" in body else [ref.split(":")[1] for ref in body["features"]]
                 results = [{"values": ids, "statuses": ["PRESENT"] * len(ids),
@@ -75,12 +81,14 @@ class FakeFeast:
                 for name in names:
                     j = FEATURES.index(name)
                     values = [STORE[i][j] if i in STORE else None for i in ids]
-                    results.append({"values": values,
-                                    "statuses": ["PRESENT" if v is not None else "NOT_FOUND" for v in values],
-                                    "event_timestamps": ["2026-01-01T00:00:00Z"] * len(ids)})
+                    known = [i in STORE for i in ids]
+                    results.append({
+                        "values": values,
+                        "statuses": ["NOT_FOUND" if fake.not_found and not k else "PRESENT" for k in known],
+                        "event_timestamps": ["2026-12-02T08:42:25Z" if k else "1970-01-01T00:00:00Z" for k in known]})
                 self._answer(200, {"metadata": {"feature_names": [key, *names]}, "results": results})
 
-            def _answer(self, status: int, doc: dict[str, Any]) -> None:
+            def _answer(self, status: int, doc: Any) -> None:
                 data = json.dumps(doc).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -230,7 +238,9 @@ async def test_requests_of_one_loop_turn_share_one_call(feast) -> None:
         assert orjson.loads(answer.body)["outputs"][0]["data"] == expected
 
 
-async def test_an_unknown_key_is_404_naming_the_key_and_the_features_and_counts_misses(feast) -> None:
+@pytest.mark.parametrize("not_found", [False, True], ids=["feast-redis-null-at-epoch", "status-not-found"])
+async def test_an_unknown_key_is_404_naming_the_key_and_the_features_and_counts_misses(feast, not_found) -> None:
+    feast.not_found = not_found
     server = keyed_server(feast.url)
     async with Served(server) as s:
         status, answer, _, elapsed = await s.infer(keys_body([1001, 999]))
@@ -252,11 +262,13 @@ async def test_as_missing_sends_an_unknown_keys_features_to_the_model_as_missing
     server.model = ServedModel.from_estimator(  # a model that takes missing values
         HistGradientBoostingClassifier(max_iter=10).fit(frame, (frame["a"] > 0).astype(int)), None)
     async with Served(server) as s:
-        status, answer, _, _ = await s.infer(keys_body([1002, 999]))
+        status, answer, _, _ = await s.infer(keys_body([1002, 999, 1005]))
     assert status == 200, answer
-    rows = np.vstack([stored_rows([1002]), [[math.nan] * 3]])
+    rows = np.array([STORE[1002], [math.nan] * 3, STORE[1005]], dtype=np.float64)
     assert answer["outputs"][0]["data"] == server.model.predict(rows)[0].tolist()
     assert sample(server, m.ONLINE_MISSES_TOTAL, feature="b", status=m.MISS_NOT_FOUND) == 1
+    assert sample(server, m.ONLINE_MISSES_TOTAL, feature="a", status=m.MISS_NOT_FOUND) == 1  # not 1005's null
+    assert sample(server, m.FEATURE_BIN_TOTAL, feature="a", bin=m.BIN_MISSING) == 2  # drift sees both as missing
 
 
 async def test_a_slow_store_is_504_within_the_timeout(feast) -> None:
@@ -299,13 +311,14 @@ async def test_a_failing_store_is_503_and_an_unknown_feature_service_502(feast) 
     server = keyed_server(feast.url)
     async with Served(server) as s:
         status, answer, headers, _ = await s.infer(keys_body([1001]))
-        assert status == 503 and "answered 500: redis: connection refused" in answer["error"]
+        assert status == 503 and "answered 500: Error 111 connecting" in answer["error"], answer
         assert headers["retry-after"] == "1"
     feast.mode = "ok"
     server = keyed_server(feast.url, feature_service="churn_v9")
     async with Served(server) as s:
         status, answer, headers, _ = await s.infer(keys_body([1001]))
-    assert status == 502 and "Feature service churn_v9 does not exist" in answer["error"]
+    assert status == 502 and "refused the lookup (404): Feature service churn_v9 does not exist in project" \
+        in answer["error"], answer
     assert "retry-after" not in headers
     assert sample(server, m.ONLINE_LOOKUPS_TOTAL, outcome=m.LOOKUP_BAD_ANSWER) == 1
 
