@@ -22,6 +22,7 @@ from pydantic import (
 
 from .common import (
     QUERY_MAX,
+    URI_MAX,
     ApiVersion,
     Bound,
     Condition,
@@ -35,6 +36,8 @@ from .common import (
     StoreAccess,
     Text,
     Timestamp,
+    _cel_regex,
+    _checked_pattern,
     api_version_field,
     cel,
     conditions_field,
@@ -46,6 +49,7 @@ from .naming import (
     ModelVersionName,
     PipelineName,
 )
+from .training_pipeline import FeastFeature
 
 KIND: Final = "Rollout"
 PLURAL: Final = "rollouts"
@@ -72,6 +76,16 @@ DURATION_BOUND_MESSAGE: Final = 'a duration bound such as "250ms" is for latency
 SECRET_KEY_RE: Final = r"^[-._a-zA-Z0-9]+$"
 SECRET_KEY_MESSAGE: Final = "must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
 SECRET_KEY_MAX: Final = 253
+ONLINE_FEAST_ONE_MESSAGE: Final = "onlineFeatures.feast: set exactly one of featureService or features"
+FEAST_SERVER_URL_RE: Final = r"^http://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*/?$"
+FEAST_SERVER_URL_MESSAGE: Final = (
+    "must be http://<host>[:<port>][/<path>] of Feast's feature server (feast serve), e.g."
+    " http://feast.features:6566 (no https yet: the model server speaks plain HTTP to it)"
+)
+LOOKUP_TIMEOUT_RE: Final = r"^([1-9][0-9]{0,3}ms|([1-9]|10)s)$"
+LOOKUP_TIMEOUT_MESSAGE: Final = 'must be 1ms to 9999ms or 1s to 10s, e.g. "100ms" or "2s"'
+ENTITY_KEY_RE: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+ENTITY_KEY_MESSAGE: Final = "an entity key is a join key name: a letter or '_', then letters, digits or '_' (at most 63)"
 
 BuiltinCheck = Literal[
     "errorRate",
@@ -435,6 +449,95 @@ class FeedbackAccess(NoriaModel):
     )
 
 
+FeastServerUrl = Annotated[
+    StrictStr,
+    Field(max_length=URI_MAX),
+    _checked_pattern(FEAST_SERVER_URL_RE, FEAST_SERVER_URL_MESSAGE),
+    WithJsonSchema({"type": "string", "maxLength": URI_MAX, "x-kubernetes-validations": [
+        cel(f"self.matches({_cel_regex(FEAST_SERVER_URL_RE)})", FEAST_SERVER_URL_MESSAGE)]}),
+]
+LookupTimeout = Annotated[
+    StrictStr,
+    _checked_pattern(LOOKUP_TIMEOUT_RE, LOOKUP_TIMEOUT_MESSAGE),
+    WithJsonSchema({"type": "string", "maxLength": 8, "x-kubernetes-validations": [
+        cel(f"self.matches({_cel_regex(LOOKUP_TIMEOUT_RE)})", LOOKUP_TIMEOUT_MESSAGE)]}),
+]
+EntityKey = Annotated[
+    StrictStr,
+    _checked_pattern(ENTITY_KEY_RE, ENTITY_KEY_MESSAGE),
+    WithJsonSchema({"type": "string", "maxLength": 63, "pattern": ENTITY_KEY_RE}),
+]
+
+
+class OnlineFeast(NoriaModel):
+    """Feast's HTTP feature server (``feast serve``), which the model server asks for a request's
+    features by its entity keys (docs/serving/online-features.md). Exactly one of ``featureService``
+    or ``features``."""
+
+    model_config = NoriaModel.model_config | {
+        "json_schema_extra": with_cel(
+            cel(
+                "[has(self.featureService), has(self.features)].filter(x, x).size() == 1",
+                ONLINE_FEAST_ONE_MESSAGE,
+                field_path=".featureService",
+            )
+        )
+    }
+
+    url: FeastServerUrl = Field(
+        description=(
+            "http://<host>[:<port>] of Feast's feature server as the model-server pods reach it, e.g."
+            " http://feast.features:6566; the server posts to <url>/get-online-features."
+        ),
+    )
+    feature_service: ShortText | None = Field(
+        default=None,
+        description="Feature service to read (usually the one the model was trained from, e.g. churn_v1).",
+    )
+    features: list[FeastFeature] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        description='Or feature references <featureView>:<feature>, e.g. ["customer_stats:tenure_months"].',
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    entity_keys: list[EntityKey] = Field(
+        min_length=1,
+        max_length=8,
+        description=(
+            'Join keys a request carries instead of the features, one input each, e.g. ["customer_id"]'
+            " (INT64 or BYTES values)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    timeout: LookupTimeout = Field(
+        default="100ms",
+        description=(
+            'Bound of one lookup, connect included: past it the request is answered 504. "1ms" to "10s",'
+            ' default "100ms".'
+        ),
+    )
+    on_missing: Literal["reject", "asMissing"] = Field(
+        default="reject",
+        description=(
+            "When the store has no value for a feature of a key: reject (404 naming the keys and features,"
+            " default) or asMissing (the model gets a missing value, as when a request leaves it empty)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> OnlineFeast:
+        if (self.feature_service is None) == (self.features is None):
+            raise ValueError(ONLINE_FEAST_ONE_MESSAGE)
+        return self
+
+
+class OnlineFeatures(NoriaModel):
+    """Where the model server looks up the features a request does not carry."""
+
+    feast: OnlineFeast = Field(description="Feast's feature server: {url, featureService, entityKeys}.")
+
+
 class GatewayAPITraffic(NoriaModel):
     """Gateway API settings."""
 
@@ -533,6 +636,13 @@ class RolloutSpec(NoriaModel):
             "true holds the rollout where it is (kubectl noria pause): no step advances and nothing is promoted;"
             " weights, analysis tallies and the pods stay, and abort still works. Time paused never counts"
             " toward progressDeadline. false (kubectl noria resume) carries on from the same step."
+        ),
+    )
+    online_features: OnlineFeatures | None = Field(
+        default=None,
+        description=(
+            "Requests may carry only entity keys: the model server looks the model's features up in Feast's"
+            " online store before predicting (docs/serving/online-features.md)."
         ),
     )
     prediction_log: bool = Field(
@@ -717,6 +827,8 @@ __all__ = [
     "Immediate",
     "KIND",
     "Measurement",
+    "OnlineFeast",
+    "OnlineFeatures",
     "PLURAL",
     "Pause",
     "Rollout",

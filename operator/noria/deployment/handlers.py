@@ -396,7 +396,7 @@ async def act(rollout: Mapping[str, Any], obs: Observation, plan: Plan, settings
                 log.warning("rollout %s/%s: not creating %s: %s", ns, ref.name, version, obs.out_of_scope[version])
                 continue  # decide never selects it; this guards the one place that starts servers
             await apply(objects.version_deployment(ref, mv, replicas, settings, spec.resources, spec.prediction_log,
-                                                    spec.feedback_token, spec.store_access))
+                                                    spec.feedback_token, spec.store_access, spec.online_features))
             await apply(objects.version_service(ref, (mv.get("spec") or {}).get("pipeline", ""), version))
             pods = obs.pods.get(version)
             scaled = scaled or pods is None or pods.replicas != replicas

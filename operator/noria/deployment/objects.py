@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from noria import objectstore
-from noria.api.common import S3Access
+from noria.api.common import S3Access, parse_duration
+from noria.api.rollout import OnlineFeast
 from noria.contracts import (
     API_VERSION,
     COMPONENT_ROUTER,
@@ -32,6 +33,13 @@ from noria.router_config import CONFIG_KEY, Backend, RouterConfig
 from noria.settings import Settings
 
 FEEDBACK_TOKEN_ENV: Final = "NORIA_FEEDBACK_TOKEN"  # read by noria_server.bearer
+# spec.onlineFeatures.feast as the model server reads it (noria_server.__main__, noria_server.online)
+FEAST_URL_ENV: Final = "NORIA_FEAST_URL"
+FEAST_FEATURE_SERVICE_ENV: Final = "NORIA_FEAST_FEATURE_SERVICE"
+FEAST_FEATURES_ENV: Final = "NORIA_FEAST_FEATURES"
+FEAST_ENTITY_KEYS_ENV: Final = "NORIA_FEAST_ENTITY_KEYS"
+FEAST_TIMEOUT_MS_ENV: Final = "NORIA_FEAST_TIMEOUT_MS"
+FEAST_ON_MISSING_ENV: Final = "NORIA_FEAST_ON_MISSING"
 SERVER_CONTAINER: Final = "server"
 # Where a server that refuses its artifact writes why (JSON, reason ArtifactVerificationFailed); the
 # kubelet copies it into the pod's containerStatuses, where the operator reads it.
@@ -108,9 +116,27 @@ def feedback_token_env(token: SecretKeyRef | None) -> list[dict[str, Any]]:
     return [{"name": FEEDBACK_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}]
 
 
+def online_features_env(feast: OnlineFeast | None) -> list[dict[str, Any]]:
+    """spec.onlineFeatures.feast for the model server: nothing when unset (requests carry features)."""
+    if feast is None:
+        return []
+    timeout_ms = parse_duration(feast.timeout).total_seconds() * 1000
+    selector = ({"name": FEAST_FEATURE_SERVICE_ENV, "value": feast.feature_service}
+                if feast.feature_service is not None else
+                {"name": FEAST_FEATURES_ENV, "value": ",".join(feast.features or [])})
+    return [
+        {"name": FEAST_URL_ENV, "value": feast.url},
+        selector,
+        {"name": FEAST_ENTITY_KEYS_ENV, "value": ",".join(feast.entity_keys)},
+        {"name": FEAST_TIMEOUT_MS_ENV, "value": f"{timeout_ms:g}"},
+        {"name": FEAST_ON_MISSING_ENV, "value": feast.on_missing},
+    ]
+
+
 def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Settings,
                prediction_log: bool, feedback_token: SecretKeyRef | None = None,
-               store_access: S3Access | None = None) -> list[dict[str, Any]]:
+               store_access: S3Access | None = None, online_features: OnlineFeast | None = None,
+               ) -> list[dict[str, Any]]:
     spec = model_version.get("spec") or {}
     artifact = spec.get("artifact") or {}
     name = model_version["metadata"]["name"]
@@ -131,6 +157,7 @@ def server_env(ref: RolloutRef, model_version: Mapping[str, Any], settings: Sett
         {"name": "NORIA_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
         *feedback_token_env(feedback_token),
         *s3_env(settings, store_access),
+        *online_features_env(online_features),
     ]
 
 
@@ -164,7 +191,8 @@ def _store_volumes(ref: RolloutRef, pipeline: str, settings: Settings,
 def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replicas: int, settings: Settings,
                        resources: Mapping[str, Any] | None = None, prediction_log: bool = True,
                        feedback_token: SecretKeyRef | None = None,
-                       store_access: S3Access | None = None) -> dict[str, Any]:
+                       store_access: S3Access | None = None, online_features: OnlineFeast | None = None,
+                       ) -> dict[str, Any]:
     """The model-server Deployment ``<rollout>-<version>``."""
     version = model_version["metadata"]["name"]
     pipeline = (model_version.get("spec") or {}).get("pipeline", "")
@@ -195,7 +223,7 @@ def version_deployment(ref: RolloutRef, model_version: Mapping[str, Any], replic
                         "command": ["python", "-m", "noria_server", "serve"],
                         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
                         "env": server_env(ref, model_version, settings, prediction_log, feedback_token,
-                                          store_access),
+                                          store_access, online_features),
                         # Tolerant readiness: a pod dropped from endpoints by one slow probe (a busy
                         # node) would reset in-flight connections; real unreadiness lasts longer.
                         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": probe_port},

@@ -111,6 +111,7 @@ class RolloutSpec:
     progress_deadline: float = DEFAULT_PROGRESS_DEADLINE  # spec.progressDeadline, seconds without progress
     paused: bool = False  # spec.paused: hold where it is (deployment/pause.py)
     store_access: S3Access | None = None  # spec.store.s3: how servers reach an s3:// store (noria.objectstore)
+    online_features: api.OnlineFeast | None = None  # spec.onlineFeatures.feast: servers look features up there
 
     @property
     def scale_down_delay(self) -> float:
@@ -237,6 +238,7 @@ def from_model(model: api.RolloutSpec) -> RolloutSpec:
         progress_deadline=seconds(model.progress_deadline),
         paused=model.paused,
         store_access=model.store.s3 if model.store else None,
+        online_features=model.online_features.feast if model.online_features else None,
         **kwargs,
     )
 
