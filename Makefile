@@ -33,6 +33,13 @@ helm:
 seaweedfs:
 	bash hack/build-seaweedfs.sh
 
+# Debian's redis-server, fetched with apt-get download and unpacked (never installed: no system service)
+# into ~/.cache/noria/redis/<version>/: the Feast online store of the test bed (noria_testbed.redis).
+.PHONY: redis
+redis:
+	bash hack/install-redis.sh
+integration test: redis
+
 crds: venv
 	$(PY) -m noria.api.crdgen crds
 

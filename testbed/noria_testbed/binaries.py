@@ -116,3 +116,39 @@ def _debian_prometheus(why: str) -> PrometheusBinaries:
                                     "(run `make prometheus`, or `make prometheus-debian` for the fallback)")
     return PrometheusBinaries(Path(prometheus), Path(promtool), kubernetes_sd=False,
                               origin=f"Debian's Prometheus on PATH ({prometheus}), because {why}")
+
+
+# ---- Redis (the Feast online store) ----------------------------------------------------------------
+# hack/install-redis.sh unpacks Debian's redis-server (apt-get download + dpkg -x, never installed
+# system-wide) into ~/.cache/noria/redis/<version>/ and prints that directory; its redis-server there is
+# a wrapper that points the loader at the libraries unpacked with it.
+REDIS_INSTALL_SCRIPT = REPO_ROOT / "hack" / "install-redis.sh"
+REDIS_ENV = "NORIA_TESTBED_REDIS"  # a ready redis-server to run instead; then nothing is fetched
+
+
+class RedisUnavailable(RuntimeError):
+    """No redis-server can be had; the message says why and what to run."""
+
+
+def find_redis() -> Path:
+    """The redis-server the test bed runs: ``NORIA_TESTBED_REDIS`` when it names an executable, else
+    the one ``hack/install-redis.sh`` unpacks (at once from its cache after the first time)."""
+    override = os.environ.get(REDIS_ENV, "").strip()
+    if override:
+        if not os.access(override, os.X_OK):
+            raise RedisUnavailable(f"{REDIS_ENV}={override!r} is not an executable")
+        return Path(override)
+    return _installed_redis()
+
+
+@functools.cache
+def _installed_redis() -> Path:
+    result = subprocess.run(["bash", str(REDIS_INSTALL_SCRIPT)], capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise RedisUnavailable(f"{REDIS_INSTALL_SCRIPT.name} failed (exit {result.returncode}), run `make redis`: "
+                               + " | ".join(result.stderr.strip().splitlines()[-5:]))
+    server = Path(lines[-1]) / "redis-server"
+    if not os.access(server, os.X_OK):
+        raise RedisUnavailable(f"{REDIS_INSTALL_SCRIPT.name} printed {lines[-1]}, which has no redis-server")
+    return server
