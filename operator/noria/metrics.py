@@ -114,7 +114,7 @@ STAGES: Final = (STAGE_PARSE, STAGE_BATCH_WAIT, STAGE_PREDICT, STAGE_COUNT, STAG
 LOOKUP_OK: Final = "ok"  # the feature server answered 200 with a readable body
 LOOKUP_TIMEOUT: Final = "timeout"  # no complete answer within spec.onlineFeatures.feast.timeout
 LOOKUP_UNAVAILABLE: Final = "unavailable"  # refused, reset or unreachable, or a 5xx answer
-LOOKUP_BAD_ANSWER: Final = "bad_answer"  # a 4xx answer (e.g. an unknown feature service) or an unreadable body
+LOOKUP_BAD_ANSWER: Final = "bad_answer"  # a 4xx answer (e.g. an unknown feature service), an unreadable body, a failed TLS handshake
 LOOKUP_OUTCOMES: Final = (LOOKUP_OK, LOOKUP_TIMEOUT, LOOKUP_UNAVAILABLE, LOOKUP_BAD_ANSWER)
 
 # Statuses of noria_online_feature_misses_total: a feature value the model needed and the store did

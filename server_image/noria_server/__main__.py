@@ -123,7 +123,7 @@ def _add_online_feature_flags(p: argparse.ArgumentParser) -> None:
 
     env = os.environ.get
     p.add_argument("--feast-url", default=env("NORIA_FEAST_URL") or None,
-                   help="http://host:port of `feast serve`: requests carry entity keys and the server looks the "
+                   help="http(s)://host:port of `feast serve`: requests carry entity keys and the server looks the "
                         "features up there [NORIA_FEAST_URL]")
     p.add_argument("--feast-feature-service", default=env("NORIA_FEAST_FEATURE_SERVICE") or None,
                    help="the feature service to read [NORIA_FEAST_FEATURE_SERVICE]")

@@ -39,6 +39,7 @@ import asyncio
 import logging
 import math
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,8 +87,8 @@ class OnlineFeatureSettings:
 
     def validate(self) -> None:
         parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError(f"--feast-url/NORIA_FEAST_URL must be http://host[:port][/path], got {self.url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"--feast-url/NORIA_FEAST_URL must be http(s)://host[:port][/path], got {self.url!r}")
         if (self.feature_service is None) == (not self.features):
             raise ValueError("give exactly one of --feast-feature-service/NORIA_FEAST_FEATURE_SERVICE or "
                              "--feast-features/NORIA_FEAST_FEATURES")
@@ -113,7 +114,7 @@ class OnlineFeatureSettings:
     @property
     def base_url(self) -> str:
         parts = urlsplit(self.url)
-        return f"http://{parts.netloc}"
+        return f"{parts.scheme}://{parts.netloc}"
 
     @property
     def target(self) -> str:
@@ -337,6 +338,9 @@ class FeatureLookup:
                 outcome = m.LOOKUP_TIMEOUT
                 raise LookupFailed(504, f"the feature store at {s.url} gave no answer within "
                                         f"{s.timeout * 1000:g} ms") from None
+            except ssl.SSLError as exc:  # an untrusted certificate: retrying will not help
+                outcome = m.LOOKUP_BAD_ANSWER
+                raise LookupFailed(502, f"TLS with the feature store at {s.url} failed: {exc}") from None
             except OSError as exc:
                 outcome = m.LOOKUP_UNAVAILABLE
                 raise LookupFailed(503, f"the feature store at {s.url} is unavailable: {exc or type(exc).__name__}",

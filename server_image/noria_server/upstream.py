@@ -22,6 +22,7 @@ headers the router passes on, and the body.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -163,15 +164,18 @@ class _UpstreamConnection(asyncio.Protocol):
 
 
 class EndpointPool:
-    """Keep-alive connections to one ``http://host:port``."""
+    """Keep-alive connections to one ``http://host:port`` (or ``https://``: TLS verified against the
+    system's trust store, ``SSL_CERT_FILE`` if set; the router's backends are plain HTTP, the online
+    feature store may be either)."""
 
     def __init__(self, base_url: str, connect_timeout: float, keepalive_seconds: float = 30.0,
                  max_idle: int = 256) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"backend URL must be http://host[:port], got {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"backend URL must be http(s)://host[:port], got {base_url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.tls else 80)
         self.host_header = parts.netloc.encode("idna")
         self.connect_timeout = connect_timeout
         self.keepalive_seconds = keepalive_seconds
@@ -208,7 +212,8 @@ class EndpointPool:
             if wait <= 0:
                 raise TimeoutError
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: _UpstreamConnection(self), self.host, self.port), wait)
+                self.loop.create_connection(lambda: _UpstreamConnection(self), self.host, self.port, ssl=self.tls),
+                wait)
         except TimeoutError:
             raise TimeoutError(f"no TCP connection within {wait:g}s") from None
         return conn

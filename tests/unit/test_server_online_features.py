@@ -8,10 +8,12 @@ next request."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import http.server
 import json
 import math
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from noria import metrics as m
 from noria.profile import build_profile
 from noria_server import online
@@ -48,7 +54,7 @@ class FakeFeast:
     errors as a JSON string (500), an unknown feature service as 404 with JSON in a JSON string.
     ``delay`` makes it slow, ``mode="error"`` fail."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
         self.connections: list[socket.socket] = []
         self.mode = "ok"
@@ -101,13 +107,16 @@ class FakeFeast:
 
         http.server.ThreadingHTTPServer.daemon_threads = True
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         """Gone as a stopped process is: no listener, and its kept-alive connections closed."""
@@ -323,6 +332,47 @@ async def test_a_failing_store_is_503_and_an_unknown_feature_service_502(feast) 
     assert sample(server, m.ONLINE_LOOKUPS_TOTAL, outcome=m.LOOKUP_BAD_ANSWER) == 1
 
 
+def self_signed(folder: Any) -> tuple[str, str]:
+    """(cert, key) files of a certificate for 127.0.0.1, its own issuer."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feast.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def test_an_https_store_is_verified_against_the_trust_store(tmp_path, monkeypatch) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    fake = FakeFeast(tls=tls)
+    try:
+        server = keyed_server(fake.url)  # not trusted: refused, and retrying would not help
+        async with Served(server) as s:
+            status, answer, headers, _ = await s.infer(keys_body([1001]))
+        assert status == 502 and "TLS with the feature store" in answer["error"] and "retry-after" not in headers
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # trusted (OpenSSL's default verify paths read it)
+        server = keyed_server(fake.url)
+        async with Served(server) as s:
+            status, answer, _, _ = await s.infer(keys_body([1001, 1002]))
+        assert status == 200, answer
+        assert answer["outputs"][0]["data"] == server.model.predict(stored_rows([1001, 1002]))[0].tolist()  # type: ignore[union-attr]
+        assert fake.calls[-1]["entities"] == {"customer_id": [1001, 1002]}
+    finally:
+        fake.stop()
+
+
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "missing entity key input(s) customer_id"),
     (keys_body([1.5], "FP64"), "value #0 (1.5) is not an integer"),
@@ -365,7 +415,7 @@ def test_flags_and_variables_become_settings(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(("over", "fragment"), [
-    ({"url": "https://feast:6566"}, "must be http://"),
+    ({"url": "ftp://feast:6566"}, "must be http\\(s\\)://"),
     ({"features": ("v:a",)}, "exactly one of"),
     ({"timeout": 11.0}, "at most 10000 ms"),
     ({"entity_keys": ()}, "names no entity key"),

@@ -77,10 +77,10 @@ SECRET_KEY_RE: Final = r"^[-._a-zA-Z0-9]+$"
 SECRET_KEY_MESSAGE: Final = "must be a key of a Secret's data: letters, digits, '-', '_' and '.'"
 SECRET_KEY_MAX: Final = 253
 ONLINE_FEAST_ONE_MESSAGE: Final = "onlineFeatures.feast: set exactly one of featureService or features"
-FEAST_SERVER_URL_RE: Final = r"^http://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*/?$"
+FEAST_SERVER_URL_RE: Final = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~-]+)*/?$"
 FEAST_SERVER_URL_MESSAGE: Final = (
-    "must be http://<host>[:<port>][/<path>] of Feast's feature server (feast serve), e.g."
-    " http://feast.features:6566 (no https yet: the model server speaks plain HTTP to it)"
+    "must be http(s)://<host>[:<port>][/<path>] of Feast's feature server (feast serve), e.g."
+    " http://feast.features:6566, with no user, query or fragment"
 )
 LOOKUP_TIMEOUT_RE: Final = r"^([1-9][0-9]{0,3}ms|([1-9]|10)s)$"
 LOOKUP_TIMEOUT_MESSAGE: Final = 'must be 1ms to 9999ms or 1s to 10s, e.g. "100ms" or "2s"'
@@ -486,8 +486,9 @@ class OnlineFeast(NoriaModel):
 
     url: FeastServerUrl = Field(
         description=(
-            "http://<host>[:<port>] of Feast's feature server as the model-server pods reach it, e.g."
-            " http://feast.features:6566; the server posts to <url>/get-online-features."
+            "http(s)://<host>[:<port>][/<path>] of Feast's feature server as the model-server pods reach it, e.g."
+            " http://feast.features:6566; the server posts to <url>/get-online-features. https is verified"
+            " against the server image's trust store."
         ),
     )
     feature_service: ShortText | None = Field(

@@ -46,9 +46,9 @@ def as_server_reads_it(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(("feast", "expected"), [
     (FEAST, online.OnlineFeatureSettings(url="http://feast.features:6566", entity_keys=("customer_id",),
                                          feature_service="churn_v1", timeout=0.1, on_missing="reject")),
-    ({"url": "http://10.0.0.7:6566/feast", "features": ["customer_stats:tenure_months", "customer_stats:plan"],
+    ({"url": "https://10.0.0.7:6566/feast", "features": ["customer_stats:tenure_months", "customer_stats:plan"],
       "entityKeys": ["customer_id", "region"], "timeout": "2s", "onMissing": "asMissing"},
-     online.OnlineFeatureSettings(url="http://10.0.0.7:6566/feast", entity_keys=("customer_id", "region"),
+     online.OnlineFeatureSettings(url="https://10.0.0.7:6566/feast", entity_keys=("customer_id", "region"),
                                   features=("customer_stats:tenure_months", "customer_stats:plan"), timeout=2.0,
                                   on_missing="asMissing")),
 ], ids=["service-defaults", "features-and-settings"])
@@ -66,8 +66,9 @@ def test_without_online_features_the_server_gets_no_feast_setting(monkeypatch: p
 @pytest.mark.parametrize(("change", "fragment"), [
     ({"features": ["customer_stats:tenure_months"]}, api.ONLINE_FEAST_ONE_MESSAGE),
     ({"featureService": None}, api.ONLINE_FEAST_ONE_MESSAGE),
-    ({"url": "https://feast.features:6566"}, "no https yet"),
-    ({"url": "http://feast:6566?x=1"}, "must be http://"),
+    ({"url": "ftp://feast.features:6566"}, "must be http(s)://"),
+    ({"url": "http://feast:6566?x=1"}, "must be http(s)://"),
+    ({"url": "http://user@feast:6566"}, "must be http(s)://"),
     ({"timeout": "11s"}, "1ms to 9999ms or 1s to 10s"),
     ({"timeout": "0ms"}, "1ms to 9999ms or 1s to 10s"),
     ({"timeout": "1m"}, "1ms to 9999ms or 1s to 10s"),
