@@ -105,8 +105,8 @@ class FakeFeast:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        http.server.ThreadingHTTPServer.daemon_threads = True
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True  # a slow answer's thread never holds the test's end
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.scheme = "https" if tls is not None else "http"
