@@ -26,6 +26,10 @@ ledger and log work, and before the loop parses the requests that arrived during
 (parse, batch wait, predict, count, log, serialise), the loop's lag and GC pauses are histograms in
 the metrics (docs/operations/latency.md); after warm-up the heap is frozen (``loopmon.settle_heap``). A batch whose ``predict`` raises is re-run request by request so one
 bad request fails alone.
+
+Online features (``--feast-url``, a Rollout's ``spec.onlineFeatures``): a request of entity keys is
+parsed, its features are looked up in Feast (``noria_server.online``, one call per loop turn), and
+it then joins the micro-batch queue like any other; a failed lookup is answered with its own status.
 """
 
 from __future__ import annotations
