@@ -41,7 +41,6 @@ of the model server (A, B), of ``feast serve`` (its gunicorn master and worker) 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -54,65 +53,18 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria import metrics as m  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from server_latency import cpu_seconds  # noqa: E402
-from serving_bench import GENERATOR_CONNECTIONS, _Client, start, stop, uptime, wait_http  # noqa: E402
+from serving_bench import open_loop, start, stop, uptime, wait_http  # noqa: E402
 
 FEATURES = ["tenure_months", "monthly_charges", "support_calls"]
 FEATURE_SERVICE = "churn_v1"
 MODEL = "churn"
 EPOCH = "1970-01-01T00:00:00Z"
 TARGETS = ("A direct", "B lookup", "C feast")
-
-
-# --- open-loop generator over a list of requests ----------------------------------------------------
-async def _open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float,
-                     late: list[float]) -> tuple[list[float], int, int]:
-    """serving_bench's open loop, with request ``i`` taken from ``requests[i % len]`` (one customer
-    each) instead of one body for all: latencies (s, sorted), non-200 answers, requests sent."""
-    loop = asyncio.get_running_loop()
-    idle: asyncio.Queue[_Client] = asyncio.Queue()
-    clients = []
-    for _ in range(GENERATOR_CONNECTIONS):
-        _, client = await loop.create_connection(lambda: _Client(idle), host, port)
-        clients.append(client)
-        idle.put_nowait(client)
-    total = int(rate * seconds)
-    begin = time.perf_counter() + 0.05
-    clock = time.perf_counter
-    for i in range(total):
-        due = begin + i / rate
-        delay = due - clock()
-        if delay > 0.0005:  # uvloop's timers fire on whole milliseconds (serving_bench._open_loop)
-            await asyncio.sleep(delay)
-        client = await idle.get()  # all connections busy: this request waits, and its wait counts
-        late.append(clock() - due)
-        client.send(requests[i % len(requests)], due)
-    deadline = time.perf_counter() + 30
-    while idle.qsize() < len(clients) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.01)
-    for c in clients:
-        if c.transport is not None:
-            c.transport.close()
-    return sorted(x for c in clients for x in c.latencies), sum(c.errors for c in clients), total
-
-
-def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, late: list[float]
-              ) -> tuple[list[float], int, int]:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    requests = [(f"POST {parts.path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-                 f"content-length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
-    generator = _open_loop(host, port, requests, rate, seconds, late)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(generator)
-    return uvloop.run(generator)
 
 
 # --- the feature store ---------------------------------------------------------------------------

@@ -219,10 +219,10 @@ class _Client(asyncio.Protocol):
         self.done.put_nowait(self)
 
 
-async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, seconds: float,
+async def _open_loop(host: str, port: int, path: str, bodies: list[bytes], rate: float, seconds: float,
                      late: list[float]) -> tuple[list[float], int, int]:
-    """Latencies (s, sorted, from each scheduled send), non-200 answers, requests sent; how late
-    each request left (s) is appended to ``late``."""
+    """Latencies (s, sorted, from each scheduled send), non-200 answers, requests sent; request ``i``
+    carries ``bodies[i % len(bodies)]``; how late each request left (s) is appended to ``late``."""
     loop = asyncio.get_running_loop()
     idle: asyncio.Queue[_Client] = asyncio.Queue()
     clients = []
@@ -230,8 +230,8 @@ async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, 
         _, client = await loop.create_connection(lambda: _Client(idle), host, port)
         clients.append(client)
         idle.put_nowait(client)
-    request = (f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-               f"content-length: {len(body)}\r\n\r\n").encode() + body
+    requests = [(f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+                 f"content-length: {len(body)}\r\n\r\n").encode() + body for body in bodies]
     total = int(rate * seconds)
     begin = time.perf_counter() + 0.05
     clock = time.perf_counter
@@ -245,7 +245,7 @@ async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, 
             await asyncio.sleep(delay)
         client = await idle.get()  # all connections busy: this request waits, and its wait counts
         late.append(clock() - due)
-        client.send(request, due)
+        client.send(requests[i % len(requests)], due)
     deadline = time.perf_counter() + 30
     while idle.qsize() < len(clients) and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
@@ -256,9 +256,10 @@ async def _open_loop(host: str, port: int, path: str, body: bytes, rate: float, 
     return latencies, sum(c.errors for c in clients), total
 
 
-def open_loop(url: str, body: bytes, rate: float, seconds: float,
+def open_loop(url: str, body: bytes | list[bytes], rate: float, seconds: float,
               late: list[float] | None = None) -> tuple[list[float], int, int]:
-    """POST ``body`` to ``url`` at ``rate`` per second for ``seconds``, on a fixed schedule whether or
+    """POST ``body`` (or request ``i`` the ``i % len``-th of a list of bodies) to ``url`` at ``rate``
+    per second for ``seconds``, on a fixed schedule whether or
     not earlier answers came back; each latency counts from its scheduled send (no coordinated
     omission). Returns latencies (s, sorted), non-200 answers and requests sent; ``late`` receives
     how late each request was sent (the generator's own error: a busy CPU 0 shows here, not as the
@@ -266,7 +267,8 @@ def open_loop(url: str, body: bytes, rate: float, seconds: float,
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    generator = _open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, body, rate, seconds,
+    bodies = body if isinstance(body, list) else [body]
+    generator = _open_loop(parts.hostname or "127.0.0.1", parts.port or 80, parts.path, bodies, rate, seconds,
                            late if late is not None else [])
     try:
         import uvloop
