@@ -31,7 +31,13 @@ from datetime import datetime
 from pathlib import Path
 
 from noria_testbed.binaries import REPO_ROOT
-from noria_testbed.processes import ManagedProcess, ProcessExited, free_port, port_clash, tail, wait_until
+from noria_testbed.processes import (
+    ManagedProcess,
+    free_port,
+    start_moving_port_on_clash,
+    tail,
+    wait_until,
+)
 
 HOST = "127.0.0.1"
 FEAST_VENV = REPO_ROOT / ".venv-feast"
@@ -130,16 +136,11 @@ class FeastFeatureServer:
     def start(self, timeout: float = READY_TIMEOUT) -> FeastFeatureServer:
         """Start (again, on the same port after the first start) and wait until ``/health`` is 200."""
         first = self.process is None
-        for attempt in range(3):
-            try:
-                self._start_once(timeout)
-                return self
-            except ProcessExited:
-                self.stop()
-                if not first or attempt == 2 or not port_clash(self.log_path):
-                    raise
-                self.port = free_port()
+        start_moving_port_on_clash(lambda: self._start_once(timeout), self.stop, self.log_path, self._move_port if first else None)
         return self
+
+    def _move_port(self) -> None:
+        self.port = free_port()
 
     def _start_once(self, timeout: float) -> None:
         self.process = ManagedProcess(

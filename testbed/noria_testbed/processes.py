@@ -98,6 +98,22 @@ def port_clash(log_path: Path) -> bool:
     return "address already in use" in tail(log_path, 80)
 
 
+def start_moving_port_on_clash(start_once: Callable[[], None], stop: Callable[[], None], log_path: Path,
+                               move_ports: Callable[[], None] | None, attempts: int = 3) -> None:
+    """Run ``start_once``; when its process exits because another process took its port, ``stop``,
+    ``move_ports`` to fresh ones and try again (at most ``attempts`` times). ``move_ports`` is None
+    once a server has started: its address never moves after that, so a clash is then an error."""
+    for attempt in range(attempts):
+        try:
+            start_once()
+            return
+        except ProcessExited:
+            stop()
+            if move_ports is None or attempt == attempts - 1 or not port_clash(log_path):
+                raise
+            move_ports()
+
+
 class ManagedProcess:
     """One long-running component with its log file."""
 

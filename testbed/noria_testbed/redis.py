@@ -25,7 +25,13 @@ import socket
 from pathlib import Path
 
 from noria_testbed.binaries import find_redis
-from noria_testbed.processes import ManagedProcess, ProcessExited, free_port, port_clash, tail, wait_until
+from noria_testbed.processes import (
+    ManagedProcess,
+    free_port,
+    start_moving_port_on_clash,
+    tail,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +161,11 @@ class RedisServer:
         """Start (or start again, on the same port) and wait for PING. A port taken by another
         process before the first start is retried on a fresh one; after it the address never moves."""
         first = self.process is None
-        for attempt in range(3):
-            try:
-                self._start_once()
-                return self
-            except ProcessExited:
-                self.stop()
-                if not first or attempt == 2 or not port_clash(self.log_path):
-                    raise
-                self.port = free_port()
+        start_moving_port_on_clash(self._start_once, self.stop, self.log_path, self._move_port if first else None)
         return self
+
+    def _move_port(self) -> None:
+        self.port = free_port()
 
     def _start_once(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

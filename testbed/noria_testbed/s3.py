@@ -28,9 +28,8 @@ from noria.objectstore import ACCESS_KEY_ENV, DEFAULT_REGION_ENV, ENDPOINT_ENV, 
 from noria_testbed.binaries import REPO_ROOT
 from noria_testbed.processes import (
     ManagedProcess,
-    ProcessExited,
     free_port,
-    port_clash,
+    start_moving_port_on_clash,
     tail,
     urlopen,
     wait_until,
@@ -154,20 +153,15 @@ class SeaweedS3:
         the bucket is created on the first start. A port taken meanwhile by another process is
         retried on fresh ports (only before the first successful start: the endpoint never moves)."""
         first = self.process is None
-        for attempt in range(3):
-            try:
-                self._start_once()
-                break
-            except ProcessExited:
-                self.stop()
-                if not first or attempt == 2 or not port_clash(self.log_path):
-                    raise
-                self.ports = {name: free_port() for name in COMPONENT_PORTS}
-                self.endpoint = f"http://{HOST}:{self.ports['s3.port']}"
-                self.filer_url = f"http://{HOST}:{self.ports['filer.port']}"
+        start_moving_port_on_clash(self._start_once, self.stop, self.log_path, self._move_ports if first else None)
         if first:
             self._create_bucket()
         return self
+
+    def _move_ports(self) -> None:
+        self.ports = {name: free_port() for name in COMPONENT_PORTS}
+        self.endpoint = f"http://{HOST}:{self.ports['s3.port']}"
+        self.filer_url = f"http://{HOST}:{self.ports['filer.port']}"
 
     def _start_once(self) -> None:
         (self.workdir / "data").mkdir(parents=True, exist_ok=True)
