@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import served_model_server
 from noria import metrics as m
 from noria_server import online
 from noria_server.model import ServedModel
@@ -42,20 +43,9 @@ def model_server(url: str) -> ModelServer:
     return server
 
 
-class Served:
+class Served(served_model_server.Served):
     def __init__(self, server: ModelServer) -> None:
-        self.server = server
-
-    async def __aenter__(self) -> Served:
-        port = await self.server.http.start("127.0.0.1", 0)
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.aclose()
-        await self.server.http.close()
-        if self.server.lookup is not None:
-            self.server.lookup.close()
+        super().__init__(server, timeout=30)
 
     async def infer(self, keys: list[int]) -> tuple[int, dict[str, Any], httpx.Headers, float]:
         started = time.perf_counter()

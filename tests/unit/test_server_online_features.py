@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+import served_model_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -174,22 +175,8 @@ def bins_total(server: ModelServer, feature: str) -> float:
                if line.startswith(m.FEATURE_BIN_TOTAL) and f'feature="{feature}"' in line)
 
 
-class Served:
+class Served(served_model_server.Served):
     """The model server on a real port, and an HTTP client for it."""
-
-    def __init__(self, server: ModelServer) -> None:
-        self.server = server
-
-    async def __aenter__(self) -> Served:
-        port = await self.server.http.start("127.0.0.1", 0)
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.client.aclose()
-        await self.server.http.close()
-        if self.server.lookup is not None:
-            self.server.lookup.close()
 
     async def infer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], httpx.Headers, float]:
         t0 = time.perf_counter()
