@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 from noria import conditions as c
-from noria_testbed.processes import free_port, wait_until
+from noria_testbed.processes import ManagedProcess, free_port, wait_until
 from rollout_helpers import (
     PIPELINE,
     condition,
@@ -79,12 +79,10 @@ class ModuleOperator:
         args = [sys.executable, "-m", "noria", "--liveness", f"http://127.0.0.1:{port}/healthz"]
         for ns in namespaces:
             args += ["--namespace", ns]
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(args, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+        self.process = ManagedProcess("operator", args, self.log_path, env=self.env)
 
         def live() -> bool:
-            assert self.process.poll() is None, f"operator exited: {self.log()[-3000:]}"
+            self.process.check_alive()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
                 return response.status == 200
 
@@ -94,13 +92,7 @@ class ModuleOperator:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop(grace=20)
 
 
 @pytest.fixture(scope="module")
