@@ -6,14 +6,20 @@
 For each size, ``--features`` float64 features and a binary label are written as Parquet files of
 250 000 rows (the store's partitions), then trained twice with the same gate settings:
 
+Memory is what a node's cgroup could not reclaim and the test bed's node agent counts against a
+container's limit: ``RssAnon + RssShmem`` of ``/proc/<pid>/status`` (noria_testbed.node_agent.memory),
+sampled every 5 ms by a thread in the process; file-backed pages (the libraries, XGBoost's paged
+matrix read through mmap) are not counted, as a node reclaims them before it kills anything.
+
 - **single**: ``python -m noria_trainer`` on ``sklearn.ensemble.HistGradientBoostingClassifier``
-  (``max_iter`` = rounds) in a child process; its peak RSS is the child's ``ru_maxrss``. A pod with a
-  memory limit of ``--limit-mib`` is OOM-killed above it, so the largest size whose peak stays
-  under the limit is the largest window the single engine can train.
+  (``max_iter`` = rounds) in a child process. A pod with a memory limit of ``--limit-mib`` is
+  OOM-killed above it, so the largest size whose peak stays under the limit is the largest window
+  the single engine can train.
 - **dask**: the same data through ``noria_trainer.dask_training`` with ``xgboost.XGBClassifier``
-  on a fresh ``LocalCluster`` of 2 worker processes, each with ``memory_limit`` = ``--limit-mib``
-  (the nanny kills a worker at 95 %, as the kubelet would); the per-worker peak is each worker
-  process's VmHWM read at the end. A killed worker fails the run: that size is beyond the engine.
+  on a fresh ``LocalCluster`` of 2 worker processes with ``memory_limit`` = ``--limit-mib`` (spill
+  and pause as in the pods). The nanny's own kill is off (the pods run without a nanny, and it counts
+  file-backed pages); each worker's sampler SIGKILLs its process above the limit, as the node agent
+  would. A killed worker fails the run: that size is beyond the engine.
 
 On the test bed the cluster is made by the Dask Kubernetes operator instead (docs/training-dask.md);
 this machine (2 cores shared with other jobs) runs the workers as local processes. rows/s is the
@@ -77,12 +83,25 @@ def run_spec(root: Path, engine: str, rounds: int) -> dict[str, Any]:
     }
 
 
-# The trainer's own entry point, then the process's peak RSS (VmHWM, KiB) as the last line.
+def unreclaimable_kib() -> int:
+    """RssAnon + RssShmem of this process, KiB (what the node agent counts)."""
+    with open("/proc/self/status") as handle:
+        return sum(int(line.split()[1]) for line in handle if line.startswith(("RssAnon:", "RssShmem:")))
+
+
+# The trainer's own entry point, then the process's peak unreclaimable memory (KiB) as the last line.
 SINGLE_POD = """
-import sys
+import sys, threading, time
+from train_dask_vs_single import unreclaimable_kib
+peak = [0]
+def sample():
+    while True:
+        peak[0] = max(peak[0], unreclaimable_kib())
+        time.sleep(0.005)
+threading.Thread(target=sample, daemon=True).start()
 from noria_trainer.__main__ import main
 code = main(["run", "--spec", sys.argv[1], "--termination-log", "/dev/null"])
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+print(max(peak[0], unreclaimable_kib()))
 sys.exit(code)
 """
 
@@ -95,7 +114,7 @@ def single(root: Path, rows: int, rounds: int) -> dict[str, Any]:
         [sys.executable, "-c", SINGLE_POD, str(spec_path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "NORIA_TRAINER_THREADS": "1"},
+        env={**os.environ, "NORIA_TRAINER_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)},
     )
     seconds = time.monotonic() - started
     lines = done.stdout.strip().splitlines()
@@ -106,36 +125,62 @@ def single(root: Path, rows: int, rounds: int) -> dict[str, Any]:
         "ok": done.returncode == 0,
         "seconds": round(seconds, 1),
         "rowsPerSecond": round(rows / seconds),
-        "peakRssMiB": [round(peak_kib / 1024)],
+        "peakMiB": [round(peak_kib / 1024)],
         "f1": (summary.get("metrics") or {}).get("f1"),
         "reason": None if done.returncode == 0 else summary.get("reason"),
     }
 
 
-def _vmhwm_kib() -> int:
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
+def _start_sampler(dask_worker: Any, limit_kib: int) -> None:
+    """In a worker: the peak of what the node agent counts, kept on the worker; above the limit the
+    process is SIGKILLed, as the node agent kills a container."""
+    import signal
+    import threading
+
+    peak = dask_worker.noria_peak_kib = [unreclaimable_kib()]
+
+    def sample() -> None:
+        while True:
+            now = unreclaimable_kib()
+            peak[0] = max(peak[0], now)
+            if now > limit_kib:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.005)
+
+    threading.Thread(target=sample, daemon=True, name="noria-memory").start()
+
+
+def _peak_kib(dask_worker: Any) -> int:
+    return dask_worker.noria_peak_kib[0]
 
 
 def dask(root: Path, rows: int, rounds: int, limit_mib: int) -> dict[str, Any]:
+    import dask
     from distributed import Client, LocalCluster
     from noria_trainer import dask_training
     from noria_trainer import run as run_mod
 
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        memory_limit=f"{limit_mib}MiB",
-    ) as cluster:
+    # The pods' worker environment (docs/training-dask.md "The pods"), inherited by the worker processes.
+    os.environ.update(MALLOC_TRIM_THRESHOLD_="65536", OMP_NUM_THREADS="1", ARROW_DEFAULT_MEMORY_POOL="system")
+    with (
+        dask.config.set({"distributed.worker.memory.terminate": False}),
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=f"{limit_mib}MiB",
+        ) as cluster,
+    ):
         os.environ[dask_training.SCHEDULER_ENV] = cluster.scheduler_address
+        with Client(cluster) as client:
+            client.run(_start_sampler, limit_kib=limit_mib * 1024)
         started = time.monotonic()
         code, summary = run_mod.run_document(run_spec(root, "dask", rounds), io.StringIO())
         seconds = time.monotonic() - started
         with Client(cluster) as client:  # after the run: one client at a time in this process
             try:
-                peaks = sorted(round(kib / 1024) for kib in client.run(_vmhwm_kib).values())
+                peaks = sorted(round(kib / 1024) for kib in client.run(_peak_kib).values())
             except Exception:  # a worker being restarted after a kill
                 peaks = []
     return {
@@ -144,7 +189,7 @@ def dask(root: Path, rows: int, rounds: int, limit_mib: int) -> dict[str, Any]:
         "ok": code == 0,
         "seconds": round(seconds, 1),
         "rowsPerSecond": round(rows / seconds),
-        "peakRssMiB": peaks,
+        "peakMiB": peaks,
         "f1": (summary.get("metrics") or {}).get("f1"),
         "reason": None if code == 0 else summary.get("reason"),
     }
@@ -174,7 +219,11 @@ def main() -> None:
                     else dask(root, rows, args.rounds, args.limit_mib)
                 )
                 result["rawMiB"] = round(raw_mib)
-                result["fitsLimit"] = result["ok"] and all(p <= args.limit_mib for p in result["peakRssMiB"])
+                result["fitsLimit"] = (
+                    result["ok"]
+                    and len(result["peakMiB"]) > 0
+                    and all(p <= args.limit_mib for p in result["peakMiB"])
+                )
                 results.append(result)
                 print(json.dumps(result), flush=True)
         finally:

@@ -1,5 +1,5 @@
-"""Issue 16's Must-show on the test bed: a window twice one worker's memory limit (raw bytes) trains
-on a Dask run of 2 workers of 768 MiB each, passes the gate, registers a ModelVersion and
+"""Issue 16's Must-show on the test bed: a window 2.67 times one worker's memory limit (its decoded
+float64 features and int8 label, ``pyarrow.Table.nbytes``) trains on a Dask run of 2 workers of 512 MiB each, passes the gate, registers a ModelVersion and
 serves through a Rollout (the router answers what the model itself predicts), while a ``single`` run
 with the same limit on the same data is killed for memory (``TrainerOOMKilled``).
 
@@ -9,9 +9,10 @@ noria_testbed.node_agent.memory). The data is generated fast and written straigh
 case it compresses), in files of 50 000 rows (51 MB: a worker reads a whole file at once, about
 twice its size at the peak; docs/training-dask.md, "Memory of a worker").
 
-768 MiB, not the issue's 512 MiB: measured in one process as a worker runs its share, 400 000 rows of
-these 128 features cost 111 MB kept by XGBoost and a peak of 308 MB over the libraries' 122 MB while
-the matrix is built; a worker's share of the refit here is 800 000 rows. Not yet run on the test bed.
+What a worker holds (measured in one process running a worker's share of the refit, 700 000 rows:
+``benchmarks/dask_worker_share.py``): XGBoost's matrix is paged to the worker's /tmp
+(``ExtMemQuantileDMatrix``) and its histogram cuts come from the stats stage's sample instead of a
+sketch of every row, so the peak is the libraries, one file being read and one batch.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from training_helpers import POD_STORE, get, wait_for
 
 pytestmark = pytest.mark.integration
 
-MEMORY_LIMIT, LIMIT_BYTES = "768Mi", 768 * 2**20
-FEATURES, ROWS_PER_FILE, FILES = 128, 50_000, 32  # 1.65 GB of float64 features: 2.05 times the limit
+MEMORY_LIMIT, LIMIT_BYTES = "512Mi", 512 * 2**20
+FEATURES, ROWS_PER_FILE, FILES = 128, 50_000, 28  # 1.43 GB of float64 features: 2.67 times the limit
 
 
 def write_window(store_dir: Path, namespace: str, name: str) -> tuple[str, int]:
@@ -75,11 +76,11 @@ def pipeline(name: str, source: str, engine: str) -> str:
                        "spec": spec})
 
 
-def test_a_window_twice_a_workers_memory_trains_on_dask_and_serves_while_a_single_pod_is_killed(
+def test_a_window_beyond_a_workers_memory_trains_on_dask_and_serves_while_a_single_pod_is_killed(
         cluster, namespace, store_claim, operator_factory, dask_operator_for):  # noqa: ANN001, F811
     store_claim(namespace)
     source, raw = write_window(cluster.store_dir, namespace, "big")
-    assert raw > 2 * LIMIT_BYTES
+    assert raw > 2.5 * LIMIT_BYTES
     dask_op = dask_operator_for(namespace)
     op = operator_factory(namespace, NORIA_TRAINER_BACKOFF_LIMIT="0", NORIA_ROLLOUT_INTERVAL_SECONDS="0.5",
                           NORIA_ROUTER_BACKEND_URLS="clusterIP")
@@ -93,8 +94,8 @@ def test_a_window_twice_a_workers_memory_trains_on_dask_and_serves_while_a_singl
     run = last_run(cluster, namespace, "single")
     assert (run["outcome"], run["reason"]) == ("Failed", c.TRAINER_OOM_KILLED), run
 
-    # The dask run trains on 2 workers of 768 MiB, passes the gate, registers big-v1.
-    mv = wait_for("ModelVersion big-v1", lambda: get(cluster, namespace, "modelversion", "big-v1"), timeout=360,
+    # The dask run trains on 2 workers of 512 MiB, passes the gate, registers big-v1.
+    mv = wait_for("ModelVersion big-v1", lambda: get(cluster, namespace, "modelversion", "big-v1"), timeout=600,
                   on_timeout=why)
     assert last_run(cluster, namespace, "big")["outcome"] == "Succeeded", why()
     assert mv["spec"]["artifact"]["format"] == "xgboost-json"

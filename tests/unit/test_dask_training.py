@@ -9,8 +9,10 @@ import io
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,3 +294,84 @@ def _kill_when_busy(client: Client, worker: str, pid: int) -> None:
     while not client.processing(workers=[worker]).get(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
+
+
+def test_the_cut_sample_holds_every_feature_as_the_matrix_encodes_it() -> None:
+    """Histogram cuts from the stats stage's samples instead of XGBoost's sketch of every row: every
+    category gets its code at least once (in proportion to its count), numbers are subsampled to the
+    cap, shorter columns padded with NaN (which XGBoost leaves out of the cuts)."""
+    stats = dask_training.Stats(
+        samples={"x": [np.arange(300.0), np.arange(300.0, 500.0)], "empty": []},
+        categories={"c": Counter({"a": 90, "b": 9, "rare": 1})},
+    )
+    encoding = xgboost_artifact.Encoding(
+        ("x", "c", "empty"),
+        {"x": "numeric", "c": "categorical", "empty": "numeric"},
+        {"c": ("a", "b", "rare")},
+    )
+    matrix = dask_training.cut_sample(stats, encoding, seed=0, rows=100)
+    assert matrix.dtype == np.float32 and matrix.shape == (100, 3)
+    x, c, empty = matrix.T
+    assert len(set(x)) == 100 and set(x) <= set(range(500))  # 100 of the 500 values, none twice
+    codes = c[~np.isnan(c)]
+    assert {float(k): int((codes == k).sum()) for k in (0, 1, 2)} == {0.0: 90, 1.0: 9, 2.0: 1}
+    assert np.isnan(empty).all()
+
+
+@pytest.mark.parametrize("external_memory", [True, False], ids=["external-memory", "in-core"])
+def test_a_workers_share_trains_from_cut_sample_cuts_with_max_bin_set(
+    tmp_path: Path, external_memory: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's task in a collective of one: the matrix (paged to disk, or in memory) takes its cuts
+    from the sample, and a max_bin other than XGBoost's default trains (the booster is told it too)."""
+    worker_tmp = tmp_path / "worker-tmp"  # this test's own temporary folder: other processes share /tmp
+    worker_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(worker_tmp))
+    from xgboost.tracker import RabitTracker
+
+    folder = write_data(tmp_path, "classification")
+    reader = PartReader(
+        "parquet",
+        data_mod.source_scope(f"file://{folder}", f"file://{tmp_path}", "ml"),
+        "file",
+        {},
+        "label",
+        "ts",
+        None,
+    )
+    parts = [Part(str(p)) for p in sorted(folder.glob("*.parquet"))]
+    stats = dask_training.Stats()
+    for part in parts:
+        stats.merge(dask_training.part_stats(reader, part, True, 0))
+    kinds = {"x1": "numeric", "x2": "numeric", "colour": "categorical"}
+    encoding = xgboost_artifact.Encoding(("x1", "x2", "colour"), kinds, {"colour": ("blue", "green", "red")})
+    params, rounds, max_bin = xgboost_training_params({"n_estimators": 20, "max_bin": 32})
+    learner = dask_training.Learner(
+        reader,
+        encoding,
+        (0, 1),
+        params,
+        rounds,
+        max_bin,
+        dask_training.cut_sample(stats, encoding, 0),
+        external_memory,
+    )
+    tracker = RabitTracker(n_workers=1, host_ip="127.0.0.1", sortby="task")
+    tracker.start()
+    raw = dask_training._train_on_worker(learner, parts, tracker.worker_args())
+    tracker.free()
+    assert raw is not None
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    model = xgboost_artifact.XGBoostModel(booster, "classification", encoding, [0, 1])
+    rows = all_rows(folder)
+    assert float((model.predict(rows) == rows["label"]).mean()) > 0.85
+    assert not list(worker_tmp.glob("noria-xgboost-*/window*"))  # the cache is gone
+
+
+def xgboost_training_params(params: dict[str, Any]) -> tuple[dict[str, Any], int, int]:
+    from noria_trainer.estimators import xgboost_params
+
+    return xgboost_params("classification", params, 2, 0)
