@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def write(folder: Path, customers: int = 500, seed: int = 0) -> None:
@@ -35,6 +37,30 @@ def write(folder: Path, customers: int = 500, seed: int = 0) -> None:
         "churned": (rng.random(len(last)) < 1 / (1 + np.exp(-risk))).astype("int64"),
     })
     labels.to_parquet(folder / "labels.parquet", index=False)
+    write_empty_feedback(folder)
+
+
+# The push source's batch file (features.py, churn_feedback): Feast's file offline store appends pushed
+# rows to it and refuses a push whose columns are not exactly these, so it exists from the start, empty.
+FEEDBACK_SCHEMA = pa.schema([
+    ("customer_id", pa.int64()),
+    ("tenure_months", pa.float64()),
+    ("monthly_charges", pa.float64()),
+    ("support_calls", pa.float64()),
+    ("prediction", pa.int64()),
+    ("label", pa.int64()),
+    ("prediction_id", pa.string()),
+    ("model_version", pa.string()),
+    ("event_timestamp", pa.timestamp("us", tz="UTC")),
+    ("labelled_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def write_empty_feedback(folder: Path) -> None:
+    path = folder / "data" / "churn_feedback.parquet"
+    if not path.exists():  # never overwrite rows already pushed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(FEEDBACK_SCHEMA.empty_table(), path)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ GC_PAUSE_SECONDS: Final = "noria_gc_pause_seconds"  # histogram: model, version,
 ONLINE_LOOKUP_SECONDS: Final = "noria_online_feature_lookup_seconds"  # histogram: model, version (one call)
 ONLINE_LOOKUPS_TOTAL: Final = "noria_online_feature_lookups_total"  # counter: model, version, outcome (LOOKUP_*)
 ONLINE_MISSES_TOTAL: Final = "noria_online_feature_misses_total"  # counter: model, version, feature, status (MISS_*)
+# Labelled production rows pushed back into Feast (spec.onlineFeatures.feast.feedbackPushSource)
+FEEDBACK_SINK_ROWS_TOTAL: Final = "noria_feedback_sink_rows_total"  # counter: model, version, outcome (SINK_*)
 
 # --- exported by the router -------------------------------------------------------------------
 SHADOW_COMPARISONS_TOTAL: Final = "noria_shadow_comparisons_total"  # counter: model, stable, shadow, outcome
@@ -124,3 +126,12 @@ MISS_OUTSIDE_MAX_AGE: Final = "outside_max_age"  # a value older than the featur
 MISS_INVALID: Final = "invalid"
 MISS_OTHER: Final = "other"
 MISS_STATUSES: Final = (MISS_NOT_FOUND, MISS_OUTSIDE_MAX_AGE, MISS_INVALID, MISS_OTHER)
+
+# Outcomes of noria_feedback_sink_rows_total: one per labelled row the server had for Feast's push
+# source (noria_server.feast_sink). Every row ends in exactly one of them, none silently.
+SINK_PUSHED: Final = "pushed"  # Feast's feature server accepted the push (200/202)
+SINK_DROPPED: Final = "dropped"  # the sink's buffer was full (Feast down or slow for long): never queued
+SINK_REJECTED: Final = "rejected"  # Feast answered 4xx (unknown push source, columns not the source's): not retried
+SINK_FAILED: Final = "failed"  # still timing out, refused or answered 5xx after every retry
+SINK_LOST: Final = "lost"  # still in the buffer when the server stopped
+SINK_OUTCOMES: Final = (SINK_PUSHED, SINK_DROPPED, SINK_REJECTED, SINK_FAILED, SINK_LOST)

@@ -142,6 +142,15 @@ def _add_online_feature_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--feast-on-missing", default=env("NORIA_FEAST_ON_MISSING", "reject"),
                    help="reject (404 naming the keys) or asMissing (missing values) when the store has no value "
                         "[NORIA_FEAST_ON_MISSING]")
+    p.add_argument("--feast-feedback-push-source", default=env("NORIA_FEAST_FEEDBACK_PUSH_SOURCE") or None,
+                   help="push each counted label's row (keys, features as served, prediction, label, times) to this "
+                        "Feast push source through the feature server's /push [NORIA_FEAST_FEEDBACK_PUSH_SOURCE]")
+
+
+def _feedback_sink(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .feast_sink import SinkSettings
+
+    return SinkSettings(push_source=args.feast_feedback_push_source) if args.feast_feedback_push_source else None
 
 
 def _online_features(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -265,7 +274,7 @@ def serve_settings(args: argparse.Namespace, feedback_token: bearer.BearerToken 
         drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,
         artifact_limits=_artifact_limits(args),
         termination_log=args.termination_log or default_termination_log(),
-        online_features=_online_features(args))
+        online_features=_online_features(args), feedback_sink=_feedback_sink(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

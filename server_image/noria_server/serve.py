@@ -40,10 +40,12 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -53,7 +55,7 @@ from noria.artifact import EXIT_REFUSED_GENERIC, UNUSABLE_MODEL, ArtifactError, 
 from noria.conditions import ARTIFACT_VERIFICATION_FAILED
 from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG
 
-from . import ledger, oip, online
+from . import feast_sink, ledger, oip, online
 from .bearer import CHALLENGE, BearerToken
 from .httpserver import HttpLimits, HttpServer, Reply, Request, Response, json_response
 from .loopmon import GcPauses, LoopLagMonitor, settle_heap, shorten_gil_turns
@@ -103,6 +105,7 @@ class ServeSettings:
     artifact_limits: Limits = field(default_factory=Limits)
     termination_log: str | None = None  # where a refusal is written for the operator; None = nowhere
     online_features: online.OnlineFeatureSettings | None = None  # fill features from Feast (noria_server.online)
+    feedback_sink: feast_sink.SinkSettings | None = None  # labelled rows back to Feast (noria_server.feast_sink)
 
     def validate(self) -> None:
         missing = [name for name, value in (("--artifact/NORIA_ARTIFACT_URI", self.artifact_uri),
@@ -122,6 +125,11 @@ class ServeSettings:
         self.http.validate()
         if self.online_features is not None:
             self.online_features.validate()
+        if self.feedback_sink is not None:
+            if self.online_features is None:
+                raise ValueError("--feast-feedback-push-source/NORIA_FEAST_FEEDBACK_PUSH_SOURCE needs --feast-url: "
+                                 "the rows pushed to Feast are those of requests of entity keys")
+            self.feedback_sink.validate()
         if self.feedback_ledger_bytes < 1 << 20:
             raise ValueError(f"--feedback-ledger-bytes/NORIA_FEEDBACK_LEDGER_BYTES must be at least 1 MiB, "
                              f"got {self.feedback_ledger_bytes}")
@@ -139,6 +147,7 @@ class _Pending:
     future: Reply  # written to the client as soon as it is set, before the batch's ledger and log work
     started: float
     parsed: float  # perf_counter when it joined the queue (batch_wait starts)
+    keys: dict[str, list[Any]] | None = None  # a keyed request's entity keys (for the feedback sink)
 
 
 class ModelServer:
@@ -168,6 +177,8 @@ class ModelServer:
         self.online_metrics = (online.OnlineMetrics(self.metrics.registry, settings.model, settings.version)
                                if settings.online_features is not None else None)
         self.lookup: online.FeatureLookup | None = None  # made at the first request, for the model's features
+        self.sink: feast_sink.FeedbackSink | None = None  # made when the model is loaded (its features)
+        self._classes_by_text: dict[str, Any] = {}
         self.stopped = asyncio.Event()
         self.exit_code = 0
         self.port = 0
@@ -204,6 +215,7 @@ class ModelServer:
         self.model = model
         if self.online_metrics is not None:
             self.online_metrics.declare(model.schema.features)
+        self._feedback_sink()
         self.sizer.call_seconds = model.single_row_seconds  # until one-row calls under traffic say more
         if s.feature_counting and model.profile is not None:
             self.metrics.enable_feature_bins(model.schema.features, model.profile)
@@ -248,6 +260,8 @@ class ModelServer:
         await self.http.close()
         if self.lookup is not None:
             self.lookup.close()
+        if self.sink is not None:
+            await self.sink.stop()
         self.loop_lag.stop()
         self.gc_pauses.uninstall()
         for jsonl in (self.predictions_log, self.feedback_log):
@@ -282,12 +296,19 @@ class ModelServer:
         elif path == "/v2/health/live":
             return json_response(200, {"live": True, "model_version": self.settings.version})
         elif path == "/metrics":
-            return Response(200, self.metrics.exposition(), PROMETHEUS_TEXT)
+            return self._exposition()
         elif path in ("/v2", "/v2/"):
             return json_response(200, {"name": "noria-server", "version": "0.1.0",
                                        "extensions": ["feedback", "binary_tensor_data"],
                                        "model_version": self.settings.version})
         return self._error(404, f"no route for {method} {path}", request)
+
+    async def _exposition(self) -> Response:
+        """The scrape, rendered by a worker thread: with 20 drift-counted features it is ~40 KB and
+        5-7 ms of CPU (``prometheus_client.generate_latest``), one pause per scrape on the loop
+        thread; from a thread it takes the GIL in turns of at most 0.5 ms (``shorten_gil_turns``)."""
+        body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
+        return Response(200, body, PROMETHEUS_TEXT)
 
     def _method(self, request: Request, allowed: str) -> Response:
         return self._error(405, f"{request.path} takes {allowed}, not {request.method}", request)
@@ -374,7 +395,7 @@ class ModelServer:
                 future.set_result(response)
                 return
             parsed = oip.InferRequest(keyed.request_id, keyed.row_ids, rows, keyed.outputs)
-            self._enqueue(parsed, future, started, time.perf_counter())
+            self._enqueue(parsed, future, started, time.perf_counter(), keyed.keys)
 
         lookup.submit(keyed, filled)
         return future
@@ -385,8 +406,21 @@ class ModelServer:
             self.lookup = online.FeatureLookup(self.settings.online_features, model.schema, self.online_metrics)
         return self.lookup
 
-    def _enqueue(self, parsed: oip.InferRequest, future: Reply, started: float, queued: float) -> None:
-        self.pending.append(_Pending(parsed, future, started, queued))
+    def _feedback_sink(self) -> feast_sink.FeedbackSink | None:
+        """The sink of labelled rows for Feast (made once the model, whose features it pushes, is there)."""
+        s, model = self.settings, self.model
+        if self.sink is None and s.feedback_sink is not None and s.online_features is not None and model is not None:
+            self.sink = feast_sink.FeedbackSink(
+                s.feedback_sink, s.online_features.base_url, urlsplit(s.online_features.url).path,
+                s.online_features.entity_keys, model.schema.features, s.version,
+                feast_sink.SinkMetrics(self.metrics.registry, s.model, s.version))
+            self._classes_by_text = {ledger.class_text(c): c.item() if hasattr(c, "item") else c
+                                     for c in (model.classes or [])}
+        return self.sink
+
+    def _enqueue(self, parsed: oip.InferRequest, future: Reply, started: float, queued: float,
+                 keys: dict[str, list[Any]] | None = None) -> None:
+        self.pending.append(_Pending(parsed, future, started, queued, keys))
         self.pending_rows += parsed.rows.shape[0]
         if not self.flush_scheduled:
             self.flush_scheduled = True
@@ -515,7 +549,12 @@ class ModelServer:
     def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
         ids = [rid for item in batch for rid in item.request.row_ids]
         values = predictions.tolist()
-        self.ledger.record(ids, values, time.monotonic())
+        sink = self.sink if self.sink is not None or self.settings.feedback_sink is None else self._feedback_sink()
+        if sink is None:
+            self.ledger.record(ids, values, time.monotonic())
+        else:
+            served = _served(batch, rows, sink.entity_keys, time.time())
+            self.ledger.record(ids, values, time.monotonic(), served, _served_cost(served[0]) if served else 0)
         log_ = self.predictions_log
         if log_ is not None:
             ts, version, names = time.time(), self.settings.version, self.model.schema.features  # type: ignore[union-attr]
@@ -585,6 +624,8 @@ class ModelServer:
                 logged.append(item)
         for reason, n in refused.items():
             metrics.feedback_refused_by(reason, n)
+        if self.sink is not None:
+            self._to_sink(judged, model.is_classifier)
         if self.feedback_log is not None and logged:
             ts = time.time()
 
@@ -599,6 +640,44 @@ class ModelServer:
         return json_response(200, {"model_name": s.model, "model_version": s.version, "id": ids[0], "ids": ids,
                                    "accepted": len(items), "matched": outcomes[ledger.COUNTED],
                                    "outcomes": outcomes, "results": [j.answer() for j in judged]})
+
+
+    def _to_sink(self, judged: list[ledger.Judged], classifier: bool) -> None:
+        """Counted labels of keyed predictions, queued for Feast's push source (never waits)."""
+        assert self.sink is not None
+        now = time.time()
+        rows = [feast_sink.Row(j.served, j.predicted,
+                               self._classes_by_text.get(j.actual, j.actual) if classifier else j.actual, j.id, now)
+                for j in judged if j.outcome == ledger.COUNTED and j.served is not None]
+        if rows:
+            self.sink.offer(rows)
+
+
+def _served(batch: list[_Pending], rows: np.ndarray, entity_keys: tuple[str, ...],
+            now: float) -> list[feast_sink.Served | None]:
+    """Per predicted row, what the feedback sink will need if a label comes: the keys and the
+    features as the model received them (None for a row of a request that named no keys)."""
+    out: list[feast_sink.Served | None] = []
+    values = rows.tolist()
+    start = 0
+    for item in batch:
+        n = item.request.rows.shape[0]
+        keys = item.keys
+        if keys is None:
+            out.extend([None] * n)
+        else:
+            for i in range(n):
+                out.append(feast_sink.Served(tuple(keys[k][i] for k in entity_keys), tuple(values[start + i]), now))
+        start += n
+    return out
+
+
+def _served_cost(first: feast_sink.Served | None) -> int:
+    """Bytes one kept Served costs the ledger (its tuples and their values, about)."""
+    if first is None:
+        return 0
+    return (sys.getsizeof(first) + sys.getsizeof(first.keys) + sys.getsizeof(first.features)
+            + 32 * (len(first.keys) + len(first.features)))
 
 
 def _infer_answer(body: bytes, header_length: int | None) -> Response:

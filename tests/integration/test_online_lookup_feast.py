@@ -2,11 +2,14 @@
 (``feast serve`` from .venv-feast) over the test bed's Redis, the example repository applied and
 materialized (the fixtures of test_feast_online_store.py), and the real model server on a real port.
 Keys only in, the model's own predictions on the stored features out; an unknown key is a 404 naming
-it; Redis killed is a 504 within the timeout; once Redis is back requests are served again; the
+it; Redis frozen (a slow store) or killed is a 504 within the timeout; once Redis is back requests are served again; the
 feature server gone is a 503 with Retry-After (docs/serving/online-features.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,33 @@ async def test_redis_down_is_504_within_the_timeout_and_requests_are_served_once
         for _ in range(10):
             assert (await s.infer([9001, 0]))[0] == 200
     assert sample(server, m.ONLINE_LOOKUPS_TOTAL, outcome=m.LOOKUP_TIMEOUT) >= 3
+
+
+async def test_a_frozen_store_is_504_within_the_timeout_and_no_request_is_lost_when_it_thaws(
+        feature_server, redis) -> None:  # noqa: F811
+    # A slow store, not a dead one: Redis is frozen (SIGSTOP), so Feast's connection stays open and its
+    # reads wait. Every request sent meanwhile, 8 at once, is answered 504 within the bound; once Redis
+    # thaws, requests sent concurrently with the thaw are each answered (200 or 504, none hangs), and
+    # from then on every request is served.
+    server = model_server(feature_server.url)
+    async with Served(server) as s:
+        assert (await s.infer([9001]))[0] == 200
+        os.kill(redis.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        try:
+            frozen = await asyncio.gather(*(s.infer([9001, key]) for key in range(8)))
+        finally:
+            os.kill(redis.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        for status, answer, _, elapsed in frozen:
+            assert status == 504 and f"no answer within {TIMEOUT_MS} ms" in answer["error"], answer
+            assert elapsed < BOUND_S
+        thawing = await asyncio.gather(*(s.infer([9001, key]) for key in range(8)))
+        assert all(status in (200, 504) and elapsed < BOUND_S for status, _, _, elapsed in thawing), thawing
+        deadline = time.monotonic() + 30
+        while (await s.infer([9001]))[0] != 200:
+            assert time.monotonic() < deadline, "the lookup did not recover within 30 s of Redis thawing"
+        served = await asyncio.gather(*(s.infer([9001, key]) for key in range(8)))
+        assert [status for status, *_ in served] == [200] * 8, served
+    assert sample(server, m.ONLINE_LOOKUPS_TOTAL, outcome=m.LOOKUP_TIMEOUT) >= 8
 
 
 async def test_the_feature_server_gone_is_503_with_retry_after(feature_server) -> None:  # noqa: F811

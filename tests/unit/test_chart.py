@@ -343,3 +343,13 @@ def test_readme_links_resolve_inside_the_repository_and_reach_the_monitoring_gui
     missing = sorted(str(t) for t in targets if not t.exists() or ROOT not in t.parents)
     assert not missing, f"charts/noria/README.md links to {missing}"
     assert ROOT / "docs" / "operations" / "monitoring.md" in targets
+
+
+def test_the_feast_trainer_image_is_set_by_its_value_and_reaches_the_operators_settings(helm: Path) -> None:
+    from noria.settings import Settings
+
+    docs = render(helm, "--set", "trainerFeastImage=registry.example/noria-trainer-feast:7")
+    (container,) = deployment(docs)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["NORIA_TRAINER_FEAST_IMAGE"] == "registry.example/noria-trainer-feast:7"
+    assert Settings.from_env(env).trainer_feast_image == "registry.example/noria-trainer-feast:7"

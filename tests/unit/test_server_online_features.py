@@ -36,6 +36,7 @@ from noria_server.__main__ import parser, serve_settings
 from noria_server.httpserver import Request
 from noria_server.model import ServedModel
 from noria_server.serve import ModelServer
+from noria_testbed.processes import free_port
 from server_helpers import FEATURES, fitted_server, handled
 from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -135,12 +136,6 @@ def feast() -> Iterator[FakeFeast]:
     fake = FakeFeast()
     yield fake
     fake.stop()
-
-
-def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def settings(url: str, **over: Any) -> online.OnlineFeatureSettings:
@@ -279,7 +274,7 @@ async def test_a_slow_store_is_504_within_the_timeout(feast) -> None:
 
 
 async def test_a_dead_store_is_503_with_retry_after_and_the_next_request_after_it_recovers_is_served() -> None:
-    port = dead_port()
+    port = free_port()
     server = keyed_server(f"http://127.0.0.1:{port}")
     async with Served(server) as s:
         status, answer, headers, elapsed = await s.infer(keys_body([1001]))

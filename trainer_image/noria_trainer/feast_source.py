@@ -24,10 +24,13 @@ from typing import Any
 
 import pandas as pd
 
-from noria_trainer.data import DataError, parse_timestamps
+from noria_trainer.data import FEEDBACK_ID_COLUMN, DataError, parse_timestamps
 from noria_trainer.spec import FeastData
 
 FEAST_TIMESTAMP = "event_timestamp"  # the column Feast reads an entity row's time from
+# Columns of a feedback push source besides the entity keys and the features as served
+# (noria_server.feast_sink; examples/feast-churn/features.py, churn_feedback).
+PUSHED_LABEL, PUSHED_PREDICTION_ID = "label", "prediction_id"
 ROW_COLUMN = "__noria_entity_row"  # the entity row's position: Feast returns rows in its own order
 
 
@@ -126,8 +129,8 @@ def with_every_entity_row(
     return out.drop(columns=[ROW_COLUMN]).reset_index(drop=True), unmatched
 
 
-def historical_rows(entities: pd.DataFrame, timestamp_column: str, feast: FeastData) -> FeastRows:
-    """The entity rows with their point-in-time-correct features from the repository."""
+def feature_store_class() -> Any:
+    """Feast's ``FeatureStore``, or a DataError saying which image holds Feast."""
     try:
         from feast import FeatureStore
     except ImportError as exc:
@@ -135,6 +138,12 @@ def historical_rows(entities: pd.DataFrame, timestamp_column: str, feast: FeastD
             "spec.data.feast needs the Feast client, which this trainer image does not hold: run "
             f"Feast pipelines on the noria-trainer-feast image ({exc})"
         ) from None
+    return FeatureStore
+
+
+def historical_rows(entities: pd.DataFrame, timestamp_column: str, feast: FeastData) -> FeastRows:
+    """The entity rows with their point-in-time-correct features from the repository."""
+    FeatureStore = feature_store_class()  # noqa: N806
     repo = repository_dir(feast.repository)
     try:
         store = FeatureStore(repo_path=repo)
@@ -170,3 +179,84 @@ def historical_rows(entities: pd.DataFrame, timestamp_column: str, feast: FeastD
         "definitionsDigest": definitions_digest(view_specs, service_spec),
     }
     return FeastRows(joined, columns, {k: v for k, v in lineage.items() if v is not None}, unmatched)
+
+
+@dataclass(frozen=True)
+class PushedRows:
+    frame: pd.DataFrame  # training rows: entity keys, the features as served, target, time, FEEDBACK_ID_COLUMN
+    read: int  # rows read from the push source's batch source
+    duplicates: int  # rows of a prediction id already read (a push retried): left out
+
+
+def feedback_frame(
+    pushed: pd.DataFrame,
+    join_keys: list[str],
+    timestamp_field: str,
+    timestamp_column: str,
+    target: str,
+    features: list[str],
+) -> PushedRows:
+    """Labelled production rows as training rows: the entity keys, the model's features **as
+    served** (what the model saw when it predicted; a feature the row lacks is missing), the label as
+    the target, the prediction time as ``timestamp_column`` (so the pipeline's window selects them by
+    it) and the prediction id in ``FEEDBACK_ID_COLUMN`` (so the run counts them as feedback rows). A
+    prediction id pushed twice (a push retried after a lost answer) counts once.
+
+    >>> pushed = pd.DataFrame({"k": [1, 2, 1], "f": [0.5, None, 0.5], "label": [1, 0, 1],
+    ...                        "prediction_id": ["a", "b", "a"], "event_timestamp": ["2026-12-01"] * 3})
+    >>> rows = feedback_frame(pushed, ["k"], "event_timestamp", "t", "y", ["f", "g"])
+    >>> rows.frame.columns.tolist(), rows.frame["y"].tolist(), rows.read, rows.duplicates
+    (['k', 'f', 'g', 'y', 't', '__noria_prediction_id'], [1, 0], 3, 1)
+    """
+    missing = [c for c in (*join_keys, PUSHED_LABEL, PUSHED_PREDICTION_ID, timestamp_field) if c not in pushed.columns]
+    if missing:
+        raise DataError(f"the feedback push source's rows lack column(s) {', '.join(missing)}")
+    unique = pushed.drop_duplicates(subset=[PUSHED_PREDICTION_ID], keep="first")
+    out = pd.DataFrame({k: unique[k].to_numpy() for k in join_keys})
+    for feature in features:
+        if feature not in out.columns:
+            out[feature] = unique[feature].to_numpy() if feature in unique.columns else float("nan")
+    out[target] = unique[PUSHED_LABEL].to_numpy()
+    out[timestamp_column] = parse_timestamps(unique.reset_index(drop=True), timestamp_field).to_numpy()
+    out[FEEDBACK_ID_COLUMN] = unique[PUSHED_PREDICTION_ID].astype(str).to_numpy()
+    return PushedRows(out, len(pushed), len(pushed) - len(unique))
+
+
+def pushed_rows(feast: FeastData, timestamp_column: str, target: str, features: list[str]) -> PushedRows:
+    """The rows model servers pushed to ``feast.feedback_push_source``, read through Feast's offline
+    store (``pull_all_from_table_or_query`` on the batch source of the feature view the push source
+    feeds), as training rows (:func:`feedback_frame`)."""
+    assert feast.feedback_push_source
+    FeatureStore = feature_store_class()  # noqa: N806
+    from feast.data_source import PushSource
+    name = feast.feedback_push_source
+    try:
+        store = FeatureStore(repo_path=repository_dir(feast.repository))
+        views = [
+            v for v in store.list_feature_views()
+            if isinstance(v.stream_source, PushSource) and v.stream_source.name == name
+        ]
+        if not views:
+            raise DataError(
+                f"spec.data.feast.feedbackPushSource {name!r}: no feature view of {feast.repository} is fed by a "
+                "push source of that name"
+            )
+        view = views[0]
+        source = view.batch_source
+        join_keys = list(view.join_keys)
+        columns = [f.name for f in view.features if f.name not in join_keys]
+        job = store._get_provider().offline_store.pull_all_from_table_or_query(  # noqa: SLF001 - Feast's reader
+            config=store.config,
+            data_source=source,
+            join_key_columns=join_keys,
+            feature_name_columns=columns,
+            timestamp_field=source.timestamp_field,
+            start_date=None,
+            end_date=None,
+        )
+        pushed = job.to_df()
+    except DataError:
+        raise
+    except Exception as exc:  # as historical_rows: any Feast error is a data error
+        raise DataError(f"Feast repository {feast.repository}, push source {name}: {type(exc).__name__}: {exc}") from exc
+    return feedback_frame(pushed, join_keys, source.timestamp_field, timestamp_column, target, features)

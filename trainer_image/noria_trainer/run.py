@@ -254,7 +254,13 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
         feedback = dataclasses.replace(merged, rows=kept, already_in_data=dropped, dedupe_key=key)
         reporter.end(**feedback.report())
 
-    combined = data_mod.combine(frame, feedback.rows if feedback else None, spec.timestamp_column)
+    pushed = _pushed_rows(run, features, reporter) if spec.feast and spec.feast.feedback_push_source else None
+    extra = feedback.rows if feedback else None
+    if pushed is not None and not pushed.frame.empty:
+        # A label both in the feedback log and pushed to Feast (the same prediction id) counts once.
+        extra = pushed.frame if extra is None else pd.concat([extra, pushed.frame], ignore_index=True).drop_duplicates(
+            subset=[data_mod.FEEDBACK_ID_COLUMN], keep="first")
+    combined = data_mod.combine(frame, extra, spec.timestamp_column)
     reporter.begin("window", windows=[w.label if w else "all" for w in windows])
     lengths = [_suffix_length(combined, w, spec.timestamp_column, run.now) for w in windows]
     widest = windows[int(np.argmax(lengths))]
@@ -264,6 +270,20 @@ def _gather_rows(run: RunSpec, windows: list[Window | None], reporter: Reporter)
         raise RunFailure("data", EXIT_DATA, str(exc)) from exc
     reporter.end(rows=len(windowed), feedbackRows=int(windowed[data_mod.FEEDBACK_ID_COLUMN].notna().sum()))
     return WindowedRows(windowed, features, feedback, files, feast_rows.lineage if feast_rows else None)
+
+
+def _pushed_rows(run: RunSpec, features: list[str], reporter: Reporter) -> feast_source.PushedRows:
+    """Labelled production rows the model servers pushed to Feast (spec.data.feast.feedbackPushSource),
+    as training rows with the features as served; the window then selects them by prediction time."""
+    spec = run.spec
+    assert spec.feast is not None and spec.feast.feedback_push_source and spec.timestamp_column
+    reporter.begin("feastFeedback", pushSource=spec.feast.feedback_push_source)
+    try:
+        pushed = feast_source.pushed_rows(spec.feast, spec.timestamp_column, spec.target, features)
+    except data_mod.DataError as exc:
+        raise RunFailure("data", EXIT_DATA, str(exc)) from exc
+    reporter.end(rows=len(pushed.frame), read=pushed.read, duplicates=pushed.duplicates)
+    return pushed
 
 
 def _join_feast(run: RunSpec, entities: pd.DataFrame, reporter: Reporter) -> feast_source.FeastRows:

@@ -64,6 +64,7 @@ class FeastData:
     repository: str
     feature_service: str | None
     features: tuple[str, ...] | None
+    feedback_push_source: str | None = None  # labelled production rows pushed there (feast_source.pushed_rows)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,8 @@ def parse_pipeline_spec(spec: Any) -> PipelineSpec:
         thresholds_as_written={key: str(value) for key, value in written.items() if value is not None},
         engine=valid.compute.engine if valid.compute else "single",
         feast=FeastData(data.feast.repository, data.feast.feature_service,
-                        tuple(data.feast.features) if data.feast.features else None) if data.feast else None,
+                        tuple(data.feast.features) if data.feast.features else None,
+                        data.feast.feedback_push_source) if data.feast else None,
     )
 
 

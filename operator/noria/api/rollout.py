@@ -49,7 +49,7 @@ from .naming import (
     ModelVersionName,
     PipelineName,
 )
-from .training_pipeline import FeastFeature
+from .training_pipeline import FeastFeature, PushSourceName
 
 KIND: Final = "Rollout"
 PLURAL: Final = "rollouts"
@@ -523,6 +523,16 @@ class OnlineFeast(NoriaModel):
         description=(
             "When the store has no value for a feature of a key: reject (404 naming the keys and features,"
             " default) or asMissing (the model gets a missing value, as when a request leaves it empty)."
+        ),
+    )
+    feedback_push_source: PushSourceName | None = Field(
+        default=None,
+        description=(
+            "Feast push source that labelled production rows go to (docs/serving/online-features.md, 'Feedback"
+            " into Feast'): for each label POST /feedback counts, the model server pushes the entity keys, the"
+            " features as served, the prediction, the label, the prediction id, the version and both times to"
+            " <url>/push with to=offline, in the background. A TrainingPipeline's"
+            " spec.data.feast.feedbackPushSource selects them. Unset: nothing is pushed."
         ),
     )
 

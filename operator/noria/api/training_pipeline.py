@@ -326,6 +326,17 @@ FeastFeature = Annotated[
 ]
 
 
+PUSH_SOURCE_RE: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$"
+PUSH_SOURCE_MESSAGE: Final = ("feedbackPushSource is the name of a Feast push source: a letter, digit or '_', then"
+                              " letters, digits, '_', '.' or '-' (at most 63)")
+PushSourceName = Annotated[
+    StrictStr,
+    _checked_pattern(PUSH_SOURCE_RE, PUSH_SOURCE_MESSAGE),
+    WithJsonSchema({"type": "string", "maxLength": 63, "x-kubernetes-validations": [
+        cel(f"self.matches({_cel_regex(PUSH_SOURCE_RE)})", PUSH_SOURCE_MESSAGE)]}),
+]
+
+
 class FeastSource(NoriaModel):
     """Features from a Feast feature repository, joined point-in-time correct onto ``spec.data.source``
     (docs/training-feast.md). Exactly one of ``featureService`` or ``features``."""
@@ -356,6 +367,16 @@ class FeastSource(NoriaModel):
         max_length=1000,
         description='Feature references <featureView>:<feature>, e.g. ["driver_hourly_stats:conv_rate"].',
         json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    feedback_push_source: PushSourceName | None = Field(
+        default=None,
+        description=(
+            "Also train on the labelled production rows model servers pushed to this Feast push source (a"
+            " Rollout's spec.onlineFeatures.feast.feedbackPushSource): read from its feature view's batch source"
+            " through Feast's offline store, each becomes a training row with the features as served, the label"
+            " as target and the prediction time as timestampColumn, so the same window selects them"
+            " (docs/training-feast.md)."
+        ),
     )
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ FEAST_FEATURES_ENV: Final = "NORIA_FEAST_FEATURES"
 FEAST_ENTITY_KEYS_ENV: Final = "NORIA_FEAST_ENTITY_KEYS"
 FEAST_TIMEOUT_MS_ENV: Final = "NORIA_FEAST_TIMEOUT_MS"
 FEAST_ON_MISSING_ENV: Final = "NORIA_FEAST_ON_MISSING"
+FEAST_FEEDBACK_PUSH_SOURCE_ENV: Final = "NORIA_FEAST_FEEDBACK_PUSH_SOURCE"
 SERVER_CONTAINER: Final = "server"
 # Where a server that refuses its artifact writes why (JSON, reason ArtifactVerificationFailed); the
 # kubelet copies it into the pod's containerStatuses, where the operator reads it.
@@ -130,6 +131,8 @@ def online_features_env(feast: OnlineFeast | None) -> list[dict[str, Any]]:
         {"name": FEAST_ENTITY_KEYS_ENV, "value": ",".join(feast.entity_keys)},
         {"name": FEAST_TIMEOUT_MS_ENV, "value": f"{timeout_ms:g}"},
         {"name": FEAST_ON_MISSING_ENV, "value": feast.on_missing},
+        *([{"name": FEAST_FEEDBACK_PUSH_SOURCE_ENV, "value": feast.feedback_push_source}]
+          if feast.feedback_push_source else []),
     ]
 
 
