@@ -277,6 +277,42 @@ def open_loop(url: str, body: bytes | list[bytes], rate: float, seconds: float,
     return uvloop.run(generator)
 
 
+# --- open-loop generator in Go (benchmarks/loadgen) ------------------------------------------------
+_LOADGEN: list[str] = []
+
+
+def loadgen_binary() -> str:
+    """benchmarks/loadgen built once per source hash into the cache (``go build``; Go must be installed)."""
+    if not _LOADGEN:
+        script = Path(__file__).resolve().parent / "loadgen" / "build.sh"
+        out = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"building benchmarks/loadgen failed (is Go installed?):\n{out.stderr[-3000:]}")
+        _LOADGEN.append(out.stdout.strip().splitlines()[-1])
+    return _LOADGEN[0]
+
+
+def go_open_loop(url: str, body: bytes, rate: float, seconds: float, connections: int = GENERATOR_CONNECTIONS,
+                 cpus: str = "0") -> dict[str, float]:
+    """``open_loop`` by the Go generator, pinned to ``cpus``: POST ``body`` at ``rate`` per second for
+    ``seconds`` over ``connections`` keep-alive connections; returns its JSON (``sent``, ``answered``,
+    ``errors``, ``p50_ms``, ``p99_ms``, ``p999_ms``, ``max_ms`` from each request's scheduled send;
+    ``late_p99_ms``: how late the generator itself sent; ``wait_p99_ms``: due time to the write on a
+    connection, i.e. waiting for a free connection)."""
+    import json
+
+    fd, path = tempfile.mkstemp(suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        out = subprocess.run([*taskset(cpus), loadgen_binary(), "-url", url, "-body", path, "-rate", f"{rate:.3f}",
+                              "-seconds", f"{seconds:g}", "-connections", str(connections)],
+                             capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(path)
+    return json.loads(out.stdout)
+
+
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

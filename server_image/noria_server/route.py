@@ -33,6 +33,7 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from . import ledger, oip
 from .bearer import CHALLENGE, BearerToken
 from .discovery import ConfigMapSource, Endpoints, FileConfigSource
-from .httpserver import JSON, HttpLimits, HttpServer, Request, Response, error_response, json_response
+from .httpserver import JSON, HttpLimits, HttpServer, Reply, Request, Response, error_response, json_response
 from .oip import compare, predictions_of
 from .router_config import Backend, RouterConfig
 from .telemetry import HttpCollector
@@ -58,6 +59,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 _REQUEST_ID = "x-request-id"
 FORWARDED_HEADERS = ("content-type", _REQUEST_ID, "accept", oip.HEADER_INFERENCE_HEADER_LENGTH)
 _REQUEST_ID_BYTES = _REQUEST_ID.encode()
+_FORWARDED = tuple((name, name.encode()) for name in FORWARDED_HEADERS)  # names encoded once
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
 _VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answer
@@ -99,12 +101,21 @@ class RouterMetrics:
                                 [m.LABEL_CODE], registry=self.registry)
         self._code_children: dict[int, Any] = {code: self.requests.labels(str(code)) for code in (200, 500, 502)}
         self._duration_children: dict[tuple[str, str], Any] = {}
+        # labels() validates and locks on every call: the series a mirror touches are looked up once.
+        self._shadow_children: dict[tuple[Any, ...], Any] = {}
 
     def count_code(self, code: int) -> None:
         child = self._code_children.get(code)
         if child is None:
             child = self._code_children[code] = self.requests.labels(str(code))
         child.inc()
+
+    def shadow_series(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._shadow_children.get(key)
+        if child is None:
+            child = self._shadow_children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, model: str, version: str, seconds: float) -> None:
         key = (model, version)
@@ -252,32 +263,41 @@ class Router:
 
     def _headers(self, request: Request) -> list[tuple[bytes, bytes]]:
         got = request.headers
-        return [(name.encode(), got[name].encode("latin-1")) for name in FORWARDED_HEADERS if name in got]
+        return [(encoded, got[name].encode("latin-1")) for name, encoded in _FORWARDED if name in got]
 
-    async def _send(self, config: RouterConfig, backend: Backend, request: Request, headers: list[tuple[bytes, bytes]],
-                    count: bool = True) -> UpstreamResponse | Response:
-        """The answer of one endpoint of ``backend``, or an error Response."""
-        base = self._endpoint(backend)
-        if base is None:
-            if count:
-                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
-            return error_response(503, f"version {backend.version} has no ready endpoints "
-                                       f"(service {backend.service or '-'})", model_version=backend.version)
-        target = request.path + (("?" + request.query.decode("latin-1")) if request.query else "")
-        try:
-            return await self.upstreams.request(base, request.method, target, headers, request.body)
-        except TimeoutError:
-            if count:
-                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
+    def _no_endpoints(self, config: RouterConfig, backend: Backend) -> Response:
+        self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_NO_ENDPOINTS).inc()
+        return error_response(503, f"version {backend.version} has no ready endpoints "
+                                   f"(service {backend.service or '-'})", model_version=backend.version)
+
+    def _failed(self, config: RouterConfig, backend: Backend, base: str, exc: OSError) -> Response:
+        """The 502 for an exchange that ended in ``exc`` (TimeoutError or another OSError), counted."""
+        if isinstance(exc, TimeoutError):
+            self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_TIMEOUT).inc()
             return error_response(502, f"version {backend.version} at {base} did not answer within "
                                        f"{self.settings.timeout:g}s", model_version=backend.version)
-        except OSError as exc:
-            if count:
-                self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
-            return error_response(502, f"version {backend.version} at {base} is unreachable: "
-                                       f"{type(exc).__name__}: {exc}", model_version=backend.version)
+        self.metrics.errors.labels(config.model, backend.version, m.ROUTER_ERROR_UNREACHABLE).inc()
+        return error_response(502, f"version {backend.version} at {base} is unreachable: "
+                                   f"{type(exc).__name__}: {exc}", model_version=backend.version)
 
-    async def _forward(self, config: RouterConfig, backend: Backend, request: Request, mirror: bool) -> Response:
+    async def _send(self, config: RouterConfig, backend: Backend, request: Request,
+                    headers: list[tuple[bytes, bytes]]) -> UpstreamResponse | Response:
+        """The answer of one endpoint of ``backend``, or an error Response (counted)."""
+        base = self._endpoint(backend)
+        if base is None:
+            return self._no_endpoints(config, backend)
+        target = request.path + ("?" + request.query.decode("latin-1") if request.query else "")
+        try:
+            return await self.upstreams.request(base, request.method, target, headers, request.body)
+        except OSError as exc:  # TimeoutError included
+            return self._failed(config, backend, base, exc)
+
+    def _forward(self, config: RouterConfig, backend: Backend, request: Request,
+                 mirror: bool) -> Response | Reply | Coroutine[Any, Any, Response]:
+        """Send ``request`` to one endpoint of ``backend``. On a kept connection (the steady state) the
+        answer comes back through a ``Reply`` that the upstream connection sets from its own callback:
+        no task, coroutine or future per request, and the answer is written in the loop iteration that
+        read it. Without an idle connection, ``_forward_connecting`` (a coroutine: connecting waits)."""
         started = time.perf_counter()
         headers = self._headers(request)
         shadow = config.shadow if mirror else None
@@ -289,15 +309,49 @@ class Router:
                 self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
                 if _REQUEST_ID not in request.headers:
                     headers.append((_REQUEST_ID_BYTES, oip.new_id().encode()))
+        base = self._endpoint(backend)
+        if base is None:
+            return self._answered(config, backend, request, headers, shadow, self._no_endpoints(config, backend),
+                                  started)
+        target = request.path + ("?" + request.query.decode("latin-1") if request.query else "")
+        reply = Reply()
+
+        def done(outcome: UpstreamResponse | OSError) -> None:
+            result = outcome if isinstance(outcome, UpstreamResponse) else self._failed(config, backend, base,
+                                                                                        outcome)
+            reply.set_result(self._answered(config, backend, request, headers, shadow, result, started))
+
         try:
-            result = await self._send(config, backend, request, headers)
+            sent = self.upstreams.send(base, request.method, target, headers, request.body, done)
         except BaseException:
             if shadow is not None:
                 self.shadow_in_flight -= 1
             raise
+        if sent:
+            return reply
+        return self._forward_connecting(config, backend, request, headers, shadow, base, target, started)
+
+    async def _forward_connecting(self, config: RouterConfig, backend: Backend, request: Request,
+                                  headers: list[tuple[bytes, bytes]], shadow: Backend | None, base: str,
+                                  target: str, started: float) -> Response:
+        try:
+            try:
+                result: UpstreamResponse | Response = await self.upstreams.request(
+                    base, request.method, target, headers, request.body)
+            except OSError as exc:  # TimeoutError included
+                result = self._failed(config, backend, base, exc)
+        except BaseException:
+            if shadow is not None:
+                self.shadow_in_flight -= 1
+            raise
+        return self._answered(config, backend, request, headers, shadow, result, started)
+
+    def _answered(self, config: RouterConfig, backend: Backend, request: Request, headers: list[tuple[bytes, bytes]],
+                  shadow: Backend | None, result: UpstreamResponse | Response, started: float) -> Response:
+        """The user's answer for the primary's ``result``; the mirror, if any, is sent after it."""
         if shadow is not None:
             # The mirror leaves after the primary's answer is written (call_soon runs on the loop's next
-            # turn, after this task's result): the shadow never competes with the request it copies.
+            # turn, after this answer): the shadow never competes with the request it copies.
             primary_body = None if isinstance(result, Response) or result.status != 200 else result.body
             asyncio.get_running_loop().call_soon(self._start_shadow, config, backend, shadow, request, headers,
                                                  primary_body)
@@ -326,23 +380,27 @@ class Router:
         try:
             started = time.perf_counter()
             result = await self._send(config, shadow, request, headers)
-            self.metrics.shadow_duration.labels(config.model, shadow.version).observe(time.perf_counter() - started)
+            metrics = self.metrics
+            metrics.shadow_series(metrics.shadow_duration, config.model, shadow.version).observe(
+                time.perf_counter() - started)
             if primary_body is None:
                 return  # nothing to compare against: the user's request itself failed
             primary_rows = predictions_of(primary_body)
             if primary_rows is None:
                 return
-            counter = self.metrics.shadow
+            counter = metrics.shadow
             shadow_rows = None if isinstance(result, Response) or result.status != 200 else predictions_of(result.body)
             if shadow_rows is None:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
                     max(len(primary_rows), 1))
                 return
             agree, disagree = compare(primary_rows, shadow_rows)
             if agree:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_AGREE).inc(agree)
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
+                                      m.OUTCOME_AGREE).inc(agree)
             if disagree:
-                counter.labels(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE).inc(disagree)
+                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
+                                      m.OUTCOME_DISAGREE).inc(disagree)
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow comparison failed")
         finally:

@@ -17,19 +17,29 @@ headers the router passes on, and the body.
   a refused or broken connection ``ConnectionError``/``OSError``.
 - A kept-alive connection the server closed before it sent any byte of the answer is retried once
   on a new connection (the request was not processed: the server closes only idle connections).
+- Two forms: ``Upstreams.request`` to await; ``Upstreams.send`` (the router's hot path) on a kept
+  connection only, the outcome handed to a callback from the connection's own ``data_received``
+  (no task, coroutine or future per request); without an idle connection it sends nothing and says
+  so, and the caller awaits ``request``, which connects. Both keep every exchange in ``busy`` from
+  the write on, so the sweeper ends it by its deadline whatever else happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
 from .oip import HEADER_INFERENCE_HEADER_LENGTH
+
+log = logging.getLogger(__name__)
 
 # The answer headers the router passes on to its client (content type, and the OIP binary tensor
 # extension's JSON-header length, without which a binary answer cannot be read).
@@ -56,6 +66,40 @@ class _ServerClosed(ConnectionError):
     """The connection ended before any byte of the answer: safe to retry on a fresh connection."""
 
 
+# Called once with the answer, or with the OSError (TimeoutError included) that ended the exchange.
+Done = Callable[["UpstreamResponse | OSError"], None]
+
+
+def _call(done: Done, outcome: UpstreamResponse | OSError) -> None:
+    try:
+        done(outcome)
+    except Exception:  # the caller's bug must not break the connection (or parser) that delivered
+        log.exception("upstream answer callback failed")
+
+
+class _CallBack:
+    """A connection's waiter that hands the outcome on at once, from the connection's own callback
+    (``Upstreams.send``): no future, task or coroutine per request, and the answer goes on in the
+    loop iteration that read it. Same interface as the future the connection otherwise resolves."""
+
+    __slots__ = ("_done", "finish")
+
+    def __init__(self, finish: Callable[[UpstreamResponse | OSError], None]) -> None:
+        self.finish = finish
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, answer: UpstreamResponse) -> None:
+        self._done = True
+        self.finish(answer)
+
+    def set_exception(self, exc: OSError) -> None:
+        self._done = True
+        self.finish(exc)
+
+
 class _UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "parser", "waiter", "headers", "body", "received", "complete", "closed",
                  "idle_since", "bodiless", "deadline")
@@ -64,7 +108,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[UpstreamResponse] | None = None
+        self.waiter: asyncio.Future[UpstreamResponse] | _CallBack | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.received = False  # any byte of the current answer arrived
@@ -134,9 +178,13 @@ class _UpstreamConnection(asyncio.Protocol):
             self.close()
 
     # --- use ------------------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes, bodiless: bool) -> asyncio.Future[UpstreamResponse]:
-        assert self.transport is not None
-        self.waiter = waiter = self.pool.loop.create_future()
+    def send(self, head: bytes, body: bytes, bodiless: bool,
+             waiter: _CallBack | None = None) -> asyncio.Future[UpstreamResponse] | _CallBack:
+        if self.transport is None or self.transport.is_closing():
+            # A new connection the server closed before the request was written (a killed backend):
+            # the request was not sent, and the caller hears so now, not after its timeout.
+            raise _ServerClosed("the connection closed before the request was written")
+        self.waiter = waiter = self.pool.loop.create_future() if waiter is None else waiter
         self.received = False
         self.complete = False
         self.bodiless = bodiless
@@ -182,6 +230,7 @@ class EndpointPool:
         self.max_idle = max_idle
         self.loop = asyncio.get_running_loop()
         self.idle: deque[_UpstreamConnection] = deque()
+        self.retrying: set[asyncio.Task[None]] = set()  # send_on_idle's retries on a new connection
         self.closed = False
 
     def release(self, conn: _UpstreamConnection) -> None:
@@ -196,7 +245,9 @@ class EndpointPool:
         idle = self.idle
         while idle:
             conn = idle.pop()  # newest first
-            if conn.closed:
+            if conn.closed or conn.transport is None or conn.transport.is_closing():
+                # Closing already (the server's FIN read, connection_lost not yet run): a request
+                # written there is lost and costs a retry.
                 continue
             if conn.idle_since < too_old:
                 conn.close()
@@ -219,10 +270,11 @@ class EndpointPool:
         return conn
 
     async def request(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
-                      busy: set[_UpstreamConnection]) -> UpstreamResponse:
+                      busy: set[_UpstreamConnection], fresh: bool = False) -> UpstreamResponse:
         """Send one request (``head`` from ``request_head``) and read its answer by ``deadline`` (loop
-        time; the connection waits in ``busy`` meanwhile, where ``Upstreams`` times it out)."""
-        conn = self._take_idle()
+        time; the connection waits in ``busy`` meanwhile, where ``Upstreams`` times it out); ``fresh``:
+        on a new connection."""
+        conn = None if fresh else self._take_idle()
         reused = conn is not None
         while True:
             if conn is None:
@@ -246,6 +298,47 @@ class EndpointPool:
             finally:
                 busy.discard(sent)
 
+    def send_on_idle(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
+                     busy: set[_UpstreamConnection], done: Done) -> bool:
+        """``request`` without a coroutine, on a kept connection: False (nothing sent) when none is
+        idle. ``done`` gets the outcome from the connection's callback: the answer; ``TimeoutError``
+        from the sweeper (the connection waits in ``busy``); ``ConnectionError`` when the connection
+        breaks mid-answer. When the server had closed the kept connection before any byte of the
+        answer (the request was not processed), it is sent once more on a new connection, in a task
+        as ``request`` does, and ``done`` gets that outcome."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+
+        def finish(outcome: UpstreamResponse | OSError) -> None:
+            busy.discard(conn)
+            if isinstance(outcome, _ServerClosed):
+                task = self.loop.create_task(self._retry(head, body, bodiless, deadline, busy, done))
+                self.retrying.add(task)
+                task.add_done_callback(self.retrying.discard)
+            else:
+                _call(done, outcome)
+
+        conn.send(head, body, bodiless, _CallBack(finish))
+        conn.deadline = deadline
+        busy.add(conn)  # from now the sweeper fails it by its deadline, whatever else happens
+        return True
+
+    async def _retry(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
+                     busy: set[_UpstreamConnection], done: Done) -> None:
+        try:
+            answer = await self.request(head, body, bodiless, deadline, busy, fresh=True)
+        except OSError as exc:  # TimeoutError included
+            _call(done, exc)
+        except asyncio.CancelledError:
+            _call(done, ConnectionError("the client closed before the retry was answered"))
+            raise
+        except Exception as exc:  # not the endpoint's doing, but the caller must still hear of it
+            log.exception("upstream retry failed")
+            _call(done, ConnectionError(f"internal error: {type(exc).__name__}: {exc}"))
+        else:
+            _call(done, answer)
+
     def close_expired(self) -> None:
         """Close the idle connections kept longer than ``keepalive_seconds`` (oldest are first)."""
         too_old = self.loop.time() - self.keepalive_seconds
@@ -256,6 +349,8 @@ class EndpointPool:
         self.closed = True
         while self.idle:
             self.idle.pop().close()
+        for task in list(self.retrying):
+            task.cancel()
 
 
 def request_head(method: str, target: str, host_header: bytes, headers: list[tuple[bytes, bytes]],
@@ -291,15 +386,28 @@ class Upstreams:
                                                        self.max_idle)
         return pool
 
-    async def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> UpstreamResponse:
-        """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is; raises
-        ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken."""
+    def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                body: bytes) -> Coroutine[Any, Any, UpstreamResponse]:
+        """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is, to await;
+        raises ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken. Not a
+        coroutine itself: it hands back the pool's, so a request costs one coroutine frame, not two."""
         pool = self.pool(base_url)
         if self._sweeper is None:
             self._sweeper = pool.loop.create_task(self._sweep())
         head = request_head(method, target, pool.host_header, headers, len(body))
-        return await pool.request(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy)
+        return pool.request(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy)
+
+    def send(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
+             done: Done) -> bool:
+        """``request`` on a kept connection, answered through ``done`` (``EndpointPool.send_on_idle``):
+        False, and nothing sent, when no connection is idle (then ``request``, which connects)."""
+        pool = self.pool(base_url)
+        if not pool.idle:
+            return False
+        if self._sweeper is None:
+            self._sweeper = pool.loop.create_task(self._sweep())
+        head = request_head(method, target, pool.host_header, headers, len(body))
+        return pool.send_on_idle(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy, done)
 
     async def _sweep(self) -> None:
         """Time out the overdue exchanges (within a twentieth of ``timeout``) and, every half
