@@ -8,9 +8,11 @@ CPU 0, server on CPU 1, one native thread), each server is first driven to satur
 that maximum, and one rate both servers sustain (50 % of MLServer's maximum), each for ``--seconds``.
 Open loop: requests are sent on a fixed schedule whether or not earlier answers came back, and each
 latency counts from the scheduled send time, so a server stall shows in full instead of slowing the
-generator down (what a closed-loop wrk run hides: coordinated omission). The generator reports how
-late it sent (``late p99``; uvloop's timers fire on whole milliseconds, so ~0.5 ms at the median),
-which every latency of both servers includes: a run where it is large measured the generator.
+generator down (what a closed-loop wrk run hides: coordinated omission). The generator is
+benchmarks/loadgen (Go, 128 keep-alive connections, pinned to CPU 0; built once per source hash
+into the cache by its build.sh, so Go must be installed): a Python generator fell behind its own
+schedule near 5,000 req/s. It reports how late it sent (``late p99``), which every latency of both
+servers includes: a run where it is large measured the generator.
 Noria runs with its defaults: drift counting and the prediction log on.
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
@@ -42,8 +44,9 @@ from serving_bench import (  # noqa: E402
     MLSERVER_PACKAGES,
     MLSERVER_VENV,
     ensure_venv,
+    go_open_loop,
+    loadgen_binary,
     measure,
-    open_loop,
     require_wrk,
     start,
     start_mlserver,
@@ -76,12 +79,6 @@ class RateResult:
                 + (f"  ({self.errors} errors)" if self.errors else ""))
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1e3
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants (MLServer may fork workers)."""
     total = 0.0
@@ -99,13 +96,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_rate(proc: subprocess.Popen, url: str, rate: float, seconds: float) -> RateResult:
+    """One open-loop run of the Go generator (benchmarks/loadgen, pinned to CPU 0) at ``rate``."""
     before = cpu_seconds(proc.pid)
-    late: list[float] = []
-    latencies, errors, sent = open_loop(url, payload(), rate, seconds, late)
+    r = go_open_loop(url, payload(), rate, seconds)
     used = cpu_seconds(proc.pid) - before
-    return RateResult(rate, sent, len(latencies), _percentile(latencies, 0.5), _percentile(latencies, 0.99),
-                      _percentile(latencies, 0.999), used / max(len(latencies), 1) * 10_000, errors,
-                      _percentile(sorted(late), 0.99))
+    return RateResult(rate, int(r["sent"]), int(r["answered"]), r["p50_ms"], r["p99_ms"], r["p999_ms"],
+                      used / max(r["answered"], 1) * 10_000, int(r["errors"]), r["late_p99_ms"])
 
 
 # --- servers -------------------------------------------------------------------------------------
@@ -213,6 +209,7 @@ def main() -> None:
                         "<commit> server_image | tar -x -C DIR`) as 'Baseline', interleaved with this one")
     args = parser.parse_args()
     require_wrk()
+    loadgen_binary()  # built (or found in the cache) before anything is timed
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})  # the open-loop generator runs here: CPU 0, as wrk does; servers on CPU 1
     load_before = uptime()

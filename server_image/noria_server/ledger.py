@@ -21,7 +21,7 @@ Memory. The ledger is bounded in bytes, not entries: ids are client-chosen strin
 entries let 1 MiB ids grow a server by hundreds of megabytes. Each entry is charged what it costs
 (the id and prediction objects plus a measured fixed overhead for the dict slot, the order link and
 the entry object, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when new ones pass
-``max_bytes`` (down to 63/64 of it), and entries older than twice the retention are dropped as new predictions
+``max_bytes`` (down to 1023/1024 of it, see ``EVICT_SHIFT``), and entries older than twice the retention are dropped as new predictions
 arrive. Between one and two retention windows an entry is kept only to answer ``expired`` rather
 than ``unknown_id``.
 
@@ -66,9 +66,15 @@ DEFAULT_MAX_ABS_LABEL: Final = 1e9
 ENTRY_OVERHEAD_BYTES: Final = 240
 
 
-# An entry is a tuple (stamp, predicted, cost, labelled): cheaper to build than an object on the hot
-# path (one per predicted row), and replaced whole on the rare labelling.
-_STAMP, _PREDICTED, _COST, _LABELLED = range(4)
+# An entry is a tuple (stamp, predicted, cost, labelled, served): cheaper to build than an object on the hot
+# path (one per predicted row), and replaced whole on the rare labelling. ``served`` is what the
+# feedback sink needs of a keyed prediction (noria_server.feast_sink.Served), None without one.
+_STAMP, _PREDICTED, _COST, _LABELLED, _SERVED = range(5)
+# Once full, the ledger makes room for max_bytes >> EVICT_SHIFT at a time: eviction runs on the
+# serving thread inside record(), so the chunk is one pause. 1/64 of the 64 MiB default was ~3,000
+# entries, 2.5 ms of CPU every ~3,000 predictions (p99.9 of record() 2.8 ms, measured with
+# time.thread_time, docs/operations/latency.md); 1/1024 is ~190 entries, p99.9 0.3 ms, same total.
+EVICT_SHIFT: Final = 10
 _SWEEP_EVERY: Final = 1.0  # seconds between two looks at the oldest entry's age
 
 
@@ -76,6 +82,7 @@ _SWEEP_EVERY: Final = 1.0  # seconds between two looks at the oldest entry's age
 class Lookup:
     outcome: str  # COUNTED means "would count": known, fresh, not yet labelled
     predicted: Any = None
+    served: Any = None  # what record() was given for the sink, if anything
 
 
 class PredictionLedger:
@@ -91,7 +98,7 @@ class PredictionLedger:
         self.retention = retention_seconds
         self.bytes = 0
         self.evicted = 0
-        self._entries: OrderedDict[str, tuple[float, Any, int, bool]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[float, Any, int, bool, Any]] = OrderedDict()
         self._next_sweep = -math.inf
 
     def __len__(self) -> int:
@@ -104,23 +111,27 @@ class PredictionLedger:
     def cost(pid: str, predicted: Any) -> int:
         return sys.getsizeof(pid) + sys.getsizeof(predicted) + ENTRY_OVERHEAD_BYTES
 
-    def record(self, ids: Sequence[str], predictions: Sequence[Any], now: float) -> None:
+    def record(self, ids: Sequence[str], predictions: Sequence[Any], now: float,
+               served: Sequence[Any] | None = None, served_cost: int = 0) -> None:
         """Remember predictions made at ``now`` (a monotonic clock). A re-used id takes the new
-        prediction but keeps its labelled mark: an id is labelled at most once while it is held."""
-        if len(ids) != len(predictions):
+        prediction but keeps its labelled mark: an id is labelled at most once while it is held.
+        ``served`` (one per id, for the feedback sink) is kept with each and charged ``served_cost``
+        bytes each."""
+        if len(ids) != len(predictions) or (served is not None and len(served) != len(ids)):
             raise ValueError(f"{len(ids)} ids for {len(predictions)} predictions")
         entries, size, limit = self._entries, sys.getsizeof, self.max_bytes
         added = 0
-        for pid, predicted in zip(ids, predictions):  # noqa: B905 - lengths checked above
-            cost = size(pid) + size(predicted) + ENTRY_OVERHEAD_BYTES
+        extras = served if served is not None else (None,) * len(ids)
+        for pid, predicted, extra in zip(ids, predictions, extras):  # noqa: B905 - lengths checked above
+            cost = size(pid) + size(predicted) + ENTRY_OVERHEAD_BYTES + served_cost
             if cost > limit:
                 continue  # cannot be held at all; its labels will be unknown_id
             old = entries.pop(pid, None)
             if old is None:
-                entries[pid] = (now, predicted, cost, False)
+                entries[pid] = (now, predicted, cost, False, extra)
             else:
                 added -= old[_COST]
-                entries[pid] = (now, predicted, cost, old[_LABELLED])
+                entries[pid] = (now, predicted, cost, old[_LABELLED], extra)
             added += cost
         self.bytes += added
         if self.bytes > limit or now >= self._next_sweep:
@@ -129,9 +140,9 @@ class PredictionLedger:
     def _evict(self, now: float) -> None:
         entries = self._entries
         forget_before = now - 2 * self.retention
-        # Once full, make room for 1/64 of the bound at a time rather than one entry per prediction,
-        # so the eviction loop runs once per many predictions, not on every one.
-        target = self.max_bytes - (self.max_bytes >> 6) if self.bytes > self.max_bytes else self.max_bytes
+        # Once full, make room for 1/1024 of the bound at a time rather than one entry per prediction,
+        # so the eviction loop runs once per many predictions, not on every one (see EVICT_SHIFT).
+        target = self.max_bytes - (self.max_bytes >> EVICT_SHIFT) if self.bytes > self.max_bytes else self.max_bytes
         while entries:
             oldest = entries[next(iter(entries))]
             if self.bytes <= target and oldest[_STAMP] >= forget_before:
@@ -149,12 +160,12 @@ class PredictionLedger:
             return Lookup(DUPLICATE, entry[_PREDICTED])
         if entry[_STAMP] < now - self.retention:
             return Lookup(EXPIRED, entry[_PREDICTED])
-        return Lookup(COUNTED, entry[_PREDICTED])
+        return Lookup(COUNTED, entry[_PREDICTED], entry[_SERVED])
 
     def mark_labelled(self, pid: str) -> None:
         entry = self._entries.get(pid)
         if entry is not None:
-            self._entries[pid] = (entry[_STAMP], entry[_PREDICTED], entry[_COST], True)  # keeps its place
+            self._entries[pid] = (entry[_STAMP], entry[_PREDICTED], entry[_COST], True, entry[_SERVED])  # keeps its place
 
 
 # --- label rules ----------------------------------------------------------------------------------
@@ -216,6 +227,7 @@ class Judged:
     message: str = ""
     actual: Any = None  # COUNTED: the label as counted (class text or float)
     predicted: Any = None  # COUNTED: what the model predicted
+    served: Any = None  # COUNTED: what the ledger kept for the feedback sink (None without one)
 
     def answer(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "outcome": self.outcome}
@@ -246,7 +258,7 @@ def judge(items: Iterable[tuple[str, Any]], ledger: PredictionLedger, rules: Lab
             out.append(Judged(pid, INVALID, reason, message))
             continue
         ledger.mark_labelled(pid)
-        out.append(Judged(pid, COUNTED, actual=actual, predicted=found.predicted))
+        out.append(Judged(pid, COUNTED, actual=actual, predicted=found.predicted, served=found.served))
     return out
 
 

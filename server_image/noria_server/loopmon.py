@@ -44,8 +44,10 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 class FastHistogram:
     """Bucket counts and a sum for one label set, observed without a lock by one thread (the event
-    loop) and read by the same thread at scrape; ``prometheus_client``'s histogram takes a lock per
-    observation, which costs more than several of the stages it would time."""
+    loop; GC pauses by whichever thread collects, one collection at a time) and read at scrape by a
+    worker thread; ``prometheus_client``'s histogram takes a lock per observation, which costs more
+    than several of the stages it would time. A scrape may see a bucket count and the sum one
+    observation apart, never a count that goes down: each bucket is read once per scrape."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -60,7 +62,7 @@ class FastHistogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, total = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), list(self.counts), strict=True):
             total += count
             out.append((bound, float(total)))
         return out

@@ -1,0 +1,3 @@
+module noria.dev/benchmarks/loadgen
+
+go 1.26
