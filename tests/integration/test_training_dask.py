@@ -3,10 +3,9 @@ process, the node agent runs its scheduler and worker pods (the trainer image, w
 and the trainer Job is the Dask client. A run whose scheduler dies fails with a reason, its Job is
 stopped and its cluster deleted.
 
-Not here yet: the Must-show of issue 16 (a window larger than a worker's memory training on 2 workers
-and serving through a Rollout, a single run with the same limit killed for memory). On the test bed the
-trainer's workers were OOMKilled at 512 MiB in training and at 768 MiB in the refit on the whole window
-(docs/training-dask.md, "Memory of a worker").
+The Must-show of issue 16 (a window larger than a worker's memory training on 2 workers and serving
+through a Rollout, a single run with the same limit killed for memory) is its own module,
+test_dask_window_beyond_memory.py (`make dask-must-show`; docs/training-dask.md, "Memory of a worker").
 """
 
 from __future__ import annotations
