@@ -106,6 +106,7 @@ class LocalTestbed:
         self.node_agent: NodeAgentProcess | None = None
         self.prometheus = None  # a noria_testbed.prometheus.PrometheusProcess once started
         self.s3 = None  # a noria_testbed.s3.SeaweedS3 once started (start_s3: only tests on s3:// need it)
+        self.redis = None  # a noria_testbed.redis.RedisServer once started (start_redis: Feast's online store)
         self.timings: dict[str, float] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -177,6 +178,22 @@ class LocalTestbed:
             self.timings["s3"] = time.monotonic() - began
         return self.s3
 
+    def start_redis(self):  # noqa: ANN201 - RedisServer; imported lazily (unpacked only for the tests that use it)
+        """The test bed's Redis (Debian's redis-server, ``make redis``), password-protected, for Feast's
+        online store; started on first call, ``self.redis`` from then on, stopped with the test bed."""
+        from noria_testbed.redis import RedisServer
+
+        if self.redis is None:
+            began = time.monotonic()
+            server = RedisServer.with_password(workdir=self.workdir / "redis", log_path=self.log_dir / "redis.log")
+            try:
+                self.redis = server.start()
+            except BaseException:
+                server.stop()
+                raise
+            self.timings["redis"] = time.monotonic() - began
+        return self.redis
+
     def new_prometheus(self, workdir: Path, log_path: Path):  # noqa: ANN201 - PrometheusProcess, not started
         """A Prometheus for this cluster (not started): Kubernetes pod discovery under a read-only
         identity when the binary has it, else the node agent's http_sd (noria_testbed.prometheus)."""
@@ -194,7 +211,7 @@ class LocalTestbed:
                                  kubeconfig=kubeconfig, binaries=binaries)
 
     def stop(self) -> None:
-        """Stop Prometheus, the node agent (which stops its pods), the S3 server, then the control plane."""
+        """Stop Prometheus, the node agent (which stops its pods), the S3 server, Redis, then the control plane."""
         if self.prometheus is not None:
             self.prometheus.stop()
         if self.node_agent is not None:
@@ -202,6 +219,8 @@ class LocalTestbed:
         kill_stray_pod_processes(self.run_id)
         if self.s3 is not None:
             self.s3.stop()
+        if self.redis is not None:
+            self.redis.stop()
         self.control_plane.stop()
         if not self.keep_workdir and self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -225,7 +244,7 @@ class LocalTestbed:
     def dead_components(self) -> list[str]:
         """'name exited with code N' for every testbed process that is no longer running."""
         processes = list(self.control_plane.processes.values())
-        processes += [p.process for p in (self.node_agent, self.prometheus, self.s3)
+        processes += [p.process for p in (self.node_agent, self.prometheus, self.s3, self.redis)
                       if p is not None and p.process is not None]
         return [f"{p.name} exited with code {p.popen.returncode}" for p in processes if not p.alive()]
 
@@ -236,6 +255,8 @@ class LocalTestbed:
             files["prometheus"] = self.log_dir / "prometheus.log"
         if self.s3 is not None:
             files["seaweedfs"] = self.s3.log_path
+        if self.redis is not None:
+            files["redis"] = self.redis.log_path
         return files
 
     def _apply_crds(self) -> None:

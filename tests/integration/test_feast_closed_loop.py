@@ -44,18 +44,13 @@ ENV = {"NORIA_ROUTER_BACKEND_URLS": "clusterIP",  # the test bed has no Endpoint
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory: pytest.TempPathFactory):
+def redis(cluster):  # noqa: ANN001, ANN201 - the test bed's Redis (LocalTestbed.start_redis), Feast's online store
     from noria_testbed.binaries import RedisUnavailable
-    from noria_testbed.redis import RedisServer
 
-    workdir = tmp_path_factory.mktemp("loop-redis")
     try:
-        server = RedisServer.with_password(workdir=workdir / "data", log_path=workdir / "redis.log")
+        return cluster.start_redis()
     except RedisUnavailable as error:
         unavailable(str(error))
-    server.start()
-    yield server
-    server.stop()
 
 
 def serve_features(repository: Path, redis, log_dir: Path):  # noqa: ANN001, ANN201
