@@ -239,8 +239,10 @@ class Router:
         await self.http.close()
         for source in self.sources:
             await source.stop()
-        if self.shadow_tasks:
-            await asyncio.wait(self.shadow_tasks, timeout=self.settings.timeout)
+        # Mirrors still out (tasks, or callbacks on kept connections: both end by --timeout).
+        deadline = time.monotonic() + self.settings.timeout
+        while self.shadow_in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         self.upstreams.close()
         self.stopped.set()
 
@@ -397,17 +399,48 @@ class Router:
 
     def _start_shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
                       headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
+        """Send the mirror (``shadow_in_flight`` was counted for it by ``_forward``): on a kept connection
+        through a callback, as the primary (no task, coroutine or future per mirror); without an idle
+        connection in a task that connects (``_shadow``). Either way it ends in ``_shadow_done``."""
+        started = time.perf_counter()
+        try:
+            base = self._endpoint(shadow)
+            if base is None:
+                self._shadow_done(config, primary, shadow, primary_body, self._no_endpoints(config, shadow), started)
+                return
+
+            def done(outcome: UpstreamResponse | OSError) -> None:
+                result = outcome if isinstance(outcome, UpstreamResponse) else self._failed(config, shadow, base,
+                                                                                            outcome)
+                self._shadow_done(config, primary, shadow, primary_body, result, started)
+
+            target = request.path + ("?" + request.query.decode("latin-1") if request.query else "")
+            if self.upstreams.send(base, request.method, target, headers, request.body, done):
+                return
+        except Exception:  # the shadow must never hurt the router
+            log.exception("shadow request failed")
+            self.shadow_in_flight -= 1
+            return
         task = asyncio.get_running_loop().create_task(
-            self._shadow(config, primary, shadow, request, headers, primary_body))
+            self._shadow(config, primary, shadow, request, headers, primary_body, started))
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
     async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
-                      headers: list[tuple[bytes, bytes]], primary_body: bytes | None) -> None:
-        """Send the mirror (``shadow_in_flight`` was counted for it by ``_forward``) and compare."""
+                      headers: list[tuple[bytes, bytes]], primary_body: bytes | None, started: float) -> None:
+        """The mirror on a new connection (none was idle)."""
         try:
-            started = time.perf_counter()
             result = await self._send(config, shadow, request, headers)
+        except BaseException:
+            self.shadow_in_flight -= 1
+            raise
+        self._shadow_done(config, primary, shadow, primary_body, result, started)
+
+    def _shadow_done(self, config: RouterConfig, primary: Backend, shadow: Backend, primary_body: bytes | None,
+                     result: UpstreamResponse | Response, started: float) -> None:
+        """The mirror's outcome: its latency, the comparison with the primary's answer; it is no longer
+        in flight."""
+        try:
             metrics = self.metrics
             metrics.shadow_series(metrics.shadow_duration, config.model, shadow.version).observe(
                 time.perf_counter() - started)
