@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from noria.artifact import (
 )
 from noria.profile import Profile
 
+from .fastpath import FastPredictor, Unsupported, compile_model, verify
 from .oip import Schema
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class ServedModel:
     proba_is_free: bool = False  # predict == argmax(predict_proba), checked at warm-up
     takes_array: bool = False  # same answers from a float ndarray as from a DataFrame, checked at warm-up
     single_row_seconds: float = 0.0  # the fastest one-row predict at warm-up
+    fast: FastPredictor | None = None  # the same answers from the fitted arrays, verified at warm-up
+    fast_reason: str = "not warmed up"  # why ``fast`` is (not) used, for the log
 
     @classmethod
     def load(cls, artifact_uri: str, digest: str, profile_uri: str | None, store_root: str | None = None,
@@ -88,6 +92,10 @@ class ServedModel:
 
     def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions (and class probabilities when they come free) for ``rows`` of shape (n, F)."""
+        if self.fast is not None:
+            out = self.fast(rows)  # None: rows it leaves to scikit-learn (non-float, non-finite)
+            if out is not None:
+                return out[0], (out[1] if self.proba_is_free else None)
         frame = rows if self.takes_array and rows.dtype == np.float64 else self.frame(rows)
         if self.proba_is_free:
             proba = self.estimator.predict_proba(frame)
@@ -101,6 +109,49 @@ class ServedModel:
         return outputs
 
     # --- warm-up -----------------------------------------------------------------------------
+    def verification_rows(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Batches the fast path must answer as scikit-learn does: the warm-up rows and a few hundred
+        more, the same far outside the training range, with NaNs (one per row), and with ±inf and
+        overflowing values (scikit-learn's answer or its error)."""
+        more = np.vstack([rows, self.sample_rows(256)[::-1]])
+        f = more.shape[1]
+        spread = more * np.where(np.arange(more.shape[0]) % 2 == 0, 1e3, -1e6)[:, None]
+        with_nan = more.copy()
+        with_nan[np.arange(more.shape[0]), np.arange(more.shape[0]) % f] = np.nan
+        extreme = more[:8].copy()
+        extreme[0, 0], extreme[1, f - 1], extreme[2, :] = np.inf, -np.inf, 1e308
+        return [more, spread, with_nan, extreme[:1], extreme[1:2], extreme[2:3], extreme]
+
+    def _choose_fast_path(self, rows: np.ndarray) -> None:
+        """Use the fast path (noria_server.fastpath) only for a model it models and only if it gives
+        scikit-learn's answers on every verification batch; otherwise say why at info and keep
+        scikit-learn. ``NORIA_FAST_PREDICT=0`` turns it off."""
+        self.fast = None
+        if os.environ.get("NORIA_FAST_PREDICT", "1") == "0":
+            self.fast_reason = "off (NORIA_FAST_PREDICT=0)"
+        elif not self.schema.all_numeric:
+            self.fast_reason = "categorical features"
+        else:
+            try:
+                fast = compile_model(self.estimator, len(self.schema.features))
+                with_proba = self.is_classifier and self.proba_is_free
+                reason = None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for batch in self.verification_rows(rows):
+                        reason = verify(fast, self.estimator, self.frame, batch, with_proba)
+                        if reason is not None:
+                            break
+                if reason is None:
+                    self.fast, self.fast_reason = fast, f"on: {fast.description}"
+                else:
+                    self.fast_reason = f"disagrees with scikit-learn: {reason}"
+            except Unsupported as exc:
+                self.fast_reason = f"not modelled: {exc}"
+            except Exception as exc:  # anything unexpected: scikit-learn serves
+                self.fast_reason = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+        log.info("fast predict path %s", self.fast_reason)
+
     def sample_rows(self, n: int) -> np.ndarray:
         """Plausible rows: numeric values spread across the profile's bins, categories cycled."""
         rng = np.random.default_rng(0)
@@ -145,6 +196,7 @@ class ServedModel:
                                        zip(self._raw_outputs(rows), reference, strict=True))
             except Exception as exc:
                 log.info("the model needs a DataFrame: %s", exc)
+        self._choose_fast_path(rows)
         single = rows[:1]
         best = float("inf")
         for _ in range(rounds):
