@@ -19,11 +19,22 @@ So the counters move by at most one per prediction ever made, whatever is posted
 
 Memory. The ledger is bounded in bytes, not entries: ids are client-chosen strings, and a bound on
 entries let 1 MiB ids grow a server by hundreds of megabytes. Each entry is charged what it costs
-(the id and prediction objects plus a measured fixed overhead for the dict slot, the order link and
-the entry object, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when new ones pass
-``max_bytes`` (down to 1023/1024 of it, see ``EVICT_SHIFT``), and entries older than twice the retention are dropped as new predictions
-arrive. Between one and two retention windows an entry is kept only to answer ``expired`` rather
-than ``unknown_id``.
+(the id and prediction objects plus a measured fixed overhead for its dict slot, its place in the
+order queue and the entry tuple, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when new
+ones pass ``max_bytes`` (down to 1023/1024 of it, see ``EVICT_SHIFT``), and entries older than twice
+the retention are dropped as new predictions arrive. Between one and two retention windows an entry
+is kept only to answer ``expired`` rather than ``unknown_id``.
+
+Bounded steps. ``record()`` runs on the serving thread, so no step of it may grow with the size of
+the ledger. One dict (or ``OrderedDict``) of ~194,000 entries at the 64 MiB default rehashed all of
+them at once whenever its table filled: ~30 ms of CPU every ~155,000 insertions once full (deleted
+slots fill the table too), 3.5-25 ms at each doubling while filling. So the entries live in
+``2**k`` small dicts chosen by the id's hash (about ``_SHARD_BYTES`` of entries each, ~1,500 at the
+default bound): a rehash copies one shard. The age order is a ``deque`` of ids, which grows and
+shrinks a 64-slot block at a time and never copies. An id recorded again is appended again; its
+earlier places stay in the queue as stale places (the entry counts them, and they come first, so
+eviction skips them), charged to the bound like entries. Eviction pops from the front: once full,
+1/1024 of the bound per step; the age sweep at most ``_SWEEP_STEPS`` places per call.
 
 Pure data structure, no I/O, no clock of its own (``now`` is passed in), so every rule has a unit test.
 """
@@ -32,7 +43,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,21 +72,37 @@ DEFAULT_RETENTION_SECONDS: Final = 24 * 3600.0
 # label of 1e308 would turn the sum into +Inf; one of 1e20 would make later honest errors vanish in
 # rounding (the sum's increase over a window reads 0 and the error check passes).
 DEFAULT_MAX_ABS_LABEL: Final = 1e9
-# Measured with tracemalloc (tests/unit/test_ledger.py): dict slot + OrderedDict link + entry
-# object + stamp float, beyond sys.getsizeof(id) + sys.getsizeof(prediction).
+# Measured with tracemalloc (tests/unit/test_ledger.py): shard dict slot + order queue slot + entry
+# tuple + its share of the stamp float, beyond sys.getsizeof(id) + sys.getsizeof(prediction).
 ENTRY_OVERHEAD_BYTES: Final = 240
 
 
-# An entry is a tuple (stamp, predicted, cost, labelled, served): cheaper to build than an object on the hot
-# path (one per predicted row), and replaced whole on the rare labelling. ``served`` is what the
-# feedback sink needs of a keyed prediction (noria_server.feast_sink.Served), None without one.
-_STAMP, _PREDICTED, _COST, _LABELLED, _SERVED = range(5)
+# An entry is a tuple (stamp, predicted, cost, labelled, served, stale): cheaper to build than an object on
+# the hot path (one per predicted row), and replaced whole on the rare labelling. ``served`` is what the
+# feedback sink needs of a keyed prediction (noria_server.feast_sink.Served), None without one; ``stale``
+# is how many earlier places of its id are still in the order queue (the id was recorded again since).
+_STAMP, _PREDICTED, _COST, _LABELLED, _SERVED, _STALE = range(6)
 # Once full, the ledger makes room for max_bytes >> EVICT_SHIFT at a time: eviction runs on the
 # serving thread inside record(), so the chunk is one pause. 1/64 of the 64 MiB default was ~3,000
 # entries, 2.5 ms of CPU every ~3,000 predictions (p99.9 of record() 2.8 ms, measured with
 # time.thread_time, docs/operations/latency.md); 1/1024 is ~190 entries, p99.9 0.3 ms, same total.
 EVICT_SHIFT: Final = 10
 _SWEEP_EVERY: Final = 1.0  # seconds between two looks at the oldest entry's age
+# The age sweep drops at most this many queue places per record() (it goes on at the next call):
+# after an idle day every entry expires at once, and dropping 194,000 in one call is a long pause.
+_SWEEP_STEPS: Final = 256
+# Bytes of entries per shard dict: a shard's rehash (its table full of live and deleted slots) copies
+# its entries in one piece, ~1,500 at this size (tens of microseconds), and the shard count is the
+# power of two that keeps shards about this big at the bound, at most _MAX_SHARDS.
+_SHARD_BYTES: Final = 1 << 19
+_MAX_SHARDS: Final = 4096
+# What a stale place in the order queue holds beyond the id object it keeps alive: one queue slot.
+_PLACE_BYTES: Final = 8
+
+
+def _shard_count(max_bytes: int) -> int:
+    wanted = -(-max_bytes // _SHARD_BYTES)
+    return min(_MAX_SHARDS, 1 << max(0, wanted - 1).bit_length())
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +113,10 @@ class Lookup:
 
 
 class PredictionLedger:
-    """Recent predictions by id, bounded in bytes, each labelled at most once."""
+    """Recent predictions by id, bounded in bytes, each labelled at most once.
+
+    Entries sit in hash-chosen shard dicts and their age order in a queue of ids (see the module
+    doc, "Bounded steps"), so no call touches more than one shard's entries plus what it evicts."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES,
                  retention_seconds: float = DEFAULT_RETENTION_SECONDS) -> None:
@@ -96,16 +126,21 @@ class PredictionLedger:
             raise ValueError(f"the feedback retention must be positive, got {retention_seconds}")
         self.max_bytes = max_bytes
         self.retention = retention_seconds
-        self.bytes = 0
+        self.bytes = 0  # charged to the held entries
+        self.stale_bytes = 0  # charged to stale places in the order queue; bytes + stale_bytes <= max_bytes
         self.evicted = 0
-        self._entries: OrderedDict[str, tuple[float, Any, int, bool, Any]] = OrderedDict()
+        shards = _shard_count(max_bytes)
+        self._mask = shards - 1
+        self._shards: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(shards)]
+        self._order: deque[str] = deque()  # ids, oldest first; an id's last place is its entry's
+        self._held = 0
         self._next_sweep = -math.inf
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._held
 
     def __contains__(self, pid: object) -> bool:
-        return pid in self._entries
+        return pid in self._shards[hash(pid) & self._mask]
 
     @staticmethod
     def cost(pid: str, predicted: Any) -> int:
@@ -114,46 +149,84 @@ class PredictionLedger:
     def record(self, ids: Sequence[str], predictions: Sequence[Any], now: float,
                served: Sequence[Any] | None = None, served_cost: int = 0) -> None:
         """Remember predictions made at ``now`` (a monotonic clock). A re-used id takes the new
-        prediction but keeps its labelled mark: an id is labelled at most once while it is held.
-        ``served`` (one per id, for the feedback sink) is kept with each and charged ``served_cost``
-        bytes each."""
+        prediction and the newest place in the age order but keeps its labelled mark: an id is
+        labelled at most once while it is held. ``served`` (one per id, for the feedback sink) is
+        kept with each and charged ``served_cost`` bytes each."""
         if len(ids) != len(predictions) or (served is not None and len(served) != len(ids)):
             raise ValueError(f"{len(ids)} ids for {len(predictions)} predictions")
-        entries, size, limit = self._entries, sys.getsizeof, self.max_bytes
-        added = 0
+        shards, mask, append = self._shards, self._mask, self._order.append
+        size, limit, fixed = sys.getsizeof, self.max_bytes, ENTRY_OVERHEAD_BYTES + served_cost
+        added = stale = held = 0
         extras = served if served is not None else (None,) * len(ids)
         for pid, predicted, extra in zip(ids, predictions, extras):  # noqa: B905 - lengths checked above
-            cost = size(pid) + size(predicted) + ENTRY_OVERHEAD_BYTES + served_cost
+            cost = size(pid) + size(predicted) + fixed
             if cost > limit:
                 continue  # cannot be held at all; its labels will be unknown_id
-            old = entries.pop(pid, None)
-            if old is None:
-                entries[pid] = (now, predicted, cost, False, extra)
-            else:
+            shard = shards[hash(pid) & mask]
+            entry = (now, predicted, cost, False, extra, 0)
+            old = shard.setdefault(pid, entry)
+            if old is entry:
+                held += 1
+            else:  # its earlier place stays in the queue, stale, until eviction reaches it
                 added -= old[_COST]
-                entries[pid] = (now, predicted, cost, old[_LABELLED], extra)
+                stale += size(pid) + _PLACE_BYTES
+                shard[pid] = (now, predicted, cost, old[_LABELLED], extra, old[_STALE] + 1)
+            append(pid)
             added += cost
         self.bytes += added
-        if self.bytes > limit or now >= self._next_sweep:
+        self.stale_bytes += stale
+        self._held += held
+        if self.bytes + self.stale_bytes > limit or now >= self._next_sweep:
             self._evict(now)
 
     def _evict(self, now: float) -> None:
-        entries = self._entries
-        forget_before = now - 2 * self.retention
-        # Once full, make room for 1/1024 of the bound at a time rather than one entry per prediction,
-        # so the eviction loop runs once per many predictions, not on every one (see EVICT_SHIFT).
-        target = self.max_bytes - (self.max_bytes >> EVICT_SHIFT) if self.bytes > self.max_bytes else self.max_bytes
-        while entries:
-            oldest = entries[next(iter(entries))]
-            if self.bytes <= target and oldest[_STAMP] >= forget_before:
-                break
-            _, gone = entries.popitem(last=False)
-            self.bytes -= gone[_COST]
-            self.evicted += 1
-        self._next_sweep = now + min(_SWEEP_EVERY, self.retention)
+        """Pop places off the front of the order queue: past the bound until 1/1024 of it is free
+        (see EVICT_SHIFT), then entries older than two retention windows, at most _SWEEP_STEPS."""
+        order, shards, mask, size = self._order, self._shards, self._mask, sys.getsizeof
+        limit = self.max_bytes
+        total = self.bytes + self.stale_bytes
+        target = limit - (limit >> EVICT_SHIFT) if total > limit else limit
+        freed = stale_freed = evicted = 0
+        while total > target and order:  # past the bound: the front goes, whatever its age
+            pid = order.popleft()
+            shard = shards[hash(pid) & mask]
+            entry = shard.pop(pid)
+            if entry[_STALE]:  # an earlier place of an id recorded again, not the entry's own
+                shard[pid] = entry[:_STALE] + (entry[_STALE] - 1,)
+                cost = size(pid) + _PLACE_BYTES
+                stale_freed += cost
+            else:
+                cost = entry[_COST]
+                freed += cost
+                evicted += 1
+            total -= cost
+        steps = 0
+        if now >= self._next_sweep:  # the age sweep, in steps (a day's entries can expire at once)
+            forget_before = now - 2 * self.retention
+            while order and steps < _SWEEP_STEPS:
+                pid = order[0]
+                shard = shards[hash(pid) & mask]
+                entry = shard[pid]
+                if entry[_STALE]:
+                    shard[pid] = entry[:_STALE] + (entry[_STALE] - 1,)
+                    stale_freed += size(pid) + _PLACE_BYTES
+                elif entry[_STAMP] < forget_before:
+                    del shard[pid]
+                    freed += entry[_COST]
+                    evicted += 1
+                else:
+                    break
+                order.popleft()
+                steps += 1
+            # A sweep cut short goes on at the next record(); otherwise look again in a second.
+            self._next_sweep = now if steps >= _SWEEP_STEPS else now + min(_SWEEP_EVERY, self.retention)
+        self.bytes -= freed
+        self.stale_bytes -= stale_freed
+        self._held -= evicted
+        self.evicted += evicted
 
     def lookup(self, pid: str, now: float) -> Lookup:
-        entry = self._entries.get(pid)
+        entry = self._shards[hash(pid) & self._mask].get(pid)
         if entry is None:
             return Lookup(UNKNOWN_ID)
         if entry[_LABELLED]:
@@ -163,9 +236,10 @@ class PredictionLedger:
         return Lookup(COUNTED, entry[_PREDICTED], entry[_SERVED])
 
     def mark_labelled(self, pid: str) -> None:
-        entry = self._entries.get(pid)
-        if entry is not None:
-            self._entries[pid] = (entry[_STAMP], entry[_PREDICTED], entry[_COST], True, entry[_SERVED])  # keeps its place
+        shard = self._shards[hash(pid) & self._mask]
+        entry = shard.get(pid)
+        if entry is not None:  # keeps its place
+            shard[pid] = (entry[_STAMP], entry[_PREDICTED], entry[_COST], True, entry[_SERVED], entry[_STALE])
 
 
 # --- label rules ----------------------------------------------------------------------------------
