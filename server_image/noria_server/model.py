@@ -109,10 +109,11 @@ class ServedModel:
         return outputs
 
     # --- warm-up -----------------------------------------------------------------------------
-    def verification_rows(self, rows: np.ndarray) -> list[np.ndarray]:
-        """Batches the fast path must answer as scikit-learn does: the warm-up rows and a few hundred
-        more, the same far outside the training range, with NaNs (one per row), and with ±inf and
-        overflowing values (scikit-learn's answer or its error)."""
+    def verification_rows(self, rows: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Batches the fast path must answer as scikit-learn does, each with how many of its rows to
+        check one by one too: the warm-up rows and a few hundred more, the same far outside the
+        training range, with NaNs (one per row), and with ±inf and overflowing values (scikit-learn's
+        answer or its error)."""
         more = np.vstack([rows, self.sample_rows(256)[::-1]])
         f = more.shape[1]
         spread = more * np.where(np.arange(more.shape[0]) % 2 == 0, 1e3, -1e6)[:, None]
@@ -120,7 +121,9 @@ class ServedModel:
         with_nan[np.arange(more.shape[0]), np.arange(more.shape[0]) % f] = np.nan
         extreme = more[:8].copy()
         extreme[0, 0], extreme[1, f - 1], extreme[2, :] = np.inf, -np.inf, 1e308
-        return [more, spread, with_nan, extreme[:1], extreme[1:2], extreme[2:3], extreme]
+        # in batches of 32 too: a fast path may leave larger batches to scikit-learn
+        return [(b[i:i + 32], 1) for b in (more, spread, with_nan) for i in range(0, b.shape[0], 32)] + \
+            [(b, 8) for b in (more, spread, with_nan, extreme[:1], extreme[1:2], extreme[2:3], extreme)]
 
     def _choose_fast_path(self, rows: np.ndarray) -> None:
         """Use the fast path (noria_server.fastpath) only for a model it models and only if it gives
@@ -138,8 +141,8 @@ class ServedModel:
                 reason = None
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    for batch in self.verification_rows(rows):
-                        reason = verify(fast, self.estimator, self.frame, batch, with_proba)
+                    for batch, singles in self.verification_rows(rows):
+                        reason = verify(fast, self.estimator, self.frame, batch, with_proba, singles)
                         if reason is not None:
                             break
                 if reason is None:
