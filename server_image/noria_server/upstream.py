@@ -68,6 +68,12 @@ class _ServerClosed(ConnectionError):
 
 # Called once with the answer, or with the OSError (TimeoutError included) that ended the exchange.
 Done = Callable[["UpstreamResponse | OSError"], None]
+# The request headers to send: (name, value) pairs, lower-case names, encoded; or their lines already
+# formatted (``b"name: value\r\n"`` each), as the router keeps them.
+Headers = list[tuple[bytes, bytes]] | bytes
+# Request-line + host prefixes kept per endpoint, by (method, target) (cleared when full: a target
+# can carry any query string).
+HEAD_PREFIXES = 64
 
 
 def _call(done: Done, outcome: UpstreamResponse | OSError) -> None:
@@ -232,6 +238,19 @@ class EndpointPool:
         self.idle: deque[_UpstreamConnection] = deque()
         self.retrying: set[asyncio.Task[None]] = set()  # send_on_idle's retries on a new connection
         self.closed = False
+        self._prefixes: dict[tuple[str, str], bytes] = {}
+
+    def head(self, method: str, target: str, headers: Headers, body_length: int) -> bytes:
+        """``request_head`` for this endpoint, its request line and host formatted once per target."""
+        key = (method, target)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            if len(self._prefixes) >= HEAD_PREFIXES:
+                self._prefixes.clear()
+            prefix = self._prefixes[key] = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
+                method.encode("ascii"), target.encode("latin-1"), self.host_header)
+        lines = headers if isinstance(headers, bytes) else b"".join([b"%s: %s\r\n" % pair for pair in headers])
+        return b"%scontent-length: %d\r\n%s\r\n" % (prefix, body_length, lines)
 
     def release(self, conn: _UpstreamConnection) -> None:
         if self.closed or conn.closed or len(self.idle) >= self.max_idle:
@@ -353,15 +372,11 @@ class EndpointPool:
             task.cancel()
 
 
-def request_head(method: str, target: str, host_header: bytes, headers: list[tuple[bytes, bytes]],
-                 body_length: int) -> bytes:
+def request_head(method: str, target: str, host_header: bytes, headers: Headers, body_length: int) -> bytes:
     """An HTTP/1.1 request head: the forwarded ``headers`` (encoded, lower-case) and the body's length."""
-    lines = [b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n"
-             % (method.encode("ascii"), target.encode("latin-1"), host_header, body_length)]
-    for name, value in headers:
-        lines.append(b"%s: %s\r\n" % (name, value))
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    lines = headers if isinstance(headers, bytes) else b"".join([b"%s: %s\r\n" % pair for pair in headers])
+    return b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+        method.encode("ascii"), target.encode("latin-1"), host_header, body_length, lines)
 
 
 class Upstreams:
@@ -386,7 +401,7 @@ class Upstreams:
                                                        self.max_idle)
         return pool
 
-    def request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
+    def request(self, base_url: str, method: str, target: str, headers: Headers,
                 body: bytes) -> Coroutine[Any, Any, UpstreamResponse]:
         """``method target`` at ``base_url`` (``http://host:port``) with ``body`` as it is, to await;
         raises ``TimeoutError`` past ``timeout`` seconds, ``OSError`` when unreachable or broken. Not a
@@ -394,11 +409,10 @@ class Upstreams:
         pool = self.pool(base_url)
         if self._sweeper is None:
             self._sweeper = pool.loop.create_task(self._sweep())
-        head = request_head(method, target, pool.host_header, headers, len(body))
+        head = pool.head(method, target, headers, len(body))
         return pool.request(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy)
 
-    def send(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
-             done: Done) -> bool:
+    def send(self, base_url: str, method: str, target: str, headers: Headers, body: bytes, done: Done) -> bool:
         """``request`` on a kept connection, answered through ``done`` (``EndpointPool.send_on_idle``):
         False, and nothing sent, when no connection is idle (then ``request``, which connects)."""
         pool = self.pool(base_url)
@@ -406,7 +420,7 @@ class Upstreams:
             return False
         if self._sweeper is None:
             self._sweeper = pool.loop.create_task(self._sweep())
-        head = request_head(method, target, pool.host_header, headers, len(body))
+        head = pool.head(method, target, headers, len(body))
         return pool.send_on_idle(head, body, method == "HEAD", pool.loop.time() + self.timeout, self.busy, done)
 
     async def _sweep(self) -> None:
