@@ -332,7 +332,7 @@ def _hgb(est: Any, n_in: int) -> Final:
     def raw_predict(x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         flat = np.ascontiguousarray(x).ravel()
-        base = (np.arange(n, dtype=np.intp) * n_in)[:, None] if n > 1 else 0
+        base: Any = np.arange(n, dtype=np.intp)[:, None] * n_in if n > 1 else 0
         cur = np.repeat(roots2[None, :], n, axis=0)
         with_nan = bool(np.isnan(flat).any())
         for m in active:
