@@ -10,7 +10,8 @@ One router Deployment per Rollout sits in front of the per-version model servers
   never competes with it (at most ``max_shadow_in_flight`` mirrors at once; past that they are
   dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
-  (a failed shadow call counts its rows as ``error``) and the shadow's latency goes into
+  (a failed shadow call counts its rows as ``error``; answers whose outputs are the same bytes are
+  counted without decoding the shadow's, with the same result) and the shadow's latency goes into
   ``noria_shadow_duration_seconds``. Mirrored requests carry one ``x-request-id`` so both
   versions log the same prediction ids;
 - feedback (``POST /v2/models/{m}/feedback``) fans out to every ready endpoint of every version:
