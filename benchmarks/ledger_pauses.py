@@ -8,7 +8,9 @@ as ``oip.new_id`` makes them, class predictions 0/1, 4,000 rows a second of fake
 so other processes on a loaded machine do not inflate a call). Prints per phase (filling, full): mean,
 p99.9, max, calls over 1 ms and the five longest. ``--before REV`` runs the ledger of that commit
 (``git show REV:server_image/noria_server/ledger.py``) in the same process, alternating with the
-working tree's, so both see the same machine. The collector is off while timing (``--gc`` keeps it
+working tree's, so both see the same machine. ``--memory`` adds, per ledger, one more fill under
+tracemalloc (slow; not timed): the memory the ledger really holds once full against what it charges.
+The collector is off while timing (``--gc`` keeps it
 on): a collection's pause belongs to the collector, and the server's settled heap makes them short
 (docs/operations/latency.md).
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from types import ModuleType
 
@@ -77,6 +80,24 @@ def run(module: ModuleType, max_bytes: int, rows: int, after_full: int, keep_gc:
     return filling, full
 
 
+def memory(module: ModuleType, max_bytes: int, rows: int, after_full: int) -> str:
+    book = module.PredictionLedger(max_bytes=max_bytes)
+    predictions = [i % 2 for i in range(rows)]
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        now, calls = 0.0, 0
+        while calls < after_full:
+            now += rows / 4000.0
+            book.record([os.urandom(12).hex() for _ in range(rows)], predictions, now)
+            calls += 1 if book.evicted else 0
+        held, peak = (v - start for v in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    charged = book.bytes + getattr(book, "stale_bytes", 0)
+    return f"holds {held / 2**20:.1f} MiB (peak {peak / 2**20:.1f}) for {charged / 2**20:.1f} MiB charged, {len(book)} entries"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV", help="also run the ledger of this commit")
@@ -85,6 +106,7 @@ def main() -> None:
     parser.add_argument("--after-full", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--gc", action="store_true", help="leave the garbage collector on while timing")
+    parser.add_argument("--memory", action="store_true", help="also measure the memory held once full")
     args = parser.parse_args()
     variants = [("after (working tree)", load(ROOT / LEDGER, "ledger_after"))]
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,6 +122,9 @@ def main() -> None:
                 filling, full = run(module, args.bytes, args.rows, args.after_full, args.gc)
                 print(f"  filling: {summary(filling)}")
                 print(f"  full:    {summary(full)}")
+        if args.memory:
+            for name, module in variants:
+                print(f"{name}, memory: {memory(module, args.bytes, args.rows, args.after_full // 10)}")
         print(f"load average {os.getloadavg()}")
 
 

@@ -21,7 +21,7 @@ Memory. The ledger is bounded in bytes, not entries: ids are client-chosen strin
 entries let 1 MiB ids grow a server by hundreds of megabytes. Each entry is charged what it costs
 (the id and prediction objects plus a measured fixed overhead for its dict slot, its place in the
 order queue and the entry tuple, see ``ENTRY_OVERHEAD_BYTES``), the oldest entries go first when new
-ones pass ``max_bytes`` (down to 1023/1024 of it, see ``EVICT_SHIFT``), and entries older than twice
+ones pass ``max_bytes`` (down to 8191/8192 of it, see ``EVICT_SHIFT``), and entries older than twice
 the retention are dropped as new predictions arrive. Between one and two retention windows an entry
 is kept only to answer ``expired`` rather than ``unknown_id``.
 
@@ -29,12 +29,12 @@ Bounded steps. ``record()`` runs on the serving thread, so no step of it may gro
 the ledger. One dict (or ``OrderedDict``) of ~194,000 entries at the 64 MiB default rehashed all of
 them at once whenever its table filled: ~30 ms of CPU every ~155,000 insertions once full (deleted
 slots fill the table too), 3.5-25 ms at each doubling while filling. So the entries live in
-``2**k`` small dicts chosen by the id's hash (about ``_SHARD_BYTES`` of entries each, ~1,500 at the
+``2**k`` small dicts chosen by the id's hash (about ``_SHARD_BYTES`` of entries each, ~770 at the
 default bound): a rehash copies one shard. The age order is a ``deque`` of ids, which grows and
 shrinks a 64-slot block at a time and never copies. An id recorded again is appended again; its
 earlier places stay in the queue as stale places (the entry counts them, and they come first, so
 eviction skips them), charged to the bound like entries. Eviction pops from the front: once full,
-1/1024 of the bound per step; the age sweep at most ``_SWEEP_STEPS`` places per call.
+1/8192 of the bound per step; the age sweep at most ``_SWEEP_STEPS`` places per call.
 
 Pure data structure, no I/O, no clock of its own (``now`` is passed in), so every rule has a unit test.
 """
@@ -83,18 +83,21 @@ ENTRY_OVERHEAD_BYTES: Final = 240
 # is how many earlier places of its id are still in the order queue (the id was recorded again since).
 _STAMP, _PREDICTED, _COST, _LABELLED, _SERVED, _STALE = range(6)
 # Once full, the ledger makes room for max_bytes >> EVICT_SHIFT at a time: eviction runs on the
-# serving thread inside record(), so the chunk is one pause. 1/64 of the 64 MiB default was ~3,000
-# entries, 2.5 ms of CPU every ~3,000 predictions (p99.9 of record() 2.8 ms, measured with
-# time.thread_time, docs/operations/latency.md); 1/1024 is ~190 entries, p99.9 0.3 ms, same total.
-EVICT_SHIFT: Final = 10
+# serving thread inside record(), so the chunk is one pause. With one OrderedDict, 1/64 of the 64 MiB
+# default was ~3,000 entries, 2.5 ms of CPU every ~3,000 predictions, and 1/1024 (~190 entries) was
+# p99.9 0.3 ms. Popping from the queue has no set-up cost to spread over a chunk, so 1/8192 (8 KiB,
+# ~24 entries, about what a 20-row record() adds) makes each pass ~40 us of CPU (measured with
+# time.thread_time, docs/operations/latency.md), the same work in total.
+EVICT_SHIFT: Final = 13
 _SWEEP_EVERY: Final = 1.0  # seconds between two looks at the oldest entry's age
 # The age sweep drops at most this many queue places per record() (it goes on at the next call):
 # after an idle day every entry expires at once, and dropping 194,000 in one call is a long pause.
 _SWEEP_STEPS: Final = 256
 # Bytes of entries per shard dict: a shard's rehash (its table full of live and deleted slots) copies
-# its entries in one piece, ~1,500 at this size (tens of microseconds), and the shard count is the
-# power of two that keeps shards about this big at the bound, at most _MAX_SHARDS.
-_SHARD_BYTES: Final = 1 << 19
+# its entries in one piece, ~770 at this size: ~0.05 ms of CPU (1,540 entries: ~0.1 ms; measured on
+# cold entries, as the ledger's are), and the shard count is the power of two that keeps shards about
+# this big at the bound, at most _MAX_SHARDS (256 dicts at the 64 MiB default).
+_SHARD_BYTES: Final = 1 << 18
 _MAX_SHARDS: Final = 4096
 # What a stale place in the order queue holds beyond the id object it keeps alive: one queue slot.
 _PLACE_BYTES: Final = 8
@@ -154,9 +157,10 @@ class PredictionLedger:
         kept with each and charged ``served_cost`` bytes each."""
         if len(ids) != len(predictions) or (served is not None and len(served) != len(ids)):
             raise ValueError(f"{len(ids)} ids for {len(predictions)} predictions")
-        shards, mask, append = self._shards, self._mask, self._order.append
-        size, limit, fixed = sys.getsizeof, self.max_bytes, ENTRY_OVERHEAD_BYTES + served_cost
-        added = stale = held = 0
+        order, shards, mask = self._order, self._shards, self._mask
+        append, size, limit, fixed = order.append, sys.getsizeof, self.max_bytes, ENTRY_OVERHEAD_BYTES + served_cost
+        added = stale = again = 0
+        places = len(order)
         extras = served if served is not None else (None,) * len(ids)
         for pid, predicted, extra in zip(ids, predictions, extras):  # noqa: B905 - lengths checked above
             cost = size(pid) + size(predicted) + fixed
@@ -165,29 +169,29 @@ class PredictionLedger:
             shard = shards[hash(pid) & mask]
             entry = (now, predicted, cost, False, extra, 0)
             old = shard.setdefault(pid, entry)
-            if old is entry:
-                held += 1
-            else:  # its earlier place stays in the queue, stale, until eviction reaches it
+            if old is not entry:  # its earlier place stays in the queue, stale, until eviction reaches it
                 added -= old[_COST]
                 stale += size(pid) + _PLACE_BYTES
+                again += 1
                 shard[pid] = (now, predicted, cost, old[_LABELLED], extra, old[_STALE] + 1)
             append(pid)
             added += cost
         self.bytes += added
         self.stale_bytes += stale
-        self._held += held
+        self._held += len(order) - places - again
         if self.bytes + self.stale_bytes > limit or now >= self._next_sweep:
             self._evict(now)
 
     def _evict(self, now: float) -> None:
-        """Pop places off the front of the order queue: past the bound until 1/1024 of it is free
+        """Pop places off the front of the order queue: past the bound until 1/8192 of it is free
         (see EVICT_SHIFT), then entries older than two retention windows, at most _SWEEP_STEPS."""
         order, shards, mask, size = self._order, self._shards, self._mask, sys.getsizeof
         limit = self.max_bytes
         total = self.bytes + self.stale_bytes
         target = limit - (limit >> EVICT_SHIFT) if total > limit else limit
-        freed = stale_freed = evicted = 0
-        while total > target and order:  # past the bound: the front goes, whatever its age
+        places, start = len(order), total
+        stale_freed = stale_places = 0
+        while total > target:  # past the bound: the front goes, whatever its age
             pid = order.popleft()
             shard = shards[hash(pid) & mask]
             entry = shard.pop(pid)
@@ -195,11 +199,11 @@ class PredictionLedger:
                 shard[pid] = entry[:_STALE] + (entry[_STALE] - 1,)
                 cost = size(pid) + _PLACE_BYTES
                 stale_freed += cost
+                stale_places += 1
+                total -= cost
             else:
-                cost = entry[_COST]
-                freed += cost
-                evicted += 1
-            total -= cost
+                total -= entry[_COST]
+        freed, evicted = start - total - stale_freed, places - len(order) - stale_places
         steps = 0
         if now >= self._next_sweep:  # the age sweep, in steps (a day's entries can expire at once)
             forget_before = now - 2 * self.retention

@@ -164,8 +164,8 @@ def test_settings_that_would_make_the_ledger_useless_are_refused() -> None:
 
 
 def test_a_full_ledger_evicts_in_small_chunks_so_one_record_is_never_a_long_pause() -> None:
-    """Eviction runs inside record() on the serving thread: each makes room for a 1/1024 slice of
-    the bound, not 1/64 (~3,000 entries at the default bound, 2.5 ms of CPU in one piece)."""
+    """Eviction runs inside record() on the serving thread: each makes room for a small slice of
+    the bound (1/8192, EVICT_SHIFT), not 1/64 (~3,000 entries at the default bound, 2.5 ms of CPU in one piece)."""
     book = PredictionLedger(max_bytes=MIB, retention_seconds=3600)
     cost = PredictionLedger.cost("f-00000000", "1")
     book.record(_ids(MIB // cost + 10, "f"), ["1"] * (MIB // cost + 10), now=0.0)  # full
@@ -182,7 +182,7 @@ def test_a_full_ledger_evicts_in_small_chunks_so_one_record_is_never_a_long_paus
 # --- bounded steps: shards for the entries, a queue for their age ---------------------------------
 def _reference_eviction(records: list[list[tuple[str, int]]], limit: int) -> list[set[str]]:
     """What an ordered map of unique ids holds after each call, evicting oldest first down to
-    1023/1024 of the bound once past it: the ledger's rules without its data structures."""
+    a 1/2**EVICT_SHIFT slice below the bound once past it: the ledger's rules without its data structures."""
     held: dict[str, int] = {}  # insertion ordered
     total, after = 0, []
     for call in records:
@@ -300,7 +300,7 @@ def test_a_day_of_expired_entries_is_swept_a_bounded_step_per_record() -> None:
 
 
 @pytest.mark.parametrize(("max_bytes", "most"), [
-    (MIB, 2048), (16 * MIB, 2048), (64 * MIB, 2048), (1 << 30, 2048), (4 << 30, 4096)])
+    (MIB, 1024), (16 * MIB, 1024), (64 * MIB, 1024), (1 << 30, 1024), (4 << 30, 4096)])
 def test_no_shard_can_hold_more_than_a_few_thousand_entries_at_the_bound(max_bytes: int, most: int) -> None:
     """A shard's rehash is the largest piece of work a record() can meet: one shard's entries."""
     smallest = PredictionLedger.cost("", 0)  # the cheapest entry there can be
