@@ -325,3 +325,31 @@ def test_it_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     model = served(fitted("hgb binary"))
     model.warm_up(16)
     assert model.fast is None and "off" in model.fast_reason
+
+
+@pytest.mark.parametrize("path,task,classes", [
+    ("sklearn.linear_model.LogisticRegression", "classification", 3),
+    ("sklearn.linear_model.Ridge", "regression", 0),
+    ("sklearn.ensemble.HistGradientBoostingClassifier", "classification", 2),
+])
+def test_the_trainers_pipeline_saved_and_loaded_as_served(path: str, task: str, classes: int, tmp_path: Path) -> None:
+    # What a single training run writes (noria_trainer.estimators.build_pipeline, skops), loaded by the
+    # server's own loader: the fast path is on and gives the estimator's answers.
+    from noria.artifact import dumps_model, sha256_digest
+    from noria_trainer.estimators import build_pipeline
+
+    x, y = training(classes)
+    est = build_pipeline(path, task, {}, NAMES, [], seed=0).fit(x, y)  # type: ignore[arg-type]
+    data, _ = dumps_model(est)
+    (tmp_path / "model.skops").write_bytes(data)
+    model = ServedModel.load(f"file://{tmp_path}/model.skops", sha256_digest(data), None)
+    model.warm_up(16)
+    assert model.fast is not None, model.fast_reason
+    assert model.fast_reason.startswith("on: ColumnTransformer")
+    rows = probe_rows(seed=7, rows=60)
+    labels, _ = model.predict(rows)
+    expected = model.estimator.predict(frame(rows))
+    if model.is_classifier:
+        assert np.array_equal(labels, expected)
+    else:
+        np.testing.assert_allclose(labels, expected, rtol=fastpath.RTOL, atol=fastpath.ATOL)
