@@ -576,8 +576,9 @@ def profile_router(url: str, pid: int, args: argparse.Namespace, work: Path) -> 
 
 def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.Namespace) -> None:
     direct = results[DIRECT]
-    print(f"\n## {layout.name}: v1 on CPU {layout.primary_cpu}, v2 + shadow v3 (nice {layout.shadow_nice}) on CPU "
-          f"{layout.others_cpu}, proxy on CPU {layout.proxy_cpu}, generator on CPU {layout.generator_cpu}")
+    print(f"\n## {layout.name}: v1 on CPU {layout.primary_cpu}, v2, shadow v3 (nice {layout.shadow_nice}) and the "
+          f"replayed shadow on CPU {layout.others_cpu}, proxy on CPU {layout.proxy_cpu}, generator on CPU "
+          f"{layout.generator_cpu}")
     print(f"{args.rate:g} req/s open loop ({args.rate_seconds:g}s x {args.runs} rounds), then saturation "
           f"(wrk -t1 -c{args.connections}, {args.seconds:g}s); medians of {args.runs}")
     print(f"{'path':26} {'p50 ms':>7} {'p99 ms':>7} {'+p50':>6} {'+p99':>6} {'req/s':>7} {'vs dir':>7} "
