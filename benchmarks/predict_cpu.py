@@ -48,7 +48,7 @@ def main() -> None:
     print(f"load: {os.getloadavg()}, affinity {sorted(os.sched_getaffinity(0))}")
     print("model | rows | scikit-learn median / best µs | fast median / best µs | ratio of medians")
     for kind in args.models.split(","):
-        saved = train_and_save(kind, tempfile.mkdtemp(prefix="predict-cpu-"))  # type: ignore[arg-type]
+        saved = train_and_save(kind, tempfile.mkdtemp(prefix="predict-cpu-"), rows=5000)  # type: ignore[arg-type]
         models = {}
         for flag in ("0", "1"):
             os.environ["NORIA_FAST_PREDICT"] = flag
