@@ -77,7 +77,7 @@ class FastPredictor:
 
 def _exact(obj: Any, module: str, name: str) -> bool:
     cls = type(obj)
-    return cls.__name__ == name and cls.__module__.startswith(module)
+    return cls.__name__ == name and (cls.__module__ == module or cls.__module__.startswith(module + "."))
 
 
 def _float_vector(value: Any, n: int, what: str) -> np.ndarray:
@@ -363,10 +363,10 @@ def _hgb(est: Any, n_in: int) -> Final:
 def _final(est: Any, n_in: int) -> Final:
     module = type(est).__module__
     name = type(est).__name__
-    if module.startswith("sklearn.linear_model") and (name == "LogisticRegression" or name in LINEAR_REGRESSORS):
+    if any(_exact(est, "sklearn.linear_model", n) for n in ("LogisticRegression", *LINEAR_REGRESSORS)):
         return _linear(est, n_in)
-    if module.startswith("sklearn.ensemble") and name in ("HistGradientBoostingClassifier",
-                                                          "HistGradientBoostingRegressor"):
+    if any(_exact(est, "sklearn.ensemble", n) for n in ("HistGradientBoostingClassifier",
+                                                        "HistGradientBoostingRegressor")):
         return _hgb(est, n_in)
     raise Unsupported(f"estimator {module}.{name}")
 
