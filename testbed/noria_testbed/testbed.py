@@ -168,14 +168,7 @@ class LocalTestbed:
         from noria_testbed.s3 import SeaweedS3
 
         if self.s3 is None:
-            began = time.monotonic()
-            server = SeaweedS3(workdir=self.workdir / "s3", log_path=self.log_dir / "seaweedfs.log")
-            try:
-                self.s3 = server.start()
-            except BaseException:
-                server.stop()
-                raise
-            self.timings["s3"] = time.monotonic() - began
+            self.s3 = self._started("s3", SeaweedS3(workdir=self.workdir / "s3", log_path=self.log_dir / "seaweedfs.log"))
         return self.s3
 
     def start_redis(self):  # noqa: ANN201 - RedisServer; imported lazily (unpacked only for the tests that use it)
@@ -184,15 +177,20 @@ class LocalTestbed:
         from noria_testbed.redis import RedisServer
 
         if self.redis is None:
-            began = time.monotonic()
-            server = RedisServer.with_password(workdir=self.workdir / "redis", log_path=self.log_dir / "redis.log")
-            try:
-                self.redis = server.start()
-            except BaseException:
-                server.stop()
-                raise
-            self.timings["redis"] = time.monotonic() - began
+            self.redis = self._started(
+                "redis", RedisServer.with_password(workdir=self.workdir / "redis", log_path=self.log_dir / "redis.log"))
         return self.redis
+
+    def _started(self, name: str, server):  # noqa: ANN001, ANN202 - SeaweedS3 | RedisServer
+        """``server`` started (stopped again if starting fails), its start time in ``timings[name]``."""
+        began = time.monotonic()
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            raise
+        self.timings[name] = time.monotonic() - began
+        return server
 
     def new_prometheus(self, workdir: Path, log_path: Path):  # noqa: ANN201 - PrometheusProcess, not started
         """A Prometheus for this cluster (not started): Kubernetes pod discovery under a read-only
