@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,31 +27,13 @@ import uvloop
 from noria.router_config import Backend, RouterConfig
 from noria_server.route import Router, RouterSettings
 from noria_server.upstream import Upstreams
+from raw_http import post_once, read_request
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 TIMEOUT = 3.0
 PROMPT = 1.5  # "at once": well inside the timeout, with room for a loaded CI machine
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    return await reader.readexactly(length)
-
-
-async def _post(port: int) -> tuple[int, float]:
-    """One request on a fresh client connection: (status, seconds)."""
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST /v2/models/churn/infer HTTP/1.1\r\nhost: r\r\ncontent-type: application/json\r\n"
-                     b"content-length: 2\r\n\r\n{}")
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        return int(status_line.split()[1]), time.monotonic() - started
-    finally:
-        writer.close()
 
 
 def _through_router(handler: Handler) -> list[tuple[int, float]]:
@@ -79,11 +60,11 @@ def _through_router(handler: Handler) -> list[tuple[int, float]]:
         router.apply_config(RouterConfig("churn", "ml", (Backend("v1", None, 8080, weight=100, url=url),)))
         await router.start()
         try:
-            answers = [await _post(router.port)]
+            answers = [await post_once(router.port)]
             assert router.upstreams.pool(url).idle, "the first answer leaves its connection in the pool"
             if getattr(handler, "stop_listening", False):
                 backend.close()  # killed: nothing listens any more
-            answers.append(await _post(router.port))
+            answers.append(await post_once(router.port))
             assert router.http.in_flight == 0 and not router.upstreams.busy
             return answers
         finally:
@@ -96,7 +77,7 @@ def _through_router(handler: Handler) -> list[tuple[int, float]]:
 def test_a_kept_connection_closed_before_the_request_was_read_is_sent_again_on_a_new_one() -> None:
     async def once_then_close_unanswered(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
-            await _read_request(reader)
+            await read_request(reader)
             writer.write(OK)
             await writer.drain()
             if n == 1:
@@ -110,7 +91,7 @@ def test_a_kept_connection_closed_before_the_request_was_read_is_sent_again_on_a
 
 def test_a_backend_killed_with_a_request_in_flight_fails_it_at_once() -> None:
     async def once_then_killed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(OK)
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")  # the next request arrives; the process dies before answering
@@ -131,7 +112,7 @@ def test_a_backend_that_resets_every_new_connection_at_accept_fails_the_request_
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
             writer.transport.abort()
             return
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(OK)
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")  # the next request: closed unanswered
@@ -143,9 +124,9 @@ def test_a_backend_that_resets_every_new_connection_at_accept_fails_the_request_
 
 def test_a_connection_broken_mid_answer_fails_the_request_at_once() -> None:
     async def once_then_half_an_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(OK)
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(OK[:-1])  # one byte short, then gone
         await writer.drain()
 
@@ -156,9 +137,9 @@ def test_a_connection_broken_mid_answer_fails_the_request_at_once() -> None:
 
 def test_a_silent_backend_is_a_502_at_the_timeout() -> None:
     async def once_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await _read_request(reader)
+        await read_request(reader)
         writer.write(OK)
-        await _read_request(reader)
+        await read_request(reader)
         await asyncio.sleep(10)  # frozen
 
     first, second = _through_router(once_then_silent)
@@ -171,7 +152,7 @@ def test_a_kept_connection_already_closing_is_skipped_not_written_to() -> None:
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while True:
-                    await _read_request(reader)
+                    await read_request(reader)
                     writer.write(OK)
             except (asyncio.IncompleteReadError, ConnectionError):
                 writer.close()

@@ -16,6 +16,7 @@ from noria import metrics as m
 from noria.router_config import Backend, RouterConfig
 from noria_server.route import Router, RouterSettings
 from prometheus_client.parser import text_string_to_metric_families
+from raw_http import read_request
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -39,10 +40,7 @@ def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length"))
-                    await reader.readexactly(length)
+                    await read_request(reader)
                     writer.write(ANSWER)
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass

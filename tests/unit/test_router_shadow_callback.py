@@ -19,6 +19,7 @@ import uvloop
 from noria import metrics as m
 from noria.router_config import Backend, RouterConfig
 from noria_server.route import Router, RouterSettings
+from raw_http import post_once, read_request
 
 PREDICT = b'{"model_version":"%s","outputs":[{"name":"predict","shape":[2],"datatype":"INT64","data":[1,0]}]}'
 TIMEOUT = 1.0
@@ -26,24 +27,6 @@ TIMEOUT = 1.0
 
 def _answer(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-
-
-async def _read_request(reader: asyncio.StreamReader) -> None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    await reader.readexactly(length)
-
-
-async def _post(port: int) -> tuple[int, float]:
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(b"POST /v2/models/churn/infer HTTP/1.1\r\nhost: r\r\ncontent-type: application/json\r\n"
-                     b"content-length: 2\r\n\r\n{}")
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        return int(status_line.split()[1]), time.monotonic() - started
-    finally:
-        writer.close()
 
 
 ShadowTurn = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[bool]]
@@ -60,7 +43,7 @@ def _mirrored(shadow_turn: ShadowTurn, requests: int) -> dict[str, Any]:
         async def primary(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while True:
-                    await _read_request(reader)
+                    await read_request(reader)
                     writer.write(_answer(PREDICT % b"v1"))
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
@@ -72,7 +55,7 @@ def _mirrored(shadow_turn: ShadowTurn, requests: int) -> dict[str, Any]:
             shadow_connections += 1
             try:
                 while True:
-                    await _read_request(reader)
+                    await read_request(reader)
                     shadow_requests += 1
                     if not await shadow_turn(reader, writer, shadow_requests):
                         return
@@ -100,7 +83,7 @@ def _mirrored(shadow_turn: ShadowTurn, requests: int) -> dict[str, Any]:
         try:
             answers = []
             for _ in range(requests):
-                answers.append(await _post(router.port))
+                answers.append(await post_once(router.port))
                 deadline = time.monotonic() + TIMEOUT + 2
                 while router.shadow_in_flight and time.monotonic() < deadline:
                     await asyncio.sleep(0.005)
