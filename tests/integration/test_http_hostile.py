@@ -484,8 +484,8 @@ def test_the_prediction_log_is_bounded_by_rows_not_by_what_a_client_sends(proces
     logs = processes["root"] / "store"
 
     def logged_bytes() -> int:
-        """Bytes of logged lines, leaving out the module's good client (a request every 20 ms all along:
-        ~40 lines in this test's window, which put the growth near the bound by themselves)."""
+        """Bytes of logged lines, leaving out the module's good client: its lines (a request every 20 ms
+        while a ``target`` test runs) can land in this test's window and are not what it measures."""
         return sum(len(line) + 1 for p in logs.rglob("*.jsonl") for line in p.read_bytes().splitlines()
                    if b'"id":"good-' not in line)
 
