@@ -8,9 +8,6 @@ back; a refusal is not retried; a full buffer, a give-up and a stop are counted,
 from __future__ import annotations
 
 import asyncio
-import http.server
-import json
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 import served_model_server
+from fake_feast import STORE, FakeFeast
 from noria import metrics as m
 from noria_server import feast_sink, online
 from noria_server.__main__ import parser, serve_settings
@@ -25,79 +23,8 @@ from noria_server.serve import ModelServer
 from noria_testbed.processes import free_port
 from server_helpers import FEATURES, fitted_server
 
-STORE = {1001: (1.5, 0.2, -0.3), 1002: (-2.0, 1.0, 0.5), 1003: (0.1, -0.7, 2.2)}
 PUSH_COLUMNS = ["customer_id", *FEATURES, "prediction", "label", "prediction_id", "model_version",
                 "event_timestamp", "labelled_at"]
-
-
-class FakeFeast:
-    """``feast serve`` in the shapes Feast 0.67 answers: the online lookup (as in
-    test_server_online_features) and POST /push (``mode``: ok -> 200, error -> 500 with a JSON string,
-    as Feast's handler answers an exception; unknown push source -> 404 with Feast's JSON error;
-    ``delay`` seconds before answering)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.pushes: list[dict[str, Any]] = []
-        self.push_calls = 0
-        self.mode = "ok"
-        self.delay = 0.0
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                if self.path == "/push":
-                    fake.push_calls += 1
-                    if fake.delay:
-                        time.sleep(fake.delay)
-                    if body["push_source_name"] != "churn_feedback":
-                        return self._answer(404, json.dumps({
-                            "module": "feast.errors", "class": "DataSourceObjectNotFoundException",
-                            "message": f"Data source {body['push_source_name']} does not exist in project noria"}))
-                    if fake.mode == "error":
-                        return self._answer(500, "The input dataframe columns do not match the batch source columns.")
-                    fake.pushes.append(body)
-                    return self._answer(200, None)
-                (key, ids), = body["entities"].items()
-                results = [{"values": ids, "statuses": ["PRESENT"] * len(ids),
-                            "event_timestamps": ["1970-01-01T00:00:00Z"] * len(ids)}]
-                for j, _ in enumerate(FEATURES):
-                    results.append({"values": [STORE[i][j] for i in ids], "statuses": ["PRESENT"] * len(ids),
-                                    "event_timestamps": ["2026-12-02T08:42:25Z"] * len(ids)})
-                self._answer(200, {"metadata": {"feature_names": [key, *FEATURES]}, "results": results})
-
-            def _answer(self, status: int, doc: Any) -> None:
-                data = json.dumps(doc).encode() if doc is not None else b""
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rows(self) -> list[dict[str, Any]]:
-        out = []
-        for push in self.pushes:
-            df = push["df"]
-            out += [{c: df[c][i] for c in df} for i in range(len(df["customer_id"]))]
-        return out
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -177,7 +104,7 @@ async def test_a_counted_label_is_pushed_with_the_served_features_prediction_lab
 
 async def test_the_feedback_answer_never_waits_for_a_slow_feast(feast) -> None:
     server = sink_server(feast.url)
-    feast.delay = 1.5
+    feast.push_delay = 1.5
     async with Served(server) as s:
         await s.infer([1001], "slow")
         _, elapsed = await s.feedback([{"id": "slow", "label": 1}])
@@ -218,7 +145,7 @@ async def test_a_refusal_is_counted_rejected_and_not_retried(feast) -> None:
 
 
 async def test_a_failing_write_is_retried_then_given_up_as_failed(feast) -> None:
-    feast.mode = "error"
+    feast.push_mode = "error"
     server = sink_server(feast.url, attempts=3)
     async with Served(server) as s:
         await s.infer([1001], "bad")

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import http.server
-import json
 import math
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fake_feast import STORE, FakeFeast
 from noria import metrics as m
 from noria.profile import build_profile
 from noria_server import online
@@ -40,95 +37,10 @@ from noria_testbed.processes import free_port
 from server_helpers import FEATURES, fitted_server, handled
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-# The store: customer id -> (a, b, c), the model's three features.
-STORE = {1001: (1.5, 0.2, -0.3), 1002: (-2.0, 1.0, 0.5), 1003: (0.1, -0.7, 2.2), 1004: (-0.4, 0.0, 0.0),
-         1005: (None, 0.3, 0.1)}  # 1005's a was written as null: a missing value, not a miss
 TIMEOUT_MS = 100
 # What "within its bound" allows on a loaded 2-core CI machine: the timeout plus scheduling slack.
 BOUND_S = TIMEOUT_MS / 1000 + 0.9
 
-
-class FakeFeast:
-    """A threaded HTTP server answering POST /get-online-features as Feast 0.67's feature server over
-    Redis did on the test bed: ``{"metadata": {"feature_names": [key, *features]}, "results":
-    [{"values", "statuses", "event_timestamps"}, ...]}``, an unknown key as status PRESENT, value null,
-    timestamp 1970-01-01T00:00:00Z (``not_found=True``: status NOT_FOUND, as other stores answer),
-    errors as a JSON string (500), an unknown feature service as 404 with JSON in a JSON string.
-    ``delay`` makes it slow, ``mode="error"`` fail."""
-
-    def __init__(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.connections: list[socket.socket] = []
-        self.mode = "ok"
-        self.delay = 0.0
-        self.not_found = False
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                fake.connections.append(self.connection)
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                fake.calls.append({"path": self.path, **body})
-                if fake.delay:
-                    time.sleep(fake.delay)
-                if fake.mode == "error":
-                    return self._answer(500, "Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-                if body.get("feature_service") not in (None, "churn_v1"):
-                    return self._answer(404, json.dumps({
-                        "module": "feast.errors", "class": "FeatureServiceNotFoundException",
-                        "message": f"Feature service {body['feature_service']} does not exist in project noria"}))
-                (key, ids), = body["entities"].items()
-                names = FEATURES if "feature_service" in body else [ref.split(":")[1] for ref in body["features"]]
-                results = [{"values": ids, "statuses": ["PRESENT"] * len(ids),
-                            "event_timestamps": ["1970-01-01T00:00:00Z"] * len(ids)}]
-                for name in names:
-                    j = FEATURES.index(name)
-                    values = [STORE[i][j] if i in STORE else None for i in ids]
-                    known = [i in STORE for i in ids]
-                    results.append({
-                        "values": values,
-                        "statuses": ["NOT_FOUND" if fake.not_found and not k else "PRESENT" for k in known],
-                        "event_timestamps": ["2026-12-02T08:42:25Z" if k else "1970-01-01T00:00:00Z" for k in known]})
-                self._answer(200, {"metadata": {"feature_names": [key, *names]}, "results": results})
-
-            def _answer(self, status: int, doc: Any) -> None:
-                data = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True  # a slow answer's thread never holds the test's end
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.scheme = "https" if tls is not None else "http"
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        """Gone as a stopped process is: no listener, and its kept-alive connections closed."""
-        self.server.shutdown()
-        self.server.server_close()
-        for conn in self.connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture
