@@ -215,7 +215,7 @@ class ModelServer:
         self.model = model
         if self.online_metrics is not None:
             self.online_metrics.declare(model.schema.features)
-        self._feedback_sink()
+        self.make_feedback_sink()
         self.sizer.call_seconds = model.single_row_seconds  # until one-row calls under traffic say more
         if s.feature_counting and model.profile is not None:
             self.metrics.enable_feature_bins(model.schema.features, model.profile)
@@ -406,8 +406,9 @@ class ModelServer:
             self.lookup = online.FeatureLookup(self.settings.online_features, model.schema, self.online_metrics)
         return self.lookup
 
-    def _feedback_sink(self) -> feast_sink.FeedbackSink | None:
-        """The sink of labelled rows for Feast (made once the model, whose features it pushes, is there)."""
+    def make_feedback_sink(self) -> feast_sink.FeedbackSink | None:
+        """The sink of labelled rows for Feast, made once the model, whose features it pushes, is set
+        (at load; a test that sets ``model`` itself calls this after), never on the request path."""
         s, model = self.settings, self.model
         if self.sink is None and s.feedback_sink is not None and s.online_features is not None and model is not None:
             self.sink = feast_sink.FeedbackSink(
@@ -549,7 +550,7 @@ class ModelServer:
     def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
         ids = [rid for item in batch for rid in item.request.row_ids]
         values = predictions.tolist()
-        sink = self.sink if self.sink is not None or self.settings.feedback_sink is None else self._feedback_sink()
+        sink = self.sink
         if sink is None:
             self.ledger.record(ids, values, time.monotonic())
         else:

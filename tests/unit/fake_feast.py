@@ -18,6 +18,7 @@ from server_helpers import FEATURES
 STORE = {1001: (1.5, 0.2, -0.3), 1002: (-2.0, 1.0, 0.5), 1003: (0.1, -0.7, 2.2), 1004: (-0.4, 0.0, 0.0),
          1005: (None, 0.3, 0.1)}  # 1005's a was written as null: a missing value, not a miss
 
+
 class FakeFeast:
     """A threaded HTTP server answering POST /get-online-features as Feast 0.67's feature server over
     Redis did on the test bed: ``{"metadata": {"feature_names": [key, *features]}, "results":

@@ -28,6 +28,7 @@ def fitted_server(kind: str, **settings: Any) -> ModelServer:
     server = ModelServer(ServeSettings(artifact_uri="file:///unused", digest="sha256:0", model="m", version="m-v1",
                                        prediction_log=False, **settings))
     server.model = ServedModel.from_estimator(estimator, None)
+    server.make_feedback_sink()  # as loading does once the model is there
     server.state = server.reason = "ready"
     return server
 
