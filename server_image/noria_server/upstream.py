@@ -241,7 +241,9 @@ class EndpointPool:
         self._prefixes: dict[tuple[str, str], bytes] = {}
 
     def head(self, method: str, target: str, headers: Headers, body_length: int) -> bytes:
-        """``request_head`` for this endpoint, its request line and host formatted once per target."""
+        """An HTTP/1.1 request head for this endpoint: the forwarded ``headers`` (encoded, lower-case
+        pairs, or their lines already formatted) and the body's length; its request line and host
+        formatted once per target."""
         key = (method, target)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -290,7 +292,7 @@ class EndpointPool:
 
     async def request(self, head: bytes, body: bytes, bodiless: bool, deadline: float,
                       busy: set[_UpstreamConnection], fresh: bool = False) -> UpstreamResponse:
-        """Send one request (``head`` from ``request_head``) and read its answer by ``deadline`` (loop
+        """Send one request (``head`` from ``head``) and read its answer by ``deadline`` (loop
         time; the connection waits in ``busy`` meanwhile, where ``Upstreams`` times it out); ``fresh``:
         on a new connection."""
         conn = None if fresh else self._take_idle()
@@ -370,13 +372,6 @@ class EndpointPool:
             self.idle.pop().close()
         for task in list(self.retrying):
             task.cancel()
-
-
-def request_head(method: str, target: str, host_header: bytes, headers: Headers, body_length: int) -> bytes:
-    """An HTTP/1.1 request head: the forwarded ``headers`` (encoded, lower-case) and the body's length."""
-    lines = headers if isinstance(headers, bytes) else b"".join([b"%s: %s\r\n" % pair for pair in headers])
-    return b"%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n%s\r\n" % (
-        method.encode("ascii"), target.encode("latin-1"), host_header, body_length, lines)
 
 
 class Upstreams:
