@@ -63,12 +63,13 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5
 _REQUEST_ID = "x-request-id"
 FORWARDED_HEADERS = ("content-type", _REQUEST_ID, "accept", oip.HEADER_INFERENCE_HEADER_LENGTH)
 _REQUEST_ID_BYTES = _REQUEST_ID.encode()
+_FORWARDED = tuple((name, name.encode()) for name in FORWARDED_HEADERS)  # names encoded once
 PROMETHEUS_TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 UNCOUNTED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})  # probes and scrapes
 _VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answer
 # The forwarded headers other than x-request-id, in the order _header_lines keys them.
 _BLOCK_NAMES = (b"content-type", b"accept", oip.HEADER_INFERENCE_HEADER_LENGTH.encode())
-assert set(_BLOCK_NAMES) | {_REQUEST_ID_BYTES} == {name.encode() for name in FORWARDED_HEADERS}
+assert set(_BLOCK_NAMES) | {_REQUEST_ID_BYTES} == {encoded for _, encoded in _FORWARDED}
 HEADER_BLOCKS = 256  # distinct forwarded header values whose lines are kept (cleared when full)
 
 
@@ -318,6 +319,10 @@ class Router:
             "shadow": None if config.shadow is None else {
                 "version": config.shadow.version, "mirrorPercent": config.shadow.mirror_percent,
                 "endpoints": self.urls_of(config.shadow)}})
+
+    def _headers(self, request: Request) -> list[tuple[bytes, bytes]]:
+        got = request.headers
+        return [(encoded, got[name].encode("latin-1")) for name, encoded in _FORWARDED if name in got]
 
     def _header_lines(self, request: Request, mirrored: bool) -> bytes:
         """The forwarded headers as lines of the upstream request head. Apart from ``x-request-id``
