@@ -61,6 +61,7 @@ def model_server(url: str) -> ModelServer:
                                                      feature_service="churn_v1", timeout=2.0),
         feedback_sink=feast_sink.SinkSettings(push_source="churn_feedback", flush_seconds=0.2)))
     server.model = ServedModel.from_estimator(estimator, None)
+    server.make_feedback_sink()  # as loading does once the model is there
     server.state = server.reason = "ready"
     return server
 
