@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
     .venv/bin/python benchmarks/router_overhead.py --hot-path   # the router's Python per request, no sockets
+    .venv/bin/python benchmarks/router_overhead.py --shadow-only --shadow-rounds 6 --shadow-round-seconds 15
+        # only the 100 % shadow's cost: split vs split + replayed shadow, interleaved, with the spread
 
 Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
 nginx-light``; without nginx its rows are left out and the output says so); ``--profile`` needs
@@ -202,23 +204,109 @@ def saturation(target: Target, placed: dict[int, list[int]], servers: list[int],
     return runs
 
 
+def place(layout: Layout, procs: dict[str, int]) -> dict[int, list[int]]:
+    """Pin every process as ``layout`` says; the pids placed on each CPU."""
+    pin_tree(procs["churn-v1"], layout.primary_cpu)
+    pin_tree(procs["churn-v2"], layout.others_cpu)
+    if "churn-v3" in procs:
+        pin_tree(procs["churn-v3"], layout.others_cpu, nice=layout.shadow_nice)
+    pin_tree(procs[REPLAY], layout.others_cpu)  # at nice 0: it stands for a shadow with its own CPU
+    backends = (*VERSIONS, REPLAY)
+    placed: dict[int, list[int]] = {}
+    for name, pid in procs.items():
+        if name not in backends:
+            pin_tree(pid, layout.proxy_cpu)
+        cpu = layout.primary_cpu if name == VERSIONS[0] else layout.others_cpu if name in backends else layout.proxy_cpu
+        placed.setdefault(cpu, []).append(pid)
+    time.sleep(0.5)
+    return placed
+
+
+SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("nginx", NGINX_SPLIT, NGINX_REPLAY))
+
+
+@dataclass
+class FixedRound:
+    latencies: list[float]  # s, sorted
+    errors: int
+    proxy_cpu: float  # CPU seconds of the proxy process during the round
+    late_p99_ms: float  # how late the generator itself sent (its own core's load)
+
+    def quantile(self, q: float) -> float:
+        n = len(self.latencies)
+        return self.latencies[min(n - 1, int(n * q))] * 1e3 if n else float("nan")
+
+
+def fixed_round(target: Target, args: argparse.Namespace) -> FixedRound:
+    late: list[float] = []
+    before = cpu_seconds(target.proxy) if target.proxy else 0.0
+    latencies, errors, _ = open_loop(target.url, BODY, args.rate, args.shadow_round_seconds, late)
+    used = (cpu_seconds(target.proxy) - before) if target.proxy else 0.0
+    late.sort()
+    return FixedRound(latencies, errors, used, late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3 if late else 0.0)
+
+
+def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int], args: argparse.Namespace) -> None:
+    """The 100 % shadow's cost to the primary, measured so that noise shows: for each proxy, the 90/10
+    split and the split + replayed shadow take turns at the fixed rate (ABBA order: split, shadow,
+    shadow, split, ...), ``--shadow-rounds`` rounds of ``--shadow-round-seconds`` each, so a drift in
+    the machine's state hits both alike; per round the p99 ratio (shadow / split), then its median and
+    min..max over the rounds, beside the p99 of all rounds' samples pooled, and the proxy's CPU per
+    10,000 requests with and without the mirror."""
+    place(layout, procs)
+    pairs = [(proxy, a, b) for proxy, a, b in SHADOW_PAIRS if a in paths and b in paths]
+    print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} rounds x {args.shadow_round_seconds:g}s at "
+          f"{args.rate:g} req/s per path, interleaved ...", flush=True)
+    for _, a, b in pairs:
+        fixed_rate(paths[a].url, args.rate, 2)  # warm-up: connections, caches
+        fixed_rate(paths[b].url, args.rate, 2)
+    rounds: dict[str, list[FixedRound]] = {name: [] for _, a, b in pairs for name in (a, b)}
+    for k in range(args.shadow_rounds):
+        for _, a, b in pairs:
+            for name in ((a, b) if k % 2 == 0 else (b, a)):
+                rounds[name].append(fixed_round(paths[name], args))
+        print(f"  round {k + 1}: " + "; ".join(
+            f"{proxy} p99 {rounds[a][-1].quantile(0.99):.2f} / {rounds[b][-1].quantile(0.99):.2f} ms"
+            for proxy, a, b in pairs), flush=True)
+    samples = int(args.rate * args.shadow_round_seconds)
+    print(f"\n## shadow's cost to the primary, {layout.name}: {args.rate:g} req/s open loop, {args.shadow_rounds} "
+          f"interleaved rounds x {args.shadow_round_seconds:g}s (~{samples} samples per round and path)")
+    print(f"{'path':26} {'p50 ms':>7} {'p99 ms':>7} {'p99 min..max':>13} {'pooled p99':>10} {'p99.9':>6} "
+          f"{'late p99':>8} {'proxy cpu':>9} {'errors':>6}")
+    for _, a, b in pairs:
+        for name in (a, b):
+            rs = rounds[name]
+            p99s = [r.quantile(0.99) for r in rs]
+            pooled = FixedRound(sorted(x for r in rs for x in r.latencies), 0, 0.0, 0.0)
+            requests = sum(len(r.latencies) for r in rs) or 1
+            print(f"{name:26} {statistics.median(r.quantile(0.5) for r in rs):7.2f} {statistics.median(p99s):7.2f} "
+                  f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} {pooled.quantile(0.999):6.2f} "
+                  f"{statistics.median(r.late_p99_ms for r in rs):8.2f} "
+                  f"{sum(r.proxy_cpu for r in rs) / requests * 1e4:9.2f} {sum(r.errors for r in rs):6d}")
+    print("(p50/p99: medians over the rounds; p99 min..max: over the rounds; pooled: of every round's samples "
+          "together; late p99: how late the generator itself sent (CPU 0's load), ms; proxy cpu: CPU seconds of the "
+          "proxy per 10,000 requests at the fixed rate, /proc ticks of 10 ms)")
+    for proxy, a, b in pairs:
+        ratios = [y.quantile(0.99) / x.quantile(0.99) - 1 for x, y in zip(rounds[a], rounds[b], strict=True)]
+        medians = [y.quantile(0.5) / x.quantile(0.5) - 1 for x, y in zip(rounds[a], rounds[b], strict=True)]
+        pooled_a = FixedRound(sorted(x for r in rounds[a] for x in r.latencies), 0, 0.0, 0.0)
+        pooled_b = FixedRound(sorted(x for r in rounds[b] for x in r.latencies), 0, 0.0, 0.0)
+        n_a = sum(len(r.latencies) for r in rounds[a]) or 1
+        n_b = sum(len(r.latencies) for r in rounds[b]) or 1
+        mirror_cpu = (sum(r.proxy_cpu for r in rounds[b]) / n_b - sum(r.proxy_cpu for r in rounds[a]) / n_a) * 1e4
+        verdict = "met" if statistics.median(ratios) <= GOAL_SHADOW_P99_COST else "NOT met"
+        print(f"  {proxy}: 100% replayed shadow on the 90/10 split: primary p99 {statistics.median(ratios):+.1%} "
+              f"(median of {len(ratios)} round pairs; min..max {min(ratios):+.1%}..{max(ratios):+.1%}); pooled p99 "
+              f"{pooled_b.quantile(0.99) / pooled_a.quantile(0.99) - 1:+.1%}; p50 {statistics.median(medians):+.1%}; "
+              f"the mirror's proxy CPU {mirror_cpu:+.2f} s per 10,000 mirrored requests; goal <= "
+              f"{GOAL_SHADOW_P99_COST:.0%}: {verdict}")
+
+
 def measure_layout(layout: Layout, paths: dict[str, Target], procs: dict[str, int], urls: dict[str, str],
                    args: argparse.Namespace) -> dict[str, PathResult]:
     """Place the processes for ``layout``, then fixed-rate rounds over every path, then saturation per path."""
-    pin_tree(procs["churn-v1"], layout.primary_cpu)
-    pin_tree(procs["churn-v2"], layout.others_cpu)
-    pin_tree(procs["churn-v3"], layout.others_cpu, nice=layout.shadow_nice)
-    pin_tree(procs[REPLAY], layout.others_cpu)  # at nice 0: it stands for a shadow with its own CPU
-    backends = (*VERSIONS, REPLAY)
-    proxies = [pid for name, pid in procs.items() if name not in backends]
-    for pid in proxies:
-        pin_tree(pid, layout.proxy_cpu)
-    placed: dict[int, list[int]] = {}
-    for name, pid in procs.items():
-        cpu = layout.primary_cpu if name == VERSIONS[0] else layout.others_cpu if name in backends else layout.proxy_cpu
-        placed.setdefault(cpu, []).append(pid)
-    servers = [procs[v] for v in backends]
-    time.sleep(0.5)
+    placed = place(layout, procs)
+    servers = [procs[v] for v in (*VERSIONS, REPLAY)]
     print(f"\n[{layout.name}] fixed rate, {args.runs} rounds over {len(paths)} paths ...", flush=True)
     for path in paths.values():
         fixed_rate(path.url, args.rate, 2)  # warm-up: connections, caches
@@ -318,6 +406,12 @@ def main() -> None:
                              "(fake transports; best of 7 rounds, hardly moved by other load)")
     parser.add_argument("--profile", action="store_true",
                         help="one more saturation run through the router (one backend) with py-spy attached")
+    parser.add_argument("--shadow-only", action="store_true",
+                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router "
+                             "and nginx), interleaved rounds, in the first --layout (default: proxy on its own core)")
+    parser.add_argument("--shadow-rounds", type=int, default=6, help="rounds per path in --shadow-only")
+    parser.add_argument("--shadow-round-seconds", type=float, default=15,
+                        help="seconds per round and path in --shadow-only")
     parser.add_argument("--replay-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the benchmark's own
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,6 +476,8 @@ def main() -> None:
                                       (ROUTER_SPLIT, {"churn-v1": 90, "churn-v2": 10}, None),
                                       (ROUTER_REPLAY, {"churn-v1": 90, "churn-v2": 10}, REPLAY),
                                       (ROUTER_SHADOW, {"churn-v1": 90, "churn-v2": 10}, "churn-v3")):
+            if args.shadow_only and name not in (ROUTER_SPLIT, ROUTER_REPLAY):
+                continue
             config = work / f"router-{len(paths)}.json"
             config.write_text(json.dumps(router_config(urls, weights, shadow)))
             port = free_port()
@@ -397,10 +493,17 @@ def main() -> None:
             procs["nginx"] = proc.pid
             for name, key, shadow in ((NGINX_ONE, "one", None), (NGINX_SPLIT, "split", None),
                                       (NGINX_REPLAY, "replay", REPLAY), (NGINX_MIRROR, "mirror", "churn-v3")):
+                if args.shadow_only and name not in (NGINX_SPLIT, NGINX_REPLAY):
+                    continue
                 paths[name] = Target(f"http://127.0.0.1:{listen[key]}{INFER}", proc.pid, shadow and urls[shadow])
         for path in paths.values():
             wait_http(path.url.removesuffix(INFER) + "/v2/health/ready", 180)
 
+        if args.shadow_only:
+            shadow_pairs(next(x for x in LAYOUTS if not args.layout or x.name in args.layout), paths, procs, args)
+            print(f"\nLoad before: {load_before}")
+            print(f"Load after:  {uptime()}")
+            return
         tables = {}
         for layout in LAYOUTS:
             if args.layout and layout.name not in args.layout:
