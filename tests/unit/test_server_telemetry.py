@@ -93,3 +93,27 @@ def test_series_the_analysis_reads_exist_at_zero_before_the_first_request() -> N
         for predicted in ("0", "1"):
             assert (f'{m.FEEDBACK_TOTAL}{{actual="{actual}",model="churn",predicted="{predicted}",'
                     f'version="churn-v2"}} 0.0') in text
+
+
+def test_buffered_counts_equal_the_profile_across_fills_bulk_batches_and_reads() -> None:
+    rng = np.random.default_rng(4)
+    profile = build_profile({"a": rng.normal(size=300), "b": rng.exponential(size=300), "c": np.ones(300)},
+                            {"a": "numeric", "b": "numeric", "c": "numeric"})
+    counter = FeatureBinCounter("m", "v", ["a", "b", "c"], profile)
+    seen = []
+    for i, n in enumerate([1, 11, 200, 60, 1, FeatureBinCounter.BUFFER_ROWS, FeatureBinCounter.BUFFER_ROWS + 1,
+                           3, 700, 2, 255]):
+        rows = rng.normal(size=(n, 3)) * 3
+        rows[rng.random(size=(n, 3)) < 0.05] = np.nan
+        counter.observe(rows)
+        seen.append(rows)
+        if i % 3 == 0:  # a read between batches counts what is held, and counting goes on after it
+            every = np.vstack(seen)
+            expected = np.concatenate([profile.features[f].counts(every[:, j]) for j, f in enumerate("abc")])
+            assert counter.counts.tolist() == expected.tolist(), i
+    every = np.vstack(seen)
+    collected = {(s.labels["feature"], s.labels["bin"]): s.value for fam in counter.collect() for s in fam.samples}
+    for j, f in enumerate("abc"):
+        fp = profile.features[f]
+        assert [collected[(f, label)] for label in fp.labels] == fp.counts(every[:, j]).tolist(), f
+    assert counter.counts.sum() == every.size
