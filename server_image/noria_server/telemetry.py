@@ -41,6 +41,7 @@ STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
 GC_GENERATIONS = (0, 1, 2)
 MAX_CLASS_LABELS = 50
+SMALL_BATCH_ROWS = 64  # predictions counted with a dict up to this many rows, with np.unique above
 MAX_CONFUSION_PREDECLARED = 10  # classes² zero series at most 100
 
 
@@ -291,6 +292,13 @@ class ServerMetrics:
             return
         if len(predictions) == 1:
             self._class_child(predictions[0].item() if hasattr(predictions[0], "item") else predictions[0]).inc()
+            return
+        if len(predictions) <= SMALL_BATCH_ROWS:  # a dict beats np.unique's sort on a micro-batch
+            tally: dict[Any, int] = {}
+            for v in predictions.tolist():
+                tally[v] = tally.get(v, 0) + 1
+            for v, c in tally.items():
+                self._class_child(v).inc(c)
             return
         values, counts = np.unique(predictions, return_counts=True)
         for v, c in zip(values.tolist(), counts.tolist(), strict=True):

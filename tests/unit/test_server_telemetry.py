@@ -117,3 +117,15 @@ def test_buffered_counts_equal_the_profile_across_fills_bulk_batches_and_reads()
         fp = profile.features[f]
         assert [collected[(f, label)] for label in fp.labels] == fp.counts(every[:, j]).tolist(), f
     assert counter.counts.sum() == every.size
+
+
+def test_predictions_counted_alike_in_small_and_large_batches() -> None:
+    metrics = ServerMetrics("m", "v")
+    metrics.declare_classes(["a", "b", "c"])
+    small = np.array(["b", "a", "b"], dtype=object)
+    large = np.array(["c", "a"] * 100)
+    metrics.count_predictions(small, classifier=True)
+    metrics.count_predictions(large, classifier=True)
+    metrics.count_predictions(np.array(["a"]), classifier=True)
+    got = {s.labels["class"]: s.value for fam in metrics.predictions.collect() for s in fam.samples}
+    assert got == {"a": 102.0, "b": 2.0, "c": 100.0}
