@@ -1,6 +1,6 @@
 """How long one ``PredictionLedger.record()`` holds the serving thread, in CPU time.
 
-``python benchmarks/ledger_pauses.py [--before REV] [--bytes N] [--after-full N] [--repeat N]``
+``python benchmarks/ledger_pauses.py [--before REV] [--bytes N] [--after-full N] [--repeat N] [--gc-full]``
 
 Fills a ledger to its byte bound (64 MiB by default) with ``record()`` calls of 20 rows (24-hex-char ids
 as ``oip.new_id`` makes them, class predictions 0/1, 4,000 rows a second of fake clock), then makes
@@ -10,6 +10,8 @@ p99.9, max, calls over 1 ms and the five longest. ``--before REV`` runs the ledg
 (``git show REV:server_image/noria_server/ledger.py``) in the same process, alternating with the
 working tree's, so both see the same machine. ``--memory`` adds, per ledger, one more fill under
 tracemalloc (slow; not timed): the memory the ledger really holds once full against what it charges.
+``--gc-full`` adds, per ledger, the CPU of a full garbage collection with the ledger full on a heap
+settled as the server's is (ledger made, then ``gc.freeze()``, then filled).
 The collector is off while timing (``--gc`` keeps it
 on): a collection's pause belongs to the collector, and the server's settled heap makes them short
 (docs/operations/latency.md).
@@ -98,6 +100,35 @@ def memory(module: ModuleType, max_bytes: int, rows: int, after_full: int) -> st
     return f"holds {held / 2**20:.1f} MiB (peak {peak / 2**20:.1f}) for {charged / 2**20:.1f} MiB charged, {len(book)} entries"
 
 
+def full_collection(module: ModuleType, max_bytes: int, rows: int) -> str:
+    """CPU of one full collection with a full ledger, its heap settled as the server settles it: the
+    ledger made first, then ``gc.collect(); gc.freeze()`` (``loopmon.settle_heap``), then filled. A
+    collection walks what is tracked and not frozen; ``gc.unfreeze()`` after."""
+    book = module.PredictionLedger(max_bytes=max_bytes)
+    predictions = [i % 2 for i in range(rows)]
+    gc.collect()
+    gc.freeze()
+    try:
+        now = 0.0
+        while not book.evicted:
+            now += rows / 4000.0
+            book.record([os.urandom(12).hex() for _ in range(rows)], predictions, now)
+        times = []
+        for _ in range(3):  # new entries since the last full collection (which may untrack what it can)
+            for _ in range(2000):
+                now += rows / 4000.0
+                book.record([os.urandom(12).hex() for _ in range(rows)], predictions, now)
+            gc.collect(1)
+            t = time.thread_time_ns()
+            gc.collect(2)
+            times.append((time.thread_time_ns() - t) / 1e6)
+        walked = len(gc.get_objects(2))
+    finally:
+        gc.unfreeze()
+    return (f"{len(book)} entries: full collection {', '.join(f'{t:.2f}' for t in times)} ms of CPU; "
+            f"{walked} objects left in the oldest generation")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV", help="also run the ledger of this commit")
@@ -107,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--gc", action="store_true", help="leave the garbage collector on while timing")
     parser.add_argument("--memory", action="store_true", help="also measure the memory held once full")
+    parser.add_argument("--gc-full", action="store_true",
+                        help="also time a full collection with a full ledger on a settled (frozen) heap")
     args = parser.parse_args()
     variants = [("after (working tree)", load(ROOT / LEDGER, "ledger_after"))]
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,6 +158,9 @@ def main() -> None:
         if args.memory:
             for name, module in variants:
                 print(f"{name}, memory: {memory(module, args.bytes, args.rows, args.after_full // 10)}")
+        if args.gc_full:
+            for name, module in variants:
+                print(f"{name}, {full_collection(module, args.bytes, args.rows)}")
         print(f"load average {os.getloadavg()}")
 
 

@@ -103,6 +103,17 @@ _MAX_SHARDS: Final = 4096
 _PLACE_BYTES: Final = 8
 
 
+# Every shard dict holds this key (an object no caller has, never a str id) with a list as its value,
+# so the dict stays tracked by the collector from its creation on: ``loopmon.settle_heap`` freezes it
+# with the ledger's order queue when the server is ready, and no collection walks their entries again.
+# An empty or all-atomic dict is untracked instead, and the first entry tuple (tracked until the next
+# young collection finds it holds only atomic values) re-tracks it in the young generation, from where
+# it reaches the oldest: a full collection then walked every shard, 9-13 ms of CPU for the ~194,000
+# entries of the 64 MiB default (benchmarks/ledger_pauses.py --gc-full, docs/operations/latency.md).
+_PIN: Final = object()
+_PINNED: Final[list[Any]] = []
+
+
 def _shard_count(max_bytes: int) -> int:
     wanted = -(-max_bytes // _SHARD_BYTES)
     return min(_MAX_SHARDS, 1 << max(0, wanted - 1).bit_length())
@@ -134,7 +145,7 @@ class PredictionLedger:
         self.evicted = 0
         shards = _shard_count(max_bytes)
         self._mask = shards - 1
-        self._shards: list[dict[str, tuple[Any, ...]]] = [{} for _ in range(shards)]
+        self._shards: list[dict[Any, Any]] = [{_PIN: _PINNED} for _ in range(shards)]  # tracked: see _PIN
         self._order: deque[str] = deque()  # ids, oldest first; an id's last place is its entry's
         self._held = 0
         self._next_sweep = -math.inf
@@ -143,7 +154,7 @@ class PredictionLedger:
         return self._held
 
     def __contains__(self, pid: object) -> bool:
-        return pid in self._shards[hash(pid) & self._mask]
+        return pid is not _PIN and pid in self._shards[hash(pid) & self._mask]
 
     @staticmethod
     def cost(pid: str, predicted: Any) -> int:
