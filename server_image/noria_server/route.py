@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from noria import metrics as m
 from noria.contracts import FEEDBACK_LOG_MATCHED, HEADER_FEEDBACK_FANOUT, HEADER_FEEDBACK_LOG, HEADER_VERSION
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -114,14 +114,19 @@ class RouterSettings:
 
 
 class _PerRequestCollector(Collector):
-    """The two series every request moves, counted without a lock: ``noria_request_duration_seconds``
-    by model and version, ``noria_router_requests_total`` by code. ``prometheus_client`` takes a lock
+    """The series every request or mirror moves, counted without a lock: ``noria_request_duration_seconds``
+    by model and version, ``noria_router_requests_total`` by code, ``noria_shadow_comparisons_total``
+    and ``noria_shadow_duration_seconds``. ``prometheus_client`` takes a lock
     per observation and per increment (1.5 us of the router's ~20 us of Python per request, measured);
     here the event loop thread is the only one that counts, and ``/metrics`` is rendered on it too."""
 
     def __init__(self) -> None:
         self.durations: dict[tuple[str, str], FastHistogram] = {}
         self.codes: dict[int, int] = {200: 0, 500: 0, 502: 0}
+        # Every mirror moves these two, also without a lock: comparisons by (model, stable, shadow,
+        # outcome) and the shadow's latency by (model, shadow).
+        self.shadow_counts: dict[tuple[str, str, str, str], int] = {}
+        self.shadow_durations: dict[tuple[str, str], FastHistogram] = {}
 
     def collect(self) -> Iterable[Metric]:
         duration = HistogramMetricFamily(m.REQUEST_DURATION_SECONDS, "Request latency through the router",
@@ -134,6 +139,16 @@ class _PerRequestCollector(Collector):
         for code, count in sorted(self.codes.items()):
             answers.add_metric([str(code)], float(count))
         yield answers
+        comparisons = CounterMetricFamily(m.SHADOW_COMPARISONS_TOTAL, "Shadow answers compared with the primary's, by row",
+                                          labels=[m.LABEL_MODEL, m.LABEL_STABLE, m.LABEL_SHADOW, m.LABEL_OUTCOME])
+        for labels, count in list(self.shadow_counts.items()):
+            comparisons.add_metric(list(labels), float(count))
+        yield comparisons
+        shadow_duration = HistogramMetricFamily(m.SHADOW_DURATION_SECONDS, "Latency of the mirrored shadow calls",
+                                                labels=[m.LABEL_MODEL, m.LABEL_SHADOW])
+        for (model, shadow), hist in list(self.shadow_durations.items()):
+            shadow_duration.add_metric([model, shadow], hist.cumulative(), hist.sum)
+        yield shadow_duration
 
 
 class RouterMetrics:
@@ -143,32 +158,39 @@ class RouterMetrics:
         self.registry.register(self.per_request)
         self.weight = Gauge(m.ROUTER_WEIGHT, "Traffic weight of each version", [m.LABEL_MODEL, m.LABEL_VERSION],
                             registry=self.registry)
-        self.shadow = Counter(m.SHADOW_COMPARISONS_TOTAL, "Shadow answers compared with the primary's, by row",
-                              [m.LABEL_MODEL, m.LABEL_STABLE, m.LABEL_SHADOW, m.LABEL_OUTCOME],
-                              registry=self.registry)
-        self.shadow_duration = Histogram(m.SHADOW_DURATION_SECONDS, "Latency of the mirrored shadow calls",
-                                         [m.LABEL_MODEL, m.LABEL_SHADOW], buckets=LATENCY_BUCKETS,
-                                         registry=self.registry)
         self.errors = Counter(m.ROUTER_ERRORS_TOTAL, "Requests the router could not deliver, by reason",
                               [m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_REASON], registry=self.registry)
         self.feedback = Counter(m.ROUTER_FEEDBACK_TOTAL, "Feedback items by outcome, merged over every replica",
                                 [m.LABEL_MODEL, m.LABEL_OUTCOME], registry=self.registry)
-        # labels() validates and locks on every call: the series a mirror touches are looked up once.
-        self._shadow_children: dict[tuple[Any, ...], Any] = {}
         self._codes = self.per_request.codes
         self._durations = self.per_request.durations
+        self._shadow_counts = self.per_request.shadow_counts
+        self._shadow_durations = self.per_request.shadow_durations
 
     def count_code(self, code: int) -> None:
         """Every answer the router gives, by code (its own refusals and errors, and the backends' answers)."""
         codes = self._codes
         codes[code] = codes.get(code, 0) + 1
 
-    def shadow_series(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._shadow_children.get(key)
-        if child is None:
-            child = self._shadow_children[key] = metric.labels(*labels)
-        return child
+    def count_shadow(self, model: str, stable: str, shadow: str, outcome: str, rows: int) -> None:
+        """``rows`` more compared rows with ``outcome`` (``noria_shadow_comparisons_total``)."""
+        counts = self._shadow_counts
+        key = (model, stable, shadow, outcome)
+        counts[key] = counts.get(key, 0) + rows
+
+    def shadow_count(self, model: str, stable: str, shadow: str, outcome: str) -> int:
+        return self._shadow_counts.get((model, stable, shadow, outcome), 0)
+
+    def observe_shadow(self, model: str, shadow: str, seconds: float) -> None:
+        """One mirror's latency (``noria_shadow_duration_seconds``)."""
+        key = (model, shadow)
+        hist = self._shadow_durations.get(key)
+        if hist is None:
+            hist = self._shadow_durations[key] = FastHistogram(LATENCY_BUCKETS)
+        hist.observe(seconds)
+
+    def shadow_duration(self, model: str, shadow: str) -> FastHistogram | None:
+        return self._shadow_durations.get((model, shadow))
 
     def observe(self, model: str, version: str, seconds: float) -> None:
         key = (model, version)
@@ -490,8 +512,7 @@ class Router:
         in flight."""
         try:
             metrics = self.metrics
-            metrics.shadow_series(metrics.shadow_duration, config.model, shadow.version).observe(
-                time.perf_counter() - started)
+            metrics.observe_shadow(config.model, shadow.version, time.perf_counter() - started)
             if primary_body is None:
                 return  # nothing to compare against: the user's request itself failed
             shadow_body = None if isinstance(result, Response) or result.status != 200 else result.body
@@ -499,17 +520,13 @@ class Router:
             if counts is None:
                 return
             agree, disagree, errors = counts
-            counter = metrics.shadow
             if errors:  # the shadow's answer had no predictions: the primary's rows count as errors
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version, m.OUTCOME_ERROR).inc(
-                    errors)
+                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_ERROR, errors)
                 return
             if agree:
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
-                                      m.OUTCOME_AGREE).inc(agree)
+                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_AGREE, agree)
             if disagree:
-                metrics.shadow_series(counter, config.model, primary.version, shadow.version,
-                                      m.OUTCOME_DISAGREE).inc(disagree)
+                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE, disagree)
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow comparison failed")
         finally:

@@ -108,7 +108,7 @@ async def test_a_mirror_leaves_after_the_primary_answered_and_a_slow_shadow_neve
     while bed["router"].shadow_in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert bed["router"].shadow_in_flight == 0
-    agree = bed["router"].metrics.shadow.labels(MODEL, "v1-slow", "shadow", m.OUTCOME_AGREE)._value.get()
+    agree = bed["router"].metrics.shadow_count(MODEL, "v1-slow", "shadow", m.OUTCOME_AGREE)
     assert agree == 1
 
 

@@ -88,11 +88,11 @@ def _mirrored(shadow_turn: ShadowTurn, requests: int) -> dict[str, Any]:
                 while router.shadow_in_flight and time.monotonic() < deadline:
                     await asyncio.sleep(0.005)
                 assert router.shadow_in_flight == 0
-            outcomes = {outcome: router.metrics.shadow.labels("churn", "v1", "v2", outcome)._value.get()
+            outcomes = {outcome: router.metrics.shadow_count("churn", "v1", "v2", outcome)
                         for outcome in (m.OUTCOME_AGREE, m.OUTCOME_DISAGREE, m.OUTCOME_ERROR)}
             return {"answers": answers, "outcomes": outcomes, "connecting": connecting,
                     "shadow_connections": shadow_connections, "busy": len(router.upstreams.busy),
-                    "durations": router.metrics.shadow_duration.labels("churn", "v2")._sum.get()}
+                    "durations": router.metrics.shadow_duration("churn", "v2").sum}
         finally:
             await router.stop(drain=False)
             for server in servers:
