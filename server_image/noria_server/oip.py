@@ -99,6 +99,12 @@ class RequestedOutput:
     binary: bool  # answered in the binary tensor data extension rather than as JSON ``data``
 
 
+# A request that names no outputs gets every output the model answers: one shared tuple per
+# (outputs, binary_data_output), at most a handful of keys.
+_EVERY_OUTPUT: dict[tuple[tuple[str, ...], bool], tuple[RequestedOutput, ...]] = {}
+_JSON_NUMBER_TYPES = frozenset({int, float, bool, type(None)})  # every one passes column_values' number check
+
+
 @dataclass(slots=True)
 class InferRequest:
     request_id: str
@@ -263,7 +269,11 @@ def requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tupl
         raise RequestError(400, f"parameters.binary_data_output must be true or false, got {default_binary!r:.40}")
     requested = payload.get("outputs")
     if not requested:
-        return tuple(RequestedOutput(name, default_binary) for name in available)
+        key = (tuple(available), default_binary)
+        every = _EVERY_OUTPUT.get(key)
+        if every is None:
+            every = _EVERY_OUTPUT[key] = tuple(RequestedOutput(name, default_binary) for name in available)
+        return every
     if not isinstance(requested, list):
         raise RequestError(400, f"'outputs' must be a list of {{\"name\": ...}} objects, got "
                                 f"{type(requested).__name__}")
@@ -286,6 +296,9 @@ def requested_outputs(payload: dict[str, Any], available: Sequence[str]) -> tupl
 
 def shape_of(tensor: dict[str, Any], index: int) -> list[int]:
     shape = tensor["shape"]
+    if type(shape) is list and len(shape) == 2 and type(shape[0]) is int and type(shape[1]) is int \
+            and shape[0] >= 0 and shape[1] >= 0:  # the common [n, F] without a generator
+        return shape
     if (not isinstance(shape, list) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise RequestError(422, f"input '{tensor['name']}': shape must be a non-empty list of non-negative "
@@ -330,9 +343,11 @@ def column_values(tensor: dict[str, Any], expected: int, categorical: bool) -> n
     if datatype in STRING_DATATYPES:
         raise RequestError(422, f"input '{name}' is a numeric feature: send a numeric datatype (FP64, INT64, ...), "
                                 f"not BYTES")
-    for j, v in enumerate(data):
-        if not (v is None or isinstance(v, (int, float))):
-            raise RequestError(422, f"input '{name}': value #{j} ({v!r:.80}) is not a number (datatype {datatype})")
+    if not _JSON_NUMBER_TYPES.issuperset(map(type, data)):  # what JSON gives; anything else checked one by one
+        for j, v in enumerate(data):
+            if not (v is None or isinstance(v, (int, float))):
+                raise RequestError(422, f"input '{name}': value #{j} ({v!r:.80}) is not a number "
+                                        f"(datatype {datatype})")
     return np.array(data, dtype=np.float64)
 
 
