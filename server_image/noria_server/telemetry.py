@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from noria import metrics as m
 from noria.profile import FeatureProfile, Profile
-from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Summary, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -208,6 +208,19 @@ class LatencyCollector(Collector):
         yield gcs
 
 
+class _HistogramCollector(Collector):
+    """One ``FastHistogram`` with constant labels, exported as a histogram family."""
+
+    def __init__(self, name: str, documentation: str, labels: dict[str, str], histogram: FastHistogram) -> None:
+        self.name, self.documentation, self.histogram = name, documentation, histogram
+        self.names, self.values = list(labels), list(labels.values())
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.names)
+        family.add_metric(self.values, self.histogram.cumulative(), self.histogram.sum)
+        yield family
+
+
 class ServerMetrics:
     def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
         self.model, self.version = model, version
@@ -215,8 +228,12 @@ class ServerMetrics:
         labels = [m.LABEL_MODEL, m.LABEL_VERSION]
         self.requests = Counter(m.REQUESTS_TOTAL, "Answers by endpoint (infer, feedback, other) and HTTP status code",
                                 labels + [m.LABEL_ENDPOINT, m.LABEL_CODE], registry=self.registry)
-        self.duration = Histogram(m.REQUEST_DURATION_SECONDS, "Inference request latency inside the server",
-                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry).labels(model, version)
+        # Observed once per answer on the loop thread: lock-free (FastHistogram), exported as prometheus_client's
+        # Histogram exported it (same name, labels, buckets and sample order).
+        self.duration = FastHistogram(LATENCY_BUCKETS)
+        self.registry.register(_HistogramCollector(m.REQUEST_DURATION_SECONDS, "Inference request latency inside "
+                                                   "the server", {m.LABEL_MODEL: model, m.LABEL_VERSION: version},
+                                                   self.duration))
         self.predictions = Counter(m.PREDICTIONS_TOTAL, "Predicted rows by class", labels + [m.LABEL_CLASS],
                                    registry=self.registry)
         self.feedback = Counter(m.FEEDBACK_TOTAL, "Feedback labels against the logged prediction",
