@@ -405,7 +405,8 @@ def main() -> None:
                         help="only the router's own Python + event-loop time per request, without sockets "
                              "(fake transports; best of 7 rounds, hardly moved by other load)")
     parser.add_argument("--profile", action="store_true",
-                        help="one more saturation run through the router (one backend) with py-spy attached")
+                        help="one more saturation run through the router (one backend) with py-spy attached; "
+                             "with --shadow-only: one more fixed-rate round through the router + replayed shadow")
     parser.add_argument("--shadow-only", action="store_true",
                         help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router "
                              "and nginx), interleaved rounds, in the first --layout (default: proxy on its own core)")
@@ -501,6 +502,8 @@ def main() -> None:
 
         if args.shadow_only:
             shadow_pairs(next(x for x in LAYOUTS if not args.layout or x.name in args.layout), paths, procs, args)
+            if args.profile:
+                profile_at_rate(paths[ROUTER_REPLAY].url, procs[ROUTER_REPLAY], args, work)
             print(f"\nLoad before: {load_before}")
             print(f"Load after:  {uptime()}")
             return
@@ -614,7 +617,8 @@ def hot_path_cost(requests: int = 20000, rounds: int = 7, mirrored: bool = False
                          % len(body)) + body
 
     async def main() -> float:
-        router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0))
+        # Mirrors sent on the loop's next turn, one per batch: each mirror's whole cost, none shared.
+        router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, mirror_delay=0))
         router.apply_config(RouterConfig("churn", "bench", (Backend("v1", None, 8080, weight=100,
                                                                     url="http://127.0.0.1:9"),),
                                          Backend("v3", None, 8080, url="http://127.0.0.1:10", mirror_percent=100)
@@ -675,6 +679,18 @@ def profile_router(url: str, pid: int, args: argparse.Namespace, work: Path) -> 
             print(f"router at saturation, py-spy (own samples by function):\n{spy.result()}", flush=True)
     finally:
         os.unlink(script)
+
+
+def profile_at_rate(url: str, pid: int, args: argparse.Namespace, work: Path) -> None:
+    """Where the router's time goes at the fixed rate with the 100 % replayed shadow (py-spy's own
+    samples by function, idle time left out)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        spy = pool.submit(py_spy_top, pid, args.shadow_round_seconds, work / "router-shadow-spy.txt")
+        fixed_rate(url, args.rate, args.shadow_round_seconds)
+        print(f"router + replayed shadow at {args.rate:g} req/s, py-spy (own samples by function):\n{spy.result()}",
+              flush=True)
 
 
 def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.Namespace) -> None:

@@ -6,8 +6,10 @@ One router Deployment per Rollout sits in front of the per-version model servers
   version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
 - the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
 - with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow,
-  right after the primary's answer is written: the user's answer never waits for it, and the shadow
-  never competes with it (at most ``max_shadow_in_flight`` mirrors at once; past that they are
+  after the primary's answer is written, at low priority: mirrors wait in one queue sent together
+  ``mirror_delay`` seconds (1 ms) after the first of them, so the user's answer never waits for a
+  mirror, and the client and the primary's backend get the CPU first where they share it with the
+  router (at most ``max_shadow_in_flight`` mirrors at once, queued ones included; past that they are
   dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
   (a failed shadow call counts its rows as ``error``; answers whose outputs are the same bytes are
@@ -71,6 +73,8 @@ _VERSION_HEADER = HEADER_VERSION.encode()  # encoded once: it goes on every answ
 _BLOCK_NAMES = (b"content-type", b"accept", oip.HEADER_INFERENCE_HEADER_LENGTH.encode())
 assert set(_BLOCK_NAMES) | {_REQUEST_ID_BYTES} == {encoded for _, encoded in _FORWARDED}
 HEADER_BLOCKS = 256  # distinct forwarded header values whose lines are kept (cleared when full)
+# How long a mirror waits in the queue, at most, before it is sent (with every mirror queued meanwhile).
+MIRROR_DELAY_SECONDS = 0.001
 
 
 _OUTPUTS_KEY = b'"outputs":'
@@ -110,6 +114,8 @@ class RouterSettings:
     drain_seconds: float = 5.0
     http: HttpLimits = field(default_factory=HttpLimits)
     max_shadow_in_flight: int = 512
+    # Mirrors are sent together this long after the first of them was queued (0: on the loop's next turn).
+    mirror_delay: float = MIRROR_DELAY_SECONDS
     feedback_token: BearerToken | None = field(default=None, repr=False)
 
 
@@ -221,6 +227,8 @@ class Router:
         # (agree, disagree) or None, by the outputs both answers had byte for byte (see _agreement).
         self._same_outputs: dict[bytes, tuple[int, int, int] | None] = {}
         self._header_blocks: dict[tuple[str | None, ...], bytes] = {}
+        # Mirrors waiting to be sent (_send_mirrors): already counted in shadow_in_flight.
+        self._mirrors: list[tuple[RouterConfig, Backend, Backend, Request, Headers, bytes | None]] = []
 
     def _count_response(self, request: Request | None, status: int) -> None:
         if request is None or request.path not in UNCOUNTED_PATHS:
@@ -450,11 +458,14 @@ class Router:
                   shadow: Backend | None, result: UpstreamResponse | Response, started: float) -> Response:
         """The user's answer for the primary's ``result``; the mirror, if any, is sent after it."""
         if shadow is not None:
-            # The mirror leaves after the primary's answer is written (call_soon runs on the loop's next
-            # turn, after this answer): the shadow never competes with the request it copies.
+            # The mirror is queued, and leaves with the others queued meanwhile by one timer, after this
+            # answer is written and read: the shadow never competes with the request it copies, and on
+            # a shared CPU the client and the backends run before the mirrors' exchanges.
             primary_body = None if isinstance(result, Response) or result.status != 200 else result.body
-            asyncio.get_running_loop().call_soon(self._start_shadow, config, backend, shadow, request, headers,
-                                                 primary_body)
+            mirrors = self._mirrors
+            if not mirrors:
+                asyncio.get_running_loop().call_later(self.settings.mirror_delay, self._send_mirrors)
+            mirrors.append((config, backend, shadow, request, headers, primary_body))
         if isinstance(result, Response):
             return result
         self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
@@ -466,6 +477,11 @@ class Router:
             else:
                 passed_back.append((name, value))
         return Response(result.status, result.body, content_type, passed_back)
+
+    def _send_mirrors(self) -> None:
+        mirrors, self._mirrors = self._mirrors, []
+        for mirror in mirrors:
+            self._start_shadow(*mirror)
 
     def _start_shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
                       headers: Headers, primary_body: bytes | None) -> None:
