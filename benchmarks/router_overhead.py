@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
     .venv/bin/python benchmarks/router_overhead.py --hot-path   # the router's Python per request, no sockets
-    .venv/bin/python benchmarks/router_overhead.py --shadow-only --shadow-rounds 6 --shadow-round-seconds 15
+    .venv/bin/python benchmarks/router_overhead.py --shadow-only --shadow-rounds 5 --shadow-round-seconds 12
         # only the 100 % shadow's cost: split vs split + replayed shadow, interleaved, with the spread
 
 Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
@@ -89,6 +89,7 @@ VERSIONS = ("churn-v1", "churn-v2", "churn-v3")  # primary, the split's 10 %, th
 DIRECT = "direct to the server"
 ROUTER_ONE, ROUTER_SPLIT = "router, one backend", "router, 90/10 split"
 ROUTER_REPLAY, ROUTER_SHADOW = "router, + replayed shadow", "router, + shadow model"
+ROUTER_REPLAY_AT_ONCE = "router, + replayed, at once"  # --shadow-only: mirrors on the loop's next turn (delay 0)
 NGINX_ONE, NGINX_SPLIT = "nginx, one backend", "nginx, 90/10 split"
 NGINX_REPLAY, NGINX_MIRROR = "nginx, + replayed mirror", "nginx, + mirror to model"
 REPLAY = "replayed-shadow"  # the process answering the real shadow's recorded answer
@@ -222,7 +223,8 @@ def place(layout: Layout, procs: dict[str, int]) -> dict[int, list[int]]:
     return placed
 
 
-SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("nginx", NGINX_SPLIT, NGINX_REPLAY))
+SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("router, mirror_delay 0", ROUTER_SPLIT, ROUTER_REPLAY_AT_ONCE),
+                ("nginx", NGINX_SPLIT, NGINX_REPLAY))
 
 
 @dataclass
@@ -246,6 +248,15 @@ def fixed_round(target: Target, args: argparse.Namespace) -> FixedRound:
     return FixedRound(latencies, errors, used, late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3 if late else 0.0)
 
 
+def group_paths(pairs: list[tuple[str, str, str]]) -> list[list[str]]:
+    """The paths of ``pairs`` by proxy (a path shared by two pairs once), in order: a round's turns."""
+    groups: dict[str, list[str]] = {}
+    for proxy, a, b in pairs:
+        group = groups.setdefault(proxy.split(",")[0], [])
+        group.extend(n for n in (a, b) if n not in group)
+    return list(groups.values())
+
+
 def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int], args: argparse.Namespace) -> None:
     """The 100 % shadow's cost to the primary, measured so that noise shows: for each proxy, the 90/10
     split and the split + replayed shadow take turns at the fixed rate (ABBA order: split, shadow,
@@ -257,13 +268,13 @@ def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int]
     pairs = [(proxy, a, b) for proxy, a, b in SHADOW_PAIRS if a in paths and b in paths]
     print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} rounds x {args.shadow_round_seconds:g}s at "
           f"{args.rate:g} req/s per path, interleaved ...", flush=True)
-    for _, a, b in pairs:
-        fixed_rate(paths[a].url, args.rate, 2)  # warm-up: connections, caches
-        fixed_rate(paths[b].url, args.rate, 2)
+    for names in group_paths(pairs):
+        for name in names:
+            fixed_rate(paths[name].url, args.rate, 2)  # warm-up: connections, caches
     rounds: dict[str, list[FixedRound]] = {name: [] for _, a, b in pairs for name in (a, b)}
     for k in range(args.shadow_rounds):
-        for _, a, b in pairs:
-            for name in ((a, b) if k % 2 == 0 else (b, a)):
+        for names in group_paths(pairs):
+            for name in (names if k % 2 == 0 else names[::-1]):
                 rounds[name].append(fixed_round(paths[name], args))
         print(f"  round {k + 1}: " + "; ".join(
             f"{proxy} p99 {rounds[a][-1].quantile(0.99):.2f} / {rounds[b][-1].quantile(0.99):.2f} ms"
@@ -273,16 +284,15 @@ def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int]
           f"interleaved rounds x {args.shadow_round_seconds:g}s (~{samples} samples per round and path)")
     print(f"{'path':26} {'p50 ms':>7} {'p99 ms':>7} {'p99 min..max':>13} {'pooled p99':>10} {'p99.9':>6} "
           f"{'late p99':>8} {'proxy cpu':>9} {'errors':>6}")
-    for _, a, b in pairs:
-        for name in (a, b):
-            rs = rounds[name]
-            p99s = [r.quantile(0.99) for r in rs]
-            pooled = FixedRound(sorted(x for r in rs for x in r.latencies), 0, 0.0, 0.0)
-            requests = sum(len(r.latencies) for r in rs) or 1
-            print(f"{name:26} {statistics.median(r.quantile(0.5) for r in rs):7.2f} {statistics.median(p99s):7.2f} "
-                  f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} {pooled.quantile(0.999):6.2f} "
-                  f"{statistics.median(r.late_p99_ms for r in rs):8.2f} "
-                  f"{sum(r.proxy_cpu for r in rs) / requests * 1e4:9.2f} {sum(r.errors for r in rs):6d}")
+    for name in [n for names in group_paths(pairs) for n in names]:
+        rs = rounds[name]
+        p99s = [r.quantile(0.99) for r in rs]
+        pooled = FixedRound(sorted(x for r in rs for x in r.latencies), 0, 0.0, 0.0)
+        requests = sum(len(r.latencies) for r in rs) or 1
+        print(f"{name:26} {statistics.median(r.quantile(0.5) for r in rs):7.2f} {statistics.median(p99s):7.2f} "
+              f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} {pooled.quantile(0.999):6.2f} "
+              f"{statistics.median(r.late_p99_ms for r in rs):8.2f} "
+              f"{sum(r.proxy_cpu for r in rs) / requests * 1e4:9.2f} {sum(r.errors for r in rs):6d}")
     print("(p50/p99: medians over the rounds; p99 min..max: over the rounds; pooled: of every round's samples "
           "together; late p99: how late the generator itself sent (CPU 0's load), ms; proxy cpu: CPU seconds of the "
           "proxy per 10,000 requests at the fixed rate, /proc ticks of 10 ms)")
@@ -410,14 +420,25 @@ def main() -> None:
     parser.add_argument("--shadow-only", action="store_true",
                         help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router "
                              "and nginx), interleaved rounds, in the first --layout (default: proxy on its own core)")
-    parser.add_argument("--shadow-rounds", type=int, default=6, help="rounds per path in --shadow-only")
-    parser.add_argument("--shadow-round-seconds", type=float, default=15,
+    parser.add_argument("--shadow-rounds", type=int, default=5, help="rounds per path in --shadow-only")
+    parser.add_argument("--shadow-round-seconds", type=float, default=12,
                         help="seconds per round and path in --shadow-only")
     parser.add_argument("--replay-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the benchmark's own
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
+    parser.add_argument("--router-process", help=argparse.SUPPRESS)  # a router with settings the CLI does not take
+    parser.add_argument("--router-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--router-mirror-delay", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replay_backend:
         replay_backend(args.replay_backend, Path(args.replay_answer))
+        return
+    if args.router_process:
+        import uvloop
+        from noria_server.route import RouterSettings
+        from noria_server.route import run as run_router
+
+        uvloop.run(run_router(RouterSettings(config_file=args.router_process, host="127.0.0.1", port=args.router_port,
+                                             drain_seconds=0, mirror_delay=args.router_mirror_delay)))
         return
     if args.hot_path:
         print(f"router hot path (Python + event loop, no sockets; thread CPU time, best of 7 x 20,000 requests): "
@@ -487,6 +508,15 @@ def main() -> None:
             started.append(proc)
             procs[name] = proc.pid
             paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
+        if args.shadow_only:  # the same router with mirrors sent at once (mirror_delay 0), for comparison
+            config = work / "router-at-once.json"
+            config.write_text(json.dumps(router_config(urls, {"churn-v1": 90, "churn-v2": 10}, REPLAY)))
+            port = free_port()
+            proc = start([sys.executable, __file__, "--router-process", str(config), "--router-port", str(port),
+                          "--router-mirror-delay", "0"], work / "router-at-once.log")
+            started.append(proc)
+            procs[ROUTER_REPLAY_AT_ONCE] = proc.pid
+            paths[ROUTER_REPLAY_AT_ONCE] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
         if nginx:
             listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
             proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
