@@ -501,6 +501,20 @@ def classes_parameter(classes: Sequence[Any]) -> str:
     return orjson.dumps(list(classes), option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
+_CLASSES_TEXT: list[tuple[Sequence[Any], str]] = []  # the last classes list answered, and its text
+
+
+def _classes_text(classes: Sequence[Any]) -> str:
+    """``classes_parameter`` of a model's classes list, rendered once per list object (a server
+    answers every request with the same list)."""
+    last = _CLASSES_TEXT[0] if _CLASSES_TEXT else None
+    if last is not None and last[0] is classes:
+        return last[1]
+    text = classes_parameter(classes)
+    _CLASSES_TEXT[:] = [(classes, text)]
+    return text
+
+
 def ids_parameter(row_ids: Sequence[str]) -> str:
     """Each row's prediction id as one parameter: a JSON array in a string, like ``classes``."""
     return orjson.dumps(list(row_ids)).decode()
@@ -531,7 +545,7 @@ def infer_response(model_name: str, model_version: str, request: InferRequest, p
             if proba is None:
                 continue  # not answerable: parse_infer refuses it unless the model's outputs include it
             tensor: dict[str, Any] = {"name": OUTPUT_PROBA, "shape": [n, proba.shape[1]], "datatype": "FP64",
-                                      "parameters": {"classes": classes_parameter(classes or [])}}
+                                      "parameters": {"classes": _classes_text(classes or [])}}
             values = proba
         else:
             tensor = {"name": OUTPUT_PREDICT, "shape": [n], "datatype": datatype_of(predictions)}
