@@ -4,8 +4,9 @@
 
 Drives a real ``ModelServer`` in process, as the loop does under load: ``handle()`` for each request of a
 batch (the OIP JSON body of server_latency.py, one row each, the parse stage), then one loop turn runs
-``_flush`` (predict, drift count, answers, ledger and prediction-log offer; the log's writer thread
-renders on its own thread, which this thread's clock does not count). Drift counting and the prediction log are on, as by
+``_flush`` (predict, drift count, answers, ledger and prediction-log offer). The offers are taken by a
+stand-in that does not render them: the log's writer thread, rendering meanwhile, makes this thread's
+CPU vary by its GIL hand-overs (``--log-thread`` keeps it). Drift counting and the prediction log are on, as by
 default. ``time.thread_time`` (this thread's CPU, so other processes hardly move it) is read around
 each batch: the "total" columns are CPU µs per batch and per request. A second pass wraps each stage
 (predict, count, serialise = building the answer, reply = setting it, ledger+log, duration metric) in
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("parse", "predict", "count", "serialise", "reply", "duration", "log")
 
 
-def run(source: Path, kinds: list[str], sizes: list[int], batches: int) -> None:
+def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thread: bool) -> None:
     sys.path.insert(0, str(source / "server_image"))
     from noria_server import oip, serve  # noqa: PLC0415
     from noria_server.httpserver import Request  # noqa: PLC0415
@@ -54,6 +55,9 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int) -> None:
             await server._load()  # as serving loads: model, warm-up, drift bins, prediction log, settled heap
             assert server.state == "ready", server.reason
             assert server.predictions_log is not None
+            if not log_thread:  # the offers are taken but not rendered: no writer thread contends for the GIL
+                await asyncio.get_running_loop().run_in_executor(None, server.predictions_log.close)
+                server.predictions_log = _Offers()  # type: ignore[assignment]
             path = f"/v2/models/{kind}/infer"
             written: list[object] = []
 
@@ -101,6 +105,24 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int) -> None:
                 print(f"  {kind:8s} {n:3d} rows, µs/batch by stage: {cells}")
 
         asyncio.run(main())
+
+
+class _Offers:
+    """Takes the prediction log's offers as ``JsonlLog`` does (the render stays unrun)."""
+
+    def __init__(self) -> None:
+        self.renders: list[object] = []
+
+    def offer(self, n: int, render: object) -> None:
+        self.renders.append(render)
+        if len(self.renders) > 1000:
+            self.renders.clear()
+
+    def room(self) -> int:
+        return 1 << 30
+
+    def drop(self, n: int) -> None:
+        pass
 
 
 def _wrap(server, oip, serve) -> dict[str, list]:  # type: ignore[no-untyped-def]
@@ -156,11 +178,13 @@ def main() -> None:
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--log-thread", action="store_true",
+                        help="keep the prediction log's writer thread (its GIL turns then move this thread's CPU)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = args.models.split(",")
     if args.source:
-        run(Path(args.source), kinds, sizes, args.batches)
+        run(Path(args.source), kinds, sizes, args.batches, args.log_thread)
         return
     print(f"load average {os.getloadavg()}")
     sources = [("after (working tree)", ROOT)]
@@ -175,7 +199,8 @@ def main() -> None:
             for name, source in sources:
                 print(name, flush=True)
                 subprocess.run([sys.executable, __file__, "--source", str(source), "--batches", str(args.batches),
-                                "--sizes", args.sizes, "--models", args.models], check=True)
+                                "--sizes", args.sizes, "--models", args.models]
+                               + (["--log-thread"] if args.log_thread else []), check=True)
     finally:
         if tree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
