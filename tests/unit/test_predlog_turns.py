@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from collections import deque
 
-from noria_server.predlog import JsonlLog
+import pytest
+from noria_server.predlog import WRITER_NICE, JsonlLog, _pieces
 
 
 def test_the_writer_renders_in_turns_and_rests_between_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -37,3 +41,25 @@ def test_the_writer_renders_in_turns_and_rests_between_them(tmp_path) -> None:  
         run = 1 if g >= 0.003 else run + 1
         longest = max(longest, run)
     assert longest <= 4, gaps
+
+
+def test_a_flush_writes_the_buffer_in_pieces_that_add_up_to_it() -> None:
+    chunks = deque((1, bytes([i % 251]) * n) for i, n in enumerate([10, 300, 1000, 5, 5, 250, 3]))
+    pieces = list(_pieces(chunks, 256))
+    assert b"".join(pieces) == b"".join(c for _, c in chunks)
+    assert all(len(p) >= 256 for p in pieces[:-1]) and len(pieces) == 4
+    assert pieces[1] is chunks[2][1]  # a chunk past the size alone is written as is, not copied
+    assert list(_pieces(deque(), 256)) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_writer_thread_runs_at_a_lower_priority_than_the_server(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = JsonlLog(lambda d: f"file://{tmp_path}/p/{d.isoformat()}", "pod", lambda n: None, flush_seconds=60)
+    try:
+        deadline = time.monotonic() + 5
+        tid = log._thread.native_id
+        while time.monotonic() < deadline and os.getpriority(os.PRIO_PROCESS, tid) == os.getpriority(os.PRIO_PROCESS, 0):
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WRITER_NICE)
+    finally:
+        log.close()
