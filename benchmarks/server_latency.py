@@ -16,7 +16,8 @@ servers includes: a run where it is large measured the generator.
 Noria runs with its defaults: drift counting and the prediction log on.
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
-system time of the server process tree from /proc). ``--profile`` adds Noria's own view of the 80 %
+system time of the server process tree from /proc). ``--profile`` adds Noria's GC pauses per generation (count, mean, p99 bucket) after each of its runs,
+and its own view of the 80 %
 run: its stage, batch-size, loop-lag and GC-pause histograms read from ``/metrics`` (mean and p99
 per stage), and, when ``py-spy`` is installed, a sampling profile of that run (top functions).
 """
@@ -160,6 +161,14 @@ def histogram_delta(before: dict, after: dict) -> list[tuple[str, str, float, fl
     return rows
 
 
+def gc_pauses(before: dict, after: dict) -> str:  # type: ignore[type-arg]
+    """Garbage collections between two scrapes, per generation: count, mean and p99 bucket bound."""
+    rows = sorted((label, count, mean, p99) for name, label, count, mean, p99 in histogram_delta(before, after)
+                  if name == m.GC_PAUSE_SECONDS)
+    return "GC: " + ("; ".join(f"gen {label} n={count:.0f} mean {mean * 1e3:.3f} ms p99 <= {p99 * 1e3:g} ms"
+                               for label, count, mean, p99 in rows) or "no collection")
+
+
 def py_spy_top(pid: int, seconds: float, out: Path) -> str:
     """A py-spy profile of ``pid`` for ``seconds`` (raw collapsed stacks in ``out``), summarised as the
     functions with the most samples; empty if py-spy is not installed."""
@@ -204,7 +213,8 @@ def main() -> None:
     parser.add_argument("--saturation-seconds", type=float, default=8)
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--skip-mlserver", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %%")
+    parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %%, "
+                        "and its GC pauses per generation at every rate")
     parser.add_argument("--baseline", type=Path, help="also run the server of another checkout (e.g. `git archive "
                         "<commit> server_image | tar -x -C DIR`) as 'Baseline', interleaved with this one")
     args = parser.parse_args()
@@ -243,9 +253,12 @@ def main() -> None:
                 plans = {name: [f * maxima[name] for f in FRACTIONS] + [shared] for name in servers}
                 for step in range(len(FRACTIONS) + 1):  # servers interleaved: a change in machine load hits all
                     for name, (proc, url) in servers.items():
+                        gc_before = scrape(url) if args.profile and name != "MLServer" else None
                         r = run_rate(proc, url, plans[name][step], args.seconds)
                         results.setdefault(name, []).append(r)
                         print(f"  {name:8} {r.row()}", flush=True)
+                        if gc_before is not None:
+                            print(f"  {'':8} {gc_pauses(gc_before, scrape(url))}", flush=True)
                 if args.profile:
                     proc, url = servers["Noria"]
                     profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")
