@@ -70,7 +70,17 @@ from noria.router_config import Backend, RouterConfig  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
 from server_latency import cpu_seconds, py_spy_top  # noqa: E402
-from serving_bench import lua_post, open_loop, require_wrk, start, stop, uptime, wait_http, wrk  # noqa: E402
+from serving_bench import (  # noqa: E402
+    go_open_loop,
+    lua_post,
+    open_loop,
+    require_wrk,
+    start,
+    stop,
+    uptime,
+    wait_http,
+    wrk,
+)
 
 BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 20], "datatype": "FP64",
                                "data": [[round(0.1 * i - 1.0, 3) for i in range(20)]]}]}).encode()
@@ -229,17 +239,31 @@ SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("router, mirror_delay 
 
 @dataclass
 class FixedRound:
-    latencies: list[float]  # s, sorted
+    latencies: list[float]  # s, sorted (empty from the Go generator, which gives its quantiles)
     errors: int
     proxy_cpu: float  # CPU seconds of the proxy process during the round
     late_p99_ms: float  # how late the generator itself sent (its own core's load)
+    quantiles: dict[float, float] = field(default_factory=dict)  # q -> ms, from the Go generator
+    answered: int = 0
 
     def quantile(self, q: float) -> float:
+        if q in self.quantiles:
+            return self.quantiles[q]
         n = len(self.latencies)
         return self.latencies[min(n - 1, int(n * q))] * 1e3 if n else float("nan")
 
+    @property
+    def requests(self) -> int:
+        return self.answered or len(self.latencies)
+
 
 def fixed_round(target: Target, args: argparse.Namespace) -> FixedRound:
+    if args.go_generator:  # benchmarks/loadgen on CPU 0: no Python timers in the latencies
+        before = cpu_seconds(target.proxy) if target.proxy else 0.0
+        got = go_open_loop(target.url, BODY, args.rate, args.shadow_round_seconds, cpus="0")
+        used = (cpu_seconds(target.proxy) - before) if target.proxy else 0.0
+        return FixedRound([], int(got["errors"]), used, got["late_p99_ms"],
+                          {0.5: got["p50_ms"], 0.99: got["p99_ms"], 0.999: got["p999_ms"]}, int(got["answered"]))
     late: list[float] = []
     before = cpu_seconds(target.proxy) if target.proxy else 0.0
     latencies, errors, _ = open_loop(target.url, BODY, args.rate, args.shadow_round_seconds, late)
@@ -288,9 +312,10 @@ def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int]
         rs = rounds[name]
         p99s = [r.quantile(0.99) for r in rs]
         pooled = FixedRound(sorted(x for r in rs for x in r.latencies), 0, 0.0, 0.0)
-        requests = sum(len(r.latencies) for r in rs) or 1
+        requests = sum(r.requests for r in rs) or 1
         print(f"{name:26} {statistics.median(r.quantile(0.5) for r in rs):7.2f} {statistics.median(p99s):7.2f} "
-              f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} {pooled.quantile(0.999):6.2f} "
+              f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} "
+              f"{pooled.quantile(0.999) if pooled.latencies else statistics.median(r.quantile(0.999) for r in rs):6.2f} "
               f"{statistics.median(r.late_p99_ms for r in rs):8.2f} "
               f"{sum(r.proxy_cpu for r in rs) / requests * 1e4:9.2f} {sum(r.errors for r in rs):6d}")
     print("(p50/p99: medians over the rounds; p99 min..max: over the rounds; pooled: of every round's samples "
@@ -301,13 +326,13 @@ def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int]
         medians = [y.quantile(0.5) / x.quantile(0.5) - 1 for x, y in zip(rounds[a], rounds[b], strict=True)]
         pooled_a = FixedRound(sorted(x for r in rounds[a] for x in r.latencies), 0, 0.0, 0.0)
         pooled_b = FixedRound(sorted(x for r in rounds[b] for x in r.latencies), 0, 0.0, 0.0)
-        n_a = sum(len(r.latencies) for r in rounds[a]) or 1
-        n_b = sum(len(r.latencies) for r in rounds[b]) or 1
+        n_a = sum(r.requests for r in rounds[a]) or 1
+        n_b = sum(r.requests for r in rounds[b]) or 1
         mirror_cpu = (sum(r.proxy_cpu for r in rounds[b]) / n_b - sum(r.proxy_cpu for r in rounds[a]) / n_a) * 1e4
         verdict = "met" if statistics.median(ratios) <= GOAL_SHADOW_P99_COST else "NOT met"
         print(f"  {proxy}: 100% replayed shadow on the 90/10 split: primary p99 {statistics.median(ratios):+.1%} "
               f"(median of {len(ratios)} round pairs; min..max {min(ratios):+.1%}..{max(ratios):+.1%}); pooled p99 "
-              f"{pooled_b.quantile(0.99) / pooled_a.quantile(0.99) - 1:+.1%}; p50 {statistics.median(medians):+.1%}; "
+              f"{pooled_b.quantile(0.99) / pooled_a.quantile(0.99) - 1 if pooled_a.latencies else float('nan'):+.1%}; p50 {statistics.median(medians):+.1%}; "
               f"the mirror's proxy CPU {mirror_cpu:+.2f} s per 10,000 mirrored requests; goal <= "
               f"{GOAL_SHADOW_P99_COST:.0%}: {verdict}")
 
@@ -420,6 +445,9 @@ def main() -> None:
     parser.add_argument("--shadow-only", action="store_true",
                         help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router "
                              "and nginx), interleaved rounds, in the first --layout (default: proxy on its own core)")
+    parser.add_argument("--go-generator", action="store_true",
+                        help="--shadow-only rounds by the Go open-loop generator (benchmarks/loadgen, needs Go) "
+                             "instead of Python's, whose uvloop timers add up to ~1 ms; no pooled quantiles then")
     parser.add_argument("--shadow-rounds", type=int, default=5, help="rounds per path in --shadow-only")
     parser.add_argument("--shadow-round-seconds", type=float, default=12,
                         help="seconds per round and path in --shadow-only")
