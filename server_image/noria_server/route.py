@@ -6,11 +6,10 @@ One router Deployment per Rollout sits in front of the per-version model servers
   version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
 - the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
 - with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow,
-  after the primary's answer is written, at low priority: mirrors wait in one queue sent together
-  ``mirror_delay`` seconds (1 ms) after the first of them, so the user's answer never waits for a
-  mirror, and the client and the primary's backend get the CPU first where they share it with the
-  router (at most ``max_shadow_in_flight`` mirrors at once, queued ones included; past that they are
-  dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
+  after the primary's answer is written: mirrors wait in one queue sent together on the loop's next
+  turn (or ``mirror_delay`` seconds after the first of them; 0 by default), so the user's answer
+  never waits for a mirror (at most ``max_shadow_in_flight`` mirrors at once, queued ones included;
+  past that they are dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
   (a failed shadow call counts its rows as ``error``; answers whose outputs are the same bytes are
   counted without decoding the shadow's, with the same result) and the shadow's latency goes into
@@ -74,7 +73,10 @@ _BLOCK_NAMES = (b"content-type", b"accept", oip.HEADER_INFERENCE_HEADER_LENGTH.e
 assert set(_BLOCK_NAMES) | {_REQUEST_ID_BYTES} == {encoded for _, encoded in _FORWARDED}
 HEADER_BLOCKS = 256  # distinct forwarded header values whose lines are kept (cleared when full)
 # How long a mirror waits in the queue, at most, before it is sent (with every mirror queued meanwhile).
-MIRROR_DELAY_SECONDS = 0.001
+# 0: on the loop's next turn, after the answer it copies is written. 1 ms was tried: at 500 req/s it
+# cost ~17 us more CPU per mirror (a timer wake-up each) and its primary p99.9 was ~21 ms against
+# 2.4 ms (docs/serving/router.md, not explained), so it stays an option.
+MIRROR_DELAY_SECONDS = 0.0
 
 
 _OUTPUTS_KEY = b'"outputs":'
@@ -458,9 +460,8 @@ class Router:
                   shadow: Backend | None, result: UpstreamResponse | Response, started: float) -> Response:
         """The user's answer for the primary's ``result``; the mirror, if any, is sent after it."""
         if shadow is not None:
-            # The mirror is queued, and leaves with the others queued meanwhile by one timer, after this
-            # answer is written and read: the shadow never competes with the request it copies, and on
-            # a shared CPU the client and the backends run before the mirrors' exchanges.
+            # The mirror is queued and leaves with the others queued meanwhile (one handle per batch),
+            # after this answer is written: the shadow never competes with the request it copies.
             primary_body = None if isinstance(result, Response) or result.status != 200 else result.body
             mirrors = self._mirrors
             if not mirrors:
