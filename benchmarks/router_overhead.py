@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
     .venv/bin/python benchmarks/router_overhead.py --hot-path   # the router's Python per request, no sockets
-    .venv/bin/python benchmarks/router_overhead.py --shadow-only --shadow-rounds 5 --shadow-round-seconds 12
-        # only the 100 % shadow's cost: split vs split + replayed shadow, interleaved, with the spread
+    .venv/bin/python benchmarks/router_overhead.py --shadow-only --go-generator --shadow-rounds 5 --shadow-round-seconds 12
+        # only the 100 % shadow's cost: split vs split + replayed shadow, interleaved, with the spread (~6 min)
 
 Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
 nginx-light``; without nginx its rows are left out and the output says so); ``--profile`` needs
@@ -99,7 +99,7 @@ VERSIONS = ("churn-v1", "churn-v2", "churn-v3")  # primary, the split's 10 %, th
 DIRECT = "direct to the server"
 ROUTER_ONE, ROUTER_SPLIT = "router, one backend", "router, 90/10 split"
 ROUTER_REPLAY, ROUTER_SHADOW = "router, + replayed shadow", "router, + shadow model"
-ROUTER_REPLAY_AT_ONCE = "router, + replayed, at once"  # --shadow-only: mirrors on the loop's next turn (delay 0)
+ROUTER_REPLAY_QUEUED = "router, + replayed, 1 ms queue"  # --shadow-only: the router with mirror_delay 1 ms
 NGINX_ONE, NGINX_SPLIT = "nginx, one backend", "nginx, 90/10 split"
 NGINX_REPLAY, NGINX_MIRROR = "nginx, + replayed mirror", "nginx, + mirror to model"
 REPLAY = "replayed-shadow"  # the process answering the real shadow's recorded answer
@@ -233,7 +233,7 @@ def place(layout: Layout, procs: dict[str, int]) -> dict[int, list[int]]:
     return placed
 
 
-SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("router, mirror_delay 0", ROUTER_SPLIT, ROUTER_REPLAY_AT_ONCE),
+SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("router, mirror_delay 1 ms", ROUTER_SPLIT, ROUTER_REPLAY_QUEUED),
                 ("nginx", NGINX_SPLIT, NGINX_REPLAY))
 
 
@@ -536,15 +536,15 @@ def main() -> None:
             started.append(proc)
             procs[name] = proc.pid
             paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
-        if args.shadow_only:  # the same router with mirrors sent at once (mirror_delay 0), for comparison
-            config = work / "router-at-once.json"
+        if args.shadow_only:  # the same router with mirrors held 1 ms in their queue, for comparison
+            config = work / "router-queued.json"
             config.write_text(json.dumps(router_config(urls, {"churn-v1": 90, "churn-v2": 10}, REPLAY)))
             port = free_port()
             proc = start([sys.executable, __file__, "--router-process", str(config), "--router-port", str(port),
-                          "--router-mirror-delay", "0"], work / "router-at-once.log")
+                          "--router-mirror-delay", "0.001"], work / "router-queued.log")
             started.append(proc)
-            procs[ROUTER_REPLAY_AT_ONCE] = proc.pid
-            paths[ROUTER_REPLAY_AT_ONCE] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
+            procs[ROUTER_REPLAY_QUEUED] = proc.pid
+            paths[ROUTER_REPLAY_QUEUED] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
         if nginx:
             listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
             proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
