@@ -221,13 +221,29 @@ class _HistogramCollector(Collector):
         yield family
 
 
+class _CodeCollector(Collector):
+    """``noria_requests_total{model,version,handler,code}`` from ``ServerMetrics.count_code``'s counts."""
+
+    def __init__(self, model: str, version: str, counts: dict[tuple[str, int], int]) -> None:
+        self.labels, self.counts = [model, version], counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(m.REQUESTS_TOTAL, "Answers by endpoint (infer, feedback, other) and HTTP status "
+                                     "code", labels=[m.LABEL_MODEL, m.LABEL_VERSION, m.LABEL_ENDPOINT, m.LABEL_CODE])
+        for (endpoint, code), count in list(self.counts.items()):  # one atomic copy: the loop thread adds keys
+            family.add_metric([*self.labels, endpoint, str(code)], float(count))
+        yield family
+
+
 class ServerMetrics:
     def __init__(self, model: str, version: str, registry: CollectorRegistry | None = None) -> None:
         self.model, self.version = model, version
         self.registry = registry or CollectorRegistry(auto_describe=True)
         labels = [m.LABEL_MODEL, m.LABEL_VERSION]
-        self.requests = Counter(m.REQUESTS_TOTAL, "Answers by endpoint (infer, feedback, other) and HTTP status code",
-                                labels + [m.LABEL_ENDPOINT, m.LABEL_CODE], registry=self.registry)
+        # Counted once per answer on the loop thread: plain ints (no lock), exported as prometheus_client's
+        # Counter exported them (same name, labels and series order).
+        self._code_counts: dict[tuple[str, int], int] = {}
+        self.registry.register(_CodeCollector(model, version, self._code_counts))
         # Observed once per answer on the loop thread: lock-free (FastHistogram), exported as prometheus_client's
         # Histogram exported it (same name, labels, buckets and sample order).
         self.duration = FastHistogram(LATENCY_BUCKETS)
@@ -250,7 +266,6 @@ class ServerMetrics:
                                    labels + [m.LABEL_KIND], registry=self.registry)
         self.latency = LatencyCollector(model, version)
         self.registry.register(self.latency)
-        self._code_children: dict[tuple[str, int], Any] = {}
         self._class_children: dict[Any, Any] = {}
         self.bins: FeatureBinCounter | None = None
         for kind in ("predictions", "feedback"):
@@ -288,10 +303,8 @@ class ServerMetrics:
     def count_code(self, code: int, endpoint: str, by: int = 1) -> None:
         """One answer with HTTP status ``code`` to a request for ``endpoint`` (``m.ENDPOINT_*``)."""
         key = (endpoint, code)
-        child = self._code_children.get(key)
-        if child is None:
-            child = self._code_children[key] = self.requests.labels(self.model, self.version, endpoint, str(code))
-        child.inc(by)
+        counts = self._code_counts
+        counts[key] = counts.get(key, 0) + by
 
     def watch_http(self, http: Any) -> None:
         self.registry.register(HttpCollector(http, {m.LABEL_MODEL: self.model, m.LABEL_VERSION: self.version}))
