@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria.router_config import Backend, RouterConfig  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
+from noria_server.route import MIRROR_ANSWERED, MIRROR_SENT, MIRROR_WHEN  # noqa: E402
 from server_latency import cpu_seconds, py_spy_top  # noqa: E402
 from serving_bench import (  # noqa: E402
     go_open_loop,
@@ -99,7 +100,9 @@ VERSIONS = ("churn-v1", "churn-v2", "churn-v3")  # primary, the split's 10 %, th
 DIRECT = "direct to the server"
 ROUTER_ONE, ROUTER_SPLIT = "router, one backend", "router, 90/10 split"
 ROUTER_REPLAY, ROUTER_SHADOW = "router, + replayed shadow", "router, + shadow model"
-ROUTER_REPLAY_QUEUED = "router, + replayed, 1 ms queue"  # --shadow-only: the router with mirror_delay 1 ms
+# --shadow-only: the same router with the other mirror timing (mirror_when), started by this benchmark.
+OTHER_WHEN = MIRROR_SENT if MIRROR_WHEN == MIRROR_ANSWERED else MIRROR_ANSWERED
+ROUTER_REPLAY_OTHER = f"router, + mirror {OTHER_WHEN}"
 NGINX_ONE, NGINX_SPLIT = "nginx, one backend", "nginx, 90/10 split"
 NGINX_REPLAY, NGINX_MIRROR = "nginx, + replayed mirror", "nginx, + mirror to model"
 REPLAY = "replayed-shadow"  # the process answering the real shadow's recorded answer
@@ -233,7 +236,8 @@ def place(layout: Layout, procs: dict[str, int]) -> dict[int, list[int]]:
     return placed
 
 
-SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY), ("router, mirror_delay 1 ms", ROUTER_SPLIT, ROUTER_REPLAY_QUEUED),
+SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY),
+                (f"router, mirror_when {OTHER_WHEN}", ROUTER_SPLIT, ROUTER_REPLAY_OTHER),
                 ("nginx", NGINX_SPLIT, NGINX_REPLAY))
 
 
@@ -443,8 +447,9 @@ def main() -> None:
                         help="one more saturation run through the router (one backend) with py-spy attached; "
                              "with --shadow-only: one more fixed-rate round through the router + replayed shadow")
     parser.add_argument("--shadow-only", action="store_true",
-                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router "
-                             "and nginx), interleaved rounds, in the first --layout (default: proxy on its own core)")
+                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router, "
+                             "the router with the other mirror_when, and nginx), interleaved rounds, in the first "
+                             "--layout (default: proxy on its own core)")
     parser.add_argument("--go-generator", action="store_true",
                         help="--shadow-only rounds by the Go open-loop generator (benchmarks/loadgen, needs Go) "
                              "instead of Python's, whose uvloop timers add up to ~1 ms; no pooled quantiles then")
@@ -455,7 +460,8 @@ def main() -> None:
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
     parser.add_argument("--router-process", help=argparse.SUPPRESS)  # a router with settings the CLI does not take
     parser.add_argument("--router-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--router-mirror-delay", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--router-mirror-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--router-mirror-when", default=MIRROR_WHEN, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replay_backend:
         replay_backend(args.replay_backend, Path(args.replay_answer))
@@ -466,12 +472,14 @@ def main() -> None:
         from noria_server.route import run as run_router
 
         uvloop.run(run_router(RouterSettings(config_file=args.router_process, host="127.0.0.1", port=args.router_port,
-                                             drain_seconds=0, mirror_delay=args.router_mirror_delay)))
+                                             drain_seconds=0, mirror_delay=args.router_mirror_delay,
+                                             mirror_when=args.router_mirror_when)))
         return
     if args.hot_path:
         print(f"router hot path (Python + event loop, no sockets; thread CPU time, best of 7 x 20,000 requests): "
-              f"{hot_path_cost():.1f} us per request; with a 100% shadow: {hot_path_cost(mirrored=True):.1f} us",
-              flush=True)
+              f"{hot_path_cost():.1f} us per request; with a 100% shadow: "
+              f"{hot_path_cost(mirrored=True, mirror_when=MIRROR_ANSWERED):.1f} us (mirror_when answered), "
+              f"{hot_path_cost(mirrored=True, mirror_when=MIRROR_SENT):.1f} us (sent)", flush=True)
         return
     require_wrk()
     if (os.cpu_count() or 1) < 2 or not hasattr(os, "sched_setaffinity"):
@@ -536,15 +544,15 @@ def main() -> None:
             started.append(proc)
             procs[name] = proc.pid
             paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
-        if args.shadow_only:  # the same router with mirrors held 1 ms in their queue, for comparison
-            config = work / "router-queued.json"
+        if args.shadow_only:  # the same router with the other mirror timing, for comparison
+            config = work / "router-other.json"
             config.write_text(json.dumps(router_config(urls, {"churn-v1": 90, "churn-v2": 10}, REPLAY)))
             port = free_port()
             proc = start([sys.executable, __file__, "--router-process", str(config), "--router-port", str(port),
-                          "--router-mirror-delay", "0.001"], work / "router-queued.log")
+                          "--router-mirror-when", OTHER_WHEN], work / "router-other.log")
             started.append(proc)
-            procs[ROUTER_REPLAY_QUEUED] = proc.pid
-            paths[ROUTER_REPLAY_QUEUED] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
+            procs[ROUTER_REPLAY_OTHER] = proc.pid
+            paths[ROUTER_REPLAY_OTHER] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
         if nginx:
             listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
             proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
@@ -651,14 +659,15 @@ class _FakeTransport:
         pass
 
 
-def hot_path_cost(requests: int = 20000, rounds: int = 7, mirrored: bool = False) -> float:
+def hot_path_cost(requests: int = 20000, rounds: int = 7, mirrored: bool = False,
+                  mirror_when: str = MIRROR_WHEN) -> float:
     """The router's own Python and event-loop time per request, in microseconds, without sockets
     (CPU time of the thread, best of ``rounds``, so other load on the machine hardly moves it): the benchmark's request is fed
     to one of the router's HTTP connections, the upstream request it writes is answered by feeding a
     fixed OIP answer to its upstream connection, and the answer it writes back is counted. The four
     socket calls and the kernel's work, which a native proxy pays too, are not in it. ``mirrored``: every
     request also mirrored to a shadow, whose answer differs from the primary's in ``model_version``
-    only (as two versions' answers to one request do), and compared."""
+    only (as two versions' answers to one request do), and compared; ``mirror_when``: the mirror's timing."""
     import asyncio
 
     import uvloop
@@ -676,7 +685,8 @@ def hot_path_cost(requests: int = 20000, rounds: int = 7, mirrored: bool = False
 
     async def main() -> float:
         # Mirrors sent on the loop's next turn, one per batch: each mirror's whole cost, none shared.
-        router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, mirror_delay=0))
+        router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, mirror_delay=0,
+                                       mirror_when=mirror_when))
         router.apply_config(RouterConfig("churn", "bench", (Backend("v1", None, 8080, weight=100,
                                                                     url="http://127.0.0.1:9"),),
                                          Backend("v3", None, 8080, url="http://127.0.0.1:10", mirror_percent=100)

@@ -6,10 +6,13 @@ One router Deployment per Rollout sits in front of the per-version model servers
   version named in the ``x-noria-version`` header (any backend or the shadow; unknown → 404);
 - the answer is the backend's, unchanged, plus an ``x-noria-version`` header saying who answered;
 - with a shadow configured, ``mirrorPercent`` % of ``/infer`` requests are also sent to the shadow,
-  after the primary's answer is written: mirrors wait in one queue sent together on the loop's next
-  turn (or ``mirror_delay`` seconds after the first of them; 0 by default), so the user's answer
-  never waits for a mirror (at most ``max_shadow_in_flight`` mirrors at once, queued ones included;
-  past that they are dropped and counted as ``shadow_overload``). When both answers are in, the ``predict``
+  when ``mirror_when`` says: ``answered``, after the primary's answer is written (mirrors wait in one
+  queue sent together on the loop's next turn, or ``mirror_delay`` seconds after the first of them;
+  0 by default); ``sent``, right after the primary's request is written upstream, in the same loop
+  turn (as nginx's ``mirror``). Either way the user's answer never waits for a mirror, nor fails with
+  it (at most ``max_shadow_in_flight`` mirrors at once, queued ones and those waiting for the
+  primary's answer included; past that they are dropped and counted as ``shadow_overload``). When
+  both answers are in (whichever comes last), the ``predict``
   outputs are compared row by row into ``noria_shadow_comparisons_total{outcome=agree|disagree}``
   (a failed shadow call counts its rows as ``error``; answers whose outputs are the same bytes are
   counted without decoding the shadow's, with the same result) and the shadow's latency goes into
@@ -77,6 +80,11 @@ HEADER_BLOCKS = 256  # distinct forwarded header values whose lines are kept (cl
 # cost ~17 us more CPU per mirror (a timer wake-up each) and its primary p99.9 was ~21 ms against
 # 2.4 ms (docs/serving/router.md, not explained), so it stays an option.
 MIRROR_DELAY_SECONDS = 0.0
+# When a mirror leaves: after the primary's answer is written (queued, see above), or right after the
+# primary's request is written upstream (the comparison then waits for whichever answer comes last).
+MIRROR_ANSWERED = "answered"
+MIRROR_SENT = "sent"
+MIRROR_WHEN = MIRROR_ANSWERED
 
 
 _OUTPUTS_KEY = b'"outputs":'
@@ -100,6 +108,23 @@ def same_outputs(a: bytes, b: bytes) -> bytes | None:
     return tail if b.endswith(tail) else None
 
 
+class _Mirror:
+    """One mirrored request, from its send to its comparison: the primary's answer body once in (None:
+    no 200 answer, nothing to compare), the shadow's (``_UNSEEN`` until it ends; None: failed);
+    ``waiting``: how many of the two are still out (compared when none is)."""
+
+    __slots__ = ("config", "primary", "shadow", "primary_body", "shadow_body", "waiting")
+
+    def __init__(self, config: RouterConfig, primary: Backend, shadow: Backend, primary_body: bytes | None,
+                 waiting: int) -> None:
+        self.config = config
+        self.primary = primary
+        self.shadow = shadow
+        self.primary_body = primary_body
+        self.shadow_body: bytes | None = _UNSEEN
+        self.waiting = waiting
+
+
 def _self_agreement(body: bytes) -> tuple[int, int, int] | None:
     rows = predictions_of(body)
     return None if rows is None else (*compare(rows, rows), 0)
@@ -118,7 +143,13 @@ class RouterSettings:
     max_shadow_in_flight: int = 512
     # Mirrors are sent together this long after the first of them was queued (0: on the loop's next turn).
     mirror_delay: float = MIRROR_DELAY_SECONDS
+    # "answered": mirrors leave after the primary's answer is written; "sent": with the primary's request.
+    mirror_when: str = MIRROR_WHEN
     feedback_token: BearerToken | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mirror_when not in (MIRROR_ANSWERED, MIRROR_SENT):
+            raise ValueError(f"mirror_when must be {MIRROR_ANSWERED!r} or {MIRROR_SENT!r}, got {self.mirror_when!r}")
 
 
 class _PerRequestCollector(Collector):
@@ -230,7 +261,8 @@ class Router:
         self._same_outputs: dict[bytes, tuple[int, int, int] | None] = {}
         self._header_blocks: dict[tuple[str | None, ...], bytes] = {}
         # Mirrors waiting to be sent (_send_mirrors): already counted in shadow_in_flight.
-        self._mirrors: list[tuple[RouterConfig, Backend, Backend, Request, Headers, bytes | None]] = []
+        self._mirrors: list[tuple[_Mirror, Request, Headers]] = []
+        self._mirror_sent = settings.mirror_when == MIRROR_SENT
 
     def _count_response(self, request: Request | None, status: int) -> None:
         if request is None or request.path not in UNCOUNTED_PATHS:
@@ -409,7 +441,9 @@ class Router:
         """Send ``request`` to one endpoint of ``backend``. On a kept connection (the steady state) the
         answer comes back through a ``Reply`` that the upstream connection sets from its own callback:
         no task, coroutine or future per request, and the answer is written in the loop iteration that
-        read it. Without an idle connection, ``_forward_connecting`` (a coroutine: connecting waits)."""
+        read it. Without an idle connection, ``_forward_connecting`` (a coroutine: connecting waits).
+        With ``mirror_when`` ``sent`` the mirror is written right after the primary's request (``shadow``
+        then stays None: ``_answered`` queues nothing) and compared when both answers are in."""
         started = time.perf_counter()
         shadow = config.shadow if mirror else None
         if shadow is not None:
@@ -419,8 +453,14 @@ class Router:
             else:
                 self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
         headers = self._header_lines(request, shadow is not None)
+        along: _Mirror | None = None
+        if shadow is not None and self._mirror_sent:
+            along, shadow = _Mirror(config, backend, shadow, None, 2), None
         base = self._endpoint(backend)
         if base is None:
+            if along is not None:
+                self._start_shadow(along, request, headers)
+                self._settle(along)  # the primary's part: no answer to compare with
             return self._answered(config, backend, request, headers, shadow, self._no_endpoints(config, backend),
                                   started)
         target = request.path + ("?" + request.query.decode("latin-1") if request.query else "")
@@ -429,21 +469,27 @@ class Router:
         def done(outcome: UpstreamResponse | OSError) -> None:
             result = outcome if isinstance(outcome, UpstreamResponse) else self._failed(config, backend, base,
                                                                                         outcome)
-            reply.set_result(self._answered(config, backend, request, headers, shadow, result, started))
+            try:
+                reply.set_result(self._answered(config, backend, request, headers, shadow, result, started))
+            finally:
+                if along is not None:  # after the user's answer is written
+                    self._primary_in(along, result)
 
         try:
             sent = self.upstreams.send(base, request.method, target, headers, request.body, done)
         except BaseException:
-            if shadow is not None:
+            if shadow is not None or along is not None:
                 self.shadow_in_flight -= 1
             raise
+        if along is not None:
+            self._start_shadow(along, request, headers)
         if sent:
             return reply
-        return self._forward_connecting(config, backend, request, headers, shadow, base, target, started)
+        return self._forward_connecting(config, backend, request, headers, shadow, base, target, started, along)
 
     async def _forward_connecting(self, config: RouterConfig, backend: Backend, request: Request,
                                   headers: Headers, shadow: Backend | None, base: str,
-                                  target: str, started: float) -> Response:
+                                  target: str, started: float, along: _Mirror | None = None) -> Response:
         try:
             try:
                 result: UpstreamResponse | Response = await self.upstreams.request(
@@ -453,7 +499,11 @@ class Router:
         except BaseException:
             if shadow is not None:
                 self.shadow_in_flight -= 1
+            if along is not None:
+                self._settle(along)  # no primary answer: the mirror is only timed
             raise
+        if along is not None:  # compared after this answer is written (the loop's next turn)
+            asyncio.get_running_loop().call_soon(self._primary_in, along, result)
         return self._answered(config, backend, request, headers, shadow, result, started)
 
     def _answered(self, config: RouterConfig, backend: Backend, request: Request, headers: Headers,
@@ -466,7 +516,7 @@ class Router:
             mirrors = self._mirrors
             if not mirrors:
                 asyncio.get_running_loop().call_later(self.settings.mirror_delay, self._send_mirrors)
-            mirrors.append((config, backend, shadow, request, headers, primary_body))
+            mirrors.append((_Mirror(config, backend, shadow, primary_body, 1), request, headers))
         if isinstance(result, Response):
             return result
         self.metrics.observe(config.model, backend.version, time.perf_counter() - started)
@@ -481,69 +531,83 @@ class Router:
 
     def _send_mirrors(self) -> None:
         mirrors, self._mirrors = self._mirrors, []
-        for mirror in mirrors:
-            self._start_shadow(*mirror)
+        for mirror, request, headers in mirrors:
+            self._start_shadow(mirror, request, headers)
 
-    def _start_shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
-                      headers: Headers, primary_body: bytes | None) -> None:
+    def _start_shadow(self, mirror: _Mirror, request: Request, headers: Headers) -> None:
         """Send the mirror (``shadow_in_flight`` was counted for it by ``_forward``): on a kept connection
         through a callback, as the primary (no task, coroutine or future per mirror); without an idle
         connection in a task that connects (``_shadow``). Either way it ends in ``_shadow_done``."""
         started = time.perf_counter()
+        shadow = mirror.shadow
         try:
             base = self._endpoint(shadow)
             if base is None:
-                self._shadow_done(config, primary, shadow, primary_body, self._no_endpoints(config, shadow), started)
+                self._shadow_done(mirror, self._no_endpoints(mirror.config, shadow), started)
                 return
 
             def done(outcome: UpstreamResponse | OSError) -> None:
-                result = outcome if isinstance(outcome, UpstreamResponse) else self._failed(config, shadow, base,
-                                                                                            outcome)
-                self._shadow_done(config, primary, shadow, primary_body, result, started)
+                result = outcome if isinstance(outcome, UpstreamResponse) else self._failed(mirror.config, shadow,
+                                                                                            base, outcome)
+                self._shadow_done(mirror, result, started)
 
             target = request.path + ("?" + request.query.decode("latin-1") if request.query else "")
             if self.upstreams.send(base, request.method, target, headers, request.body, done):
                 return
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow request failed")
-            self.shadow_in_flight -= 1
+            self._settle(mirror)
             return
-        task = asyncio.get_running_loop().create_task(
-            self._shadow(config, primary, shadow, request, headers, primary_body, started))
+        task = asyncio.get_running_loop().create_task(self._shadow(mirror, request, headers, started))
         self.shadow_tasks.add(task)
         task.add_done_callback(self.shadow_tasks.discard)
 
-    async def _shadow(self, config: RouterConfig, primary: Backend, shadow: Backend, request: Request,
-                      headers: Headers, primary_body: bytes | None, started: float) -> None:
+    async def _shadow(self, mirror: _Mirror, request: Request, headers: Headers, started: float) -> None:
         """The mirror on a new connection (none was idle)."""
         try:
-            result = await self._send(config, shadow, request, headers)
+            result = await self._send(mirror.config, mirror.shadow, request, headers)
         except BaseException:
-            self.shadow_in_flight -= 1
+            self._settle(mirror)  # cancelled: not compared
             raise
-        self._shadow_done(config, primary, shadow, primary_body, result, started)
+        self._shadow_done(mirror, result, started)
 
-    def _shadow_done(self, config: RouterConfig, primary: Backend, shadow: Backend, primary_body: bytes | None,
-                     result: UpstreamResponse | Response, started: float) -> None:
-        """The mirror's outcome: its latency, the comparison with the primary's answer; it is no longer
-        in flight."""
+    def _shadow_done(self, mirror: _Mirror, result: UpstreamResponse | Response, started: float) -> None:
+        """The mirror's outcome: its latency now; compared once the primary's answer is in too."""
         try:
-            metrics = self.metrics
-            metrics.observe_shadow(config.model, shadow.version, time.perf_counter() - started)
-            if primary_body is None:
-                return  # nothing to compare against: the user's request itself failed
-            shadow_body = None if isinstance(result, Response) or result.status != 200 else result.body
+            self.metrics.observe_shadow(mirror.config.model, mirror.shadow.version, time.perf_counter() - started)
+            mirror.shadow_body = None if isinstance(result, Response) or result.status != 200 else result.body
+        except Exception:  # the shadow must never hurt the router
+            log.exception("shadow latency failed")
+        self._settle(mirror)
+
+    def _primary_in(self, mirror: _Mirror, result: UpstreamResponse | Response) -> None:
+        """The primary's answer for a mirror sent alongside it (``mirror_when`` ``sent``)."""
+        if not isinstance(result, Response) and result.status == 200:
+            mirror.primary_body = result.body
+        self._settle(mirror)
+
+    def _settle(self, mirror: _Mirror) -> None:
+        """One of the mirror's two parts is in; once both are, compare them, and it is no longer in flight."""
+        mirror.waiting -= 1
+        if mirror.waiting > 0:
+            return
+        try:
+            primary_body, shadow_body = mirror.primary_body, mirror.shadow_body
+            if primary_body is None or shadow_body is _UNSEEN:
+                return  # nothing to compare against (the user's request itself failed), or cancelled
             counts = self._agreement(primary_body, shadow_body)
             if counts is None:
                 return
             agree, disagree, errors = counts
+            config, metrics = mirror.config, self.metrics
+            stable, shadow = mirror.primary.version, mirror.shadow.version
             if errors:  # the shadow's answer had no predictions: the primary's rows count as errors
-                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_ERROR, errors)
+                metrics.count_shadow(config.model, stable, shadow, m.OUTCOME_ERROR, errors)
                 return
             if agree:
-                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_AGREE, agree)
+                metrics.count_shadow(config.model, stable, shadow, m.OUTCOME_AGREE, agree)
             if disagree:
-                metrics.count_shadow(config.model, primary.version, shadow.version, m.OUTCOME_DISAGREE, disagree)
+                metrics.count_shadow(config.model, stable, shadow, m.OUTCOME_DISAGREE, disagree)
         except Exception:  # the shadow must never hurt the router
             log.exception("shadow comparison failed")
         finally:

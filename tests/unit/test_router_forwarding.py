@@ -20,7 +20,7 @@ import pytest
 from noria import metrics as m
 from noria.router_config import Backend, RouterConfig
 from noria_server.httpserver import HttpServer, Request, Response
-from noria_server.route import Router, RouterSettings
+from noria_server.route import MIRROR_ANSWERED, Router, RouterSettings
 
 MODEL = "churn"
 BINARY_LENGTH = "inference-header-content-length"
@@ -60,7 +60,9 @@ def _echo(request: Request) -> Response:
 async def bed() -> AsyncIterator[dict[str, Any]]:
     backends = {"v1": await RecordingBackend(answer=_echo).start(), "v1-slow": await RecordingBackend(delay=0.05).start(),
                 "shadow": await RecordingBackend(delay=0.5).start()}
-    router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, max_shadow_in_flight=2))
+    # Mirrors after the answer (the order test_a_mirror_leaves_after_the_primary_answered... checks).
+    router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, max_shadow_in_flight=2,
+                                   mirror_when=MIRROR_ANSWERED))
     await router.start()
     async with aiohttp.ClientSession() as session:
         try:

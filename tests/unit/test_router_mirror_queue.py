@@ -1,10 +1,11 @@
 """Mirrors wait in the router's queue and leave together, after the answers they copy.
 
-Given the router (noria_server.route, in process) with a 100 % shadow and ``mirror_delay`` 0.2 s in
-front of real HttpServers on localhost, when a client sends three requests concurrently, then all
-three answers come back before any mirror reaches the shadow, the three mirrors arrive together
-about ``mirror_delay`` after the first answer, every comparison is counted, and queued mirrors count
-against ``max_shadow_in_flight`` (a fourth request past the bound is dropped, not queued).
+Given the router (noria_server.route, in process) with a 100 % shadow, ``mirror_when`` ``answered``
+(the queue's mode) and ``mirror_delay`` 0.2 s in front of real HttpServers on localhost, when a
+client sends three requests concurrently, then all three answers come back before any mirror
+reaches the shadow, the three mirrors arrive together about ``mirror_delay`` after the first
+answer, every comparison is counted, and queued mirrors count against ``max_shadow_in_flight`` (a
+fourth request past the bound is dropped, not queued).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiohttp
 from noria import metrics as m
 from noria.router_config import Backend, RouterConfig
 from noria_server.httpserver import HttpServer, Request, Response
-from noria_server.route import Router, RouterSettings
+from noria_server.route import MIRROR_ANSWERED, Router, RouterSettings
 
 MODEL = "churn"
 ANSWER = b'{"model_version":"x","outputs":[{"name":"predict","datatype":"INT64","shape":[1],"data":[1]}]}'
@@ -39,7 +40,7 @@ async def _run(max_in_flight: int, requests: int) -> dict[str, Any]:
     primary, primary_url = await _serve(primary_arrived)
     shadow, shadow_url = await _serve(shadow_arrived)
     router = Router(RouterSettings(host="127.0.0.1", port=0, drain_seconds=0, mirror_delay=DELAY,
-                                   max_shadow_in_flight=max_in_flight))
+                                   mirror_when=MIRROR_ANSWERED, max_shadow_in_flight=max_in_flight))
     router.apply_config(RouterConfig(MODEL, "ml", (Backend("v1", None, 8080, weight=100, url=primary_url),),
                                      Backend("v2", None, 8080, url=shadow_url, mirror_percent=100)))
     await router.start()
