@@ -12,9 +12,10 @@ store as ONE new object ``<dir for today>/<pod>-<seq>.jsonl`` (``noria.store`` l
 to (object stores have no append) and never one per request; ``seq`` starts past any object this
 pod name already wrote today, so a restarted pod never overwrites its predecessor's. A local file
 is written under a hidden temporary name and renamed, so a reader never sees half of one; it is
-written in pieces of ``WRITE_PIECE_BYTES``, and the writer thread runs at a lower priority
-(``WRITER_NICE``), so neither a join of the whole buffer under the GIL nor the kernel's work on the
-file holds the event loop back.
+written in pieces of ``WRITE_PIECE_BYTES``, in turns with rests between them as rendering is (an object
+for an object store is assembled the same way, a chunk at a time, and sent in one PUT), and the writer
+thread runs at a lower priority (``WRITER_NICE``), so neither a join of the whole buffer under the GIL
+nor the kernel's work on the file holds the event loop back for more than a turn.
 
 Nothing is lost to a store outage within a bound: a failed write keeps the buffer and is retried
 after ``retry_seconds``; while the store stays down, rendered lines past ``max_buffered_bytes`` are
@@ -63,7 +64,10 @@ DEFAULT_TURN_SECONDS = 0.00025
 DEFAULT_REST_SECONDS = 0.001
 
 # A local flush writes the buffer in pieces of about this size: one b"".join of a second's lines
-# (12 MB at 16,000 rows/s of 20 features) held the GIL, and so the event loop, for 7-8.5 ms.
+# (12 MB at 16,000 rows/s of 20 features) held the GIL, and so the event loop, for 7-8.5 ms. The pieces
+# are written in turns of ``turn_seconds`` with rests between them: written at once, a second's lines at
+# 20,000 rows/s (15 MB) were ~4-5 ms of the writer's CPU (mostly the kernel's, GIL free) in one stretch on
+# the core the loop thread runs on, which the scheduler hands out in slices of a millisecond or more.
 WRITE_PIECE_BYTES = 256 << 10
 # The writer thread's nice value above the server's (Linux: per thread). Writing a second's lines
 # costs the kernel 17-66 ms of CPU on a server pinned to one core (ext4, measured); the GIL is free
@@ -149,12 +153,9 @@ class JsonlLog:
             self._buffer.clear()
 
     def _take(self) -> None:
-        clock = time.perf_counter
-        turn_ends = clock() + self.turn_seconds
+        turn_ends = time.perf_counter() + self.turn_seconds
         while self.queue:
-            if clock() >= turn_ends:  # let the loop thread have the GIL (no rest once closing)
-                self._closing.wait(self.rest_seconds)
-                turn_ends = clock() + self.turn_seconds
+            turn_ends = self._rest_if_due(turn_ends)
             rows, render = self.queue.popleft()
             try:
                 data = render()
@@ -185,11 +186,13 @@ class JsonlLog:
             if isinstance(fs, LocalFileSystem):  # a rename is atomic here: readers never see half a file
                 partial = store.join(directory, "." + store.log_file_name(self.pod, seq) + ".partial")
                 with fs.open(partial, "wb") as f:  # in pieces: no GIL-holding join of the whole buffer
+                    turn_ends = time.perf_counter() + self.turn_seconds
                     for piece in _pieces(self._buffer, WRITE_PIECE_BYTES):
+                        turn_ends = self._rest_if_due(turn_ends)  # the kernel's work in turns, too
                         f.write(piece)
                 fs.mv(partial, target)
             else:  # one PUT: the object appears whole or not at all
-                fs.pipe_file(target, b"".join(chunk for _, chunk in self._buffer))
+                fs.pipe_file(target, self._assembled())
         except Exception as exc:  # OSError from the store, or anything else: never take the server down
             if not self._failing:
                 log.warning("prediction log %s: storing %d bytes failed, keeping them and retrying every %gs: %s",
@@ -204,6 +207,31 @@ class JsonlLog:
         self._buffer.clear()
         self._buffered_bytes = 0
         self._next_flush = now + self.flush_seconds
+
+    def _rest_if_due(self, turn_ends: float) -> float:
+        """Rest ``rest_seconds`` if the turn that ends at ``turn_ends`` (perf_counter) is over, so the
+        loop thread has the GIL and the core; returns when the current turn ends. No rest once closing."""
+        if time.perf_counter() < turn_ends:
+            return turn_ends
+        self._rest()
+        return time.perf_counter() + self.turn_seconds
+
+    def _rest(self) -> None:
+        self._closing.wait(self.rest_seconds)
+
+    def _assembled(self) -> bytearray:
+        """The whole buffer as one object's bytes, copied a chunk at a time in turns: one ``b"".join``
+        of a second's lines (12 MB at 16,000 rows/s) held the GIL, and so the event loop, for 7-8.5 ms."""
+        out = bytearray(sum(len(chunk) for _, chunk in self._buffer))
+        view = memoryview(out)
+        at = 0
+        turn_ends = time.perf_counter() + self.turn_seconds
+        for _, chunk in self._buffer:
+            turn_ends = self._rest_if_due(turn_ends)
+            view[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        view.release()
+        return out
 
     def _seq(self, fs: fsspec.AbstractFileSystem, directory: str) -> int:
         """The next free ``seq`` of this pod in ``directory`` (listed once per directory, then counted)."""

@@ -1,0 +1,362 @@
+"""What holds the model server's threads in one piece at a fixed offered rate, by their own CPU time.
+
+    .venv/bin/python benchmarks/loop_stalls.py [--models logistic] [--fraction 0.8 | --rate 20000]
+        [--seconds 8] [--threshold-ms 0.3] [--py-spy]
+
+A diagnostic, not a latency table: it needs no quiet machine for its main figures, because they are
+each thread's own CPU (``time.thread_time``, ``/proc/<pid>/task/*/stat``), which other processes on the
+CPU move little. The server (this checkout's, drift counting and prediction log on, as
+``server_latency.py`` runs it: CPU 1, one native thread) is started by this file in a hidden
+``--child`` mode that wraps, before serving, every entry point the event loop runs (``data_received``:
+parse and dispatch; ``_flush``: predict, count, answers, ledger, log offer; connection set-up and
+teardown), the writer thread's turns and flushes, the rendering of each logged batch, and every garbage
+collection (``gc.callbacks``, on whichever thread), and records each single call that took more than
+``--threshold-ms`` of the calling thread's CPU, with what it was: its nested steps (predict, answer
+writes, ledger, log offer, a collection inside it), the batch's rows and the queue behind it. The
+Go open-loop generator (benchmarks/loadgen, CPU 0) offers ``--rate`` (or ``--fraction`` of a wrk -c16
+saturation run) for ``--seconds`` after a warm-up of the same rate; only that window is recorded.
+
+Printed: per entry point, calls, CPU per call and the calls over the threshold; the longest calls with
+their parts; the batch-size distribution; collections by generation and thread; per thread (the loop,
+the log writers, others) user and system CPU, time spent runnable but waiting for a CPU (schedstat) and
+involuntary switches; what of the loop thread's CPU no wrapped entry point covers (uvloop's own turns,
+timers); the server's own stage and loop-lag histograms. Wall times are printed beside CPU times but mean
+little on a loaded machine. ``--py-spy`` adds a ``py-spy --threads --gil --idle`` profile of the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+# --- child: the instrumented server ---------------------------------------------------------------
+class Recorder:
+    """Per-thread stacks of wrapped calls; aggregates and the long calls while ``on``."""
+
+    def __init__(self, threshold_ns: int) -> None:
+        self.on = False
+        self.threshold_ns = threshold_ns
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # calls, cpu ns, over, max
+        self.long: list[dict[str, Any]] = []
+        self.batch_rows: Counter[int] = Counter()
+        self.pending_at_flush: Counter[int] = Counter()
+        self.gc: dict[str, list[float]] = defaultdict(list)
+
+    def stack(self) -> list[list[Any]]:
+        s = getattr(self.local, "stack", None)
+        if s is None:
+            s = self.local.stack = []
+        return s
+
+    def enter(self, label: str, detail: dict[str, Any] | None = None) -> None:
+        self.stack().append([label, time.thread_time_ns(), time.perf_counter_ns(), defaultdict(int), detail or {}])
+
+    def leave(self) -> None:
+        stack = self.stack()
+        label, cpu0, wall0, parts, detail = stack.pop()
+        cpu = time.thread_time_ns() - cpu0
+        wall = time.perf_counter_ns() - wall0
+        if not self.on:
+            return
+        if stack:
+            stack[-1][3][label] += cpu
+            stack[-1][3][label + "#"] += 1
+        key = label if not stack else f"{stack[0][0]}>{label}"
+        with self.lock:
+            st = self.stats[key]
+            st[0] += 1
+            st[1] += cpu
+            st[3] = max(st[3], cpu)
+            if cpu > self.threshold_ns:
+                st[2] += 1
+                if not stack:
+                    self.long.append({"what": label, "cpu_ms": cpu / 1e6, "wall_ms": wall / 1e6,
+                                      "thread": threading.current_thread().name,
+                                      "parts_ms": {k: (v / 1e6 if not k.endswith("#") else v) for k, v in parts.items()},
+                                      **detail})
+
+
+def wrap(rec: Recorder, owner: Any, name: str, label: str, detail: Any = None) -> None:
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        rec.enter(label, detail(*args) if detail is not None and rec.on else None)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            rec.leave()
+
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(owner, name, wrapper)
+
+
+def instrument(rec: Recorder) -> None:
+    from noria_server import httpserver, ledger, oip, predlog, serve, telemetry
+
+    conn = httpserver._Connection
+    wrap(rec, conn, "data_received", "data_received", lambda self, data: {"bytes": len(data)})
+    wrap(rec, conn, "connection_made", "connection_made")
+    wrap(rec, conn, "connection_lost", "connection_lost")
+    wrap(rec, conn, "_write", "write")
+
+    def flush_detail(server: Any) -> dict[str, Any]:
+        rec.pending_at_flush[len(server.pending)] += 1
+        return {"pending": len(server.pending), "pending_rows": server.pending_rows}
+
+    wrap(rec, serve.ModelServer, "_flush", "flush", flush_detail)
+    wrap(rec, serve.ModelServer, "_remember_and_log", "ledger+log")
+    original_predict = serve.ModelServer._timed_predict
+
+    def timed_predict(self: Any, model: Any, rows: Any) -> Any:
+        if rec.on:
+            rec.batch_rows[len(rows)] += 1
+        rec.enter("predict")
+        try:
+            return original_predict(self, model, rows)
+        finally:
+            rec.leave()
+
+    serve.ModelServer._timed_predict = timed_predict  # type: ignore[method-assign]
+    wrap(rec, serve.ModelServer, "_infer", "infer")
+    wrap(rec, oip, "infer_response", "serialise")
+    wrap(rec, telemetry.FeatureBinCounter, "observe", "bins")
+    wrap(rec, telemetry.ServerMetrics, "count_predictions", "classes")
+    wrap(rec, ledger.PredictionLedger, "record", "ledger")
+    wrap(rec, ledger.PredictionLedger, "_evict", "evict")
+    wrap(rec, predlog.JsonlLog, "offer", "offer")
+    wrap(rec, predlog.JsonlLog, "_take", "writer.take", lambda self: {"queued": len(self.queue)})
+    wrap(rec, predlog.JsonlLog, "_flush", "writer.flush", lambda self, now: {"bytes": self._buffered_bytes})
+    wrap(rec, serve, "_render_predictions", "render")
+    wrap(rec, telemetry.ServerMetrics, "exposition", "exposition")
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        label = f"gc{info.get('generation', 0)}"
+        if phase == "start":
+            rec.enter(label)
+            return
+        stack = rec.stack()
+        if not stack or stack[-1][0] != label:
+            return
+        cpu = time.thread_time_ns() - stack[-1][1]
+        rec.leave()
+        if rec.on:
+            rec.gc[f"{label} on {threading.current_thread().name}"].append(cpu / 1e6)
+
+    gc.callbacks.insert(0, on_gc)
+
+
+def child(report: str, threshold_ms: float, serve_argv: list[str]) -> int:
+    rec = Recorder(int(threshold_ms * 1e6))
+    instrument(rec)
+    loop_thread = threading.get_native_id()
+
+    def toggle(signum: int, frame: Any) -> None:  # SIGUSR1: start the window, then end it and write the report
+        if not rec.on:
+            rec.reset()
+            rec.on = True
+            return
+        rec.on = False
+        threads = {t.native_id: t.name for t in threading.enumerate()}
+        threads[loop_thread] = "loop"
+        Path(report).write_text(json.dumps({
+            "stats": rec.stats, "long": sorted(rec.long, key=lambda e: -e["cpu_ms"]),
+            "batch_rows": rec.batch_rows, "pending_at_flush": rec.pending_at_flush, "gc": rec.gc,
+            "threads": {str(k): v for k, v in threads.items()}}))
+
+    signal.signal(signal.SIGUSR1, toggle)
+    from noria_server.__main__ import main
+
+    return main(serve_argv)
+
+
+# --- parent: drive it, read it ---------------------------------------------------------------------
+def task_stats(pid: int) -> dict[int, dict[str, float]]:
+    """Per thread of ``pid``: user and system CPU s, run-queue wait s (schedstat), switches."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            run_ns, wait_ns, slices = (int(x) for x in (task / "schedstat").read_text().split())
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines() if ":" in line)
+        except (OSError, ValueError):
+            continue
+        out[int(task.name)] = {"user": int(fields[11]) / tick, "sys": int(fields[12]) / tick, "run": run_ns / 1e9,
+                               "wait": wait_ns / 1e9, "slices": slices,
+                               "invol": int(status["nonvoluntary_ctxt_switches"]),
+                               "vol": int(status["voluntary_ctxt_switches"])}
+    return out
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
+                             "--format", "raw", "--threads", "--gil", "--idle", "--nonblocking", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_spy(path: Path) -> str:
+    if not path.exists():
+        return "  py-spy: no profile"
+    by_thread: Counter[str] = Counter()
+    leaf: dict[str, Counter[str]] = defaultdict(Counter)
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        thread = frames[0]
+        by_thread[thread] += int(count)
+        leaf[thread][frames[-1]] += int(count)
+    lines = []
+    for thread, n in by_thread.most_common(4):
+        lines.append(f"  {thread}: {n} samples holding the GIL")
+        lines += [f"    {c / n:6.1%}  {name}" for name, c in leaf[thread].most_common(8)]
+    return "\n".join(lines)
+
+
+def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
+    sys.path.insert(0, str(HERE))
+    from noria import metrics as m
+    from noria_server.launch import free_port
+    from noria_server.reference_models import train_and_save
+    from server_latency import histogram_delta, scrape
+    from server_vs_mlserver import payload
+    from serving_bench import go_open_loop, measure, start, stop, uptime, wait_http
+
+    model_dir = work / "store" / "bench" / kind / "model"
+    saved = train_and_save(kind, str(model_dir), rows=5000)  # type: ignore[arg-type]
+    port = free_port()
+    report = work / f"report-{kind}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(report), "--threshold-ms",
+           str(args.threshold_ms), "--", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
+           "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
+           "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
+           "--pod", f"bench-{port}", "--drain-seconds", "0"]
+    proc = start(cmd, work / f"server-{kind}.log")
+    url = f"http://127.0.0.1:{port}/v2/models/{kind}/infer"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
+        rate = args.rate
+        if not rate:
+            rate = args.fraction * measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
+        print(f"[{kind}] {rate:.0f} req/s for {args.seconds:g} s (warm-up {args.warmup:g} s); {uptime()}", flush=True)
+        go_open_loop(url, payload(), rate, args.warmup)
+        before_metrics = scrape(url)
+        before = task_stats(proc.pid)
+        os.kill(proc.pid, signal.SIGUSR1)
+        spy = py_spy(proc.pid, args.seconds, work / f"spy-{kind}.txt") if args.py_spy else None
+        t0 = time.monotonic()
+        load = go_open_loop(url, payload(), rate, args.seconds)
+        elapsed = time.monotonic() - t0
+        os.kill(proc.pid, signal.SIGUSR1)
+        after = task_stats(proc.pid)
+        if spy is not None:
+            spy.wait(60)
+        for _ in range(100):
+            if report.exists():
+                break
+            time.sleep(0.05)
+        after_metrics = scrape(url)
+        data = json.loads(report.read_text())
+    finally:
+        stop(proc)
+    answered = max(int(load["answered"]), 1)
+    print(f"  generator: sent {load['sent']}, answered {load['answered']}, p50 {load['p50_ms']:.2f} p99 "
+          f"{load['p99_ms']:.2f} p99.9 {load['p999_ms']:.2f} ms (wall; late p99 {load['late_p99_ms']:.2f}); {uptime()}")
+    names = {int(k): v for k, v in data["threads"].items()}
+    print("  threads (CPU s over the window; runnable-but-waiting s; involuntary/voluntary switches):")
+    loop_cpu = 0.0
+    for tid, a in sorted(after.items(), key=lambda kv: -(kv[1]["user"] + kv[1]["sys"])):
+        b = before.get(tid, dict.fromkeys(a, 0))
+        cpu = a["user"] + a["sys"] - b["user"] - b["sys"]
+        if cpu <= 0 and a["run"] - b["run"] <= 0.001:
+            continue
+        name = names.get(tid, str(tid))
+        if name == "loop":
+            loop_cpu = a["run"] - b["run"]
+        print(f"    {name:18} user {a['user'] - b['user']:6.2f} sys {a['sys'] - b['sys']:6.2f} "
+              f"(run {a['run'] - b['run']:6.3f}, {(a['run'] - b['run']) / elapsed:5.1%} of the window) "
+              f"wait {a['wait'] - b['wait']:6.3f}  invol {a['invol'] - b['invol']:6d} vol {a['vol'] - b['vol']:6d}  "
+              f"{(a['run'] - b['run']) / answered * 1e6:6.1f} µs/answer")
+    stats = data["stats"]
+    print(f"  entry points and their parts (calls, CPU µs a call, max ms, calls over {args.threshold_ms} ms):")
+    covered = 0.0
+    for key, (calls, cpu_ns, over, mx) in sorted(stats.items(), key=lambda kv: -kv[1][1]):
+        if ">" not in key and key in ("data_received", "flush", "connection_made", "connection_lost", "write"):
+            covered += cpu_ns / 1e9
+        print(f"    {key:34} {calls:8d} {cpu_ns / max(calls, 1) / 1e3:8.1f} {mx / 1e6:7.3f} {over:6d}")
+    if loop_cpu:
+        print(f"  loop thread CPU not inside a wrapped entry point (uvloop's turns, socket reads, timers): "
+              f"{loop_cpu - covered:.3f} s of {loop_cpu:.3f} s ({(loop_cpu - covered) / answered * 1e6:.1f} µs/answer)")
+    rows = Counter({int(k): v for k, v in data["batch_rows"].items()})
+    total = sum(rows.values())
+    print(f"  batches: {total}, mean {sum(k * v for k, v in rows.items()) / max(total, 1):.1f} rows; rows: "
+          + ", ".join(f"{lo}-{hi}: {sum(v for k, v in rows.items() if lo <= k <= hi)}"
+                      for lo, hi in ((1, 1), (2, 4), (5, 8), (9, 16), (17, 32), (33, 63), (64, 10**9))))
+    pend = Counter({int(k): v for k, v in data["pending_at_flush"].items()})
+    print("  requests queued when a flush started: " + ", ".join(
+        f"{lo}-{hi}: {sum(v for k, v in pend.items() if lo <= k <= hi)}"
+        for lo, hi in ((0, 1), (2, 4), (5, 16), (17, 32), (33, 64), (65, 10**9))))
+    for label, values in sorted(data["gc"].items()):
+        values.sort()
+        print(f"  {label}: {len(values)} x mean {sum(values) / len(values):.3f} ms CPU, max {values[-1]:.3f}")
+    print(f"  the {min(args.top, len(data['long']))} longest single calls of {len(data['long'])} over the threshold:")
+    for e in data["long"][:args.top]:
+        parts = ", ".join(f"{k} {v:.3f}" if not k.endswith("#") else f"{k[:-1]} x{v}"
+                          for k, v in sorted(e.pop("parts_ms").items(), key=lambda kv: kv[0].rstrip("#")))
+        what = e.pop("what")
+        cpu, wall, thread = e.pop("cpu_ms"), e.pop("wall_ms"), e.pop("thread")
+        print(f"    {what:14} cpu {cpu:6.3f} wall {wall:6.3f} [{thread}] {e} :: {parts}")
+    print("  the server's own histograms over the window (count, mean, p99 bucket):")
+    for name, label, count, mean, p99 in histogram_delta(before_metrics, after_metrics):
+        if name in (m.REQUEST_STAGE_SECONDS, m.EVENT_LOOP_LAG_SECONDS):
+            print(f"    {name:32} {label:10} n={count:8.0f} mean {mean * 1e3:8.3f} ms p99 <= {p99 * 1e3:g} ms")
+    if args.py_spy:
+        print(summarise_spy(work / f"spy-{kind}.txt"))
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        split = sys.argv.index("--")
+        sys.exit(child(sys.argv[2], float(sys.argv[4]), sys.argv[split + 1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="logistic")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered req/s (default: --fraction of wrk's maximum)")
+    parser.add_argument("--fraction", type=float, default=0.8)
+    parser.add_argument("--saturation-seconds", type=float, default=5)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--threshold-ms", type=float, default=0.3)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--py-spy", action="store_true")
+    args = parser.parse_args()
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})
+    work = Path(tempfile.mkdtemp(prefix="noria-stalls-"))
+    try:
+        for kind in args.models.split(","):
+            run_one(kind, args, work)
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    main()
