@@ -71,14 +71,17 @@ class SinkSettings:
             raise ValueError("flush_seconds, timeout and retry_seconds must be positive")
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
-    """What the ledger keeps per keyed prediction for the sink: the entity key values (in the
-    settings' key order), the feature values the model received (in its feature order) and when."""
+# What the ledger keeps per keyed prediction for the sink: one flat tuple ``(predicted_at, *keys,
+# *features)``: when (time.time()), the entity key values (in the settings' key order) and the feature
+# values the model received (in its feature order). A plain tuple of atomic values, because the ledger
+# holds one per keyed row for minutes: the collector stops tracking such a tuple at its first young
+# collection, where an object (the slots dataclass this was) stays tracked, reaches the oldest
+# generation and is walked again by every full collection.
+Served = tuple[Any, ...]
 
-    keys: tuple[Any, ...]
-    features: tuple[Any, ...]
-    predicted_at: float  # time.time()
+
+def served(keys: Sequence[Any], features: Sequence[Any], predicted_at: float) -> Served:
+    return (predicted_at, *keys, *features)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,15 +204,16 @@ class FeedbackSink:
 
     def columns(self, batch: Sequence[Row]) -> dict[str, list[Any]]:
         """The push's ``df``: one list per column of the push source."""
-        out: dict[str, list[Any]] = {k: [r.served.keys[i] for r in batch] for i, k in enumerate(self.entity_keys)}
+        out: dict[str, list[Any]] = {k: [r.served[1 + i] for r in batch] for i, k in enumerate(self.entity_keys)}
+        first = 1 + len(self.entity_keys)  # Served: (predicted_at, *keys, *features)
         for i, name in enumerate(self.features):
             if name not in out:  # a model feature that is also a key is pushed once
-                out[name] = [_json_value(r.served.features[i]) for r in batch]
+                out[name] = [_json_value(r.served[first + i]) for r in batch]
         out[PREDICTION] = [r.prediction for r in batch]
         out[LABEL] = [r.label for r in batch]
         out[PREDICTION_ID] = [r.prediction_id for r in batch]
         out[MODEL_VERSION] = [self.version] * len(batch)
-        out[EVENT_TIMESTAMP] = [timestamp(r.served.predicted_at) for r in batch]
+        out[EVENT_TIMESTAMP] = [timestamp(r.served[0]) for r in batch]
         out[LABELLED_AT] = [timestamp(r.labelled_at) for r in batch]
         return out
 

@@ -668,17 +668,16 @@ def _served(batch: list[_Pending], rows: np.ndarray, entity_keys: tuple[str, ...
             out.extend([None] * n)
         else:
             for i in range(n):
-                out.append(feast_sink.Served(tuple(keys[k][i] for k in entity_keys), tuple(values[start + i]), now))
+                out.append(feast_sink.served([keys[k][i] for k in entity_keys], values[start + i], now))
         start += n
     return out
 
 
 def _served_cost(first: feast_sink.Served | None) -> int:
-    """Bytes one kept Served costs the ledger (its tuples and their values, about)."""
+    """Bytes one kept Served costs the ledger (its tuple and its values, about)."""
     if first is None:
         return 0
-    return (sys.getsizeof(first) + sys.getsizeof(first.keys) + sys.getsizeof(first.features)
-            + 32 * (len(first.keys) + len(first.features)))
+    return sys.getsizeof(first) + 32 * (len(first) - 1)
 
 
 def _infer_answer(body: bytes, header_length: int | None) -> Response:
