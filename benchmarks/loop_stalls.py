@@ -20,8 +20,12 @@ Printed: per entry point, calls, CPU per call and the calls over the threshold; 
 their parts; the batch-size distribution; collections by generation and thread; per thread (the loop,
 the log writers, others) user and system CPU, time spent runnable but waiting for a CPU (schedstat) and
 involuntary switches; what of the loop thread's CPU no wrapped entry point covers (uvloop's own turns,
-timers); the server's own stage and loop-lag histograms. Wall times are printed beside CPU times but mean
-little on a loaded machine. ``--py-spy`` adds a ``py-spy --threads --gil --idle`` profile of the window.
+timers); the writer's turns (from a wake-up or the end of a rest to the next rest: wall and CPU); the
+steal time of CPU 1; the server's own stage and loop-lag histograms. Wall times are printed beside CPU
+times but mean little on a loaded machine. ``--py-spy`` adds a ``py-spy --threads`` profile of the window
+(own samples by function and thread); ``--perf-sched PREFIX`` (root, perf installed) records every
+context switch on CPU 1 over the window and prints what ran there besides the loop thread, and how long
+the loop thread, preempted or woken, waited for the CPU: stalls that no thread's own CPU time shows.
 """
 
 from __future__ import annotations
@@ -146,6 +150,41 @@ def instrument(rec: Recorder) -> None:
     wrap(rec, predlog.JsonlLog, "_take", "writer.take", lambda self: {"queued": len(self.queue)})
     wrap(rec, predlog.JsonlLog, "_flush", "writer.flush", lambda self, now: {"bytes": self._buffered_bytes})
     wrap(rec, serve, "_render_predictions", "render")
+    # The writer's turns: from a wake-up (tick) or the end of a rest to the next rest or sleep, wall and CPU.
+    turn_start: dict[int, tuple[int, int]] = {}
+
+    def mark_turn_end(log: Any) -> None:
+        began = turn_start.pop(id(log), None)
+        if began is not None and rec.on:
+            wall, cpu = time.perf_counter_ns() - began[0], time.thread_time_ns() - began[1]
+            with rec.lock:
+                st = rec.stats["writer.turn (wall)"]
+                st[0] += 1
+                st[1] += wall
+                st[3] = max(st[3], wall)
+                st[2] += wall > rec.threshold_ns
+                st = rec.stats["writer.turn (cpu)"]
+                st[0] += 1
+                st[1] += cpu
+                st[3] = max(st[3], cpu)
+                st[2] += cpu > rec.threshold_ns
+
+    original_rest, original_take = predlog.JsonlLog._rest, predlog.JsonlLog._take
+
+    def rest(self: Any) -> None:
+        mark_turn_end(self)
+        original_rest(self)
+        turn_start[id(self)] = (time.perf_counter_ns(), time.thread_time_ns())
+
+    def take(self: Any) -> None:
+        turn_start[id(self)] = (time.perf_counter_ns(), time.thread_time_ns())
+        try:
+            original_take(self)
+        finally:
+            mark_turn_end(self)
+
+    predlog.JsonlLog._rest = rest  # type: ignore[method-assign]
+    predlog.JsonlLog._take = take  # type: ignore[method-assign]
     wrap(rec, telemetry.ServerMetrics, "exposition", "exposition")
 
     def on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -201,16 +240,25 @@ def task_stats(pid: int) -> dict[int, dict[str, float]]:
         except (OSError, ValueError):
             continue
         out[int(task.name)] = {"user": int(fields[11]) / tick, "sys": int(fields[12]) / tick, "run": run_ns / 1e9,
+                               "minflt": int(fields[7]),
                                "wait": wait_ns / 1e9, "slices": slices,
                                "invol": int(status["nonvoluntary_ctxt_switches"]),
                                "vol": int(status["voluntary_ctxt_switches"])}
     return out
 
 
+def cpu_steal(cpu: int) -> float:
+    """Seconds of steal time of ``cpu`` so far (/proc/stat)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return int(line.split()[8]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     spy = str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
-                             "--format", "raw", "--threads", "--gil", "--idle", "--nonblocking", "--output", str(out)],
+                             "--format", "raw", "--threads", "--nonblocking", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -227,8 +275,8 @@ def summarise_spy(path: Path) -> str:
         leaf[thread][frames[-1]] += int(count)
     lines = []
     for thread, n in by_thread.most_common(4):
-        lines.append(f"  {thread}: {n} samples holding the GIL")
-        lines += [f"    {c / n:6.1%}  {name}" for name, c in leaf[thread].most_common(8)]
+        lines.append(f"  {thread}: {n} samples")
+        lines += [f"    {c / n:6.1%}  {name}" for name, c in leaf[thread].most_common(25)]
     return "\n".join(lines)
 
 
@@ -261,15 +309,24 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         go_open_loop(url, payload(), rate, args.warmup)
         before_metrics = scrape(url)
         before = task_stats(proc.pid)
+        steal_before = cpu_steal(1)
         os.kill(proc.pid, signal.SIGUSR1)
         spy = py_spy(proc.pid, args.seconds, work / f"spy-{kind}.txt") if args.py_spy else None
+        perf = None
+        if args.perf_sched:  # every switch on the server's CPU over the window (root; perf installed)
+            perf = subprocess.Popen(["perf", "sched", "record", "-C", "1", "-o", f"{args.perf_sched}-{kind}.data",
+                                     "--", "sleep", str(max(1, int(args.seconds) - 1))],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
         load = go_open_loop(url, payload(), rate, args.seconds)
         elapsed = time.monotonic() - t0
         os.kill(proc.pid, signal.SIGUSR1)
         after = task_stats(proc.pid)
+        steal = cpu_steal(1) - steal_before
         if spy is not None:
             spy.wait(60)
+        if perf is not None:
+            perf.wait(60)
         for _ in range(100):
             if report.exists():
                 break
@@ -281,6 +338,8 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
     answered = max(int(load["answered"]), 1)
     print(f"  generator: sent {load['sent']}, answered {load['answered']}, p50 {load['p50_ms']:.2f} p99 "
           f"{load['p99_ms']:.2f} p99.9 {load['p999_ms']:.2f} ms (wall; late p99 {load['late_p99_ms']:.2f}); {uptime()}")
+    print(f"  CPU 1 (the server's): steal {steal:.3f} s over the {elapsed:.1f} s window (time the hypervisor ran "
+          f"something else)")
     names = {int(k): v for k, v in data["threads"].items()}
     print("  threads (CPU s over the window; runnable-but-waiting s; involuntary/voluntary switches):")
     loop_cpu = 0.0
@@ -295,7 +354,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         print(f"    {name:18} user {a['user'] - b['user']:6.2f} sys {a['sys'] - b['sys']:6.2f} "
               f"(run {a['run'] - b['run']:6.3f}, {(a['run'] - b['run']) / elapsed:5.1%} of the window) "
               f"wait {a['wait'] - b['wait']:6.3f}  invol {a['invol'] - b['invol']:6d} vol {a['vol'] - b['vol']:6d}  "
-              f"{(a['run'] - b['run']) / answered * 1e6:6.1f} µs/answer")
+              f"{(a['run'] - b['run']) / answered * 1e6:6.1f} µs/answer, {a['minflt'] - b['minflt']} page faults")
     stats = data["stats"]
     print(f"  entry points and their parts (calls, CPU µs a call, max ms, calls over {args.threshold_ms} ms):")
     covered = 0.0
@@ -331,6 +390,49 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
             print(f"    {name:32} {label:10} n={count:8.0f} mean {mean * 1e3:8.3f} ms p99 <= {p99 * 1e3:g} ms")
     if args.py_spy:
         print(summarise_spy(work / f"spy-{kind}.txt"))
+    if args.perf_sched:
+        print(summarise_sched(f"{args.perf_sched}-{kind}.data", proc.pid))
+
+
+def summarise_sched(path: str, pid: int) -> str:
+    """From a ``perf sched record`` of CPU 1: what ran there (per task: runs, total and longest ms), and
+    how long the server's loop thread waited for the CPU: after being preempted (runnable all along)
+    and after being woken (scheduling delay)."""
+    try:
+        text = subprocess.run(["perf", "sched", "timehist", "--state", "-i", path], capture_output=True, text=True,
+                              check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return f"  perf sched: {exc}"
+    tasks: dict[str, list[float]] = defaultdict(list)
+    preempted: list[float] = []
+    woken: list[float] = []
+    loop = f"python[{pid}]"
+    last_state = "S"
+    for line in text.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) < 7:
+            continue
+        try:
+            wait, delay, run = float(parts[-4]), float(parts[-3]), float(parts[-2])
+        except ValueError:
+            continue
+        name = " ".join(parts[2:-4])
+        if name == loop:
+            (preempted if last_state == "R" else woken).append(wait if last_state == "R" else delay)
+            last_state = parts[-1]
+        if f"[{pid}]" in name or name.endswith(f"/{pid}]"):
+            name = "server " + name
+        tasks[name].append(run)
+    lines = ["  perf sched on CPU 1 over the window: ms run per task (runs, total, longest), the heaviest first"]
+    for name, runs in sorted(tasks.items(), key=lambda kv: -sum(kv[1]))[:14]:
+        lines.append(f"    {name[:40]:40} n={len(runs):6d} total {sum(runs):8.2f} longest {max(runs):7.3f}")
+    for what, waits in (("preempted, waited for the CPU again", preempted), ("woken, waited for the CPU", woken)):
+        if waits:
+            waits.sort()
+            lines.append(f"  the loop thread {what}: n={len(waits)}, total {sum(waits):.1f} ms, p99 "
+                         f"{waits[int(0.99 * len(waits))]:.3f} ms, max {waits[-1]:.3f} ms, "
+                         f"{sum(1 for w in waits if w > 0.3)} over 0.3 ms ({sum(w for w in waits if w > 0.3):.1f} ms)")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -347,6 +449,7 @@ def main() -> None:
     parser.add_argument("--threshold-ms", type=float, default=0.3)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--py-spy", action="store_true")
+    parser.add_argument("--perf-sched", help="record the server CPU's scheduling to PREFIX-<model>.data (perf, root)")
     args = parser.parse_args()
     if (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})
