@@ -15,6 +15,8 @@ collection (``gc.callbacks``, on whichever thread), and records each single call
 writes, ledger, log offer, a collection inside it), the batch's rows and the queue behind it. The
 Go open-loop generator (benchmarks/loadgen, CPU 0) offers ``--rate`` (or ``--fraction`` of a wrk -c16
 saturation run) for ``--seconds`` after a warm-up of the same rate; only that window is recorded.
+``--plain`` wraps nothing (the wrappers add ~20 % to a request's CPU, enough to push the server past its
+capacity near its maximum): then only the generator's latencies, the threads' CPU and ``--perf-sched``.
 
 Printed: per entry point, calls, CPU per call and the calls over the threshold; the longest calls with
 their parts; the batch-size distribution; collections by generation and thread; per thread (the loop,
@@ -205,7 +207,8 @@ def instrument(rec: Recorder) -> None:
 
 def child(report: str, threshold_ms: float, serve_argv: list[str]) -> int:
     rec = Recorder(int(threshold_ms * 1e6))
-    instrument(rec)
+    if threshold_ms > 0:  # 0: --plain, nothing wrapped
+        instrument(rec)
     loop_thread = threading.get_native_id()
 
     def toggle(signum: int, frame: Any) -> None:  # SIGUSR1: start the window, then end it and write the report
@@ -294,7 +297,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
     port = free_port()
     report = work / f"report-{kind}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(report), "--threshold-ms",
-           str(args.threshold_ms), "--", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
+           "0" if args.plain else str(args.threshold_ms), "--", "serve", "--artifact", saved.artifact_uri, "--digest", saved.digest,
            "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
            "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
            "--pod", f"bench-{port}", "--drain-seconds", "0"]
@@ -448,6 +451,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--threshold-ms", type=float, default=0.3)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--plain", action="store_true", help="wrap nothing (the wrappers cost ~20 %% more CPU a "
+                        "request): the generator's latencies, the threads' CPU and --perf-sched only")
     parser.add_argument("--py-spy", action="store_true")
     parser.add_argument("--perf-sched", help="record the server CPU's scheduling to PREFIX-<model>.data (perf, root)")
     args = parser.parse_args()
