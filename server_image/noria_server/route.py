@@ -84,7 +84,7 @@ MIRROR_DELAY_SECONDS = 0.0
 # primary's request is written upstream (the comparison then waits for whichever answer comes last).
 MIRROR_ANSWERED = "answered"
 MIRROR_SENT = "sent"
-MIRROR_WHEN = MIRROR_ANSWERED
+MIRROR_WHEN = MIRROR_SENT  # measured: docs/serving/router.md, "Mirrors sent alongside the primary"
 
 
 _OUTPUTS_KEY = b'"outputs":'
