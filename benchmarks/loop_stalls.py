@@ -301,7 +301,9 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
            "--profile", saved.profile_uri, "--model", kind, "--version", f"{kind}-v1", "--host", "127.0.0.1",
            "--port", str(port), "--store-root", f"file://{work}/store", "--namespace", "bench", "--pipeline", kind,
            "--pod", f"bench-{port}", "--drain-seconds", "0"]
-    proc = start(cmd, work / f"server-{kind}.log")
+    env = None if args.source is None else {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(args.source / "server_image"), os.environ.get("PYTHONPATH")]))}
+    proc = start(cmd, work / f"server-{kind}.log", env=env)
     url = f"http://127.0.0.1:{port}/v2/models/{kind}/infer"
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 180)
@@ -317,7 +319,8 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         spy = py_spy(proc.pid, args.seconds, work / f"spy-{kind}.txt") if args.py_spy else None
         perf = None
         if args.perf_sched:  # every switch on the server's CPU over the window (root; perf installed)
-            perf = subprocess.Popen(["perf", "sched", "record", "-C", "1", "-o", f"{args.perf_sched}-{kind}.data",
+            record = ["record", "-C", "1", "-g", "-F", "2000"] if args.perf_stacks else ["sched", "record", "-C", "1"]
+            perf = subprocess.Popen(["perf", *record, "-o", f"{args.perf_sched}-{kind}.data",
                                      "--", "sleep", str(max(1, int(args.seconds) - 1))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
@@ -393,7 +396,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
             print(f"    {name:32} {label:10} n={count:8.0f} mean {mean * 1e3:8.3f} ms p99 <= {p99 * 1e3:g} ms")
     if args.py_spy:
         print(summarise_spy(work / f"spy-{kind}.txt"))
-    if args.perf_sched:
+    if args.perf_sched and not args.perf_stacks:
         print(summarise_sched(f"{args.perf_sched}-{kind}.data", proc.pid))
 
 
@@ -453,6 +456,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--plain", action="store_true", help="wrap nothing (the wrappers cost ~20 %% more CPU a "
                         "request): the generator's latencies, the threads' CPU and --perf-sched only")
+    parser.add_argument("--source", type=Path, help="serve another checkout's server_image (e.g. `git archive <commit> "
+                        "server_image | tar -x -C DIR`); with --plain, as the wrappers expect this one's")
+    parser.add_argument("--perf-stacks", action="store_true", help="with --perf-sched: sample stacks (perf record "
+                        "-g, kernel included) instead of recording switches")
     parser.add_argument("--py-spy", action="store_true")
     parser.add_argument("--perf-sched", help="record the server CPU's scheduling to PREFIX-<model>.data (perf, root)")
     args = parser.parse_args()
