@@ -31,7 +31,10 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client.core import HistogramMetricFamily
 
 # Tracked objects allocated and still alive (allocations minus deallocations) before a young
 # collection, which walks them all: the pause grows with it. CPython's default; the earlier 20,000
@@ -70,6 +73,10 @@ class FastHistogram:
     @property
     def count(self) -> int:
         return sum(self.counts)
+
+    def add_to(self, family: HistogramMetricFamily, labels: Sequence[str]) -> None:
+        """This histogram as the series ``labels`` of a scrape's ``family``."""
+        family.add_metric(list(labels), self.cumulative(), self.sum)
 
 
 class LoopLagMonitor:

@@ -171,7 +171,7 @@ class _PerRequestCollector(Collector):
         duration = HistogramMetricFamily(m.REQUEST_DURATION_SECONDS, "Request latency through the router",
                                          labels=[m.LABEL_MODEL, m.LABEL_VERSION])
         for (model, version), hist in list(self.durations.items()):
-            duration.add_metric([model, version], hist.cumulative(), hist.sum)
+            hist.add_to(duration, [model, version])
         yield duration
         answers = CounterMetricFamily(m.ROUTER_REQUESTS_TOTAL, "Answers the router gave, by HTTP status code",
                                       labels=[m.LABEL_CODE])
@@ -186,7 +186,7 @@ class _PerRequestCollector(Collector):
         shadow_duration = HistogramMetricFamily(m.SHADOW_DURATION_SECONDS, "Latency of the mirrored shadow calls",
                                                 labels=[m.LABEL_MODEL, m.LABEL_SHADOW])
         for (model, shadow), hist in list(self.shadow_durations.items()):
-            shadow_duration.add_metric([model, shadow], hist.cumulative(), hist.sum)
+            hist.add_to(shadow_duration, [model, shadow])
         yield shadow_duration
 
 

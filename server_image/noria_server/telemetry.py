@@ -192,19 +192,19 @@ class LatencyCollector(Collector):
         stages = HistogramMetricFamily(m.REQUEST_STAGE_SECONDS, "Time per request stage (per micro-batch for "
                                        "predict, count and log)", labels=[*names, m.LABEL_STAGE])
         for stage, hist in self.stages.items():
-            stages.add_metric([*self.labels, stage], hist.cumulative(), hist.sum)
+            hist.add_to(stages, [*self.labels, stage])
         yield stages
         rows = HistogramMetricFamily(m.BATCH_ROWS, "Rows per predict call (micro-batch)", labels=names)
-        rows.add_metric(self.labels, self.batch_rows.cumulative(), self.batch_rows.sum)
+        self.batch_rows.add_to(rows, self.labels)
         yield rows
         lag = HistogramMetricFamily(m.EVENT_LOOP_LAG_SECONDS, "How late the event loop ran a timer: time it "
                                     "could serve nothing else", labels=names)
-        lag.add_metric(self.labels, self.loop_lag.cumulative(), self.loop_lag.sum)
+        self.loop_lag.add_to(lag, self.labels)
         yield lag
         gcs = HistogramMetricFamily(m.GC_PAUSE_SECONDS, "Garbage collection pauses by generation",
                                     labels=[*names, m.LABEL_GENERATION])
         for generation, hist in self.gc_pauses.items():
-            gcs.add_metric([*self.labels, str(generation)], hist.cumulative(), hist.sum)
+            hist.add_to(gcs, [*self.labels, str(generation)])
         yield gcs
 
 
@@ -217,7 +217,7 @@ class _HistogramCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.names)
-        family.add_metric(self.values, self.histogram.cumulative(), self.histogram.sum)
+        self.histogram.add_to(family, self.values)
         yield family
 
 
