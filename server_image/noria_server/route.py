@@ -190,6 +190,14 @@ class _PerRequestCollector(Collector):
         yield shadow_duration
 
 
+def _observe(histograms: dict[tuple[str, str], FastHistogram], key: tuple[str, str], seconds: float) -> None:
+    """``seconds`` into the latency histogram of ``key``, made on first use."""
+    hist = histograms.get(key)
+    if hist is None:
+        hist = histograms[key] = FastHistogram(LATENCY_BUCKETS)
+    hist.observe(seconds)
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -222,21 +230,13 @@ class RouterMetrics:
 
     def observe_shadow(self, model: str, shadow: str, seconds: float) -> None:
         """One mirror's latency (``noria_shadow_duration_seconds``)."""
-        key = (model, shadow)
-        hist = self._shadow_durations.get(key)
-        if hist is None:
-            hist = self._shadow_durations[key] = FastHistogram(LATENCY_BUCKETS)
-        hist.observe(seconds)
+        _observe(self._shadow_durations, (model, shadow), seconds)
 
     def shadow_duration(self, model: str, shadow: str) -> FastHistogram | None:
         return self._shadow_durations.get((model, shadow))
 
     def observe(self, model: str, version: str, seconds: float) -> None:
-        key = (model, version)
-        hist = self._durations.get(key)
-        if hist is None:
-            hist = self._durations[key] = FastHistogram(LATENCY_BUCKETS)
-        hist.observe(seconds)
+        _observe(self._durations, (model, version), seconds)
 
 
 class Router:
