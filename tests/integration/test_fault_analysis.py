@@ -113,8 +113,10 @@ def test_fault_prometheus_stopped_mid_pause_never_promotes_while_blind_and_resum
             st = rollout_status(cluster, namespace)
             assert st["canaryVersion"] == "churn-v2" and stage_of(cluster, namespace, "churn-v2") == "Canary"
             assert (st["analysis"].get("last") or {}).get("outcome", "").lower() in ("error", "errors"), st["analysis"]
-            own_prometheus.start()  # back, on the same port
+            # Taken before start(): start() returns once Prometheus is ready, and by then the operator may
+            # already have measured and promoted (CI saw a promotion 18 ms before a clock read after it).
             restarted = time.monotonic()
+            own_prometheus.start()  # back, on the same port
             st = wait_for("promoted once measurements succeed again",
                           lambda: (s := rollout_status(cluster, namespace)).get("stableVersion") == "churn-v2" and s,
                           timeout=90, on_timeout=lambda: status_text(cluster, namespace))
