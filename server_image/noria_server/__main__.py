@@ -234,6 +234,18 @@ def parser() -> argparse.ArgumentParser:
                    help="[NORIA_ROUTER_CONNECT_TIMEOUT_SECONDS]")
     r.add_argument("--drain-seconds", type=float, default=float(env("NORIA_DRAIN_SECONDS", "5")),
                    help="[NORIA_DRAIN_SECONDS]")
+    from .route import MIRROR_ANSWERED, MIRROR_DELAY_SECONDS, MIRROR_SENT, MIRROR_WHEN
+
+    r.add_argument("--mirror-when", choices=(MIRROR_SENT, MIRROR_ANSWERED), default=env("NORIA_ROUTER_MIRROR_WHEN")
+                   or MIRROR_WHEN,
+                   help=f"when a shadow's mirror leaves: {MIRROR_SENT}, right after the primary's request; "
+                        f"{MIRROR_ANSWERED}, after the primary's answer is written (default {MIRROR_WHEN}) "
+                        "[NORIA_ROUTER_MIRROR_WHEN]")
+    r.add_argument("--mirror-delay", type=float,
+                   default=float(env("NORIA_ROUTER_MIRROR_DELAY_SECONDS") or MIRROR_DELAY_SECONDS),
+                   help=f"with --mirror-when {MIRROR_ANSWERED}: mirrors queued after their answers leave together "
+                        "this many seconds after the first of them; 0: on the loop's next turn (default "
+                        f"{MIRROR_DELAY_SECONDS:g}) [NORIA_ROUTER_MIRROR_DELAY_SECONDS]")
     _add_http_limits(r)
     return p
 
@@ -304,10 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.config and not args.configmap:
         print("noria_server route: give --config <file> or --configmap <namespace>/<name>", file=sys.stderr)
         return 2
-    router_settings = RouterSettings(config_file=args.config, configmap=args.configmap, host=args.host,
-                                     port=args.port, timeout=args.timeout, connect_timeout=args.connect_timeout,
-                                     drain_seconds=args.drain_seconds, http=_http_limits(args),
-                                     feedback_token=feedback_token)
+    try:
+        router_settings = RouterSettings(config_file=args.config, configmap=args.configmap, host=args.host,
+                                         port=args.port, timeout=args.timeout, connect_timeout=args.connect_timeout,
+                                         drain_seconds=args.drain_seconds, http=_http_limits(args),
+                                         mirror_when=args.mirror_when, mirror_delay=args.mirror_delay,
+                                         feedback_token=feedback_token)
+    except ValueError as exc:
+        print(f"noria_server route: {exc}", file=sys.stderr)
+        return 2
     return _run(lambda: run_router(router_settings))
 
 

@@ -150,6 +150,8 @@ class RouterSettings:
     def __post_init__(self) -> None:
         if self.mirror_when not in (MIRROR_ANSWERED, MIRROR_SENT):
             raise ValueError(f"mirror_when must be {MIRROR_ANSWERED!r} or {MIRROR_SENT!r}, got {self.mirror_when!r}")
+        if not 0 <= self.mirror_delay < float("inf"):
+            raise ValueError(f"mirror_delay must be a number of seconds >= 0, got {self.mirror_delay!r}")
 
 
 class _PerRequestCollector(Collector):
@@ -436,22 +438,32 @@ class Router:
         except OSError as exc:  # TimeoutError included
             return self._failed(config, backend, base, exc)
 
+    def _take_shadow(self, config: RouterConfig, mirror: bool) -> Backend | None:
+        """The shadow to mirror this request to, counted in ``shadow_in_flight`` from now (a mirror about
+        to be sent counts against the bound); None when not mirrored, or past ``max_shadow_in_flight``
+        (dropped and counted as ``shadow_overload``)."""
+        shadow = config.shadow if mirror else None
+        if shadow is None:
+            return None
+        if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
+            self.metrics.errors.labels(config.model, shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
+            return None
+        self.shadow_in_flight += 1
+        return shadow
+
     def _forward(self, config: RouterConfig, backend: Backend, request: Request,
                  mirror: bool) -> Response | Reply | Coroutine[Any, Any, Response]:
         """Send ``request`` to one endpoint of ``backend``. On a kept connection (the steady state) the
         answer comes back through a ``Reply`` that the upstream connection sets from its own callback:
         no task, coroutine or future per request, and the answer is written in the loop iteration that
-        read it. Without an idle connection, ``_forward_connecting`` (a coroutine: connecting waits).
-        With ``mirror_when`` ``sent`` the mirror is written right after the primary's request (``shadow``
-        then stays None: ``_answered`` queues nothing) and compared when both answers are in."""
+        read it. Without an idle connection, ``_forward_connecting`` (a coroutine: connecting waits),
+        which takes the mirror's place in ``shadow_in_flight`` itself: a coroutine closed before it
+        first runs (its client gone, the loop stopping) runs none of its code, so nothing taken here
+        could be given back. With ``mirror_when`` ``sent`` the mirror is written right after the
+        primary's request (``shadow`` then stays None: ``_answered`` queues nothing) and compared when
+        both answers are in."""
         started = time.perf_counter()
-        shadow = config.shadow if mirror else None
-        if shadow is not None:
-            if self.shadow_in_flight >= self.settings.max_shadow_in_flight:
-                self.metrics.errors.labels(config.model, shadow.version, m.ROUTER_ERROR_SHADOW_OVERLOAD).inc()
-                shadow = None
-            else:
-                self.shadow_in_flight += 1  # from now: a mirror about to be sent counts against the bound
+        shadow = self._take_shadow(config, mirror)
         headers = self._header_lines(request, shadow is not None)
         along: _Mirror | None = None
         if shadow is not None and self._mirror_sent:
@@ -475,32 +487,42 @@ class Router:
                 if along is not None:  # after the user's answer is written
                     self._primary_in(along, result)
 
+        counted = shadow is not None or along is not None
         try:
             sent = self.upstreams.send(base, request.method, target, headers, request.body, done)
         except BaseException:
-            if shadow is not None or along is not None:
+            if counted:
                 self.shadow_in_flight -= 1
             raise
-        if along is not None:
-            self._start_shadow(along, request, headers)
         if sent:
+            if along is not None:
+                self._start_shadow(along, request, headers)
             return reply
-        return self._forward_connecting(config, backend, request, headers, shadow, base, target, started, along)
+        if counted:
+            self.shadow_in_flight -= 1  # nothing sent: _forward_connecting counts its own mirror
+        return self._forward_connecting(config, backend, request, headers, counted, base, target, started)
 
     async def _forward_connecting(self, config: RouterConfig, backend: Backend, request: Request,
-                                  headers: Headers, shadow: Backend | None, base: str,
-                                  target: str, started: float, along: _Mirror | None = None) -> Response:
+                                  headers: Headers, mirror: bool, base: str, target: str,
+                                  started: float) -> Response:
+        """``_forward`` on a new connection. The mirror's count is taken here, in the coroutine's first
+        step, and every way out of it from there on gives it back (``_settle`` or the ``except``)."""
+        shadow = self._take_shadow(config, mirror)
+        along: _Mirror | None = None
         try:
+            if shadow is not None and self._mirror_sent:
+                along, shadow = _Mirror(config, backend, shadow, None, 2), None
+                self._start_shadow(along, request, headers)  # as the primary's connection is made
             try:
                 result: UpstreamResponse | Response = await self.upstreams.request(
                     base, request.method, target, headers, request.body)
             except OSError as exc:  # TimeoutError included
                 result = self._failed(config, backend, base, exc)
         except BaseException:
-            if shadow is not None:
-                self.shadow_in_flight -= 1
             if along is not None:
                 self._settle(along)  # no primary answer: the mirror is only timed
+            elif shadow is not None:
+                self.shadow_in_flight -= 1
             raise
         if along is not None:  # compared after this answer is written (the loop's next turn)
             asyncio.get_running_loop().call_soon(self._primary_in, along, result)
