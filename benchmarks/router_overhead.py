@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
     .venv/bin/python benchmarks/router_overhead.py --hot-path   # the router's Python per request, no sockets
-    .venv/bin/python benchmarks/router_overhead.py --shadow-only --go-generator --shadow-rounds 5 --shadow-round-seconds 12
-        # only the 100 % shadow's cost: split vs split + replayed shadow, interleaved, with the spread (~6 min)
+    .venv/bin/python benchmarks/router_overhead.py --shadow-only [--shadow-rounds 6 --shadow-round-seconds 15]
+        # only the 100 % shadow's cost: split vs split + replayed shadow in one proxy process each, ABBA
+        # rounds, pooled p99 with a round-bootstrap interval (~7 min; --mirror-when sent --mirror-when
+        # answered for both router timings, ~10 min)
 
 Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
 nginx-light``; without nginx its rows are left out and the output says so); ``--profile`` needs
@@ -53,17 +55,22 @@ import json
 import os
 import re
 import resource
+import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from noria.router_config import Backend, RouterConfig  # noqa: E402
@@ -72,7 +79,6 @@ from noria_server.reference_models import train_and_save  # noqa: E402
 from noria_server.route import MIRROR_ANSWERED, MIRROR_SENT, MIRROR_WHEN  # noqa: E402
 from server_latency import cpu_seconds, py_spy_top  # noqa: E402
 from serving_bench import (  # noqa: E402
-    go_open_loop,
     lua_post,
     open_loop,
     require_wrk,
@@ -100,9 +106,6 @@ VERSIONS = ("churn-v1", "churn-v2", "churn-v3")  # primary, the split's 10 %, th
 DIRECT = "direct to the server"
 ROUTER_ONE, ROUTER_SPLIT = "router, one backend", "router, 90/10 split"
 ROUTER_REPLAY, ROUTER_SHADOW = "router, + replayed shadow", "router, + shadow model"
-# --shadow-only: the same router with the other mirror timing (mirror_when), started by this benchmark.
-OTHER_WHEN = MIRROR_SENT if MIRROR_WHEN == MIRROR_ANSWERED else MIRROR_ANSWERED
-ROUTER_REPLAY_OTHER = f"router, + mirror {OTHER_WHEN}"
 NGINX_ONE, NGINX_SPLIT = "nginx, one backend", "nginx, 90/10 split"
 NGINX_REPLAY, NGINX_MIRROR = "nginx, + replayed mirror", "nginx, + mirror to model"
 REPLAY = "replayed-shadow"  # the process answering the real shadow's recorded answer
@@ -236,108 +239,254 @@ def place(layout: Layout, procs: dict[str, int]) -> dict[int, list[int]]:
     return placed
 
 
-SHADOW_PAIRS = (("router", ROUTER_SPLIT, ROUTER_REPLAY),
-                (f"router, mirror_when {OTHER_WHEN}", ROUTER_SPLIT, ROUTER_REPLAY_OTHER),
-                ("nginx", NGINX_SPLIT, NGINX_REPLAY))
+class PacedClient:
+    """An open-loop generator that keeps every latency (the pooled quantiles and their bootstrap need
+    the samples; benchmarks/loadgen prints quantiles only): one thread, ``connections`` non-blocking
+    keep-alive connections opened once, ``select(2)`` with microsecond timeouts for the schedule
+    (uvloop's timers fire on whole milliseconds: the Python ``open_loop`` sent ~1 ms late at p99).
+    Each latency counts from its request's scheduled send, whether or not a connection was free
+    (no coordinated omission); the collector is off during a run."""
+
+    DRAIN_SECONDS = 5.0
+
+    def __init__(self, url: str, body: bytes, connections: int = 16) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.request = (b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\ncontent-length: "
+                        b"%d\r\n\r\n" % (parts.path.encode(), self.address[0].encode(), self.address[1], len(body))
+                        + body)
+        self.sockets = [self._connect() for _ in range(connections)]
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(self.address, timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        return sock
+
+    @staticmethod
+    def _status(answer: bytearray) -> int | None:
+        """The status of the complete answer in ``answer``, None while it is incomplete."""
+        head_end = answer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return None
+        head = bytes(answer[:head_end]).lower()
+        at = head.find(b"\ncontent-length:")
+        length = 0 if at < 0 else int(head[at + 16:].split(b"\r", 1)[0])
+        return int(answer[9:12]) if len(answer) >= head_end + 4 + length else None
+
+    def run(self, rate: float, seconds: float) -> tuple[list[float], list[float], int]:
+        """(latencies, how late each request was sent, errors), seconds, in send order."""
+        import gc
+
+        clock, interval, total = time.perf_counter, 1.0 / rate, int(rate * seconds)
+        idle = list(self.sockets)
+        busy: dict[socket.socket, tuple[float, bytearray]] = {}
+        queued: deque[float] = deque()  # due times waiting for a free connection
+        latencies: list[float] = []
+        late: list[float] = []
+        errors, sent, drain_until = 0, 0, 0.0
+        collecting = gc.isenabled()
+        gc.disable()
+        begin = clock() + 0.005
+        try:
+            while True:
+                now = clock()
+                while sent < total and begin + sent * interval <= now:
+                    due = begin + sent * interval
+                    late.append(now - due)
+                    sent += 1
+                    if idle:
+                        sock = idle.pop()
+                        sock.send(self.request)
+                        busy[sock] = (due, bytearray())
+                    else:
+                        queued.append(due)
+                if sent >= total:
+                    if not busy and not queued:
+                        break
+                    drain_until = drain_until or now + self.DRAIN_SECONDS
+                    if now >= drain_until:
+                        errors += len(busy) + len(queued)
+                        break
+                    wait = drain_until - now
+                else:
+                    wait = begin + sent * interval - now
+                if not busy:
+                    time.sleep(max(wait, 0.0))  # clock_nanosleep: not rounded to milliseconds
+                    continue
+                ready, _, _ = select.select(list(busy), [], [], max(wait, 0.0))
+                for sock in ready:
+                    due, answer = busy[sock]
+                    try:
+                        chunk = sock.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:  # closed under us: an error, and a new connection in its place
+                        errors += 1
+                        del busy[sock]
+                        sock.close()
+                        self.sockets.remove(sock)
+                        sock = self._connect()
+                        self.sockets.append(sock)
+                        idle.append(sock)
+                        continue
+                    answer += chunk
+                    status = self._status(answer)
+                    if status is None:
+                        continue
+                    done = clock()
+                    del busy[sock]
+                    if status == 200:
+                        latencies.append(done - due)
+                    else:
+                        errors += 1
+                    if queued:
+                        sock.send(self.request)
+                        busy[sock] = (queued.popleft(), bytearray())
+                    else:
+                        idle.append(sock)
+        finally:
+            if collecting:
+                gc.enable()
+        if busy:  # answers still owed would be read as the next run's: start that one afresh
+            self.close()
+            self.sockets = [self._connect() for _ in range(len(self.sockets))]
+        return latencies, late, errors
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
 
 
 @dataclass
-class FixedRound:
-    latencies: list[float]  # s, sorted (empty from the Go generator, which gives its quantiles)
-    errors: int
-    proxy_cpu: float  # CPU seconds of the proxy process during the round
-    late_p99_ms: float  # how late the generator itself sent (its own core's load)
-    quantiles: dict[float, float] = field(default_factory=dict)  # q -> ms, from the Go generator
-    answered: int = 0
+class Arm:
+    """One side of a shadow pair: a path through a proxy, the proxy's state it needs (a router's config
+    with or without the shadow, written and seen applied before the arm's rounds), and its rounds."""
 
-    def quantile(self, q: float) -> float:
-        if q in self.quantiles:
-            return self.quantiles[q]
-        n = len(self.latencies)
-        return self.latencies[min(n - 1, int(n * q))] * 1e3 if n else float("nan")
+    name: str
+    url: str
+    proxy: int  # pid
+    config: tuple[Path, str] | None = None  # (the router's config file, the text this arm runs with)
+    mirrored: bool = False
+    rounds: list[np.ndarray] = field(default_factory=list)  # latencies, seconds, one array per round
+    late: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # the proxy's CPU seconds over the arm's rounds
+    errors: int = 0
+    shadow_answers: float = 0.0  # the replayed shadow's answers during the arm's rounds
 
-    @property
-    def requests(self) -> int:
-        return self.answered or len(self.latencies)
-
-
-def fixed_round(target: Target, args: argparse.Namespace) -> FixedRound:
-    if args.go_generator:  # benchmarks/loadgen on CPU 0: no Python timers in the latencies
-        before = cpu_seconds(target.proxy) if target.proxy else 0.0
-        got = go_open_loop(target.url, BODY, args.rate, args.shadow_round_seconds, cpus="0")
-        used = (cpu_seconds(target.proxy) - before) if target.proxy else 0.0
-        return FixedRound([], int(got["errors"]), used, got["late_p99_ms"],
-                          {0.5: got["p50_ms"], 0.99: got["p99_ms"], 0.999: got["p999_ms"]}, int(got["answered"]))
-    late: list[float] = []
-    before = cpu_seconds(target.proxy) if target.proxy else 0.0
-    latencies, errors, _ = open_loop(target.url, BODY, args.rate, args.shadow_round_seconds, late)
-    used = (cpu_seconds(target.proxy) - before) if target.proxy else 0.0
-    late.sort()
-    return FixedRound(latencies, errors, used, late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3 if late else 0.0)
-
-
-def group_paths(pairs: list[tuple[str, str, str]]) -> list[list[str]]:
-    """The paths of ``pairs`` by proxy (a path shared by two pairs once), in order: a round's turns."""
-    groups: dict[str, list[str]] = {}
-    for proxy, a, b in pairs:
-        group = groups.setdefault(proxy.split(",")[0], [])
-        group.extend(n for n in (a, b) if n not in group)
-    return list(groups.values())
+    def make_current(self) -> None:
+        """A router arm: its config written (atomically) and applied, as ``/router/state`` says."""
+        if self.config is None:
+            return
+        path, text = self.config
+        if path.read_text() != text:
+            temporary = path.with_suffix(".next")
+            temporary.write_text(text)
+            os.replace(temporary, path)
+        state_url = self.url.removesuffix(INFER) + "/router/state"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(state_url, timeout=2) as resp:
+                if (json.loads(resp.read())["shadow"] is not None) == self.mirrored:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name}: the router did not apply its config within 10 s")
 
 
-def shadow_pairs(layout: Layout, paths: dict[str, Target], procs: dict[str, int], args: argparse.Namespace) -> None:
-    """The 100 % shadow's cost to the primary, measured so that noise shows: for each proxy, the 90/10
-    split and the split + replayed shadow take turns at the fixed rate (ABBA order: split, shadow,
-    shadow, split, ...), ``--shadow-rounds`` rounds of ``--shadow-round-seconds`` each, so a drift in
-    the machine's state hits both alike; per round the p99 ratio (shadow / split), then its median and
-    min..max over the rounds, beside the p99 of all rounds' samples pooled, and the proxy's CPU per
-    10,000 requests with and without the mirror."""
+def pooled_quantile(rounds: list[np.ndarray], q: float) -> float:
+    """The ``q`` quantile (ms) of every round's samples together (the same index rule as ``FixedRound``)."""
+    pooled = np.concatenate(rounds)
+    k = min(len(pooled) - 1, int(len(pooled) * q))
+    return float(np.partition(pooled, k)[k]) * 1e3
+
+
+def bootstrap_ratio(a: list[np.ndarray], b: list[np.ndarray], q: float, resamples: int,
+                    seed: int = 17) -> tuple[float, float]:
+    """95 % interval of pooled-quantile(b) / pooled-quantile(a) - 1, resampling round pairs with
+    replacement (round k of ``a`` and of ``b`` ran next to each other: a drift between rounds, the
+    noise that matters here, is resampled whole)."""
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    ratios = []
+    for _ in range(resamples):
+        picked = rng.integers(0, n, n)
+        ratios.append(pooled_quantile([b[i] for i in picked], q) / pooled_quantile([a[i] for i in picked], q) - 1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def measure_arm(arm: Arm, args: argparse.Namespace, replay_url: str) -> None:
+    """One round of ``arm``: made current, a second of warm-up (connections to the shadow, caches), then
+    ``--shadow-round-seconds`` at ``--rate`` on fresh generator connections."""
+    arm.make_current()
+    client = PacedClient(arm.url, BODY)
+    try:
+        client.run(args.rate, 1.0)
+        cpu_before, shadow_before = cpu_seconds(arm.proxy), served(replay_url)
+        latencies, late, errors = client.run(args.rate, args.shadow_round_seconds)
+        arm.cpu += cpu_seconds(arm.proxy) - cpu_before
+        arm.shadow_answers += served(replay_url) - shadow_before
+    finally:
+        client.close()
+    arm.rounds.append(np.sort(np.array(latencies)))
+    arm.late.extend(late)
+    arm.errors += errors
+
+
+def shadow_pairs(layout: Layout, pairs: list[tuple[str, Arm, Arm]], procs: dict[str, int], replay_url: str,
+                 args: argparse.Namespace) -> None:
+    """The 100 % shadow's cost to the primary: for each proxy, the 90/10 split (A) and the split + replayed
+    shadow (B) in ONE proxy process (a router's config toggled between rounds, nginx's two ports),
+    never both at once: ABBA rounds (A B, B A, A B, ...) of ``--shadow-round-seconds``, so a drift hits
+    both alike and no process slot favours one arm. Per pair: the p99 of all A rounds' samples pooled
+    against all B rounds', with a 95 % round-bootstrap interval, beside the median (min..max) of the
+    per-round ratios; the proxy's CPU per 10,000 requests in each arm."""
     place(layout, procs)
-    pairs = [(proxy, a, b) for proxy, a, b in SHADOW_PAIRS if a in paths and b in paths]
-    print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} rounds x {args.shadow_round_seconds:g}s at "
-          f"{args.rate:g} req/s per path, interleaved ...", flush=True)
-    for names in group_paths(pairs):
-        for name in names:
-            fixed_rate(paths[name].url, args.rate, 2)  # warm-up: connections, caches
-    rounds: dict[str, list[FixedRound]] = {name: [] for _, a, b in pairs for name in (a, b)}
+    print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} ABBA rounds x {args.shadow_round_seconds:g}s at "
+          f"{args.rate:g} req/s per arm (+1 s warm-up each), one proxy process per pair ...", flush=True)
     for k in range(args.shadow_rounds):
-        for names in group_paths(pairs):
-            for name in (names if k % 2 == 0 else names[::-1]):
-                rounds[name].append(fixed_round(paths[name], args))
+        for _, a, b in pairs:
+            for arm in ((a, b) if k % 2 == 0 else (b, a)):
+                measure_arm(arm, args, replay_url)
         print(f"  round {k + 1}: " + "; ".join(
-            f"{proxy} p99 {rounds[a][-1].quantile(0.99):.2f} / {rounds[b][-1].quantile(0.99):.2f} ms"
-            for proxy, a, b in pairs), flush=True)
+            f"{label} p99 {pooled_quantile(a.rounds[-1:], 0.99):.2f} / {pooled_quantile(b.rounds[-1:], 0.99):.2f} ms"
+            for label, a, b in pairs), flush=True)
     samples = int(args.rate * args.shadow_round_seconds)
     print(f"\n## shadow's cost to the primary, {layout.name}: {args.rate:g} req/s open loop, {args.shadow_rounds} "
-          f"interleaved rounds x {args.shadow_round_seconds:g}s (~{samples} samples per round and path)")
-    print(f"{'path':26} {'p50 ms':>7} {'p99 ms':>7} {'p99 min..max':>13} {'pooled p99':>10} {'p99.9':>6} "
-          f"{'late p99':>8} {'proxy cpu':>9} {'errors':>6}")
-    for name in [n for names in group_paths(pairs) for n in names]:
-        rs = rounds[name]
-        p99s = [r.quantile(0.99) for r in rs]
-        pooled = FixedRound(sorted(x for r in rs for x in r.latencies), 0, 0.0, 0.0)
-        requests = sum(r.requests for r in rs) or 1
-        print(f"{name:26} {statistics.median(r.quantile(0.5) for r in rs):7.2f} {statistics.median(p99s):7.2f} "
-              f"{min(p99s):6.2f}..{max(p99s):<5.2f} {pooled.quantile(0.99):10.2f} "
-              f"{pooled.quantile(0.999) if pooled.latencies else statistics.median(r.quantile(0.999) for r in rs):6.2f} "
-              f"{statistics.median(r.late_p99_ms for r in rs):8.2f} "
-              f"{sum(r.proxy_cpu for r in rs) / requests * 1e4:9.2f} {sum(r.errors for r in rs):6d}")
-    print("(p50/p99: medians over the rounds; p99 min..max: over the rounds; pooled: of every round's samples "
-          "together; late p99: how late the generator itself sent (CPU 0's load), ms; proxy cpu: CPU seconds of the "
-          "proxy per 10,000 requests at the fixed rate, /proc ticks of 10 ms)")
-    for proxy, a, b in pairs:
-        ratios = [y.quantile(0.99) / x.quantile(0.99) - 1 for x, y in zip(rounds[a], rounds[b], strict=True)]
-        medians = [y.quantile(0.5) / x.quantile(0.5) - 1 for x, y in zip(rounds[a], rounds[b], strict=True)]
-        pooled_a = FixedRound(sorted(x for r in rounds[a] for x in r.latencies), 0, 0.0, 0.0)
-        pooled_b = FixedRound(sorted(x for r in rounds[b] for x in r.latencies), 0, 0.0, 0.0)
-        n_a = sum(r.requests for r in rounds[a]) or 1
-        n_b = sum(r.requests for r in rounds[b]) or 1
-        mirror_cpu = (sum(r.proxy_cpu for r in rounds[b]) / n_b - sum(r.proxy_cpu for r in rounds[a]) / n_a) * 1e4
-        verdict = "met" if statistics.median(ratios) <= GOAL_SHADOW_P99_COST else "NOT met"
-        print(f"  {proxy}: 100% replayed shadow on the 90/10 split: primary p99 {statistics.median(ratios):+.1%} "
-              f"(median of {len(ratios)} round pairs; min..max {min(ratios):+.1%}..{max(ratios):+.1%}); pooled p99 "
-              f"{pooled_b.quantile(0.99) / pooled_a.quantile(0.99) - 1 if pooled_a.latencies else float('nan'):+.1%}; p50 {statistics.median(medians):+.1%}; "
-              f"the mirror's proxy CPU {mirror_cpu:+.2f} s per 10,000 mirrored requests; goal <= "
+          f"ABBA rounds x {args.shadow_round_seconds:g}s (~{samples} samples per round and arm, "
+          f"{samples * args.shadow_rounds} pooled)")
+    print(f"{'arm':38} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>6} {'round p99 min..max':>18} {'late p99':>8} "
+          f"{'proxy cpu':>9} {'mirrored':>8} {'errors':>6}")
+    for _, a, b in pairs:
+        for arm in (a, b):
+            p99s = [pooled_quantile([r], 0.99) for r in arm.rounds]
+            requests = sum(len(r) for r in arm.rounds) + arm.errors or 1
+            late = np.sort(np.array(arm.late))
+            print(f"{arm.name:38} {pooled_quantile(arm.rounds, 0.5):7.3f} {pooled_quantile(arm.rounds, 0.99):7.3f} "
+                  f"{pooled_quantile(arm.rounds, 0.999):6.2f} {min(p99s):8.3f}..{max(p99s):<8.3f} "
+                  f"{late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3:8.3f} {arm.cpu / requests * 1e4:9.2f} "
+                  f"{arm.shadow_answers / requests:8.0%} {arm.errors:6d}")
+    print("(p50/p99/p99.9: of every round's samples pooled; round p99: each round's own; late p99: how late the "
+          "generator itself sent, ms; proxy cpu: CPU seconds of the proxy process per 10,000 requests at the fixed "
+          "rate, /proc ticks of 10 ms; mirrored: the replayed shadow's answers per request)")
+    for label, a, b in pairs:
+        pooled = pooled_quantile(b.rounds, 0.99) / pooled_quantile(a.rounds, 0.99) - 1
+        low, high = bootstrap_ratio(a.rounds, b.rounds, 0.99, args.bootstrap)
+        per_round = [pooled_quantile([y], 0.99) / pooled_quantile([x], 0.99) - 1
+                     for x, y in zip(a.rounds, b.rounds, strict=True)]
+        p50 = pooled_quantile(b.rounds, 0.5) / pooled_quantile(a.rounds, 0.5) - 1
+        cpu = (b.cpu / (sum(len(r) for r in b.rounds) or 1) - a.cpu / (sum(len(r) for r in a.rounds) or 1)) * 1e4
+        verdict = ("met" if high <= GOAL_SHADOW_P99_COST else "NOT met" if low > GOAL_SHADOW_P99_COST
+                   else "not decided (the interval holds 5 %)")
+        print(f"  {label}: 100% replayed shadow on the 90/10 split: primary pooled p99 "
+              f"{pooled_quantile(a.rounds, 0.99):.3f} -> {pooled_quantile(b.rounds, 0.99):.3f} ms, {pooled:+.1%} "
+              f"(95% CI {low:+.1%}..{high:+.1%}, {args.bootstrap} round-pair resamples); per-round median "
+              f"{statistics.median(per_round):+.1%} (min..max {min(per_round):+.1%}..{max(per_round):+.1%}); "
+              f"pooled p50 {p50:+.1%}; the mirror's proxy CPU {cpu:+.2f} s per 10,000 requests; goal <= "
               f"{GOAL_SHADOW_P99_COST:.0%}: {verdict}")
 
 
@@ -422,6 +571,42 @@ http {{
     return path
 
 
+def shadow_only(args: argparse.Namespace, work: Path, started: list[subprocess.Popen], urls: dict[str, str],
+                ports: dict[str, int], procs: dict[str, int], nginx: str | None) -> list[tuple[str, Arm, Arm]]:
+    """``--shadow-only``: per ``--mirror-when`` one ``noria_server route`` process whose config file is
+    rewritten between its two arms (the 90/10 split, then the same + the 100 % replayed shadow), and
+    one nginx with the two on two ports; then ``shadow_pairs``."""
+    split = {"churn-v1": 90, "churn-v2": 10}
+    texts = (json.dumps(router_config(urls, split, None)), json.dumps(router_config(urls, split, REPLAY)))
+    pairs: list[tuple[str, Arm, Arm]] = []
+    for when in dict.fromkeys(args.mirror_when or [MIRROR_WHEN]):
+        config = work / f"router-{when}.json"
+        config.write_text(texts[0])
+        port = free_port()
+        proc = start([sys.executable, "-m", "noria_server", "route", "--config", str(config), "--host", "127.0.0.1",
+                      "--port", str(port), "--drain-seconds", "0", "--mirror-when", when], work / f"router-{when}.log")
+        started.append(proc)
+        name = f"router {when}"
+        procs[name], urls[name] = proc.pid, f"http://127.0.0.1:{port}"
+        url = urls[name] + INFER
+        label = f"router (mirror_when {when})"
+        pairs.append((label, Arm(f"{label}, split", url, proc.pid, (config, texts[0])),
+                      Arm(f"{label}, + shadow", url, proc.pid, (config, texts[1]), mirrored=True)))
+    if nginx:
+        listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
+        proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
+        started.append(proc)
+        procs["nginx"] = proc.pid
+        pairs.append(("nginx", Arm("nginx, split", f"http://127.0.0.1:{listen['split']}{INFER}", proc.pid),
+                      Arm("nginx, + mirror", f"http://127.0.0.1:{listen['replay']}{INFER}", proc.pid,
+                          mirrored=True)))
+    for url in [urls[REPLAY] + INFER] + [arm.url for _, a, b in pairs for arm in (a, b)]:
+        wait_http(url.removesuffix(INFER) + "/v2/health/ready", 180)
+    shadow_pairs(next(x for x in LAYOUTS if not args.layout or x.name in args.layout), pairs, procs, urls[REPLAY],
+                 args)
+    return pairs
+
+
 def find_nginx() -> str | None:
     return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
@@ -447,33 +632,22 @@ def main() -> None:
                         help="one more saturation run through the router (one backend) with py-spy attached; "
                              "with --shadow-only: one more fixed-rate round through the router + replayed shadow")
     parser.add_argument("--shadow-only", action="store_true",
-                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow (router, "
-                             "the router with the other mirror_when, and nginx), interleaved rounds, in the first "
-                             "--layout (default: proxy on its own core)")
-    parser.add_argument("--go-generator", action="store_true",
-                        help="--shadow-only rounds by the Go open-loop generator (benchmarks/loadgen, needs Go) "
-                             "instead of Python's, whose uvloop timers add up to ~1 ms; no pooled quantiles then")
-    parser.add_argument("--shadow-rounds", type=int, default=5, help="rounds per path in --shadow-only")
-    parser.add_argument("--shadow-round-seconds", type=float, default=12,
-                        help="seconds per round and path in --shadow-only")
+                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow in one "
+                             "proxy process each (the router's config toggled between rounds; nginx's two ports), "
+                             "ABBA rounds, pooled p99 with a bootstrap interval, in the first --layout (default: "
+                             "proxy on its own core)")
+    parser.add_argument("--mirror-when", choices=(MIRROR_SENT, MIRROR_ANSWERED), action="append",
+                        help="--shadow-only: the router's mirror_when, one router process and pair each "
+                             f"(repeatable; default: {MIRROR_WHEN}, the router's default)")
+    parser.add_argument("--shadow-rounds", type=int, default=6, help="ABBA rounds per arm in --shadow-only")
+    parser.add_argument("--shadow-round-seconds", type=float, default=15,
+                        help="seconds per round and arm in --shadow-only")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="--shadow-only: bootstrap resamples")
     parser.add_argument("--replay-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the benchmark's own
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
-    parser.add_argument("--router-process", help=argparse.SUPPRESS)  # a router with settings the CLI does not take
-    parser.add_argument("--router-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--router-mirror-delay", type=float, default=0.0, help=argparse.SUPPRESS)
-    parser.add_argument("--router-mirror-when", default=MIRROR_WHEN, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replay_backend:
         replay_backend(args.replay_backend, Path(args.replay_answer))
-        return
-    if args.router_process:
-        import uvloop
-        from noria_server.route import RouterSettings
-        from noria_server.route import run as run_router
-
-        uvloop.run(run_router(RouterSettings(config_file=args.router_process, host="127.0.0.1", port=args.router_port,
-                                             drain_seconds=0, mirror_delay=args.router_mirror_delay,
-                                             mirror_when=args.router_mirror_when)))
         return
     if args.hot_path:
         print(f"router hot path (Python + event loop, no sockets; thread CPU time, best of 7 x 20,000 requests): "
@@ -529,13 +703,20 @@ def main() -> None:
                      work / "replay.log")
         started.append(proc)
         procs[REPLAY] = proc.pid
+        if args.shadow_only:
+            pairs = shadow_only(args, work, started, urls, ports, procs, nginx)
+            if args.profile:  # the first router with its shadow
+                mirrored = pairs[0][2]
+                mirrored.make_current()
+                profile_at_rate(mirrored.url, mirrored.proxy, args, work)
+            print(f"\nLoad before: {load_before}")
+            print(f"Load after:  {uptime()}")
+            return
         paths = {DIRECT: Target(urls["churn-v1"] + INFER, None)}
         for name, weights, shadow in ((ROUTER_ONE, {"churn-v1": 100}, None),
                                       (ROUTER_SPLIT, {"churn-v1": 90, "churn-v2": 10}, None),
                                       (ROUTER_REPLAY, {"churn-v1": 90, "churn-v2": 10}, REPLAY),
                                       (ROUTER_SHADOW, {"churn-v1": 90, "churn-v2": 10}, "churn-v3")):
-            if args.shadow_only and name not in (ROUTER_SPLIT, ROUTER_REPLAY):
-                continue
             config = work / f"router-{len(paths)}.json"
             config.write_text(json.dumps(router_config(urls, weights, shadow)))
             port = free_port()
@@ -544,15 +725,6 @@ def main() -> None:
             started.append(proc)
             procs[name] = proc.pid
             paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
-        if args.shadow_only:  # the same router with the other mirror timing, for comparison
-            config = work / "router-other.json"
-            config.write_text(json.dumps(router_config(urls, {"churn-v1": 90, "churn-v2": 10}, REPLAY)))
-            port = free_port()
-            proc = start([sys.executable, __file__, "--router-process", str(config), "--router-port", str(port),
-                          "--router-mirror-when", OTHER_WHEN], work / "router-other.log")
-            started.append(proc)
-            procs[ROUTER_REPLAY_OTHER] = proc.pid
-            paths[ROUTER_REPLAY_OTHER] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, urls[REPLAY])
         if nginx:
             listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
             proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
@@ -560,19 +732,10 @@ def main() -> None:
             procs["nginx"] = proc.pid
             for name, key, shadow in ((NGINX_ONE, "one", None), (NGINX_SPLIT, "split", None),
                                       (NGINX_REPLAY, "replay", REPLAY), (NGINX_MIRROR, "mirror", "churn-v3")):
-                if args.shadow_only and name not in (NGINX_SPLIT, NGINX_REPLAY):
-                    continue
                 paths[name] = Target(f"http://127.0.0.1:{listen[key]}{INFER}", proc.pid, shadow and urls[shadow])
         for path in paths.values():
             wait_http(path.url.removesuffix(INFER) + "/v2/health/ready", 180)
 
-        if args.shadow_only:
-            shadow_pairs(next(x for x in LAYOUTS if not args.layout or x.name in args.layout), paths, procs, args)
-            if args.profile:
-                profile_at_rate(paths[ROUTER_REPLAY].url, procs[ROUTER_REPLAY], args, work)
-            print(f"\nLoad before: {load_before}")
-            print(f"Load after:  {uptime()}")
-            return
         tables = {}
         for layout in LAYOUTS:
             if args.layout and layout.name not in args.layout:
