@@ -311,7 +311,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         if not rate:
             rate = args.fraction * measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
         print(f"[{kind}] {rate:.0f} req/s for {args.seconds:g} s (warm-up {args.warmup:g} s); {uptime()}", flush=True)
-        go_open_loop(url, payload(), rate, args.warmup)
+        go_open_loop(url, payload(), rate, args.warmup, args.connections)
         before_metrics = scrape(url)
         before = task_stats(proc.pid)
         steal_before = cpu_steal(1)
@@ -324,7 +324,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
                                      "--", "sleep", str(max(1, int(args.seconds) - 1))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
-        load = go_open_loop(url, payload(), rate, args.seconds)
+        load = go_open_loop(url, payload(), rate, args.seconds, args.connections)
         elapsed = time.monotonic() - t0
         os.kill(proc.pid, signal.SIGUSR1)
         after = task_stats(proc.pid)
@@ -453,6 +453,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--threshold-ms", type=float, default=0.3)
+    parser.add_argument("--connections", type=int, default=128,
+                        help="the Go generator's keep-alive connections (as server_latency.py's; wrk's maximum is "
+                        "found with 16)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--plain", action="store_true", help="wrap nothing (the wrappers cost ~20 %% more CPU a "
                         "request): the generator's latencies, the threads' CPU and --perf-sched only")
