@@ -266,15 +266,18 @@ class PacedClient:
         return sock
 
     @staticmethod
-    def _status(answer: bytearray) -> int | None:
-        """The status of the complete answer in ``answer``, None while it is incomplete."""
+    def _status(answer: bytearray) -> tuple[int, bool] | None:
+        """(status, whether the server closes the connection after it) of the complete answer in
+        ``answer``; None while it is incomplete."""
         head_end = answer.find(b"\r\n\r\n")
         if head_end < 0:
             return None
         head = bytes(answer[:head_end]).lower()
         at = head.find(b"\ncontent-length:")
         length = 0 if at < 0 else int(head[at + 16:].split(b"\r", 1)[0])
-        return int(answer[9:12]) if len(answer) >= head_end + 4 + length else None
+        if len(answer) < head_end + 4 + length:
+            return None
+        return int(answer[9:12]), b"\nconnection: close" in head
 
     def run(self, rate: float, seconds: float) -> tuple[list[float], list[float], int]:
         """(latencies, how late each request was sent, errors), seconds, in send order."""
@@ -335,15 +338,21 @@ class PacedClient:
                         idle.append(sock)
                         continue
                     answer += chunk
-                    status = self._status(answer)
-                    if status is None:
+                    complete = self._status(answer)
+                    if complete is None:
                         continue
                     done = clock()
                     del busy[sock]
+                    status, closing = complete
                     if status == 200:
                         latencies.append(done - due)
                     else:
                         errors += 1
+                    if closing:  # nginx: after keepalive_requests answers on one connection
+                        sock.close()
+                        self.sockets.remove(sock)
+                        sock = self._connect()
+                        self.sockets.append(sock)
                     if queued:
                         sock.send(self.request)
                         busy[sock] = (queued.popleft(), bytearray())
@@ -420,12 +429,12 @@ def bootstrap_ratio(a: list[np.ndarray], b: list[np.ndarray], q: float, resample
 
 
 def measure_arm(arm: Arm, args: argparse.Namespace, replay_url: str) -> None:
-    """One round of ``arm``: made current, a second of warm-up (connections to the shadow, caches), then
+    """One round of ``arm``: made current, ``--shadow-warmup`` seconds (connections to the shadow, caches), then
     ``--shadow-round-seconds`` at ``--rate`` on fresh generator connections."""
     arm.make_current()
     client = PacedClient(arm.url, BODY)
     try:
-        client.run(args.rate, 1.0)
+        client.run(args.rate, args.shadow_warmup)
         cpu_before, shadow_before = cpu_seconds(arm.proxy), served(replay_url)
         latencies, late, errors = client.run(args.rate, args.shadow_round_seconds)
         arm.cpu += cpu_seconds(arm.proxy) - cpu_before
@@ -447,7 +456,7 @@ def shadow_pairs(layout: Layout, pairs: list[tuple[str, Arm, Arm]], procs: dict[
     per-round ratios; the proxy's CPU per 10,000 requests in each arm."""
     place(layout, procs)
     print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} ABBA rounds x {args.shadow_round_seconds:g}s at "
-          f"{args.rate:g} req/s per arm (+1 s warm-up each), one proxy process per pair ...", flush=True)
+          f"{args.rate:g} req/s per arm (+{args.shadow_warmup:g} s warm-up each), one proxy process per pair ...", flush=True)
     for k in range(args.shadow_rounds):
         for _, a, b in pairs:
             for arm in ((a, b) if k % 2 == 0 else (b, a)):
@@ -642,6 +651,8 @@ def main() -> None:
     parser.add_argument("--shadow-rounds", type=int, default=6, help="ABBA rounds per arm in --shadow-only")
     parser.add_argument("--shadow-round-seconds", type=float, default=15,
                         help="seconds per round and arm in --shadow-only")
+    parser.add_argument("--shadow-warmup", type=float, default=0.5,
+                        help="--shadow-only: seconds at the rate before each round, not counted")
     parser.add_argument("--bootstrap", type=int, default=2000, help="--shadow-only: bootstrap resamples")
     parser.add_argument("--replay-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the benchmark's own
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
