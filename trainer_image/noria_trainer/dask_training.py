@@ -27,6 +27,11 @@ and dropped; what crosses the network is those reductions, never the rows. The s
 
 Dask-specific limits (refused at the spec stage, with a reason): labelled feedback, window
 candidates and tuning are not available on this engine yet.
+
+A run never waits on the cluster without a bound (``StallWatch``): when for ``stall_seconds()`` in a
+row no worker can run a task -- none has joined the scheduler, or Dask paused every one at its memory
+limit (a paused worker runs nothing until its process memory falls, which memory held by imported
+libraries never does) -- the run fails saying which, instead of waiting for the Job's deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import math
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -687,6 +693,100 @@ def with_counts(fp: FeatureProfile, counts: np.ndarray) -> FeatureProfile:
     return FeatureProfile(fp.kind, fp.labels, counts / total if total else counts, fp.edges, fp.categories)
 
 
+# --- a run that cannot progress ------------------------------------------------------------------
+STALL_SECONDS_ENV: Final = "NORIA_DASK_STALL_SECONDS"
+DEFAULT_STALL_SECONDS: Final = 120.0
+STALL_CHECK_SECONDS: Final = 2.0
+STALL_CHECK_TIMEOUT: Final = 10.0  # one question to the scheduler
+MIB: Final = 2**20
+
+
+def stall_seconds() -> float:
+    """How long no worker may be able to run a task before the run fails (``NORIA_DASK_STALL_SECONDS``)."""
+    text = os.environ.get(STALL_SECONDS_ENV, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_STALL_SECONDS
+    except ValueError:
+        value = DEFAULT_STALL_SECONDS
+    return value if value > 0 else DEFAULT_STALL_SECONDS
+
+
+def why_stalled(workers: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why no worker of the scheduler's identity (``workers``: address -> info) can run a task now, or
+    None when one can."""
+    if not workers:
+        return "no Dask worker is connected to the scheduler"
+    if any(info.get("status", "running") == "running" for info in workers.values()):
+        return None
+    paused = [info for info in workers.values() if info.get("status") == "paused"]
+    if len(paused) < len(workers):
+        states = ", ".join(sorted(f"{info.get('name')}: {info.get('status')}" for info in workers.values()))
+        return f"no Dask worker is running ({states})"
+    memory = ", ".join(
+        sorted(
+            f"{info.get('name')} {int((info.get('metrics') or {}).get('memory') or 0) / MIB:.0f} MiB of "
+            f"{int(info.get('memory_limit') or 0) / MIB:.0f} MiB"
+            for info in paused
+        )
+    )
+    return (
+        f"every Dask worker is paused by Dask at its memory limit (process memory {memory}); a paused "
+        "worker runs no task until its memory falls"
+    )
+
+
+class StallWatch:
+    """Asks the scheduler about its workers every ``interval`` seconds while a run's stages run. Once no
+    worker could run a task for ``patience`` seconds in a row (``why_stalled``), it keeps the reason and
+    cancels the client's futures, so the stage waiting on them raises; ``execute`` then fails the run
+    with ``reason``."""
+
+    def __init__(self, client: Any, patience: float, interval: float = STALL_CHECK_SECONDS) -> None:
+        self.client, self.patience, self.interval = client, patience, interval
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dask-stall-watch", daemon=True)
+
+    def __enter__(self) -> StallWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 30)
+
+    def _watch(self) -> None:
+        since: float | None = None
+        while not self._stop.wait(self.interval):
+            try:
+                identity = self.client.sync(
+                    self.client.scheduler.identity, n_workers=-1, callback_timeout=STALL_CHECK_TIMEOUT
+                )
+            except Exception:  # noqa: BLE001 - an unreachable scheduler fails the stage itself (DaskClusterLost)
+                continue
+            why = why_stalled(identity.get("workers") or {})
+            if why is None:
+                since = None
+                continue
+            now = time.monotonic()
+            since = now if since is None else since
+            if now - since >= self.patience:
+                if self.reason is None:
+                    self.reason = (
+                        f"the run stalled: {why}, for {self.patience:.0f} s. Give the workers more memory "
+                        "(compute.dask.workerResources.limits.memory) or look at why their pods do not start"
+                    )
+                self._cancel_all()
+
+    def _cancel_all(self) -> None:
+        from distributed import Future
+
+        with contextlib.suppress(Exception):
+            keys = list(self.client.futures)
+            if keys:
+                self.client.cancel([Future(key, self.client) for key in keys], force=True)
+
+
 # --- the run --------------------------------------------------------------------------------------
 def connect(run: RunSpec) -> Any:
     """A client of the run's scheduler: ``NORIA_DASK_SCHEDULER`` (set by the operator on the Job)."""
@@ -835,12 +935,27 @@ def execute(
     if reason:
         raise DaskRunError("spec", EXIT_SPEC, reason)
     if client is not None:
-        return _stages(run, output, reporter, champion_model, client)
+        return _watched(run, output, reporter, champion_model, client)
     own = connect(run)
     try:
-        return _stages(run, output, reporter, champion_model, own)
+        return _watched(run, output, reporter, champion_model, own)
     finally:
         own.close()
+
+
+def _watched(
+    run: RunSpec, output: OutputLocation, reporter: Any, champion_model: Any, client: Any
+) -> dict[str, Any]:
+    """``_stages`` under a ``StallWatch``: a run no worker can progress fails with the watch's reason."""
+    with StallWatch(client, stall_seconds()) as watch:
+        try:
+            return _stages(run, output, reporter, champion_model, client)
+        except Exception as exc:
+            if watch.reason is None:
+                raise
+            # the stage the reporter is in (a map's DaskRunError names the task's function)
+            stage = getattr(reporter, "_stage", None) or getattr(exc, "stage", None) or "training"
+            raise DaskRunError(stage, EXIT_TRAINING, watch.reason) from exc
 
 
 def _stages(
