@@ -85,11 +85,57 @@ def last_run(cluster, namespace: str, name: str) -> dict:  # noqa: ANN001
     return (status(cluster, namespace, name).get("lastRuns") or [{}])[0]
 
 
+def container_line(cs: dict) -> str:
+    """One container status: state (reason, exit code), readiness, restarts and how the last one ended."""
+    state = cs.get("state") or {}
+    kind = next(iter(state), "unknown")
+    detail = state.get(kind) or {}
+    text = f"{cs.get('name')}: {kind}"
+    if detail.get("reason"):
+        text += f" {detail['reason']}"
+    if "exitCode" in detail:
+        text += f" exit {detail['exitCode']}"
+    text += f", ready {bool(cs.get('ready'))}, restarts {cs.get('restartCount', 0)}"
+    last = (cs.get("lastState") or {}).get("terminated")
+    if last:
+        text += f", last ended {last.get('reason')} exit {last.get('exitCode')}"
+    return text
+
+
+def pod_states(cluster, namespace: str) -> tuple[str, str]:  # noqa: ANN001
+    """(the log tail of every pod in ``namespace``, one state line per pod and container)."""
+    tails, lines = [], []
+    for pod in get(cluster, namespace, "pods") or []:
+        meta, st = pod["metadata"], pod.get("status") or {}
+        name = meta["name"]
+        component = (meta.get("labels") or {}).get("dask.org/component", "trainer")
+        if cluster.node_agent is not None:
+            log = cluster.node_agent.pod_log(namespace, name).splitlines()[-25:]
+            tails.append(f"--- pod {name} ({component}) log (tail) ---\n" + "\n".join(log))
+        containers = "; ".join(container_line(cs) for cs in st.get("containerStatuses") or []) or "no container yet"
+        lines.append(f"{name} ({component}) {st.get('phase')}{' deleting' if meta.get('deletionTimestamp') else ''}: "
+                     f"{containers}")
+    return "\n".join(tails), "\n".join(lines) or "no pods"
+
+
 def explain(cluster, namespace: str, name: str, operators: list) -> Callable[[], str]:  # noqa: ANN001
+    """What a timed-out wait prints, the state last (CI output is read from its end): the operators'
+    log tails, every pod's log tail, then the Jobs, the pipeline's status and every pod's container
+    states (exit codes, restarts)."""
     def text() -> str:
-        pods = cluster.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
-        logs = "\n".join(p.log()[-2000:] for p in operators)
-        return f"{json.dumps(status(cluster, namespace, name), indent=1)}\n{pods}\n{logs}"
+        try:
+            return gather()
+        except Exception as error:  # noqa: BLE001 - a broken explanation must not hide the timeout
+            return f"(explaining failed: {type(error).__name__}: {error})"
+
+    def gather() -> str:
+        logs = "\n".join(f"--- {p.log_path.name} (tail) ---\n{p.log()[-2000:]}" for p in operators)
+        tails, states = pod_states(cluster, namespace)
+        job_lines = "\n".join(
+            f"{j['metadata']['name']}: {json.dumps((j.get('status') or {}), sort_keys=True)}"
+            for j in get(cluster, namespace, "jobs") or []) or "no Jobs"
+        return (f"{logs}\n{tails}\n--- Jobs ---\n{job_lines}\n--- TrainingPipeline {name} status ---\n"
+                f"{json.dumps(status(cluster, namespace, name), indent=1)}\n--- pods ---\n{states}")
     return text
 
 
