@@ -258,6 +258,16 @@ def cpu_steal(cpu: int) -> float:
     return 0.0
 
 
+def cpu_times(cpu: int) -> tuple[float, float]:
+    """(busy, total) seconds of ``cpu`` so far (/proc/stat; idle and iowait are not busy)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = [int(v) for v in line.split()[1:9]]
+            tck = os.sysconf("SC_CLK_TCK")
+            return (sum(ticks) - ticks[3] - ticks[4]) / tck, sum(ticks) / tck
+    return 0.0, 0.0
+
+
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
     spy = str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "500",
@@ -315,6 +325,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         before_metrics = scrape(url)
         before = task_stats(proc.pid)
         steal_before = cpu_steal(1)
+        cpus_before = [cpu_times(0), cpu_times(1)]
         os.kill(proc.pid, signal.SIGUSR1)
         spy = py_spy(proc.pid, args.seconds, work / f"spy-{kind}.txt") if args.py_spy else None
         perf = None
@@ -329,6 +340,8 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
         os.kill(proc.pid, signal.SIGUSR1)
         after = task_stats(proc.pid)
         steal = cpu_steal(1) - steal_before
+        cpus = [(a[0] - b[0]) / max(a[1] - b[1], 1e-9) for a, b in zip([cpu_times(0), cpu_times(1)], cpus_before,
+                                                                       strict=True)]
         if spy is not None:
             spy.wait(60)
         if perf is not None:
@@ -345,7 +358,7 @@ def run_one(kind: str, args: argparse.Namespace, work: Path) -> None:
     print(f"  generator: sent {load['sent']}, answered {load['answered']}, p50 {load['p50_ms']:.2f} p99 "
           f"{load['p99_ms']:.2f} p99.9 {load['p999_ms']:.2f} ms (wall; late p99 {load['late_p99_ms']:.2f}); {uptime()}")
     print(f"  CPU 1 (the server's): steal {steal:.3f} s over the {elapsed:.1f} s window (time the hypervisor ran "
-          f"something else)")
+          f"something else); busy: CPU 0 (the generator's) {cpus[0]:.1%}, CPU 1 {cpus[1]:.1%}")
     names = {int(k): v for k, v in data["threads"].items()}
     print("  threads (CPU s over the window; runnable-but-waiting s; involuntary/voluntary switches):")
     loop_cpu = 0.0
