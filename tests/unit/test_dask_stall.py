@@ -18,6 +18,7 @@ import pytest
 from distributed import LocalCluster
 from noria_trainer import dask_training
 from noria_trainer import run as run_mod
+from test_dask_training import run_spec
 
 PATIENCE = 3.0  # NORIA_DASK_STALL_SECONDS in these tests
 
@@ -28,27 +29,9 @@ def write_data(root: Path) -> None:
     rng = np.random.default_rng(3)
     for i in range(2):
         x1, x2 = rng.normal(size=500), rng.normal(size=500)
-        frame = pd.DataFrame({"x1": x1, "x2": x2, "label": (x1 + x2 > 0).astype(int)})
+        frame = pd.DataFrame({"ts": pd.date_range("2026-01-01", periods=500, freq="min"), "x1": x1, "x2": x2,
+                              "label": (x1 + x2 > 0).astype(int)})
         frame.to_parquet(folder / f"part-{i:03d}.parquet")
-
-
-def run_spec(root: Path) -> dict[str, Any]:
-    return {
-        "runId": "churn-r1",
-        "trigger": "manual",
-        "namespace": "ml",
-        "pipeline": "churn",
-        "version": 1,
-        "storeRoot": f"file://{root}",
-        "outputUri": f"file://{root}/ml/churn/v1",
-        "now": "2026-02-01T00:00:00Z",
-        "spec": {
-            "model": {"task": "classification", "estimator": "sklearn.linear_model.LogisticRegression",
-                      "target": "label"},
-            "data": {"source": f"file://{root}/ml/data"},
-            "compute": {"engine": "dask"},
-        },
-    }
 
 
 @pytest.fixture
@@ -63,7 +46,8 @@ def run_against(cluster: LocalCluster, root: Path, monkeypatch: pytest.MonkeyPat
     box: dict[str, Any] = {}
 
     def run() -> None:
-        box["result"] = run_mod.run_document(run_spec(root), io.StringIO())
+        box["result"] = run_mod.run_document(run_spec(root, "classification", "sklearn.linear_model.LogisticRegression", params={}),
+                                               io.StringIO())
 
     started = time.monotonic()
     thread = threading.Thread(target=run, daemon=True)
