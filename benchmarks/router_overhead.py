@@ -1,11 +1,13 @@
 """What the Noria router costs: latency added at a fixed rate, throughput, and CPU per request, beside nginx.
 
-    .venv/bin/python benchmarks/router_overhead.py [--rate 500 --rate-seconds 10 --seconds 5 --runs 3 --profile]
+    .venv/bin/python benchmarks/router_overhead.py   # every goal of issue 17 in one run (~10 min)
     .venv/bin/python benchmarks/router_overhead.py --hot-path   # the router's Python per request, no sockets
-    .venv/bin/python benchmarks/router_overhead.py --shadow-only [--shadow-rounds 6 --shadow-round-seconds 15]
-        # only the 100 % shadow's cost: split vs split + replayed shadow in one proxy process each, ABBA
-        # rounds, pooled p99 with a round-bootstrap interval (~7 min; --mirror-when sent --mirror-when
-        # answered for both router timings, ~10 min)
+    .venv/bin/python benchmarks/router_overhead.py --shadow-only [--mirror-when sent --mirror-when answered]
+        # only the shadow pairs (below), without the table (~5 min; ~7 with both router timings)
+
+A default run measures, in the layout "proxy on its own core" (``--layout``, repeatable, for the
+other or both): the table below, then the shadow pairs, then prints every goal's verdict from this
+run alone, with the load average before and after.
 
 Needs Debian's ``wrk`` and, for the native-code reference, ``nginx`` (``apt-get install -y wrk
 nginx-light``; without nginx its rows are left out and the output says so); ``--profile`` needs
@@ -15,7 +17,8 @@ replayed shadow (v3's answer to the benchmark's body, recorded once at start and
 bare ``HttpServer`` at next to no CPU: a shadow with its own pods, as in a cluster), four routers
 (one backend; 90/10; 90/10 + 100 % mirrored to the replayed shadow; 90/10 + 100 % mirrored to v3)
 and one nginx (one worker, upstream keep-alive, ``split_clients`` and ``mirror`` doing the same four
-things) run side by side, each measured on the same paths, in two layouts on the 2-core machine:
+things) run side by side, each measured on the same paths, in one or both of two layouts on the 2-core
+machine:
 
 - **proxy on its own core** (how a cluster runs it: the router is its own pod with its own CPU):
   the primary v1 alone on CPU 1; the proxy, v2, the shadow v3 and the load generator on CPU 0, the
@@ -38,12 +41,21 @@ For each path (direct to v1, then through each router and nginx):
   not the server, set the maximum);
 - with a shadow: the shadow's answers per request at saturation (the router drops mirrors the shadow
   cannot keep up with, counted in ``noria_router_errors_total{reason="shadow_overload"}``; above
-  100 % when mirrors queued during the warm-up are answered within the run).
+  100 % when mirrors queued during the warm-up are answered within the run). The shadow rows are
+  measured at saturation only (throughput, CPU per request): the shadow's cost at the fixed rate is
+  decided by the shadow pairs, not by a median of a few rounds in different processes.
 
-Goals (issue 17), judged in both layouts: added p50 <= 0.3 ms and p99 <= 1 ms at 500 req/s;
-throughput through the router >= 0.7x direct with one backend and with a 90/10 split; a 100 % shadow
-costs the primary <= 5 % p99 (at the fixed rate, 90/10 + replayed shadow against 90/10: what the
-proxy's mirroring costs; the same with v3 on the proxy's CPU is printed for reference). On a shared machine
+The shadow pairs (also alone with ``--shadow-only``): per proxy, the 90/10 split (A) against the split +
+100 % replayed shadow (B) in ONE proxy process (a router whose config file is rewritten between
+rounds, one per ``--mirror-when``; nginx's two ports), ABBA rounds at the fixed rate with every
+latency kept (``PacedClient``), the p99 of all A rounds' samples pooled against all B rounds' with a
+95 % interval from resampling round pairs.
+
+Goals (issue 17): added p50 <= 0.3 ms and p99 <= 1 ms at 500 req/s (router, one backend, against
+direct, fixed-rate medians); throughput through the router >= 0.7x direct with one backend and with a
+90/10 split (wrk medians); a 100 % shadow costs the primary <= 5 % p99 at 500 req/s (the router's
+shadow pair, default ``mirror_when``: met when the whole 95 % interval is <= +5 %, NOT met when all of
+it is above, else not decided; nginx's pair is printed beside it for reference). On a shared machine
 the figures move with other load: the load average is printed, and latency goals are called
 unmeasurable when the server's own maximum is close to the fixed rate.
 """
@@ -136,8 +148,8 @@ class Target:
 
 @dataclass
 class PathResult:
-    p50_ms: float  # at the fixed rate
-    p99_ms: float
+    p50_ms: float | None  # at the fixed rate (None: a shadow row, measured at saturation only)
+    p99_ms: float | None
     rps: float  # at saturation
     sat_p99_ms: float  # wrk's p99 at saturation
     server_cpu_10k: float  # CPU seconds per 10,000 requests at saturation
@@ -428,6 +440,50 @@ def bootstrap_ratio(a: list[np.ndarray], b: list[np.ndarray], q: float, resample
     return float(low), float(high)
 
 
+def shadow_verdict(low: float, high: float, goal: float = GOAL_SHADOW_P99_COST) -> str:
+    """The goal decided by the interval [low, high] of the p99's relative change: met only when all of it
+    is <= ``goal``, NOT met when all of it is above, else not decided."""
+    return "met" if high <= goal else "NOT met" if low > goal else f"not decided (the interval holds {goal:.0%})"
+
+
+@dataclass
+class PairResult:
+    """One shadow pair's outcome: the primary's pooled p99 without (A) and with (B) the 100 % shadow."""
+
+    label: str
+    mirror_when: str | None  # None: nginx
+    rounds: int
+    a_p99_ms: float
+    b_p99_ms: float
+    low: float  # 95 % interval of b / a - 1
+    high: float
+    per_round: list[float]  # b / a - 1 of each round pair's own p99s
+    p50: float  # pooled p50, b / a - 1
+    cpu_10k: float  # the mirror's proxy CPU, seconds per 10,000 requests
+
+    @property
+    def pooled(self) -> float:
+        return self.b_p99_ms / self.a_p99_ms - 1
+
+    @property
+    def verdict(self) -> str:
+        return shadow_verdict(self.low, self.high)
+
+    def summary(self) -> str:
+        return (f"{self.label} shadow pair (pooled p99 of {self.rounds} ABBA round pairs {self.a_p99_ms:.3f} -> "
+                f"{self.b_p99_ms:.3f} ms, {self.pooled:+.1%}, 95% CI {self.low:+.1%}..{self.high:+.1%})")
+
+    @classmethod
+    def of(cls, label: str, mirror_when: str | None, a: Arm, b: Arm, resamples: int) -> PairResult:
+        low, high = bootstrap_ratio(a.rounds, b.rounds, 0.99, resamples)
+        per_round = [pooled_quantile([y], 0.99) / pooled_quantile([x], 0.99) - 1
+                     for x, y in zip(a.rounds, b.rounds, strict=True)]
+        cpu = (b.cpu / (sum(len(r) for r in b.rounds) or 1) - a.cpu / (sum(len(r) for r in a.rounds) or 1)) * 1e4
+        return cls(label, mirror_when, len(a.rounds), pooled_quantile(a.rounds, 0.99),
+                   pooled_quantile(b.rounds, 0.99), low, high, per_round,
+                   pooled_quantile(b.rounds, 0.5) / pooled_quantile(a.rounds, 0.5) - 1, cpu)
+
+
 def measure_arm(arm: Arm, args: argparse.Namespace, replay_url: str) -> None:
     """One round of ``arm``: made current, ``--shadow-warmup`` seconds (connections to the shadow, caches), then
     ``--shadow-round-seconds`` at ``--rate`` on fresh generator connections."""
@@ -446,8 +502,8 @@ def measure_arm(arm: Arm, args: argparse.Namespace, replay_url: str) -> None:
     arm.errors += errors
 
 
-def shadow_pairs(layout: Layout, pairs: list[tuple[str, Arm, Arm]], procs: dict[str, int], replay_url: str,
-                 args: argparse.Namespace) -> None:
+def shadow_pairs(layout: Layout, pairs: list[tuple[str, str | None, Arm, Arm]], procs: dict[str, int],
+                 replay_url: str, args: argparse.Namespace) -> list[PairResult]:
     """The 100 % shadow's cost to the primary: for each proxy, the 90/10 split (A) and the split + replayed
     shadow (B) in ONE proxy process (a router's config toggled between rounds, nginx's two ports),
     never both at once: ABBA rounds (A B, B A, A B, ...) of ``--shadow-round-seconds``, so a drift hits
@@ -458,19 +514,19 @@ def shadow_pairs(layout: Layout, pairs: list[tuple[str, Arm, Arm]], procs: dict[
     print(f"\n[{layout.name}] shadow pairs: {args.shadow_rounds} ABBA rounds x {args.shadow_round_seconds:g}s at "
           f"{args.rate:g} req/s per arm (+{args.shadow_warmup:g} s warm-up each), one proxy process per pair ...", flush=True)
     for k in range(args.shadow_rounds):
-        for _, a, b in pairs:
+        for _, _, a, b in pairs:
             for arm in ((a, b) if k % 2 == 0 else (b, a)):
                 measure_arm(arm, args, replay_url)
         print(f"  round {k + 1}: " + "; ".join(
             f"{label} p99 {pooled_quantile(a.rounds[-1:], 0.99):.2f} / {pooled_quantile(b.rounds[-1:], 0.99):.2f} ms"
-            for label, a, b in pairs), flush=True)
+            for label, _, a, b in pairs), flush=True)
     samples = int(args.rate * args.shadow_round_seconds)
     print(f"\n## shadow's cost to the primary, {layout.name}: {args.rate:g} req/s open loop, {args.shadow_rounds} "
           f"ABBA rounds x {args.shadow_round_seconds:g}s (~{samples} samples per round and arm, "
           f"{samples * args.shadow_rounds} pooled)")
     print(f"{'arm':38} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>6} {'round p99 min..max':>18} {'late p99':>8} "
           f"{'proxy cpu':>9} {'mirrored':>8} {'errors':>6}")
-    for _, a, b in pairs:
+    for _, _, a, b in pairs:
         for arm in (a, b):
             p99s = [pooled_quantile([r], 0.99) for r in arm.rounds]
             requests = sum(len(r) for r in arm.rounds) + arm.errors or 1
@@ -482,21 +538,16 @@ def shadow_pairs(layout: Layout, pairs: list[tuple[str, Arm, Arm]], procs: dict[
     print("(p50/p99/p99.9: of every round's samples pooled; round p99: each round's own; late p99: how late the "
           "generator itself sent, ms; proxy cpu: CPU seconds of the proxy process per 10,000 requests at the fixed "
           "rate, /proc ticks of 10 ms; mirrored: the replayed shadow's answers per request)")
-    for label, a, b in pairs:
-        pooled = pooled_quantile(b.rounds, 0.99) / pooled_quantile(a.rounds, 0.99) - 1
-        low, high = bootstrap_ratio(a.rounds, b.rounds, 0.99, args.bootstrap)
-        per_round = [pooled_quantile([y], 0.99) / pooled_quantile([x], 0.99) - 1
-                     for x, y in zip(a.rounds, b.rounds, strict=True)]
-        p50 = pooled_quantile(b.rounds, 0.5) / pooled_quantile(a.rounds, 0.5) - 1
-        cpu = (b.cpu / (sum(len(r) for r in b.rounds) or 1) - a.cpu / (sum(len(r) for r in a.rounds) or 1)) * 1e4
-        verdict = ("met" if high <= GOAL_SHADOW_P99_COST else "NOT met" if low > GOAL_SHADOW_P99_COST
-                   else "not decided (the interval holds 5 %)")
-        print(f"  {label}: 100% replayed shadow on the 90/10 split: primary pooled p99 "
-              f"{pooled_quantile(a.rounds, 0.99):.3f} -> {pooled_quantile(b.rounds, 0.99):.3f} ms, {pooled:+.1%} "
-              f"(95% CI {low:+.1%}..{high:+.1%}, {args.bootstrap} round-pair resamples); per-round median "
-              f"{statistics.median(per_round):+.1%} (min..max {min(per_round):+.1%}..{max(per_round):+.1%}); "
-              f"pooled p50 {p50:+.1%}; the mirror's proxy CPU {cpu:+.2f} s per 10,000 requests; goal <= "
-              f"{GOAL_SHADOW_P99_COST:.0%}: {verdict}")
+    results = []
+    for label, when, a, b in pairs:
+        r = PairResult.of(label, when, a, b, args.bootstrap)
+        results.append(r)
+        print(f"  {label}: 100% replayed shadow on the 90/10 split: primary pooled p99 {r.a_p99_ms:.3f} -> "
+              f"{r.b_p99_ms:.3f} ms, {r.pooled:+.1%} (95% CI {r.low:+.1%}..{r.high:+.1%}, {args.bootstrap} round-pair "
+              f"resamples); per-round median {statistics.median(r.per_round):+.1%} (min..max "
+              f"{min(r.per_round):+.1%}..{max(r.per_round):+.1%}); pooled p50 {r.p50:+.1%}; the mirror's proxy CPU "
+              f"{r.cpu_10k:+.2f} s per 10,000 requests; goal <= {GOAL_SHADOW_P99_COST:.0%}: {r.verdict}")
+    return results
 
 
 def measure_layout(layout: Layout, paths: dict[str, Target], procs: dict[str, int], urls: dict[str, str],
@@ -504,26 +555,29 @@ def measure_layout(layout: Layout, paths: dict[str, Target], procs: dict[str, in
     """Place the processes for ``layout``, then fixed-rate rounds over every path, then saturation per path."""
     placed = place(layout, procs)
     servers = [procs[v] for v in (*VERSIONS, REPLAY)]
-    print(f"\n[{layout.name}] fixed rate, {args.runs} rounds over {len(paths)} paths ...", flush=True)
-    for path in paths.values():
+    at_rate = {name: path for name, path in paths.items() if path.shadow_url is None}  # the shadow: in pairs
+    print(f"\n[{layout.name}] fixed rate, {args.runs} rounds over {len(at_rate)} paths ...", flush=True)
+    for path in at_rate.values():
         fixed_rate(path.url, args.rate, 2)  # warm-up: connections, caches
-    fixed: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
+    fixed: dict[str, list[tuple[float, float, int]]] = {name: [] for name in at_rate}
     for _ in range(args.runs):
-        for name, path in paths.items():
+        for name, path in at_rate.items():
             fixed[name].append(fixed_rate(path.url, args.rate, args.rate_seconds))
     results = {}
     for name, path in paths.items():
         print(f"[{layout.name}] saturation: {name} ...", flush=True)
         runs = saturation(path, placed, servers, args)
         mirrored = [r.mirrored_share for r in runs if r.mirrored_share is not None]
+        rounds = fixed.get(name, [])
         results[name] = PathResult(
-            statistics.median(f[0] for f in fixed[name]), statistics.median(f[1] for f in fixed[name]),
+            statistics.median(f[0] for f in rounds) if rounds else None,
+            statistics.median(f[1] for f in rounds) if rounds else None,
             statistics.median(r.rps for r in runs), statistics.median(r.p99_ms for r in runs),
             statistics.median(r.server_cpu_10k for r in runs), statistics.median(r.proxy_cpu_10k for r in runs),
             statistics.median(r.generator_cpu_10k for r in runs),
             {cpu: statistics.median(r.cpu_load.get(cpu, 0.0) for r in runs) for cpu in (0, 1)},
             statistics.median(mirrored) if mirrored else None,
-            sum(f[2] for f in fixed[name]) + sum(r.errors for r in runs))
+            sum(f[2] for f in rounds) + sum(r.errors for r in runs))
     return results
 
 
@@ -580,14 +634,14 @@ http {{
     return path
 
 
-def shadow_only(args: argparse.Namespace, work: Path, started: list[subprocess.Popen], urls: dict[str, str],
-                ports: dict[str, int], procs: dict[str, int], nginx: str | None) -> list[tuple[str, Arm, Arm]]:
-    """``--shadow-only``: per ``--mirror-when`` one ``noria_server route`` process whose config file is
-    rewritten between its two arms (the 90/10 split, then the same + the 100 % replayed shadow), and
-    one nginx with the two on two ports; then ``shadow_pairs``."""
+def pair_arms(args: argparse.Namespace, work: Path, started: list[subprocess.Popen], urls: dict[str, str],
+              procs: dict[str, int], nginx: tuple[int, dict[str, int]] | None) -> list[tuple[str, str | None, Arm, Arm]]:
+    """The shadow pairs' arms: per ``--mirror-when`` one new ``noria_server route`` process whose config
+    file is rewritten between its two arms (the 90/10 split, then the same + the 100 % replayed shadow),
+    and nginx's split and split + mirror ports (``nginx``: its pid and listen ports)."""
     split = {"churn-v1": 90, "churn-v2": 10}
     texts = (json.dumps(router_config(urls, split, None)), json.dumps(router_config(urls, split, REPLAY)))
-    pairs: list[tuple[str, Arm, Arm]] = []
+    pairs: list[tuple[str, str | None, Arm, Arm]] = []
     for when in dict.fromkeys(args.mirror_when or [MIRROR_WHEN]):
         config = work / f"router-{when}.json"
         config.write_text(texts[0])
@@ -599,20 +653,14 @@ def shadow_only(args: argparse.Namespace, work: Path, started: list[subprocess.P
         procs[name], urls[name] = proc.pid, f"http://127.0.0.1:{port}"
         url = urls[name] + INFER
         label = f"router (mirror_when {when})"
-        pairs.append((label, Arm(f"{label}, split", url, proc.pid, (config, texts[0])),
+        pairs.append((label, when, Arm(f"{label}, split", url, proc.pid, (config, texts[0])),
                       Arm(f"{label}, + shadow", url, proc.pid, (config, texts[1]), mirrored=True)))
     if nginx:
-        listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
-        proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
-        started.append(proc)
-        procs["nginx"] = proc.pid
-        pairs.append(("nginx", Arm("nginx, split", f"http://127.0.0.1:{listen['split']}{INFER}", proc.pid),
-                      Arm("nginx, + mirror", f"http://127.0.0.1:{listen['replay']}{INFER}", proc.pid,
-                          mirrored=True)))
-    for url in [urls[REPLAY] + INFER] + [arm.url for _, a, b in pairs for arm in (a, b)]:
+        pid, listen = nginx
+        pairs.append(("nginx", None, Arm("nginx, split", f"http://127.0.0.1:{listen['split']}{INFER}", pid),
+                      Arm("nginx, + mirror", f"http://127.0.0.1:{listen['replay']}{INFER}", pid, mirrored=True)))
+    for url in [urls[REPLAY] + INFER] + [arm.url for _, _, a, b in pairs for arm in (a, b)]:
         wait_http(url.removesuffix(INFER) + "/v2/health/ready", 180)
-    shadow_pairs(next(x for x in LAYOUTS if not args.layout or x.name in args.layout), pairs, procs, urls[REPLAY],
-                 args)
     return pairs
 
 
@@ -623,13 +671,14 @@ def find_nginx() -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500)
-    parser.add_argument("--rate-seconds", type=float, default=10)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate-seconds", type=float, default=8, help="seconds per fixed-rate round and path")
+    parser.add_argument("--seconds", type=int, default=3, help="seconds per saturation run (wrk: whole seconds)")
+    parser.add_argument("--warmup", type=int, default=1, help="wrk's warm-up per path, whole seconds")
+    parser.add_argument("--runs", type=int, default=3, help="fixed-rate rounds and saturation runs per path")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--layout", choices=[layout.name for layout in LAYOUTS], action="append",
-                        help="measure only this layout (repeatable; default: both)")
+                        help=f"measure this layout (repeatable; default: {LAYOUTS[0].name}); the shadow pairs run "
+                             "in the first")
     parser.add_argument("--quiet-load", type=float, default=1.5,
                         help="wait until the 1-minute load average is below this before measuring (0: don't)")
     parser.add_argument("--quiet-wait", type=float, default=240,
@@ -638,22 +687,20 @@ def main() -> None:
                         help="only the router's own Python + event-loop time per request, without sockets "
                              "(fake transports; best of 7 rounds, hardly moved by other load)")
     parser.add_argument("--profile", action="store_true",
-                        help="one more saturation run through the router (one backend) with py-spy attached; "
-                             "with --shadow-only: one more fixed-rate round through the router + replayed shadow")
+                        help="one more saturation run through the router (one backend) with py-spy attached, and "
+                             "one more fixed-rate round through the first shadow pair's router + replayed shadow")
     parser.add_argument("--shadow-only", action="store_true",
-                        help="only the shadow's cost: the 90/10 split against the split + replayed shadow in one "
-                             "proxy process each (the router's config toggled between rounds; nginx's two ports), "
-                             "ABBA rounds, pooled p99 with a bootstrap interval, in the first --layout (default: "
-                             "proxy on its own core)")
+                        help="only the shadow pairs, without the table (the latency and throughput goals are then "
+                             "not decided)")
     parser.add_argument("--mirror-when", choices=(MIRROR_SENT, MIRROR_ANSWERED), action="append",
-                        help="--shadow-only: the router's mirror_when, one router process and pair each "
-                             f"(repeatable; default: {MIRROR_WHEN}, the router's default)")
-    parser.add_argument("--shadow-rounds", type=int, default=6, help="ABBA rounds per arm in --shadow-only")
-    parser.add_argument("--shadow-round-seconds", type=float, default=15,
-                        help="seconds per round and arm in --shadow-only")
+                        help="the shadow pairs' router mirror_when, one router process and pair each (repeatable; "
+                             f"default: {MIRROR_WHEN}, the router's default, which decides the goal)")
+    parser.add_argument("--shadow-rounds", type=int, default=12, help="ABBA rounds per arm of each shadow pair")
+    parser.add_argument("--shadow-round-seconds", type=float, default=5,
+                        help="seconds per shadow round and arm")
     parser.add_argument("--shadow-warmup", type=float, default=0.5,
-                        help="--shadow-only: seconds at the rate before each round, not counted")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="--shadow-only: bootstrap resamples")
+                        help="seconds at the rate before each shadow round, not counted")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="the shadow pairs' bootstrap resamples")
     parser.add_argument("--replay-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the benchmark's own
     parser.add_argument("--replay-answer", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -714,48 +761,53 @@ def main() -> None:
                      work / "replay.log")
         started.append(proc)
         procs[REPLAY] = proc.pid
-        if args.shadow_only:
-            pairs = shadow_only(args, work, started, urls, ports, procs, nginx)
-            if args.profile:  # the first router with its shadow
-                mirrored = pairs[0][2]
-                mirrored.make_current()
-                profile_at_rate(mirrored.url, mirrored.proxy, args, work)
-            print(f"\nLoad before: {load_before}")
-            print(f"Load after:  {uptime()}")
-            return
-        paths = {DIRECT: Target(urls["churn-v1"] + INFER, None)}
-        for name, weights, shadow in ((ROUTER_ONE, {"churn-v1": 100}, None),
-                                      (ROUTER_SPLIT, {"churn-v1": 90, "churn-v2": 10}, None),
-                                      (ROUTER_REPLAY, {"churn-v1": 90, "churn-v2": 10}, REPLAY),
-                                      (ROUTER_SHADOW, {"churn-v1": 90, "churn-v2": 10}, "churn-v3")):
-            config = work / f"router-{len(paths)}.json"
-            config.write_text(json.dumps(router_config(urls, weights, shadow)))
-            port = free_port()
-            proc = start([sys.executable, "-m", "noria_server", "route", "--config", str(config), "--host",
-                          "127.0.0.1", "--port", str(port), "--drain-seconds", "0"], work / f"router-{len(paths)}.log")
-            started.append(proc)
-            procs[name] = proc.pid
-            paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
+        nginx_ports = None
         if nginx:
             listen = {"one": free_port(), "split": free_port(), "replay": free_port(), "mirror": free_port()}
             proc = start([nginx, "-p", str(work), "-c", str(nginx_conf(work, ports, listen))], work / "nginx.log")
             started.append(proc)
             procs["nginx"] = proc.pid
-            for name, key, shadow in ((NGINX_ONE, "one", None), (NGINX_SPLIT, "split", None),
-                                      (NGINX_REPLAY, "replay", REPLAY), (NGINX_MIRROR, "mirror", "churn-v3")):
-                paths[name] = Target(f"http://127.0.0.1:{listen[key]}{INFER}", proc.pid, shadow and urls[shadow])
-        for path in paths.values():
-            wait_http(path.url.removesuffix(INFER) + "/v2/health/ready", 180)
-
-        tables = {}
-        for layout in LAYOUTS:
-            if args.layout and layout.name not in args.layout:
-                continue
-            tables[layout.name] = measure_layout(layout, paths, procs, urls, args)
-            print_table(layout, tables[layout.name], args)
-            if args.profile and layout is LAYOUTS[0]:
-                profile_router(paths[ROUTER_ONE].url, procs[ROUTER_ONE], args, work)
-        print(f"\nLoad before: {load_before}")
+            nginx_ports = (proc.pid, listen)
+        layouts = [layout for layout in LAYOUTS if layout.name in (args.layout or [LAYOUTS[0].name])]
+        tables: dict[str, tuple[Layout, dict[str, PathResult]]] = {}
+        if not args.shadow_only:
+            paths = {DIRECT: Target(urls["churn-v1"] + INFER, None)}
+            for name, weights, shadow in ((ROUTER_ONE, {"churn-v1": 100}, None),
+                                          (ROUTER_SPLIT, {"churn-v1": 90, "churn-v2": 10}, None),
+                                          (ROUTER_REPLAY, {"churn-v1": 90, "churn-v2": 10}, REPLAY),
+                                          (ROUTER_SHADOW, {"churn-v1": 90, "churn-v2": 10}, "churn-v3")):
+                config = work / f"router-{len(paths)}.json"
+                config.write_text(json.dumps(router_config(urls, weights, shadow)))
+                port = free_port()
+                proc = start([sys.executable, "-m", "noria_server", "route", "--config", str(config), "--host",
+                              "127.0.0.1", "--port", str(port), "--drain-seconds", "0"],
+                             work / f"router-{len(paths)}.log")
+                started.append(proc)
+                procs[name] = proc.pid
+                paths[name] = Target(f"http://127.0.0.1:{port}{INFER}", proc.pid, shadow and urls[shadow])
+            if nginx_ports:
+                for name, key, shadow in ((NGINX_ONE, "one", None), (NGINX_SPLIT, "split", None),
+                                          (NGINX_REPLAY, "replay", REPLAY), (NGINX_MIRROR, "mirror", "churn-v3")):
+                    paths[name] = Target(f"http://127.0.0.1:{nginx_ports[1][key]}{INFER}", nginx_ports[0],
+                                         shadow and urls[shadow])
+            for path in paths.values():
+                wait_http(path.url.removesuffix(INFER) + "/v2/health/ready", 180)
+            for layout in layouts:
+                tables[layout.name] = (layout, measure_layout(layout, paths, procs, urls, args))
+                print_table(layout, tables[layout.name][1], args)
+                if args.profile and layout is LAYOUTS[0]:
+                    profile_router(paths[ROUTER_ONE].url, procs[ROUTER_ONE], args, work)
+        arms = pair_arms(args, work, started, urls, procs, nginx_ports)
+        pairs = shadow_pairs(layouts[0], arms, procs, urls[REPLAY], args)
+        if args.profile:  # the first router with its shadow
+            mirrored = arms[0][3]
+            mirrored.make_current()
+            profile_at_rate(mirrored.url, mirrored.proxy, args, work)
+        print(f"\n## Every goal of issue 17, from this run (table: {' and '.join(tables) or 'not measured'}; "
+              f"shadow pairs: {layouts[0].name})")
+        for line in goal_lines(tables, pairs, layouts[0].name, args.rate):
+            print(line)
+        print(f"Load before: {load_before}")
         print(f"Load after:  {uptime()}")
     finally:
         for proc in reversed(started):
@@ -935,8 +987,13 @@ def profile_at_rate(url: str, pid: int, args: argparse.Namespace, work: Path) ->
               flush=True)
 
 
+def _ms(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
+
+
 def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.Namespace) -> None:
     direct = results[DIRECT]
+    assert direct.p50_ms is not None and direct.p99_ms is not None
     print(f"\n## {layout.name}: v1 on CPU {layout.primary_cpu}, v2, shadow v3 (nice {layout.shadow_nice}) and the "
           f"replayed shadow on CPU {layout.others_cpu}, proxy on CPU {layout.proxy_cpu}, generator on CPU "
           f"{layout.generator_cpu}")
@@ -946,19 +1003,22 @@ def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.N
           f"{'sat p99':>7} {'srv cpu':>7} {'proxy':>6} {'wrk':>5} {'cpu0':>5} {'cpu1':>5} {'mirrored':>8}")
     for name, r in results.items():
         mirrored = f"{r.mirrored_share:8.0%}" if r.mirrored_share is not None else f"{'':8}"
-        print(f"{name:26} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.p50_ms - direct.p50_ms:6.2f} "
-              f"{r.p99_ms - direct.p99_ms:6.2f} {r.rps:7.0f} {r.rps / direct.rps:6.2f}x {r.sat_p99_ms:7.2f} "
+        added_p50 = None if r.p50_ms is None else r.p50_ms - direct.p50_ms
+        added_p99 = None if r.p99_ms is None else r.p99_ms - direct.p99_ms
+        print(f"{name:26} {_ms(r.p50_ms, 7)} {_ms(r.p99_ms, 7)} {_ms(added_p50, 6)} {_ms(added_p99, 6)} "
+              f"{r.rps:7.0f} {r.rps / direct.rps:6.2f}x {r.sat_p99_ms:7.2f} "
               f"{r.server_cpu_10k:7.2f} {r.proxy_cpu_10k:6.2f} {r.generator_cpu_10k:5.2f} "
               f"{r.cpu_load.get(0, 0):5.2f} {r.cpu_load.get(1, 0):5.2f} {mirrored}"
               + (f"  ({r.errors} errors)" if r.errors else ""))
     print("(+p50/+p99: added to direct at the fixed rate, ms; sat p99: wrk's at saturation, ms; srv cpu / proxy / "
           "wrk: CPU seconds per 10,000 requests at saturation, the model servers and the replayed shadow "
-          "together / the proxy / the generator; cpu0/cpu1: CPU seconds of the processes placed on that CPU per wall second at saturation; "
-          "mirrored: shadow answers per request at saturation)")
+          "together / the proxy / the generator; cpu0/cpu1: CPU seconds of the processes placed on that CPU per "
+          "wall second at saturation; mirrored: shadow answers per request at saturation)")
     print("(+ replayed shadow / mirror: the 90/10 split, every /infer also sent to a process replaying the real shadow "
           "model's recorded answer at next to no CPU, as a shadow with its own pods: the proxy's own cost of "
           "mirroring; + shadow model / mirror to model: to the real shadow model server, on the proxy's CPU at nice "
-          f"{layout.shadow_nice})")
+          f"{layout.shadow_nice}. Shadow rows at saturation only: their cost at {args.rate:g} req/s is the shadow "
+          "pairs' below)")
     for proxy, without, with_shadow, kind in (
             ("router", ROUTER_SPLIT, ROUTER_REPLAY, "replayed shadow"), ("router", ROUTER_SPLIT, ROUTER_SHADOW,
                                                                         "shadow model on the proxy's CPU"),
@@ -966,45 +1026,98 @@ def print_table(layout: Layout, results: dict[str, PathResult], args: argparse.N
                                                                      "shadow model on the proxy's CPU")):
         if with_shadow in results:
             a, b = results[without], results[with_shadow]
-            print(f"  {proxy}: a 100% {kind} on the 90/10 split, at {args.rate:g} req/s: primary p99 "
-                  f"{b.p99_ms / a.p99_ms - 1:+.0%} (p50 {b.p50_ms / a.p50_ms - 1:+.0%}); at saturation: req/s "
-                  f"{b.rps / a.rps - 1:+.0%}, p99 {b.sat_p99_ms / a.sat_p99_ms - 1:+.0%}")
-    one, split = results[ROUTER_ONE], results[ROUTER_SPLIT]
-    shadow_cost = results[ROUTER_REPLAY].p99_ms / split.p99_ms - 1
-    model_shadow_cost = results[ROUTER_SHADOW].p99_ms / split.p99_ms - 1
-    queueing = direct.rps < args.rate / SATURATION_SHARE or direct.p50_ms > LOADED_DIRECT_P50_MS
-    checks = [  # (goal, met, a latency goal: meaningless when the fixed rate only measures a queue)
-        (f"added p50 <= {GOAL_ADDED_P50_MS} ms (here {one.p50_ms - direct.p50_ms:+.2f})",
-         one.p50_ms - direct.p50_ms <= GOAL_ADDED_P50_MS, True),
-        (f"added p99 <= {GOAL_ADDED_P99_MS} ms (here {one.p99_ms - direct.p99_ms:+.2f})",
-         one.p99_ms - direct.p99_ms <= GOAL_ADDED_P99_MS, True),
-        (f"one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct (here {one.rps / direct.rps:.2f}x)",
-         one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False),
-        (f"90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct (here {split.rps / direct.rps:.2f}x)",
-         split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False),
-        (f"100% shadow costs the primary <= {GOAL_SHADOW_P99_COST:.0%} p99 at {args.rate:g} req/s, replayed shadow "
-         f"(here {shadow_cost:+.0%})", shadow_cost <= GOAL_SHADOW_P99_COST, True),
-        (f"the same with the shadow model on the proxy's CPU, for reference (here {model_shadow_cost:+.0%})",
-         model_shadow_cost <= GOAL_SHADOW_P99_COST, True),
-    ]
-    for goal, met, latency_goal in checks:
-        verdict = "not measurable here (see NOTE)" if queueing and latency_goal else ("met" if met else "NOT met")
-        print(f"  goal {goal}: {verdict}")
-    if direct.rps < args.rate / SATURATION_SHARE:
-        print(f"  NOTE: {args.rate:g} req/s is over {SATURATION_SHARE:.0%} of the server's own maximum here "
-              f"({direct.rps:.0f} req/s): the fixed-rate latencies are mostly queueing, not the router's cost "
-              f"(a loaded machine; rerun with a lower --rate)")
-    elif queueing:
-        print(f"  NOTE: direct p50 is {direct.p50_ms:.1f} ms at {args.rate:g} req/s (over "
-              f"{LOADED_DIRECT_P50_MS:g} ms): the machine's other load sets the latencies, so the latency goals "
-              f"cannot be judged here; rerun on a quiet machine")
-    if layout.proxy_cpu == layout.generator_cpu and one.cpu_load.get(0, 0) > 0.9 > one.cpu_load.get(1, 0):
-        print("  NOTE: CPU 0 (generator + proxy) was busier than CPU 1 through the router: the generator's core, not "
-              "the server, may have set the maximum")
+            print(f"  {proxy}: a 100% {kind} on the 90/10 split, at saturation: req/s {b.rps / a.rps - 1:+.0%}, "
+                  f"p99 {b.sat_p99_ms / a.sat_p99_ms - 1:+.0%}, proxy CPU per 10k {b.proxy_cpu_10k - a.proxy_cpu_10k:+.2f} s")
     print("Configurations: 3 x `python -m noria_server serve` (LogisticRegression Pipeline, 20 features, defaults, no "
           "store), the replayed shadow (noria_server.httpserver answering v3's recorded answer), 4 x `python -m "
           "noria_server route --config`; nginx (Debian) 1 worker, upstream keepalive 64, split_clients and mirror. "
           "Same single-row OIP v2 body.")
+
+
+def latency_unmeasurable(direct: PathResult, rate: float) -> bool:
+    """Whether the fixed rate measures a queue rather than a path: the rate over ``SATURATION_SHARE``
+    of the server's own maximum, or a direct p50 that says other load sets the latencies."""
+    return direct.rps < rate / SATURATION_SHARE or (direct.p50_ms or 0.0) > LOADED_DIRECT_P50_MS
+
+
+def table_goals(direct: PathResult, one: PathResult, split: PathResult, rate: float) -> list[tuple[str, str]]:
+    """(goal, verdict) of the table's four goals: the router with one backend against direct at the
+    fixed rate (p50, p99 added), its throughput and the split's against direct's."""
+    assert None not in (direct.p50_ms, direct.p99_ms, one.p50_ms, one.p99_ms)
+    queueing = latency_unmeasurable(direct, rate)
+    added_p50 = one.p50_ms - direct.p50_ms  # type: ignore[operator]
+    added_p99 = one.p99_ms - direct.p99_ms  # type: ignore[operator]
+
+    def verdict(met: bool, latency: bool) -> str:
+        return "not measurable here (see NOTE)" if queueing and latency else "met" if met else "NOT met"
+
+    return [
+        (f"added p50 <= {GOAL_ADDED_P50_MS} ms at {rate:g} req/s, router one backend (here {added_p50:+.2f} ms)",
+         verdict(added_p50 <= GOAL_ADDED_P50_MS, True)),
+        (f"added p99 <= {GOAL_ADDED_P99_MS} ms at {rate:g} req/s, router one backend (here {added_p99:+.2f} ms)",
+         verdict(added_p99 <= GOAL_ADDED_P99_MS, True)),
+        (f"router one backend >= {GOAL_THROUGHPUT_VS_DIRECT}x direct's req/s (here {one.rps / direct.rps:.2f}x)",
+         verdict(one.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False)),
+        (f"router 90/10 split >= {GOAL_THROUGHPUT_VS_DIRECT}x direct's req/s (here {split.rps / direct.rps:.2f}x)",
+         verdict(split.rps / direct.rps >= GOAL_THROUGHPUT_VS_DIRECT, False)),
+    ]
+
+
+def table_notes(layout: Layout, results: dict[str, PathResult], rate: float) -> list[str]:
+    """What limits the table's verdicts here: a fixed rate near the server's maximum, a loaded machine,
+    a generator's core busier than the server's."""
+    direct, one = results[DIRECT], results[ROUTER_ONE]
+    notes = []
+    if direct.rps < rate / SATURATION_SHARE:
+        notes.append(f"NOTE: {rate:g} req/s is over {SATURATION_SHARE:.0%} of the server's own maximum here "
+                     f"({direct.rps:.0f} req/s): the fixed-rate latencies are mostly queueing, not the router's "
+                     "cost (a loaded machine; rerun with a lower --rate)")
+    elif latency_unmeasurable(direct, rate):
+        notes.append(f"NOTE: direct p50 is {direct.p50_ms:.1f} ms at {rate:g} req/s (over {LOADED_DIRECT_P50_MS:g} "
+                     "ms): the machine's other load sets the latencies, so the latency goals cannot be judged "
+                     "here; rerun on a quiet machine")
+    if layout.proxy_cpu == layout.generator_cpu and one.cpu_load.get(0, 0) > 0.9 > one.cpu_load.get(1, 0):
+        notes.append("NOTE: CPU 0 (generator + proxy) was busier than CPU 1 through the router: the generator's "
+                     "core, not the server, may have set the maximum")
+    return notes
+
+
+def deciding_pair(pairs: list[PairResult]) -> PairResult | None:
+    """The pair that decides the shadow goal: the router with its default ``mirror_when`` (else the first
+    router); nginx's and the other timing's are for reference."""
+    routers = [p for p in pairs if p.mirror_when is not None]
+    return next((p for p in routers if p.mirror_when == MIRROR_WHEN), routers[0] if routers else None)
+
+
+def shadow_goal(pair: PairResult, rate: float) -> tuple[str, str]:
+    """(goal, verdict) of the shadow goal as ``pair`` measured it."""
+    return (f"a 100% shadow costs the primary <= {GOAL_SHADOW_P99_COST:.0%} p99 at {rate:g} req/s, "
+            f"{pair.summary()}", pair.verdict)
+
+
+def goal_lines(tables: dict[str, tuple[Layout, dict[str, PathResult]]], pairs: list[PairResult],
+               pairs_layout: str | None, rate: float) -> list[str]:
+    """Every goal's line from one run: the table's four per measured layout, then the shadow's from
+    the pairs (the deciding router pair; nginx's and other router timings' for reference)."""
+    lines = []
+    for name, (layout, results) in tables.items():
+        lines.append(f"[{name}] table:")
+        lines += [f"  goal {goal}: {verdict}" for goal, verdict in
+                  table_goals(results[DIRECT], results[ROUTER_ONE], results[ROUTER_SPLIT], rate)]
+        lines += [f"  {note}" for note in table_notes(layout, results, rate)]
+    if not tables:
+        lines.append("table: not measured (--shadow-only): the latency and throughput goals are not decided here")
+    decider = deciding_pair(pairs)
+    if decider is None:
+        lines.append("shadow: no router pair measured: the shadow goal is not decided here")
+        return lines
+    lines.append(f"[{pairs_layout}] shadow pairs:")
+    goal, verdict = shadow_goal(decider, rate)
+    lines.append(f"  goal {goal}: {verdict}")
+    for pair in pairs:
+        if pair is not decider:
+            lines.append(f"  for reference, not the goal's: {pair.summary()}: {pair.verdict}")
+    return lines
 
 
 if __name__ == "__main__":
