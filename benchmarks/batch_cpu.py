@@ -48,7 +48,7 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thre
         work = tempfile.mkdtemp(prefix="batch-cpu-")
         saved = train_and_save(kind, work)  # type: ignore[arg-type]
         settings = serve.ServeSettings(saved.artifact_uri, saved.digest, kind, "v1", profile_uri=saved.profile_uri,
-                                       store_root=work, namespace="ns", pipeline="p")
+                                       store_root=work, namespace="ns", pipeline="p", batch_hold_us=0.0)
         server = serve.ModelServer(settings)
 
         async def main(server: serve.ModelServer = server, kind: str = kind) -> None:
@@ -117,6 +117,10 @@ class _Offers:
         self.renders.append(render)
         if len(self.renders) > 1000:
             self.renders.clear()
+
+    def offer_rendered(self, n: int, render: object) -> None:
+        """A micro-batch's lines, rendered on the loop thread as ``JsonlLog.offer_rendered`` does."""
+        self.offer(n, render())  # type: ignore[operator]
 
     def room(self) -> int:
         return 1 << 30

@@ -217,10 +217,16 @@ def _transform(step: Any, n_in: int) -> tuple[Transform, int]:
 
 
 # --- final estimators ----------------------------------------------------------------------------
-def _expit(z: np.ndarray) -> np.ndarray:
-    from scipy.special import expit
+_EXPIT: Any = None
 
-    return expit(z)
+
+def _expit(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    global _EXPIT
+    if _EXPIT is None:  # imported once, not per call (an import statement costs ~0.5 µs even when loaded)
+        from scipy.special import expit
+
+        _EXPIT = expit
+    return _EXPIT(z, out=out) if out is not None else _EXPIT(z)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -236,8 +242,9 @@ def _class_output(raw: np.ndarray, classes: np.ndarray) -> Output:
     if raw.shape[1] == 1:
         score = raw[:, 0]
         proba = np.empty((score.shape[0], 2))  # [1 - p1, p1] by column (np.stack costs ~2 µs more)
-        proba[:, 1] = _expit(score)
-        np.subtract(1.0, proba[:, 1], out=proba[:, 0])
+        p1 = proba[:, 1]
+        _expit(score, out=p1)  # into its column: no temporary and copy
+        np.subtract(1.0, p1, out=proba[:, 0])
         return classes[(score > 0).astype(np.intp)], proba
     return classes[np.argmax(raw, axis=1)], _softmax(raw)
 
@@ -246,6 +253,9 @@ LINEAR_REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
 
 
 Final = tuple[Callable[[np.ndarray], Output | None], np.ndarray | None, int | None]  # run, classes, max rows
+# A linear model's output from its already transformed input, checked only at the end: ``None`` when a
+# score is not finite (see ``_affine_path``).
+Unchecked = Callable[[np.ndarray], Output | None]
 
 
 def _linear(est: Any, n_in: int) -> Final:
@@ -276,6 +286,71 @@ def _linear(est: Any, n_in: int) -> Final:
         return x @ coef + intercept, None
 
     return regress, None, None
+
+
+def _linear_unchecked(est: Any) -> Unchecked:
+    """``_linear``'s output (which it has checked) with the input check moved to the scores: the same
+    operations in the same order, ``None`` when a score is not finite."""
+    if type(est).__name__ == "LogisticRegression":
+        coef_t, intercept, classes = np.asarray(est.coef_).T, np.asarray(est.intercept_, dtype=np.float64), \
+            np.asarray(est.classes_)
+
+        def classify(x: np.ndarray) -> Output | None:
+            raw = x @ coef_t + intercept
+            return _class_output(raw, classes) if np.isfinite(raw).all() else None
+
+        return classify
+    coef = np.asarray(est.coef_)
+    offset = float(est.intercept_)
+
+    def regress(x: np.ndarray) -> Output | None:
+        value = x @ coef + offset
+        return (value, None) if np.isfinite(value).all() else None
+
+    return regress
+
+
+def _affine_path(steps: list[Any], final_est: Any, n_in: int, checked: Callable[[np.ndarray], Output | None]
+                 ) -> Callable[[np.ndarray], Output | None] | None:
+    """One pass for ``SimpleImputer`` / ``StandardScaler`` / ``"passthrough"`` steps in front of a linear
+    model, with one finiteness check of the scores in place of a check per step (8 of the ~20 NumPy calls
+    of a micro-batch's predict; each costs ~0.5-1 µs and more with cold caches in the server).
+
+    Exact, not approximate: on finite input the imputer returns its input unchanged and the scaler and
+    the model do the same ``x - mean``, ``/ scale``, ``@ coef + intercept`` as the checked path, so
+    finite scores are that path's scores. A NaN or ±inf in the input, or one a scaler made by overflow,
+    makes every score of its row NaN or ±inf (IEEE: NaN and inf survive subtraction, division, any
+    product, 0 x inf included, and sums), so a batch whose scores are not all finite takes ``checked``
+    (which imputes, or leaves the rows to scikit-learn) and gets exactly its answer. ``None`` when a
+    step is not one of these (a ColumnTransformer, a nested Pipeline): the checked path alone serves."""
+    if not any(_exact(final_est, "sklearn.linear_model", n) for n in ("LogisticRegression", *LINEAR_REGRESSORS)):
+        return None
+    affine: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+    for step in steps:
+        if step is None or (isinstance(step, str) and step == "passthrough"):
+            continue
+        if _exact(step, "sklearn.impute", "SimpleImputer"):
+            _imputer(step, n_in)  # refuses what the checked path refuses
+            continue
+        if _exact(step, "sklearn.preprocessing", "StandardScaler"):
+            _scaler(step, n_in)
+            affine.append((np.asarray(step.mean_) if step.with_mean else None,
+                           np.asarray(step.scale_) if step.with_std else None))
+            continue
+        return None
+    unchecked = _linear_unchecked(final_est)
+
+    def run(x: np.ndarray) -> Output | None:
+        z = x
+        for mean, scale in affine:
+            if mean is not None:
+                z = z - mean
+            if scale is not None:
+                z = z / scale
+        out = unchecked(z)
+        return out if out is not None else checked(x)
+
+    return run
 
 
 def _hgb(est: Any, n_in: int) -> Final:
@@ -378,11 +453,13 @@ def compile_model(estimator: Any, n_features: int) -> FastPredictor:
     ``feature_names_in_``); raises ``Unsupported`` with the reason when it is not modelled."""
     if _exact(estimator, "sklearn.pipeline", "Pipeline"):
         steps = [s for _, s in estimator.steps]
-        transform, width = _chain(steps[:-1], n_features)
+        pre = steps[:-1]
+        transform, width = _chain(pre, n_features)
         final_est = steps[-1]
         names = [type(s).__name__ if s is not None and not isinstance(s, str) else str(s) for s in steps]
     else:
         transform, width, final_est, names = _identity, n_features, estimator, [type(estimator).__name__]
+        pre = []
     final, classes, max_rows = _final(final_est, width)
 
     if transform is _identity:
@@ -392,6 +469,9 @@ def compile_model(estimator: Any, n_features: int) -> FastPredictor:
             t = transform(x)
             return None if t is None else final(t)
 
+    affine = _affine_path(pre, final_est, n_features, run)
+    if affine is not None:
+        return FastPredictor(" > ".join(names), n_features, classes is not None, classes, affine, max_rows)
     return FastPredictor(" > ".join(names), n_features, classes is not None, classes, run, max_rows)
 
 
