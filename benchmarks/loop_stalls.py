@@ -427,6 +427,8 @@ def summarise_sched(path: str, pid: int) -> str:
     woken: list[float] = []
     loop = f"python[{pid}]"
     last_state = "S"
+    by: dict[str, list[float]] = defaultdict(list)  # the loop's waits after a preemption, by the task that took the CPU
+    taker: str | None = None
     for line in text.splitlines()[3:]:
         parts = line.split()
         if len(parts) < 7:
@@ -436,11 +438,15 @@ def summarise_sched(path: str, pid: int) -> str:
         except ValueError:
             continue
         name = " ".join(parts[2:-4])
-        if name == loop:
-            (preempted if last_state == "R" else woken).append(wait if last_state == "R" else delay)
-            last_state = parts[-1]
         if f"[{pid}]" in name or name.endswith(f"/{pid}]"):
             name = "server " + name
+        if name == "server " + loop:
+            (preempted if last_state == "R" else woken).append(wait if last_state == "R" else delay)
+            if last_state == "R" and taker is not None:
+                by[taker].append(wait)
+            last_state, taker = parts[-1], None
+        elif last_state == "R" and taker is None:  # the first task to run on CPU 1 after the loop was preempted
+            taker = name
         tasks[name].append(run)
     lines = ["  perf sched on CPU 1 over the window: ms run per task (runs, total, longest), the heaviest first"]
     for name, runs in sorted(tasks.items(), key=lambda kv: -sum(kv[1]))[:14]:
@@ -451,6 +457,10 @@ def summarise_sched(path: str, pid: int) -> str:
             lines.append(f"  the loop thread {what}: n={len(waits)}, total {sum(waits):.1f} ms, p99 "
                          f"{waits[int(0.99 * len(waits))]:.3f} ms, max {waits[-1]:.3f} ms, "
                          f"{sum(1 for w in waits if w > 0.3)} over 0.3 ms ({sum(w for w in waits if w > 0.3):.1f} ms)")
+    if by:
+        lines.append("  its preemptions by the task that took CPU 1, the server's own threads first (n, the loop's wait: total and longest ms):")
+        for name, waits in sorted(by.items(), key=lambda kv: (not kv[0].startswith("server"), -sum(kv[1])))[:8]:
+            lines.append(f"    {name[:40]:40} n={len(waits):6d} total {sum(waits):8.2f} longest {max(waits):7.3f}")
     return "\n".join(lines)
 
 
