@@ -77,14 +77,12 @@ WRITE_PIECE_BYTES = 256 << 10
 # loop gets ~90 % of the core while both want it; whenever the loop waits for the GIL the writer
 # holds, it is not runnable, so rendering does not starve at any load.
 WRITER_NICE = 10
-# And it runs under SCHED_IDLE (Linux): the scheduler gives it the core when the loop thread waits for
-# input, and takes it back the moment the loop thread wakes (a waking normal task always preempts an
-# idle-policy one). At nice +10 alone its wake-ups after each rest could still take the core from a
-# runnable loop thread for a turn (~0.25 ms, ~15 turns a second at 20,000 rows/s). Under full load
-# it still gets ~0.3 % of the core (the idle policy's weight), and the loop waiting for a GIL it holds
-# leaves the core to it; the flush needs ~0.4 % at 20,000 rows/s, and what falls behind waits in the
-# buffer (``max_buffered_bytes``), counted as dropped only past it.
-WRITER_IDLE_POLICY = True
+# And it runs under SCHED_BATCH (Linux): the scheduler never lets its wake-ups preempt a running task, so
+# after each rest it waits for the loop thread to block on input (or for a tick) instead of taking the core
+# from a runnable loop for a turn (~0.25 ms, ~15 turns a second at 20,000 rows/s). It keeps its nice +10
+# share of the core when both want it, so it never starves (SCHED_IDLE, measured as well, did as well for
+# the loop but leaves the writer ~0.3 % of a busy core, less than a second's lines need at the maximum).
+WRITER_BATCH_POLICY = True
 
 # A batch handed to the writer: (row count, function producing the JSON-lines bytes, or the bytes
 # already rendered by ``offer_rendered``).
@@ -167,7 +165,7 @@ class JsonlLog:
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        _lower_priority(WRITER_NICE, WRITER_IDLE_POLICY)
+        _lower_priority(WRITER_NICE, WRITER_BATCH_POLICY)
         while True:
             closing = self._closing.wait(self.tick_seconds)
             self._take()
@@ -297,13 +295,13 @@ def _pieces(buffer: deque[tuple[int, bytes]], size: int) -> Iterator[bytes]:
         yield b"".join(group)
 
 
-def _lower_priority(nice: int, idle_policy: bool = False) -> None:
-    """Raise this thread's nice value by ``nice`` and, if ``idle_policy``, put it under SCHED_IDLE
-    (Linux; elsewhere, or if refused, nothing)."""
+def _lower_priority(nice: int, batch_policy: bool = False) -> None:
+    """Raise this thread's nice value by ``nice`` and, if ``batch_policy``, put it under SCHED_BATCH
+    (Linux; elsewhere, or if refused, nothing). Neither needs a privilege."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-        if idle_policy:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        if batch_policy:
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError) as exc:
         log.debug("prediction log writer keeps its priority: %s", exc)
