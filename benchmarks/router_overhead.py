@@ -190,6 +190,13 @@ def fixed_rate(url: str, rate: float, seconds: float) -> tuple[float, float, int
     return latencies[n // 2] * 1e3, latencies[min(n - 1, int(n * 0.99))] * 1e3, errors
 
 
+def finite_median(values: list[float]) -> float:
+    """The median of the numbers among ``values`` (wrk prints a p99 it cannot give as "-nan", read as
+    NaN, which ``statistics.median`` would sort anywhere); NaN when there are none."""
+    numbers = [v for v in values if v == v]
+    return statistics.median(numbers) if numbers else float("nan")
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -572,7 +579,7 @@ def measure_layout(layout: Layout, paths: dict[str, Target], procs: dict[str, in
         results[name] = PathResult(
             statistics.median(f[0] for f in rounds) if rounds else None,
             statistics.median(f[1] for f in rounds) if rounds else None,
-            statistics.median(r.rps for r in runs), statistics.median(r.p99_ms for r in runs),
+            statistics.median(r.rps for r in runs), finite_median([r.p99_ms for r in runs]),
             statistics.median(r.server_cpu_10k for r in runs), statistics.median(r.proxy_cpu_10k for r in runs),
             statistics.median(r.generator_cpu_10k for r in runs),
             {cpu: statistics.median(r.cpu_load.get(cpu, 0.0) for r in runs) for cpu in (0, 1)},

@@ -119,3 +119,10 @@ def test_shadow_only_says_the_table_goals_are_not_decided_and_no_router_pair_dec
     nginx_only = bench.goal_lines({}, _pairs()[2:], bench.LAYOUTS[0].name, 500)
     assert nginx_only[-1].startswith("shadow: no router pair measured")
     assert bench.deciding_pair(_pairs()[:1]).mirror_when == "answered"  # the only router: it decides
+
+
+def test_a_saturation_p99_wrk_could_not_give_is_left_out_of_the_median() -> None:
+    nan = float("nan")
+    assert bench.finite_median([1.2, nan, 1.4]) == pytest.approx(1.3)
+    assert bench.finite_median([nan, 0.9, 1.1, 1.0]) == pytest.approx(1.0)
+    assert bench.finite_median([nan]) != bench.finite_median([nan])  # NaN: none to take
