@@ -107,8 +107,15 @@ def _ms(text: str) -> float:
 def wrk(url: str, script: str, connections: int, seconds: float, cpus: str = "0") -> WrkResult:
     out = subprocess.run([*taskset(cpus), require_wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency",
                           "-s", script, url], check=True, capture_output=True, text=True).stdout
-    rps_match, p50_match, p99_match = (re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"50%\s+(\S+)", out),
-                                       re.search(r"99%\s+(\S+)", out))
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """wrk's ``--latency`` output read: req/s, the distribution's 50 % and 99 % lines (anchored at a line's
+    start: the thread stats' "+/- Stdev" column, e.g. "71.99%", also ends in "99%"), and the errors."""
+    rps_match, p50_match, p99_match = (re.search(r"Requests/sec:\s+([\d.]+)", out),
+                                       re.search(r"^\s*50%\s+(\S+)", out, re.MULTILINE),
+                                       re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE))
     if rps_match is None or p50_match is None or p99_match is None:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     rps, p50, p99 = float(rps_match.group(1)), _ms(p50_match.group(1)), _ms(p99_match.group(1))
