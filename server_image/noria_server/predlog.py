@@ -82,7 +82,6 @@ WRITER_NICE = 10
 # from a runnable loop for a turn (~0.25 ms, ~15 turns a second at 20,000 rows/s). It keeps its nice +10
 # share of the core when both want it, so it never starves (SCHED_IDLE, measured as well, did as well for
 # the loop but leaves the writer ~0.3 % of a busy core, less than a second's lines need at the maximum).
-WRITER_BATCH_POLICY = True
 
 # A batch handed to the writer: (row count, function producing the JSON-lines bytes, or the bytes
 # already rendered by ``offer_rendered``).
@@ -165,7 +164,7 @@ class JsonlLog:
 
     # --- writer thread -----------------------------------------------------------------------
     def _run(self) -> None:
-        _lower_priority(WRITER_NICE, WRITER_BATCH_POLICY)
+        _lower_priority(WRITER_NICE)
         while True:
             closing = self._closing.wait(self.tick_seconds)
             self._take()
@@ -295,13 +294,12 @@ def _pieces(buffer: deque[tuple[int, bytes]], size: int) -> Iterator[bytes]:
         yield b"".join(group)
 
 
-def _lower_priority(nice: int, batch_policy: bool = False) -> None:
-    """Raise this thread's nice value by ``nice`` and, if ``batch_policy``, put it under SCHED_BATCH
-    (Linux; elsewhere, or if refused, nothing). Neither needs a privilege."""
+def _lower_priority(nice: int) -> None:
+    """Raise this thread's nice value by ``nice`` and put it under SCHED_BATCH (Linux; elsewhere, or if
+    refused, nothing). Neither needs a privilege."""
     try:
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-        if batch_policy:
-            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError) as exc:
         log.debug("prediction log writer keeps its priority: %s", exc)
