@@ -1,6 +1,6 @@
 """Noria's model server vs MLServer 1.7.1 at fixed offered rates (open loop), beside the saturation run.
 
-    .venv/bin/python benchmarks/server_latency.py [--seconds 10 --models logistic,hgb --profile]
+    .venv/bin/python benchmarks/server_latency.py [--seconds 10 --runs 3 --models logistic,hgb --profile]
 
 For each model (the two of ``server_vs_mlserver.py``, same request, same pinning: generator on
 CPU 0, server on CPU 1, one native thread), each server is first driven to saturation with wrk
@@ -15,6 +15,12 @@ schedule near 5,000 req/s. It reports how late it sent (``late p99``), which eve
 servers includes: a run where it is large measured the generator.
 Noria runs with its defaults: drift counting and the prediction log on.
 
+``--runs N`` (3: BENCHMARKS.md's median of three) repeats the whole sequence N times, fresh servers and
+their own saturation each time, models interleaved run by run. At the end, per model, a summary of
+the medians over runs, and issue 19's goals decided from them (``goal_lines``: rows in, lines out),
+each met / NOT met with every run's figure; a row whose generator was late beyond
+``LATE_P99_BOUND_MS`` (p99) is left out of the medians and named.
+
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
 system time of the server process tree from /proc). ``--profile`` adds Noria's GC pauses per generation (count, mean, p99 bucket) after each of its runs,
 and its own view of the 80 %
@@ -27,10 +33,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,15 +214,189 @@ def profile_noria(kind: str, proc: subprocess.Popen, url: str, rate: float, seco
     print(f"[{kind}] py-spy (own samples by function, same run):\n{top}")
 
 
+# --- the decision: rows of every run in, summary and goal lines out (pure) --------------------------
+LABELS = tuple(f"{f * 100:g} %" for f in FRACTIONS) + ("shared rate",)  # a server's rows, in order, every run
+GOAL_ROW = FRACTIONS.index(0.8)
+GOAL_P99_OVER_P50 = 3.0  # issue 19, at 80 % of Noria's own maximum, both models
+GOAL_P999_OVER_P50 = 10.0
+GOAL_SHARED_P99_RATIO = 0.5  # Noria's p99 / MLServer's at a rate both sustain
+# A row whose generator sent its requests late by more than this (p99) is left out of the medians: that
+# lateness sits inside every latency of the row. Quiet runs of this generator show 0.10-0.25 ms; the noisy
+# rows that misled earlier passes 1.47 and 3.12 ms. Noria's p50 at 80 % is 0.37-0.53 ms, so its 3x goal
+# allows a p99 of ~1.1-1.6 ms: a generator late by 0.5 ms at its p99 already owns a third of that, and by
+# 1 ms most of it, so above 0.5 ms the row measured the generator as much as the server.
+LATE_P99_BOUND_MS = 0.5
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One run of one model: each server's wrk maximum, and its rows (``LABELS``: 25/50/80 % of its own
+    maximum, then the shared rate)."""
+
+    maxima: dict[str, float]
+    rows: dict[str, list[RateResult]]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure over the runs: every run's value with why it was left out (None: kept), and the median
+    of the kept ones (None when none was kept)."""
+
+    per_run: list[tuple[float, str | None]]
+
+    @property
+    def median(self) -> float | None:
+        kept = [v for v, why in self.per_run if why is None]
+        return statistics.median(kept) if kept else None
+
+    def runs(self, why_out: bool = True) -> str:
+        """Every run's value, a left-out one marked with its reason (or just ``out``)."""
+        return ", ".join(f"{v:.2f}" + ((f" [excluded: {why}]" if why_out else " out") if why else "")
+                         for v, why in self.per_run)
+
+
+def figure(runs: list[ModelRun], servers: tuple[str, ...], row: int,
+           value: Callable[..., float]) -> Figure:
+    """``value`` of the ``row``-th rows of ``servers`` in every run; a run is left out when the generator was
+    late beyond ``LATE_P99_BOUND_MS`` in any of those rows."""
+    per_run = []
+    for run in runs:
+        rows = [run.rows[s][row] for s in servers]
+        slow = [f"{s}'s generator late p99 {r.late_p99_ms:.2f} ms > {LATE_P99_BOUND_MS:g} ms" for s, r in zip(servers, rows,
+                                                                                             strict=True)
+                if r.late_p99_ms > LATE_P99_BOUND_MS]
+        per_run.append((value(*rows), "; ".join(slow) or None))
+    return Figure(per_run)
+
+
+def _p99_over_p50(r: RateResult) -> float:
+    return r.p99_ms / r.p50_ms
+
+
+def _p999_over_p50(r: RateResult) -> float:
+    return r.p999_ms / r.p50_ms
+
+
+def _p99_vs(r: RateResult, peer: RateResult) -> float:
+    return r.p99_ms / peer.p99_ms
+
+
+def _ms(f: Figure) -> str:
+    return f"{f.median:8.2f}" if f.median is not None else f"{'-':>8}"
+
+
+def summary_lines(kind: str, runs: list[ModelRun]) -> list[str]:
+    """Per server other than MLServer and per row: the medians over the kept runs of p50, p99, p99.9 and the
+    two ratios (every run's ratio in brackets), and at the shared rate MLServer's p99 and the ratio to it."""
+    servers = list(runs[0].maxima)
+    lines = [f"[{kind}] {len(runs)} runs, medians (every run in brackets); saturation (wrk -c16): "
+             + ", ".join(f"{s} {statistics.median(r.maxima[s] for r in runs):.0f} req/s "
+                         f"({', '.join(f'{r.maxima[s]:.0f}' for r in runs)})" for s in servers),
+             f"  {'server':8} {'row':11} {'offered':>8} {'kept':>4} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8}  "
+             "p99/p50 (runs); p99.9/p50 (runs)"]
+    for server in (s for s in servers if s != "MLServer"):
+        for i, label in enumerate(LABELS):
+            figures = [figure(runs, (server,), i, lambda r, a=attr: getattr(r, a))
+                       for attr in ("offered", "p50_ms", "p99_ms", "p999_ms")]
+            kept = sum(why is None for _, why in figures[0].per_run)
+            r99, r999 = (figure(runs, (server,), i, fn) for fn in (_p99_over_p50, _p999_over_p50))
+            line = (f"  {server:8} {label:11} {statistics.median(v for v, _ in figures[0].per_run):8.0f} "
+                    f"{kept:>2}/{len(runs)} {_ms(figures[1])} {_ms(figures[2])} {_ms(figures[3])}  "
+                    f"{_x(r99)} ({r99.runs(False)}); {_x(r999)} ({r999.runs(False)})")
+            if label == "shared rate" and "MLServer" in servers:
+                ml = figure(runs, ("MLServer",), i, lambda r: r.p99_ms)
+                ratio = figure(runs, (server, "MLServer"), i, _p99_vs)
+                line += (f"; MLServer p99 {_ms(ml).strip()} ms, {server}/MLServer p99 {_x(ratio, '')} "
+                         f"({ratio.runs(False)})")
+            lines.append(line)
+    return lines
+
+
+def _x(f: Figure, unit: str = "x") -> str:
+    return f"{f.median:.2f}{unit}" if f.median is not None else "-"
+
+
+def _verdict(f: Figure, bound: float) -> str:
+    if f.median is None:
+        return "not decided: every run excluded"
+    return "met" if f.median <= bound else "NOT met"
+
+
+def goal_lines(kind: str, runs: list[ModelRun]) -> list[str]:
+    """Issue 19's goals for Noria from the medians of the kept runs: at 80 % of its own maximum p99/p50 <= 3
+    and p99.9/p50 <= 10; at the shared rate (when MLServer ran) its p99 at most half of MLServer's. Each is
+    the median of the per-run ratios, e.g. Noria's 80 % rows at 2.3x, 3.6x and 2.0x give
+    ``goal [hgb] 80 %: p99/p50 2.30x (runs 2.30, 3.60, 2.00) <= 3: met``; a bound is met when equalled."""
+    lines = []
+    for name, fn, bound in (("p99/p50", _p99_over_p50, GOAL_P99_OVER_P50),
+                            ("p99.9/p50", _p999_over_p50, GOAL_P999_OVER_P50)):
+        f = figure(runs, ("Noria",), GOAL_ROW, fn)
+        lines.append(f"goal [{kind}] {LABELS[GOAL_ROW]}: {name} {_x(f)} (runs {f.runs()}) <= {bound:g}: "
+                     f"{_verdict(f, bound)}")
+    shared = len(LABELS) - 1
+    if "MLServer" not in runs[0].rows:
+        lines.append(f"goal [{kind}] shared rate: MLServer not run (--skip-mlserver): not decided")
+        return lines
+    f = figure(runs, ("Noria", "MLServer"), shared, _p99_vs)
+    rate = statistics.median(run.rows["Noria"][shared].offered for run in runs)
+    lines.append(f"goal [{kind}] shared rate {rate:.0f} req/s: Noria p99 / MLServer p99 {_x(f, '')} "
+                 f"(runs {f.runs()}) <= {GOAL_SHARED_P99_RATIO:g}: {_verdict(f, GOAL_SHARED_P99_RATIO)}")
+    return lines
+
+
 # --- main ----------------------------------------------------------------------------------------
+HEADER = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
+          f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'late p99':>8}")
+
+
+def run_model(kind: str, saved, joblib_path: Path, python: Path | None,  # type: ignore[no-untyped-def]
+              work: Path, args: argparse.Namespace, profile_now: bool) -> ModelRun:
+    """One run of one model: fresh servers, each one's wrk maximum, then its four open-loop rows (servers
+    interleaved row by row, so a change in machine load hits all of them)."""
+    servers = {}
+    try:
+        if python is not None:
+            servers["MLServer"] = start_mlserver(python, work, kind, joblib_path)
+        servers["Noria"] = start_noria(work, kind, saved)
+        if args.baseline is not None:
+            servers["Baseline"] = start_noria(work, kind, saved, args.baseline)
+        maxima = {name: measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
+                  for name, (_, url) in servers.items()}
+        print(f"[{kind}] saturation (wrk -c16): " + ", ".join(f"{n} {v:.0f} req/s" for n, v in maxima.items()))
+        print(HEADER)
+        rows: dict[str, list[RateResult]] = {}
+        shared = SHARED_FRACTION_OF_MLSERVER * maxima.get("MLServer", maxima["Noria"])
+        plans = {name: [f * maxima[name] for f in FRACTIONS] + [shared] for name in servers}
+        for step in range(len(LABELS)):
+            for name, (proc, url) in servers.items():
+                gc_before = scrape(url) if args.profile and name != "MLServer" else None
+                r = run_rate(proc, url, plans[name][step], args.seconds)
+                rows.setdefault(name, []).append(r)
+                print(f"  {name:8} {r.row()}", flush=True)
+                if gc_before is not None:
+                    print(f"  {'':8} {gc_pauses(gc_before, scrape(url))}", flush=True)
+        if "MLServer" in rows:
+            print(f"  shared rate {shared:.0f} req/s: Noria p99 / MLServer p99 = "
+                  f"{rows['Noria'][-1].p99_ms / rows['MLServer'][-1].p99_ms:.2f}")
+        if profile_now:
+            proc, url = servers["Noria"]
+            profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")
+        return ModelRun(maxima, rows)
+    finally:
+        for proc, _ in servers.values():
+            stop(proc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per offered rate")
     parser.add_argument("--saturation-seconds", type=float, default=8)
+    parser.add_argument("--runs", type=int, default=3, help="whole runs (each its own saturation and rates, "
+                        "models interleaved run by run); the goals are decided from the medians")
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--skip-mlserver", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %%, "
-                        "and its GC pauses per generation at every rate")
+    parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %% "
+                        "in the last run, and its GC pauses per generation at every rate")
     parser.add_argument("--baseline", type=Path, help="also run the server of another checkout (e.g. `git archive "
                         "<commit> server_image | tar -x -C DIR`) as 'Baseline', interleaved with this one")
     args = parser.parse_args()
@@ -226,66 +408,46 @@ def main() -> None:
     python = None if args.skip_mlserver else ensure_venv(MLSERVER_VENV, MLSERVER_PACKAGES,
                                                          [f"scikit-learn=={sklearn.__version__}"])
     work = Path(tempfile.mkdtemp(prefix="noria-latency-"))
-    header = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
-              f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'late p99':>8}")
-    summary = []
+    kinds = args.models.split(",")
+    runs: dict[str, list[ModelRun]] = {kind: [] for kind in kinds}
     try:
-        for kind in args.models.split(","):
+        import joblib
+
+        models = {}
+        for kind in kinds:  # trained once, before anything is timed
             model_dir = work / "store" / "bench" / kind / "model"
             saved = train_and_save(kind, str(model_dir), rows=5000)  # type: ignore[arg-type]
-            import joblib
-
-            joblib_path = model_dir / "model.joblib"
-            joblib.dump(saved.estimator, joblib_path)
-            servers = {}
-            if python is not None:
-                servers["MLServer"] = start_mlserver(python, work, kind, joblib_path)
-            servers["Noria"] = start_noria(work, kind, saved)
-            if args.baseline is not None:
-                servers["Baseline"] = start_noria(work, kind, saved, args.baseline)
-            try:
-                maxima = {name: measure(url, payload(), 16, 2, args.saturation_seconds, 1).rps
-                          for name, (_, url) in servers.items()}
-                print(f"[{kind}] saturation (wrk -c16): " + ", ".join(f"{n} {v:.0f} req/s" for n, v in maxima.items()))
-                print(header)
-                results: dict[str, list[RateResult]] = {}
-                shared = SHARED_FRACTION_OF_MLSERVER * maxima.get("MLServer", maxima["Noria"])
-                plans = {name: [f * maxima[name] for f in FRACTIONS] + [shared] for name in servers}
-                for step in range(len(FRACTIONS) + 1):  # servers interleaved: a change in machine load hits all
-                    for name, (proc, url) in servers.items():
-                        gc_before = scrape(url) if args.profile and name != "MLServer" else None
-                        r = run_rate(proc, url, plans[name][step], args.seconds)
-                        results.setdefault(name, []).append(r)
-                        print(f"  {name:8} {r.row()}", flush=True)
-                        if gc_before is not None:
-                            print(f"  {'':8} {gc_pauses(gc_before, scrape(url))}", flush=True)
-                if args.profile:
-                    proc, url = servers["Noria"]
-                    profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")
-                summary.append((kind, maxima, results))
-            finally:
-                for proc, _ in servers.values():
-                    stop(proc)
-        print_summary(summary, args, load_before)
+            joblib.dump(saved.estimator, model_dir / "model.joblib")
+            models[kind] = (saved, model_dir / "model.joblib")
+        for n in range(args.runs):
+            for kind in kinds:
+                print(f"\n# run {n + 1}/{args.runs}, {kind} ({uptime()})", flush=True)
+                runs[kind].append(run_model(kind, *models[kind], python, work, args,
+                                            args.profile and n == args.runs - 1))
+        print_summary(runs, args, load_before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def print_summary(summary: list, args: argparse.Namespace, load_before: str) -> None:  # type: ignore[type-arg]
-    print(f"\n## Open-loop latency at fixed offered rates ({args.seconds:g}s each), generator CPU 0, server CPU 1")
-    for kind, maxima, results in summary:
-        print(f"[{kind}] saturation: " + ", ".join(f"{n} {v:.0f} req/s" for n, v in maxima.items()))
-        for name, rows in results.items():
-            labels = [f"{f:.0%} of own max" for f in FRACTIONS] + ["shared rate"]
-            for label, r in zip(labels, rows, strict=True):
-                print(f"  {name:8} {label:16} {r.row()}")
-        if "MLServer" in results:
-            noria, ml = results["Noria"][-1], results["MLServer"][-1]
-            print(f"  shared rate {noria.offered:.0f} req/s: Noria p99 / MLServer p99 = "
-                  f"{noria.p99_ms / ml.p99_ms:.2f}")
+def print_summary(runs: dict[str, list[ModelRun]], args: argparse.Namespace, load_before: str) -> None:
+    print(f"\n## Open-loop latency at fixed offered rates ({args.seconds:g}s each, {args.runs} runs), "
+          "generator CPU 0, server CPU 1")
+    for kind, model_runs in runs.items():
+        for n, run in enumerate(model_runs, 1):
+            print(f"[{kind}] run {n}, saturation: " + ", ".join(f"{s} {v:.0f} req/s" for s, v in run.maxima.items()))
+            for name, rows in run.rows.items():
+                for label, r in zip(LABELS, rows, strict=True):
+                    print(f"  {name:8} {label:16} {r.row()}")
     print("  columns: offered req/s, answered share, p50, p99, p99.9 (ms from the scheduled send), "
           "p99/p50, p99.9/p50, server CPU s per 10,000 answers, p99 of how late the generator sent (ms; "
           "part of every latency, so a run where it is large says the generator, not the server, was slow)")
+    print(f"\n## Summary: medians over the runs; a row whose generator late p99 > {LATE_P99_BOUND_MS:g} ms is "
+          "left out of them (kept = runs counted)")
+    for kind, model_runs in runs.items():
+        print("\n".join(summary_lines(kind, model_runs)))
+    print("\n## Issue 19's goals (Noria, from the medians above)")
+    for kind, model_runs in runs.items():
+        print("\n".join(goal_lines(kind, model_runs)))
     print("  Noria: defaults (drift counting on, prediction log on to a local store); MLServer 1.7.1 "
           "parallel_workers 0; both taskset -c 1, one native thread")
     print(f"  Load before: {load_before}")
