@@ -166,7 +166,7 @@ def _online_features(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: they load NumPy, which must come after _limit_native_threads.
-    from .model import DEFAULT_BATCH_BUDGET_MS
+    from .model import DEFAULT_BATCH_BUDGET_MS, DEFAULT_BATCH_HOLD_US
     from .predlog import DEFAULT_FLUSH_SECONDS
 
     env = os.environ.get
@@ -197,6 +197,10 @@ def parser() -> argparse.ArgumentParser:
                    default=float(env("NORIA_BATCH_BUDGET_MS", str(DEFAULT_BATCH_BUDGET_MS))),
                    help="what batching may add to one predict call; the batch size adapts to it "
                         f"(default {DEFAULT_BATCH_BUDGET_MS}) [NORIA_BATCH_BUDGET_MS]")
+    s.add_argument("--batch-hold-us", type=float,
+                   default=float(env("NORIA_BATCH_HOLD_US", str(DEFAULT_BATCH_HOLD_US))),
+                   help="longest hold of a small batch when the loop is near its maximum, 0..1000 µs, 0 = never "
+                        f"(default {DEFAULT_BATCH_HOLD_US}) [NORIA_BATCH_HOLD_US]")
     s.add_argument("--log-flush-seconds", type=float,
                    default=float(env("NORIA_LOG_FLUSH_SECONDS", str(DEFAULT_FLUSH_SECONDS))),
                    help="one prediction-log object per this many seconds "
@@ -280,7 +284,7 @@ def serve_settings(args: argparse.Namespace, feedback_token: bearer.BearerToken 
         namespace=args.namespace, pipeline=args.pipeline, pod=args.pod, prediction_log=args.prediction_log,
         log_flush_seconds=args.log_flush_seconds, feature_counting=args.feature_counting,
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batch_budget_ms=args.batch_budget_ms,
-        http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
+        batch_hold_us=args.batch_hold_us, http=_http_limits(args), feedback_ledger_bytes=args.feedback_ledger_bytes,
         feedback_retention_seconds=args.feedback_retention_seconds,
         feedback_max_abs_label=args.feedback_max_abs_label, feedback_token=feedback_token,
         drain_seconds=args.drain_seconds, failure_exit_seconds=args.failure_exit_seconds,

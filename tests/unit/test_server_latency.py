@@ -54,15 +54,16 @@ def test_batch_budget_and_log_flush_come_from_flags_and_environment(monkeypatch:
 
     required = ["serve", "--artifact", "file:///m", "--digest", "sha256:0", "--model", "m", "--version", "m-v1"]
     defaults = cli.serve_settings(cli.parser().parse_args(required), None)
-    assert (defaults.batch_budget_ms, defaults.log_flush_seconds) == (
-        ServeSettings.batch_budget_ms, ServeSettings.log_flush_seconds)
+    assert (defaults.batch_budget_ms, defaults.log_flush_seconds, defaults.batch_hold_us) == (
+        ServeSettings.batch_budget_ms, ServeSettings.log_flush_seconds, ServeSettings.batch_hold_us)
     monkeypatch.setenv("NORIA_BATCH_BUDGET_MS", "7.5")
     monkeypatch.setenv("NORIA_LOG_FLUSH_SECONDS", "4")
+    monkeypatch.setenv("NORIA_BATCH_HOLD_US", "80")
     from_env = cli.serve_settings(cli.parser().parse_args(required), None)
-    assert (from_env.batch_budget_ms, from_env.log_flush_seconds) == (7.5, 4.0)
-    flags = [*required, "--batch-budget-ms", "3", "--log-flush-seconds", "0.5"]
+    assert (from_env.batch_budget_ms, from_env.log_flush_seconds, from_env.batch_hold_us) == (7.5, 4.0, 80.0)
+    flags = [*required, "--batch-budget-ms", "3", "--log-flush-seconds", "0.5", "--batch-hold-us", "0"]
     from_flags = cli.serve_settings(cli.parser().parse_args(flags), None)  # flags win over the environment
-    assert (from_flags.batch_budget_ms, from_flags.log_flush_seconds) == (3.0, 0.5)
+    assert (from_flags.batch_budget_ms, from_flags.log_flush_seconds, from_flags.batch_hold_us) == (3.0, 0.5, 0.0)
 
 
 def test_fast_histogram_buckets_are_inclusive_upper_bounds() -> None:
