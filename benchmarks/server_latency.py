@@ -377,7 +377,7 @@ def run_model(kind: str, saved, joblib_path: Path, python: Path | None,  # type:
                     print(f"  {'':8} {gc_pauses(gc_before, scrape(url))}", flush=True)
         if "MLServer" in rows:
             print(f"  shared rate {shared:.0f} req/s: Noria p99 / MLServer p99 = "
-                  f"{rows['Noria'][-1].p99_ms / rows['MLServer'][-1].p99_ms:.2f}")
+                  f"{_p99_vs(rows['Noria'][-1], rows['MLServer'][-1]):.2f}")
         if profile_now:
             proc, url = servers["Noria"]
             profile_noria(kind, proc, url, 0.8 * maxima["Noria"], args.seconds, work / f"py-spy-{kind}.txt")
