@@ -19,7 +19,10 @@ Noria runs with its defaults: drift counting and the prediction log on.
 their own saturation each time, models interleaved run by run. At the end, per model, a summary of
 the medians over runs, and issue 19's goals decided from them (``goal_lines``: rows in, lines out),
 each met / NOT met with every run's figure; a row whose generator was late beyond
-``LATE_P99_BOUND_MS`` (p99) is left out of the medians and named.
+``LATE_P99_BOUND_MS`` (p99) is left out of the medians and named, and so is a whole model run around which
+the servers' CPU did not keep one speed: ``core_probe.py`` samples a fixed piece of work on CPU 1 for
+``--probe-seconds`` (5) before and after each model run, servers stopped, and a spread (p90/p10 of its CPU
+times) above ``CORE_SPREAD_BOUND`` says the host ran that core at two speeds, so no fixed rate was "80 %".
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
 system time of the server process tree from /proc). ``--profile`` adds Noria's GC pauses per generation (count, mean, p99 bucket) after each of its runs,
@@ -31,6 +34,7 @@ per stage), and, when ``py-spy`` is installed, a sampling profile of that run (t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -45,6 +49,7 @@ from pathlib import Path
 import sklearn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import core_probe  # noqa: E402
 from noria import metrics as m  # noqa: E402
 from noria_server.launch import free_port  # noqa: E402
 from noria_server.reference_models import train_and_save  # noqa: E402
@@ -65,6 +70,7 @@ from serving_bench import (  # noqa: E402
 )
 
 FRACTIONS = (0.25, 0.5, 0.8)
+SERVER_CPU = "1"  # serving_bench.start pins every server here
 SHARED_FRACTION_OF_MLSERVER = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -226,6 +232,12 @@ GOAL_SHARED_P99_RATIO = 0.5  # Noria's p99 / MLServer's at a rate both sustain
 # allows a p99 of ~1.1-1.6 ms: a generator late by 0.5 ms at its p99 already owns a third of that, and by
 # 1 ms most of it, so above 0.5 ms the row measured the generator as much as the server.
 LATE_P99_BOUND_MS = 0.5
+# A run is left out, too, when the servers' CPU did not keep one speed around it: ``core_probe.spread`` (the
+# 90th percentile of a fixed piece of work's CPU time over its 10th, sampled with the servers stopped just
+# before and after the run) above this. A steady core gives ~1.0-1.1; the shared machines of 4 December 2026
+# gave 1.7-2.0, flipping between two speeds within a second or two, so an "80 %" rate set by a maximum
+# measured in a fast moment was ~130 % of the core in a slow one, for any server.
+CORE_SPREAD_BOUND = 1.25
 
 
 @dataclass(frozen=True)
@@ -235,6 +247,7 @@ class ModelRun:
 
     maxima: dict[str, float]
     rows: dict[str, list[RateResult]]
+    core_spread: float | None = None  # core_probe.spread around the run; None: not probed
 
 
 @dataclass(frozen=True)
@@ -258,14 +271,17 @@ class Figure:
 def figure(runs: list[ModelRun], servers: tuple[str, ...], row: int,
            value: Callable[..., float]) -> Figure:
     """``value`` of the ``row``-th rows of ``servers`` in every run; a run is left out when the generator was
-    late beyond ``LATE_P99_BOUND_MS`` in any of those rows."""
+    late beyond ``LATE_P99_BOUND_MS`` in any of those rows, or when the servers' core changed speed around it
+    (``core_spread`` above ``CORE_SPREAD_BOUND``)."""
     per_run = []
     for run in runs:
         rows = [run.rows[s][row] for s in servers]
-        slow = [f"{s}'s generator late p99 {r.late_p99_ms:.2f} ms > {LATE_P99_BOUND_MS:g} ms" for s, r in zip(servers, rows,
-                                                                                             strict=True)
-                if r.late_p99_ms > LATE_P99_BOUND_MS]
-        per_run.append((value(*rows), "; ".join(slow) or None))
+        why = [f"{s}'s generator late p99 {r.late_p99_ms:.2f} ms > {LATE_P99_BOUND_MS:g} ms" for s, r in zip(servers, rows,
+                                                                                            strict=True)
+               if r.late_p99_ms > LATE_P99_BOUND_MS]
+        if run.core_spread is not None and run.core_spread > CORE_SPREAD_BOUND:
+            why.append(f"the servers' core changed speed, spread {run.core_spread:.2f} > {CORE_SPREAD_BOUND:g}")
+        per_run.append((value(*rows), "; ".join(why) or None))
     return Figure(per_run)
 
 
@@ -387,6 +403,25 @@ def run_model(kind: str, saved, joblib_path: Path, python: Path | None,  # type:
             stop(proc)
 
 
+def probe_core(seconds: float, work: Path) -> list[int]:
+    """``core_probe`` samples of the servers' CPU (1) over ``seconds``, no server running; none for 0."""
+    return core_probe.sample(SERVER_CPU, seconds, work / "core-probe.txt") if seconds > 0 else []
+
+
+def probed(kind: str, run: ModelRun, samples: list[int]) -> ModelRun:
+    """``run`` with the spread of the probe's ``samples`` around it, printed."""
+    spread = core_probe.spread(samples)
+    if spread is None:
+        return run
+    deciles = statistics.quantiles(samples, n=10)
+    verdict = (f"> {CORE_SPREAD_BOUND:g}: this run is left out of the medians" if spread > CORE_SPREAD_BOUND
+               else f"<= {CORE_SPREAD_BOUND:g}: steady")
+    print(f"[{kind}] the servers' CPU around this run (core_probe.py, servers stopped, {len(samples)} samples of the "
+          f"same work): p10 {deciles[0] / 1e6:.2f} ms, p90 {deciles[-1] / 1e6:.2f} ms, spread {spread:.2f} {verdict}",
+          flush=True)
+    return dataclasses.replace(run, core_spread=spread)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="per offered rate")
@@ -395,6 +430,8 @@ def main() -> None:
                         "models interleaved run by run); the goals are decided from the medians")
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--probe-seconds", type=float, default=5, help="sample the servers' CPU speed this long "
+                        "before and after each model run (core_probe.py; 0: no probe, no run left out for it)")
     parser.add_argument("--profile", action="store_true", help="Noria's stage histograms (+ py-spy) at 80 %% "
                         "in the last run, and its GC pauses per generation at every rate")
     parser.add_argument("--baseline", type=Path, help="also run the server of another checkout (e.g. `git archive "
@@ -422,8 +459,9 @@ def main() -> None:
         for n in range(args.runs):
             for kind in kinds:
                 print(f"\n# run {n + 1}/{args.runs}, {kind} ({uptime()})", flush=True)
-                runs[kind].append(run_model(kind, *models[kind], python, work, args,
-                                            args.profile and n == args.runs - 1))
+                before = probe_core(args.probe_seconds, work)
+                run = run_model(kind, *models[kind], python, work, args, args.profile and n == args.runs - 1)
+                runs[kind].append(probed(kind, run, before + probe_core(args.probe_seconds, work)))
         print_summary(runs, args, load_before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -441,8 +479,8 @@ def print_summary(runs: dict[str, list[ModelRun]], args: argparse.Namespace, loa
     print("  columns: offered req/s, answered share, p50, p99, p99.9 (ms from the scheduled send), "
           "p99/p50, p99.9/p50, server CPU s per 10,000 answers, p99 of how late the generator sent (ms; "
           "part of every latency, so a run where it is large says the generator, not the server, was slow)")
-    print(f"\n## Summary: medians over the runs; a row whose generator late p99 > {LATE_P99_BOUND_MS:g} ms is "
-          "left out of them (kept = runs counted)")
+    print(f"\n## Summary: medians over the runs; a row whose generator late p99 > {LATE_P99_BOUND_MS:g} ms, or "
+          f"a run whose servers' CPU spread > {CORE_SPREAD_BOUND:g}, is left out of them (kept = runs counted)")
     for kind, model_runs in runs.items():
         print("\n".join(summary_lines(kind, model_runs)))
     print("\n## Issue 19's goals (Noria, from the medians above)")

@@ -19,14 +19,15 @@ def _row(offered: float, p99: float = 1.0, p999: float = 2.0, late: float = 0.2)
 
 
 def _run(ratio: float = 2.0, ratio999: float = 4.0, late: float = 0.2, shared: float = 1.0, ml: float = 4.0,
-         ml_late: float = 0.2, servers: tuple[str, ...] = ("MLServer", "Noria")) -> bench.ModelRun:
+         ml_late: float = 0.2, servers: tuple[str, ...] = ("MLServer", "Noria"),
+         core_spread: float | None = None) -> bench.ModelRun:
     """One run: Noria's 80 % row at p99/p50 ``ratio`` (generator late ``late``), its shared-rate p99
     ``shared`` against MLServer's ``ml``; a Baseline, when asked for, copies Noria's rows."""
     noria = [_row(2500), _row(5000), _row(8000, ratio * P50, ratio999 * P50, late), _row(500, shared)]
     rows = {"MLServer": [_row(250), _row(500), _row(800), _row(500, ml, late=ml_late)], "Noria": noria,
             "Baseline": list(noria)}
     maxima = {"MLServer": 1000.0, "Noria": 10000.0, "Baseline": 10000.0}
-    return bench.ModelRun({s: maxima[s] for s in servers}, {s: rows[s] for s in servers})
+    return bench.ModelRun({s: maxima[s] for s in servers}, {s: rows[s] for s in servers}, core_spread)
 
 
 def _goal(lines: list[str], what: str) -> str:
@@ -99,3 +100,45 @@ def test_the_summary_leaves_a_late_row_out_of_its_medians_and_counts_the_kept_ru
     runs = [_run(ratio=2.0), _run(ratio=9.0, late=3.0), _run(ratio=4.0)]
     (row,) = [line for line in bench.summary_lines("hgb", runs) if line.split()[:2] == ["Noria", "80"]]
     assert " 2/3 " in row and "3.00x (2.00, 9.00 out, 4.00)" in row
+
+
+@pytest.mark.parametrize(("spreads", "expected"), [
+    # a run around which the core ran at two speeds is left out of every goal's median, and named
+    ((1.05, 1.9, 1.1), "p99/p50 2.50x (runs 2.00, 9.00 [excluded: the servers' core changed speed, spread 1.90 > "
+                       "1.25], 3.00) <= 3: met"),
+    # the bound itself is steady enough; no probe (None) leaves the run in
+    ((1.25, None, 1.0), "p99/p50 3.00x (runs 2.00, 9.00, 3.00) <= 3: met"),
+    ((1.26, 1.3, 2.0), "p99/p50 - (runs 2.00 [excluded: the servers' core changed speed, spread 1.26 > 1.25], "
+                       "9.00 [excluded: the servers' core changed speed, spread 1.30 > 1.25], 3.00 [excluded: the "
+                       "servers' core changed speed, spread 2.00 > 1.25]) <= 3: not decided: every run excluded"),
+])
+def test_a_run_whose_core_changed_speed_is_left_out(spreads: tuple[float | None, ...], expected: str) -> None:
+    runs = [_run(ratio=r, core_spread=c) for r, c in zip((2.0, 9.0, 3.0), spreads, strict=True)]
+    assert _goal(bench.goal_lines("hgb", runs), "p99/p50") == f"goal [hgb] 80 %: {expected}"
+
+
+def test_a_run_whose_core_changed_speed_is_left_out_of_the_shared_rate_too() -> None:
+    runs = [_run(shared=s, core_spread=c) for s, c in ((1.0, 1.0), (3.0, 1.8), (1.6, 1.1))]
+    line = _goal(bench.goal_lines("hgb", runs), "shared rate")
+    assert line.endswith("0.33 (runs 0.25, 0.75 [excluded: the servers' core changed speed, spread 1.80 > 1.25], "
+                         "0.40) <= 0.5: met")
+
+
+@pytest.mark.parametrize(("samples", "expected"), [
+    ([1000] * 20, 1.0),  # one speed
+    ([1000] * 10 + [2000] * 10, 2.0),  # two speeds, half the time each
+    ([1000] * 19 + [5000], 1.0),  # one slow sample in twenty is not a second speed
+])
+def test_the_core_spread_is_the_90th_percentile_over_the_10th(samples: list[int], expected: float) -> None:
+    assert bench.core_probe.spread(samples) == pytest.approx(expected)
+
+
+def test_too_few_samples_give_no_spread() -> None:
+    assert bench.core_probe.spread([1000] * 9) is None
+
+
+def test_the_probe_samples_the_core_from_a_process_of_its_own(tmp_path: Path) -> None:
+    samples = bench.core_probe.sample("0", 1.0, tmp_path / "probe.txt")
+    assert len(samples) >= 10  # one every 50 ms, each ~1 ms of CPU
+    assert all(0 < s < 1e9 for s in samples)
+    assert bench.core_probe.spread(samples) is not None
