@@ -25,7 +25,8 @@ the servers' CPU did not keep one speed: ``core_probe.py`` samples a fixed piece
 times) above ``CORE_SPREAD_BOUND`` says the host ran that core at two speeds, so no fixed rate was "80 %".
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
-system time of the server process tree from /proc). ``--profile`` adds Noria's GC pauses per generation (count, mean, p99 bucket) after each of its runs,
+system time of the server process tree from /proc), and ``busy``, those CPU seconds per second of the row
+(1.00: the whole core, whatever share of the maximum the rate was meant to be). ``--profile`` adds Noria's GC pauses per generation (count, mean, p99 bucket) after each of its runs,
 and its own view of the 80 %
 run: its stage, batch-size, loop-lag and GC-pause histograms read from ``/metrics`` (mean and p99
 per stage), and, when ``py-spy`` is installed, a sampling profile of that run (top functions).
@@ -87,10 +88,16 @@ class RateResult:
     errors: int
     late_p99_ms: float  # the generator's own error: how late its sends left (p99), inside every latency
 
+    @property
+    def busy(self) -> float:
+        """The server's CPU seconds per second of the row: ~1.0 is a whole core, so a rate it cannot
+        keep up with for long, whatever share of the maximum it was offered as."""
+        return self.cpu_s_per_10k / 10_000 * self.offered * self.answered / max(self.sent, 1)
+
     def row(self) -> str:
         return (f"{self.offered:8.0f} {self.answered / max(self.sent, 1):7.0%} {self.p50_ms:7.2f} "
                 f"{self.p99_ms:7.2f} {self.p999_ms:8.2f} {self.p99_ms / self.p50_ms:6.1f} "
-                f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:9.2f} {self.late_p99_ms:8.2f}"
+                f"{self.p999_ms / self.p50_ms:7.1f} {self.cpu_s_per_10k:9.2f} {self.busy:5.2f} {self.late_p99_ms:8.2f}"
                 + (f"  ({self.errors} errors)" if self.errors else ""))
 
 
@@ -362,7 +369,7 @@ def goal_lines(kind: str, runs: list[ModelRun]) -> list[str]:
 
 # --- main ----------------------------------------------------------------------------------------
 HEADER = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
-          f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'late p99':>8}")
+          f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'busy':>5} {'late p99':>8}")
 
 
 def run_model(kind: str, saved, joblib_path: Path, python: Path | None,  # type: ignore[no-untyped-def]
@@ -477,7 +484,8 @@ def print_summary(runs: dict[str, list[ModelRun]], args: argparse.Namespace, loa
                 for label, r in zip(LABELS, rows, strict=True):
                     print(f"  {name:8} {label:16} {r.row()}")
     print("  columns: offered req/s, answered share, p50, p99, p99.9 (ms from the scheduled send), "
-          "p99/p50, p99.9/p50, server CPU s per 10,000 answers, p99 of how late the generator sent (ms; "
+          "p99/p50, p99.9/p50, server CPU s per 10,000 answers, busy = server CPU s per second (1.00: a whole "
+          "core), p99 of how late the generator sent (ms; "
           "part of every latency, so a run where it is large says the generator, not the server, was slow)")
     print(f"\n## Summary: medians over the runs; a row whose generator late p99 > {LATE_P99_BOUND_MS:g} ms, or "
           f"a run whose servers' CPU spread > {CORE_SPREAD_BOUND:g}, is left out of them (kept = runs counted)")
