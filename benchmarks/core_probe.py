@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/core_probe.py [--seconds 10] [--cpu 1]   # by hand: the core's speed, sampled
 
-Why: on these shared machines the same fixed work on the same idle core took 1.4-1.6 ms in some tenths of a
-second and 2.4-3.2 ms in others (30,000 additions in the interpreter, thread CPU time, either core,
+Why: on these shared machines the same fixed work on the same idle core took 0.7-0.8 ms in some tenths of a
+second and 1.2-1.4 ms in others (30,000 additions in the interpreter, thread CPU time, either core,
 4 December 2026), flipping within a second or two. The hypervisor reports no steal for it: the vCPU runs,
 just slower (a busy sibling hyperthread on the host would do that). A server offered 80 % of a maximum
 measured in a fast moment is at ~130 % of what its core can do in a slow one, so a backlog builds and
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 INTERVAL_SECONDS = 0.05
-WORK_ITERATIONS = 30000  # 0.7-1.6 ms of CPU here: long enough that a wake-up's cold caches do not count
+WORK_ITERATIONS = 30000  # 0.7-1.4 ms of CPU here: long enough that a wake-up's cold caches do not count
 
 
 def work() -> int:
