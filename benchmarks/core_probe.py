@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_bench import SERVER_CPU, taskset  # noqa: E402
 
 INTERVAL_SECONDS = 0.05
 WORK_ITERATIONS = 30000  # 0.7-1.4 ms of CPU here: long enough that a wake-up's cold caches do not count
@@ -65,13 +67,13 @@ def spread(samples: list[int]) -> float | None:
 def sample(cpu: str, seconds: float, out: Path) -> list[int]:
     """CPU ns of each probe sample on ``cpu`` over ``seconds`` (the caller leaves that CPU alone meanwhile)."""
     with CoreProbe(cpu, out) as probe:
-        start = probe.mark()
+        start = time.monotonic_ns()
         time.sleep(seconds)
         return probe.since(start)
 
 
 class CoreProbe:
-    """The probe process on ``cpu`` (a context manager); ``mark()`` then ``since(mark)`` give a window's samples."""
+    """The probe process on ``cpu`` (a context manager); ``since(t)`` gives the samples since ``time.monotonic_ns()`` t."""
 
     def __init__(self, cpu: str, out: Path) -> None:
         self.cpu, self.out = cpu, out
@@ -79,8 +81,7 @@ class CoreProbe:
 
     def __enter__(self) -> CoreProbe:
         self.out.write_text("")
-        pin = ["taskset", "-c", self.cpu] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
-        self.proc = subprocess.Popen([*pin, sys.executable, __file__, "--child", str(self.out)],
+        self.proc = subprocess.Popen([*taskset(self.cpu), sys.executable, __file__, "--child", str(self.out)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
@@ -89,17 +90,12 @@ class CoreProbe:
             self.proc.kill()
             self.proc.wait()
 
-    @staticmethod
-    def mark() -> int:
-        return time.monotonic_ns()
-
-    def since(self, start: int, end: int | None = None) -> list[int]:
-        """CPU ns of the samples that ended in [start, end] (end: now)."""
-        end = time.monotonic_ns() if end is None else end
+    def since(self, start: int) -> list[int]:
+        """CPU ns of the samples that ended at or after ``start`` (monotonic ns)."""
         samples = []
         for line in self.out.read_text().splitlines():
             parts = line.split()
-            if len(parts) == 2 and start <= int(parts[0]) <= end:
+            if len(parts) == 2 and int(parts[0]) >= start:
                 samples.append(int(parts[1]))
         return samples
 
@@ -108,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--cpu", default="1")
+    parser.add_argument("--cpu", default=SERVER_CPU)
     args = parser.parse_args()
     if args.child is not None:
         probe(args.child)
@@ -121,6 +117,7 @@ def main() -> None:
           f"max {max(samples) / 1e6:.2f}; spread (p90/p10) {spread(samples) or float('nan'):.2f}")
     for i in range(0, len(samples), 20):
         print("  " + " ".join(f"{s / 1e6:4.2f}" for s in samples[i:i + 20]))
+
 
 if __name__ == "__main__":
     main()

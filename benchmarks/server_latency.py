@@ -58,6 +58,7 @@ from server_vs_mlserver import payload  # noqa: E402
 from serving_bench import (  # noqa: E402
     MLSERVER_PACKAGES,
     MLSERVER_VENV,
+    SERVER_CPU,
     ensure_venv,
     go_open_loop,
     loadgen_binary,
@@ -71,7 +72,6 @@ from serving_bench import (  # noqa: E402
 )
 
 FRACTIONS = (0.25, 0.5, 0.8)
-SERVER_CPU = "1"  # serving_bench.start pins every server here
 SHARED_FRACTION_OF_MLSERVER = 0.5
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

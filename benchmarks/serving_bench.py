@@ -33,6 +33,9 @@ def require_wrk() -> str:
     return path
 
 
+SERVER_CPU = "1"  # every server under test is pinned here (``start``); generators run on CPU 0
+
+
 def taskset(cpus: str) -> list[str]:
     return ["taskset", "-c", cpus] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else []
 
@@ -45,7 +48,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None) -> subprocess.Popen:
     """Start a server on CPU 1 with one native thread, in its own session so ``stop`` ends its whole tree."""
     with open(log, "ab") as f:
-        return subprocess.Popen([*taskset("1"), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
+        return subprocess.Popen([*taskset(SERVER_CPU), *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
                                 env={**os.environ, **ONE_THREAD, **(env or {})}, start_new_session=True)
 
 
