@@ -43,12 +43,12 @@ def write_window(store_dir: Path, namespace: str, name: str, parts: int) -> str:
     return f"file://{POD_STORE}/datasets/{namespace}/{name}/"
 
 
-def pipeline(name: str, source: str, compute: dict) -> str:
+def pipeline(name: str, source: str, compute: dict, trees: int = 5) -> str:
     single = compute["engine"] == "single"
     spec = {
         "model": {"task": "classification", "target": "label",
                   "estimator": "sklearn.linear_model.LogisticRegression" if single else "xgboost.XGBClassifier",
-                  **({} if single else {"params": {"n_estimators": 5, "max_depth": 3}})},
+                  **({} if single else {"params": {"n_estimators": trees, "max_depth": 3}})},
         "data": {"source": source, "format": "parquet"},
         "validation": {"minRows": 100},
         "evaluation": {"metric": "f1", "minScore": "0.6"},
@@ -145,7 +145,10 @@ def test_a_dask_run_whose_scheduler_dies_fails_with_a_reason_and_its_cluster_is_
     source = write_window(cluster.store_dir, namespace, "lost", 8)
     dask_op = dask_operator_for(namespace)
     op = operator_factory(namespace, NORIA_TRAINER_BACKOFF_LIMIT="0")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=pipeline("lost", source, DASK))
+    # Enough trees that the Job outlives the scheduler's deletion on a loaded machine: undisturbed, the Job
+    # ran ~18 s after the scheduler was recorded with 5 trees and ~43 s with 150 (idle machine); a loaded CI
+    # run once finished 5 trees before the deletion landed, and the run rightly succeeded.
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=pipeline("lost", source, DASK, trees=300))
     why = explain(cluster, namespace, "lost", [op, dask_op])
     scheduler = wait_for("the Job started against the scheduler",
                          lambda: (status(cluster, namespace, "lost").get("currentRun") or {}).get("daskScheduler"),
