@@ -28,8 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from noria_testbed.processes import free_port, wait_until
+from noria_testbed.processes import ProcessExited, free_port, wait_until
 
+START_HEADER = "===== operator start #"  # each start's section of the operator's log begins with it
+PORT_ATTEMPTS = 3
 LEASE_NAMESPACE = "noria-system"  # where the operators' leader Leases live (as the chart's release namespace)
 STORE_CLAIM = """
 apiVersion: v1
@@ -46,11 +48,30 @@ class OperatorProcess:
         self.metrics_url = f"http://127.0.0.1:{env['NORIA_METRICS_PORT']}/metrics"
         self.starts = 0
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
-        port = free_port()
+    def start(self, timeout: float = 60.0, liveness_port: int | None = None,
+              attempts: int = PORT_ATTEMPTS) -> OperatorProcess:
+        """Start the operator and wait for its liveness endpoint. Ports are free when picked, but not reserved:
+        the liveness port is picked while the operator is down, when its own metrics port is free too (CI once
+        gave it that port: the operator bound its metrics, then failed on liveness), so that one is never
+        taken; and on a busy test bed another process can take a port before the operator binds it (an
+        outgoing connection's local port comes from the same ephemeral range). After such a clash it starts
+        again on fresh ports, at most ``attempts`` times. ``liveness_port``: the first attempt's, instead of
+        a free one."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout, liveness_port or self._liveness_port())
+            except ProcessExited:
+                if attempt == attempts - 1 or not self.port_clashed():
+                    raise
+                liveness_port = None
+                self.env["NORIA_METRICS_PORT"] = str(free_port())
+                self.metrics_url = f"http://127.0.0.1:{self.env['NORIA_METRICS_PORT']}/metrics"
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _start_once(self, timeout: float, port: int) -> OperatorProcess:
         self.starts += 1
         with open(self.log_path, "ab") as log_file:
-            log_file.write(f"\n===== operator start #{self.starts} =====\n".encode())
+            log_file.write(f"\n{START_HEADER}{self.starts} =====\n".encode())
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "noria", "--namespace", self.namespace,
                  "--liveness", f"http://127.0.0.1:{port}/healthz"],
@@ -58,12 +79,23 @@ class OperatorProcess:
 
         def live() -> bool:
             assert self.process is not None
-            assert self.process.poll() is None, f"operator exited: {self.log()[-3000:]}"
+            if self.process.poll() is not None:
+                raise ProcessExited(f"operator exited: {self.log()[-3000:]}")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
                 return response.status == 200
 
         wait_until("operator liveness", live, timeout=timeout, on_timeout=lambda: self.log()[-3000:])
         return self
+
+    def _liveness_port(self) -> int:
+        metrics = int(self.env["NORIA_METRICS_PORT"])
+        while (port := free_port()) == metrics:
+            pass
+        return port
+
+    def port_clashed(self) -> bool:
+        """Whether the latest start's log says a port it was given was taken before it could bind it."""
+        return "address already in use" in self.log().rpartition(START_HEADER)[2]
 
     def kill(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -404,3 +404,32 @@ spec: {{accessModes: [ReadWriteMany], resources: {{requests: {{storage: 1Gi}}}}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/reader", "--timeout=60s")
     assert (cluster.store_dir / namespace / "run" / "out.txt").read_text() == "from the spec"
+
+
+def test_an_operator_whose_liveness_port_was_taken_starts_again_on_another(cluster, namespace, operator_factory):
+    """``free_port`` only says a port is free now: another process can take it before the operator binds it.
+    The operator's start then moves to fresh ports, and with no attempt left it fails at once, saying so,
+    rather than waiting out its liveness timeout; and it never picks its own metrics port for liveness (CI
+    did once: 'address already in use')."""
+    import socket  # noqa: PLC0415 - this test's only use
+
+    from noria_testbed.processes import ProcessExited  # noqa: PLC0415
+
+    operator = operator_factory(namespace)
+    operator.kill()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(ProcessExited, match="address already in use"):
+            operator.start(liveness_port=port, attempts=1)
+        assert time.monotonic() - started < 30, "a start that cannot bind must fail when the process exits"
+        assert operator.port_clashed()
+        before = operator.starts
+        operator.start(liveness_port=port)
+    assert operator.starts == before + 2  # the clash, then a start on a fresh port
+    assert not operator.port_clashed()
+    assert f"127.0.0.1', {port})" in operator.log().rpartition("operator start #")[0]
+    with urlopen(operator.metrics_url, timeout=5) as response:
+        assert response.status == 200

@@ -22,6 +22,7 @@ import time
 
 import pytest
 from noria import failpoints as fp
+from noria_testbed.processes import ProcessExited
 from training_helpers import (
     classification_frame,
     condition,
@@ -59,7 +60,7 @@ class Bed:
         env = {fp.ENV: point} if point else {}
         try:
             self.operator = self.factory(self.ns, **env)
-        except TimeoutError:  # it reached its point before /healthz was polled: fine if it died there
+        except ProcessExited:  # it reached its point before /healthz answered: fine if it died there
             self.operator = self.request.node.noria_operators[-1]
 
     def crash(self, point: str, key: str, action=None, timeout: float = 45.0) -> None:  # noqa: ANN001
