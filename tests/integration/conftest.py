@@ -45,8 +45,11 @@ class OperatorProcess:
     def __init__(self, cluster, namespace: str, env: dict[str, str], log_path: Path) -> None:  # noqa: ANN001
         self.cluster, self.namespace, self.env, self.log_path = cluster, namespace, env, log_path
         self.process: subprocess.Popen | None = None
-        self.metrics_url = f"http://127.0.0.1:{env['NORIA_METRICS_PORT']}/metrics"
         self.starts = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['NORIA_METRICS_PORT']}/metrics"
 
     def start(self, timeout: float = 60.0, liveness_port: int | None = None,
               attempts: int = PORT_ATTEMPTS) -> OperatorProcess:
@@ -57,16 +60,15 @@ class OperatorProcess:
         outgoing connection's local port comes from the same ephemeral range). After such a clash it starts
         again on fresh ports, at most ``attempts`` times. ``liveness_port``: the first attempt's, instead of
         a free one."""
-        for attempt in range(attempts):
+        for _ in range(attempts - 1):
             try:
                 return self._start_once(timeout, liveness_port or self._liveness_port())
             except ProcessExited:
-                if attempt == attempts - 1 or not self.port_clashed():
+                if not self.port_clashed():
                     raise
                 liveness_port = None
                 self.env["NORIA_METRICS_PORT"] = str(free_port())
-                self.metrics_url = f"http://127.0.0.1:{self.env['NORIA_METRICS_PORT']}/metrics"
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        return self._start_once(timeout, liveness_port or self._liveness_port())
 
     def _start_once(self, timeout: float, port: int) -> OperatorProcess:
         self.starts += 1

@@ -7,12 +7,13 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from noria_testbed.processes import detach_and_die_with_parent, free_port, urlopen, wait_until
+from noria_testbed.processes import ProcessExited, detach_and_die_with_parent, free_port, urlopen, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -411,10 +412,6 @@ def test_an_operator_whose_liveness_port_was_taken_starts_again_on_another(clust
     The operator's start then moves to fresh ports, and with no attempt left it fails at once, saying so,
     rather than waiting out its liveness timeout; and it never picks its own metrics port for liveness (CI
     did once: 'address already in use')."""
-    import socket  # noqa: PLC0415 - this test's only use
-
-    from noria_testbed.processes import ProcessExited  # noqa: PLC0415
-
     operator = operator_factory(namespace)
     operator.kill()
     with socket.socket() as taken:
