@@ -1,13 +1,15 @@
 """CPU time of one micro-batch in the model server, by stage, at 1, 2, 4 and 11 requests a batch.
 
     .venv/bin/python benchmarks/batch_cpu.py [--before REV] [--batches 3000] [--sizes 1,2,4,11] [--models logistic,hgb]
+        [--rate 10000]
 
 Drives a real ``ModelServer`` in process, as the loop does under load: ``handle()`` for each request of a
 batch (the OIP JSON body of server_latency.py, one row each, the parse stage), then one loop turn runs
 ``_flush`` (predict, drift count, answers, ledger and prediction-log offer). The offers are taken by a
 stand-in that does not render them: the log's writer thread, rendering meanwhile, makes this thread's
 CPU vary by its GIL hand-overs (``--log-thread`` keeps it). Drift counting and the prediction log are on, as by
-default. ``time.thread_time`` (this thread's CPU, so other processes hardly move it) is read around
+default. A server that settles its answered batches' bookkeeping in groups (``ModelServer.settle``, within
+``SETTLE_SECONDS``) settles here every ``--rate`` x SETTLE_SECONDS requests, as its timer would at that rate. ``time.thread_time`` (this thread's CPU, so other processes hardly move it) is read around
 each batch: the "total" columns are CPU µs per batch and per request. A second pass wraps each stage
 (predict, count, serialise = building the answer, reply = setting it, ledger+log, duration metric) in
 a timer of its own, which adds ~1 µs per wrapped call, to say where the batch's time goes.
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("parse", "predict", "count", "serialise", "reply", "duration", "log")
 
 
-def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thread: bool) -> None:
+def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thread: bool, rate: float) -> None:
     sys.path.insert(0, str(source / "server_image"))
     from noria_server import oip, serve  # noqa: PLC0415
     from noria_server.httpserver import Request  # noqa: PLC0415
@@ -73,14 +75,21 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thre
                     await batch(n)
             await asyncio.sleep(1.5)  # the log's first flush, off the timed turns
             gc.collect()
+            settle_seconds = getattr(serve, "SETTLE_SECONDS", None)
+
+            def settles(i: int, n: int) -> bool:  # whether the settle timer would fire after batch i at --rate
+                return settle_seconds is not None and (i + 1) % max(1, round(rate * settle_seconds / n)) == 0
+
             for n in sizes:
                 t = 0.0
-                for _ in range(batches):
+                for i in range(batches):
                     t0 = time.thread_time()
                     replies = [server.handle(Request("POST", path, b"", {}, body)) for _ in range(n)]
                     for r in replies:
                         r.on_done(written.append)  # type: ignore[union-attr]
                     server._flush()
+                    if settles(i, n):
+                        server.settle()
                     t += time.thread_time() - t0
                     await asyncio.sleep(0)  # the scheduled _flush finds nothing
                     written.clear()
@@ -90,7 +99,7 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thre
             for n in sizes:
                 for v in stages.values():
                     v[0] = 0.0
-                for _ in range(batches // 2):
+                for i in range(batches // 2):
                     stages["parse"][1](lambda n=n: [server.handle(Request("POST", path, b"", {}, body))
                                                     for _ in range(n)], ())
                     server.pending.clear()
@@ -99,6 +108,8 @@ def run(source: Path, kinds: list[str], sizes: list[int], batches: int, log_thre
                     for r in replies:
                         r.on_done(written.append)  # type: ignore[union-attr]
                     server._flush()
+                    if settles(i, n):
+                        server.settle()
                     await asyncio.sleep(0)
                     written.clear()
                 cells = "  ".join(f"{s} {stages[s][0] / (batches // 2) * 1e6:6.1f}" for s in STAGES)
@@ -180,6 +191,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3000)
     parser.add_argument("--sizes", default="1,2,4,11")
     parser.add_argument("--models", default="logistic,hgb")
+    parser.add_argument("--rate", type=float, default=10_000.0,
+                        help="req/s at which a settling server's timer is modelled (settles every rate x SETTLE_SECONDS)")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--log-thread", action="store_true",
@@ -188,7 +201,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = args.models.split(",")
     if args.source:
-        run(Path(args.source), kinds, sizes, args.batches, args.log_thread)
+        run(Path(args.source), kinds, sizes, args.batches, args.log_thread, args.rate)
         return
     print(f"load average {os.getloadavg()}")
     sources = [("after (working tree)", ROOT)]
@@ -203,7 +216,7 @@ def main() -> None:
             for name, source in sources:
                 print(name, flush=True)
                 subprocess.run([sys.executable, __file__, "--source", str(source), "--batches", str(args.batches),
-                                "--sizes", args.sizes, "--models", args.models]
+                                "--sizes", args.sizes, "--models", args.models, "--rate", str(args.rate)]
                                + (["--log-thread"] if args.log_thread else []), check=True)
     finally:
         if tree is not None:

@@ -21,8 +21,11 @@ alone with no added wait. ``batch_wait_ms`` > 0 adds a bounded wait before each 
 ``max_batch`` bounds its rows; within that bound ``model.BatchSizer`` keeps what the rows add to one
 ``predict`` within ``batch_budget_ms`` (learned per-row cost), and a bulk request over the limit is
 predicted in slices with the loop serving in between, so no batch holds the loop for long. Each answer
-is written to its connection the moment its batch sets it (``httpserver.Reply``): before the batch's
-ledger and log work, and before the loop parses the requests that arrived during the predict. Each stage
+is written to its connection the moment its batch sets it (``httpserver.Reply``), before the loop parses
+the requests that arrived during the predict. What an answer does not wait for (drift bins, class counts,
+the ledger and the prediction log) is settled for several batches at once, at most ``SETTLE_SECONDS``
+later or once ``SETTLE_ROWS`` rows wait, and always before a feedback post is judged, a scrape is
+rendered or the server stops (``ModelServer.settle``). Each stage
 (parse, batch wait, predict, count, log, serialise), the loop's lag and GC pauses are histograms in
 the metrics (docs/operations/latency.md); after warm-up the heap is frozen (``loopmon.settle_heap``). A batch whose ``predict`` raises is re-run request by request so one
 bad request fails alone.
@@ -44,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain, repeat
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,6 +82,12 @@ LOG_SLICE_ROWS = 4096
 # answers are written (~2.3 µs a row of 20 features: ~0.15 ms at 64 rows); larger ones by the log's
 # writer thread in turns (docs/operations/latency.md, eighth pass).
 LOG_INLINE_ROWS = 64
+# Answered batches wait at most this long, and while fewer than SETTLE_ROWS rows wait, for their drift bins,
+# class counts, ledger entries and prediction-log lines (ModelServer.settle): done for one-row batches one
+# by one, that bookkeeping cost ~22 µs a request (logistic, benchmarks/batch_cpu.py), most of it per call,
+# not per row. 2 ms is ~20 rows at 10,000 req/s; SETTLE_ROWS keeps a settled group's log lines inline.
+SETTLE_SECONDS = 0.002
+SETTLE_ROWS = LOG_INLINE_ROWS
 # A held batch waits for at most this many rows (or max_batch): what 16 clients in a closed loop batch.
 MIN_HOLD_TARGET_ROWS = 16
 
@@ -182,6 +192,10 @@ class ModelServer:
         self.hold = BatchHold(settings.batch_hold_us / 1e6 if settings.batch_wait_ms == 0 else 0.0,
                               min(settings.max_batch, MIN_HOLD_TARGET_ROWS))
         self.held = False  # the batch queued now was held once already
+        # Answered batches whose bookkeeping is not done yet (see settle): (batch, rows, predictions, time).
+        self.unsettled: list[tuple[list[_Pending], np.ndarray, np.ndarray, float]] = []
+        self.unsettled_rows = 0
+        self.settle_scheduled = False
         self.slicing: set[asyncio.Task[None]] = set()  # bulk requests being predicted in slices
         self.loop_lag = LoopLagMonitor(self.metrics.latency.loop_lag.observe)
         self.gc_pauses = GcPauses(self.metrics.latency.observe_gc)
@@ -277,6 +291,7 @@ class ModelServer:
             self.lookup.close()
         if self.sink is not None:
             await self.sink.stop()
+        self.settle()  # what was answered reaches the counters, the ledger and the log before it closes
         self.loop_lag.stop()
         self.gc_pauses.uninstall()
         for jsonl in (self.predictions_log, self.feedback_log):
@@ -321,7 +336,9 @@ class ModelServer:
     async def _exposition(self) -> Response:
         """The scrape, rendered by a worker thread: with 20 drift-counted features it is ~40 KB and
         5-7 ms of CPU (``prometheus_client.generate_latest``), one pause per scrape on the loop
-        thread; from a thread it takes the GIL in turns of at most 0.5 ms (``shorten_gil_turns``)."""
+        thread; from a thread it takes the GIL in turns of at most 0.5 ms (``shorten_gil_turns``).
+        Every prediction answered before the scrape is counted in it (``settle``)."""
+        self.settle()
         body = await asyncio.get_running_loop().run_in_executor(None, self.metrics.exposition)
         return Response(200, body, PROMETHEUS_TEXT)
 
@@ -555,19 +572,14 @@ class ModelServer:
 
     def _answer(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray,
                 proba: np.ndarray | None) -> None:
-        """Count, answer and log a predicted batch."""
+        """Answer a predicted batch; its bookkeeping waits to be settled with the next ones (``settle``)."""
         model = self.model
         assert model is not None
-        metrics, stages = self.metrics, self.metrics.latency.stages
-        t1 = time.perf_counter()
-        if metrics.bins is not None:
-            metrics.bins.observe(rows)
-        metrics.count_predictions(predictions, model.is_classifier)
+        metrics = self.metrics
         t2 = time.perf_counter()
-        stages[m.STAGE_COUNT].observe(t2 - t1)
         start = 0
         s = self.settings
-        serialise = stages[m.STAGE_SERIALISE]
+        serialise = metrics.latency.stages[m.STAGE_SERIALISE]
         for item in batch:
             n = item.request.rows.shape[0]
             pred = predictions[start:start + n]
@@ -580,27 +592,75 @@ class ModelServer:
             serialise.observe(t3 - t2)
             metrics.duration.observe(t3 - item.started)
             t2 = t3
-        self._remember_and_log(batch, rows, predictions)
-        stages[m.STAGE_LOG].observe(time.perf_counter() - t2)
+        self._defer(batch, rows, predictions)
 
-    def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
+    def _defer(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray) -> None:
+        """Queue an answered batch for ``settle``: at once if it fills a group, else within SETTLE_SECONDS."""
+        n = len(rows)
+        if self.unsettled_rows + n > SETTLE_ROWS:
+            self.settle()  # groups stay within SETTLE_ROWS (their log lines rendered inline) unless one batch is more
+        self.unsettled.append((batch, rows, predictions, time.time()))
+        self.unsettled_rows += n
+        if self.unsettled_rows >= SETTLE_ROWS:
+            self.settle()
+        elif not self.settle_scheduled:
+            self.settle_scheduled = True
+            asyncio.get_running_loop().call_later(SETTLE_SECONDS, self._settle_due)
+
+    def _settle_due(self) -> None:
+        self.settle_scheduled = False
+        self.settle()
+
+    def settle(self) -> None:
+        """The bookkeeping of every answered batch not yet settled, in one go: drift bins and class
+        counts (the ``count`` stage), then the ledger and the prediction log (the ``log`` stage). A
+        failure here is logged and loses only that bookkeeping: the answers are out already."""
+        if not self.unsettled:
+            return
+        answered, self.unsettled, self.unsettled_rows = self.unsettled, [], 0
+        model = self.model
+        assert model is not None
+        if len(answered) == 1:
+            batch, rows, predictions, _ = answered[0]
+        else:
+            batch = [item for group in answered for item in group[0]]
+            rows = np.concatenate([group[1] for group in answered])
+            predictions = np.concatenate([group[2] for group in answered])
+        stamps = [(len(group[1]), group[3]) for group in answered]
+        metrics, stages = self.metrics, self.metrics.latency.stages
+        try:
+            t0 = time.perf_counter()
+            if metrics.bins is not None:
+                metrics.bins.observe(rows)
+            metrics.count_predictions(predictions, model.is_classifier)
+            t1 = time.perf_counter()
+            stages[m.STAGE_COUNT].observe(t1 - t0)
+            self._remember_and_log(batch, rows, predictions, stamps)
+            stages[m.STAGE_LOG].observe(time.perf_counter() - t1)
+        except Exception:  # a bug here must not stop later batches' bookkeeping
+            log.exception("the bookkeeping of %d answered rows failed", len(rows))
+
+    def _remember_and_log(self, batch: list[_Pending], rows: np.ndarray, predictions: np.ndarray,
+                          stamps: list[tuple[int, float]]) -> None:
+        """Ledger entries and prediction-log lines for answered rows; ``stamps`` (rows, time.time())
+        say when each batch of them was answered."""
         ids = [rid for item in batch for rid in item.request.row_ids]
         values = predictions.tolist()
         sink = self.sink
         if sink is None:
             self.ledger.record(ids, values, time.monotonic())
         else:
-            served = _served(batch, rows, sink.entity_keys, time.time())
+            served = _served(batch, rows, sink.entity_keys, stamps[0][1])
             self.ledger.record(ids, values, time.monotonic(), served, _served_cost(served[0]) if served else 0)
         log_ = self.predictions_log
         if log_ is not None:
-            ts, version, names = time.time(), self.settings.version, self.model.schema.features  # type: ignore[union-attr]
+            version, names = self.settings.version, self.model.schema.features  # type: ignore[union-attr]
             n = len(ids)
             if n <= LOG_INLINE_ROWS:
-                log_.offer_rendered(n, partial(_render_predictions, ts, version, names, ids, rows, values))
+                log_.offer_rendered(n, partial(_render_predictions, stamps, version, names, ids, rows, values))
                 return
             if n <= LOG_SLICE_ROWS:
-                log_.offer(n, partial(_render_predictions, ts, version, names, ids, rows, values))
+                log_.offer(n, partial(_render_predictions, stamps, version, names, ids, rows, values))
                 return
             # A bulk request: queued in slices, each its own copy (a view would keep the whole batch
             # alive), and only while the log has room, so it never holds or renders more rows than its
@@ -610,8 +670,8 @@ class ModelServer:
                 if log_.room() < stop - start:
                     log_.drop(n - start)
                     return
-                log_.offer(stop - start, partial(_render_predictions, ts, version, names, ids[start:stop],
-                                                 rows[start:stop].copy(), values[start:stop]))
+                log_.offer(stop - start, partial(_render_predictions, [(stop - start, stamps[0][1])], version, names,
+                                                 ids[start:stop], rows[start:stop].copy(), values[start:stop]))
 
     # --- feedback ------------------------------------------------------------------------------
     def _feedback(self, request: Request) -> Response:
@@ -646,6 +706,7 @@ class ModelServer:
             rules = self.label_rules = ledger.LabelRules.for_model(model.classes, s.feedback_max_abs_label)
         fanned_out = HEADER_FEEDBACK_FANOUT in request.headers
         designated = request.headers.get(HEADER_FEEDBACK_LOG) != FEEDBACK_LOG_MATCHED
+        self.settle()  # every prediction answered so far is in the ledger before a label is judged
         judged = ledger.judge(((f.id, f.label) for f in items), self.ledger, rules, time.monotonic())
         refused: dict[str, int] = {}
         logged: list[oip.Feedback] = []
@@ -750,15 +811,16 @@ def write_termination_message(path: str | None, refusal: ArtifactError) -> None:
         log.warning("cannot write the termination message to %s: %s", path, exc)
 
 
-def _render_predictions(ts: float, version: str, names: tuple[str, ...], ids: list[str], rows: np.ndarray,
-                        values: list[Any]) -> bytes:
-    """The prediction-log lines of one batch (run by the log's writer thread, off the request path)."""
-    stamp = _timestamp(ts)
+def _render_predictions(stamps: list[tuple[int, float]], version: str, names: tuple[str, ...], ids: list[str],
+                        rows: np.ndarray, values: list[Any]) -> bytes:
+    """The prediction-log lines of settled rows, each stamped with when its batch was answered
+    (``stamps``: (rows, time.time()) per batch, in order)."""
+    texts = chain.from_iterable(repeat(_timestamp(ts), n) for n, ts in stamps)
     return b"".join(
         orjson.dumps({"id": rid, "ts": stamp, "model_version": version,
                       "features": dict(zip(names, row, strict=True)), "prediction": value},
                      option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
-        for rid, row, value in zip(ids, rows.tolist(), values, strict=True))
+        for rid, stamp, row, value in zip(ids, texts, rows.tolist(), values, strict=True))
 
 
 def _timestamp(ts: float) -> str:

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 from noria_server import oip
-from noria_server import serve as serve_mod
 from noria_server.predlog import JsonlLog
 from noria_server.serve import LOG_INLINE_ROWS, ModelServer, ServeSettings, _Pending, _render_predictions
 
@@ -95,19 +94,19 @@ def _server_with(log: _RecordingLog, features: tuple[str, ...]) -> ModelServer:
     return server
 
 
-def test_micro_batches_render_inline_and_bulk_requests_on_the_writer(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_micro_batches_render_inline_and_bulk_requests_on_the_writer() -> None:
     features = ("a", "b")
     log = _RecordingLog()
     server = _server_with(log, features)
-    monkeypatch.setattr(serve_mod.time, "time", lambda: 1_700_000_000.25)
     for n in (1, LOG_INLINE_ROWS, LOG_INLINE_ROWS + 1):
         rows = np.arange(2 * n, dtype=np.float64).reshape(n, 2) / 8
         ids = [f"r{n}-{i}" for i in range(n)]
         request = oip.InferRequest("q", ids, rows, ("predict",))
         pending = _Pending(request, None, 0.0, 0.0)  # type: ignore[arg-type]
         values = list(range(n))
-        server._remember_and_log([pending], rows, np.array(values))
-        expected = _render_predictions(1_700_000_000.25, "v1", features, ids, rows, values)
+        stamps = [(n, 1_700_000_000.25)]
+        server._remember_and_log([pending], rows, np.array(values), stamps)
+        expected = _render_predictions(stamps, "v1", features, ids, rows, values)
         assert (log.inline if n <= LOG_INLINE_ROWS else log.deferred)[-1] == expected
     assert len(log.inline) == 2 and len(log.deferred) == 1
     first = log.inline[0]

@@ -146,6 +146,7 @@ def test_behind_the_router_an_id_another_pod_holds_is_not_counted_as_refused_her
 def test_predictions_past_the_retention_are_expired() -> None:
     server = _server("classifier", feedback_retention_seconds=60.0)
     _predict(server, ["p-old"])
+    server.settle()
     server.ledger.record(["p-old"], [1], now=-1000.0)  # as if predicted long ago
     answer = _feedback(server, [{"id": "p-old", "label": 1}])[1]
     assert answer["results"] == [{"id": "p-old", "outcome": "expired"}] and _feedback_total(server) == 0

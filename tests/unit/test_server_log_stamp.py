@@ -40,6 +40,6 @@ def test_the_log_line_carries_it() -> None:
     import numpy as np
 
     ts = 1_780_000_000.4567
-    line = serve._render_predictions(ts, "v1", ("a", "b"), ["id1"], np.array([[1.0, 2.5]]), [0])
+    line = serve._render_predictions([(1, ts)], "v1", ("a", "b"), ["id1"], np.array([[1.0, 2.5]]), [0])
     assert line == (b'{"id":"id1","ts":"2026-05-28T20:26:40.456Z","model_version":"v1",'
                     b'"features":{"a":1.0,"b":2.5},"prediction":0}\n')

@@ -73,10 +73,12 @@ def stored_rows(ids: list[int]) -> np.ndarray:
 
 
 def sample(server: ModelServer, name: str, **labels: str) -> float:
+    server.settle()  # as a scrape does: the answered batches' counts are in
     return server.metrics.registry.get_sample_value(name, {"model": "m", "version": "m-v1", **labels}) or 0.0
 
 
 def bins_total(server: ModelServer, feature: str) -> float:
+    server.settle()
     text = server.metrics.exposition().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(m.FEATURE_BIN_TOTAL) and f'feature="{feature}"' in line)
