@@ -129,6 +129,7 @@ def instrument(rec: Recorder) -> None:
         return {"pending": len(server.pending), "pending_rows": server.pending_rows}
 
     wrap(rec, serve.ModelServer, "_flush", "flush", flush_detail)
+    wrap(rec, serve.ModelServer, "settle", "settle")  # the answered batches' bookkeeping, in groups
     wrap(rec, serve.ModelServer, "_remember_and_log", "ledger+log")
     original_predict = serve.ModelServer._timed_predict
 
