@@ -105,8 +105,8 @@ ROUTER_ERROR_SHADOW_OVERLOAD: Final = "shadow_overload"  # mirroring skipped: to
 STAGE_PARSE: Final = "parse"  # the body decoded and checked against the schema
 STAGE_BATCH_WAIT: Final = "batch_wait"  # parsed -> its micro-batch starts
 STAGE_PREDICT: Final = "predict"  # the model's predict(_proba) on the batch
-STAGE_COUNT: Final = "count"  # drift bins and prediction counters for the batch
-STAGE_LOG: Final = "log"  # the batch handed to the prediction ledger and the prediction log
+STAGE_COUNT: Final = "count"  # drift bins and prediction counters for a settled group of answered batches
+STAGE_LOG: Final = "log"  # a settled group handed to the prediction ledger and the prediction log
 STAGE_SERIALISE: Final = "serialise"  # one answer encoded
 STAGES: Final = (STAGE_PARSE, STAGE_BATCH_WAIT, STAGE_PREDICT, STAGE_COUNT, STAGE_LOG, STAGE_SERIALISE)
 

@@ -190,7 +190,7 @@ class LatencyCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         names = [m.LABEL_MODEL, m.LABEL_VERSION]
         stages = HistogramMetricFamily(m.REQUEST_STAGE_SECONDS, "Time per request stage (per micro-batch for "
-                                       "predict, count and log)", labels=[*names, m.LABEL_STAGE])
+                                       "predict; per settled group of answered batches for count and log)", labels=[*names, m.LABEL_STAGE])
         for stage, hist in self.stages.items():
             hist.add_to(stages, [*self.labels, stage])
         yield stages
