@@ -9,8 +9,9 @@ batch (the OIP JSON body of server_latency.py, one row each, the parse stage), t
 stand-in that does not render them: the log's writer thread, rendering meanwhile, makes this thread's
 CPU vary by its GIL hand-overs (``--log-thread`` keeps it). Drift counting and the prediction log are on, as by
 default. A server that settles its answered batches' bookkeeping in groups (``ModelServer.settle``, within
-``SETTLE_SECONDS``) settles here every ``--rate`` x SETTLE_SECONDS requests, as its timer would at that rate. ``time.thread_time`` (this thread's CPU, so other processes hardly move it) is read around
-each batch: the "total" columns are CPU µs per batch and per request. A second pass wraps each stage
+``SETTLE_SECONDS``) settles here every ``--rate`` x SETTLE_SECONDS requests, as its timer would at that rate.
+``time.thread_time`` (this thread's CPU, so other processes hardly move it) is read around each batch: the
+"total" columns are CPU µs per batch and per request. A second pass wraps each stage
 (predict, count, serialise = building the answer, reply = setting it, ledger+log, duration metric) in
 a timer of its own, which adds ~1 µs per wrapped call, to say where the batch's time goes.
 ``--before REV`` runs the same in the server code of that commit (a git worktree), alternating with

@@ -49,9 +49,6 @@ class _RecordingLog:
         self.offers += 1
         self.lines.extend(orjson.loads(line) for line in render().splitlines())
 
-    def close(self) -> None:
-        pass
-
 
 def test_a_scrape_counts_every_answer_given_before_it() -> None:
     async def scenario() -> None:
