@@ -193,7 +193,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,11")
     parser.add_argument("--models", default="logistic,hgb")
     parser.add_argument("--rate", type=float, default=10_000.0,
-                        help="req/s at which a settling server's timer is modelled (settles every rate x SETTLE_SECONDS)")
+                        help="req/s at which a settling server's timer is modelled "
+                             "(settles every rate x SETTLE_SECONDS)")
     parser.add_argument("--source", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--log-thread", action="store_true",
