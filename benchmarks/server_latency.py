@@ -23,6 +23,8 @@ each met / NOT met with every run's figure; a row whose generator was late beyon
 the servers' CPU did not keep one speed: ``core_probe.py`` samples a fixed piece of work on CPU 1 for
 ``--probe-seconds`` (5) before and after each model run, servers stopped, and a spread (p90/p10 of its CPU
 times) above ``CORE_SPREAD_BOUND`` says the host ran that core at two speeds, so no fixed rate was "80 %".
+A ``control`` line per model (``control_lines``) puts MLServer's own 80 % row against the same two ratio
+bounds: not a goal, but when the peer misses them in the same runs, those runs speak of the machine.
 
 Per run it prints p50, p99, p99.9 and the server's CPU seconds per 10,000 answered requests (user +
 system time of the server process tree from /proc), and ``busy``, those CPU seconds per second of the row
@@ -367,6 +369,24 @@ def goal_lines(kind: str, runs: list[ModelRun]) -> list[str]:
     return lines
 
 
+def control_lines(kind: str, runs: list[ModelRun]) -> list[str]:
+    """MLServer's own 80 % row against the same two ratio bounds, from the same kept runs: not a goal, a
+    control. Both servers are offered 80 % of their own wrk maximum on the same core, so when the peer
+    misses the bounds in the same runs, those runs say as much about the machine as about Noria (on the
+    machines of 5 December 2026 MLServer missed p99/p50 <= 3 in 21 of 22 runs). None without MLServer."""
+    if "MLServer" not in runs[0].rows:
+        return []
+    parts = []
+    for name, fn, bound in (("p99/p50", _p99_over_p50, GOAL_P99_OVER_P50),
+                            ("p99.9/p50", _p999_over_p50, GOAL_P999_OVER_P50)):
+        f = figure(runs, ("MLServer",), GOAL_ROW, fn)
+        within = sum(v <= bound for v, _ in f.per_run)
+        parts.append(f"{name} {_x(f)} (runs {f.runs(False)}; within {bound:g} in {within} of {len(runs)} runs): "
+                     f"{_verdict(f, bound)}")
+    return [f"control [{kind}] MLServer at {LABELS[GOAL_ROW]} of its own maximum, the same bounds (not a goal): "
+            + "; ".join(parts)]
+
+
 # --- main ----------------------------------------------------------------------------------------
 HEADER = (f"  {'server':8} {'offered':>8} {'answrd':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
           f"{'p99/50':>6} {'p999/50':>7} {'CPU s/10k':>9} {'busy':>5} {'late p99':>8}")
@@ -494,6 +514,8 @@ def print_summary(runs: dict[str, list[ModelRun]], args: argparse.Namespace, loa
     print("\n## Issue 19's goals (Noria, from the medians above)")
     for kind, model_runs in runs.items():
         print("\n".join(goal_lines(kind, model_runs)))
+        for line in control_lines(kind, model_runs):
+            print(line)
     print("  Noria: defaults (drift counting on, prediction log on to a local store); MLServer 1.7.1 "
           "parallel_workers 0; both taskset -c 1, one native thread")
     print(f"  Load before: {load_before}")

@@ -20,11 +20,13 @@ def _row(offered: float, p99: float = 1.0, p999: float = 2.0, late: float = 0.2)
 
 def _run(ratio: float = 2.0, ratio999: float = 4.0, late: float = 0.2, shared: float = 1.0, ml: float = 4.0,
          ml_late: float = 0.2, servers: tuple[str, ...] = ("MLServer", "Noria"),
-         core_spread: float | None = None) -> bench.ModelRun:
+         core_spread: float | None = None, ml_ratio: float = 2.0, ml_ratio999: float = 4.0) -> bench.ModelRun:
     """One run: Noria's 80 % row at p99/p50 ``ratio`` (generator late ``late``), its shared-rate p99
-    ``shared`` against MLServer's ``ml``; a Baseline, when asked for, copies Noria's rows."""
+    ``shared`` against MLServer's ``ml``; MLServer's 80 % row at ``ml_ratio``; a Baseline, when asked for,
+    copies Noria's rows."""
     noria = [_row(2500), _row(5000), _row(8000, ratio * P50, ratio999 * P50, late), _row(500, shared)]
-    rows = {"MLServer": [_row(250), _row(500), _row(800), _row(500, ml, late=ml_late)], "Noria": noria,
+    rows = {"MLServer": [_row(250), _row(500), _row(800, ml_ratio * P50, ml_ratio999 * P50),
+                         _row(500, ml, late=ml_late)], "Noria": noria,
             "Baseline": list(noria)}
     maxima = {"MLServer": 1000.0, "Noria": 10000.0, "Baseline": 10000.0}
     return bench.ModelRun({s: maxima[s] for s in servers}, {s: rows[s] for s in servers}, core_spread)
@@ -81,6 +83,20 @@ def test_without_mlserver_the_shared_rate_goal_is_not_decided() -> None:
     lines = bench.goal_lines("hgb", [_run(servers=("Noria",))] * 2)
     assert _goal(lines, "shared rate") == "goal [hgb] shared rate: MLServer not run (--skip-mlserver): not decided"
     assert len(lines) == 3
+
+
+def test_the_control_puts_mlserver_s_own_80_percent_row_against_the_same_bounds() -> None:
+    runs = [_run(ml_ratio=r, ml_ratio999=r999, core_spread=spread)
+            for r, r999, spread in ((21.1, 40.0, 1.1), (2.0, 4.0, 1.1), (2.5, 12.0, 1.1), (1.0, 1.0, 1.9))]
+    (line,) = bench.control_lines("logistic", runs)
+    # the fourth run is left out of the median (its core changed speed) but counted among the runs within
+    assert line == ("control [logistic] MLServer at 80 % of its own maximum, the same bounds (not a goal): "
+                    "p99/p50 2.50x (runs 21.10, 2.00, 2.50, 1.00 out; within 3 in 3 of 4 runs): met; "
+                    "p99.9/p50 12.00x (runs 40.00, 4.00, 12.00, 1.00 out; within 10 in 2 of 4 runs): NOT met")
+
+
+def test_there_is_no_control_without_mlserver() -> None:
+    assert bench.control_lines("hgb", [_run(servers=("Noria",))] * 2) == []
 
 
 def test_goals_are_noria_s_only_but_the_summary_shows_the_baseline_beside_it() -> None:
