@@ -302,6 +302,10 @@ def _p999_over_p50(r: RateResult) -> float:
     return r.p999_ms / r.p50_ms
 
 
+# The 80 % row's two bounds: a name, the ratio of a row, the bound (Noria's goals; MLServer's control).
+RATIO_BOUNDS = (("p99/p50", _p99_over_p50, GOAL_P99_OVER_P50), ("p99.9/p50", _p999_over_p50, GOAL_P999_OVER_P50))
+
+
 def _p99_vs(r: RateResult, peer: RateResult) -> float:
     return r.p99_ms / peer.p99_ms
 
@@ -353,8 +357,7 @@ def goal_lines(kind: str, runs: list[ModelRun]) -> list[str]:
     the median of the per-run ratios, e.g. Noria's 80 % rows at 2.3x, 3.6x and 2.0x give
     ``goal [hgb] 80 %: p99/p50 2.30x (runs 2.30, 3.60, 2.00) <= 3: met``; a bound is met when equalled."""
     lines = []
-    for name, fn, bound in (("p99/p50", _p99_over_p50, GOAL_P99_OVER_P50),
-                            ("p99.9/p50", _p999_over_p50, GOAL_P999_OVER_P50)):
+    for name, fn, bound in RATIO_BOUNDS:
         f = figure(runs, ("Noria",), GOAL_ROW, fn)
         lines.append(f"goal [{kind}] {LABELS[GOAL_ROW]}: {name} {_x(f)} (runs {f.runs()}) <= {bound:g}: "
                      f"{_verdict(f, bound)}")
@@ -377,8 +380,7 @@ def control_lines(kind: str, runs: list[ModelRun]) -> list[str]:
     if "MLServer" not in runs[0].rows:
         return []
     parts = []
-    for name, fn, bound in (("p99/p50", _p99_over_p50, GOAL_P99_OVER_P50),
-                            ("p99.9/p50", _p999_over_p50, GOAL_P999_OVER_P50)):
+    for name, fn, bound in RATIO_BOUNDS:
         f = figure(runs, ("MLServer",), GOAL_ROW, fn)
         within = sum(v <= bound for v, _ in f.per_run)
         parts.append(f"{name} {_x(f)} (runs {f.runs(False)}; within {bound:g} in {within} of {len(runs)} runs): "
